@@ -1,0 +1,76 @@
+// Colour schemes for the projection: one RGBA (0-255) per point for each "colour by" mode,
+// plus the legend entries that explain them.
+
+const CATEGORICAL = [
+  [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+  [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
+  [174, 199, 232], [255, 187, 120], [152, 223, 138], [255, 152, 150], [197, 176, 213],
+  [196, 156, 148], [247, 182, 210], [199, 199, 199], [219, 219, 141], [158, 218, 229],
+];
+
+export const FEEDBACK_NAMES = ["none", "good", "bad", "removed"];
+const FEEDBACK_COLORS = [[150, 150, 150], [46, 160, 67], [214, 39, 40], [40, 40, 40]];
+export const FLAG_NAMES = ["ok", "flagged"];
+const FLAG_COLORS = [[150, 150, 150], [255, 127, 14]];
+
+function hslToRgb(h, s, l) {
+  const f = (n) => {
+    const k = (n + h * 12) % 12;
+    const a = s * Math.min(l, 1 - l);
+    return Math.round(255 * (l - a * Math.max(-1, Math.min(k - 3, 9 - k, 1))));
+  };
+  return [f(0), f(8), f(4)];
+}
+
+export function classColor(c) {
+  if (c < CATEGORICAL.length) return CATEGORICAL[c];
+  return hslToRgb((c * 0.618033988749895) % 1, 0.6, 0.5);
+}
+
+// A viridis-like ramp sampled at five stops; round 0 (the real images) stays grey.
+const RAMP = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+function ramp(t) {
+  const x = Math.max(0, Math.min(1, t)) * (RAMP.length - 1);
+  const i = Math.min(RAMP.length - 2, Math.floor(x));
+  const f = x - i;
+  return RAMP[i].map((v, k) => Math.round(v + (RAMP[i + 1][k] - v) * f));
+}
+
+export function roundColor(r, maxRound) {
+  if (r === 0) return [150, 150, 150];
+  return ramp(maxRound <= 1 ? 1 : (r - 1) / (maxRound - 1));
+}
+
+/**
+ * Per-point colours (Uint8Array, RGBA) and legend entries [{name, rgb}] for a colour mode.
+ * attrs: {cls, round, feedback, flag} typed arrays (may be empty), classNames: string[].
+ */
+export function computeColors(mode, n, attrs, classNames) {
+  const out = new Uint8Array(n * 4);
+  const legend = [];
+  let pick;
+  if (mode === "round") {
+    let maxRound = 0;
+    for (let i = 0; i < attrs.round.length; i++) if (attrs.round[i] > maxRound) maxRound = attrs.round[i];
+    pick = (i) => roundColor(attrs.round[i] || 0, maxRound);
+    legend.push({ name: "real (round 0)", rgb: roundColor(0, maxRound) });
+    for (let r = 1; r <= maxRound && legend.length < 12; r++) legend.push({ name: `round ${r}`, rgb: roundColor(r, maxRound) });
+  } else if (mode === "feedback") {
+    pick = (i) => FEEDBACK_COLORS[attrs.feedback[i] || 0] || FEEDBACK_COLORS[0];
+    FEEDBACK_NAMES.forEach((name, k) => legend.push({ name, rgb: FEEDBACK_COLORS[k] }));
+  } else if (mode === "flag") {
+    pick = (i) => FLAG_COLORS[attrs.flag[i] ? 1 : 0];
+    FLAG_NAMES.forEach((name, k) => legend.push({ name, rgb: FLAG_COLORS[k] }));
+  } else {
+    pick = (i) => classColor(attrs.cls[i] || 0);
+    classNames.forEach((name, k) => legend.push({ name, rgb: classColor(k) }));
+  }
+  for (let i = 0; i < n; i++) {
+    const c = pick(i);
+    out[4 * i] = c[0];
+    out[4 * i + 1] = c[1];
+    out[4 * i + 2] = c[2];
+    out[4 * i + 3] = 255;
+  }
+  return { colors: out, legend };
+}

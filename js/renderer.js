@@ -1,0 +1,217 @@
+// WebGL2 renderer: one instanced quad per point. Zoomed in, each quad samples its thumbnail from a
+// single sprite-atlas texture (as TensorBoard's projector does); zoomed out, or without an atlas,
+// quads are drawn as small marks. Real images are squares, generated images discs (thumbnail
+// cropped to a circle), with a ring in the colour-by colour; the selection gets a yellow ring.
+
+const VS = `#version 300 es
+layout(location=0) in vec2 a_pos;
+layout(location=1) in vec4 a_color;
+layout(location=2) in uvec4 a_state; // kind (0 real, 1 generated), selected, hidden, unused
+uniform vec2 u_scale;   // data -> clip
+uniform vec2 u_offset;
+uniform vec2 u_viewport; // px
+uniform float u_size;    // px
+uniform int u_pass;      // 0: all points, 1: selected only (drawn on top)
+uniform int u_cols;
+flat out vec4 v_color;
+flat out uvec4 v_state;
+flat out vec2 v_tile;
+out vec2 v_local;
+void main() {
+  bool sel = a_state.y > 0u;
+  if ((u_pass == 1 && !sel) || a_state.z > 0u) { gl_Position = vec4(2.0, 2.0, 2.0, 1.0); return; }
+  vec2 corner = vec2(float(gl_VertexID & 1), float(gl_VertexID >> 1)) * 2.0 - 1.0;
+  float s = u_size * (sel ? 1.2 : 1.0);
+  vec2 clip = a_pos * u_scale + u_offset;
+  gl_Position = vec4(clip + corner * s / u_viewport, 0.0, 1.0);
+  v_local = corner;
+  v_color = a_color;
+  v_state = a_state;
+  v_tile = vec2(float(gl_InstanceID % u_cols), float(gl_InstanceID / u_cols));
+}`;
+
+const FS = `#version 300 es
+precision highp float;
+flat in vec4 v_color;
+flat in uvec4 v_state;
+flat in vec2 v_tile;
+in vec2 v_local;
+uniform sampler2D u_atlas;
+uniform int u_thumbs;     // 1: draw thumbnails
+uniform vec2 u_tileUV;    // tile size in uv
+uniform vec2 u_texel;     // one texel in uv
+uniform float u_size;
+uniform float u_dim;      // alpha for unselected points when a selection exists
+out vec4 outColor;
+void main() {
+  bool generated = v_state.x > 0u;
+  bool sel = v_state.y > 0u;
+  float px = 2.0 / (u_size * (sel ? 1.2 : 1.0)); // one pixel in local units
+  float d = generated ? length(v_local) : max(abs(v_local.x), abs(v_local.y));
+  if (d > 1.0) discard;
+  vec3 ring = sel ? vec3(1.0, 0.8, 0.0) : v_color.rgb;
+  float alpha = sel ? 1.0 : u_dim;
+  vec3 rgb;
+  if (u_thumbs == 1) {
+    float ringW = (sel ? 3.0 : 2.0) * px;
+    if (d > 1.0 - ringW) {
+      rgb = ring;
+    } else {
+      vec2 f = v_local * 0.5 + 0.5;
+      f.y = 1.0 - f.y;
+      f = clamp(f, u_texel / u_tileUV * 0.5, 1.0 - u_texel / u_tileUV * 0.5);
+      rgb = texture(u_atlas, (v_tile + f) * u_tileUV).rgb;
+    }
+  } else {
+    // Marks: real = filled square, generated = filled disc; a dark edge keeps them legible.
+    float edge = 1.5 * px;
+    rgb = d > 1.0 - edge ? (sel ? ring : v_color.rgb * 0.55) : (sel ? mix(v_color.rgb, ring, 0.35) : v_color.rgb);
+  }
+  outColor = vec4(rgb * alpha, alpha);
+}`;
+
+function compile(gl, type, src) {
+  const s = gl.createShader(type);
+  gl.shaderSource(s, src);
+  gl.compileShader(s);
+  if (!gl.getShaderParameter(s, gl.COMPILE_STATUS)) throw new Error("shader: " + gl.getShaderInfoLog(s));
+  return s;
+}
+
+export class Renderer {
+  constructor(canvas) {
+    const gl = canvas.getContext("webgl2", { antialias: false, premultipliedAlpha: true, preserveDrawingBuffer: true });
+    if (!gl) throw new Error("WebGL2 is not available in this browser");
+    this.gl = gl;
+    this.canvas = canvas;
+    const prog = gl.createProgram();
+    gl.attachShader(prog, compile(gl, gl.VERTEX_SHADER, VS));
+    gl.attachShader(prog, compile(gl, gl.FRAGMENT_SHADER, FS));
+    gl.linkProgram(prog);
+    if (!gl.getProgramParameter(prog, gl.LINK_STATUS)) throw new Error("link: " + gl.getProgramInfoLog(prog));
+    this.prog = prog;
+    this.u = {};
+    for (const name of ["u_scale", "u_offset", "u_viewport", "u_size", "u_pass", "u_cols", "u_atlas", "u_thumbs", "u_tileUV", "u_texel", "u_dim"]) {
+      this.u[name] = gl.getUniformLocation(prog, name);
+    }
+    this.vao = gl.createVertexArray();
+    gl.bindVertexArray(this.vao);
+    this.posBuf = gl.createBuffer();
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.posBuf);
+    gl.enableVertexAttribArray(0);
+    gl.vertexAttribPointer(0, 2, gl.FLOAT, false, 0, 0);
+    gl.vertexAttribDivisor(0, 1);
+    this.colorBuf = gl.createBuffer();
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.colorBuf);
+    gl.enableVertexAttribArray(1);
+    gl.vertexAttribPointer(1, 4, gl.UNSIGNED_BYTE, true, 0, 0);
+    gl.vertexAttribDivisor(1, 1);
+    this.stateBuf = gl.createBuffer();
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.stateBuf);
+    gl.enableVertexAttribArray(2);
+    gl.vertexAttribIPointer(2, 4, gl.UNSIGNED_BYTE, 0, 0);
+    gl.vertexAttribDivisor(2, 1);
+    gl.bindVertexArray(null);
+    this.n = 0;
+    this.texture = null;
+    this.atlas = null; // {cols, tile, width, height}
+    this.maxTextureSize = gl.getParameter(gl.MAX_TEXTURE_SIZE);
+  }
+
+  setPositions(xy) {
+    const gl = this.gl;
+    this.n = xy.length >> 1;
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.posBuf);
+    gl.bufferData(gl.ARRAY_BUFFER, xy, gl.STATIC_DRAW);
+  }
+
+  setColors(rgba) {
+    const gl = this.gl;
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.colorBuf);
+    gl.bufferData(gl.ARRAY_BUFFER, rgba, gl.DYNAMIC_DRAW);
+  }
+
+  setState(state) {
+    const gl = this.gl;
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.stateBuf);
+    gl.bufferData(gl.ARRAY_BUFFER, state, gl.DYNAMIC_DRAW);
+  }
+
+  /** bitmap: ImageBitmap of the sprite atlas; grid: {cols, tile}. Pass null to drop the atlas. */
+  setAtlas(bitmap, grid) {
+    const gl = this.gl;
+    if (this.texture) gl.deleteTexture(this.texture);
+    this.texture = null;
+    this.atlas = null;
+    if (!bitmap) return;
+    if (bitmap.width > this.maxTextureSize || bitmap.height > this.maxTextureSize) {
+      throw new Error(`thumbnail atlas ${bitmap.width}x${bitmap.height} exceeds this browser's texture limit ${this.maxTextureSize}`);
+    }
+    const tex = gl.createTexture();
+    gl.bindTexture(gl.TEXTURE_2D, tex);
+    gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
+    gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA8, gl.RGBA, gl.UNSIGNED_BYTE, bitmap);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+    this.texture = tex;
+    this.atlas = { cols: grid.cols, tile: grid.tile, width: bitmap.width, height: bitmap.height };
+  }
+
+  /**
+   * view: {k, tx, ty} maps data to CSS px: sx = x*k + tx, sy = -y*k + ty.
+   * opts: {width, height (CSS px), dpr, size (px), thumbs (bool), dim (0..1), background [r,g,b]}.
+   */
+  draw(view, opts) {
+    const gl = this.gl;
+    const { width, height, dpr } = opts;
+    gl.viewport(0, 0, Math.round(width * dpr), Math.round(height * dpr));
+    const bg = opts.background || [1, 1, 1];
+    gl.clearColor(bg[0], bg[1], bg[2], 1);
+    gl.clear(gl.COLOR_BUFFER_BIT);
+    if (this.n === 0) return;
+    gl.useProgram(this.prog);
+    gl.enable(gl.BLEND);
+    gl.blendFunc(gl.ONE, gl.ONE_MINUS_SRC_ALPHA);
+    // clip = (sx / width) * 2 - 1, clipY = 1 - (sy / height) * 2
+    gl.uniform2f(this.u.u_scale, (2 * view.k) / width, (2 * view.k) / height);
+    gl.uniform2f(this.u.u_offset, (2 * view.tx) / width - 1, 1 - (2 * view.ty) / height);
+    gl.uniform2f(this.u.u_viewport, width, height);
+    gl.uniform1f(this.u.u_size, opts.size);
+    gl.uniform1f(this.u.u_dim, opts.dim);
+    const thumbs = opts.thumbs && this.texture ? 1 : 0;
+    gl.uniform1i(this.u.u_thumbs, thumbs);
+    if (this.atlas) {
+      const a = this.atlas;
+      gl.uniform1i(this.u.u_cols, Math.max(1, a.cols));
+      gl.uniform2f(this.u.u_tileUV, a.tile / a.width, a.tile / a.height);
+      gl.uniform2f(this.u.u_texel, 1 / a.width, 1 / a.height);
+    } else {
+      gl.uniform1i(this.u.u_cols, 1);
+      gl.uniform2f(this.u.u_tileUV, 1, 1);
+      gl.uniform2f(this.u.u_texel, 1, 1);
+    }
+    gl.activeTexture(gl.TEXTURE0);
+    gl.bindTexture(gl.TEXTURE_2D, this.texture);
+    gl.uniform1i(this.u.u_atlas, 0);
+    gl.bindVertexArray(this.vao);
+    gl.uniform1i(this.u.u_pass, 0);
+    gl.drawArraysInstanced(gl.TRIANGLE_STRIP, 0, 4, this.n);
+    if (opts.anySelected) {
+      gl.uniform1i(this.u.u_pass, 1);
+      gl.drawArraysInstanced(gl.TRIANGLE_STRIP, 0, 4, this.n);
+    }
+    gl.bindVertexArray(null);
+  }
+
+  destroy() {
+    const gl = this.gl;
+    if (this.texture) gl.deleteTexture(this.texture);
+    gl.deleteBuffer(this.posBuf);
+    gl.deleteBuffer(this.colorBuf);
+    gl.deleteBuffer(this.stateBuf);
+    gl.deleteVertexArray(this.vao);
+    gl.deleteProgram(this.prog);
+  }
+}
