@@ -1,6 +1,21 @@
 """datacrafter-widget: expand a small labelled image dataset with diffusion-model images, person in the loop."""
 from . import starter
+from .captioner import Captioner, RetrievalCaptioner
 from .dataset import Dataset, DatasetError
+from .embedder import Embedder
+from .generator import Generator
+from .models import MissingModelError, Models
 
 __version__ = "0.1.0"
-__all__ = ["Dataset", "DatasetError", "starter", "__version__"]
+__all__ = [
+    "Captioner",
+    "Dataset",
+    "DatasetError",
+    "Embedder",
+    "Generator",
+    "MissingModelError",
+    "Models",
+    "RetrievalCaptioner",
+    "starter",
+    "__version__",
+]

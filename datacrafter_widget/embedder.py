@@ -1,0 +1,153 @@
+"""Image and text embeddings from an open_clip CLIP model.
+
+The embeddings feed the projection, the class filter, the metrics and the student; they are
+cached in the store by image hash under `Embedder.name`, so `name` must identify the weights.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .images import to_rgb
+
+
+def auto_device(device: str | None = "auto") -> str:
+    """'auto' -> cuda, then mps, then cpu."""
+    if device not in (None, "auto"):
+        return str(device)
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class Embedder:
+    """open_clip CLIP model + preprocess + tokenizer -> float32 L2-normalised embeddings."""
+
+    def __init__(self, model: Any, preprocess: Any, tokenizer: Any, name: str, batch_size: int = 64) -> None:
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.name = str(name)
+        self.batch_size = int(batch_size)
+
+    def __repr__(self) -> str:
+        return f"Embedder({self.name!r}, dim={self.dim}, image_size={self.image_size}, device={self.device!r})"
+
+    @classmethod
+    def from_open_clip(cls, arch: str, pretrained: str | None = None, device: str = "auto", name: str | None = None) -> "Embedder":
+        """Load `arch` with a pretrained tag (downloads on a user's machine) or a local checkpoint file."""
+        import open_clip
+
+        if arch not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip architecture {arch!r}: see open_clip.list_models() (e.g. 'ViT-B-32')")
+        looks_like_path = pretrained is not None and (
+            Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") or "/" in pretrained or "\\" in pretrained
+        )
+        if looks_like_path and not Path(pretrained).is_file():
+            raise FileNotFoundError(
+                f"open_clip checkpoint {pretrained!r} does not exist: pass a local .safetensors/.pt file, or a "
+                f"pretrained tag from open_clip.list_pretrained_tags_by_model({arch!r})"
+            )
+        dev = auto_device(device)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=dev)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise RuntimeError(
+                f"could not load open_clip {arch!r} with pretrained={pretrained!r}: {err}. Offline, pass a local "
+                "checkpoint file; online, check the tag with open_clip.list_pretrained_tags_by_model()"
+            ) from err
+        tokenizer = open_clip.get_tokenizer(arch)
+        label = Path(pretrained).stem if looks_like_path else (pretrained or "random")
+        return cls(model, preprocess, tokenizer, name or f"open_clip:{arch}:{label}")
+
+    # ---- properties -----------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        try:
+            return str(next(self.model.parameters()).device)
+        except StopIteration:
+            return "cpu"
+
+    @property
+    def image_size(self) -> int:
+        size = getattr(getattr(self.model, "visual", None), "image_size", 224)
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def dim(self) -> int:
+        proj = getattr(self.model, "text_projection", None)
+        if proj is not None:
+            return int(proj.shape[-1] if isinstance(proj, torch.Tensor) else proj.out_features)
+        return int(self.embed_texts(["x"]).shape[1])
+
+    # ---- embeddings -----------------------------------------------------------------------------
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """float32 (n, d), rows L2-normalised."""
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        dtype = next(self.model.parameters()).dtype
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start : start + self.batch_size]
+                x = torch.stack([self.preprocess(to_rgb(im)) for im in chunk]).to(self.device, dtype)
+                out.append(self.model.encode_image(x).float())
+        return _normalise(torch.cat(out))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 (n, d), rows L2-normalised."""
+        texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(texts), self.batch_size):
+                tokens = self.tokenizer(texts[start : start + self.batch_size]).to(self.device)
+                out.append(self.model.encode_text(tokens).float())
+        return _normalise(torch.cat(out))
+
+    def class_text_embeddings(self, class_names: Sequence[str], templates: Sequence[str] = ("a photo of a {}",)) -> np.ndarray:
+        """One L2-normalised text embedding per class: the mean over the templates (CLIP's recipe)."""
+        rows = []
+        for c in class_names:
+            e = self.embed_texts([t.format(c) for t in templates]).mean(axis=0)
+            rows.append(e / max(float(np.linalg.norm(e)), 1e-12))
+        return np.stack(rows).astype(np.float32)
+
+    @property
+    def logit_scale(self) -> float:
+        scale = getattr(self.model, "logit_scale", None)
+        if scale is None:
+            return 100.0
+        return float(min(100.0, float(torch.as_tensor(scale).detach().float().exp())))
+
+    def zero_shot(
+        self,
+        images_or_embeddings: Sequence[Image.Image] | np.ndarray,
+        class_names: Sequence[str],
+        templates: Sequence[str] = ("a photo of a {}",),
+    ) -> np.ndarray:
+        """Class probabilities (n, k) from CLIP zero-shot classification."""
+        if isinstance(images_or_embeddings, np.ndarray):
+            emb = images_or_embeddings.astype(np.float32)
+        else:
+            emb = self.embed_images(images_or_embeddings)
+        text = self.class_text_embeddings(class_names, templates)
+        logits = self.logit_scale * emb @ text.T
+        logits = logits - logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _normalise(x: torch.Tensor) -> np.ndarray:
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return x.cpu().numpy().astype(np.float32)
