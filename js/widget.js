@@ -462,7 +462,7 @@ class ProjectionView {
 
   // ---------------------------------------------------------------- interaction
   localXY(ev) {
-    const r = this.stage.getBoundingClientRect();
+    const r = this.glCanvas.getBoundingClientRect(); // inside the stage's border
     return [ev.clientX - r.left, ev.clientY - r.top];
   }
 

@@ -1,0 +1,117 @@
+"""Runs the built widget bundle in a bare page with a minimal fake anywidget model.
+
+No JupyterLab and no server: playwright's request routing answers every request to
+http://dcw.test/ from memory. Used by the fast front-end browser tests and by
+benchmarks/bench_widget.py. The fake model implements the small part of the anywidget model API
+the widget uses (get / set / save_changes / on / off / send) and records what it sends.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+STATIC = ROOT / "datacrafter_widget" / "static"
+BASE = "http://dcw.test"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><link rel="stylesheet" href="/widget.css">
+<style>body{margin:0;padding:8px;font-family:sans-serif} #host{width:%(width)dpx}</style></head>
+<body><div id="host"></div>
+<script type="module">
+class FakeModel {
+  constructor(state) { this.state = state; this.handlers = {}; this.sent = []; this.saves = 0; }
+  get(k) { return this.state[k]; }
+  set(k, v) { this.state[k] = v; (this.handlers["change:" + k] || []).slice().forEach((f) => f()); }
+  save_changes() { this.saves++; }
+  on(e, f) { (this.handlers[e] = this.handlers[e] || []).push(f); }
+  off(e, f) { this.handlers[e] = (this.handlers[e] || []).filter((g) => g !== f); }
+  send(content, callbacks, buffers) { this.sent.push({ content, buffers: (buffers || []).map((b) => Array.from(new Uint32Array(b))) }); }
+  emit(msg, buffers) { (this.handlers["msg:custom"] || []).slice().forEach((f) => f(msg, buffers || [])); }
+}
+window.FakeModel = FakeModel;
+const state = await (await fetch("/state.json")).json();
+for (const k of state.__binary__) state[k] = new DataView(await (await fetch("/bin/" + k)).arrayBuffer());
+delete state.__binary__;
+const mod = await import("/widget.js");
+window.__model = new FakeModel(state);
+window.__tRender = performance.now();
+window.__cleanup = mod.default.render({ model: window.__model, el: document.getElementById("host") });
+window.__rendered = true;
+</script></body></html>
+"""
+
+
+def synthetic_frame(n: int, classes: int = 4, seed: int = 0) -> pd.DataFrame:
+    """Random clustered projection with real/generated points, rounds, feedback and flags."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, classes, n)
+    centers = rng.uniform(-10, 10, (classes, 2))
+    xy = centers[label] + rng.normal(0, 2.5, (n, 2))
+    generated = rng.random(n) < 0.6
+    return pd.DataFrame({
+        "x": xy[:, 0].astype(np.float32),
+        "y": xy[:, 1].astype(np.float32),
+        "label": [f"class {k}" for k in label],
+        "source": np.where(generated, "generated", "real"),
+        "round": np.where(generated, rng.integers(1, 4, n), 0),
+        "feedback": "",
+        "flag": "",
+    })
+
+
+def synthetic_thumbnails(frame: pd.DataFrame, size: int = 32) -> np.ndarray:
+    """uint8 (n, size, size, 3) coloured squares with a lighter centre, one colour per class."""
+    classes = sorted(frame["label"].unique())
+    palette = np.array([[230, 80, 60], [60, 140, 230], [70, 190, 90], [240, 190, 40], [160, 90, 200]], np.uint8)
+    idx = frame["label"].map({c: k for k, c in enumerate(classes)}).to_numpy() % len(palette)
+    tiles = np.repeat(palette[idx][:, None, None, :], size, 1).repeat(size, 2)
+    q = size // 4
+    tiles[:, q:-q, q:-q, :] = np.minimum(255, tiles[:, q:-q, q:-q, :].astype(int) + 70).astype(np.uint8)
+    return tiles
+
+
+def widget_state(widget: Any) -> dict:
+    """The synced state of a CrafterWidget, as the page's fake model will hold it."""
+    keys = ["xy", "kind", "cls", "round", "feedback", "flag", "class_names", "atlas", "atlas_grid", "thumb_size",
+            "labels", "selection", "color_by", "progress", "prompts", "status", "height"]
+    return {k: getattr(widget, k) for k in keys}
+
+
+def open_standalone(page: Any, state: dict, width: int = 900, timeout_ms: int = 60000) -> None:
+    """Serves the bundle + state to `page` and renders the widget; waits until it has drawn."""
+    binary = {k: v for k, v in state.items() if isinstance(v, (bytes, bytearray))}
+    plain = {k: v for k, v in state.items() if k not in binary}
+    plain["__binary__"] = sorted(binary)
+    files = {
+        "/": ("text/html", (PAGE % {"width": width}).encode()),
+        "/widget.js": ("text/javascript", (STATIC / "widget.js").read_bytes()),
+        "/widget.css": ("text/css", (STATIC / "widget.css").read_bytes()),
+        "/state.json": ("application/json", json.dumps(plain).encode()),
+    }
+    for k, v in binary.items():
+        files[f"/bin/{k}"] = ("application/octet-stream", bytes(v))
+
+    def handle(route: Any) -> None:
+        path = route.request.url[len(BASE):].split("?")[0] or "/"
+        if path in files:
+            ctype, body = files[path]
+            route.fulfill(status=200, content_type=ctype, body=body)
+        else:
+            route.fulfill(status=404, body=b"not found")
+
+    page.route(BASE + "/**", handle)
+    page.goto(BASE + "/")
+    page.wait_for_function("window.__rendered === true && window.__dcw && window.__dcw.length > 0", timeout=timeout_ms)
+    page.wait_for_function("window.__dcw[0].frames > 0", timeout=timeout_ms)
+
+
+def thumbnails_as_images(tiles: np.ndarray) -> list[Image.Image]:
+    return [Image.fromarray(t) for t in tiles]

@@ -1,0 +1,245 @@
+"""The built front end in Chromium, against a fake anywidget model (no JupyterLab; seconds).
+
+Checks drawing, lasso / box / label selection against selections computed independently in
+Python from the coordinates and the page's view transform, the uint32 selection sync without
+echo, button actions, lazily fetched hover details, and that model text is never parsed as HTML.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import pathlib
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datacrafter_widget.widget import CrafterWidget
+
+from standalone import open_standalone, synthetic_frame, synthetic_thumbnails, widget_state
+
+ARTIFACTS = pathlib.Path(__file__).resolve().parents[2] / "test-artifacts"
+XSS = "<img src=x onerror=alert(1)>"
+
+
+# ----------------------------------------------------------------- shared helpers (also used by test_lab)
+def points_in_polygon(px: np.ndarray, py: np.ndarray, poly: list[tuple[float, float]]) -> np.ndarray:
+    """Even-odd rule, vectorised over points; the same rule the front end uses."""
+    inside = np.zeros(px.shape, dtype=bool)
+    m = len(poly)
+    for j in range(m):
+        xj, yj = poly[j]
+        xk, yk = poly[j - 1]
+        crosses = (yj > py) != (yk > py)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xint = (xk - xj) * (py - yj) / (yk - yj) + xj
+        inside ^= crosses & (px < xint)
+    return inside
+
+
+def to_screen(xy: np.ndarray, view: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Data -> CSS px inside the canvas: sx = x*k + tx, sy = -y*k + ty (what the page exposes)."""
+    xy = xy.astype(np.float64)
+    return xy[:, 0] * view["k"] + view["tx"], -xy[:, 1] * view["k"] + view["ty"]
+
+
+def draw_lasso(page: Any, canvas_box: dict, poly: list[tuple[float, float]], modifier: str | None = None) -> None:
+    """Drags the mouse along the polygon's edges (positions relative to the canvas)."""
+    ox, oy = canvas_box["x"], canvas_box["y"]
+    if modifier:
+        page.keyboard.down(modifier)
+    page.mouse.move(ox + poly[0][0], oy + poly[0][1])
+    page.mouse.down()
+    for x, y in poly[1:] + [poly[0]]:
+        page.mouse.move(ox + x, oy + y, steps=10)
+    page.mouse.up()
+    if modifier:
+        page.keyboard.up(modifier)
+
+
+def canvas_ink(page: Any, selector: str = ".dcw-gl") -> float:
+    """Fraction of canvas pixels that differ from the white background (reads the WebGL canvas)."""
+    url = page.evaluate(f"document.querySelector('{selector}').toDataURL('image/png')")
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(int)
+    return float((np.abs(img - 255).sum(axis=2) > 30).mean())
+
+
+def lasso_polygon(view: dict) -> list[tuple[float, float]]:
+    """An irregular pentagon with integer vertices covering part of the canvas."""
+    w, h = view["width"], view["height"]
+    return [(round(w * a), round(h * b)) for a, b in [(0.30, 0.25), (0.62, 0.20), (0.70, 0.55), (0.48, 0.78), (0.25, 0.60)]]
+
+
+# ----------------------------------------------------------------- fixtures
+@pytest.fixture()
+def shown(page: Any) -> tuple[Any, CrafterWidget, Any]:
+    frame = synthetic_frame(2000, seed=1)
+    w = CrafterWidget()
+    labels = [
+        {"text": XSS, "x": float(frame.x[:50].mean()), "y": float(frame.y[:50].mean()), "n": 50, "members": list(range(50))},
+        {"text": "stripes", "x": 60.0, "y": 60.0, "n": 3, "members": [5, 6, 7]},
+    ]
+    w.set_frame(frame, thumbnails=synthetic_thumbnails(frame, 16), labels=labels)
+    open_standalone(page, widget_state(w))
+    return page, w, frame
+
+
+def handle(page: Any, expr: str) -> Any:
+    return page.evaluate(f"(() => {{ const h = window.__dcw[window.__dcw.length - 1]; return {expr}; }})()")
+
+
+# ----------------------------------------------------------------- tests
+def test_draws_points_and_legend(shown: Any) -> None:
+    page, w, frame = shown
+    assert canvas_ink(page) > 0.02, "the projection canvas stayed blank"
+    legend = page.locator(".dcw-legend").inner_text()
+    assert "class 0" in legend and "generated" in legend
+    assert handle(page, "h.n") == len(frame)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "frontend-points.png"))
+
+
+def test_lasso_selects_exactly_the_points_inside(shown: Any) -> None:
+    page, w, frame = shown
+    view = handle(page, "h.view")
+    poly = lasso_polygon(view)
+    sx, sy = to_screen(frame[["x", "y"]].to_numpy(np.float32), view)
+    expected = np.flatnonzero(points_in_polygon(sx, sy, poly))
+    assert 50 < expected.size < len(frame) - 50, "polygon should cut through the data"
+    page.click("button[data-mode=lasso]")
+    box = page.locator(".dcw-gl").bounding_box()
+    draw_lasso(page, box, poly)
+    got = handle(page, "h.selection")
+    assert got == expected.tolist()
+    # The model holds the same ids as a uint32 buffer, saved once.
+    synced = page.evaluate("Array.from(new Uint32Array(window.__model.get('selection').buffer))")
+    assert synced == expected.tolist()
+    assert page.evaluate("window.__model.saves") == 1
+    assert page.locator("[data-role=count]").inner_text().startswith(f"{expected.size} of")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "frontend-lasso.png"))
+    # Shift adds a second region, alt subtracts the first again.
+    poly2 = [(x + 0, y) for x, y in [(20, 20), (120, 20), (120, 120), (20, 120)]]
+    add = np.flatnonzero(points_in_polygon(sx, sy, poly2))
+    draw_lasso(page, box, poly2, modifier="Shift")
+    assert handle(page, "h.selection") == np.union1d(expected, add).tolist()
+    draw_lasso(page, box, poly, modifier="Alt")
+    assert handle(page, "h.selection") == np.setdiff1d(add, expected).tolist()
+    assert handle(page, "h.timings.lassoMs") < 100
+
+
+def test_box_selection_and_pan_mode_shift_lasso(shown: Any) -> None:
+    page, w, frame = shown
+    view = handle(page, "h.view")
+    sx, sy = to_screen(frame[["x", "y"]].to_numpy(np.float32), view)
+    box = page.locator(".dcw-gl").bounding_box()
+    page.click("button[data-mode=box]")
+    x0, y0, x1, y1 = 200, 150, 420, 330
+    page.mouse.move(box["x"] + x0, box["y"] + y0)
+    page.mouse.down()
+    page.mouse.move(box["x"] + x1, box["y"] + y1, steps=5)
+    page.mouse.up()
+    expected = np.flatnonzero((sx >= x0) & (sx <= x1) & (sy >= y0) & (sy <= y1))
+    got = np.array(handle(page, "h.selection"))
+    # Box edges are compared in data space by the page; allow no difference beyond edge rounding.
+    near_edge = (np.abs(sx - x0) < 1e-6) | (np.abs(sx - x1) < 1e-6) | (np.abs(sy - y0) < 1e-6) | (np.abs(sy - y1) < 1e-6)
+    assert set(got.tolist()) ^ set(expected.tolist()) <= set(np.flatnonzero(near_edge).tolist())
+    assert expected.size > 0
+    # Pan mode: plain drag pans, shift-drag lassoes.
+    page.click("button[data-mode=pan]")
+    before = handle(page, "h.view")
+    page.mouse.move(box["x"] + 500, box["y"] + 300)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 560, box["y"] + 340, steps=4)
+    page.mouse.up()
+    after = handle(page, "h.view")
+    assert after["tx"] == pytest.approx(before["tx"] + 60) and after["ty"] == pytest.approx(before["ty"] + 40)
+    page.mouse.wheel(0, -300)
+    page.wait_for_timeout(100)
+    assert handle(page, "h.view.k") > after["k"]
+
+
+def test_python_selection_highlights_without_echo(shown: Any) -> None:
+    page, w, frame = shown
+    ink_before = canvas_ink(page)
+    page.evaluate("window.__model.set('selection', new DataView(new Uint32Array([3, 7, 11]).buffer))")
+    page.wait_for_timeout(100)
+    assert handle(page, "h.selection") == [3, 7, 11]
+    assert page.evaluate("window.__model.saves") == 0, "a selection from Python must not be sent back"
+    assert canvas_ink(page) != ink_before  # others dimmed, selected ringed
+
+
+def test_bad_button_sends_selection_as_buffer(shown: Any) -> None:
+    page, w, frame = shown
+    assert page.locator("button[data-action=bad]").is_disabled()
+    page.evaluate("window.__model.set('selection', new DataView(new Uint32Array([2, 4, 8]).buffer))")
+    page.click("button[data-action=bad]")
+    sent = page.evaluate("window.__model.sent")
+    actions = [m for m in sent if m["content"].get("type") == "action"]
+    assert actions[-1]["content"]["name"] == "bad"
+    assert actions[-1]["buffers"] == [[2, 4, 8]]
+    # The Python side turns that message into the callback call with the same ids.
+    calls = []
+    w.on_action(lambda name, payload: calls.append((name, payload)))
+    w._handle_msg(w, actions[-1]["content"], [np.array(actions[-1]["buffers"][0], "<u4").tobytes()])
+    assert calls == [("bad", {"indices": [2, 4, 8]})]
+
+
+def test_label_click_selects_members_and_text_is_literal(shown: Any) -> None:
+    page, w, frame = shown
+    labels = handle(page, "h.placedLabels")
+    xss = next(lab for lab in labels if lab["text"] == XSS)
+    box = page.locator(".dcw-gl").bounding_box()
+    cx, cy = (xss["box"][0] + xss["box"][2]) / 2, (xss["box"][1] + xss["box"][3]) / 2
+    page.mouse.click(box["x"] + cx, box["y"] + cy)
+    assert handle(page, "h.selection") == list(range(50))
+    assert not page.locator("button[data-action=unwanted_label]").is_disabled()
+    page.click("button[data-action=unwanted_label]")
+    last = page.evaluate("window.__model.sent")[-1]
+    assert last["content"]["name"] == "unwanted_label" and last["content"]["payload"]["label"] == XSS
+    assert page.locator("img[src='x']").count() == 0
+    assert page.dialogs == []
+
+
+def test_hover_fetches_details_and_shows_them_as_text(shown: Any) -> None:
+    page, w, frame = shown
+    view = handle(page, "h.view")
+    sx, sy = to_screen(frame[["x", "y"]].to_numpy(np.float32), view)
+    # A point with no neighbour within 8 px, so the hover target is unambiguous.
+    d = np.hypot(sx[:, None] - sx[None, :], sy[:, None] - sy[None, :])
+    np.fill_diagonal(d, np.inf)
+    ok = np.flatnonzero((d.min(axis=1) > 8) & (sx > 20) & (sx < view["width"] - 20) & (sy > 20) & (sy < view["height"] - 20))
+    i = int(ok[0])
+    box = page.locator(".dcw-gl").bounding_box()
+    page.mouse.move(box["x"] + sx[i] + 0.3, box["y"] + sy[i] + 0.3)
+    page.wait_for_selector(".dcw-tooltip[data-index='%d']" % i, state="visible")
+    page.wait_for_function(f"window.__model.sent.some((m) => m.content.type === 'details' && m.content.index === {i})")
+    # Answer as the Python side would, with the XSS caption and a real PNG.
+    w.on_details(lambda k: {"caption": XSS, "prompt": f"a photo of {frame.label[k]}", "image": Image.new("RGB", (64, 64), (200, 10, 10))})
+    fields, png = w.details(i)
+    page.evaluate(
+        "([i, fields, png]) => window.__model.emit({type: 'details', index: i, fields},"
+        " [new DataView(Uint8Array.from(atob(png), (c) => c.charCodeAt(0)).buffer)])",
+        [i, fields, base64.b64encode(png).decode()],
+    )
+    text = page.locator(".dcw-tooltip").inner_text()
+    assert XSS in text and f"a photo of {frame.label[i]}" in text
+    assert page.locator(".dcw-tooltip img").get_attribute("src").startswith("blob:")
+    assert page.locator("img[src='x']").count() == 0
+    assert page.dialogs == []
+    page.wait_for_function("document.querySelector('.dcw-tooltip img').naturalWidth === 64")
+
+
+def test_zoom_in_switches_to_thumbnails(shown: Any) -> None:
+    page, w, frame = shown
+    assert handle(page, "h.thumbsShown") is False  # 2,000 points: marks at the overview
+    v = handle(page, "h.view")
+    cx, cy = v["width"] / 2, v["height"] / 2
+    k, tx, ty = v["k"] * 8, cx - (cx - v["tx"]) * 8, cy - (cy - v["ty"]) * 8
+    page.evaluate(f"window.__dcw[window.__dcw.length - 1].setView({k}, {tx}, {ty})")
+    page.wait_for_function("window.__dcw[window.__dcw.length - 1].thumbsShown === true")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "frontend-thumbnails.png"))
+    assert canvas_ink(page) > 0.05
+    assert page.errors == []
