@@ -1,0 +1,446 @@
+"""The student: the downstream classifier that generated data is meant to improve.
+
+It is trained on the real training images plus the generated images the person accepted, and
+evaluated on a held-out split; GAP backpropagates through it, so its forward pass on a pixel
+tensor is differentiable. Defaults follow the data: a small CNN for small images (the 32x32
+starter kit), a linear probe on CLIP features for real photos, or fine-tuning a backbone the
+user names (torchvision / timm) or passes in. Stored as safetensors + json, never pickle.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .images import to_rgb
+
+__all__ = [
+    "Student", "StudentConfig", "StudentError", "train_student", "evaluate", "accepted_rows",
+    "training_set_from_samples", "default_kind", "pixels",
+]
+
+WEIGHTS_FILE = "student.safetensors"
+CONFIG_FILE = "student.json"
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class StudentError(ValueError):
+    """Bad student input; the message names the thing and the fix."""
+
+
+@dataclass
+class StudentConfig:
+    """Everything needed to rebuild a student's architecture (saved as student.json)."""
+    kind: str                      # "cnn" | "probe" | "backbone"
+    classes: list[str]
+    image_size: int = 32
+    width: int = 32                # CNN channels of the first block
+    epochs: int = 40
+    lr: float = 5e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    seed: int = 0
+    augment: bool = True           # small random translations (never colour changes: they would hide spurious cues)
+    embedder: str = ""             # probe: the embedder's name (features must come from the same model)
+    feature_dim: int = 0
+    backbone: str = ""             # "torchvision:resnet18" | "timm:resnet18" | "custom"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    trained_epochs: int = 0
+    n_train: int = 0
+    cancelled: bool = False
+    history: list[float] = field(default_factory=list)   # mean training loss per epoch
+
+
+def _small_cnn(k: int, width: int) -> nn.Module:
+    """Three conv blocks + global pooling: enough for 32x32 digits, trains in seconds on a CPU."""
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, k),
+    )
+
+
+def _named_backbone(spec: str, k: int, pretrained: bool) -> nn.Module:
+    lib, _, name = spec.partition(":")
+    if lib == "timm":
+        import timm
+        return timm.create_model(name, pretrained=pretrained, num_classes=k)
+    if lib == "torchvision":
+        import torchvision
+        net = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
+        for attr in ("fc", "head", "heads", "classifier"):
+            old = getattr(net, attr, None)
+            if isinstance(old, nn.Linear):
+                setattr(net, attr, nn.Linear(old.in_features, k))
+                return net
+            if isinstance(old, nn.Sequential) and isinstance(old[-1], nn.Linear):
+                old[-1] = nn.Linear(old[-1].in_features, k)
+                return net
+        raise StudentError(f"cannot find the classification head of torchvision model {name!r}: pass the model itself as backbone=")
+    raise StudentError(f"backbone {spec!r} is not understood: use 'torchvision:<name>', 'timm:<name>' or pass an nn.Module")
+
+
+class _HeadOn(nn.Module):
+    """A user's feature extractor with a fresh linear head (output size found by one dummy pass)."""
+
+    def __init__(self, body: nn.Module, k: int, image_size: int) -> None:
+        super().__init__()
+        self.body = body
+        with torch.no_grad():
+            was = body.training
+            body.eval()
+            out = body(torch.zeros(1, 3, image_size, image_size))
+            body.train(was)
+        self.head = nn.Linear(int(out.flatten(1).shape[1]), k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).flatten(1))
+
+
+def pixels(images: Sequence[Image.Image], size: int) -> torch.Tensor:
+    """PIL images -> float tensor (n, 3, size, size) in [0, 1]."""
+    arrays = []
+    for im in images:
+        im = to_rgb(im)
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BICUBIC)
+        arrays.append(np.asarray(im, dtype=np.float32) / 255.0)
+    if not arrays:
+        return torch.zeros(0, 3, size, size)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+class Student:
+    """A trained classifier: `predict`, `predict_proba`, differentiable `logits_from_pixels`, save/load."""
+
+    def __init__(self, config: StudentConfig, net: nn.Module, embedder: Any = None) -> None:
+        self.config = config
+        self.net = net
+        self.embedder = embedder
+        self.net.eval()
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config.classes)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"Student({c.kind}, {len(c.classes)} classes, trained {c.trained_epochs} epochs on {c.n_train} images{' (cancelled)' if c.cancelled else ''})"
+
+    def class_index(self, label: str) -> int:
+        """Index of a class; a clear error when the student never saw it."""
+        try:
+            return self.config.classes.index(str(label))
+        except ValueError:
+            raise StudentError(
+                f"class {label!r} is unknown to the student (it knows {self.config.classes}); "
+                "retrain it with crafter.train_student() on data that has this class") from None
+
+    # ---- forward passes ----------------------------------------------------------------------
+    def _features_from_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """CLIP image features for the probe, differentiable through the embedder's visual tower."""
+        if self.embedder is None:
+            raise StudentError("this is a CLIP linear-probe student and needs its embedder: load it with Student.load(path, embedder=models.embedder)")
+        model = self.embedder.model
+        size = int(getattr(self.embedder, "image_size", 224))
+        visual = getattr(model, "visual", None)
+        mean = getattr(visual, "image_mean", None) or _CLIP_MEAN
+        std = getattr(visual, "image_std", None) or _CLIP_STD
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+        x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        param = next(model.parameters())
+        f = model.encode_image(x.to(param.device, param.dtype)).float().cpu()
+        return F.normalize(f, dim=-1)
+
+    def logits_from_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a pixel tensor (n, 3, H, W) in [0, 1]; differentiable (GAP backpropagates through it)."""
+        c = self.config
+        if c.kind == "probe":
+            return self.net(self._features_from_pixels(x))
+        if x.shape[-1] != c.image_size or x.shape[-2] != c.image_size:
+            x = F.interpolate(x, size=(c.image_size, c.image_size), mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(c.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(c.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return self.net((x - mean) / std)
+
+    @torch.no_grad()
+    def logits(self, images: Sequence[Image.Image], batch_size: int = 256) -> torch.Tensor:
+        self.net.eval()
+        if self.config.kind == "probe":
+            feats = torch.from_numpy(np.asarray(self.embedder.embed_images(list(images)), dtype=np.float32)) if len(images) else torch.zeros(0, self.config.feature_dim)
+            return self.net(feats)
+        out = [self.logits_from_pixels(pixels(images[i:i + batch_size], self.config.image_size))
+               for i in range(0, len(images), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, len(self.config.classes))
+
+    def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return torch.softmax(self.logits(images), dim=-1).numpy()
+
+    def predict(self, images: Sequence[Image.Image]) -> list[str]:
+        idx = self.logits(images).argmax(dim=-1).tolist()
+        return [self.config.classes[i] for i in idx]
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write student.safetensors + student.json into `folder` (atomically, no pickle)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{WEIGHTS_FILE}.tmp-{os.getpid()}"
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}, str(tmp))
+        os.replace(tmp, folder / WEIGHTS_FILE)
+        tmp = folder / f"{CONFIG_FILE}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(asdict(self.config), indent=1))
+        os.replace(tmp, folder / CONFIG_FILE)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, *, embedder: Any = None, backbone: nn.Module | None = None) -> "Student":
+        """Rebuild from `save`; a probe needs the same embedder, a custom backbone its module."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not (folder / CONFIG_FILE).exists():
+            raise StudentError(f"no saved student in {folder} (expected {CONFIG_FILE}); train one with crafter.train_student()")
+        raw = json.loads((folder / CONFIG_FILE).read_text())
+        raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
+        config = StudentConfig(**raw)
+        if config.kind == "probe" and embedder is not None and getattr(embedder, "name", config.embedder) != config.embedder:
+            raise StudentError(f"this probe was trained on features of {config.embedder!r}, not {embedder.name!r}: pass that embedder")
+        net = _build_net(config, backbone)
+        net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        return cls(config, net, embedder)
+
+
+def _build_net(config: StudentConfig, backbone: nn.Module | None = None, pretrained: bool = False) -> nn.Module:
+    k = len(config.classes)
+    if config.kind == "cnn":
+        return _small_cnn(k, config.width)
+    if config.kind == "probe":
+        return nn.Linear(config.feature_dim, k)
+    if config.kind == "backbone":
+        if config.backbone == "custom":
+            if backbone is None:
+                raise StudentError("this student fine-tuned a custom backbone: pass the same module as backbone=")
+            return _HeadOn(backbone, k, config.image_size)
+        return _named_backbone(config.backbone, k, pretrained)
+    raise StudentError(f"student kind {config.kind!r} is not one of 'cnn', 'probe', 'backbone'")
+
+
+def default_kind(images: Sequence[Image.Image], embedder: Any = None) -> str:
+    """Small images (<= 64 px, like the starter kit) -> CNN; larger ones -> CLIP probe when an embedder exists."""
+    side = max(max(im.size) for im in images[:64])
+    return "cnn" if side <= 64 or embedder is None else "probe"
+
+
+def _cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+def _shift(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
+    """Random translation by up to `pad` pixels (edge padding keeps the background colour)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+
+def train_student(
+    images: Sequence[Image.Image],
+    labels: Sequence[str],
+    classes: Sequence[str] | None = None,
+    *,
+    kind: str = "auto",
+    embedder: Any = None,
+    backbone: str | nn.Module | None = None,
+    pretrained: bool = False,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int = 32,
+    image_size: int | None = None,
+    width: int = 32,
+    seed: int = 0,
+    augment: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
+    cancel: Any = None,
+) -> Student:
+    """Train a student from scratch on `images`/`labels`; deterministic for a given seed.
+
+    progress: True for a tqdm bar, False for none, or a callable(done, total).
+    cancel: a threading.Event or a callable returning True to stop; the epochs done are kept.
+    """
+    if len(images) == 0:
+        raise StudentError("no training images: the student needs the real train split and/or accepted generated images")
+    if len(images) != len(labels):
+        raise StudentError(f"{len(images)} images but {len(labels)} labels: pass one label per image")
+    labels = [str(l) for l in labels]
+    classes = sorted(set(labels)) if classes is None else [str(c) for c in classes]
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise StudentError(f"labels {unknown} are not among the classes {classes}: add them to classes=")
+    if backbone is not None:
+        kind = "backbone"
+    if kind == "auto":
+        kind = default_kind(images, embedder)
+    if kind == "probe" and embedder is None:
+        raise StudentError("a CLIP linear-probe student needs an embedder: pass embedder=models.embedder or kind='cnn'")
+    if kind == "backbone" and backbone is None:
+        raise StudentError("kind='backbone' needs backbone='torchvision:resnet18' / 'timm:<name>' or an nn.Module")
+
+    y = torch.tensor([classes.index(l) for l in labels])
+    config = StudentConfig(kind=kind, classes=classes, seed=int(seed), batch_size=int(batch_size), augment=augment,
+                           n_train=len(images), width=int(width))
+    if kind == "cnn":
+        config.image_size = int(image_size or 32)
+        config.epochs = int(epochs or 40)
+        config.lr = float(lr or 5e-3)
+    elif kind == "probe":
+        config.epochs = int(epochs or 300)
+        config.lr = float(lr or 1e-2)
+        config.embedder = str(getattr(embedder, "name", "embedder"))
+        config.augment = False
+    else:
+        config.image_size = int(image_size or 224)
+        config.epochs = int(epochs or 10)
+        config.lr = float(lr or 1e-4)
+        config.mean, config.std = _IMAGENET_MEAN, _IMAGENET_STD
+        config.backbone = backbone if isinstance(backbone, str) else "custom"
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        gen = torch.Generator().manual_seed(int(seed))
+        if kind == "probe":
+            x = torch.from_numpy(np.asarray(embedder.embed_images(list(images)), dtype=np.float32))
+            config.feature_dim = int(x.shape[1])
+        else:
+            x = pixels(images, config.image_size)
+        net = _build_net(config, backbone if isinstance(backbone, nn.Module) else None, pretrained)
+        student = Student(config, net, embedder)
+        opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        n = len(y)
+        # The probe trains full-batch (features are tiny); images train in mini-batches.
+        bs = n if kind == "probe" else max(1, min(config.batch_size, n))
+        steps_per_epoch = math.ceil(n / bs)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
+        bar = None
+        if progress is True:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=config.epochs, desc=f"training {kind} student", leave=False)
+        net.train()
+        for epoch in range(config.epochs):
+            if _cancelled(cancel):
+                config.cancelled = True
+                break
+            order = torch.randperm(n, generator=gen)
+            total = 0.0
+            for s in range(steps_per_epoch):
+                idx = order[s * bs:(s + 1) * bs]
+                xb = x[idx]
+                if config.augment and kind != "probe":
+                    xb = _shift(xb, gen, max(1, config.image_size // 16))
+                if kind == "probe":
+                    logits = net(xb)
+                else:
+                    mean = torch.tensor(config.mean).view(1, 3, 1, 1)
+                    std = torch.tensor(config.std).view(1, 3, 1, 1)
+                    logits = net((xb - mean) / std)
+                loss = F.cross_entropy(logits, y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(idx)
+            config.history.append(total / n)
+            config.trained_epochs = epoch + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / n:.3f}")
+            elif callable(progress):
+                progress(epoch + 1, config.epochs)
+        if bar is not None:
+            bar.close()
+        net.eval()
+    return student
+
+
+def evaluate(student: Student, dataset: Any) -> dict[str, Any]:
+    """Accuracy, per-class accuracy and confusion matrix of `student` on a Dataset (or (images, labels))."""
+    if student is None:
+        raise StudentError("no student yet: train one first with crafter.train_student()")
+    if isinstance(dataset, tuple):
+        images, labels = list(dataset[0]), [str(l) for l in dataset[1]]
+    else:
+        if dataset is None:
+            raise StudentError("no evaluation dataset: pass a Dataset such as ds.test")
+        images, labels = dataset.images(), [str(l) for l in dataset.labels]
+    if not labels:
+        raise StudentError("the evaluation dataset is empty: pass a split with images, e.g. ds.test")
+    unknown = sorted(set(labels) - set(student.classes))
+    if unknown:
+        raise StudentError(
+            f"the evaluation data has class(es) {unknown} unknown to the student (it knows {student.classes}); "
+            "evaluate on the same classes or retrain the student on data that has them")
+    pred = student.predict(images)
+    classes = student.classes
+    confusion = pd.DataFrame(0, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
+    for t, p in zip(labels, pred):
+        confusion.at[t, p] += 1
+    rows = []
+    for c in classes:
+        n = int(confusion.loc[c].sum())
+        correct = int(confusion.at[c, c])
+        rows.append({"class": c, "n": n, "correct": correct, "accuracy": correct / n if n else float("nan")})
+    per_class = pd.DataFrame(rows)
+    accuracy = float(np.mean([t == p for t, p in zip(labels, pred)]))
+    return {"accuracy": accuracy, "n": len(labels), "per_class": per_class, "confusion": confusion, "predictions": pred}
+
+
+# ---- choosing the training data from the sample store -----------------------------------------
+def accepted_rows(samples: pd.DataFrame, *, keep_flagged: bool = False) -> pd.DataFrame:
+    """Generated rows the person accepted: feedback not bad/removed, and no automatic flag unless kept."""
+    gen = samples[samples["source"] == "generated"]
+    fb = gen["feedback"].fillna("").astype(str)
+    mask = ~fb.isin(["bad", "removed"])
+    if not keep_flagged and "flag" in gen.columns:
+        mask &= gen["flag"].fillna("").astype(str).eq("") | fb.eq("good")
+    return gen[mask]
+
+
+def training_set_from_samples(
+    samples: pd.DataFrame,
+    load_image: Callable[[str], Image.Image],
+    *,
+    real_split: str = "train",
+    keep_flagged: bool = False,
+    include_generated: bool = True,
+) -> tuple[list[Image.Image], list[str], list[str]]:
+    """(images, labels, ids): the real `real_split` rows plus accepted generated ones."""
+    real = samples[(samples["source"] == "real") & (samples["split"] == real_split)]
+    rows = [real]
+    if include_generated:
+        rows.append(accepted_rows(samples, keep_flagged=keep_flagged))
+    chosen = pd.concat(rows)
+    ids = chosen["id"].astype(str).tolist()
+    return [load_image(i) for i in ids], chosen["label"].astype(str).tolist(), ids

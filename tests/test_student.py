@@ -1,0 +1,138 @@
+"""The student classifier: learns, is deterministic, saves without pickle, fails clearly."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from datacrafter_widget.student import (
+    Student, StudentError, accepted_rows, evaluate, train_student, training_set_from_samples,
+)
+
+
+def _colour_set(n_per_class: int = 6, seed: int = 0):
+    """Two classes told apart by a drawn shape (bar vs. cross) on random backgrounds."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label in ("bar", "cross"):
+        for _ in range(n_per_class):
+            a = np.zeros((32, 32, 3), np.uint8) + rng.integers(0, 120, size=3, dtype=np.uint8)
+            a[14:18, 4:28] = (250, 250, 250)
+            if label == "cross":
+                a[4:28, 14:18] = (250, 250, 250)
+            images.append(Image.fromarray(a))
+            labels.append(label)
+    return images, labels
+
+
+def test_learns_and_evaluates_with_tables():
+    images, labels = _colour_set()
+    student = train_student(images, labels, epochs=15, seed=0, progress=False)
+    test_images, test_labels = _colour_set(seed=1)
+    result = evaluate(student, (test_images, test_labels))
+    assert result["accuracy"] >= 0.9
+    assert list(result["per_class"]["class"]) == ["bar", "cross"]
+    assert result["per_class"]["n"].tolist() == [6, 6]
+    conf = result["confusion"]
+    assert isinstance(conf, pd.DataFrame) and conf.shape == (2, 2)
+    assert int(conf.values.sum()) == 12
+    assert int(np.trace(conf.values)) == round(result["accuracy"] * 12)
+
+
+def test_deterministic_per_seed_and_seed_matters():
+    images, labels = _colour_set()
+    a = train_student(images, labels, epochs=3, seed=3, progress=False)
+    b = train_student(images, labels, epochs=3, seed=3, progress=False)
+    c = train_student(images, labels, epochs=3, seed=4, progress=False)
+    for k, v in a.net.state_dict().items():
+        assert torch.equal(v, b.net.state_dict()[k]), k
+    assert any(not torch.equal(v, c.net.state_dict()[k]) for k, v in a.net.state_dict().items())
+
+
+def test_save_load_roundtrip_without_pickle(tmp_path):
+    images, labels = _colour_set()
+    student = train_student(images, labels, epochs=2, seed=0, progress=False)
+    folder = student.save(tmp_path / "student")
+    assert sorted(p.name for p in folder.iterdir()) == ["student.json", "student.safetensors"]
+    loaded = Student.load(folder)
+    assert loaded.classes == student.classes
+    assert torch.allclose(loaded.logits(images), student.logits(images))
+    with pytest.raises(StudentError, match="no saved student"):
+        Student.load(tmp_path / "nothing")
+
+
+def test_clear_errors():
+    images, labels = _colour_set()
+    with pytest.raises(StudentError, match="no training images"):
+        train_student([], [], progress=False)
+    with pytest.raises(StudentError, match="not among the classes"):
+        train_student(images, labels, classes=["bar"], progress=False)
+    student = train_student(images, labels, epochs=1, progress=False)
+    with pytest.raises(StudentError, match=r"unknown to the student.*'circle'|'circle'.*unknown to the student"):
+        evaluate(student, (images[:2], ["circle", "bar"]))
+    with pytest.raises(StudentError, match="unknown to the student"):
+        student.class_index("circle")
+    with pytest.raises(StudentError, match="needs an embedder"):
+        train_student(images, labels, kind="probe", progress=False)
+
+
+def test_cancel_keeps_finished_epochs():
+    images, labels = _colour_set()
+    stop = threading.Event()
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+        if done == 2:
+            stop.set()
+
+    student = train_student(images, labels, epochs=10, progress=progress, cancel=stop)
+    assert student.config.cancelled and student.config.trained_epochs == 2
+    assert seen == [1, 2]
+    assert len(student.predict(images)) == len(images)
+
+
+def test_probe_on_clip_features_is_differentiable():
+    from tests.tiny_models import tiny_open_clip
+    from datacrafter_widget.embedder import Embedder
+
+    model, preprocess, tokenizer = tiny_open_clip()
+    embedder = Embedder(model, preprocess, tokenizer, name="tiny-clip")
+    images, labels = _colour_set()
+    big = [im.resize((96, 96)) for im in images]
+    student = train_student(big, labels, embedder=embedder, progress=False, epochs=50)
+    assert student.config.kind == "probe" and student.config.embedder == "tiny-clip"
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    student.logits_from_pixels(x).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert evaluate(student, (big, labels))["accuracy"] > 0.5
+
+
+def test_custom_backbone_fine_tuning():
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+    images, labels = _colour_set()
+    student = train_student(images, labels, backbone=body, image_size=32, epochs=2, progress=False)
+    assert student.config.kind == "backbone" and student.config.backbone == "custom"
+    assert student.logits(images).shape == (12, 2)
+
+
+def test_training_set_uses_accepted_generated_only():
+    rows = [
+        dict(id="r1", source="real", split="train", label="a", feedback="", flag=""),
+        dict(id="r2", source="real", split="test", label="a", feedback="", flag=""),
+        dict(id="g1", source="generated", split="generated", label="a", feedback="", flag=""),
+        dict(id="g2", source="generated", split="generated", label="b", feedback="bad", flag=""),
+        dict(id="g3", source="generated", split="generated", label="b", feedback="removed", flag=""),
+        dict(id="g4", source="generated", split="generated", label="b", feedback="", flag="off-class"),
+        dict(id="g5", source="generated", split="generated", label="b", feedback="good", flag="off-class"),
+    ]
+    samples = pd.DataFrame(rows)
+    assert accepted_rows(samples)["id"].tolist() == ["g1", "g5"]
+    assert accepted_rows(samples, keep_flagged=True)["id"].tolist() == ["g1", "g4", "g5"]
+    blank = Image.new("RGB", (8, 8))
+    images, labels, ids = training_set_from_samples(samples, lambda i: blank)
+    assert ids == ["r1", "g1", "g5"] and labels == ["a", "a", "b"] and len(images) == 3
