@@ -1,6 +1,7 @@
 """datacrafter-widget: expand a small labelled image dataset with diffusion-model images, person in the loop."""
 from . import starter
 from .captioner import Captioner, RetrievalCaptioner
+from .crafter import DataCrafter
 from .dataset import Dataset, DatasetError
 from .embedder import Embedder
 from .generator import Generator
@@ -9,6 +10,7 @@ from .models import MissingModelError, Models
 __version__ = "0.1.0"
 __all__ = [
     "Captioner",
+    "DataCrafter",
     "Dataset",
     "DatasetError",
     "Embedder",

@@ -31,8 +31,19 @@ def auto_device(device: str | None = "auto") -> str:
 class Embedder:
     """open_clip CLIP model + preprocess + tokenizer -> float32 L2-normalised embeddings."""
 
-    def __init__(self, model: Any, preprocess: Any, tokenizer: Any, name: str, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model: Any,
+        preprocess: Any,
+        tokenizer: Any,
+        name: str,
+        batch_size: int = 64,
+        templates: Sequence[str] = ("a photo of a {}",),
+    ) -> None:
         self.model = model.eval()
+        # Zero-shot prompt templates that suit this model (a model trained on its own captions,
+        # like the starter CLIP, can set templates that match them).
+        self.templates = tuple(templates)
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.name = str(name)
@@ -115,8 +126,9 @@ class Embedder:
                 out.append(self.model.encode_text(tokens).float())
         return _normalise(torch.cat(out))
 
-    def class_text_embeddings(self, class_names: Sequence[str], templates: Sequence[str] = ("a photo of a {}",)) -> np.ndarray:
+    def class_text_embeddings(self, class_names: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
         """One L2-normalised text embedding per class: the mean over the templates (CLIP's recipe)."""
+        templates = self.templates if templates is None else templates
         rows = []
         for c in class_names:
             e = self.embed_texts([t.format(c) for t in templates]).mean(axis=0)
@@ -134,9 +146,10 @@ class Embedder:
         self,
         images_or_embeddings: Sequence[Image.Image] | np.ndarray,
         class_names: Sequence[str],
-        templates: Sequence[str] = ("a photo of a {}",),
+        templates: Sequence[str] | None = None,
     ) -> np.ndarray:
-        """Class probabilities (n, k) from CLIP zero-shot classification."""
+        """Class probabilities (n, k) from CLIP zero-shot classification (templates default to self.templates)."""
+        templates = self.templates if templates is None else templates
         if isinstance(images_or_embeddings, np.ndarray):
             emb = images_or_embeddings.astype(np.float32)
         else:

@@ -1,0 +1,691 @@
+"""The `DataCrafter` controller: owns the project state and wires dataset, store and models.
+
+Data flows one way: dataset -> store -> generate -> embed + label -> project -> widget ->
+feedback -> evolve -> generate. The controller is the only object that writes the store; the
+widget talks to it through the documented hooks below (`on(event, fn)`, `selection`,
+`generate(background=True)`, `feedback`), never to the models.
+
+Hooks for the other concerns (one module each, see docs/architecture.md):
+- projection (issue 5): `crafter.projection` returns `self._projection` (kind, id, text, x, y);
+  projection code sets it through `crafter.set_projection(frame)`, which fires "projection".
+- widget (issue 6): `crafter.show()` / `_repr_mimebundle_` build the view with
+  `datacrafter_widget.widget.crafter_view(crafter)`; subscribe to events with `crafter.on(...)`:
+  "samples" (new ids stored), "feedback" (ids changed), "selection" (ids), "progress" (Job),
+  "projection" (frame).
+- student / evolution / GAP / metrics (issues 5, 7): read `crafter.samples`, `crafter.store`,
+  `crafter.models`, `crafter.embeddings(ids)`, `crafter.feedback_log`; generate through
+  `crafter.generate(strategy="custom", prompts=...)` or `crafter.run_requests(...)`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .class_filter import ClassFilter
+from .dataset import Dataset
+from .images import image_hash
+from .jobs import Job, JobContext, tqdm_listener
+from .models import MissingModelError, Models
+from .store import COLUMNS, SampleStore
+from .strategies import STRATEGIES, GenerationRequest, StrategyError, build_requests, check_classes, group_requests
+
+EXPORT_FORMATS = ("imagefolder", "csv", "hf")
+EVENTS = ("samples", "feedback", "selection", "progress", "projection")
+ROUND_SEED_STRIDE = 100_000  # default seeds of round r start at r * ROUND_SEED_STRIDE
+
+
+class UnknownSampleError(KeyError):
+    """Sample ids that are not in the project; the message lists them and where ids come from."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class JobRunningError(RuntimeError):
+    """A generation job is already running; wait for it or cancel it first."""
+
+
+class DataCrafter:
+    """Expand a small labelled dataset with generated images, with full provenance, in a project folder."""
+
+    def __init__(
+        self,
+        ds: Dataset,
+        models: Models | None = None,
+        project: str | os.PathLike = "runs/datacrafter",
+        *,
+        batch_size: int = 8,
+    ) -> None:
+        if not isinstance(ds, Dataset):
+            raise TypeError(
+                f"DataCrafter needs a dc.Dataset, got {type(ds).__name__}: build one with dc.Dataset.from_folder(...), "
+                "dc.Dataset.from_dataframe(...) or dc.starter.colored_digits()"
+            )
+        store = SampleStore(project)
+        try:
+            self._setup(store, models, batch_size)
+            meta = store.read_json("project.json", {}) or {}
+            if "classes" in meta:
+                if list(meta["classes"]) != list(ds.classes):
+                    raise ValueError(
+                        f"project {store.path} was created for classes {meta['classes']}, but this dataset has "
+                        f"{ds.classes}: open it with dc.DataCrafter.open({str(project)!r}) or choose a new project folder"
+                    )
+                self.classes = list(meta["classes"])
+            else:
+                self.classes = list(ds.classes)
+                self._store_real(ds)
+                store.write_json("project.json", {
+                    **meta, "classes": self.classes, "dataset": ds.name,
+                    "models": self.models.describe(), "generator": "datacrafter-widget",
+                })
+            self.dataset = ds
+        except BaseException:
+            store.close()
+            raise
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, models: Models | None = None, *, readonly: bool = False,
+             batch_size: int = 8) -> "DataCrafter":
+        """Resume a project after a kernel restart (models are optional for browsing)."""
+        store = SampleStore(path, create=False, readonly=readonly)
+        try:
+            meta = store.read_json("project.json", {}) or {}
+            if "classes" not in meta:
+                raise ValueError(f"{store.path} is a sample store but not a DataCrafter project (no classes in project.json)")
+            self = cls.__new__(cls)
+            self._setup(store, models, batch_size)
+            self.classes = list(meta["classes"])
+            self.dataset = self._dataset_from_store()
+            return self
+        except BaseException:
+            store.close()
+            raise
+
+    def _setup(self, store: SampleStore, models: Models | None, batch_size: int) -> None:
+        if models is not None and not isinstance(models, Models):
+            raise TypeError(f"models must be a dc.Models (e.g. dc.starter.models()), got {type(models).__name__}")
+        self.store = store
+        self.project = store.path
+        self.models = models if models is not None else Models()
+        self.batch_size = int(batch_size)
+        self.job: Job | None = None
+        self._selection: list[str] = []
+        self._projection: pd.DataFrame | None = None
+        self._listeners: dict[str, list[Callable[..., None]]] = {e: [] for e in EVENTS}
+
+    # ---- real images ----------------------------------------------------------------------------
+    def _store_real(self, ds: Dataset) -> None:
+        parts: list[tuple[str, Dataset]] = []
+        if ds.train is not None:
+            parts.append(("train", ds.train))
+        elif not ds.splits:
+            parts.append(("train", ds))
+        if ds.test is not None:
+            parts.append(("test", ds.test))
+        if not parts:
+            raise ValueError(f"dataset {ds.name!r} has splits {sorted(ds.splits)} but no 'train' split: give it one")
+        for split, part in parts:
+            frame = part.to_dataframe()
+            attrs = [c for c in part.attributes if c not in COLUMNS]
+            for start in range(0, len(part), 256):
+                idx = list(range(start, min(len(part), start + 256)))
+                rows = []
+                for i in idx:
+                    cap = frame.at[i, "caption"]
+                    row = {"label": str(frame.at[i, "label"]), "split": split, "source": "real", "round": 0,
+                           "caption": "" if cap is None or (isinstance(cap, float) and math.isnan(cap)) else str(cap)}
+                    for a in attrs:
+                        v = frame.at[i, a]
+                        row[a] = v.item() if hasattr(v, "item") else v
+                    rows.append(row)
+                self.store.add(part.images(idx), rows)
+
+    def _dataset_from_store(self) -> Dataset:
+        s = self.store.samples
+        real = s[s["source"] == "real"]
+        splits = {}
+        for split in ("train", "test"):
+            rows = real[real["split"] == split]
+            if len(rows):
+                frame = pd.DataFrame({
+                    "image": [str(self.store.path / f) for f in rows["file"]],
+                    "label": rows["label"].astype(str).tolist(),
+                    "caption": [c or None for c in rows["caption"].astype(str)],
+                })
+                splits[split] = Dataset(frame, classes=self.classes, name=f"{self.project.name}:{split}")
+        whole = pd.concat([d.frame for d in splits.values()], ignore_index=True) if splits else pd.DataFrame(
+            {"image": [], "label": [], "caption": []})
+        return Dataset(whole, classes=self.classes, splits=splits, name=self.project.name)
+
+    # ---- state ------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        s = self.store.samples
+        real = int((s["source"] == "real").sum()) if len(s) else 0
+        return (f"DataCrafter(project={str(self.project)!r}, classes={len(self.classes)}, real={real}, "
+                f"generated={len(s) - real}, models={self.models!r})")
+
+    @property
+    def samples(self) -> pd.DataFrame:
+        """One row per image (real and generated) with full provenance (a copy)."""
+        return self.store.samples
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        """One dict per generation round (settings, requested / stored counts, status)."""
+        return list(self.store.read_json("rounds.json", []) or [])
+
+    @property
+    def feedback_log(self) -> list[dict[str, Any]]:
+        """Every feedback action in order: {time, round, bad, good, removed, bad_labels}."""
+        return list(self.store.read_json("feedback.json", []) or [])
+
+    def _check_ids(self, ids: Iterable[str], what: str = "ids") -> list[str]:
+        if isinstance(ids, str):
+            ids = [ids]
+        ids = [str(i) for i in ids]
+        unknown = [i for i in ids if i not in self.store]
+        if unknown:
+            raise UnknownSampleError(
+                f"unknown sample {what} {unknown[:5]}{' ...' if len(unknown) > 5 else ''}: use ids from "
+                f"crafter.samples['id'] (e.g. 'r000001' real, 'g000001' generated); nothing was changed"
+            )
+        return ids
+
+    # ---- events (hooks for the widget, projection, ...) ----------------------------------------------
+    def on(self, event: str, fn: Callable[..., None]) -> None:
+        """Call `fn(payload)` on an event: samples | feedback | selection | progress | projection."""
+        if event not in self._listeners:
+            raise ValueError(f"unknown event {event!r}: use one of {list(EVENTS)}")
+        self._listeners[event].append(fn)
+
+    def off(self, event: str, fn: Callable[..., None]) -> None:
+        if fn in self._listeners.get(event, []):
+            self._listeners[event].remove(fn)
+
+    def _emit(self, event: str, payload: Any) -> None:
+        for fn in list(self._listeners[event]):
+            try:
+                fn(payload)
+            except Exception as err:  # noqa: BLE001 - a broken view must not break generation
+                warnings.warn(f"a {event!r} listener failed: {err!r}", RuntimeWarning, stacklevel=2)
+
+    @property
+    def selection(self) -> list[str]:
+        """Sample ids selected (lasso in the widget, or set from Python)."""
+        return list(self._selection)
+
+    @selection.setter
+    def selection(self, ids: Iterable[str] | None) -> None:
+        ids = [] if ids is None else self._check_ids(ids, "ids in the selection")
+        self._selection = list(dict.fromkeys(ids))
+        self._emit("selection", self.selection)
+
+    @property
+    def projection(self) -> pd.DataFrame:
+        """kind (image | label), id, text, x, y. Filled by the projection step (set_projection)."""
+        if self._projection is None:
+            return pd.DataFrame({"kind": pd.Series(dtype="string"), "id": pd.Series(dtype="string"),
+                                 "text": pd.Series(dtype="string"), "x": pd.Series(dtype="float32"),
+                                 "y": pd.Series(dtype="float32")})
+        return self._projection.copy()
+
+    def set_projection(self, frame: pd.DataFrame) -> None:
+        """Hook for projection.py: store the latest layout table and tell the views."""
+        missing = [c for c in ("kind", "id", "text", "x", "y") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"projection frame lacks columns {missing}: it needs kind, id, text, x, y")
+        self._projection = frame.copy()
+        self._emit("projection", self.projection)
+
+    # ---- widget hooks ---------------------------------------------------------------------------------
+    def show(self) -> Any:
+        """The notebook view of this crafter (built by widget.crafter_view)."""
+        try:
+            from .widget import crafter_view
+        except ImportError as err:
+            raise RuntimeError(f"the widget view is not available ({err}): install the package with its widget extras") from err
+        return crafter_view(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        try:
+            view = self.show()
+        except Exception:  # noqa: BLE001 - the text repr is the fallback outside notebooks
+            return {"text/plain": repr(self)}
+        if hasattr(view, "_repr_mimebundle_"):
+            bundle = view._repr_mimebundle_(include=include, exclude=exclude)
+            if isinstance(bundle, tuple):
+                bundle = bundle[0]
+            return {**bundle, "text/plain": repr(self)}
+        return {"text/plain": repr(self)}
+
+    # ---- generation ------------------------------------------------------------------------------------
+    def generate(
+        self,
+        per_class: int = 20,
+        strategy: str | Sequence[str] = "caption",
+        prompts: Any = None,
+        negative_prompts: str | Mapping[str, str] | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        strength: float | None = None,
+        seed: int | None = None,
+        filter: bool = True,
+        background: bool = False,
+        *,
+        classes: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        latent_perturbation: float | None = None,
+        caption_template: str | None = None,
+        progress: bool = True,
+    ) -> list[str] | Job:
+        """Generate `per_class` images per class (and per strategy) and store them as one round.
+
+        Blocking by default (tqdm progress; Ctrl-C cancels and keeps finished batches) and returns
+        the new sample ids; `background=True` returns a running Job (`.progress`, `.cancel()`,
+        `.wait()` -> ids). Seeds default to round * 100000 + k, so a round is reproducible.
+        """
+        if self.job is not None and self.job.running:
+            raise JobRunningError("a generation job is still running: crafter.job.wait() or crafter.job.cancel() first")
+        self.models.require("generator", "crafter.generate()")
+        requests, info = self._plan(per_class, strategy, prompts, negative_prompts, strength, seed, classes,
+                                    latent_perturbation, caption_template)
+        return self.run_requests(requests, steps=steps, guidance=guidance, filter=filter, background=background,
+                                 batch_size=batch_size, progress=progress, info=info)
+
+    def _plan(self, per_class, strategy, prompts, negative_prompts, strength, seed, classes,
+              latent_perturbation, caption_template) -> tuple[list[GenerationRequest], dict[str, Any]]:
+        strategies = [strategy] if isinstance(strategy, str) else list(strategy)
+        for s in strategies:
+            if s not in STRATEGIES:
+                raise StrategyError(f"unknown strategy {s!r}: use one of {list(STRATEGIES)}")
+        use = check_classes(classes, self.classes)
+        rnd = self._next_round()
+        base = int(seed) if seed is not None else rnd * ROUND_SEED_STRIDE
+        s = self.store.samples
+        real = s[(s["source"] == "real") & (s["split"] == "train") & s["label"].isin(use)]
+        captions: dict[str, str] = {}
+        if any(x in ("caption", "perturb") for x in strategies):
+            captions = self._captions(real, required="caption" in strategies)
+        requests: list[GenerationRequest] = []
+        for strat in strategies:
+            kw: dict[str, Any] = {}
+            if caption_template:
+                kw["caption_template"] = caption_template
+            requests += build_requests(
+                strat, classes=use, per_class=per_class, seed=base + len(requests), real=real[["id", "label", "caption"]],
+                captions=captions, prompts=prompts, negative_prompts=negative_prompts, strength=strength,
+                latent_perturbation=latent_perturbation, **kw,
+            )
+        info = {"round": rnd, "strategies": strategies, "per_class": int(per_class), "classes": use, "seed": base}
+        return requests, info
+
+    def _next_round(self) -> int:
+        s = self.store.samples
+        last = int(s["round"].max()) if len(s) else 0
+        logged = max([int(r.get("round", 0)) for r in self.rounds] or [0])
+        return max(last, logged) + 1
+
+    def _captions(self, real: pd.DataFrame, required: bool) -> dict[str, str]:
+        """Captions of the real rows: stored ones first, else the captioner (stored for next time)."""
+        caps = {str(i): str(c or "") for i, c in zip(real["id"], real["caption"])}
+        missing = [i for i, c in caps.items() if not c.strip()]
+        if missing:
+            if not self.models.has("captioner"):
+                if required:
+                    raise MissingModelError(
+                        f"strategy='caption' needs captions, and {len(missing)} real image(s) have none and no captioner "
+                        "was given: pass captioner=... to dc.Models.stable_diffusion, use dc.starter.models(), give the "
+                        "dataset captions, or use strategy='class'"
+                    )
+                return caps
+            images = [self.store.image(i) for i in missing]
+            new = self.models.captioner(images)
+            self.store.update(missing, caption=list(new))
+            caps.update(zip(missing, new))
+        return caps
+
+    def run_requests(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        filter: bool = True,
+        background: bool = False,
+        batch_size: int | None = None,
+        progress: bool = True,
+        info: dict[str, Any] | None = None,
+    ) -> list[str] | Job:
+        """Run prepared requests as one round (used by generate, prompt evolution and GAP)."""
+        if self.job is not None and self.job.running:
+            raise JobRunningError("a generation job is still running: crafter.job.wait() or crafter.job.cancel() first")
+        gen = self.models.require("generator", "generating images")
+        requests = list(requests)
+        if not requests:
+            raise StrategyError("no generation requests: ask for at least one image")
+        for r in requests:
+            if r.label not in self.classes:
+                raise StrategyError(f"unknown class {r.label!r}: the project's classes are {self.classes}")
+            if not str(r.prompt).strip():
+                raise StrategyError(f"empty prompt for class {r.label!r}: give every request a non-empty prompt")
+            if r.parent_id:
+                self._check_ids([r.parent_id], "parent ids")
+        info = dict(info or {})
+        rnd = int(info.get("round") or self._next_round())
+        steps = int(steps or gen.default_steps)
+        guidance = float(gen.default_guidance if guidance is None else guidance)
+        bs = int(batch_size or self.batch_size)
+        entry = {**info, "round": rnd, "requested": len(requests), "steps": steps, "guidance": guidance,
+                 "batch_size": bs, "model": gen.name, "filter": bool(filter), "status": "running",
+                 "started": time.time(), "stored": 0}
+        self._log_round(entry)
+
+        def work(ctx: JobContext) -> list[str]:
+            return self._generate_round(requests, rnd, steps, guidance, filter, bs, ctx)
+
+        job = Job(work, total=len(requests), description=f"round {rnd}")
+        job.on_progress(lambda j: self._emit("progress", j))
+        self.job = job
+        if background:
+            return job.start()
+        if progress:
+            job.on_progress(tqdm_listener(len(requests), f"generating round {rnd}"))
+        return job.run() or []
+
+    def _log_round(self, entry: dict[str, Any]) -> None:
+        rounds = [r for r in self.rounds if int(r.get("round", -1)) != int(entry["round"])]
+        rounds.append(entry)
+        rounds.sort(key=lambda r: int(r.get("round", 0)))
+        self.store.write_json("rounds.json", rounds)
+
+    def _generate_round(self, requests: list[GenerationRequest], rnd: int, steps: int, guidance: float,
+                        use_filter: bool, batch_size: int, ctx: JobContext) -> list[str]:
+        gen = self.models.generator
+        ids: list[str] = []
+        status = "failed"
+        parents: dict[str, Image.Image] = {}
+        try:
+            for group in group_requests(requests):
+                if ctx.cancelled():
+                    break
+                reqs = [requests[i] for i in group]
+                first = reqs[0]
+                sources = None
+                if first.is_img2img:
+                    for r in reqs:
+                        if r.parent_id not in parents:
+                            parents[r.parent_id] = self.store.image(r.parent_id)
+                    sources = [parents[r.parent_id] for r in reqs]
+                offset = len(ids)
+                batches = gen.iter_batches(
+                    [r.prompt for r in reqs], negative_prompts=[r.negative_prompt for r in reqs],
+                    seeds=[r.seed for r in reqs], steps=steps, guidance=guidance, images=sources,
+                    strength=first.strength if first.is_img2img else 0.5,
+                    latent_perturbation=first.latent_perturbation if first.is_img2img else 0.0,
+                    batch_size=batch_size, cancel=ctx.cancel_event,
+                    progress=lambda d, t, o=offset: ctx.report(o + d, len(requests)),
+                )
+                for batch in batches:
+                    new = self._store_batch([reqs[i] for i in batch.indices], batch.images, batch.flags,
+                                            rnd, steps, guidance, use_filter)
+                    ids += new
+                    ctx.report(len(ids), len(requests))
+                    self._emit("samples", new)
+            status = "cancelled" if ctx.cancelled() and len(ids) < len(requests) else "done"
+            return ids
+        finally:
+            entry = next((r for r in self.rounds if int(r.get("round", -1)) == rnd), {"round": rnd})
+            entry.update(status=status, stored=len(ids), finished=time.time())
+            self._log_round(entry)
+
+    def _store_batch(self, reqs: list[GenerationRequest], images: list[Image.Image], flags: list[str],
+                     rnd: int, steps: int, guidance: float, use_filter: bool) -> list[str]:
+        """Flag (NaN / black / off-class) and store one finished batch in one atomic commit."""
+        gen = self.models.generator
+        reasons = [_FLAG_REASONS.get(f, "") for f in flags]
+        emb = None
+        if self.models.has("embedder"):
+            emb = self.models.embedder.embed_images(images)
+            if use_filter:
+                checks = ClassFilter(self.models.embedder, self.classes).check(emb, [r.label for r in reqs])
+                for k, (flag, why) in enumerate(checks):
+                    if flag and not flags[k]:
+                        flags[k], reasons[k] = flag, why
+        elif use_filter and not getattr(self, "_warned_filter", False):
+            self._warned_filter = True
+            warnings.warn("the class filter needs an embedder; none was given, so images are not checked",
+                          RuntimeWarning, stacklevel=3)
+        scheduler = type(getattr(gen.pipe, "scheduler", None)).__name__
+        rows = []
+        for r, flag, why in zip(reqs, flags, reasons):
+            rows.append({
+                "label": r.label, "split": "generated", "source": "generated", "prompt": r.prompt,
+                "negative_prompt": r.negative_prompt, "seed": int(r.seed), "steps": steps, "guidance": guidance,
+                "strength": r.strength if r.is_img2img else math.nan, "parent_id": r.parent_id, "round": rnd,
+                "strategy": r.strategy, "model": gen.name, "caption": r.caption, "flag": flag, "flag_reason": why,
+                "latent_perturbation": float(r.latent_perturbation), "scheduler": scheduler,
+            })
+        ids = self.store.add(images, rows)
+        if emb is not None:
+            self.store.put_embeddings([image_hash(im) for im in images], self.models.embedder.name, emb)
+        return ids
+
+    def cancel(self) -> None:
+        """Cancel the running generation job (finished batches stay stored)."""
+        if self.job is not None:
+            self.job.cancel()
+
+    # ---- regeneration -----------------------------------------------------------------------------------
+    def regenerate(self, sample_id: str) -> Image.Image:
+        """Regenerate a generated image from its stored provenance (bit-exact on the same device and versions)."""
+        (sample_id,) = self._check_ids([sample_id])
+        row = self.store.row(sample_id)
+        if row["source"] != "generated":
+            raise ValueError(f"{sample_id} is a real image: only generated samples can be regenerated")
+        gen = self.models.require("generator", f"crafter.regenerate({sample_id!r})")
+        if str(row["model"]) != gen.name:
+            raise ValueError(
+                f"{sample_id} was generated with model {row['model']!r}, but the current generator is {gen.name!r}: "
+                f"open the project with models that load {row['model']!r} to regenerate it"
+            )
+        scheduler = row.get("scheduler")
+        current = type(getattr(gen.pipe, "scheduler", None)).__name__
+        if isinstance(scheduler, str) and scheduler and scheduler != current:
+            raise ValueError(f"{sample_id} was generated with scheduler {scheduler}, the generator now uses {current}: "
+                             f"set it back (generator.set_scheduler / scheduler=...) to regenerate")
+        strength = float(row["strength"])
+        image = None
+        if not math.isnan(strength):
+            image = [self.store.image(str(row["parent_id"]))]
+        lp = row.get("latent_perturbation", 0.0)
+        lp = 0.0 if lp is None or (isinstance(lp, float) and math.isnan(lp)) else float(lp)
+        out = gen(
+            [str(row["prompt"])], negative_prompt=[str(row["negative_prompt"])], seed=[int(row["seed"])],
+            steps=int(row["steps"]), guidance=float(row["guidance"]), image=image,
+            strength=strength if image is not None else 0.5, latent_perturbation=lp if image is not None else 0.0,
+            batch_size=1,
+        )
+        return out[0]
+
+    # ---- feedback -----------------------------------------------------------------------------------------
+    def feedback(
+        self,
+        bad: Iterable[str] | None = None,
+        good: Iterable[str] | None = None,
+        bad_labels: Sequence[str] | None = None,
+        removed: Iterable[str] | None = None,
+    ) -> dict[str, int]:
+        """Mark samples good / bad (with optional reasons) / removed; the same as the widget's buttons.
+
+        Every action is also appended to feedback.json (`crafter.feedback_log`) for prompt evolution.
+        """
+        bad = self._check_ids(bad or [], "ids in bad")
+        good = self._check_ids(good or [], "ids in good")
+        removed = self._check_ids(removed or [], "ids in removed")
+        both = sorted(set(bad) & set(good))
+        if both:
+            raise ValueError(f"ids {both[:5]} are marked both bad and good: pass each id once")
+        labels = [str(x) for x in (bad_labels or [])]
+        if bad:
+            self.store.update(bad, feedback="bad", feedback_labels=labels)
+        if good:
+            self.store.update(good, feedback="good", feedback_labels=[])
+        if removed:
+            self.store.update(removed, feedback="removed")
+        if bad or good or removed:
+            log = self.feedback_log
+            log.append({"time": time.time(), "round": self._next_round() - 1, "bad": bad, "good": good,
+                        "removed": removed, "bad_labels": labels})
+            self.store.write_json("feedback.json", log)
+            self._emit("feedback", bad + good + removed)
+        return {"bad": len(bad), "good": len(good), "removed": len(removed)}
+
+    # ---- embeddings ---------------------------------------------------------------------------------------
+    def embeddings(self, ids: Sequence[str] | None = None) -> np.ndarray:
+        """float32 (n, d) embeddings of the samples (all by default), cached in the store by image hash."""
+        emb = self.models.require("embedder", "crafter.embeddings()")
+        s = self.store.samples
+        if ids is None:
+            hashes = s["hash"].astype(str).tolist()
+            ids = s["id"].astype(str).tolist()
+        else:
+            ids = self._check_ids(ids)
+            by_id = dict(zip(s["id"].astype(str), s["hash"].astype(str)))
+            hashes = [by_id[i] for i in ids]
+        missing = self.store.missing_embeddings(hashes, emb.name)
+        if missing and not self.store.readonly:
+            first_id = {}
+            for i, h in zip(ids, hashes):
+                first_id.setdefault(h, i)
+            for start in range(0, len(missing), 64):
+                chunk = missing[start : start + 64]
+                arr = emb.embed_images([self.store.image(first_id[h]) for h in chunk])
+                self.store.put_embeddings(chunk, emb.name, arr)
+        elif missing:
+            out = self.store.embeddings(hashes, emb.name, partial=True)
+            rows = [k for k, h in enumerate(hashes) if h in set(missing)]
+            out[rows] = emb.embed_images([self.store.image(ids[k]) for k in rows])
+            return out
+        out = self.store.embeddings(hashes, emb.name)
+        if out is None:
+            return np.zeros((0, emb.dim), dtype=np.float32)
+        return out
+
+    # ---- export -------------------------------------------------------------------------------------------
+    def export(
+        self,
+        out: str | os.PathLike,
+        format: str = "imagefolder",
+        *,
+        include_flagged: bool = False,
+        include_bad: bool = False,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write the expanded dataset: real train + accepted generated images (+ real test, kept apart).
+
+        imagefolder: out/train/<class>/<id>.png, out/test/<class>/<id>.png, out/samples.csv;
+        csv: out/images/<id>.png + out/samples.csv; hf: a `datasets` dataset saved with save_to_disk.
+        Generated images marked bad/removed, or flagged, are left out unless asked for.
+        """
+        if format not in EXPORT_FORMATS:
+            raise ValueError(f"unknown export format {format!r}: use one of {list(EXPORT_FORMATS)}")
+        out = Path(out).expanduser()
+        if out.exists() and any(out.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{out} is not empty: choose a new folder or pass overwrite=True")
+            shutil.rmtree(out)
+        s = self.store.samples
+        gen = s["source"] == "generated"
+        fb = s["feedback"].astype(str)
+        drop = fb == "removed"
+        if not include_bad:
+            drop |= gen & (fb == "bad")
+        if not include_flagged:
+            drop |= gen & (s["flag"].astype(str) != "") & (fb != "good")
+        rows = s[~drop].copy()
+        rows["export_split"] = np.where(rows["split"] == "test", "test", "train")
+        if format == "hf":
+            return self._export_hf(rows, out)
+        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        files = []
+        for r in rows.itertuples(index=False):
+            if format == "imagefolder":
+                rel = Path(r.export_split) / _safe_name(r.label) / f"{r.id}.png"
+            else:
+                rel = Path("images") / f"{r.id}.png"
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.store.path / r.file, tmp / rel)
+            files.append(rel.as_posix())
+        table = rows.drop(columns=["file"]).assign(file=files)
+        table.to_csv(tmp / "samples.csv", index=False)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+        return out
+
+    def _export_hf(self, rows: pd.DataFrame, out: Path) -> Path:
+        try:
+            import datasets
+        except ImportError as err:
+            raise ImportError("format='hf' needs the `datasets` package: pip install 'datacrafter-widget[hf]'") from err
+        data: dict[str, list[Any]] = {"image": [str(self.store.path / f) for f in rows["file"]]}
+        for c in rows.columns:
+            if c in ("file", "image"):
+                continue
+            col = rows[c]
+            if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+                data[c] = col.tolist()
+            else:  # text, or mixed attribute columns: strings with None for missing
+                data[c] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in col]
+        ds = datasets.Dataset.from_dict(data)
+        ds = ds.cast_column("image", datasets.Image())
+        ds = ds.cast_column("label", datasets.ClassLabel(names=self.classes))
+        dd = datasets.DatasetDict({split: ds.filter(lambda e, s=split: e["export_split"] == s)
+                                   for split in sorted(set(rows["export_split"]))})
+        dd.save_to_disk(str(out))
+        return out
+
+    # ---- lifetime -----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the project lock (cancels a running job first)."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            try:
+                self.job.wait(timeout=600)
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+        self.store.close()
+
+    def __enter__(self) -> "DataCrafter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_FLAG_REASONS = {
+    "nan": "the pipeline produced NaN pixels (often fp16 overflow in the VAE): try float32, another seed or fewer steps",
+    "black": "the image is all black (a failed decode or the safety checker): try another seed or prompt",
+    "nsfw": "the pipeline's safety checker blanked this image",
+}
+
+
+def _safe_name(label: str) -> str:
+    """A class name usable as one folder name."""
+    name = re.sub(r"[\\/:*?\"<>|\x00-\x1f]", "_", str(label)).strip(" .")
+    return name or "_"
