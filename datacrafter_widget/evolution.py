@@ -1,0 +1,523 @@
+"""Prompt evolution from sample-level feedback (DataCrafter's loop, done for real).
+
+The released DataCrafter code only appends fixed strings to prompts. Here each class keeps a
+population of prompt *genomes*: a list of positive phrases (content labels, attributes, styles)
+plus a list of negative phrases. Candidates are evaluated by actually generating a small batch
+(common seeds across candidates, so differences come from the prompt, not the noise) and scoring
+the images against the person's feedback with CLIP:
+
+    fitness = sim(images, good) - sim(images, bad) - sim(images, unwanted labels)
+              + w_class * p(intended class) + w_div * diversity
+
+Mutation adds / drops / swaps phrases drawn from the vocabulary and from the content labels of
+good images (biased towards phrases whose text embedding sits near the good images and far from
+the bad ones), and moves phrases near the bad images, or labels marked unwanted, into the negative
+prompt. Crossover mixes the phrase sets of two parents. The winner of each class becomes its
+current prompt; a readable diff says what changed and why, and is kept in `prompts.json`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+__all__ = [
+    "EvolutionError", "Genome", "Candidate", "ClassResult", "EvolutionResult", "evolve_prompts",
+    "apply_to_prompts_doc", "current_prompts", "default_compose", "starter_compose", "starter_vocabulary",
+    "generator_fn", "evolve_store", "DEFAULT_STYLES", "PROMPTS_FILE",
+]
+
+PROMPTS_FILE = "prompts.json"
+DEFAULT_TEMPLATE = "a photo of a {class}"
+DEFAULT_STYLES = ["a close-up photo", "bright lighting", "a plain background", "high detail", "centered",
+                  "natural light", "a cartoon", "a sketch"]
+
+GenerateFn = Callable[[list[str], list[str], list[int]], list[Image.Image]]
+
+
+class EvolutionError(ValueError):
+    """Evolution cannot run (no feedback yet, unknown class, no generator); names the fix."""
+
+
+@dataclass(frozen=True)
+class Genome:
+    """One prompt: the class, its positive phrases and its negative phrases (order kept)."""
+    label: str
+    phrases: tuple[str, ...] = ()
+    negative: tuple[str, ...] = ()
+
+    def key(self) -> tuple:
+        return (self.label, tuple(sorted(self.phrases)), tuple(sorted(self.negative)))
+
+    def negative_prompt(self) -> str:
+        return ", ".join(self.negative)
+
+
+def default_compose(template: str = DEFAULT_TEMPLATE) -> Callable[[Genome], str]:
+    """'a photo of a {class}, phrase, phrase' (the captions-as-prompts shape)."""
+    def compose(g: Genome) -> str:
+        base = template.replace("{class}", g.label).replace("{}", g.label)
+        return ", ".join([base, *g.phrases]) if g.phrases else base
+    return compose
+
+
+def starter_vocabulary() -> list[str]:
+    """Attribute phrases the starter models were trained on (colours, backgrounds, strokes, slants)."""
+    from .starter.digits import BACKGROUNDS, FOREGROUNDS
+
+    return ([*FOREGROUNDS] + [f"on a {b} background" for b in BACKGROUNDS]
+            + ["thin", "thick", "slanted left", "slanted right"])
+
+
+def starter_compose(g: Genome) -> str:
+    """Render a genome in the starter caption grammar: 'a thick red 3 on a black background, slanted left'."""
+    from .starter.digits import FOREGROUNDS
+
+    stroke = [p for p in g.phrases if p in ("thin", "thick")][:1]
+    colour = [p for p in g.phrases if p in FOREGROUNDS][:1]
+    where = [p for p in g.phrases if p.startswith("on a ")][:1]
+    lean = [p for p in g.phrases if p.startswith("slanted")][:1]
+    other = [p for p in g.phrases if p not in stroke + colour + where + lean]
+    text = " ".join(["a", *stroke, *colour, g.label, *where])
+    return ", ".join([text, *lean, *other])
+
+
+def generator_fn(generator: Any, *, steps: int | None = None, guidance: float | None = None,
+                 batch_size: int = 16) -> GenerateFn:
+    """Adapt a `Generator` to the `generate(prompts, negative_prompts, seeds)` callable used here."""
+    def generate(prompts: list[str], negatives: list[str], seeds: list[int]) -> list[Image.Image]:
+        return generator(prompts, negative_prompt=list(negatives), seed=list(seeds), steps=steps,
+                         guidance=guidance, batch_size=batch_size)
+    return generate
+
+
+@dataclass
+class Candidate:
+    genome: Genome
+    prompt: str
+    fitness: float = -math.inf
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ClassResult:
+    label: str
+    ranked: list[Candidate]
+    previous: Genome
+    diff: list[str]
+
+    @property
+    def best(self) -> Candidate:
+        return self.ranked[0]
+
+
+@dataclass
+class EvolutionResult:
+    """Per class: the ranked candidates, the diff of the winner against the previous prompt."""
+    classes: dict[str, ClassResult]
+    round: int
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return {c: r.best.prompt for c, r in self.classes.items()}
+
+    @property
+    def negative_prompts(self) -> dict[str, str]:
+        return {c: r.best.genome.negative_prompt() for c, r in self.classes.items()}
+
+    def ranked_frame(self) -> pd.DataFrame:
+        rows = []
+        for c, r in self.classes.items():
+            for rank, cand in enumerate(r.ranked):
+                rows.append({"class": c, "rank": rank, "prompt": cand.prompt,
+                             "negative_prompt": cand.genome.negative_prompt(), "fitness": cand.fitness, **cand.parts})
+        return pd.DataFrame(rows)
+
+    def report(self) -> str:
+        lines = []
+        for c, r in self.classes.items():
+            lines.append(f"class {c}: {r.best.prompt!r}  negative: {r.best.genome.negative_prompt()!r}  fitness {r.best.fitness:.3f}")
+            lines += [f"  {d}" for d in r.diff] or ["  (unchanged)"]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"EvolutionResult(round={self.round})\n{self.report()}"
+
+
+# ---- the prompt document (prompts.json) --------------------------------------------------------
+def current_prompts(doc: Mapping[str, Any] | None, classes: Sequence[str]) -> dict[str, Genome]:
+    """The current genome per class from a prompts.json document (empty genome where none)."""
+    out = {}
+    entries = (doc or {}).get("classes", {})
+    for c in classes:
+        e = entries.get(c) or {}
+        out[c] = Genome(c, tuple(e.get("phrases", ())), tuple(e.get("negative", ())))
+    return out
+
+
+def apply_to_prompts_doc(doc: Mapping[str, Any] | None, result: EvolutionResult) -> dict[str, Any]:
+    """A new prompts.json document with the winners as current prompts and history entries appended."""
+    doc = json.loads(json.dumps(dict(doc or {})))
+    doc.setdefault("schema_version", 1)
+    entries = doc.setdefault("classes", {})
+    for c, r in result.classes.items():
+        e = entries.setdefault(c, {"history": []})
+        best = r.best
+        e.update({
+            "prompt": best.prompt, "negative_prompt": best.genome.negative_prompt(),
+            "phrases": list(best.genome.phrases), "negative": list(best.genome.negative),
+            "ranked": [{"prompt": k.prompt, "negative_prompt": k.genome.negative_prompt(),
+                        "fitness": _finite(k.fitness), "parts": {n: _finite(v) for n, v in k.parts.items()}}
+                       for k in r.ranked],
+        })
+        e.setdefault("history", []).append({
+            "round": result.round, "time": time.time(), "prompt": best.prompt,
+            "negative_prompt": best.genome.negative_prompt(), "fitness": _finite(best.fitness),
+            "parts": {n: _finite(v) for n, v in best.parts.items()}, "diff": list(r.diff),
+        })
+    return doc
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(float(x)) else None
+
+
+# ---- feedback --------------------------------------------------------------------------------
+def _labels_of(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    if not isinstance(value, str) or not value.strip():
+        return []
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return [value]
+    return [str(v) for v in parsed] if isinstance(parsed, list) else [str(parsed)]
+
+
+def _norm(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass
+class _Feedback:
+    good: dict[str, np.ndarray]        # class -> (n, d) embeddings of good images (or accepted ones)
+    bad: dict[str, np.ndarray]
+    good_count: dict[str, int]
+    bad_all: np.ndarray
+    unwanted: dict[str, list[str]]     # class -> labels marked unwanted
+    good_labels: dict[str, list[str]]  # class -> content labels of good images
+
+
+def _collect(samples: pd.DataFrame, classes: Sequence[str], load_image: Callable[[str], Image.Image],
+             embed_images: Callable[[list[Image.Image]], np.ndarray], bad_labels: Sequence[str],
+             content_labels: Mapping[str, Sequence[str]] | None) -> _Feedback:
+    fb = samples["feedback"].fillna("").astype(str)
+    good_rows = samples[fb == "good"]
+    bad_rows = samples[fb.isin(["bad", "removed"])]
+    if len(good_rows) == 0 and len(bad_rows) == 0 and not bad_labels:
+        raise EvolutionError("no feedback yet: mark images first with crafter.feedback(bad=ids, good=ids, "
+                             "bad_labels=[...]) or by lassoing them in the widget, then evolve")
+    ids = list(good_rows["id"]) + list(bad_rows["id"])
+    emb = _norm(np.asarray(embed_images([load_image(i) for i in ids]), dtype=np.float32)) if ids else np.zeros((0, 1))
+    by_id = dict(zip(ids, emb))
+    # Without explicit good marks, the accepted images of a class (real train + unmarked generated) are the reference.
+    accepted = samples[(fb == "") & (((samples["source"] == "real") & (samples["split"] == "train")) | (samples["source"] == "generated"))]
+    good, bad, good_count, unwanted, good_labels = {}, {}, {}, {}, {}
+    for c in classes:
+        g_ids = good_rows[good_rows["label"] == c]["id"].tolist()
+        b_ids = bad_rows[bad_rows["label"] == c]["id"].tolist()
+        good_count[c] = len(g_ids)
+        if g_ids:
+            good[c] = np.stack([by_id[i] for i in g_ids])
+        else:
+            ref = accepted[accepted["label"] == c]["id"].tolist()[:32]
+            good[c] = _norm(np.asarray(embed_images([load_image(i) for i in ref]), dtype=np.float32)) if ref else np.zeros((0, emb.shape[1] if len(emb) else 1))
+        bad[c] = np.stack([by_id[i] for i in b_ids]) if b_ids else np.zeros((0, good[c].shape[1]))
+        labels = list(bad_labels)
+        for v in bad_rows[bad_rows["label"] == c].get("feedback_labels", pd.Series(dtype=str)):
+            labels += _labels_of(v)
+        unwanted[c] = list(dict.fromkeys(l.strip() for l in labels if l and l.strip()))
+        gl: list[str] = []
+        for i in g_ids:
+            gl += list((content_labels or {}).get(i, ()))
+        good_labels[c] = gl
+    bad_all = np.stack([by_id[i] for i in bad_rows["id"]]) if len(bad_rows) else np.zeros((0, 1))
+    return _Feedback(good, bad, good_count, bad_all, unwanted, good_labels)
+
+
+# ---- the evolutionary search -------------------------------------------------------------------
+@dataclass
+class _Context:
+    label: str
+    vocabulary: list[str]
+    affinity: dict[str, float]         # phrase -> sim to good - sim to bad (text-image)
+    near_good: dict[str, int]          # phrase -> number of good images it sits closer to than to the bad ones
+    near_bad: dict[str, int]
+    unwanted: list[str]
+    label_counts: dict[str, int]       # content label -> number of good images with it
+
+
+def _phrase_stats(vocab: list[str], text_emb: np.ndarray, good: np.ndarray, bad: np.ndarray) -> tuple[dict, dict, dict]:
+    aff, near_good, near_bad = {}, {}, {}
+    for p, t in zip(vocab, text_emb):
+        sg = good @ t if len(good) else np.zeros(0)
+        sb = bad @ t if len(bad) else np.zeros(0)
+        mg = float(sg.mean()) if len(sg) else 0.0
+        mb = float(sb.mean()) if len(sb) else 0.0
+        aff[p] = mg - mb if len(sb) and len(sg) else (mg if len(sg) else -mb)
+        near_good[p] = int((sg > mb).sum()) if len(sb) else 0
+        near_bad[p] = int((sb > mg).sum()) if len(sg) else int(len(sb))
+    return aff, near_good, near_bad
+
+
+def _mutate(g: Genome, ctx: _Context, rng: np.random.Generator, max_phrases: int) -> Genome:
+    phrases, negative = list(g.phrases), list(g.negative)
+    pool = [p for p in ctx.vocabulary if p not in phrases and p not in negative and not _mentions(p, ctx.unwanted)]
+    op = rng.choice(["add", "drop", "swap", "neg_add", "neg_drop"], p=[0.35, 0.15, 0.25, 0.15, 0.10])
+    if op in ("add", "swap") and pool:
+        # Phrases near the good images (and the good images' own labels) are drawn more often.
+        w = np.array([math.exp(8.0 * ctx.affinity.get(p, 0.0)) * (1 + ctx.label_counts.get(p, 0)) for p in pool])
+        new = pool[int(rng.choice(len(pool), p=w / w.sum()))]
+        if op == "swap" and phrases:
+            phrases[int(rng.integers(len(phrases)))] = new
+        elif len(phrases) < max_phrases:
+            phrases.append(new)
+    elif op == "drop" and phrases:
+        phrases.pop(int(rng.integers(len(phrases))))
+    elif op == "neg_add":
+        neg_pool = [p for p in ctx.vocabulary if p not in negative and p not in phrases and ctx.affinity.get(p, 0.0) < 0]
+        if neg_pool:
+            w = np.array([math.exp(-8.0 * ctx.affinity[p]) for p in neg_pool])
+            negative.append(neg_pool[int(rng.choice(len(neg_pool), p=w / w.sum()))])
+    elif op == "neg_drop":
+        removable = [p for p in negative if p not in ctx.unwanted]
+        if removable:
+            negative.remove(removable[int(rng.integers(len(removable)))])
+    return Genome(g.label, tuple(dict.fromkeys(phrases)), tuple(dict.fromkeys(negative)))
+
+
+def _crossover(a: Genome, b: Genome, rng: np.random.Generator, max_phrases: int) -> Genome:
+    phrases = [p for p in dict.fromkeys(a.phrases + b.phrases) if rng.random() < 0.5]
+    negative = [p for p in dict.fromkeys(a.negative + b.negative) if rng.random() < 0.5 or p in a.negative and p in b.negative]
+    return Genome(a.label, tuple(phrases[:max_phrases]), tuple(negative))
+
+
+def _mentions(phrase: str, words: Sequence[str]) -> bool:
+    low = f" {phrase.lower()} "
+    return any(f" {w.lower()} " in low or w.lower() == phrase.lower() for w in words if w)
+
+
+def _enforce(g: Genome, ctx: _Context) -> Genome:
+    """Unwanted labels always sit in the negative prompt and never in the positive phrases."""
+    phrases = tuple(p for p in g.phrases if not _mentions(p, ctx.unwanted))
+    negative = tuple(dict.fromkeys([*g.negative, *ctx.unwanted]))
+    return Genome(g.label, phrases, negative)
+
+
+def _diff(old: Genome, new: Genome, ctx: _Context, n_good: int) -> list[str]:
+    lines = []
+    for p in new.phrases:
+        if p not in old.phrases:
+            why = []
+            if ctx.label_counts.get(p):
+                why.append(f"content label of {ctx.label_counts[p]} good image(s)")
+            if ctx.near_good.get(p):
+                why.append(f"close to {ctx.near_good[p]} {'good' if n_good else 'accepted'} image(s)")
+            if not why:
+                why.append(f"raised fitness (affinity {ctx.affinity.get(p, 0.0):+.3f})")
+            lines.append(f"+ {p!r} ({'; '.join(why)})")
+    for p in old.phrases:
+        if p not in new.phrases:
+            if _mentions(p, ctx.unwanted):
+                lines.append(f"- {p!r} (mentions a label marked unwanted)")
+            elif p in new.negative:
+                lines.append(f"- {p!r} moved to negative (close to {ctx.near_bad.get(p, 0)} bad image(s))")
+            else:
+                lines.append(f"- {p!r} (dropped: fitness was higher without it)")
+    for p in new.negative:
+        if p not in old.negative and p not in old.phrases:
+            if p in ctx.unwanted:
+                lines.append(f"- {p!r} moved to negative: marked unwanted")
+            else:
+                lines.append(f"- {p!r} moved to negative (close to {ctx.near_bad.get(p, 0)} bad image(s))")
+    for p in old.negative:
+        if p not in new.negative:
+            lines.append(f"+ {p!r} no longer negative (fitness was higher without it)")
+    return lines
+
+
+def _fitness(images: list[Image.Image], g: Genome, embed_images, embedder: Any, label: str, classes: Sequence[str],
+             good: np.ndarray, bad: np.ndarray, unwanted_emb: np.ndarray, weights: Mapping[str, float]) -> dict[str, float]:
+    e = _norm(np.asarray(embed_images(images), dtype=np.float32))
+    parts: dict[str, float] = {}
+    # Nearest-neighbour similarity: an image should resemble *some* good image (not their average,
+    # which would reward collapsing onto one mode) and resemble no bad image.
+    parts["good"] = float((e @ good.T).max(axis=1).mean()) if len(good) else 0.0
+    parts["bad"] = float((e @ bad.T).max(axis=1).mean()) if len(bad) else 0.0
+    parts["unwanted"] = float((e @ unwanted_emb.T).max(axis=1).mean()) if len(unwanted_emb) else 0.0
+    if hasattr(embedder, "zero_shot") and len(classes) > 1:
+        probs = np.asarray(embedder.zero_shot(e, list(classes)))
+        parts["class_prob"] = float(probs[:, list(classes).index(label)].mean())
+    else:
+        parts["class_prob"] = 0.0
+    if len(e) > 1:
+        sim = e @ e.T
+        parts["diversity"] = float(1.0 - (sim.sum() - np.trace(sim)) / (len(e) * (len(e) - 1)))
+    else:
+        parts["diversity"] = 0.0
+    parts["fitness"] = (weights["good"] * parts["good"] - weights["bad"] * parts["bad"]
+                        - weights["unwanted"] * parts["unwanted"] + weights["class_prob"] * parts["class_prob"]
+                        + weights["diversity"] * parts["diversity"])
+    return parts
+
+
+DEFAULT_WEIGHTS = {"good": 1.0, "bad": 1.0, "unwanted": 1.0, "class_prob": 0.5, "diversity": 0.2}
+
+
+def evolve_prompts(
+    samples: pd.DataFrame,
+    *,
+    classes: Sequence[str],
+    generate: GenerateFn,
+    embedder: Any,
+    load_image: Callable[[str], Image.Image],
+    current: Mapping[str, Genome] | None = None,
+    vocabulary: Sequence[str] | None = None,
+    content_labels: Mapping[str, Sequence[str]] | None = None,
+    bad_labels: Sequence[str] = (),
+    only_classes: Sequence[str] | None = None,
+    compose: Callable[[Genome], str] | None = None,
+    population: int = 6,
+    generations: int = 2,
+    batch: int = 4,
+    max_phrases: int = 4,
+    weights: Mapping[str, float] | None = None,
+    seed: int = 0,
+    round: int = 1,
+    progress: bool | Callable[[int, int], None] = False,
+    cancel: Any = None,
+) -> EvolutionResult:
+    """Evolve each class's prompt from the feedback in `samples` (the store's samples table).
+
+    generate(prompts, negative_prompts, seeds) -> images produces candidate batches; `embedder`
+    gives CLIP image/text embeddings (embed_images, embed_texts, zero_shot). Classes with feedback
+    (or all, when unwanted labels are given) are evolved; `only_classes` narrows that. Cancelling
+    keeps the best candidate found so far for every class already started.
+    """
+    classes = [str(c) for c in classes]
+    if only_classes is not None:
+        unknown = [c for c in only_classes if str(c) not in classes]
+        if unknown:
+            raise EvolutionError(f"unknown class(es) {unknown}: the classes are {classes}")
+    if generate is None:
+        raise EvolutionError("evolution generates candidate batches and needs a generator: pass models=dc.starter.models() or a Stable Diffusion model")
+    if embedder is None:
+        raise EvolutionError("evolution scores candidates with CLIP and needs an embedder: pass models with an embedder")
+    if population < 2 or generations < 1 or batch < 1:
+        raise EvolutionError(f"population={population}, generations={generations}, batch={batch}: use population >= 2, generations >= 1, batch >= 1")
+    weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+    compose = compose or default_compose()
+    fb = _collect(samples, classes, load_image, embedder.embed_images, bad_labels, content_labels)
+    current = dict(current or {})
+    vocab_base = list(dict.fromkeys(list(vocabulary) if vocabulary is not None else DEFAULT_STYLES))
+    fbcol = samples["feedback"].fillna("").astype(str)
+    with_feedback = set(samples[fbcol != ""]["label"].astype(str))
+    targets = [c for c in (only_classes or classes) if str(c) in with_feedback or bad_labels]
+    if not targets:
+        raise EvolutionError(f"no feedback yet for the class(es) {list(only_classes or classes)}: mark some of their images good or bad first")
+
+    rng = np.random.default_rng(seed)
+    seeds = [int(seed) * 1000 + 17 * k + 1 for k in range(batch)]  # common random numbers across candidates
+    bar = None
+    total = len(targets) * generations
+    if progress is True:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc="evolving prompts", leave=False)
+    done = 0
+    results: dict[str, ClassResult] = {}
+    cancelled = False
+    for c in targets:
+        labels_here = list(dict.fromkeys(fb.good_labels[c]))
+        vocab = list(dict.fromkeys(vocab_base + [l for l in labels_here if not _mentions(l, fb.unwanted[c])]))
+        text_emb = _norm(np.asarray(embedder.embed_texts(vocab), dtype=np.float32)) if vocab else np.zeros((0, 1))
+        bad_ref = fb.bad[c] if len(fb.bad[c]) else fb.bad_all
+        aff, near_good, near_bad = _phrase_stats(vocab, text_emb, fb.good[c], bad_ref)
+        ctx = _Context(c, vocab, aff, near_good, near_bad, fb.unwanted[c],
+                       {l: fb.good_labels[c].count(l) for l in labels_here})
+        unwanted_emb = _norm(np.asarray(embedder.embed_texts(fb.unwanted[c]), dtype=np.float32)) if fb.unwanted[c] else np.zeros((0, 1))
+        previous = current.get(c, Genome(c))
+        seen: dict[tuple, Candidate] = {}
+
+        def score(g: Genome) -> Candidate:
+            g = _enforce(g, ctx)
+            if g.key() in seen:
+                return seen[g.key()]
+            prompt = compose(g)
+            images = generate([prompt] * batch, [g.negative_prompt()] * batch, seeds)
+            parts = _fitness(images, g, embedder.embed_images, embedder, c, classes, fb.good[c], bad_ref, unwanted_emb, weights)
+            cand = Candidate(g, prompt, parts.pop("fitness"), parts)
+            seen[g.key()] = cand
+            return cand
+
+        pop = [score(previous)]
+        # Directed seeds: the phrase nearest the bad images into the negative, the one nearest the good ones added.
+        ranked_vocab = sorted((p for p in vocab if p not in previous.phrases), key=lambda p: aff[p])
+        if ranked_vocab and aff[ranked_vocab[0]] < 0 and near_bad.get(ranked_vocab[0], 0):
+            pop.append(score(Genome(c, previous.phrases, tuple(dict.fromkeys([*previous.negative, ranked_vocab[0]])))))
+        if ranked_vocab and aff[ranked_vocab[-1]] > 0 and len(previous.phrases) < max_phrases and len(pop) < population:
+            pop.append(score(Genome(c, (*previous.phrases, ranked_vocab[-1]), previous.negative)))
+        while len(pop) < population:
+            pop.append(score(_mutate(previous if rng.random() < 0.7 else pop[-1].genome, ctx, rng, max_phrases)))
+        for gen in range(generations):
+            if _cancelled(cancel):
+                cancelled = True
+                break
+            pop.sort(key=lambda k: -k.fitness)
+            parents = pop[: max(2, population // 2)]
+            children = []
+            while len(children) < population - len(parents):
+                a, b = rng.choice(len(parents), size=2, replace=False)
+                child = _crossover(parents[a].genome, parents[b].genome, rng, max_phrases) if rng.random() < 0.5 else parents[a].genome
+                children.append(score(_mutate(child, ctx, rng, max_phrases)))
+            pop = parents + children
+            done += 1
+            if bar is not None:
+                bar.update(1)
+            elif callable(progress):
+                progress(done, total)
+        ranked = sorted({k.genome.key(): k for k in pop}.values(), key=lambda k: -k.fitness)
+        results[c] = ClassResult(c, ranked, previous, _diff(previous, ranked[0].genome, ctx, fb.good_count[c]))
+        if cancelled:
+            break
+    if bar is not None:
+        bar.close()
+    return EvolutionResult(results, int(round))
+
+
+def _cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+def evolve_store(store: Any, *, classes: Sequence[str], generate: GenerateFn, embedder: Any,
+                 round: int | None = None, **kwargs: Any) -> EvolutionResult:
+    """Evolve from a SampleStore's feedback and record the result in its prompts.json."""
+    doc = store.read_json(PROMPTS_FILE, {}) or {}
+    samples = store.samples
+    if round is None:
+        round = int(samples["round"].max()) if len(samples) else 0
+    result = evolve_prompts(samples, classes=classes, generate=generate, embedder=embedder, load_image=store.image,
+                            current=current_prompts(doc, classes), round=round, **kwargs)
+    store.write_json(PROMPTS_FILE, apply_to_prompts_doc(doc, result))
+    return result

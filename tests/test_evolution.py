@@ -1,0 +1,152 @@
+"""Prompt evolution: planted unwanted patterns end up in the negative prompt and become rarer."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from datacrafter_widget.evolution import (
+    EvolutionError, Genome, apply_to_prompts_doc, current_prompts, evolve_prompts, evolve_store, starter_compose,
+)
+from datacrafter_widget.store import SampleStore
+
+COLOURS = {"pink": (250, 185, 205), "black": (15, 15, 15), "white": (245, 245, 245), "gray": (128, 128, 128),
+           "lightblue": (160, 210, 245)}
+NAMES = list(COLOURS)
+VOCAB = [f"on a {c} background" for c in NAMES] + ["thick", "thin"]
+
+
+class ColourWorld:
+    """A deterministic stand-in for generator + CLIP whose output colour follows the prompt words.
+
+    Background: the colour named in the prompt; otherwise drawn from the seed, skipping colours
+    named in the negative prompt. Pink is planted: with no colour asked for, half the images are pink.
+    """
+
+    calls = 0
+
+    def generate(self, prompts, negatives, seeds):
+        self.calls += len(prompts)
+        out = []
+        for p, n, s in zip(prompts, negatives, seeds):
+            rng = np.random.default_rng(s)
+            named = [c for c in NAMES if c in p.split() or f"{c} " in p]
+            allowed = [c for c in NAMES if c not in (n or "")]
+            if named:
+                bg = named[0]
+            elif rng.random() < 0.5 and "pink" in allowed:
+                bg = "pink"
+            else:
+                bg = str(rng.choice([c for c in allowed if c != "pink"] or NAMES))
+            a = np.zeros((16, 16, 3), np.uint8) + np.array(COLOURS[bg], np.uint8)
+            a[5:11, 7:9] = (220, 35, 35)
+            out.append(Image.fromarray(a))
+        return out
+
+    @staticmethod
+    def colour_of(im):
+        px = np.asarray(im)[0, 0].astype(float)
+        return min(NAMES, key=lambda c: np.abs(px - COLOURS[c]).sum())
+
+    # -- embedder interface: colour histograms for images, colour words for texts
+    def embed_images(self, images):
+        e = np.zeros((len(images), len(NAMES) + 1), np.float32)
+        for i, im in enumerate(images):
+            e[i, NAMES.index(self.colour_of(im))] = 1.0
+            e[i, -1] = 0.5
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    def embed_texts(self, texts):
+        e = np.zeros((len(texts), len(NAMES) + 1), np.float32)
+        for i, t in enumerate(texts):
+            for j, c in enumerate(NAMES):
+                if c in t:
+                    e[i, j] = 1.0
+            e[i, -1] = 0.5
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    def zero_shot(self, emb, classes):
+        return np.full((len(emb), len(classes)), 1.0 / len(classes), np.float32)
+
+
+def _project(tmp_path, world, mark_labels: bool, mark_good: bool = True):
+    store = SampleStore(tmp_path / "proj", durable=False)
+    seeds = list(range(12))
+    images = world.generate(["a photo of a 3"] * 12, [""] * 12, seeds)
+    rows = [dict(label="3", split="generated", prompt="a photo of a 3", seed=s, round=1, strategy="class") for s in seeds]
+    ids = store.add(images, rows)
+    pink = [i for i, im in zip(ids, images) if world.colour_of(im) == "pink"]
+    good = [i for i, im in zip(ids, images) if world.colour_of(im) != "pink"][:3]
+    assert 3 <= len(pink) <= 9  # the planted pattern is there
+    store.update(pink, feedback="bad", feedback_labels=json.dumps(["pink"]) if mark_labels else "[]")
+    if mark_good:
+        store.update(good, feedback="good")
+    return store, pink
+
+
+def _pink_rate(world, prompt, negative, n=40):
+    images = world.generate([prompt] * n, [negative] * n, list(range(500, 500 + n)))
+    return np.mean([world.colour_of(im) == "pink" for im in images])
+
+
+def test_unwanted_label_becomes_negative_and_fewer_such_images(tmp_path):
+    world = ColourWorld()
+    store, _ = _project(tmp_path, world, mark_labels=True)
+    result = evolve_store(store, classes=["3"], generate=world.generate, embedder=world, vocabulary=VOCAB,
+                          population=4, generations=2, batch=4, seed=0)
+    best = result.classes["3"].best
+    assert "pink" in best.genome.negative
+    assert not any("pink" in p for p in best.genome.phrases)
+    assert any("'pink' moved to negative: marked unwanted" in d for d in result.classes["3"].diff)
+    before = _pink_rate(world, "a photo of a 3", "")
+    after = _pink_rate(world, best.prompt, best.genome.negative_prompt())
+    assert before > 0.3 and after < before / 3
+    doc = store.read_json("prompts.json", {})
+    entry = doc["classes"]["3"]
+    assert entry["prompt"] == best.prompt and "pink" in entry["negative_prompt"]
+    assert entry["history"][-1]["diff"] == result.classes["3"].diff
+    assert [r["fitness"] for r in entry["ranked"]] == sorted((r["fitness"] for r in entry["ranked"]), reverse=True)
+    store.close()
+
+
+def test_lasso_without_labels_is_turned_into_a_negative_or_a_better_phrase(tmp_path):
+    """No label given: evolution must itself find what the bad images share (pink) and avoid it."""
+    world = ColourWorld()
+    store, _ = _project(tmp_path, world, mark_labels=False, mark_good=False)
+    result = evolve_prompts(store.samples, classes=["3"], generate=world.generate, embedder=world,
+                            load_image=store.image, vocabulary=VOCAB, population=6, generations=3, batch=6, seed=1)
+    best = result.classes["3"].best
+    assert not any("pink" in p for p in best.genome.phrases)
+    before = _pink_rate(world, "a photo of a 3", "")
+    after = _pink_rate(world, best.prompt, best.genome.negative_prompt())
+    assert after < before / 3
+    # The unmarked images are the reference: keeping their variety beats pinning one colour, so
+    # the pink phrase goes to the negative prompt, with the reason.
+    assert "on a pink background" in best.genome.negative
+    assert any(d.startswith("- 'on a pink background' moved to negative (close to") for d in result.classes["3"].diff)
+    store.close()
+
+
+def test_no_feedback_and_bad_input_errors(tmp_path):
+    world = ColourWorld()
+    store = SampleStore(tmp_path / "p", durable=False)
+    store.add(world.generate(["a 3"], [""], [0]), [dict(label="3", split="generated")])
+    with pytest.raises(EvolutionError, match="no feedback yet"):
+        evolve_store(store, classes=["3"], generate=world.generate, embedder=world)
+    store.update([store.samples["id"][0]], feedback="bad")
+    with pytest.raises(EvolutionError, match="unknown class"):
+        evolve_store(store, classes=["3"], generate=world.generate, embedder=world, only_classes=["7"])
+    with pytest.raises(EvolutionError, match="needs a generator"):
+        evolve_store(store, classes=["3"], generate=None, embedder=world)
+    store.close()
+
+
+def test_prompt_doc_roundtrip_and_starter_grammar():
+    g = Genome("3", ("thick", "on a black background", "red", "slanted left"), ("pink",))
+    assert starter_compose(g) == "a thick red 3 on a black background, slanted left"
+    doc = {"classes": {"3": {"phrases": list(g.phrases), "negative": ["pink"], "history": []}}}
+    assert current_prompts(doc, ["3", "4"]) == {"3": g, "4": Genome("4")}
+    assert json.loads(json.dumps(apply_to_prompts_doc(doc, type("R", (), {"classes": {}, "round": 1})()))) == {**doc, "schema_version": 1}
