@@ -310,10 +310,10 @@ class Generator:
         interrupted = {"flag": False}
 
         def on_step_end(p, step, timestep, tensors):
+            steps_total = max(1, int(getattr(p, "_num_timesteps", steps) or steps))
             if progress is not None:
-                steps_total = max(1, int(getattr(p, "_num_timesteps", steps) or steps))
                 progress(offset + len(idx) * min(1.0, (step + 1) / steps_total), total)
-            if is_cancelled():
+            if step + 1 < steps_total and is_cancelled():  # after the last step the batch is done: keep it
                 interrupted["flag"] = True
                 p._interrupt = True
             return tensors
