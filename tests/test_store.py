@@ -28,6 +28,7 @@ from datacrafter_widget.store import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+PKG = str(REPO / "datacrafter_widget")
 
 
 def make_image(i: int, size: int = 16) -> Image.Image:
@@ -137,7 +138,12 @@ def test_add_validates_rows(tmp_path):
 # ---- crash safety ------------------------------------------------------------------------------
 WRITER = textwrap.dedent(
     """
-    import sys, numpy as np
+    import sys, types
+    # Import the store without the package __init__ (which loads torch): keeps each trial fast.
+    pkg = types.ModuleType("datacrafter_widget")
+    pkg.__path__ = [sys.argv[-1]]
+    sys.modules["datacrafter_widget"] = pkg
+    import numpy as np
     from PIL import Image
     from datacrafter_widget.store import SampleStore
     SampleStore.COMPACT_SEGMENTS = 7      # compact often, so kills land inside compaction too
@@ -175,7 +181,7 @@ def test_sigkill_at_random_moments_keeps_every_committed_sample(tmp_path):
     start = 0
     for trial in range(5):
         proc = subprocess.Popen(
-            [sys.executable, str(script), str(project), "1" if trial % 2 else "0", str(start)],
+            [sys.executable, str(script), str(project), "1" if trial % 2 else "0", str(start), PKG],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
         )
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
@@ -222,7 +228,12 @@ def test_sigkill_at_random_moments_keeps_every_committed_sample(tmp_path):
 # ---- lock --------------------------------------------------------------------------------------
 HOLDER = textwrap.dedent(
     """
-    import sys, time
+    import sys, types
+    # Import the store without the package __init__ (which loads torch): keeps each trial fast.
+    pkg = types.ModuleType("datacrafter_widget")
+    pkg.__path__ = [sys.argv[-1]]
+    sys.modules["datacrafter_widget"] = pkg
+    import time
     from datacrafter_widget.store import SampleStore
     store = SampleStore(sys.argv[1])
     print("locked", flush=True)
@@ -237,7 +248,7 @@ def test_second_writer_in_another_process_is_refused(tmp_path):
         store.add([make_image(1)], [{"label": "a"}])
     script = tmp_path / "holder.py"
     script.write_text(HOLDER)
-    proc = subprocess.Popen([sys.executable, str(script), str(project)], stdout=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen([sys.executable, str(script), str(project), PKG], stdout=subprocess.PIPE, text=True, env=_env())
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(ProjectLockedError) as info:

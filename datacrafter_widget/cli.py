@@ -1,0 +1,268 @@
+"""The `datacrafter` command: `demo` (JupyterLab on the quickstart), `info` (versions, device, models).
+
+Subcommands register themselves through `REGISTRARS`; each adds one subparser and sets `func`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import shutil
+import socket
+import subprocess
+import sys
+import webbrowser
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+QUICKSTART = "quickstart.ipynb"
+
+
+# ---- demo ----------------------------------------------------------------------------------
+def find_notebooks() -> Path:
+    """The folder holding quickstart.ipynb: $DATACRAFTER_NOTEBOOKS, the source checkout's
+    notebooks/ (editable installs), or a copy installed with the package."""
+    candidates = []
+    if os.environ.get("DATACRAFTER_NOTEBOOKS"):
+        candidates.append(Path(os.environ["DATACRAFTER_NOTEBOOKS"]).expanduser())
+    candidates += [
+        PACKAGE_DIR.parent / "notebooks",
+        PACKAGE_DIR / "notebooks",
+        Path(sys.prefix) / "share" / "datacrafter-widget" / "notebooks",
+    ]
+    for c in candidates:
+        if (c / QUICKSTART).is_file():
+            return c
+    raise SystemExit(
+        "datacrafter demo: could not find notebooks/quickstart.ipynb (looked in "
+        + ", ".join(str(c) for c in candidates)
+        + "). Run it from a source checkout (pip install -e .) or set DATACRAFTER_NOTEBOOKS to the notebooks folder."
+    )
+
+
+def working_notebooks(source: Path, workdir: Path | None = None) -> Path:
+    """Where JupyterLab runs: the notebooks folder itself if writable, else a copy of it
+    (default ~/datacrafter-notebooks) so notebooks can be saved and projects written."""
+    if workdir is None and os.access(source, os.W_OK):
+        return source
+    target = (workdir or Path.home() / "datacrafter-notebooks").expanduser().absolute()
+    target.mkdir(parents=True, exist_ok=True)
+    for nb in sorted(source.glob("*.ipynb")):
+        dest = target / nb.name
+        if not dest.exists():  # never overwrite a user's edited copy
+            shutil.copyfile(nb, dest)
+    return target
+
+
+def free_port(preferred: int) -> int:
+    """`preferred` if nothing listens there, else the next free port above it."""
+    for port in range(preferred, preferred + 100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit(f"datacrafter demo: no free port in {preferred}..{preferred + 99}: pass --port")
+
+
+def demo_command(args: argparse.Namespace) -> list[str]:
+    """The JupyterLab command line for `datacrafter demo` (and the URL it will serve)."""
+    root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []  # Colab and containers run as root
+    return [
+        sys.executable, "-m", "jupyterlab", *root,
+        f"--ServerApp.root_dir={args.workdir_resolved}",
+        f"--ServerApp.port={args.port_resolved}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.ip={args.ip}",
+        f"--IdentityProvider.token={args.token}",
+        "--ServerApp.open_browser=False",
+        f"--LabApp.default_url=/lab/tree/{QUICKSTART}",
+    ]
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    try:
+        import jupyterlab  # noqa: F401
+    except ImportError:
+        print("datacrafter demo needs JupyterLab: pip install 'datacrafter-widget[lab]'", file=sys.stderr)
+        return 2
+    source = find_notebooks()
+    args.workdir_resolved = working_notebooks(source, Path(args.dir) if args.dir else None)
+    args.port_resolved = free_port(args.port)
+    args.token = args.token or secrets.token_hex(16)
+    host = "localhost" if args.ip in ("127.0.0.1", "localhost", "0.0.0.0", "") else args.ip
+    url = f"http://{host}:{args.port_resolved}/lab/tree/{QUICKSTART}?token={args.token}"
+    command = demo_command(args)
+    print(f"datacrafter demo: notebooks in {args.workdir_resolved}", flush=True)
+    print(f"datacrafter demo: open {url}", flush=True)
+    if args.dry_run:
+        print(" ".join(command))
+        return 0
+    proc = subprocess.Popen(command, cwd=args.workdir_resolved)
+    # `kill <pid>` of this command stops JupyterLab too, instead of leaving it orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+    if not args.no_browser:
+        try:
+            webbrowser.open(url)
+        except Exception:  # a server without a browser: the URL is printed above
+            pass
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="open JupyterLab on the quickstart notebook (offline starter kit)",
+                       description="Start JupyterLab on notebooks/quickstart.ipynb and print its URL.")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser (servers, remote machines)")
+    p.add_argument("--port", type=int, default=8888, help="port to serve on (the next free one if taken; default 8888)")
+    p.add_argument("--ip", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--dir", default=None, help="working folder for the notebooks (default: the notebooks folder "
+                                                "if writable, else ~/datacrafter-notebooks)")
+    p.add_argument("--token", default=None, help="access token (default: a random one, printed in the URL)")
+    p.add_argument("--dry-run", action="store_true", help="print the URL and the JupyterLab command, start nothing")
+    p.set_defaults(func=run_demo)
+
+
+# ---- info ----------------------------------------------------------------------------------
+PACKAGES = ["datacrafter-widget", "torch", "torchvision", "diffusers", "open-clip-torch", "transformers",
+            "anywidget", "jupyterlab", "datasets", "safetensors", "pandas", "pyarrow", "pillow"]
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        if dist == "datacrafter-widget":
+            from . import __version__
+
+            return f"{__version__} (source checkout, not pip-installed)"
+        return None
+
+
+def torch_device() -> dict[str, Any]:
+    """The device models will use with device="auto": cuda, mps or cpu (with a short description)."""
+    try:
+        import torch
+    except ImportError:
+        return {"device": None, "detail": "torch is not installed"}
+    if torch.cuda.is_available():
+        return {"device": "cuda", "detail": f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"}
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return {"device": "mps", "detail": "Apple Metal"}
+    return {"device": "cpu", "detail": f"{torch.get_num_threads()} threads"}
+
+
+def starter_weights() -> dict[str, Any]:
+    weights = PACKAGE_DIR / "starter" / "weights"
+    files = sorted(p.name for p in weights.glob("*")) if weights.is_dir() else []
+    return {
+        "folder": str(weights),
+        "files": files,
+        "present": any(f.endswith(".safetensors") for f in files),
+        "hint": None if files else "run `python -m datacrafter_widget.starter.train` to build them",
+    }
+
+
+def hf_cache() -> dict[str, Any]:
+    """Models found in the Hugging Face hub cache (no network)."""
+    try:
+        from huggingface_hub import constants
+
+        cache = Path(constants.HF_HUB_CACHE)
+    except Exception:
+        home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+        cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
+    models = []
+    if cache.is_dir():
+        models = sorted(p.name[len("models--"):].replace("--", "/") for p in cache.glob("models--*"))
+    return {"cache": str(cache), "models": models, "offline": os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")}
+
+
+def collect_info() -> dict[str, Any]:
+    return {
+        "python": sys.version.split()[0],
+        "packages": {name: _version(name) for name in PACKAGES},
+        "torch": torch_device(),
+        "starter_weights": starter_weights(),
+        "huggingface": hf_cache(),
+        "notebooks": _notebooks_or_none(),
+    }
+
+
+def _notebooks_or_none() -> str | None:
+    try:
+        return str(find_notebooks())
+    except SystemExit:
+        return None
+
+
+def run_info(args: argparse.Namespace) -> int:
+    info = collect_info()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"python {info['python']}")
+    for name, version in info["packages"].items():
+        print(f"  {name:<20} {version or 'not installed'}")
+    t = info["torch"]
+    print(f"torch device: {t['device'] or 'none'} ({t['detail']})")
+    w = info["starter_weights"]
+    state = f"present ({', '.join(w['files'])})" if w["present"] else f"missing: {w['hint'] or 'no .safetensors files'}"
+    print(f"starter weights: {state}\n  in {w['folder']}")
+    h = info["huggingface"]
+    models = ", ".join(h["models"][:10]) + (f" and {len(h['models']) - 10} more" if len(h["models"]) > 10 else "")
+    print(f"hugging face cache: {h['cache']} ({'offline' if h['offline'] else 'online'}): "
+          f"{len(h['models'])} model(s){': ' + models if models else ''}")
+    print(f"notebooks: {info['notebooks'] or 'not found (set DATACRAFTER_NOTEBOOKS)'}")
+    return 0
+
+
+def add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="versions, torch device and which models are found",
+                       description="Print package versions, the torch device and which models are available offline.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run_info)
+
+
+# ---- registration --------------------------------------------------------------------------
+# One function per subcommand; each adds its subparser and sets `func`.
+# `datacrafter run CONFIG.toml` (issue 7) registers here: add its `add_run` to this list.
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [add_demo, add_info]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="datacrafter",
+        description="Expand a small labelled image dataset with diffusion-model images, person in the loop.",
+    )
+    parser.add_argument("--version", action="version", version=f"datacrafter-widget {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `datacrafter` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
