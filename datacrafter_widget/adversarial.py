@@ -1,0 +1,449 @@
+"""GAP: guided adversarial prompts (closed loop with the student).
+
+A few new prompt token embeddings are learned textual-inversion style (only those rows change;
+the models stay frozen) by backpropagating through a short differentiable DDIM sampler, the VAE
+decoder and the student:
+
+    L = w_adv * CE(student(x), uniform)            # make the student uncertain on x
+      + lt * || Et(prompt) - et ||^2                # text guidance toward a target description
+      + li * (1 - cos(Ei(x), ei))                   # image guidance toward unlabelled target images
+
+The class stays in the prompt ("a photo of a {class} <t1> ... <tk>"), so the images keep their
+label; the guidance keeps them in the target distribution. With image guidance the adversarial
+term is off for the first 20% of steps (as in the paper). The new tokens are injected through a
+forward hook on the text encoder's token-embedding layer at their positions, so no tokenizer or
+model is modified. Final images use more sampler steps; the learned embeddings are saved as
+safetensors (with the template and positions in their metadata) so any image can be regenerated.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+__all__ = ["GapError", "GapConfig", "GapResult", "optimise_prompt_tokens", "generate_with_tokens",
+           "load_tokens", "gap_round", "student_loss_on"]
+
+PLACEHOLDER = "x"
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class GapError(ValueError):
+    """GAP cannot run with this input; the message names the thing and the fix."""
+
+
+@dataclass
+class GapConfig:
+    """Settings; defaults follow the GAP paper where it fits a CPU (see methods.md)."""
+    n_tokens: int = 8
+    steps: int = 200
+    lr: float = 1e-3
+    sampler_steps: int = 5          # DDIM steps with gradient during optimisation
+    final_steps: int = 15           # steps for the final images
+    guidance: float = 5.0           # classifier-free guidance scale
+    batch: int = 4
+    template: str = "a photo of a {class}"
+    adversarial_weight: float = 1.0
+    text_weight: float = 20.0       # lt (used when a target description is given)
+    image_weight: float = 10.0      # li (used when target images are given)
+    warmup: float = 0.2             # adversarial term off for this fraction of steps (image guidance only)
+    checkpointing: bool = False     # recompute UNet activations in backward (less memory, slower)
+    fixed_noise: bool = False       # same starting noise every step (for diagnostics)
+
+
+@dataclass
+class GapResult:
+    """The learned tokens for one class and the optimisation trace."""
+    label: str
+    embeddings: torch.Tensor        # (n_tokens, width)
+    prompt: str                     # the tokenised prompt text, placeholders written as <gap1>..<gapk>
+    template_text: str              # the text that is tokenised (placeholders are the PLACEHOLDER word)
+    positions: list[int]
+    config: GapConfig
+    history: list[dict[str, float]] = field(default_factory=list)
+    target: str = ""
+    model: str = ""
+    file: str = ""
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """safetensors with the embeddings; template, positions and config in its metadata (no pickle)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"label": self.label, "prompt": self.prompt, "template_text": self.template_text,
+                "positions": json.dumps(self.positions), "config": json.dumps(asdict(self.config)),
+                "target": self.target, "model": self.model, "format": "datacrafter-gap-tokens-v1"}
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        save_file({"embeddings": self.embeddings.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        self.file = str(path)
+        return path
+
+
+def load_tokens(path: str | os.PathLike) -> GapResult:
+    """Read tokens written by `GapResult.save`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        emb = f.get_tensor("embeddings")
+    if meta.get("format") != "datacrafter-gap-tokens-v1":
+        raise GapError(f"{path} is not a GAP token file written by datacrafter-widget")
+    return GapResult(label=meta["label"], embeddings=emb, prompt=meta["prompt"], template_text=meta["template_text"],
+                     positions=json.loads(meta["positions"]), config=GapConfig(**json.loads(meta["config"])),
+                     target=meta.get("target", ""), model=meta.get("model", ""), file=str(path))
+
+
+# ---- prompt plumbing ---------------------------------------------------------------------------
+def _tokenize(tokenizer: Any, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def _prompt_layout(tokenizer: Any, label: str, template: str, k: int) -> tuple[str, str, list[int]]:
+    base = template.replace("{class}", label).replace("{}", label)
+    text = base + " " + " ".join([PLACEHOLDER] * k)
+    ids = tokenizer(text, truncation=False).input_ids
+    base_ids = tokenizer(base, truncation=False).input_ids
+    start = len(base_ids) - 1                       # drop base's end-of-text token
+    positions = list(range(start, start + k))
+    ph = tokenizer(PLACEHOLDER, add_special_tokens=False).input_ids
+    if len(ph) != 1 or ids[start:start + k] != ph * k:
+        raise GapError(f"cannot place {k} prompt tokens after {base!r} with this tokenizer")
+    if len(ids) > tokenizer.model_max_length:
+        raise GapError(f"the prompt {base!r} plus {k} learned tokens is {len(ids)} tokens, more than the text "
+                       f"encoder's {tokenizer.model_max_length}: use fewer tokens (n_tokens) or a shorter template")
+    readable = base + " " + " ".join(f"<gap{i + 1}>" for i in range(k))
+    return text, readable, positions
+
+
+@contextlib.contextmanager
+def _inject(text_encoder: Any, positions: list[int], vectors: torch.Tensor):
+    """Replace the token embeddings at `positions` with `vectors` during the forward pass."""
+    layer = text_encoder.get_input_embeddings()
+
+    def hook(module, inputs, output):
+        out = output.clone()
+        out[:, positions, :] = vectors.to(out.dtype).unsqueeze(0).expand(out.shape[0], -1, -1)
+        return out
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _encode(pipe: Any, ids: torch.Tensor, positions: list[int] | None = None, vectors: torch.Tensor | None = None):
+    """(last hidden states, pooled output) of the pipeline's text encoder, with tokens injected."""
+    ids = ids.to(pipe.text_encoder.device)
+    ctx = _inject(pipe.text_encoder, positions, vectors) if vectors is not None else contextlib.nullcontext()
+    with ctx:
+        out = pipe.text_encoder(ids)
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is None:
+        pooled = out[0][torch.arange(ids.shape[0]), ids.argmax(-1)]
+    return out[0], pooled
+
+
+def _image_features(embedder: Any, x: torch.Tensor) -> torch.Tensor:
+    """Differentiable CLIP image embedding of pixels in [0, 1] (L2-normalised)."""
+    model = embedder.model
+    size = int(getattr(embedder, "image_size", 224))
+    visual = getattr(model, "visual", None)
+    mean = getattr(visual, "image_mean", None) or _CLIP_MEAN
+    std = getattr(visual, "image_std", None) or _CLIP_STD
+    param = next(model.parameters())
+    x = F.interpolate(x.to(param.device, torch.float32), size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    x = (x - torch.tensor(mean, device=x.device).view(1, 3, 1, 1)) / torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return F.normalize(model.encode_image(x.to(param.dtype)).float(), dim=-1)
+
+
+def _ddim(pipe: Any, steps: int):
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(int(steps), device=pipe.unet.device)
+    return sched
+
+
+def _sample(pipe: Any, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tensor, sched: Any, guidance: float,
+            checkpointing: bool) -> torch.Tensor:
+    """Differentiable DDIM (eta 0) from `latents`; returns decoded pixels in [0, 1]."""
+    unet, vae = pipe.unet, pipe.vae
+    b = latents.shape[0]
+    hidden = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)]) if guidance > 1 else cond.expand(b, -1, -1)
+
+    def run_unet(x, t, h):
+        return unet(x, t, encoder_hidden_states=h).sample
+
+    for t in sched.timesteps:
+        x_in = torch.cat([latents] * 2) if guidance > 1 else latents
+        x_in = sched.scale_model_input(x_in, t)
+        if checkpointing:
+            from torch.utils.checkpoint import checkpoint
+            noise = checkpoint(run_unet, x_in, t, hidden, use_reentrant=False)
+        else:
+            noise = run_unet(x_in, t, hidden)
+        if guidance > 1:
+            n_u, n_c = noise.chunk(2)
+            noise = n_u + guidance * (n_c - n_u)
+        latents = sched.step(noise, t, latents, eta=0.0).prev_sample
+    image = vae.decode(latents / vae.config.scaling_factor).sample
+    return (image / 2 + 0.5).clamp(0, 1)
+
+
+def _latent_shape(pipe: Any, batch: int) -> tuple[int, int, int, int]:
+    size = int(pipe.unet.config.sample_size)
+    return (batch, int(pipe.unet.config.in_channels), size, size)
+
+
+@contextlib.contextmanager
+def _frozen(*modules: Any):
+    saved = []
+    for m in modules:
+        if m is None:
+            continue
+        for p in m.parameters():
+            saved.append((p, p.requires_grad))
+            p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, r in saved:
+            p.requires_grad_(r)
+
+
+def _cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+def _pipe_of(generator: Any) -> Any:
+    pipe = getattr(generator, "pipe", generator)
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if getattr(pipe, part, None) is None:
+            raise GapError(f"GAP needs a Stable Diffusion pipeline with a {part}: pass models with a diffusers generator "
+                           "(dc.starter.models() or dc.Models.stable_diffusion(...))")
+    return pipe
+
+
+# ---- the optimisation ----------------------------------------------------------------------------
+def optimise_prompt_tokens(
+    generator: Any,
+    student: Any,
+    label: str,
+    *,
+    target: str | None = None,
+    target_images: Sequence[Image.Image] | None = None,
+    embedder: Any = None,
+    config: GapConfig | None = None,
+    seed: int = 0,
+    progress: bool | Callable[[int, int], None] = False,
+    cancel: Any = None,
+    **overrides: Any,
+) -> GapResult:
+    """Learn `n_tokens` prompt embeddings for class `label` that fool `student`, guided to the target.
+
+    generator: a Generator or a diffusers StableDiffusionPipeline. target: a text description of the
+    target distribution (text guidance); target_images: unlabelled images from it (image guidance,
+    needs `embedder`). Cancelling keeps the tokens learned so far.
+    """
+    config = config or GapConfig()
+    for k, v in overrides.items():
+        if not hasattr(config, k):
+            raise GapError(f"unknown GAP setting {k!r}: use one of {sorted(asdict(config))}")
+        setattr(config, k, v)
+    if student is None:
+        raise GapError("GAP needs a student to make uncertain: train one first with crafter.train_student()")
+    if hasattr(student, "class_index"):
+        student.class_index(label)        # clear error for an unknown class
+    if int(config.steps) <= 0:
+        raise GapError(f"steps={config.steps}: GAP needs at least 1 optimisation step (the paper uses 1000+; 100-300 on a CPU)")
+    if int(config.n_tokens) < 1 or int(config.sampler_steps) < 1 or int(config.batch) < 1:
+        raise GapError("n_tokens, sampler_steps and batch must all be at least 1")
+    if target_images is not None and len(target_images) and embedder is None:
+        raise GapError("image guidance (target_images) needs an embedder: pass models with a CLIP embedder")
+    pipe = _pipe_of(generator)
+    tok, enc = pipe.tokenizer, pipe.text_encoder
+    text, readable, positions = _prompt_layout(tok, str(label), config.template, int(config.n_tokens))
+    device = pipe.unet.device
+    dtype = pipe.unet.dtype
+
+    with torch.no_grad():
+        table = enc.get_input_embeddings().weight
+        cls_ids = tok(str(label), add_special_tokens=False).input_ids
+        init = table[cls_ids].float().mean(0) if cls_ids else table.float().mean(0)
+    gen = torch.Generator().manual_seed(int(seed))
+    vectors = (init.unsqueeze(0).repeat(config.n_tokens, 1)
+               + 0.01 * init.norm() / math.sqrt(init.numel()) * torch.randn(config.n_tokens, init.numel(), generator=gen))
+    vectors = vectors.to(device).requires_grad_(True)
+    opt = torch.optim.Adam([vectors], lr=float(config.lr))
+    ids = _tokenize(tok, [text])
+    with torch.no_grad():
+        uncond, _ = _encode(pipe, _tokenize(tok, [""]))
+        et = F.normalize(_encode(pipe, _tokenize(tok, [target]))[1].float(), dim=-1) if target else None
+        ei = None
+        if target_images is not None and len(target_images):
+            ei = torch.from_numpy(np.asarray(embedder.embed_images(list(target_images)), dtype=np.float32)).mean(0)
+            ei = F.normalize(ei, dim=0).to(next(embedder.model.parameters()).device)
+    student_dev = next(student.net.parameters()).device if hasattr(student, "net") else torch.device("cpu")
+    k = len(student.classes) if hasattr(student, "classes") else None
+    warm = int(round(config.warmup * config.steps)) if ei is not None else 0
+    history: list[dict[str, float]] = []
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=config.steps, desc=f"GAP tokens for {label!r}", leave=False)
+    net = getattr(student, "net", None)
+    was_training = net.training if net is not None else False
+    if net is not None:
+        net.eval()
+    clip_model = getattr(embedder, "model", None) if ei is not None else None
+    with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.enable_grad():
+        fixed = torch.randn(_latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) + 1))
+        for step in range(int(config.steps)):
+            if _cancelled(cancel):
+                break
+            sched = _ddim(pipe, config.sampler_steps)
+            noise = fixed if config.fixed_noise else torch.randn(
+                _latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) * 100003 + step))
+            latents = noise.to(device, dtype) * sched.init_noise_sigma
+            cond, pooled = _encode(pipe, ids, positions, vectors)
+            x = _sample(pipe, cond.to(dtype), uncond.to(dtype), latents, sched, float(config.guidance), config.checkpointing)
+            logits = student.logits_from_pixels(x.float().to(student_dev))
+            log_p = F.log_softmax(logits.float(), dim=-1)
+            adv = -(log_p.mean(dim=-1)).mean()               # CE against the uniform label
+            loss = config.adversarial_weight * adv if step >= warm else adv * 0.0
+            parts = {"step": step, "adversarial": float(adv.detach())}
+            if et is not None:
+                t_loss = (F.normalize(pooled.float(), dim=-1) - et).pow(2).sum(-1).mean()
+                loss = loss + config.text_weight * t_loss
+                parts["text"] = float(t_loss.detach())
+            if ei is not None:
+                i_loss = (1 - _image_features(embedder, x) @ ei).mean()
+                loss = loss + config.image_weight * i_loss
+                parts["image"] = float(i_loss.detach())
+            with torch.no_grad():
+                parts["student_entropy"] = float(-(log_p.exp() * log_p).sum(-1).mean())
+                parts["p_label"] = float(log_p.exp()[:, student.class_index(label)].mean()) if hasattr(student, "class_index") else float("nan")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            parts["loss"] = float(loss.detach())
+            history.append(parts)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(adv=f"{parts['adversarial']:.3f}")
+            elif callable(progress):
+                progress(step + 1, int(config.steps))
+    if bar is not None:
+        bar.close()
+    if net is not None:
+        net.train(was_training)
+    return GapResult(label=str(label), embeddings=vectors.detach().float().cpu(), prompt=readable, template_text=text,
+                     positions=positions, config=config, history=history, target=target or "",
+                     model=str(getattr(generator, "name", type(pipe).__name__)))
+
+
+@torch.no_grad()
+def generate_with_tokens(generator: Any, tokens: GapResult, seeds: Sequence[int], *, steps: int | None = None,
+                         guidance: float | None = None, negative_prompt: str = "", batch_size: int = 8) -> list[Image.Image]:
+    """Final images from learned tokens through the pipeline itself (one seeded noise per image)."""
+    pipe = _pipe_of(generator)
+    steps = int(steps or tokens.config.final_steps)
+    guidance = float(tokens.config.guidance if guidance is None else guidance)
+    ids = _tokenize(pipe.tokenizer, [tokens.template_text])
+    device = pipe.unet.device
+    cond, _ = _encode(pipe, ids, tokens.positions, tokens.embeddings.to(device))
+    neg, _ = _encode(pipe, _tokenize(pipe.tokenizer, [negative_prompt]))
+    size = int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+    out: list[Image.Image] = []
+    seeds = [int(s) for s in seeds]
+    for start in range(0, len(seeds), batch_size):
+        chunk = seeds[start:start + batch_size]
+        res = pipe(prompt_embeds=cond.expand(len(chunk), -1, -1).to(pipe.unet.dtype),
+                   negative_prompt_embeds=neg.expand(len(chunk), -1, -1).to(pipe.unet.dtype),
+                   num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+                   generator=[torch.Generator().manual_seed(s) for s in chunk], output_type="np")
+        arr = np.clip(np.nan_to_num(np.asarray(res.images)), 0, 1)
+        out += [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
+    return out
+
+
+def student_loss_on(student: Any, images: Sequence[Image.Image], label: str) -> float:
+    """Mean cross-entropy of the student on `images` against the true `label` (how hard they are for it)."""
+    logits = student.logits(list(images))
+    y = torch.full((len(images),), student.class_index(label), dtype=torch.long)
+    return float(F.cross_entropy(logits, y))
+
+
+def gap_round(
+    store: Any,
+    generator: Any,
+    student: Any,
+    classes: Sequence[str],
+    *,
+    target: str | None = None,
+    target_images: Sequence[Image.Image] | None = None,
+    embedder: Any = None,
+    per_class: int = 10,
+    round: int = 1,
+    seed: int = 0,
+    config: GapConfig | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+    cancel: Any = None,
+    **overrides: Any,
+) -> tuple[list[str], dict[str, GapResult]]:
+    """Learn tokens per class, generate `per_class` final images each, add them to the store.
+
+    Rows carry strategy "gap", the readable prompt, seed, steps, guidance and `embeddings_file`
+    (the safetensors with the learned tokens, relative to the project), so each can be regenerated.
+    """
+    if not classes:
+        raise GapError("no classes given: pass the classes to generate GAP images for")
+    if int(per_class) < 1:
+        raise GapError(f"per_class={per_class}: ask for at least 1 image per class")
+    ids: list[str] = []
+    results: dict[str, GapResult] = {}
+    base = Path(store.path)
+    for ci, label in enumerate(classes):
+        if _cancelled(cancel):
+            break
+        cfg = GapConfig(**asdict(config)) if config is not None else GapConfig()
+        res = optimise_prompt_tokens(generator, student, str(label), target=target, target_images=target_images,
+                                     embedder=embedder, config=cfg, seed=int(seed) + 7 * ci, progress=progress,
+                                     cancel=cancel, **overrides)
+        digest = hashlib.sha256(res.embeddings.numpy().tobytes()).hexdigest()[:12]
+        rel = f"gap/gap-r{int(round):03d}-{_slug(str(label))}-{digest}.safetensors"
+        res.save(base / rel)
+        res.file = rel
+        results[str(label)] = res
+        seeds = [int(seed) * 10007 + 1000 * ci + j for j in range(int(per_class))]
+        images = generate_with_tokens(generator, res, seeds)
+        rows = [{"label": str(label), "split": "generated", "source": "generated", "prompt": res.prompt,
+                 "negative_prompt": "", "seed": s, "steps": res.config.final_steps, "guidance": res.config.guidance,
+                 "round": int(round), "strategy": "gap", "model": res.model, "embeddings_file": rel,
+                 "caption": target or ""} for s in seeds]
+        ids += store.add(images, rows)
+    return ids, results
+
+
+def _slug(text: str) -> str:
+    keep = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in text)[:40]
+    return keep or hashlib.sha256(text.encode()).hexdigest()[:8]

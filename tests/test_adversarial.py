@@ -1,0 +1,102 @@
+"""GAP on the tiny random-weight Stable Diffusion: the loss falls, the images get harder, provenance is kept."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import ImageOps
+
+from datacrafter_widget.adversarial import (
+    GapError, gap_round, generate_with_tokens, load_tokens, optimise_prompt_tokens, student_loss_on,
+)
+from datacrafter_widget.generator import Generator
+from datacrafter_widget.store import SampleStore
+from datacrafter_widget.student import StudentError, train_student
+from tests.tiny_models import tiny_open_clip, tiny_sd_pipeline
+
+# A high guidance scale makes the tiny random UNet respond to the prompt strongly enough to measure.
+SETTINGS = dict(lr=0.05, batch=2, sampler_steps=3, n_tokens=4, guidance=15.0)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    gen = Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=5, default_guidance=15.0)
+    cats = gen(["a photo of a cat"] * 16, seed=0, steps=5)
+    # The student is confident on what the plain class prompt gives: "cat" vs. colour-inverted images.
+    student = train_student(cats + [ImageOps.invert(im) for im in cats], ["cat"] * 16 + ["dog"] * 16,
+                            epochs=10, progress=False, seed=0)
+    return gen, student
+
+
+def test_loss_falls_and_images_raise_the_students_loss(setup):
+    gen, student = setup
+    result = optimise_prompt_tokens(gen, student, "cat", steps=20, seed=0, **SETTINGS)
+    adv = [h["adversarial"] for h in result.history]
+    assert len(adv) == 20 and np.mean(adv[-5:]) < np.mean(adv[:5]) - 0.1
+    assert result.history[-1]["p_label"] < result.history[0]["p_label"]
+    # Fresh seeds never seen during optimisation: the learned tokens make harder images than the plain prompt.
+    seeds = list(range(2000, 2016))
+    hard = generate_with_tokens(gen, result, seeds, steps=5)
+    plain = gen(["a photo of a cat"] * 16, seed=seeds, steps=5, guidance=15.0)
+    assert student_loss_on(student, hard, "cat") > 1.3 * student_loss_on(student, plain, "cat")
+    assert result.embeddings.shape == (4, gen.pipe.text_encoder.get_input_embeddings().weight.shape[1])
+    assert result.prompt == "a photo of a cat <gap1> <gap2> <gap3> <gap4>"
+
+
+def test_fixed_noise_objective_decreases_monotonically(setup):
+    gen, student = setup
+    result = optimise_prompt_tokens(gen, student, "cat", steps=8, seed=0, fixed_noise=True, **SETTINGS)
+    adv = [h["adversarial"] for h in result.history]
+    assert all(b <= a + 1e-4 for a, b in zip(adv, adv[1:])), adv
+
+
+def test_text_and_image_guidance_terms(setup):
+    gen, student = setup
+    res = optimise_prompt_tokens(gen, student, "cat", target="a photo of a dog in the snow", steps=10, seed=0,
+                                 text_weight=20.0, **SETTINGS)
+    text = [h["text"] for h in res.history]
+    assert text[-1] < text[0]
+    model, preprocess, tokenizer = tiny_open_clip()
+    from datacrafter_widget.embedder import Embedder
+
+    embedder = Embedder(model, preprocess, tokenizer, name="tiny-clip")
+    targets = [ImageOps.invert(im) for im in gen(["a photo of a dog"] * 4, seed=50, steps=5)]
+    res = optimise_prompt_tokens(gen, student, "cat", target_images=targets, embedder=embedder, steps=5, seed=0,
+                                 image_weight=10.0, **SETTINGS)
+    first = res.history[0]
+    # Adversarial term off during the first 20% of steps when image guidance is used.
+    assert first["loss"] == pytest.approx(10.0 * first["image"], rel=1e-5)
+    assert res.history[-1]["loss"] != pytest.approx(10.0 * res.history[-1]["image"], rel=1e-5)
+
+
+def test_gap_round_stores_images_with_regenerable_provenance(setup, tmp_path):
+    gen, student = setup
+    store = SampleStore(tmp_path / "proj", durable=False)
+    ids, results = gap_round(store, gen, student, ["cat"], per_class=3, round=2, seed=1, steps=3, final_steps=4, **{k: v for k, v in SETTINGS.items()})
+    assert len(ids) == 3
+    rows = store.samples.set_index("id").loc[ids]
+    assert set(rows["strategy"]) == {"gap"} and set(rows["round"]) == {2} and set(rows["label"]) == {"cat"}
+    rel = rows["embeddings_file"].iloc[0]
+    assert rel.startswith("gap/") and (store.path / rel).is_file()
+    tokens = load_tokens(store.path / rel)
+    assert torch.equal(tokens.embeddings, results["cat"].embeddings)
+    again = generate_with_tokens(gen, tokens, [int(rows["seed"].iloc[1])], steps=int(rows["steps"].iloc[1]),
+                                 guidance=float(rows["guidance"].iloc[1]))[0]
+    diff = np.abs(np.asarray(again, dtype=int) - np.asarray(store.image(ids[1]), dtype=int))
+    # Same seed, steps, guidance and tokens: the same image, up to 1/255 from batch-size float rounding.
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    store.close()
+
+
+def test_bad_input_gets_clear_errors(setup):
+    gen, student = setup
+    with pytest.raises(StudentError, match="'bird' is unknown to the student"):
+        optimise_prompt_tokens(gen, student, "bird", steps=1)
+    with pytest.raises(GapError, match="steps=0"):
+        optimise_prompt_tokens(gen, student, "cat", steps=0)
+    with pytest.raises(GapError, match="needs a student"):
+        optimise_prompt_tokens(gen, None, "cat", steps=1)
+    with pytest.raises(GapError, match="needs an embedder"):
+        optimise_prompt_tokens(gen, student, "cat", steps=1, target_images=[ImageOps.invert(gen(["a cat"], steps=2)[0])])
+    with pytest.raises(GapError, match="unknown GAP setting"):
+        optimise_prompt_tokens(gen, student, "cat", steps=1, learning_rate=1.0)
