@@ -329,12 +329,14 @@ class SampleStore:
         base_path = self.path / "samples.parquet"
         through = 0
         parts: list[pd.DataFrame] = []
+        # List the log *before* reading the base: if a writer compacts in between, either the new
+        # base covers the listed segments or reading a deleted segment fails and we retry.
+        segments = self._segments()
         if base_path.exists():
             table = pq.read_table(base_path)
             meta = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
             through = int(meta.get("compacted_through", 0))
             parts.append(table.to_pandas())
-        segments = self._segments()
         live = [(n, p) for n, p in segments if n > through]
         if not self.readonly:
             for n, p in segments:
@@ -363,7 +365,7 @@ class SampleStore:
         if self._pending:
             records = [r for batch in self._pending for r in batch]
             new = _normalize(pd.DataFrame.from_records(records))
-            self._frame = _normalize(pd.concat([self._frame, new], ignore_index=True)) if len(self._frame) else new
+            self._frame = pd.concat([self._frame, new], ignore_index=True) if len(self._frame) else new
             self._pending = []
             self._positions = None
         return self._frame

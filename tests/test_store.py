@@ -364,3 +364,34 @@ def test_embeddings_cache(tmp_path, monkeypatch):
     assert np.array_equal(partial[0], vectors["h000"]) and np.isnan(partial[1]).all()
     assert ro.missing_embeddings(["zzz", "h001", "zzz", "yyy"], "open_clip:ViT-B-32/laion2b") == ["zzz", "yyy"]
     assert np.array_equal(ro.embeddings(keys[:2], "other/key"), np.ones((2, 4), dtype=np.float32))
+
+
+def test_readonly_reload_while_the_writer_compacts(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(SampleStore, "COMPACT_SEGMENTS", 3)
+    project = tmp_path / "p"
+    writer = SampleStore(project, durable=False)
+    writer.add([make_image(0)], [{"label": "a"}])
+    done = threading.Event()
+
+    def write():
+        for i in range(1, 120):
+            writer.add([make_image(i)], [{"label": "a"}])
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    reader = SampleStore(project, readonly=True)
+    seen: set[str] = set()
+    reloads = 0
+    while not done.is_set() or reloads == 0:
+        reader.reload()
+        ids = set(reader.samples["id"])
+        assert seen <= ids, "a reader lost samples it had already seen"
+        seen = ids
+        reloads += 1
+    thread.join()
+    reader.reload()
+    assert len(reader) == 120 and reloads > 1
+    writer.close()
