@@ -240,6 +240,16 @@ def add_info(sub: argparse._SubParsersAction) -> None:
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [add_demo, add_info]
 
 
+def add_run(sub: argparse._SubParsersAction) -> None:
+    """`datacrafter run CONFIG.toml` (datacrafter_widget/headless.py; imported lazily, it loads torch)."""
+    from .headless import add_run as register
+
+    register(sub)
+
+
+REGISTRARS.append(add_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
