@@ -223,7 +223,7 @@ class CrafterWidget(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self._action_callbacks: list[ActionCallback] = []
         self._details_callback: DetailsCallback | None = None
-        self.on_msg(self._handle_msg)
+        self.on_msg(self._on_custom_msg)
 
     # ----------------------------------------------------------------- data
     @property
@@ -343,7 +343,7 @@ class CrafterWidget(anywidget.AnyWidget):
         fields = [[str(k), "" if v is None else str(v)] for k, v in info.items()]
         return fields, png
 
-    def _handle_msg(self, _widget: Any, content: Any, buffers: list[memoryview] | None) -> None:
+    def _on_custom_msg(self, _widget: Any, content: Any, buffers: list[memoryview] | None) -> None:
         if not isinstance(content, dict):
             return
         kind = content.get("type")

@@ -308,6 +308,7 @@ class ProjectionView {
     this.applySelectionToState();
     if (this.renderer) this.renderer.setState(this.state);
     this.requestDraw();
+    this.selectionSends = (this.selectionSends || 0) + 1;
     this.model.set("selection", new DataView(sel.buffer.slice(0)));
     this.model.save_changes();
   }
@@ -683,11 +684,13 @@ class ProjectionView {
     const handle = {
       id: this.id,
       root: this.root,
+      model: this.model,
       get n() { return self.n; },
       get view() { return { ...self.view, width: self.width, height: self.height }; },
       get selection() { return Array.from(self.selection); },
       get timings() { return { ...self.timings }; },
       get frames() { return self.frames; },
+      get selectionSends() { return self.selectionSends || 0; },
       get thumbsShown() { return Boolean(self.thumbsShown); },
       get lastPolygon() { return self.lastPolygon; },
       get placedLabels() { return self.placedLabels.map((p) => ({ text: p.label.text, box: p.box })); },

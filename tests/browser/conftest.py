@@ -7,6 +7,7 @@ into `lab.root` and passing its name.
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import secrets
@@ -61,9 +62,12 @@ def page(browser: Any, request: Any) -> Iterator[Any]:
         dialog.dismiss()
 
     pg.on("dialog", on_dialog)
+    pg.console = []
     pg.on("pageerror", lambda err: pg.errors.append(str(err)))
+    pg.on("console", lambda msg: pg.console.append(f"{msg.type}: {msg.text}"))
     yield pg
     ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"{request.node.name}-console.txt").write_text("\n".join(pg.console + pg.errors))
     try:
         pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-final.png"))
     except Exception:
@@ -102,13 +106,21 @@ def lab(tmp_path_factory: Any) -> Iterator[Lab]:
         "JUPYTER_CONFIG_DIR": str(root / ".jupyter-config"),
         "JUPYTER_RUNTIME_DIR": str(root / ".jupyter-runtime"),
     })
-    log = root / "jupyter.log"
+    labconfig = root / ".jupyter-config" / "labconfig"
+    labconfig.mkdir(parents=True)
+    # No news / update pop-ups: they would ask the network and cover the page.
+    (labconfig / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+    )
+    log = tmp_path_factory.mktemp("lab-log") / "jupyter.log"
     cmd = [
         sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-        f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
+        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         "--LabApp.extension_manager=readonly", "--ServerApp.open_browser=False",
     ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # containers and CI runners often run as root
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
@@ -149,8 +161,11 @@ def run_notebook_in_lab(page: Any, lab: Lab, name: str, *, cells: int | None = N
     """
     page.goto(lab.notebook_url(name))
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=timeout_ms)
-    # Wait for the kernel to be idle before running anything.
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar-kernelStatus", timeout=timeout_ms)
+    # The kernel must be connected and idle, or Shift+Enter is silently dropped.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some((e) => /\\|\\s*Idle/.test(e.textContent))",
+        timeout=timeout_ms,
+    )
     wait_kernel_idle(page, timeout_ms)
     if cells is None:
         cells = page.locator(".jp-Notebook .jp-Cell").count()

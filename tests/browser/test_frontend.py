@@ -167,6 +167,7 @@ def test_python_selection_highlights_without_echo(shown: Any) -> None:
     page.wait_for_timeout(100)
     assert handle(page, "h.selection") == [3, 7, 11]
     assert page.evaluate("window.__model.saves") == 0, "a selection from Python must not be sent back"
+    assert handle(page, "h.selectionSends") == 0
     assert canvas_ink(page) != ink_before  # others dimmed, selected ringed
 
 
@@ -182,7 +183,7 @@ def test_bad_button_sends_selection_as_buffer(shown: Any) -> None:
     # The Python side turns that message into the callback call with the same ids.
     calls = []
     w.on_action(lambda name, payload: calls.append((name, payload)))
-    w._handle_msg(w, actions[-1]["content"], [np.array(actions[-1]["buffers"][0], "<u4").tobytes()])
+    w._on_custom_msg(w, actions[-1]["content"], [np.array(actions[-1]["buffers"][0], "<u4").tobytes()])
     assert calls == [("bad", {"indices": [2, 4, 8]})]
 
 

@@ -1,0 +1,166 @@
+"""The widget in a real JupyterLab: a generated notebook builds a CrafterWidget from synthetic data.
+
+Asserts, through the real kernel: the projection is drawn (canvas pixels), a lasso drawn with
+mouse moves selects exactly the points inside the polygon and `widget.selection` in the kernel
+equals them, "bad" calls the Python callback with those ids, hover details come back over the
+comm, and `<img src=x onerror=alert(1)>` from "model/user" text shows as literal text.
+
+To run against notebooks/quickstart.ipynb with the real controller later: copy it into lab.root,
+call run_notebook_in_lab(page, lab, "quickstart.ipynb"), and read `crafter.selection` the same way.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+import nbformat
+import numpy as np
+import pytest
+
+from conftest import ARTIFACTS, Lab, run_cell, run_notebook_in_lab
+from test_frontend import canvas_ink, draw_lasso, lasso_polygon, points_in_polygon, to_screen
+
+XSS = "<img src=x onerror=alert(1)>"
+HERE = pathlib.Path(__file__).resolve().parent
+
+SETUP = f'''
+import json, pathlib, sys
+import numpy as np
+from PIL import Image
+sys.path.insert(0, {str(HERE)!r})
+from standalone import synthetic_frame, synthetic_thumbnails
+from datacrafter_widget.widget import CrafterWidget, build_layout
+
+XSS = {XSS!r}
+frame = synthetic_frame(400, classes=3, seed=3)
+frame["label"] = frame["label"].replace({{"class 2": XSS}})
+thumbs = synthetic_thumbnails(frame, 32)
+np.save("xy.npy", frame[["x", "y"]].to_numpy(np.float32))
+EVENTS = pathlib.Path("kernel-events.jsonl")
+
+def record(event, **data):
+    with EVENTS.open("a") as fh:
+        fh.write(json.dumps({{"event": event, **data}}) + "\\n")
+
+widget = CrafterWidget(height=460)
+widget.set_frame(frame, thumbnails=thumbs, labels=[
+    {{"text": XSS, "x": float(frame.x.mean()), "y": float(frame.y.max()), "n": 20, "members": list(range(20))}},
+])
+calls = []
+def on_action(name, payload):
+    calls.append((name, payload["indices"]))
+    record("action", name=name, ids=payload["indices"])
+    return f"{{name}}: {{len(payload['indices'])}} images"
+widget.on_action(on_action)
+widget.observe(lambda change: record("selection", ids=widget.selected.tolist()), names="selection")
+widget.on_details(lambda i: {{"caption": XSS, "prompt": "a photo of " + frame.label[i],
+                              "image": Image.fromarray(thumbs[i]).resize((128, 128))}})
+build_layout(widget)
+'''
+
+
+def make_notebook(path: pathlib.Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(SETUP.strip()),
+        nbformat.v4.new_code_cell('print("SELECTION", json.dumps(widget.selected.tolist()))'),
+        nbformat.v4.new_code_cell('print("CALLS", json.dumps(calls))'),
+    ]
+    nbformat.write(nb, path)
+
+
+def events(lab: Lab) -> list[dict]:
+    path = lab.root / "kernel-events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for(predicate: Any, timeout: float = 30.0) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for the kernel")
+
+
+def printed_json(output: str, tag: str) -> Any:
+    line = next(l for l in output.splitlines() if l.startswith(tag + " "))
+    return json.loads(line[len(tag) + 1:])
+
+
+@pytest.mark.slow
+def test_widget_in_jupyterlab(page: Any, lab: Lab) -> None:
+    make_notebook(lab.root / "widget_check.ipynb")
+    run_notebook_in_lab(page, lab, "widget_check.ipynb", cells=1)
+    root = page.locator(".dcw-root")
+    root.wait_for(timeout=120000)
+    page.wait_for_function("window.__dcw && window.__dcw.length > 0 && window.__dcw[window.__dcw.length - 1].frames > 0")
+    root.scroll_into_view_if_needed()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "lab-drawn.png"))
+
+    # 1. drawn: the WebGL canvas has non-background pixels
+    assert canvas_ink(page) > 0.01
+
+    # 2. literal text: class name in the legend, label on the canvas, no alert
+    assert XSS in page.locator(".dcw-legend").inner_text()
+    assert page.locator("img[src='x']").count() == 0
+
+    # 3. lasso -> exactly the points inside, in the kernel too
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    view = page.evaluate(f"{handle}.view")
+    xy = np.load(lab.root / "xy.npy")
+    sx, sy = to_screen(xy, view)
+    poly = lasso_polygon(view)
+    expected = np.flatnonzero(points_in_polygon(sx, sy, poly)).tolist()
+    assert 10 < len(expected) < len(xy) - 10
+    root.locator("button[data-mode=lasso]").click()
+    box = root.locator(".dcw-gl").bounding_box()
+    assert page.evaluate(f"{handle}.view") == view, "clicking the toolbar must not move the view"
+    draw_lasso(page, box, poly)
+    assert page.evaluate(f"{handle}.selection") == expected
+    out = run_cell(page, 1)
+    assert printed_json(out, "SELECTION") == expected, out
+    got = wait_for(lambda: [e for e in events(lab) if e["event"] == "selection"])
+    assert got[-1]["ids"] == expected
+    page.screenshot(path=str(ARTIFACTS / "lab-lasso.png"))
+
+    # 4. "bad" -> the Python callback with those ids
+    root.locator("button[data-action=bad]").click()
+    acts = wait_for(lambda: [e for e in events(lab) if e["event"] == "action"])
+    assert acts[-1] == {"event": "action", "name": "bad", "ids": expected}
+    out = run_cell(page, 2)
+    assert printed_json(out, "CALLS") == [["bad", expected]]
+    page.wait_for_function("document.querySelector('.dcw-status').textContent.startsWith('bad: ')")
+
+    # 5. Python sets the selection -> highlighted in the browser, no echo back
+    n_sel_events = len([e for e in events(lab) if e["event"] == "selection"])
+    sends = page.evaluate(f"{handle}.selectionSends")
+    page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type("widget.selected = [1, 2, 3]")
+    run_cell(page, 2)
+    page.wait_for_function(f"JSON.stringify({handle}.selection) === '[1,2,3]'")
+    time.sleep(1.0)
+    sel_events = [e for e in events(lab) if e["event"] == "selection"]
+    assert len(sel_events) == n_sel_events + 1 and sel_events[-1]["ids"] == [1, 2, 3]
+    assert page.evaluate(f"{handle}.selectionSends") == sends, "the browser echoed a Python-side selection"
+
+    # 6. hover details over the comm, shown as text
+    d = np.hypot(sx[:, None] - sx[None, :], sy[:, None] - sy[None, :])
+    np.fill_diagonal(d, np.inf)
+    ok = np.flatnonzero((d.min(axis=1) > 10) & (sx > 30) & (sx < view["width"] - 200) & (sy > 30) & (sy < view["height"] - 30))
+    i = int(ok[0])
+    root.locator("button[data-mode=pan]").click()
+    box = root.locator(".dcw-gl").bounding_box()
+    page.mouse.move(box["x"] + sx[i] + 0.3, box["y"] + sy[i] + 0.3)
+    page.wait_for_function("document.querySelector('.dcw-tooltip img') && document.querySelector('.dcw-tooltip img').src.startsWith('blob:')", timeout=30000)
+    tip = page.locator(".dcw-tooltip").inner_text()
+    assert XSS in tip and "a photo of" in tip
+    assert page.locator("img[src='x']").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "lab-tooltip.png"))
+    assert page.dialogs == [], f"an alert fired: {page.dialogs}"
