@@ -174,26 +174,24 @@ def simulated_feedback(crafter: Any, ids: Sequence[str], checker: Callable[[list
 
 
 def _starter_checker() -> Callable[[list[Image.Image]], pd.DataFrame]:
+    """The starter kit's independent checker (a CNN trained on real renders only) as images -> frame."""
     from .starter import checker as ck
 
-    for name in ("check", "check_images", "classify"):
+    inst = None
+    for name in ("load_checker", "get_checker", "default_checker", "load"):
         fn = getattr(ck, name, None)
         if callable(fn):
-            def run_check(images: list[Image.Image], fn=fn) -> pd.DataFrame:
-                out = fn(images)
-                return out if isinstance(out, pd.DataFrame) else pd.DataFrame(out)
-            return run_check
-    for name in ("Checker", "load"):
-        obj = getattr(ck, name, None)
-        if obj is not None:
-            inst = obj() if name == "load" else (obj.load() if hasattr(obj, "load") else obj())
+            inst = fn()
+            break
+    if inst is None and callable(getattr(ck, "train_checker", None)):
+        inst = ck.train_checker()
+    if inst is None or not callable(getattr(inst, "predict", None)):
+        raise ConfigError("the starter checker (datacrafter_widget.starter.checker) offers no checker with predict(): "
+                          "simulated feedback needs it")
 
-            def run_inst(images: list[Image.Image], inst=inst) -> pd.DataFrame:
-                fn = getattr(inst, "check", None) or getattr(inst, "predict", None) or inst
-                out = fn(images)
-                return out if isinstance(out, pd.DataFrame) else pd.DataFrame(out)
-            return run_inst
-    raise ConfigError("the starter checker (datacrafter_widget.starter.checker) has no check() function: simulated feedback needs it")
+    def check(images: list[Image.Image]) -> pd.DataFrame:
+        return pd.DataFrame(inst.predict(list(images)))
+    return check
 
 
 # ---- the run -----------------------------------------------------------------------------------
