@@ -357,6 +357,10 @@ class CrafterWidget(anywidget.AnyWidget):
             self.send({"type": "details", "index": index, "fields": fields}, buffers=[png] if png else None)
         elif kind == "action":
             name = str(content.get("name", ""))
+            if name not in ACTIONS:
+                self.status = f"unknown action {name!r} from the front end"
+                log.warning(self.status)
+                return
             payload = dict(content.get("payload") or {})
             if buffers:
                 payload["indices"] = selection_from_bytes(buffers[0]).tolist()

@@ -7,12 +7,15 @@ import path from "node:path";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const watch = process.argv.includes("--watch");
+// --outdir=DIR writes the bundle elsewhere (the tests rebuild into a temp folder and compare).
+const outdirArg = process.argv.find((a) => a.startsWith("--outdir="));
+const outdir = outdirArg ? path.resolve(outdirArg.slice(9)) : path.join(here, "..", "datacrafter_widget", "static");
 const options = {
   entryPoints: [path.join(here, "widget.js")],
   bundle: true,
   format: "esm",
   target: ["es2020"],
-  outfile: path.join(here, "..", "datacrafter_widget", "static", "widget.js"),
+  outfile: path.join(outdir, "widget.js"),
   minify: !watch,
   sourcemap: false,
   legalComments: "none",

@@ -1,0 +1,282 @@
+"""Python side of the widget: atlas building, binary point arrays, selection sync, callbacks, layout."""
+from __future__ import annotations
+
+import io
+import pathlib
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from datacrafter_widget.widget import (
+    ACTIONS,
+    CrafterWidget,
+    build_atlas,
+    build_layout,
+    points_from_frame,
+    selection_from_bytes,
+    selection_to_bytes,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def colour(i: int) -> tuple[int, int, int]:
+    return (i * 37 % 256, i * 91 % 256, i * 53 % 256)
+
+
+def frame(n: int = 6) -> pd.DataFrame:
+    return pd.DataFrame({
+        "x": np.linspace(0, 1, n), "y": np.linspace(1, 0, n),
+        "label": ["cat", "dog"] * (n // 2),
+        "source": ["real"] * (n // 2) + ["generated"] * (n - n // 2),
+        "round": [0] * (n // 2) + [2] * (n - n // 2),
+        "feedback": ["", "good", "bad", "removed"] + [""] * (n - 4),
+        "flag": [""] * (n - 1) + ["off-class"],
+    })
+
+
+# ----------------------------------------------------------------- atlas
+def test_atlas_places_each_thumbnail_in_its_tile() -> None:
+    images = [Image.new("RGB", (40, 30), colour(i)) for i in range(10)]
+    images[3] = images[3].convert("L").convert("RGB")  # any mode is fine
+    images[4] = Image.new("RGBA", (20, 20), colour(4) + (255,))
+    png, grid = build_atlas(images, size=16)
+    assert grid == {"cols": 4, "rows": 3, "tile": 16, "count": 10, "width": 64, "height": 48}
+    sheet = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert sheet.shape == (48, 64, 3)
+    for i, im in enumerate(images):
+        r, c = divmod(i, 4)
+        tile = sheet[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16]
+        expected = np.asarray(im.convert("RGB"))[0, 0]
+        assert (tile == expected).all(), f"tile {i} has the wrong pixels"
+    assert (sheet[32:, 32:] == 0).all()  # unused cells stay black
+
+
+def test_atlas_shrinks_tiles_to_fit_the_texture_limit() -> None:
+    arr = np.zeros((50, 8, 8, 3), np.uint8)
+    arr[:, :, :, 0] = np.arange(50)[:, None, None]
+    png, grid = build_atlas(arr, size=8, max_side=64)  # 8 cols x 8 px = 64
+    assert grid["tile"] == 8 and grid["cols"] == 8 and grid["width"] <= 64
+    _, grid = build_atlas([Image.new("RGB", (32, 32))] * 50, size=32, max_side=64)
+    assert grid["tile"] == 8 and grid["width"] == 64
+    with pytest.raises(ValueError, match="do not fit"):
+        build_atlas([Image.new("RGB", (4, 4))] * 500, size=32, max_side=64)
+    assert build_atlas([], size=32)[0] == b""
+
+
+def test_atlas_for_50000_thumbnails_fits_8192() -> None:
+    arr = np.zeros((50_000, 32, 32, 3), np.uint8)
+    _, grid = build_atlas(arr, size=32)
+    assert grid["width"] <= 8192 and grid["height"] <= 8192 and grid["tile"] == 32
+
+
+# ----------------------------------------------------------------- point arrays
+def test_points_from_frame_encodes_attributes() -> None:
+    pts = points_from_frame(frame(), class_names=["cat", "dog", "fox"])
+    xy = np.frombuffer(pts["xy"], "<f4").reshape(-1, 2)
+    assert np.allclose(xy[:, 0], np.linspace(0, 1, 6)) and np.allclose(xy[:, 1], np.linspace(1, 0, 6))
+    assert np.frombuffer(pts["cls"], "<u2").tolist() == [0, 1, 0, 1, 0, 1]
+    assert np.frombuffer(pts["kind"], np.uint8).tolist() == [0, 0, 0, 1, 1, 1]
+    assert np.frombuffer(pts["round"], "<u2").tolist() == [0, 0, 0, 2, 2, 2]
+    assert np.frombuffer(pts["feedback"], np.uint8).tolist() == [0, 1, 2, 3, 0, 0]
+    assert np.frombuffer(pts["flag"], np.uint8).tolist() == [0, 0, 0, 0, 0, 1]
+    assert pts["class_names"] == ["cat", "dog", "fox"]
+    assert points_from_frame(frame())["class_names"] == ["cat", "dog"]
+
+
+def test_points_from_frame_rejects_bad_input_clearly() -> None:
+    with pytest.raises(KeyError, match="x"):
+        points_from_frame(pd.DataFrame({"y": [1.0]}))
+    bad = frame()
+    bad.loc[0, "x"] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        points_from_frame(bad)
+    with pytest.raises(ValueError, match="not in class_names"):
+        points_from_frame(frame(), class_names=["cat"])
+    bad = frame()
+    bad.loc[0, "feedback"] = "meh"
+    with pytest.raises(ValueError, match="feedback"):
+        points_from_frame(bad)
+
+
+# ----------------------------------------------------------------- selection
+def test_selection_bytes_round_trip() -> None:
+    b = selection_to_bytes([5, 1, 5, 3])
+    assert b == np.array([1, 3, 5], "<u4").tobytes()
+    assert selection_from_bytes(b).tolist() == [1, 3, 5]
+    assert selection_from_bytes(memoryview(b)).dtype == np.uint32
+    assert selection_to_bytes([]) == b"" and selection_from_bytes(b"").size == 0
+    assert selection_to_bytes(np.array([2.0, 1.0])) == np.array([1, 2], "<u4").tobytes()
+    with pytest.raises(IndexError):
+        selection_to_bytes([0, 6], n=6)
+    with pytest.raises(IndexError):
+        selection_to_bytes([-1])
+    with pytest.raises(TypeError):
+        selection_to_bytes([0.5])
+
+
+def test_selection_from_browser_updates_python_once() -> None:
+    w = CrafterWidget()
+    w.set_frame(frame())
+    seen = []
+    w.observe(lambda ch: seen.append(selection_from_bytes(ch["new"]).tolist()), names="selection")
+    # What ipywidgets does with a state update from the browser: buffers arrive as memoryviews.
+    w.set_state({"selection": memoryview(np.array([1, 4], "<u4").tobytes())})
+    assert w.selected.tolist() == [1, 4] and seen == [[1, 4]]
+    assert isinstance(w.selection, bytes)
+    w.set_state({"selection": memoryview(np.array([1, 4], "<u4").tobytes())})  # same value: no event
+    assert seen == [[1, 4]]
+    w.selected = [0, 2]
+    assert seen[-1] == [0, 2]
+    with pytest.raises(IndexError):
+        w.selected = [99]
+
+
+def test_state_serialises_binary_traits_as_buffers() -> None:
+    w = CrafterWidget()
+    w.set_frame(frame(), thumbnails=[Image.new("RGB", (8, 8), colour(i)) for i in range(6)])
+    state = w.get_state()
+    assert isinstance(state["xy"], bytes) and len(state["xy"]) == 6 * 8
+    assert state["atlas"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert state["atlas_grid"]["count"] == 6 and state["atlas_grid"]["tile"] == 32
+
+
+def test_set_frame_keeps_selection_that_still_exists() -> None:
+    w = CrafterWidget()
+    w.set_frame(frame(6))
+    w.selected = [1, 5]
+    w.set_frame(frame(4))
+    assert w.n == 4 and w.selected.tolist() == [1]
+    with pytest.raises(ValueError, match="thumbnails"):
+        w.set_frame(frame(4), thumbnails=[Image.new("RGB", (4, 4))])
+
+
+# ----------------------------------------------------------------- actions and details
+def test_action_message_dispatches_to_callbacks() -> None:
+    w = CrafterWidget()
+    w.set_frame(frame())
+    sent = []
+    w.send = lambda content, buffers=None: sent.append((content, buffers))
+    calls = []
+    w.on_action(lambda name, payload: calls.append((name, payload)) or f"{name} x{len(payload['indices'])}")
+    w._on_custom_msg(w, {"type": "action", "name": "bad", "payload": {}}, [np.array([2, 3], "<u4").tobytes()])
+    assert calls == [("bad", {"indices": [2, 3]})]
+    assert w.status == "bad x2"
+    assert sent[-1][0] == {"type": "action_result", "name": "bad", "ok": True, "message": "bad x2"}
+    # Without a buffer the widget's own selection is used.
+    w.selected = [4]
+    w._on_custom_msg(w, {"type": "action", "name": "unwanted_label", "payload": {"label": "blurry"}}, [])
+    assert calls[-1] == ("unwanted_label", {"label": "blurry", "indices": [4]})
+    w._on_custom_msg(w, {"type": "action", "name": "rm -rf", "payload": {}}, [])
+    assert "unknown action" in w.status and len(calls) == 2
+
+
+def test_failing_callback_reports_in_status_and_keeps_the_comm_alive() -> None:
+    w = CrafterWidget()
+    w.set_frame(frame())
+    w.send = lambda content, buffers=None: None
+
+    def boom(name: str, payload: dict) -> None:
+        raise RuntimeError("no generator loaded")
+
+    w.on_action(boom)
+    w._on_custom_msg(w, {"type": "action", "name": "generate", "payload": {}}, [])  # does not raise
+    assert w.status == "generate failed: no generator loaded"
+    with pytest.raises(RuntimeError):
+        w.trigger("generate")
+    w.on_action(boom, remove=True)
+    assert w.trigger("generate") == []
+    with pytest.raises(ValueError, match="unknown action"):
+        w.trigger("explode")
+    assert set(ACTIONS) >= {"bad", "good", "remove", "evolve", "generate", "cancel", "unwanted_label"}
+
+
+def test_details_reply_carries_text_fields_and_png() -> None:
+    w = CrafterWidget()
+    w.set_frame(frame())
+    sent = []
+    w.send = lambda content, buffers=None: sent.append((content, buffers))
+    w.on_details(lambda i: {"prompt": f"a photo of {i}", "seed": 7, "parent": None, "image": Image.new("RGB", (64, 48), (1, 2, 3))})
+    w._on_custom_msg(w, {"type": "details", "index": 2}, [])
+    content, buffers = sent[-1]
+    assert content == {"type": "details", "index": 2, "fields": [["prompt", "a photo of 2"], ["seed", "7"], ["parent", ""]]}
+    img = Image.open(io.BytesIO(buffers[0]))
+    assert img.size == (64, 48) and img.getpixel((0, 0)) == (1, 2, 3)
+    # Out-of-range and failing callbacks answer with an error field instead of breaking.
+    w._on_custom_msg(w, {"type": "details", "index": 99}, [])
+    assert sent[-1][0]["fields"][0][0] == "error" and sent[-1][1] is None
+    w.on_details(None)
+    assert w.details(1) == ([], None)
+
+
+# ----------------------------------------------------------------- layout
+def test_layout_controls_send_actions() -> None:
+    import ipywidgets
+
+    w = CrafterWidget()
+    w.set_frame(frame())
+    w.send = lambda content, buffers=None: None
+    calls = []
+    w.on_action(lambda name, payload: calls.append((name, payload)))
+    w.prompts = {"cat": {"current": "a photo of a cat", "history": ["a cat", "a photo of a cat"]}}
+    box = build_layout(w)
+    assert isinstance(box, ipywidgets.VBox) and box.children[0].children[0] is w
+    gen = box.side_panel.children[0]
+    gen.strategy.value = "custom"
+    gen.count.value = 3
+    gen.custom.value = "a {class} in snow"
+    gen.generate_button.click()
+    assert calls[-1][0] == "generate"
+    assert {k: calls[-1][1][k] for k in ("strategy", "count", "prompt")} == {"strategy": "custom", "count": 3, "prompt": "a {class} in snow"}
+    assert gen.cancel_button.disabled
+    w.set_progress(2, 8, "class cat")
+    assert not gen.cancel_button.disabled and gen.generate_button.disabled
+    gen.cancel_button.click()
+    assert calls[-1][0] == "cancel"
+    prompts = box.side_panel.children[1]
+    cat = prompts.children[1]
+    text = cat.children[1]
+    assert text.value == "a photo of a cat"
+    accept, edit = cat.children[2].children
+    past, revert = cat.children[3].children
+    text.value = "a photo of a fluffy cat"
+    edit.click()
+    assert calls[-1] == ("prompt_edit", {"class": "cat", "prompt": "a photo of a fluffy cat", "indices": []})
+    past.value = 0
+    revert.click()
+    assert calls[-1] == ("prompt_revert", {"class": "cat", "index": 0, "prompt": "a cat", "indices": []})
+    # The panel follows the prompts trait.
+    w.prompts = {"cat": {"current": "x", "history": []}, "dog": {"current": "y", "history": []}}
+    assert len(prompts.children) == 3
+
+
+def test_layout_places_metrics_chart_below() -> None:
+    import altair as alt
+    import ipywidgets
+
+    w = CrafterWidget()
+    chart = alt.JupyterChart(alt.Chart(pd.DataFrame({"round": [1, 2], "cmmd": [0.3, 0.2]})).mark_line().encode(x="round", y="cmmd"))
+    box = build_layout(w, metrics_chart=chart)
+    assert isinstance(box, ipywidgets.VBox) and box.children[-1] is chart
+
+
+# ----------------------------------------------------------------- bundle
+def test_widget_loads_the_built_bundle() -> None:
+    esm = (ROOT / "datacrafter_widget" / "static" / "widget.js").read_text()
+    assert "render" in esm and "webgl2" in esm
+    assert CrafterWidget()._esm == esm
+    assert "innerHTML" not in esm and "insertAdjacentHTML" not in esm  # text goes in as text
+
+
+@pytest.mark.skipif(not (ROOT / "js" / "node_modules" / "esbuild").exists() or shutil.which("node") is None,
+                    reason="needs `npm ci` in js/")
+def test_committed_bundle_matches_sources(tmp_path: pathlib.Path) -> None:
+    subprocess.run(["node", "build.mjs", f"--outdir={tmp_path}"], cwd=ROOT / "js", check=True, capture_output=True)
+    for name in ("widget.js", "widget.css"):
+        assert (tmp_path / name).read_bytes() == (ROOT / "datacrafter_widget" / "static" / name).read_bytes(), (
+            f"static/{name} is stale: run `npm run build` in js/"
+        )
