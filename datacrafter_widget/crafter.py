@@ -418,7 +418,7 @@ class DataCrafter:
         status = "failed"
         parents: dict[str, Image.Image] = {}
         try:
-            for group in group_requests(requests):
+            for gi, group in enumerate(group_requests(requests)):
                 if ctx.cancelled():
                     break
                 reqs = [requests[i] for i in group]
@@ -440,7 +440,8 @@ class DataCrafter:
                 )
                 for batch in batches:
                     new = self._store_batch([reqs[i] for i in batch.indices], batch.images, batch.flags,
-                                            rnd, steps, guidance, use_filter)
+                                            rnd, steps, guidance, use_filter,
+                                            batch_id=f"{rnd}-{gi}-{group[batch.indices[0]]}")
                     ids += new
                     ctx.report(len(ids), len(requests))
                     self._emit("samples", new)
@@ -452,8 +453,13 @@ class DataCrafter:
             self._log_round(entry)
 
     def _store_batch(self, reqs: list[GenerationRequest], images: list[Image.Image], flags: list[str],
-                     rnd: int, steps: int, guidance: float, use_filter: bool) -> list[str]:
-        """Flag (NaN / black / off-class) and store one finished batch in one atomic commit."""
+                     rnd: int, steps: int, guidance: float, use_filter: bool, batch_id: str = "") -> list[str]:
+        """Flag (NaN / black / off-class) and store one finished batch in one atomic commit.
+
+        The batch's composition (batch_id + batch_index) is part of the provenance: CPU and GPU
+        kernels may pick other algorithms for other batch sizes, so an image is only guaranteed
+        bit-exact when its whole batch is replayed (what `regenerate` does).
+        """
         gen = self.models.generator
         reasons = [_FLAG_REASONS.get(f, "") for f in flags]
         emb = None
@@ -470,13 +476,14 @@ class DataCrafter:
                           RuntimeWarning, stacklevel=3)
         scheduler = type(getattr(gen.pipe, "scheduler", None)).__name__
         rows = []
-        for r, flag, why in zip(reqs, flags, reasons):
+        for k, (r, flag, why) in enumerate(zip(reqs, flags, reasons)):
             rows.append({
                 "label": r.label, "split": "generated", "source": "generated", "prompt": r.prompt,
                 "negative_prompt": r.negative_prompt, "seed": int(r.seed), "steps": steps, "guidance": guidance,
                 "strength": r.strength if r.is_img2img else math.nan, "parent_id": r.parent_id, "round": rnd,
                 "strategy": r.strategy, "model": gen.name, "caption": r.caption, "flag": flag, "flag_reason": why,
                 "latent_perturbation": float(r.latent_perturbation), "scheduler": scheduler,
+                "batch_id": batch_id, "batch_index": k,
             })
         ids = self.store.add(images, rows)
         if emb is not None:
@@ -489,8 +496,13 @@ class DataCrafter:
             self.job.cancel()
 
     # ---- regeneration -----------------------------------------------------------------------------------
-    def regenerate(self, sample_id: str) -> Image.Image:
-        """Regenerate a generated image from its stored provenance (bit-exact on the same device and versions)."""
+    def regenerate(self, sample_id: str, *, alone: bool = False) -> Image.Image:
+        """Regenerate a generated image from its stored provenance.
+
+        By default the image's whole batch is replayed (same prompts, seeds and order), which is
+        bit-exact on the same device and library versions. `alone=True` runs just this image with
+        its own seed: faster, and equal up to float rounding (batched kernels may sum in another order).
+        """
         (sample_id,) = self._check_ids([sample_id])
         row = self.store.row(sample_id)
         if row["source"] != "generated":
@@ -506,19 +518,27 @@ class DataCrafter:
         if isinstance(scheduler, str) and scheduler and scheduler != current:
             raise ValueError(f"{sample_id} was generated with scheduler {scheduler}, the generator now uses {current}: "
                              f"set it back (generator.set_scheduler / scheduler=...) to regenerate")
+        batch_id = row.get("batch_id")
+        members = [row]
+        if not alone and isinstance(batch_id, str) and batch_id:
+            s = self.store.samples
+            same = s[s["batch_id"] == batch_id].sort_values("batch_index")
+            members = same.to_dict("records")
+        position = next(k for k, m in enumerate(members) if m["id"] == sample_id)
         strength = float(row["strength"])
-        image = None
-        if not math.isnan(strength):
-            image = [self.store.image(str(row["parent_id"]))]
+        img2img = not math.isnan(strength)
         lp = row.get("latent_perturbation", 0.0)
         lp = 0.0 if lp is None or (isinstance(lp, float) and math.isnan(lp)) else float(lp)
         out = gen(
-            [str(row["prompt"])], negative_prompt=[str(row["negative_prompt"])], seed=[int(row["seed"])],
-            steps=int(row["steps"]), guidance=float(row["guidance"]), image=image,
-            strength=strength if image is not None else 0.5, latent_perturbation=lp if image is not None else 0.0,
-            batch_size=1,
+            [str(m["prompt"]) for m in members],
+            negative_prompt=[str(m["negative_prompt"]) for m in members],
+            seed=[int(m["seed"]) for m in members],
+            steps=int(row["steps"]), guidance=float(row["guidance"]),
+            image=[self.store.image(str(m["parent_id"])) for m in members] if img2img else None,
+            strength=strength if img2img else 0.5, latent_perturbation=lp if img2img else 0.0,
+            batch_size=len(members),
         )
-        return out[0]
+        return out[position]
 
     # ---- feedback -----------------------------------------------------------------------------------------
     def feedback(

@@ -3,8 +3,10 @@
 `Generator` wraps one `StableDiffusionPipeline`; image-to-image runs through
 `StableDiffusionImg2ImgPipeline(**pipe.components)`, i.e. the very same modules, so there is one
 model in memory and one code path. Every image gets its own seeded `torch.Generator` (on the CPU,
-so noise does not depend on the device or on the other images in the batch); any single image can
-therefore be regenerated alone from its provenance.
+so its noise does not depend on the device or on the other images in the batch). Regenerated
+alone, an image equals its batched original up to float rounding (batched kernels may choose
+other algorithms, so the last bit can differ); replaying the same batch is bit-exact, which is
+why the controller stores each image's batch composition in its provenance.
 """
 from __future__ import annotations
 

