@@ -429,6 +429,8 @@ def gap_round(
         res = optimise_prompt_tokens(generator, student, str(label), target=target, target_images=target_images,
                                      embedder=embedder, config=cfg, seed=int(seed) + 7 * ci, progress=progress,
                                      cancel=cancel, **overrides)
+        if _cancelled(cancel):      # tokens half-learned: keep the classes already finished, store nothing more
+            break
         digest = hashlib.sha256(res.embeddings.numpy().tobytes()).hexdigest()[:12]
         rel = f"gap/gap-r{int(round):03d}-{_slug(str(label))}-{digest}.safetensors"
         res.save(base / rel)

@@ -314,7 +314,9 @@ def train_student(
                            n_train=len(images), width=int(width))
     if kind == "cnn":
         config.image_size = int(image_size or 32)
-        config.epochs = int(epochs or 40)
+        # Small sets need many passes: at least ~400 optimiser steps (measured on the starter digits:
+        # 30 epochs of 300 images underfit, 0.35 test accuracy; 60 epochs gave 0.61).
+        config.epochs = int(epochs or max(40, math.ceil(400 / math.ceil(len(images) / max(1, min(batch_size, len(images)))))))
         config.lr = float(lr or 5e-3)
     elif kind == "probe":
         config.epochs = int(epochs or 300)
