@@ -39,6 +39,8 @@ __all__ = [
     "projection_frame",
     "membership_matrix",
     "label_agreement",
+    "save_layout",
+    "load_layout",
 ]
 
 
@@ -574,3 +576,52 @@ def label_agreement(image_xy: np.ndarray, label_xy: np.ndarray, memberships: sp.
                 continue
             scores.append(len(np.intersect1d(near[r], own)) / min(k, len(own)))
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def save_layout(layout: Layout, path: str) -> None:
+    """Store a layout (safetensors arrays, labels and config as json metadata; no pickle) so that
+    incremental placement can go on after a kernel restart. Written atomically."""
+    import json
+    import os
+
+    from safetensors.numpy import save_file
+
+    mem = layout.memberships.tocsr()
+    arrays = {
+        "image_xy": np.ascontiguousarray(layout.image_xy, dtype=np.float32),
+        "label_xy": np.ascontiguousarray(layout.label_xy, dtype=np.float32),
+        "image_emb": np.ascontiguousarray(layout.image_emb, dtype=np.float32),
+        "mem_indptr": mem.indptr.astype(np.int64),
+        "mem_indices": mem.indices.astype(np.int64),
+    }
+    meta = {
+        "label_texts": json.dumps(list(layout.label_texts)),
+        "config": json.dumps(dataclasses.asdict(layout.config)),
+        "seed": str(int(layout.seed)),
+        "format": "datacrafter-m2m-layout/1",
+    }
+    tmp = f"{path}.tmp-{os.getpid()}"
+    save_file(arrays, tmp, metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_layout(path: str) -> Layout:
+    """Read a layout written by `save_layout`."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != "datacrafter-m2m-layout/1":
+            raise ProjectionError(f"{path} is not a layout written by save_layout (format {meta.get('format')!r}).")
+        arr = {k: f.get_tensor(k) for k in f.keys()}
+    texts = json.loads(meta["label_texts"])
+    known = {f.name for f in dataclasses.fields(M2MConfig)}
+    cfg = M2MConfig(**{k: v for k, v in json.loads(meta["config"]).items() if k in known})
+    n = arr["image_xy"].shape[0]
+    mem = sp.csr_matrix(
+        (np.ones(len(arr["mem_indices"]), dtype=bool), arr["mem_indices"], arr["mem_indptr"]),
+        shape=(n, len(texts)),
+    )
+    return Layout(arr["image_xy"], arr["label_xy"], texts, arr["image_emb"], mem, cfg, int(meta["seed"]))

@@ -9,6 +9,8 @@ import pytest
 from datacrafter_widget.projection import (
     Layout,
     M2MConfig,
+    load_layout,
+    save_layout,
     ProjectionError,
     label_agreement,
     membership_matrix,
@@ -195,3 +197,20 @@ def test_projection_frame(layout_and_data):
     assert isinstance(df, pd.DataFrame)
     with pytest.raises(ProjectionError, match="image_ids"):
         projection_frame(lay, ids[:3])
+
+
+def test_save_and_load_layout_then_place(layout_and_data, tmp_path):
+    lay, emb, texts, _, _ = layout_and_data
+    path = tmp_path / "layout.safetensors"
+    save_layout(lay, str(path))
+    back = load_layout(str(path))
+    np.testing.assert_array_equal(back.image_xy, lay.image_xy)
+    np.testing.assert_array_equal(back.label_xy, lay.label_xy)
+    assert back.label_texts == texts and back.config == lay.config and back.seed == lay.seed
+    assert (back.memberships != lay.memberships).nnz == 0
+    a = place(lay, emb[:5], [[0]] * 5)
+    b = place(back, emb[:5], [[0]] * 5)
+    np.testing.assert_allclose(a.image_xy, b.image_xy, atol=1e-5)
+    (tmp_path / "other.safetensors").write_bytes(b"not a layout")
+    with pytest.raises(Exception):
+        load_layout(str(tmp_path / "other.safetensors"))
