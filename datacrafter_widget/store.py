@@ -141,6 +141,12 @@ def _atomic_write_table(path: Path, table: pa.Table, *, fsync: bool = True) -> N
     atomic_write_bytes(path, buffer.getvalue(), fsync=fsync)
 
 
+def _read_parquet(path: Path) -> pa.Table:
+    """Read a parquet file in one go: pyarrow may open a path more than once, which could mix
+    an old and a new file if a writer replaces it in between."""
+    return pq.read_table(pa.BufferReader(path.read_bytes()))
+
+
 def _slug(key: str) -> str:
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._")[:60] or "key"
     return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
@@ -333,7 +339,7 @@ class SampleStore:
         # base covers the listed segments or reading a deleted segment fails and we retry.
         segments = self._segments()
         if base_path.exists():
-            table = pq.read_table(base_path)
+            table = _read_parquet(base_path)
             meta = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
             through = int(meta.get("compacted_through", 0))
             parts.append(table.to_pandas())
@@ -342,7 +348,7 @@ class SampleStore:
             for n, p in segments:
                 if n <= through:
                     p.unlink(missing_ok=True)
-        parts += [pq.read_table(p).to_pandas() for _, p in live]
+        parts += [_read_parquet(p).to_pandas() for _, p in live]
         self._frame = _replay(parts)
         self._pending = []
         self._positions = None
@@ -550,19 +556,19 @@ class SampleStore:
         cache = self._embeddings.get(key)
         if cache is not None:
             return cache
-        from safetensors.numpy import load_file
-        from safetensors import safe_open
+        from safetensors.numpy import load
 
         cache = {"index": {}, "blocks": [], "dim": None, "seq": 0, "parts": 0}
         d = self._emb_dir(key)
         parts = sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _PART.match(p.name))) if d.is_dir() else []
         for n, p in parts:
             try:
-                with safe_open(str(p), framework="numpy") as f:
-                    hashes = json.loads(f.metadata()["hashes"])
-                array = load_file(str(p))["embeddings"]
+                data = p.read_bytes()  # one read: the file is never seen half-replaced
             except FileNotFoundError:  # a writer compacted it away meanwhile; its rows are in a later part
                 continue
+            header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+            hashes = json.loads(header["__metadata__"]["hashes"])
+            array = load(data)["embeddings"]
             _merge(cache, hashes, array, key, self.path)
             cache["seq"] = n
         cache["parts"] = len(parts)
