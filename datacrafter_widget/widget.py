@@ -99,7 +99,10 @@ def _thumbnail(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
 
 
 def build_atlas(
-    images: Sequence[Image.Image] | np.ndarray, size: int = 32, max_side: int = MAX_ATLAS_SIDE
+    images: Sequence[Image.Image] | np.ndarray,
+    size: int = 32,
+    max_side: int = MAX_ATLAS_SIDE,
+    format: str = "png",
 ) -> tuple[bytes, dict]:
     """One PNG sprite atlas of square thumbnails, row-major (image i at col i % cols, row i // cols).
 
@@ -107,10 +110,14 @@ def build_atlas(
     must stay within `max_side`; the tile size shrinks when `size` would not fit. Returns the PNG
     bytes and the grid info the front end needs: cols, rows, tile, count, width, height.
     `images` is a list of PIL images (any mode or size) or a uint8 array (n, size, size, 3).
+    format="jpeg" makes a photo atlas several times smaller (50,000 photos: ~100 MB PNG) at a
+    small loss of thumbnail quality.
     """
+    if format not in ("png", "jpeg"):
+        raise ValueError(f"atlas format must be 'png' or 'jpeg', got {format!r}")
     n = len(images)
     if n == 0:
-        return b"", {"cols": 0, "rows": 0, "tile": int(size), "count": 0, "width": 0, "height": 0}
+        return b"", {"cols": 0, "rows": 0, "tile": int(size), "count": 0, "width": 0, "height": 0, "format": format}
     if size < 1:
         raise ValueError(f"thumbnail size must be positive, got {size}")
     cols = math.ceil(math.sqrt(n))
@@ -128,8 +135,12 @@ def build_atlas(
     grid[:n] = stack
     sheet = grid.reshape(rows, cols, tile, tile, 3).transpose(0, 2, 1, 3, 4).reshape(rows * tile, cols * tile, 3)
     buf = io.BytesIO()
-    Image.fromarray(sheet).save(buf, format="PNG", compress_level=1)
-    info = {"cols": cols, "rows": rows, "tile": tile, "count": n, "width": cols * tile, "height": rows * tile}
+    if format == "png":
+        Image.fromarray(sheet).save(buf, format="PNG", compress_level=1)
+    else:
+        Image.fromarray(sheet).save(buf, format="JPEG", quality=90)
+    info = {"cols": cols, "rows": rows, "tile": tile, "count": n, "width": cols * tile, "height": rows * tile,
+            "format": format}
     return buf.getvalue(), info
 
 
@@ -259,9 +270,11 @@ class CrafterWidget(anywidget.AnyWidget):
                 self.set_labels(labels)
             self.selection = selection_to_bytes(keep, n)
 
-    def set_thumbnails(self, images: Sequence[Image.Image] | np.ndarray, size: int | None = None) -> None:
+    def set_thumbnails(
+        self, images: Sequence[Image.Image] | np.ndarray, size: int | None = None, format: str = "png"
+    ) -> None:
         """Builds and sends the sprite atlas; image i must belong to point i."""
-        png, info = build_atlas(images, size or self.thumb_size)
+        png, info = build_atlas(images, size or self.thumb_size, format=format)
         with self.hold_sync():
             self.atlas = png
             self.atlas_grid = info

@@ -268,10 +268,12 @@ class ProjectionView {
       return;
     }
     try {
-      const bitmap = await createImageBitmap(new Blob([bytes], { type: "image/png" }));
+      const type = grid.format === "jpeg" ? "image/jpeg" : "image/png";
+      const bitmap = await createImageBitmap(new Blob([bytes], { type }));
       if (token !== this.atlasToken) { bitmap.close?.(); return; }
       this.renderer.setAtlas(bitmap, grid);
       this.atlasGrid = grid;
+      this.timings.atlasReady = performance.now() - this.t0;
       // Keep the decoded atlas for instant tooltip thumbnails unless it is huge.
       if (bitmap.width * bitmap.height <= 4096 * 4096) this.atlasBitmap = bitmap; else bitmap.close?.();
       this.atlasPending = true;
@@ -697,6 +699,13 @@ class ProjectionView {
       dataToScreen: (x, y) => self.toScreen(x, y),
       setView: (k, tx, ty) => { self.view = { k, tx, ty }; self.userMoved = true; self.requestDraw(); },
       selectPolygon: (pts, op = "replace") => Array.from(self.selectPolygon(pts, op)),
+      /** Draws now and waits for the GPU (1-pixel readback); returns ms. For benchmarks. */
+      drawNow: () => {
+        const t = performance.now();
+        self.draw();
+        if (self.renderer) self.renderer.gl.readPixels(0, 0, 1, 1, self.renderer.gl.RGBA, self.renderer.gl.UNSIGNED_BYTE, new Uint8Array(4));
+        return performance.now() - t;
+      },
     };
     this.handle = handle;
     window.__dcw = window.__dcw || [];

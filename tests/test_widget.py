@@ -45,7 +45,7 @@ def test_atlas_places_each_thumbnail_in_its_tile() -> None:
     images[3] = images[3].convert("L").convert("RGB")  # any mode is fine
     images[4] = Image.new("RGBA", (20, 20), colour(4) + (255,))
     png, grid = build_atlas(images, size=16)
-    assert grid == {"cols": 4, "rows": 3, "tile": 16, "count": 10, "width": 64, "height": 48}
+    assert grid == {"cols": 4, "rows": 3, "tile": 16, "count": 10, "width": 64, "height": 48, "format": "png"}
     sheet = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     assert sheet.shape == (48, 64, 3)
     for i, im in enumerate(images):
@@ -66,6 +66,10 @@ def test_atlas_shrinks_tiles_to_fit_the_texture_limit() -> None:
     with pytest.raises(ValueError, match="do not fit"):
         build_atlas([Image.new("RGB", (4, 4))] * 500, size=32, max_side=64)
     assert build_atlas([], size=32)[0] == b""
+    jpg, grid = build_atlas(arr, size=8, format="jpeg")
+    assert jpg[:2] == b"\xff\xd8" and grid["format"] == "jpeg"
+    with pytest.raises(ValueError, match="format"):
+        build_atlas(arr, format="gif")
 
 
 def test_atlas_for_50000_thumbnails_fits_8192() -> None:

@@ -85,8 +85,45 @@ def widget_state(widget: Any) -> dict:
     return {k: getattr(widget, k) for k in keys}
 
 
-def open_standalone(page: Any, state: dict, width: int = 900, timeout_ms: int = 60000) -> None:
-    """Serves the bundle + state to `page` and renders the widget; waits until it has drawn."""
+class _Server:
+    """A local HTTP server in a thread for large payloads (playwright routing copies bodies slowly)."""
+
+    def __init__(self, files: dict) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                path = self.path.split("?")[0]
+                if path not in files:
+                    self.send_error(404)
+                    return
+                ctype, body = files[path]
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def open_standalone(page: Any, state: dict, width: int = 900, timeout_ms: int = 60000, http: bool = False) -> Any:
+    """Serves the bundle + state to `page` and renders the widget; waits until it has drawn.
+
+    http=True serves from a local HTTP server in a thread (returned; call .close()) instead of
+    playwright routing, for the 100 MB payloads of the benchmark.
+    """
     binary = {k: v for k, v in state.items() if isinstance(v, (bytes, bytearray))}
     plain = {k: v for k, v in state.items() if k not in binary}
     plain["__binary__"] = sorted(binary)
@@ -107,10 +144,16 @@ def open_standalone(page: Any, state: dict, width: int = 900, timeout_ms: int = 
         else:
             route.fulfill(status=404, body=b"not found")
 
-    page.route(BASE + "/**", handle)
-    page.goto(BASE + "/")
+    server = None
+    if http:
+        server = _Server(files)
+        page.goto(server.url + "/")
+    else:
+        page.route(BASE + "/**", handle)
+        page.goto(BASE + "/")
     page.wait_for_function("window.__rendered === true && window.__dcw && window.__dcw.length > 0", timeout=timeout_ms)
     page.wait_for_function("window.__dcw[0].frames > 0", timeout=timeout_ms)
+    return server
 
 
 def thumbnails_as_images(tiles: np.ndarray) -> list[Image.Image]:
