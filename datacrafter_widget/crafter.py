@@ -443,10 +443,14 @@ class DataCrafter:
                                             rnd, steps, guidance, use_filter,
                                             batch_id=f"{rnd}-{gi}-{group[batch.indices[0]]}")
                     ids += new
+                    ctx.keep(list(ids))
                     ctx.report(len(ids), len(requests))
                     self._emit("samples", new)
             status = "cancelled" if ctx.cancelled() and len(ids) < len(requests) else "done"
             return ids
+        except KeyboardInterrupt:  # Ctrl-C in blocking mode: a cancel, finished batches stay
+            status = "cancelled"
+            raise
         finally:
             entry = next((r for r in self.rounds if int(r.get("round", -1)) == rnd), {"round": rnd})
             entry.update(status=status, stored=len(ids), finished=time.time())

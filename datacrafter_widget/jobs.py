@@ -37,6 +37,10 @@ class JobContext:
     def report(self, done: float, total: int | None = None, message: str | None = None) -> None:
         self._job._update(done, total, message)
 
+    def keep(self, partial_result: Any) -> None:
+        """Record what has finished so far; it stays `job.result` if the job is cancelled or fails."""
+        self._job.result = partial_result
+
 
 class Job:
     """A unit of long work with `.progress` (0..1), `.cancel()`, `.wait()`, and listeners.
@@ -107,7 +111,9 @@ class Job:
         self.started = time.time()
         self._notify()
         try:
-            self.result = self._fn(JobContext(self))
+            result = self._fn(JobContext(self))
+            if result is not None:
+                self.result = result
             self.status = "cancelled" if self._cancel.is_set() else "done"
         except JobCancelled:
             self.status = "cancelled"

@@ -162,6 +162,21 @@ def test_background_job_cancel_keeps_finished_batches_and_nothing_half_written(c
     reopened.close()
 
 
+def test_ctrl_c_in_blocking_mode_keeps_finished_batches(crafter):
+    fired = []
+
+    def interrupt(job):
+        if job.done > 4.5 and not fired:  # once, inside the second batch, as a Ctrl-C would arrive
+            fired.append(True)
+            raise KeyboardInterrupt
+
+    crafter.on("progress", interrupt)
+    ids = crafter.generate(per_class=2, strategy="class", batch_size=4, progress=False)
+    assert len(ids) == 4 and crafter.job.status == "cancelled"
+    assert (crafter.samples["source"] == "generated").sum() == 4
+    assert crafter.rounds[-1]["status"] == "cancelled"
+
+
 def test_background_job_progress_and_result(crafter):
     seen = []
     crafter.on("samples", lambda ids: seen.append(list(ids)))
