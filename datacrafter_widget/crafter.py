@@ -13,8 +13,10 @@ Hooks for the other concerns (one module each, see docs/architecture.md):
   "samples" (new ids stored), "feedback" (ids changed), "selection" (ids), "progress" (Job),
   "projection" (frame).
 - student / evolution / GAP / metrics (issues 5, 7): read `crafter.samples`, `crafter.store`,
-  `crafter.models`, `crafter.embeddings(ids)`, `crafter.feedback_log`; generate through
-  `crafter.generate(strategy="custom", prompts=...)` or `crafter.run_requests(...)`.
+  `crafter.models`, `crafter.embeddings(ids)`, `crafter.feedback_log`, `crafter.rounds`; generate
+  through `crafter.generate(strategy="custom", prompts=...)` or `crafter.run_requests(requests)`;
+  rounds made elsewhere (GAP) take `crafter.next_round()` and are recorded with `crafter.log_round()`.
+  `regenerate` replays GAP rows (those with an `embeddings_file`) through adversarial.generate_with_tokens.
 """
 from __future__ import annotations
 
@@ -332,6 +334,16 @@ class DataCrafter:
         info = {"round": rnd, "strategies": strategies, "per_class": int(per_class), "classes": use, "seed": base}
         return requests, info
 
+    def next_round(self) -> int:
+        """The number the next generation round gets (GAP / evolution rounds use it too)."""
+        return self._next_round()
+
+    def log_round(self, entry: dict[str, Any]) -> None:
+        """Record (or replace) one round's entry in rounds.json; `entry["round"]` is required."""
+        if "round" not in entry:
+            raise ValueError("a round entry needs its 'round' number: use crafter.next_round()")
+        self._log_round(dict(entry))
+
     def _next_round(self) -> int:
         s = self.store.samples
         last = int(s["round"].max()) if len(s) else 0
@@ -522,6 +534,9 @@ class DataCrafter:
         if isinstance(scheduler, str) and scheduler and scheduler != current:
             raise ValueError(f"{sample_id} was generated with scheduler {scheduler}, the generator now uses {current}: "
                              f"set it back (generator.set_scheduler / scheduler=...) to regenerate")
+        tokens_file = row.get("embeddings_file")
+        if isinstance(tokens_file, str) and tokens_file:
+            return self._regenerate_gap(row, gen, alone)
         batch_id = row.get("batch_id")
         members = [row]
         if not alone and isinstance(batch_id, str) and batch_id:
@@ -542,6 +557,23 @@ class DataCrafter:
             strength=strength if img2img else 0.5, latent_perturbation=lp if img2img else 0.0,
             batch_size=len(members),
         )
+        return out[position]
+
+    def _regenerate_gap(self, row: dict[str, Any], gen: Any, alone: bool) -> Image.Image:
+        """GAP images: learned prompt tokens (safetensors in the project) + seed, replayed in the
+        same call that made them (all seeds of that token file, in order) unless `alone`."""
+        from .adversarial import generate_with_tokens, load_tokens
+
+        tokens = load_tokens(self.store.path / str(row["embeddings_file"]))
+        if alone:
+            seeds, position = [int(row["seed"])], 0
+        else:
+            s = self.store.samples
+            same = s[s["embeddings_file"] == row["embeddings_file"]]
+            seeds = [int(x) for x in same["seed"]]
+            position = same["id"].tolist().index(row["id"])
+        out = generate_with_tokens(gen, tokens, seeds, steps=int(row["steps"]), guidance=float(row["guidance"]),
+                                   negative_prompt=str(row["negative_prompt"]))
         return out[position]
 
     # ---- feedback -----------------------------------------------------------------------------------------

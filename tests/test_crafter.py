@@ -325,3 +325,26 @@ def test_starter_filter_flags_off_class_images(starter, tmp_path):
         right_rate = (s.loc[right, "flag"] == "off-class").mean()
         assert wrong_rate >= 0.75 and right_rate <= 0.25, (wrong_rate, right_rate)
         assert all("'3'" in r for r in s.loc[wrong][s.loc[wrong, "flag"] == "off-class"]["flag_reason"])
+
+
+def test_regenerate_replays_gap_rows_from_their_learned_tokens(tmp_path):
+    from PIL import ImageOps
+
+    from datacrafter_widget.adversarial import gap_round
+    from datacrafter_widget.student import train_student
+
+    gen = Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=4, default_guidance=15.0)
+    cats = gen(["a photo of a cat"] * 4, seed=0)
+    dogs = [ImageOps.invert(im) for im in cats]
+    student = train_student(cats + dogs, ["cat"] * 4 + ["dog"] * 4, epochs=2, progress=False, seed=0)
+    ds = dc.Dataset.from_images(cats + dogs, ["cat"] * 4 + ["dog"] * 4)
+    with dc.DataCrafter(ds, models=dc.Models(generator=gen), project=tmp_path / "gap") as c:
+        rnd = c.next_round()
+        ids, _ = gap_round(c.store, gen, student, ["cat"], per_class=3, round=rnd, seed=1, steps=2, final_steps=4,
+                           lr=0.05, batch=2, sampler_steps=2, n_tokens=2, guidance=15.0)
+        c.log_round({"round": rnd, "strategies": ["gap"], "stored": len(ids), "status": "done"})
+        assert c.next_round() == rnd + 1 and c.rounds[-1]["strategies"] == ["gap"]
+        for i in ids:
+            assert np.array_equal(np.asarray(c.regenerate(i)), np.asarray(c.store.image(i)))
+        diff = np.abs(np.asarray(c.regenerate(ids[1], alone=True), dtype=int) - np.asarray(c.store.image(ids[1]), dtype=int))
+        assert diff.max() <= 3
