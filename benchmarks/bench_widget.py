@@ -66,13 +66,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--tile", type=int, default=32)
-    ap.add_argument("--format", choices=["png", "jpeg"], default="png")
+    ap.add_argument("--format", choices=["png", "jpeg"], default="jpeg")
+    ap.add_argument("--primitive", choices=["auto", "quads", "points"], default="auto",
+                    help="auto = points on software WebGL, instanced quads on a GPU")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
     frame = synthetic_frame(args.n, classes=10, seed=0)
     tiles = thumbnails(frame, args.tile)
-    w = CrafterWidget(height=600)
+    w = CrafterWidget(height=600, primitive=args.primitive)
     t = time.perf_counter()
     w.set_frame(frame)
     w.set_thumbnails(tiles, format=args.format)
@@ -89,12 +91,8 @@ def main() -> None:
         page_s = time.perf_counter() - t
         page.wait_for_function(f"{H}.timings.atlasReady != null", timeout=120_000)
         tm = page.evaluate(f"{H}.timings")
-        renderer = page.evaluate(
-            f"(() => {{ const gl = {H}.model ? document.querySelector('.dcw-gl').getContext('webgl2') : null;"
-            " const e = gl.getExtension('WEBGL_debug_renderer_info');"
-            " return e ? gl.getParameter(e.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER); })()"
-        )
-        print(f"WebGL renderer: {renderer}")
+        renderer, primitive = page.evaluate(f"[{H}.rendererName, {H}.primitive]")
+        print(f"WebGL renderer: {renderer}; drawing with {primitive}")
         print(f"page load incl. fetching state + first frame (wall): {page_s * 1000:.0f} ms")
         print(f"time to first render (render() -> first frame, marks): {tm['firstFrame']:.0f} ms "
               f"(grid index build {tm['indexMs']:.1f} ms)")
@@ -110,7 +108,7 @@ def main() -> None:
         thumbs = page.evaluate(f"{H}.thumbsShown")
         zoomed = pan_frames(page, 40, 4, 3)
         print(f"first frame with thumbnails after zoom-in: {first_thumb:.0f} ms (thumbnails shown: {thumbs})")
-        for name, xs in (("overview, 50k marks", overview), ("zoomed, thumbnails", zoomed)):
+        for name, xs in ((f"overview, {args.n} marks", overview), ("zoomed, thumbnails", zoomed)):
             print(f"pan frame time [{name}]: median {statistics.median(xs):.1f} ms, "
                   f"p95 {sorted(xs)[int(0.95 * len(xs)) - 1]:.1f} ms over {len(xs)} frames")
 

@@ -229,6 +229,10 @@ class CrafterWidget(anywidget.AnyWidget):
     prompts = t.Dict().tag(sync=True)  # class -> {current: str, history: [str]}
     status = t.Unicode("").tag(sync=True)
     height = t.Int(520).tag(sync=True)
+    # How the browser draws each image: instanced quads, point sprites, or "auto" (quads on a GPU,
+    # points where WebGL runs in software, which draws instanced geometry ~20x slower). Read once
+    # when the view is created.
+    primitive = t.Enum(("auto", "quads", "points"), default_value="auto").tag(sync=True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -3,7 +3,14 @@
 // quads are drawn as small marks. Real images are squares, generated images discs (thumbnail
 // cropped to a circle), with a ring in the colour-by colour; the selection gets a yellow ring.
 
-const VS = `#version 300 es
+// Two ways to draw the same marks: instanced quads (gl_InstanceID picks the tile) and point sprites
+// (gl_VertexID picks it). Quads are the default; software WebGL (SwiftShader, llvmpipe) draws
+// instanced geometry about 20x slower than points, so "auto" uses points there. Points are clipped
+// by their centre at the canvas edge, so thumbnails there pop in and out; quads do not.
+const VS_HEAD = (points) => `#version 300 es
+#define POINTS ${points ? 1 : 0}
+`;
+const VS = `
 layout(location=0) in vec2 a_pos;
 layout(location=1) in vec4 a_color;
 layout(location=2) in uvec4 a_state; // kind (0 real, 1 generated), selected, hidden, unused
@@ -13,29 +20,42 @@ uniform vec2 u_viewport; // px
 uniform float u_size;    // px
 uniform int u_pass;      // 0: all points, 1: selected only (drawn on top)
 uniform int u_cols;
+uniform float u_dpr;
 flat out vec4 v_color;
 flat out uvec4 v_state;
 flat out vec2 v_tile;
+#if !POINTS
 out vec2 v_local;
+#endif
 void main() {
   bool sel = a_state.y > 0u;
   if ((u_pass == 1 && !sel) || a_state.z > 0u) { gl_Position = vec4(2.0, 2.0, 2.0, 1.0); return; }
-  vec2 corner = vec2(float(gl_VertexID & 1), float(gl_VertexID >> 1)) * 2.0 - 1.0;
   float s = u_size * (sel ? 1.2 : 1.0);
   vec2 clip = a_pos * u_scale + u_offset;
+#if POINTS
+  gl_Position = vec4(clip, 0.0, 1.0);
+  gl_PointSize = s * u_dpr;
+  int id = gl_VertexID;
+#else
+  vec2 corner = vec2(float(gl_VertexID & 1), float(gl_VertexID >> 1)) * 2.0 - 1.0;
   gl_Position = vec4(clip + corner * s / u_viewport, 0.0, 1.0);
   v_local = corner;
+  int id = gl_InstanceID;
+#endif
   v_color = a_color;
   v_state = a_state;
-  v_tile = vec2(float(gl_InstanceID % u_cols), float(gl_InstanceID / u_cols));
+  v_tile = vec2(float(id % u_cols), float(id / u_cols));
 }`;
 
-const FS = `#version 300 es
+const FS = (points) => `#version 300 es
+#define POINTS ${points ? 1 : 0}
 precision highp float;
 flat in vec4 v_color;
 flat in uvec4 v_state;
 flat in vec2 v_tile;
+#if !POINTS
 in vec2 v_local;
+#endif
 uniform sampler2D u_atlas;
 uniform int u_thumbs;     // 1: draw thumbnails
 uniform vec2 u_tileUV;    // tile size in uv
@@ -44,6 +64,9 @@ uniform float u_size;
 uniform float u_dim;      // alpha for unselected points when a selection exists
 out vec4 outColor;
 void main() {
+#if POINTS
+  vec2 v_local = vec2(gl_PointCoord.x * 2.0 - 1.0, 1.0 - gl_PointCoord.y * 2.0);
+#endif
   bool generated = v_state.x > 0u;
   bool sel = v_state.y > 0u;
   float px = 2.0 / (u_size * (sel ? 1.2 : 1.0)); // one pixel in local units
@@ -78,20 +101,32 @@ function compile(gl, type, src) {
   return s;
 }
 
+/** The WebGL renderer's name, e.g. "ANGLE (..., SwiftShader driver)". */
+export function rendererName(gl) {
+  const ext = gl.getExtension("WEBGL_debug_renderer_info");
+  return String(ext ? gl.getParameter(ext.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER));
+}
+
 export class Renderer {
-  constructor(canvas) {
+  /** primitive: "auto" (quads on a GPU, points on software WebGL), "quads" or "points". */
+  constructor(canvas, primitive = "auto") {
     const gl = canvas.getContext("webgl2", { antialias: false, premultipliedAlpha: true, preserveDrawingBuffer: true });
     if (!gl) throw new Error("WebGL2 is not available in this browser");
     this.gl = gl;
     this.canvas = canvas;
+    this.name = rendererName(gl);
+    const software = /swiftshader|llvmpipe|software/i.test(this.name);
+    this.primitive = primitive === "auto" ? (software ? "points" : "quads") : primitive;
+    const points = this.primitive === "points";
+    this.maxPointSize = gl.getParameter(gl.ALIASED_POINT_SIZE_RANGE)[1];
     const prog = gl.createProgram();
-    gl.attachShader(prog, compile(gl, gl.VERTEX_SHADER, VS));
-    gl.attachShader(prog, compile(gl, gl.FRAGMENT_SHADER, FS));
+    gl.attachShader(prog, compile(gl, gl.VERTEX_SHADER, VS_HEAD(points) + VS));
+    gl.attachShader(prog, compile(gl, gl.FRAGMENT_SHADER, FS(points)));
     gl.linkProgram(prog);
     if (!gl.getProgramParameter(prog, gl.LINK_STATUS)) throw new Error("link: " + gl.getProgramInfoLog(prog));
     this.prog = prog;
     this.u = {};
-    for (const name of ["u_scale", "u_offset", "u_viewport", "u_size", "u_pass", "u_cols", "u_atlas", "u_thumbs", "u_tileUV", "u_texel", "u_dim"]) {
+    for (const name of ["u_scale", "u_offset", "u_viewport", "u_size", "u_pass", "u_cols", "u_atlas", "u_thumbs", "u_tileUV", "u_texel", "u_dim", "u_dpr"]) {
       this.u[name] = gl.getUniformLocation(prog, name);
     }
     this.vao = gl.createVertexArray();
@@ -100,17 +135,18 @@ export class Renderer {
     gl.bindBuffer(gl.ARRAY_BUFFER, this.posBuf);
     gl.enableVertexAttribArray(0);
     gl.vertexAttribPointer(0, 2, gl.FLOAT, false, 0, 0);
-    gl.vertexAttribDivisor(0, 1);
+    const div = points ? 0 : 1; // per instance for quads, per vertex for points
+    gl.vertexAttribDivisor(0, div);
     this.colorBuf = gl.createBuffer();
     gl.bindBuffer(gl.ARRAY_BUFFER, this.colorBuf);
     gl.enableVertexAttribArray(1);
     gl.vertexAttribPointer(1, 4, gl.UNSIGNED_BYTE, true, 0, 0);
-    gl.vertexAttribDivisor(1, 1);
+    gl.vertexAttribDivisor(1, div);
     this.stateBuf = gl.createBuffer();
     gl.bindBuffer(gl.ARRAY_BUFFER, this.stateBuf);
     gl.enableVertexAttribArray(2);
     gl.vertexAttribIPointer(2, 4, gl.UNSIGNED_BYTE, 0, 0);
-    gl.vertexAttribDivisor(2, 1);
+    gl.vertexAttribDivisor(2, div);
     gl.bindVertexArray(null);
     this.n = 0;
     this.texture = null;
@@ -178,7 +214,9 @@ export class Renderer {
     gl.uniform2f(this.u.u_scale, (2 * view.k) / width, (2 * view.k) / height);
     gl.uniform2f(this.u.u_offset, (2 * view.tx) / width - 1, 1 - (2 * view.ty) / height);
     gl.uniform2f(this.u.u_viewport, width, height);
-    gl.uniform1f(this.u.u_size, opts.size);
+    const size = this.primitive === "points" ? Math.min(opts.size, this.maxPointSize / dpr / 1.2) : opts.size;
+    gl.uniform1f(this.u.u_size, size);
+    gl.uniform1f(this.u.u_dpr, dpr);
     gl.uniform1f(this.u.u_dim, opts.dim);
     const thumbs = opts.thumbs && this.texture ? 1 : 0;
     gl.uniform1i(this.u.u_thumbs, thumbs);
@@ -196,11 +234,15 @@ export class Renderer {
     gl.bindTexture(gl.TEXTURE_2D, this.texture);
     gl.uniform1i(this.u.u_atlas, 0);
     gl.bindVertexArray(this.vao);
+    const drawAll = () => {
+      if (this.primitive === "points") gl.drawArrays(gl.POINTS, 0, this.n);
+      else gl.drawArraysInstanced(gl.TRIANGLE_STRIP, 0, 4, this.n);
+    };
     gl.uniform1i(this.u.u_pass, 0);
-    gl.drawArraysInstanced(gl.TRIANGLE_STRIP, 0, 4, this.n);
+    drawAll();
     if (opts.anySelected) {
-      gl.uniform1i(this.u.u_pass, 1);
-      gl.drawArraysInstanced(gl.TRIANGLE_STRIP, 0, 4, this.n);
+      gl.uniform1i(this.u.u_pass, 1); // the selection on top
+      drawAll();
     }
     gl.bindVertexArray(null);
   }

@@ -60,7 +60,7 @@ class ProjectionView {
     this.disposers = [];
     this.buildDom();
     try {
-      this.renderer = new Renderer(this.glCanvas);
+      this.renderer = new Renderer(this.glCanvas, this.model.get("primitive") || "auto");
     } catch (err) {
       this.renderer = null;
       this.statusEl.textContent = String(err.message || err);
@@ -145,6 +145,8 @@ class ProjectionView {
     this.tipThumb = el("canvas", "dcw-tipthumb", this.tooltip);
     this.tipImg = el("img", "", this.tooltip);
     this.tipImg.alt = "";
+    // The full image arrives later and changes the tooltip's size: keep it inside the stage.
+    this.tipImg.addEventListener("load", () => { if (this.hover >= 0 && this.lastHoverXY) this.placeTooltip(...this.lastHoverXY); });
     this.tipFields = el("dl", "", this.tooltip);
 
     const footer = el("div", "dcw-footer", root);
@@ -205,7 +207,7 @@ class ProjectionView {
     this.attrs = { kind: get8("kind"), cls: get16("cls"), round: get16("round"), feedback: get8("feedback"), flag: get8("flag") };
     this.state = new Uint8Array(n * 4);
     for (let i = 0; i < n; i++) this.state[4 * i] = this.attrs.kind[i];
-    this.selection = this.selection.filter((i) => i < n);
+    this.selection = asU32(this.model.get("selection")).filter((i) => i < n).sort();
     this.applySelectionToState();
     const [x0, y0, x1, y1] = this.index.bounds;
     this.spacing = n > 0 ? Math.sqrt(Math.max((x1 - x0) * (y1 - y0), 1e-12) / n) : 1;
@@ -335,8 +337,13 @@ class ProjectionView {
 
   bindModel() {
     const on = (evt, fn) => { this.model.on(evt, fn); this.disposers.push(() => this.model.off(evt, fn)); };
-    on("change:xy", () => this.loadPoints());
-    for (const k of ["kind", "cls", "round", "feedback", "flag"]) on("change:" + k, () => this.loadPoints());
+    // One Python-side set_frame changes several traits in one message: reload the points once.
+    const reload = () => {
+      if (this.reloadQueued) return;
+      this.reloadQueued = true;
+      queueMicrotask(() => { this.reloadQueued = false; if (!this.destroyed) this.loadPoints(); });
+    };
+    for (const k of ["xy", "kind", "cls", "round", "feedback", "flag"]) on("change:" + k, reload);
     on("change:color_by", () => this.recolor());
     on("change:class_names", () => this.recolor());
     on("change:labels", () => this.loadLabels());
@@ -621,6 +628,7 @@ class ProjectionView {
           }, 120);
         }
       }
+      this.lastHoverXY = [hx, hy];
       if (i >= 0) this.placeTooltip(hx, hy);
     });
   }
@@ -662,6 +670,7 @@ class ProjectionView {
     }
     tip.dataset.index = String(i);
     tip.style.display = "block";
+    if (this.lastHoverXY) this.placeTooltip(...this.lastHoverXY);
   }
 
   placeTooltip(sx, sy) {
@@ -694,6 +703,8 @@ class ProjectionView {
       get frames() { return self.frames; },
       get selectionSends() { return self.selectionSends || 0; },
       get thumbsShown() { return Boolean(self.thumbsShown); },
+      get primitive() { return self.renderer ? self.renderer.primitive : null; },
+      get rendererName() { return self.renderer ? self.renderer.name : null; },
       get lastPolygon() { return self.lastPolygon; },
       get placedLabels() { return self.placedLabels.map((p) => ({ text: p.label.text, box: p.box })); },
       dataToScreen: (x, y) => self.toScreen(x, y),

@@ -81,7 +81,7 @@ def synthetic_thumbnails(frame: pd.DataFrame, size: int = 32) -> np.ndarray:
 def widget_state(widget: Any) -> dict:
     """The synced state of a CrafterWidget, as the page's fake model will hold it."""
     keys = ["xy", "kind", "cls", "round", "feedback", "flag", "class_names", "atlas", "atlas_grid", "thumb_size",
-            "labels", "selection", "color_by", "progress", "prompts", "status", "height"]
+            "labels", "selection", "color_by", "progress", "prompts", "status", "height", "primitive"]
     return {k: getattr(widget, k) for k in keys}
 
 

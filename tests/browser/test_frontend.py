@@ -244,3 +244,31 @@ def test_zoom_in_switches_to_thumbnails(shown: Any) -> None:
     page.screenshot(path=str(ARTIFACTS / "frontend-thumbnails.png"))
     assert canvas_ink(page) > 0.05
     assert page.errors == []
+
+
+@pytest.mark.parametrize("primitive", ["quads", "points"])
+def test_thumbnails_map_to_their_point_upright(page: Any, primitive: str) -> None:
+    """Each point shows its own atlas tile, the right way up, with either drawing primitive."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"x": [0.0, 10.0, 20.0, 0.0, 20.0], "y": [0.0, 10.0, 0.0, 20.0, 20.0],
+                          "label": ["a"] * 5, "source": ["real"] * 5})
+    tops = [(250, 0, 0), (0, 200, 0), (0, 0, 250), (250, 200, 0), (200, 0, 200)]
+    tiles = np.zeros((5, 32, 32, 3), np.uint8)
+    for i, top in enumerate(tops):
+        tiles[i, :16] = top
+        tiles[i, 16:] = (40 * i, 40 * i, 40 * i)
+    w = CrafterWidget(primitive=primitive)
+    w.set_frame(frame, thumbnails=tiles)
+    open_standalone(page, widget_state(w))
+    page.wait_for_function("window.__dcw[0].thumbsShown === true")
+    assert handle(page, "h.primitive") == primitive
+    view = handle(page, "h.view")
+    url = page.evaluate("document.querySelector('.dcw-gl').toDataURL('image/png')")
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(int)
+    sx, sy = to_screen(frame[["x", "y"]].to_numpy(np.float32), view)
+    for i in range(5):
+        x, y = int(round(sx[i])), int(round(sy[i]))
+        top, bottom = img[y - 12, x], img[y + 12, x]
+        assert np.abs(top - np.array(tops[i])).max() < 40, f"point {i}: top {top} should be {tops[i]}"
+        assert np.abs(bottom - 40 * i).max() < 40, f"point {i}: bottom {bottom} should be grey {40 * i}"
