@@ -39,7 +39,7 @@ import datacrafter_widget as dc  # noqa: E402
 from datacrafter_widget.adversarial import GapConfig, gap_round  # noqa: E402
 from datacrafter_widget.crafter import DataCrafter  # noqa: E402
 from datacrafter_widget.evolution import evolve_store, generator_fn, starter_compose, starter_vocabulary  # noqa: E402
-from datacrafter_widget.headless import _starter_checker, simulated_feedback  # noqa: E402
+from datacrafter_widget.headless import simulated_feedback  # noqa: E402
 from datacrafter_widget.student import evaluate, train_student  # noqa: E402
 
 STRATEGIES = ["none", "class", "caption", "perturb", "loop", "gap"]
@@ -119,11 +119,14 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
             ids = crafter.generate(per_class=kmax, strategy=strat, seed=base + 10_000 * len(pools) + 1, progress=False)
             pools[strat] = [accepted_by_class(store, ids, classes)]
             info[strat] = {"gen_s": time.time() - t, "generated": len(ids)}
+            n_ok = sum(len(v) for v in pools[strat][0].values())
+            log(f"seed {seed} {strat}: {len(ids)} images in {time.time() - t:.0f}s, {len(ids) - n_ok} flagged off-class")
         if "loop" in strategies:
             t = time.time()
             half = math.ceil(kmax / 2)
             ids1 = crafter.generate(per_class=half, strategy="class", seed=base + 500_001, progress=False)
             fb1 = simulated_feedback(crafter, ids1, checker)
+            log(f"seed {seed} loop: round 1 done ({time.time() - t:.0f}s), evolving")
             result = evolve_store(store, classes=classes, generate=generator_fn(models.generator), embedder=models.embedder,
                                   vocabulary=starter_vocabulary(), compose=starter_compose, population=args.population,
                                   generations=1, batch=args.evolve_batch, seed=seed)
@@ -140,7 +143,7 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
                             "off_prompt_before": fb1["bad"] / max(1, fb1["checked"]),
                             "off_prompt_after": fb2["bad"] / max(1, fb2["checked"]),
                             "evolution": result.report()}
-            log(f"seed {seed} loop: off-prompt {fb1['bad']}/{fb1['checked']} with class prompts -> "
+            log(f"seed {seed} loop ({time.time() - t:.0f}s): off-prompt {fb1['bad']}/{fb1['checked']} with class prompts -> "
                 f"{fb2['bad']}/{fb2['checked']} with evolved prompts")
             log(result.report())
         if "gap" in strategies:
@@ -163,7 +166,7 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
             adv0 = np.mean([r.history[0]["adversarial"] for r in res.values()])
             adv1 = np.mean([np.mean([h["adversarial"] for h in r.history[-3:]]) for r in res.values()])
             info["gap"] = {"gen_s": time.time() - t, "generated": len(ids), "adv_first": adv0, "adv_last": adv1}
-            log(f"seed {seed} gap: adversarial loss {adv0:.3f} -> {adv1:.3f}, {len(flagged)} flagged off-class")
+            log(f"seed {seed} gap ({time.time() - t:.0f}s): adversarial loss {adv0:.3f} -> {adv1:.3f}, {len(flagged)} flagged off-class")
         for strat, pool in pools.items():
             for n in ns:
                 score(strat, n, take(pool, classes, n // len(classes)), store)
@@ -171,6 +174,38 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
     for r in rows:
         r.update({k: v for k, v in info.get(r["strategy"], {}).items() if k in ("gen_s", "off_prompt_before", "off_prompt_after")})
     return rows, info
+
+
+def load_models(weights: str | None):
+    """dc.starter.models(), or the same models from another weights folder (e.g. a quick training run)."""
+    if not weights:
+        return dc.starter.models()
+    from open_clip.transform import image_transform
+
+    from datacrafter_widget.embedder import Embedder
+    from datacrafter_widget.generator import Generator
+    from datacrafter_widget.models import Models
+    from datacrafter_widget.starter.models import generator_defaults, load_clip, load_pipeline, open_clip_tokenizer
+
+    clip, cfg = load_clip(weights)
+    pipe = load_pipeline(clip, cfg, weights)
+    d = generator_defaults(weights)
+    gen = Generator(pipe, name=d.get("name", "starter/colored-digits-v1"), default_steps=d["default_steps"],
+                    default_guidance=d["default_guidance"])
+    emb = Embedder(clip, image_transform(32, is_train=False), open_clip_tokenizer(cfg["text_cfg"]["context_length"]),
+                   name=f"{d.get('name', 'starter')}:clip")
+    return Models(generator=gen, embedder=emb, name="starter")
+
+
+def load_checker(steps: int | None):
+    from datacrafter_widget.headless import _starter_checker
+
+    if steps is None:
+        return _starter_checker()
+    from datacrafter_widget.starter.checker import train_checker
+
+    inst = train_checker(steps=steps)
+    return lambda images: pd.DataFrame(inst.predict(list(images)))
 
 
 def plot(table: pd.DataFrame, path: Path) -> Path:
@@ -206,13 +241,19 @@ def main() -> int:
     p.add_argument("--gap-image-weight", type=float, default=10.0)
     p.add_argument("--budget-min", type=float, default=15.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None, help="sampler steps for generation (default: the model's)")
+    p.add_argument("--weights", default=None, help="starter weights folder (default: the shipped ones)")
+    p.add_argument("--checker-steps", type=int, default=None, help="train the checker for this many steps instead of loading it")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ns = [int(x) for x in args.ns.split(",")]
     strategies = [s for s in args.strategies.split(",") if s]
     t0 = time.time()
-    models = dc.starter.models()
-    checker = _starter_checker()
+    models = load_models(args.weights)
+    if args.steps:
+        models.generator.default_steps = int(args.steps)
+    checker = load_checker(args.checker_steps)
+    log(f"models and checker ready ({time.time() - t0:.0f}s)")
     ds0 = dc.starter.colored_digits(shots=args.shots, spurious=args.spurious, seed=0)
     speed = measure(models, ds0, args.epochs)
     log("speed: " + json.dumps({k: round(v, 3) for k, v in speed.items()}))

@@ -306,14 +306,13 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
             from .adversarial import GapConfig
 
             settings = {k: v for k, v in gap_cfg.items() if k in GapConfig.__dataclass_fields__}
-            rnd = crafter._next_round() if hasattr(crafter, "_next_round") else 1
+            rnd = crafter.next_round()
             ids, results = gap_round(crafter.store, crafter.models.require("generator", "GAP"), student, crafter.classes,
                                      target=gap_cfg.get("target"), embedder=crafter.models.embedder if crafter.models.has("embedder") else None,
                                      per_class=int(gap_cfg.get("per_class", 3)), round=rnd, seed=seed,
                                      config=GapConfig(**settings), progress=progress)
-            if hasattr(crafter, "_log_round"):
-                crafter._log_round({"round": rnd, "strategies": ["gap"], "requested": len(ids), "stored": len(ids),
-                                    "status": "done", "target": gap_cfg.get("target", ""), "finished": time.time()})
+            crafter.log_round({"round": rnd, "strategies": ["gap"], "requested": len(ids), "stored": len(ids),
+                               "status": "done", "target": gap_cfg.get("target", ""), "finished": time.time()})
             for c, res in results.items():
                 gap_histories.append(pd.DataFrame(res.history).assign(**{"class": c}))
             if checker is not None:
