@@ -2,28 +2,37 @@
 
 DataCrafter asks a multimodal LLM. The default here works offline with the CLIP model the project
 already has: `ClipVocabularyLabeler` scores each image embedding against a vocabulary (class names,
-terms from the captions, a default list of visual attributes, the user's words) and keeps the
-words that stand out for *this* image. Raw CLIP similarities are not comparable across words (some
-words are close to every image), so the threshold is calibrated per word:
+recurring caption words and collocations, a default list of visual attributes, the user's words)
+and keeps the words that stand out for *this* image.
 
-    z[i, w] = (sim(i, w) - mean_w) / std_w         mean/std of word w over a reference population
+Word vectors. A word that occurs in the captions is read in context: the mean text embedding of the
+captions containing it minus that of the captions without it (a CLIP trained on captions, like the
+starter's, has never seen "red" alone). Other words: the mean over prompt templates.
 
-A word is kept when z >= `z_min` (it describes this image clearly more than the typical image).
-Words of one group compete (class names, colours, backgrounds...): a group's best word is also kept
-when z >= `z_best` and it leads the group's second word by `margin` -- with k equally common
-classes a member's z is only sqrt(k - 1) (1.0 for two classes), so a fixed z_min alone would never
-name the class of a binary dataset. Then at most `per_group` words per group (one class name, up
-to two colours, ...), at most `top_k` in all, and always at least `min_labels` (the highest z).
-The spread is floored at `min_spread` (cosine): a word whose similarity hardly varies over the
-images separates nothing, and its z would be pure noise. The reference population is the embeddings
-given to `calibrate()` (call it with the real dataset's embeddings), else the batch itself when it
-has at least `min_population` images. For smaller uncalibrated batches the fallback is "relative":
-a softmax over each group's words (CLIP's logit scale), keeping words whose probability is at least
-`relative` times the group's best.
+Calibration. Raw similarities are not comparable across words (some are close to every image), so
+each word is calibrated over a reference population -- the embeddings given to `calibrate()` (the
+real images), else the batch itself when it has >= `min_population` images:
 
-A VLM can be plugged in instead: `TransformersVLMLabeler` (transformers image-text-to-text /
-image-to-text pipeline) or `OpenAICompatibleLabeler` (any /v1/chat/completions server: vLLM,
-Ollama, LM Studio, OpenAI). All labelers share `Labeler.__call__(images, embeddings=None)`.
+    z[i, w] = (sim(i, w) - mean_w) / max(std_w, min_spread)
+
+A word is kept for an image when
+  - z >= `z_min` (3.0; `z_min_template` 4.0 for template words when captions exist, since a small
+    caption-trained CLIP reads unseen words as echoes of nearby concepts), or
+  - the word's scores over the population are clearly bimodal (a 2-component Gaussian mixture with
+    means >= `separation` pooled SDs apart) and the image lies in the high mode. This matters: a
+    word that perfectly separates a share p of the images only reaches z = sqrt((1 - p) / p) on
+    them (2 for p = 1/5, 1 for p = 1/2), so a z threshold alone misses every common attribute, or
+  - it is the leading class name (class names are exclusive and exhaustive): z >= `z_best` and
+    `margin` ahead of the next class.
+Then at most `per_group` words per group (one class name, two colours, ...), at most `top_k` in
+all, at least `min_labels` (the best trusted words), and a single word inside a kept phrase gives
+way to the phrase. For smaller uncalibrated batches the rule is "relative": a softmax over each
+group's words (CLIP's logit scale), keeping words with probability >= `relative` x the group's best.
+
+A VLM can be plugged in instead: `TransformersVLMLabeler` (a transformers image-text-to-text
+pipeline, or a generative model + processor such as BLIP) or `OpenAICompatibleLabeler` (any
+/v1/chat/completions server: vLLM, Ollama, LM Studio, OpenAI). All labelers share
+`Labeler.__call__(images, embeddings=None) -> list[list[str]]`.
 """
 
 from __future__ import annotations
@@ -115,28 +124,50 @@ def _tokens(text: str) -> list[str]:
 
 
 def caption_terms(captions: Sequence[str], *, min_count: int = 2, max_terms: int = 200,
-                  exclude: Sequence[str] = ()) -> list[str]:
-    """Words and two-word phrases that recur in the captions (stop words dropped), most frequent
-    first. Bigrams are consecutive content words ("black background", "slanted left")."""
+                  exclude: Sequence[str] = (), max_df: float = 0.5, min_pmi: float = 0.3) -> list[str]:
+    """Words and two-word phrases that recur in the captions, most frequent first.
+
+    Stop words and words in more than `max_df` of the captions ("background" in every starter
+    caption) are dropped: they separate nothing. A two-word phrase is kept when it is a collocation
+    (pointwise mutual information >= `min_pmi`: "slanted left", "black background"), not a chance
+    pairing of independent attributes ("thick red"); a word that occurs almost only inside one
+    kept phrase ("left") gives way to the phrase."""
     excl = {e.lower() for e in exclude}
-    counts: Counter[str] = Counter()
+    uni: Counter[str] = Counter()
+    bi: Counter[str] = Counter()
+    n_docs = 0
     for cap in captions:
         if not cap:
             continue
-        seen = set()
+        n_docs += 1
+        us, bs = set(), set()
         for segment in re.split(r"[,.;:!?()]", str(cap)):
             toks = _tokens(segment)
-            for t in toks:
-                if t not in _STOP and t not in excl and not t.isdigit():
-                    seen.add(t)
+            us.update(t for t in toks if t not in _STOP and t not in excl and not t.isdigit())
             # consecutive content tokens within a clause (a stop word or punctuation breaks a phrase)
             for a, b in zip(toks, toks[1:]):
-                if a in _STOP or b in _STOP or a in excl or b in excl or a.isdigit() or b.isdigit():
-                    continue
-                seen.add(f"{a} {b}")
-        counts.update(seen)  # document frequency: a term counts once per caption
-    terms = [t for t, c in counts.most_common() if c >= min_count]
-    return terms[:max_terms]
+                if not ({a, b} & (_STOP | excl)) and not a.isdigit() and not b.isdigit():
+                    bs.add((a, b))
+        uni.update(us)  # document frequency: a term counts once per caption
+        bi.update(bs)
+    if n_docs == 0:
+        return []
+    phrases: dict[str, int] = {}
+    for (a, b), c in bi.items():
+        # a word too common to stand alone ("background") is kept as the qualifier of a phrase
+        qualifier = max(uni[a], uni[b]) > max_df * n_docs
+        pmi = np.log(n_docs * c / (uni[a] * uni[b]))
+        if c >= min_count and c <= max_df * n_docs and (pmi >= min_pmi or qualifier):
+            phrases[f"{a} {b}"] = c
+    words: dict[str, int] = {}
+    for t, c in uni.items():
+        if c < min_count or c > max_df * n_docs:
+            continue
+        if any(t in p.split() and pc >= 0.9 * c for p, pc in phrases.items()):
+            continue
+        words[t] = c
+    terms = sorted({**words, **phrases}.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [t for t, _ in terms[:max_terms]]
 
 
 def build_vocabulary(
@@ -202,7 +233,8 @@ class ClipVocabularyLabeler:
         attributes: dict[str, list[str]] | None = None,
         templates: Sequence[str] = ("{}", "a photo of {}"),
         class_templates: Sequence[str] | None = None,
-        z_min: float = 2.0,
+        z_min: float = 3.0,
+        z_min_template: float = 4.0,
         z_best: float = 1.0,
         margin: float = 0.5,
         min_spread: float = 1e-3,
@@ -211,6 +243,10 @@ class ClipVocabularyLabeler:
         min_labels: int = 1,
         per_group: dict[str, int] | None = None,
         min_population: int = 20,
+        separation: float | None = 2.5,
+        context: bool = True,
+        min_context: int = 3,
+        max_captions: int = 2000,
     ) -> None:
         if not (threshold in ("calibrated", "relative") or isinstance(threshold, (int, float))):
             raise LabelerError(f"threshold must be 'calibrated', 'relative' or a number; got {threshold!r}.")
@@ -236,21 +272,39 @@ class ClipVocabularyLabeler:
             getattr(embedder, "templates", None) or ("a photo of a {}",)
         )
         self.z_min, self.z_best, self.margin = float(z_min), float(z_best), float(margin)
+        self.z_min_template = float(z_min_template)
         self.min_spread = float(min_spread)
         self.relative, self.top_k, self.min_labels = float(relative), int(top_k), int(min_labels)
         self.per_group = {**DEFAULT_PER_GROUP, **(per_group or {})}
         self.min_population = int(min_population)
+        self.captions = [str(c) for c in captions if c]
+        self.context, self.min_context, self.max_captions = bool(context), int(min_context), int(max_captions)
+        self.separation = None if separation is None else float(separation)
         self._word_emb: np.ndarray | None = None
         self._mu: np.ndarray | None = None
         self._sd: np.ndarray | None = None
+        self._cut: np.ndarray | None = None
+        self._active_cut: np.ndarray | None = None
+        self._trusted: np.ndarray | None = None
 
     # -- word embeddings ------------------------------------------------------------------------
     @property
     def word_embeddings(self) -> np.ndarray:
-        """(V, d) unit vectors: mean over templates (class names use the class templates)."""
+        """(V, d) unit vectors. A word that occurs in at least `min_context` captions gets its
+        *caption-context direction*: mean embedding of the captions that contain it minus that of
+        the captions that do not. This reads the word the way the model saw it in training (a CLIP
+        trained on captions, like the starter's, has never seen "red" alone) and contrasts away what
+        all captions share. Other words: mean over templates (class names use the class templates)."""
         if self._word_emb is None:
+            words, groups = self.vocabulary.words, self.vocabulary.groups
+            ctx = self._context_directions(words) if self.context else {}
+            # without captions there is nothing better than templates: trust them all
+            self._trusted = np.array([w in ctx or g == "class" or not ctx for w, g in zip(words, groups)])
             rows = []
-            for w, g in zip(self.vocabulary.words, self.vocabulary.groups):
+            for w, g in zip(words, groups):
+                if w in ctx:
+                    rows.append(ctx[w])
+                    continue
                 temps = self.class_templates if g == "class" else self.templates
                 e = np.asarray(self.embedder.embed_texts([t.format(w) for t in temps]), dtype=np.float32)
                 e = e.mean(axis=0)
@@ -258,14 +312,58 @@ class ClipVocabularyLabeler:
             self._word_emb = np.stack(rows).astype(np.float32)
         return self._word_emb
 
+    def _context_directions(self, words: Sequence[str]) -> dict[str, np.ndarray]:
+        caps = list(dict.fromkeys(c for c in self.captions if c))
+        if len(caps) < 2 * self.min_context:
+            return {}
+        if len(caps) > self.max_captions:
+            rng = np.random.default_rng(0)
+            caps = [caps[i] for i in sorted(rng.choice(len(caps), self.max_captions, replace=False))]
+        toks = [" " + " ".join(_tokens(c)) + " " for c in caps]
+        cap_emb = np.asarray(self.embedder.embed_texts(caps), dtype=np.float32)
+        out = {}
+        for w in words:
+            key = " " + " ".join(_tokens(w)) + " "
+            has = np.array([key in t for t in toks])
+            if key.strip() and self.min_context <= has.sum() <= len(caps) - self.min_context:
+                d = cap_emb[has].mean(axis=0) - cap_emb[~has].mean(axis=0)
+                out[w] = d / max(float(np.linalg.norm(d)), 1e-12)
+        return out
+
     def calibrate(self, embeddings: np.ndarray) -> "ClipVocabularyLabeler":
         """Per-word similarity mean and spread over a reference population (the real images)."""
         e = _as_embeddings(embeddings, "embeddings")
         if len(e) < 2:
             raise LabelerError("calibrate() needs at least 2 reference images (the real dataset's embeddings).")
         s = e @ self.word_embeddings.T
-        self._mu, self._sd = s.mean(axis=0), np.maximum(s.std(axis=0), self.min_spread)
+        self._mu, self._sd, self._cut = self._stats(s)
         return self
+
+    def _stats(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per word: mean, spread, and the z above which an image is in the word's high mode (inf
+        when the word's scores are not clearly bimodal: a two-component Gaussian mixture whose
+        means lie >= `separation` pooled SDs apart)."""
+        from sklearn.mixture import GaussianMixture
+
+        mu, sd = s.mean(axis=0), np.maximum(s.std(axis=0), self.min_spread)
+        z = (s - mu) / sd
+        cut = np.full(s.shape[1], np.inf)
+        if self.separation is None or len(s) < self.min_population:
+            return mu, sd, cut
+        grid = np.linspace(-4, 12, 321)[:, None]
+        for j in range(s.shape[1]):
+            if float(np.ptp(z[:, j])) < 1e-6:
+                continue
+            g = GaussianMixture(2, random_state=0).fit(z[:, j : j + 1])
+            m, v, w = g.means_.ravel(), g.covariances_.ravel(), g.weights_
+            hi = int(np.argmax(m))
+            if (m[hi] - m[1 - hi]) / np.sqrt(v.mean()) < self.separation or w[hi] > 0.9:
+                continue
+            post = g.predict_proba(grid)[:, hi]
+            above = np.flatnonzero((post >= 0.5) & (grid[:, 0] > m[1 - hi]))
+            if above.size:
+                cut[j] = grid[above[0], 0]
+        return mu, sd, cut
 
     # -- scoring --------------------------------------------------------------------------------
     def scores(self, embeddings: np.ndarray) -> tuple[np.ndarray, str]:
@@ -281,9 +379,11 @@ class ClipVocabularyLabeler:
             return s, "cosine"
         if self.threshold == "calibrated":
             if self._mu is not None:
+                self._active_cut = self._cut
                 return (s - self._mu) / self._sd, "z"
             if len(e) >= self.min_population:
-                return (s - s.mean(axis=0)) / np.maximum(s.std(axis=0), self.min_spread), "z"
+                mu, sd, self._active_cut = self._stats(s)
+                return (s - mu) / sd, "z"
         scale = float(getattr(self.embedder, "logit_scale", 100.0))
         return s * scale, "relative"
 
@@ -292,16 +392,22 @@ class ClipVocabularyLabeler:
         words, groups = self.vocabulary.words, np.array(self.vocabulary.groups)
         keep = np.zeros(scores.shape, dtype=bool)
         if rule == "z":
-            keep = scores >= self.z_min
-            for g in np.unique(groups):
-                cols = np.flatnonzero(groups == g)
-                if len(cols) < 2:
-                    continue
+            trusted_all = self._trusted if self._trusted is not None else np.ones(scores.shape[1], dtype=bool)
+            keep = scores >= np.where(trusted_all, self.z_min, self.z_min_template)[None, :]
+            if self._active_cut is not None:
+                # the mode rule only for words read from caption context and class names; a template
+                # word a small caption-trained CLIP never saw ("green background") can echo a
+                # neighbouring concept, so it needs the strict z_min
+                trusted = self._trusted[None, :]
+                keep |= (scores >= self._active_cut[None, :]) & trusted
+            # class names are exclusive and exhaustive: the leading class is named
+            cols = np.flatnonzero(groups == "class")
+            if len(cols) > 1:
                 zz = scores[:, cols]
                 top2 = -np.sort(-zz, axis=1)[:, :2]
                 lead = (top2[:, 0] >= self.z_best) & (top2[:, 0] - top2[:, 1] >= self.margin)
-                best = cols[np.argmax(zz, axis=1)]
-                keep[np.flatnonzero(lead), best[lead]] = True
+                rows = np.flatnonzero(lead)
+                keep[rows, cols[np.argmax(zz[rows], axis=1)]] = True
         elif rule == "cosine":
             keep = scores >= float(self.threshold)
         else:  # relative: softmax within each group, keep p >= relative * best p of the group
@@ -322,10 +428,20 @@ class ClipVocabularyLabeler:
                 g = groups[j]
                 if used[g] >= self.per_group.get(g, 2):
                     continue
-                if keep[i, j] or len(chosen) < self.min_labels:
+                if keep[i, j]:
                     chosen.append(int(j))
                     used[g] += 1
-            out.append([words[j] for j in chosen])
+            if len(chosen) < self.min_labels:  # fill with the best-scoring trusted words
+                trusted = self._trusted if self._trusted is not None else np.ones(len(words), dtype=bool)
+                for j in order:
+                    if len(chosen) >= self.min_labels:
+                        break
+                    if j not in chosen and (trusted[j] or not trusted.any()):
+                        chosen.append(int(j))
+            picked = [words[j] for j in chosen]
+            # "black" adds nothing next to "black background": keep the phrase
+            in_phrases = {t for w in picked if " " in w for t in w.split()}
+            out.append([w for w in picked if " " in w or w not in in_phrases] or picked[:1])
         return out
 
     def __call__(self, images: Sequence[Any] | None, embeddings: np.ndarray | None = None) -> list[list[str]]:
