@@ -139,11 +139,20 @@ class DataCrafter:
             parts.append(("test", ds.test))
         if not parts:
             raise ValueError(f"dataset {ds.name!r} has splits {sorted(ds.splits)} but no 'train' split: give it one")
+        # An import interrupted earlier (kernel killed) resumes: images already stored are skipped.
+        s = self.store.samples
+        done = set(zip(s["hash"], s["split"])) if len(s) else set()
         for split, part in parts:
             frame = part.to_dataframe()
             attrs = [c for c in part.attributes if c not in COLUMNS]
             for start in range(0, len(part), 256):
                 idx = list(range(start, min(len(part), start + 256)))
+                images = part.images(idx)
+                if done:
+                    keep = [k for k, im in enumerate(images) if (image_hash(im), split) not in done]
+                    idx, images = [idx[k] for k in keep], [images[k] for k in keep]
+                    if not idx:
+                        continue
                 rows = []
                 for i in idx:
                     cap = frame.at[i, "caption"]
@@ -153,7 +162,7 @@ class DataCrafter:
                         v = frame.at[i, a]
                         row[a] = v.item() if hasattr(v, "item") else v
                     rows.append(row)
-                self.store.add(part.images(idx), rows)
+                self.store.add(images, rows)
 
     def _dataset_from_store(self) -> Dataset:
         s = self.store.samples
@@ -732,6 +741,109 @@ class DataCrafter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ---- student, prompt evolution, GAP (issue 7; the logic lives in student.py / evolution.py / adversarial.py) ----
+    def train_student(self, *, keep_flagged: bool = False, include_generated: bool = True, progress: bool = True,
+                      cancel: Any = None, **options: Any) -> Any:
+        """Train the student on the real train images + accepted generated ones; saved to <project>/student.
+
+        options go to student.train_student (kind="cnn"|"probe", backbone=..., epochs=..., seed=...).
+        """
+        from .student import train_student, training_set_from_samples
+
+        images, labels, _ = training_set_from_samples(self.store.samples, self.store.image, keep_flagged=keep_flagged,
+                                                      include_generated=include_generated)
+        embedder = self.models.embedder if self.models.has("embedder") else None
+        student = train_student(images, labels, self.classes, embedder=embedder, progress=progress, cancel=cancel, **options)
+        student.save(self.project / "student")
+        self.models.student = student
+        return student
+
+    def _current_student(self) -> Any:
+        from .student import Student, StudentError
+
+        if self.models.has("student"):
+            return self.models.student
+        if (self.project / "student" / "student.json").is_file():
+            self.models.student = Student.load(self.project / "student",
+                                               embedder=self.models.embedder if self.models.has("embedder") else None)
+            return self.models.student
+        raise StudentError("no student yet: call crafter.train_student() first")
+
+    def evaluate(self, ds: Dataset | None = None) -> dict[str, Any]:
+        """Accuracy, per-class accuracy and confusion matrix of the student on `ds` (default: the test split)."""
+        from .student import StudentError, evaluate
+
+        ds = ds if ds is not None else self.dataset.test
+        if ds is None:
+            raise StudentError("the project has no test split: pass a Dataset, e.g. crafter.evaluate(ds.test)")
+        return evaluate(self._current_student(), ds)
+
+    def evolve(self, *, vocabulary: Sequence[str] | None = None, bad_labels: Sequence[str] = (),
+               classes: Sequence[str] | None = None, population: int = 4, generations: int = 1, batch: int = 4,
+               seed: int | None = None, progress: bool = True, cancel: Any = None, **options: Any) -> Any:
+        """Evolve the prompts of the classes with feedback; the result (ranked prompts + diffs) is kept in prompts.json.
+
+        Generate with them next: crafter.generate_evolved(per_class=...).
+        """
+        from .evolution import default_compose, evolve_store, generator_fn, starter_compose, starter_vocabulary
+
+        gen = self.models.require("generator", "crafter.evolve()")
+        emb = self.models.require("embedder", "crafter.evolve()")
+        starter = str(getattr(gen, "name", "")).startswith("starter/")
+        if vocabulary is None and starter:
+            vocabulary = starter_vocabulary()
+        options.setdefault("compose", starter_compose if starter else default_compose())
+        return evolve_store(self.store, classes=self.classes, generate=generator_fn(gen, batch_size=self.batch_size),
+                            embedder=emb, vocabulary=vocabulary, bad_labels=bad_labels, only_classes=classes,
+                            population=population, generations=generations, batch=batch,
+                            seed=self.next_round() if seed is None else seed, progress=progress, cancel=cancel,
+                            round=self.next_round() - 1, **options)
+
+    def generate_evolved(self, per_class: int = 20, **options: Any) -> Any:
+        """Generate a round with the current evolved prompts (prompts.json) of every class that has one."""
+        doc = self.store.read_json("prompts.json", {}) or {}
+        entries = {c: e for c, e in doc.get("classes", {}).items() if c in self.classes and e.get("prompt")}
+        if not entries:
+            raise StrategyError("no evolved prompts yet: mark images with crafter.feedback(...) and run crafter.evolve() first")
+        return self.generate(per_class=per_class, strategy="custom", prompts={c: [e["prompt"]] for c, e in entries.items()},
+                             negative_prompts={c: e.get("negative_prompt", "") for c, e in entries.items()},
+                             classes=list(entries), **options)
+
+    def adversarial(self, target: str | None = None, steps: int = 200, *, target_images: Sequence[Image.Image] | None = None,
+                    per_class: int = 10, classes: Sequence[str] | None = None, seed: int | None = None,
+                    progress: bool = True, cancel: Any = None, **settings: Any) -> list[str]:
+        """GAP: learn adversarial prompt tokens per class against the student, guided to `target`
+        (a description) and/or `target_images` (unlabelled); store `per_class` images each. Returns the new ids.
+
+        settings go to adversarial.GapConfig (lr, n_tokens, sampler_steps, batch, guidance, ...).
+        """
+        from .adversarial import GapConfig, GapError, gap_round
+
+        gen = self.models.require("generator", "crafter.adversarial()")
+        student = self._current_student()
+        use = check_classes(classes, self.classes)
+        if target is None and not target_images:
+            raise GapError("GAP needs a target: target='a description of the test distribution' and/or target_images=[...]")
+        rnd = self.next_round()
+        config = GapConfig(steps=int(steps), **settings)
+        entry = {"round": rnd, "strategies": ["gap"], "per_class": int(per_class), "classes": use, "target": target or "",
+                 "status": "running", "started": time.time(), "model": gen.name, "stored": 0}
+        self.log_round(entry)
+        ids: list[str] = []
+        status = "failed"
+        try:
+            ids, _ = gap_round(self.store, gen, student, use, target=target, target_images=target_images,
+                               embedder=self.models.embedder if self.models.has("embedder") else None,
+                               per_class=per_class, round=rnd, seed=rnd * ROUND_SEED_STRIDE if seed is None else seed,
+                               config=config, progress=progress, cancel=cancel)
+            status = "done"
+        finally:
+            entry.update(status=status, stored=len(ids), finished=time.time())
+            self.log_round(entry)
+        if ids:
+            self._emit("samples", ids)
+        return ids
 
 
 _FLAG_REASONS = {

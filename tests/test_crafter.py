@@ -348,3 +348,15 @@ def test_regenerate_replays_gap_rows_from_their_learned_tokens(tmp_path):
             assert np.array_equal(np.asarray(c.regenerate(i)), np.asarray(c.store.image(i)))
         diff = np.abs(np.asarray(c.regenerate(ids[1], alone=True), dtype=int) - np.asarray(c.store.image(ids[1]), dtype=int))
         assert diff.max() <= 3
+
+
+def test_an_interrupted_import_resumes_without_duplicates(ds, tmp_path):
+    from datacrafter_widget.store import SampleStore
+
+    store = SampleStore(tmp_path / "resume")  # as if the kernel died after the first chunk of real images
+    store.add(ds.train.images([0, 1, 2]), [{"label": ds.train.labels[i], "split": "train"} for i in range(3)])
+    store.close()
+    with dc.DataCrafter(ds, project=tmp_path / "resume") as c:
+        s = c.samples
+        assert (s["split"] == "train").sum() == len(ds.train) and (s["split"] == "test").sum() == len(ds.test)
+        assert not s.duplicated(["hash", "split"]).any()
