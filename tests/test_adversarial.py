@@ -100,3 +100,24 @@ def test_bad_input_gets_clear_errors(setup):
         optimise_prompt_tokens(gen, student, "cat", steps=1, target_images=[ImageOps.invert(gen(["a cat"], steps=2)[0])])
     with pytest.raises(GapError, match="unknown GAP setting"):
         optimise_prompt_tokens(gen, student, "cat", steps=1, learning_rate=1.0)
+
+
+def test_controller_adversarial_round_and_regenerate(tmp_path):
+    from tests.test_student import _tiny_crafter
+
+    crafter, _ = _tiny_crafter(tmp_path)
+    with pytest.raises(StudentError, match="no student yet"):
+        crafter.adversarial(target="a digit", steps=2)
+    crafter.train_student(epochs=1, progress=False)
+    with pytest.raises(GapError, match="needs a target"):
+        crafter.adversarial(steps=2)
+    ids = crafter.adversarial(target="a digit", steps=2, per_class=2, classes=["0"], sampler_steps=2, batch=1,
+                              n_tokens=2, final_steps=2, progress=False)
+    assert len(ids) == 2
+    entry = crafter.rounds[-1]
+    assert entry["strategies"] == ["gap"] and entry["status"] == "done" and entry["stored"] == 2
+    row = crafter.samples.set_index("id").loc[ids[1]]
+    assert row["strategy"] == "gap" and row["round"] == entry["round"]
+    again = crafter.regenerate(ids[1])
+    assert np.abs(np.asarray(again, dtype=int) - np.asarray(crafter.store.image(ids[1]), dtype=int)).max() <= 1
+    crafter.close()

@@ -150,3 +150,25 @@ def test_prompt_doc_roundtrip_and_starter_grammar():
     doc = {"classes": {"3": {"phrases": list(g.phrases), "negative": ["pink"], "history": []}}}
     assert current_prompts(doc, ["3", "4"]) == {"3": g, "4": Genome("4")}
     assert json.loads(json.dumps(apply_to_prompts_doc(doc, type("R", (), {"classes": {}, "round": 1})()))) == {**doc, "schema_version": 1}
+
+
+def test_controller_evolve_then_generate_evolved(tmp_path):
+    from datacrafter_widget.strategies import StrategyError
+    from tests.test_student import _tiny_crafter
+
+    crafter, _ = _tiny_crafter(tmp_path)
+    ids = crafter.generate(per_class=2, strategy="class", classes=["0"], filter=False, progress=False)
+    with pytest.raises(EvolutionError, match="no feedback yet"):
+        crafter.evolve(progress=False)
+    with pytest.raises(StrategyError, match="no evolved prompts yet"):
+        crafter.generate_evolved(per_class=1, progress=False)
+    crafter.feedback(bad=[ids[0]], bad_labels=["pink"])
+    result = crafter.evolve(population=2, generations=1, batch=1, progress=False)
+    assert "pink" in result.negative_prompts["0"]
+    doc = crafter.store.read_json("prompts.json", {})
+    assert doc["classes"]["0"]["history"][-1]["diff"] == result.classes["0"].diff
+    new = crafter.generate_evolved(per_class=2, progress=False)
+    rows = crafter.samples.set_index("id").loc[new]
+    assert set(rows["strategy"]) == {"custom"} and set(rows["label"]) == {"0"}
+    assert all("pink" in n for n in rows["negative_prompt"])
+    crafter.close()

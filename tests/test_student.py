@@ -136,3 +136,37 @@ def test_training_set_uses_accepted_generated_only():
     blank = Image.new("RGB", (8, 8))
     images, labels, ids = training_set_from_samples(samples, lambda i: blank)
     assert ids == ["r1", "g1", "g5"] and labels == ["a", "a", "b"] and len(images) == 3
+
+
+def _tiny_crafter(tmp_path):
+    from datacrafter_widget.crafter import DataCrafter
+    from datacrafter_widget.embedder import Embedder
+    from datacrafter_widget.generator import Generator
+    from datacrafter_widget.models import Models
+    from datacrafter_widget.starter import colored_digits
+    from tests.tiny_models import tiny_open_clip, tiny_sd_pipeline
+
+    model, preprocess, tokenizer = tiny_open_clip()
+    models = Models(generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=2, default_guidance=3.0),
+                    embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))
+    return DataCrafter(colored_digits(shots=1, seed=0), models=models, project=tmp_path / "proj"), models
+
+
+def test_controller_trains_saves_and_evaluates(tmp_path):
+    from datacrafter_widget.crafter import DataCrafter
+    from datacrafter_widget.models import Models
+
+    crafter, models = _tiny_crafter(tmp_path)
+    with pytest.raises(StudentError, match="no student yet"):
+        crafter.evaluate()
+    ids = crafter.generate(per_class=1, strategy="class", classes=["0", "1"], filter=False, progress=False)
+    crafter.feedback(bad=[ids[0]])
+    student = crafter.train_student(epochs=1, progress=False)
+    assert student.config.n_train == 10 + 1  # real train + the one accepted generated image
+    assert (tmp_path / "proj" / "student" / "student.safetensors").is_file()
+    result = crafter.evaluate()
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["n"] == 300
+    crafter.close()
+    again = DataCrafter.open(tmp_path / "proj", models=Models(embedder=models.embedder))
+    assert again.evaluate()["accuracy"] == result["accuracy"]  # the saved student, reloaded
+    again.close()
