@@ -504,7 +504,8 @@ def place(
 
     New images start at the similarity-weighted mean of their nearest existing images and are then
     optimised alone with the same loss; labels may drift towards their new images, held near their
-    old positions by an anchor. Returns a new Layout; `layout` is not changed.
+    old positions by an anchor. Label texts in `new_memberships` that the layout lacks are added as
+    new labels (starting at their images' centroid). Returns a new Layout; `layout` is not changed.
     """
     cfg = layout.config
     seed = layout.seed + 1 if seed is None else seed
@@ -514,8 +515,18 @@ def place(
             f"new_image_emb has dimension {new.shape[1]} but the layout's images have "
             f"{layout.image_emb.shape[1]}; embed new images with the same model."
         )
-    new_mem = membership_matrix(new_memberships, new.shape[0], layout.label_texts)
+    texts = list(layout.label_texts)
+    if not (sp.issparse(new_memberships) or isinstance(new_memberships, np.ndarray)):
+        # label texts the layout has not seen yet become new labels (labelers have open vocabularies)
+        known = set(texts)
+        for labs in new_memberships:
+            for lab in labs:
+                if isinstance(lab, str) and lab not in known:
+                    texts.append(lab)
+                    known.add(lab)
+    new_mem = membership_matrix(new_memberships, new.shape[0], texts)
     n_old, n_new = layout.n_images, new.shape[0]
+    m_old, m_new = len(layout.label_texts), len(texts) - len(layout.label_texts)
     all_emb = np.concatenate([layout.image_emb, new], axis=0)
     k = min(cfg.n_neighbors, n_old + n_new - 1)
     # positives for new images come from old and new images alike (a new cluster can form)
@@ -530,16 +541,24 @@ def place(
     rng = np.random.default_rng(seed)
     init += rng.normal(scale=0.01 * max(layout.width, 1e-3), size=init.shape).astype(np.float32)
     image_xy = np.concatenate([layout.image_xy, init], axis=0)
-    mem = sp.vstack([layout.memberships, new_mem], format="csr").astype(bool)
+    old_mem = sp.hstack([layout.memberships, sp.csr_matrix((n_old, m_new), dtype=bool)], format="csr")
+    mem = sp.vstack([old_mem, new_mem], format="csr").astype(bool)
+    label_xy0 = layout.label_xy.copy()
+    if m_new:  # a new label starts at the centroid of its new images
+        cols = new_mem[:, m_old:].tocsc()
+        counts = np.maximum(np.asarray(cols.sum(axis=0)).ravel(), 1)
+        label_xy0 = np.concatenate(
+            [label_xy0, (np.asarray(cols.T.astype(np.float32) @ init) / counts[:, None]).astype(np.float32)]
+        )
     prob = _problem(mem, knn_new, None)
     prob.label_pos = None  # label-label stays as it was; weight 1e-5 anyway
     free = np.arange(n_old, n_old + n_new)
     image_xy, label_xy = _optimise(
-        image_xy, layout.label_xy.copy(), prob, cfg, seed,
-        epochs=cfg.place_epochs, free_images=free, label_anchor=layout.label_xy,
+        image_xy, label_xy0.copy(), prob, cfg, seed,
+        epochs=cfg.place_epochs, free_images=free, label_anchor=label_xy0,
     )
     image_xy[:n_old] = layout.image_xy  # exactly unchanged
-    return Layout(image_xy, label_xy, list(layout.label_texts), all_emb, mem, cfg, layout.seed)
+    return Layout(image_xy, label_xy, texts, all_emb, mem, cfg, layout.seed)
 
 
 def projection_frame(layout: Layout, image_ids: Sequence[str] | None = None) -> pd.DataFrame:

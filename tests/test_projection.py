@@ -173,6 +173,18 @@ def test_place_keeps_existing_points_and_puts_new_ones_with_their_cluster(layout
     assert lay3.n_images == len(emb) + 23
 
 
+def test_place_adds_new_label_texts(layout_and_data):
+    lay, emb, texts, _, cls = layout_and_data
+    new = emb[cls == 1][:6] + 0.05
+    lay2 = place(lay, new, [["cluster1", "sparkly"]] * 6)
+    assert lay2.label_texts == texts + ["sparkly"]
+    assert lay2.memberships.shape == (len(emb) + 6, len(texts) + 1)
+    assert lay2.memberships[: len(emb), -1].nnz == 0 and lay2.memberships[len(emb):, -1].nnz == 6
+    cent = np.stack([lay.image_xy[cls == j].mean(0) for j in range(4)])
+    assert np.linalg.norm(cent - lay2.label_xy[-1], axis=1).argmin() == 1
+    np.testing.assert_array_equal(lay2.image_xy[: len(emb)], lay.image_xy)
+
+
 def test_place_errors(layout_and_data):
     lay = layout_and_data[0]
     with pytest.raises(ProjectionError, match="same model"):
