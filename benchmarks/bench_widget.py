@@ -10,7 +10,7 @@ so the figures are the widget's own, without JupyterLab or the kernel. Prints:
 Headless Chromium here draws WebGL with SwiftShader (on the CPU), so the frame and upload figures
 are upper bounds; the lasso and index figures are plain JavaScript and do not depend on the GPU.
 
-Usage: python benchmarks/bench_widget.py [--n 50000] [--tile 32] [--format png|jpeg]
+Usage: python benchmarks/bench_widget.py [--n 50000] [--tile 32] [--format auto|png|jpeg] [--primitive auto|quads|points]
 """
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--tile", type=int, default=32)
-    ap.add_argument("--format", choices=["png", "jpeg"], default="jpeg")
+    ap.add_argument("--format", choices=["auto", "png", "jpeg"], default="auto",
+                    help="atlas encoding; auto = PNG up to 10,000 thumbnails, JPEG above")
     ap.add_argument("--primitive", choices=["auto", "quads", "points"], default="auto",
                     help="auto = points on software WebGL, instanced quads on a GPU")
     args = ap.parse_args()
@@ -81,7 +82,7 @@ def main() -> None:
     build_s = time.perf_counter() - t
     g = w.atlas_grid
     print(f"points: {args.n}  atlas: {g['width']}x{g['height']} px, {g['tile']} px tiles, "
-          f"{args.format} {len(w.atlas) / 1e6:.1f} MB  (Python set_frame + build_atlas: {build_s:.2f} s)")
+          f"{g['format']} {len(w.atlas) / 1e6:.1f} MB  (Python set_frame + build_atlas: {build_s:.2f} s)")
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -66,6 +66,7 @@ def test_atlas_shrinks_tiles_to_fit_the_texture_limit() -> None:
     with pytest.raises(ValueError, match="do not fit"):
         build_atlas([Image.new("RGB", (4, 4))] * 500, size=32, max_side=64)
     assert build_atlas([], size=32)[0] == b""
+    assert build_atlas(arr, size=8)[1]["format"] == "png"  # auto: PNG for small sets
     jpg, grid = build_atlas(arr, size=8, format="jpeg")
     assert jpg[:2] == b"\xff\xd8" and grid["format"] == "jpeg"
     with pytest.raises(ValueError, match="format"):
@@ -74,8 +75,9 @@ def test_atlas_shrinks_tiles_to_fit_the_texture_limit() -> None:
 
 def test_atlas_for_50000_thumbnails_fits_8192() -> None:
     arr = np.zeros((50_000, 32, 32, 3), np.uint8)
-    _, grid = build_atlas(arr, size=32)
+    data, grid = build_atlas(arr, size=32)
     assert grid["width"] <= 8192 and grid["height"] <= 8192 and grid["tile"] == 32
+    assert grid["format"] == "jpeg" and data[:2] == b"\xff\xd8"  # auto: JPEG for large sets
 
 
 # ----------------------------------------------------------------- point arrays
