@@ -473,3 +473,209 @@ def build_layout(widget: CrafterWidget, metrics_chart: Any | None = None) -> Any
     box = w.VBox(children, layout=w.Layout(width="100%"))
     box.side_panel = side
     return box
+
+
+# --------------------------------------------------------------------------- controller binding
+_DETAIL_COLUMNS = ("id", "label", "source", "split", "round", "strategy", "prompt", "negative_prompt", "caption",
+                   "seed", "steps", "guidance", "strength", "parent_id", "model", "feedback", "feedback_labels",
+                   "flag", "flag_reason")
+
+
+def _fallback_layout(samples: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+    """Positions before any projection exists: one block of a grid per class, so images show at once."""
+    xy = np.zeros((len(samples), 2), np.float32)
+    labels = samples["label"].astype(str).to_numpy()
+    for k, c in enumerate(classes):
+        idx = np.flatnonzero(labels == c)
+        cols = max(1, math.ceil(math.sqrt(len(idx))))
+        xy[idx, 0] = k * (cols + 2) + np.arange(len(idx)) % cols
+        xy[idx, 1] = -(np.arange(len(idx)) // cols)
+    return xy
+
+
+def _label_members(label_xy: np.ndarray, image_xy: np.ndarray) -> list[np.ndarray]:
+    """Images whose nearest content label is this one (used when the projection gives no memberships)."""
+    if len(label_xy) == 0 or len(image_xy) == 0:
+        return [np.zeros(0, np.int64) for _ in range(len(label_xy))]
+    nearest = np.empty(len(image_xy), np.int64)
+    for start in range(0, len(image_xy), 4096):  # bounded memory for 50,000 x labels
+        block = image_xy[start:start + 4096]
+        d = ((block[:, None, :] - label_xy[None, :, :]) ** 2).sum(axis=2)
+        nearest[start:start + 4096] = d.argmin(axis=1)
+    return [np.flatnonzero(nearest == j) for j in range(len(label_xy))]
+
+
+class CrafterView:
+    """Binds a CrafterWidget to a `DataCrafter` through the controller's public hooks only.
+
+    Controller -> widget: events "samples", "feedback", "projection" redraw, "selection" highlights,
+    "progress" (a Job) drives the progress bar. Widget -> controller: the selection sets
+    `crafter.selection` (sample ids); buttons call `crafter.feedback`, `crafter.generate(background=True)`,
+    `crafter.cancel`, `crafter.evolve`; hover details read `crafter.samples` and `crafter.store.image`.
+    """
+
+    def __init__(self, crafter: Any, thumb_size: int = 32) -> None:
+        self.crafter = crafter
+        self.widget = CrafterWidget(thumb_size=thumb_size)
+        self.ids: list[str] = []
+        self._thumbs: dict[str, np.ndarray] = {}  # by image hash
+        self._syncing = False
+        self._evolve_job: Any = None
+        self.refresh()
+        self.widget.on_action(self._on_action)
+        self.widget.on_details(self._details)
+        self.widget.observe(self._widget_selection, names="selection")
+        for event, fn in (("samples", self._refresh_event), ("feedback", self._refresh_event),
+                          ("projection", self._refresh_event), ("selection", self._crafter_selection),
+                          ("progress", self._progress)):
+            crafter.on(event, fn)
+        chart = getattr(crafter, "metrics_chart", None)
+        self.layout = build_layout(self.widget, chart() if callable(chart) else chart)
+
+    # ----------------------------------------------------------------- controller -> widget
+    def _refresh_event(self, _payload: Any = None) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-reads samples + projection and sends the points, thumbnails and labels."""
+        crafter = self.crafter
+        samples = crafter.samples.reset_index(drop=True)
+        proj = crafter.projection
+        images = proj[proj["kind"] == "image"] if len(proj) else proj
+        pos = {str(i): (float(x), float(y)) for i, x, y in zip(images.get("id", []), images.get("x", []), images.get("y", []))}
+        if pos and all(str(i) in pos for i in samples["id"]):
+            xy = np.array([pos[str(i)] for i in samples["id"]], np.float32).reshape(-1, 2)
+            labels_frame = proj[proj["kind"] == "label"]
+        else:  # no projection yet (or it lags behind new samples): grid per class
+            xy = _fallback_layout(samples, crafter.classes)
+            labels_frame = proj.iloc[0:0] if len(proj) else proj
+        frame = samples.assign(x=xy[:, 0], y=xy[:, 1])
+        new = [h for h in samples["hash"].unique() if h not in self._thumbs]
+        if new:
+            first = samples.drop_duplicates("hash").set_index("hash")["id"]
+            for h in new:
+                self._thumbs[h] = _thumbnail(crafter.store.image(first[h]), self.widget.thumb_size)
+        tiles = np.stack([self._thumbs[h] for h in samples["hash"]]) if len(samples) else None
+        self.ids = [str(i) for i in samples["id"]]
+        index = {sid: k for k, sid in enumerate(self.ids)}
+        members = self._members(labels_frame, xy, index)
+        labels = [{"text": str(t), "x": float(x), "y": float(y), "n": int(len(m)), "members": m.tolist()}
+                  for (t, x, y), m in zip(zip(labels_frame.get("text", []), labels_frame.get("x", []),
+                                              labels_frame.get("y", [])), members)]
+        self._syncing = True
+        try:
+            with self.widget.hold_sync():
+                self.widget.set_frame(frame, class_names=list(crafter.classes), thumbnails=tiles, labels=labels)
+                self.widget.selected = [index[i] for i in crafter.selection if i in index]
+                self.widget.prompts = self._prompts()
+        finally:
+            self._syncing = False
+
+    def _members(self, labels_frame: pd.DataFrame, xy: np.ndarray, index: Mapping[str, int]) -> list[np.ndarray]:
+        if len(labels_frame) == 0:
+            return []
+        if "members" in labels_frame.columns:  # explicit memberships (sample ids) from the projection
+            return [np.array(sorted(index[i] for i in (m if isinstance(m, (list, tuple, np.ndarray)) else []) if i in index),
+                             np.int64) for m in labels_frame["members"]]
+        return _label_members(labels_frame[["x", "y"]].to_numpy(np.float32), xy)
+
+    def _prompts(self) -> dict:
+        """class -> {current, history} from the controller's evolved prompts (prompts.json)."""
+        prompts = getattr(self.crafter, "prompts", None)
+        if prompts is None:
+            doc = self.crafter.store.read_json("prompts.json", {}) or {}
+            prompts = doc.get("classes", {})
+        out = {}
+        for c, e in (prompts or {}).items():
+            if isinstance(e, Mapping):
+                hist = [str(h.get("prompt", h)) if isinstance(h, Mapping) else str(h) for h in e.get("history", [])]
+                out[str(c)] = {"current": str(e.get("current", e.get("prompt", ""))), "history": hist}
+        return out
+
+    def _crafter_selection(self, ids: Sequence[str]) -> None:
+        if self._syncing:
+            return
+        index = {sid: k for k, sid in enumerate(self.ids)}
+        self._syncing = True
+        try:
+            self.widget.selected = [index[i] for i in ids if i in index]
+        finally:
+            self._syncing = False
+
+    def _progress(self, job: Any) -> None:
+        running = bool(getattr(job, "running", False))
+        self.widget.set_progress(int(round(job.done)), int(job.total), str(job.message or job.description), running)
+        if not running:
+            self.widget.status = f"{job.description}: {job.status}"
+
+    # ----------------------------------------------------------------- widget -> controller
+    def _widget_selection(self, _change: dict) -> None:
+        if self._syncing:
+            return
+        self._syncing = True
+        try:
+            self.crafter.selection = [self.ids[i] for i in self.widget.selected if i < len(self.ids)]
+        finally:
+            self._syncing = False
+
+    def _on_action(self, name: str, payload: dict) -> str | None:
+        crafter = self.crafter
+        ids = [self.ids[i] for i in payload.get("indices", []) if i < len(self.ids)]
+        if name in ("bad", "good", "remove"):
+            if not ids:
+                return "select images first (lasso, box, or click a label)"
+            key = {"bad": "bad", "good": "good", "remove": "removed"}[name]
+            counts = crafter.feedback(**{key: ids})
+            return f"marked {counts[key]} images {key}"
+        if name == "unwanted_label":
+            label = str(payload.get("label", ""))
+            if not label:
+                return "click a content label first"
+            gen = [i for i in ids if not i.startswith("r")]
+            crafter.feedback(bad=gen, bad_labels=[label])
+            return f"label {label!r} marked unwanted on {len(gen)} generated images"
+        if name == "evolve":
+            frame = crafter.samples.set_index("id")
+            classes = sorted({str(frame.at[i, "label"]) for i in ids}) or None
+            self.widget.status = "evolving prompts" + (f" for {', '.join(classes)}" if classes else "") + " ..."
+            crafter.evolve(classes=classes, progress=False)
+            self.widget.prompts = self._prompts()
+            return "prompts evolved: see the prompts panel; generate with strategy 'custom' or crafter.generate_evolved()"
+        if name == "generate":
+            strategy = str(payload.get("strategy", "caption"))
+            options: dict[str, Any] = {"per_class": int(payload.get("count", 8)), "strategy": strategy, "background": True}
+            if strategy == "custom":
+                options["prompts"] = str(payload.get("prompt") or "")
+            job = crafter.generate(**options)
+            return f"generating: {getattr(job, 'description', 'job')}"
+        if name == "cancel":
+            crafter.cancel()
+            return "cancelling; finished images are kept"
+        if name in ("prompt_accept", "prompt_edit", "prompt_revert"):
+            setter = getattr(crafter, "set_prompt", None)
+            if setter is None:
+                return "editing prompts needs DataCrafter.set_prompt(class, prompt) (not available yet)"
+            setter(str(payload["class"]), str(payload.get("prompt", "")))
+            self.widget.prompts = self._prompts()
+            return f"prompt for {payload['class']!r} set"
+        return None
+
+    def _details(self, index: int) -> dict:
+        sid = self.ids[index]
+        row = self.crafter.samples.set_index("id").loc[sid]
+        out: dict[str, Any] = {"id": sid}
+        for col in _DETAIL_COLUMNS[1:]:
+            if col in row.index:
+                v = row[col]
+                if isinstance(v, float) and math.isnan(v) or v in ("", "[]", -1):
+                    continue
+                out[col] = v
+        out["image"] = self.crafter.store.image(sid)
+        return out
+
+
+def crafter_view(crafter: Any) -> Any:
+    """The notebook view of a DataCrafter: projection widget, controls and metrics in one layout."""
+    view = CrafterView(crafter)
+    view.layout.crafter_view = view  # keep the binding alive with the displayed layout
+    return view.layout

@@ -286,3 +286,68 @@ def test_committed_bundle_matches_sources(tmp_path: pathlib.Path) -> None:
         assert (tmp_path / name).read_bytes() == (ROOT / "datacrafter_widget" / "static" / name).read_bytes(), (
             f"static/{name} is stale: run `npm run build` in js/"
         )
+
+
+# ----------------------------------------------------------------- the real controller behind the view
+@pytest.fixture(scope="module")
+def crafter(tmp_path_factory: pytest.TempPathFactory):
+    import datacrafter_widget as dc
+
+    c = dc.DataCrafter(dc.starter.colored_digits(shots=2), project=tmp_path_factory.mktemp("proj") / "p")
+    yield c
+    c.close()
+
+
+def test_crafter_view_shows_every_sample_and_syncs_selection(crafter) -> None:
+    from datacrafter_widget.widget import CrafterView
+
+    view = CrafterView(crafter)
+    w = view.widget
+    samples = crafter.samples
+    assert w.n == len(samples) and view.ids == samples["id"].tolist()
+    assert w.class_names == list(crafter.classes) and w.atlas_grid["count"] == len(samples)
+    # Lasso in the browser -> crafter.selection holds the sample ids.
+    w.set_state({"selection": memoryview(np.array([0, 3, 7], "<u4").tobytes())})
+    assert crafter.selection == [view.ids[0], view.ids[3], view.ids[7]]
+    # Python sets crafter.selection -> highlighted in the widget.
+    crafter.selection = [view.ids[5], view.ids[1]]
+    assert w.selected.tolist() == [1, 5]
+
+
+def test_crafter_view_buttons_reach_the_store(crafter) -> None:
+    from datacrafter_widget.widget import CrafterView
+
+    view = CrafterView(crafter)
+    w = view.widget
+    w.send = lambda content, buffers=None: None
+    w._on_custom_msg(w, {"type": "action", "name": "bad", "payload": {}}, [np.array([2, 4], "<u4").tobytes()])
+    s = crafter.samples.set_index("id")
+    assert s.loc[[view.ids[2], view.ids[4]], "feedback"].tolist() == ["bad", "bad"]
+    assert w.status == "marked 2 images bad"
+    assert np.frombuffer(w.feedback, np.uint8)[[2, 4]].tolist() == [2, 2]  # redrawn from the "feedback" event
+    # Generating without a generator: the controller's clear error lands in the status line.
+    w._on_custom_msg(w, {"type": "action", "name": "generate", "payload": {"strategy": "class", "count": 1}}, [])
+    assert w.status.startswith("generate failed:") and "generator" in w.status
+    fields, png = w.details(2)
+    names = dict(fields)
+    assert names["id"] == view.ids[2] and names["feedback"] == "bad" and "caption" in names
+    assert Image.open(io.BytesIO(png)).size == crafter.store.image(view.ids[2]).size
+
+
+def test_crafter_view_follows_the_projection(crafter) -> None:
+    from datacrafter_widget.widget import CrafterView
+
+    view = CrafterView(crafter)
+    ids = crafter.samples["id"].tolist()
+    rng = np.random.default_rng(0)
+    xy = rng.normal(size=(len(ids), 2)).astype(np.float32)
+    proj = pd.DataFrame({"kind": ["image"] * len(ids) + ["label", "label"], "id": ids + ["", ""],
+                         "text": [""] * len(ids) + ["red", "<b>thin</b>"],
+                         "x": list(xy[:, 0]) + [-5.0, 5.0], "y": list(xy[:, 1]) + [0.0, 0.0]})
+    crafter.set_projection(proj)
+    got = np.frombuffer(view.widget.xy, "<f4").reshape(-1, 2)
+    assert np.allclose(got, xy)
+    labels = view.widget.labels
+    assert [lab["text"] for lab in labels] == ["red", "<b>thin</b>"]
+    left = sorted(np.flatnonzero(xy[:, 0] < 0).tolist())  # nearest label: x=-5 vs x=5
+    assert labels[0]["members"] == left and labels[0]["n"] == len(left)
