@@ -33,8 +33,14 @@ def chi2_p(frame: pd.DataFrame) -> float:
 def test_train_background_tied_to_class_with_probability_spurious(spurious, seed):
     train = build(25, spurious, seed).train
     assert len(train) == 250 and sorted(train.frame["label"].value_counts().unique()) == [25]
-    sd = math.sqrt(spurious * (1 - spurious) / len(train))
-    assert abs(tied_rate(train.frame) - spurious) <= 4 * sd + 1e-9
+    chance = 1 / len(BACKGROUNDS)
+    expected = spurious + (1 - spurious) * chance  # forced to the tied colour, else uniform over all
+    sd = math.sqrt(expected * (1 - expected) / len(train))
+    rate = tied_rate(train.frame)
+    assert abs(rate - expected) <= 4 * sd + 1e-9
+    # the chance-corrected agreement is the measured correlation; it estimates `spurious`
+    kappa = (rate - chance) / (1 - chance)
+    assert abs(kappa - spurious) <= 4 * sd / (1 - chance) + 1e-9
 
 
 def test_test_split_has_no_class_background_association():

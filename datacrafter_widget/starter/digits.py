@@ -103,8 +103,9 @@ def colored_digits(shots: int = 5, spurious: float = 0.0, seed: int = 0, pool_va
     """Few-shot coloured digits with `pool`, `train` and `test` splits.
 
     shots: images per class in `train` (1..25). spurious: probability that a train image's
-    background is the one tied to its class (otherwise one of the other backgrounds, uniformly);
-    `test` backgrounds are uniform. pool_variants: renderings of each pool scan.
+    background is forced to the one tied to its class; otherwise it is drawn uniformly from all
+    backgrounds, so 0.0 means no correlation and the chance-corrected agreement
+    (rate - 1/5) / (1 - 1/5) equals `spurious` in expectation. `test` backgrounds are uniform. pool_variants: renderings of each pool scan.
     The returned Dataset is the train split; `.pool`, `.train`, `.test` give all three.
     """
     if not 1 <= int(shots) <= _TRAIN_RESERVE_PER_CLASS:
@@ -131,8 +132,7 @@ def colored_digits(shots: int = 5, spurious: float = 0.0, seed: int = 0, pool_va
     train_bgs = []
     for src in train_sources:
         tied = TIED_BACKGROUND[str(int(targets[src]))]
-        others = [b for b in all_bgs if b != tied]
-        train_bgs.append(tied if rng.random() < spurious else str(rng.choice(others)))
+        train_bgs.append(tied if rng.random() < spurious else str(rng.choice(all_bgs)))
     train = _build(scans, targets, np.array(train_sources), rng, train_bgs, "colored_digits/train")
 
     test_sources = parts["test"]
