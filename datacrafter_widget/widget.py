@@ -485,11 +485,14 @@ def _fallback_layout(samples: pd.DataFrame, classes: Sequence[str]) -> np.ndarra
     """Positions before any projection exists: one block of a grid per class, so images show at once."""
     xy = np.zeros((len(samples), 2), np.float32)
     labels = samples["label"].astype(str).to_numpy()
+    counts = [int((labels == c).sum()) for c in classes]
+    cols = max(1, math.ceil(math.sqrt(max(counts, default=1))))  # one square block per class
+    per_row = max(1, math.ceil(math.sqrt(len(classes))))  # blocks arranged in a square too
     for k, c in enumerate(classes):
         idx = np.flatnonzero(labels == c)
-        cols = max(1, math.ceil(math.sqrt(len(idx))))
-        xy[idx, 0] = k * (cols + 2) + np.arange(len(idx)) % cols
-        xy[idx, 1] = -(np.arange(len(idx)) // cols)
+        bx, by = (k % per_row) * (cols + 2), (k // per_row) * (cols + 2)
+        xy[idx, 0] = bx + np.arange(len(idx)) % cols
+        xy[idx, 1] = -(by + np.arange(len(idx)) // cols)
     return xy
 
 

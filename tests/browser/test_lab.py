@@ -164,3 +164,70 @@ def test_widget_in_jupyterlab(page: Any, lab: Lab) -> None:
     assert page.locator("img[src='x']").count() == 0
     page.screenshot(path=str(ARTIFACTS / "lab-tooltip.png"))
     assert page.dialogs == [], f"an alert fired: {page.dialogs}"
+
+
+CRAFTER_SETUP = f'''
+import json, pathlib
+import numpy as np
+import datacrafter_widget as dc
+from datacrafter_widget.widget import CrafterView
+
+XSS = {XSS!r}
+crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), project="proj")
+first = crafter.samples["id"].iloc[0]
+crafter.feedback(bad=[first], bad_labels=[XSS])   # user text that the tooltip must show as text
+# The view is deterministic for the same samples: save the positions the displayed one uses.
+np.save("xy.npy", np.frombuffer(CrafterView(crafter).widget.xy, "<f4").reshape(-1, 2))
+json.dump(crafter.samples["id"].tolist(), open("ids.json", "w"))
+crafter
+'''
+
+
+@pytest.mark.slow
+def test_crafter_in_jupyterlab(page: Any, lab: Lab) -> None:
+    """The real controller displayed as a cell's last expression: lasso -> crafter.selection; bad -> store."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(CRAFTER_SETUP.strip()),
+        nbformat.v4.new_code_cell('print("SELECTION", json.dumps(crafter.selection))'),
+        nbformat.v4.new_code_cell('s = crafter.samples.set_index("id")\n'
+                                  'print("FEEDBACK", json.dumps(s.loc[crafter.selection, "feedback"].tolist()))'),
+    ]
+    nbformat.write(nb, lab.root / "crafter_check.ipynb")
+    run_notebook_in_lab(page, lab, "crafter_check.ipynb", cells=1)
+    root = page.locator(".dcw-root")
+    root.wait_for(timeout=120000)
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    page.wait_for_function(f"window.__dcw && {handle}.frames > 0 && {handle}.timings.atlasReady != null")
+    root.scroll_into_view_if_needed()
+    assert canvas_ink(page) > 0.01
+    page.screenshot(path=str(ARTIFACTS / "lab-crafter.png"))
+
+    view = page.evaluate(f"{handle}.view")
+    xy = np.load(lab.root / "xy.npy")
+    ids = json.loads((lab.root / "ids.json").read_text())
+    assert page.evaluate(f"{handle}.n") == len(ids)
+    sx, sy = to_screen(xy, view)
+    poly = lasso_polygon(view)
+    inside = np.flatnonzero(points_in_polygon(sx, sy, poly))
+    assert len(inside) > 5
+    root.locator("button[data-mode=lasso]").click()
+    draw_lasso(page, root.locator(".dcw-gl").bounding_box(), poly)
+    out = run_cell(page, 1)
+    assert printed_json(out, "SELECTION") == [ids[i] for i in inside]
+
+    root.locator("button[data-action=bad]").click()
+    page.wait_for_function("document.querySelector('.dcw-status').textContent.startsWith('marked ')", timeout=30000)
+    out = run_cell(page, 2)
+    assert printed_json(out, "FEEDBACK") == ["bad"] * len(inside)
+    page.screenshot(path=str(ARTIFACTS / "lab-crafter-bad.png"))
+
+    # Hover the first sample: its feedback label (user text) is shown literally.
+    root.locator("button[data-mode=pan]").click()
+    box = root.locator(".dcw-gl").bounding_box()
+    page.mouse.move(box["x"] + sx[0] + 0.3, box["y"] + sy[0] + 0.3)
+    page.wait_for_function("document.querySelector('.dcw-tooltip img') && document.querySelector('.dcw-tooltip img').src.startsWith('blob:')", timeout=30000)
+    assert XSS in page.locator(".dcw-tooltip").inner_text()
+    assert page.locator("img[src='x']").count() == 0
+    assert page.dialogs == []
