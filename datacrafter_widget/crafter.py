@@ -28,6 +28,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -434,10 +435,33 @@ class DataCrafter:
 
     def _generate_round(self, requests: list[GenerationRequest], rnd: int, steps: int, guidance: float,
                         use_filter: bool, batch_size: int, ctx: JobContext) -> list[str]:
+        """Generate group by group, batch by batch; each finished batch is stored by a writer thread
+        while the next batch is being generated (PNG encoding, fsync, embeddings and the class filter
+        overlap with the diffusion model). At most one batch waits to be stored; whatever happens,
+        a batch that finished generating is stored before this returns."""
         gen = self.models.generator
         ids: list[str] = []
         status = "failed"
         parents: dict[str, Image.Image] = {}
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datacrafter-store")
+        queue: list[Future] = []        # submitted to the writer, in order
+        collected: set[Future] = set()
+        generated = 0
+
+        def collect(future: Future) -> None:
+            if future in collected:
+                return
+            new = future.result()
+            collected.add(future)
+            ids.extend(new)
+            ctx.keep(list(ids))
+            self._emit("samples", new)
+
+        def drain(keep: int) -> None:
+            while len(queue) > keep:
+                collect(queue[0])
+                queue.pop(0)
+
         try:
             for gi, group in enumerate(group_requests(requests)):
                 if ctx.cancelled():
@@ -450,29 +474,34 @@ class DataCrafter:
                         if r.parent_id not in parents:
                             parents[r.parent_id] = self.store.image(r.parent_id)
                     sources = [parents[r.parent_id] for r in reqs]
-                offset = len(ids)
                 batches = gen.iter_batches(
                     [r.prompt for r in reqs], negative_prompts=[r.negative_prompt for r in reqs],
                     seeds=[r.seed for r in reqs], steps=steps, guidance=guidance, images=sources,
                     strength=first.strength if first.is_img2img else 0.5,
                     latent_perturbation=first.latent_perturbation if first.is_img2img else 0.0,
                     batch_size=batch_size, cancel=ctx.cancel_event,
-                    progress=lambda d, t, o=offset: ctx.report(o + d, len(requests)),
+                    progress=lambda d, t, o=generated: ctx.report(o + d, len(requests)),
                 )
                 for batch in batches:
-                    new = self._store_batch([reqs[i] for i in batch.indices], batch.images, batch.flags,
-                                            rnd, steps, guidance, use_filter,
-                                            batch_id=f"{rnd}-{gi}-{group[batch.indices[0]]}")
-                    ids += new
-                    ctx.keep(list(ids))
-                    ctx.report(len(ids), len(requests))
-                    self._emit("samples", new)
+                    generated += len(batch.indices)
+                    queue.append(writer.submit(
+                        self._store_batch, [reqs[i] for i in batch.indices], batch.images, batch.flags,
+                        rnd, steps, guidance, use_filter, batch_id=f"{rnd}-{gi}-{group[batch.indices[0]]}",
+                    ))
+                    drain(keep=1)  # the batch before this one must be stored by now (it had a batch's time)
+            drain(keep=0)
             status = "cancelled" if ctx.cancelled() and len(ids) < len(requests) else "done"
             return ids
         except KeyboardInterrupt:  # Ctrl-C in blocking mode: a cancel, finished batches stay
             status = "cancelled"
             raise
         finally:
+            writer.shutdown(wait=True)  # interrupted or failed: finished batches are still stored
+            for future in queue:
+                try:
+                    collect(future)
+                except Exception:  # noqa: BLE001 - the error already in flight is the one to report
+                    pass
             entry = next((r for r in self.rounds if int(r.get("round", -1)) == rnd), {"round": rnd})
             entry.update(status=status, stored=len(ids), finished=time.time())
             self._log_round(entry)
