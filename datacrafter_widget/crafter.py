@@ -312,25 +312,38 @@ class DataCrafter:
         if self.job is not None and self.job.running:
             raise JobRunningError("a generation job is still running: crafter.job.wait() or crafter.job.cancel() first")
         self.models.require("generator", "crafter.generate()")
-        requests, info = self._plan(per_class, strategy, prompts, negative_prompts, strength, seed, classes,
-                                    latent_perturbation, caption_template)
-        return self.run_requests(requests, steps=steps, guidance=guidance, filter=filter, background=background,
-                                 batch_size=batch_size, progress=progress, info=info)
+        plan_args = (per_class, strategy, prompts, negative_prompts, strength, seed, classes, latent_perturbation,
+                     caption_template)
+        # In the background, captioning (a model call per real image) runs in the job too; the
+        # plan made here without it already validates every input, so errors still come at once.
+        requests, info, uncaptioned = self._plan(*plan_args, caption_now=not background)
+        prepare = None
+        if uncaptioned:
+            def prepare(ctx: JobContext) -> list[GenerationRequest]:
+                ctx.report(0, len(requests), f"captioning {uncaptioned} real image(s)")
+                return self._plan(*plan_args, caption_now=True, round_number=info["round"])[0]
 
-    def _plan(self, per_class, strategy, prompts, negative_prompts, strength, seed, classes,
-              latent_perturbation, caption_template) -> tuple[list[GenerationRequest], dict[str, Any]]:
+        return self.run_requests(requests, steps=steps, guidance=guidance, filter=filter, background=background,
+                                 batch_size=batch_size, progress=progress, info=info, prepare=prepare)
+
+    def _plan(self, per_class, strategy, prompts, negative_prompts, strength, seed, classes, latent_perturbation,
+              caption_template, *, caption_now: bool = True, round_number: int | None = None,
+              ) -> tuple[list[GenerationRequest], dict[str, Any], int]:
+        """(requests, round info, number of real images still to caption when not caption_now)."""
         strategies = [strategy] if isinstance(strategy, str) else list(strategy)
         for s in strategies:
             if s not in STRATEGIES:
                 raise StrategyError(f"unknown strategy {s!r}: use one of {list(STRATEGIES)}")
         use = check_classes(classes, self.classes)
-        rnd = self._next_round()
+        rnd = round_number or self._next_round()
         base = int(seed) if seed is not None else rnd * ROUND_SEED_STRIDE
         s = self.store.samples
         real = s[(s["source"] == "real") & (s["split"] == "train") & s["label"].isin(use)]
         captions: dict[str, str] = {}
+        uncaptioned = 0
         if any(x in ("caption", "perturb") for x in strategies):
-            captions = self._captions(real, required="caption" in strategies)
+            captions = self._captions(real, required="caption" in strategies, run=caption_now)
+            uncaptioned = sum(1 for c in captions.values() if not c.strip()) if self.models.has("captioner") else 0
         requests: list[GenerationRequest] = []
         for strat in strategies:
             kw: dict[str, Any] = {}
@@ -342,7 +355,7 @@ class DataCrafter:
                 latent_perturbation=latent_perturbation, **kw,
             )
         info = {"round": rnd, "strategies": strategies, "per_class": int(per_class), "classes": use, "seed": base}
-        return requests, info
+        return requests, info, uncaptioned
 
     def next_round(self) -> int:
         """The number the next generation round gets (GAP / evolution rounds use it too)."""
@@ -360,8 +373,10 @@ class DataCrafter:
         logged = max([int(r.get("round", 0)) for r in self.rounds] or [0])
         return max(last, logged) + 1
 
-    def _captions(self, real: pd.DataFrame, required: bool) -> dict[str, str]:
-        """Captions of the real rows: stored ones first, else the captioner (stored for next time)."""
+    def _captions(self, real: pd.DataFrame, required: bool, run: bool = True) -> dict[str, str]:
+        """Captions of the real rows: stored ones first, else the captioner (stored for next time).
+
+        run=False only checks that missing captions can be made (and leaves them empty)."""
         caps = {str(i): str(c or "") for i, c in zip(real["id"], real["caption"])}
         missing = [i for i, c in caps.items() if not c.strip()]
         if missing:
@@ -372,6 +387,8 @@ class DataCrafter:
                         "was given: pass captioner=... to dc.Models.stable_diffusion, use dc.starter.models(), give the "
                         "dataset captions, or use strategy='class'"
                     )
+                return caps
+            if not run:
                 return caps
             images = [self.store.image(i) for i in missing]
             new = self.models.captioner(images)
@@ -390,8 +407,12 @@ class DataCrafter:
         batch_size: int | None = None,
         progress: bool = True,
         info: dict[str, Any] | None = None,
+        prepare: Callable[[JobContext], Sequence[GenerationRequest]] | None = None,
     ) -> list[str] | Job:
-        """Run prepared requests as one round (used by generate, prompt evolution and GAP)."""
+        """Run prepared requests as one round (used by generate, prompt evolution and GAP).
+
+        `prepare`, if given, runs first inside the job and returns the final requests (same count
+        and seeds; e.g. with captions filled in), so slow preparation does not block the kernel."""
         if self.job is not None and self.job.running:
             raise JobRunningError("a generation job is still running: crafter.job.wait() or crafter.job.cancel() first")
         gen = self.models.require("generator", "generating images")
@@ -416,7 +437,8 @@ class DataCrafter:
         self._log_round(entry)
 
         def work(ctx: JobContext) -> list[str]:
-            return self._generate_round(requests, rnd, steps, guidance, filter, bs, ctx)
+            final = list(prepare(ctx)) if prepare is not None else requests
+            return self._generate_round(final, rnd, steps, guidance, filter, bs, ctx)
 
         job = Job(work, total=len(requests), description=f"round {rnd}")
         job.on_progress(lambda j: self._emit("progress", j))

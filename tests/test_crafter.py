@@ -243,6 +243,15 @@ def test_caption_strategy_uses_the_captioner_and_stores_captions(ds, models, tmp
         for i in ids:
             parent = s.loc[s.loc[i, "parent_id"]]
             assert s.loc[i, "prompt"] == f"a photo of {parent['label']}, {parent['caption']}"
+    # in the background, captioning happens inside the job (the kernel is not blocked by it)
+    with dc.DataCrafter(nocap, models=m, project=tmp_path / "cap-bg") as c:
+        job = c.generate(per_class=1, strategy="caption", background=True)
+        ids = job.wait(timeout=120)
+        s = c.samples.set_index("id")
+        assert (s[s["source"] == "real"]["caption"] != "").all()
+        for i in ids:
+            parent = s.loc[s.loc[i, "parent_id"]]
+            assert s.loc[i, "prompt"] == f"a photo of {parent['label']}, {parent['caption']}"
 
 
 def test_embeddings_are_computed_once_and_cached_in_the_store(crafter):
