@@ -634,16 +634,12 @@ class CrafterView:
             label = str(payload.get("label", ""))
             if not label:
                 return "click a content label first"
-            gen = [i for i in ids if not i.startswith("r")]
+            source = crafter.samples.set_index("id")["source"]
+            gen = [i for i in ids if source.get(i) == "generated"]
             crafter.feedback(bad=gen, bad_labels=[label])
             return f"label {label!r} marked unwanted on {len(gen)} generated images"
         if name == "evolve":
-            frame = crafter.samples.set_index("id")
-            classes = sorted({str(frame.at[i, "label"]) for i in ids}) or None
-            self.widget.status = "evolving prompts" + (f" for {', '.join(classes)}" if classes else "") + " ..."
-            crafter.evolve(classes=classes, progress=False)
-            self.widget.prompts = self._prompts()
-            return "prompts evolved: see the prompts panel; generate with strategy 'custom' or crafter.generate_evolved()"
+            return self._evolve(ids)
         if name == "generate":
             strategy = str(payload.get("strategy", "caption"))
             options: dict[str, Any] = {"per_class": int(payload.get("count", 8)), "strategy": strategy, "background": True}
@@ -653,7 +649,9 @@ class CrafterView:
             return f"generating: {getattr(job, 'description', 'job')}"
         if name == "cancel":
             crafter.cancel()
-            return "cancelling; finished images are kept"
+            if self._evolve_job is not None and self._evolve_job.running:
+                self._evolve_job.cancel()
+            return "cancelling; finished work is kept"
         if name in ("prompt_accept", "prompt_edit", "prompt_revert"):
             setter = getattr(crafter, "set_prompt", None)
             if setter is None:
@@ -661,6 +659,38 @@ class CrafterView:
             setter(str(payload["class"]), str(payload.get("prompt", "")))
             self.widget.prompts = self._prompts()
             return f"prompt for {payload['class']!r} set"
+        return None
+
+    def _evolve(self, ids: Sequence[str]) -> str | None:
+        """Prompt evolution for the classes of the selected images, in a worker thread so the
+        notebook stays responsive; progress and the new prompts come back through the traits."""
+        from .jobs import Job
+
+        if self._evolve_job is not None and self._evolve_job.running:
+            return "prompt evolution is already running (Cancel stops it)"
+        frame = self.crafter.samples.set_index("id")
+        classes = sorted({str(frame.at[i, "label"]) for i in ids}) or None
+        what = f"evolving prompts for {', '.join(classes)}" if classes else "evolving prompts"
+
+        def work(ctx: Any) -> Any:
+            return self.crafter.evolve(classes=classes, progress=False, cancel=ctx.cancel_event)
+
+        job = Job(work, total=1, description=what)
+
+        def on_progress(j: Any) -> None:
+            self.widget.set_progress(int(j.done), int(j.total), what, bool(j.running))
+            if not j.running:
+                self.widget.prompts = self._prompts()
+                if j.status == "done":
+                    self.widget.status = f"{what}: done; see the prompts panel, then crafter.generate_evolved()"
+                elif j.status == "failed":
+                    self.widget.status = f"{what} failed: {j.error}"
+                else:
+                    self.widget.status = f"{what}: {j.status}"
+
+        job.on_progress(on_progress)
+        self.widget.status = what + " ..."  # before start: the job's own final status must win
+        self._evolve_job = job.start()
         return None
 
     def _details(self, index: int) -> dict:

@@ -5,6 +5,7 @@ import io
 import pathlib
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pandas as pd
@@ -328,6 +329,16 @@ def test_crafter_view_buttons_reach_the_store(crafter) -> None:
     # Generating without a generator: the controller's clear error lands in the status line.
     w._on_custom_msg(w, {"type": "action", "name": "generate", "payload": {"strategy": "class", "count": 1}}, [])
     assert w.status.startswith("generate failed:") and "generator" in w.status
+    # Evolve runs in a worker thread; without models its clear error comes back the same way.
+    w._on_custom_msg(w, {"type": "action", "name": "evolve", "payload": {}}, [np.array([2], "<u4").tobytes()])
+    with pytest.raises(Exception, match="generator"):
+        view._evolve_job.wait(timeout=60)
+    for _ in range(100):  # the job's last listener call runs just after wait() returns
+        if "failed" in w.status:
+            break
+        time.sleep(0.05)
+    assert w.status.startswith("evolving prompts for ") and "failed" in w.status and "generator" in w.status
+    assert w.progress["running"] is False
     fields, png = w.details(2)
     names = dict(fields)
     assert names["id"] == view.ids[2] and names["feedback"] == "bad" and "caption" in names
