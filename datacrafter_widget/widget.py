@@ -524,6 +524,7 @@ class CrafterView:
         self._thumbs: dict[str, np.ndarray] = {}  # by image hash
         self._syncing = False
         self._evolve_job: Any = None
+        self._atlas_key: tuple = ()
         self.refresh()
         self.widget.on_action(self._on_action)
         self.widget.on_details(self._details)
@@ -558,7 +559,12 @@ class CrafterView:
             first = samples.drop_duplicates("hash").set_index("hash")["id"]
             for h in new:
                 self._thumbs[h] = _thumbnail(crafter.store.image(first[h]), self.widget.thumb_size)
-        tiles = np.stack([self._thumbs[h] for h in samples["hash"]]) if len(samples) else None
+        # Feedback or projection changes keep the same images: do not rebuild and resend the atlas.
+        atlas_key = tuple(samples["hash"])
+        tiles = None
+        if atlas_key != self._atlas_key and len(samples):
+            tiles = np.stack([self._thumbs[h] for h in samples["hash"]])
+        self._atlas_key = atlas_key
         self.ids = [str(i) for i in samples["id"]]
         index = {sid: k for k, sid in enumerate(self.ids)}
         members = self._members(labels_frame, xy, index)

@@ -321,7 +321,10 @@ def test_crafter_view_buttons_reach_the_store(crafter) -> None:
     view = CrafterView(crafter)
     w = view.widget
     w.send = lambda content, buffers=None: None
+    atlas_changes = []
+    w.observe(lambda ch: atlas_changes.append(1), names="atlas")
     w._on_custom_msg(w, {"type": "action", "name": "bad", "payload": {}}, [np.array([2, 4], "<u4").tobytes()])
+    assert atlas_changes == []  # feedback redraws colours, the thumbnails are not resent
     s = crafter.samples.set_index("id")
     assert s.loc[[view.ids[2], view.ids[4]], "feedback"].tolist() == ["bad", "bad"]
     assert w.status == "marked 2 images bad"
