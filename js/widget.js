@@ -555,6 +555,12 @@ class ProjectionView {
       this.requestDraw();
     };
     const leave = () => { if (!this.drag) this.hideTooltip(); };
+    // Escape abandons a lasso or box being drawn.
+    const key = (ev) => {
+      if (ev.key === "Escape" && this.drag) { this.drag = null; this.lasso = null; this.requestDraw(); }
+    };
+    window.addEventListener("keydown", key);
+    this.disposers.push(() => window.removeEventListener("keydown", key));
     const dbl = () => { this.userMoved = false; this.fitView(); this.requestDraw(); };
     stage.addEventListener("pointerdown", down);
     stage.addEventListener("pointermove", move);

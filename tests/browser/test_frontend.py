@@ -160,6 +160,21 @@ def test_box_selection_and_pan_mode_shift_lasso(shown: Any) -> None:
     assert handle(page, "h.view.k") > after["k"]
 
 
+def test_colour_by_switches_scheme_and_syncs(shown: Any) -> None:
+    page, w, frame = shown
+    before = canvas_ink(page)
+    page.select_option("select[data-role=color-by]", "feedback")
+    assert page.evaluate("window.__model.get('color_by')") == "feedback"
+    legend = page.locator(".dcw-legend").inner_text()
+    assert "bad" in legend and "removed" in legend and "class 0" not in legend
+    # From Python: the fake model changes like a kernel update would.
+    page.evaluate("window.__model.set('color_by', 'round')")
+    assert page.locator("select[data-role=color-by]").input_value() == "round"
+    assert "round 1" in page.locator(".dcw-legend").inner_text()
+    page.wait_for_timeout(100)
+    assert canvas_ink(page) > 0.02 and before > 0.02
+
+
 def test_python_selection_highlights_without_echo(shown: Any) -> None:
     page, w, frame = shown
     ink_before = canvas_ink(page)
@@ -272,3 +287,17 @@ def test_thumbnails_map_to_their_point_upright(page: Any, primitive: str) -> Non
         top, bottom = img[y - 12, x], img[y + 12, x]
         assert np.abs(top - np.array(tops[i])).max() < 40, f"point {i}: top {top} should be {tops[i]}"
         assert np.abs(bottom - 40 * i).max() < 40, f"point {i}: bottom {bottom} should be grey {40 * i}"
+
+
+def test_escape_abandons_a_lasso(shown: Any) -> None:
+    page, w, frame = shown
+    page.click("button[data-mode=lasso]")
+    box = page.locator(".dcw-gl").bounding_box()
+    page.mouse.move(box["x"] + 100, box["y"] + 100)
+    page.mouse.down()
+    for x, y in [(500, 100), (500, 400), (100, 400)]:
+        page.mouse.move(box["x"] + x, box["y"] + y, steps=5)
+    page.keyboard.press("Escape")
+    page.mouse.up()
+    assert handle(page, "h.selection") == []
+    assert page.evaluate("window.__model.saves") == 0
