@@ -183,27 +183,31 @@ crafter
 '''
 
 
-@pytest.mark.slow
-def test_crafter_in_jupyterlab(page: Any, lab: Lab) -> None:
-    """The real controller displayed as a cell's last expression: lasso -> crafter.selection; bad -> store."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
-        nbformat.v4.new_code_cell(CRAFTER_SETUP.strip()),
-        nbformat.v4.new_code_cell('print("SELECTION", json.dumps(crafter.selection))'),
-        nbformat.v4.new_code_cell('s = crafter.samples.set_index("id")\n'
-                                  'print("FEEDBACK", json.dumps(s.loc[crafter.selection, "feedback"].tolist()))'),
-    ]
-    nbformat.write(nb, lab.root / "crafter_check.ipynb")
-    run_notebook_in_lab(page, lab, "crafter_check.ipynb", cells=1)
-    root = page.locator(".dcw-root")
+SAVE_VIEW = """
+import json
+import numpy as np
+from datacrafter_widget.widget import CrafterView
+# The view is deterministic for the same samples and projection: save the positions it uses.
+np.save("xy.npy", np.frombuffer(CrafterView(crafter).widget.xy, "<f4").reshape(-1, 2))
+json.dump(crafter.samples["id"].tolist(), open("ids.json", "w"))
+"""
+SELECTION_CELL = 'import json\nprint("SELECTION", json.dumps(crafter.selection))'
+FEEDBACK_CELL = ('import json\ns = crafter.samples.set_index("id")\n'
+                 'print("FEEDBACK", json.dumps(s.loc[crafter.selection, "feedback"].tolist()))')
+
+
+def lasso_and_bad_through_crafter(page: Any, lab: Lab, selection_cell: int, feedback_cell: int, tag: str) -> np.ndarray:
+    """With a displayed `crafter`: lasso -> crafter.selection == the ids inside; "bad" -> the store.
+
+    Needs xy.npy / ids.json written by SAVE_VIEW in lab.root; returns the point indices lassoed.
+    """
+    root = page.locator(".dcw-root").last
     root.wait_for(timeout=120000)
     handle = "window.__dcw[window.__dcw.length - 1]"
     page.wait_for_function(f"window.__dcw && {handle}.frames > 0 && {handle}.timings.atlasReady != null")
     root.scroll_into_view_if_needed()
     assert canvas_ink(page) > 0.01
-    page.screenshot(path=str(ARTIFACTS / "lab-crafter.png"))
-
+    page.screenshot(path=str(ARTIFACTS / f"{tag}-drawn.png"))
     view = page.evaluate(f"{handle}.view")
     xy = np.load(lab.root / "xy.npy")
     ids = json.loads((lab.root / "ids.json").read_text())
@@ -214,20 +218,70 @@ def test_crafter_in_jupyterlab(page: Any, lab: Lab) -> None:
     assert len(inside) > 5
     root.locator("button[data-mode=lasso]").click()
     draw_lasso(page, root.locator(".dcw-gl").bounding_box(), poly)
-    out = run_cell(page, 1)
+    out = run_cell(page, selection_cell)
     assert printed_json(out, "SELECTION") == [ids[i] for i in inside]
-
     root.locator("button[data-action=bad]").click()
-    page.wait_for_function("document.querySelector('.dcw-status').textContent.startsWith('marked ')", timeout=30000)
-    out = run_cell(page, 2)
+    page.wait_for_function("[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.startsWith('marked '))",
+                           timeout=30000)
+    out = run_cell(page, feedback_cell)
     assert printed_json(out, "FEEDBACK") == ["bad"] * len(inside)
-    page.screenshot(path=str(ARTIFACTS / "lab-crafter-bad.png"))
+    page.screenshot(path=str(ARTIFACTS / f"{tag}-bad.png"))
+    return inside
+
+
+@pytest.mark.slow
+def test_crafter_in_jupyterlab(page: Any, lab: Lab) -> None:
+    """The real controller displayed as a cell's last expression: lasso -> crafter.selection; bad -> store."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(CRAFTER_SETUP.strip()),
+        nbformat.v4.new_code_cell(SELECTION_CELL),
+        nbformat.v4.new_code_cell(FEEDBACK_CELL),
+    ]
+    nbformat.write(nb, lab.root / "crafter_check.ipynb")
+    run_notebook_in_lab(page, lab, "crafter_check.ipynb", cells=1)
+    lasso_and_bad_through_crafter(page, lab, selection_cell=1, feedback_cell=2, tag="lab-crafter")
 
     # Hover the first sample: its feedback label (user text) is shown literally.
+    root = page.locator(".dcw-root").last
+    view = page.evaluate("window.__dcw[window.__dcw.length - 1].view")
+    sx, sy = to_screen(np.load(lab.root / "xy.npy"), view)
     root.locator("button[data-mode=pan]").click()
     box = root.locator(".dcw-gl").bounding_box()
     page.mouse.move(box["x"] + sx[0] + 0.3, box["y"] + sy[0] + 0.3)
     page.wait_for_function("document.querySelector('.dcw-tooltip img') && document.querySelector('.dcw-tooltip img').src.startsWith('blob:')", timeout=30000)
     assert XSS in page.locator(".dcw-tooltip").inner_text()
     assert page.locator("img[src='x']").count() == 0
+    assert page.dialogs == []
+
+
+QUICKSTART = pathlib.Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
+
+
+def _starter_weights_missing() -> str:
+    try:
+        import datacrafter_widget as dc
+
+        dc.starter.models()
+    except Exception as err:  # noqa: BLE001 - reported as the skip reason
+        return str(err)
+    return ""
+
+
+@pytest.mark.slow
+def test_quickstart_in_jupyterlab(page: Any, lab: Lab) -> None:
+    """notebooks/quickstart.ipynb with the starter models, up to the widget; then lasso and "bad"."""
+    missing = _starter_weights_missing()
+    if missing:
+        pytest.skip(f"starter models not available: {missing}")
+    nb = nbformat.read(QUICKSTART, as_version=4)
+    show = next(k for k, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip() == "crafter")
+    # Our copy: save the view's positions before the display cell, checks after it.
+    nb.cells.insert(show, nbformat.v4.new_code_cell(SAVE_VIEW.strip()))
+    show += 1
+    nb.cells[show + 1:show + 1] = [nbformat.v4.new_code_cell(SELECTION_CELL), nbformat.v4.new_code_cell(FEEDBACK_CELL)]
+    nbformat.write(nb, lab.root / "quickstart.ipynb")
+    run_notebook_in_lab(page, lab, "quickstart.ipynb", cells=show + 1, timeout_ms=900000)
+    lasso_and_bad_through_crafter(page, lab, selection_cell=show + 1, feedback_cell=show + 2, tag="lab-quickstart")
     assert page.dialogs == []
