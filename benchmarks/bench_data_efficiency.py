@@ -177,24 +177,12 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
 
 
 def load_models(weights: str | None):
-    """dc.starter.models(), or the same models from another weights folder (e.g. a quick training run)."""
+    """dc.starter.models(), or the same models from another weights folder (e.g. a training run in progress)."""
     if not weights:
         return dc.starter.models()
-    from open_clip.transform import image_transform
+    from datacrafter_widget.starter.loader import load_starter_models
 
-    from datacrafter_widget.embedder import Embedder
-    from datacrafter_widget.generator import Generator
-    from datacrafter_widget.models import Models
-    from datacrafter_widget.starter.models import generator_defaults, load_clip, load_pipeline, open_clip_tokenizer
-
-    clip, cfg = load_clip(weights)
-    pipe = load_pipeline(clip, cfg, weights)
-    d = generator_defaults(weights)
-    gen = Generator(pipe, name=d.get("name", "starter/colored-digits-v1"), default_steps=d["default_steps"],
-                    default_guidance=d["default_guidance"])
-    emb = Embedder(clip, image_transform(32, is_train=False), open_clip_tokenizer(cfg["text_cfg"]["context_length"]),
-                   name=f"{d.get('name', 'starter')}:clip")
-    return Models(generator=gen, embedder=emb, name="starter")
+    return load_starter_models(weights_dir=weights)
 
 
 def load_checker(steps: int | None):

@@ -247,7 +247,7 @@ def _pipe_of(generator: Any) -> Any:
 def optimise_prompt_tokens(
     generator: Any,
     student: Any,
-    label: str,
+    label: str | Sequence[str],
     *,
     target: str | None = None,
     target_images: Sequence[Image.Image] | None = None,
@@ -260,6 +260,9 @@ def optimise_prompt_tokens(
 ) -> GapResult:
     """Learn `n_tokens` prompt embeddings for class `label` that fool `student`, guided to the target.
 
+    A list of labels learns one token set shared by those classes ("a photo of a {class} <t1>..<tk>";
+    each optimisation batch cycles through the classes): k times cheaper than one set per class.
+
     generator: a Generator or a diffusers StableDiffusionPipeline. target: a text description of the
     target distribution (text guidance); target_images: unlabelled images from it (image guidance,
     needs `embedder`). Cancelling keeps the tokens learned so far.
@@ -271,8 +274,12 @@ def optimise_prompt_tokens(
         setattr(config, k, v)
     if student is None:
         raise GapError("GAP needs a student to make uncertain: train one first with crafter.train_student()")
+    labels = [str(label)] if isinstance(label, str) else [str(l) for l in label]
+    if not labels:
+        raise GapError("no class given: pass a class name (or a list of them for shared tokens)")
     if hasattr(student, "class_index"):
-        student.class_index(label)        # clear error for an unknown class
+        for l in labels:
+            student.class_index(l)        # clear error for an unknown class
     if int(config.steps) <= 0:
         raise GapError(f"steps={config.steps}: GAP needs at least 1 optimisation step (the paper uses 1000+; 100-300 on a CPU)")
     if int(config.n_tokens) < 1 or int(config.sampler_steps) < 1 or int(config.batch) < 1:
@@ -281,20 +288,24 @@ def optimise_prompt_tokens(
         raise GapError("image guidance (target_images) needs an embedder: pass models with a CLIP embedder")
     pipe = _pipe_of(generator)
     tok, enc = pipe.tokenizer, pipe.text_encoder
-    text, readable, positions = _prompt_layout(tok, str(label), config.template, int(config.n_tokens))
+    layouts = [_prompt_layout(tok, l, config.template, int(config.n_tokens)) for l in labels]
+    text, readable, positions = layouts[0]
+    if any(lay[2] != positions for lay in layouts):
+        raise GapError(f"the classes {labels} tokenize to different lengths, so they cannot share learned tokens: "
+                       "learn one set per class (shared=False)")
     device = pipe.unet.device
     dtype = pipe.unet.dtype
 
     with torch.no_grad():
         table = enc.get_input_embeddings().weight
-        cls_ids = tok(str(label), add_special_tokens=False).input_ids
+        cls_ids = [i for l in labels for i in tok(l, add_special_tokens=False).input_ids]
         init = table[cls_ids].float().mean(0) if cls_ids else table.float().mean(0)
     gen = torch.Generator().manual_seed(int(seed))
     vectors = (init.unsqueeze(0).repeat(config.n_tokens, 1)
                + 0.01 * init.norm() / math.sqrt(init.numel()) * torch.randn(config.n_tokens, init.numel(), generator=gen))
     vectors = vectors.to(device).requires_grad_(True)
     opt = torch.optim.Adam([vectors], lr=float(config.lr))
-    ids = _tokenize(tok, [text])
+    all_ids = _tokenize(tok, [lay[0] for lay in layouts])
     with torch.no_grad():
         uncond, _ = _encode(pipe, _tokenize(tok, [""]))
         et = F.normalize(_encode(pipe, _tokenize(tok, [target]))[1].float(), dim=-1) if target else None
@@ -309,7 +320,7 @@ def optimise_prompt_tokens(
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
-        bar = tqdm(total=config.steps, desc=f"GAP tokens for {label!r}", leave=False)
+        bar = tqdm(total=config.steps, desc=f"GAP tokens for {', '.join(labels)}", leave=False)
     net = getattr(student, "net", None)
     was_training = net.training if net is not None else False
     if net is not None:
@@ -324,6 +335,8 @@ def optimise_prompt_tokens(
             noise = fixed if config.fixed_noise else torch.randn(
                 _latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) * 100003 + step))
             latents = noise.to(device, dtype) * sched.init_noise_sigma
+            which = [(step * config.batch + j) % len(labels) for j in range(config.batch)]
+            ids = all_ids[which] if len(labels) > 1 else all_ids
             cond, pooled = _encode(pipe, ids, positions, vectors)
             x = _sample(pipe, cond.to(dtype), uncond.to(dtype), latents, sched, float(config.guidance), config.checkpointing)
             logits = student.logits_from_pixels(x.float().to(student_dev))
@@ -341,7 +354,11 @@ def optimise_prompt_tokens(
                 parts["image"] = float(i_loss.detach())
             with torch.no_grad():
                 parts["student_entropy"] = float(-(log_p.exp() * log_p).sum(-1).mean())
-                parts["p_label"] = float(log_p.exp()[:, student.class_index(label)].mean()) if hasattr(student, "class_index") else float("nan")
+                if hasattr(student, "class_index"):
+                    idx = torch.tensor([student.class_index(labels[w]) for w in which])
+                    parts["p_label"] = float(log_p.exp()[torch.arange(len(which)), idx].mean())
+                else:
+                    parts["p_label"] = float("nan")
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -356,7 +373,7 @@ def optimise_prompt_tokens(
         bar.close()
     if net is not None:
         net.train(was_training)
-    return GapResult(label=str(label), embeddings=vectors.detach().float().cpu(), prompt=readable, template_text=text,
+    return GapResult(label=",".join(labels), embeddings=vectors.detach().float().cpu(), prompt=readable, template_text=text,
                      positions=positions, config=config, history=history, target=target or "",
                      model=str(getattr(generator, "name", type(pipe).__name__)))
 
@@ -408,6 +425,7 @@ def gap_round(
     config: GapConfig | None = None,
     progress: bool | Callable[[int, int], None] = False,
     cancel: Any = None,
+    shared: bool = False,
     **overrides: Any,
 ) -> tuple[list[str], dict[str, GapResult]]:
     """Learn tokens per class, generate `per_class` final images each, add them to the store.
@@ -422,15 +440,30 @@ def gap_round(
     ids: list[str] = []
     results: dict[str, GapResult] = {}
     base = Path(store.path)
+    shared_res = None
+    if shared:
+        cfg = GapConfig(**asdict(config)) if config is not None else GapConfig()
+        shared_res = optimise_prompt_tokens(generator, student, [str(c) for c in classes], target=target,
+                                            target_images=target_images, embedder=embedder, config=cfg, seed=int(seed),
+                                            progress=progress, cancel=cancel, **overrides)
+        if _cancelled(cancel):
+            return ids, results
     for ci, label in enumerate(classes):
         if _cancelled(cancel):
             break
-        cfg = GapConfig(**asdict(config)) if config is not None else GapConfig()
-        res = optimise_prompt_tokens(generator, student, str(label), target=target, target_images=target_images,
-                                     embedder=embedder, config=cfg, seed=int(seed) + 7 * ci, progress=progress,
-                                     cancel=cancel, **overrides)
-        if _cancelled(cancel):      # tokens half-learned: keep the classes already finished, store nothing more
-            break
+        if shared_res is not None:
+            text, readable, positions = _prompt_layout(_pipe_of(generator).tokenizer, str(label), shared_res.config.template,
+                                                       int(shared_res.config.n_tokens))
+            res = GapResult(label=str(label), embeddings=shared_res.embeddings, prompt=readable, template_text=text,
+                            positions=positions, config=shared_res.config, history=shared_res.history,
+                            target=shared_res.target, model=shared_res.model)
+        else:
+            cfg = GapConfig(**asdict(config)) if config is not None else GapConfig()
+            res = optimise_prompt_tokens(generator, student, str(label), target=target, target_images=target_images,
+                                         embedder=embedder, config=cfg, seed=int(seed) + 7 * ci, progress=progress,
+                                         cancel=cancel, **overrides)
+            if _cancelled(cancel):      # tokens half-learned: keep the classes already finished, store nothing more
+                break
         digest = hashlib.sha256(res.embeddings.numpy().tobytes()).hexdigest()[:12]
         rel = f"gap/gap-r{int(round):03d}-{_slug(str(label))}-{digest}.safetensors"
         res.save(base / rel)

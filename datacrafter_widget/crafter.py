@@ -124,6 +124,10 @@ class DataCrafter:
         self.project = store.path
         self.models = models if models is not None else Models()
         self.batch_size = int(batch_size)
+        # class filter: "auto" (the better of zero-shot and real-image prototypes, checked on the
+        # real training images), "zero-shot" or "prototypes"; see class_filter.py
+        self.filter_mode = "auto"
+        self._filter_cache: tuple[tuple, ClassFilter] | None = None
         self.job: Job | None = None
         self._selection: list[str] = []
         self._projection: pd.DataFrame | None = None
@@ -465,6 +469,7 @@ class DataCrafter:
         ids: list[str] = []
         status = "failed"
         parents: dict[str, Image.Image] = {}
+        flt = self._class_filter(rnd) if use_filter else None
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datacrafter-store")
         queue: list[Future] = []        # submitted to the writer, in order
         collected: set[Future] = set()
@@ -508,7 +513,7 @@ class DataCrafter:
                     generated += len(batch.indices)
                     queue.append(writer.submit(
                         self._store_batch, [reqs[i] for i in batch.indices], batch.images, batch.flags,
-                        rnd, steps, guidance, use_filter, batch_id=f"{rnd}-{gi}-{group[batch.indices[0]]}",
+                        rnd, steps, guidance, flt, batch_id=f"{rnd}-{gi}-{group[batch.indices[0]]}",
                     ))
                     drain(keep=1)  # the batch before this one must be stored by now (it had a batch's time)
             drain(keep=0)
@@ -528,8 +533,32 @@ class DataCrafter:
             entry.update(status=status, stored=len(ids), finished=time.time())
             self._log_round(entry)
 
+    def _class_filter(self, rnd: int) -> ClassFilter | None:
+        """The round's class filter, fitted on the real training images (cached while they stay the same)."""
+        if not self.models.has("embedder"):
+            if not getattr(self, "_warned_filter", False):
+                self._warned_filter = True
+                warnings.warn("the class filter needs an embedder; none was given, so images are not checked",
+                              RuntimeWarning, stacklevel=4)
+            return None
+        emb = self.models.embedder
+        s = self.store.samples
+        real = s[(s["source"] == "real") & (s["split"] == "train") & (s["feedback"] != "removed")]
+        key = (emb.name, self.filter_mode, tuple(real["id"]))
+        if self._filter_cache is None or self._filter_cache[0] != key:
+            flt = ClassFilter(emb, self.classes, mode=self.filter_mode)
+            if len(real):
+                flt.fit(self.embeddings(real["id"].tolist()), real["label"].tolist())
+            self._filter_cache = (key, flt)
+        flt = self._filter_cache[1]
+        entry = next((r for r in self.rounds if int(r.get("round", -1)) == rnd), None)
+        if entry is not None and flt.report:
+            entry["class_filter"] = flt.report
+            self._log_round(entry)
+        return flt
+
     def _store_batch(self, reqs: list[GenerationRequest], images: list[Image.Image], flags: list[str],
-                     rnd: int, steps: int, guidance: float, use_filter: bool, batch_id: str = "") -> list[str]:
+                     rnd: int, steps: int, guidance: float, flt: ClassFilter | None, batch_id: str = "") -> list[str]:
         """Flag (NaN / black / off-class) and store one finished batch in one atomic commit.
 
         The batch's composition (batch_id + batch_index) is part of the provenance: CPU and GPU
@@ -541,15 +570,11 @@ class DataCrafter:
         emb = None
         if self.models.has("embedder"):
             emb = self.models.embedder.embed_images(images)
-            if use_filter:
-                checks = ClassFilter(self.models.embedder, self.classes).check(emb, [r.label for r in reqs])
+            if flt is not None:
+                checks = flt.check(emb, [r.label for r in reqs])
                 for k, (flag, why) in enumerate(checks):
                     if flag and not flags[k]:
                         flags[k], reasons[k] = flag, why
-        elif use_filter and not getattr(self, "_warned_filter", False):
-            self._warned_filter = True
-            warnings.warn("the class filter needs an embedder; none was given, so images are not checked",
-                          RuntimeWarning, stacklevel=3)
         scheduler = type(getattr(gen.pipe, "scheduler", None)).__name__
         rows = []
         for k, (r, flag, why) in enumerate(zip(reqs, flags, reasons)):
@@ -877,6 +902,7 @@ class DataCrafter:
         if target is None and not target_images:
             raise GapError("GAP needs a target: target='a description of the test distribution' and/or target_images=[...]")
         rnd = self.next_round()
+        shared = bool(settings.pop("shared", False))   # one token set for all classes (k times cheaper)
         config = GapConfig(steps=int(steps), **settings)
         entry = {"round": rnd, "strategies": ["gap"], "per_class": int(per_class), "classes": use, "target": target or "",
                  "status": "running", "started": time.time(), "model": gen.name, "stored": 0}
@@ -887,7 +913,7 @@ class DataCrafter:
             ids, _ = gap_round(self.store, gen, student, use, target=target, target_images=target_images,
                                embedder=self.models.embedder if self.models.has("embedder") else None,
                                per_class=per_class, round=rnd, seed=rnd * ROUND_SEED_STRIDE if seed is None else seed,
-                               config=config, progress=progress, cancel=cancel)
+                               config=config, progress=progress, cancel=cancel, shared=shared)
             status = "done"
         finally:
             entry.update(status=status, stored=len(ids), finished=time.time())

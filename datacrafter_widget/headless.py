@@ -184,7 +184,7 @@ def _starter_checker() -> Callable[[list[Image.Image]], pd.DataFrame]:
             inst = fn()
             break
     if inst is None and callable(getattr(ck, "train_checker", None)):
-        inst = ck.train_checker()
+        inst = _cached_trained_checker(ck)
     if inst is None or not callable(getattr(inst, "predict", None)):
         raise ConfigError("the starter checker (datacrafter_widget.starter.checker) offers no checker with predict(): "
                           "simulated feedback needs it")
@@ -192,6 +192,33 @@ def _starter_checker() -> Callable[[list[Image.Image]], pd.DataFrame]:
     def check(images: list[Image.Image]) -> pd.DataFrame:
         return pd.DataFrame(inst.predict(list(images)))
     return check
+
+
+def _cached_trained_checker(ck: Any) -> Any:
+    """Train the starter checker once and keep its weights (safetensors) in the user cache.
+
+    Training takes minutes on a busy CPU; the cache key includes the checker module's source, so a
+    changed checker is retrained.
+    """
+    import hashlib
+    import inspect
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    key = hashlib.sha256(inspect.getsource(ck).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("DATACRAFTER_CACHE", Path.home() / ".cache" / "datacrafter-widget"))
+    path = cache / f"starter-checker-{key}.safetensors"
+    if path.is_file():
+        net = ck.CheckerNet()
+        net.load_state_dict(load_file(str(path)))
+        return ck.Checker(net=net.eval())
+    inst = ck.train_checker()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in inst.net.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    return inst
 
 
 # ---- the run -----------------------------------------------------------------------------------

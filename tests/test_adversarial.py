@@ -121,3 +121,15 @@ def test_controller_adversarial_round_and_regenerate(tmp_path):
     again = crafter.regenerate(ids[1])
     assert np.abs(np.asarray(again, dtype=int) - np.asarray(crafter.store.image(ids[1]), dtype=int)).max() <= 1
     crafter.close()
+
+
+def test_shared_tokens_across_classes(setup, tmp_path):
+    gen, student = setup
+    res = optimise_prompt_tokens(gen, student, ["cat", "dog"], steps=2, seed=0, **SETTINGS)
+    assert res.label == "cat,dog" and len(res.history) == 2
+    store = SampleStore(tmp_path / "proj", durable=False)
+    ids, results = gap_round(store, gen, student, ["cat", "dog"], per_class=1, shared=True, steps=2, final_steps=2,
+                             **SETTINGS)
+    assert len(ids) == 2 and torch.equal(results["cat"].embeddings, results["dog"].embeddings)
+    assert results["dog"].prompt == "a photo of a dog <gap1> <gap2> <gap3> <gap4>"
+    store.close()
