@@ -132,15 +132,43 @@ def test_mixed_strategies_share_full_batches(ds, tmp_path):
 
 def test_filter_flags_off_class_images_with_reasons(crafter):
     ids = crafter.generate(per_class=2, strategy="class", progress=False)
-    s = crafter.samples.set_index("id").loc[ids]
-    emb = crafter.embeddings(ids)
-    expected = ClassFilter(crafter.models.embedder, crafter.classes).check(emb, s["label"].tolist())
-    assert s["flag"].tolist() == [f for f, _ in expected]
-    flagged = s[s["flag"] == "off-class"]
+    s = crafter.samples.set_index("id")
+    real = s[(s["source"] == "real") & (s["split"] == "train")]
+    flt = ClassFilter(crafter.models.embedder, crafter.classes).fit(crafter.embeddings(list(real.index)), real["label"])
+    expected = flt.check(crafter.embeddings(ids), s.loc[ids, "label"].tolist())
+    assert s.loc[ids, "flag"].tolist() == [f for f, _ in expected]
+    assert crafter.rounds[-1]["class_filter"]["mode"] == flt.active_mode
+    flagged = s.loc[ids][s.loc[ids, "flag"] == "off-class"]
     assert len(flagged) > 0  # random-weight CLIP: most images look like some other class
     assert all("instead of" in r and f"'{lab}'" in r for r, lab in zip(flagged["flag_reason"], flagged["label"]))
     off = crafter.generate(per_class=1, strategy="class", filter=False, progress=False)
     assert (crafter.samples.set_index("id").loc[off, "flag"] == "").all()
+
+
+def test_class_filter_picks_the_classifier_that_works_on_the_real_images():
+    model, preprocess, tokenizer = tiny_open_clip()
+    emb = Embedder(model, preprocess, tokenizer, name="tiny-clip")
+    rng = np.random.default_rng(0)
+    classes = ["0", "1", "2"]
+    centres = rng.normal(size=(3, emb.dim)).astype(np.float32)
+    real_labels = [c for c in classes for _ in range(4)]
+    real = centres[[int(c) for c in real_labels]] + 0.1 * rng.normal(size=(12, emb.dim)).astype(np.float32)
+    flt = ClassFilter(emb, classes).fit(real, real_labels)
+    # the random CLIP cannot read the class names; the prototypes separate the real images perfectly
+    assert flt.active_mode == "prototypes" and flt.report["prototype_accuracy_on_real_leave_one_out"] == 1.0
+    new = centres[[0, 1, 2, 1]] + 0.1 * rng.normal(size=(4, emb.dim)).astype(np.float32)
+    checks = flt.check(new, ["0", "1", "2", "2"])
+    assert [f for f, _ in checks] == ["", "", "", "off-class"]
+    assert checks[3][1].startswith("prototype class '1'") and "instead of '2'" in checks[3][1]
+    lenient = ClassFilter(emb, classes, margin=1.0).fit(real, real_labels)
+    assert [f for f, _ in lenient.check(new, ["0", "1", "2", "2"])] == ["", "", "", ""]
+    zs = ClassFilter(emb, classes, mode="zero-shot").fit(real, real_labels)
+    assert zs.active_mode == "zero-shot"
+    assert np.allclose(zs.probabilities(new), emb.zero_shot(new, classes))
+    with pytest.raises(ValueError, match="unknown filter mode"):
+        ClassFilter(emb, classes, mode="magic")
+    with pytest.raises(ValueError, match=r"intended class\(es\) \['7'\]"):
+        flt.check(new[:1], ["7"])
 
 
 def test_background_job_cancel_keeps_finished_batches_and_nothing_half_written(crafter):
@@ -258,11 +286,13 @@ def test_embeddings_are_computed_once_and_cached_in_the_store(crafter):
     crafter.generate(per_class=1, strategy="class", progress=False)  # generated images get cached as made
     before = CountingEmbedder.calls
     e = crafter.embeddings()
-    n_real = (crafter.samples["source"] == "real").sum()
+    # generated images were embedded as they were made, the real train images when the class
+    # filter was fitted: only the real test images were still missing
+    n_missing = (crafter.samples["split"] == "test").sum()
     assert e.shape == (len(crafter.samples), crafter.models.embedder.dim) and e.dtype == np.float32
-    assert CountingEmbedder.calls - before == n_real  # only the real images were missing
+    assert CountingEmbedder.calls - before == n_missing
     again = crafter.embeddings()
-    assert CountingEmbedder.calls - before == n_real and np.array_equal(e, again)
+    assert CountingEmbedder.calls - before == n_missing and np.array_equal(e, again)
     some = crafter.samples["id"].tolist()[5:8]
     assert np.array_equal(crafter.embeddings(some), e[5:8])
 
