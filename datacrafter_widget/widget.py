@@ -533,8 +533,9 @@ class CrafterView:
                           ("projection", self._refresh_event), ("selection", self._crafter_selection),
                           ("progress", self._progress)):
             crafter.on(event, fn)
-        chart = getattr(crafter, "metrics_chart", None)
-        self.layout = build_layout(self.widget, chart() if callable(chart) else chart)
+        self.chart: Any = None
+        self.layout = build_layout(self.widget, None)
+        self.update_metrics()
 
     # ----------------------------------------------------------------- controller -> widget
     def _refresh_event(self, _payload: Any = None) -> None:
@@ -616,6 +617,32 @@ class CrafterView:
         self.widget.set_progress(int(round(job.done)), int(job.total), str(job.message or job.description), running)
         if not running:
             self.widget.status = f"{job.description}: {job.status}"
+            self.update_metrics()
+
+    def update_metrics(self) -> None:
+        """Shows `crafter.metrics` (one row per round) as an alt.JupyterChart below the map, once
+        there is a round to show; called after each generation job."""
+        try:
+            frame = getattr(self.crafter, "metrics", None)
+        except Exception as err:  # noqa: BLE001 - metrics must never break the view
+            log.warning("crafter.metrics failed: %s", err)
+            return
+        if not isinstance(frame, pd.DataFrame) or frame.empty:
+            return
+        try:
+            import altair as alt
+
+            from .metrics import metrics_chart
+
+            chart = metrics_chart(frame)
+        except Exception as err:  # noqa: BLE001
+            self.widget.status = f"metrics chart unavailable: {err}"
+            return
+        if self.chart is None:
+            self.chart = alt.JupyterChart(chart)
+            self.layout.children = (*self.layout.children, self.chart)
+        else:
+            self.chart.chart = chart
 
     # ----------------------------------------------------------------- widget -> controller
     def _widget_selection(self, _change: dict) -> None:
