@@ -9,6 +9,8 @@ and class prototypes (the mean image embedding of each class's real training ima
 or domain-specific CLIP may not know the class *names* (the starter CLIP knows colours well but
 not digit names), so with mode="auto" the filter first checks both on the labelled real images
 (prototypes leave-one-out) and uses the more accurate one; `report` says which and how well.
+If neither gets at least `min_accuracy` of the real images right (default: half, and clearly above
+chance), "auto" flags nothing: an embedder that cannot tell the classes apart would only flag noise.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class ClassFilter:
     templates: Sequence[str] | None = None
     margin: float = 0.0
     mode: str = "auto"
+    min_accuracy: float | None = None  # auto mode: max(0.5, 1/k + 0.25) unless given
     prototypes: np.ndarray | None = None
     report: dict[str, Any] = field(default_factory=dict)
 
@@ -90,12 +93,20 @@ class ClassFilter:
             protos = _unit(np.where(have[:, None], protos / np.maximum(counts - (np.arange(k) == c), 1)[:, None], 0.0))
             loo_hits.append(int((emb[j] @ protos.T).argmax() == c))
         proto_acc = float(np.mean(loo_hits)) if loo_hits else float("nan")
+        self.report = {"zero_shot_accuracy_on_real": zs_acc, "prototype_accuracy_on_real_leave_one_out": proto_acc,
+                       "real_images": int(known.sum())}
         if self.mode == "auto":
             mode = "prototypes" if (np.isfinite(proto_acc) and (not np.isfinite(zs_acc) or proto_acc > zs_acc)) else "zero-shot"
+            best = proto_acc if mode == "prototypes" else zs_acc
+            bar = self.min_accuracy if self.min_accuracy is not None else max(0.5, 1.0 / max(k, 1) + 0.25)
+            if not np.isfinite(best) or best < bar:
+                mode = "off"
+                self.report["reason"] = (
+                    f"the embedder classifies only {best:.0%} of the real training images correctly (needs {bar:.0%}): "
+                    "flags would be noise, so none are set; use a stronger embedder or set filter_mode explicitly")
         else:
             mode = self.mode
-        self.report = {"mode": mode, "zero_shot_accuracy_on_real": zs_acc,
-                       "prototype_accuracy_on_real_leave_one_out": proto_acc, "real_images": int(known.sum())}
+        self.report["mode"] = mode
         return self
 
     def _zero_shot(self, emb: np.ndarray) -> np.ndarray:
@@ -119,6 +130,8 @@ class ClassFilter:
             raise ValueError(f"intended class(es) {unknown} are not among the filter's classes {classes}")
         if len(intended) == 0:
             return []
+        if self.active_mode == "off":
+            return [("", "")] * len(intended)
         probs = self.probabilities(embeddings)
         how = "prototype" if self.active_mode == "prototypes" else "zero-shot"
         out = []

@@ -125,7 +125,7 @@ class DataCrafter:
         self.models = models if models is not None else Models()
         self.batch_size = int(batch_size)
         # class filter: "auto" (the better of zero-shot and real-image prototypes, checked on the
-        # real training images), "zero-shot" or "prototypes"; see class_filter.py
+        # real training images; off when neither works), "zero-shot" or "prototypes"; see class_filter.py
         self.filter_mode = "auto"
         self._filter_cache: tuple[tuple, ClassFilter] | None = None
         self.job: Job | None = None

@@ -130,11 +130,20 @@ def test_mixed_strategies_share_full_batches(ds, tmp_path):
         assert len(set(seeds)) == 30 and min(seeds) == c.rounds[-1]["round"] * 100_000
 
 
+def test_filter_stays_off_when_the_embedder_cannot_tell_the_classes_apart(crafter):
+    ids = crafter.generate(per_class=1, strategy="class", progress=False)
+    report = crafter.rounds[-1]["class_filter"]
+    assert report["mode"] == "off" and "flags would be noise" in report["reason"]  # random-weight CLIP
+    assert (crafter.samples.set_index("id").loc[ids, "flag"] == "").all()
+
+
 def test_filter_flags_off_class_images_with_reasons(crafter):
+    crafter.filter_mode = "zero-shot"  # forced: flag by the random CLIP's zero-shot classes
     ids = crafter.generate(per_class=2, strategy="class", progress=False)
     s = crafter.samples.set_index("id")
     real = s[(s["source"] == "real") & (s["split"] == "train")]
-    flt = ClassFilter(crafter.models.embedder, crafter.classes).fit(crafter.embeddings(list(real.index)), real["label"])
+    flt = ClassFilter(crafter.models.embedder, crafter.classes, mode="zero-shot").fit(
+        crafter.embeddings(list(real.index)), real["label"])
     expected = flt.check(crafter.embeddings(ids), s.loc[ids, "label"].tolist())
     assert s.loc[ids, "flag"].tolist() == [f for f, _ in expected]
     assert crafter.rounds[-1]["class_filter"]["mode"] == flt.active_mode
@@ -156,6 +165,8 @@ def test_class_filter_picks_the_classifier_that_works_on_the_real_images():
     flt = ClassFilter(emb, classes).fit(real, real_labels)
     # the random CLIP cannot read the class names; the prototypes separate the real images perfectly
     assert flt.active_mode == "prototypes" and flt.report["prototype_accuracy_on_real_leave_one_out"] == 1.0
+    noise = rng.normal(size=(12, emb.dim)).astype(np.float32)  # embeddings that carry no class at all
+    assert ClassFilter(emb, classes).fit(noise, real_labels).active_mode == "off"
     new = centres[[0, 1, 2, 1]] + 0.1 * rng.normal(size=(4, emb.dim)).astype(np.float32)
     checks = flt.check(new, ["0", "1", "2", "2"])
     assert [f for f, _ in checks] == ["", "", "", "off-class"]
