@@ -225,8 +225,9 @@ def test_background_job_progress_and_result(crafter):
     assert [len(b) for b in seen] == [4, 4, 2] and sum(seen, []) == ids
 
 
-def test_feedback_selection_and_errors(crafter):
-    ids = crafter.generate(per_class=1, strategy="class", progress=False)
+def test_feedback_selection_and_errors(crafter, capsys):
+    ids = crafter.generate(per_class=1, strategy="class")  # plain Python: a tqdm bar on stderr
+    assert "generating round" in capsys.readouterr().err
     events = []
     crafter.on("feedback", events.append)
     crafter.on("selection", events.append)
