@@ -801,6 +801,52 @@ class DataCrafter:
         dd.save_to_disk(str(out))
         return out
 
+    # ---- per-round metrics (metrics.py) -------------------------------------------------------------
+    @property
+    def student(self) -> Any:
+        """The current student (trained here, given in models, or saved in the project), or None."""
+        from .student import StudentError
+
+        try:
+            return self._current_student()
+        except StudentError:
+            return None
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        """One row per generation round: informativeness, class maintenance, diversity, distance (CMMD,
+        metrics.py), with the strategies and flag / bad-feedback counts. Class probabilities come from
+        the class filter's classifier (zero-shot when no classifier works on the real images)."""
+        from .metrics import round_metrics
+
+        emb_model = self.models.require("embedder", "crafter.metrics")
+        s = self.store.samples
+        gen = s[s["source"] == "generated"]
+        if not len(gen):
+            return pd.DataFrame(columns=["round", "n_generated"])
+        real = s[(s["source"] == "real") & (s["split"] == "train")]
+        real_emb = self.embeddings(real["id"].tolist())
+        flt = ClassFilter(emb_model, self.classes, mode=self.filter_mode).fit(real_emb, real["label"].tolist())
+        if flt.active_mode == "off":  # no classifier works: fall back to zero-shot for the numbers
+            flt = ClassFilter(emb_model, self.classes, mode="zero-shot")
+        index = {c: i for i, c in enumerate(self.classes)}
+        real_probs = flt.probabilities(real_emb)
+        real_labels = np.array([index[x] for x in real["label"]])
+        parent_probs = dict(zip(real["id"], real_probs))
+        rows = []
+        for rnd, g in gen.groupby("round", sort=True):
+            g_emb = self.embeddings(g["id"].tolist())
+            probs = flt.probabilities(g_emb)
+            seeds = np.array([parent_probs.get(p, np.full(len(self.classes), np.nan)) for p in g["parent_id"]],
+                             dtype=np.float32)
+            row = round_metrics(probs, np.array([index[x] for x in g["label"]]), g_emb, real_emb, seed_probs=seeds,
+                                real_probs=real_probs, real_labels=real_labels, round=int(rnd))
+            row["strategies"] = ",".join(sorted(set(g["strategy"])))
+            row["flagged"] = int((g["flag"] != "").sum())
+            row["bad"] = int((g["feedback"] == "bad").sum())
+            rows.append(row)
+        return pd.DataFrame(rows)
+
     # ---- lifetime -----------------------------------------------------------------------------------------
     def close(self) -> None:
         """Release the project lock (cancels a running job first)."""

@@ -411,3 +411,42 @@ def test_an_interrupted_import_resumes_without_duplicates(ds, tmp_path):
         s = c.samples
         assert (s["split"] == "train").sum() == len(ds.train) and (s["split"] == "test").sum() == len(ds.test)
         assert not s.duplicated(["hash", "split"]).any()
+
+
+def test_the_whole_loop_through_the_controller(ds, tmp_path):
+    """student -> metrics -> feedback -> evolve -> generate_evolved -> GAP, all via the public API."""
+    model, preprocess, tokenizer = tiny_open_clip()
+    models = dc.Models(generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=STEPS),
+                       embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))  # own: gets a student
+    crafter = dc.DataCrafter(ds, models=models, project=tmp_path / "loop")
+    ids = crafter.generate(per_class=1, strategy="class", filter=False, progress=False)
+    student = crafter.train_student(epochs=1, progress=False)
+    assert crafter.student is student and (crafter.project / "student" / "student.json").is_file()
+    result = crafter.evaluate()
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["n"] == len(crafter.dataset.test)
+    m = crafter.metrics
+    assert m["round"].tolist() == [1] and m.loc[0, "n_generated"] == len(ids)
+    assert {"informativeness", "class_maintenance", "diversity", "distance", "flagged", "bad"} <= set(m.columns)
+    assert m.loc[0, "strategies"] == "class" and 0.0 <= m.loc[0, "class_maintenance"] <= 1.0
+
+    crafter.feedback(bad=ids[:2], good=ids[2:4], bad_labels=["blurry"])
+    bad_classes = sorted(crafter.store.row(i)["label"] for i in ids[:2])
+    evolved = crafter.evolve(classes=bad_classes, population=2, generations=1, batch=1, progress=False)
+    assert sorted(evolved.prompts) == bad_classes
+    new = crafter.generate_evolved(per_class=1, progress=False)
+    rows = crafter.samples.set_index("id").loc[new]
+    assert sorted(rows["label"]) == bad_classes and set(rows["strategy"]) == {"custom"}
+    assert rows["prompt"].tolist() == [evolved.prompts[c] for c in rows["label"]]
+
+    gap = crafter.adversarial(target="a digit on any background", steps=1, per_class=1, sampler_steps=1,
+                              final_steps=2, n_tokens=1, batch=1, progress=False)
+    assert len(gap) == len(crafter.classes)
+    assert set(crafter.samples.set_index("id").loc[gap, "strategy"]) == {"gap"}
+    assert crafter.rounds[-1]["strategies"] == ["gap"] and crafter.rounds[-1]["status"] == "done"
+    assert np.array_equal(np.asarray(crafter.regenerate(gap[0])), np.asarray(crafter.store.image(gap[0])))
+    assert crafter.metrics["round"].tolist() == [1, 2, 3]
+    crafter.close()
+    with dc.DataCrafter.open(crafter.project, models=crafter.models) as again:
+        again.models.student = None
+        assert again.student is not None  # reloaded from the project folder
+        assert again.evaluate()["accuracy"] == result["accuracy"]
