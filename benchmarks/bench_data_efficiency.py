@@ -50,6 +50,11 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def student_epochs(n: int, args) -> int:
+    """Epochs giving about args.student_steps optimiser steps (batch 32), at least 20."""
+    return max(20, math.ceil(args.student_steps / math.ceil(n / 32)))
+
+
 def accepted_by_class(store, ids, classes) -> dict[str, list[str]]:
     """Accepted generated ids per class, in generation order (flag-free, not marked bad)."""
     s = store.samples.set_index("id").loc[list(ids)]
@@ -68,22 +73,22 @@ def take(pools: list[dict[str, list[str]]], classes, k: int) -> list[str]:
     return out
 
 
-def measure(models, ds, student_epochs: int) -> dict[str, float]:
+def measure(models, ds, args) -> dict[str, float]:
     """Seconds per generated image (txt2img), per GAP step, per student training on 250 images."""
     gen = models.generator
     t = time.time()
     gen(["a photo of a 3"] * 8, seed=0, batch_size=8)
     per_image = (time.time() - t) / 8
-    s0 = train_student(ds.images(), ds.labels, ds.classes, epochs=2, progress=False)
+    s0 = train_student(ds.images(), ds.labels, ds.classes, epochs=2, width=args.width, progress=False)
     from datacrafter_widget.adversarial import optimise_prompt_tokens
 
     t = time.time()
-    optimise_prompt_tokens(gen, s0, "3", steps=2, batch=4, sampler_steps=4, n_tokens=4, lr=1e-2)
+    optimise_prompt_tokens(gen, s0, "3", steps=2, batch=args.gap_batch, sampler_steps=4, n_tokens=4, lr=1e-2)
     per_gap_step = (time.time() - t) / 2
     imgs = ds.images() * 5
     t = time.time()
-    train_student(imgs, ds.labels * 5, ds.classes, epochs=2, progress=False)
-    per_train = (time.time() - t) / 2 * student_epochs
+    train_student(imgs, ds.labels * 5, ds.classes, epochs=2, width=args.width, progress=False)
+    per_train = (time.time() - t) / 2 * student_epochs(250, args)
     return {"gen_image_s": per_image, "gap_step_s": per_gap_step, "train_250_s": per_train}
 
 
@@ -98,7 +103,8 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
     def score(strategy: str, n: int, ids: list[str], store, extra: dict | None = None) -> None:
         images = real_images + [store.image(i) for i in ids]
         labels = real_labels + [store.row(i)["label"] for i in ids] if ids else real_labels
-        st = train_student(images, labels, classes, epochs=args.epochs, seed=seed, progress=False)
+        st = train_student(images, labels, classes, epochs=student_epochs(len(images), args), width=args.width,
+                           seed=seed, progress=False)
         ev = evaluate(st, test)
         rows.append({"seed": seed, "strategy": strategy, "N": n, "used": len(ids), "accuracy": ev["accuracy"],
                      "worst_class": float(ev["per_class"]["accuracy"].min()), **(extra or {})})
@@ -111,12 +117,17 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
         base = seed * 1_000_000
         student0 = score("none", 0, [], store)
         pools: dict[str, list[dict[str, list[str]]]] = {}
+        class_ids: list[str] = []
+        if "loop" in strategies and "class" not in strategies:
+            raise SystemExit("the loop strategy starts from the class-prompt images: include 'class' in --strategies")
         info: dict[str, dict] = {}
         for strat in ("class", "caption", "perturb"):
             if strat not in strategies:
                 continue
             t = time.time()
             ids = crafter.generate(per_class=kmax, strategy=strat, seed=base + 10_000 * len(pools) + 1, progress=False)
+            if strat == "class":
+                class_ids = list(ids)
             pools[strat] = [accepted_by_class(store, ids, classes)]
             info[strat] = {"gen_s": time.time() - t, "generated": len(ids)}
             n_ok = sum(len(v) for v in pools[strat][0].values())
@@ -124,7 +135,11 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
         if "loop" in strategies:
             t = time.time()
             half = math.ceil(kmax / 2)
-            ids1 = crafter.generate(per_class=half, strategy="class", seed=base + 500_001, progress=False)
+            # Round 1 of the loop is the first half of the class-prompt images (the same images the
+            # "class" row uses), so the loop adds feedback, evolution and one regeneration round.
+            s_all = store.samples
+            cls_rows = s_all[s_all["id"].isin(class_ids)]
+            ids1 = [i for c in classes for i in cls_rows[cls_rows["label"] == c]["id"].tolist()[:half]]
             fb1 = simulated_feedback(crafter, ids1, checker)
             log(f"seed {seed} loop: round 1 done ({time.time() - t:.0f}s), evolving")
             result = evolve_store(store, classes=classes, generate=generator_fn(models.generator), embedder=models.embedder,
@@ -149,11 +164,12 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
         if "gap" in strategies:
             t = time.time()
             target_images = ds.pool.images(list(range(0, len(ds.pool), max(1, len(ds.pool) // 40))))
-            cfg = GapConfig(steps=args.gap_steps, lr=args.gap_lr, n_tokens=4, sampler_steps=4, batch=4,
+            cfg = GapConfig(steps=args.gap_steps, lr=args.gap_lr, n_tokens=4, sampler_steps=4, batch=args.gap_batch,
                             final_steps=models.generator.default_steps, guidance=models.generator.default_guidance,
                             template="a photo of a {class}", image_weight=args.gap_image_weight)
             ids, res = gap_round(store, models.generator, student0, classes, target_images=target_images,
-                                 embedder=models.embedder, per_class=kmax, round=90, seed=seed, config=cfg)
+                                 embedder=models.embedder, per_class=kmax, round=90, seed=seed, config=cfg,
+                                 shared=args.gap_shared)
             # GAP images go through the same class filter as every other strategy.
             from datacrafter_widget.class_filter import ClassFilter
 
@@ -185,14 +201,21 @@ def load_models(weights: str | None):
     return load_starter_models(weights_dir=weights)
 
 
-def load_checker(steps: int | None):
+def load_checker(steps: int | None, weights: str | None = None):
+    """The starter's independent checker: saved weights, a fresh training run, or the cached default."""
     from datacrafter_widget.headless import _starter_checker
+    from datacrafter_widget.starter import checker as ck
 
+    if weights:
+        from safetensors.torch import load_file
+
+        net = ck.CheckerNet()
+        net.load_state_dict(load_file(weights))
+        inst = ck.Checker(net=net.eval())
+        return lambda images: pd.DataFrame(inst.predict(list(images)))
     if steps is None:
         return _starter_checker()
-    from datacrafter_widget.starter.checker import train_checker
-
-    inst = train_checker(steps=steps)
+    inst = ck.train_checker(steps=steps)
     return lambda images: pd.DataFrame(inst.predict(list(images)))
 
 
@@ -221,16 +244,20 @@ def main() -> int:
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--shots", type=int, default=5)
     p.add_argument("--spurious", type=float, default=0.95)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--student-steps", type=int, default=200, help="optimiser steps per student training (batch 32)")
+    p.add_argument("--width", type=int, default=16, help="student CNN width (16 keeps the benchmark inside its budget)")
     p.add_argument("--population", type=int, default=3)
-    p.add_argument("--evolve-batch", type=int, default=3)
-    p.add_argument("--gap-steps", type=int, default=20)
-    p.add_argument("--gap-lr", type=float, default=1e-2)
+    p.add_argument("--evolve-batch", type=int, default=2)
+    p.add_argument("--gap-steps", type=int, default=6, help="optimisation steps per class (total if --gap-shared)")
+    p.add_argument("--gap-lr", type=float, default=2e-2)
+    p.add_argument("--gap-batch", type=int, default=3)
+    p.add_argument("--gap-shared", action="store_true", help="one token set for all classes")
     p.add_argument("--gap-image-weight", type=float, default=10.0)
     p.add_argument("--budget-min", type=float, default=15.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=None, help="sampler steps for generation (default: the model's)")
     p.add_argument("--weights", default=None, help="starter weights folder (default: the shipped ones)")
+    p.add_argument("--checker-weights", default=None, help="safetensors of a trained starter checker (CheckerNet)")
     p.add_argument("--checker-steps", type=int, default=None, help="train the checker for this many steps instead of loading it")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -240,17 +267,17 @@ def main() -> int:
     models = load_models(args.weights)
     if args.steps:
         models.generator.default_steps = int(args.steps)
-    checker = load_checker(args.checker_steps)
+    checker = load_checker(args.checker_steps, args.checker_weights)
     log(f"models and checker ready ({time.time() - t0:.0f}s)")
     ds0 = dc.starter.colored_digits(shots=args.shots, spurious=args.spurious, seed=0)
-    speed = measure(models, ds0, args.epochs)
+    speed = measure(models, ds0, args)
     log("speed: " + json.dumps({k: round(v, 3) for k, v in speed.items()}))
     kmax = max(ns)
-    gen_per_seed = sum(kmax for s in ("class", "caption", "perturb", "loop", "gap") if s in strategies)
+    gen_per_seed = sum(kmax if s != "loop" else kmax // 2 for s in ("class", "caption", "perturb", "loop", "gap") if s in strategies)
     evolve_images = 10 * (args.population + 1) * args.evolve_batch if "loop" in strategies else 0
     trainings = 1 + len([s for s in strategies if s != "none"]) * len(ns)
-    mean_train = speed["train_250_s"] * (50 + kmax / 2 + 50) / 250  # average training-set size over N
-    per_seed = (gen_per_seed + evolve_images) * speed["gen_image_s"] + 10 * args.gap_steps * speed["gap_step_s"] * ("gap" in strategies) \
+    mean_train = speed["train_250_s"]  # a fixed number of optimiser steps, whatever the set size
+    per_seed = (gen_per_seed + evolve_images) * speed["gen_image_s"] + (1 if args.gap_shared else 10) * args.gap_steps * speed["gap_step_s"] * ("gap" in strategies) \
         + trainings * mean_train
     seeds = args.seeds or max(1, min(3, int(args.budget_min * 60 / per_seed)))
     log(f"plan: {seeds} seed(s) x ({gen_per_seed} + ~{evolve_images} evolution images, {trainings} student trainings); "
