@@ -57,7 +57,7 @@ class Embedder:
         """Load `arch` with a pretrained tag (downloads on a user's machine) or a local checkpoint file."""
         import open_clip
 
-        if arch not in open_clip.list_models():
+        if arch not in open_clip.list_models() and not arch.startswith(("hf-hub:", "local-dir:")):
             raise ValueError(f"unknown open_clip architecture {arch!r}: see open_clip.list_models() (e.g. 'ViT-B-32')")
         looks_like_path = pretrained is not None and (
             Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") or "/" in pretrained or "\\" in pretrained
