@@ -174,7 +174,10 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
             from datacrafter_widget.class_filter import ClassFilter
 
             emb = models.embedder.embed_images([store.image(i) for i in ids])
-            checks = ClassFilter(models.embedder, classes).check(emb, [store.row(i)["label"] for i in ids])
+            flt = ClassFilter(models.embedder, classes)
+            if hasattr(flt, "fit"):  # the same filter the controller fits on the real training images
+                flt.fit(models.embedder.embed_images(real_images), real_labels)
+            checks = flt.check(emb, [store.row(i)["label"] for i in ids])
             flagged = [i for i, (flag, _) in zip(ids, checks) if flag]
             if flagged:
                 store.update(flagged, flag="off-class")
