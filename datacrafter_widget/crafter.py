@@ -339,9 +339,9 @@ class DataCrafter:
             if s not in STRATEGIES:
                 raise StrategyError(f"unknown strategy {s!r}: use one of {list(STRATEGIES)}")
         use = check_classes(classes, self.classes)
-        rnd = round_number or self._next_round()
+        s = self.store.samples  # one copy of the table for the whole plan
+        rnd = round_number or self._next_round(s)
         base = int(seed) if seed is not None else rnd * ROUND_SEED_STRIDE
-        s = self.store.samples
         real = s[(s["source"] == "real") & (s["split"] == "train") & s["label"].isin(use)]
         captions: dict[str, str] = {}
         uncaptioned = 0
@@ -371,8 +371,8 @@ class DataCrafter:
             raise ValueError("a round entry needs its 'round' number: use crafter.next_round()")
         self._log_round(dict(entry))
 
-    def _next_round(self) -> int:
-        s = self.store.samples
+    def _next_round(self, samples: pd.DataFrame | None = None) -> int:
+        s = self.store.samples if samples is None else samples
         last = int(s["round"].max()) if len(s) else 0
         logged = max([int(r.get("round", 0)) for r in self.rounds] or [0])
         return max(last, logged) + 1
