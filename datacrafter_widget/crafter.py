@@ -6,8 +6,9 @@ widget talks to it through the documented hooks below (`on(event, fn)`, `selecti
 `generate(background=True)`, `feedback`), never to the models.
 
 Hooks for the other concerns (one module each, see docs/architecture.md):
-- projection (issue 5): `crafter.projection` returns `self._projection` (kind, id, text, x, y);
-  projection code sets it through `crafter.set_projection(frame)`, which fires "projection".
+- projection (issue 5): `crafter.projection` labels and places new samples through project_map.py
+  (labeler.py + projection.py) and returns kind, id, text, x, y; `update_projection()` does the
+  same and fires "projection"; `set_projection(frame)` shows a layout computed elsewhere.
 - widget (issue 6): `crafter.show()` / `_repr_mimebundle_` build the view with
   `datacrafter_widget.widget.crafter_view(crafter)`; subscribe to events with `crafter.on(...)`:
   "samples" (new ids stored), "feedback" (ids changed), "selection" (ids), "progress" (Job),
@@ -25,6 +26,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,6 +43,7 @@ from .dataset import Dataset
 from .images import image_hash
 from .jobs import Job, JobContext, tqdm_listener
 from .models import MissingModelError, Models
+from .project_map import ProjectMap
 from .store import COLUMNS, SampleStore
 from .strategies import STRATEGIES, GenerationRequest, StrategyError, build_requests, check_classes, group_requests
 
@@ -131,6 +134,9 @@ class DataCrafter:
         self.job: Job | None = None
         self._selection: list[str] = []
         self._projection: pd.DataFrame | None = None
+        self._map = ProjectMap(store)
+        self._map_lock = threading.RLock()
+        self._labeler: Any = None
         self._listeners: dict[str, list[Callable[..., None]]] = {e: [] for e in EVENTS}
 
     # ---- real images ----------------------------------------------------------------------------
@@ -251,20 +257,74 @@ class DataCrafter:
 
     @property
     def projection(self) -> pd.DataFrame:
-        """kind (image | label), id, text, x, y. Filled by the projection step (set_projection)."""
+        """kind (image | label), id, text, x, y (+ members on label rows): every sample and the content
+        labels in one 2D map (M2M, projection.py). Samples added since the last call are placed first,
+        incrementally, when an embedder is available; without one, the last stored map is returned."""
+        if self.models.has("embedder") and len(self.store) >= 2:
+            self._update_projection(full=False, emit=False)
+        elif self._projection is None and self._map.layout is not None:
+            self._projection = self._map.stored_frame(self.store.samples)
         if self._projection is None:
             return pd.DataFrame({"kind": pd.Series(dtype="string"), "id": pd.Series(dtype="string"),
                                  "text": pd.Series(dtype="string"), "x": pd.Series(dtype="float32"),
                                  "y": pd.Series(dtype="float32")})
         return self._projection.copy()
 
+    def update_projection(self, *, full: bool = False) -> pd.DataFrame:
+        """Label and place new samples in the map (or, with full=True, lay everything out anew)."""
+        self.models.require("embedder", "the projection (content labels and the 2D map)")
+        if len(self.store) < 2:
+            raise ValueError("the projection needs at least two images: add real images or generate some first")
+        return self._update_projection(full=full, emit=True)
+
+    def _update_projection(self, *, full: bool, emit: bool) -> pd.DataFrame:
+        with self._map_lock:
+            s = self.store.samples
+            ids = s["id"].astype(str).tolist()
+            if not full and self._projection is not None and self._map.ids == ids:
+                return self._projection
+            emb = self.embeddings(ids)
+            labels = self._map.labels(s, emb, self.labeler, self.store.image)
+            embedder = self.models.embedder
+            frame = self._map.update(s, emb, labels, lambda texts: embedder.embed_texts(list(texts)), full=full)
+            self._projection = frame
+        if emit:
+            self._emit("projection", self.projection)
+        return frame
+
+    @property
+    def labeler(self) -> Any:
+        """The content labeler: models.labeler, or a CLIP vocabulary labeler built from the class names
+        and the real captions; CLIP labelers are calibrated on the real images' embeddings."""
+        if self._labeler is None:
+            from .labeler import ClipVocabularyLabeler
+
+            embedder = self.models.require("embedder", "content labels")
+            real = self.store.samples
+            real = real[real["source"] == "real"]
+            labeler = self.models.labeler if self.models.has("labeler") else ClipVocabularyLabeler(
+                embedder, class_names=self.classes, captions=[c for c in real["caption"].astype(str) if c])
+            if hasattr(labeler, "calibrate") and len(real):
+                labeler.calibrate(self.embeddings(real["id"].tolist()))
+            self._labeler = labeler
+        return self._labeler
+
+    def content_labels(self, ids: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """Content labels per sample id (computed and cached by image hash on first use)."""
+        s = self.store.samples
+        if ids is not None:
+            s = s.set_index("id").loc[self._check_ids(ids)].reset_index()
+        emb = self.embeddings(s["id"].astype(str).tolist())
+        labels = self._map.labels(s, emb, self.labeler, self.store.image)
+        return dict(zip(s["id"].astype(str), labels))
+
     def set_projection(self, frame: pd.DataFrame) -> None:
-        """Hook for projection.py: store the latest layout table and tell the views."""
+        """Show a layout computed elsewhere (kind, id, text, x, y) and tell the views."""
         missing = [c for c in ("kind", "id", "text", "x", "y") if c not in frame.columns]
         if missing:
             raise ValueError(f"projection frame lacks columns {missing}: it needs kind, id, text, x, y")
         self._projection = frame.copy()
-        self._emit("projection", self.projection)
+        self._emit("projection", self._projection.copy())
 
     # ---- widget hooks ---------------------------------------------------------------------------------
     def show(self) -> Any:
