@@ -1,23 +1,39 @@
-"""datacrafter-widget: expand a small labelled image dataset with diffusion-model images, person in the loop."""
+"""datacrafter-widget: expand a small labelled image dataset with diffusion-model images, person in the loop.
+
+The model-facing names (DataCrafter, Models, Generator, ...) import torch, diffusers and open_clip;
+they load on first use so that `import datacrafter_widget` and the CLI start quickly.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
 from . import starter
-from .captioner import Captioner, RetrievalCaptioner
-from .crafter import DataCrafter
 from .dataset import Dataset, DatasetError
-from .embedder import Embedder
-from .generator import Generator
-from .models import MissingModelError, Models
 
 __version__ = "0.1.0"
-__all__ = [
-    "Captioner",
-    "DataCrafter",
-    "Dataset",
-    "DatasetError",
-    "Embedder",
-    "Generator",
-    "MissingModelError",
-    "Models",
-    "RetrievalCaptioner",
-    "starter",
-    "__version__",
-]
+
+_LAZY = {
+    "Captioner": "captioner",
+    "RetrievalCaptioner": "captioner",
+    "DataCrafter": "crafter",
+    "Embedder": "embedder",
+    "Generator": "generator",
+    "MissingModelError": "models",
+    "Models": "models",
+    "SampleStore": "store",
+}
+
+__all__ = ["Dataset", "DatasetError", "starter", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'datacrafter_widget' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
