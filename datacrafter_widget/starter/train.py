@@ -202,12 +202,14 @@ def _log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def train_clip(train: PoolData, steps: int, batch: int, seed: int, lr: float = 2e-3,
-               config: dict[str, Any] | None = None, digit_only: float = 0.35) -> torch.nn.Module:
+               config: dict[str, Any] | None = None, digit_only: float = 0.35, aux_weight: float = 1.0) -> torch.nn.Module:
     """Contrastive training (open_clip ClipLoss) of the starter CLIP on pool images and caption variants.
 
-    Two things make digits learnable on a CPU budget: token embeddings start TOKEN_INIT_STD wide (at
-    open_clip's 0.02 the digit words start near-identical and colours, the easy signal, win), and
-    `digit_only` of the captions name only the digit, so colours alone cannot solve those pairs.
+    Pure contrastive training got stuck on this budget: colours (the easy signal) were learnt, digits
+    stayed at chance in both towers (a saddle: text digit features identical -> no digit gradient for
+    images, and vice versa). Three things break it: an auxiliary digit-classification loss on the image
+    embedding (a linear head, discarded after training), `digit_only` of the captions naming only the
+    digit, and token embeddings starting TOKEN_INIT_STD wide.
     """
     from open_clip import ClipLoss
 
@@ -215,8 +217,12 @@ def train_clip(train: PoolData, steps: int, batch: int, seed: int, lr: float = 2
     model = build_clip(config or FINAL_CLIP_CONFIG)
     with torch.no_grad():
         model.token_embedding.weight.normal_(0.0, TOKEN_INIT_STD)
+    embed_dim = int((config or FINAL_CLIP_CONFIG)["embed_dim"])
+    aux_head = torch.nn.Linear(embed_dim, len(CLASSES))
+    digit_index = {d: i for i, d in enumerate(CLASSES)}
     tok = open_clip_tokenizer(CONTEXT_LENGTH)
-    opt = torch.optim.AdamW(_param_groups(model, 0.1), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(_param_groups(model, 0.1) + [{"params": list(aux_head.parameters()), "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -234,8 +240,11 @@ def train_clip(train: PoolData, steps: int, batch: int, seed: int, lr: float = 2
             token_cache[t] = tok([t])[0]
         tokens = torch.stack([token_cache[t] for t in texts])
         images = clip_preprocess(random_shift(train.images[idx], gen).round().clamp(0, 255))
-        img_f, txt_f, scale = model(images, tokens)
-        loss = loss_fn(img_f, txt_f, scale)
+        img = model.encode_image(images)
+        txt_f = model.encode_text(tokens, normalize=True)
+        loss = loss_fn(F.normalize(img, dim=-1), txt_f, model.logit_scale.exp())
+        target = torch.tensor([digit_index[str(train.digit[i])] for i in idx])
+        loss = loss + aux_weight * F.cross_entropy(aux_head(img), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -315,9 +324,13 @@ def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 def train_unet(train: PoolData, latents: torch.Tensor, tokenizer, steps: int, batch: int, seed: int,
-               lr: float = 1e-3, ema_decay: float = 0.998, on_checkpoint=None, every: int = 0) -> torch.nn.ModuleDict:
-    """Denoising training of the UNet *and* its own small CLIPTextModel (trained jointly, like LDM's
-    text encoder), 10% empty prompts for classifier-free guidance. Returns EMA {"unet", "text_encoder"}.
+               lr: float = 1e-3, ema_decay: float = 0.998, on_checkpoint=None, every: int = 0,
+               text_encoder=None) -> torch.nn.ModuleDict:
+    """Denoising training of the UNet, 10% empty prompts for classifier-free guidance.
+
+    With `text_encoder` (the starter CLIP's text tower as a CLIPTextModel) it stays frozen and its
+    token states are cached; without one, a fresh CLIPTextModel is trained jointly (like LDM).
+    Returns the EMA {"unet", "text_encoder"}.
     """
     import copy
 
@@ -325,27 +338,39 @@ def train_unet(train: PoolData, latents: torch.Tensor, tokenizer, steps: int, ba
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**UNET_CONFIG)
-    text_encoder = clip_text_to_hf(build_clip(CLIP_CONFIG)).train().requires_grad_(True)
-    with torch.no_grad():
-        text_encoder.get_input_embeddings().weight.normal_(0.0, TOKEN_INIT_STD)
+    frozen = text_encoder is not None
+    if frozen:
+        text_encoder = text_encoder.eval().requires_grad_(False)
+    else:
+        text_encoder = clip_text_to_hf(build_clip(CLIP_CONFIG)).train().requires_grad_(True)
+        with torch.no_grad():
+            text_encoder.get_input_embeddings().weight.normal_(0.0, TOKEN_INIT_STD)
     joint = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
     ema = copy.deepcopy(joint).eval().requires_grad_(False)
     sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one", "steps_offset")})
     alphas = sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    opt = torch.optim.AdamW(_param_groups(joint, 0.01), lr=lr)
+    opt = torch.optim.AdamW(_param_groups(joint["unet"] if frozen else joint, 0.01), lr=lr)
     rng = np.random.default_rng(seed + 2)
     gen = torch.Generator().manual_seed(seed + 2)
     cache: dict[str, torch.Tensor] = {}
 
     def encode(texts: list[str]) -> torch.Tensor:
+        if frozen:
+            new = sorted(set(texts) - cache.keys())
+            if new:
+                with torch.no_grad():
+                    ids = tokenizer(new, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                                    return_tensors="pt").input_ids
+                    cache.update(zip(new, text_encoder(ids).last_hidden_state))
+            return torch.stack([cache[t] for t in texts])
         for t in set(texts) - cache.keys():
             cache[t] = tokenizer([t], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                                  return_tensors="pt").input_ids[0]
         return text_encoder(torch.stack([cache[t] for t in texts])).last_hidden_state
 
     n = len(latents)
-    joint.train()
+    joint["unet"].train()
     t0 = time.time()
     for step in range(steps):
         for g in opt.param_groups:
@@ -414,6 +439,11 @@ def save_unet(out: Path, joint: torch.nn.ModuleDict, info: dict[str, Any]) -> No
 
     joint["unet"].save_pretrained(str(out / "unet"), safe_serialization=True)
     te = joint["text_encoder"]
+    if info.get("text_encoder") == "clip_text_tower":      # the loader rebuilds it from clip.safetensors
+        for name in ("text_encoder.safetensors", "text_encoder_config.json"):
+            (out / name).unlink(missing_ok=True)
+        (out / "training.json").write_text(json.dumps(info, indent=2))
+        return
     used = set(open_clip_tokenizer(CONTEXT_LENGTH)(all_vocabulary_texts()).flatten().tolist())
     sd = {k: v.detach().float().contiguous() for k, v in te.state_dict().items() if "position_ids" not in k}
     key = next(k for k in sd if k.endswith("token_embedding.weight"))
@@ -440,6 +470,9 @@ def _stage_vae(args, train: PoolData) -> None:
 def _stage_unet(args, train: PoolData, t_start: float) -> dict[str, Any]:
     from diffusers import AutoencoderKL
 
+    from .loader import load_clip
+
+    clip, _ = load_clip(args.out)                      # the shipped CLIP: its text tower is the text encoder
     vae = AutoencoderKL.from_pretrained(str(args.out / "vae")).eval()
     latents = encode_latents(vae, train.images)
     record = {n: json.loads((args.out / f"{n}_training.json").read_text()) for n in ("clip", "vae")
@@ -461,8 +494,9 @@ def _stage_unet(args, train: PoolData, t_start: float) -> dict[str, Any]:
 
     t = time.time()
     tokenizer = hf_clip_tokenizer(CONTEXT_LENGTH)
+    info["text_encoder"] = "clip_text_tower"
     unet = train_unet(train, latents, tokenizer, args.unet_steps, args.unet_batch, args.seed,
-                      on_checkpoint=checkpoint, every=args.save_every)
+                      on_checkpoint=checkpoint, every=args.save_every, text_encoder=clip_text_to_hf(clip))
     info["seconds"]["unet"] = round(time.time() - t, 1)
     info.update({"unet_steps_done": args.unet_steps, "wall_seconds_total": round(time.time() - t_start, 1)})
     save_unet(args.out, unet, info)
