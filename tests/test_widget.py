@@ -367,21 +367,19 @@ def test_crafter_view_follows_the_projection(crafter) -> None:
     assert labels[0]["members"] == left and labels[0]["n"] == len(left)
 
 
-def test_crafter_view_shows_metrics_once_there_are_rounds(crafter) -> None:
+def test_crafter_view_shows_metrics_once_there_are_rounds(crafter, monkeypatch) -> None:
     import altair as alt
 
     from datacrafter_widget.widget import CrafterView
 
     view = CrafterView(crafter)
     assert view.chart is None and len(view.layout.children) == 1  # no rounds yet: no chart
-    # A controller that has metrics (crafter.metrics is issue 5's): one row per round.
-    crafter.metrics = pd.DataFrame({"round": [1], "distance": [0.4], "diversity": [0.2]})
-    try:
-        view.update_metrics()
-        assert isinstance(view.chart, alt.JupyterChart) and view.layout.children[-1] is view.chart
-        crafter.metrics = pd.DataFrame({"round": [1, 2], "distance": [0.4, 0.3], "diversity": [0.2, 0.25]})
-        view.update_metrics()
-        assert len(view.layout.children) == 2
-        assert len(view.chart.chart.to_dict()["datasets"][next(iter(view.chart.chart.to_dict()["datasets"]))]) == 4
-    finally:
-        del crafter.metrics
+    # crafter.metrics is a computed property (one row per round); stand in for two rounds of it.
+    table = {"df": pd.DataFrame({"round": [1], "distance": [0.4], "diversity": [0.2]})}
+    monkeypatch.setattr(type(crafter), "metrics", property(lambda self: table["df"]))
+    view.update_metrics()
+    assert isinstance(view.chart, alt.JupyterChart) and view.layout.children[-1] is view.chart
+    table["df"] = pd.DataFrame({"round": [1, 2], "distance": [0.4, 0.3], "diversity": [0.2, 0.25]})
+    view.update_metrics()
+    assert len(view.layout.children) == 2
+    assert len(view.chart.chart.to_dict()["datasets"][next(iter(view.chart.chart.to_dict()["datasets"]))]) == 4
