@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--variants", type=int, default=8, help="renderings of each pool scan")
     ap.add_argument("--clip-steps", type=int, default=500)
     ap.add_argument("--vae-steps", type=int, default=400)
-    ap.add_argument("--unet-steps", type=int, default=1800)
+    ap.add_argument("--unet-steps", type=int, default=1500)
     ap.add_argument("--clip-batch", type=int, default=128)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--unet-batch", type=int, default=64)
