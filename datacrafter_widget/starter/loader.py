@@ -9,6 +9,8 @@ into a transformers `CLIPTextModel` (the weights are shipped once, in `clip.safe
 """
 from __future__ import annotations
 
+import itertools
+
 import json
 from pathlib import Path
 from typing import Any
@@ -291,5 +293,7 @@ def load_starter_models(device: str = "cpu", weights_dir: str | Path = WEIGHTS_D
                         name=name.replace("starter/", "starter-clip/"), templates=("a photo of a {}",))
     captioner = RetrievalCaptioner(embedder, caption_vocabulary(), _compose_caption,
                                    name=name.replace("starter/", "starter-retrieval-captioner/"))
-    labeler = ClipVocabularyLabeler(embedder, class_names=CLASSES)
+    # The caption vocabulary lets the labeler read colour words the way the CLIP saw them in training.
+    captions = [_compose_caption(*combo) for combo in itertools.product(*caption_vocabulary().values())]
+    labeler = ClipVocabularyLabeler(embedder, class_names=CLASSES, captions=captions, max_captions=len(captions))
     return Models(generator=generator, embedder=embedder, captioner=captioner, labeler=labeler, name=name)
