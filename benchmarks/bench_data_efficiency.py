@@ -240,6 +240,32 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
     return html_path
 
 
+def report(rows: list[dict], infos: dict, args, speed: dict, seeds: int, t0: float) -> None:
+    """Print the table and write csv / json / plot for the seeds finished so far."""
+    table = pd.DataFrame(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    table.to_csv(RESULTS / "data_efficiency.csv", index=False)
+    agg = table.groupby(["strategy", "N"])["accuracy"].agg(["mean", "std", "count"]).reset_index()
+    used = table.groupby(["strategy", "N"])["used"].mean().reset_index()
+    agg = agg.merge(used, on=["strategy", "N"])
+    order = [s for s in STRATEGIES if s in set(agg["strategy"])]
+    wide = agg.assign(cell=[f"{m:.3f} ± {0 if math.isnan(s) else s:.3f}" for m, s in zip(agg["mean"], agg["std"])]) \
+        .pivot(index="strategy", columns="N", values="cell").reindex(order)
+    print()
+    print(f"student test accuracy (mean ± std over {seeds} seed(s)); shots={args.shots}, spurious={args.spurious}, "
+          f"test without the correlation; N = generated images added")
+    print(wide.to_string())
+    print()
+    print("accepted images used (mean):")
+    print(agg.pivot(index="strategy", columns="N", values="used").reindex(order).round(1).to_string())
+    html = plot(table, RESULTS / "data_efficiency")
+    summary = {"args": vars(args), "speed": speed, "seeds": seeds, "minutes": (time.time() - t0) / 60,
+               "info": {str(k): {s: {kk: vv for kk, vv in v.items() if kk != "evolution"} for s, v in i.items()} for k, i in infos.items()},
+               "evolution": {str(k): i.get("loop", {}).get("evolution", "") for k, i in infos.items()}}
+    (RESULTS / "data_efficiency.json").write_text(json.dumps(summary, indent=1, default=float))
+    log(f"wrote {RESULTS / 'data_efficiency.csv'}, {html}; total {(time.time() - t0) / 60:.1f} min")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: sized to the budget, max 3)")
@@ -290,28 +316,7 @@ def main() -> int:
         r, info = run_seed(seed, models, checker, ns, strategies, args)
         rows += r
         infos[seed] = info
-    table = pd.DataFrame(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    table.to_csv(RESULTS / "data_efficiency.csv", index=False)
-    agg = table.groupby(["strategy", "N"])["accuracy"].agg(["mean", "std", "count"]).reset_index()
-    used = table.groupby(["strategy", "N"])["used"].mean().reset_index()
-    agg = agg.merge(used, on=["strategy", "N"])
-    wide = agg.assign(cell=[f"{m:.3f} ± {0 if math.isnan(s) else s:.3f}" for m, s in zip(agg["mean"], agg["std"])]) \
-        .pivot(index="strategy", columns="N", values="cell")
-    wide = wide.reindex([s for s in STRATEGIES if s in wide.index])
-    print()
-    print(f"student test accuracy (mean ± std over {seeds} seed(s)); shots={args.shots}, spurious={args.spurious}, "
-          f"test without the correlation; N = generated images added")
-    print(wide.to_string())
-    print()
-    print("accepted images used (mean):")
-    print(agg.pivot(index="strategy", columns="N", values="used").reindex([s for s in STRATEGIES if s in wide.index]).round(1).to_string())
-    html = plot(table, RESULTS / "data_efficiency")
-    summary = {"args": vars(args), "speed": speed, "seeds": seeds, "minutes": (time.time() - t0) / 60,
-               "info": {str(k): {s: {kk: vv for kk, vv in v.items() if kk != "evolution"} for s, v in i.items()} for k, i in infos.items()},
-               "evolution": {str(k): i.get("loop", {}).get("evolution", "") for k, i in infos.items()}}
-    (RESULTS / "data_efficiency.json").write_text(json.dumps(summary, indent=1, default=float))
-    log(f"wrote {RESULTS / 'data_efficiency.csv'}, {html}; total {(time.time() - t0) / 60:.1f} min")
+        report(rows, infos, args, speed, seed + 1, t0)   # after every seed, so a cut-off run keeps its results
     return 0
 
 
