@@ -116,6 +116,10 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
         store = crafter.store
         base = seed * 1_000_000
         student0 = score("none", 0, [], store)
+
+        def score_pool(strat, pool, store):   # right away, so a run cut short keeps what it measured
+            for n in ns:
+                score(strat, n, take(pool, classes, n // len(classes)), store)
         pools: dict[str, list[dict[str, list[str]]]] = {}
         class_ids: list[str] = []
         if "loop" in strategies and "class" not in strategies:
@@ -130,6 +134,7 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
                 class_ids = list(ids)
             pools[strat] = [accepted_by_class(store, ids, classes)]
             info[strat] = {"gen_s": time.time() - t, "generated": len(ids)}
+            score_pool(strat, pools[strat], store)
             n_ok = sum(len(v) for v in pools[strat][0].values())
             log(f"seed {seed} {strat}: {len(ids)} images in {time.time() - t:.0f}s, {len(ids) - n_ok} flagged off-class")
         if "loop" in strategies:
@@ -154,6 +159,7 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
             if rest:
                 ids2 += crafter.generate(per_class=half, strategy="class", classes=rest, seed=base + 700_001, progress=False)
             pools["loop"] = [accepted_by_class(store, ids1, classes), accepted_by_class(store, ids2, classes)]
+            score_pool("loop", pools["loop"], store)
             info["loop"] = {"gen_s": time.time() - t, "generated": len(ids1) + len(ids2),
                             "off_prompt_before": fb1["bad"] / max(1, fb1["checked"]),
                             "off_prompt_after": fb2["bad"] / max(1, fb2["checked"]),
@@ -182,13 +188,11 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
             if flagged:
                 store.update(flagged, flag="off-class")
             pools["gap"] = [accepted_by_class(store, ids, classes)]
+            score_pool("gap", pools["gap"], store)
             adv0 = np.mean([r.history[0]["adversarial"] for r in res.values()])
             adv1 = np.mean([np.mean([h["adversarial"] for h in r.history[-3:]]) for r in res.values()])
             info["gap"] = {"gen_s": time.time() - t, "generated": len(ids), "adv_first": adv0, "adv_last": adv1}
             log(f"seed {seed} gap ({time.time() - t:.0f}s): adversarial loss {adv0:.3f} -> {adv1:.3f}, {len(flagged)} flagged off-class")
-        for strat, pool in pools.items():
-            for n in ns:
-                score(strat, n, take(pool, classes, n // len(classes)), store)
         crafter.close()
     for r in rows:
         r.update({k: v for k, v in info.get(r["strategy"], {}).items() if k in ("gen_s", "off_prompt_before", "off_prompt_after")})
