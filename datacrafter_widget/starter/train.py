@@ -6,6 +6,9 @@ Three stages, all on the colored-digits `pool` split, seeded, CPU only:
 3. a small diffusers UNet2DConditionModel (epsilon prediction, DDPM noise schedule), conditioned on
    the CLIP text tower's token states (frozen, converted to a transformers CLIPTextModel), with 10%
    empty-prompt dropout so classifier-free guidance and negative prompts work.
+(The shipped versions: a ResNet-image CLIP, an 8x8x4-latent VAE whose decoder is then fine-tuned with
+the encoder frozen, and a UNet trained in two phases: 1500 steps, then 2500 more from its EMA weights
+at a lower lr; see MODEL_CARD.md.)
 Held out from all training: 10% of the pool's source scans (to measure CLIP zero-shot) and the
 (digit, foreground, background) triples in HELDOUT_TRIPLES (to measure prompt following on unseen
 attribute combinations). Writes safetensors + json configs to `--out` (default: starter/weights).
@@ -72,7 +75,10 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
     "prediction_type": "epsilon", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
 }
-DEFAULT_GUIDANCE = 4.0
+DEFAULT_GUIDANCE = 6.0
+# Karras sigma spacing for the DPM-Solver sampler ("DPM++ 2M Karras"): spends more of the 20 steps at low
+# noise, so image-to-image at strength 0.3 starts from sigma ~0.27 (t ~ 70) instead of ~0.83 (t ~ 300).
+SAMPLER_KARRAS_SIGMAS = True
 DEFAULT_STEPS = 20
 
 
@@ -312,6 +318,51 @@ def train_vae(train: PoolData, steps: int, batch: int, seed: int, lr: float = 2e
     return vae
 
 
+def finetune_vae_decoder(vae, train: PoolData, steps: int, batch: int, seed: int, lr: float = 1e-3,
+                         on_checkpoint=None, every: int = 0):
+    """Fine-tune only the VAE decoder (post_quant_conv + decoder); the encoder stays frozen.
+
+    The latent space (encoder, scaling factor) is unchanged, so a UNet trained on it stays valid. The
+    400-step VAE lost detail on decoding (checker on round trips of real held-out renders: digit 83%,
+    foreground 78% with red/orange confusions, vs 94% / 100% on the renders themselves). The posterior
+    (mean, std) of every training image is computed once; each step decodes mean + std * noise.
+    """
+    vae.eval()
+    with torch.no_grad():
+        stats = [vae.encode(to_unit(train.images[i:i + 256])).latent_dist for i in range(0, len(train.images), 256)]
+        mean = torch.cat([d.mean for d in stats])
+        std = torch.cat([d.std for d in stats])
+    params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
+    vae.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed + 5)
+    gen = torch.Generator().manual_seed(seed + 5)
+    n = len(mean)
+    vae.decoder.train()
+    t0 = time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _cosine_lr(step, steps, lr, warmup=max(1, steps // 20))
+        idx = rng.integers(0, n, size=min(batch, n))
+        x = to_unit(train.images[idx])
+        z = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
+        rec = vae.decode(z).sample
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            _log(f"vae-decoder step {step}/{steps} loss {loss.item():.4f} ({(time.time() - t0) / (step + 1):.2f}s/step)")
+        if on_checkpoint is not None and every and (step + 1) % every == 0 and step + 1 < steps:
+            vae.eval()
+            on_checkpoint(vae, step + 1)
+            vae.decoder.train()
+    vae.requires_grad_(False)
+    return vae.eval()
+
+
 @torch.no_grad()
 def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
     """Deterministic (posterior mean) scaled latents for the whole training set."""
@@ -325,19 +376,21 @@ def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
 
 def train_unet(train: PoolData, latents: torch.Tensor, tokenizer, steps: int, batch: int, seed: int,
                lr: float = 1e-3, ema_decay: float = 0.998, on_checkpoint=None, every: int = 0,
-               text_encoder=None) -> torch.nn.ModuleDict:
+               text_encoder=None, init_unet: str | Path | None = None, warmup: int | None = None,
+               stop_at: int | None = None) -> torch.nn.ModuleDict:
     """Denoising training of the UNet, 10% empty prompts for classifier-free guidance.
 
     With `text_encoder` (the starter CLIP's text tower as a CLIPTextModel) it stays frozen and its
     token states are cached; without one, a fresh CLIPTextModel is trained jointly (like LDM).
-    Returns the EMA {"unet", "text_encoder"}.
+    Returns the EMA {"unet", "text_encoder"}. With `init_unet` (a saved UNet folder) training resumes
+    from those weights (model and EMA start there; the optimizer state is fresh).
     """
     import copy
 
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
+    unet = UNet2DConditionModel(**UNET_CONFIG) if init_unet is None else UNet2DConditionModel.from_pretrained(str(init_unet))
     frozen = text_encoder is not None
     if frozen:
         text_encoder = text_encoder.eval().requires_grad_(False)
@@ -372,9 +425,9 @@ def train_unet(train: PoolData, latents: torch.Tensor, tokenizer, steps: int, ba
     n = len(latents)
     joint["unet"].train()
     t0 = time.time()
-    for step in range(steps):
+    for step in range(steps if stop_at is None else min(steps, stop_at)):   # stop_at: end early, same schedule
         for g in opt.param_groups:
-            g["lr"] = _cosine_lr(step, steps, lr, warmup=max(1, steps // 25))
+            g["lr"] = _cosine_lr(step, steps, lr, warmup=max(1, steps // 25) if warmup is None else max(1, warmup))
         idx = rng.integers(0, n, size=min(batch, n))
         texts = ["" if rng.random() < 0.1 else
                  sample_prompt(rng, train.digit[i], train.fg[i], train.bg[i], train.thickness[i], train.slant[i]) for i in idx]
@@ -390,7 +443,7 @@ def train_unet(train: PoolData, latents: torch.Tensor, tokenizer, steps: int, ba
         loss.backward()
         torch.nn.utils.clip_grad_norm_(joint.parameters(), 1.0)
         opt.step()
-        d = min(ema_decay, (1 + step) / (10 + step))
+        d = ema_decay if init_unet is not None else min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), joint.parameters()):
                 pe.lerp_(p, 1 - d)
@@ -423,8 +476,8 @@ def save_vae(out: Path, vae, seconds: float) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(str(out / "vae"), safe_serialization=True)
-    DPMSolverMultistepScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")}
-                                ).save_pretrained(str(out / "scheduler"))
+    DPMSolverMultistepScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")},
+                                use_karras_sigmas=SAMPLER_KARRAS_SIGMAS).save_pretrained(str(out / "scheduler"))
     (out / "generator.json").write_text(json.dumps({
         "name": MODEL_NAME, "default_steps": DEFAULT_STEPS, "default_guidance": DEFAULT_GUIDANCE, "resolution": 32,
     }, indent=2))
@@ -463,8 +516,25 @@ def _stage_clip(args, train: PoolData, held: PoolData) -> None:
 def _stage_vae(args, train: PoolData) -> None:
     t = time.time()
     vae = train_vae(train, args.vae_steps, args.vae_batch, args.seed)
+    if args.vae_decoder_steps > 0:
+        vae = finetune_vae_decoder(vae, train, args.vae_decoder_steps, args.vae_batch, args.seed)
     save_vae(args.out, vae, time.time() - t)
     _log("vae saved")
+
+
+def _stage_vae_decoder(args, train: PoolData) -> None:
+    """Decoder-only fine-tuning of the VAE already in --out (what the shipped VAE got after `--stage vae`
+    had been run with --vae-decoder-steps 0)."""
+    from diffusers import AutoencoderKL
+
+    t = time.time()
+    vae = AutoencoderKL.from_pretrained(str(args.out / "vae"))
+    vae = finetune_vae_decoder(vae, train, args.vae_decoder_steps, args.vae_batch, args.seed)
+    vae.save_pretrained(str(args.out / "vae"), safe_serialization=True)
+    prev = json.loads((args.out / "vae_training.json").read_text()) if (args.out / "vae_training.json").exists() else {}
+    prev.update({"decoder_finetune_steps": args.vae_decoder_steps, "decoder_finetune_seconds": round(time.time() - t, 1)})
+    (args.out / "vae_training.json").write_text(json.dumps(prev, indent=2))
+    _log("vae decoder fine-tuned and saved")
 
 
 def _stage_unet(args, train: PoolData, t_start: float) -> dict[str, Any]:
@@ -480,7 +550,8 @@ def _stage_unet(args, train: PoolData, t_start: float) -> dict[str, Any]:
     info: dict[str, Any] = {
         "command": "python -m datacrafter_widget.starter.train " + " ".join(args.argv),
         "seed": args.seed, "variants": args.variants, "training_renders": len(train.digit),
-        "steps": {"clip": args.clip_steps, "vae": args.vae_steps, "unet": args.unet_steps},
+        "steps": {"clip": args.clip_steps, "vae": args.vae_steps, "vae_decoder": args.vae_decoder_steps,
+                  "unet": args.unet_steps},
         "batch": {"clip": args.clip_batch, "vae": args.vae_batch, "unet": args.unet_batch},
         "threads_per_process": args.threads, "parallel_stages": args.jobs >= 2,
         "clip_zero_shot_heldout_scans": record.get("clip", {}).get("zero_shot_heldout_scans"),
@@ -495,10 +566,32 @@ def _stage_unet(args, train: PoolData, t_start: float) -> dict[str, Any]:
     t = time.time()
     tokenizer = hf_clip_tokenizer(CONTEXT_LENGTH)
     info["text_encoder"] = "clip_text_tower"
-    unet = train_unet(train, latents, tokenizer, args.unet_steps, args.unet_batch, args.seed,
-                      on_checkpoint=checkpoint, every=args.save_every, text_encoder=clip_text_to_hf(clip))
+    te = clip_text_to_hf(clip)
+    if args.resume is None:
+        unet = train_unet(train, latents, tokenizer, args.unet_steps, args.unet_batch, args.seed,
+                          on_checkpoint=checkpoint, every=args.save_every, text_encoder=te)
+        done = args.unet_steps
+    else:
+        done = args.resume_steps_before
+    if args.unet_resume_steps > 0:
+        # Phase 2: continue from the phase-1 UNet (its EMA weights) with a fresh optimizer, a lower lr, a
+        # slower EMA and seed + 1 (batches and noise do not repeat phase 1's); stops after --unet-resume-stop-at.
+        init = args.resume / "unet" if args.resume is not None else args.out / "unet"
+        if args.resume is None:
+            save_unet(args.out, unet, {**info, "unet_steps_done": done})
+        stop = args.unet_resume_stop_at or args.unet_resume_steps
+        info.update({"phase2": {"from": str(init), "steps_before": done, "schedule_steps": args.unet_resume_steps,
+                                "stopped_at": stop, "lr": args.resume_lr, "ema_decay": args.resume_ema, "seed": args.seed + 1}})
+
+        def checkpoint2(ema, step: int) -> None:
+            checkpoint(ema, done + step)
+
+        unet = train_unet(train, latents, tokenizer, args.unet_resume_steps, args.unet_batch, args.seed + 1,
+                          lr=args.resume_lr, ema_decay=args.resume_ema, on_checkpoint=checkpoint2, every=args.save_every,
+                          text_encoder=te, init_unet=init, warmup=50, stop_at=stop)
+        done += stop
     info["seconds"]["unet"] = round(time.time() - t, 1)
-    info.update({"unet_steps_done": args.unet_steps, "wall_seconds_total": round(time.time() - t_start, 1)})
+    info.update({"unet_steps_done": done, "wall_seconds_total": round(time.time() - t_start, 1)})
     save_unet(args.out, unet, info)
     return info
 
@@ -521,7 +614,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process (1 is fastest on a shared 2-core machine)")
     ap.add_argument("--jobs", type=int, default=2, help="2: train the CLIP in a second process while the VAE trains")
-    ap.add_argument("--stage", choices=["all", "clip", "vae", "unet"], default="all")
+    ap.add_argument("--vae-decoder-steps", type=int, default=1000,
+                    help="decoder-only fine-tuning after the VAE stage (encoder and latent space unchanged)")
+    ap.add_argument("--unet-resume-steps", type=int, default=3000,
+                    help="UNet phase 2: schedule length of the continued training (0: none)")
+    ap.add_argument("--unet-resume-stop-at", type=int, default=2500, help="phase 2 stops after this many steps")
+    ap.add_argument("--resume", type=Path, default=None,
+                    help="skip UNet phase 1 and run phase 2 from DIR/unet (--stage unet)")
+    ap.add_argument("--resume-steps-before", type=int, default=1500, help="UNet steps already done in --resume (recorded)")
+    ap.add_argument("--resume-lr", type=float, default=5e-4)
+    ap.add_argument("--resume-ema", type=float, default=0.999)
+    ap.add_argument("--stage", choices=["all", "clip", "vae", "vae-decoder", "unet"], default="all")
     ap.add_argument("--quick", action="store_true", help="a handful of steps on tiny data (smoke test)")
     raw = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(raw)
@@ -529,7 +632,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     limit = None
     if args.quick:
         args.variants, limit, args.jobs = 1, 64, 1
-        args.clip_steps = args.vae_steps = args.unet_steps = 2
+        args.clip_steps = args.vae_steps = args.vae_decoder_steps = 2
+        args.unet_steps, args.unet_resume_steps = 2, 0    # phase 1 only (phase 2 is the same loop from a saved UNet)
         args.clip_batch = args.vae_batch = args.unet_batch = 16
     torch.set_num_threads(args.threads)
     t_start = time.time()
@@ -541,6 +645,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     if args.stage == "vae":
         _stage_vae(args, train)
+        return {}
+    if args.stage == "vae-decoder":
+        _stage_vae_decoder(args, train)
         return {}
     if args.stage == "all":
         child = None
