@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .jobs import is_cancelled
+
 __all__ = ["GapError", "GapConfig", "GapResult", "optimise_prompt_tokens", "generate_with_tokens",
            "load_tokens", "gap_round", "student_loss_on"]
 
@@ -226,14 +228,6 @@ def _frozen(*modules: Any):
             p.requires_grad_(r)
 
 
-def _cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
-
-
 def _pipe_of(generator: Any) -> Any:
     pipe = getattr(generator, "pipe", generator)
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
@@ -329,7 +323,7 @@ def optimise_prompt_tokens(
     with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.enable_grad():
         fixed = torch.randn(_latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) + 1))
         for step in range(int(config.steps)):
-            if _cancelled(cancel):
+            if is_cancelled(cancel):
                 break
             sched = _ddim(pipe, config.sampler_steps)
             noise = fixed if config.fixed_noise else torch.randn(
@@ -446,10 +440,10 @@ def gap_round(
         shared_res = optimise_prompt_tokens(generator, student, [str(c) for c in classes], target=target,
                                             target_images=target_images, embedder=embedder, config=cfg, seed=int(seed),
                                             progress=progress, cancel=cancel, **overrides)
-        if _cancelled(cancel):
+        if is_cancelled(cancel):
             return ids, results
     for ci, label in enumerate(classes):
-        if _cancelled(cancel):
+        if is_cancelled(cancel):
             break
         if shared_res is not None:
             text, readable, positions = _prompt_layout(_pipe_of(generator).tokenizer, str(label), shared_res.config.template,
@@ -462,7 +456,7 @@ def gap_round(
             res = optimise_prompt_tokens(generator, student, str(label), target=target, target_images=target_images,
                                          embedder=embedder, config=cfg, seed=int(seed) + 7 * ci, progress=progress,
                                          cancel=cancel, **overrides)
-            if _cancelled(cancel):      # tokens half-learned: keep the classes already finished, store nothing more
+            if is_cancelled(cancel):      # tokens half-learned: keep the classes already finished, store nothing more
                 break
         digest = hashlib.sha256(res.embeddings.numpy().tobytes()).hexdigest()[:12]
         rel = f"gap/gap-r{int(round):03d}-{_slug(str(label))}-{digest}.safetensors"

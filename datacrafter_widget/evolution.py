@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .jobs import is_cancelled
+
 __all__ = [
     "EvolutionError", "Genome", "Candidate", "ClassResult", "EvolutionResult", "evolve_prompts",
     "apply_to_prompts_doc", "current_prompts", "default_compose", "starter_compose", "starter_vocabulary",
@@ -477,7 +479,7 @@ def evolve_prompts(
         while len(pop) < population:
             pop.append(score(_mutate(previous if rng.random() < 0.7 else pop[-1].genome, ctx, rng, max_phrases)))
         for gen in range(generations):
-            if _cancelled(cancel):
+            if is_cancelled(cancel):
                 cancelled = True
                 break
             pop.sort(key=lambda k: -k.fitness)
@@ -500,14 +502,6 @@ def evolve_prompts(
     if bar is not None:
         bar.close()
     return EvolutionResult(results, int(round))
-
-
-def _cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
 
 
 def evolve_store(store: Any, *, classes: Sequence[str], generate: GenerateFn, embedder: Any,

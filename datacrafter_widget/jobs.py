@@ -17,6 +17,16 @@ class JobCancelled(Exception):
     """Raised by JobContext.check() so a job function can stop at a safe point."""
 
 
+def is_cancelled(cancel: Any) -> bool:
+    """True if `cancel` (None, a threading.Event or a no-argument callable) says stop: the one cancel
+    convention for long work that runs outside a Job (student training, evolution, GAP)."""
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
 class JobContext:
     """Handed to a job function: report progress, check for cancellation."""
 

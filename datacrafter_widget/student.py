@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from .images import to_rgb
+from .jobs import is_cancelled
 
 __all__ = [
     "Student", "StudentConfig", "StudentError", "train_student", "evaluate", "accepted_rows",
@@ -250,14 +251,6 @@ def default_kind(images: Sequence[Image.Image], embedder: Any = None) -> str:
     return "cnn" if side <= 64 or embedder is None else "probe"
 
 
-def _cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
-
-
 def _shift(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
     """Random translation by up to `pad` pixels (edge padding keeps the background colour)."""
     n, _, h, w = x.shape
@@ -352,7 +345,7 @@ def train_student(
             bar = tqdm(total=config.epochs, desc=f"training {kind} student", leave=False)
         net.train()
         for epoch in range(config.epochs):
-            if _cancelled(cancel):
+            if is_cancelled(cancel):
                 config.cancelled = True
                 break
             order = torch.randperm(n, generator=gen)
