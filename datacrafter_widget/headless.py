@@ -337,7 +337,8 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
             ids, results = gap_round(crafter.store, crafter.models.require("generator", "GAP"), student, crafter.classes,
                                      target=gap_cfg.get("target"), embedder=crafter.models.embedder if crafter.models.has("embedder") else None,
                                      per_class=int(gap_cfg.get("per_class", 3)), round=rnd, seed=seed,
-                                     config=GapConfig(**settings), progress=progress)
+                                     config=GapConfig(**settings), progress=progress,
+                                     shared=bool(gap_cfg.get("shared", False)))
             crafter.log_round({"round": rnd, "strategies": ["gap"], "requested": len(ids), "stored": len(ids),
                                "status": "done", "target": gap_cfg.get("target", ""), "finished": time.time()})
             for c, res in results.items():
