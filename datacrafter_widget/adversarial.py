@@ -80,16 +80,16 @@ class GapResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """safetensors with the embeddings; template, positions and config in its metadata (no pickle)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save as to_safetensors_bytes
+
+        from .store import atomic_write_bytes
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"label": self.label, "prompt": self.prompt, "template_text": self.template_text,
                 "positions": json.dumps(self.positions), "config": json.dumps(asdict(self.config)),
                 "target": self.target, "model": self.model, "format": "datacrafter-gap-tokens-v1"}
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        save_file({"embeddings": self.embeddings.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, to_safetensors_bytes({"embeddings": self.embeddings.detach().float().cpu().contiguous()}, metadata=meta))
         self.file = str(path)
         return path
 

@@ -21,7 +21,6 @@ Hooks for the other concerns (one module each, see docs/architecture.md):
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -289,7 +288,7 @@ class DataCrafter:
             frame = self._map.update(s, emb, labels, lambda texts: embedder.embed_texts(list(texts)), full=full)
             self._projection = frame
         if emit:
-            self._emit("projection", self.projection)
+            self._emit("projection", frame.copy())
         return frame
 
     @property

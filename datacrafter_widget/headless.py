@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -204,7 +203,10 @@ def _cached_trained_checker(ck: Any) -> Any:
     import inspect
     import os
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+    from safetensors.torch import save as to_safetensors_bytes
+
+    from .store import atomic_write_bytes
 
     key = hashlib.sha256(inspect.getsource(ck).encode()).hexdigest()[:12]
     cache = Path(os.environ.get("DATACRAFTER_CACHE", Path.home() / ".cache" / "datacrafter-widget"))
@@ -215,9 +217,7 @@ def _cached_trained_checker(ck: Any) -> Any:
         return ck.Checker(net=net.eval())
     inst = ck.train_checker()
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in inst.net.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, to_safetensors_bytes({k: v.contiguous() for k, v in inst.net.state_dict().items()}))
     return inst
 
 
@@ -257,7 +257,7 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
     """
     from .adversarial import gap_round
     from .crafter import DataCrafter
-    from .evolution import PROMPTS_FILE, default_compose, evolve_store, generator_fn, starter_compose, starter_vocabulary
+    from .evolution import default_compose, evolve_store, generator_fn, starter_compose, starter_vocabulary
 
     cfg = load_config(config)
     base = Path(cfg["_base"])

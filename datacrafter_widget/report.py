@@ -19,6 +19,8 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from .store import atomic_write_bytes
+
 __all__ = ["Section", "render_report", "write_report", "chart_spec", "thumbnails_html", "table_html"]
 
 _VEGA = ("https://cdn.jsdelivr.net/npm/vega@5", "https://cdn.jsdelivr.net/npm/vega-lite@5",
@@ -162,7 +164,5 @@ def write_report(path: str | os.PathLike, title: str, sections: Sequence[Section
     """Write the report atomically; returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(render_report(title, sections, meta=meta), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, render_report(title, sections, meta=meta).encode("utf-8"))
     return path

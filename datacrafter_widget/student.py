@@ -200,16 +200,14 @@ class Student:
     # ---- persistence -------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> Path:
         """Write student.safetensors + student.json into `folder` (atomically, no pickle)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save as to_safetensors_bytes
+
+        from .store import atomic_write_bytes
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{WEIGHTS_FILE}.tmp-{os.getpid()}"
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}, str(tmp))
-        os.replace(tmp, folder / WEIGHTS_FILE)
-        tmp = folder / f"{CONFIG_FILE}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(asdict(self.config), indent=1))
-        os.replace(tmp, folder / CONFIG_FILE)
+        atomic_write_bytes(folder / WEIGHTS_FILE, to_safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}))
+        atomic_write_bytes(folder / CONFIG_FILE, json.dumps(asdict(self.config), indent=1).encode("utf-8"))
         return folder
 
     @classmethod
