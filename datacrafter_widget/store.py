@@ -635,13 +635,14 @@ class SampleStore:
         from safetensors.numpy import save
 
         cache = self._emb_cache(key)
-        matrix = _stack(cache)
-        hashes = [None] * len(cache["index"])
-        for h, j in cache["index"].items():
-            hashes[j] = h
+        # A hash stored twice keeps only its latest row: the matrix may hold more rows than hashes.
+        hashes = list(cache["index"])
+        matrix = np.ascontiguousarray(_stack(cache)[[cache["index"][h] for h in hashes]])
+        cache["blocks"] = [matrix]
+        cache["index"] = {h: j for j, h in enumerate(hashes)}
         d = self._emb_dir(key)
         cache["seq"] += 1
-        data = save({"embeddings": np.ascontiguousarray(matrix)}, metadata={"hashes": json.dumps(hashes), "key": key})
+        data = save({"embeddings": matrix}, metadata={"hashes": json.dumps(hashes), "key": key})
         atomic_write_bytes(d / f"part-{cache['seq']:08d}.safetensors", data, fsync=self.durable)
         for p in d.iterdir():
             m = _PART.match(p.name)

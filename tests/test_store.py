@@ -187,8 +187,8 @@ def test_sigkill_at_random_moments_keeps_every_committed_sample(tmp_path):
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         time.sleep(rnd.uniform(0.1, 0.7))
         proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, f"the writer died on its own before the kill:\n{err}"
         for line in out.splitlines(keepends=True):
             if not line.endswith("\n"):
                 continue
@@ -364,6 +364,25 @@ def test_embeddings_cache(tmp_path, monkeypatch):
     assert np.array_equal(partial[0], vectors["h000"]) and np.isnan(partial[1]).all()
     assert ro.missing_embeddings(["zzz", "h001", "zzz", "yyy"], "open_clip:ViT-B-32/laion2b") == ["zzz", "yyy"]
     assert np.array_equal(ro.embeddings(keys[:2], "other/key"), np.ones((2, 4), dtype=np.float32))
+
+
+def test_embeddings_stored_twice_compact_to_the_latest_row(tmp_path, monkeypatch):
+    # Found by the SIGKILL test: a writer killed between committing a sample and reporting it
+    # re-adds the same image, so one hash gets a second row; compaction then overran its list.
+    monkeypatch.setattr(SampleStore, "COMPACT_PARTS", 3)
+    project = tmp_path / "p"
+    key = "open_clip:ViT-B-32/laion2b"
+    with SampleStore(project) as store:
+        store.put_embeddings(["a", "b"], key, np.zeros((2, 4)))
+        store.put_embeddings(["b"], key, np.full((1, 4), 2.0))      # b again, newer value
+        store.put_embeddings(["c"], key, np.full((1, 4), 3.0))      # third part -> compaction
+        assert np.array_equal(store.embeddings(["a", "b", "c"], key)[:, 0], [0.0, 2.0, 3.0])
+        for n in range(4):                                          # compact again with repeats
+            store.put_embeddings(["a"], key, np.full((1, 4), 10.0 + n))
+    parts = list((project / "embeddings").rglob("*.safetensors"))
+    assert len(parts) < 3
+    got = SampleStore(project, readonly=True).embeddings(["c", "b", "a"], key)
+    assert np.array_equal(got[:, 0], [3.0, 2.0, 13.0])
 
 
 def test_readonly_reload_while_the_writer_compacts(tmp_path, monkeypatch):
