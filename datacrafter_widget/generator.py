@@ -128,8 +128,18 @@ class Generator:
         default_steps: int = 20,
         default_guidance: float = 7.5,
         scheduler: str | None = None,
+        guidance_min_sigma: float | None = None,
     ) -> None:
+        """guidance_min_sigma: apply classifier-free guidance only while the noise level is above
+        this sigma (sqrt((1 - alpha_bar) / alpha_bar)); below it the conditional prediction alone is
+        used. Guidance is "largely unnecessary toward the end" of sampling (Kynkaanniemi et al. 2024,
+        arXiv 2404.07724), and on a small model it can redraw what low-strength image-to-image is
+        meant to keep. None applies guidance at every step, as diffusers does.
+        """
+        if guidance_min_sigma is not None and not float(guidance_min_sigma) >= 0.0:
+            raise ValueError(f"guidance_min_sigma={guidance_min_sigma}: give a noise level >= 0, or None for guidance at every step")
         self.pipe = pipe
+        self.guidance_min_sigma = None if guidance_min_sigma is None else float(guidance_min_sigma)
         self.name = name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
         self.default_steps = int(default_steps)
         self.default_guidance = float(default_guidance)
@@ -142,7 +152,9 @@ class Generator:
             pipe.set_progress_bar_config(disable=True)
 
     def __repr__(self) -> str:
-        return f"Generator({self.name!r}, device={self.device!r}, resolution={self.resolution}, steps={self.default_steps}, guidance={self.default_guidance})"
+        floor = "" if self.guidance_min_sigma is None else f", guidance_min_sigma={self.guidance_min_sigma}"
+        return (f"Generator({self.name!r}, device={self.device!r}, resolution={self.resolution}, "
+                f"steps={self.default_steps}, guidance={self.default_guidance}{floor})")
 
     # ---- properties -------------------------------------------------------------------------
     @property
@@ -255,6 +267,9 @@ class Generator:
                 raise ValueError(f"{len(images)} source images for {n} prompts: pass one image per prompt")
             if not 0.0 < float(strength) <= 1.0:
                 raise ValueError(f"strength={strength}: image-to-image strength must be in (0, 1]")
+            if int(steps * float(strength)) < 1:
+                raise ValueError(f"strength={strength} with {steps} steps runs no denoising step (image-to-image runs "
+                                 f"int(steps * strength) of them): raise steps or strength")
         if latent_perturbation and images is None:
             raise ValueError("latent_perturbation needs source images: pass image=[...] (image-to-image)")
         is_cancelled = _cancel_fn(cancel)
@@ -320,7 +335,23 @@ class Generator:
                 p._interrupt = True
             return tensors
 
-        kwargs["callback_on_step_end"] = on_step_end
+        guided_steps = self._guided_steps(pipe, steps, guidance, strength if images is not None else 1.0)
+        if guided_steps == 0:
+            kwargs["guidance_scale"] = 1.0  # the whole (short) chain runs below the guidance floor
+        guided = {"on": guided_steps is None or guided_steps > 0}
+
+        def on_step_end_with_floor(p, step, timestep, tensors):
+            tensors = on_step_end(p, step, timestep, tensors)
+            if guided["on"] and guided_steps is not None and step + 1 == guided_steps:
+                # Drop the unconditional half from here on: diffusers re-reads the scale every step.
+                guided["on"] = False
+                p._guidance_scale = 1.0
+                tensors["prompt_embeds"] = tensors["prompt_embeds"].chunk(2)[1]
+            return tensors
+
+        kwargs["callback_on_step_end"] = on_step_end_with_floor
+        if guided_steps:
+            kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
         with torch.no_grad():
             out = pipe(**kwargs)
         if interrupted["flag"]:
@@ -342,6 +373,26 @@ class Generator:
             result_images.append(Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype("uint8")))
             flags.append(flag)
         return BatchResult(indices=list(idx), images=result_images, flags=flags)
+
+    def _guided_steps(self, pipe: Any, steps: int, guidance: float, strength: float) -> int | None:
+        """How many of this call's denoising steps run above guidance_min_sigma (None: all of them).
+
+        Rebuilds the schedule the pipeline will use (a fresh scheduler from the same config, and the
+        image-to-image truncation by strength) and reads each step's noise level off alphas_cumprod.
+        """
+        if self.guidance_min_sigma is None or float(guidance) <= 1.0:
+            return None
+        sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        sched.set_timesteps(int(steps))
+        timesteps = sched.timesteps
+        if strength < 1.0:
+            keep = min(int(int(steps) * float(strength)), int(steps))
+            timesteps = timesteps[max(int(steps) - keep, 0) * sched.order:]
+        alpha_bar = sched.alphas_cumprod[timesteps.long().clamp(0, len(sched.alphas_cumprod) - 1)].double()
+        sigmas = ((1 - alpha_bar) / alpha_bar).sqrt()
+        above = int((sigmas > self.guidance_min_sigma).sum())
+        # sigmas fall monotonically, so the guided steps are the first `above` ones
+        return None if above == len(sigmas) else above
 
     def _perturbed_latents(self, sources: list[Image.Image], seeds: list[int], scale: float) -> torch.Tensor:
         """Encode each source with the VAE (seeded, one at a time) and perturb its latent (GIF)."""

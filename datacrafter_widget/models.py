@@ -108,11 +108,13 @@ class Models:
         steps: int | None = None,
         guidance: float | None = None,
         memory_savers: bool = True,
+        guidance_min_sigma: float | None = None,
     ) -> "Models":
         """Stable Diffusion 1.x / 2.x / Turbo by hub id or local folder, + open_clip + optional captioner.
 
         fp16 on CUDA, fp32 elsewhere. `scheduler` by name (see generator.SCHEDULERS). Turbo
         checkpoints default to 2 steps and guidance 0 (what they were distilled for).
+        guidance_min_sigma: no classifier-free guidance below this noise level (see Generator).
         """
         from .captioner import Captioner
         from .embedder import Embedder
@@ -130,6 +132,7 @@ class Models:
             default_steps=steps or (2 if turbo else 30),
             default_guidance=guidance if guidance is not None else (0.0 if turbo else 7.5),
             scheduler=scheduler,
+            guidance_min_sigma=guidance_min_sigma,
         )
         gen.placement = on_device
         if clip is None or hasattr(clip, "embed_images"):

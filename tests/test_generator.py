@@ -224,3 +224,49 @@ def test_models_factory_errors_name_the_path(tmp_path):
     (xl / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
     with pytest.raises(ValueError, match="StableDiffusionXLPipeline"):
         Models.stable_diffusion(str(xl), clip=None, device="cpu")
+
+
+def _unet_batches(pipe):
+    """Record the batch size of every UNet call (2n with classifier-free guidance, n without)."""
+    sizes: list[int] = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, args, kwargs: sizes.append(int(args[0].shape[0])),
+                                                 with_kwargs=True)
+    return sizes, handle
+
+
+def test_guidance_floor_drops_guidance_below_the_noise_level(gen):
+    prompts, seeds = ["a red 3", "a blue 5"], [3, 4]
+    full = gen(prompts, seed=seeds)
+    unguided = gen(prompts, seed=seeds, guidance=1.0)
+    floored = Generator(gen.pipe, name="tiny-sd", default_steps=STEPS, default_guidance=7.5, guidance_min_sigma=0.0)
+    assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(floored(prompts, seed=seeds), full))
+    floored.guidance_min_sigma = 1e9  # every step is below the floor: the same as no guidance at all
+    assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(floored(prompts, seed=seeds), unguided))
+
+    # a floor inside the schedule: the first k steps run guided (batch 2n), the rest conditional only (n)
+    sched = type(gen.pipe.scheduler).from_config(gen.pipe.scheduler.config)
+    sched.set_timesteps(STEPS)
+    abar = sched.alphas_cumprod[sched.timesteps.long()].double()
+    sigmas = ((1 - abar) / abar).sqrt()
+    floored.guidance_min_sigma = float((sigmas[STEPS // 2 - 1] + sigmas[STEPS // 2]) / 2)
+    sizes, handle = _unet_batches(gen.pipe)
+    try:
+        mixed = floored(prompts, negative_prompt="blurry", seed=seeds)
+    finally:
+        handle.remove()
+    assert sizes == [4] * (STEPS // 2) + [2] * (STEPS - STEPS // 2)
+    assert not np.array_equal(arr(mixed[0]), arr(full[0])) and not np.array_equal(arr(mixed[0]), arr(unguided[0]))
+
+    # image-to-image at low strength starts below the floor: no guidance from the first step
+    sizes, handle = _unet_batches(gen.pipe)
+    try:
+        low = floored(prompts, image=full, strength=0.67, seed=seeds)  # the last 2 of 3 steps
+    finally:
+        handle.remove()
+    assert sizes and set(sizes) == {2}
+    plain = gen(prompts, image=full, strength=0.67, seed=seeds, guidance=1.0)
+    assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(low, plain))
+    with pytest.raises(ValueError, match="guidance_min_sigma"):
+        Generator(gen.pipe, guidance_min_sigma=-1.0)
+    with pytest.raises(ValueError, match="runs no denoising step"):  # int(3 * 0.3) = 0 steps
+        gen(prompts, image=full, strength=0.3, seed=seeds)

@@ -230,7 +230,7 @@ def load_text_encoder(weights_dir: str | Path = WEIGHTS_DIR):
 
 
 def generator_defaults(weights_dir: str | Path = WEIGHTS_DIR) -> dict[str, Any]:
-    """Sampler defaults (steps, guidance, resolution) recorded at training time."""
+    """Sampler defaults (steps, guidance, guidance floor, resolution) chosen for the shipped weights."""
     p = Path(weights_dir) / "generator.json"
     if p.exists():
         return json.loads(p.read_text())
@@ -287,7 +287,8 @@ def load_starter_models(device: str = "cpu", weights_dir: str | Path = WEIGHTS_D
     defaults = generator_defaults(weights_dir)
     name = str(defaults.get("name", MODEL_NAME))
     generator = Generator(pipe, name=name, default_steps=int(defaults.get("default_steps", 20)),
-                          default_guidance=float(defaults.get("default_guidance", 4.0)))
+                          default_guidance=float(defaults.get("default_guidance", 4.0)),
+                          guidance_min_sigma=defaults.get("guidance_min_sigma"))
     preprocess = open_clip.image_transform(int(cfg["vision_cfg"]["image_size"]), is_train=False)
     embedder = Embedder(clip, preprocess, open_clip_tokenizer(int(cfg["text_cfg"]["context_length"])),
                         name=name.replace("starter/", "starter-clip/"), templates=("a photo of a {}",))
