@@ -90,9 +90,7 @@ def test_round_trip_1000_samples(tmp_path):
     assert json.loads(before.at[400, "feedback_labels"]) == ["blurry", "off-class"]
     assert before.at[450, "flag"] == "off-class" and before.at[450, "flag_reason"] == "looks like a 7"
 
-    t0 = time.perf_counter()
     reopened = SampleStore(project)
-    reopen_s = time.perf_counter() - t0
     after = reopened.samples
     pd.testing.assert_frame_equal(before, after)
     assert after["seed"].dtype == np.int64 and after["strength"].dtype == np.float64
@@ -113,7 +111,6 @@ def test_round_trip_1000_samples(tmp_path):
     reopened.close()
     assert not list((project / "segments").glob("*.parquet"))
     pd.testing.assert_frame_equal(before, SampleStore(project, readonly=True).samples)
-    assert reopen_s < 2.0, f"reopening 1,000 samples took {reopen_s:.2f} s"
 
 
 def test_add_validates_rows(tmp_path):
