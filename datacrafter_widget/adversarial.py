@@ -262,9 +262,12 @@ def _prepare_sources(pipe: Any, images: Sequence[Image.Image], masks: Sequence[A
             a = np.asarray(m, dtype=np.float32)
             if a.ndim != 2:
                 raise GapError(f"masks[{i}] has shape {a.shape}: a mask is 2-D (H x W), 1 on the object, 0 on the context")
-            if a.shape != (size, size):
-                a = np.asarray(Image.fromarray(np.uint8(np.round(np.clip(a, 0, 1) * 255))).resize((size, size), Image.NEAREST),
-                               dtype=np.float32) / 255.0
+            if a.shape != (size, size):     # the same centre crop as `square` applies to the source, then nearest resize
+                h, w = a.shape
+                k = min(h, w)
+                top, left = (h - k) // 2, (w - k) // 2
+                a = np.asarray(Image.fromarray(np.uint8(np.round(np.clip(a[top:top + k, left:left + k], 0, 1) * 255)))
+                               .resize((size, size), Image.NEAREST), dtype=np.float32) / 255.0
             rows.append(torch.from_numpy(np.clip(a, 0.0, 1.0)))
         mk = torch.stack(rows).unsqueeze(1)
     vae = pipe.vae

@@ -206,3 +206,19 @@ def test_gap_round_from_train_sources_stores_provenance_and_regenerates(tmp_path
     again = crafter.regenerate(ids[1])
     assert np.abs(np.asarray(again, dtype=int) - np.asarray(crafter.store.image(ids[1]), dtype=int)).max() <= 1
     crafter.close()
+
+
+def test_masks_follow_the_sources_centre_crop(setup):
+    """A non-square source is centre-cropped to the generator's square; its mask must be cropped the same way."""
+    from PIL import Image
+
+    from datacrafter_widget.adversarial import _prepare_sources
+
+    gen, _ = setup
+    arr = np.zeros((32, 64, 3), dtype=np.uint8)
+    arr[:, 16:48] = 255                                       # the centre square is white, the sides black
+    mask = np.zeros((32, 64), dtype=np.float32)
+    mask[:, 16:48] = 1.0
+    src = _prepare_sources(gen.pipe, [Image.fromarray(arr)], [mask], [0])
+    assert src.masks.shape == (1, 1, 32, 32) and bool((src.masks == 1).all())
+    assert float(src.pixels.min()) > 0.99
