@@ -10,7 +10,9 @@ scratch) is trained on the real images plus the accepted images among the first 
 Strategies: none (real only) | class | caption | perturb | loop (class prompts -> a simulated
 person lassoes the images the independent checker finds off-prompt -> evolve -> regenerate;
 half the budget from each round) | gap (guided adversarial prompts against the real-only student,
-image guidance toward unlabelled pool images).
+image guidance toward unlabelled pool images; by default one token set per class, each image made
+from a real train image of its class with its digit strokes kept: --gap-sources train
+--gap-masks plain-background; --gap-sources none is the old text-to-image GAP).
 
     python benchmarks/bench_data_efficiency.py                # plan sized to ~15 min on this machine
     python benchmarks/bench_data_efficiency.py --seeds 3 --ns 50,100,200
@@ -83,7 +85,15 @@ def measure(models, ds, args) -> dict[str, float]:
     from datacrafter_widget.adversarial import optimise_prompt_tokens
 
     t = time.time()
-    optimise_prompt_tokens(gen, s0, "3", steps=2, batch=args.gap_batch, sampler_steps=4, n_tokens=4, lr=1e-2)
+    gap_src = {}
+    if args.gap_sources == "train":
+        from datacrafter_widget.masks import plain_background_mask
+
+        srcs = [im for im, l in zip(ds.images(), ds.labels) if l == "3"]
+        gap_src = {"sources": srcs, "masks": [plain_background_mask(im) for im in srcs] if args.gap_masks != "none" else None,
+                   "strength": args.gap_strength}
+    optimise_prompt_tokens(gen, s0, "3", steps=2, batch=args.gap_batch, sampler_steps=args.gap_sampler_steps, n_tokens=4,
+                           lr=1e-2, **gap_src)
     per_gap_step = (time.time() - t) / 2
     imgs = ds.images() * 5
     t = time.time()
@@ -170,12 +180,20 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
         if "gap" in strategies:
             t = time.time()
             target_images = ds.pool.images(list(range(0, len(ds.pool), max(1, len(ds.pool) // 40))))
-            cfg = GapConfig(steps=args.gap_steps, lr=args.gap_lr, n_tokens=4, sampler_steps=4, batch=args.gap_batch,
-                            final_steps=models.generator.default_steps, guidance=models.generator.default_guidance,
-                            template="a photo of a {class}", image_weight=args.gap_image_weight)
+            cfg = GapConfig(steps=args.gap_steps, lr=args.gap_lr, n_tokens=4, sampler_steps=args.gap_sampler_steps,
+                            batch=args.gap_batch, final_steps=models.generator.default_steps,
+                            guidance=models.generator.default_guidance, template="a photo of a {class}",
+                            image_weight=args.gap_image_weight, strength=args.gap_strength)
+            # Sources: the real train images of each class (the same biased split the student saw).
             ids, res = gap_round(store, models.generator, student0, classes, target_images=target_images,
                                  embedder=models.embedder, per_class=kmax, round=90, seed=seed, config=cfg,
-                                 shared=args.gap_shared)
+                                 shared=args.gap_shared, sources=None if args.gap_sources == "none" else args.gap_sources,
+                                 masks=None if args.gap_masks == "none" or args.gap_sources == "none" else args.gap_masks)
+            t_gap = time.time() - t
+            from datacrafter_widget.adversarial import student_loss_on
+
+            ce_gap = float(np.mean([student_loss_on(student0, [store.image(i) for i in ids if store.row(i)["label"] == c], c)
+                                    for c in classes]))
             # GAP images go through the same class filter as every other strategy.
             from datacrafter_widget.class_filter import ClassFilter
 
@@ -191,8 +209,16 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
             score_pool("gap", pools["gap"], store)
             adv0 = np.mean([r.history[0]["adversarial"] for r in res.values()])
             adv1 = np.mean([np.mean([h["adversarial"] for h in r.history[-3:]]) for r in res.values()])
-            info["gap"] = {"gen_s": time.time() - t, "generated": len(ids), "adv_first": adv0, "adv_last": adv1}
-            log(f"seed {seed} gap ({time.time() - t:.0f}s): adversarial loss {adv0:.3f} -> {adv1:.3f}, {len(flagged)} flagged off-class")
+            info["gap"] = {"gen_s": time.time() - t, "gap_s": t_gap, "generated": len(ids), "adv_first": adv0, "adv_last": adv1,
+                           "flagged": len(flagged), "student0_ce_on_gap": ce_gap}
+            extra = ""
+            if class_ids:
+                ce_cls = float(np.mean([student_loss_on(student0, [store.image(i) for i in class_ids if store.row(i)["label"] == c], c)
+                                        for c in classes]))
+                info["gap"]["student0_ce_on_class"] = ce_cls
+                extra = f", real-only student CE on class-prompt images {ce_cls:.2f}"
+            log(f"seed {seed} gap ({time.time() - t:.0f}s, tokens+images {t_gap:.0f}s): adversarial loss {adv0:.3f} -> {adv1:.3f}, "
+                f"{len(flagged)} flagged off-class, real-only student CE on GAP images {ce_gap:.2f}{extra}")
         crafter.close()
     for r in rows:
         r.update({k: v for k, v in info.get(r["strategy"], {}).items() if k in ("gen_s", "off_prompt_before", "off_prompt_after")})
@@ -281,11 +307,17 @@ def main() -> int:
     p.add_argument("--width", type=int, default=16, help="student CNN width (16 keeps the benchmark inside its budget)")
     p.add_argument("--population", type=int, default=3)
     p.add_argument("--evolve-batch", type=int, default=2)
-    p.add_argument("--gap-steps", type=int, default=6, help="optimisation steps per class (total if --gap-shared)")
+    p.add_argument("--gap-steps", type=int, default=15, help="optimisation steps per class (total if --gap-shared)")
     p.add_argument("--gap-lr", type=float, default=2e-2)
     p.add_argument("--gap-batch", type=int, default=3)
     p.add_argument("--gap-shared", action="store_true", help="one token set for all classes")
     p.add_argument("--gap-image-weight", type=float, default=10.0)
+    p.add_argument("--gap-sources", choices=["train", "none"], default="train",
+                   help="start GAP images from the real train images of the class (img2img), or 'none' (text-to-image)")
+    p.add_argument("--gap-masks", choices=["plain-background", "none"], default="plain-background",
+                   help="keep each source's object (digit strokes) and change only the background")
+    p.add_argument("--gap-strength", type=float, default=0.8, help="img2img strength from the sources")
+    p.add_argument("--gap-sampler-steps", type=int, default=4, help="DDIM steps during GAP optimisation")
     p.add_argument("--budget-min", type=float, default=15.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=None, help="sampler steps for generation (default: the model's)")

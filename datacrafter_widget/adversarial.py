@@ -8,8 +8,14 @@ decoder and the student:
       + lt * || Et(prompt) - et ||^2                # text guidance toward a target description
       + li * (1 - cos(Ei(x), ei))                   # image guidance toward unlabelled target images
 
-The class stays in the prompt ("a photo of a {class} <t1> ... <tk>"), so the images keep their
-label; the guidance keeps them in the target distribution. With image guidance the adversarial
+The class stays in the prompt ("a photo of a {class} <t1> ... <tk>"); the guidance keeps the
+images in the target distribution. Text-to-image alone does not keep the label: on the starter
+digits most learned-token images drifted off their class. So GAP can also start from real labelled
+source images (img2img: the source latents noised to `strength`) and paste the source's object back
+after decoding, x = mask * source + (1 - mask) * generated (the paper inpaints outside the object
+mask). The student loss is then computed on that composite, the gradient reaches only the context,
+and the adversarial term can only make the student uncertain by changing the context (e.g. a
+spurious background), never the object. With image guidance the adversarial
 term is off for the first 20% of steps (as in the paper). The new tokens are injected through a
 forward hook on the text encoder's token-embedding layer at their positions, so no tokenizer or
 model is modified. Final images use more sampler steps; the learned embeddings are saved as
@@ -24,7 +30,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +40,7 @@ from PIL import Image
 from .jobs import is_cancelled
 
 __all__ = ["GapError", "GapConfig", "GapResult", "optimise_prompt_tokens", "generate_with_tokens",
-           "load_tokens", "gap_round", "student_loss_on"]
+           "load_tokens", "load_mask", "gap_round", "student_loss_on", "composite"]
 
 PLACEHOLDER = "x"
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -62,6 +68,7 @@ class GapConfig:
     warmup: float = 0.2             # adversarial term off for this fraction of steps (image guidance only)
     checkpointing: bool = False     # recompute UNet activations in backward (less memory, slower)
     fixed_noise: bool = False       # same starting noise every step (for diagnostics)
+    strength: float = 0.8           # img2img strength when starting from source images (1 = ignore their latents)
 
 
 @dataclass
@@ -182,8 +189,8 @@ def _ddim(pipe: Any, steps: int):
 
 
 def _sample(pipe: Any, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tensor, sched: Any, guidance: float,
-            checkpointing: bool) -> torch.Tensor:
-    """Differentiable DDIM (eta 0) from `latents`; returns decoded pixels in [0, 1]."""
+            checkpointing: bool, start: int = 0) -> torch.Tensor:
+    """Differentiable DDIM (eta 0) from `latents` at timestep index `start`; returns decoded pixels in [0, 1]."""
     unet, vae = pipe.unet, pipe.vae
     b = latents.shape[0]
     hidden = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)]) if guidance > 1 else cond.expand(b, -1, -1)
@@ -191,7 +198,7 @@ def _sample(pipe: Any, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.
     def run_unet(x, t, h):
         return unet(x, t, encoder_hidden_states=h).sample
 
-    for t in sched.timesteps:
+    for t in sched.timesteps[int(start):]:
         x_in = torch.cat([latents] * 2) if guidance > 1 else latents
         x_in = sched.scale_model_input(x_in, t)
         if checkpointing:
@@ -210,6 +217,90 @@ def _sample(pipe: Any, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.
 def _latent_shape(pipe: Any, batch: int) -> tuple[int, int, int, int]:
     size = int(pipe.unet.config.sample_size)
     return (batch, int(pipe.unet.config.in_channels), size, size)
+
+
+def _img2img_start(steps: int, strength: float) -> int:
+    """Index of the first DDIM timestep run when starting from a noised source (as diffusers' img2img)."""
+    if not 0.0 < float(strength) <= 1.0:
+        raise GapError(f"strength={strength}: the img2img strength for source images must be in (0, 1]")
+    run = min(int(steps), max(1, int(int(steps) * float(strength))))
+    return int(steps) - run
+
+
+def composite(generated: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mask * source + (1 - mask) * generated: the object comes from the source, the context from the generator."""
+    return mask * source + (1.0 - mask) * generated
+
+
+@dataclass
+class _Sources:
+    """Source images of one or more classes, ready for the sampler (pixels, masks and latents on the device)."""
+    pixels: torch.Tensor            # (n, 3, H, W) in [0, 1]
+    masks: torch.Tensor | None      # (n, 1, H, W) in [0, 1], None = no composite (img2img only)
+    latents: torch.Tensor           # (n, C, h, w), scaled like the UNet's input
+    label_of: list[int]             # index into the optimised labels, per source
+
+
+def _pixel_size(pipe: Any) -> int:
+    return int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+
+
+@torch.no_grad()
+def _prepare_sources(pipe: Any, images: Sequence[Image.Image], masks: Sequence[Any] | None,
+                     label_of: list[int]) -> _Sources:
+    from .generator import square
+
+    size = _pixel_size(pipe)
+    if masks is not None and len(masks) != len(images):
+        raise GapError(f"got {len(images)} source images but {len(masks)} masks: pass one mask per source image")
+    pix = torch.stack([torch.from_numpy(np.asarray(square(im.convert("RGB"), size), dtype=np.float32) / 255.0).permute(2, 0, 1)
+                       for im in images])
+    mk = None
+    if masks is not None:
+        rows = []
+        for i, m in enumerate(masks):
+            a = np.asarray(m, dtype=np.float32)
+            if a.ndim != 2:
+                raise GapError(f"masks[{i}] has shape {a.shape}: a mask is 2-D (H x W), 1 on the object, 0 on the context")
+            if a.shape != (size, size):     # the same centre crop as `square` applies to the source, then nearest resize
+                h, w = a.shape
+                k = min(h, w)
+                top, left = (h - k) // 2, (w - k) // 2
+                a = np.asarray(Image.fromarray(np.uint8(np.round(np.clip(a[top:top + k, left:left + k], 0, 1) * 255)))
+                               .resize((size, size), Image.NEAREST), dtype=np.float32) / 255.0
+            rows.append(torch.from_numpy(np.clip(a, 0.0, 1.0)))
+        mk = torch.stack(rows).unsqueeze(1)
+    vae = pipe.vae
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    lat = vae.encode((pix * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
+    return _Sources(pixels=pix.to(device), masks=None if mk is None else mk.to(device), latents=lat.to(device, dtype),
+                    label_of=list(label_of))
+
+
+def _sources_for(labels: list[str], sources: Any, masks: Any) -> tuple[list[Image.Image], list[Any] | None, list[int]]:
+    """Flatten sources given as a list (one class) or a mapping class -> list into (images, masks, label index)."""
+    if isinstance(sources, Mapping):
+        unknown = [k for k in sources if str(k) not in labels]
+        if unknown:
+            raise GapError(f"sources for {unknown}, which are not among the classes being optimised {labels}")
+        images, mks, label_of = [], [] if masks is not None else None, []
+        for li, l in enumerate(labels):
+            got = list(sources.get(l, []))
+            if not got:
+                raise GapError(f"no source images for class {l!r}: pass at least one real image of it")
+            images += got
+            label_of += [li] * len(got)
+            if mks is not None:
+                if not isinstance(masks, Mapping) or l not in masks:
+                    raise GapError(f"sources are given per class, so masks must be too: no masks for class {l!r}")
+                mks += list(masks[l])
+        return images, mks, label_of
+    if len(labels) > 1:
+        raise GapError("shared tokens over several classes need sources per class: pass {class: [images]} as sources")
+    images = list(sources)
+    if not images:
+        raise GapError(f"sources is empty: pass at least one real image of class {labels[0]!r}")
+    return images, (list(masks) if masks is not None else None), [0] * len(images)
 
 
 @contextlib.contextmanager
@@ -250,6 +341,8 @@ def optimise_prompt_tokens(
     seed: int = 0,
     progress: bool | Callable[[int, int], None] = False,
     cancel: Any = None,
+    sources: Sequence[Image.Image] | Mapping[str, Sequence[Image.Image]] | None = None,
+    masks: Sequence[Any] | Mapping[str, Sequence[Any]] | None = None,
     **overrides: Any,
 ) -> GapResult:
     """Learn `n_tokens` prompt embeddings for class `label` that fool `student`, guided to the target.
@@ -260,6 +353,11 @@ def optimise_prompt_tokens(
     generator: a Generator or a diffusers StableDiffusionPipeline. target: a text description of the
     target distribution (text guidance); target_images: unlabelled images from it (image guidance,
     needs `embedder`). Cancelling keeps the tokens learned so far.
+
+    sources: real images of the class (a mapping class -> images for shared tokens); each batch
+    item then starts from a source's latents noised to `config.strength` instead of pure noise.
+    masks: one object mask per source (H x W, 1 = object): the loss is computed on
+    mask * source + (1 - mask) * generated, so only the context can change and the label is kept.
     """
     config = config or GapConfig()
     for k, v in overrides.items():
@@ -289,6 +387,11 @@ def optimise_prompt_tokens(
                        "learn one set per class (shared=False)")
     device = pipe.unet.device
     dtype = pipe.unet.dtype
+    if masks is not None and sources is None:
+        raise GapError("masks need source images: pass sources=[real images of the class] with one mask each")
+    src = _prepare_sources(pipe, *_sources_for(labels, sources, masks)) if sources is not None else None
+    start = _img2img_start(int(config.sampler_steps), float(config.strength)) if src is not None else 0
+    by_label = [[i for i, li in enumerate(src.label_of) if li == k] for k in range(len(labels))] if src is not None else []
 
     with torch.no_grad():
         table = enc.get_input_embeddings().weight
@@ -328,11 +431,19 @@ def optimise_prompt_tokens(
             sched = _ddim(pipe, config.sampler_steps)
             noise = fixed if config.fixed_noise else torch.randn(
                 _latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) * 100003 + step))
-            latents = noise.to(device, dtype) * sched.init_noise_sigma
             which = [(step * config.batch + j) % len(labels) for j in range(config.batch)]
+            if src is None:
+                latents = noise.to(device, dtype) * sched.init_noise_sigma
+            else:                   # img2img: each batch item starts from a (seeded) random source of its class
+                pick = torch.Generator().manual_seed(int(seed) * 100003 + step + 50_000_017)
+                chosen = [by_label[w][int(torch.randint(len(by_label[w]), (1,), generator=pick))] for w in which]
+                latents = sched.add_noise(src.latents[chosen], noise.to(device, dtype), sched.timesteps[start:start + 1])
             ids = all_ids[which] if len(labels) > 1 else all_ids
             cond, pooled = _encode(pipe, ids, positions, vectors)
-            x = _sample(pipe, cond.to(dtype), uncond.to(dtype), latents, sched, float(config.guidance), config.checkpointing)
+            x = _sample(pipe, cond.to(dtype), uncond.to(dtype), latents, sched, float(config.guidance), config.checkpointing,
+                        start=start)
+            if src is not None and src.masks is not None:
+                x = composite(x.float(), src.pixels[chosen], src.masks[chosen])
             logits = student.logits_from_pixels(x.float().to(student_dev))
             log_p = F.log_softmax(logits.float(), dim=-1)
             adv = -(log_p.mean(dim=-1)).mean()               # CE against the uniform label
@@ -374,8 +485,15 @@ def optimise_prompt_tokens(
 
 @torch.no_grad()
 def generate_with_tokens(generator: Any, tokens: GapResult, seeds: Sequence[int], *, steps: int | None = None,
-                         guidance: float | None = None, negative_prompt: str = "", batch_size: int = 8) -> list[Image.Image]:
-    """Final images from learned tokens through the pipeline itself (one seeded noise per image)."""
+                         guidance: float | None = None, negative_prompt: str = "", batch_size: int = 8,
+                         sources: Sequence[Image.Image] | None = None, masks: Sequence[Any] | None = None,
+                         strength: float | None = None) -> list[Image.Image]:
+    """Final images from learned tokens (one seeded noise per image).
+
+    Without sources: text-to-image through the pipeline itself. With `sources` (one real image per
+    seed): img2img from each source at `strength` (default: the tokens' config), and with `masks`
+    the source's object pixels are pasted back exactly (mask 1), as during optimisation.
+    """
     pipe = _pipe_of(generator)
     steps = int(steps or tokens.config.final_steps)
     guidance = float(tokens.config.guidance if guidance is None else guidance)
@@ -383,9 +501,31 @@ def generate_with_tokens(generator: Any, tokens: GapResult, seeds: Sequence[int]
     device = pipe.unet.device
     cond, _ = _encode(pipe, ids, tokens.positions, tokens.embeddings.to(device))
     neg, _ = _encode(pipe, _tokenize(pipe.tokenizer, [negative_prompt]))
-    size = int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+    size = _pixel_size(pipe)
     out: list[Image.Image] = []
     seeds = [int(s) for s in seeds]
+    if masks is not None and sources is None:
+        raise GapError("masks need source images: pass sources= (one per seed) with one mask each")
+    if sources is not None:
+        if len(sources) != len(seeds):
+            raise GapError(f"got {len(seeds)} seeds but {len(sources)} source images: pass one source per seed")
+        src = _prepare_sources(pipe, list(sources), None if masks is None else list(masks), [0] * len(seeds))
+        strength = float(tokens.config.strength if strength is None else strength)
+        sched = _ddim(pipe, steps)
+        start = _img2img_start(steps, strength)
+        dtype = pipe.unet.dtype
+        for lo in range(0, len(seeds), batch_size):
+            part = list(range(lo, min(lo + batch_size, len(seeds))))
+            noise = torch.cat([torch.randn(_latent_shape(pipe, 1), generator=torch.Generator().manual_seed(seeds[i]))
+                               for i in part]).to(device, dtype)
+            latents = sched.add_noise(src.latents[part], noise, sched.timesteps[start:start + 1])
+            x = _sample(pipe, cond.to(dtype), neg.to(dtype), latents, sched, guidance, False, start=start).float()
+            x = torch.nan_to_num(x).clamp(0, 1)
+            if src.masks is not None:
+                x = composite(x, src.pixels[part], src.masks[part])
+            arr = x.permute(0, 2, 3, 1).cpu().numpy()
+            out += [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
+        return out
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start:start + batch_size]
         res = pipe(prompt_embeds=cond.expand(len(chunk), -1, -1).to(pipe.unet.dtype),
@@ -420,12 +560,20 @@ def gap_round(
     progress: bool | Callable[[int, int], None] = False,
     cancel: Any = None,
     shared: bool = False,
+    sources: str | Mapping[str, Sequence[str]] | None = None,
+    masks: str | Callable[[Image.Image], Any] | Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> tuple[list[str], dict[str, GapResult]]:
     """Learn tokens per class, generate `per_class` final images each, add them to the store.
 
     Rows carry strategy "gap", the readable prompt, seed, steps, guidance and `embeddings_file`
     (the safetensors with the learned tokens, relative to the project), so each can be regenerated.
+
+    sources: None = text-to-image (no label preservation); "train" = the real train images of each
+    class in the store; or {class: [sample ids]}. Final image j of a class starts from its source
+    j mod n (row: parent_id, strength). masks (with sources): None = img2img only; "plain-background"
+    = `masks.plain_background_mask` of each source; a callable image -> mask; or {sample id: mask}.
+    Masks are stored as PNG under gap/masks/ (row: mask_file) so every image can be regenerated.
     """
     if not classes:
         raise GapError("no classes given: pass the classes to generate GAP images for")
@@ -434,17 +582,36 @@ def gap_round(
     ids: list[str] = []
     results: dict[str, GapResult] = {}
     base = Path(store.path)
+    src_ids = _source_ids(store, [str(c) for c in classes], sources) if sources is not None else None
+    if masks is not None and src_ids is None:
+        raise GapError("masks need source images: pass sources='train' (or {class: [sample ids]}) too")
+    src_images = {i: store.image(i) for c in (src_ids or {}) for i in src_ids[c]}
+    src_masks = {i: _mask_for(masks, i, im) for i, im in src_images.items()} if masks is not None else None
+    mask_files = {i: _save_mask(base, i, m) for i, m in src_masks.items()} if src_masks is not None else {}
+
+    def per_class_sources(label: str):
+        if src_ids is None:
+            return None, None
+        return ([src_images[i] for i in src_ids[label]],
+                [src_masks[i] for i in src_ids[label]] if src_masks is not None else None)
+
     shared_res = None
     if shared:
         cfg = GapConfig(**asdict(config)) if config is not None else GapConfig()
+        shared_sources = shared_masks = None
+        if src_ids is not None:
+            shared_sources = {str(c): per_class_sources(str(c))[0] for c in classes}
+            shared_masks = {str(c): per_class_sources(str(c))[1] for c in classes} if src_masks is not None else None
         shared_res = optimise_prompt_tokens(generator, student, [str(c) for c in classes], target=target,
                                             target_images=target_images, embedder=embedder, config=cfg, seed=int(seed),
-                                            progress=progress, cancel=cancel, **overrides)
+                                            progress=progress, cancel=cancel, sources=shared_sources, masks=shared_masks,
+                                            **overrides)
         if is_cancelled(cancel):
             return ids, results
     for ci, label in enumerate(classes):
         if is_cancelled(cancel):
             break
+        cls_sources, cls_masks = per_class_sources(str(label))
         if shared_res is not None:
             text, readable, positions = _prompt_layout(_pipe_of(generator).tokenizer, str(label), shared_res.config.template,
                                                        int(shared_res.config.n_tokens))
@@ -455,7 +622,7 @@ def gap_round(
             cfg = GapConfig(**asdict(config)) if config is not None else GapConfig()
             res = optimise_prompt_tokens(generator, student, str(label), target=target, target_images=target_images,
                                          embedder=embedder, config=cfg, seed=int(seed) + 7 * ci, progress=progress,
-                                         cancel=cancel, **overrides)
+                                         cancel=cancel, sources=cls_sources, masks=cls_masks, **overrides)
             if is_cancelled(cancel):      # tokens half-learned: keep the classes already finished, store nothing more
                 break
         digest = hashlib.sha256(res.embeddings.numpy().tobytes()).hexdigest()[:12]
@@ -464,13 +631,81 @@ def gap_round(
         res.file = rel
         results[str(label)] = res
         seeds = [int(seed) * 10007 + 1000 * ci + j for j in range(int(per_class))]
-        images = generate_with_tokens(generator, res, seeds)
+        parents = [src_ids[str(label)][j % len(src_ids[str(label)])] for j in range(len(seeds))] if src_ids else []
+        images = generate_with_tokens(
+            generator, res, seeds, sources=[src_images[p] for p in parents] if parents else None,
+            masks=[src_masks[p] for p in parents] if parents and src_masks is not None else None)
         rows = [{"label": str(label), "split": "generated", "source": "generated", "prompt": res.prompt,
                  "negative_prompt": "", "seed": s, "steps": res.config.final_steps, "guidance": res.config.guidance,
                  "round": int(round), "strategy": "gap", "model": res.model, "embeddings_file": rel,
-                 "caption": target or ""} for s in seeds]
+                 "caption": target or "",
+                 **({"parent_id": parents[j], "strength": float(res.config.strength),
+                     "mask_file": mask_files.get(parents[j], "")} if parents else {})}
+                for j, s in enumerate(seeds)]
         ids += store.add(images, rows)
     return ids, results
+
+
+def _source_ids(store: Any, classes: list[str], sources: str | Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Sample ids of the source images per class, checked against the store."""
+    s = store.samples
+    if isinstance(sources, str):
+        if sources != "train":
+            raise GapError(f"sources={sources!r}: use 'train' (the real train images of each class) or {{class: [sample ids]}}")
+        real = s[(s["source"] == "real") & (s["split"] == "train")]
+        out = {c: real.loc[real["label"] == c, "id"].astype(str).tolist() for c in classes}
+    else:
+        out = {c: [str(i) for i in sources.get(c, [])] for c in classes}
+        known = set(s["id"].astype(str))
+        missing = sorted({i for v in out.values() for i in v} - known)
+        if missing:
+            raise GapError(f"source ids {missing[:5]} are not in the project: pass ids from crafter.samples")
+    empty = [c for c, v in out.items() if not v]
+    if empty:
+        raise GapError(f"no source images for class(es) {empty}: GAP with sources needs at least one real train "
+                       "image per class (or sources=None for text-to-image)")
+    return out
+
+
+def _mask_for(masks: Any, sample_id: str, image: Image.Image) -> np.ndarray:
+    from .masks import plain_background_mask
+
+    if isinstance(masks, str):
+        if masks != "plain-background":
+            raise GapError(f"masks={masks!r}: use 'plain-background', a function image -> mask, or {{sample id: mask}}")
+        return plain_background_mask(image)
+    if isinstance(masks, Mapping):
+        if sample_id not in masks:
+            raise GapError(f"no mask for source {sample_id!r}: pass one mask per source sample id")
+        return np.asarray(masks[sample_id], dtype=np.float32)
+    if callable(masks):
+        return np.asarray(masks(image), dtype=np.float32)
+    raise GapError(f"masks must be 'plain-background', a function or a mapping, got {type(masks).__name__}")
+
+
+def _save_mask(base: Path, sample_id: str, mask: np.ndarray) -> str:
+    """Store a mask as PNG (content-addressed, written atomically); returns its path relative to the project."""
+    import io
+
+    from .masks import mask_to_image
+    from .store import atomic_write_bytes
+
+    buf = io.BytesIO()
+    mask_to_image(mask).save(buf, format="PNG", optimize=False, compress_level=6)   # 8-bit L, no metadata
+    data = buf.getvalue()
+    rel = f"gap/masks/{_slug(sample_id)}-{hashlib.sha256(data).hexdigest()[:12]}.png"
+    if not (base / rel).is_file():
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(base / rel, data)
+    return rel
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """A mask stored by gap_round (gap/masks/*.png) as float32 H x W in [0, 1]."""
+    from .masks import mask_from_image
+
+    with Image.open(path) as im:
+        return mask_from_image(im)
 
 
 def _slug(text: str) -> str:

@@ -706,18 +706,29 @@ class DataCrafter:
     def _regenerate_gap(self, row: dict[str, Any], gen: Any, alone: bool) -> Image.Image:
         """GAP images: learned prompt tokens (safetensors in the project) + seed, replayed in the
         same call that made them (all seeds of that token file, in order) unless `alone`."""
-        from .adversarial import generate_with_tokens, load_tokens
+        from .adversarial import generate_with_tokens, load_mask, load_tokens
 
         tokens = load_tokens(self.store.path / str(row["embeddings_file"]))
         if alone:
-            seeds, position = [int(row["seed"])], 0
+            members, position = [row], 0
         else:
             s = self.store.samples
             same = s[s["embeddings_file"] == row["embeddings_file"]]
-            seeds = [int(x) for x in same["seed"]]
+            members = same.to_dict("records")
             position = same["id"].tolist().index(row["id"])
+        seeds = [int(m["seed"]) for m in members]
+        # Masked / img2img GAP rows name their source (parent_id), strength and stored mask.
+        parent = row.get("parent_id")
+        sources = masks = strength = None
+        if isinstance(parent, str) and parent:
+            sources = [self.store.image(str(m["parent_id"])) for m in members]
+            strength = float(row["strength"])
+            mask_file = row.get("mask_file")
+            if isinstance(mask_file, str) and mask_file:
+                masks = [load_mask(self.store.path / str(m["mask_file"])) for m in members]
         out = generate_with_tokens(gen, tokens, seeds, steps=int(row["steps"]), guidance=float(row["guidance"]),
-                                   negative_prompt=str(row["negative_prompt"]))
+                                   negative_prompt=str(row["negative_prompt"]), sources=sources, masks=masks,
+                                   strength=strength)
         return out[position]
 
     # ---- feedback -----------------------------------------------------------------------------------------
@@ -993,11 +1004,15 @@ class DataCrafter:
 
     def adversarial(self, target: str | None = None, steps: int = 200, *, target_images: Sequence[Image.Image] | None = None,
                     per_class: int = 10, classes: Sequence[str] | None = None, seed: int | None = None,
-                    progress: bool = True, cancel: Any = None, **settings: Any) -> list[str]:
+                    progress: bool = True, cancel: Any = None, sources: Any = None, masks: Any = None,
+                    **settings: Any) -> list[str]:
         """GAP: learn adversarial prompt tokens per class against the student, guided to `target`
         (a description) and/or `target_images` (unlabelled); store `per_class` images each. Returns the new ids.
 
-        settings go to adversarial.GapConfig (lr, n_tokens, sampler_steps, batch, guidance, ...).
+        sources="train" starts from the real train images of each class (img2img, parent_id in the
+        rows) and masks="plain-background" (or a function / {sample id: mask}) keeps each source's
+        object pixels, so only the context changes and the label is kept; see adversarial.gap_round.
+        settings go to adversarial.GapConfig (lr, n_tokens, sampler_steps, batch, guidance, strength, ...).
         """
         from .adversarial import GapConfig, GapError, gap_round
 
@@ -1018,7 +1033,8 @@ class DataCrafter:
             ids, _ = gap_round(self.store, gen, student, use, target=target, target_images=target_images,
                                embedder=self.models.embedder if self.models.has("embedder") else None,
                                per_class=per_class, round=rnd, seed=rnd * ROUND_SEED_STRIDE if seed is None else seed,
-                               config=config, progress=progress, cancel=cancel, shared=shared)
+                               config=config, progress=progress, cancel=cancel, shared=shared, sources=sources,
+                               masks=masks)
             status = "done"
         finally:
             entry.update(status=status, stored=len(ids), finished=time.time())

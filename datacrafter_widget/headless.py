@@ -92,6 +92,14 @@ def load_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError("models.kind = 'stable_diffusion' needs models.model (a hub id or a local folder)")
     if cfg["gap"].get("enabled") and int(cfg["gap"].get("steps", 0)) <= 0:
         raise ConfigError("gap.steps must be at least 1")
+    if cfg["gap"].get("sources", "none") not in ("none", "train"):
+        raise ConfigError(f"gap.sources {cfg['gap']['sources']!r} is unknown: use 'train' (start from the real train images "
+                          "of each class) or 'none' (text-to-image)")
+    if cfg["gap"].get("masks", "none") not in ("none", "plain-background"):
+        raise ConfigError(f"gap.masks {cfg['gap']['masks']!r} is unknown: use 'plain-background' (keep each source's object) "
+                          "or 'none'")
+    if cfg["gap"].get("masks", "none") != "none" and cfg["gap"].get("sources", "none") == "none":
+        raise ConfigError("gap.masks needs gap.sources = 'train': masks keep the object of a source image")
     cfg["_base"] = str(base)
     return cfg
 
@@ -338,7 +346,9 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
                                      target=gap_cfg.get("target"), embedder=crafter.models.embedder if crafter.models.has("embedder") else None,
                                      per_class=int(gap_cfg.get("per_class", 3)), round=rnd, seed=seed,
                                      config=GapConfig(**settings), progress=progress,
-                                     shared=bool(gap_cfg.get("shared", False)))
+                                     shared=bool(gap_cfg.get("shared", False)),
+                                     sources=None if gap_cfg.get("sources", "none") == "none" else gap_cfg["sources"],
+                                     masks=None if gap_cfg.get("masks", "none") == "none" else gap_cfg["masks"])
             crafter.log_round({"round": rnd, "strategies": ["gap"], "requested": len(ids), "stored": len(ids),
                                "status": "done", "target": gap_cfg.get("target", ""), "finished": time.time()})
             for c, res in results.items():

@@ -133,3 +133,92 @@ def test_shared_tokens_across_classes(setup, tmp_path):
     assert len(ids) == 2 and torch.equal(results["cat"].embeddings, results["dog"].embeddings)
     assert results["dog"].prompt == "a photo of a dog <gap1> <gap2> <gap3> <gap4>"
     store.close()
+
+
+def _centre_mask(size: int = 32) -> np.ndarray:
+    m = np.zeros((size, size), dtype=np.float32)
+    m[8:24, 8:24] = 1.0
+    return m
+
+
+def test_masked_mode_keeps_the_object_and_still_fools_the_student(setup):
+    """Label preservation: with sources + masks only the context changes, yet the student gets less sure."""
+    gen, student = setup
+    sources = gen(["a photo of a cat"] * 4, seed=[300, 301, 302, 303], steps=5)
+    masks = [_centre_mask()] * 4
+    settings = {**SETTINGS, "strength": 0.9}
+    result = optimise_prompt_tokens(gen, student, "cat", steps=20, seed=0, sources=sources, masks=masks, **settings)
+    adv = [h["adversarial"] for h in result.history]
+    assert np.mean(adv[-5:]) < np.mean(adv[:5]) - 0.1, adv
+    assert result.history[-1]["p_label"] < result.history[0]["p_label"]
+    # Baseline: the same img2img + composite with the untrained tokens (lr=0 leaves them at their start).
+    start = optimise_prompt_tokens(gen, student, "cat", steps=1, seed=0, sources=sources, masks=masks,
+                                   **{**settings, "lr": 0.0})
+    seeds = list(range(2000, 2016))
+    srcs, mks = [sources[i % 4] for i in range(16)], [masks[i % 4] for i in range(16)]
+    hard = generate_with_tokens(gen, result, seeds, steps=5, sources=srcs, masks=mks)
+    plain = generate_with_tokens(gen, start, seeds, steps=5, sources=srcs, masks=mks)
+    for im, src, m in zip(hard, srcs, mks):
+        a, b = np.asarray(im), np.asarray(src)
+        assert np.array_equal(a[m == 1], b[m == 1])          # the object: exactly the source's pixels
+    changed = np.mean([np.abs(np.asarray(h, dtype=int) - np.asarray(s, dtype=int))[mks[0] == 0].mean()
+                       for h, s in zip(hard, srcs)])
+    assert changed > 5                                         # the context: regenerated
+    assert student_loss_on(student, hard, "cat") > 1.3 * student_loss_on(student, plain, "cat")
+
+
+def test_plain_background_mask_finds_the_object():
+    from PIL import Image
+
+    from datacrafter_widget.masks import mask_from_image, mask_to_image, plain_background_mask
+
+    arr = np.full((32, 32, 3), (250, 185, 205), dtype=np.uint8)
+    arr[10:20, 12:16] = (40, 80, 235)
+    arr[10:20, 16] = (145, 132, 220)                          # an anti-aliased edge: half object
+    m = plain_background_mask(Image.fromarray(arr))
+    assert m[10:20, 12:17].all() and m.sum() == 50
+    assert plain_background_mask(Image.fromarray(arr), dilate=1).sum() == 50 + 2 * 5 + 2 * 10   # 4-neighbour growth
+    assert np.array_equal(mask_from_image(mask_to_image(m)), m)
+    with pytest.raises(ValueError, match="threshold"):
+        plain_background_mask(Image.fromarray(arr), threshold=2.0)
+
+
+def test_gap_round_from_train_sources_stores_provenance_and_regenerates(tmp_path):
+    from datacrafter_widget.adversarial import load_mask
+    from tests.test_student import _tiny_crafter
+
+    crafter, _ = _tiny_crafter(tmp_path)
+    crafter.train_student(epochs=1, progress=False)
+    with pytest.raises(GapError, match="masks need source images"):
+        crafter.adversarial(target="a digit", steps=1, classes=["0"], masks="plain-background", progress=False)
+    ids = crafter.adversarial(target="a digit", steps=2, per_class=3, classes=["0"], sampler_steps=2, batch=1,
+                              n_tokens=2, final_steps=3, progress=False, sources="train", masks="plain-background")
+    s = crafter.samples.set_index("id")
+    rows = s.loc[ids]
+    real = s[(s["source"] == "real") & (s["split"] == "train") & (s["label"] == "0")].index.tolist()
+    assert set(rows["parent_id"]) <= set(real) and rows["parent_id"].iloc[0] == real[0]
+    assert (rows["strength"] == 0.8).all() and rows["mask_file"].str.startswith("gap/masks/").all()
+    for i in ids:
+        row = rows.loc[i]
+        m = load_mask(crafter.project / row["mask_file"])
+        src = np.asarray(crafter.store.image(row["parent_id"]).resize(m.shape[::-1]))
+        assert np.array_equal(np.asarray(crafter.store.image(i))[m == 1], src[m == 1])
+    again = crafter.regenerate(ids[1])
+    assert np.abs(np.asarray(again, dtype=int) - np.asarray(crafter.store.image(ids[1]), dtype=int)).max() <= 1
+    crafter.close()
+
+
+def test_masks_follow_the_sources_centre_crop(setup):
+    """A non-square source is centre-cropped to the generator's square; its mask must be cropped the same way."""
+    from PIL import Image
+
+    from datacrafter_widget.adversarial import _prepare_sources
+
+    gen, _ = setup
+    arr = np.zeros((32, 64, 3), dtype=np.uint8)
+    arr[:, 16:48] = 255                                       # the centre square is white, the sides black
+    mask = np.zeros((32, 64), dtype=np.float32)
+    mask[:, 16:48] = 1.0
+    src = _prepare_sources(gen.pipe, [Image.fromarray(arr)], [mask], [0])
+    assert src.masks.shape == (1, 1, 32, 32) and bool((src.masks == 1).all())
+    assert float(src.pixels.min()) > 0.99

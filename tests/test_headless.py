@@ -38,7 +38,7 @@ def test_full_loop_writes_samples_metrics_and_report(tmp_path, tiny_models):
         "feedback": {"simulate": True},
         "evolve": {"enabled": True, "population": 2, "generations": 1, "batch": 1, "per_class": 1},
         "gap": {"enabled": True, "steps": 2, "per_class": 1, "sampler_steps": 2, "final_steps": 2, "batch": 1,
-                "n_tokens": 2, "target": "a digit on any background"},
+                "n_tokens": 2, "target": "a digit on any background", "sources": "train", "masks": "plain-background"},
         "student": {"epochs": 1},
     }
     lines = []
@@ -56,6 +56,12 @@ def test_full_loop_writes_samples_metrics_and_report(tmp_path, tiny_models):
     # The fake checker sees a "1" everywhere: every generated image of another class is marked bad.
     checked = gen[gen["strategy"] != "gap"]
     assert (checked[checked["label"] != "1"]["feedback"] == "bad").all()
+    # GAP started from each class's real train image and kept its object (provenance names both).
+    gap = gen[gen["strategy"] == "gap"]
+    real_train = s[(s["source"] == "real") & (s["split"] == "train")].set_index("id")
+    assert len(gap) == 10 and gap["parent_id"].isin(real_train.index).all()
+    assert (real_train.loc[gap["parent_id"], "label"].values == gap["label"].values).all()
+    assert gap["mask_file"].str.startswith("gap/masks/").all() and (gap["strength"] > 0).all()
     assert (result.project / "metrics.csv").is_file() and (result.project / "student" / "student.safetensors").is_file()
     doc = store.read_json("prompts.json", {})
     assert doc["classes"] and all(e["history"] for e in doc["classes"].values())
@@ -89,6 +95,10 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="needs dataset.path"):
         load_config({"dataset": {"kind": "folder"}})
     assert main(["run", str(tmp_path / "nope.toml")]) == 2
+    with pytest.raises(ConfigError, match="gap.sources 'val' is unknown"):
+        load_config({"gap": {"sources": "val"}})
+    with pytest.raises(ConfigError, match="gap.masks needs gap.sources"):
+        load_config({"gap": {"masks": "plain-background"}})
 
 
 def test_prompted_attributes_reads_the_starter_grammar():
