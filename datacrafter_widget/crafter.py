@@ -635,6 +635,7 @@ class DataCrafter:
                     if flag and not flags[k]:
                         flags[k], reasons[k] = flag, why
         scheduler = type(getattr(gen.pipe, "scheduler", None)).__name__
+        floor = getattr(gen, "guidance_min_sigma", None)
         rows = []
         for k, (r, flag, why) in enumerate(zip(reqs, flags, reasons)):
             rows.append({
@@ -643,6 +644,7 @@ class DataCrafter:
                 "strength": r.strength if r.is_img2img else math.nan, "parent_id": r.parent_id, "round": rnd,
                 "strategy": r.strategy, "model": gen.name, "caption": r.caption, "flag": flag, "flag_reason": why,
                 "latent_perturbation": float(r.latent_perturbation), "scheduler": scheduler,
+                "guidance_min_sigma": math.nan if floor is None else float(floor),
                 "batch_id": batch_id, "batch_index": k,
             })
         ids = self.store.add(images, rows)
@@ -692,15 +694,25 @@ class DataCrafter:
         img2img = not math.isnan(strength)
         lp = row.get("latent_perturbation", 0.0)
         lp = 0.0 if lp is None or (isinstance(lp, float) and math.isnan(lp)) else float(lp)
-        out = gen(
-            [str(m["prompt"]) for m in members],
-            negative_prompt=[str(m["negative_prompt"]) for m in members],
-            seed=[int(m["seed"]) for m in members],
-            steps=int(row["steps"]), guidance=float(row["guidance"]),
-            image=[self.store.image(str(m["parent_id"])) for m in members] if img2img else None,
-            strength=strength if img2img else 0.5, latent_perturbation=lp if img2img else 0.0,
-            batch_size=len(members),
-        )
+        # The guidance floor the image was made with (rows from before the column: the generator's own).
+        stored_floor = row.get("guidance_min_sigma", None)
+        had_floor = hasattr(gen, "guidance_min_sigma")
+        previous = getattr(gen, "guidance_min_sigma", None)
+        if had_floor and stored_floor is not None:
+            gen.guidance_min_sigma = None if isinstance(stored_floor, float) and math.isnan(stored_floor) else float(stored_floor)
+        try:
+            out = gen(
+                [str(m["prompt"]) for m in members],
+                negative_prompt=[str(m["negative_prompt"]) for m in members],
+                seed=[int(m["seed"]) for m in members],
+                steps=int(row["steps"]), guidance=float(row["guidance"]),
+                image=[self.store.image(str(m["parent_id"])) for m in members] if img2img else None,
+                strength=strength if img2img else 0.5, latent_perturbation=lp if img2img else 0.0,
+                batch_size=len(members),
+            )
+        finally:
+            if had_floor:
+                gen.guidance_min_sigma = previous
         return out[position]
 
     def _regenerate_gap(self, row: dict[str, Any], gen: Any, alone: bool) -> Image.Image:

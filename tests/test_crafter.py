@@ -356,7 +356,16 @@ def test_starter_models_every_strategy_and_regenerate(starter, tmp_path):
             assert len(ids) == (1 if strategy == "custom" else 2)
             row = c.store.row(ids[0])
             assert row["strategy"] == strategy and row["model"] == c.models.generator.name
+            assert row["guidance_min_sigma"] == c.models.generator.guidance_min_sigma == 0.3
             assert np.array_equal(np.asarray(c.regenerate(ids[0])), np.asarray(c.store.image(ids[0])))
+        # the floor is provenance: a generator reconfigured since still regenerates the stored image
+        gen = c.models.generator
+        gen.guidance_min_sigma = None
+        try:
+            assert np.array_equal(np.asarray(c.regenerate(ids[0])), np.asarray(c.store.image(ids[0])))
+            assert gen.guidance_min_sigma is None
+        finally:
+            gen.guidance_min_sigma = 0.3
 
 
 @starter_models
