@@ -105,11 +105,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         figures[f"i2i_{strength}_prompted_digit"] = win
         print(f"image-to-image strength {strength}: source digit kept {100 * keep:.1f}%, prompted (different) digit "
               f"{100 * win:.1f}%  ({len(src)} real held-out sources)")
-    floor, gen.guidance_min_sigma = gen.guidance_min_sigma, None
-    try:
-        p = checker.predict(gen(i2i_prompts, image=list(src["image"]), strength=0.3, seed=seeds, guidance=g, batch_size=25))["digit"]
-    finally:
-        gen.guidance_min_sigma = floor
+    p = checker.predict(gen(i2i_prompts, image=list(src["image"]), strength=0.3, seed=seeds, guidance=g, batch_size=25,
+                            guidance_min_sigma=None))["digit"]
     figures["i2i_0.3_source_digit_guided_every_step"] = float(np.mean([a == b for a, b in zip(p, src_digits)]))
     print(f"image-to-image strength 0.3 with guidance at every step (no floor): source digit kept "
           f"{100 * figures['i2i_0.3_source_digit_guided_every_step']:.1f}%")

@@ -695,24 +695,19 @@ class DataCrafter:
         lp = row.get("latent_perturbation", 0.0)
         lp = 0.0 if lp is None or (isinstance(lp, float) and math.isnan(lp)) else float(lp)
         # The guidance floor the image was made with (rows from before the column: the generator's own).
-        stored_floor = row.get("guidance_min_sigma", None)
-        had_floor = hasattr(gen, "guidance_min_sigma")
-        previous = getattr(gen, "guidance_min_sigma", None)
-        if had_floor and stored_floor is not None:
-            gen.guidance_min_sigma = None if isinstance(stored_floor, float) and math.isnan(stored_floor) else float(stored_floor)
-        try:
-            out = gen(
-                [str(m["prompt"]) for m in members],
-                negative_prompt=[str(m["negative_prompt"]) for m in members],
-                seed=[int(m["seed"]) for m in members],
-                steps=int(row["steps"]), guidance=float(row["guidance"]),
-                image=[self.store.image(str(m["parent_id"])) for m in members] if img2img else None,
-                strength=strength if img2img else 0.5, latent_perturbation=lp if img2img else 0.0,
-                batch_size=len(members),
-            )
-        finally:
-            if had_floor:
-                gen.guidance_min_sigma = previous
+        floor = row.get("guidance_min_sigma", None)
+        extra = {}
+        if floor is not None and hasattr(gen, "guidance_min_sigma"):
+            extra["guidance_min_sigma"] = None if math.isnan(float(floor)) else float(floor)
+        out = gen(
+            [str(m["prompt"]) for m in members],
+            negative_prompt=[str(m["negative_prompt"]) for m in members],
+            seed=[int(m["seed"]) for m in members],
+            steps=int(row["steps"]), guidance=float(row["guidance"]),
+            image=[self.store.image(str(m["parent_id"])) for m in members] if img2img else None,
+            strength=strength if img2img else 0.5, latent_perturbation=lp if img2img else 0.0,
+            batch_size=len(members), **extra,
+        )
         return out[position]
 
     def _regenerate_gap(self, row: dict[str, Any], gen: Any, alone: bool) -> Image.Image:

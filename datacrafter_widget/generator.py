@@ -118,6 +118,16 @@ class BatchResult:
     batch_size: int = 0
 
 
+class _OwnFloor:
+    """Sentinel: use the Generator's own guidance_min_sigma (None is a real value: guide every step)."""
+
+    def __repr__(self) -> str:
+        return "the generator's own"
+
+
+OWN_FLOOR: Any = _OwnFloor()
+
+
 class Generator:
     """Text-to-image and image-to-image with one seed per image, in batches, cancellable."""
 
@@ -136,10 +146,8 @@ class Generator:
         arXiv 2404.07724), and on a small model it can redraw what low-strength image-to-image is
         meant to keep. None applies guidance at every step, as diffusers does.
         """
-        if guidance_min_sigma is not None and not float(guidance_min_sigma) >= 0.0:
-            raise ValueError(f"guidance_min_sigma={guidance_min_sigma}: give a noise level >= 0, or None for guidance at every step")
         self.pipe = pipe
-        self.guidance_min_sigma = None if guidance_min_sigma is None else float(guidance_min_sigma)
+        self.guidance_min_sigma = _check_floor(guidance_min_sigma)
         self.name = name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
         self.default_steps = int(default_steps)
         self.default_guidance = float(default_guidance)
@@ -197,8 +205,12 @@ class Generator:
         progress: ProgressFn | None = None,
         cancel: Callable[[], bool] | Any = None,
         strict_cancel: bool = False,
+        guidance_min_sigma: float | None = OWN_FLOOR,
     ) -> list[Image.Image]:
         """Generate one image per prompt. A single int `seed` means seeds seed, seed+1, ...
+
+        guidance_min_sigma overrides the generator's guidance floor for this call (None: guide at
+        every step); regeneration passes the stored one, so a shared generator is never mutated.
 
         Cancelling returns the images of the batches that finished (or raises GenerationCancelled
         with them when `strict_cancel`). Per-image flags ("nan", "black", "nsfw") land in `last_flags`.
@@ -220,6 +232,7 @@ class Generator:
             prompts, negative_prompts=_per_image(negative_prompt, n, "negative prompts"), seeds=seeds,
             steps=steps, guidance=guidance, images=images, strength=strength,
             latent_perturbation=latent_perturbation, batch_size=batch_size, progress=progress, cancel=cancel,
+            guidance_min_sigma=guidance_min_sigma,
         ):
             for i, im, fl in zip(result.indices, result.images, result.flags):
                 out[i], flags[i] = im, fl
@@ -245,6 +258,7 @@ class Generator:
         batch_size: int = 8,
         progress: ProgressFn | None = None,
         cancel: Callable[[], bool] | Any = None,
+        guidance_min_sigma: float | None = OWN_FLOOR,
     ) -> Iterator[BatchResult]:
         """Run the requests in full batches of at most `batch_size`, yielding each finished batch.
 
@@ -272,6 +286,7 @@ class Generator:
                                  f"int(steps * strength) of them): raise steps or strength")
         if latent_perturbation and images is None:
             raise ValueError("latent_perturbation needs source images: pass image=[...] (image-to-image)")
+        floor = self.guidance_min_sigma if guidance_min_sigma is OWN_FLOOR else _check_floor(guidance_min_sigma)
         is_cancelled = _cancel_fn(cancel)
         size = max(1, int(batch_size))
         start = 0
@@ -282,7 +297,7 @@ class Generator:
             try:
                 result = self._run_batch(
                     idx, prompts, negs, seeds, steps, guidance, images, float(strength),
-                    float(latent_perturbation), progress, n, start, is_cancelled,
+                    float(latent_perturbation), progress, n, start, is_cancelled, floor,
                 )
             except torch.cuda.OutOfMemoryError as err:
                 _free_cuda()
@@ -303,7 +318,7 @@ class Generator:
                 progress(float(start), n)
 
     def _run_batch(self, idx, prompts, negs, seeds, steps, guidance, images, strength, perturbation,
-                   progress, total, offset, is_cancelled) -> BatchResult | None:
+                   progress, total, offset, is_cancelled, floor) -> BatchResult | None:
         gens = [torch.Generator().manual_seed(int(seeds[i])) for i in idx]
         kwargs: dict[str, Any] = dict(
             prompt=[prompts[i] for i in idx],
@@ -335,7 +350,7 @@ class Generator:
                 p._interrupt = True
             return tensors
 
-        guided_steps = self._guided_steps(pipe, steps, guidance, strength if images is not None else 1.0)
+        guided_steps = _guided_steps(pipe, floor, steps, guidance, strength if images is not None else 1.0)
         if guided_steps == 0:
             kwargs["guidance_scale"] = 1.0  # the whole (short) chain runs below the guidance floor
         guided = {"on": guided_steps is None or guided_steps > 0}
@@ -374,26 +389,6 @@ class Generator:
             flags.append(flag)
         return BatchResult(indices=list(idx), images=result_images, flags=flags)
 
-    def _guided_steps(self, pipe: Any, steps: int, guidance: float, strength: float) -> int | None:
-        """How many of this call's denoising steps run above guidance_min_sigma (None: all of them).
-
-        Rebuilds the schedule the pipeline will use (a fresh scheduler from the same config, and the
-        image-to-image truncation by strength) and reads each step's noise level off alphas_cumprod.
-        """
-        if self.guidance_min_sigma is None or float(guidance) <= 1.0:
-            return None
-        sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
-        sched.set_timesteps(int(steps))
-        timesteps = sched.timesteps
-        if strength < 1.0:
-            keep = min(int(int(steps) * float(strength)), int(steps))
-            timesteps = timesteps[max(int(steps) - keep, 0) * sched.order:]
-        alpha_bar = sched.alphas_cumprod[timesteps.long().clamp(0, len(sched.alphas_cumprod) - 1)].double()
-        sigmas = ((1 - alpha_bar) / alpha_bar).sqrt()
-        above = int((sigmas > self.guidance_min_sigma).sum())
-        # sigmas fall monotonically, so the guided steps are the first `above` ones
-        return None if above == len(sigmas) else above
-
     def _perturbed_latents(self, sources: list[Image.Image], seeds: list[int], scale: float) -> torch.Tensor:
         """Encode each source with the VAE (seeded, one at a time) and perturb its latent (GIF)."""
         pipe = self.img2img
@@ -413,6 +408,35 @@ class Generator:
                 z = z * vae.config.scaling_factor
                 latents.append(perturb_latents(z.float(), scale, s).to(vae.dtype))
         return torch.cat(latents, dim=0)
+
+
+def _check_floor(value: Any) -> float | None:
+    if value is None:
+        return None
+    if not float(value) >= 0.0:
+        raise ValueError(f"guidance_min_sigma={value}: give a noise level >= 0, or None for guidance at every step")
+    return float(value)
+
+
+def _guided_steps(pipe: Any, floor: float | None, steps: int, guidance: float, strength: float) -> int | None:
+    """How many of a call's denoising steps run above the guidance floor (None: all of them).
+
+    Rebuilds the schedule the pipeline will use (a fresh scheduler from the same config, and the
+    image-to-image truncation by strength) and reads each step's noise level off alphas_cumprod.
+    """
+    if floor is None or float(guidance) <= 1.0:
+        return None
+    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    sched.set_timesteps(int(steps))
+    timesteps = sched.timesteps
+    if strength < 1.0:
+        keep = min(int(int(steps) * float(strength)), int(steps))
+        timesteps = timesteps[max(int(steps) - keep, 0) * sched.order:]
+    alpha_bar = sched.alphas_cumprod[timesteps.long().clamp(0, len(sched.alphas_cumprod) - 1)].double()
+    sigmas = ((1 - alpha_bar) / alpha_bar).sqrt()
+    above = int((sigmas > floor).sum())
+    # sigmas fall monotonically, so the guided steps are the first `above` ones
+    return None if above == len(sigmas) else above
 
 
 def _cancel_fn(cancel: Any) -> Callable[[], bool]:

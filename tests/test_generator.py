@@ -242,6 +242,10 @@ def test_guidance_floor_drops_guidance_below_the_noise_level(gen):
     assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(floored(prompts, seed=seeds), full))
     floored.guidance_min_sigma = 1e9  # every step is below the floor: the same as no guidance at all
     assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(floored(prompts, seed=seeds), unguided))
+    # a per-call override wins and leaves the generator as it was
+    assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(floored(prompts, seed=seeds, guidance_min_sigma=None), full))
+    assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(gen(prompts, seed=seeds, guidance_min_sigma=1e9), unguided))
+    assert floored.guidance_min_sigma == 1e9 and gen.guidance_min_sigma is None
 
     # a floor inside the schedule: the first k steps run guided (batch 2n), the rest conditional only (n)
     sched = type(gen.pipe.scheduler).from_config(gen.pipe.scheduler.config)
@@ -268,5 +272,7 @@ def test_guidance_floor_drops_guidance_below_the_noise_level(gen):
     assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(low, plain))
     with pytest.raises(ValueError, match="guidance_min_sigma"):
         Generator(gen.pipe, guidance_min_sigma=-1.0)
+    with pytest.raises(ValueError, match="guidance_min_sigma"):
+        gen(prompts, seed=seeds, guidance_min_sigma=float("nan"))
     with pytest.raises(ValueError, match="runs no denoising step"):  # int(3 * 0.3) = 0 steps
         gen(prompts, image=full, strength=0.3, seed=seeds)
