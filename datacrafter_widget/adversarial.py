@@ -248,7 +248,8 @@ def _pixel_size(pipe: Any) -> int:
 @torch.no_grad()
 def _prepare_sources(pipe: Any, images: Sequence[Image.Image], masks: Sequence[Any] | None,
                      label_of: list[int]) -> _Sources:
-    from .generator import square
+    from .generator import centre_square, square
+    from .masks import mask_from_image, mask_to_image
 
     size = _pixel_size(pipe)
     if masks is not None and len(masks) != len(images):
@@ -262,12 +263,8 @@ def _prepare_sources(pipe: Any, images: Sequence[Image.Image], masks: Sequence[A
             a = np.asarray(m, dtype=np.float32)
             if a.ndim != 2:
                 raise GapError(f"masks[{i}] has shape {a.shape}: a mask is 2-D (H x W), 1 on the object, 0 on the context")
-            if a.shape != (size, size):     # the same centre crop as `square` applies to the source, then nearest resize
-                h, w = a.shape
-                k = min(h, w)
-                top, left = (h - k) // 2, (w - k) // 2
-                a = np.asarray(Image.fromarray(np.uint8(np.round(np.clip(a[top:top + k, left:left + k], 0, 1) * 255)))
-                               .resize((size, size), Image.NEAREST), dtype=np.float32) / 255.0
+            if a.shape != (size, size):     # the same centre crop as `square` applies to the source, nearest resize
+                a = mask_from_image(centre_square(mask_to_image(a), size, Image.NEAREST))
             rows.append(torch.from_numpy(np.clip(a, 0.0, 1.0)))
         mk = torch.stack(rows).unsqueeze(1)
     vae = pipe.vae

@@ -85,14 +85,18 @@ def _per_image(value: Any, n: int, what: str) -> list[Any]:
 
 def square(image: Image.Image, size: int) -> Image.Image:
     """Centre-crop to a square and resize to the generator's resolution (img2img sources)."""
-    image = to_rgb(image)
+    return centre_square(to_rgb(image), size, Image.BICUBIC)
+
+
+def centre_square(image: Image.Image, size: int, resample: int) -> Image.Image:
+    """The crop and resize of `square` in any image mode (NEAREST keeps an object mask binary)."""
     w, h = image.size
     if w != h:
         s = min(w, h)
         left, top = (w - s) // 2, (h - s) // 2
         image = image.crop((left, top, left + s, top + s))
     if image.size != (size, size):
-        image = image.resize((size, size), Image.BICUBIC)
+        image = image.resize((size, size), resample)
     return image
 
 
