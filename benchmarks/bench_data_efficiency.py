@@ -38,11 +38,11 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import datacrafter_widget as dc  # noqa: E402
-from datacrafter_widget.adversarial import GapConfig, gap_round  # noqa: E402
-from datacrafter_widget.crafter import DataCrafter  # noqa: E402
-from datacrafter_widget.evolution import evolve_store, generator_fn, starter_compose, starter_vocabulary  # noqa: E402
-from datacrafter_widget.headless import simulated_feedback  # noqa: E402
-from datacrafter_widget.student import evaluate, train_student  # noqa: E402
+from datacrafter_widget.loop.gap import GapConfig, gap_round  # noqa: E402
+from datacrafter_widget.controller.crafter import DataCrafter  # noqa: E402
+from datacrafter_widget.loop.evolution import evolve_store, generator_fn, starter_compose, starter_vocabulary  # noqa: E402
+from datacrafter_widget.app.headless import simulated_feedback  # noqa: E402
+from datacrafter_widget.loop.student import evaluate, train_student  # noqa: E402
 
 STRATEGIES = ["none", "class", "caption", "perturb", "loop", "gap"]
 RESULTS = REPO / "benchmarks" / "results"
@@ -82,12 +82,12 @@ def measure(models, ds, args) -> dict[str, float]:
     gen(["a photo of a 3"] * 8, seed=0, batch_size=8)
     per_image = (time.time() - t) / 8
     s0 = train_student(ds.images(), ds.labels, ds.classes, epochs=2, width=args.width, progress=False)
-    from datacrafter_widget.adversarial import optimise_prompt_tokens
+    from datacrafter_widget.loop.gap import optimise_prompt_tokens
 
     t = time.time()
     gap_src = {}
     if args.gap_sources == "train":
-        from datacrafter_widget.masks import plain_background_mask
+        from datacrafter_widget.loop.masks import plain_background_mask
 
         srcs = [im for im, l in zip(ds.images(), ds.labels) if l == "3"]
         gap_src = {"sources": srcs, "masks": [plain_background_mask(im) for im in srcs] if args.gap_masks != "none" else None,
@@ -190,12 +190,12 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
                                  shared=args.gap_shared, sources=None if args.gap_sources == "none" else args.gap_sources,
                                  masks=None if args.gap_masks == "none" or args.gap_sources == "none" else args.gap_masks)
             t_gap = time.time() - t
-            from datacrafter_widget.adversarial import student_loss_on
+            from datacrafter_widget.loop.gap import student_loss_on
 
             ce_gap = float(np.mean([student_loss_on(student0, [store.image(i) for i in ids if store.row(i)["label"] == c], c)
                                     for c in classes]))
             # GAP images go through the same class filter as every other strategy.
-            from datacrafter_widget.class_filter import ClassFilter
+            from datacrafter_widget.loop.class_filter import ClassFilter
 
             emb = models.embedder.embed_images([store.image(i) for i in ids])
             flt = ClassFilter(models.embedder, classes)
@@ -236,7 +236,7 @@ def load_models(weights: str | None):
 
 def load_checker(steps: int | None, weights: str | None = None):
     """The starter's independent checker: saved weights, a fresh training run, or the cached default."""
-    from datacrafter_widget.headless import _starter_checker
+    from datacrafter_widget.app.headless import _starter_checker
     from datacrafter_widget.starter import checker as ck
 
     if weights:

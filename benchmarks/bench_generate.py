@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 
 import datacrafter_widget as dc  # noqa: E402
-from datacrafter_widget.generator import Generator  # noqa: E402
+from datacrafter_widget.models.generator import Generator  # noqa: E402
 
 
 def load_models(which: str, steps: int, weights_dir: str | None = None) -> tuple[dc.Models, str]:
@@ -101,7 +101,7 @@ def main() -> None:
     classes = ds.classes
     guidance = gen.default_guidance
     # The exact requests crafter.generate(strategy="class") makes, so both sides do the same work.
-    from datacrafter_widget.strategies import build_requests
+    from datacrafter_widget.loop.strategies import build_requests
 
     reqs = build_requests("class", classes=classes, per_class=args.per_class, seed=100_000)
     prompts = [r.prompt for r in reqs]

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from datacrafter_widget.projection import (  # noqa: E402
+from datacrafter_widget.loop.m2m import (  # noqa: E402
     M2MConfig,
     label_agreement,
     place,
@@ -92,7 +92,7 @@ def umap_centroid_baseline(emb, mem, seed):
 
 
 def run(name, emb, texts, memberships, label_emb, n_new, seed=0):
-    from datacrafter_widget.projection import membership_matrix
+    from datacrafter_widget.loop.m2m import membership_matrix
 
     n_total = emb.shape[0]
     n = n_total - n_new
@@ -142,7 +142,7 @@ def run(name, emb, texts, memberships, label_emb, n_new, seed=0):
 def starter_data(n_new: int):
     """Starter coloured digits embedded by the starter CLIP; labels from the CLIP labeler."""
     import datacrafter_widget as dc
-    from datacrafter_widget.labeler import ClipVocabularyLabeler
+    from datacrafter_widget.loop.content_labels import ClipVocabularyLabeler
 
     ds = dc.starter.colored_digits(shots=5, seed=0)
     models = dc.starter.models()

@@ -21,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datacrafter_widget.store import SampleStore  # noqa: E402
+from datacrafter_widget.data.store import SampleStore  # noqa: E402
 
 
 def images(n: int) -> list[Image.Image]:

@@ -27,7 +27,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
-from datacrafter_widget.widget import CrafterWidget  # noqa: E402
+from datacrafter_widget.ui.widget import CrafterWidget  # noqa: E402
 from standalone import CHROMIUM, CHROMIUM_ARGS, open_standalone, synthetic_frame, synthetic_thumbnails, widget_state  # noqa: E402
 
 H = "window.__dcw[window.__dcw.length - 1]"

@@ -11,9 +11,9 @@ class prompt. Writes a montage: rows = source, learned tokens, untrained tokens,
 import time, torch, numpy as np
 torch.set_num_threads(1)
 import datacrafter_widget as dc
-from datacrafter_widget.adversarial import optimise_prompt_tokens, generate_with_tokens, student_loss_on
-from datacrafter_widget.masks import plain_background_mask
-from datacrafter_widget.student import train_student
+from datacrafter_widget.loop.gap import optimise_prompt_tokens, generate_with_tokens, student_loss_on
+from datacrafter_widget.loop.masks import plain_background_mask
+from datacrafter_widget.loop.student import train_student
 from PIL import Image
 ds = dc.starter.colored_digits(shots=5, spurious=0.95, seed=0)
 models = dc.starter.models(); gen = models.generator; gen.default_steps = 8

@@ -9,19 +9,19 @@ from importlib import import_module
 from typing import Any
 
 from . import starter
-from .dataset import Dataset, DatasetError
+from .data.dataset import Dataset, DatasetError
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Captioner": "captioner",
-    "RetrievalCaptioner": "captioner",
-    "DataCrafter": "crafter",
-    "Embedder": "embedder",
-    "Generator": "generator",
-    "MissingModelError": "models",
-    "Models": "models",
-    "SampleStore": "store",
+    "Captioner": "models.captioner",
+    "RetrievalCaptioner": "models.captioner",
+    "DataCrafter": "controller.crafter",
+    "Embedder": "models.embedder",
+    "Generator": "models.generator",
+    "MissingModelError": "models.bundle",
+    "Models": "models.bundle",
+    "SampleStore": "data.store",
 }
 
 __all__ = ["Dataset", "DatasetError", "starter", "__version__", *_LAZY]

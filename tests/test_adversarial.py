@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import ImageOps
 
-from datacrafter_widget.adversarial import (
+from datacrafter_widget.loop.gap import (
     GapError, gap_round, generate_with_tokens, load_tokens, optimise_prompt_tokens, student_loss_on,
 )
-from datacrafter_widget.generator import Generator
-from datacrafter_widget.store import SampleStore
-from datacrafter_widget.student import StudentError, train_student
+from datacrafter_widget.models.generator import Generator
+from datacrafter_widget.data.store import SampleStore
+from datacrafter_widget.loop.student import StudentError, train_student
 from tests.tiny_models import tiny_open_clip, tiny_sd_pipeline
 
 # A high guidance scale makes the tiny random UNet respond to the prompt strongly enough to measure.
@@ -57,7 +57,7 @@ def test_text_and_image_guidance_terms(setup):
     text = [h["text"] for h in res.history]
     assert text[-1] < text[0]
     model, preprocess, tokenizer = tiny_open_clip()
-    from datacrafter_widget.embedder import Embedder
+    from datacrafter_widget.models.embedder import Embedder
 
     embedder = Embedder(model, preprocess, tokenizer, name="tiny-clip")
     targets = [ImageOps.invert(im) for im in gen(["a photo of a dog"] * 4, seed=50, steps=5)]
@@ -170,7 +170,7 @@ def test_masked_mode_keeps_the_object_and_still_fools_the_student(setup):
 def test_plain_background_mask_finds_the_object():
     from PIL import Image
 
-    from datacrafter_widget.masks import mask_from_image, mask_to_image, plain_background_mask
+    from datacrafter_widget.loop.masks import mask_from_image, mask_to_image, plain_background_mask
 
     arr = np.full((32, 32, 3), (250, 185, 205), dtype=np.uint8)
     arr[10:20, 12:16] = (40, 80, 235)
@@ -184,7 +184,7 @@ def test_plain_background_mask_finds_the_object():
 
 
 def test_gap_round_from_train_sources_stores_provenance_and_regenerates(tmp_path):
-    from datacrafter_widget.adversarial import load_mask
+    from datacrafter_widget.loop.gap import load_mask
     from tests.test_student import _tiny_crafter
 
     crafter, _ = _tiny_crafter(tmp_path)
@@ -212,7 +212,7 @@ def test_masks_follow_the_sources_centre_crop(setup):
     """A non-square source is centre-cropped to the generator's square; its mask must be cropped the same way."""
     from PIL import Image
 
-    from datacrafter_widget.adversarial import _prepare_sources
+    from datacrafter_widget.loop.gap import _prepare_sources
 
     gen, _ = setup
     arr = np.zeros((32, 64, 3), dtype=np.uint8)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datacrafter_widget.captioner import Captioner, RetrievalCaptioner
+from datacrafter_widget.models.captioner import Captioner, RetrievalCaptioner
 from tiny_models import tiny_blip
 
 torch.set_num_threads(1)

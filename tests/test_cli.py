@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 def datacrafter(*args: str) -> list[str]:
     """The installed console script when there is one, else the same entry point via -m."""
     exe = shutil.which("datacrafter")
-    return [exe, *args] if exe else [sys.executable, "-m", "datacrafter_widget.cli", *args]
+    return [exe, *args] if exe else [sys.executable, "-m", "datacrafter_widget.app.cli", *args]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -35,7 +35,7 @@ def test_help_lists_the_commands(capsys):
     out = subprocess.run(datacrafter("--help"), capture_output=True, text=True, env=_env(), timeout=120)
     assert out.returncode == 0, out.stderr
     assert "demo" in out.stdout and "info" in out.stdout
-    from datacrafter_widget.cli import main
+    from datacrafter_widget.app.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--help"])
@@ -56,7 +56,7 @@ def test_info_reports_versions_device_and_models(capsys):
     weights = REPO / "datacrafter_widget" / "starter" / "weights"
     assert info["starter_weights"]["present"] == any(weights.glob("*.safetensors"))
     assert info["huggingface"]["offline"] is True  # conftest sets HF_HUB_OFFLINE=1
-    from datacrafter_widget.cli import main
+    from datacrafter_widget.app.cli import main
 
     assert main(["info"]) == 0
     text = capsys.readouterr().out
@@ -64,7 +64,7 @@ def test_info_reports_versions_device_and_models(capsys):
 
 
 def test_demo_dry_run_copies_notebooks_when_source_is_read_only(tmp_path, monkeypatch, capsys):
-    from datacrafter_widget.cli import main
+    from datacrafter_widget.app.cli import main
 
     source = tmp_path / "nb"
     source.mkdir()
@@ -78,7 +78,7 @@ def test_demo_dry_run_copies_notebooks_when_source_is_read_only(tmp_path, monkey
     assert re.search(r"open http://localhost:\d+/lab/tree/quickstart.ipynb\?token=[0-9a-f]{32}", out)
     assert "--ServerApp.port_retries=0" in out  # the printed URL is the port actually served
     monkeypatch.setenv("DATACRAFTER_NOTEBOOKS", str(tmp_path / "nowhere"))
-    monkeypatch.setattr("datacrafter_widget.cli.PACKAGE_DIR", tmp_path / "pkg" / "datacrafter_widget")
+    monkeypatch.setattr("datacrafter_widget.app.cli.PACKAGE_DIR", tmp_path / "pkg" / "datacrafter_widget")
     with pytest.raises(SystemExit, match="DATACRAFTER_NOTEBOOKS"):
         main(["demo", "--dry-run"])
 

@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 
 import datacrafter_widget as dc
-from datacrafter_widget.captioner import Captioner
-from datacrafter_widget.class_filter import ClassFilter
-from datacrafter_widget.crafter import JobRunningError, UnknownSampleError
-from datacrafter_widget.embedder import Embedder
-from datacrafter_widget.generator import Generator
-from datacrafter_widget.models import MissingModelError
-from datacrafter_widget.strategies import StrategyError
+from datacrafter_widget.models.captioner import Captioner
+from datacrafter_widget.loop.class_filter import ClassFilter
+from datacrafter_widget.controller.crafter import JobRunningError, UnknownSampleError
+from datacrafter_widget.models.embedder import Embedder
+from datacrafter_widget.models.generator import Generator
+from datacrafter_widget.models.bundle import MissingModelError
+from datacrafter_widget.loop.strategies import StrategyError
 from tiny_models import tiny_blip, tiny_open_clip, tiny_sd_pipeline
 
 torch.set_num_threads(1)
@@ -396,8 +396,8 @@ def test_starter_filter_flags_off_class_images(starter, tmp_path):
 def test_regenerate_replays_gap_rows_from_their_learned_tokens(tmp_path):
     from PIL import ImageOps
 
-    from datacrafter_widget.adversarial import gap_round
-    from datacrafter_widget.student import train_student
+    from datacrafter_widget.loop.gap import gap_round
+    from datacrafter_widget.loop.student import train_student
 
     gen = Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=4, default_guidance=15.0)
     cats = gen(["a photo of a cat"] * 4, seed=0)
@@ -417,7 +417,7 @@ def test_regenerate_replays_gap_rows_from_their_learned_tokens(tmp_path):
 
 
 def test_an_interrupted_import_resumes_without_duplicates(ds, tmp_path):
-    from datacrafter_widget.store import SampleStore
+    from datacrafter_widget.data.store import SampleStore
 
     store = SampleStore(tmp_path / "resume")  # as if the kernel died after the first chunk of real images
     store.add(ds.train.images([0, 1, 2]), [{"label": ds.train.labels[i], "split": "train"} for i in range(3)])

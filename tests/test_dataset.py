@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from datacrafter_widget.dataset import Dataset, DatasetError, LoadWarning
+from datacrafter_widget.data.dataset import Dataset, DatasetError, LoadWarning
 
 
 def jpeg_bytes(image: Image.Image, **kw) -> bytes:

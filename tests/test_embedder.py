@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datacrafter_widget.embedder import Embedder, auto_device
+from datacrafter_widget.models.embedder import Embedder, auto_device
 from tiny_models import tiny_open_clip
 
 torch.set_num_threads(1)

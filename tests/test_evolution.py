@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from datacrafter_widget.evolution import (
+from datacrafter_widget.loop.evolution import (
     EvolutionError, Genome, apply_to_prompts_doc, current_prompts, evolve_prompts, evolve_store, starter_compose,
 )
-from datacrafter_widget.store import SampleStore
+from datacrafter_widget.data.store import SampleStore
 
 COLOURS = {"pink": (250, 185, 205), "black": (15, 15, 15), "white": (245, 245, 245), "gray": (128, 128, 128),
            "lightblue": (160, 210, 245)}
@@ -153,7 +153,7 @@ def test_prompt_doc_roundtrip_and_starter_grammar():
 
 
 def test_controller_evolve_then_generate_evolved(tmp_path):
-    from datacrafter_widget.strategies import StrategyError
+    from datacrafter_widget.loop.strategies import StrategyError
     from tests.test_student import _tiny_crafter
 
     crafter, _ = _tiny_crafter(tmp_path)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from datacrafter_widget.generator import (
+from datacrafter_widget.models.generator import (
     GenerationCancelled,
     GenerationError,
     Generator,
     perturb_latents,
     set_scheduler,
 )
-from datacrafter_widget.models import Models
+from datacrafter_widget.models.bundle import Models
 from tiny_models import tiny_sd_pipeline
 
 torch.set_num_threads(1)

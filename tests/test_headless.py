@@ -6,16 +6,16 @@ import json
 import pandas as pd
 import pytest
 
-from datacrafter_widget.cli import main
-from datacrafter_widget.headless import ConfigError, load_config, prompted_attributes, run
-from datacrafter_widget.report import Section, render_report
+from datacrafter_widget.app.cli import main
+from datacrafter_widget.app.headless import ConfigError, load_config, prompted_attributes, run
+from datacrafter_widget.app.report import Section, render_report
 
 
 @pytest.fixture(scope="module")
 def tiny_models():
-    from datacrafter_widget.embedder import Embedder
-    from datacrafter_widget.generator import Generator
-    from datacrafter_widget.models import Models
+    from datacrafter_widget.models.embedder import Embedder
+    from datacrafter_widget.models.generator import Generator
+    from datacrafter_widget.models.bundle import Models
     from tests.tiny_models import tiny_open_clip, tiny_sd_pipeline
 
     model, preprocess, tokenizer = tiny_open_clip()
@@ -47,7 +47,7 @@ def test_full_loop_writes_samples_metrics_and_report(tmp_path, tiny_models):
     assert stages == ["real only", "round 1: class", "round 2: caption", "evolved prompts", "GAP"]
     assert result.metrics["accuracy"].between(0, 1).all()
     assert result.metrics["n_train"].iloc[0] == 10
-    from datacrafter_widget.store import SampleStore
+    from datacrafter_widget.data.store import SampleStore
 
     store = SampleStore(result.project, readonly=True)
     s = store.samples

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datacrafter_widget.labeler import (
+from datacrafter_widget.loop.content_labels import (
     ClipVocabularyLabeler,
     Labeler,
     LabelerError,
@@ -202,7 +202,7 @@ def test_bad_input(fake):
 
 @pytest.fixture(scope="module")
 def tiny_embedder():
-    from datacrafter_widget.embedder import Embedder
+    from datacrafter_widget.models.embedder import Embedder
     from tests.tiny_models import tiny_open_clip
 
     model, preprocess, tokenizer = tiny_open_clip(seed=0)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datacrafter_widget.metrics import (
+from datacrafter_widget.loop.metrics import (
     METRICS,
     MetricsError,
     class_maintenance,

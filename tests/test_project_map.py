@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import datacrafter_widget as dc
-from datacrafter_widget.embedder import Embedder
-from datacrafter_widget.generator import Generator
+from datacrafter_widget.models.embedder import Embedder
+from datacrafter_widget.models.generator import Generator
 from tiny_models import tiny_open_clip, tiny_sd_pipeline
 
 torch.set_num_threads(1)

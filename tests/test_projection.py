@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datacrafter_widget.projection import (
+from datacrafter_widget.loop.m2m import (
     Layout,
     M2MConfig,
     load_layout,

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datacrafter_widget.dataset import DatasetError
-from datacrafter_widget.images import png_bytes
+from datacrafter_widget.data.dataset import DatasetError
+from datacrafter_widget.data.images import png_bytes
 from datacrafter_widget.starter.digits import BACKGROUNDS, CLASSES, TIED_BACKGROUND, caption_for, colored_digits
 
 

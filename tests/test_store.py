@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from datacrafter_widget.images import content_hash, png_bytes
-from datacrafter_widget.store import (
+from datacrafter_widget.data.images import content_hash, png_bytes
+from datacrafter_widget.data.store import (
     COLUMNS,
     ProjectLockedError,
     ReadOnlyError,
@@ -142,7 +142,7 @@ WRITER = textwrap.dedent(
     sys.modules["datacrafter_widget"] = pkg
     import numpy as np
     from PIL import Image
-    from datacrafter_widget.store import SampleStore
+    from datacrafter_widget.data.store import SampleStore
     SampleStore.COMPACT_SEGMENTS = 7      # compact often, so kills land inside compaction too
     SampleStore.COMPACT_PARTS = 3
     path, durable = sys.argv[1], sys.argv[2] == "1"
@@ -231,7 +231,7 @@ HOLDER = textwrap.dedent(
     pkg.__path__ = [sys.argv[-1]]
     sys.modules["datacrafter_widget"] = pkg
     import time
-    from datacrafter_widget.store import SampleStore
+    from datacrafter_widget.data.store import SampleStore
     store = SampleStore(sys.argv[1])
     print("locked", flush=True)
     time.sleep(120)

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from datacrafter_widget.strategies import (
+from datacrafter_widget.loop.strategies import (
     CLASS_TEMPLATES,
     PERTURB_STRENGTHS,
     StrategyError,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datacrafter_widget.student import (
+from datacrafter_widget.loop.student import (
     Student, StudentError, accepted_rows, evaluate, train_student, training_set_from_samples,
 )
 
@@ -98,7 +98,7 @@ def test_cancel_keeps_finished_epochs():
 
 def test_probe_on_clip_features_is_differentiable():
     from tests.tiny_models import tiny_open_clip
-    from datacrafter_widget.embedder import Embedder
+    from datacrafter_widget.models.embedder import Embedder
 
     model, preprocess, tokenizer = tiny_open_clip()
     embedder = Embedder(model, preprocess, tokenizer, name="tiny-clip")
@@ -139,10 +139,10 @@ def test_training_set_uses_accepted_generated_only():
 
 
 def _tiny_crafter(tmp_path):
-    from datacrafter_widget.crafter import DataCrafter
-    from datacrafter_widget.embedder import Embedder
-    from datacrafter_widget.generator import Generator
-    from datacrafter_widget.models import Models
+    from datacrafter_widget.controller.crafter import DataCrafter
+    from datacrafter_widget.models.embedder import Embedder
+    from datacrafter_widget.models.generator import Generator
+    from datacrafter_widget.models.bundle import Models
     from datacrafter_widget.starter import colored_digits
     from tests.tiny_models import tiny_open_clip, tiny_sd_pipeline
 
@@ -153,8 +153,8 @@ def _tiny_crafter(tmp_path):
 
 
 def test_controller_trains_saves_and_evaluates(tmp_path):
-    from datacrafter_widget.crafter import DataCrafter
-    from datacrafter_widget.models import Models
+    from datacrafter_widget.controller.crafter import DataCrafter
+    from datacrafter_widget.models.bundle import Models
 
     crafter, models = _tiny_crafter(tmp_path)
     with pytest.raises(StudentError, match="no student yet"):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from datacrafter_widget.widget import (
+from datacrafter_widget.ui.widget import (
     ACTIONS,
     CrafterWidget,
     build_atlas,
@@ -300,7 +300,7 @@ def crafter(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_crafter_view_shows_every_sample_and_syncs_selection(crafter) -> None:
-    from datacrafter_widget.widget import CrafterView
+    from datacrafter_widget.ui.widget import CrafterView
 
     view = CrafterView(crafter)
     w = view.widget
@@ -316,7 +316,7 @@ def test_crafter_view_shows_every_sample_and_syncs_selection(crafter) -> None:
 
 
 def test_crafter_view_buttons_reach_the_store(crafter) -> None:
-    from datacrafter_widget.widget import CrafterView
+    from datacrafter_widget.ui.widget import CrafterView
 
     view = CrafterView(crafter)
     w = view.widget
@@ -349,7 +349,7 @@ def test_crafter_view_buttons_reach_the_store(crafter) -> None:
 
 
 def test_crafter_view_follows_the_projection(crafter) -> None:
-    from datacrafter_widget.widget import CrafterView
+    from datacrafter_widget.ui.widget import CrafterView
 
     view = CrafterView(crafter)
     ids = crafter.samples["id"].tolist()
@@ -370,7 +370,7 @@ def test_crafter_view_follows_the_projection(crafter) -> None:
 def test_crafter_view_shows_metrics_once_there_are_rounds(crafter, monkeypatch) -> None:
     import altair as alt
 
-    from datacrafter_widget.widget import CrafterView
+    from datacrafter_widget.ui.widget import CrafterView
 
     view = CrafterView(crafter)
     assert view.chart is None and len(view.layout.children) == 1  # no rounds yet: no chart

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..dataset import Dataset, DatasetError
+from ..data.dataset import Dataset, DatasetError
 
 SIZE = 32
 CLASSES = [str(d) for d in range(10)]

@@ -268,15 +268,15 @@ def load_starter_models(device: str = "cpu", weights_dir: str | Path = WEIGHTS_D
     """The offline starter models: generator, embedder, CLIP-retrieval captioner and CLIP labeler.
 
     Everything is built from the shipped safetensors/json; no network is used. Returns a
-    `datacrafter_widget.models.Models`.
+    `datacrafter_widget.models.bundle.Models`.
     """
     import open_clip
 
-    from ..captioner import RetrievalCaptioner
-    from ..embedder import Embedder
-    from ..generator import Generator
-    from ..labeler import ClipVocabularyLabeler
-    from ..models import Models
+    from ..models.captioner import RetrievalCaptioner
+    from ..models.embedder import Embedder
+    from ..models.generator import Generator
+    from ..loop.content_labels import ClipVocabularyLabeler
+    from ..models.bundle import Models
     from .digits import CLASSES
 
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datacrafter_widget.widget import CrafterWidget
+from datacrafter_widget.ui.widget import CrafterWidget
 
 from standalone import open_standalone, synthetic_frame, synthetic_thumbnails, widget_state
 

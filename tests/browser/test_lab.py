@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 sys.path.insert(0, {str(HERE)!r})
 from standalone import synthetic_frame, synthetic_thumbnails
-from datacrafter_widget.widget import CrafterWidget, build_layout
+from datacrafter_widget.ui.widget import CrafterWidget, build_layout
 
 XSS = {XSS!r}
 frame = synthetic_frame(400, classes=3, seed=3)
@@ -170,7 +170,7 @@ CRAFTER_SETUP = f'''
 import json, pathlib
 import numpy as np
 import datacrafter_widget as dc
-from datacrafter_widget.widget import CrafterView
+from datacrafter_widget.ui.widget import CrafterView
 
 XSS = {XSS!r}
 crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), project="proj")
@@ -186,7 +186,7 @@ crafter
 SAVE_VIEW = """
 import json
 import numpy as np
-from datacrafter_widget.widget import CrafterView
+from datacrafter_widget.ui.widget import CrafterView
 # The view is deterministic for the same samples and projection: save the positions it uses.
 np.save("xy.npy", np.frombuffer(CrafterView(crafter).widget.xy, "<f4").reshape(-1, 2))
 json.dump(crafter.samples["id"].tolist(), open("ids.json", "w"))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import to_rgb
+from ..data.images import to_rgb
 
 # Scheduler choice by name: plain data (name -> diffusers class name), resolved lazily.
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {

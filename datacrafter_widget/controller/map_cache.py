@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .projection import Layout, load_layout, place, project, projection_frame, save_layout
+from ..loop.m2m import Layout, load_layout, place, project, projection_frame, save_layout
 
 LAYOUT_FILE = "layout.safetensors"
 MAP_JSON = "map.json"            # {"ids": [...], "n": int}: the image ids covered by the layout, in order

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .images import to_rgb
-from .jobs import is_cancelled
+from ..data.images import to_rgb
+from ..controller.jobs import is_cancelled
 
 __all__ = [
     "Student", "StudentConfig", "StudentError", "train_student", "evaluate", "accepted_rows",
@@ -202,7 +202,7 @@ class Student:
         """Write student.safetensors + student.json into `folder` (atomically, no pickle)."""
         from safetensors.torch import save as to_safetensors_bytes
 
-        from .store import atomic_write_bytes
+        from ..data.store import atomic_write_bytes
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

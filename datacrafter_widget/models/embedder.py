@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import to_rgb
+from ..data.images import to_rgb
 
 
 def auto_device(device: str | None = "auto") -> str:

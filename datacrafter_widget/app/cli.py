@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 QUICKSTART = "quickstart.ipynb"
 
 
@@ -142,7 +142,7 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         if dist == "datacrafter-widget":
-            from . import __version__
+            from .. import __version__
 
             return f"{__version__} (source checkout, not pip-installed)"
         return None
@@ -241,7 +241,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [add_demo, add_
 
 
 def add_run(sub: argparse._SubParsersAction) -> None:
-    """`datacrafter run CONFIG.toml` (datacrafter_widget/headless.py; imported lazily, it loads torch)."""
+    """`datacrafter run CONFIG.toml` (datacrafter_widget/app/headless.py; imported lazily, it loads torch)."""
     from .headless import add_run as register
 
     register(sub)
@@ -251,7 +251,7 @@ REGISTRARS.append(add_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="datacrafter",

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .jobs import is_cancelled
+from ..controller.jobs import is_cancelled
 
 __all__ = ["GapError", "GapConfig", "GapResult", "optimise_prompt_tokens", "generate_with_tokens",
            "load_tokens", "load_mask", "gap_round", "student_loss_on", "composite"]
@@ -89,7 +89,7 @@ class GapResult:
         """safetensors with the embeddings; template, positions and config in its metadata (no pickle)."""
         from safetensors.torch import save as to_safetensors_bytes
 
-        from .store import atomic_write_bytes
+        from ..data.store import atomic_write_bytes
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +248,7 @@ def _pixel_size(pipe: Any) -> int:
 @torch.no_grad()
 def _prepare_sources(pipe: Any, images: Sequence[Image.Image], masks: Sequence[Any] | None,
                      label_of: list[int]) -> _Sources:
-    from .generator import centre_square, square
+    from ..models.generator import centre_square, square
     from .masks import mask_from_image, mask_to_image
 
     size = _pixel_size(pipe)
@@ -685,7 +685,7 @@ def _save_mask(base: Path, sample_id: str, mask: np.ndarray) -> str:
     import io
 
     from .masks import mask_to_image
-    from .store import atomic_write_bytes
+    from ..data.store import atomic_write_bytes
 
     buf = io.BytesIO()
     mask_to_image(mask).save(buf, format="PNG", optimize=False, compress_level=6)   # 8-bit L, no metadata

@@ -10,7 +10,7 @@ Hooks for the other concerns (one module each, see docs/architecture.md):
   (labeler.py + projection.py) and returns kind, id, text, x, y; `update_projection()` does the
   same and fires "projection"; `set_projection(frame)` shows a layout computed elsewhere.
 - widget (issue 6): `crafter.show()` / `_repr_mimebundle_` build the view with
-  `datacrafter_widget.widget.crafter_view(crafter)`; subscribe to events with `crafter.on(...)`:
+  `datacrafter_widget.ui.widget.crafter_view(crafter)`; subscribe to events with `crafter.on(...)`:
   "samples" (new ids stored), "feedback" (ids changed), "selection" (ids), "progress" (Job),
   "projection" (frame).
 - student / evolution / GAP / metrics (issues 5, 7): read `crafter.samples`, `crafter.store`,
@@ -37,14 +37,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .class_filter import ClassFilter
-from .dataset import Dataset
-from .images import image_hash
+from ..loop.class_filter import ClassFilter
+from ..data.dataset import Dataset
+from ..data.images import image_hash
 from .jobs import Job, JobContext, tqdm_listener
-from .models import MissingModelError, Models
-from .project_map import ProjectMap
-from .store import COLUMNS, SampleStore
-from .strategies import STRATEGIES, GenerationRequest, StrategyError, build_requests, check_classes, group_requests
+from ..models.bundle import MissingModelError, Models
+from .map_cache import ProjectMap
+from ..data.store import COLUMNS, SampleStore
+from ..loop.strategies import STRATEGIES, GenerationRequest, StrategyError, build_requests, check_classes, group_requests
 
 EXPORT_FORMATS = ("imagefolder", "csv", "hf")
 EVENTS = ("samples", "feedback", "selection", "progress", "projection")
@@ -296,7 +296,7 @@ class DataCrafter:
         """The content labeler: models.labeler, or a CLIP vocabulary labeler built from the class names
         and the real captions; CLIP labelers are calibrated on the real images' embeddings."""
         if self._labeler is None:
-            from .labeler import ClipVocabularyLabeler
+            from ..loop.content_labels import ClipVocabularyLabeler
 
             embedder = self.models.require("embedder", "content labels")
             real = self.store.samples
@@ -329,7 +329,7 @@ class DataCrafter:
     def show(self) -> Any:
         """The notebook view of this crafter (built by widget.crafter_view)."""
         try:
-            from .widget import crafter_view
+            from ..ui.widget import crafter_view
         except ImportError as err:
             raise RuntimeError(f"the widget view is not available ({err}): install the package with its widget extras") from err
         return crafter_view(self)
@@ -713,7 +713,7 @@ class DataCrafter:
     def _regenerate_gap(self, row: dict[str, Any], gen: Any, alone: bool) -> Image.Image:
         """GAP images: learned prompt tokens (safetensors in the project) + seed, replayed in the
         same call that made them (all seeds of that token file, in order) unless `alone`."""
-        from .adversarial import generate_with_tokens, load_mask, load_tokens
+        from ..loop.gap import generate_with_tokens, load_mask, load_tokens
 
         tokens = load_tokens(self.store.path / str(row["embeddings_file"]))
         if alone:
@@ -882,7 +882,7 @@ class DataCrafter:
     @property
     def student(self) -> Any:
         """The current student (trained here, given in models, or saved in the project), or None."""
-        from .student import StudentError
+        from ..loop.student import StudentError
 
         try:
             return self._current_student()
@@ -894,7 +894,7 @@ class DataCrafter:
         """One row per generation round: informativeness, class maintenance, diversity, distance (CMMD,
         metrics.py), with the strategies and flag / bad-feedback counts. Class probabilities come from
         the class filter's classifier (zero-shot when no classifier works on the real images)."""
-        from .metrics import round_metrics
+        from ..loop.metrics import round_metrics
 
         emb_model = self.models.require("embedder", "crafter.metrics")
         s = self.store.samples
@@ -948,7 +948,7 @@ class DataCrafter:
 
         options go to student.train_student (kind="cnn"|"probe", backbone=..., epochs=..., seed=...).
         """
-        from .student import train_student, training_set_from_samples
+        from ..loop.student import train_student, training_set_from_samples
 
         images, labels, _ = training_set_from_samples(self.store.samples, self.store.image, keep_flagged=keep_flagged,
                                                       include_generated=include_generated)
@@ -959,7 +959,7 @@ class DataCrafter:
         return student
 
     def _current_student(self) -> Any:
-        from .student import Student, StudentError
+        from ..loop.student import Student, StudentError
 
         if self.models.has("student"):
             return self.models.student
@@ -971,7 +971,7 @@ class DataCrafter:
 
     def evaluate(self, ds: Dataset | None = None) -> dict[str, Any]:
         """Accuracy, per-class accuracy and confusion matrix of the student on `ds` (default: the test split)."""
-        from .student import StudentError, evaluate
+        from ..loop.student import StudentError, evaluate
 
         ds = ds if ds is not None else self.dataset.test
         if ds is None:
@@ -985,7 +985,7 @@ class DataCrafter:
 
         Generate with them next: crafter.generate_evolved(per_class=...).
         """
-        from .evolution import default_compose, evolve_store, generator_fn, starter_compose, starter_vocabulary
+        from ..loop.evolution import default_compose, evolve_store, generator_fn, starter_compose, starter_vocabulary
 
         gen = self.models.require("generator", "crafter.evolve()")
         emb = self.models.require("embedder", "crafter.evolve()")
@@ -1021,7 +1021,7 @@ class DataCrafter:
         object pixels, so only the context changes and the label is kept; see adversarial.gap_round.
         settings go to adversarial.GapConfig (lr, n_tokens, sampler_steps, batch, guidance, strength, ...).
         """
-        from .adversarial import GapConfig, GapError, gap_round
+        from ..loop.gap import GapConfig, GapError, gap_round
 
         gen = self.models.require("generator", "crafter.adversarial()")
         student = self._current_student()

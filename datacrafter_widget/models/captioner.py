@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import to_rgb
+from ..data.images import to_rgb
 
 
 class Captioner:

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from .store import atomic_write_bytes
+from ..data.store import atomic_write_bytes
 
 __all__ = ["Section", "render_report", "write_report", "chart_spec", "thumbnails_html", "table_html"]
 

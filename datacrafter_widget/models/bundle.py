@@ -20,7 +20,7 @@ _FIX = {
     "generator": "pass models=dc.starter.models() (offline) or dc.Models.stable_diffusion('stabilityai/sd-turbo', ...)",
     "embedder": "pass models=dc.starter.models() (offline) or dc.Models.stable_diffusion(..., clip=('ViT-B-32', 'laion2b_s34b_b79k'))",
     "captioner": "pass captioner='Salesforce/blip-image-captioning-base' to dc.Models.stable_diffusion, use the starter models, or give the dataset captions",
-    "labeler": "pass labeler=... to dc.Models (see datacrafter_widget.labeler)",
+    "labeler": "pass labeler=... to dc.Models (see datacrafter_widget.loop.content_labels)",
     "student": "pass student=... to dc.Models or call crafter.train_student()",
 }
 

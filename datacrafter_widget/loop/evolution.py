@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .jobs import is_cancelled
+from ..controller.jobs import is_cancelled
 
 __all__ = [
     "EvolutionError", "Genome", "Candidate", "ClassResult", "EvolutionResult", "evolve_prompts",
@@ -72,7 +72,7 @@ def default_compose(template: str = DEFAULT_TEMPLATE) -> Callable[[Genome], str]
 
 def starter_vocabulary() -> list[str]:
     """Attribute phrases the starter models were trained on (colours, backgrounds, strokes, slants)."""
-    from .starter.digits import BACKGROUNDS, FOREGROUNDS
+    from ..starter.digits import BACKGROUNDS, FOREGROUNDS
 
     return ([*FOREGROUNDS] + [f"on a {b} background" for b in BACKGROUNDS]
             + ["thin", "thick", "slanted left", "slanted right"])
@@ -80,7 +80,7 @@ def starter_vocabulary() -> list[str]:
 
 def starter_compose(g: Genome) -> str:
     """Render a genome in the starter caption grammar: 'a thick red 3 on a black background, slanted left'."""
-    from .starter.digits import FOREGROUNDS
+    from ..starter.digits import FOREGROUNDS
 
     stroke = [p for p in g.phrases if p in ("thin", "thick")][:1]
     colour = [p for p in g.phrases if p in FOREGROUNDS][:1]

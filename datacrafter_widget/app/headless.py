@@ -70,7 +70,7 @@ def load_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         cfg[key] = value
     if not isinstance(cfg["rounds"], list):
         raise ConfigError("rounds must be an array of tables: [[rounds]] strategy = \"class\" per_class = 5")
-    from .strategies import STRATEGIES
+    from ..loop.strategies import STRATEGIES
 
     for i, r in enumerate(cfg["rounds"]):
         if not isinstance(r, Mapping) or "strategy" not in r:
@@ -105,8 +105,8 @@ def load_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _dataset(cfg: Mapping[str, Any], base: Path):
-    from .dataset import Dataset
-    from .starter import colored_digits
+    from ..data.dataset import Dataset
+    from ..starter import colored_digits
 
     d = cfg["dataset"]
     if d["kind"] == "starter":
@@ -122,11 +122,11 @@ def _dataset(cfg: Mapping[str, Any], base: Path):
 
 
 def _models(cfg: Mapping[str, Any]):
-    from .models import Models
+    from ..models.bundle import Models
 
     m = cfg["models"]
     if m["kind"] == "starter":
-        from . import starter
+        from .. import starter
 
         return starter.models()
     clip = tuple(m["clip"]) if m.get("clip") else ("ViT-B-32", "laion2b_s34b_b79k")
@@ -137,7 +137,7 @@ def _models(cfg: Mapping[str, Any]):
 # ---- simulated feedback --------------------------------------------------------------------------
 def prompted_attributes(prompt: str, label: str) -> dict[str, str | None]:
     """What a prompt asks for in the starter's vocabulary: digit (the class), foreground, background."""
-    from .starter.digits import BACKGROUNDS, FOREGROUNDS
+    from ..starter.digits import BACKGROUNDS, FOREGROUNDS
 
     low = f" {prompt.lower()} "
     bg = next((b for b in BACKGROUNDS if f"on a {b} background" in low), None)
@@ -182,7 +182,7 @@ def simulated_feedback(crafter: Any, ids: Sequence[str], checker: Callable[[list
 
 def _starter_checker() -> Callable[[list[Image.Image]], pd.DataFrame]:
     """The starter kit's independent checker (a CNN trained on real renders only) as images -> frame."""
-    from .starter import checker as ck
+    from ..starter import checker as ck
 
     inst = None
     for name in ("load_checker", "get_checker", "default_checker", "load"):
@@ -214,7 +214,7 @@ def _cached_trained_checker(ck: Any) -> Any:
     from safetensors.torch import load_file
     from safetensors.torch import save as to_safetensors_bytes
 
-    from .store import atomic_write_bytes
+    from ..data.store import atomic_write_bytes
 
     key = hashlib.sha256(inspect.getsource(ck).encode()).hexdigest()[:12]
     cache = Path(os.environ.get("DATACRAFTER_CACHE", Path.home() / ".cache" / "datacrafter-widget"))
@@ -239,7 +239,7 @@ class RunResult:
 
 
 def _train_eval(crafter: Any, cfg: Mapping[str, Any], stage: str, test: Any, progress: bool) -> tuple[Any, dict[str, Any]]:
-    from .student import evaluate, train_student, training_set_from_samples
+    from ..loop.student import evaluate, train_student, training_set_from_samples
 
     s = cfg["student"]
     images, labels, ids = training_set_from_samples(crafter.store.samples, crafter.store.image)
@@ -263,9 +263,9 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
 
     models / checker override the config's models and the starter checker (scripts and tests).
     """
-    from .adversarial import gap_round
-    from .crafter import DataCrafter
-    from .evolution import default_compose, evolve_store, generator_fn, starter_compose, starter_vocabulary
+    from ..loop.gap import gap_round
+    from ..controller.crafter import DataCrafter
+    from ..loop.evolution import default_compose, evolve_store, generator_fn, starter_compose, starter_vocabulary
 
     cfg = load_config(config)
     base = Path(cfg["_base"])
@@ -338,7 +338,7 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
             student = record("evolved prompts")
         gap_cfg = cfg["gap"]
         if gap_cfg.get("enabled"):
-            from .adversarial import GapConfig
+            from ..loop.gap import GapConfig
 
             settings = {k: v for k, v in gap_cfg.items() if k in GapConfig.__dataclass_fields__}
             rnd = crafter.next_round()

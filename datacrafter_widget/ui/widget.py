@@ -33,7 +33,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STATIC = pathlib.Path(__file__).parent / "static"
+STATIC = pathlib.Path(__file__).parent.parent / "static"
 COLOR_MODES = ("class", "round", "feedback", "flag")
 FEEDBACK_CODES = {"": 0, "good": 1, "bad": 2, "removed": 3}
 KIND_CODES = {"real": 0, "generated": 1}
@@ -632,7 +632,7 @@ class CrafterView:
         try:
             import altair as alt
 
-            from .metrics import metrics_chart
+            from ..loop.metrics import metrics_chart
 
             chart = metrics_chart(frame)
         except Exception as err:  # noqa: BLE001
@@ -697,7 +697,7 @@ class CrafterView:
     def _evolve(self, ids: Sequence[str]) -> str | None:
         """Prompt evolution for the classes of the selected images, in a worker thread so the
         notebook stays responsive; progress and the new prompts come back through the traits."""
-        from .jobs import Job
+        from ..controller.jobs import Job
 
         if self._evolve_job is not None and self._evolve_job.running:
             return "prompt evolution is already running (Cancel stops it)"

@@ -1,0 +1,1 @@
+"""Entry points: the datacrafter CLI, headless runs from a TOML config, and the HTML report."""

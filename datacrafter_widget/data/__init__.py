@@ -1,0 +1,1 @@
+"""Data layer: images, labelled datasets and the project store on disk."""

@@ -1,0 +1,1 @@
+"""Model backends: diffusion generator, CLIP embedder, captioners, and the Models bundle that holds them."""
