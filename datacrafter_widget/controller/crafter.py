@@ -847,6 +847,28 @@ class DataCrafter:
         return ids
 
     @property
+    def map_is_current(self) -> bool:
+        """True when `crafter.projection` returns without computing (every sample already placed, or no
+        embedder to place them with); views compute a map that is not current in the background."""
+        if not self.models.has("embedder") or len(self.store) < 2:
+            return True
+        return self._map.layout is not None and self._map.ids == self.store.samples["id"].astype(str).tolist()
+
+    @property
+    def can_undo(self) -> tuple[int, int]:
+        """How many feedback actions can be undone and redone."""
+        h = self._feedback_history
+        return len(h.undo_stack), len(h.redo_stack)
+
+    def color_columns(self) -> list[str]:
+        """What the map can be coloured by."""
+        return map_view.color_columns(self.store.samples)
+
+    def color_codes(self, column: str) -> tuple[np.ndarray, list[str]]:
+        """Per-sample category codes and names for colouring by `column`."""
+        return map_view.column_codes(self.store.samples, column)
+
+    @property
     def view(self) -> map_view.ViewState:
         """What the map shows (colour column, filters); change it with color_by / filter / isolate."""
         return self._view
