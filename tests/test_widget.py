@@ -170,11 +170,12 @@ def test_action_message_dispatches_to_callbacks() -> None:
     w.send = lambda content, buffers=None: sent.append((content, buffers))
     calls = []
     w.on_action(lambda name, payload: calls.append((name, payload)) or f"{name} x{len(payload['indices'])}")
-    w._on_custom_msg(w, {"type": "action", "name": "bad", "payload": {}}, [np.array([2, 3], "<u4").tobytes()])
+    w.selected = [2, 3]
+    # A stray buffer is ignored: the selection trait is the only channel for the selection.
+    w._on_custom_msg(w, {"type": "action", "name": "bad", "payload": {}}, [np.array([7], "<u4").tobytes()])
     assert calls == [("bad", {"indices": [2, 3]})]
     assert w.status == "bad x2"
     assert sent[-1][0] == {"type": "action_result", "name": "bad", "ok": True, "message": "bad x2"}
-    # Without a buffer the widget's own selection is used.
     w.selected = [4]
     w._on_custom_msg(w, {"type": "action", "name": "unwanted_label", "payload": {"label": "blurry"}}, [])
     assert calls[-1] == ("unwanted_label", {"label": "blurry", "indices": [4]})
