@@ -962,11 +962,12 @@ class CrafterView:
             if not query:
                 self.crafter.selection = []
                 return "search cleared"
-            found = crafter.search(query, mode=mode, k=int(payload.get("k", 24)))
-            shown = np.frombuffer(self.widget.hidden, np.uint8) if self.widget.hidden else None
-            off = sum(1 for i in found if shown is not None and shown[self._index[i]]) if found else 0
-            hidden = f" ({off} hidden by filters)" if off else ""
-            return f"{len(found)} {'nearest images to' if mode == 'clip' else 'matches for'} {query!r}{hidden}"
+            found = crafter.search(query, mode=mode, k=int(payload.get("k", 24)), select=False)
+            hidden = np.frombuffer(self.widget.hidden, np.uint8) if len(self.widget.hidden) == len(self.ids) else None
+            shown = [i for i in found if hidden is None or not hidden[self._index[i]]]
+            crafter.selection = shown  # what is on the map; crafter.search(...) returns every match
+            off = f" ({len(found) - len(shown)} more hidden by filters)" if len(found) > len(shown) else ""
+            return f"{len(shown)} {'nearest images to' if mode == 'clip' else 'matches for'} {query!r}{off}"
         if name == "neighbors":
             idx = payload.get("indices", [])
             if not idx:

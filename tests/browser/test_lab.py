@@ -177,7 +177,9 @@ crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), project="proj")
 first = crafter.samples["id"].iloc[0]
 crafter.feedback(bad=[first], bad_labels=[XSS])   # user text that the tooltip must show as text
 # The view is deterministic for the same samples: save the positions the displayed one uses.
-np.save("xy.npy", np.frombuffer(CrafterView(crafter).widget.xy, "<f4").reshape(-1, 2))
+_view = CrafterView(crafter)
+np.save("xy.npy", np.frombuffer(_view.widget.xy, "<f4").reshape(-1, 2))
+np.save("hidden.npy", np.frombuffer(_view.widget.hidden, np.uint8))
 json.dump(crafter.samples["id"].tolist(), open("ids.json", "w"))
 crafter
 '''
@@ -187,8 +189,12 @@ SAVE_VIEW = """
 import json
 import numpy as np
 from datacrafter_widget.ui.widget import CrafterView
-# The view is deterministic for the same samples and projection: save the positions it uses.
-np.save("xy.npy", np.frombuffer(CrafterView(crafter).widget.xy, "<f4").reshape(-1, 2))
+# The view is deterministic for the same samples and projection: save the positions it uses
+# (the map computed first, so the view shows it at once) and which points filters hide (test images).
+crafter.projection
+_view = CrafterView(crafter)
+np.save("xy.npy", np.frombuffer(_view.widget.xy, "<f4").reshape(-1, 2))
+np.save("hidden.npy", np.frombuffer(_view.widget.hidden, np.uint8))
 json.dump(crafter.samples["id"].tolist(), open("ids.json", "w"))
 """
 SELECTION_CELL = 'import json\nprint("SELECTION", json.dumps(crafter.selection))'
@@ -214,7 +220,8 @@ def lasso_and_bad_through_crafter(page: Any, lab: Lab, selection_cell: int, feed
     assert page.evaluate(f"{handle}.n") == len(ids)
     sx, sy = to_screen(xy, view)
     poly = lasso_polygon(view)
-    inside = np.flatnonzero(points_in_polygon(sx, sy, poly))
+    hidden = np.load(lab.root / "hidden.npy").astype(bool)  # held-out test images: off the map by default
+    inside = np.flatnonzero(points_in_polygon(sx, sy, poly) & ~hidden)
     assert len(inside) > 5
     root.locator("button[data-mode=lasso]").click()
     draw_lasso(page, root.locator(".dcw-gl").bounding_box(), poly)
