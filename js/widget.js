@@ -148,7 +148,8 @@ class ProjectionView {
     const bar2 = el("div", "dcw-toolbar", root);
     this.searchInput = el("input", "dcw-search", bar2);
     this.searchInput.type = "search";
-    this.searchInput.placeholder = "search caption / prompt / id  [/]";
+    this.searchInput.placeholder = "search  [/]";
+    this.searchInput.title = "words in caption, prompt, label or id (text), or a description (clip); Enter searches";
     this.searchInput.dataset.role = "search";
     this.searchMode = el("select", "", bar2);
     this.searchMode.dataset.role = "search-mode";
@@ -159,8 +160,8 @@ class ProjectionView {
       ev.stopPropagation();
     });
     el("span", "dcw-sep", bar2);
-    el("span", "", bar2).textContent = "Colour";
     this.colorSelect = el("select", "", bar2);
+    this.colorSelect.title = "colour by";
     this.colorSelect.dataset.role = "color-by";
     this.colorSelect.addEventListener("change", () => {
       this.model.set("color_by", this.colorSelect.value);
@@ -186,8 +187,8 @@ class ProjectionView {
     this.neighborsButton = this.button(bar2, "Neighbours", "select the nearest images (CLIP) to the selected one  [n]", () => this.sendAction("neighbors"));
     this.neighborsButton.dataset.action = "neighbors";
     el("span", "dcw-sep", bar2);
-    this.button(bar2, "Zoom to selection", "fit the selection in view  [z]", () => this.zoomToSelection()).dataset.role = "zoom";
-    this.button(bar2, "Reset view", "fit everything in view  [f]", () => { this.userMoved = false; this.fitView(); this.requestDraw(); }).dataset.role = "reset";
+    this.button(bar2, "Zoom", "zoom to the selection  [z]", () => this.zoomToSelection()).dataset.role = "zoom";
+    this.button(bar2, "Fit", "fit everything in view  [f]", () => { this.userMoved = false; this.fitView(); this.requestDraw(); }).dataset.role = "reset";
     this.button(bar2, "Clear", "clear the selection  [Escape]", () => { this.activeLabel = null; this.commitSelection(new Uint32Array(0)); }).dataset.role = "clear";
 
     this.legendEl = el("div", "dcw-legend", root); // outside the map: never covers data

@@ -399,3 +399,62 @@ def test_crafter_view_shows_metrics_once_there_are_rounds(crafter, monkeypatch) 
     view.update_metrics()
     assert len(view.layout.children) == 2
     assert len(view.chart.chart.to_dict()["datasets"][next(iter(view.chart.chart.to_dict()["datasets"]))]) == 4
+
+
+def test_crafter_view_tools_reach_the_controller(crafter) -> None:
+    """Every toolbar action goes through the controller's twin: search, undo / redo, gallery marks,
+    filters, isolate, colour by a column, prompt edits; test images are never marked."""
+    from datacrafter_widget.ui.widget import CrafterView
+
+    view = CrafterView(crafter)
+    view.wait()
+    w = view.widget
+    w.send = lambda content, buffers=None: None
+    act = lambda name, **payload: w._on_custom_msg(w, {"type": "action", "name": name, "payload": payload}, [])  # noqa: E731
+    s = crafter.samples
+    test = (s["split"] == "test").to_numpy()
+    # Search: the matches on the map become the selection (test images are off the map).
+    act("search", query="blue", mode="text")
+    want = [i for i in crafter.search("blue", select=False) if not test[view._index[i]]]
+    assert want and crafter.selection == want and w.selected.tolist() == sorted(view._index[i] for i in want)
+    # Bad, then undo and redo, through the buttons.
+    act("bad")
+    fb = lambda: crafter.samples.set_index("id").loc[want, "feedback"].tolist()  # noqa: E731
+    assert fb() == ["bad"] * len(want) and w.history == {"undo": 1, "redo": 0}
+    act("undo")
+    assert fb() == [""] * len(want) and w.history == {"undo": 0, "redo": 1}
+    act("redo")
+    assert fb() == ["bad"] * len(want)
+    # One image from the gallery; a test image is refused.
+    i = view._index[want[0]]
+    act("gallery_mark", index=i, value="good")
+    assert crafter.samples.set_index("id").at[want[0], "feedback"] == "good"
+    t = int(np.flatnonzero(test)[0])
+    act("gallery_mark", index=t, value="bad")
+    assert "never marked" in w.status and crafter.samples["feedback"].to_numpy()[t] == ""
+    w.selected = [t, i]
+    act("remove")
+    assert "1 held-out test images skipped" in w.status
+    assert crafter.samples.set_index("id").at[want[0], "feedback"] == "removed"
+    assert np.frombuffer(w.hidden, np.uint8)[i] == 1 and w.selected.tolist() == []  # removed: off the map
+    # Filters and isolate are the controller's view state.
+    act("filter", show_test=True)
+    assert crafter.view.show_test and np.frombuffer(w.hidden, np.uint8)[t] == 0 and w.filters["show_test"]
+    w.selected = [1, 2]
+    act("isolate")
+    assert crafter.view.isolate == (view.ids[1], view.ids[2]) and np.frombuffer(w.hidden, np.uint8).sum() == len(s) - 2
+    act("isolate", clear=True)
+    assert crafter.view.isolate is None
+    # Colour by a column: codes and names come from Python.
+    w.color_by = "split"
+    assert crafter.view.color_by == "split" and set(w.color_names) >= {"train", "test"}
+    assert len(np.frombuffer(w.color_codes, "<u2")) == len(s)
+    # Prompt edits.
+    cls = crafter.classes[2]
+    act("prompt_edit", **{"class": cls, "prompt": "a photo of a two"})
+    assert w.prompts[cls]["current"] == "a photo of a two" and "saved" in w.status
+    act("prompt_revert", **{"class": cls, "index": 0})
+    assert [h["action"] for h in crafter.prompts[cls]["history"]] == ["edit", "revert"]
+    # Generate "evolved" without a generator: the controller's error, in full, in the status line.
+    act("generate", strategy="evolved", count=1)
+    assert w.status.startswith("generate failed:") and "generator" in w.status

@@ -546,6 +546,9 @@ class CrafterController(Protocol):
     def color_columns(self) -> list[str]: ...
 
 
+QUICK_THUMBNAILS = 2000  # up to this many images the view reads its thumbnails before it is shown
+
+
 #: The strategy menu: the controller's strategies plus "evolved" (generate from the prompts panel).
 def _strategies() -> tuple[str, ...]:
     from ..loop.strategies import STRATEGIES
@@ -635,7 +638,11 @@ class CrafterView:
         self.strategies = _strategies()
         self.layout = build_layout(self.widget, None, self.strategies)
         self.widget.color_options = list(crafter.color_columns())
-        self.refresh(compute=crafter.map_is_current)
+        samples = crafter.samples
+        # Small projects show complete at once; larger ones show their points at once (a grid per class
+        # until the map exists) and load thumbnails and the map in a background job.
+        quick = crafter.map_is_current and samples["hash"].nunique() <= QUICK_THUMBNAILS
+        self.refresh(compute=crafter.map_is_current, thumbnails=quick)
         self.widget.on_action(self._on_action)
         self.widget.on_details(self._details)
         self.widget.observe(self._widget_selection, names="selection")
@@ -644,7 +651,7 @@ class CrafterView:
                           ("projection", self._refresh_event), ("selection", self._crafter_selection),
                           ("progress", self._progress), ("view", self._view_event)):
             crafter.on(event, fn)
-        if not crafter.map_is_current:
+        if not quick:
             self._first_map()
         else:
             self._metrics_in_background()
@@ -679,9 +686,34 @@ class CrafterView:
 
     def _first_map(self) -> None:
         n = len(self.ids)
-        self.widget.status = f"computing the map of {n} images (embeddings, content labels, layout); the grid shows them meanwhile"
-        self._run(f"computing the map of {n} images", lambda ctx: self.crafter.update_projection(),
-                  done=lambda _r: self._metrics_in_background())
+        current = self.crafter.map_is_current
+        what = "loading thumbnails" if current else f"computing the map of {n} images"
+        if not current:
+            self.widget.status = (f"computing the map of {n} images (embeddings, content labels, layout); "
+                                  "the grid by class shows them meanwhile")
+
+        def work(ctx: Any) -> None:
+            self._load_thumbnails(self.crafter.samples, ctx)
+            if current:
+                self.refresh()
+            else:
+                ctx.report(0, 0, f"computing the map of {n} images")
+                self.crafter.update_projection()  # its "projection" event redraws the view
+            self.widget.status = f"{n} images on the map"
+
+        self._run(what, work, done=lambda _r: self._metrics_in_background())
+
+    def _load_thumbnails(self, samples: pd.DataFrame, ctx: Any = None) -> None:
+        """Reads and shrinks the images not yet in the thumbnail cache (by image hash)."""
+        new = [h for h in samples["hash"].unique() if h not in self._thumbs]
+        if not new:
+            return
+        first = samples.drop_duplicates("hash").set_index("hash")["id"]
+        for k, h in enumerate(new):
+            if ctx is not None and k % 250 == 0:
+                ctx.check()
+                ctx.report(k, len(new), f"thumbnails {k}/{len(new)}")
+            self._thumbs[h] = _thumbnail(self.crafter.image(first[h]), self.widget.thumb_size)
 
     def _metrics_in_background(self) -> None:
         def work(ctx: Any) -> Any:
@@ -705,15 +737,16 @@ class CrafterView:
     def _refresh_event(self, _payload: Any = None) -> None:
         self.refresh()
 
-    def refresh(self, compute: bool = True) -> None:
+    def refresh(self, compute: bool = True, thumbnails: bool = True) -> None:
         """Re-reads samples + projection and sends the points, thumbnails and labels.
 
-        compute=False uses the grid per class instead of computing a projection that is not ready.
+        compute=False uses the grid per class instead of computing a projection that is not ready;
+        thumbnails=False sends no atlas when images are still to be read (a later refresh sends it).
         """
         with self._lock:
-            self._refresh(compute)
+            self._refresh(compute, thumbnails)
 
-    def _refresh(self, compute: bool) -> None:
+    def _refresh(self, compute: bool, thumbnails: bool = True) -> None:
         crafter = self.crafter
         samples = crafter.samples.reset_index(drop=True)
         proj = crafter.projection if compute else pd.DataFrame()
@@ -726,17 +759,14 @@ class CrafterView:
             xy = _fallback_layout(samples, crafter.classes)
             labels_frame = pd.DataFrame(columns=["kind", "id", "text", "x", "y"])
         frame = samples.assign(x=xy[:, 0], y=xy[:, 1])
-        new = [h for h in samples["hash"].unique() if h not in self._thumbs]
-        if new:
-            first = samples.drop_duplicates("hash").set_index("hash")["id"]
-            for h in new:
-                self._thumbs[h] = _thumbnail(crafter.image(first[h]), self.widget.thumb_size)
+        if thumbnails:
+            self._load_thumbnails(samples)
         # Feedback or projection changes keep the same images: do not rebuild and resend the atlas.
         atlas_key = tuple(samples["hash"])
         tiles = None
-        if atlas_key != self._atlas_key and len(samples):
+        if atlas_key != self._atlas_key and len(samples) and all(h in self._thumbs for h in samples["hash"]):
             tiles = np.stack([self._thumbs[h] for h in samples["hash"]])
-        self._atlas_key = atlas_key
+            self._atlas_key = atlas_key
         self.ids = [str(i) for i in samples["id"]]
         self._index = {sid: k for k, sid in enumerate(self.ids)}
         self._split = samples["split"].astype(str).to_numpy()
