@@ -1003,8 +1003,11 @@ class CrafterView:
             if not idx:
                 return "select one image first, then Neighbours"
             k = int(payload.get("k", 12))
-            crafter.neighbors(self.ids[idx[0]], k)
-            return f"{k} nearest neighbours of {self.ids[idx[0]]}"
+            sid = self.ids[idx[0]]
+            near = crafter.neighbors(sid, k, select=False)
+            hidden = np.frombuffer(self.widget.hidden, np.uint8) if len(self.widget.hidden) == len(self.ids) else None
+            crafter.selection = [sid] + [i for i in near if hidden is None or not hidden[self._index[i]]]
+            return f"the {len(crafter.selection) - 1} nearest images (CLIP) to {sid} on the map"
         if name == "filter":
             crafter.filter(show_test=payload.get("show_test"), show_removed=payload.get("show_removed"))
             return None

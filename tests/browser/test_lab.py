@@ -363,6 +363,18 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
     root.scroll_into_view_if_needed()
     status = root.locator(".dcw-status")
 
+    # 0. At 1400x900 with the file browser open, neither toolbar row wraps and the prompt box fits the panel.
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.wait_for_timeout(500)
+    for k in range(root.locator(".dcw-toolbar").count()):
+        assert root.locator(".dcw-toolbar").nth(k).bounding_box()["height"] <= 32, f"toolbar row {k} wraps"
+    text_box = page.locator(".widget-textarea textarea").last.bounding_box()
+    map_box = root.bounding_box()
+    # The side panel is 280 px wide, right of the map, and inside the page.
+    assert text_box["width"] <= 280 and text_box["x"] >= map_box["x"] + map_box["width"] - 1
+    assert text_box["x"] + text_box["width"] <= 1400
+    page.screenshot(path=str(ARTIFACTS / "lab-loop-1400x900.png"))
+
     # 1. Edit the prompt in the side panel and save it.
     text = page.locator(".widget-textarea textarea").last
     assert text.input_value() == "a photo of the digit zero"
