@@ -640,7 +640,7 @@ class ProjectionView {
     const [ax, ay] = this.toData(0, this.height), [bx, by] = this.toData(this.width, 0);
     const hits = this.index.box(ax, ay, bx, by);
     if (hits.length > 4000) return [];
-    const cell = Math.max(4, size * 0.5);
+    const cell = Math.max(3, size * 0.25); // near-exact piles only, not neighbours that merely touch
     const groups = new Map();
     for (const i of hits) {
       if (this.hidden[i]) continue;
