@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import shutil
 import threading
 import time
 import warnings
@@ -40,13 +38,13 @@ from PIL import Image
 from ..loop.class_filter import ClassFilter
 from ..data.dataset import Dataset
 from ..data.images import image_hash
+from .export import EXPORT_FORMATS  # noqa: F401 - kept importable from here
 from .jobs import Job, JobContext, tqdm_listener
 from ..models.bundle import MissingModelError, Models
 from .map_cache import ProjectMap
 from ..data.store import COLUMNS, SampleStore
 from ..loop.strategies import STRATEGIES, GenerationRequest, StrategyError, build_requests, check_classes, group_requests
 
-EXPORT_FORMATS = ("imagefolder", "csv", "hf")
 EVENTS = ("samples", "feedback", "selection", "progress", "projection")
 ROUND_SEED_STRIDE = 100_000  # default seeds of round r start at r * ROUND_SEED_STRIDE
 
@@ -817,66 +815,13 @@ class DataCrafter:
         imagefolder: out/train/<class>/<id>.png, out/test/<class>/<id>.png, out/samples.csv;
         csv: out/images/<id>.png + out/samples.csv; hf: a `datasets` dataset saved with save_to_disk.
         Generated images marked bad/removed, or flagged, are left out unless asked for.
+        The target may not be, hold or lie inside the project; overwrite=True only replaces an earlier
+        export, and only once the new one is complete (see export.py).
         """
-        if format not in EXPORT_FORMATS:
-            raise ValueError(f"unknown export format {format!r}: use one of {list(EXPORT_FORMATS)}")
-        out = Path(out).expanduser()
-        if out.exists() and any(out.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"{out} is not empty: choose a new folder or pass overwrite=True")
-            shutil.rmtree(out)
-        s = self.store.samples
-        gen = s["source"] == "generated"
-        fb = s["feedback"].astype(str)
-        drop = fb == "removed"
-        if not include_bad:
-            drop |= gen & (fb == "bad")
-        if not include_flagged:
-            drop |= gen & (s["flag"].astype(str) != "") & (fb != "good")
-        rows = s[~drop].copy()
-        rows["export_split"] = np.where(rows["split"] == "test", "test", "train")
-        if format == "hf":
-            return self._export_hf(rows, out)
-        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        files = []
-        for r in rows.itertuples(index=False):
-            if format == "imagefolder":
-                rel = Path(r.export_split) / _safe_name(r.label) / f"{r.id}.png"
-            else:
-                rel = Path("images") / f"{r.id}.png"
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.store.path / r.file, tmp / rel)
-            files.append(rel.as_posix())
-        table = rows.drop(columns=["file"]).assign(file=files)
-        table.to_csv(tmp / "samples.csv", index=False)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-        return out
+        from .export import export_project
 
-    def _export_hf(self, rows: pd.DataFrame, out: Path) -> Path:
-        try:
-            import datasets
-        except ImportError as err:
-            raise ImportError("format='hf' needs the `datasets` package: pip install 'datacrafter-widget[hf]'") from err
-        data: dict[str, list[Any]] = {"image": [str(self.store.path / f) for f in rows["file"]]}
-        for c in rows.columns:
-            if c in ("file", "image"):
-                continue
-            col = rows[c]
-            if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
-                data[c] = col.tolist()
-            else:  # text, or mixed attribute columns: strings with None for missing
-                data[c] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in col]
-        ds = datasets.Dataset.from_dict(data)
-        ds = ds.cast_column("image", datasets.Image())
-        ds = ds.cast_column("label", datasets.ClassLabel(names=self.classes))
-        dd = datasets.DatasetDict({split: ds.filter(lambda e, s=split: e["export_split"] == s)
-                                   for split in sorted(set(rows["export_split"]))})
-        dd.save_to_disk(str(out))
-        return out
+        return export_project(self.store, self.classes, out, format, include_flagged=include_flagged,
+                              include_bad=include_bad, overwrite=overwrite)
 
     # ---- per-round metrics (metrics.py) -------------------------------------------------------------
     @property
@@ -1057,8 +1002,3 @@ _FLAG_REASONS = {
     "nsfw": "the pipeline's safety checker blanked this image",
 }
 
-
-def _safe_name(label: str) -> str:
-    """A class name usable as one folder name."""
-    name = re.sub(r"[\\/:*?\"<>|\x00-\x1f]", "_", str(label)).strip(" .")
-    return name or "_"
