@@ -299,7 +299,8 @@ def _remove_ours(folder: Path) -> None:
     """Remove a temp folder only if an export wrote it (carries the manifest) or it is empty."""
     if not folder.is_dir():
         return
-    if _is_ours(folder):
+    only_manifest_temp = all(re.fullmatch(rf"{re.escape(MANIFEST)}\.tmp-\d+", p.name) for p in folder.iterdir())
+    if _is_ours(folder) or only_manifest_temp:  # killed while writing the first manifest
         shutil.rmtree(folder)
     else:
         try:
