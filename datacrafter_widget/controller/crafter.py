@@ -40,6 +40,7 @@ from ..data.dataset import Dataset
 from ..data.images import image_hash
 from .export import EXPORT_FORMATS  # noqa: F401 - kept importable from here
 from .jobs import Job, JobContext, tqdm_listener
+from .recovery import import_counter, mark_interrupted_rounds, unfinished_import_message
 from ..models.bundle import MissingModelError, Models
 from .map_cache import ProjectMap
 from ..data.store import COLUMNS, SampleStore
@@ -107,7 +108,7 @@ class DataCrafter:
         try:
             meta = store.read_json("project.json", {}) or {}
             if "classes" not in meta:
-                raise ValueError(f"{store.path} is a sample store but not a DataCrafter project (no classes in project.json)")
+                raise ValueError(unfinished_import_message(store))
             self = cls.__new__(cls)
             self._setup(store, models, batch_size)
             self.classes = list(meta["classes"])
@@ -135,6 +136,8 @@ class DataCrafter:
         self._map_lock = threading.RLock()
         self._labeler: Any = None
         self._listeners: dict[str, list[Callable[..., None]]] = {e: [] for e in EVENTS}
+        self._student: Any = None  # this project's student (never kept on the shared Models object)
+        mark_interrupted_rounds(store)  # rounds a killed kernel left "running"
 
     # ---- real images ----------------------------------------------------------------------------
     def _store_real(self, ds: Dataset) -> None:
@@ -148,8 +151,7 @@ class DataCrafter:
         if not parts:
             raise ValueError(f"dataset {ds.name!r} has splits {sorted(ds.splits)} but no 'train' split: give it one")
         # An import interrupted earlier (kernel killed) resumes: images already stored are skipped.
-        s = self.store.samples
-        done = set(zip(s["hash"], s["split"])) if len(s) else set()
+        done = import_counter(self.store.samples)
         for split, part in parts:
             frame = part.to_dataframe()
             attrs = [c for c in part.attributes if c not in COLUMNS]
@@ -157,7 +159,8 @@ class DataCrafter:
                 idx = list(range(start, min(len(part), start + 256)))
                 images = part.images(idx)
                 if done:
-                    keep = [k for k, im in enumerate(images) if (image_hash(im), split) not in done]
+                    labels = [str(frame.at[i, "label"]) for i in idx]
+                    keep = [k for k, im in enumerate(images) if not _take(done, (image_hash(im), split, labels[k]))]
                     idx, images = [idx[k] for k in keep], [images[k] for k in keep]
                     if not idx:
                         continue
@@ -900,18 +903,21 @@ class DataCrafter:
         embedder = self.models.embedder if self.models.has("embedder") else None
         student = train_student(images, labels, self.classes, embedder=embedder, progress=progress, cancel=cancel, **options)
         student.save(self.project / "student")
-        self.models.student = student
+        self._student = student
         return student
 
     def _current_student(self) -> Any:
         from ..loop.student import Student, StudentError
 
+        # trained here > given in models by the user > saved in this project
+        if self._student is not None:
+            return self._student
         if self.models.has("student"):
             return self.models.student
         if (self.project / "student" / "student.json").is_file():
-            self.models.student = Student.load(self.project / "student",
-                                               embedder=self.models.embedder if self.models.has("embedder") else None)
-            return self.models.student
+            self._student = Student.load(self.project / "student",
+                                         embedder=self.models.embedder if self.models.has("embedder") else None)
+            return self._student
         raise StudentError("no student yet: call crafter.train_student() first")
 
     def evaluate(self, ds: Dataset | None = None) -> dict[str, Any]:
@@ -1002,3 +1008,10 @@ _FLAG_REASONS = {
     "nsfw": "the pipeline's safety checker blanked this image",
 }
 
+
+def _take(counts: Any, key: tuple) -> bool:
+    """True (and one fewer left) if `key` is still counted as already stored."""
+    if counts.get(key, 0) > 0:
+        counts[key] -= 1
+        return True
+    return False
