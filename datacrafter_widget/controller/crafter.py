@@ -36,7 +36,7 @@ import pandas as pd
 from PIL import Image
 
 from ..loop.class_filter import ClassFilter
-from ..data.dataset import Dataset
+from ..data.dataset import Dataset, DatasetError
 from ..data.images import image_hash
 from .export import EXPORT_FORMATS  # noqa: F401 - kept importable from here
 from .jobs import Job, JobContext, tqdm_listener
@@ -157,7 +157,11 @@ class DataCrafter:
             attrs = [c for c in part.attributes if c not in COLUMNS]
             for start in range(0, len(part), 256):
                 idx = list(range(start, min(len(part), start + 256)))
-                images = part.images(idx)
+                try:
+                    images = part.images(idx)
+                except DatasetError as err:  # names the file; what is stored so far stays
+                    raise DatasetError(f"{err}. Then run dc.DataCrafter(ds, project={str(self.project)!r}) again: the "
+                                       f"import resumes where it stopped") from None
                 if done:
                     labels = [str(frame.at[i, "label"]) for i in idx]
                     keep = [k for k, im in enumerate(images) if not _take(done, (image_hash(im), split, labels[k]))]
