@@ -549,11 +549,12 @@ class CrafterController(Protocol):
 QUICK_THUMBNAILS = 2000  # up to this many images the view reads its thumbnails before it is shown
 
 
-#: The strategy menu: the controller's strategies plus "evolved" (generate from the prompts panel).
 def _strategies() -> tuple[str, ...]:
-    from ..loop.strategies import STRATEGIES
+    """The strategy menu: the controller's one list of strategies a Generate can use ("evolved"
+    generates from the prompts panel)."""
+    from ..loop.strategies import GENERATE_STRATEGIES
 
-    return tuple(dict.fromkeys([*STRATEGIES, "evolved"]))
+    return tuple(GENERATE_STRATEGIES)
 
 
 def _fallback_layout(samples: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
