@@ -418,11 +418,12 @@ def test_crafter_view_tools_reach_the_controller(crafter) -> None:
     want = [i for i in crafter.search("blue", select=False) if not test[view._index[i]]]
     assert want and crafter.selection == want and w.selected.tolist() == sorted(view._index[i] for i in want)
     # Bad, then undo and redo, through the buttons.
-    act("bad")
     fb = lambda: crafter.samples.set_index("id").loc[want, "feedback"].tolist()  # noqa: E731
-    assert fb() == ["bad"] * len(want) and w.history == {"undo": 1, "redo": 0}
+    before, undo0 = fb(), w.history["undo"]  # the module's crafter may carry marks from earlier tests
+    act("bad")
+    assert fb() == ["bad"] * len(want) and w.history == {"undo": undo0 + 1, "redo": 0}
     act("undo")
-    assert fb() == [""] * len(want) and w.history == {"undo": 0, "redo": 1}
+    assert fb() == before and w.history == {"undo": undo0, "redo": 1}
     act("redo")
     assert fb() == ["bad"] * len(want)
     # One image from the gallery; a test image is refused.
