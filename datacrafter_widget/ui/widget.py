@@ -413,14 +413,15 @@ def _generate_controls(widget: CrafterWidget, strategies: Sequence[str]) -> Any:
     """Strategy, count and prompt; the progress bar and Cancel live once, in the map's footer."""
     import ipywidgets as w
 
-    full = w.Layout(width="100%")
+    narrow = {"description_width": "64px"}  # the descriptions must leave the inputs room in a 280 px panel
     strategy = w.Dropdown(options=list(strategies), value="caption" if "caption" in strategies else strategies[0],
-                          description="strategy", layout=full)
-    count = w.BoundedIntText(value=8, min=1, max=10000, description="per class", layout=full)
-    custom = w.Text(placeholder="custom prompt, e.g. a photo of a {class} at night", description="prompt",
-                    layout=w.Layout(width="100%", display="none"))
+                          description="strategy", layout=w.Layout(width="98%"), style=narrow)
+    count = w.BoundedIntText(value=8, min=1, max=10000, description="per class", layout=w.Layout(width="98%"),
+                             style=narrow)
+    custom = w.Text(placeholder="a photo of a {class} at night", description="prompt", style=narrow,
+                    layout=w.Layout(width="98%", display="none"))
     hint = w.HTML("")
-    generate = w.Button(description="Generate", button_style="primary", icon="play", layout=w.Layout(width="auto"))
+    generate = w.Button(description="Generate", button_style="primary", icon="play", layout=w.Layout(width="98%"))
 
     def on_strategy(change: dict) -> None:
         custom.layout.display = "" if change["new"] == "custom" else "none"
