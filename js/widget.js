@@ -132,17 +132,15 @@ class ProjectionView {
       ["good", "Good", "dcw-good", "mark the selected images as good  [g]"],
       ["remove", "Remove", "", "remove the selected images from the dataset (hidden from the map; Undo restores)  [Delete]"],
       ["unmark", "Unmark", "", "clear the marks of the selected images  [u]"],
-      ["undo", "Undo", "", "undo the last feedback action  [ctrl+z]"],
-      ["redo", "Redo", "", "redo the last undone feedback action  [ctrl+shift+z]"],
-      ["evolve", "Evolve prompts", "", "evolve the prompts of the selected images' classes from the feedback"],
-      ["unwanted_label", "Label unwanted", "", "mark the clicked content label as unwanted on the selected generated images"],
+      ["undo", "↶ Undo", "", "undo the last feedback action  [ctrl+z]"],
+      ["redo", "↷", "", "redo the last undone feedback action  [ctrl+shift+z]"],
+      ["evolve", "Evolve", "", "evolve the prompts of the selected images' classes from the feedback"],
+      ["unwanted_label", "Unwanted", "", "mark the clicked content label as unwanted on the selected generated images"],
     ]) {
       const b = this.button(bar, text, tip, () => this.sendAction(name), cls);
       b.dataset.action = name;
       this.actionButtons[name] = b;
     }
-    this.countEl = el("span", "dcw-count", bar);
-    this.countEl.dataset.role = "count";
 
     // Row 2: find, colour, filter, navigate.
     const bar2 = el("div", "dcw-toolbar", root);
@@ -184,14 +182,17 @@ class ProjectionView {
     }
     this.isolateButton = this.button(bar2, "Isolate", "show only the selected images (again: show all)  [i]", () => this.isolate());
     this.isolateButton.dataset.role = "isolate";
-    this.neighborsButton = this.button(bar2, "Neighbours", "select the nearest images (CLIP) to the selected one  [n]", () => this.sendAction("neighbors"));
+    this.neighborsButton = this.button(bar2, "Similar", "select the nearest images (CLIP neighbours) to the selected one  [n]", () => this.sendAction("neighbors"));
     this.neighborsButton.dataset.action = "neighbors";
     el("span", "dcw-sep", bar2);
     this.button(bar2, "Zoom", "zoom to the selection  [z]", () => this.zoomToSelection()).dataset.role = "zoom";
     this.button(bar2, "Fit", "fit everything in view  [f]", () => { this.userMoved = false; this.fitView(); this.requestDraw(); }).dataset.role = "reset";
     this.button(bar2, "Clear", "clear the selection  [Escape]", () => { this.activeLabel = null; this.commitSelection(new Uint32Array(0)); }).dataset.role = "clear";
 
-    this.legendEl = el("div", "dcw-legend", root); // outside the map: never covers data
+    const info = el("div", "dcw-info", root); // outside the map: never covers data
+    this.countEl = el("span", "dcw-count", info);
+    this.countEl.dataset.role = "count";
+    this.legendEl = el("div", "dcw-legend", info);
 
     this.stage = el("div", "dcw-stage", root);
     this.glCanvas = el("canvas", "dcw-gl", this.stage);
