@@ -164,6 +164,10 @@ class DataCrafter:
         for split, part in parts:
             frame = part.to_dataframe()
             attrs = [c for c in part.attributes if c not in COLUMNS]
+            # Columns as lists once: a per-cell frame.at costs ~0.6 ms, 20 s over 10,000 images x 3 columns.
+            col_label = frame["label"].astype(str).tolist()
+            col_caption = frame["caption"].tolist()
+            col_attrs = {a: frame[a].tolist() for a in attrs}
             for start in range(0, len(part), 256):
                 idx = list(range(start, min(len(part), start + 256)))
                 try:
@@ -172,18 +176,18 @@ class DataCrafter:
                     raise DatasetError(f"{err}. Then run dc.DataCrafter(ds, project={str(self.project)!r}) again: the "
                                        f"import resumes where it stopped") from None
                 if done:
-                    labels = [str(frame.at[i, "label"]) for i in idx]
+                    labels = [col_label[i] for i in idx]
                     keep = [k for k, im in enumerate(images) if not _take(done, (image_hash(im), split, labels[k]))]
                     idx, images = [idx[k] for k in keep], [images[k] for k in keep]
                     if not idx:
                         continue
                 rows = []
                 for i in idx:
-                    cap = frame.at[i, "caption"]
-                    row = {"label": str(frame.at[i, "label"]), "split": split, "source": "real", "round": 0,
+                    cap = col_caption[i]
+                    row = {"label": col_label[i], "split": split, "source": "real", "round": 0,
                            "caption": "" if cap is None or (isinstance(cap, float) and math.isnan(cap)) else str(cap)}
                     for a in attrs:
-                        v = frame.at[i, a]
+                        v = col_attrs[a][i]
                         row[a] = v.item() if hasattr(v, "item") else v
                     rows.append(row)
                 self.store.add(images, rows)
