@@ -1,6 +1,6 @@
 """A 10,000-image project with the starter models: DataCrafter creation and the first map, profiled.
 
-    python benchmarks/bench_crafter_map.py [--n 10000] [--profile] [--threads 2]
+    python benchmarks/bench_crafter_map.py [--n 10000] [--profile] [--threads 2] [--import-only]
 
 Prints the wall time of (1) building the dataset in memory (not the product's cost), (2)
 `DataCrafter(ds, models, project)` on a new folder (the import into the store), (3) the first
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--import-only", action="store_true", help="stop after DataCrafter(...) (the store import)")
     args = ap.parse_args()
     import torch
 
@@ -70,6 +71,9 @@ def main() -> None:
         print(f"DataCrafter(ds, models, project) over {len(crafter.samples)} images: {create_s:.1f} s")
         if prof1:
             print(prof1)
+        if args.import_only:
+            crafter.close()
+            return
         ids = crafter.samples["id"].tolist()
         _, emb_s, _ = profiled(False, crafter.embeddings, ids)
         print(f"  first map, step 1: image embeddings ({len(ids)} images): {emb_s:.1f} s")
