@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.images import content_hash
-from ..data.store import SampleStore, StoreError, atomic_write_bytes
+from ..data.store import DamagedFileError, SampleStore, atomic_write_bytes
 
 EXPORT_FORMATS = ("imagefolder", "csv", "hf")
 MANIFEST = "datacrafter-export.json"
@@ -182,12 +182,12 @@ def image_bytes(store: SampleStore, sample_id: str, file: str, expected_hash: st
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise StoreError(
+        raise DamagedFileError(
             f"sample {sample_id}: its image file {file} is missing from project {store.path}: restore the file from "
             f"a backup, or drop the sample with crafter.feedback(removed=[{sample_id!r}]) and export again"
         ) from None
     if expected_hash and content_hash(data) != expected_hash:
-        raise StoreError(
+        raise DamagedFileError(
             f"sample {sample_id}: its image file {file} in project {store.path} is truncated or changed (its content "
             f"hash is not {expected_hash}): restore the file from a backup, or drop the sample with "
             f"crafter.feedback(removed=[{sample_id!r}]) and export again"
@@ -199,7 +199,7 @@ def _project_file(store: SampleStore, sample_id: str, file: str) -> Path:
     root = Path(store.path).resolve()
     path = (root / str(file)).resolve()
     if not _inside(path, root) or path == root:
-        raise StoreError(
+        raise DamagedFileError(
             f"sample {sample_id}: its file column {file!r} points outside project {store.path}; the samples table "
             f"was edited by hand or damaged: nothing outside the project is read. Restore samples.parquet from a backup"
         )
