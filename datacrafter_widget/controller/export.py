@@ -103,6 +103,8 @@ def export_project(
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}: use one of {list(EXPORT_FORMATS)}")
     out = Path(out).expanduser().absolute()
+    if out.is_symlink():  # replace the folder it points to, not the link
+        out = out.resolve()
     _check_target(out, store.path, overwrite)
     rows = _rows(store.samples, include_flagged=include_flagged, include_bad=include_bad)
     folders = class_folders(classes) if format == "imagefolder" else {}
