@@ -124,3 +124,32 @@ def test_same_spec_same_seeds_and_images_in_the_same_round_number(gen, tmp_path)
             assert rows["seed"].tolist() == [ROUND_SEED_STRIDE, ROUND_SEED_STRIDE + 1]
             images.append([np.asarray(c.store.image(i)) for i in ids])
     assert all(np.array_equal(a, b) for a, b in zip(*images))
+
+
+def test_same_images_from_crafter_generate_and_datacrafter_run_for_the_same_plan(tmp_path):
+    """The CLI's [[rounds]] table and the API call make the same RoundSpec, so the same seeds and images."""
+    from datacrafter_widget.app.headless import run
+    from datacrafter_widget.data.store import SampleStore
+    from datacrafter_widget.models.embedder import Embedder
+    from tiny_models import tiny_open_clip
+
+    model, preprocess, tokenizer = tiny_open_clip()
+    models = dc.Models(generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=2, default_guidance=3.0),
+                       embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))
+    table = {"strategy": ["class", "custom"], "per_class": 1, "prompts": "a {class} on a plain background",
+             "steps": 2, "classes": ["1", "7"]}
+    config = {"project": str(tmp_path / "cli"), "dataset": {"kind": "starter", "shots": 1, "seed": 0},
+              "rounds": [table], "student": {"epochs": 1, "evaluate_each_round": False}}
+    run(config, models=models, progress=False, log=lambda line: None)
+    with SampleStore(tmp_path / "cli", readonly=True) as store:
+        s = store.samples
+        cli = s[s["source"] == "generated"].sort_values("id")
+        cli_images = [np.asarray(store.image(i)) for i in cli["id"]]
+    with dc.DataCrafter(dc.starter.colored_digits(shots=1, seed=0), models=models, project=tmp_path / "api") as c:
+        ids = c.generate(per_class=1, strategy=["class", "custom"], prompts="a {class} on a plain background", steps=2,
+                         classes=["1", "7"], progress=False)
+        api = c.samples.set_index("id").loc[ids]
+        api_images = [np.asarray(c.store.image(i)) for i in ids]
+    assert len(ids) == 4 and cli["seed"].tolist() == api["seed"].tolist() == [ROUND_SEED_STRIDE + k for k in range(4)]
+    assert cli["prompt"].tolist() == api["prompt"].tolist() and cli["strategy"].tolist() == api["strategy"].tolist()
+    assert all(np.array_equal(a, b) for a, b in zip(cli_images, api_images))
