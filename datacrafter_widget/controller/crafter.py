@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import shutil
 import threading
 import time
 import warnings
@@ -37,9 +35,11 @@ import pandas as pd
 from PIL import Image
 
 from ..loop.class_filter import ClassFilter
-from ..data.dataset import Dataset
+from ..data.dataset import Dataset, DatasetError
 from ..data.images import image_hash
+from .export import EXPORT_FORMATS  # noqa: F401 - kept importable from here
 from .jobs import Job, JobContext
+from .recovery import import_counter, mark_interrupted_rounds, unfinished_import_message
 from ..models.bundle import Models
 from .map_cache import ProjectMap
 from ..data.store import COLUMNS, SampleStore
@@ -50,7 +50,6 @@ from .rounds import JobRunningError, RoundRunner
 if TYPE_CHECKING:
     from ..loop.evolution import EvolutionResult
 
-EXPORT_FORMATS = ("imagefolder", "csv", "hf")
 EVENTS = ("samples", "feedback", "selection", "progress", "projection")
 __all__ = ["DataCrafter", "UnknownSampleError", "JobRunningError", "ROUND_SEED_STRIDE", "round_seed", "EXPORT_FORMATS"]
 
@@ -72,6 +71,7 @@ class DataCrafter:
         project: str | os.PathLike = "runs/datacrafter",
         *,
         batch_size: int = 8,
+        heldout: Dataset | str | None = "auto",
     ) -> None:
         if not isinstance(ds, Dataset):
             raise TypeError(
@@ -97,6 +97,7 @@ class DataCrafter:
                     "models": self.models.describe(), "generator": "datacrafter-widget",
                 })
             self.dataset = ds
+            self.heldout = heldout
         except BaseException:
             store.close()
             raise
@@ -109,7 +110,7 @@ class DataCrafter:
         try:
             meta = store.read_json("project.json", {}) or {}
             if "classes" not in meta:
-                raise ValueError(f"{store.path} is a sample store but not a DataCrafter project (no classes in project.json)")
+                raise ValueError(unfinished_import_message(store))
             self = cls.__new__(cls)
             self._setup(store, models, batch_size)
             self.classes = list(meta["classes"])
@@ -136,7 +137,13 @@ class DataCrafter:
         self._map = ProjectMap(store)
         self._map_lock = threading.RLock()
         self._labeler: Any = None
+        self._heldout: Dataset | str | None = "auto"
+        self._heldout_fp: tuple[int, str] | None = None
+        # options for the per-round held-out student (student.train_student: seed=, steps=, kind=, ...)
+        self.heldout_options: dict[str, Any] = {}
         self._listeners: dict[str, list[Callable[..., None]]] = {e: [] for e in EVENTS}
+        self._student: Any = None  # this project's student (never kept on the shared Models object)
+        mark_interrupted_rounds(store)  # rounds a killed kernel left "running"
 
     # ---- real images ----------------------------------------------------------------------------
     def _store_real(self, ds: Dataset) -> None:
@@ -150,16 +157,20 @@ class DataCrafter:
         if not parts:
             raise ValueError(f"dataset {ds.name!r} has splits {sorted(ds.splits)} but no 'train' split: give it one")
         # An import interrupted earlier (kernel killed) resumes: images already stored are skipped.
-        s = self.store.samples
-        done = set(zip(s["hash"], s["split"])) if len(s) else set()
+        done = import_counter(self.store.samples)
         for split, part in parts:
             frame = part.to_dataframe()
             attrs = [c for c in part.attributes if c not in COLUMNS]
             for start in range(0, len(part), 256):
                 idx = list(range(start, min(len(part), start + 256)))
-                images = part.images(idx)
+                try:
+                    images = part.images(idx)
+                except DatasetError as err:  # names the file; what is stored so far stays
+                    raise DatasetError(f"{err}. Then run dc.DataCrafter(ds, project={str(self.project)!r}) again: the "
+                                       f"import resumes where it stopped") from None
                 if done:
-                    keep = [k for k, im in enumerate(images) if (image_hash(im), split) not in done]
+                    labels = [str(frame.at[i, "label"]) for i in idx]
+                    keep = [k for k, im in enumerate(images) if not _take(done, (image_hash(im), split, labels[k]))]
                     idx, images = [idx[k] for k in keep], [images[k] for k in keep]
                     if not idx:
                         continue
@@ -509,66 +520,13 @@ class DataCrafter:
         imagefolder: out/train/<class>/<id>.png, out/test/<class>/<id>.png, out/samples.csv;
         csv: out/images/<id>.png + out/samples.csv; hf: a `datasets` dataset saved with save_to_disk.
         Generated images marked bad/removed, or flagged, are left out unless asked for.
+        The target may not be, hold or lie inside the project; overwrite=True only replaces an earlier
+        export, and only once the new one is complete (see export.py).
         """
-        if format not in EXPORT_FORMATS:
-            raise ValueError(f"unknown export format {format!r}: use one of {list(EXPORT_FORMATS)}")
-        out = Path(out).expanduser()
-        if out.exists() and any(out.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"{out} is not empty: choose a new folder or pass overwrite=True")
-            shutil.rmtree(out)
-        s = self.store.samples
-        gen = s["source"] == "generated"
-        fb = s["feedback"].astype(str)
-        drop = fb == "removed"
-        if not include_bad:
-            drop |= gen & (fb == "bad")
-        if not include_flagged:
-            drop |= gen & (s["flag"].astype(str) != "") & (fb != "good")
-        rows = s[~drop].copy()
-        rows["export_split"] = np.where(rows["split"] == "test", "test", "train")
-        if format == "hf":
-            return self._export_hf(rows, out)
-        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        files = []
-        for r in rows.itertuples(index=False):
-            if format == "imagefolder":
-                rel = Path(r.export_split) / _safe_name(r.label) / f"{r.id}.png"
-            else:
-                rel = Path("images") / f"{r.id}.png"
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.store.path / r.file, tmp / rel)
-            files.append(rel.as_posix())
-        table = rows.drop(columns=["file"]).assign(file=files)
-        table.to_csv(tmp / "samples.csv", index=False)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-        return out
+        from .export import export_project
 
-    def _export_hf(self, rows: pd.DataFrame, out: Path) -> Path:
-        try:
-            import datasets
-        except ImportError as err:
-            raise ImportError("format='hf' needs the `datasets` package: pip install 'datacrafter-widget[hf]'") from err
-        data: dict[str, list[Any]] = {"image": [str(self.store.path / f) for f in rows["file"]]}
-        for c in rows.columns:
-            if c in ("file", "image"):
-                continue
-            col = rows[c]
-            if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
-                data[c] = col.tolist()
-            else:  # text, or mixed attribute columns: strings with None for missing
-                data[c] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in col]
-        ds = datasets.Dataset.from_dict(data)
-        ds = ds.cast_column("image", datasets.Image())
-        ds = ds.cast_column("label", datasets.ClassLabel(names=self.classes))
-        dd = datasets.DatasetDict({split: ds.filter(lambda e, s=split: e["export_split"] == s)
-                                   for split in sorted(set(rows["export_split"]))})
-        dd.save_to_disk(str(out))
-        return out
+        return export_project(self.store, self.classes, out, format, include_flagged=include_flagged,
+                              include_bad=include_bad, overwrite=overwrite)
 
     # ---- per-round metrics (metrics.py) -------------------------------------------------------------
     @property
@@ -592,7 +550,7 @@ class DataCrafter:
         s = self.store.samples
         gen = s[s["source"] == "generated"]
         if not len(gen):
-            return pd.DataFrame(columns=["round", "n_generated"])
+            return self._with_student_accuracy(pd.DataFrame(columns=["round", "n_generated"]))
         real = s[(s["source"] == "real") & (s["split"] == "train")]
         real_emb = self.embeddings(real["id"].tolist())
         flt = ClassFilter(emb_model, self.classes, mode=self.filter_mode).fit(real_emb, real["label"].tolist())
@@ -614,7 +572,50 @@ class DataCrafter:
             row["flagged"] = int((g["flag"] != "").sum())
             row["bad"] = int((g["feedback"] == "bad").sum())
             rows.append(row)
-        return pd.DataFrame(rows)
+        return self._with_student_accuracy(pd.DataFrame(rows))
+
+    @property
+    def heldout(self) -> Dataset | None:
+        """The split `crafter.metrics` scores the per-round student on (student_acc); None: no student column.
+
+        Default ("auto"): the dataset's test split when it has one. Set a Dataset to use another.
+        """
+        if isinstance(self._heldout, str):
+            return self.dataset.test if self.dataset is not None else None
+        return self._heldout
+
+    @heldout.setter
+    def heldout(self, value: Dataset | str | None) -> None:
+        if not (value is None or isinstance(value, Dataset) or value == "auto"):
+            raise TypeError(f"heldout must be a dc.Dataset (e.g. ds.test), 'auto' (the test split) or None (off), "
+                            f"got {type(value).__name__}")
+        self._heldout, self._heldout_fp = value, None
+
+    def _with_student_accuracy(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Adds student_acc (held-out accuracy of a student trained on each round's data; heldout.py),
+        with a round-0 row for the real images alone; cached per round in <project>/heldout/."""
+        from .heldout import STUDENT_COLUMNS, heldout_fingerprint, student_accuracy_by_round
+
+        ds = self.heldout
+        if ds is None or len(ds) == 0:
+            return frame
+        if self._heldout_fp is None or self._heldout_fp[0] != id(ds):
+            self._heldout_fp = (id(ds), heldout_fingerprint(ds))
+        rounds = [0, *sorted(int(r) for r in frame["round"].dropna())]
+        acc = student_accuracy_by_round(
+            self.store, self.classes, ds, rounds, fingerprint=self._heldout_fp[1],
+            embedder=self.models.embedder if self.models.has("embedder") else None, options=self.heldout_options)
+        if len(frame):
+            merged = acc.merge(frame.astype({"round": "int64"}), on="round", how="left")
+        else:
+            merged = acc.assign(n_generated=0)
+        first = merged["round"] == 0
+        merged.loc[first, "n_generated"] = 0
+        merged["n_generated"] = merged["n_generated"].astype("int64")
+        if "strategies" in merged:
+            merged.loc[first, "strategies"] = "real only"
+        student_cols = list(STUDENT_COLUMNS)
+        return merged[["round", *[c for c in merged.columns if c not in ["round", *student_cols]], *student_cols]]
 
     # ---- lifetime -----------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -647,18 +648,21 @@ class DataCrafter:
         embedder = self.models.embedder if self.models.has("embedder") else None
         student = train_student(images, labels, self.classes, embedder=embedder, progress=progress, cancel=cancel, **options)
         student.save(self.project / "student")
-        self.models.student = student
+        self._student = student
         return student
 
     def _current_student(self) -> Any:
         from ..loop.student import Student, StudentError
 
+        # trained here > given in models by the user > saved in this project
+        if self._student is not None:
+            return self._student
         if self.models.has("student"):
             return self.models.student
         if (self.project / "student" / "student.json").is_file():
-            self.models.student = Student.load(self.project / "student",
-                                               embedder=self.models.embedder if self.models.has("embedder") else None)
-            return self.models.student
+            self._student = Student.load(self.project / "student",
+                                         embedder=self.models.embedder if self.models.has("embedder") else None)
+            return self._student
         raise StudentError("no student yet: call crafter.train_student() first")
 
     def evaluate(self, ds: Dataset | None = None) -> dict[str, Any]:
@@ -718,7 +722,9 @@ class DataCrafter:
                                       progress=progress, cancel=cancel)
 
 
-def _safe_name(label: str) -> str:
-    """A class name usable as one folder name."""
-    name = re.sub(r"[\\/:*?\"<>|\x00-\x1f]", "_", str(label)).strip(" .")
-    return name or "_"
+def _take(counts: Any, key: tuple) -> bool:
+    """True (and one fewer left) if `key` is still counted as already stored."""
+    if counts.get(key, 0) > 0:
+        counts[key] -= 1
+        return True
+    return False
