@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, SDCFGCutoffCallback
 from PIL import Image
 
@@ -415,7 +416,8 @@ class BatchCFGCutoffCallback(SDCFGCutoffCallback):
     upstream (the pipeline then skips the unconditional pass).
     """
 
-    def callback_fn(self, pipeline: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+    def callback_fn(self, pipeline: DiffusionPipeline, step_index: int, timestep: torch.Tensor,
+                    callback_kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cutoff = self.config.cutoff_step_index
         if cutoff is None:
             cutoff = int(pipeline.num_timesteps * self.config.cutoff_step_ratio)
@@ -430,10 +432,12 @@ class _StepHook:
 
     tensor_inputs: list[str] = []
 
-    def __init__(self, fn: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]) -> None:
+    def __init__(self, fn: Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.Tensor]],
+                                   dict[str, torch.Tensor]]) -> None:
         self.fn = fn
 
-    def __call__(self, pipeline: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, pipeline: DiffusionPipeline, step_index: int, timestep: torch.Tensor,
+                 callback_kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.fn(pipeline, step_index, timestep, callback_kwargs)
 
 
