@@ -488,7 +488,7 @@ class DataCrafter:
             hashes = [by_id[i] for i in ids]
         missing = self.store.missing_embeddings(hashes, emb.name)
         if missing and not self.store.readonly:
-            first_id = {}
+            first_id: dict[str, str] = {}
             for i, h in zip(ids, hashes):
                 first_id.setdefault(h, i)
             for start in range(0, len(missing), 64):
@@ -497,6 +497,7 @@ class DataCrafter:
                 self.store.put_embeddings(chunk, emb.name, arr)
         elif missing:
             out = self.store.embeddings(hashes, emb.name, partial=True)
+            assert out is not None  # partial=True gives an array with rows for the missing hashes too
             rows = [k for k, h in enumerate(hashes) if h in set(missing)]
             out[rows] = emb.embed_images([self.store.image(ids[k]) for k in rows])
             return out

@@ -212,7 +212,7 @@ class RoundSpec:
         return replace(
             self,
             strategies=strategies,
-            per_class=_whole("per_class", self.per_class, minimum=1),
+            per_class=int(_whole("per_class", self.per_class, minimum=1) or 0),
             classes=classes,
             prompts=_prompts(self.prompts),
             negative_prompts=_negatives(self.negative_prompts),

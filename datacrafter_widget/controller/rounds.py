@@ -22,6 +22,7 @@ yielded. The default is `local_backend` (the generator in this process); pass an
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -227,7 +228,7 @@ def store_generated(
         for k, (r, f, why) in enumerate(zip(requests, flags, reasons))
     ]
     ids = store.add(images, rows)
-    if emb is not None:
+    if emb is not None and embedder is not None:
         store.put_embeddings([image_hash(im) for im in images], embedder.name, emb)
     return ids
 
@@ -284,7 +285,7 @@ class RoundRunner:
         self.store.write_json("rounds.json", rounds)
 
     def _finish_round(self, rnd: int, status: str, stored: int) -> None:
-        entry = next((r for r in self.rounds if int(r.get("round", -1)) == rnd), {"round": rnd})
+        entry: dict[str, Any] = next((r for r in self.rounds if int(r.get("round", -1)) == rnd), {"round": rnd})
         entry.update(status=status, stored=stored, finished=time.time())
         self.log_round(entry)
 
@@ -440,7 +441,7 @@ class RoundRunner:
                 host._check_ids([r.parent_id], "parent ids")
         self._warn_long_prompts(gen, requests)
         info = dict(info or {})
-        rnd = int(info.get("round") or self.next_round())
+        rnd = int(str(info.get("round") or self.next_round()))
         steps = int(steps or gen.default_steps)
         guidance = float(gen.default_guidance if guidance is None else guidance)
         bs = int(batch_size or host.batch_size)
@@ -563,7 +564,7 @@ class RoundRunner:
                     guidance=guidance,
                     batch_size=batch_size,
                     cancel=ctx.cancel_event,
-                    progress=lambda d, t, o=generated: ctx.report(o + d, len(requests)),
+                    progress=functools.partial(_report_from, ctx, generated, len(requests)),
                 )
                 for batch in self.backend(gen, reqs, sources, settings):
                     generated += len(batch.indices)
@@ -734,7 +735,7 @@ class RoundRunner:
                     sources=sources,
                     masks=masks,
                     results=results,
-                    on_stored=lambda new: (ctx.keep(list(ids) + new), host._emit("samples", new)),
+                    on_stored=functools.partial(_stored, ctx, ids, host),
                 )
                 status = "cancelled" if ctx.cancelled() and len(ids) < per_class * len(use) else "done"
                 return ids
@@ -862,6 +863,17 @@ def image_fn(
         return [out[i] for i in sorted(out)]
 
     return generate
+
+
+def _report_from(ctx: JobContext, offset: int, total: int, done: float, _group_total: int) -> None:
+    """A group's progress (images done in the group) as the round's (images done in the round)."""
+    ctx.report(offset + done, total)
+
+
+def _stored(ctx: JobContext, ids: list[str], host: RoundHost, new: list[str]) -> None:
+    """GAP stored a class's images: keep them as the job's partial result and tell the views."""
+    ctx.keep(list(ids) + new)
+    host._emit("samples", new)
 
 
 def _either(cancel: Cancel, ctx: JobContext) -> Callable[[], bool]:
@@ -993,7 +1005,7 @@ def _gap_into_store(
     src_ids = _source_ids(store, classes, sources) if sources is not None else None
     if masks is not None and src_ids is None:
         raise GapError("masks need source images: pass sources='train' (or {class: [sample ids]}) too")
-    src_images = {i: store.image(i) for c in (src_ids or {}) for i in src_ids[c]}
+    src_images = {i: store.image(i) for ids_of_class in (src_ids or {}).values() for i in ids_of_class}
     src_masks = {i: mask_for(masks, i, im) for i, im in src_images.items()} if masks is not None else None
     mask_files = {i: _save_mask(base, i, m) for i, m in src_masks.items()} if src_masks is not None else {}
     seeds = {c: [seed + ci * per_class + j for j in range(per_class)] for ci, c in enumerate(classes)}
