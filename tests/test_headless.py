@@ -87,7 +87,7 @@ def test_config_errors(tmp_path):
         load_config(tmp_path / "nope.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text('[[rounds]]\nstrategy = "magic"\n')
-    with pytest.raises(ConfigError, match="unknown: use one of"):
+    with pytest.raises(ConfigError, match=r"rounds\[0\]: unknown strategy 'magic': use one of"):
         load_config(bad)
     bad.write_text('datasett = 1\n')
     with pytest.raises(ConfigError, match="unknown config key"):

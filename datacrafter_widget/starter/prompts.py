@@ -4,6 +4,7 @@ Prompt evolution (loop/evolution.py) is model-agnostic: it mutates phrases from 
 renders genomes with a `compose` function. The starter models were trained on one caption
 grammar ("a thick red 3 on a black background, slanted left"), so the starter kit supplies both.
 """
+
 from __future__ import annotations
 
 from ..loop.evolution import Genome
@@ -14,8 +15,11 @@ __all__ = ["starter_vocabulary", "starter_compose"]
 
 def starter_vocabulary() -> list[str]:
     """Attribute phrases the starter models were trained on (colours, backgrounds, strokes, slants)."""
-    return ([*FOREGROUNDS] + [f"on a {b} background" for b in BACKGROUNDS]
-            + ["thin", "thick", "slanted left", "slanted right"])
+    return (
+        [*FOREGROUNDS]
+        + [f"on a {b} background" for b in BACKGROUNDS]
+        + ["thin", "thick", "slanted left", "slanted right"]
+    )
 
 
 def starter_compose(g: Genome) -> str:
