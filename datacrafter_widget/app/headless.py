@@ -80,9 +80,14 @@ def simulated_feedback(crafter: Any, ids: Sequence[str], checker: Checker) -> di
 
 def starter_checker() -> Checker:
     """The starter kit's independent checker, shipped trained (starter/weights/checker.safetensors)."""
-    from ..starter.checker import load_checker
+    from ..starter.checker import WEIGHTS, load_checker, train_checker
 
-    inst = load_checker()
+    if WEIGHTS.is_file():
+        inst = load_checker()
+    else:  # a checkout without the shipped weights: train it here, with a progress bar
+        print(f"no shipped checker weights at {WEIGHTS}: training the checker now (minutes; "
+              "`python -m datacrafter_widget.starter.checker` saves them for next time)", file=sys.stderr, flush=True)
+        inst = train_checker(progress=True)
 
     def check(images: list[Image.Image]) -> pd.DataFrame:
         return pd.DataFrame(inst.predict(list(images)))
