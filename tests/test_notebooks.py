@@ -96,7 +96,7 @@ def test_stable_diffusion_notebook_runs_offline_on_tiny_local_models(tiny_model_
 
     store = SampleStore(tmp_path / "runs" / "pets", readonly=True)
     gen = store.samples.query("source == 'generated'")
-    assert set(gen["strategy"]) == {"caption", "custom"} and len(gen) >= 4
+    assert set(gen["strategy"]) == {"caption", "evolved"} and len(gen) >= 4
     assert gen["model"].str.contains("sd").all()
     store.close()
     assert sorted(p.name for p in (tmp_path / "out" / "pets" / "train").iterdir()) == ["cat", "dog"]

@@ -306,7 +306,10 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
             stages.record("final", spread=True)
         table = pd.DataFrame(stages.rows)
         table.to_csv(project_dir / "metrics.csv", index=False)
-        say("per-round metrics (crafter.metrics)")
+        say("per-round metrics (crafter.metrics: embeddings, class filter)")
+        # The stage table above already holds the held-out student accuracy per stage (with the seed
+        # spread), so metrics skips its own per-round student (heldout=None) instead of training it twice.
+        crafter.heldout = None
         round_metrics = crafter.metrics
         if cfg["export"]["enabled"]:
             out = _resolve(project_dir, cfg["export"]["path"])
