@@ -171,3 +171,17 @@ def test_example_config_is_valid():
 
     cfg = load_config(Path(__file__).resolve().parent.parent / "examples" / "starter.toml")
     assert cfg["models"]["kind"] == "starter" and cfg["rounds"]
+
+
+def test_the_checker_ships_trained_and_reads_real_renders():
+    """datacrafter run starts at once: the independent checker's weights are in the package (float16, small)."""
+    from datacrafter_widget.starter import colored_digits
+    from datacrafter_widget.starter.checker import WEIGHTS, load_checker
+
+    assert WEIGHTS.is_file() and WEIGHTS.stat().st_size < 400_000
+    checker = load_checker()
+    test = colored_digits(shots=1, seed=0).test
+    frame = test.frame.head(100)
+    found = checker.predict(test.images(list(range(100))))
+    assert sum(a == b for a, b in zip(found["digit"], frame["label"].astype(str))) >= 80
+    assert checker.heldout_accuracy["digit"] > 0.8 and checker.settings["steps"] > 0
