@@ -255,15 +255,31 @@ def add_info(sub: argparse._SubParsersAction) -> None:
 
 # ---- registration --------------------------------------------------------------------------
 # One function per subcommand; each adds its subparser and sets `func`.
-# `datacrafter run CONFIG.toml` (issue 7) registers here: add its `add_run` to this list.
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [add_demo, add_info]
 
 
-def add_run(sub: argparse._SubParsersAction) -> None:
-    """`datacrafter run CONFIG.toml` (datacrafter_widget/app/headless.py; imported lazily, it loads torch)."""
-    from .headless import add_run as register
+def run_headless(args: argparse.Namespace) -> int:
+    """Print a first line at once, then import the loop (pandas, torch: seconds) and run it."""
+    import time
 
-    register(sub)
+    args.started = time.time()
+    print(f"[{0.0:6.1f}s] datacrafter run {args.config}: starting (importing pandas and torch)", flush=True)
+    from .headless import cli_main
+
+    return cli_main(args)
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    """`datacrafter run CONFIG.toml` (app/headless.py, imported only when the command runs)."""
+    p = sub.add_parser("run", help="run the loop headless from a TOML config and write an HTML report",
+                       description="Run the loop a TOML config describes (see examples/starter.toml) through "
+                                   "DataCrafter and write report.html, metrics.csv, the student and the export "
+                                   "into the project folder. Every line carries the seconds since the start.")
+    p.add_argument("config", help="path of the TOML config (see examples/starter.toml)")
+    p.add_argument("--project", default=None, help="project folder (overrides the config's project)")
+    p.add_argument("--overwrite", action="store_true", help="replace the project folder of an earlier run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the timestamped steps still print)")
+    p.set_defaults(func=run_headless)
 
 
 REGISTRARS.append(add_run)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from .config import ConfigError, load_config
 
-__all__ = ["ConfigError", "RunResult", "load_config", "run", "add_run", "simulated_feedback", "prompted_attributes",
+__all__ = ["ConfigError", "RunResult", "load_config", "run", "cli_main", "simulated_feedback", "prompted_attributes",
            "starter_checker"]
 
 Checker = Callable[[list[Image.Image]], pd.DataFrame]
@@ -111,8 +111,8 @@ class RunResult:
 class _Clock:
     """Prefixes every message with the seconds since the run started, so a log reads as a timeline."""
 
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.t0 = time.time()
+    def __init__(self, log: Callable[[str], None], started: float | None = None) -> None:
+        self.t0 = time.time() if started is None else started
         self.log = log
 
     @property
@@ -223,19 +223,21 @@ class _Stages:
 
 def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = None, progress: bool = True,
         log: Callable[[str], None] = print, models: Any = None, checker: Checker | None = None,
-        overwrite: bool = False) -> RunResult:
+        overwrite: bool = False, started: float | None = None) -> RunResult:
     """Run the loop a config describes through DataCrafter; writes the project, metrics.csv and report.html.
 
     models / checker override the config's models and the starter checker (scripts and tests).
     overwrite=True replaces an earlier run's project folder instead of refusing to touch it.
+    started: the time.time() the log's seconds count from (the CLI passes its own start).
     """
-    say = _Clock(log)
+    say = _Clock(log, started)
     say(f"reading the config {config if not isinstance(config, Mapping) else '(a dict)'}")
     cfg = load_config(config)
     base = Path(cfg["_base"])
     project_dir = _resolve(base, project or cfg["project"])
     _fresh_project(project_dir, overwrite)
     if cfg["feedback"]["simulate"] and checker is None:
+        say("loading the independent checker (torch; it simulates a person's feedback)")
         checker = starter_checker()
     say("loading the dataset" + (" (rendering the starter's coloured digits)" if cfg["dataset"]["kind"] == "starter" else ""))
     ds = _dataset(cfg, base)
@@ -338,25 +340,14 @@ def _evolution_table(result: Any) -> pd.DataFrame:
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
-def _cli(args: argparse.Namespace) -> int:
+def cli_main(args: argparse.Namespace) -> int:
+    """`datacrafter run` (the parser is in cli.py): config errors go to stderr with exit code 2."""
     try:
         result = run(args.config, project=args.project, progress=not args.quiet, overwrite=args.overwrite,
-                     log=lambda line: print(line, flush=True))
+                     log=lambda line: print(line, flush=True), started=getattr(args, "started", None))
     except ConfigError as err:
         print(f"datacrafter run: {err}", file=sys.stderr)
         return 2
     print(result.metrics.to_string(index=False))
     print(f"report: {result.report}")
     return 0
-
-
-def add_run(sub: argparse._SubParsersAction) -> None:
-    """Register `datacrafter run CONFIG.toml`."""
-    p = sub.add_parser("run", help="run the loop headless from a TOML config and write an HTML report",
-                       description="Run the loop a TOML config describes (see examples/starter.toml) and write "
-                                   "report.html, metrics.csv and the student into the project folder.")
-    p.add_argument("config", help="path of the TOML config (see examples/starter.toml)")
-    p.add_argument("--project", default=None, help="project folder (overrides the config's project)")
-    p.add_argument("--overwrite", action="store_true", help="replace the project folder of an earlier run")
-    p.add_argument("--quiet", action="store_true", help="no progress bars (the timestamped steps still print)")
-    p.set_defaults(func=_cli)
