@@ -7,18 +7,15 @@ Defaults live in the schema, so examples/starter.toml, the checks and the docume
 from __future__ import annotations
 
 import difflib
-import sys
+import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, packaged as tomli
-    import tomli as tomllib
+from ..loop.strategies import GENERATE_STRATEGIES as _STRATEGIES
 
-__all__ = ["ConfigError", "Key", "SCHEMA", "ROUND_KEYS", "load_config"]
+__all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "round_spec"]
 
 
 class ConfigError(ValueError):
@@ -34,9 +31,6 @@ class Key:
     help: str
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
-
-
-_STRATEGIES = ("class", "caption", "perturb", "custom")
 
 TOP: dict[str, Key] = {
     "title": Key("str", "datacrafter run", "the report's title"),
@@ -105,18 +99,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "path": Key("str", "export", "folder, relative to the project"),
     },
 }
-
-ROUND_KEYS: dict[str, Key] = {
-    "strategy": Key("str list", None, "prompt strategy, or a list of them", _STRATEGIES),
-    "per_class": Key("int", 5, "images per class (and per strategy)", minimum=1),
-    "steps": Key("int", None, "sampling steps (default: the generator's)", minimum=1),
-    "guidance": Key("float", None, "classifier-free guidance scale", minimum=0),
-    "strength": Key("float", None, "img2img strength (perturb)", minimum=0),
-    "filter": Key("bool", True, "flag images the class filter finds off-class"),
-    "prompts": Key("table", None, "custom prompts: {class = [prompt, ...]}"),
-    "negative_prompt": Key("str", None, "negative prompt for every image of the round"),
-}
-
 
 def _where(section: str | None) -> str:
     return f"[{section}]" if section else "the top level"
@@ -203,17 +185,35 @@ def load_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError('rounds must be an array of tables: [[rounds]] then strategy = "class" and per_class = 5')
     cfg["rounds"] = []
     for i, r in enumerate(rounds):
-        name = f"rounds[{i}]"
-        entry = _check_table(r, ROUND_KEYS, name)
-        if entry["strategy"] is None:
-            raise ConfigError(f"strategy in [{name}] is missing: use one of {', '.join(map(repr, _STRATEGIES))}")
-        strategies = [entry["strategy"]] if isinstance(entry["strategy"], str) else list(entry["strategy"])
-        if "custom" in strategies and not entry["prompts"]:
-            raise ConfigError(f"[{name}] strategy 'custom' needs prompts = {{ class = [\"a prompt\", ...] }}")
-        cfg["rounds"].append(entry)
+        round_spec(r, i)  # checked now, before anything runs
+        cfg["rounds"].append(dict(r))
     _check_combinations(cfg)
     cfg["_base"] = str(base)
     return cfg
+
+
+def round_spec(table: Any, i: int) -> Any:
+    """A [[rounds]] table as the RoundSpec that crafter.generate(spec=...) runs (per_class defaults to 5).
+
+    The spec's own checks apply (the same as the API and the widget); errors name the table.
+    """
+    from ..controller.round_spec import RoundSpec, RoundSpecError
+
+    where = f"[[rounds]] table {i + 1}"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table of settings, got {table!r}")
+    allowed = sorted({f.name for f in fields(RoundSpec)} | {"strategy"})
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            raise ConfigError(f"unknown key {key!r} in {where}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f": the keys of a round are {', '.join(allowed)}")
+    if "strategy" not in table and "strategies" not in table:
+        raise ConfigError(f"strategy in {where} is missing: use one of {', '.join(map(repr, _STRATEGIES))}")
+    try:
+        return RoundSpec.from_dict({"per_class": 5, **table})
+    except RoundSpecError as err:
+        raise ConfigError(f"{where}: {err}") from err
 
 
 def _check_combinations(cfg: Mapping[str, Any]) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, round_spec
 
 __all__ = ["ConfigError", "RunResult", "load_config", "run", "cli_main", "simulated_feedback", "prompted_attributes",
            "starter_checker"]
@@ -270,13 +270,12 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
     try:
         stages.record("real only", spread=True)
         for i, r in enumerate(cfg["rounds"]):
-            name = r["strategy"] if isinstance(r["strategy"], str) else "+".join(r["strategy"])
+            # The [[rounds]] table is a RoundSpec: the same checks and seed policy as crafter.generate(spec=...).
+            spec = round_spec(r, i)
+            name = "+".join(spec.strategies)
             stage = f"round {i + 1}: {name}"
-            say(f"{stage}: generating {r['per_class']} images per class ({i + 1} of {n_rounds} rounds)")
-            options = {k: r[k] for k in ("steps", "guidance", "strength") if r[k] is not None}
-            ids = crafter.generate(per_class=r["per_class"], strategy=r["strategy"], prompts=r["prompts"],
-                                   negative_prompts=r["negative_prompt"], filter=r["filter"], progress=progress,
-                                   **options)
+            say(f"{stage}: generating {spec.per_class} images per class ({i + 1} of {n_rounds} rounds)")
+            ids = crafter.generate(spec=spec, progress=progress)
             feedback(stage, ids)
             if each:
                 stages.record(stage, spread=stage.startswith(last + ":"))
