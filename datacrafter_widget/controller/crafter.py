@@ -214,6 +214,10 @@ class DataCrafter:
         """One row per image (real and generated) with full provenance (a copy)."""
         return self.store.samples
 
+    def image(self, sample_id: str) -> Image.Image:
+        """The stored image of one sample (real or generated), as RGB."""
+        return self.store.image(self._check_ids([sample_id])[0])
+
     @property
     def rounds(self) -> list[dict[str, Any]]:
         """One dict per generation round (settings, requested / stored counts, status)."""
