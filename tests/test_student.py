@@ -10,7 +10,12 @@ import torch
 from PIL import Image
 
 from datacrafter_widget.loop.student import (
-    Student, StudentError, accepted_rows, evaluate, train_student, training_set_from_samples,
+    Student,
+    StudentError,
+    accepted_rows,
+    evaluate,
+    train_student,
+    training_set_from_samples,
 )
 
 
@@ -97,8 +102,8 @@ def test_cancel_keeps_finished_epochs():
 
 
 def test_probe_on_clip_features_is_differentiable():
-    from tests.tiny_models import tiny_open_clip
     from datacrafter_widget.models.embedder import Embedder
+    from tests.tiny_models import tiny_open_clip
 
     model, preprocess, tokenizer = tiny_open_clip()
     embedder = Embedder(model, preprocess, tokenizer, name="tiny-clip")
@@ -122,13 +127,13 @@ def test_custom_backbone_fine_tuning():
 
 def test_training_set_uses_accepted_generated_only():
     rows = [
-        dict(id="r1", source="real", split="train", label="a", feedback="", flag=""),
-        dict(id="r2", source="real", split="test", label="a", feedback="", flag=""),
-        dict(id="g1", source="generated", split="generated", label="a", feedback="", flag=""),
-        dict(id="g2", source="generated", split="generated", label="b", feedback="bad", flag=""),
-        dict(id="g3", source="generated", split="generated", label="b", feedback="removed", flag=""),
-        dict(id="g4", source="generated", split="generated", label="b", feedback="", flag="off-class"),
-        dict(id="g5", source="generated", split="generated", label="b", feedback="good", flag="off-class"),
+        {"id": "r1", "source": "real", "split": "train", "label": "a", "feedback": "", "flag": ""},
+        {"id": "r2", "source": "real", "split": "test", "label": "a", "feedback": "", "flag": ""},
+        {"id": "g1", "source": "generated", "split": "generated", "label": "a", "feedback": "", "flag": ""},
+        {"id": "g2", "source": "generated", "split": "generated", "label": "b", "feedback": "bad", "flag": ""},
+        {"id": "g3", "source": "generated", "split": "generated", "label": "b", "feedback": "removed", "flag": ""},
+        {"id": "g4", "source": "generated", "split": "generated", "label": "b", "feedback": "", "flag": "off-class"},
+        {"id": "g5", "source": "generated", "split": "generated", "label": "b", "feedback": "good", "flag": "off-class"},
     ]
     samples = pd.DataFrame(rows)
     assert accepted_rows(samples)["id"].tolist() == ["g1", "g5"]
@@ -140,9 +145,9 @@ def test_training_set_uses_accepted_generated_only():
 
 def _tiny_crafter(tmp_path):
     from datacrafter_widget.controller.crafter import DataCrafter
+    from datacrafter_widget.models.bundle import Models
     from datacrafter_widget.models.embedder import Embedder
     from datacrafter_widget.models.generator import Generator
-    from datacrafter_widget.models.bundle import Models
     from datacrafter_widget.starter import colored_digits
     from tests.tiny_models import tiny_open_clip, tiny_sd_pipeline
 
@@ -224,9 +229,9 @@ def test_a_student_saved_before_the_four_block_cnn_still_loads(tmp_path):
 # ---- held-out student accuracy per round in crafter.metrics (controller/heldout.py) -----------------
 def test_metrics_show_heldout_student_accuracy_per_round(tmp_path, monkeypatch):
     import datacrafter_widget as dc
-    from datacrafter_widget.models.embedder import Embedder
     from datacrafter_widget.loop import student as student_module
     from datacrafter_widget.loop.metrics import metrics_chart
+    from datacrafter_widget.models.embedder import Embedder
     from tests.tiny_models import tiny_open_clip
 
     ds = dc.starter.colored_digits(shots=3, spurious=0.95, seed=0)
@@ -268,3 +273,63 @@ def test_metrics_show_heldout_student_accuracy_per_round(tmp_path, monkeypatch):
     with pytest.raises(TypeError, match="heldout must be a dc.Dataset"):
         crafter.heldout = "test"
     crafter.close()
+
+
+# ---- torchvision classifiers by name (the Stable Diffusion path's student) --------------------------
+def test_torchvision_classifier_by_name_trains_from_scratch_offline(tmp_path, monkeypatch):
+    import urllib.request
+
+    def no_network(*a, **k):
+        raise AssertionError("the student tried to download something")
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    images, labels = _colour_set()
+    student = train_student(images, labels, backbone="mobilenet_v3_small", image_size=32, epochs=1, progress=False)
+    assert student.config.kind == "backbone" and student.config.backbone == "mobilenet_v3_small"
+    assert student.config.weights == "" and student.logits(images).shape == (12, 2)
+    loaded = Student.load(student.save(tmp_path / "s"))
+    assert torch.allclose(loaded.logits(images), student.logits(images))
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    student.logits_from_pixels(x).sum().backward()
+    assert x.grad is not None
+
+
+def test_user_supplied_weights_load_into_a_named_torchvision_model(tmp_path):
+    import torchvision
+    from safetensors.torch import save_file
+
+    from datacrafter_widget.loop.student import _named_backbone
+
+    source = torchvision.models.mobilenet_v3_small()          # 1000-class head, as published weights have
+    with torch.no_grad():
+        source.features[0][0].weight.fill_(0.125)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save(state, tmp_path / "w.pth")
+    for path in (tmp_path / "w.safetensors", tmp_path / "w.pth"):
+        net = _named_backbone("torchvision:mobilenet_v3_small", 2, weights=path)
+        assert torch.equal(net.features[0][0].weight, source.features[0][0].weight)
+        assert net.classifier[-1].out_features == 2                 # the head is replaced after loading
+    images, labels = _colour_set()
+    student = train_student(images, labels, backbone="mobilenet_v3_small", weights=tmp_path / "w.safetensors",
+                            image_size=32, steps=1, lr=1e-9, progress=False)
+    assert student.config.weights == str(tmp_path / "w.safetensors")
+    assert torch.allclose(student.net.features[0][0].weight, source.features[0][0].weight, atol=1e-6)
+
+
+def test_bad_backbone_names_and_weights_give_clear_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    images, labels = _colour_set()
+    with pytest.raises(StudentError, match=r"torchvision has no classifier 'resnet1800'.*did you mean.*resnet18"):
+        train_student(images, labels, backbone="resnet1800", epochs=1, progress=False)
+    with pytest.raises(StudentError, match="is not understood"):
+        train_student(images, labels, backbone="keras:resnet18", epochs=1, progress=False)
+    with pytest.raises(StudentError, match="does not exist"):
+        train_student(images, labels, backbone="resnet18", weights=tmp_path / "missing.safetensors", progress=False)
+    save_file({"conv.weight": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(StudentError, match="do not fit torchvision model 'mobilenet_v3_small'"):
+        train_student(images, labels, backbone="mobilenet_v3_small", weights=tmp_path / "other.safetensors",
+                      image_size=32, progress=False)
+    with pytest.raises(StudentError, match="pass backbone="):
+        train_student(images, labels, weights=tmp_path / "other.safetensors", progress=False)

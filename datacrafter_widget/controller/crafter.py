@@ -46,7 +46,7 @@ from .map_cache import ProjectMap
 from ..data.store import COLUMNS, SampleStore
 from ..loop.strategies import GenerationRequest
 from .round_spec import ROUND_SEED_STRIDE, Prompts, RoundSpec, round_seed
-from .rounds import JobRunningError, RoundRunner
+from .rounds import Cancel, JobRunningError, Masks, RoundRunner, Sources
 
 if TYPE_CHECKING:
     from ..loop.evolution import EvolutionResult
@@ -220,6 +220,10 @@ class DataCrafter:
     def samples(self) -> pd.DataFrame:
         """One row per image (real and generated) with full provenance (a copy)."""
         return self.store.samples
+
+    def image(self, sample_id: str) -> Image.Image:
+        """The stored image of one sample (real or generated), as RGB."""
+        return self.store.image(self._check_ids([sample_id])[0])
 
     @property
     def rounds(self) -> list[dict[str, Any]]:
@@ -616,7 +620,7 @@ class DataCrafter:
             hashes = [by_id[i] for i in ids]
         missing = self.store.missing_embeddings(hashes, emb.name)
         if missing and not self.store.readonly:
-            first_id = {}
+            first_id: dict[str, str] = {}
             for i, h in zip(ids, hashes):
                 first_id.setdefault(h, i)
             for start in range(0, len(missing), 64):
@@ -625,6 +629,7 @@ class DataCrafter:
                 self.store.put_embeddings(chunk, emb.name, arr)
         elif missing:
             out = self.store.embeddings(hashes, emb.name, partial=True)
+            assert out is not None  # partial=True gives an array with rows for the missing hashes too
             rows = [k for k, h in enumerate(hashes) if h in set(missing)]
             out[rows] = emb.embed_images([self.store.image(ids[k]) for k in rows])
             return out
@@ -788,8 +793,14 @@ class DataCrafter:
         if self.models.has("student"):
             return self.models.student
         if (self.project / "student" / "student.json").is_file():
-            self._student = Student.load(self.project / "student",
-                                         embedder=self.models.embedder if self.models.has("embedder") else None)
+            try:
+                self._student = Student.load(self.project / "student",
+                                             embedder=self.models.embedder if self.models.has("embedder") else None)
+            except StudentError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a truncated or edited file: the student can be trained again
+                raise StudentError(f"the saved student in {self.project / 'student'} is damaged ({type(exc).__name__}: "
+                                   f"{str(exc)[:120]}): train it again with crafter.train_student()") from None
             return self._student
         raise StudentError("no student yet: call crafter.train_student() first")
 
@@ -804,7 +815,7 @@ class DataCrafter:
 
     def evolve(self, *, vocabulary: Sequence[str] | None = None, bad_labels: Sequence[str] = (),
                classes: Sequence[str] | None = None, population: int = 4, generations: int = 1, batch: int = 4,
-               seed: int | None = None, progress: bool = True, cancel: Any = None, **options: Any) -> EvolutionResult:
+               seed: int | None = None, progress: bool = True, cancel: Cancel = None, **options: Any) -> EvolutionResult:
         """Evolve the prompts of the classes with feedback; the result (ranked prompts + diffs) is kept in prompts.json.
 
         Generate with them next: crafter.generate(strategy="evolved", per_class=...). With the starter
@@ -827,7 +838,7 @@ class DataCrafter:
 
     def adversarial(self, target: str | None = None, steps: int = 200, *, target_images: Sequence[Image.Image] | None = None,
                     per_class: int = 10, classes: Sequence[str] | None = None, seed: int | None = None,
-                    progress: bool = True, cancel: Any = None, sources: Any = None, masks: Any = None,
+                    progress: bool = True, cancel: Cancel = None, sources: Sources = None, masks: Masks = None,
                     **settings: Any) -> list[str]:
         """GAP: learn adversarial prompt tokens per class against the student, guided to `target`
         (a description) and/or `target_images` (unlabelled); store `per_class` images each. Returns the new ids.

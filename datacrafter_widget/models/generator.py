@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, SDCFGCutoffCallback
 from PIL import Image
 
 from ..data.images import to_rgb
@@ -85,7 +87,7 @@ def _per_image(value: Any, n: int, what: str) -> list[Any]:
 
 def square(image: Image.Image, size: int) -> Image.Image:
     """Centre-crop to a square and resize to the generator's resolution (img2img sources)."""
-    return centre_square(to_rgb(image), size, Image.BICUBIC)
+    return centre_square(to_rgb(image), size, Image.Resampling.BICUBIC)
 
 
 def centre_square(image: Image.Image, size: int, resample: int) -> Image.Image:
@@ -158,7 +160,7 @@ class Generator:
         self.scheduler_name = scheduler
         if scheduler:
             set_scheduler(pipe, scheduler)
-        self._img2img = None
+        self._img2img: Any = None
         self.last_flags: list[str] = []
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
@@ -221,7 +223,7 @@ class Generator:
         """
         prompts = _check_prompts(prompts)
         n = len(prompts)
-        seeds = list(seed) if isinstance(seed, (list, tuple)) else [int(seed) + i for i in range(n)]
+        seeds = [int(seed) + i for i in range(n)] if isinstance(seed, (int, np.integer)) else list(seed)
         if len(seeds) != n:
             raise ValueError(f"{len(seeds)} seeds for {n} prompts: pass one seed per prompt or a single int")
         images = None
@@ -354,23 +356,13 @@ class Generator:
                 p._interrupt = True
             return tensors
 
+        callbacks: list[Any] = [_StepHook(on_step_end)]
         guided_steps = _guided_steps(pipe, floor, steps, guidance, strength if images is not None else 1.0)
         if guided_steps == 0:
             kwargs["guidance_scale"] = 1.0  # the whole (short) chain runs below the guidance floor
-        guided = {"on": guided_steps is None or guided_steps > 0}
-
-        def on_step_end_with_floor(p, step, timestep, tensors):
-            tensors = on_step_end(p, step, timestep, tensors)
-            if guided["on"] and guided_steps is not None and step + 1 == guided_steps:
-                # Drop the unconditional half from here on: diffusers re-reads the scale every step.
-                guided["on"] = False
-                p._guidance_scale = 1.0
-                tensors["prompt_embeds"] = tensors["prompt_embeds"].chunk(2)[1]
-            return tensors
-
-        kwargs["callback_on_step_end"] = on_step_end_with_floor
-        if guided_steps:
-            kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
+        elif guided_steps is not None:
+            callbacks.append(BatchCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=guided_steps - 1))
+        kwargs["callback_on_step_end"] = MultiPipelineCallbacks(callbacks)
         with torch.no_grad():
             out = pipe(**kwargs)
         if interrupted["flag"]:
@@ -412,6 +404,43 @@ class Generator:
                 z = z * vae.config.scaling_factor
                 latents.append(perturb_latents(z.float(), scale, s).to(vae.dtype))
         return torch.cat(latents, dim=0)
+
+
+class BatchCFGCutoffCallback(SDCFGCutoffCallback):
+    """diffusers' CFG cut-off (the guidance floor), for batches of different prompts.
+
+    After step `cutoff_step_index` the pipeline runs the conditional prediction alone. The stock
+    SDCFGCutoffCallback keeps `prompt_embeds[-1:]`, the last prompt's row: right for one prompt, but
+    a batch of different prompts then fails with a shape mismatch in the UNet; this keeps the whole
+    conditional half (`chunk(2)[1]`, one row per image). Guidance scale 0 after the cut-off, as
+    upstream (the pipeline then skips the unconditional pass).
+    """
+
+    def callback_fn(self, pipeline: DiffusionPipeline, step_index: int, timestep: torch.Tensor,
+                    callback_kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        config: dict[str, Any] = dict(self.config)
+        pipe: Any = pipeline  # SD pipelines have num_timesteps / _guidance_scale; DiffusionPipeline does not declare them
+        cutoff = config["cutoff_step_index"]
+        if cutoff is None:
+            cutoff = int(pipe.num_timesteps * config["cutoff_step_ratio"])
+        if step_index == cutoff:
+            callback_kwargs["prompt_embeds"] = callback_kwargs["prompt_embeds"].chunk(2)[1]
+            pipe._guidance_scale = 0.0
+        return callback_kwargs
+
+
+class _StepHook:
+    """Progress and cancel after every denoising step, as one of MultiPipelineCallbacks' callbacks."""
+
+    tensor_inputs: list[str] = []
+
+    def __init__(self, fn: Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.Tensor]],
+                                   dict[str, torch.Tensor]]) -> None:
+        self.fn = fn
+
+    def __call__(self, pipeline: DiffusionPipeline, step_index: int, timestep: torch.Tensor,
+                 callback_kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.fn(pipeline, step_index, timestep, callback_kwargs)
 
 
 def _check_floor(value: Any) -> float | None:
