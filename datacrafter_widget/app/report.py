@@ -177,7 +177,7 @@ METRIC_COLUMNS = {
     "diversity": "mean KL divergence of each prediction from the class's mean prediction: higher, more varied",
     "embedding_spread": "mean pairwise cosine distance of CLIP embeddings within a class: higher, more varied",
     "distance": "CMMD x1000 between the generated and the real CLIP embeddings: lower, closer to the real data",
-    "strategies": "prompt strategies of the round (custom = evolved prompts, gap = GAP)",
+    "strategies": "prompt strategies of the round (evolved = evolved prompts, gap = GAP)",
     "flagged": "images the class filter flagged as off-class (left out of training)",
     "bad": "images marked bad by feedback (left out of training)",
 }
@@ -305,8 +305,8 @@ def run_report(cfg: Mapping[str, Any], crafter: Any, table: pd.DataFrame, per_cl
     if len(gap):
         s = Section("GAP: adversarial prompt tokens")
         s.text("GAP learned a few token embeddings per class that make the current student unsure while a target "
-               "description keeps the images on the test distribution; the images below the table were generated "
-               "with them.")
+               "description keeps the images on the test distribution; their images are among the thumbnails "
+               "above (strategy gap).")
         s.terms({"<gap1> ... <gapN>": "learned token embeddings, not words: they have no text form; the embeddings "
                                       "are stored in the project (embeddings_file) so each image can be regenerated",
                  "parent": "the real train image GAP started from (image-to-image), if any"})
