@@ -14,10 +14,11 @@ Hooks for the other concerns (one module each, see docs/architecture.md):
   "samples" (new ids stored), "feedback" (ids changed), "selection" (ids), "progress" (Job),
   "projection" (frame).
 - student / evolution / GAP / metrics (issues 5, 7): read `crafter.samples`, `crafter.store`,
-  `crafter.models`, `crafter.embeddings(ids)`, `crafter.feedback_log`, `crafter.rounds`; generate
-  through `crafter.generate(strategy="custom", prompts=...)` or `crafter.run_requests(requests)`;
-  rounds made elsewhere (GAP) take `crafter.next_round()` and are recorded with `crafter.log_round()`.
-  `regenerate` replays GAP rows (those with an `embeddings_file`) through adversarial.generate_with_tokens.
+  `crafter.models`, `crafter.embeddings(ids)`, `crafter.feedback_log`, `crafter.rounds`.
+- rounds (issue 12): every generation round (class, caption, perturb, custom, evolved, GAP) and
+  `regenerate` run in `controller/rounds.py` (`crafter.rounds_runner`), the only writer of generated
+  rows; `generate`, `evolve`, `adversarial` and `regenerate` here validate and delegate. A round is a
+  `RoundSpec` (controller/round_spec.py), its seeds come from `round_seed`.
 """
 from __future__ import annotations
 
