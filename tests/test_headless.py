@@ -1,7 +1,6 @@
 """`datacrafter run`: the whole loop headless on tiny models, a report with escaped text, clear config errors."""
 from __future__ import annotations
 
-import json
 
 import pandas as pd
 import pytest

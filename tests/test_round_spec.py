@@ -89,6 +89,7 @@ def test_the_strategy_list_is_one_list_with_evolved_and_gap():
 
 def test_seed_policy():
     assert round_seed(3) == 3 * ROUND_SEED_STRIDE and round_seed(3, 11) == 11 and round_seed(3, 0) == 0
+    assert RoundSpec(strategies="class", seed=MAX_SEED).validated().seed == MAX_SEED  # exact, no float rounding
     with pytest.raises(RoundSpecError, match="above"):
         RoundSpec(strategies="class", seed=MAX_SEED).validated().check_seeds(1, 2)
 

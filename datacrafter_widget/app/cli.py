@@ -50,7 +50,7 @@ def working_notebooks(source: Path, workdir: Path | None = None) -> Path:
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise SystemExit(f"datacrafter demo: cannot create the working folder {target} ({err}): pass --dir FOLDER")
+        raise SystemExit(f"datacrafter demo: cannot create the working folder {target} ({err}): pass --dir FOLDER") from err
     for nb in sorted(source.glob("*.ipynb")):
         dest = target / nb.name
         if not dest.exists():  # never overwrite a user's edited copy

@@ -14,10 +14,11 @@ Hooks for the other concerns (one module each, see docs/architecture.md):
   "samples" (new ids stored), "feedback" (ids changed), "selection" (ids), "progress" (Job),
   "projection" (frame).
 - student / evolution / GAP / metrics (issues 5, 7): read `crafter.samples`, `crafter.store`,
-  `crafter.models`, `crafter.embeddings(ids)`, `crafter.feedback_log`, `crafter.rounds`; generate
-  through `crafter.generate(strategy="custom", prompts=...)` or `crafter.run_requests(requests)`;
-  rounds made elsewhere (GAP) take `crafter.next_round()` and are recorded with `crafter.log_round()`.
-  `regenerate` replays GAP rows (those with an `embeddings_file`) through adversarial.generate_with_tokens.
+  `crafter.models`, `crafter.embeddings(ids)`, `crafter.feedback_log`, `crafter.rounds`.
+- rounds (issue 12): every generation round (class, caption, perturb, custom, evolved, GAP) and
+  `regenerate` run in `controller/rounds.py` (`crafter.rounds_runner`), the only writer of generated
+  rows; `generate`, `evolve`, `adversarial` and `regenerate` here validate and delegate. A round is a
+  `RoundSpec` (controller/round_spec.py), its seeds come from `round_seed`.
 """
 from __future__ import annotations
 
@@ -529,10 +530,6 @@ class DataCrafter:
         return map_view.revert_prompt(self.store, self.classes, cls, index)
 
     # ---- map tools (map_view.py); the widget follows through the "view" event ---------------------------
-    def image(self, sample_id: str) -> Image.Image:
-        """The stored image of one sample."""
-        return self.store.image(self._check_ids([sample_id])[0])
-
     def search(self, query: str, *, mode: str = "text", k: int = 24, select: bool = True) -> list[str]:
         """Ids matching `query`: mode="text" searches id, label, caption and prompt; mode="clip" embeds the
         query with the CLIP text encoder and returns the k nearest images. select=True selects them."""

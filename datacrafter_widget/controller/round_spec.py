@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Union
 
@@ -46,24 +46,28 @@ def round_seed(round_number: int, seed: int | None = None) -> int:
     return int(seed) if seed is not None else int(round_number) * ROUND_SEED_STRIDE
 
 
-def _whole(name: str, value: Any, *, minimum: int, maximum: int | None = None, none: str = "") -> int | None:
-    """A whole number >= minimum (integral floats such as 2.0 accepted), or None when `none` says what None means."""
-    allowed = f"a whole number >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+def _number(name: str, value: Any, allowed: str, none: str, ok: bool, in_range: Callable[[Any], bool]) -> float | None:
+    """The checks numbers share: None allowed only when `none` says what it means, then type, then range."""
     if none:
         allowed += f", or None ({none})"
     if value is None:
         if none:
             return None
         raise RoundSpecError(f"{name}=None: {name} must be {allowed}")
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not ok and isinstance(value, numbers.Real) and not isinstance(value, bool):
-        ok = math.isfinite(float(value)) and float(value).is_integer()
-    if not ok:
+    if not ok or not in_range(value):
         raise RoundSpecError(f"{name}={value!r}: {name} must be {allowed}")
-    out = int(value)
-    if out < minimum or (maximum is not None and out > maximum):
-        raise RoundSpecError(f"{name}={value!r}: {name} must be {allowed}")
-    return out
+    return float(value)
+
+
+def _whole(name: str, value: Any, *, minimum: int, maximum: int | None = None, none: str = "") -> int | None:
+    """A whole number >= minimum (integral floats such as 2.0 accepted), or None when `none` says what None means."""
+    allowed = f"a whole number >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = real and (isinstance(value, numbers.Integral) or (math.isfinite(float(value)) and float(value).is_integer()))
+    checked = _number(
+        name, value, allowed, none, ok, lambda v: minimum <= int(v) and (maximum is None or int(v) <= maximum)
+    )
+    return None if checked is None else int(value)  # int(value), not int(float): exact beyond 2**53
 
 
 def _real(
@@ -72,18 +76,15 @@ def _real(
     """A finite real number in range, or None when `none` says what None means."""
     lo = f"> {low}" if open_low else f">= {low}"
     allowed = f"a finite number {lo}" + (f" and <= {high}" if high is not None else "")
-    if none:
-        allowed += f", or None ({none})"
-    if value is None:
-        if none:
-            return None
-        raise RoundSpecError(f"{name}=None: {name} must be {allowed}")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise RoundSpecError(f"{name}={value!r}: {name} must be {allowed}")
-    out = float(value)
-    if out < low or (open_low and out == low) or (high is not None and out > high):
-        raise RoundSpecError(f"{name}={value!r}: {name} must be {allowed}")
-    return out
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    return _number(
+        name,
+        value,
+        allowed,
+        none,
+        ok,
+        lambda v: (float(v) > low if open_low else float(v) >= low) and (high is None or float(v) <= high),
+    )
 
 
 def _text_list(name: str, value: Any) -> list[str]:

@@ -332,19 +332,19 @@ def _pipe_of(generator: Any) -> Any:
 
 # ---- the optimisation ----------------------------------------------------------------------------
 def optimise_prompt_tokens(
-    generator: Any,
-    student: Any,
+    generator: Generator,
+    student: Student,
     label: str | Sequence[str],
     *,
     target: str | None = None,
     target_images: Sequence[Image.Image] | None = None,
-    embedder: Any = None,
+    embedder: Embedder | None = None,
     config: GapConfig | None = None,
     seed: int = 0,
     progress: bool | Callable[[int, int], None] = False,
-    cancel: Any = None,
+    cancel: threading.Event | Callable[[], bool] | None = None,
     sources: Sequence[Image.Image] | Mapping[str, Sequence[Image.Image]] | None = None,
-    masks: Sequence[Any] | Mapping[str, Sequence[Any]] | None = None,
+    masks: Sequence[np.ndarray] | Mapping[str, Sequence[np.ndarray]] | None = None,
     **overrides: Any,
 ) -> GapResult:
     """Learn `n_tokens` prompt embeddings for class `label` that fool `student`, guided to the target.
@@ -486,9 +486,9 @@ def optimise_prompt_tokens(
 
 
 @torch.no_grad()
-def generate_with_tokens(generator: Any, tokens: GapResult, seeds: Sequence[int], *, steps: int | None = None,
+def generate_with_tokens(generator: Generator, tokens: GapResult, seeds: Sequence[int], *, steps: int | None = None,
                          guidance: float | None = None, negative_prompt: str = "", batch_size: int = 8,
-                         sources: Sequence[Image.Image] | None = None, masks: Sequence[Any] | None = None,
+                         sources: Sequence[Image.Image] | None = None, masks: Sequence[np.ndarray] | None = None,
                          strength: float | None = None) -> list[Image.Image]:
     """Final images from learned tokens (one seeded noise per image).
 
@@ -539,7 +539,7 @@ def generate_with_tokens(generator: Any, tokens: GapResult, seeds: Sequence[int]
     return out
 
 
-def student_loss_on(student: Any, images: Sequence[Image.Image], label: str) -> float:
+def student_loss_on(student: Student, images: Sequence[Image.Image], label: str) -> float:
     """Mean cross-entropy of the student on `images` against the true `label` (how hard they are for it)."""
     logits = student.logits(list(images))
     y = torch.full((len(images),), student.class_index(label), dtype=torch.long)
@@ -618,7 +618,7 @@ def gap_images(
         yield label, res, generate_with_tokens(generator, res, list(seeds[label]), sources=picks, masks=pick_masks)
 
 
-def mask_for(masks: Any, sample_id: str, image: Image.Image) -> np.ndarray:
+def mask_for(masks: str | Callable[[Image.Image], np.ndarray] | Mapping[str, np.ndarray], sample_id: str, image: Image.Image) -> np.ndarray:
     """The object mask of one source image from a masks= argument ('plain-background', a function, or a mapping)."""
     from .masks import plain_background_mask
 

@@ -15,13 +15,17 @@ import logging
 import math
 import pathlib
 import threading
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import anywidget
 import numpy as np
 import pandas as pd
 import traitlets as t
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from ..controller.jobs import Job
+    from ..controller.round_spec import RoundSpec
 
 __all__ = [
     "ACTIONS",
@@ -531,7 +535,7 @@ class CrafterController(Protocol):
                  clear: Any = None) -> dict[str, int]: ...
     def undo(self) -> list[str]: ...
     def redo(self) -> list[str]: ...
-    def generate(self, per_class: int = 20, strategy: Any = "caption", prompts: Any = None, **options: Any) -> Any: ...
+    def generate(self, *, spec: RoundSpec, background: bool = False, progress: bool = True) -> list[str] | Job: ...
     def generate_evolved(self, per_class: int = 20, **options: Any) -> Any: ...
     def cancel(self) -> None: ...
     def evolve(self, **options: Any) -> Any: ...
@@ -1022,15 +1026,13 @@ class CrafterView:
         return None
 
     def _generate(self, payload: Mapping[str, Any]) -> str:
-        strategy = str(payload.get("strategy", "caption"))
-        count = int(payload.get("count", 8))
-        if strategy == "evolved":
-            job = self.crafter.generate_evolved(per_class=count, background=True)
-        else:
-            options: dict[str, Any] = {"per_class": count, "strategy": strategy, "background": True}
-            if strategy == "custom":
-                options["prompts"] = str(payload.get("prompt") or "")
-            job = self.crafter.generate(**options)
+        """The Generate button's settings become a RoundSpec: the same checks and errors as crafter.generate."""
+        from ..controller.round_spec import RoundSpec
+
+        table: dict[str, Any] = {"strategy": str(payload.get("strategy", "caption")), "per_class": payload.get("count", 8)}
+        if table["strategy"] == "custom":
+            table["prompts"] = str(payload.get("prompt") or "")
+        job = self.crafter.generate(spec=RoundSpec.from_dict(table), background=True)
         return f"generating: {getattr(job, 'description', 'job')}"
 
     def _evolve(self, ids: Sequence[str]) -> str | None:
