@@ -40,6 +40,7 @@ from PIL import Image
 from ..loop.class_filter import ClassFilter
 from ..data.dataset import Dataset
 from ..data.images import image_hash
+from .backends import Backend, ImageRequest, backend_from_config
 from .jobs import Job, JobContext, tqdm_listener
 from ..models.bundle import MissingModelError, Models
 from .map_cache import ProjectMap
@@ -72,6 +73,7 @@ class DataCrafter:
         project: str | os.PathLike = "runs/datacrafter",
         *,
         batch_size: int = 8,
+        backend: Any = None,
     ) -> None:
         if not isinstance(ds, Dataset):
             raise TypeError(
@@ -97,13 +99,15 @@ class DataCrafter:
                     "models": self.models.describe(), "generator": "datacrafter-widget",
                 })
             self.dataset = ds
+            if backend is not None:
+                self.backend = backend
         except BaseException:
             store.close()
             raise
 
     @classmethod
     def open(cls, path: str | os.PathLike, models: Models | None = None, *, readonly: bool = False,
-             batch_size: int = 8) -> "DataCrafter":
+             batch_size: int = 8, backend: Any = None) -> "DataCrafter":
         """Resume a project after a kernel restart (models are optional for browsing)."""
         store = SampleStore(path, create=False, readonly=readonly)
         try:
@@ -112,6 +116,8 @@ class DataCrafter:
                 raise ValueError(f"{store.path} is a sample store but not a DataCrafter project (no classes in project.json)")
             self = cls.__new__(cls)
             self._setup(store, models, batch_size)
+            if backend is not None:
+                self.backend = backend
             self.classes = list(meta["classes"])
             self.dataset = self._dataset_from_store()
             return self
@@ -137,6 +143,24 @@ class DataCrafter:
         self._map_lock = threading.RLock()
         self._labeler: Any = None
         self._listeners: dict[str, list[Callable[..., None]]] = {e: [] for e in EVENTS}
+        # where rounds, bulk captions and embeddings run (backends.py); a project remembers its choice
+        self._backend: Backend = backend_from_config((store.read_json("project.json", {}) or {}).get("backend"))
+
+    @property
+    def backend(self) -> Backend:
+        """The execution backend of this project: LocalBackend() (default) or dc.RayBackend(...)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: Any) -> None:
+        """Set it with a backend, "local", "ray" or a config dict; kept in project.json for DataCrafter.open."""
+        new = backend_from_config(value)
+        if new is not self._backend:
+            self._backend.close()
+        self._backend = new
+        if not self.store.readonly:
+            meta = self.store.read_json("project.json", {}) or {}
+            self.store.write_json("project.json", {**meta, "backend": new.config()})
 
     # ---- real images ----------------------------------------------------------------------------
     def _store_real(self, ds: Dataset) -> None:
@@ -365,12 +389,14 @@ class DataCrafter:
         latent_perturbation: float | None = None,
         caption_template: str | None = None,
         progress: bool = True,
+        backend: Any = None,
     ) -> list[str] | Job:
         """Generate `per_class` images per class (and per strategy) and store them as one round.
 
         Blocking by default (tqdm progress; Ctrl-C cancels and keeps finished batches) and returns
         the new sample ids; `background=True` returns a running Job (`.progress`, `.cancel()`,
         `.wait()` -> ids). Seeds default to round * 100000 + k, so a round is reproducible.
+        backend: where this round runs ("local", a dc.RayBackend, ...); default: the project's `crafter.backend`.
         """
         if self.job is not None and self.job.running:
             raise JobRunningError("a generation job is still running: crafter.job.wait() or crafter.job.cancel() first")
@@ -387,7 +413,7 @@ class DataCrafter:
                 return self._plan(*plan_args, caption_now=True, round_number=info["round"])[0]
 
         return self.run_requests(requests, steps=steps, guidance=guidance, filter=filter, background=background,
-                                 batch_size=batch_size, progress=progress, info=info, prepare=prepare)
+                                 batch_size=batch_size, progress=progress, info=info, prepare=prepare, backend=backend)
 
     def _plan(self, per_class, strategy, prompts, negative_prompts, strength, seed, classes, latent_perturbation,
               caption_template, *, caption_now: bool = True, round_number: int | None = None,
@@ -453,10 +479,12 @@ class DataCrafter:
                 return caps
             if not run:
                 return caps
-            images = [self.store.image(i) for i in missing]
-            new = self.models.captioner(images)
-            self.store.update(missing, caption=list(new))
-            caps.update(zip(missing, new))
+            # chunk by chunk through the backend (workers on a Ray cluster), each chunk stored as it arrives
+            chunks = [missing[k:k + 64] for k in range(0, len(missing), 64)]
+            images = ([self.store.image(i) for i in chunk] for chunk in chunks)
+            for chunk, new in zip(chunks, self._backend.caption_images(self.models, images)):
+                self.store.update(chunk, caption=list(new))
+                caps.update(zip(chunk, new))
         return caps
 
     def run_requests(
@@ -471,6 +499,7 @@ class DataCrafter:
         progress: bool = True,
         info: dict[str, Any] | None = None,
         prepare: Callable[[JobContext], Sequence[GenerationRequest]] | None = None,
+        backend: Any = None,
     ) -> list[str] | Job:
         """Run prepared requests as one round (used by generate, prompt evolution and GAP).
 
@@ -494,14 +523,15 @@ class DataCrafter:
         steps = int(steps or gen.default_steps)
         guidance = float(gen.default_guidance if guidance is None else guidance)
         bs = int(batch_size or self.batch_size)
+        use = self._backend if backend is None else backend_from_config(backend)
         entry = {**info, "round": rnd, "requested": len(requests), "steps": steps, "guidance": guidance,
                  "batch_size": bs, "model": gen.name, "filter": bool(filter), "status": "running",
-                 "started": time.time(), "stored": 0}
+                 "started": time.time(), "stored": 0, "backend": use.config()}
         self._log_round(entry)
 
         def work(ctx: JobContext) -> list[str]:
             final = list(prepare(ctx)) if prepare is not None else requests
-            return self._generate_round(final, rnd, steps, guidance, filter, bs, ctx)
+            return self._generate_round(final, rnd, steps, guidance, filter, bs, ctx, use)
 
         job = Job(work, total=len(requests), description=f"round {rnd}")
         job.on_progress(lambda j: self._emit("progress", j))
@@ -519,7 +549,7 @@ class DataCrafter:
         self.store.write_json("rounds.json", rounds)
 
     def _generate_round(self, requests: list[GenerationRequest], rnd: int, steps: int, guidance: float,
-                        use_filter: bool, batch_size: int, ctx: JobContext) -> list[str]:
+                        use_filter: bool, batch_size: int, ctx: JobContext, backend: Backend | None = None) -> list[str]:
         """Generate group by group, batch by batch; each finished batch is stored by a writer thread
         while the next batch is being generated (PNG encoding, fsync, embeddings and the class filter
         overlap with the diffusion model). At most one batch waits to be stored; whatever happens,
@@ -532,7 +562,6 @@ class DataCrafter:
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datacrafter-store")
         queue: list[Future] = []        # submitted to the writer, in order
         collected: set[Future] = set()
-        generated = 0
 
         def collect(future: Future) -> None:
             if future in collected:
@@ -549,32 +578,16 @@ class DataCrafter:
                 queue.pop(0)
 
         try:
-            for gi, group in enumerate(group_requests(requests)):
-                if ctx.cancelled():
-                    break
-                reqs = [requests[i] for i in group]
-                first = reqs[0]
-                sources = None
-                if first.is_img2img:
-                    for r in reqs:
-                        if r.parent_id not in parents:
-                            parents[r.parent_id] = self.store.image(r.parent_id)
-                    sources = [parents[r.parent_id] for r in reqs]
-                batches = gen.iter_batches(
-                    [r.prompt for r in reqs], negative_prompts=[r.negative_prompt for r in reqs],
-                    seeds=[r.seed for r in reqs], steps=steps, guidance=guidance, images=sources,
-                    strength=first.strength if first.is_img2img else 0.5,
-                    latent_perturbation=first.latent_perturbation if first.is_img2img else 0.0,
-                    batch_size=batch_size, cancel=ctx.cancel_event,
-                    progress=lambda d, t, o=generated: ctx.report(o + d, len(requests)),
-                )
-                for batch in batches:
-                    generated += len(batch.indices)
-                    queue.append(writer.submit(
-                        self._store_batch, [reqs[i] for i in batch.indices], batch.images, batch.flags,
-                        rnd, steps, guidance, flt, batch_id=f"{rnd}-{gi}-{group[batch.indices[0]]}",
-                    ))
-                    drain(keep=1)  # the batch before this one must be stored by now (it had a batch's time)
+            backend = backend or self._backend
+            items = self._image_requests(requests, steps, guidance, parents)
+            batches = backend.generate(self.models, items, batch_size=batch_size, cancel=ctx.cancel_event,
+                                       progress=lambda d, t: ctx.report(d, t))
+            for batch in batches:
+                queue.append(writer.submit(
+                    self._store_batch, [requests[i] for i in batch.indices], batch.images, batch.flags,
+                    rnd, steps, guidance, flt, batch_id=f"{rnd}-{batch.group}-{batch.indices[0]}",
+                ))
+                drain(keep=1)  # the batch before this one must be stored by now (it had a batch's time)
             drain(keep=0)
             status = "cancelled" if ctx.cancelled() and len(ids) < len(requests) else "done"
             return ids
@@ -591,6 +604,23 @@ class DataCrafter:
             entry = next((r for r in self.rounds if int(r.get("round", -1)) == rnd), {"round": rnd})
             entry.update(status=status, stored=len(ids), finished=time.time())
             self._log_round(entry)
+
+    def _image_requests(self, requests: list[GenerationRequest], steps: int, guidance: float,
+                        parents: dict[str, Image.Image]) -> list[ImageRequest]:
+        """The backend's view of a round: plain requests (index = position in the round), grouped so
+        that one pipeline call serves each batch; source images loaded once per parent."""
+        items = []
+        for gi, group in enumerate(group_requests(requests)):
+            for i in group:
+                r = requests[i]
+                if r.is_img2img and r.parent_id not in parents:
+                    parents[r.parent_id] = self.store.image(r.parent_id)
+                items.append(ImageRequest(
+                    index=i, group=gi, prompt=r.prompt, negative_prompt=r.negative_prompt, seed=int(r.seed),
+                    steps=steps, guidance=guidance, strength=float(r.strength) if r.is_img2img else None,
+                    latent_perturbation=float(r.latent_perturbation) if r.is_img2img else 0.0,
+                    source=parents[r.parent_id] if r.is_img2img else None))
+        return items
 
     def _class_filter(self, rnd: int) -> ClassFilter | None:
         """The round's class filter, fitted on the real training images (cached while they stay the same)."""
@@ -788,9 +818,10 @@ class DataCrafter:
             first_id = {}
             for i, h in zip(ids, hashes):
                 first_id.setdefault(h, i)
-            for start in range(0, len(missing), 64):
-                chunk = missing[start : start + 64]
-                arr = emb.embed_images([self.store.image(first_id[h]) for h in chunk])
+            # chunk by chunk through the backend (workers on a Ray cluster), each chunk stored as it arrives
+            chunks = [missing[start : start + 64] for start in range(0, len(missing), 64)]
+            images = ([self.store.image(first_id[h]) for h in chunk] for chunk in chunks)
+            for chunk, arr in zip(chunks, self._backend.embed_images(self.models, images)):
                 self.store.put_embeddings(chunk, emb.name, arr)
         elif missing:
             out = self.store.embeddings(hashes, emb.name, partial=True)
@@ -933,6 +964,7 @@ class DataCrafter:
                 self.job.wait(timeout=600)
             except Exception:  # noqa: BLE001 - closing anyway
                 pass
+        self._backend.close()
         self.store.close()
 
     def __enter__(self) -> "DataCrafter":
