@@ -161,19 +161,18 @@ def _round_with_failure(ray_env, tmp_path, break_worker):
         assert len(rows) == 12 and rows["seed"].is_unique           # nothing lost, nothing twice
         assert sorted(rows["seed"]) == list(range(int(rows["seed"].min()), int(rows["seed"].min()) + 12))
         assert c.rounds[-1]["status"] == "done" and c.rounds[-1]["stored"] == 12
-        return backend
+        return len(backend.actors)   # live workers at the end of the round
 
 
 def test_worker_killed_for_good_mid_round_its_batches_go_elsewhere(ray_env, tmp_path):
-    backend = _round_with_failure(ray_env, tmp_path,
-                                  lambda b, flag: ray_env.kill(b.actors[0], no_restart=True))
-    assert len(backend.actors) == 1
+    live = _round_with_failure(ray_env, tmp_path, lambda b, flag: ray_env.kill(b.actors[0], no_restart=True))
+    assert live == 1
 
 
 def test_worker_process_dies_mid_round_ray_restarts_it(ray_env, tmp_path):
-    backend = _round_with_failure(ray_env, tmp_path, lambda b, flag: Path(flag).write_text("exit"))
+    live = _round_with_failure(ray_env, tmp_path, lambda b, flag: Path(flag).write_text("exit"))
     assert not Path(tmp_path / "crash-now").exists()    # a worker did die (it removed the flag)
-    assert len(backend.actors) == 2
+    assert live == 2
 
 
 def test_cancel_keeps_what_finished(ray_env, tmp_path):
