@@ -38,9 +38,10 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import datacrafter_widget as dc  # noqa: E402
-from datacrafter_widget.loop.gap import GapConfig, gap_round  # noqa: E402
+from datacrafter_widget.loop.gap import GapConfig  # noqa: E402
+from datacrafter_widget.controller.rounds import evolve_store, gap_round, image_fn  # noqa: E402
 from datacrafter_widget.controller.crafter import DataCrafter  # noqa: E402
-from datacrafter_widget.loop.evolution import evolve_store, generator_fn, starter_compose, starter_vocabulary  # noqa: E402
+from datacrafter_widget.starter.prompts import starter_compose, starter_vocabulary  # noqa: E402
 from datacrafter_widget.app.headless import simulated_feedback  # noqa: E402
 from datacrafter_widget.loop.student import evaluate, train_student  # noqa: E402
 
@@ -157,7 +158,7 @@ def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], a
             ids1 = [i for c in classes for i in cls_rows[cls_rows["label"] == c]["id"].tolist()[:half]]
             fb1 = simulated_feedback(crafter, ids1, checker)
             log(f"seed {seed} loop: round 1 done ({time.time() - t:.0f}s), evolving")
-            result = evolve_store(store, classes=classes, generate=generator_fn(models.generator), embedder=models.embedder,
+            result = evolve_store(store, classes=classes, generate=image_fn(models.generator, batch_size=16), embedder=models.embedder,
                                   vocabulary=starter_vocabulary(), compose=starter_compose, population=args.population,
                                   generations=1, batch=args.evolve_batch, seed=seed)
             ids2 = crafter.generate(per_class=half, strategy="custom", prompts={c: [p] for c, p in result.prompts.items()},

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import ImageOps
 
+from datacrafter_widget.controller.rounds import gap_round
 from datacrafter_widget.loop.gap import (
-    GapError, gap_round, generate_with_tokens, load_tokens, optimise_prompt_tokens, student_loss_on,
+    GapError, generate_with_tokens, load_tokens, optimise_prompt_tokens, student_loss_on,
 )
 from datacrafter_widget.models.generator import Generator
 from datacrafter_widget.data.store import SampleStore

@@ -396,7 +396,7 @@ def test_starter_filter_flags_off_class_images(starter, tmp_path):
 def test_regenerate_replays_gap_rows_from_their_learned_tokens(tmp_path):
     from PIL import ImageOps
 
-    from datacrafter_widget.loop.gap import gap_round
+    from datacrafter_widget.controller.rounds import gap_round
     from datacrafter_widget.loop.student import train_student
 
     gen = Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=4, default_guidance=15.0)
@@ -450,7 +450,7 @@ def test_the_whole_loop_through_the_controller(ds, tmp_path):
     assert sorted(evolved.prompts) == bad_classes
     new = crafter.generate_evolved(per_class=1, progress=False)
     rows = crafter.samples.set_index("id").loc[new]
-    assert sorted(rows["label"]) == bad_classes and set(rows["strategy"]) == {"custom"}
+    assert sorted(rows["label"]) == bad_classes and set(rows["strategy"]) == {"evolved"}
     assert rows["prompt"].tolist() == [evolved.prompts[c] for c in rows["label"]]
 
     gap = crafter.adversarial(target="a digit on any background", steps=1, per_class=1, sampler_steps=1,

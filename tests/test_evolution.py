@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from datacrafter_widget.controller.rounds import evolve_store
 from datacrafter_widget.loop.evolution import (
-    EvolutionError, Genome, apply_to_prompts_doc, current_prompts, evolve_prompts, evolve_store, starter_compose,
+    EvolutionError, Genome, apply_to_prompts_doc, current_prompts, evolve_prompts,
 )
+from datacrafter_widget.starter.prompts import starter_compose
 from datacrafter_widget.data.store import SampleStore
 
 COLOURS = {"pink": (250, 185, 205), "black": (15, 15, 15), "white": (245, 245, 245), "gray": (128, 128, 128),
@@ -169,6 +171,6 @@ def test_controller_evolve_then_generate_evolved(tmp_path):
     assert doc["classes"]["0"]["history"][-1]["diff"] == result.classes["0"].diff
     new = crafter.generate_evolved(per_class=2, progress=False)
     rows = crafter.samples.set_index("id").loc[new]
-    assert set(rows["strategy"]) == {"custom"} and set(rows["label"]) == {"0"}
+    assert set(rows["strategy"]) == {"evolved"} and set(rows["label"]) == {"0"}
     assert all("pink" in n for n in rows["negative_prompt"])
     crafter.close()

@@ -263,9 +263,10 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
 
     models / checker override the config's models and the starter checker (scripts and tests).
     """
-    from ..loop.gap import gap_round
     from ..controller.crafter import DataCrafter
-    from ..loop.evolution import default_compose, evolve_store, generator_fn, starter_compose, starter_vocabulary
+    from ..controller.rounds import evolve_store, gap_round
+    from ..loop.evolution import default_compose
+    from ..starter.prompts import starter_compose, starter_vocabulary
 
     cfg = load_config(config)
     base = Path(cfg["_base"])
@@ -318,7 +319,7 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
         if ev_cfg.get("enabled"):
             gen = crafter.models.require("generator", "prompt evolution")
             result = evolve_store(
-                crafter.store, classes=crafter.classes, generate=generator_fn(gen, steps=ev_cfg.get("steps")),
+                crafter.store, classes=crafter.classes, generate=crafter.rounds_runner.image_fn(gen, steps=ev_cfg.get("steps")),
                 embedder=crafter.models.require("embedder", "prompt evolution"),
                 vocabulary=ev_cfg.get("vocabulary") or (starter_vocabulary() if starter_kit else None),
                 compose=starter_compose if starter_kit else default_compose(ev_cfg.get("template", "a photo of a {class}")),

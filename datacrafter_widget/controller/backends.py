@@ -1,7 +1,10 @@
 """Execution backends: where a round's images, and bulk captions and embeddings, are computed.
 
-The round runner hands a backend plain requests and commits what comes back as it arrives; a
-backend never writes the store, so the controller stays the only writer whatever runs the models.
+The round runner (rounds.py) hands a backend plain requests and commits what comes back as it
+arrives; a backend never writes the store, so the controller stays the only writer whatever runs
+the models. `backend.for_models(models)` is the runner's image seam (`ImageBackend`: generator,
+one group of requests, their sources, RenderSettings -> BatchResults); `embed_images` and
+`caption_images` serve bulk embedding and captioning of real sets chunk by chunk.
 
 - `LocalBackend` (the default): today's in-process `Generator.iter_batches` call, unchanged.
 - `RayBackend`: a pool of Ray actors, each loading the models once from the bundle's picklable
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..models.generator import OWN_FLOOR
+from ..models.generator import OWN_FLOOR, BatchResult
 from ..models.spec import ModelSpec, spec_of
 
 ProgressFn = Callable[[float, int], None]  # (images done, total)
@@ -82,6 +85,49 @@ def plan_batches(requests: Sequence[ImageRequest], batch_size: int) -> list[list
     return [g[k:k + size] for g in groups.values() for k in range(0, len(g), size)]
 
 
+def image_requests(requests: Sequence[Any], sources: Sequence[Image.Image] | None, settings: Any) -> list[ImageRequest]:
+    """The runner's view (GenerationRequests of one group + RenderSettings) as plain requests; index =
+    position in the group, which is what BatchResult.indices name."""
+    out = []
+    for k, r in enumerate(requests):
+        img2img = sources is not None
+        out.append(ImageRequest(
+            index=k, group=0, prompt=r.prompt, negative_prompt=r.negative_prompt, seed=int(r.seed),
+            steps=int(settings.steps), guidance=float(settings.guidance),
+            strength=float(r.strength) if img2img else None,
+            latent_perturbation=float(r.latent_perturbation) if img2img else 0.0,
+            source=sources[k] if img2img else None))
+    return out
+
+
+class _Seam:
+    """A backend bound to a model bundle, callable as the round runner's `ImageBackend`."""
+
+    def __init__(self, backend: "Backend", models: Any) -> None:
+        self.backend = backend
+        self.models = models
+
+    def __repr__(self) -> str:
+        return f"{self.backend!r}.for_models(...)"
+
+    def config(self) -> dict[str, Any]:
+        return self.backend.config()
+
+    def __call__(self, generator: Any, requests: Sequence[Any], sources: Sequence[Image.Image] | None,
+                 settings: Any) -> Iterator[BatchResult]:
+        models = self.models
+        if generator is not getattr(models, "__dict__", {}).get("_models", {}).get("generator"):
+            from ..models.bundle import Models  # the runner may render with another generator: use it
+
+            models = Models(generator=generator)
+            models.spec = spec_of(self.models)
+        for b in self.backend.generate(models, image_requests(requests, sources, settings),
+                                       batch_size=settings.batch_size, cancel=settings.cancel,
+                                       progress=settings.progress):
+            yield BatchResult(indices=list(b.indices), images=list(b.images), flags=list(b.flags),
+                              batch_size=int(b.batch_size))
+
+
 def _cancelled(cancel: Any) -> bool:
     if cancel is None:
         return False
@@ -116,6 +162,10 @@ class LocalBackend:
     def config(self) -> dict[str, Any]:
         """Plain data that `backend_from_config` turns back into this backend (project.json, [backend])."""
         return {"kind": "local"}
+
+    def for_models(self, models: Any) -> "_Seam":
+        """This backend as the round runner's image seam, for one model bundle."""
+        return _Seam(self, models)
 
     def generate(self, models: Any, requests: Sequence[ImageRequest], *, batch_size: int = 8, cancel: Any = None,
                  progress: ProgressFn | None = None) -> Iterator[GeneratedBatch]:
@@ -268,6 +318,10 @@ class RayBackend:
         if self.runtime_env:
             cfg["runtime_env"] = self.runtime_env
         return cfg
+
+    def for_models(self, models: Any) -> _Seam:
+        """This backend as the round runner's image seam, for one model bundle."""
+        return _Seam(self, models)
 
     # ---- the actor pool ---------------------------------------------------------------------------
     @property

@@ -23,33 +23,36 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import shutil
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from ..loop.class_filter import ClassFilter
-from ..data.dataset import Dataset
+from ..data.dataset import Dataset, DatasetError
 from ..data.images import image_hash
-from .backends import Backend, ImageRequest, backend_from_config
-from .jobs import Job, JobContext, tqdm_listener
-from ..models.bundle import MissingModelError, Models
+from .export import EXPORT_FORMATS  # noqa: F401 - kept importable from here
+from .backends import Backend, backend_from_config
+from .jobs import Job, JobContext
+from .recovery import import_counter, mark_interrupted_rounds, unfinished_import_message
+from ..models.bundle import Models
 from .map_cache import ProjectMap
 from ..data.store import COLUMNS, SampleStore
-from ..loop.strategies import STRATEGIES, GenerationRequest, StrategyError, build_requests, check_classes, group_requests
+from ..loop.strategies import GenerationRequest
+from .round_spec import ROUND_SEED_STRIDE, Prompts, RoundSpec, round_seed
+from .rounds import JobRunningError, RoundRunner
 
-EXPORT_FORMATS = ("imagefolder", "csv", "hf")
+if TYPE_CHECKING:
+    from ..loop.evolution import EvolutionResult
+
 EVENTS = ("samples", "feedback", "selection", "progress", "projection")
-ROUND_SEED_STRIDE = 100_000  # default seeds of round r start at r * ROUND_SEED_STRIDE
+__all__ = ["DataCrafter", "UnknownSampleError", "JobRunningError", "ROUND_SEED_STRIDE", "round_seed", "EXPORT_FORMATS"]
 
 
 class UnknownSampleError(KeyError):
@@ -57,10 +60,6 @@ class UnknownSampleError(KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else ""
-
-
-class JobRunningError(RuntimeError):
-    """A generation job is already running; wait for it or cancel it first."""
 
 
 class DataCrafter:
@@ -73,6 +72,7 @@ class DataCrafter:
         project: str | os.PathLike = "runs/datacrafter",
         *,
         batch_size: int = 8,
+        heldout: Dataset | str | None = "auto",
         backend: Any = None,
     ) -> None:
         if not isinstance(ds, Dataset):
@@ -99,6 +99,7 @@ class DataCrafter:
                     "models": self.models.describe(), "generator": "datacrafter-widget",
                 })
             self.dataset = ds
+            self.heldout = heldout
             if backend is not None:
                 self.backend = backend
         except BaseException:
@@ -113,7 +114,7 @@ class DataCrafter:
         try:
             meta = store.read_json("project.json", {}) or {}
             if "classes" not in meta:
-                raise ValueError(f"{store.path} is a sample store but not a DataCrafter project (no classes in project.json)")
+                raise ValueError(unfinished_import_message(store))
             self = cls.__new__(cls)
             self._setup(store, models, batch_size)
             if backend is not None:
@@ -135,16 +136,21 @@ class DataCrafter:
         # class filter: "auto" (the better of zero-shot and real-image prototypes, checked on the
         # real training images; off when neither works), "zero-shot" or "prototypes"; see class_filter.py
         self.filter_mode = "auto"
-        self._filter_cache: tuple[tuple, ClassFilter] | None = None
         self.job: Job | None = None
+        self.rounds_runner = RoundRunner(self)
         self._selection: list[str] = []
         self._projection: pd.DataFrame | None = None
         self._map = ProjectMap(store)
         self._map_lock = threading.RLock()
         self._labeler: Any = None
+        self._heldout: Dataset | str | None = "auto"
+        self._heldout_fp: tuple[int, str] | None = None
+        # options for the per-round held-out student (student.train_student: seed=, steps=, kind=, ...)
+        self.heldout_options: dict[str, Any] = {}
         self._listeners: dict[str, list[Callable[..., None]]] = {e: [] for e in EVENTS}
         # where rounds, bulk captions and embeddings run (backends.py); a project remembers its choice
         self._backend: Backend = backend_from_config((store.read_json("project.json", {}) or {}).get("backend"))
+        self.rounds_runner.backend = self._backend.for_models(self.models)
 
     @property
     def backend(self) -> Backend:
@@ -158,9 +164,12 @@ class DataCrafter:
         if new is not self._backend:
             self._backend.close()
         self._backend = new
+        self.rounds_runner.backend = new.for_models(self.models)
         if not self.store.readonly:
             meta = self.store.read_json("project.json", {}) or {}
             self.store.write_json("project.json", {**meta, "backend": new.config()})
+        self._student: Any = None  # this project's student (never kept on the shared Models object)
+        mark_interrupted_rounds(store)  # rounds a killed kernel left "running"
 
     # ---- real images ----------------------------------------------------------------------------
     def _store_real(self, ds: Dataset) -> None:
@@ -174,16 +183,20 @@ class DataCrafter:
         if not parts:
             raise ValueError(f"dataset {ds.name!r} has splits {sorted(ds.splits)} but no 'train' split: give it one")
         # An import interrupted earlier (kernel killed) resumes: images already stored are skipped.
-        s = self.store.samples
-        done = set(zip(s["hash"], s["split"])) if len(s) else set()
+        done = import_counter(self.store.samples)
         for split, part in parts:
             frame = part.to_dataframe()
             attrs = [c for c in part.attributes if c not in COLUMNS]
             for start in range(0, len(part), 256):
                 idx = list(range(start, min(len(part), start + 256)))
-                images = part.images(idx)
+                try:
+                    images = part.images(idx)
+                except DatasetError as err:  # names the file; what is stored so far stays
+                    raise DatasetError(f"{err}. Then run dc.DataCrafter(ds, project={str(self.project)!r}) again: the "
+                                       f"import resumes where it stopped") from None
                 if done:
-                    keep = [k for k, im in enumerate(images) if (image_hash(im), split) not in done]
+                    labels = [str(frame.at[i, "label"]) for i in idx]
+                    keep = [k for k, im in enumerate(images) if not _take(done, (image_hash(im), split, labels[k]))]
                     idx, images = [idx[k] for k in keep], [images[k] for k in keep]
                     if not idx:
                         continue
@@ -370,12 +383,12 @@ class DataCrafter:
             return {**bundle, "text/plain": repr(self)}
         return {"text/plain": repr(self)}
 
-    # ---- generation ------------------------------------------------------------------------------------
+    # ---- generation (controller/rounds.py runs every round; these are its public doors) ----------------
     def generate(
         self,
         per_class: int = 20,
         strategy: str | Sequence[str] = "caption",
-        prompts: Any = None,
+        prompts: Prompts | None = None,
         negative_prompts: str | Mapping[str, str] | None = None,
         steps: int | None = None,
         guidance: float | None = None,
@@ -389,103 +402,41 @@ class DataCrafter:
         latent_perturbation: float | None = None,
         caption_template: str | None = None,
         progress: bool = True,
+        spec: RoundSpec | None = None,
         backend: Any = None,
     ) -> list[str] | Job:
         """Generate `per_class` images per class (and per strategy) and store them as one round.
 
         Blocking by default (tqdm progress; Ctrl-C cancels and keeps finished batches) and returns
         the new sample ids; `background=True` returns a running Job (`.progress`, `.cancel()`,
-        `.wait()` -> ids). Seeds default to round * 100000 + k, so a round is reproducible.
-        backend: where this round runs ("local", a dc.RayBackend, ...); default: the project's `crafter.backend`.
+        `.wait()` -> ids). Seeds follow `round_seed`: round * 100000 + k unless `seed` is given, so a
+        round is reproducible. strategy="evolved" uses the prompts of crafter.evolve(). Every
+        argument is checked (RoundSpec.validated) before anything is recorded; `spec=` takes a
+        ready RoundSpec instead of the keyword arguments. backend: where this round runs ("local", a
+        dc.RayBackend, ...); default: the project's `crafter.backend`.
         """
-        if self.job is not None and self.job.running:
-            raise JobRunningError("a generation job is still running: crafter.job.wait() or crafter.job.cancel() first")
-        self.models.require("generator", "crafter.generate()")
-        plan_args = (per_class, strategy, prompts, negative_prompts, strength, seed, classes, latent_perturbation,
-                     caption_template)
-        # In the background, captioning (a model call per real image) runs in the job too; the
-        # plan made here without it already validates every input, so errors still come at once.
-        requests, info, uncaptioned = self._plan(*plan_args, caption_now=not background)
-        prepare = None
-        if uncaptioned:
-            def prepare(ctx: JobContext) -> list[GenerationRequest]:
-                ctx.report(0, len(requests), f"captioning {uncaptioned} real image(s)")
-                return self._plan(*plan_args, caption_now=True, round_number=info["round"])[0]
-
-        return self.run_requests(requests, steps=steps, guidance=guidance, filter=filter, background=background,
-                                 batch_size=batch_size, progress=progress, info=info, prepare=prepare, backend=backend)
-
-    def _plan(self, per_class, strategy, prompts, negative_prompts, strength, seed, classes, latent_perturbation,
-              caption_template, *, caption_now: bool = True, round_number: int | None = None,
-              ) -> tuple[list[GenerationRequest], dict[str, Any], int]:
-        """(requests, round info, number of real images still to caption when not caption_now)."""
-        strategies = [strategy] if isinstance(strategy, str) else list(strategy)
-        for s in strategies:
-            if s not in STRATEGIES:
-                raise StrategyError(f"unknown strategy {s!r}: use one of {list(STRATEGIES)}")
-        use = check_classes(classes, self.classes)
-        s = self.store.samples  # one copy of the table for the whole plan
-        rnd = round_number or self._next_round(s)
-        base = int(seed) if seed is not None else rnd * ROUND_SEED_STRIDE
-        real = s[(s["source"] == "real") & (s["split"] == "train") & s["label"].isin(use)]
-        captions: dict[str, str] = {}
-        uncaptioned = 0
-        if any(x in ("caption", "perturb") for x in strategies):
-            captions = self._captions(real, required="caption" in strategies, run=caption_now)
-            uncaptioned = sum(1 for c in captions.values() if not c.strip()) if self.models.has("captioner") else 0
-        requests: list[GenerationRequest] = []
-        for strat in strategies:
-            kw: dict[str, Any] = {}
-            if caption_template:
-                kw["caption_template"] = caption_template
-            requests += build_requests(
-                strat, classes=use, per_class=per_class, seed=base + len(requests), real=real[["id", "label", "caption"]],
-                captions=captions, prompts=prompts, negative_prompts=negative_prompts, strength=strength,
-                latent_perturbation=latent_perturbation, **kw,
+        if spec is None:
+            spec = RoundSpec(
+                strategies=strategy, per_class=per_class, classes=classes, prompts=prompts,  # type: ignore[arg-type]
+                negative_prompts=negative_prompts, steps=steps, guidance=guidance, strength=strength,  # type: ignore[arg-type]
+                latent_perturbation=latent_perturbation, caption_template=caption_template, seed=seed, filter=filter,
+                batch_size=batch_size,
             )
-        info = {"round": rnd, "strategies": strategies, "per_class": int(per_class), "classes": use, "seed": base}
-        return requests, info, uncaptioned
+        return self.rounds_runner.generate(spec.validated(), background=background, progress=progress,
+                                           backend=self._round_backend(backend))
 
     def next_round(self) -> int:
         """The number the next generation round gets (GAP / evolution rounds use it too)."""
-        return self._next_round()
+        return self.rounds_runner.next_round()
 
     def log_round(self, entry: dict[str, Any]) -> None:
         """Record (or replace) one round's entry in rounds.json; `entry["round"]` is required."""
         if "round" not in entry:
             raise ValueError("a round entry needs its 'round' number: use crafter.next_round()")
-        self._log_round(dict(entry))
+        self.rounds_runner.log_round(dict(entry))
 
-    def _next_round(self, samples: pd.DataFrame | None = None) -> int:
-        s = self.store.samples if samples is None else samples
-        last = int(s["round"].max()) if len(s) else 0
-        logged = max([int(r.get("round", 0)) for r in self.rounds] or [0])
-        return max(last, logged) + 1
-
-    def _captions(self, real: pd.DataFrame, required: bool, run: bool = True) -> dict[str, str]:
-        """Captions of the real rows: stored ones first, else the captioner (stored for next time).
-
-        run=False only checks that missing captions can be made (and leaves them empty)."""
-        caps = {str(i): str(c or "") for i, c in zip(real["id"], real["caption"])}
-        missing = [i for i, c in caps.items() if not c.strip()]
-        if missing:
-            if not self.models.has("captioner"):
-                if required:
-                    raise MissingModelError(
-                        f"strategy='caption' needs captions, and {len(missing)} real image(s) have none and no captioner "
-                        "was given: pass captioner=... to dc.Models.stable_diffusion, use dc.starter.models(), give the "
-                        "dataset captions, or use strategy='class'"
-                    )
-                return caps
-            if not run:
-                return caps
-            # chunk by chunk through the backend (workers on a Ray cluster), each chunk stored as it arrives
-            chunks = [missing[k:k + 64] for k in range(0, len(missing), 64)]
-            images = ([self.store.image(i) for i in chunk] for chunk in chunks)
-            for chunk, new in zip(chunks, self._backend.caption_images(self.models, images)):
-                self.store.update(chunk, caption=list(new))
-                caps.update(zip(chunk, new))
-        return caps
+    def _next_round(self) -> int:
+        return self.rounds_runner.next_round()
 
     def run_requests(
         self,
@@ -501,193 +452,20 @@ class DataCrafter:
         prepare: Callable[[JobContext], Sequence[GenerationRequest]] | None = None,
         backend: Any = None,
     ) -> list[str] | Job:
-        """Run prepared requests as one round (used by generate, prompt evolution and GAP).
+        """Run prepared requests as one round (see RoundRunner.run_requests)."""
+        return self.rounds_runner.run_requests(requests, steps=steps, guidance=guidance, filter=filter,
+                                               background=background, batch_size=batch_size, progress=progress,
+                                               info=info, prepare=prepare, backend=self._round_backend(backend))
 
-        `prepare`, if given, runs first inside the job and returns the final requests (same count
-        and seeds; e.g. with captions filled in), so slow preparation does not block the kernel."""
-        if self.job is not None and self.job.running:
-            raise JobRunningError("a generation job is still running: crafter.job.wait() or crafter.job.cancel() first")
-        gen = self.models.require("generator", "generating images")
-        requests = list(requests)
-        if not requests:
-            raise StrategyError("no generation requests: ask for at least one image")
-        for r in requests:
-            if r.label not in self.classes:
-                raise StrategyError(f"unknown class {r.label!r}: the project's classes are {self.classes}")
-            if not str(r.prompt).strip():
-                raise StrategyError(f"empty prompt for class {r.label!r}: give every request a non-empty prompt")
-            if r.parent_id:
-                self._check_ids([r.parent_id], "parent ids")
-        info = dict(info or {})
-        rnd = int(info.get("round") or self._next_round())
-        steps = int(steps or gen.default_steps)
-        guidance = float(gen.default_guidance if guidance is None else guidance)
-        bs = int(batch_size or self.batch_size)
-        use = self._backend if backend is None else backend_from_config(backend)
-        entry = {**info, "round": rnd, "requested": len(requests), "steps": steps, "guidance": guidance,
-                 "batch_size": bs, "model": gen.name, "filter": bool(filter), "status": "running",
-                 "started": time.time(), "stored": 0, "backend": use.config()}
-        self._log_round(entry)
-
-        def work(ctx: JobContext) -> list[str]:
-            final = list(prepare(ctx)) if prepare is not None else requests
-            return self._generate_round(final, rnd, steps, guidance, filter, bs, ctx, use)
-
-        job = Job(work, total=len(requests), description=f"round {rnd}")
-        job.on_progress(lambda j: self._emit("progress", j))
-        self.job = job
-        if background:
-            return job.start()
-        if progress:
-            job.on_progress(tqdm_listener(len(requests), f"generating round {rnd}"))
-        return job.run() or []
-
-    def _log_round(self, entry: dict[str, Any]) -> None:
-        rounds = [r for r in self.rounds if int(r.get("round", -1)) != int(entry["round"])]
-        rounds.append(entry)
-        rounds.sort(key=lambda r: int(r.get("round", 0)))
-        self.store.write_json("rounds.json", rounds)
-
-    def _generate_round(self, requests: list[GenerationRequest], rnd: int, steps: int, guidance: float,
-                        use_filter: bool, batch_size: int, ctx: JobContext, backend: Backend | None = None) -> list[str]:
-        """Generate group by group, batch by batch; each finished batch is stored by a writer thread
-        while the next batch is being generated (PNG encoding, fsync, embeddings and the class filter
-        overlap with the diffusion model). At most one batch waits to be stored; whatever happens,
-        a batch that finished generating is stored before this returns."""
-        gen = self.models.generator
-        ids: list[str] = []
-        status = "failed"
-        parents: dict[str, Image.Image] = {}
-        flt = self._class_filter(rnd) if use_filter else None
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datacrafter-store")
-        queue: list[Future] = []        # submitted to the writer, in order
-        collected: set[Future] = set()
-
-        def collect(future: Future) -> None:
-            if future in collected:
-                return
-            new = future.result()
-            collected.add(future)
-            ids.extend(new)
-            ctx.keep(list(ids))
-            self._emit("samples", new)
-
-        def drain(keep: int) -> None:
-            while len(queue) > keep:
-                collect(queue[0])
-                queue.pop(0)
-
-        try:
-            backend = backend or self._backend
-            items = self._image_requests(requests, steps, guidance, parents)
-            batches = backend.generate(self.models, items, batch_size=batch_size, cancel=ctx.cancel_event,
-                                       progress=lambda d, t: ctx.report(d, t))
-            for batch in batches:
-                queue.append(writer.submit(
-                    self._store_batch, [requests[i] for i in batch.indices], batch.images, batch.flags,
-                    rnd, steps, guidance, flt, batch_id=f"{rnd}-{batch.group}-{batch.indices[0]}",
-                ))
-                drain(keep=1)  # the batch before this one must be stored by now (it had a batch's time)
-            drain(keep=0)
-            status = "cancelled" if ctx.cancelled() and len(ids) < len(requests) else "done"
-            return ids
-        except KeyboardInterrupt:  # Ctrl-C in blocking mode: a cancel, finished batches stay
-            status = "cancelled"
-            raise
-        finally:
-            writer.shutdown(wait=True)  # interrupted or failed: finished batches are still stored
-            for future in queue:
-                try:
-                    collect(future)
-                except Exception:  # noqa: BLE001 - the error already in flight is the one to report
-                    pass
-            entry = next((r for r in self.rounds if int(r.get("round", -1)) == rnd), {"round": rnd})
-            entry.update(status=status, stored=len(ids), finished=time.time())
-            self._log_round(entry)
-
-    def _image_requests(self, requests: list[GenerationRequest], steps: int, guidance: float,
-                        parents: dict[str, Image.Image]) -> list[ImageRequest]:
-        """The backend's view of a round: plain requests (index = position in the round), grouped so
-        that one pipeline call serves each batch; source images loaded once per parent."""
-        items = []
-        for gi, group in enumerate(group_requests(requests)):
-            for i in group:
-                r = requests[i]
-                if r.is_img2img and r.parent_id not in parents:
-                    parents[r.parent_id] = self.store.image(r.parent_id)
-                items.append(ImageRequest(
-                    index=i, group=gi, prompt=r.prompt, negative_prompt=r.negative_prompt, seed=int(r.seed),
-                    steps=steps, guidance=guidance, strength=float(r.strength) if r.is_img2img else None,
-                    latent_perturbation=float(r.latent_perturbation) if r.is_img2img else 0.0,
-                    source=parents[r.parent_id] if r.is_img2img else None))
-        return items
-
-    def _class_filter(self, rnd: int) -> ClassFilter | None:
-        """The round's class filter, fitted on the real training images (cached while they stay the same)."""
-        if not self.models.has("embedder"):
-            if not getattr(self, "_warned_filter", False):
-                self._warned_filter = True
-                warnings.warn("the class filter needs an embedder; none was given, so images are not checked",
-                              RuntimeWarning, stacklevel=4)
-            return None
-        emb = self.models.embedder
-        s = self.store.samples
-        real = s[(s["source"] == "real") & (s["split"] == "train") & (s["feedback"] != "removed")]
-        key = (emb.name, self.filter_mode, tuple(real["id"]))
-        if self._filter_cache is None or self._filter_cache[0] != key:
-            flt = ClassFilter(emb, self.classes, mode=self.filter_mode)
-            if len(real):
-                flt.fit(self.embeddings(real["id"].tolist()), real["label"].tolist())
-            self._filter_cache = (key, flt)
-        flt = self._filter_cache[1]
-        entry = next((r for r in self.rounds if int(r.get("round", -1)) == rnd), None)
-        if entry is not None and flt.report:
-            entry["class_filter"] = flt.report
-            self._log_round(entry)
-        return flt
-
-    def _store_batch(self, reqs: list[GenerationRequest], images: list[Image.Image], flags: list[str],
-                     rnd: int, steps: int, guidance: float, flt: ClassFilter | None, batch_id: str = "") -> list[str]:
-        """Flag (NaN / black / off-class) and store one finished batch in one atomic commit.
-
-        The batch's composition (batch_id + batch_index) is part of the provenance: CPU and GPU
-        kernels may pick other algorithms for other batch sizes, so an image is only guaranteed
-        bit-exact when its whole batch is replayed (what `regenerate` does).
-        """
-        gen = self.models.generator
-        reasons = [_FLAG_REASONS.get(f, "") for f in flags]
-        emb = None
-        if self.models.has("embedder"):
-            emb = self.models.embedder.embed_images(images)
-            if flt is not None:
-                checks = flt.check(emb, [r.label for r in reqs])
-                for k, (flag, why) in enumerate(checks):
-                    if flag and not flags[k]:
-                        flags[k], reasons[k] = flag, why
-        scheduler = type(getattr(gen.pipe, "scheduler", None)).__name__
-        floor = getattr(gen, "guidance_min_sigma", None)
-        rows = []
-        for k, (r, flag, why) in enumerate(zip(reqs, flags, reasons)):
-            rows.append({
-                "label": r.label, "split": "generated", "source": "generated", "prompt": r.prompt,
-                "negative_prompt": r.negative_prompt, "seed": int(r.seed), "steps": steps, "guidance": guidance,
-                "strength": r.strength if r.is_img2img else math.nan, "parent_id": r.parent_id, "round": rnd,
-                "strategy": r.strategy, "model": gen.name, "caption": r.caption, "flag": flag, "flag_reason": why,
-                "latent_perturbation": float(r.latent_perturbation), "scheduler": scheduler,
-                "guidance_min_sigma": math.nan if floor is None else float(floor),
-                "batch_id": batch_id, "batch_index": k,
-            })
-        ids = self.store.add(images, rows)
-        if emb is not None:
-            self.store.put_embeddings([image_hash(im) for im in images], self.models.embedder.name, emb)
-        return ids
+    def _round_backend(self, backend: Any) -> Any:
+        """The runner's image seam for one round: None -> the project's backend."""
+        return None if backend is None else backend_from_config(backend).for_models(self.models)
 
     def cancel(self) -> None:
         """Cancel the running generation job (finished batches stay stored)."""
         if self.job is not None:
             self.job.cancel()
 
-    # ---- regeneration -----------------------------------------------------------------------------------
     def regenerate(self, sample_id: str, *, alone: bool = False) -> Image.Image:
         """Regenerate a generated image from its stored provenance.
 
@@ -695,78 +473,7 @@ class DataCrafter:
         bit-exact on the same device and library versions. `alone=True` runs just this image with
         its own seed: faster, and equal up to float rounding (batched kernels may sum in another order).
         """
-        (sample_id,) = self._check_ids([sample_id])
-        row = self.store.row(sample_id)
-        if row["source"] != "generated":
-            raise ValueError(f"{sample_id} is a real image: only generated samples can be regenerated")
-        gen = self.models.require("generator", f"crafter.regenerate({sample_id!r})")
-        if str(row["model"]) != gen.name:
-            raise ValueError(
-                f"{sample_id} was generated with model {row['model']!r}, but the current generator is {gen.name!r}: "
-                f"open the project with models that load {row['model']!r} to regenerate it"
-            )
-        scheduler = row.get("scheduler")
-        current = type(getattr(gen.pipe, "scheduler", None)).__name__
-        if isinstance(scheduler, str) and scheduler and scheduler != current:
-            raise ValueError(f"{sample_id} was generated with scheduler {scheduler}, the generator now uses {current}: "
-                             f"set it back (generator.set_scheduler / scheduler=...) to regenerate")
-        tokens_file = row.get("embeddings_file")
-        if isinstance(tokens_file, str) and tokens_file:
-            return self._regenerate_gap(row, gen, alone)
-        batch_id = row.get("batch_id")
-        members = [row]
-        if not alone and isinstance(batch_id, str) and batch_id:
-            s = self.store.samples
-            same = s[s["batch_id"] == batch_id].sort_values("batch_index")
-            members = same.to_dict("records")
-        position = next(k for k, m in enumerate(members) if m["id"] == sample_id)
-        strength = float(row["strength"])
-        img2img = not math.isnan(strength)
-        lp = row.get("latent_perturbation", 0.0)
-        lp = 0.0 if lp is None or (isinstance(lp, float) and math.isnan(lp)) else float(lp)
-        # The guidance floor the image was made with (rows from before the column: the generator's own).
-        floor = row.get("guidance_min_sigma", None)
-        extra = {}
-        if floor is not None and hasattr(gen, "guidance_min_sigma"):
-            extra["guidance_min_sigma"] = None if math.isnan(float(floor)) else float(floor)
-        out = gen(
-            [str(m["prompt"]) for m in members],
-            negative_prompt=[str(m["negative_prompt"]) for m in members],
-            seed=[int(m["seed"]) for m in members],
-            steps=int(row["steps"]), guidance=float(row["guidance"]),
-            image=[self.store.image(str(m["parent_id"])) for m in members] if img2img else None,
-            strength=strength if img2img else 0.5, latent_perturbation=lp if img2img else 0.0,
-            batch_size=len(members), **extra,
-        )
-        return out[position]
-
-    def _regenerate_gap(self, row: dict[str, Any], gen: Any, alone: bool) -> Image.Image:
-        """GAP images: learned prompt tokens (safetensors in the project) + seed, replayed in the
-        same call that made them (all seeds of that token file, in order) unless `alone`."""
-        from ..loop.gap import generate_with_tokens, load_mask, load_tokens
-
-        tokens = load_tokens(self.store.path / str(row["embeddings_file"]))
-        if alone:
-            members, position = [row], 0
-        else:
-            s = self.store.samples
-            same = s[s["embeddings_file"] == row["embeddings_file"]]
-            members = same.to_dict("records")
-            position = same["id"].tolist().index(row["id"])
-        seeds = [int(m["seed"]) for m in members]
-        # Masked / img2img GAP rows name their source (parent_id), strength and stored mask.
-        parent = row.get("parent_id")
-        sources = masks = strength = None
-        if isinstance(parent, str) and parent:
-            sources = [self.store.image(str(m["parent_id"])) for m in members]
-            strength = float(row["strength"])
-            mask_file = row.get("mask_file")
-            if isinstance(mask_file, str) and mask_file:
-                masks = [load_mask(self.store.path / str(m["mask_file"])) for m in members]
-        out = generate_with_tokens(gen, tokens, seeds, steps=int(row["steps"]), guidance=float(row["guidance"]),
-                                   negative_prompt=str(row["negative_prompt"]), sources=sources, masks=masks,
-                                   strength=strength)
-        return out[position]
+        return self.rounds_runner.regenerate(sample_id, alone=alone)
 
     # ---- feedback -----------------------------------------------------------------------------------------
     def feedback(
@@ -848,66 +555,13 @@ class DataCrafter:
         imagefolder: out/train/<class>/<id>.png, out/test/<class>/<id>.png, out/samples.csv;
         csv: out/images/<id>.png + out/samples.csv; hf: a `datasets` dataset saved with save_to_disk.
         Generated images marked bad/removed, or flagged, are left out unless asked for.
+        The target may not be, hold or lie inside the project; overwrite=True only replaces an earlier
+        export, and only once the new one is complete (see export.py).
         """
-        if format not in EXPORT_FORMATS:
-            raise ValueError(f"unknown export format {format!r}: use one of {list(EXPORT_FORMATS)}")
-        out = Path(out).expanduser()
-        if out.exists() and any(out.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"{out} is not empty: choose a new folder or pass overwrite=True")
-            shutil.rmtree(out)
-        s = self.store.samples
-        gen = s["source"] == "generated"
-        fb = s["feedback"].astype(str)
-        drop = fb == "removed"
-        if not include_bad:
-            drop |= gen & (fb == "bad")
-        if not include_flagged:
-            drop |= gen & (s["flag"].astype(str) != "") & (fb != "good")
-        rows = s[~drop].copy()
-        rows["export_split"] = np.where(rows["split"] == "test", "test", "train")
-        if format == "hf":
-            return self._export_hf(rows, out)
-        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        files = []
-        for r in rows.itertuples(index=False):
-            if format == "imagefolder":
-                rel = Path(r.export_split) / _safe_name(r.label) / f"{r.id}.png"
-            else:
-                rel = Path("images") / f"{r.id}.png"
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.store.path / r.file, tmp / rel)
-            files.append(rel.as_posix())
-        table = rows.drop(columns=["file"]).assign(file=files)
-        table.to_csv(tmp / "samples.csv", index=False)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-        return out
+        from .export import export_project
 
-    def _export_hf(self, rows: pd.DataFrame, out: Path) -> Path:
-        try:
-            import datasets
-        except ImportError as err:
-            raise ImportError("format='hf' needs the `datasets` package: pip install 'datacrafter-widget[hf]'") from err
-        data: dict[str, list[Any]] = {"image": [str(self.store.path / f) for f in rows["file"]]}
-        for c in rows.columns:
-            if c in ("file", "image"):
-                continue
-            col = rows[c]
-            if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
-                data[c] = col.tolist()
-            else:  # text, or mixed attribute columns: strings with None for missing
-                data[c] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in col]
-        ds = datasets.Dataset.from_dict(data)
-        ds = ds.cast_column("image", datasets.Image())
-        ds = ds.cast_column("label", datasets.ClassLabel(names=self.classes))
-        dd = datasets.DatasetDict({split: ds.filter(lambda e, s=split: e["export_split"] == s)
-                                   for split in sorted(set(rows["export_split"]))})
-        dd.save_to_disk(str(out))
-        return out
+        return export_project(self.store, self.classes, out, format, include_flagged=include_flagged,
+                              include_bad=include_bad, overwrite=overwrite)
 
     # ---- per-round metrics (metrics.py) -------------------------------------------------------------
     @property
@@ -931,7 +585,7 @@ class DataCrafter:
         s = self.store.samples
         gen = s[s["source"] == "generated"]
         if not len(gen):
-            return pd.DataFrame(columns=["round", "n_generated"])
+            return self._with_student_accuracy(pd.DataFrame(columns=["round", "n_generated"]))
         real = s[(s["source"] == "real") & (s["split"] == "train")]
         real_emb = self.embeddings(real["id"].tolist())
         flt = ClassFilter(emb_model, self.classes, mode=self.filter_mode).fit(real_emb, real["label"].tolist())
@@ -953,7 +607,50 @@ class DataCrafter:
             row["flagged"] = int((g["flag"] != "").sum())
             row["bad"] = int((g["feedback"] == "bad").sum())
             rows.append(row)
-        return pd.DataFrame(rows)
+        return self._with_student_accuracy(pd.DataFrame(rows))
+
+    @property
+    def heldout(self) -> Dataset | None:
+        """The split `crafter.metrics` scores the per-round student on (student_acc); None: no student column.
+
+        Default ("auto"): the dataset's test split when it has one. Set a Dataset to use another.
+        """
+        if isinstance(self._heldout, str):
+            return self.dataset.test if self.dataset is not None else None
+        return self._heldout
+
+    @heldout.setter
+    def heldout(self, value: Dataset | str | None) -> None:
+        if not (value is None or isinstance(value, Dataset) or value == "auto"):
+            raise TypeError(f"heldout must be a dc.Dataset (e.g. ds.test), 'auto' (the test split) or None (off), "
+                            f"got {type(value).__name__}")
+        self._heldout, self._heldout_fp = value, None
+
+    def _with_student_accuracy(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Adds student_acc (held-out accuracy of a student trained on each round's data; heldout.py),
+        with a round-0 row for the real images alone; cached per round in <project>/heldout/."""
+        from .heldout import STUDENT_COLUMNS, heldout_fingerprint, student_accuracy_by_round
+
+        ds = self.heldout
+        if ds is None or len(ds) == 0:
+            return frame
+        if self._heldout_fp is None or self._heldout_fp[0] != id(ds):
+            self._heldout_fp = (id(ds), heldout_fingerprint(ds))
+        rounds = [0, *sorted(int(r) for r in frame["round"].dropna())]
+        acc = student_accuracy_by_round(
+            self.store, self.classes, ds, rounds, fingerprint=self._heldout_fp[1],
+            embedder=self.models.embedder if self.models.has("embedder") else None, options=self.heldout_options)
+        if len(frame):
+            merged = acc.merge(frame.astype({"round": "int64"}), on="round", how="left")
+        else:
+            merged = acc.assign(n_generated=0)
+        first = merged["round"] == 0
+        merged.loc[first, "n_generated"] = 0
+        merged["n_generated"] = merged["n_generated"].astype("int64")
+        if "strategies" in merged:
+            merged.loc[first, "strategies"] = "real only"
+        student_cols = list(STUDENT_COLUMNS)
+        return merged[["round", *[c for c in merged.columns if c not in ["round", *student_cols]], *student_cols]]
 
     # ---- lifetime -----------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -987,18 +684,21 @@ class DataCrafter:
         embedder = self.models.embedder if self.models.has("embedder") else None
         student = train_student(images, labels, self.classes, embedder=embedder, progress=progress, cancel=cancel, **options)
         student.save(self.project / "student")
-        self.models.student = student
+        self._student = student
         return student
 
     def _current_student(self) -> Any:
         from ..loop.student import Student, StudentError
 
+        # trained here > given in models by the user > saved in this project
+        if self._student is not None:
+            return self._student
         if self.models.has("student"):
             return self.models.student
         if (self.project / "student" / "student.json").is_file():
-            self.models.student = Student.load(self.project / "student",
-                                               embedder=self.models.embedder if self.models.has("embedder") else None)
-            return self.models.student
+            self._student = Student.load(self.project / "student",
+                                         embedder=self.models.embedder if self.models.has("embedder") else None)
+            return self._student
         raise StudentError("no student yet: call crafter.train_student() first")
 
     def evaluate(self, ds: Dataset | None = None) -> dict[str, Any]:
@@ -1012,34 +712,26 @@ class DataCrafter:
 
     def evolve(self, *, vocabulary: Sequence[str] | None = None, bad_labels: Sequence[str] = (),
                classes: Sequence[str] | None = None, population: int = 4, generations: int = 1, batch: int = 4,
-               seed: int | None = None, progress: bool = True, cancel: Any = None, **options: Any) -> Any:
+               seed: int | None = None, progress: bool = True, cancel: Any = None, **options: Any) -> EvolutionResult:
         """Evolve the prompts of the classes with feedback; the result (ranked prompts + diffs) is kept in prompts.json.
 
-        Generate with them next: crafter.generate_evolved(per_class=...).
+        Generate with them next: crafter.generate(strategy="evolved", per_class=...). With the starter
+        models, the starter kit supplies the vocabulary and prompt grammar (starter/prompts.py).
         """
-        from ..loop.evolution import default_compose, evolve_store, generator_fn, starter_compose, starter_vocabulary
-
         gen = self.models.require("generator", "crafter.evolve()")
-        emb = self.models.require("embedder", "crafter.evolve()")
-        starter = str(getattr(gen, "name", "")).startswith("starter/")
-        if vocabulary is None and starter:
-            vocabulary = starter_vocabulary()
-        options.setdefault("compose", starter_compose if starter else default_compose())
-        return evolve_store(self.store, classes=self.classes, generate=generator_fn(gen, batch_size=self.batch_size),
-                            embedder=emb, vocabulary=vocabulary, bad_labels=bad_labels, only_classes=classes,
-                            population=population, generations=generations, batch=batch,
-                            seed=self.next_round() if seed is None else seed, progress=progress, cancel=cancel,
-                            round=self.next_round() - 1, **options)
+        if str(getattr(gen, "name", "")).startswith("starter/"):
+            from ..starter.prompts import starter_compose, starter_vocabulary
 
-    def generate_evolved(self, per_class: int = 20, **options: Any) -> Any:
-        """Generate a round with the current evolved prompts (prompts.json) of every class that has one."""
-        doc = self.store.read_json("prompts.json", {}) or {}
-        entries = {c: e for c, e in doc.get("classes", {}).items() if c in self.classes and e.get("prompt")}
-        if not entries:
-            raise StrategyError("no evolved prompts yet: mark images with crafter.feedback(...) and run crafter.evolve() first")
-        return self.generate(per_class=per_class, strategy="custom", prompts={c: [e["prompt"]] for c, e in entries.items()},
-                             negative_prompts={c: e.get("negative_prompt", "") for c, e in entries.items()},
-                             classes=list(entries), **options)
+            vocabulary = starter_vocabulary() if vocabulary is None else vocabulary
+            options.setdefault("compose", starter_compose)
+        return self.rounds_runner.evolve(vocabulary=vocabulary, compose=options.pop("compose", None), seed=seed,
+                                         batch=batch, progress=progress, cancel=cancel, bad_labels=bad_labels,
+                                         only_classes=classes, population=population, generations=generations,
+                                         **options)
+
+    def generate_evolved(self, per_class: int = 20, **options: Any) -> list[str] | Job:
+        """Generate a round with the current evolved prompts (prompts.json): generate(strategy="evolved")."""
+        return self.generate(per_class=per_class, strategy="evolved", **options)
 
     def adversarial(self, target: str | None = None, steps: int = 200, *, target_images: Sequence[Image.Image] | None = None,
                     per_class: int = 10, classes: Sequence[str] | None = None, seed: int | None = None,
@@ -1050,47 +742,25 @@ class DataCrafter:
 
         sources="train" starts from the real train images of each class (img2img, parent_id in the
         rows) and masks="plain-background" (or a function / {sample id: mask}) keeps each source's
-        object pixels, so only the context changes and the label is kept; see adversarial.gap_round.
-        settings go to adversarial.GapConfig (lr, n_tokens, sampler_steps, batch, guidance, strength, ...).
+        object pixels, so only the context changes and the label is kept; see controller/rounds.gap_round.
+        settings go to gap.GapConfig (lr, n_tokens, sampler_steps, batch, guidance, strength, shared, ...).
         """
-        from ..loop.gap import GapConfig, GapError, gap_round
+        from ..loop.gap import GapConfig, GapError
 
-        gen = self.models.require("generator", "crafter.adversarial()")
+        self.models.require("generator", "crafter.adversarial()")
         student = self._current_student()
-        use = check_classes(classes, self.classes)
         if target is None and not target_images:
             raise GapError("GAP needs a target: target='a description of the test distribution' and/or target_images=[...]")
-        rnd = self.next_round()
         shared = bool(settings.pop("shared", False))   # one token set for all classes (k times cheaper)
         config = GapConfig(steps=int(steps), **settings)
-        entry = {"round": rnd, "strategies": ["gap"], "per_class": int(per_class), "classes": use, "target": target or "",
-                 "status": "running", "started": time.time(), "model": gen.name, "stored": 0}
-        self.log_round(entry)
-        ids: list[str] = []
-        status = "failed"
-        try:
-            ids, _ = gap_round(self.store, gen, student, use, target=target, target_images=target_images,
-                               embedder=self.models.embedder if self.models.has("embedder") else None,
-                               per_class=per_class, round=rnd, seed=rnd * ROUND_SEED_STRIDE if seed is None else seed,
-                               config=config, progress=progress, cancel=cancel, shared=shared, sources=sources,
-                               masks=masks)
-            status = "done"
-        finally:
-            entry.update(status=status, stored=len(ids), finished=time.time())
-            self.log_round(entry)
-        if ids:
-            self._emit("samples", ids)
-        return ids
+        return self.rounds_runner.gap(student, classes, target=target, target_images=target_images, per_class=per_class,
+                                      seed=seed, config=config, shared=shared, sources=sources, masks=masks,
+                                      progress=progress, cancel=cancel)
 
 
-_FLAG_REASONS = {
-    "nan": "the pipeline produced NaN pixels (often fp16 overflow in the VAE): try float32, another seed or fewer steps",
-    "black": "the image is all black (a failed decode or the safety checker): try another seed or prompt",
-    "nsfw": "the pipeline's safety checker blanked this image",
-}
-
-
-def _safe_name(label: str) -> str:
-    """A class name usable as one folder name."""
-    name = re.sub(r"[\\/:*?\"<>|\x00-\x1f]", "_", str(label)).strip(" .")
-    return name or "_"
+def _take(counts: Any, key: tuple) -> bool:
+    """True (and one fewer left) if `key` is still counted as already stored."""
+    if counts.get(key, 0) > 0:
+        counts[key] -= 1
+        return True
+    return False

@@ -33,14 +33,14 @@ class ProjectMap:
 
     def _load(self) -> None:
         path = Path(self.store.path) / LAYOUT_FILE
-        meta = self.store.read_json(MAP_JSON, None)
+        meta = self.store.read_json(MAP_JSON, None, derived=True)
         if not path.exists() or not meta:
             return
         try:
             layout = load_layout(str(path))
-        except Exception:  # noqa: BLE001 - an unreadable layout is recomputed, never fatal
+            ids = [str(i) for i in meta.get("ids", [])]
+        except Exception:  # noqa: BLE001 - an unreadable layout or map.json is recomputed, never fatal
             return
-        ids = [str(i) for i in meta.get("ids", [])]
         # The layout and map.json are two atomic writes; if a crash fell between them, start over.
         if layout.n_images == len(ids):
             self.layout, self.ids = layout, ids
@@ -49,7 +49,7 @@ class ProjectMap:
     def labels(self, samples: pd.DataFrame, embeddings: np.ndarray, labeler: Callable[..., list[list[str]]],
                image: Callable[[str], Any]) -> list[list[str]]:
         """Content labels of each sample (cached by image hash)."""
-        cache: dict[str, list[str]] = dict(self.store.read_json(LABELS_JSON, {}) or {})
+        cache: dict[str, list[str]] = dict(self.store.read_json(LABELS_JSON, {}, derived=True) or {})
         hashes = samples["hash"].astype(str).tolist()
         todo = [k for k, h in enumerate(hashes) if h not in cache]
         if todo:
@@ -86,7 +86,7 @@ class ProjectMap:
 
     def stored_frame(self, samples: pd.DataFrame) -> pd.DataFrame:
         """The saved map with the cached labels, for browsing a project without models."""
-        cache = self.store.read_json(LABELS_JSON, {}) or {}
+        cache = self.store.read_json(LABELS_JSON, {}, derived=True) or {}
         hashes = samples.set_index("id").loc[self.ids, "hash"].astype(str)
         return self.frame([cache.get(h, []) for h in hashes])
 

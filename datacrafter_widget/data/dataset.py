@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .images import to_rgb
 
 _RESERVED = ("image", "label", "caption")
+_ORIENTATION = 0x0112  # EXIF tag: how the camera was held
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif")
 
 
@@ -45,6 +46,17 @@ def _open_source(value: Any, root: Path | None = None) -> Image.Image:
     if root is not None and not path.is_absolute():
         path = root / path
     return Image.open(path)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as the camera saw it: phones store pixels sideways plus an EXIF orientation tag."""
+    try:
+        orientation = image.getexif().get(_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: keep the pixels as stored
+        return image
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(image)
+    return image
 
 
 def check_image(value: Any, root: Path | None = None, *, decode: bool = True) -> str | None:
@@ -132,9 +144,17 @@ class Dataset:
         value = self.frame.at[int(i), "image"]
         if isinstance(value, Image.Image):
             return to_rgb(value)
-        with _open_source(value, self.root) as im:
-            im.load()
-            return to_rgb(im)
+        try:
+            with _open_source(value, self.root) as im:
+                im.load()
+                return to_rgb(upright(im))
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated, deleted or not an image
+            where = f"{value} (row {i})" if isinstance(value, (str, os.PathLike)) else f"row {i}"
+            reason = "file not found" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
+            raise DatasetError(
+                f"dataset {self.name or 'unnamed'}: image {where} cannot be read ({reason}): replace or remove it, "
+                f"or load the dataset with check='decode', which skips unreadable images and lists them in .report"
+            ) from None
 
     def images(self, indices: Sequence[int] | None = None) -> list[Image.Image]:
         indices = range(len(self)) if indices is None else indices
@@ -198,7 +218,7 @@ class Dataset:
         for i, im in enumerate(images):
             if not isinstance(im, Image.Image):
                 raise DatasetError(f"images[{i}] is a {type(im).__name__}, not a PIL image")
-        frame = pd.DataFrame({"image": [to_rgb(im) for im in images], "label": [str(l) for l in labels]})
+        frame = pd.DataFrame({"image": [to_rgb(upright(im)) for im in images], "label": [str(l) for l in labels]})
         frame["caption"] = list(captions) if captions is not None else None
         return cls(frame, name=name)
 
@@ -228,9 +248,12 @@ class Dataset:
         report: list[tuple[str, str]] = []
         rows: list[dict[str, Any]] = []
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        hidden = "hidden folder (its name starts with '.'), skipped: rename it to import its images"
         for p in sorted(root.iterdir()):
             if p.is_file() and not p.name.startswith("."):
                 report.append((str(p), "not inside a class folder (expected path/<class>/<image>)"))
+            elif p.is_dir() and p.name.startswith("."):
+                report.append((str(p), hidden))
         if not class_dirs:
             raise DatasetError(
                 f"dataset folder {root} has no class folders: expected the ImageFolder layout "
@@ -240,6 +263,7 @@ class Dataset:
         for class_dir in class_dirs:
             found = 0
             for dirpath, dirnames, filenames in os.walk(class_dir):
+                report.extend((str(Path(dirpath) / d), hidden) for d in sorted(dirnames) if d.startswith("."))
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for fname in sorted(filenames):
                     if fname.startswith("."):
@@ -306,7 +330,7 @@ class Dataset:
                 continue
             if isinstance(value, Image.Image):
                 keep.append(pos)
-                values.append(to_rgb(value))
+                values.append(to_rgb(upright(value)))
                 continue
             if isinstance(value, (str, os.PathLike)):
                 p = Path(value).expanduser()

@@ -35,6 +35,7 @@ import re
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,26 @@ class ReadOnlyError(StoreError):
     """A write was attempted on a store opened with readonly=True."""
 
 
+class DamagedFileError(StoreError):
+    """A file of the project cannot be read (truncated, edited or missing); the message names it and the fix."""
+
+
+class DamagedProjectWarning(RuntimeWarning):
+    """Part of a project is missing or unreadable but the rest opens (a deleted segment, a damaged cache)."""
+
+
+# What to do when a primary json document is damaged (derived ones are rebuilt instead).
+_JSON_FIX = {
+    "project.json": "restore it from a backup (it holds the schema version and the class list); the samples, "
+                    "images and other files are untouched",
+    "rounds.json": "restore it from a backup, or move it aside (e.g. rename it to rounds.json.bad) to start a new "
+                   "round log; the samples keep their round numbers",
+    "feedback.json": "restore it from a backup, or move it aside to start a new feedback log; the good / bad marks "
+                     "themselves are kept in the samples table",
+    "prompts.json": "restore it from a backup, or move it aside and run crafter.evolve() again",
+}
+
+
 # ---- atomic file helpers --------------------------------------------------------------------
 def _fsync_dir(path: Path) -> None:
     try:
@@ -143,8 +164,22 @@ def _atomic_write_table(path: Path, table: pa.Table, *, fsync: bool = True) -> N
 
 def _read_parquet(path: Path) -> pa.Table:
     """Read a parquet file in one go: pyarrow may open a path more than once, which could mix
-    an old and a new file if a writer replaces it in between."""
-    return pq.read_table(pa.BufferReader(path.read_bytes()))
+    an old and a new file if a writer replaces it in between. A damaged file is named with the fix."""
+    data = path.read_bytes()
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        project = path.parent if path.name == "samples.parquet" else path.parent.parent
+        if path.name == "samples.parquet":
+            fix = ("restore samples.parquet from a backup of the project; it holds every sample up to the last "
+                   "compaction, so it cannot be rebuilt from the other files")
+        else:
+            fix = (f"restore it from a backup, or move it out of {path.parent} to open the project without the "
+                   f"samples added or changed in that one commit")
+        raise DamagedFileError(
+            f"project {project}: {path.relative_to(project)} is damaged ({len(data)} bytes, not readable as "
+            f"parquet: {type(exc).__name__}): {fix}"
+        ) from None
 
 
 def _slug(key: str) -> str:
@@ -344,6 +379,17 @@ class SampleStore:
             through = int(meta.get("compacted_through", 0))
             parts.append(table.to_pandas())
         live = [(n, p) for n, p in segments if n > through]
+        if live:  # commits are numbered without gaps: a gap is a segment deleted from outside
+            have = {n for n, _ in live}
+            lost = [n for n in range(through + 1, live[-1][0]) if n not in have]
+            if lost:
+                names = ", ".join(f"seg-{n:08d}.parquet" for n in lost[:5]) + (" ..." if len(lost) > 5 else "")
+                warnings.warn(
+                    f"project {self.path}: {len(lost)} segment(s) of the append log are missing ({names}): the samples "
+                    f"added or changed in those commits are not in the project. Restore them into "
+                    f"{self.path / 'segments'} from a backup before writing to the project",
+                    DamagedProjectWarning, stacklevel=4,
+                )
         if not self.readonly:
             for n, p in segments:
                 if n <= through:
@@ -401,14 +447,32 @@ class SampleStore:
             return self._frame.iloc[pos].to_dict()
 
     def image_path(self, sample_id: str) -> Path:
-        return self.path / str(self.row(sample_id)["file"])
+        """The image file of a sample; refuses a `file` entry that leads outside the project."""
+        file = str(self.row(sample_id)["file"])
+        root = self.path.resolve()
+        path = (root / file).resolve()
+        if root not in path.parents:
+            raise DamagedFileError(
+                f"sample {sample_id}: its file column {file!r} points outside project {self.path}; the samples table "
+                f"was edited by hand or damaged, and nothing outside the project is read. Restore samples.parquet "
+                f"from a backup"
+            )
+        return path
 
     def image(self, sample_id: str) -> Image.Image:
-        """The stored image of a sample (RGB)."""
+        """The stored image of a sample (RGB); a missing or damaged file is named with the sample."""
         path = self.image_path(sample_id)
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb(im)
+        fix = (f"restore it from a backup, or leave the sample out with crafter.feedback(removed=[{sample_id!r}])")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return to_rgb(im)
+        except FileNotFoundError:
+            raise DamagedFileError(f"sample {sample_id}: its image file {path.relative_to(self.path.resolve())} is "
+                                   f"missing from project {self.path}: {fix}") from None
+        except (OSError, SyntaxError, ValueError) as exc:  # truncated or not an image
+            raise DamagedFileError(f"sample {sample_id}: its image file {path.relative_to(self.path.resolve())} in "
+                                   f"project {self.path} is damaged ({exc}): {fix}") from None
 
     # ---- writing -------------------------------------------------------------------------
     def _writable(self) -> None:
@@ -418,9 +482,10 @@ class SampleStore:
             raise StoreError(f"project {self.path} was closed: open it again to change it")
 
     def _commit_segment(self, table: pa.Table) -> None:
-        self._segment_seq += 1
-        path = self.path / "segments" / f"seg-{self._segment_seq:08d}.parquet"
+        # The number is taken only once the write succeeded, so a gap always means a lost segment.
+        path = self.path / "segments" / f"seg-{self._segment_seq + 1:08d}.parquet"
         _atomic_write_table(path, table, fsync=self.durable)
+        self._segment_seq += 1
         self._segment_count += 1
 
     def add(self, images: Sequence[Image.Image], rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -562,15 +627,27 @@ class SampleStore:
         d = self._emb_dir(key)
         parts = sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _PART.match(p.name))) if d.is_dir() else []
         for n, p in parts:
+            cache["seq"] = n
             try:
                 data = p.read_bytes()  # one read: the file is never seen half-replaced
             except FileNotFoundError:  # a writer compacted it away meanwhile; its rows are in a later part
                 continue
-            header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-            hashes = json.loads(header["__metadata__"]["hashes"])
-            array = load(data)["embeddings"]
+            try:
+                header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+                hashes = json.loads(header["__metadata__"]["hashes"])
+                array = load(data)["embeddings"]
+                if array.ndim != 2 or array.shape[0] != len(hashes):
+                    raise ValueError(f"{array.shape[0]} rows for {len(hashes)} hashes")
+                if cache["dim"] is not None and array.shape[1] != cache["dim"]:
+                    raise ValueError(f"size {array.shape[1]}, the other parts have {cache['dim']}")
+            except Exception as exc:  # noqa: BLE001 - a cache: drop the part, its rows are embedded again
+                warnings.warn(f"project {self.path}: embedding cache part {p.relative_to(self.path)} is damaged "
+                              f"({type(exc).__name__}); its embeddings will be computed again", DamagedProjectWarning,
+                              stacklevel=3)
+                if not self.readonly:
+                    p.unlink(missing_ok=True)
+                continue
             _merge(cache, hashes, array, key, self.path)
-            cache["seq"] = n
         cache["parts"] = len(parts)
         self._embeddings[key] = cache
         return cache
@@ -658,13 +735,21 @@ class SampleStore:
             name += ".json"
         return self.path / name
 
-    def read_json(self, name: str, default: Any = None) -> Any:
-        """A json document of the project (e.g. "rounds.json"), or `default` if it does not exist."""
+    def read_json(self, name: str, default: Any = None, *, derived: bool = False) -> Any:
+        """A json document of the project (e.g. "rounds.json"), or `default` if it does not exist.
+
+        A damaged document raises DamagedFileError naming it and the fix; with derived=True (a cache
+        that can be computed again, such as map.json) it counts as missing instead."""
         path = self._json_path(name)
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return default
+        except (ValueError, UnicodeDecodeError) as exc:
+            if derived:
+                return default
+            fix = _JSON_FIX.get(path.name, "restore it from a backup, or move it aside if it is not needed")
+            raise DamagedFileError(f"project {self.path}: {path.name} is damaged ({exc}): {fix}") from None
 
     def write_json(self, name: str, obj: Any) -> None:
         """Replace a json document atomically. project.json always keeps its schema_version."""

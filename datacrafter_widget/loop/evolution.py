@@ -14,6 +14,11 @@ good images (biased towards phrases whose text embedding sits near the good imag
 the bad ones), and moves phrases near the bad images, or labels marked unwanted, into the negative
 prompt. Crossover mixes the phrase sets of two parents. The winner of each class becomes its
 current prompt; a readable diff says what changed and why, and is kept in `prompts.json`.
+
+This module computes only: candidate images come from a `generate(prompts, negatives, seeds)`
+callable and the vocabulary and prompt grammar are arguments (the starter kit supplies its own in
+starter/prompts.py); the controller (controller/rounds.py) renders the candidates and writes
+prompts.json.
 """
 from __future__ import annotations
 
@@ -32,8 +37,7 @@ from ..controller.jobs import is_cancelled
 
 __all__ = [
     "EvolutionError", "Genome", "Candidate", "ClassResult", "EvolutionResult", "evolve_prompts",
-    "apply_to_prompts_doc", "current_prompts", "default_compose", "starter_compose", "starter_vocabulary",
-    "generator_fn", "evolve_store", "DEFAULT_STYLES", "PROMPTS_FILE",
+    "apply_to_prompts_doc", "current_prompts", "default_compose", "DEFAULT_STYLES", "PROMPTS_FILE", "GenerateFn",
 ]
 
 PROMPTS_FILE = "prompts.json"
@@ -68,36 +72,6 @@ def default_compose(template: str = DEFAULT_TEMPLATE) -> Callable[[Genome], str]
         base = template.replace("{class}", g.label).replace("{}", g.label)
         return ", ".join([base, *g.phrases]) if g.phrases else base
     return compose
-
-
-def starter_vocabulary() -> list[str]:
-    """Attribute phrases the starter models were trained on (colours, backgrounds, strokes, slants)."""
-    from ..starter.digits import BACKGROUNDS, FOREGROUNDS
-
-    return ([*FOREGROUNDS] + [f"on a {b} background" for b in BACKGROUNDS]
-            + ["thin", "thick", "slanted left", "slanted right"])
-
-
-def starter_compose(g: Genome) -> str:
-    """Render a genome in the starter caption grammar: 'a thick red 3 on a black background, slanted left'."""
-    from ..starter.digits import FOREGROUNDS
-
-    stroke = [p for p in g.phrases if p in ("thin", "thick")][:1]
-    colour = [p for p in g.phrases if p in FOREGROUNDS][:1]
-    where = [p for p in g.phrases if p.startswith("on a ")][:1]
-    lean = [p for p in g.phrases if p.startswith("slanted")][:1]
-    other = [p for p in g.phrases if p not in stroke + colour + where + lean]
-    text = " ".join(["a", *stroke, *colour, g.label, *where])
-    return ", ".join([text, *lean, *other])
-
-
-def generator_fn(generator: Any, *, steps: int | None = None, guidance: float | None = None,
-                 batch_size: int = 16) -> GenerateFn:
-    """Adapt a `Generator` to the `generate(prompts, negative_prompts, seeds)` callable used here."""
-    def generate(prompts: list[str], negatives: list[str], seeds: list[int]) -> list[Image.Image]:
-        return generator(prompts, negative_prompt=list(negatives), seed=list(seeds), steps=steps,
-                         guidance=guidance, batch_size=batch_size)
-    return generate
 
 
 @dataclass
@@ -437,7 +411,7 @@ def evolve_prompts(
         raise EvolutionError(f"no feedback yet for the class(es) {list(only_classes or classes)}: mark some of their images good or bad first")
 
     rng = np.random.default_rng(seed)
-    seeds = [int(seed) * 1000 + 17 * k + 1 for k in range(batch)]  # common random numbers across candidates
+    seeds = [int(seed) + k for k in range(batch)]  # common random numbers across candidates (the round's seeds)
     bar = None
     total = len(targets) * generations
     if progress is True:
@@ -502,16 +476,3 @@ def evolve_prompts(
     if bar is not None:
         bar.close()
     return EvolutionResult(results, int(round))
-
-
-def evolve_store(store: Any, *, classes: Sequence[str], generate: GenerateFn, embedder: Any,
-                 round: int | None = None, **kwargs: Any) -> EvolutionResult:
-    """Evolve from a SampleStore's feedback and record the result in its prompts.json."""
-    doc = store.read_json(PROMPTS_FILE, {}) or {}
-    samples = store.samples
-    if round is None:
-        round = int(samples["round"].max()) if len(samples) else 0
-    result = evolve_prompts(samples, classes=classes, generate=generate, embedder=embedder, load_image=store.image,
-                            current=current_prompts(doc, classes), round=round, **kwargs)
-    store.write_json(PROMPTS_FILE, apply_to_prompts_doc(doc, result))
-    return result

@@ -24,13 +24,12 @@ safetensors (with the template and positions in their metadata) so any image can
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +39,7 @@ from PIL import Image
 from ..controller.jobs import is_cancelled
 
 __all__ = ["GapError", "GapConfig", "GapResult", "optimise_prompt_tokens", "generate_with_tokens",
-           "load_tokens", "load_mask", "gap_round", "student_loss_on", "composite"]
+           "load_tokens", "load_mask", "gap_images", "mask_for", "student_loss_on", "composite"]
 
 PLACEHOLDER = "x"
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -541,130 +540,80 @@ def student_loss_on(student: Any, images: Sequence[Image.Image], label: str) -> 
     return float(F.cross_entropy(logits, y))
 
 
-def gap_round(
-    store: Any,
+def gap_images(
     generator: Any,
     student: Any,
     classes: Sequence[str],
     *,
+    seeds: Mapping[str, Sequence[int]],
     target: str | None = None,
     target_images: Sequence[Image.Image] | None = None,
     embedder: Any = None,
-    per_class: int = 10,
-    round: int = 1,
-    seed: int = 0,
     config: GapConfig | None = None,
     progress: bool | Callable[[int, int], None] = False,
     cancel: Any = None,
     shared: bool = False,
-    sources: str | Mapping[str, Sequence[str]] | None = None,
-    masks: str | Callable[[Image.Image], Any] | Mapping[str, Any] | None = None,
+    sources: Mapping[str, Sequence[Image.Image]] | None = None,
+    masks: Mapping[str, Sequence[Any]] | None = None,
     **overrides: Any,
-) -> tuple[list[str], dict[str, GapResult]]:
-    """Learn tokens per class, generate `per_class` final images each, add them to the store.
+) -> Iterator[tuple[str, GapResult, list[Image.Image]]]:
+    """Learn tokens per class and render each class's final images: yields (class, tokens, images).
 
-    Rows carry strategy "gap", the readable prompt, seed, steps, guidance and `embeddings_file`
-    (the safetensors with the learned tokens, relative to the project), so each can be regenerated.
-
-    sources: None = text-to-image (no label preservation); "train" = the real train images of each
-    class in the store; or {class: [sample ids]}. Final image j of a class starts from its source
-    j mod n (row: parent_id, strength). masks (with sources): None = img2img only; "plain-background"
-    = `masks.plain_background_mask` of each source; a callable image -> mask; or {sample id: mask}.
-    Masks are stored as PNG under gap/masks/ (row: mask_file) so every image can be regenerated.
+    seeds[c] are class c's final image seeds (the controller takes them from its seed policy);
+    the token optimisation of a class is seeded with the first of them (with `shared`, one token
+    set for all classes, seeded with the first class's). sources[c] / masks[c]: the class's source
+    images and object masks; final image j starts from source j mod n. Touches no store: the
+    controller (controller/rounds.py) saves the tokens and stores the images. Stops between
+    classes when `cancel` says so; a class whose tokens were cut short yields nothing.
     """
+    classes = [str(c) for c in classes]
     if not classes:
         raise GapError("no classes given: pass the classes to generate GAP images for")
-    if int(per_class) < 1:
-        raise GapError(f"per_class={per_class}: ask for at least 1 image per class")
-    ids: list[str] = []
-    results: dict[str, GapResult] = {}
-    base = Path(store.path)
-    src_ids = _source_ids(store, [str(c) for c in classes], sources) if sources is not None else None
-    if masks is not None and src_ids is None:
-        raise GapError("masks need source images: pass sources='train' (or {class: [sample ids]}) too")
-    src_images = {i: store.image(i) for c in (src_ids or {}) for i in src_ids[c]}
-    src_masks = {i: _mask_for(masks, i, im) for i, im in src_images.items()} if masks is not None else None
-    mask_files = {i: _save_mask(base, i, m) for i, m in src_masks.items()} if src_masks is not None else {}
+    if masks is not None and sources is None:
+        raise GapError("masks need source images: pass sources= too")
+    missing = [c for c in classes if not seeds.get(c)]
+    if missing:
+        raise GapError(f"no seeds for class(es) {missing}: give each class at least one final image seed")
 
-    def per_class_sources(label: str):
-        if src_ids is None:
-            return None, None
-        return ([src_images[i] for i in src_ids[label]],
-                [src_masks[i] for i in src_ids[label]] if src_masks is not None else None)
+    def fresh_config() -> GapConfig:
+        return GapConfig(**asdict(config)) if config is not None else GapConfig()
 
     shared_res = None
     if shared:
-        cfg = GapConfig(**asdict(config)) if config is not None else GapConfig()
-        shared_sources = shared_masks = None
-        if src_ids is not None:
-            shared_sources = {str(c): per_class_sources(str(c))[0] for c in classes}
-            shared_masks = {str(c): per_class_sources(str(c))[1] for c in classes} if src_masks is not None else None
-        shared_res = optimise_prompt_tokens(generator, student, [str(c) for c in classes], target=target,
-                                            target_images=target_images, embedder=embedder, config=cfg, seed=int(seed),
-                                            progress=progress, cancel=cancel, sources=shared_sources, masks=shared_masks,
+        shared_res = optimise_prompt_tokens(generator, student, classes, target=target, target_images=target_images,
+                                            embedder=embedder, config=fresh_config(), seed=int(seeds[classes[0]][0]),
+                                            progress=progress, cancel=cancel,
+                                            sources=None if sources is None else {c: list(sources[c]) for c in classes},
+                                            masks=None if masks is None else {c: list(masks[c]) for c in classes},
                                             **overrides)
         if is_cancelled(cancel):
-            return ids, results
-    for ci, label in enumerate(classes):
+            return
+    for label in classes:
         if is_cancelled(cancel):
-            break
-        cls_sources, cls_masks = per_class_sources(str(label))
+            return
+        cls_sources = None if sources is None else list(sources[label])
+        cls_masks = None if masks is None else list(masks[label])
         if shared_res is not None:
-            text, readable, positions = _prompt_layout(_pipe_of(generator).tokenizer, str(label), shared_res.config.template,
+            text, readable, positions = _prompt_layout(_pipe_of(generator).tokenizer, label, shared_res.config.template,
                                                        int(shared_res.config.n_tokens))
-            res = GapResult(label=str(label), embeddings=shared_res.embeddings, prompt=readable, template_text=text,
+            res = GapResult(label=label, embeddings=shared_res.embeddings, prompt=readable, template_text=text,
                             positions=positions, config=shared_res.config, history=shared_res.history,
                             target=shared_res.target, model=shared_res.model)
         else:
-            cfg = GapConfig(**asdict(config)) if config is not None else GapConfig()
-            res = optimise_prompt_tokens(generator, student, str(label), target=target, target_images=target_images,
-                                         embedder=embedder, config=cfg, seed=int(seed) + 7 * ci, progress=progress,
-                                         cancel=cancel, sources=cls_sources, masks=cls_masks, **overrides)
+            res = optimise_prompt_tokens(generator, student, label, target=target, target_images=target_images,
+                                         embedder=embedder, config=fresh_config(), seed=int(seeds[label][0]),
+                                         progress=progress, cancel=cancel, sources=cls_sources, masks=cls_masks,
+                                         **overrides)
             if is_cancelled(cancel):      # tokens half-learned: keep the classes already finished, store nothing more
-                break
-        digest = hashlib.sha256(res.embeddings.numpy().tobytes()).hexdigest()[:12]
-        rel = f"gap/gap-r{int(round):03d}-{_slug(str(label))}-{digest}.safetensors"
-        res.save(base / rel)
-        res.file = rel
-        results[str(label)] = res
-        seeds = [int(seed) * 10007 + 1000 * ci + j for j in range(int(per_class))]
-        parents = [src_ids[str(label)][j % len(src_ids[str(label)])] for j in range(len(seeds))] if src_ids else []
-        images = generate_with_tokens(
-            generator, res, seeds, sources=[src_images[p] for p in parents] if parents else None,
-            masks=[src_masks[p] for p in parents] if parents and src_masks is not None else None)
-        rows = [{"label": str(label), "split": "generated", "source": "generated", "prompt": res.prompt,
-                 "negative_prompt": "", "seed": s, "steps": res.config.final_steps, "guidance": res.config.guidance,
-                 "round": int(round), "strategy": "gap", "model": res.model, "embeddings_file": rel,
-                 "caption": target or "",
-                 **({"parent_id": parents[j], "strength": float(res.config.strength),
-                     "mask_file": mask_files.get(parents[j], "")} if parents else {})}
-                for j, s in enumerate(seeds)]
-        ids += store.add(images, rows)
-    return ids, results
+                return
+        n = len(seeds[label])
+        picks = [cls_sources[j % len(cls_sources)] for j in range(n)] if cls_sources else None
+        pick_masks = [cls_masks[j % len(cls_masks)] for j in range(n)] if cls_sources and cls_masks is not None else None
+        yield label, res, generate_with_tokens(generator, res, list(seeds[label]), sources=picks, masks=pick_masks)
 
 
-def _source_ids(store: Any, classes: list[str], sources: str | Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Sample ids of the source images per class, checked against the store."""
-    s = store.samples
-    if isinstance(sources, str):
-        if sources != "train":
-            raise GapError(f"sources={sources!r}: use 'train' (the real train images of each class) or {{class: [sample ids]}}")
-        real = s[(s["source"] == "real") & (s["split"] == "train")]
-        out = {c: real.loc[real["label"] == c, "id"].astype(str).tolist() for c in classes}
-    else:
-        out = {c: [str(i) for i in sources.get(c, [])] for c in classes}
-        known = set(s["id"].astype(str))
-        missing = sorted({i for v in out.values() for i in v} - known)
-        if missing:
-            raise GapError(f"source ids {missing[:5]} are not in the project: pass ids from crafter.samples")
-    empty = [c for c, v in out.items() if not v]
-    if empty:
-        raise GapError(f"no source images for class(es) {empty}: GAP with sources needs at least one real train "
-                       "image per class (or sources=None for text-to-image)")
-    return out
-
-
-def _mask_for(masks: Any, sample_id: str, image: Image.Image) -> np.ndarray:
+def mask_for(masks: Any, sample_id: str, image: Image.Image) -> np.ndarray:
+    """The object mask of one source image from a masks= argument ('plain-background', a function, or a mapping)."""
     from .masks import plain_background_mask
 
     if isinstance(masks, str):
@@ -680,31 +629,9 @@ def _mask_for(masks: Any, sample_id: str, image: Image.Image) -> np.ndarray:
     raise GapError(f"masks must be 'plain-background', a function or a mapping, got {type(masks).__name__}")
 
 
-def _save_mask(base: Path, sample_id: str, mask: np.ndarray) -> str:
-    """Store a mask as PNG (content-addressed, written atomically); returns its path relative to the project."""
-    import io
-
-    from .masks import mask_to_image
-    from ..data.store import atomic_write_bytes
-
-    buf = io.BytesIO()
-    mask_to_image(mask).save(buf, format="PNG", optimize=False, compress_level=6)   # 8-bit L, no metadata
-    data = buf.getvalue()
-    rel = f"gap/masks/{_slug(sample_id)}-{hashlib.sha256(data).hexdigest()[:12]}.png"
-    if not (base / rel).is_file():
-        (base / rel).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(base / rel, data)
-    return rel
-
-
 def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """A mask stored by gap_round (gap/masks/*.png) as float32 H x W in [0, 1]."""
+    """A mask stored with a GAP round (gap/masks/*.png) as float32 H x W in [0, 1]."""
     from .masks import mask_from_image
 
     with Image.open(path) as im:
         return mask_from_image(im)
-
-
-def _slug(text: str) -> str:
-    keep = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in text)[:40]
-    return keep or hashlib.sha256(text.encode()).hexdigest()[:8]

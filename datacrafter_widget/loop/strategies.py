@@ -8,6 +8,12 @@ pipeline in full batches. Each request carries everything its provenance row nee
 - "caption": caption each real image, prompt "a photo of {class}, {caption}" (captions as prompts).
 - "perturb": image-to-image from each real image with GIF-style latent perturbation, strength 0.5-0.9.
 - "custom":  prompts the user gives per class (or templates with {class}).
+- "evolved": like custom, with the prompts prompt evolution kept in prompts.json (the controller fills them in).
+- "gap":     learned prompt tokens against the student (loop/gap.py); run by crafter.adversarial, not here.
+
+`STRATEGIES` is the one list of strategy names a round or a row can carry; the widget reads it
+from Python (`datacrafter_widget.loop.strategies.STRATEGIES`, and `GENERATE_STRATEGIES` for the
+ones its Generate button offers) instead of keeping its own copy.
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-STRATEGIES = ("class", "caption", "perturb", "custom")
+GENERATE_STRATEGIES = ("class", "caption", "perturb", "custom", "evolved")  # crafter.generate / build_requests
+STRATEGIES = GENERATE_STRATEGIES + ("gap",)                                   # every strategy a row can record
 CLASS_TEMPLATES = (
     "a photo of a {class}",
     "a close-up photo of a {class}",
@@ -149,8 +156,8 @@ def build_requests(
     from; `captions` maps their ids to captions (the controller fills it from the dataset or the
     captioner).
     """
-    if strategy not in STRATEGIES:
-        raise StrategyError(f"unknown strategy {strategy!r}: use one of {list(STRATEGIES)}")
+    if strategy not in GENERATE_STRATEGIES:
+        raise StrategyError(f"unknown strategy {strategy!r}: use one of {list(GENERATE_STRATEGIES)}")
     if int(per_class) < 1:
         raise StrategyError(f"per_class={per_class}: ask for at least 1 image per class")
     per_class = int(per_class)
@@ -169,8 +176,8 @@ def build_requests(
             for k in range(per_class):
                 ps = by_class[c]
                 add(prompt=ps[k % len(ps)], label=c, negative_prompt=negs[c])
-    elif strategy == "custom":
-        by_class = _prompts_by_class(prompts, classes, "strategy='custom'")
+    elif strategy in ("custom", "evolved"):
+        by_class = _prompts_by_class(prompts, classes, f"strategy={strategy!r}")
         for c in classes:
             if c not in by_class:
                 continue

@@ -1,0 +1,335 @@
+"""Export a project's expanded dataset (imagefolder, csv or a Hugging Face dataset) without losing anything.
+
+Why a module of its own: an export writes outside the project, into a folder the user names, so it
+must never delete what it did not write and never leave a half-written dataset under the real name.
+
+- The target may not be, contain or lie inside the project folder.
+- Every export folder carries a manifest (`datacrafter-export.json`); `overwrite=True` only replaces
+  a folder that carries one. Any other non-empty folder is refused.
+- The new export is written into a temp sibling `<name>.tmp-<pid>` and swapped in with one atomic
+  exchange of the two folders (Linux renameat2 RENAME_EXCHANGE; elsewhere two renames), so the old
+  export stays until the new one is complete. Temp folders left by killed runs are cleaned on the
+  next export to the same target (only those that carry our manifest, or are empty).
+- ImageFolder class folders are the class names, percent-encoded where a character is not safe in a
+  file name (`a/b` -> `a%2Fb`, `.` -> `%2E`): unique and reversed by `urllib.parse.unquote`. Names
+  too long for a file system get a hash suffix; the manifest maps every folder to its class.
+- Each image is checked against its content hash as it is copied, so a missing, truncated or
+  foreign image file is reported with its sample id instead of being exported silently.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import math
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..data.images import content_hash
+from ..data.store import SampleStore, StoreError, atomic_write_bytes
+
+EXPORT_FORMATS = ("imagefolder", "csv", "hf")
+MANIFEST = "datacrafter-export.json"
+MAX_NAME_BYTES = 200  # below the usual 255-byte limit, leaving room for suffixes
+_UNSAFE = set('/\\:*?"<>|%')
+_lock = threading.Lock()  # one export at a time per process: temp names carry the pid
+
+
+class ExportError(ValueError):
+    """The export cannot be written as asked; the message names the thing and the fix."""
+
+
+def class_folder(label: str) -> str:
+    """The folder name of a class: percent-encoded where unsafe, reversible with urllib.parse.unquote.
+
+    Names longer than MAX_NAME_BYTES keep a readable prefix plus a hash (the manifest maps them back).
+    """
+    label = str(label)
+    if not label:
+        raise ExportError("a class has an empty name: it cannot be a folder; rename the class")
+    out = []
+    last = len(label) - 1
+    for k, ch in enumerate(label):
+        edge = (k == 0 and ch in ". ") or (k == last and ch in ". ")
+        if ch in _UNSAFE or ord(ch) < 32 or ord(ch) == 127 or edge:
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
+        else:
+            out.append(ch)
+    name = "".join(out)
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        digest = content_hash(label.encode("utf-8"))[:12]
+        prefix = name.encode("utf-8")[: MAX_NAME_BYTES - 14].decode("utf-8", errors="ignore")
+        prefix = re.sub(r"%[0-9A-F]?$", "", prefix)  # never cut an escape in half
+        name = f"{prefix}~{digest}"
+    return name
+
+
+def class_folders(classes: Sequence[str]) -> dict[str, str]:
+    """{class: folder} for all classes; refuses classes whose folders would collide (also on
+    case-insensitive file systems such as macOS and Windows)."""
+    folders = {str(c): class_folder(c) for c in classes}
+    seen: dict[str, str] = {}
+    for c, f in folders.items():
+        key = f.casefold()
+        if key in seen:
+            raise ExportError(
+                f"classes {seen[key]!r} and {c!r} would share the folder {f!r} (file names ignore case on macOS "
+                f"and Windows): rename one of them, or export with format='csv' or 'hf'"
+            )
+        seen[key] = c
+    return folders
+
+
+def export_project(
+    store: SampleStore,
+    classes: Sequence[str],
+    out: str | os.PathLike,
+    format: str = "imagefolder",
+    *,
+    include_flagged: bool = False,
+    include_bad: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write the expanded dataset of `store` to `out` (see DataCrafter.export); returns the folder."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}: use one of {list(EXPORT_FORMATS)}")
+    out = Path(out).expanduser().absolute()
+    _check_target(out, store.path, overwrite)
+    rows = _rows(store.samples, include_flagged=include_flagged, include_bad=include_bad)
+    folders = class_folders(classes) if format == "imagefolder" else {}
+    with _lock:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(out)
+        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+        _remove_ours(tmp)
+        tmp.mkdir()
+        manifest = {"format": "datacrafter-export", "export_format": format, "project": str(store.path),
+                    "complete": False, "started": time.time()}
+        _write_manifest(tmp, manifest)  # marks the temp folder as ours from the start
+        try:
+            if format == "hf":
+                counts = _write_hf(store, rows, classes, tmp)
+            else:
+                counts = _write_files(store, rows, format, folders, tmp)
+            manifest.update(complete=True, finished=time.time(), counts=counts,
+                            class_folders={f: c for c, f in folders.items()})
+            _write_manifest(tmp, manifest)
+            _swap_in(tmp, out)
+        except BaseException:
+            _remove_ours(tmp)
+            raise
+    return out
+
+
+# ---- checks -----------------------------------------------------------------------------------
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _check_target(out: Path, project: Path, overwrite: bool) -> None:
+    target, proj = out.resolve(), Path(project).resolve()
+    if _inside(target, proj):
+        raise ExportError(f"cannot export into the project folder {proj} itself or a folder inside it: "
+                          f"choose a folder outside the project, e.g. {proj.parent / (proj.name + '-export')}")
+    if _inside(proj, target):
+        raise ExportError(f"cannot export to {out}: it contains the project {proj}, which the export would "
+                          f"replace; choose a new folder outside the project, e.g. {proj.parent / (proj.name + '-export')}")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file: choose a folder name for the export")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty: choose a new folder or pass overwrite=True")
+        if not _is_ours(out):
+            raise ExportError(
+                f"{out} holds files that no datacrafter export wrote (it has no {MANIFEST}), so overwrite=True "
+                f"will not replace it: choose a new folder, or move or delete {out} yourself"
+            )
+
+
+def _is_ours(folder: Path) -> bool:
+    try:
+        doc = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == "datacrafter-export"
+
+
+def _rows(s: pd.DataFrame, *, include_flagged: bool, include_bad: bool) -> pd.DataFrame:
+    gen = s["source"] == "generated"
+    fb = s["feedback"].astype(str)
+    drop = fb == "removed"
+    if not include_bad:
+        drop |= gen & (fb == "bad")
+    if not include_flagged:
+        drop |= gen & (s["flag"].astype(str) != "") & (fb != "good")
+    rows = s[~drop].copy()
+    rows["export_split"] = np.where(rows["split"] == "test", "test", "train")
+    return rows
+
+
+def image_bytes(store: SampleStore, sample_id: str, file: str, expected_hash: str) -> bytes:
+    """The stored PNG of a sample, checked: inside the project, present, and matching its content hash."""
+    path = _project_file(store, sample_id, file)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise StoreError(
+            f"sample {sample_id}: its image file {file} is missing from project {store.path}: restore the file from "
+            f"a backup, or drop the sample with crafter.feedback(removed=[{sample_id!r}]) and export again"
+        ) from None
+    if expected_hash and content_hash(data) != expected_hash:
+        raise StoreError(
+            f"sample {sample_id}: its image file {file} in project {store.path} is truncated or changed (its content "
+            f"hash is not {expected_hash}): restore the file from a backup, or drop the sample with "
+            f"crafter.feedback(removed=[{sample_id!r}]) and export again"
+        )
+    return data
+
+
+def _project_file(store: SampleStore, sample_id: str, file: str) -> Path:
+    root = Path(store.path).resolve()
+    path = (root / str(file)).resolve()
+    if not _inside(path, root) or path == root:
+        raise StoreError(
+            f"sample {sample_id}: its file column {file!r} points outside project {store.path}; the samples table "
+            f"was edited by hand or damaged: nothing outside the project is read. Restore samples.parquet from a backup"
+        )
+    return path
+
+
+# ---- writers ------------------------------------------------------------------------------------
+def _write_files(store: SampleStore, rows: pd.DataFrame, format: str, folders: dict[str, str], tmp: Path) -> dict[str, int]:
+    files = []
+    for r in rows.itertuples(index=False):
+        if format == "imagefolder":
+            rel = Path(r.export_split) / folders[str(r.label)] / f"{r.id}.png"
+        else:
+            rel = Path("images") / f"{r.id}.png"
+        data = image_bytes(store, str(r.id), str(r.file), str(r.hash))
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_bytes(data)
+        files.append(rel.as_posix())
+    table = rows.drop(columns=["file"]).assign(file=files)
+    table.to_csv(tmp / "samples.csv", index=False)
+    return {str(k): int(v) for k, v in rows["export_split"].value_counts().items()}
+
+
+def _write_hf(store: SampleStore, rows: pd.DataFrame, classes: Sequence[str], tmp: Path) -> dict[str, int]:
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError("format='hf' needs the `datasets` package: pip install 'datacrafter-widget[hf]'") from err
+    images = [{"bytes": image_bytes(store, str(i), str(f), str(h)), "path": None}
+              for i, f, h in zip(rows["id"], rows["file"], rows["hash"])]
+    data: dict[str, list[Any]] = {"image": images}
+    for c in rows.columns:
+        if c in ("file", "image"):
+            continue
+        col = rows[c]
+        if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            data[c] = col.tolist()
+        else:  # text, or mixed attribute columns: strings with None for missing
+            data[c] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in col]
+    ds = datasets.Dataset.from_dict(data)
+    ds = ds.cast_column("image", datasets.Image())
+    ds = ds.cast_column("label", datasets.ClassLabel(names=list(classes)))
+    dd = datasets.DatasetDict({split: ds.filter(lambda e, s=split: e["export_split"] == s)
+                               for split in sorted(set(rows["export_split"]))})
+    dd.save_to_disk(str(tmp))
+    return {str(k): len(v) for k, v in dd.items()}
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
+
+
+# ---- swap and clean-up -----------------------------------------------------------------------------
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Put the complete export `tmp` under the name `out`; the old export is removed only afterwards."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if _exchange(tmp, out):  # tmp now holds the old export
+        shutil.rmtree(tmp)
+        return
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    os.rename(out, old)     # a kill right here leaves old + tmp; clean_stale puts old back
+    os.rename(tmp, out)
+    shutil.rmtree(old)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers: exports in this process run one at a time
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_ours(folder: Path) -> None:
+    """Remove a temp folder only if an export wrote it (carries the manifest) or it is empty."""
+    if not folder.is_dir():
+        return
+    only_manifest_temp = all(re.fullmatch(rf"{re.escape(MANIFEST)}\.tmp-\d+", p.name) for p in folder.iterdir())
+    if _is_ours(folder) or only_manifest_temp:  # killed while writing the first manifest
+        shutil.rmtree(folder)
+    else:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def clean_stale(out: str | os.PathLike) -> list[Path]:
+    """Clean up after exports to `out` killed part way (by dead processes); returns what was removed.
+
+    A killed two-rename swap may have left the old export under `<name>.old-<pid>` and no `out`:
+    it is put back first, so the old export is never lost."""
+    out = Path(out).expanduser().absolute()
+    pattern = re.compile(rf"^{re.escape(out.name)}\.(tmp|old)-(\d+)$")
+    stale = []
+    if out.parent.is_dir():
+        for p in out.parent.iterdir():
+            m = pattern.match(p.name)
+            if m and p.is_dir() and not _pid_alive(int(m.group(2))):
+                stale.append((m.group(1), p))
+    for kind, p in sorted(stale, key=lambda x: x[0]):  # "old" before "tmp"
+        if kind == "old" and not out.exists() and _is_ours(p):
+            os.rename(p, out)
+            continue
+    removed = []
+    for _, p in stale:
+        if p.exists():
+            _remove_ours(p)
+            if not p.exists():
+                removed.append(p)
+    return removed
