@@ -151,6 +151,8 @@ class DataCrafter:
         # where rounds, bulk captions and embeddings run (backends.py); a project remembers its choice
         self._backend: Backend = backend_from_config((store.read_json("project.json", {}) or {}).get("backend"))
         self.rounds_runner.backend = self._backend.for_models(self.models)
+        self._student: Any = None  # this project's student (never kept on the shared Models object)
+        mark_interrupted_rounds(store)  # rounds a killed kernel left "running"
 
     @property
     def backend(self) -> Backend:
@@ -168,8 +170,6 @@ class DataCrafter:
         if not self.store.readonly:
             meta = self.store.read_json("project.json", {}) or {}
             self.store.write_json("project.json", {**meta, "backend": new.config()})
-        self._student: Any = None  # this project's student (never kept on the shared Models object)
-        mark_interrupted_rounds(store)  # rounds a killed kernel left "running"
 
     # ---- real images ----------------------------------------------------------------------------
     def _store_real(self, ds: Dataset) -> None:
