@@ -192,3 +192,13 @@ def test_cancel_keeps_what_finished(ray_env, tmp_path):
         actors = list(backend.actors)
         more = c.generate(per_class=1, strategy="class", classes=["5"], progress=False)
         assert len(more) == 1 and backend.actors == actors
+
+
+def test_run_config_backend_section():
+    from datacrafter_widget.app.headless import ConfigError, load_config
+
+    cfg = load_config({"backend": {"kind": "ray", "address": "auto", "workers": 2, "gpus_per_worker": 1}})
+    assert backend_from_config(cfg["backend"]).config()["workers"] == 2
+    assert load_config({})["backend"] == {"kind": "local"}
+    with pytest.raises(ConfigError, match=r"\[backend\].*unknown backend kind 'dask'"):
+        load_config({"backend": {"kind": "dask"}})

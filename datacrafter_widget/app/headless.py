@@ -26,7 +26,7 @@ class ConfigError(ValueError):
     """A bad run configuration; the message names the key and the fix."""
 
 
-_SECTIONS = {"project", "seed", "title", "dataset", "models", "rounds", "feedback", "evolve", "gap", "student"}
+_SECTIONS = {"project", "seed", "title", "dataset", "models", "rounds", "feedback", "evolve", "gap", "student", "backend"}
 _DEFAULTS: dict[str, Any] = {
     "project": "runs/headless",
     "seed": 0,
@@ -38,6 +38,7 @@ _DEFAULTS: dict[str, Any] = {
     "evolve": {"enabled": False, "population": 4, "generations": 1, "batch": 4, "per_class": 5},
     "gap": {"enabled": False, "per_class": 3, "steps": 30},
     "student": {"kind": "auto", "epochs": None, "seed": 0, "evaluate_each_round": True},
+    "backend": {"kind": "local"},   # or kind = "ray", address = "auto", workers = 2, gpus_per_worker = 1 (docs/ray.md)
 }
 
 
@@ -100,6 +101,12 @@ def load_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
                           "or 'none'")
     if cfg["gap"].get("masks", "none") != "none" and cfg["gap"].get("sources", "none") == "none":
         raise ConfigError("gap.masks needs gap.sources = 'train': masks keep the object of a source image")
+    from ..controller.backends import BackendError, backend_from_config
+
+    try:
+        backend_from_config(cfg["backend"])
+    except (BackendError, TypeError, ValueError) as err:
+        raise ConfigError(f"[backend]: {err}") from err
     cfg["_base"] = str(base)
     return cfg
 
@@ -276,7 +283,7 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
     ds = _dataset(cfg, base)
     test = ds.test
     models = models if models is not None else _models(cfg)
-    crafter = DataCrafter(ds, models=models, project=project)
+    crafter = DataCrafter(ds, models=models, project=project, backend=cfg["backend"])
     starter_kit = cfg["models"]["kind"] == "starter"
     rows: list[dict[str, Any]] = []
     per_class_frames: list[pd.DataFrame] = []
