@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import tiny_models
 
 import datacrafter_widget as dc
 from datacrafter_widget.controller.backends import (
@@ -22,7 +23,6 @@ from datacrafter_widget.controller.backends import (
     backend_from_config,
     plan_batches,
 )
-from tiny_models import tiny_models
 
 REPO = Path(__file__).resolve().parent.parent
 PROVENANCE = ["label", "prompt", "negative_prompt", "seed", "steps", "guidance", "strength", "parent_id", "round",
@@ -113,7 +113,7 @@ def _assert_same_round(local, remote):
 
 
 def test_tiny_round_on_ray_matches_local(ray_env, tmp_path):
-    kw = dict(per_class=1, strategy=["class", "perturb"], classes=["0", "1", "2"], batch_size=2, progress=False)
+    kw = {"per_class": 1, "strategy": ["class", "perturb"], "classes": ["0", "1", "2"], "batch_size": 2, "progress": False}
     with dc.DataCrafter(_ds(), models=tiny_models(), project=tmp_path / "local") as local:
         local.generate(**kw)
         backend = RayBackend(workers=2)
@@ -129,7 +129,7 @@ def test_tiny_round_on_ray_matches_local(ray_env, tmp_path):
 
 def test_starter_round_on_ray_matches_local(ray_env, tmp_path):
     models = dc.starter.models()
-    kw = dict(per_class=1, strategy="caption", classes=["3", "7"], steps=3, batch_size=2, progress=False)
+    kw = {"per_class": 1, "strategy": "caption", "classes": ["3", "7"], "steps": 3, "batch_size": 2, "progress": False}
     with dc.DataCrafter(_ds(), models=models, project=tmp_path / "local") as local:
         local.generate(**kw)
         with dc.DataCrafter(_ds(), models=models, project=tmp_path / "ray") as remote:
@@ -137,7 +137,7 @@ def test_starter_round_on_ray_matches_local(ray_env, tmp_path):
             _assert_same_round(local, remote)
             backend = RayBackend(workers=1)
             images = [remote.store.image(i) for i in remote.samples["id"][:3]]
-            assert list(backend.caption_images(models, [images]))[0] == models.captioner(images)
+            assert next(iter(backend.caption_images(models, [images]))) == models.captioner(images)
             backend.close()
 
 

@@ -22,6 +22,7 @@ so an image and its provenance (batch_id, batch_index) are the same on either ba
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -103,7 +104,7 @@ def image_requests(requests: Sequence[Any], sources: Sequence[Image.Image] | Non
 class _Seam:
     """A backend bound to a model bundle, callable as the round runner's `ImageBackend`."""
 
-    def __init__(self, backend: "Backend", models: Any) -> None:
+    def __init__(self, backend: Backend, models: Any) -> None:
         self.backend = backend
         self.models = models
 
@@ -117,7 +118,9 @@ class _Seam:
                  settings: Any) -> Iterator[BatchResult]:
         models = self.models
         if generator is not getattr(models, "__dict__", {}).get("_models", {}).get("generator"):
-            from ..models.bundle import Models  # the runner may render with another generator: use it
+            from ..models.bundle import (
+                Models,  # the runner may render with another generator: use it
+            )
 
             models = Models(generator=generator)
             models.spec = spec_of(self.models)
@@ -163,7 +166,7 @@ class LocalBackend:
         """Plain data that `backend_from_config` turns back into this backend (project.json, [backend])."""
         return {"kind": "local"}
 
-    def for_models(self, models: Any) -> "_Seam":
+    def for_models(self, models: Any) -> _Seam:
         """This backend as the round runner's image seam, for one model bundle."""
         return _Seam(self, models)
 
@@ -404,7 +407,7 @@ class RayBackend:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
         try:
             return list(ray.get(refs))
-        except Exception as err:  # noqa: BLE001 - re-raised with what to check
+        except Exception as err:
             raise BackendError(f"a Ray worker could not load the models: {err}. Every node needs datacrafter-widget "
                                "installed and the model files (hub cache or local folder) reachable") from err
 
@@ -435,10 +438,8 @@ class RayBackend:
             return
         if ray.is_initialized():
             for a in pool.actors:
-                try:
+                with contextlib.suppress(Exception):  # already gone
                     ray.kill(a)
-                except Exception:  # noqa: BLE001 - already gone
-                    pass
 
     # ---- work -------------------------------------------------------------------------------------
     def generate(self, models: Any, requests: Sequence[ImageRequest], *, batch_size: int = 8, cancel: Any = None,
@@ -515,10 +516,8 @@ class RayBackend:
         finally:
             if pending:
                 for ref in pending:
-                    try:
+                    with contextlib.suppress(Exception):  # already finished
                         ray.cancel(ref)
-                    except Exception:  # noqa: BLE001 - already finished
-                        pass
                 if token is not None:
                     for k in pool.alive():
                         pool.actors[k].stop.options(concurrency_group="control").remote(token)

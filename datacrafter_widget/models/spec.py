@@ -51,7 +51,7 @@ class ModelSpec:
             pass
         return models
 
-    def with_kwargs(self, **kwargs: Any) -> "ModelSpec":
+    def with_kwargs(self, **kwargs: Any) -> ModelSpec:
         """A copy with some arguments replaced (e.g. device="cuda" on GPU workers)."""
         return replace(self, kwargs={**self.kwargs, **kwargs})
 
