@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     checker = train_checker(steps=args.checker_steps)
     for k, v in checker.heldout_accuracy.items():
         figures[f"checker_{k}_real_heldout"] = v
-    print(f"checker accuracy on real held-out renders: " +
+    print("checker accuracy on real held-out renders: " +
           ", ".join(f"{k} {100 * v:.1f}%" for k, v in checker.heldout_accuracy.items()) + f"  ({time.time() - t:.0f}s to train)")
 
     models = load_starter_models(weights_dir=args.weights)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # --- text-to-image on held-out attribute combinations
     prompts, want = [], []
     for d, fg, bg in HELDOUT_TRIPLES:
-        for s in range(args.seeds):
+        for _ in range(args.seeds):
             prompts.append(prompt_text(d, fg, bg))
             want.append((d, fg, bg))
     t = time.time()

@@ -62,6 +62,7 @@ def training_data(name: str, seed: int):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    p.add_argument("--seed-list", default="", help="explicit comma list of seeds (e.g. 3,4 to split a run over processes)")
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {list(SETTINGS)}")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     for opt, typ in (("steps", int), ("width", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
@@ -80,7 +81,7 @@ def main() -> None:
     summary = []
     for name in names:
         accs, secs = [], []
-        for seed in range(args.seeds):
+        for seed in ([int(x) for x in args.seed_list.split(",")] if args.seed_list else range(args.seeds)):
             ds, images, labels = training_data(name, seed)
             t = time.perf_counter()
             student = train_student(images, labels, ds.classes, kind="cnn", seed=seed, progress=False, **overrides)

@@ -8,7 +8,7 @@ class prompt. Writes a montage: rows = source, learned tokens, untrained tokens,
 
     PYTHONPATH=. python benchmarks/diag_gap_masked.py
 """
-import time, torch, numpy as np
+import torch
 torch.set_num_threads(1)
 import datacrafter_widget as dc
 from datacrafter_widget.loop.gap import optimise_prompt_tokens, generate_with_tokens, student_loss_on

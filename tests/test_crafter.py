@@ -434,15 +434,17 @@ def test_the_whole_loop_through_the_controller(ds, tmp_path):
     models = dc.Models(generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=STEPS),
                        embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))  # own: gets a student
     crafter = dc.DataCrafter(ds, models=models, project=tmp_path / "loop")
+    crafter.heldout_options = {"steps": 2}      # the held-out student per round (student_acc), kept quick
     ids = crafter.generate(per_class=1, strategy="class", filter=False, progress=False)
     student = crafter.train_student(epochs=1, progress=False)
     assert crafter.student is student and (crafter.project / "student" / "student.json").is_file()
     result = crafter.evaluate()
     assert 0.0 <= result["accuracy"] <= 1.0 and result["n"] == len(crafter.dataset.test)
-    m = crafter.metrics
-    assert m["round"].tolist() == [1] and m.loc[0, "n_generated"] == len(ids)
-    assert {"informativeness", "class_maintenance", "diversity", "distance", "flagged", "bad"} <= set(m.columns)
-    assert m.loc[0, "strategies"] == "class" and 0.0 <= m.loc[0, "class_maintenance"] <= 1.0
+    m = crafter.metrics       # round 0: the real images alone (student_acc only)
+    assert m["round"].tolist() == [0, 1] and m.loc[1, "n_generated"] == len(ids)
+    assert {"informativeness", "class_maintenance", "diversity", "distance", "flagged", "bad", "student_acc"} <= set(m.columns)
+    assert m.loc[1, "strategies"] == "class" and 0.0 <= m.loc[1, "class_maintenance"] <= 1.0
+    assert m["student_acc"].between(0, 1).all()
 
     crafter.feedback(bad=ids[:2], good=ids[2:4], bad_labels=["blurry"])
     bad_classes = sorted(crafter.store.row(i)["label"] for i in ids[:2])
@@ -459,7 +461,7 @@ def test_the_whole_loop_through_the_controller(ds, tmp_path):
     assert set(crafter.samples.set_index("id").loc[gap, "strategy"]) == {"gap"}
     assert crafter.rounds[-1]["strategies"] == ["gap"] and crafter.rounds[-1]["status"] == "done"
     assert np.array_equal(np.asarray(crafter.regenerate(gap[0])), np.asarray(crafter.store.image(gap[0])))
-    assert crafter.metrics["round"].tolist() == [1, 2, 3]
+    assert crafter.metrics["round"].tolist() == [0, 1, 2, 3]
     crafter.close()
     with dc.DataCrafter.open(crafter.project, models=crafter.models) as again:
         again.models.student = None

@@ -100,6 +100,13 @@ def test_overwrite_replaces_only_an_earlier_export(tmp_path):
     (tmp_path / "empty").mkdir()  # an empty folder is fine without overwrite
     assert_complete(export_project(store, ["a", "b"], tmp_path / "empty", format="csv"), store.samples, store.path)
 
+    link = tmp_path / "latest"
+    link.symlink_to(out)  # through a link: the folder it points to is replaced, the link stays
+    store.add([make_image(8)], [{"label": "b", "split": "train"}])
+    assert export_project(store, ["a", "b"], link, overwrite=True) == out.resolve()
+    assert link.is_symlink() and link.resolve() == out.resolve()
+    assert_complete(link, store.samples, store.path)
+
 
 def test_hf_export_is_self_contained_and_marked(tmp_path):
     datasets = pytest.importorskip("datasets")

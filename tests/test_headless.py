@@ -52,7 +52,7 @@ def test_full_loop_writes_samples_metrics_and_report(tmp_path, tiny_models):
     store = SampleStore(result.project, readonly=True)
     s = store.samples
     gen = s[s["source"] == "generated"]
-    assert set(gen["strategy"]) == {"class", "caption", "custom", "gap"}
+    assert set(gen["strategy"]) == {"class", "caption", "evolved", "gap"}
     # The fake checker sees a "1" everywhere: every generated image of another class is marked bad.
     checked = gen[gen["strategy"] != "gap"]
     assert (checked[checked["label"] != "1"]["feedback"] == "bad").all()

@@ -200,6 +200,12 @@ def test_each_project_keeps_its_own_student(tmp_path):
             two.evaluate(small_ds(("c", "d"), 1))
     with dc.DataCrafter.open(tmp_path / "one", models=models) as again:
         assert again.student is not None and again.student.classes == ["a", "b"]  # reloaded from its project
+    weights = tmp_path / "one" / "student" / "student.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with dc.DataCrafter.open(tmp_path / "one", models=models) as again:
+        assert again.student is None
+        with pytest.raises(ValueError, match=r"saved student in .*student is damaged.*train_student\(\)"):
+            again.evaluate(small_ds(("a", "b"), 1))
 
 
 # ---- dataset import ----------------------------------------------------------------------------------------

@@ -268,3 +268,63 @@ def test_metrics_show_heldout_student_accuracy_per_round(tmp_path, monkeypatch):
     with pytest.raises(TypeError, match="heldout must be a dc.Dataset"):
         crafter.heldout = "test"
     crafter.close()
+
+
+# ---- torchvision classifiers by name (the Stable Diffusion path's student) --------------------------
+def test_torchvision_classifier_by_name_trains_from_scratch_offline(tmp_path, monkeypatch):
+    import urllib.request
+
+    def no_network(*a, **k):
+        raise AssertionError("the student tried to download something")
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    images, labels = _colour_set()
+    student = train_student(images, labels, backbone="mobilenet_v3_small", image_size=32, epochs=1, progress=False)
+    assert student.config.kind == "backbone" and student.config.backbone == "mobilenet_v3_small"
+    assert student.config.weights == "" and student.logits(images).shape == (12, 2)
+    loaded = Student.load(student.save(tmp_path / "s"))
+    assert torch.allclose(loaded.logits(images), student.logits(images))
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    student.logits_from_pixels(x).sum().backward()
+    assert x.grad is not None
+
+
+def test_user_supplied_weights_load_into_a_named_torchvision_model(tmp_path):
+    import torchvision
+    from safetensors.torch import save_file
+
+    from datacrafter_widget.loop.student import _named_backbone
+
+    source = torchvision.models.mobilenet_v3_small()          # 1000-class head, as published weights have
+    with torch.no_grad():
+        source.features[0][0].weight.fill_(0.125)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save(state, tmp_path / "w.pth")
+    for path in (tmp_path / "w.safetensors", tmp_path / "w.pth"):
+        net = _named_backbone("torchvision:mobilenet_v3_small", 2, weights=path)
+        assert torch.equal(net.features[0][0].weight, source.features[0][0].weight)
+        assert net.classifier[-1].out_features == 2                 # the head is replaced after loading
+    images, labels = _colour_set()
+    student = train_student(images, labels, backbone="mobilenet_v3_small", weights=tmp_path / "w.safetensors",
+                            image_size=32, steps=1, lr=1e-9, progress=False)
+    assert student.config.weights == str(tmp_path / "w.safetensors")
+    assert torch.allclose(student.net.features[0][0].weight, source.features[0][0].weight, atol=1e-6)
+
+
+def test_bad_backbone_names_and_weights_give_clear_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    images, labels = _colour_set()
+    with pytest.raises(StudentError, match=r"torchvision has no classifier 'resnet1800'.*did you mean.*resnet18"):
+        train_student(images, labels, backbone="resnet1800", epochs=1, progress=False)
+    with pytest.raises(StudentError, match="is not understood"):
+        train_student(images, labels, backbone="keras:resnet18", epochs=1, progress=False)
+    with pytest.raises(StudentError, match="does not exist"):
+        train_student(images, labels, backbone="resnet18", weights=tmp_path / "missing.safetensors", progress=False)
+    save_file({"conv.weight": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(StudentError, match="do not fit torchvision model 'mobilenet_v3_small'"):
+        train_student(images, labels, backbone="mobilenet_v3_small", weights=tmp_path / "other.safetensors",
+                      image_size=32, progress=False)
+    with pytest.raises(StudentError, match="pass backbone="):
+        train_student(images, labels, weights=tmp_path / "other.safetensors", progress=False)

@@ -71,17 +71,16 @@ def load_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         cfg[key] = value
     if not isinstance(cfg["rounds"], list):
         raise ConfigError("rounds must be an array of tables: [[rounds]] strategy = \"class\" per_class = 5")
-    from ..loop.strategies import STRATEGIES
+    from ..controller.round_spec import RoundSpec, RoundSpecError
+    from ..loop.strategies import GENERATE_STRATEGIES
 
     for i, r in enumerate(cfg["rounds"]):
         if not isinstance(r, Mapping) or "strategy" not in r:
-            raise ConfigError(f"rounds[{i}] needs a strategy (one of {list(STRATEGIES)})")
-        strategies = [r["strategy"]] if isinstance(r["strategy"], str) else list(r["strategy"])
-        bad = [s for s in strategies if s not in STRATEGIES]
-        if bad:
-            raise ConfigError(f"rounds[{i}].strategy {bad} is unknown: use one of {list(STRATEGIES)}")
-        if int(r.get("per_class", 1)) < 1:
-            raise ConfigError(f"rounds[{i}].per_class must be at least 1")
+            raise ConfigError(f"rounds[{i}] needs a strategy (one of {list(GENERATE_STRATEGIES)})")
+        try:  # a round table is a RoundSpec: the same checks as crafter.generate and the widget
+            RoundSpec.from_dict({"per_class": 5, **r})
+        except RoundSpecError as err:
+            raise ConfigError(f"rounds[{i}]: {err}") from err
     kind = cfg["dataset"].get("kind")
     if kind not in ("starter", "folder"):
         raise ConfigError(f"dataset.kind {kind!r} is unknown: use 'starter' (colored digits) or 'folder' (ImageFolder layout)")
@@ -271,6 +270,7 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
     models / checker override the config's models and the starter checker (scripts and tests).
     """
     from ..controller.crafter import DataCrafter
+    from ..controller.round_spec import RoundSpec, round_seed
     from ..controller.rounds import evolve_store, gap_round
     from ..loop.evolution import default_compose
     from ..starter.prompts import starter_compose, starter_vocabulary
@@ -310,11 +310,10 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
     try:
         student = record("real only")
         each = bool(cfg["student"].get("evaluate_each_round", True))
-        seed = int(cfg["seed"])
         for i, r in enumerate(cfg["rounds"]):
-            ids = crafter.generate(per_class=int(r.get("per_class", 5)), strategy=r["strategy"], steps=r.get("steps"),
-                                   guidance=r.get("guidance"), seed=seed * 1_000_003 + 10_000 * (i + 1),
-                                   filter=bool(r.get("filter", True)), progress=progress)
+            # the round's spec is the TOML table; its seeds follow the one seed policy (round_seed), so the
+            # same table gives the same images as crafter.generate(spec=...) in the same round number
+            ids = crafter.generate(spec=RoundSpec.from_dict({"per_class": 5, **r}), progress=progress)
             name = r["strategy"] if isinstance(r["strategy"], str) else "+".join(r["strategy"])
             if checker is not None:
                 fb = simulated_feedback(crafter, ids, checker)
@@ -331,14 +330,12 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
                 vocabulary=ev_cfg.get("vocabulary") or (starter_vocabulary() if starter_kit else None),
                 compose=starter_compose if starter_kit else default_compose(ev_cfg.get("template", "a photo of a {class}")),
                 population=int(ev_cfg.get("population", 4)), generations=int(ev_cfg.get("generations", 1)),
-                batch=int(ev_cfg.get("batch", 4)), seed=seed, progress=progress,
+                batch=int(ev_cfg.get("batch", 4)), seed=round_seed(crafter.next_round()), progress=progress,
             )
             evolution_lines = result.report().splitlines()
             log("prompt evolution:\n" + result.report())
-            ids = crafter.generate(per_class=int(ev_cfg.get("per_class", 5)), strategy="custom",
-                                   prompts={c: [p] for c, p in result.prompts.items()},
-                                   negative_prompts=result.negative_prompts, classes=list(result.prompts),
-                                   seed=seed * 1_000_003 + 900_000, progress=progress)
+            ids = crafter.generate(per_class=int(ev_cfg.get("per_class", 5)), strategy="evolved",
+                                   classes=list(result.prompts), progress=progress)
             if checker is not None:
                 fb = simulated_feedback(crafter, ids, checker)
                 fb_rows.append({"stage": "evolved prompts", **fb})
@@ -352,7 +349,7 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
             rnd = crafter.next_round()
             ids, results = gap_round(crafter.store, crafter.models.require("generator", "GAP"), student, crafter.classes,
                                      target=gap_cfg.get("target"), embedder=crafter.models.embedder if crafter.models.has("embedder") else None,
-                                     per_class=int(gap_cfg.get("per_class", 3)), round=rnd, seed=seed,
+                                     per_class=int(gap_cfg.get("per_class", 3)), round=rnd, seed=None,
                                      config=GapConfig(**settings), progress=progress,
                                      shared=bool(gap_cfg.get("shared", False)),
                                      sources=None if gap_cfg.get("sources", "none") == "none" else gap_cfg["sources"],

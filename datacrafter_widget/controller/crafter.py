@@ -696,8 +696,14 @@ class DataCrafter:
         if self.models.has("student"):
             return self.models.student
         if (self.project / "student" / "student.json").is_file():
-            self._student = Student.load(self.project / "student",
-                                         embedder=self.models.embedder if self.models.has("embedder") else None)
+            try:
+                self._student = Student.load(self.project / "student",
+                                             embedder=self.models.embedder if self.models.has("embedder") else None)
+            except StudentError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a truncated or edited file: the student can be trained again
+                raise StudentError(f"the saved student in {self.project / 'student'} is damaged ({type(exc).__name__}: "
+                                   f"{str(exc)[:120]}): train it again with crafter.train_student()") from None
             return self._student
         raise StudentError("no student yet: call crafter.train_student() first")
 

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.images import content_hash
-from ..data.store import SampleStore, StoreError, atomic_write_bytes
+from ..data.store import DamagedFileError, SampleStore, atomic_write_bytes
 
 EXPORT_FORMATS = ("imagefolder", "csv", "hf")
 MANIFEST = "datacrafter-export.json"
@@ -103,6 +103,8 @@ def export_project(
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}: use one of {list(EXPORT_FORMATS)}")
     out = Path(out).expanduser().absolute()
+    if out.is_symlink():  # replace the folder it points to, not the link
+        out = out.resolve()
     _check_target(out, store.path, overwrite)
     rows = _rows(store.samples, include_flagged=include_flagged, include_bad=include_bad)
     folders = class_folders(classes) if format == "imagefolder" else {}
@@ -182,12 +184,12 @@ def image_bytes(store: SampleStore, sample_id: str, file: str, expected_hash: st
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise StoreError(
+        raise DamagedFileError(
             f"sample {sample_id}: its image file {file} is missing from project {store.path}: restore the file from "
             f"a backup, or drop the sample with crafter.feedback(removed=[{sample_id!r}]) and export again"
         ) from None
     if expected_hash and content_hash(data) != expected_hash:
-        raise StoreError(
+        raise DamagedFileError(
             f"sample {sample_id}: its image file {file} in project {store.path} is truncated or changed (its content "
             f"hash is not {expected_hash}): restore the file from a backup, or drop the sample with "
             f"crafter.feedback(removed=[{sample_id!r}]) and export again"
@@ -199,7 +201,7 @@ def _project_file(store: SampleStore, sample_id: str, file: str) -> Path:
     root = Path(store.path).resolve()
     path = (root / str(file)).resolve()
     if not _inside(path, root) or path == root:
-        raise StoreError(
+        raise DamagedFileError(
             f"sample {sample_id}: its file column {file!r} points outside project {store.path}; the samples table "
             f"was edited by hand or damaged: nothing outside the project is read. Restore samples.parquet from a backup"
         )

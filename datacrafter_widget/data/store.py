@@ -21,6 +21,12 @@ hold full row snapshots, so the replay is idempotent.
 
 A process killed at any moment leaves only complete files under their real names; stale
 `*.tmp-<pid>` files are ignored by readers and removed by the next writer.
+
+Files damaged from outside (a disk, a sync tool, a hand edit) are named, never read as garbage:
+primary files (samples.parquet, a segment, project.json, rounds.json, feedback.json, an image)
+raise DamagedFileError with the file and what to do; a missing segment in the middle of the log
+warns (DamagedProjectWarning); derived files (embedding parts, read_json(..., derived=True)
+documents such as map.json) count as missing and are computed again.
 """
 from __future__ import annotations
 

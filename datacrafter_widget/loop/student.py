@@ -3,8 +3,10 @@
 It is trained on the real training images plus the generated images the person accepted, and
 evaluated on a held-out split; GAP backpropagates through it, so its forward pass on a pixel
 tensor is differentiable. Defaults follow the data: a small CNN for small images (the 32x32
-starter kit), a linear probe on CLIP features for real photos, or fine-tuning a backbone the
-user names (torchvision / timm) or passes in. Stored as safetensors + json, never pickle.
+starter kit), a linear probe on CLIP features for real photos, or a torchvision classifier the
+user names ("resnet18", "resnet50", ...) trained from scratch or from a local weights file, or a
+module the user passes in (train_student's docstring says which options need a download: only
+pretrained=True). Stored as safetensors + json, never pickle.
 
 The small CNN is the product's yardstick, so it must learn digit *shape* from few images: four
 conv blocks that keep a 2x2 spatial map before the head (three convs + global pooling could not:
@@ -69,7 +71,8 @@ class StudentConfig:
     augment: bool = True           # small random translations (never colour changes: they would hide spurious cues)
     embedder: str = ""             # probe: the embedder's name (features must come from the same model)
     feature_dim: int = 0
-    backbone: str = ""             # "torchvision:resnet18" | "timm:resnet18" | "custom"
+    backbone: str = ""             # "resnet18" (torchvision) | "torchvision:resnet18" | "timm:resnet18" | "custom"
+    weights: str = ""              # backbone: the local weights file it started from ("" = from scratch)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     trained_epochs: int = 0
@@ -116,24 +119,94 @@ def _small_cnn_v1(k: int, width: int) -> nn.Module:
     )
 
 
-def _named_backbone(spec: str, k: int, pretrained: bool) -> nn.Module:
-    lib, _, name = spec.partition(":")
+def _backbone_spec(spec: str) -> tuple[str, str]:
+    """"resnet18" / "torchvision:resnet18" -> ("torchvision", "resnet18"); "timm:<name>" -> ("timm", name)."""
+    lib, sep, name = str(spec).partition(":")
+    if not sep:
+        lib, name = "torchvision", lib
+    if lib not in ("torchvision", "timm") or not name:
+        raise StudentError(f"backbone {spec!r} is not understood: use a torchvision model name such as 'resnet18', "
+                           "'timm:<name>', or pass an nn.Module")
+    return lib, name
+
+
+def _load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a local .safetensors file, or a torch state-dict file (.pt/.pth/.bin, tensors only)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise StudentError(f"weights file {str(path)!r} does not exist: pass the path of a local .safetensors or "
+                           ".pth state dict of the same architecture")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)   # tensors only, no arbitrary objects
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise StudentError(f"cannot read weights file {str(path)!r} as a state dict ({err}); "
+                           "save it with torch.save(model.state_dict(), path) or as .safetensors") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StudentError(f"weights file {str(path)!r} is not a state dict of tensors; save model.state_dict()")
+    return state
+
+
+def _replace_head(net: nn.Module, k: int, name: str) -> nn.Module:
+    for attr in ("fc", "head", "heads", "classifier"):
+        old = getattr(net, attr, None)
+        if isinstance(old, nn.Linear):
+            setattr(net, attr, nn.Linear(old.in_features, k))
+            return net
+        if isinstance(old, nn.Sequential) and isinstance(old[-1], nn.Linear):
+            old[-1] = nn.Linear(old[-1].in_features, k)
+            return net
+    raise StudentError(f"cannot find the classification head of model {name!r}: pass the model itself as backbone=")
+
+
+def _named_backbone(spec: str, k: int, pretrained: bool = False, weights: str | os.PathLike | None = None) -> nn.Module:
+    """A torchvision (or timm) classifier by name with a k-class head.
+
+    weights: a local state dict of the full model (its original head is fine: it is replaced after
+    loading). pretrained=True asks the library for its published weights, which downloads them.
+    """
+    lib, name = _backbone_spec(spec)
     if lib == "timm":
-        import timm
-        return timm.create_model(name, pretrained=pretrained, num_classes=k)
-    if lib == "torchvision":
+        try:
+            import timm
+        except ImportError:
+            raise StudentError("backbone 'timm:...' needs the timm package: pip install timm, "
+                               "or use a torchvision model name such as 'resnet18'") from None
+        if name not in timm.list_models():
+            raise StudentError(f"timm has no model {name!r}: see timm.list_models()")
+        net = timm.create_model(name, pretrained=pretrained and weights is None)
+    else:
         import torchvision
-        net = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
-        for attr in ("fc", "head", "heads", "classifier"):
-            old = getattr(net, attr, None)
-            if isinstance(old, nn.Linear):
-                setattr(net, attr, nn.Linear(old.in_features, k))
-                return net
-            if isinstance(old, nn.Sequential) and isinstance(old[-1], nn.Linear):
-                old[-1] = nn.Linear(old[-1].in_features, k)
-                return net
-        raise StudentError(f"cannot find the classification head of torchvision model {name!r}: pass the model itself as backbone=")
-    raise StudentError(f"backbone {spec!r} is not understood: use 'torchvision:<name>', 'timm:<name>' or pass an nn.Module")
+
+        known = torchvision.models.list_models(module=torchvision.models)
+        if name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(name, known, n=3)
+            raise StudentError(f"torchvision has no classifier {name!r}"
+                               + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
+                               + ": see torchvision.models.list_models(module=torchvision.models)")
+        try:
+            net = torchvision.models.get_model(name, weights="DEFAULT" if pretrained and weights is None else None)
+        except OSError as err:   # pretrained=True offline: the download failed
+            raise StudentError(f"cannot download torchvision's weights for {name!r} ({err}); train from scratch "
+                               "(pretrained=False) or pass a local file: weights='resnet18.safetensors'") from None
+    if weights is not None:
+        state = _load_weights_file(weights)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as err:
+            raise StudentError(f"weights {str(weights)!r} do not fit {lib} model {name!r}: {str(err).splitlines()[0]} "
+                               "- pass weights saved from the same architecture") from None
+    if lib == "timm":
+        net.reset_classifier(k)
+        return net
+    return _replace_head(net, k, name)
 
 
 class _HeadOn(nn.Module):
@@ -270,7 +343,8 @@ class Student:
         return cls(config, net, embedder)
 
 
-def _build_net(config: StudentConfig, backbone: nn.Module | None = None, pretrained: bool = False) -> nn.Module:
+def _build_net(config: StudentConfig, backbone: nn.Module | None = None, pretrained: bool = False,
+               weights: str | os.PathLike | None = None) -> nn.Module:
     k = len(config.classes)
     if config.kind == "cnn":
         if config.arch == "cnn3":
@@ -283,7 +357,7 @@ def _build_net(config: StudentConfig, backbone: nn.Module | None = None, pretrai
             if backbone is None:
                 raise StudentError("this student fine-tuned a custom backbone: pass the same module as backbone=")
             return _HeadOn(backbone, k, config.image_size)
-        return _named_backbone(config.backbone, k, pretrained)
+        return _named_backbone(config.backbone, k, pretrained, weights)
     raise StudentError(f"student kind {config.kind!r} is not one of 'cnn', 'probe', 'backbone'")
 
 
@@ -313,6 +387,7 @@ def train_student(
     embedder: Any = None,
     backbone: str | nn.Module | None = None,
     pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
     epochs: int | None = None,
     steps: int | None = None,
     lr: float | None = None,
@@ -335,6 +410,20 @@ def train_student(
     progress: True for a tqdm bar, False for none, or a callable(done, total) (epochs, or chunks
     of steps for the CNN's step budget).
     cancel: a threading.Event or a callable returning True to stop; the training done is kept.
+
+    Students, and which run without a download:
+      kind="cnn"                        the small CNN, from scratch (offline)
+      kind="probe", embedder=...        linear probe on the embedder's CLIP features (offline once
+                                        the embedder is loaded; a secondary student for photos)
+      backbone="resnet18"               any torchvision classifier by name (torchvision:<name> too),
+                                        from scratch (offline)
+      backbone="resnet50", weights="resnet50.safetensors"
+                                        the same, starting from a local state dict (.safetensors or
+                                        a torch .pth of tensors; its head is replaced) (offline)
+      backbone="resnet18", pretrained=True
+                                        torchvision's published weights: downloads them
+      backbone="timm:<name>"            a timm model (needs timm; pretrained=True downloads)
+      backbone=nn.Module                your own feature extractor with a new linear head (offline)
     """
     if len(images) == 0:
         raise StudentError("no training images: the student needs the real train split and/or accepted generated images")
@@ -352,7 +441,10 @@ def train_student(
     if kind == "probe" and embedder is None:
         raise StudentError("a CLIP linear-probe student needs an embedder: pass embedder=models.embedder or kind='cnn'")
     if kind == "backbone" and backbone is None:
-        raise StudentError("kind='backbone' needs backbone='torchvision:resnet18' / 'timm:<name>' or an nn.Module")
+        raise StudentError("kind='backbone' needs backbone='resnet18' (any torchvision classifier name), 'timm:<name>' or an nn.Module")
+    if weights is not None and not isinstance(backbone, str):
+        raise StudentError("weights= loads a local state dict into a named backbone: pass backbone='resnet18' (or the "
+                           "torchvision name the weights were saved from) too")
     if kind not in ("cnn", "probe", "backbone"):
         raise StudentError(f"student kind {kind!r} is not one of 'auto', 'cnn', 'probe', 'backbone'")
     for name, value in (("epochs", epochs), ("steps", steps), ("batch_size", batch_size), ("width", width)):
@@ -381,6 +473,7 @@ def train_student(
         config.lr = float(lr or 1e-4)
         config.mean, config.std = _IMAGENET_MEAN, _IMAGENET_STD
         config.backbone = backbone if isinstance(backbone, str) else "custom"
+        config.weights = str(weights) if weights is not None else ("library default" if pretrained else "")
     if kind != "cnn":
         config.batch_size = int(batch_size or 32)
         config.weight_decay = float(1e-4 if weight_decay is None else weight_decay)
@@ -407,7 +500,7 @@ def train_student(
             config.feature_dim = int(x.shape[1])
         else:
             x = pixels(images, config.image_size)
-        net = _build_net(config, backbone if isinstance(backbone, nn.Module) else None, pretrained)
+        net = _build_net(config, backbone if isinstance(backbone, nn.Module) else None, pretrained, weights)
         student = Student(config, net, embedder)
         opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps)

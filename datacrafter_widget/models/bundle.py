@@ -141,7 +141,7 @@ class Models:
         else:
             arch, pretrained = clip
             emb = Embedder.from_open_clip(arch, pretrained, device=dev)
-        if captioner is None or hasattr(captioner, "__call__") and not isinstance(captioner, str):
+        if captioner is None or callable(captioner) and not isinstance(captioner, str):
             cap = captioner
         else:
             cap = Captioner.from_pretrained(captioner, device=dev)

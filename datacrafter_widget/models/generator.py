@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers.callbacks import MultiPipelineCallbacks, SDCFGCutoffCallback
 from PIL import Image
 
 from ..data.images import to_rgb
@@ -354,23 +355,13 @@ class Generator:
                 p._interrupt = True
             return tensors
 
+        callbacks: list[Any] = [_StepHook(on_step_end)]
         guided_steps = _guided_steps(pipe, floor, steps, guidance, strength if images is not None else 1.0)
         if guided_steps == 0:
             kwargs["guidance_scale"] = 1.0  # the whole (short) chain runs below the guidance floor
-        guided = {"on": guided_steps is None or guided_steps > 0}
-
-        def on_step_end_with_floor(p, step, timestep, tensors):
-            tensors = on_step_end(p, step, timestep, tensors)
-            if guided["on"] and guided_steps is not None and step + 1 == guided_steps:
-                # Drop the unconditional half from here on: diffusers re-reads the scale every step.
-                guided["on"] = False
-                p._guidance_scale = 1.0
-                tensors["prompt_embeds"] = tensors["prompt_embeds"].chunk(2)[1]
-            return tensors
-
-        kwargs["callback_on_step_end"] = on_step_end_with_floor
-        if guided_steps:
-            kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
+        elif guided_steps is not None:
+            callbacks.append(BatchCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=guided_steps - 1))
+        kwargs["callback_on_step_end"] = MultiPipelineCallbacks(callbacks)
         with torch.no_grad():
             out = pipe(**kwargs)
         if interrupted["flag"]:
@@ -412,6 +403,38 @@ class Generator:
                 z = z * vae.config.scaling_factor
                 latents.append(perturb_latents(z.float(), scale, s).to(vae.dtype))
         return torch.cat(latents, dim=0)
+
+
+class BatchCFGCutoffCallback(SDCFGCutoffCallback):
+    """diffusers' CFG cut-off (the guidance floor), for batches of different prompts.
+
+    After step `cutoff_step_index` the pipeline runs the conditional prediction alone. The stock
+    SDCFGCutoffCallback keeps `prompt_embeds[-1:]`, the last prompt's row, which is right for one
+    prompt but gives every image of a mixed batch the last image's prompt; this keeps the whole
+    conditional half (`chunk(2)[1]`, one row per image). Guidance scale 0 after the cut-off, as
+    upstream (the pipeline then skips the unconditional pass).
+    """
+
+    def callback_fn(self, pipeline: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        cutoff = self.config.cutoff_step_index
+        if cutoff is None:
+            cutoff = int(pipeline.num_timesteps * self.config.cutoff_step_ratio)
+        if step_index == cutoff:
+            callback_kwargs["prompt_embeds"] = callback_kwargs["prompt_embeds"].chunk(2)[1]
+            pipeline._guidance_scale = 0.0
+        return callback_kwargs
+
+
+class _StepHook:
+    """Progress and cancel after every denoising step, as one of MultiPipelineCallbacks' callbacks."""
+
+    tensor_inputs: list[str] = []
+
+    def __init__(self, fn: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]) -> None:
+        self.fn = fn
+
+    def __call__(self, pipeline: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        return self.fn(pipeline, step_index, timestep, callback_kwargs)
 
 
 def _check_floor(value: Any) -> float | None:
