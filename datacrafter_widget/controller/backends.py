@@ -91,13 +91,14 @@ def image_requests(requests: Sequence[Any], sources: Sequence[Image.Image] | Non
     position in the group, which is what BatchResult.indices name."""
     out = []
     for k, r in enumerate(requests):
-        img2img = sources is not None
+        source = sources[k] if sources is not None else None
+        img2img = source is not None
         out.append(ImageRequest(
             index=k, group=0, prompt=r.prompt, negative_prompt=r.negative_prompt, seed=int(r.seed),
             steps=int(settings.steps), guidance=float(settings.guidance),
             strength=float(r.strength) if img2img else None,
             latent_perturbation=float(r.latent_perturbation) if img2img else 0.0,
-            source=sources[k] if img2img else None))
+            source=source))
     return out
 
 
@@ -143,11 +144,12 @@ def _run_group(generator: Any, reqs: Sequence[ImageRequest], *, batch_size: int,
                progress: Callable[[float, int], None] | None = None, floor: Any = OWN_FLOOR) -> Iterator[Any]:
     """One `iter_batches` call over requests of one group (the same call locally and on a worker)."""
     first = reqs[0]
-    img2img = first.strength is not None
+    strength = first.strength
+    img2img = strength is not None
     return generator.iter_batches(
         [r.prompt for r in reqs], negative_prompts=[r.negative_prompt for r in reqs], seeds=[int(r.seed) for r in reqs],
         steps=int(first.steps), guidance=float(first.guidance), images=[r.source for r in reqs] if img2img else None,
-        strength=float(first.strength) if img2img else 0.5,
+        strength=float(strength) if strength is not None else 0.5,
         latent_perturbation=float(first.latent_perturbation) if img2img else 0.0,
         batch_size=batch_size, cancel=cancel, progress=progress,
         guidance_min_sigma=first.guidance_min_sigma if floor is OWN_FLOOR else floor,
