@@ -29,12 +29,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from scipy import stats  # noqa: E402
+import numpy as np
+import torch
+from scipy import stats
 
-import datacrafter_widget as dc  # noqa: E402
-from datacrafter_widget.loop.student import evaluate, train_student  # noqa: E402
+import datacrafter_widget as dc
+from datacrafter_widget.loop.student import evaluate, train_student
 
 SETTINGS = {
     # name: (spurious, train shots used?, pool images per class)

@@ -11,6 +11,7 @@ Headless Chromium here draws WebGL with SwiftShader (on the CPU), so the frame a
 are upper bounds; the lasso and index figures are plain JavaScript and do not depend on the GPU.
 
 Usage: python benchmarks/bench_widget.py [--n 50000] [--tile 32] [--format auto|png|jpeg] [--primitive auto|quads|points]
+                                        [--screenshot DIR]  (PNGs of the overview and a zoomed-in view)
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ def main() -> None:
                     help="atlas encoding; auto = PNG up to 10,000 thumbnails, JPEG above")
     ap.add_argument("--primitive", choices=["auto", "quads", "points"], default="auto",
                     help="auto = points on software WebGL, instanced quads on a GPU")
+    ap.add_argument("--screenshot", default="", help="folder for PNG screenshots of the overview and a zoomed view")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -77,7 +79,14 @@ def main() -> None:
     tiles = thumbnails(frame, args.tile)
     w = CrafterWidget(height=600, primitive=args.primitive)
     t = time.perf_counter()
-    w.set_frame(frame)
+    rng = np.random.default_rng(1)
+    words = ["stripes", "red", "blue", "dotted", "thin", "bold", "night", "grass", "sky", "snow", "wood", "metal"]
+    labels = []
+    for k, word in enumerate(words):  # content labels on groups of points, as the projection gives them
+        members = np.flatnonzero(rng.random(args.n) < 0.02 + 0.01 * (k % 3))
+        labels.append({"text": word, "x": float(frame.x[members].median()), "y": float(frame.y[members].median()),
+                       "n": int(len(members)), "members": members.tolist()})
+    w.set_frame(frame, labels=labels)
     w.set_thumbnails(tiles, format=args.format)
     build_s = time.perf_counter() - t
     g = w.atlas_grid
@@ -100,6 +109,10 @@ def main() -> None:
         print(f"thumbnail atlas decoded + uploaded: {tm['atlasReady']:.0f} ms after render()")
 
         view = page.evaluate(f"{H}.view")
+        shots = pathlib.Path(args.screenshot) if args.screenshot else None
+        if shots:
+            shots.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shots / f"widget-{args.n}-overview.png"))
         overview = pan_frames(page, 40, 3, 2)
         # Zoom in 10x around the centre: thumbnails replace marks.
         cx, cy = view["width"] / 2, view["height"] / 2
@@ -107,6 +120,8 @@ def main() -> None:
         page.evaluate(f"{H}.setView({k}, {tx}, {ty})")
         first_thumb = page.evaluate(f"{H}.drawNow()")
         thumbs = page.evaluate(f"{H}.thumbsShown")
+        if shots:
+            page.screenshot(path=str(shots / f"widget-{args.n}-zoomed.png"))
         zoomed = pan_frames(page, 40, 4, 3)
         print(f"first frame with thumbnails after zoom-in: {first_thumb:.0f} ms (thumbnails shown: {thumbs})")
         for name, xs in ((f"overview, {args.n} marks", overview), ("zoomed, thumbnails", zoomed)):

@@ -1,5 +1,6 @@
+// @ts-check
 // Colour schemes for the projection: one RGBA (0-255) per point for each "colour by" mode,
-// plus the legend entries that explain them.
+// plus the legend entries that explain them. Pure functions (unit-tested with node --test).
 
 const CATEGORICAL = [
   [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
@@ -13,6 +14,7 @@ const FEEDBACK_COLORS = [[150, 150, 150], [46, 160, 67], [214, 39, 40], [40, 40,
 export const FLAG_NAMES = ["ok", "flagged"];
 const FLAG_COLORS = [[150, 150, 150], [255, 127, 14]];
 
+/** @param {number} h @param {number} s @param {number} l */
 function hslToRgb(h, s, l) {
   const f = (n) => {
     const k = (n + h * 12) % 12;
@@ -41,11 +43,21 @@ export function roundColor(r, maxRound) {
   return ramp(maxRound <= 1 ? 1 : (r - 1) / (maxRound - 1));
 }
 
+/** Modes computed here from the point attributes; any other mode is a column coloured from `attrs.codes`. */
+export const BUILTIN_MODES = ["class", "round", "feedback", "flag"];
+
 /**
  * Per-point colours (Uint8Array, RGBA) and legend entries [{name, rgb}] for a colour mode.
- * attrs: {cls, round, feedback, flag} typed arrays (may be empty), classNames: string[].
+ * attrs: {cls, round, feedback, flag, codes?} typed arrays (may be empty), classNames: string[],
+ * codeNames: names of attrs.codes' categories (for a column mode).
+ * @param {string} mode
+ * @param {number} n
+ * @param {{cls: ArrayLike<number>, round: ArrayLike<number>, feedback: ArrayLike<number>, flag: ArrayLike<number>, codes?: ArrayLike<number>}} attrs
+ * @param {string[]} classNames
+ * @param {string[]} [codeNames]
+ * @returns {{colors: Uint8Array, legend: {name: string, rgb: number[]}[]}}
  */
-export function computeColors(mode, n, attrs, classNames) {
+export function computeColors(mode, n, attrs, classNames, codeNames = []) {
   const out = new Uint8Array(n * 4);
   const legend = [];
   let pick;
@@ -61,6 +73,10 @@ export function computeColors(mode, n, attrs, classNames) {
   } else if (mode === "flag") {
     pick = (i) => FLAG_COLORS[attrs.flag[i] ? 1 : 0];
     FLAG_NAMES.forEach((name, k) => legend.push({ name, rgb: FLAG_COLORS[k] }));
+  } else if (!BUILTIN_MODES.includes(mode) && attrs.codes && attrs.codes.length === n) {
+    const codes = attrs.codes;
+    pick = (i) => classColor(codes[i] || 0);
+    codeNames.forEach((name, k) => legend.push({ name, rgb: classColor(k) }));
   } else {
     pick = (i) => classColor(attrs.cls[i] || 0);
     classNames.forEach((name, k) => legend.push({ name, rgb: classColor(k) }));
@@ -73,4 +89,31 @@ export function computeColors(mode, n, attrs, classNames) {
     out[4 * i + 3] = 255;
   }
   return { colors: out, legend };
+}
+
+/** Relative luminance (WCAG 2) of an sRGB colour given as 0-255 components. */
+export function luminance(rgb) {
+  const lin = (/** @type {number} */ v) => { const c = v / 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+  return 0.2126 * lin(rgb[0]) + 0.7152 * lin(rgb[1]) + 0.0722 * lin(rgb[2]);
+}
+
+/** WCAG contrast ratio of two colours (1 to 21). */
+export function contrast(a, b) {
+  const la = luminance(a), lb = luminance(b);
+  return (Math.max(la, lb) + 0.05) / (Math.min(la, lb) + 0.05);
+}
+
+/** [r, g, b] (0-255) from a CSS colour string as getComputedStyle gives it ("rgb(...)" / "rgba(...)" / "#rrggbb"); null if unknown. */
+export function parseCssColor(text) {
+  const s = String(text || "").trim();
+  let m = s.match(/^rgba?\(\s*([\d.]+)[,\s]+([\d.]+)[,\s]+([\d.]+)(?:[,\s/]+([\d.]+%?))?\s*\)$/i);
+  if (m) {
+    if (m[4] !== undefined && parseFloat(m[4]) === 0) return null; // transparent: not a colour of its own
+    return [Math.round(+m[1]), Math.round(+m[2]), Math.round(+m[3])];
+  }
+  m = s.match(/^#([0-9a-f]{6})$/i);
+  if (m) return [0, 2, 4].map((k) => parseInt(m[1].slice(k, k + 2), 16));
+  m = s.match(/^#([0-9a-f]{3})$/i);
+  if (m) return [0, 1, 2].map((k) => parseInt(m[1][k] + m[1][k], 16));
+  return null;
 }

@@ -1,3 +1,4 @@
+// @ts-check
 // WebGL2 renderer: one instanced quad per point. Zoomed in, each quad samples its thumbnail from a
 // single sprite-atlas texture (as TensorBoard's projector does); zoomed out, or without an atlas,
 // quads are drawn as small marks. Real images are squares, generated images discs (thumbnail
@@ -13,7 +14,7 @@ const VS_HEAD = (points) => `#version 300 es
 const VS = `
 layout(location=0) in vec2 a_pos;
 layout(location=1) in vec4 a_color;
-layout(location=2) in uvec4 a_state; // kind (0 real, 1 generated), selected, hidden, unused
+layout(location=2) in uvec4 a_state; // kind (0 real, 1 generated, 2 held-out test), selected, hidden, feedback (0 none, 1 good, 2 bad, 3 removed)
 uniform vec2 u_scale;   // data -> clip
 uniform vec2 u_offset;
 uniform vec2 u_viewport; // px
@@ -67,28 +68,44 @@ void main() {
 #if POINTS
   vec2 v_local = vec2(gl_PointCoord.x * 2.0 - 1.0, 1.0 - gl_PointCoord.y * 2.0);
 #endif
-  bool generated = v_state.x > 0u;
+  bool generated = v_state.x == 1u;
+  bool test = v_state.x == 2u;
   bool sel = v_state.y > 0u;
+  uint fb = v_state.w;
   float px = 2.0 / (u_size * (sel ? 1.2 : 1.0)); // one pixel in local units
-  float d = generated ? length(v_local) : max(abs(v_local.x), abs(v_local.y));
+  // real: square, generated: disc, held-out test: diamond
+  float d = generated ? length(v_local) : test ? abs(v_local.x) + abs(v_local.y) : max(abs(v_local.x), abs(v_local.y));
   if (d > 1.0) discard;
-  vec3 ring = sel ? vec3(1.0, 0.8, 0.0) : v_color.rgb;
+  vec3 yellow = vec3(1.0, 0.8, 0.0);
+  vec3 fbColor = fb == 1u ? vec3(0.10, 0.66, 0.25) : fb == 2u ? vec3(0.86, 0.10, 0.12) : vec3(0.35, 0.35, 0.35);
   float alpha = sel ? 1.0 : u_dim;
+  if (test) alpha *= 0.65;
   vec3 rgb;
   if (u_thumbs == 1) {
+    // Bands from the edge inwards: the selection (yellow) or colour-by ring, then a thick feedback band,
+    // so a mark stays visible on a selected image.
     float ringW = (sel ? 3.0 : 2.0) * px;
+    float fbW = fb > 0u ? max(4.0 * px, 0.16) : 0.0;
     if (d > 1.0 - ringW) {
-      rgb = ring;
+      rgb = sel ? yellow : (fb > 0u ? fbColor : v_color.rgb);
+    } else if (d > 1.0 - ringW - fbW) {
+      rgb = fbColor;
     } else {
       vec2 f = v_local * 0.5 + 0.5;
       f.y = 1.0 - f.y;
       f = clamp(f, u_texel / u_tileUV * 0.5, 1.0 - u_texel / u_tileUV * 0.5);
       rgb = texture(u_atlas, (v_tile + f) * u_tileUV).rgb;
+      if (test) rgb = mix(rgb, vec3(0.5), 0.45);
     }
   } else {
-    // Marks: real = filled square, generated = filled disc; a dark edge keeps them legible.
+    // Marks: filled shape with a dark edge; a feedback mark is a thick coloured edge (40% of the
+    // radius), the selection a yellow outer edge; test images are hollow.
     float edge = 1.5 * px;
-    rgb = d > 1.0 - edge ? (sel ? ring : v_color.rgb * 0.55) : (sel ? mix(v_color.rgb, ring, 0.35) : v_color.rgb);
+    if (test && d < 1.0 - max(3.0 * px, 0.45)) discard;
+    if (sel && d > 1.0 - edge) rgb = yellow;
+    else if (fb > 0u && d > 0.6) rgb = fbColor;
+    else if (d > 1.0 - edge) rgb = v_color.rgb * 0.55;
+    else rgb = sel ? mix(v_color.rgb, yellow, 0.35) : v_color.rgb;
   }
   outColor = vec4(rgb * alpha, alpha);
 }`;

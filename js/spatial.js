@@ -1,3 +1,4 @@
+// @ts-check
 // Uniform-grid spatial index over 2D points, with lasso / box / nearest queries.
 // A lasso over 50,000 points must take well under 100 ms: cells that no polygon edge touches are
 // wholly inside or outside, so one point-in-polygon test decides all their points at once; only

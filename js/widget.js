@@ -1,14 +1,24 @@
+// @ts-check
 // anywidget front end of datacrafter-widget: the projection of every real and generated image
 // (WebGL2 thumbnails or marks), content labels as words, lasso / box selection synced to Python as
-// a uint32 buffer, feedback buttons and lazily fetched hover details.
+// a uint32 buffer trait (the selection's only channel), feedback buttons with undo / redo, search,
+// colour by any column, filters, a gallery of the selection, keyboard shortcuts and lazily fetched
+// hover details. Colours follow the host's theme (JupyterLab --jp-* variables, VS Code, Colab).
 // Every string that came from a model or a user is put in the DOM with textContent, never as HTML.
 import "./widget.css";
 import { GridIndex, combineSelection } from "./spatial.js";
-import { computeColors } from "./colors.js";
+import { BUILTIN_MODES, computeColors, parseCssColor } from "./colors.js";
 import { Renderer } from "./renderer.js";
 
-const KIND_NAMES = ["real", "generated"];
+/**
+ * @typedef {Record<string, any>} Model
+ * @typedef {import("@anywidget/types").AnyModel<Model>} AnyModel
+ */
+
+const KIND_NAMES = ["real", "generated", "held-out test"];
 const FEEDBACK_TEXT = ["", "good", "bad", "removed"];
+const KIND_TEST = 2;
+const GALLERY_MAX = 120;
 
 /** Copies a synced binary trait (DataView / ArrayBuffer / typed array / null) into a fresh, aligned Uint8Array. */
 export function bytesOf(v) {
@@ -21,6 +31,12 @@ const asF32 = (v) => { const b = bytesOf(v); return new Float32Array(b.buffer, 0
 const asU16 = (v) => { const b = bytesOf(v); return new Uint16Array(b.buffer, 0, b.byteLength >> 1); };
 const asU32 = (v) => { const b = bytesOf(v); return new Uint32Array(b.buffer, 0, b.byteLength >> 2); };
 
+/**
+ * @param {string} tag
+ * @param {string} [cls]
+ * @param {HTMLElement} [parent]
+ * @returns {any}
+ */
 function el(tag, cls, parent) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
@@ -37,6 +53,7 @@ function sameU32(a, b) {
 let instanceCounter = 0;
 
 class ProjectionView {
+  /** @param {AnyModel} model @param {HTMLElement} root */
   constructor(model, root) {
     this.model = model;
     this.root = root;
@@ -52,6 +69,7 @@ class ProjectionView {
     this.activeLabel = null;
     this.details = new Map(); // index -> {fields, url}
     this.placedLabels = [];
+    this.overlaps = [];
     this.lasso = null;
     this.lastPolygon = null;
     this.dirty = false;
@@ -71,81 +89,118 @@ class ProjectionView {
     this.loadSelectionFromModel();
     this.syncStatus();
     this.syncProgress();
+    this.syncFilters();
+    this.syncHistory();
     this.bindModel();
     this.bindPointer();
+    this.bindKeys();
     this.publishDebugHandle();
   }
 
   // ---------------------------------------------------------------- DOM
+  button(parent, text, tip, onClick, cls = "") {
+    const b = el("button", cls, parent);
+    b.textContent = text;
+    b.title = tip;
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
   buildDom() {
     const root = this.root;
     root.classList.add("dcw-root");
     root.dataset.dcwId = String(this.id);
+    root.tabIndex = 0; // keyboard shortcuts work once the map has focus
+    root.setAttribute("data-lm-suppress-shortcuts", "true"); // JupyterLab: our keys are not notebook commands
+    root.setAttribute("data-p-suppress-shortcuts", "true");
+    // Row 1: how to select, what to do with the selection.
     const bar = el("div", "dcw-toolbar", root);
     this.modeButtons = {};
     for (const [mode, text, tip] of [
-      ["pan", "Pan", "drag pans; shift-drag lassoes (adds), alt/ctrl-drag subtracts"],
-      ["lasso", "Lasso", "drag draws a lasso; shift adds, alt/ctrl subtracts"],
-      ["box", "Box", "drag draws a box; shift adds, alt/ctrl subtracts"],
+      ["pan", "Pan", "drag pans; shift-drag lassoes (adds), alt/ctrl-drag subtracts  [p]"],
+      ["lasso", "Lasso", "drag draws a lasso; shift adds, alt/ctrl subtracts  [l]"],
+      ["box", "Box", "drag draws a box; shift adds, alt/ctrl subtracts  [x]"],
     ]) {
-      const b = el("button", "", bar);
-      b.textContent = text;
-      b.title = tip;
+      const b = this.button(bar, text, tip, () => this.setMode(mode));
       b.dataset.mode = mode;
-      b.addEventListener("click", () => this.setMode(mode));
       this.modeButtons[mode] = b;
     }
     el("span", "dcw-sep", bar);
-    const colorLabel = el("span", "", bar);
-    colorLabel.textContent = "Colour:";
-    this.colorSelect = el("select", "", bar);
-    this.colorSelect.dataset.role = "color-by";
-    for (const v of ["class", "round", "feedback", "flag"]) {
-      const o = el("option", "", this.colorSelect);
-      o.value = v;
-      o.textContent = v;
+    this.actionButtons = {};
+    for (const [name, text, cls, tip] of [
+      ["bad", "Bad", "dcw-bad", "mark the selected images as bad  [b]"],
+      ["good", "Good", "dcw-good", "mark the selected images as good  [g]"],
+      ["remove", "Remove", "", "remove the selected images from the dataset (hidden from the map; Undo restores)  [Delete]"],
+      ["unmark", "Unmark", "", "clear the marks of the selected images  [u]"],
+      ["undo", "↶ Undo", "", "undo the last feedback action  [ctrl+z]"],
+      ["redo", "↷", "", "redo the last undone feedback action  [ctrl+shift+z]"],
+      ["evolve", "Evolve", "", "evolve the prompts of the selected images' classes from the feedback"],
+      ["unwanted_label", "Unwanted", "", "mark the clicked content label as unwanted on the selected generated images"],
+    ]) {
+      const b = this.button(bar, text, tip, () => this.sendAction(name), cls);
+      b.dataset.action = name;
+      this.actionButtons[name] = b;
     }
+
+    // Row 2: find, colour, filter, navigate.
+    const bar2 = el("div", "dcw-toolbar", root);
+    this.searchInput = el("input", "dcw-search", bar2);
+    this.searchInput.type = "search";
+    this.searchInput.placeholder = "search  [/]";
+    this.searchInput.title = "words in caption, prompt, label or id (text), or a description (clip); Enter searches";
+    this.searchInput.dataset.role = "search";
+    this.searchMode = el("select", "", bar2);
+    this.searchMode.dataset.role = "search-mode";
+    this.searchMode.title = "text: words in caption, prompt, label or id; clip: images nearest to the text by CLIP";
+    for (const v of ["text", "clip"]) { const o = el("option", "", this.searchMode); o.value = v; o.textContent = v; }
+    this.searchInput.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter") { ev.preventDefault(); this.search(); }
+      ev.stopPropagation();
+    });
+    el("span", "dcw-sep", bar2);
+    this.colorSelect = el("select", "", bar2);
+    this.colorSelect.title = "colour by";
+    this.colorSelect.dataset.role = "color-by";
     this.colorSelect.addEventListener("change", () => {
       this.model.set("color_by", this.colorSelect.value);
       this.model.save_changes();
     });
-    el("span", "dcw-sep", bar);
-    this.actionButtons = {};
-    for (const [name, text, cls, tip] of [
-      ["bad", "Bad", "dcw-bad", "mark the selected images as bad"],
-      ["good", "Good", "dcw-good", "mark the selected images as good"],
-      ["remove", "Remove", "", "remove the selected images from the dataset"],
-      ["evolve", "Evolve prompts from this", "", "evolve the prompts from the feedback on the selection"],
-      ["unwanted_label", "Label unwanted", "", "mark the clicked content label as unwanted"],
+    el("span", "dcw-sep", bar2);
+    this.filterBoxes = {};
+    for (const [key, text, tip] of [
+      ["show_test", "test", "show the held-out test images (diamonds; never marked)"],
+      ["show_removed", "removed", "show removed images"],
     ]) {
-      const b = el("button", cls, bar);
-      b.textContent = text;
-      b.title = tip;
-      b.dataset.action = name;
-      b.addEventListener("click", () => this.sendAction(name));
-      this.actionButtons[name] = b;
+      const lab = el("label", "dcw-check", bar2);
+      const box = el("input", "", lab);
+      box.type = "checkbox";
+      box.dataset.filter = key;
+      lab.title = tip;
+      lab.appendChild(document.createTextNode(" " + text));
+      box.addEventListener("change", () => this.sendAction("filter", { [key]: box.checked }));
+      this.filterBoxes[key] = box;
     }
-    el("span", "dcw-sep", bar);
-    const clear = el("button", "", bar);
-    clear.textContent = "Clear";
-    clear.dataset.role = "clear";
-    clear.addEventListener("click", () => { this.activeLabel = null; this.commitSelection(new Uint32Array(0)); });
-    const reset = el("button", "", bar);
-    reset.textContent = "Reset view";
-    reset.dataset.role = "reset";
-    reset.addEventListener("click", () => { this.userMoved = false; this.fitView(); this.requestDraw(); });
-    this.countEl = el("span", "dcw-count", bar);
+    this.isolateButton = this.button(bar2, "Isolate", "show only the selected images (again: show all)  [i]", () => this.isolate());
+    this.isolateButton.dataset.role = "isolate";
+    this.neighborsButton = this.button(bar2, "Similar", "select the nearest images (CLIP neighbours) to the selected one  [n]", () => this.sendAction("neighbors"));
+    this.neighborsButton.dataset.action = "neighbors";
+    el("span", "dcw-sep", bar2);
+    this.button(bar2, "Zoom", "zoom to the selection  [z]", () => this.zoomToSelection()).dataset.role = "zoom";
+    this.button(bar2, "Fit", "fit everything in view  [f]", () => { this.userMoved = false; this.fitView(); this.requestDraw(); }).dataset.role = "reset";
+    this.button(bar2, "Clear", "clear the selection  [Escape]", () => { this.activeLabel = null; this.commitSelection(new Uint32Array(0)); }).dataset.role = "clear";
+
+    const info = el("div", "dcw-info", root); // outside the map: never covers data
+    this.countEl = el("span", "dcw-count", info);
     this.countEl.dataset.role = "count";
+    this.legendEl = el("div", "dcw-legend", info);
 
     this.stage = el("div", "dcw-stage", root);
     this.glCanvas = el("canvas", "dcw-gl", this.stage);
     this.overlay = el("canvas", "dcw-overlay", this.stage);
-    this.legendEl = el("div", "dcw-legend", this.stage);
     this.tooltip = el("div", "dcw-tooltip", this.stage);
     this.tipThumb = el("canvas", "dcw-tipthumb", this.tooltip);
     this.tipImg = el("img", "", this.tooltip);
     this.tipImg.alt = "";
-    // The full image arrives later and changes the tooltip's size: keep it inside the stage.
     this.tipImg.addEventListener("load", () => { if (this.hover >= 0 && this.lastHoverXY) this.placeTooltip(...this.lastHoverXY); });
     this.tipFields = el("dl", "", this.tooltip);
 
@@ -153,13 +208,15 @@ class ProjectionView {
     this.statusEl = el("span", "dcw-status", footer);
     this.statusEl.dataset.role = "status";
     const prog = el("span", "dcw-progress", footer);
+    prog.dataset.role = "progress";
     this.progressWrap = prog;
     this.progressBar = el("progress", "", prog);
     this.progressText = el("span", "", prog);
-    const cancel = el("button", "", prog);
-    cancel.textContent = "Cancel";
+    const cancel = this.button(prog, "Cancel", "stop the running job; finished work is kept", () => this.sendAction("cancel"));
     cancel.dataset.action = "cancel";
-    cancel.addEventListener("click", () => this.sendAction("cancel"));
+
+    this.gallery = el("div", "dcw-gallery", root);
+    this.gallery.dataset.role = "gallery";
 
     this.resizeObserver = new ResizeObserver(() => this.resize());
     this.resizeObserver.observe(this.stage);
@@ -204,17 +261,13 @@ class ProjectionView {
     this.timings.indexMs = performance.now() - t;
     const get8 = (k) => { const a = bytesOf(this.model.get(k)); return a.length === n ? a : new Uint8Array(n); };
     const get16 = (k) => { const a = asU16(this.model.get(k)); return a.length === n ? a : new Uint16Array(n); };
-    this.attrs = { kind: get8("kind"), cls: get16("cls"), round: get16("round"), feedback: get8("feedback"), flag: get8("flag") };
+    this.attrs = { kind: get8("kind"), cls: get16("cls"), round: get16("round"), feedback: get8("feedback"), flag: get8("flag"), codes: get16("color_codes") };
     this.state = new Uint8Array(n * 4);
-    for (let i = 0; i < n; i++) this.state[4 * i] = this.attrs.kind[i];
     this.selection = asU32(this.model.get("selection")).filter((i) => i < n).sort();
-    this.applySelectionToState();
+    this.loadMarks(false);
     const [x0, y0, x1, y1] = this.index.bounds;
     this.spacing = n > 0 ? Math.sqrt(Math.max((x1 - x0) * (y1 - y0), 1e-12) / n) : 1;
-    if (this.renderer) {
-      this.renderer.setPositions(xy);
-      this.renderer.setState(this.state);
-    }
+    if (this.renderer) this.renderer.setPositions(xy);
     this.details.forEach((d) => d.url && URL.revokeObjectURL(d.url));
     this.details.clear();
     this.recolor();
@@ -222,11 +275,47 @@ class ProjectionView {
     this.requestDraw();
   }
 
+  /** Feedback, flags and the hidden mask changed (a small update: positions and the index stay). */
+  loadMarks(upload = true) {
+    const n = this.n;
+    const get8 = (k) => { const a = bytesOf(this.model.get(k)); return a.length === n ? a : new Uint8Array(n); };
+    this.attrs.feedback = get8("feedback");
+    this.attrs.flag = get8("flag");
+    this.hidden = get8("hidden");
+    const s = this.state;
+    for (let i = 0; i < n; i++) {
+      s[4 * i] = this.attrs.kind[i];
+      s[4 * i + 2] = this.hidden[i];
+      s[4 * i + 3] = this.attrs.feedback[i];
+    }
+    // Hidden or held-out points cannot stay selected.
+    const keep = this.selection.filter((i) => this.selectable(i));
+    if (keep.length !== this.selection.length) this.commitSelection(keep);
+    this.applySelectionToState();
+    if (upload && this.renderer) this.renderer.setState(this.state);
+    if (upload) { this.recolor(); this.renderGallery(); }
+    this.requestDraw();
+  }
+
+  selectable(i) { return i < this.n && !this.hidden[i] && this.attrs.kind[i] !== KIND_TEST; }
+
+  selectableOnly(hits) {
+    const out = [];
+    for (const i of hits) if (this.selectable(i)) out.push(i);
+    return Uint32Array.from(out);
+  }
+
   recolor() {
     const mode = this.model.get("color_by") || "class";
+    const options = this.model.get("color_options") || BUILTIN_MODES;
+    if (this.colorSelect.options.length !== options.length || [...this.colorSelect.options].some((o, k) => o.value !== options[k])) {
+      this.colorSelect.replaceChildren();
+      for (const v of options) { const o = el("option", "", this.colorSelect); o.value = v; o.textContent = v; }
+    }
     this.colorSelect.value = mode;
-    const { colors, legend } = computeColors(mode, this.n, this.attrs, this.model.get("class_names") || []);
-    if (this.renderer) this.renderer.setColors(colors);
+    this.attrs.codes = asU16(this.model.get("color_codes"));
+    const { colors, legend } = computeColors(mode, this.n, this.attrs, this.model.get("class_names") || [], this.model.get("color_names") || []);
+    if (this.renderer) { this.renderer.setColors(colors); this.renderer.setState(this.state); }
     this.renderLegend(legend);
     this.requestDraw();
   }
@@ -234,17 +323,26 @@ class ProjectionView {
   renderLegend(entries) {
     const L = this.legendEl;
     L.replaceChildren();
-    for (const [cls, text] of [["", "real"], ["dcw-disc", "generated"]]) {
-      const row = el("div", "dcw-item", L);
+    const shapes = [["", "real"], ["dcw-disc", "generated"]];
+    if (this.attrs.kind.some((k, i) => k === KIND_TEST && !this.hidden[i])) shapes.push(["dcw-diamond", "held-out test"]);
+    for (const [cls, text] of shapes) {
+      const row = el("span", "dcw-item", L);
       el("span", "dcw-shape " + cls, row);
       el("span", "", row).textContent = text;
     }
+    for (const [cls, text] of [["dcw-fb-good", "good"], ["dcw-fb-bad", "bad"]]) {
+      const row = el("span", "dcw-item", L);
+      el("span", "dcw-shape " + cls, row);
+      el("span", "", row).textContent = text;
+    }
+    el("span", "dcw-sep", L);
     for (const e of entries.slice(0, 30)) {
-      const row = el("div", "dcw-item", L);
+      const row = el("span", "dcw-item", L);
       const sw = el("span", "dcw-swatch", row);
       sw.style.background = `rgb(${e.rgb[0]},${e.rgb[1]},${e.rgb[2]})`;
       el("span", "", row).textContent = e.name;
     }
+    if (entries.length > 30) el("span", "dcw-item", L).textContent = `+${entries.length - 30} more`;
   }
 
   loadLabels() {
@@ -276,9 +374,10 @@ class ProjectionView {
       this.renderer.setAtlas(bitmap, grid);
       this.atlasGrid = grid;
       this.timings.atlasReady = performance.now() - this.t0;
-      // Keep the decoded atlas for instant tooltip thumbnails unless it is huge.
+      // Keep the decoded atlas for instant tooltip and gallery thumbnails unless it is huge.
       if (bitmap.width * bitmap.height <= 4096 * 4096) this.atlasBitmap = bitmap; else bitmap.close?.();
       this.atlasPending = true;
+      this.renderGallery();
       this.requestDraw();
     } catch (err) {
       this.statusEl.textContent = "could not load thumbnails: " + String(err.message || err);
@@ -291,6 +390,7 @@ class ProjectionView {
     this.selection = sel;
     this.applySelectionToState();
     if (this.renderer) this.renderer.setState(this.state);
+    this.renderGallery();
     this.requestDraw();
   }
 
@@ -300,58 +400,93 @@ class ProjectionView {
     for (const i of this.selection) s[4 * i + 1] = 1;
     this.countEl.textContent = `${this.selection.length} of ${this.n} selected`;
     const none = this.selection.length === 0;
-    for (const name of ["bad", "good", "remove", "evolve"]) this.actionButtons[name].disabled = none;
-    this.actionButtons.unwanted_label.disabled = !this.activeLabel;
+    for (const name of ["bad", "good", "remove", "unmark", "evolve"]) this.actionButtons[name].disabled = none;
+    this.neighborsButton.disabled = none;
+    this.actionButtons.unwanted_label.disabled = !this.activeLabel || none;
   }
 
-  /** Sets the selection locally and sends it to Python as a uint32 buffer. */
+  /** Sets the selection locally and sends it to Python through the selection trait (a uint32 buffer). */
   commitSelection(sel) {
     sel = Uint32Array.from(sel).sort();
     if (sameU32(sel, this.selection)) { this.applySelectionToState(); return; }
     this.selection = sel;
     this.applySelectionToState();
     if (this.renderer) this.renderer.setState(this.state);
+    this.renderGallery();
     this.requestDraw();
     this.selectionSends = (this.selectionSends || 0) + 1;
     this.model.set("selection", new DataView(sel.buffer.slice(0)));
     this.model.save_changes();
   }
 
-  sendAction(name) {
-    const payload = {};
-    if (name === "unwanted_label" && this.activeLabel) payload.label = this.activeLabel.text;
-    const sel = this.selection.slice();
-    this.model.send({ type: "action", name, payload, count: sel.length }, undefined, [sel.buffer]);
+  /** Asks Python to act; the selection is already there (its trait), so only the action's own fields travel. */
+  sendAction(name, payload = {}) {
+    if (name === "unwanted_label" && this.activeLabel) payload = { ...payload, label: this.activeLabel.text };
+    this.model.send({ type: "action", name, payload });
   }
 
-  syncStatus() { this.statusEl.textContent = String(this.model.get("status") || ""); }
+  search() {
+    this.sendAction("search", { query: this.searchInput.value, mode: this.searchMode.value });
+  }
+
+  isolate() {
+    const isolated = Boolean((this.model.get("filters") || {}).isolated);
+    this.sendAction("isolate", isolated || this.selection.length === 0 ? { clear: true } : {});
+  }
+
+  syncStatus() { this.statusEl.textContent = String(this.model.get("status") || ""); this.statusEl.title = this.statusEl.textContent; }
 
   syncProgress() {
     const p = this.model.get("progress") || {};
     const running = Boolean(p.running);
     this.progressWrap.style.display = running ? "flex" : "none";
-    this.progressBar.max = Math.max(1, Number(p.total) || 1);
-    this.progressBar.value = Math.max(0, Number(p.done) || 0);
-    this.progressText.textContent = `${p.done || 0}/${p.total || 0} ${p.message || ""}`;
+    const total = Number(p.total) || 0;
+    if (total > 0) {
+      this.progressBar.max = total;
+      this.progressBar.value = Math.max(0, Number(p.done) || 0);
+      this.progressText.textContent = `${p.done || 0}/${total} ${p.message || ""}`;
+    } else {
+      this.progressBar.removeAttribute("value"); // indeterminate: the work has no count (e.g. the first map)
+      this.progressText.textContent = String(p.message || "");
+    }
+  }
+
+  syncFilters() {
+    const f = this.model.get("filters") || {};
+    for (const [k, box] of Object.entries(this.filterBoxes)) box.checked = Boolean(f[k]);
+    this.isolateButton.textContent = f.isolated ? "Show all" : "Isolate";
+    this.isolateButton.classList.toggle("dcw-active", Boolean(f.isolated));
+  }
+
+  syncHistory() {
+    const h = this.model.get("history") || {};
+    this.actionButtons.undo.disabled = !(h.undo > 0);
+    this.actionButtons.redo.disabled = !(h.redo > 0);
   }
 
   bindModel() {
     const on = (evt, fn) => { this.model.on(evt, fn); this.disposers.push(() => this.model.off(evt, fn)); };
     // One Python-side set_frame changes several traits in one message: reload the points once.
-    const reload = () => {
-      if (this.reloadQueued) return;
-      this.reloadQueued = true;
-      queueMicrotask(() => { this.reloadQueued = false; if (!this.destroyed) this.loadPoints(); });
+    const queue = (key, fn) => () => {
+      if (this.queued?.[key]) return;
+      this.queued = this.queued || {};
+      this.queued[key] = true;
+      queueMicrotask(() => { this.queued[key] = false; if (!this.destroyed) fn(); });
     };
-    for (const k of ["xy", "kind", "cls", "round", "feedback", "flag"]) on("change:" + k, reload);
-    on("change:color_by", () => this.recolor());
-    on("change:class_names", () => this.recolor());
+    const reload = queue("points", () => this.loadPoints());
+    const marks = queue("marks", () => { if (!this.queued.points) this.loadMarks(); });
+    const recolor = queue("color", () => this.recolor());
+    for (const k of ["xy", "kind", "cls", "round"]) on("change:" + k, reload);
+    for (const k of ["feedback", "flag", "hidden"]) on("change:" + k, marks);
+    for (const k of ["color_by", "class_names", "color_codes", "color_names", "color_options"]) on("change:" + k, recolor);
     on("change:labels", () => this.loadLabels());
     on("change:atlas", () => this.loadAtlas());
     on("change:atlas_grid", () => this.loadAtlas());
     on("change:selection", () => this.loadSelectionFromModel());
     on("change:status", () => this.syncStatus());
     on("change:progress", () => this.syncProgress());
+    on("change:filters", () => this.syncFilters());
+    on("change:history", () => this.syncHistory());
     on("change:height", () => this.resize());
     on("msg:custom", (msg, buffers) => this.onCustom(msg, buffers));
   }
@@ -366,19 +501,87 @@ class ProjectionView {
       this.details.set(msg.index, { fields: Array.isArray(msg.fields) ? msg.fields : [], url });
       if (this.hover === msg.index) this.showTooltip(msg.index);
     } else if (msg.type === "action_result") {
-      if (msg.message) this.statusEl.textContent = String(msg.message);
+      if (msg.message) { this.statusEl.textContent = String(msg.message); this.statusEl.title = this.statusEl.textContent; }
+    } else if (msg.type === "zoom") {
+      const idx = buffers && buffers.length ? asU32(buffers[0]) : new Uint32Array(0);
+      this.zoomTo(idx);
+    }
+  }
+
+  // ---------------------------------------------------------------- gallery of the selection
+  /** A grid of the selected images (up to GALLERY_MAX), each with its own Good / Bad / Unmark buttons. */
+  renderGallery() {
+    const G = this.gallery;
+    if (!G) return;
+    G.replaceChildren();
+    const sel = this.selection;
+    if (sel.length === 0) { G.style.display = "none"; return; }
+    G.style.display = "block";
+    const head = el("div", "dcw-gallery-head", G);
+    head.textContent = sel.length > GALLERY_MAX ? `Selection: first ${GALLERY_MAX} of ${sel.length}` : `Selection: ${sel.length}`;
+    const grid = el("div", "dcw-gallery-grid", G);
+    const names = this.model.get("class_names") || [];
+    const g = this.atlasGrid;
+    for (const i of sel.slice(0, GALLERY_MAX)) {
+      const tile = el("div", "dcw-tile", grid);
+      tile.dataset.index = String(i);
+      const fb = this.attrs.feedback[i] || 0;
+      if (fb) tile.dataset.feedback = FEEDBACK_TEXT[fb];
+      const c = el("canvas", "", tile);
+      c.width = c.height = 64;
+      c.title = `${names[this.attrs.cls[i]] ?? ""} (${KIND_NAMES[this.attrs.kind[i]] || ""})`;
+      if (this.atlasBitmap && g) {
+        const t = g.tile;
+        c.getContext("2d").drawImage(this.atlasBitmap, (i % g.cols) * t, Math.floor(i / g.cols) * t, t, t, 0, 0, 64, 64);
+      }
+      c.addEventListener("click", () => this.zoomTo([i], 6));
+      const row = el("div", "dcw-tile-buttons", tile);
+      for (const [value, text, tip] of [["good", "✓", "mark good"], ["bad", "✗", "mark bad"], ["clear", "↺", "unmark"]]) {
+        const b = this.button(row, text, tip, () => this.sendAction("gallery_mark", { index: i, value }));
+        b.dataset.mark = value;
+      }
     }
   }
 
   // ---------------------------------------------------------------- view
-  fitView() {
-    if (!this.index || this.width === 0) return;
-    const [x0, y0, x1, y1] = this.index.bounds;
-    const pad = 28;
-    const w = Math.max(x1 - x0, 1e-9), h = Math.max(y1 - y0, 1e-9);
-    const k = Math.max(1e-9, Math.min((this.width - 2 * pad) / w, (this.height - 2 * pad) / h));
-    this.view = { k, tx: this.width / 2 - ((x0 + x1) / 2) * k, ty: this.height / 2 + ((y0 + y1) / 2) * k };
+  fitView() { this.fitBounds(this.visibleBounds()); }
+
+  visibleBounds() {
+    if (!this.index || this.n === 0) return null;
+    let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+    for (let i = 0; i < this.n; i++) {
+      if (this.hidden && this.hidden[i]) continue;
+      const x = this.xy[2 * i], y = this.xy[2 * i + 1];
+      if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
+    }
+    return x0 === Infinity ? this.index.bounds : [x0, y0, x1, y1];
   }
+
+  fitBounds(b, minSpan = 0) {
+    if (!b || this.width === 0) return;
+    let [x0, y0, x1, y1] = b;
+    const cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
+    const w = Math.max(x1 - x0, minSpan, 1e-9), h = Math.max(y1 - y0, minSpan, 1e-9);
+    const pad = 28;
+    const k = Math.max(1e-9, Math.min((this.width - 2 * pad) / w, (this.height - 2 * pad) / h));
+    this.view = { k, tx: this.width / 2 - cx * k, ty: this.height / 2 + cy * k };
+  }
+
+  /** Fits these points in view; spans of fewer than `minPoints` spacings are widened so single images show as thumbnails. */
+  zoomTo(indices, minPoints = 6) {
+    let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+    for (const i of indices) {
+      if (i >= this.n) continue;
+      const x = this.xy[2 * i], y = this.xy[2 * i + 1];
+      if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
+    }
+    if (x0 === Infinity) return;
+    this.fitBounds([x0, y0, x1, y1], this.spacing * minPoints);
+    this.userMoved = true;
+    this.requestDraw();
+  }
+
+  zoomToSelection() { if (this.selection.length) this.zoomTo(this.selection); }
 
   toData(sx, sy) { return [(sx - this.view.tx) / this.view.k, (this.view.ty - sy) / this.view.k]; }
   toScreen(x, y) { return [x * this.view.k + this.view.tx, -y * this.view.k + this.view.ty]; }
@@ -386,8 +589,16 @@ class ProjectionView {
   markSize() {
     const px = this.spacing * this.view.k;
     const thumbs = Boolean(this.renderer && this.renderer.texture) && px * 0.9 >= 14;
-    const size = thumbs ? Math.min(px * 0.9, 128) : Math.max(3, Math.min(px * 0.7, 10));
+    const size = thumbs ? Math.min(px * 0.9, 128) : Math.max(4, Math.min(px * 0.7, 10));
     return { size, thumbs };
+  }
+
+  /** The host theme's colours, read from the page: background, text, and a halo for labels. */
+  themeColors() {
+    const cs = getComputedStyle(this.stage);
+    const bg = parseCssColor(cs.backgroundColor) || [255, 255, 255];
+    const fg = parseCssColor(getComputedStyle(this.root).color) || [34, 34, 34];
+    return { bg, fg };
   }
 
   requestDraw() {
@@ -401,13 +612,15 @@ class ProjectionView {
     if (this.destroyed || this.width === 0) return;
     const t = performance.now();
     const { size, thumbs } = this.markSize();
+    this.theme = this.themeColors();
     if (this.renderer) {
       this.renderer.draw(this.view, {
         width: this.width, height: this.height, dpr: this.dpr || 1, size, thumbs,
         dim: this.selection.length > 0 ? 0.35 : 1, anySelected: this.selection.length > 0,
+        background: this.theme.bg.map((v) => v / 255),
       });
     }
-    this.drawOverlay();
+    this.drawOverlay(size, thumbs);
     const first = this.timings.firstFrame === null && this.n > 0;
     const atlas = this.atlasPending && thumbs;
     if ((first || atlas) && this.renderer) {
@@ -423,11 +636,44 @@ class ProjectionView {
     this.stage.dataset.frames = String(this.frames);
   }
 
-  drawOverlay() {
+  /** Counts of images drawn on top of each other at thumbnail size (badges "×n"), for the visible area. */
+  overlapGroups(size) {
+    const [ax, ay] = this.toData(0, this.height), [bx, by] = this.toData(this.width, 0);
+    const hits = this.index.box(ax, ay, bx, by);
+    if (hits.length > 4000) return [];
+    const cell = Math.max(3, size * 0.25); // near-exact piles only, not neighbours that merely touch
+    const groups = new Map();
+    for (const i of hits) {
+      if (this.hidden[i]) continue;
+      const [sx, sy] = this.toScreen(this.xy[2 * i], this.xy[2 * i + 1]);
+      const key = Math.floor(sx / cell) + "," + Math.floor(sy / cell);
+      const g = groups.get(key);
+      if (g) g.n++; else groups.set(key, { sx, sy, n: 1 });
+    }
+    return [...groups.values()].filter((g) => g.n > 1);
+  }
+
+  drawOverlay(size = 6, thumbs = false) {
     const ctx = this.overlay.getContext("2d");
     const dpr = this.dpr || 1;
+    const { bg, fg } = this.theme || this.themeColors();
+    const fgCss = `rgb(${fg[0]},${fg[1]},${fg[2]})`, haloCss = `rgba(${bg[0]},${bg[1]},${bg[2]},0.9)`;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, this.width, this.height);
+    // Overlap counts where thumbnails pile up.
+    this.overlaps = thumbs && this.index ? this.overlapGroups(size) : [];
+    ctx.font = "600 10px sans-serif";
+    ctx.textAlign = "left";
+    ctx.textBaseline = "top";
+    for (const g of this.overlaps) {
+      const text = "×" + g.n;
+      const w = ctx.measureText(text).width + 6;
+      const x = g.sx + size / 2 - w, y = g.sy - size / 2;
+      ctx.fillStyle = "rgba(20,20,20,0.8)";
+      ctx.fillRect(x, y, w, 13);
+      ctx.fillStyle = "#fff";
+      ctx.fillText(text, x + 3, y + 1.5);
+    }
     // Content labels: largest first, skip any that would overlap one already placed.
     const placed = [];
     ctx.textAlign = "center";
@@ -443,9 +689,9 @@ class ProjectionView {
       placed.push({ box, label: l });
       const active = this.activeLabel && this.activeLabel.text === l.text;
       ctx.lineWidth = 3;
-      ctx.strokeStyle = "rgba(255,255,255,0.9)";
+      ctx.strokeStyle = haloCss;
       ctx.strokeText(l.text, sx, sy);
-      ctx.fillStyle = active ? "#b8860b" : "#111";
+      ctx.fillStyle = active ? "#d4a017" : fgCss;
       ctx.fillText(l.text, sx, sy);
     }
     this.placedLabels = placed;
@@ -470,6 +716,40 @@ class ProjectionView {
     }
   }
 
+  // ---------------------------------------------------------------- keyboard
+  bindKeys() {
+    const root = this.root;
+    const key = (ev) => {
+      const tag = (ev.target && ev.target.tagName) || "";
+      if (/^(INPUT|SELECT|TEXTAREA)$/.test(tag)) return;
+      const mod = ev.ctrlKey || ev.metaKey;
+      const k = ev.key;
+      let done = true;
+      if (k === "Escape") {
+        if (this.drag) { this.drag = null; this.lasso = null; this.requestDraw(); }
+        else { this.activeLabel = null; this.commitSelection(new Uint32Array(0)); }
+      } else if (mod && (k === "z" || k === "Z")) this.sendAction(ev.shiftKey ? "redo" : "undo");
+      else if (mod && k === "y") this.sendAction("redo");
+      else if (mod) done = false;
+      else if (k === "b") this.sendAction("bad");
+      else if (k === "g") this.sendAction("good");
+      else if (k === "Delete" || k === "Backspace") this.sendAction("remove");
+      else if (k === "u") this.sendAction("unmark");
+      else if (k === "z") this.zoomToSelection();
+      else if (k === "f" || k === "0") { this.userMoved = false; this.fitView(); this.requestDraw(); }
+      else if (k === "l") this.setMode("lasso");
+      else if (k === "p") this.setMode("pan");
+      else if (k === "x") this.setMode("box");
+      else if (k === "i") this.isolate();
+      else if (k === "n") this.sendAction("neighbors");
+      else if (k === "/") this.searchInput.focus();
+      else done = false;
+      if (done) { ev.preventDefault(); ev.stopPropagation(); }
+    };
+    root.addEventListener("keydown", key);
+    this.disposers.push(() => root.removeEventListener("keydown", key));
+  }
+
   // ---------------------------------------------------------------- interaction
   localXY(ev) {
     const r = this.glCanvas.getBoundingClientRect(); // inside the stage's border
@@ -489,7 +769,7 @@ class ProjectionView {
     const { size } = this.markSize();
     const r = Math.max(size / 2, 5) / this.view.k;
     const [x, y] = this.toData(sx, sy);
-    return this.index.nearest(x, y, r);
+    return this.index.nearest(x, y, r, (i) => this.hidden[i] === 1);
   }
 
   bindPointer() {
@@ -505,6 +785,7 @@ class ProjectionView {
       if (kind !== "pan") this.lasso = { kind, points: [[sx, sy]] };
       else stage.style.cursor = "grabbing";
       stage.setPointerCapture?.(ev.pointerId);
+      this.root.focus({ preventScroll: true }); // keyboard shortcuts go to this map
       this.hideTooltip();
       ev.preventDefault();
     };
@@ -539,7 +820,7 @@ class ProjectionView {
         this.selectPolygon(lasso.points, d.op);
       } else if (d.kind === "box") {
         const [a, b] = [this.toData(...d.start), this.toData(sx, sy)];
-        this.commitSelection(combineSelection(this.n, this.selection, this.index.box(a[0], a[1], b[0], b[1]), d.op));
+        this.commitSelection(combineSelection(this.n, this.selection, this.selectableOnly(this.index.box(a[0], a[1], b[0], b[1])), d.op));
       }
       this.requestDraw();
     };
@@ -589,7 +870,7 @@ class ProjectionView {
       poly[2 * j] = x;
       poly[2 * j + 1] = y;
     });
-    const hits = this.index.lasso(poly);
+    const hits = this.selectableOnly(this.index.lasso(poly));
     const sel = combineSelection(this.n, this.selection, hits, op);
     this.timings.lassoMs = performance.now() - t;
     this.lastPolygon = points.map((p) => [p[0], p[1]]);
@@ -601,12 +882,14 @@ class ProjectionView {
     const label = this.labelAt(sx, sy);
     if (label) {
       this.activeLabel = label;
-      this.commitSelection(combineSelection(this.n, this.selection, label.members ? label.members.filter((i) => i < this.n) : [], op));
+      this.commitSelection(combineSelection(this.n, this.selection, label.members ? this.selectableOnly(label.members) : [], op));
       this.applySelectionToState();
       return;
     }
     const i = this.pointAt(sx, sy);
-    if (i >= 0) {
+    if (i >= 0 && !this.selectable(i)) {
+      this.statusEl.textContent = "a held-out test image: shown for reference, never selected or marked";
+    } else if (i >= 0) {
       const isSel = this.state[4 * i + 1] === 1;
       this.commitSelection(combineSelection(this.n, this.selection, [i], op === "add" && isSel ? "subtract" : op));
     } else if (op === "replace") {
@@ -643,17 +926,21 @@ class ProjectionView {
     const tip = this.tooltip;
     const d = this.details.get(i);
     const names = this.model.get("class_names") || [];
-    const rows = [
-      ["class", names[this.attrs.cls[i]] ?? String(this.attrs.cls[i])],
-      ["kind", KIND_NAMES[this.attrs.kind[i]] || "?"],
-      ["round", String(this.attrs.round[i])],
-    ];
-    if (this.attrs.feedback[i]) rows.push(["feedback", FEEDBACK_TEXT[this.attrs.feedback[i]] || "?"]);
-    if (d) for (const f of d.fields) if (Array.isArray(f) && f.length >= 2) rows.push([String(f[0]), String(f[1])]);
+    const kind = KIND_NAMES[this.attrs.kind[i]] || "?";
+    const round = this.attrs.round[i] ? `, round ${this.attrs.round[i]}` : "";
+    const rows = [["", `${names[this.attrs.cls[i]] ?? String(this.attrs.cls[i])} · ${kind}${round}`]];
+    const seen = new Set(["label", "source", "round"]);
+    if (d) {
+      for (const f of d.fields) {
+        if (!Array.isArray(f) || f.length < 2 || seen.has(String(f[0]))) continue;
+        seen.add(String(f[0]));
+        rows.push([String(f[0]), String(f[1])]);
+      }
+    } else if (this.attrs.feedback[i]) rows.push(["feedback", FEEDBACK_TEXT[this.attrs.feedback[i]] || "?"]);
     this.tipFields.replaceChildren();
     for (const [k, v] of rows) {
       el("dt", "", this.tipFields).textContent = k;
-      el("dd", "", this.tipFields).textContent = v;
+      el("dd", k === "prompt" || k === "caption" ? "dcw-clamp" : "", this.tipFields).textContent = v;
     }
     if (d && d.url) {
       this.tipImg.src = d.url;
@@ -713,6 +1000,9 @@ class ProjectionView {
       get rendererName() { return self.renderer ? self.renderer.name : null; },
       get lastPolygon() { return self.lastPolygon; },
       get placedLabels() { return self.placedLabels.map((p) => ({ text: p.label.text, box: p.box })); },
+      get overlaps() { return self.overlaps.map((g) => ({ sx: g.sx, sy: g.sy, n: g.n })); },
+      get theme() { return self.themeColors(); },
+      zoomTo: (idx) => self.zoomTo(idx),
       dataToScreen: (x, y) => self.toScreen(x, y),
       setView: (k, tx, ty) => { self.view = { k, tx, ty }; self.userMoved = true; self.requestDraw(); },
       selectPolygon: (pts, op = "replace") => Array.from(self.selectPolygon(pts, op)),
@@ -741,6 +1031,7 @@ class ProjectionView {
   }
 }
 
+/** @type {import("@anywidget/types").Render<Model>} */
 function render({ model, el: host }) {
   const root = document.createElement("div");
   host.appendChild(root);

@@ -195,10 +195,10 @@ def test_cancel_keeps_what_finished(ray_env, tmp_path):
 
 
 def test_run_config_backend_section():
-    from datacrafter_widget.app.headless import ConfigError, load_config
+    from datacrafter_widget.app.config import ConfigError, backend_config, load_config
 
     cfg = load_config({"backend": {"kind": "ray", "address": "auto", "workers": 2, "gpus_per_worker": 1}})
-    assert backend_from_config(cfg["backend"]).config()["workers"] == 2
-    assert load_config({})["backend"] == {"kind": "local"}
-    with pytest.raises(ConfigError, match=r"\[backend\].*unknown backend kind 'dask'"):
+    assert backend_from_config(backend_config(cfg)).config()["workers"] == 2
+    assert isinstance(backend_from_config(backend_config(load_config({}))), LocalBackend)
+    with pytest.raises(ConfigError, match=r"kind in \[backend\] = 'dask' is not allowed"):
         load_config({"backend": {"kind": "dask"}})

@@ -63,20 +63,28 @@ def test_info_reports_versions_device_and_models(capsys):
     assert "torch device:" in text and "starter weights:" in text and "transformers" in text
 
 
-def test_demo_dry_run_copies_notebooks_when_source_is_read_only(tmp_path, monkeypatch, capsys):
+def test_demo_dry_run_copies_the_shipped_notebooks_to_a_folder_the_user_owns(tmp_path, monkeypatch, capsys):
     from datacrafter_widget.app.cli import main
 
-    source = tmp_path / "nb"
-    source.mkdir()
-    (source / "quickstart.ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-    monkeypatch.setenv("DATACRAFTER_NOTEBOOKS", str(source))
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != source)  # the source is read-only
+    monkeypatch.delenv("DATACRAFTER_NOTEBOOKS", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert main(["demo", "--dry-run", "--no-browser", "--port", "8931"]) == 0
-    out = capsys.readouterr().out
-    assert (tmp_path / "home" / "datacrafter-notebooks" / "quickstart.ipynb").is_file()
-    assert re.search(r"open http://localhost:\d+/lab/tree/quickstart.ipynb\?token=[0-9a-f]{32}", out)
-    assert "--ServerApp.port_retries=0" in out  # the printed URL is the port actually served
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["demo", "--dry-run", "--port", "8931"]) == 0
+    out = capsys.readouterr()
+    work = tmp_path / "home" / "datacrafter-notebooks"
+    shipped = REPO / "datacrafter_widget" / "starter" / "notebooks" / "quickstart.ipynb"
+    assert (work / "quickstart.ipynb").read_bytes() == shipped.read_bytes()
+    assert re.search(r"open http://localhost:\d+/lab/tree/quickstart.ipynb\?token=[0-9a-f]{32}", out.out)
+    assert "--ServerApp.port_retries=0" in out.out  # the printed URL is the port actually served
+    assert f"--ServerApp.root_dir={work}" in out.out
+    # No display: the user is told to open the URL elsewhere, and how to reach a remote machine.
+    assert "no web browser on this machine" in out.err and "--ip 0.0.0.0" in out.err
+    # A user's edited copy is never overwritten.
+    (work / "quickstart.ipynb").write_text("{}")
+    assert main(["demo", "--dry-run", "--no-browser", "--dir", str(work)]) == 0
+    assert (work / "quickstart.ipynb").read_text() == "{}"
+    assert "no web browser" not in capsys.readouterr().err  # --no-browser: nothing to say
     monkeypatch.setenv("DATACRAFTER_NOTEBOOKS", str(tmp_path / "nowhere"))
     monkeypatch.setattr("datacrafter_widget.app.cli.PACKAGE_DIR", tmp_path / "pkg" / "datacrafter_widget")
     with pytest.raises(SystemExit, match="DATACRAFTER_NOTEBOOKS"):
@@ -93,8 +101,6 @@ def _free_port() -> int:
 @pytest.mark.skipif(not os.environ.get("CI") and not os.environ.get("DATACRAFTER_TEST_DEMO"),
                     reason="starts a real JupyterLab (~30 s on a shared CPU): runs under CI=true or DATACRAFTER_TEST_DEMO=1")
 def test_demo_serves_the_quickstart(tmp_path):
-    if not (REPO / "notebooks" / "quickstart.ipynb").exists():
-        pytest.skip("notebooks/quickstart.ipynb is not written yet")
     pytest.importorskip("jupyterlab")
     proc = subprocess.Popen(datacrafter("demo", "--no-browser", "--port", str(_free_port()), "--dir", str(tmp_path)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),

@@ -173,3 +173,11 @@ def test_controller_evolve_then_generate_evolved(tmp_path):
     assert set(rows["strategy"]) == {"evolved"} and set(rows["label"]) == {"0"}
     assert all("pink" in n for n in rows["negative_prompt"])
     crafter.close()
+
+
+def test_starter_compose_never_names_two_values_of_one_attribute():
+    """A genome may hold two backgrounds (mutation adds, crossover merges): the prompt keeps only the first."""
+    g = Genome("9", ("on a lightblue background", "on a pink background"))
+    assert starter_compose(g) == "a 9 on a lightblue background"
+    g = Genome("3", ("red", "green", "thin", "thick", "slanted left", "slanted right", "sharp"))
+    assert starter_compose(g) == "a thin red 3, slanted left, sharp"

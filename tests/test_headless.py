@@ -8,7 +8,7 @@ import pytest
 
 from datacrafter_widget.app.cli import main
 from datacrafter_widget.app.headless import ConfigError, load_config, prompted_attributes, run
-from datacrafter_widget.app.report import Section, render_report
+from datacrafter_widget.app.report import Section, reading, render_report
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_full_loop_writes_samples_metrics_and_report(tmp_path, tiny_models):
     stages = result.metrics["stage"].tolist()
     assert stages == ["real only", "round 1: class", "round 2: caption", "evolved prompts", "GAP"]
     assert result.metrics["accuracy"].between(0, 1).all()
-    assert result.metrics["n_train"].iloc[0] == 10
+    assert result.metrics["n_real"].iloc[0] == 10
     from datacrafter_widget.data.store import SampleStore
 
     store = SampleStore(result.project, readonly=True)
@@ -67,38 +67,101 @@ def test_full_loop_writes_samples_metrics_and_report(tmp_path, tiny_models):
     assert doc["classes"] and all(e["history"] for e in doc["classes"].values())
     html = result.report.read_text()
     assert "tiny &lt;run&gt; &amp; test" in html and "<run>" not in html
-    assert 'id="vega-specs"' in html and "Prompt evolution" in html and "GAP optimisation" in html
+    # Offline by construction: charts are SVG images, nothing is fetched, no script runs.
+    assert "<script" not in html and "https://" not in html
+    assert html.count('src="data:image/svg+xml;base64,') >= 2
+    assert "Prompt evolution" in html and "GAP: adversarial prompt tokens" in html and "&lt;gap1&gt;" in html
+    assert all(f"<h3>class {c}</h3>" in html for c in "0123456789")
+    assert "chance is 10%" in html
+    assert result.report == result.report.resolve() and ".." not in result.report.parts
+    # Every line is stamped with the seconds since the start, from the first one.
+    assert lines[0].startswith("[") and "s] reading the config" in lines[0]
     assert any("test accuracy" in l for l in lines)
     store.close()
 
 
-def test_report_escapes_text_and_script_json():
+def test_report_escapes_text_and_needs_no_script():
     evil = "</script><img src=x onerror=alert(1)>"
-    s = Section(evil).text(evil).lines([evil]).table(pd.DataFrame({"prompt": [evil]}))
-    s.chart({"data": {"values": [{"t": evil}]}, "mark": "point"})
-    out = render_report(evil, [s], meta={"k": evil})
-    assert "<img src=x" not in out and out.count("</script>") == out.count("<script")
-    specs = out.split('id="vega-specs">')[1].split("</script>")[0]
-    assert json.loads(specs)["chart0"]["data"]["values"][0]["t"] == evil
+    s = Section(evil).text(evil).lines([evil]).table(pd.DataFrame({"prompt": [evil]})).terms({evil: evil})
+    s.chart({"data": {"values": [{"t": evil, "v": 1}]}, "mark": "bar",
+             "encoding": {"x": {"field": "t", "type": "nominal"}, "y": {"field": "v", "type": "quantitative"}}})
+    out = render_report(evil, [s], lead=evil, meta={"k": evil})
+    assert "<img src=x" not in out and "<script" not in out and "</script>" not in out
+    assert out.count('<img class="chart" src="data:image/svg+xml;base64,') == 1
 
 
-def test_config_errors(tmp_path):
+def test_reading_names_chance_change_and_spread():
+    table = pd.DataFrame({"stage": ["real only", "GAP"], "n_real": [50, 50], "n_generated_used": [0, 120],
+                          "accuracy": [0.20, 0.60], "n_test": [300, 300],
+                          "accuracy_min": [0.18, 0.55], "accuracy_max": [0.23, 0.62], "seeds": [3, 3]})
+    text = reading(table, 10)
+    assert "chance is 10%" in text and "+40.0 points" in text and "larger than the seed spread" in text
+    table.loc[1, ["accuracy", "accuracy_min", "accuracy_max"]] = [0.22, 0.19, 0.25]
+    assert "within the seed spread" in reading(table, 10)
+    one_seed = table.drop(columns=["accuracy_min", "accuracy_max", "seeds"])
+    assert "seeds = 3 under [student]" in reading(one_seed, 10)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"gap": {"stpes": 10}}, r"unknown key 'stpes' in \[gap\] \(did you mean 'steps'\?\): the keys of \[gap\] are .*steps"),
+    ({"gap": {"per_clas": 5}}, r"unknown key 'per_clas' in \[gap\] \(did you mean 'per_class'\?\)"),
+    ({"dataset": {"shots": "five"}}, r"shots in \[dataset\] = 'five' must be a whole number"),
+    ({"dataset": {"spurious": "high"}}, r"spurious in \[dataset\] = 'high' must be a number"),
+    ({"feedback": {"simulate": "yes"}}, r"simulate in \[feedback\] = 'yes' must be true or false"),
+    ({"student": {"kind": "resnet"}}, r"kind in \[student\] = 'resnet' is not allowed: use one of 'auto', 'cnn', 'probe'"),
+    ({"rounds": [{"strategy": "class", "per_clas": 3}]},
+     r"unknown key 'per_clas' in \[\[rounds\]\] table 1 \(did you mean 'per_class'\?\): the keys of a round are"),
+    ({"rounds": [{"strategy": "magic"}]}, r"\[\[rounds\]\] table 1: unknown strategy 'magic': use one of \['class'"),
+    ({"rounds": [{"per_class": 3}]}, r"strategy in \[\[rounds\]\] table 1 is missing"),
+    ({"rounds": [{"strategy": "class"}, {"strategy": "class", "per_class": 0}]}, r"\[\[rounds\]\] table 2: per_class"),
+    ({"datasett": {}}, r"unknown key 'datasett' in the top level \(did you mean 'dataset'\?\)"),
+    ({"gap": 3}, r"\[gap\] must be a table"),
+    ({"gap": {"sources": "val"}}, r"sources in \[gap\] = 'val' is not allowed: use one of 'none', 'train'"),
+    ({"gap": {"masks": "plain-background"}}, r"gap.masks needs gap.sources"),
+    ({"dataset": {"kind": "folder"}}, r"needs dataset.path"),
+])
+def test_config_errors_name_key_section_and_allowed_values(config, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(config)
+
+
+def test_config_file_errors_and_cli_exit_code(tmp_path, capsys):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text('[[rounds]]\nstrategy = "magic"\n')
-    with pytest.raises(ConfigError, match="unknown: use one of"):
+    with pytest.raises(ConfigError, match=r"\[\[rounds\]\] table 1: unknown strategy 'magic': use one of"):
         load_config(bad)
-    bad.write_text('datasett = 1\n')
-    with pytest.raises(ConfigError, match="unknown config key"):
+    bad.write_text('[gap]\nenabled = true\nstpes = 10\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'stpes' in \[gap\]"):
         load_config(bad)
-    with pytest.raises(ConfigError, match="needs dataset.path"):
-        load_config({"dataset": {"kind": "folder"}})
-    assert main(["run", str(tmp_path / "nope.toml")]) == 2
-    with pytest.raises(ConfigError, match="gap.sources 'val' is unknown"):
-        load_config({"gap": {"sources": "val"}})
-    with pytest.raises(ConfigError, match="gap.masks needs gap.sources"):
-        load_config({"gap": {"masks": "plain-background"}})
+    bad.write_text('[dataset]\nshots = "five"\n')
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr()
+    assert "shots in [dataset] = 'five' must be a whole number" in err.err and "Traceback" not in err.err
+    assert "must be a whole number" not in err.out
+    bad.write_text("[gap\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(bad)
+
+
+def test_a_second_run_into_the_same_project_needs_overwrite(tmp_path):
+    from datacrafter_widget.app.headless import _fresh_project
+
+    proj = tmp_path / "p"
+    _fresh_project(proj, overwrite=False)  # nothing there: fine
+    proj.mkdir()
+    (proj / "project.json").write_text("{}")
+    with pytest.raises(ConfigError, match="--overwrite"):
+        _fresh_project(proj, overwrite=False)
+    _fresh_project(proj, overwrite=True)
+    assert not proj.exists()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.tex").write_text("x")
+    with pytest.raises(ConfigError, match="not a datacrafter project"):
+        _fresh_project(other, overwrite=True)
+    assert (other / "thesis.tex").is_file()
 
 
 def test_prompted_attributes_reads_the_starter_grammar():
@@ -112,3 +175,17 @@ def test_example_config_is_valid():
 
     cfg = load_config(Path(__file__).resolve().parent.parent / "examples" / "starter.toml")
     assert cfg["models"]["kind"] == "starter" and cfg["rounds"]
+
+
+def test_the_checker_ships_trained_and_reads_real_renders():
+    """datacrafter run starts at once: the independent checker's weights are in the package (float16, small)."""
+    from datacrafter_widget.starter import colored_digits
+    from datacrafter_widget.starter.checker import WEIGHTS, load_checker
+
+    assert WEIGHTS.is_file() and WEIGHTS.stat().st_size < 400_000
+    checker = load_checker()
+    test = colored_digits(shots=1, seed=0).test
+    frame = test.frame.head(100)
+    found = checker.predict(test.images(list(range(100))))
+    assert sum(a == b for a, b in zip(found["digit"], frame["label"].astype(str))) >= 80
+    assert checker.heldout_accuracy["digit"] > 0.8 and checker.settings["steps"] > 0

@@ -5,7 +5,6 @@ which is how they arise (every commit is atomic; the bookkeeping around it is wh
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """RoundSpec: every generation argument checked at the API boundary, before a round is recorded;
 one seed policy for the API, the widget and the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def gen():
 
 @pytest.fixture
 def crafter(gen, tmp_path):
-    c = dc.DataCrafter(dc.starter.colored_digits(shots=1, seed=0), models=dc.Models(generator=gen),
-                       project=tmp_path / "proj")
+    c = dc.DataCrafter(
+        dc.starter.colored_digits(shots=1, seed=0), models=dc.Models(generator=gen), project=tmp_path / "proj"
+    )
     yield c
     c.close()
 
@@ -102,11 +104,12 @@ def test_rounds_json_and_rows_are_made_from_the_spec(crafter):
 
 def test_a_long_prompt_is_stored_whole_and_warned_once_as_truncated(crafter):
     prompt = ("a red 3 on a white background" + " very" * 2000)[:9_996].rstrip()
-    prompt += "x" * (10_000 - len(prompt))   # no trailing blank: prompts are stored as written, whitespace-normalised
+    prompt += "x" * (10_000 - len(prompt))  # no trailing blank: prompts are stored as written, whitespace-normalised
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ids = crafter.generate(per_class=2, strategy="custom", classes=["3"], prompts={"3": prompt}, steps=1,
-                               filter=False, progress=False)
+        ids = crafter.generate(
+            per_class=2, strategy="custom", classes=["3"], prompts={"3": prompt}, steps=1, filter=False, progress=False
+        )
     long = [w for w in caught if "longer than the" in str(w.message)]
     assert len(long) == 1 and "the rows store them whole" in str(long[0].message)
     assert [crafter.store.row(i)["prompt"] for i in ids] == [prompt, prompt] and len(prompt) == 10_000
@@ -117,8 +120,9 @@ def test_same_spec_same_seeds_and_images_in_the_same_round_number(gen, tmp_path)
     spec = RoundSpec.from_dict({"strategy": "class", "per_class": 1, "classes": ["3", "7"], "steps": 2})
     images = []
     for name in ("a", "b"):
-        with dc.DataCrafter(dc.starter.colored_digits(shots=1, seed=0), models=dc.Models(generator=gen),
-                            project=tmp_path / name) as c:
+        with dc.DataCrafter(
+            dc.starter.colored_digits(shots=1, seed=0), models=dc.Models(generator=gen), project=tmp_path / name
+        ) as c:
             ids = c.generate(spec=spec, progress=False)
             rows = c.samples.set_index("id").loc[ids]
             assert rows["seed"].tolist() == [ROUND_SEED_STRIDE, ROUND_SEED_STRIDE + 1]
@@ -134,20 +138,37 @@ def test_same_images_from_crafter_generate_and_datacrafter_run_for_the_same_plan
     from tiny_models import tiny_open_clip
 
     model, preprocess, tokenizer = tiny_open_clip()
-    models = dc.Models(generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=2, default_guidance=3.0),
-                       embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))
-    table = {"strategy": ["class", "custom"], "per_class": 1, "prompts": "a {class} on a plain background",
-             "steps": 2, "classes": ["1", "7"]}
-    config = {"project": str(tmp_path / "cli"), "dataset": {"kind": "starter", "shots": 1, "seed": 0},
-              "rounds": [table], "student": {"epochs": 1, "evaluate_each_round": False}}
+    models = dc.Models(
+        generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=2, default_guidance=3.0),
+        embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"),
+    )
+    table = {
+        "strategy": ["class", "custom"],
+        "per_class": 1,
+        "prompts": "a {class} on a plain background",
+        "steps": 2,
+        "classes": ["1", "7"],
+    }
+    config = {
+        "project": str(tmp_path / "cli"),
+        "dataset": {"kind": "starter", "shots": 1, "seed": 0},
+        "rounds": [table],
+        "student": {"epochs": 1, "evaluate_each_round": False},
+    }
     run(config, models=models, progress=False, log=lambda line: None)
     with SampleStore(tmp_path / "cli", readonly=True) as store:
         s = store.samples
         cli = s[s["source"] == "generated"].sort_values("id")
         cli_images = [np.asarray(store.image(i)) for i in cli["id"]]
     with dc.DataCrafter(dc.starter.colored_digits(shots=1, seed=0), models=models, project=tmp_path / "api") as c:
-        ids = c.generate(per_class=1, strategy=["class", "custom"], prompts="a {class} on a plain background", steps=2,
-                         classes=["1", "7"], progress=False)
+        ids = c.generate(
+            per_class=1,
+            strategy=["class", "custom"],
+            prompts="a {class} on a plain background",
+            steps=2,
+            classes=["1", "7"],
+            progress=False,
+        )
         api = c.samples.set_index("id").loc[ids]
         api_images = [np.asarray(c.store.image(i)) for i in ids]
     assert len(ids) == 4 and cli["seed"].tolist() == api["seed"].tolist() == [ROUND_SEED_STRIDE + k for k in range(4)]

@@ -10,7 +10,12 @@ import torch
 from PIL import Image
 
 from datacrafter_widget.loop.student import (
-    Student, StudentError, accepted_rows, evaluate, train_student, training_set_from_samples,
+    Student,
+    StudentError,
+    accepted_rows,
+    evaluate,
+    train_student,
+    training_set_from_samples,
 )
 
 
@@ -97,8 +102,8 @@ def test_cancel_keeps_finished_epochs():
 
 
 def test_probe_on_clip_features_is_differentiable():
-    from tests.tiny_models import tiny_open_clip
     from datacrafter_widget.models.embedder import Embedder
+    from tests.tiny_models import tiny_open_clip
 
     model, preprocess, tokenizer = tiny_open_clip()
     embedder = Embedder(model, preprocess, tokenizer, name="tiny-clip")
@@ -122,13 +127,13 @@ def test_custom_backbone_fine_tuning():
 
 def test_training_set_uses_accepted_generated_only():
     rows = [
-        dict(id="r1", source="real", split="train", label="a", feedback="", flag=""),
-        dict(id="r2", source="real", split="test", label="a", feedback="", flag=""),
-        dict(id="g1", source="generated", split="generated", label="a", feedback="", flag=""),
-        dict(id="g2", source="generated", split="generated", label="b", feedback="bad", flag=""),
-        dict(id="g3", source="generated", split="generated", label="b", feedback="removed", flag=""),
-        dict(id="g4", source="generated", split="generated", label="b", feedback="", flag="off-class"),
-        dict(id="g5", source="generated", split="generated", label="b", feedback="good", flag="off-class"),
+        {"id": "r1", "source": "real", "split": "train", "label": "a", "feedback": "", "flag": ""},
+        {"id": "r2", "source": "real", "split": "test", "label": "a", "feedback": "", "flag": ""},
+        {"id": "g1", "source": "generated", "split": "generated", "label": "a", "feedback": "", "flag": ""},
+        {"id": "g2", "source": "generated", "split": "generated", "label": "b", "feedback": "bad", "flag": ""},
+        {"id": "g3", "source": "generated", "split": "generated", "label": "b", "feedback": "removed", "flag": ""},
+        {"id": "g4", "source": "generated", "split": "generated", "label": "b", "feedback": "", "flag": "off-class"},
+        {"id": "g5", "source": "generated", "split": "generated", "label": "b", "feedback": "good", "flag": "off-class"},
     ]
     samples = pd.DataFrame(rows)
     assert accepted_rows(samples)["id"].tolist() == ["g1", "g5"]
@@ -140,9 +145,9 @@ def test_training_set_uses_accepted_generated_only():
 
 def _tiny_crafter(tmp_path):
     from datacrafter_widget.controller.crafter import DataCrafter
+    from datacrafter_widget.models.bundle import Models
     from datacrafter_widget.models.embedder import Embedder
     from datacrafter_widget.models.generator import Generator
-    from datacrafter_widget.models.bundle import Models
     from datacrafter_widget.starter import colored_digits
     from tests.tiny_models import tiny_open_clip, tiny_sd_pipeline
 
@@ -224,9 +229,9 @@ def test_a_student_saved_before_the_four_block_cnn_still_loads(tmp_path):
 # ---- held-out student accuracy per round in crafter.metrics (controller/heldout.py) -----------------
 def test_metrics_show_heldout_student_accuracy_per_round(tmp_path, monkeypatch):
     import datacrafter_widget as dc
-    from datacrafter_widget.models.embedder import Embedder
     from datacrafter_widget.loop import student as student_module
     from datacrafter_widget.loop.metrics import metrics_chart
+    from datacrafter_widget.models.embedder import Embedder
     from tests.tiny_models import tiny_open_clip
 
     ds = dc.starter.colored_digits(shots=3, spurious=0.95, seed=0)

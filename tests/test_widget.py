@@ -170,11 +170,12 @@ def test_action_message_dispatches_to_callbacks() -> None:
     w.send = lambda content, buffers=None: sent.append((content, buffers))
     calls = []
     w.on_action(lambda name, payload: calls.append((name, payload)) or f"{name} x{len(payload['indices'])}")
-    w._on_custom_msg(w, {"type": "action", "name": "bad", "payload": {}}, [np.array([2, 3], "<u4").tobytes()])
+    w.selected = [2, 3]
+    # A stray buffer is ignored: the selection trait is the only channel for the selection.
+    w._on_custom_msg(w, {"type": "action", "name": "bad", "payload": {}}, [np.array([7], "<u4").tobytes()])
     assert calls == [("bad", {"indices": [2, 3]})]
     assert w.status == "bad x2"
     assert sent[-1][0] == {"type": "action_result", "name": "bad", "ok": True, "message": "bad x2"}
-    # Without a buffer the widget's own selection is used.
     w.selected = [4]
     w._on_custom_msg(w, {"type": "action", "name": "unwanted_label", "payload": {"label": "blurry"}}, [])
     assert calls[-1] == ("unwanted_label", {"label": "blurry", "indices": [4]})
@@ -229,8 +230,9 @@ def test_layout_controls_send_actions() -> None:
     w.send = lambda content, buffers=None: None
     calls = []
     w.on_action(lambda name, payload: calls.append((name, payload)))
-    w.prompts = {"cat": {"current": "a photo of a cat", "history": ["a cat", "a photo of a cat"]}}
-    box = build_layout(w)
+    w.prompts = {"cat": {"current": "a photo of a cat", "history": [{"action": "evolved", "prompt": "a cat"},
+                                                                     {"action": "edit", "prompt": "a photo of a cat"}]}}
+    box = build_layout(w, strategies=("class", "caption", "custom", "evolved"))
     assert isinstance(box, ipywidgets.VBox) and box.children[0].children[0] is w
     gen = box.side_panel.children[0]
     gen.strategy.value = "custom"
@@ -239,26 +241,28 @@ def test_layout_controls_send_actions() -> None:
     gen.generate_button.click()
     assert calls[-1][0] == "generate"
     assert {k: calls[-1][1][k] for k in ("strategy", "count", "prompt")} == {"strategy": "custom", "count": 3, "prompt": "a {class} in snow"}
-    assert gen.cancel_button.disabled
+    gen.strategy.value = "evolved"
+    gen.generate_button.click()
+    assert calls[-1][1]["strategy"] == "evolved"
+    # One progress bar and one Cancel: both in the map's footer; the side panel only blocks Generate.
     w.set_progress(2, 8, "class cat")
-    assert not gen.cancel_button.disabled and gen.generate_button.disabled
-    gen.cancel_button.click()
-    assert calls[-1][0] == "cancel"
+    assert gen.generate_button.disabled
+    w.set_progress(8, 8, "", running=False)
+    assert not gen.generate_button.disabled
     prompts = box.side_panel.children[1]
-    cat = prompts.children[1]
-    text = cat.children[1]
-    assert text.value == "a photo of a cat"
-    accept, edit = cat.children[2].children
-    past, revert = cat.children[3].children
-    text.value = "a photo of a fluffy cat"
-    edit.click()
+    cat = prompts.rows["cat"]
+    assert cat.text.value == "a photo of a cat"
+    cat.text.value = "a photo of a fluffy cat"
+    cat.edit.click()
     assert calls[-1] == ("prompt_edit", {"class": "cat", "prompt": "a photo of a fluffy cat", "indices": []})
-    past.value = 0
-    revert.click()
-    assert calls[-1] == ("prompt_revert", {"class": "cat", "index": 0, "prompt": "a cat", "indices": []})
+    cat.accept.click()
+    assert calls[-1][0] == "prompt_accept"
+    cat.past.value = 0
+    cat.revert.click()
+    assert calls[-1] == ("prompt_revert", {"class": "cat", "index": 0, "indices": []})
     # The panel follows the prompts trait.
     w.prompts = {"cat": {"current": "x", "history": []}, "dog": {"current": "y", "history": []}}
-    assert len(prompts.children) == 3
+    assert sorted(prompts.rows) == ["cat", "dog"] and prompts.rows["dog"].revert.disabled
 
 
 def test_layout_places_metrics_chart_below() -> None:
@@ -323,19 +327,25 @@ def test_crafter_view_buttons_reach_the_store(crafter) -> None:
     w.send = lambda content, buffers=None: None
     atlas_changes = []
     w.observe(lambda ch: atlas_changes.append(1), names="atlas")
-    w._on_custom_msg(w, {"type": "action", "name": "bad", "payload": {}}, [np.array([2, 4], "<u4").tobytes()])
+    view.wait()  # the first map (none here: no embedder) and the metrics run in the background
+    w.set_state({"selection": memoryview(np.array([2, 4], "<u4").tobytes())})  # the selection's only channel
+    hidden_sends = []
+    for name in ("xy", "cls", "kind"):
+        w.observe(lambda ch: hidden_sends.append(ch["name"]), names=name)
+    w._on_custom_msg(w, {"type": "action", "name": "bad", "payload": {}}, [])
     assert atlas_changes == []  # feedback redraws colours, the thumbnails are not resent
     s = crafter.samples.set_index("id")
     assert s.loc[[view.ids[2], view.ids[4]], "feedback"].tolist() == ["bad", "bad"]
-    assert w.status == "marked 2 images bad"
+    assert w.status.startswith("marked bad: 2 images") and hidden_sends == []  # only the feedback array is resent
     assert np.frombuffer(w.feedback, np.uint8)[[2, 4]].tolist() == [2, 2]  # redrawn from the "feedback" event
     # Generating without a generator: the controller's clear error lands in the status line.
     w._on_custom_msg(w, {"type": "action", "name": "generate", "payload": {"strategy": "class", "count": 1}}, [])
     assert w.status.startswith("generate failed:") and "generator" in w.status
     # Evolve runs in a worker thread; without models its clear error comes back the same way.
-    w._on_custom_msg(w, {"type": "action", "name": "evolve", "payload": {}}, [np.array([2], "<u4").tobytes()])
+    w.set_state({"selection": memoryview(np.array([2], "<u4").tobytes())})
+    w._on_custom_msg(w, {"type": "action", "name": "evolve", "payload": {}}, [])
     with pytest.raises(Exception, match="generator"):
-        view._evolve_job.wait(timeout=60)
+        view._job.wait(timeout=60)
     for _ in range(100):  # the job's last listener call runs just after wait() returns
         if "failed" in w.status:
             break
@@ -363,8 +373,13 @@ def test_crafter_view_follows_the_projection(crafter) -> None:
     assert np.allclose(got, xy)
     labels = view.widget.labels
     assert [lab["text"] for lab in labels] == ["red", "<b>thin</b>"]
-    left = sorted(np.flatnonzero(xy[:, 0] < 0).tolist())  # nearest label: x=-5 vs x=5
+    train = (crafter.samples["split"] != "test").to_numpy()  # held-out test images are off the map by default
+    left = sorted(np.flatnonzero((xy[:, 0] < 0) & train).tolist())  # nearest label: x=-5 vs x=5
     assert labels[0]["members"] == left and labels[0]["n"] == len(left)
+    # Each label sits on one of its members (the densest group), never in empty space between clusters.
+    assert any(np.allclose([labels[0]["x"], labels[0]["y"]], xy[i]) for i in left)
+    assert np.frombuffer(view.widget.hidden, np.uint8).tolist() == (~train).astype(np.uint8).tolist()
+    assert set(np.frombuffer(view.widget.kind, np.uint8)[~train].tolist()) == {2}
 
 
 def test_crafter_view_shows_metrics_once_there_are_rounds(crafter, monkeypatch) -> None:
@@ -373,6 +388,7 @@ def test_crafter_view_shows_metrics_once_there_are_rounds(crafter, monkeypatch) 
     from datacrafter_widget.ui.widget import CrafterView
 
     view = CrafterView(crafter)
+    view.wait()
     assert view.chart is None and len(view.layout.children) == 1  # no rounds yet: no chart
     # crafter.metrics is a computed property (one row per round); stand in for two rounds of it.
     table = {"df": pd.DataFrame({"round": [1], "distance": [0.4], "diversity": [0.2]})}
@@ -383,3 +399,63 @@ def test_crafter_view_shows_metrics_once_there_are_rounds(crafter, monkeypatch) 
     view.update_metrics()
     assert len(view.layout.children) == 2
     assert len(view.chart.chart.to_dict()["datasets"][next(iter(view.chart.chart.to_dict()["datasets"]))]) == 4
+
+
+def test_crafter_view_tools_reach_the_controller(crafter) -> None:
+    """Every toolbar action goes through the controller's twin: search, undo / redo, gallery marks,
+    filters, isolate, colour by a column, prompt edits; test images are never marked."""
+    from datacrafter_widget.ui.widget import CrafterView
+
+    view = CrafterView(crafter)
+    view.wait()
+    w = view.widget
+    w.send = lambda content, buffers=None: None
+    act = lambda name, **payload: w._on_custom_msg(w, {"type": "action", "name": name, "payload": payload}, [])  # noqa: E731
+    s = crafter.samples
+    test = (s["split"] == "test").to_numpy()
+    # Search: the matches on the map become the selection (test images are off the map).
+    act("search", query="blue", mode="text")
+    want = [i for i in crafter.search("blue", select=False) if not test[view._index[i]]]
+    assert want and crafter.selection == want and w.selected.tolist() == sorted(view._index[i] for i in want)
+    # Bad, then undo and redo, through the buttons.
+    fb = lambda: crafter.samples.set_index("id").loc[want, "feedback"].tolist()  # noqa: E731
+    before, undo0 = fb(), w.history["undo"]  # the module's crafter may carry marks from earlier tests
+    act("bad")
+    assert fb() == ["bad"] * len(want) and w.history == {"undo": undo0 + 1, "redo": 0}
+    act("undo")
+    assert fb() == before and w.history == {"undo": undo0, "redo": 1}
+    act("redo")
+    assert fb() == ["bad"] * len(want)
+    # One image from the gallery; a test image is refused.
+    i = view._index[want[0]]
+    act("gallery_mark", index=i, value="good")
+    assert crafter.samples.set_index("id").at[want[0], "feedback"] == "good"
+    t = int(np.flatnonzero(test)[0])
+    act("gallery_mark", index=t, value="bad")
+    assert "never marked" in w.status and crafter.samples["feedback"].to_numpy()[t] == ""
+    w.selected = [t, i]
+    act("remove")
+    assert "1 held-out test images skipped" in w.status
+    assert crafter.samples.set_index("id").at[want[0], "feedback"] == "removed"
+    assert np.frombuffer(w.hidden, np.uint8)[i] == 1 and w.selected.tolist() == []  # removed: off the map
+    # Filters and isolate are the controller's view state.
+    act("filter", show_test=True)
+    assert crafter.view.show_test and np.frombuffer(w.hidden, np.uint8)[t] == 0 and w.filters["show_test"]
+    w.selected = [1, 2]
+    act("isolate")
+    assert crafter.view.isolate == (view.ids[1], view.ids[2]) and np.frombuffer(w.hidden, np.uint8).sum() == len(s) - 2
+    act("isolate", clear=True)
+    assert crafter.view.isolate is None
+    # Colour by a column: codes and names come from Python.
+    w.color_by = "split"
+    assert crafter.view.color_by == "split" and set(w.color_names) >= {"train", "test"}
+    assert len(np.frombuffer(w.color_codes, "<u2")) == len(s)
+    # Prompt edits.
+    cls = crafter.classes[2]
+    act("prompt_edit", **{"class": cls, "prompt": "a photo of a two"})
+    assert w.prompts[cls]["current"] == "a photo of a two" and "saved" in w.status
+    act("prompt_revert", **{"class": cls, "index": 0})
+    assert [h["action"] for h in crafter.prompts[cls]["history"]] == ["edit", "revert"]
+    # Generate "evolved" without a generator: the controller's error, in full, in the status line.
+    act("generate", strategy="evolved", count=1)
+    assert w.status.startswith("generate failed:") and "generator" in w.status

@@ -25,38 +25,53 @@ QUICKSTART = "quickstart.ipynb"
 
 # ---- demo ----------------------------------------------------------------------------------
 def find_notebooks() -> Path:
-    """The folder holding quickstart.ipynb: $DATACRAFTER_NOTEBOOKS, the source checkout's
-    notebooks/ (editable installs), or a copy installed with the package."""
+    """The folder holding quickstart.ipynb: $DATACRAFTER_NOTEBOOKS, else the copy shipped inside the
+    package (datacrafter_widget/starter/notebooks/, in a wheel as in a checkout)."""
     candidates = []
     if os.environ.get("DATACRAFTER_NOTEBOOKS"):
         candidates.append(Path(os.environ["DATACRAFTER_NOTEBOOKS"]).expanduser())
-    candidates += [
-        PACKAGE_DIR.parent / "notebooks",
-        PACKAGE_DIR / "notebooks",
-        Path(sys.prefix) / "share" / "datacrafter-widget" / "notebooks",
-    ]
+    candidates.append(PACKAGE_DIR / "starter" / "notebooks")
     for c in candidates:
         if (c / QUICKSTART).is_file():
             return c
     raise SystemExit(
-        "datacrafter demo: could not find notebooks/quickstart.ipynb (looked in "
+        "datacrafter demo: could not find quickstart.ipynb (looked in "
         + ", ".join(str(c) for c in candidates)
-        + "). Run it from a source checkout (pip install -e .) or set DATACRAFTER_NOTEBOOKS to the notebooks folder."
+        + "). Reinstall the package (pip install --force-reinstall datacrafter-widget) or set DATACRAFTER_NOTEBOOKS "
+        "to a folder that holds quickstart.ipynb."
     )
 
 
 def working_notebooks(source: Path, workdir: Path | None = None) -> Path:
-    """Where JupyterLab runs: the notebooks folder itself if writable, else a copy of it
-    (default ~/datacrafter-notebooks) so notebooks can be saved and projects written."""
-    if workdir is None and os.access(source, os.W_OK):
-        return source
-    target = (workdir or Path.home() / "datacrafter-notebooks").expanduser().absolute()
-    target.mkdir(parents=True, exist_ok=True)
+    """Copy the shipped notebooks into a folder the user owns (default ~/datacrafter-notebooks) and
+    return it: JupyterLab runs there, so saving a notebook or writing its projects never touches the
+    installed package or the source checkout. A notebook already there (the user's edits) is kept."""
+    target = (workdir or Path.home() / "datacrafter-notebooks").expanduser().resolve()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"datacrafter demo: cannot create the working folder {target} ({err}): pass --dir FOLDER")
     for nb in sorted(source.glob("*.ipynb")):
         dest = target / nb.name
         if not dest.exists():  # never overwrite a user's edited copy
             shutil.copyfile(nb, dest)
     return target
+
+
+def browser_available() -> bool:
+    """Whether `webbrowser` can open a page here (False on a server without a display or browser)."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        webbrowser.get()
+    except webbrowser.Error:
+        return False
+    return True
+
+
+NO_BROWSER_HINT = ("datacrafter demo: no web browser on this machine (a server?): open the URL above from your own "
+                   "computer. For a remote machine, start with --ip 0.0.0.0 --port 8888 and open "
+                   "http://HOST:8888/... , or keep the default --ip and forward the port: ssh -L 8888:localhost:8888 HOST")
 
 
 def free_port(preferred: int) -> int:
@@ -103,15 +118,17 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"datacrafter demo: open {url}", flush=True)
     if args.dry_run:
         print(" ".join(command))
+        if not args.no_browser and not browser_available():
+            print(NO_BROWSER_HINT, file=sys.stderr, flush=True)
         return 0
     proc = subprocess.Popen(command, cwd=args.workdir_resolved)
     # `kill <pid>` of this command stops JupyterLab too, instead of leaving it orphaned.
     signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     if not args.no_browser:
-        try:
+        if browser_available():
             webbrowser.open(url)
-        except Exception:  # a server without a browser: the URL is printed above
-            pass
+        else:
+            print(NO_BROWSER_HINT, file=sys.stderr, flush=True)
     try:
         return proc.wait()
     except KeyboardInterrupt:
@@ -121,12 +138,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="open JupyterLab on the quickstart notebook (offline starter kit)",
-                       description="Start JupyterLab on notebooks/quickstart.ipynb and print its URL.")
+                       description="Copy the quickstart notebooks into a working folder you own "
+                                   "(default ~/datacrafter-notebooks) and start JupyterLab there; prints its URL. "
+                                   "On a remote machine: --ip 0.0.0.0 --port 8888 --no-browser.")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser (servers, remote machines)")
     p.add_argument("--port", type=int, default=8888, help="port to serve on (the next free one if taken; default 8888)")
     p.add_argument("--ip", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--dir", default=None, help="working folder for the notebooks (default: the notebooks folder "
-                                                "if writable, else ~/datacrafter-notebooks)")
+    p.add_argument("--dir", default=None, help="working folder the notebooks are copied to and run in "
+                                                "(default ~/datacrafter-notebooks; your edits there are kept)")
     p.add_argument("--token", default=None, help="access token (default: a random one, printed in the URL)")
     p.add_argument("--dry-run", action="store_true", help="print the URL and the JupyterLab command, start nothing")
     p.set_defaults(func=run_demo)
@@ -236,15 +255,31 @@ def add_info(sub: argparse._SubParsersAction) -> None:
 
 # ---- registration --------------------------------------------------------------------------
 # One function per subcommand; each adds its subparser and sets `func`.
-# `datacrafter run CONFIG.toml` (issue 7) registers here: add its `add_run` to this list.
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [add_demo, add_info]
 
 
-def add_run(sub: argparse._SubParsersAction) -> None:
-    """`datacrafter run CONFIG.toml` (datacrafter_widget/app/headless.py; imported lazily, it loads torch)."""
-    from .headless import add_run as register
+def run_headless(args: argparse.Namespace) -> int:
+    """Print a first line at once, then import the loop (pandas, torch: seconds) and run it."""
+    import time
 
-    register(sub)
+    args.started = time.time()
+    print(f"[{0.0:6.1f}s] datacrafter run {args.config}: starting (importing pandas and torch)", flush=True)
+    from .headless import cli_main
+
+    return cli_main(args)
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    """`datacrafter run CONFIG.toml` (app/headless.py, imported only when the command runs)."""
+    p = sub.add_parser("run", help="run the loop headless from a TOML config and write an HTML report",
+                       description="Run the loop a TOML config describes (see examples/starter.toml) through "
+                                   "DataCrafter and write report.html, metrics.csv, the student and the export "
+                                   "into the project folder. Every line carries the seconds since the start.")
+    p.add_argument("config", help="path of the TOML config (see examples/starter.toml)")
+    p.add_argument("--project", default=None, help="project folder (overrides the config's project)")
+    p.add_argument("--overwrite", action="store_true", help="replace the project folder of an earlier run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the timestamped steps still print)")
+    p.set_defaults(func=run_headless)
 
 
 REGISTRARS.append(add_run)

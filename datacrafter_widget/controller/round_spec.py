@@ -12,6 +12,7 @@ image) gets seed `round_seed(round, seed) + k`; an explicit seed wins, otherwise
 at r * ROUND_SEED_STRIDE. The same spec in the same round number therefore gives the same seeds,
 and so the same images, whether it came from Python, the widget or the CLI.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,8 @@ from ..loop.strategies import GENERATE_STRATEGIES, StrategyError
 
 __all__ = ["RoundSpec", "RoundSpecError", "round_seed", "ROUND_SEED_STRIDE", "MAX_SEED", "Prompts"]
 
-ROUND_SEED_STRIDE = 100_000   # default seeds of round r start at r * ROUND_SEED_STRIDE
-MAX_SEED = 2**63 - 1          # seeds are stored as int64
+ROUND_SEED_STRIDE = 100_000  # default seeds of round r start at r * ROUND_SEED_STRIDE
+MAX_SEED = 2**63 - 1  # seeds are stored as int64
 
 #: prompts: one template for every class, a list of templates, or {class: prompt or [prompts]}
 Prompts = Union[str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]
@@ -65,8 +66,9 @@ def _whole(name: str, value: Any, *, minimum: int, maximum: int | None = None, n
     return out
 
 
-def _real(name: str, value: Any, *, low: float, high: float | None = None, open_low: bool = False,
-          none: str = "") -> float | None:
+def _real(
+    name: str, value: Any, *, low: float, high: float | None = None, open_low: bool = False, none: str = ""
+) -> float | None:
     """A finite real number in range, or None when `none` says what None means."""
     lo = f"> {low}" if open_low else f">= {low}"
     allowed = f"a finite number {lo}" + (f" and <= {high}" if high is not None else "")
@@ -167,17 +169,23 @@ class RoundSpec:
         """This spec with every value checked and normalised (tuples, ints, floats); raises RoundSpecError."""
         strategies = [self.strategies] if isinstance(self.strategies, str) else self.strategies
         if isinstance(strategies, Mapping) or not isinstance(strategies, Sequence) or not strategies:
-            raise RoundSpecError(f"strategy={self.strategies!r}: give one of {list(GENERATE_STRATEGIES)} or a list of them")
+            raise RoundSpecError(
+                f"strategy={self.strategies!r}: give one of {list(GENERATE_STRATEGIES)} or a list of them"
+            )
         strategies = tuple(strategies)
         for s in strategies:
             if s == "gap":
-                raise RoundSpecError("strategy='gap' learns prompt tokens against the student: run it with "
-                                     "crafter.adversarial(target=...), not crafter.generate")
+                raise RoundSpecError(
+                    "strategy='gap' learns prompt tokens against the student: run it with "
+                    "crafter.adversarial(target=...), not crafter.generate"
+                )
             if s not in GENERATE_STRATEGIES:
                 raise RoundSpecError(f"unknown strategy {s!r}: use one of {list(GENERATE_STRATEGIES)}")
         dupes = sorted({s for s in strategies if strategies.count(s) > 1})
         if dupes:
-            raise RoundSpecError(f"strategy lists {dupes} more than once: name each strategy once (per_class sets the count)")
+            raise RoundSpecError(
+                f"strategy lists {dupes} more than once: name each strategy once (per_class sets the count)"
+            )
         classes = self.classes
         if classes is not None:
             classes = (classes,) if isinstance(classes, str) else classes
@@ -185,20 +193,26 @@ class RoundSpec:
                 raise RoundSpecError(f"classes={self.classes!r}: give a class name or a list of class names")
             classes = tuple(classes)
         img2img = "perturb" in strategies
-        strength = _real("strength", self.strength, low=0.0, high=1.0, open_low=True, none="the perturb levels 0.5, 0.7, 0.9")
+        strength = _real(
+            "strength", self.strength, low=0.0, high=1.0, open_low=True, none="the perturb levels 0.5, 0.7, 0.9"
+        )
         lp = _real("latent_perturbation", self.latent_perturbation, low=0.0, none="the default scale 0.3")
         for name, value in (("strength", strength), ("latent_perturbation", lp)):
             if value is not None and not img2img:
-                raise RoundSpecError(f"{name}={value} applies to strategy='perturb' only (image-to-image), but the "
-                                     f"strategies are {list(strategies)}: drop {name} or add 'perturb'")
+                raise RoundSpecError(
+                    f"{name}={value} applies to strategy='perturb' only (image-to-image), but the "
+                    f"strategies are {list(strategies)}: drop {name} or add 'perturb'"
+                )
         if self.caption_template is not None and not isinstance(self.caption_template, str):
-            raise RoundSpecError(f"caption_template={self.caption_template!r}: give a string with {{class}} and {{caption}}")
+            raise RoundSpecError(
+                f"caption_template={self.caption_template!r}: give a string with {{class}} and {{caption}}"
+            )
         if not isinstance(self.filter, bool) and type(self.filter).__name__ != "bool_":
             raise RoundSpecError(f"filter={self.filter!r}: filter must be True or False")
         return replace(
             self,
             strategies=strategies,
-            per_class=_whole("per_class", self.per_class, minimum=1),
+            per_class=int(_whole("per_class", self.per_class, minimum=1) or 0),
             classes=classes,
             prompts=_prompts(self.prompts),
             negative_prompts=_negatives(self.negative_prompts),
@@ -223,7 +237,8 @@ class RoundSpec:
         """The round's first seed (the seed policy), checked so that the last image's seed still fits int64."""
         base = round_seed(round_number, self.seed)
         if base + max(0, n_images - 1) > MAX_SEED:
-            raise RoundSpecError(f"seed={self.seed}: the round's {n_images} images need seeds up to "
-                                 f"{base + n_images - 1}, above {MAX_SEED} (int64): use a smaller seed")
+            raise RoundSpecError(
+                f"seed={self.seed}: the round's {n_images} images need seeds up to "
+                f"{base + n_images - 1}, above {MAX_SEED} (int64): use a smaller seed"
+            )
         return base
-

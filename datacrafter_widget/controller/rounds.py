@@ -19,18 +19,21 @@ images and flags, in any order of batches; a batch must be complete (all its ima
 yielded. The default is `local_backend` (the generator in this process); pass another to
 `RoundRunner(host, backend=...)` or set `crafter.rounds_runner.backend`.
 """
+
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 import numpy as np
 import pandas as pd
@@ -46,11 +49,34 @@ from .jobs import Job, JobContext, tqdm_listener
 from .round_spec import RoundSpec, RoundSpecError, round_seed
 
 if TYPE_CHECKING:
-    from ..loop.evolution import EvolutionResult
+    from ..loop.evolution import EvolutionResult, Genome
     from ..loop.gap import GapConfig, GapResult
+    from ..loop.student import Student
+    from ..models.embedder import Embedder
+    from ..models.generator import Generator
 
-__all__ = ["RoundRunner", "RoundHost", "RenderSettings", "ImageBackend", "local_backend", "store_generated",
-           "generated_row", "gap_round", "evolve_store", "image_fn", "JobRunningError", "FLAG_REASONS"]
+#: the one cancel convention (controller.jobs.is_cancelled): None, a threading.Event or a callable
+Cancel = Union[threading.Event, Callable[[], bool], None]
+#: GAP source images: "train" (each class's real train images) or {class: [sample ids]}
+Sources = Union[str, Mapping[str, Sequence[str]], None]
+#: GAP object masks: "plain-background", a function image -> mask, or {sample id: mask}
+Masks = Union[str, Callable[[Image.Image], np.ndarray], Mapping[str, np.ndarray], None]
+Progress = Union[bool, Callable[[int, int], None]]
+
+__all__ = [
+    "RoundRunner",
+    "RoundHost",
+    "RenderSettings",
+    "ImageBackend",
+    "local_backend",
+    "store_generated",
+    "generated_row",
+    "gap_round",
+    "evolve_store",
+    "image_fn",
+    "JobRunningError",
+    "FLAG_REASONS",
+]
 
 PROMPTS_FILE = "prompts.json"
 
@@ -73,50 +99,103 @@ class RenderSettings:
     steps: int
     guidance: float
     batch_size: int
-    cancel: Any = None                                      # threading.Event or callable -> bool
-    progress: Callable[[float, int], None] | None = None    # (images done in this group, group size)
+    cancel: Cancel = None
+    progress: Callable[[float, int], None] | None = None  # (images done in this group, group size)
 
 
 class ImageBackend(Protocol):
-    def __call__(self, generator: Any, requests: Sequence[GenerationRequest],
-                 sources: Sequence[Image.Image] | None, settings: RenderSettings) -> Iterator[BatchResult]: ...
+    def __call__(
+        self,
+        generator: "Generator",
+        requests: Sequence[GenerationRequest],
+        sources: Sequence[Image.Image] | None,
+        settings: RenderSettings,
+    ) -> Iterator[BatchResult]: ...
 
 
-def local_backend(generator: Any, requests: Sequence[GenerationRequest], sources: Sequence[Image.Image] | None,
-                  settings: RenderSettings) -> Iterator[BatchResult]:
+def local_backend(
+    generator: "Generator",
+    requests: Sequence[GenerationRequest],
+    sources: Sequence[Image.Image] | None,
+    settings: RenderSettings,
+) -> Iterator[BatchResult]:
     """The default backend: the generator in this process, in full batches (see Generator.iter_batches)."""
     first = requests[0]
     img2img = sources is not None
     return generator.iter_batches(
-        [r.prompt for r in requests], negative_prompts=[r.negative_prompt for r in requests],
-        seeds=[r.seed for r in requests], steps=settings.steps, guidance=settings.guidance, images=sources,
+        [r.prompt for r in requests],
+        negative_prompts=[r.negative_prompt for r in requests],
+        seeds=[r.seed for r in requests],
+        steps=settings.steps,
+        guidance=settings.guidance,
+        images=sources,
         strength=first.strength if img2img else 0.5,
         latent_perturbation=first.latent_perturbation if img2img else 0.0,
-        batch_size=settings.batch_size, cancel=settings.cancel, progress=settings.progress,
+        batch_size=settings.batch_size,
+        cancel=settings.cancel,
+        progress=settings.progress,
     )
 
 
 # ---- the one writer of generated rows ----------------------------------------------------------------------
-def generated_row(r: GenerationRequest, *, round: int, steps: int, guidance: float, model: str, scheduler: str,
-                  guidance_min_sigma: float | None, flag: str = "", flag_reason: str = "", batch_id: str = "",
-                  batch_index: int = 0) -> dict[str, Any]:
+def generated_row(
+    r: GenerationRequest,
+    *,
+    round: int,
+    steps: int,
+    guidance: float,
+    model: str,
+    scheduler: str,
+    guidance_min_sigma: float | None,
+    flag: str = "",
+    flag_reason: str = "",
+    batch_id: str = "",
+    batch_index: int = 0,
+) -> dict[str, Any]:
     """The row schema of every generated image (all strategies, GAP included)."""
     return {
-        "label": r.label, "split": "generated", "source": "generated", "prompt": r.prompt,
-        "negative_prompt": r.negative_prompt, "seed": int(r.seed), "steps": int(steps), "guidance": float(guidance),
-        "strength": r.strength if r.parent_id else math.nan, "parent_id": r.parent_id, "round": int(round),
-        "strategy": r.strategy, "model": model, "caption": r.caption, "flag": flag, "flag_reason": flag_reason,
-        "latent_perturbation": float(r.latent_perturbation), "scheduler": scheduler,
+        "label": r.label,
+        "split": "generated",
+        "source": "generated",
+        "prompt": r.prompt,
+        "negative_prompt": r.negative_prompt,
+        "seed": int(r.seed),
+        "steps": int(steps),
+        "guidance": float(guidance),
+        "strength": r.strength if r.parent_id else math.nan,
+        "parent_id": r.parent_id,
+        "round": int(round),
+        "strategy": r.strategy,
+        "model": model,
+        "caption": r.caption,
+        "flag": flag,
+        "flag_reason": flag_reason,
+        "latent_perturbation": float(r.latent_perturbation),
+        "scheduler": scheduler,
         "guidance_min_sigma": math.nan if guidance_min_sigma is None else float(guidance_min_sigma),
-        "batch_id": batch_id, "batch_index": int(batch_index),
-        "embeddings_file": str(r.extra.get("embeddings_file", "")), "mask_file": str(r.extra.get("mask_file", "")),
+        "batch_id": batch_id,
+        "batch_index": int(batch_index),
+        "embeddings_file": str(r.extra.get("embeddings_file", "")),
+        "mask_file": str(r.extra.get("mask_file", "")),
     }
 
 
-def store_generated(store: SampleStore, images: list[Image.Image], requests: Sequence[GenerationRequest],
-                    flags: Sequence[str], *, round: int, steps: int, guidance: float, model: str, scheduler: str = "",
-                    guidance_min_sigma: float | None = None, embedder: Any = None, class_filter: ClassFilter | None = None,
-                    batch_id: str = "") -> list[str]:
+def store_generated(
+    store: SampleStore,
+    images: list[Image.Image],
+    requests: Sequence[GenerationRequest],
+    flags: Sequence[str],
+    *,
+    round: int,
+    steps: int,
+    guidance: float,
+    model: str,
+    scheduler: str = "",
+    guidance_min_sigma: float | None = None,
+    embedder: "Embedder | None" = None,
+    class_filter: ClassFilter | None = None,
+    batch_id: str = "",
+) -> list[str]:
     """Flag (NaN / black / off-class), embed and store one finished batch in one atomic commit.
 
     The batch's composition (batch_id + batch_index) is part of the provenance: CPU and GPU
@@ -132,17 +211,29 @@ def store_generated(store: SampleStore, images: list[Image.Image], requests: Seq
             for k, (flag, why) in enumerate(class_filter.check(emb, [r.label for r in requests])):
                 if flag and not flags[k]:
                     flags[k], reasons[k] = flag, why
-    rows = [generated_row(r, round=round, steps=steps, guidance=guidance, model=model, scheduler=scheduler,
-                          guidance_min_sigma=guidance_min_sigma, flag=f, flag_reason=why, batch_id=batch_id,
-                          batch_index=k)
-            for k, (r, f, why) in enumerate(zip(requests, flags, reasons))]
+    rows = [
+        generated_row(
+            r,
+            round=round,
+            steps=steps,
+            guidance=guidance,
+            model=model,
+            scheduler=scheduler,
+            guidance_min_sigma=guidance_min_sigma,
+            flag=f,
+            flag_reason=why,
+            batch_id=batch_id,
+            batch_index=k,
+        )
+        for k, (r, f, why) in enumerate(zip(requests, flags, reasons))
+    ]
     ids = store.add(images, rows)
-    if emb is not None:
+    if emb is not None and embedder is not None:
         store.put_embeddings([image_hash(im) for im in images], embedder.name, emb)
     return ids
 
 
-def _scheduler_name(generator: Any) -> str:
+def _scheduler_name(generator: "Generator") -> str:
     return type(getattr(getattr(generator, "pipe", None), "scheduler", None)).__name__
 
 
@@ -159,7 +250,7 @@ class RoundHost(Protocol):
 
     def embeddings(self, ids: Sequence[str] | None = None) -> np.ndarray: ...
     def _check_ids(self, ids: Iterable[str], what: str = "ids") -> list[str]: ...
-    def _emit(self, event: str, payload: Any) -> None: ...
+    def _emit(self, event: str, payload: object) -> None: ...
 
 
 class RoundRunner:
@@ -170,7 +261,7 @@ class RoundRunner:
         self.backend = backend
         self._filter_cache: tuple[tuple, ClassFilter] | None = None
         self._warned_filter = False
-        self.last_gap_results: dict[str, GapResult] = {}   # the tokens of the last GAP round, per class
+        self.last_gap_results: dict[str, GapResult] = {}  # the tokens of the last GAP round, per class
 
     @property
     def store(self) -> SampleStore:
@@ -194,7 +285,7 @@ class RoundRunner:
         self.store.write_json("rounds.json", rounds)
 
     def _finish_round(self, rnd: int, status: str, stored: int) -> None:
-        entry = next((r for r in self.rounds if int(r.get("round", -1)) == rnd), {"round": rnd})
+        entry: dict[str, Any] = next((r for r in self.rounds if int(r.get("round", -1)) == rnd), {"round": rnd})
         entry.update(status=status, stored=stored, finished=time.time())
         self.log_round(entry)
 
@@ -210,12 +301,21 @@ class RoundRunner:
         use = set(check_classes(classes, self.host.classes))
         entries = {c: e for c, e in doc.get("classes", {}).items() if c in use and e.get("prompt")}
         if not entries:
-            raise StrategyError("no evolved prompts yet: mark images with crafter.feedback(...) and run crafter.evolve() first")
-        return ({c: [e["prompt"]] for c, e in entries.items()},
-                {c: str(e.get("negative_prompt", "") or "") for c, e in entries.items()})
+            raise StrategyError(
+                "no evolved prompts yet: mark images with crafter.feedback(...) and run crafter.evolve() first"
+            )
+        return (
+            {c: [e["prompt"]] for c, e in entries.items()},
+            {c: str(e.get("negative_prompt", "") or "") for c, e in entries.items()},
+        )
 
-    def plan(self, spec: RoundSpec, *, caption_now: bool = True, round_number: int | None = None,
-             ) -> tuple[list[GenerationRequest], dict[str, Any], int]:
+    def plan(
+        self,
+        spec: RoundSpec,
+        *,
+        caption_now: bool = True,
+        round_number: int | None = None,
+    ) -> tuple[list[GenerationRequest], dict[str, Any], int]:
         """(requests, round entry, number of real images still to caption when not caption_now)."""
         host = self.host
         strategies = list(spec.strategies)
@@ -224,7 +324,9 @@ class RoundRunner:
         negatives: Any = spec.negative_prompts
         if "evolved" in strategies:
             if len(strategies) > 1 or prompts is not None:
-                raise RoundSpecError("strategy='evolved' takes its prompts from prompts.json: run it alone, without prompts=")
+                raise RoundSpecError(
+                    "strategy='evolved' takes its prompts from prompts.json: run it alone, without prompts="
+                )
             prompts, evolved_negs = self.evolved_prompts(use)
             use = [c for c in use if c in prompts]
             negatives = evolved_negs if negatives is None else negatives
@@ -243,9 +345,17 @@ class RoundRunner:
             if spec.caption_template:
                 kw["caption_template"] = spec.caption_template
             requests += build_requests(
-                strat, classes=use, per_class=spec.per_class, seed=base + len(requests),
-                real=real[["id", "label", "caption"]], captions=captions, prompts=prompts, negative_prompts=negatives,
-                strength=spec.strength, latent_perturbation=spec.latent_perturbation, **kw,
+                strat,
+                classes=use,
+                per_class=spec.per_class,
+                seed=base + len(requests),
+                real=real[["id", "label", "caption"]],
+                captions=captions,
+                prompts=prompts,
+                negative_prompts=negatives,
+                strength=spec.strength,
+                latent_perturbation=spec.latent_perturbation,
+                **kw,
             )
         spec.check_seeds(rnd, len(requests))
         info = {**spec.to_dict(), "round": rnd, "classes": use, "seed": base}
@@ -270,18 +380,22 @@ class RoundRunner:
                 return caps
             # chunk by chunk through the project's backend (workers on a Ray cluster), stored as they arrive
             backend = getattr(self.host, "backend", None)
-            chunks = [missing[k:k + 64] for k in range(0, len(missing), 64)]
+            chunks = [missing[k : k + 64] for k in range(0, len(missing), 64)]
             images = ([self.store.image(i) for i in chunk] for chunk in chunks)
-            results = (backend.caption_images(self.host.models, images) if backend is not None
-                       else ([str(c) for c in self.host.models.captioner(im)] for im in images))
+            results = (
+                backend.caption_images(self.host.models, images)
+                if backend is not None
+                else ([str(c) for c in self.host.models.captioner(im)] for im in images)
+            )
             for chunk, new in zip(chunks, results):
                 self.store.update(chunk, caption=list(new))
                 caps.update(zip(chunk, new))
         return caps
 
     # ---- running -----------------------------------------------------------------------------------------
-    def generate(self, spec: RoundSpec, *, background: bool = False, progress: bool = True,
-                 backend: ImageBackend | None = None) -> list[str] | Job:
+    def generate(
+        self, spec: RoundSpec, *, background: bool = False, progress: bool = True, backend: ImageBackend | None = None
+    ) -> list[str] | Job:
         """Plan and run one round from a spec (what crafter.generate does after validating its arguments)."""
         self._check_idle()
         self.host.models.require("generator", "crafter.generate()")
@@ -290,22 +404,40 @@ class RoundRunner:
         requests, info, uncaptioned = self.plan(spec, caption_now=not background)
         prepare = None
         if uncaptioned:
+
             def prepare(ctx: JobContext) -> list[GenerationRequest]:
                 ctx.report(0, len(requests), f"captioning {uncaptioned} real image(s)")
                 return self.plan(spec, caption_now=True, round_number=info["round"])[0]
 
-        return self.run_requests(requests, steps=spec.steps, guidance=spec.guidance, filter=spec.filter,
-                                 background=background, batch_size=spec.batch_size, progress=progress, info=info,
-                                 prepare=prepare, backend=backend)
+        return self.run_requests(
+            requests,
+            steps=spec.steps,
+            guidance=spec.guidance,
+            filter=spec.filter,
+            background=background,
+            batch_size=spec.batch_size,
+            progress=progress,
+            info=info,
+            prepare=prepare,
+            backend=backend,
+        )
 
-    def run_requests(self, requests: Sequence[GenerationRequest], *, steps: int | None = None,
-                     guidance: float | None = None, filter: bool = True, background: bool = False,
-                     batch_size: int | None = None, progress: bool = True, info: Mapping[str, Any] | None = None,
-                     prepare: Callable[[JobContext], Sequence[GenerationRequest]] | None = None,
-                     backend: ImageBackend | None = None) -> list[str] | Job:
+    def run_requests(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        filter: bool = True,
+        background: bool = False,
+        batch_size: int | None = None,
+        progress: bool = True,
+        info: Mapping[str, object] | None = None,
+        prepare: Callable[[JobContext], Sequence[GenerationRequest]] | None = None,
+        backend: ImageBackend | None = None,
+    ) -> list[str] | Job:
         """Run prepared requests as one round; `prepare`, if given, runs first inside the job and
-        returns the final requests (same count and seeds, e.g. with captions filled in).
-        backend: this round's image seam (default: the runner's)."""
+        returns the final requests (same count and seeds, e.g. with captions filled in)."""
         self._check_idle()
         host = self.host
         gen = host.models.require("generator", "generating images")
@@ -321,15 +453,25 @@ class RoundRunner:
                 host._check_ids([r.parent_id], "parent ids")
         self._warn_long_prompts(gen, requests)
         info = dict(info or {})
-        rnd = int(info.get("round") or self.next_round())
+        rnd = int(str(info.get("round") or self.next_round()))
         steps = int(steps or gen.default_steps)
         guidance = float(gen.default_guidance if guidance is None else guidance)
         bs = int(batch_size or host.batch_size)
-        use = backend or self.backend
-        entry = {**info, "round": rnd, "requested": len(requests), "steps": steps, "guidance": guidance,
-                 "batch_size": bs, "model": gen.name, "filter": bool(filter), "status": "running",
-                 "started": time.time(), "stored": 0,
-                 "backend": use.config() if hasattr(use, "config") else {"kind": "local"}}
+        use = backend or self.backend  # this round's image seam (Ray, ...) or the runner's
+        entry = {
+            **info,
+            "round": rnd,
+            "requested": len(requests),
+            "steps": steps,
+            "guidance": guidance,
+            "batch_size": bs,
+            "model": gen.name,
+            "filter": bool(filter),
+            "status": "running",
+            "started": time.time(),
+            "stored": 0,
+            "backend": use.config() if hasattr(use, "config") else {"kind": "local"},
+        }
         self.log_round(entry)
 
         def work(ctx: JobContext) -> list[str]:
@@ -338,8 +480,9 @@ class RoundRunner:
 
         return self._run_job(work, len(requests), rnd, background=background, progress=progress)
 
-    def _run_job(self, work: Callable[[JobContext], list[str]], total: int, rnd: int, *, background: bool,
-                 progress: bool) -> list[str] | Job:
+    def _run_job(
+        self, work: Callable[[JobContext], list[str]], total: int, rnd: int, *, background: bool, progress: bool
+    ) -> list[str] | Job:
         job = Job(work, total=total, description=f"round {rnd}")
         job.on_progress(lambda j: self.host._emit("progress", j))
         self.host.job = job
@@ -349,22 +492,37 @@ class RoundRunner:
             job.on_progress(tqdm_listener(total, f"generating round {rnd}"))
         return job.run() or []
 
-    def _warn_long_prompts(self, gen: Any, requests: Sequence[GenerationRequest]) -> None:
+    def _warn_long_prompts(self, gen: "Generator", requests: Sequence[GenerationRequest]) -> None:
         """Prompts longer than the text encoder reads are stored whole; say once that the model sees a prefix."""
         tok = getattr(getattr(gen, "pipe", None), "tokenizer", None)
         limit = int(getattr(tok, "model_max_length", 0) or 0)
         if tok is None or not 0 < limit < 100_000:
             return
-        long = [r for r in {r.prompt: r for r in requests}.values() if len(r.prompt) > limit
-                and len(tok(r.prompt, truncation=False)["input_ids"]) > limit]
+        long = [
+            r
+            for r in {r.prompt: r for r in requests}.values()
+            if len(r.prompt) > limit and len(tok(r.prompt, truncation=False)["input_ids"]) > limit
+        ]
         if long:
-            warnings.warn(f"{len(long)} prompt(s) are longer than the {limit} tokens the text encoder reads (the first, "
-                          f"for class {long[0].label!r}, has {len(long[0].prompt)} characters): the model sees only their "
-                          "beginning; the rows store them whole", UserWarning, stacklevel=4)
+            warnings.warn(
+                f"{len(long)} prompt(s) are longer than the {limit} tokens the text encoder reads (the first, "
+                f"for class {long[0].label!r}, has {len(long[0].prompt)} characters): the model sees only their "
+                "beginning; the rows store them whole",
+                UserWarning,
+                stacklevel=4,
+            )
 
-    def _generate_round(self, requests: list[GenerationRequest], rnd: int, steps: int, guidance: float,
-                        use_filter: bool, batch_size: int, ctx: JobContext,
-                        backend: ImageBackend | None = None) -> list[str]:
+    def _generate_round(
+        self,
+        requests: list[GenerationRequest],
+        rnd: int,
+        steps: int,
+        guidance: float,
+        use_filter: bool,
+        batch_size: int,
+        ctx: JobContext,
+        backend: ImageBackend | None = None,
+    ) -> list[str]:
         """Generate group by group, batch by batch; each finished batch is stored by a writer thread
         while the next batch is being generated (PNG encoding, fsync, embeddings and the class filter
         overlap with the diffusion model). At most one batch waits to be stored; whatever happens,
@@ -377,11 +535,19 @@ class RoundRunner:
         flt = self.class_filter(rnd) if use_filter else None
         embedder = host.models.embedder if host.models.has("embedder") else None
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datacrafter-store")
-        queue: list[Future] = []        # submitted to the writer, in order
+        queue: list[Future] = []  # submitted to the writer, in order
         collected: set[Future] = set()
         generated = 0
-        common = dict(round=rnd, steps=steps, guidance=guidance, model=gen.name, scheduler=_scheduler_name(gen),
-                      guidance_min_sigma=getattr(gen, "guidance_min_sigma", None), embedder=embedder, class_filter=flt)
+        common = dict(
+            round=rnd,
+            steps=steps,
+            guidance=guidance,
+            model=gen.name,
+            scheduler=_scheduler_name(gen),
+            guidance_min_sigma=getattr(gen, "guidance_min_sigma", None),
+            embedder=embedder,
+            class_filter=flt,
+        )
 
         def collect(future: Future) -> None:
             if future in collected:
@@ -408,14 +574,26 @@ class RoundRunner:
                         if r.parent_id not in parents:
                             parents[r.parent_id] = self.store.image(r.parent_id)
                     sources = [parents[r.parent_id] for r in reqs]
-                settings = RenderSettings(steps=steps, guidance=guidance, batch_size=batch_size, cancel=ctx.cancel_event,
-                                          progress=lambda d, t, o=generated: ctx.report(o + d, len(requests)))
+                settings = RenderSettings(
+                    steps=steps,
+                    guidance=guidance,
+                    batch_size=batch_size,
+                    cancel=ctx.cancel_event,
+                    progress=functools.partial(_report_from, ctx, generated, len(requests)),
+                )
                 for batch in (backend or self.backend)(gen, reqs, sources, settings):
                     generated += len(batch.indices)
-                    queue.append(writer.submit(
-                        store_generated, self.store, batch.images, [reqs[i] for i in batch.indices], batch.flags,
-                        batch_id=f"{rnd}-{gi}-{group[batch.indices[0]]}", **common,
-                    ))
+                    queue.append(
+                        writer.submit(
+                            store_generated,
+                            self.store,
+                            batch.images,
+                            [reqs[i] for i in batch.indices],
+                            batch.flags,
+                            batch_id=f"{rnd}-{gi}-{group[batch.indices[0]]}",
+                            **common,
+                        )
+                    )
                     drain(keep=1)  # the batch before this one must be stored by now (it had a batch's time)
             drain(keep=0)
             status = "cancelled" if ctx.cancelled() and len(ids) < len(requests) else "done"
@@ -438,8 +616,11 @@ class RoundRunner:
         if not host.models.has("embedder"):
             if not self._warned_filter:
                 self._warned_filter = True
-                warnings.warn("the class filter needs an embedder; none was given, so images are not checked",
-                              RuntimeWarning, stacklevel=5)
+                warnings.warn(
+                    "the class filter needs an embedder; none was given, so images are not checked",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
             return None
         emb = host.models.embedder
         s = self.store.samples
@@ -458,8 +639,18 @@ class RoundRunner:
         return flt
 
     # ---- prompt evolution ------------------------------------------------------------------------------------
-    def evolve(self, *, vocabulary: Sequence[str] | None, compose: Callable[..., str] | None, seed: int | None,
-               batch: int, progress: bool, cancel: Any, **options: Any) -> "EvolutionResult":
+    def evolve(
+        self,
+        *,
+        vocabulary: Sequence[str] | None,
+        compose: "Callable[[Genome], str] | None",
+        seed: int | None,
+        batch: int,
+        progress: bool,
+        cancel: Cancel,
+        steps: int | None = None,
+        **options: Any,
+    ) -> "EvolutionResult":
         """Evolve prompts from the feedback (loop/evolution.py) and keep the result in prompts.json.
 
         Candidate batches are rendered through this runner's backend with seeds from the seed policy
@@ -468,19 +659,48 @@ class RoundRunner:
         gen = host.models.require("generator", "crafter.evolve()")
         emb = host.models.require("embedder", "crafter.evolve()")
         rnd = self.next_round()
-        return evolve_store(self.store, classes=host.classes, generate=self.image_fn(gen), embedder=emb,
-                            vocabulary=vocabulary, compose=compose, seed=round_seed(rnd, seed), batch=batch,
-                            progress=progress, cancel=cancel, round=rnd - 1, **options)
+        return evolve_store(
+            self.store,
+            classes=host.classes,
+            generate=self.image_fn(gen, steps=steps),
+            embedder=emb,
+            vocabulary=vocabulary,
+            compose=compose,
+            seed=round_seed(rnd, seed),
+            batch=batch,
+            progress=progress,
+            cancel=cancel,
+            round=rnd - 1,
+            **options,
+        )
 
-    def image_fn(self, gen: Any, *, steps: int | None = None, guidance: float | None = None,
-                 ) -> Callable[[list[str], list[str], list[int]], list[Image.Image]]:
+    def image_fn(
+        self,
+        gen: "Generator",
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ) -> Callable[[list[str], list[str], list[int]], list[Image.Image]]:
         """`generate(prompts, negative_prompts, seeds) -> images` over this runner's backend (not stored)."""
         return image_fn(gen, backend=self.backend, steps=steps, guidance=guidance, batch_size=self.host.batch_size)
 
     # ---- GAP -------------------------------------------------------------------------------------------------
-    def gap(self, student: Any, classes: Sequence[str] | None, *, target: str | None,
-            target_images: Sequence[Image.Image] | None, per_class: int, seed: int | None, config: "GapConfig",
-            shared: bool, sources: Any, masks: Any, progress: bool, cancel: Any) -> list[str]:
+    def gap(
+        self,
+        student: "Student",
+        classes: Sequence[str] | None,
+        *,
+        target: str | None,
+        target_images: Sequence[Image.Image] | None,
+        per_class: int,
+        seed: int | None,
+        config: "GapConfig",
+        shared: bool,
+        sources: Sources,
+        masks: Masks,
+        progress: bool,
+        cancel: Cancel,
+    ) -> list[str]:
         """A GAP round as a Job: learn tokens per class (loop/gap.py), store the images through store_generated."""
         self._check_idle()
         host = self.host
@@ -489,10 +709,21 @@ class RoundRunner:
         per_class = int(RoundSpec(strategies=("class",), per_class=per_class, seed=seed).validated().per_class)
         rnd = self.next_round()
         base = RoundSpec(strategies=("class",), seed=seed).validated().check_seeds(rnd, per_class * len(use))
-        entry = {"round": rnd, "strategies": ["gap"], "per_class": per_class, "classes": use, "target": target or "",
-                 "seed": base, "requested": per_class * len(use), "steps": int(config.final_steps),
-                 "guidance": float(config.guidance), "model": gen.name, "status": "running", "started": time.time(),
-                 "stored": 0}
+        entry = {
+            "round": rnd,
+            "strategies": ["gap"],
+            "per_class": per_class,
+            "classes": use,
+            "target": target or "",
+            "seed": base,
+            "requested": per_class * len(use),
+            "steps": int(config.final_steps),
+            "guidance": float(config.guidance),
+            "model": gen.name,
+            "status": "running",
+            "started": time.time(),
+            "stored": 0,
+        }
         self.log_round(entry)
         embedder = host.models.embedder if host.models.has("embedder") else None
         results: dict[str, GapResult] = {}
@@ -501,11 +732,26 @@ class RoundRunner:
             ids: list[str] = []
             status = "failed"
             try:
-                ids += _gap_into_store(self.store, gen, student, use, target=target, target_images=target_images,
-                                       embedder=embedder, per_class=per_class, round=rnd, seed=base, config=config,
-                                       progress=progress, cancel=_either(cancel, ctx), shared=shared, sources=sources,
-                                       masks=masks, results=results,
-                                       on_stored=lambda new: (ctx.keep(list(ids) + new), host._emit("samples", new)))
+                ids += _gap_into_store(
+                    self.store,
+                    gen,
+                    student,
+                    use,
+                    target=target,
+                    target_images=target_images,
+                    embedder=embedder,
+                    per_class=per_class,
+                    round=rnd,
+                    seed=base,
+                    config=config,
+                    progress=progress,
+                    cancel=_either(cancel, ctx),
+                    shared=shared,
+                    sources=sources,
+                    masks=masks,
+                    results=results,
+                    on_stored=functools.partial(_stored, ctx, ids, host),
+                )
                 status = "cancelled" if ctx.cancelled() and len(ids) < per_class * len(use) else "done"
                 return ids
             finally:
@@ -532,8 +778,10 @@ class RoundRunner:
         scheduler = row.get("scheduler")
         current = _scheduler_name(gen)
         if isinstance(scheduler, str) and scheduler and scheduler != current:
-            raise ValueError(f"{sample_id} was generated with scheduler {scheduler}, the generator now uses {current}: "
-                             f"set it back (generator.set_scheduler / scheduler=...) to regenerate")
+            raise ValueError(
+                f"{sample_id} was generated with scheduler {scheduler}, the generator now uses {current}: "
+                f"set it back (generator.set_scheduler / scheduler=...) to regenerate"
+            )
         tokens_file = row.get("embeddings_file")
         if isinstance(tokens_file, str) and tokens_file:
             return self._regenerate_gap(row, gen, alone)
@@ -557,14 +805,17 @@ class RoundRunner:
             [str(m["prompt"]) for m in members],
             negative_prompt=[str(m["negative_prompt"]) for m in members],
             seed=[int(m["seed"]) for m in members],
-            steps=int(row["steps"]), guidance=float(row["guidance"]),
+            steps=int(row["steps"]),
+            guidance=float(row["guidance"]),
             image=[self.store.image(str(m["parent_id"])) for m in members] if img2img else None,
-            strength=strength if img2img else 0.5, latent_perturbation=lp if img2img else 0.0,
-            batch_size=len(members), **extra,
+            strength=strength if img2img else 0.5,
+            latent_perturbation=lp if img2img else 0.0,
+            batch_size=len(members),
+            **extra,
         )
         return out[position]
 
-    def _regenerate_gap(self, row: dict[str, Any], gen: Any, alone: bool) -> Image.Image:
+    def _regenerate_gap(self, row: dict[str, Any], gen: "Generator", alone: bool) -> Image.Image:
         """GAP images: learned prompt tokens (safetensors in the project) + seed, replayed in the
         same call that made them (all seeds of that token file, in order) unless `alone`."""
         from ..loop.gap import generate_with_tokens, load_mask, load_tokens
@@ -587,39 +838,76 @@ class RoundRunner:
             mask_file = row.get("mask_file")
             if isinstance(mask_file, str) and mask_file:
                 masks = [load_mask(self.store.path / str(m["mask_file"])) for m in members]
-        out = generate_with_tokens(gen, tokens, seeds, steps=int(row["steps"]), guidance=float(row["guidance"]),
-                                   negative_prompt=str(row["negative_prompt"]), sources=sources, masks=masks,
-                                   strength=strength)
+        out = generate_with_tokens(
+            gen,
+            tokens,
+            seeds,
+            steps=int(row["steps"]),
+            guidance=float(row["guidance"]),
+            negative_prompt=str(row["negative_prompt"]),
+            sources=sources,
+            masks=masks,
+            strength=strength,
+        )
         return out[position]
 
 
-def image_fn(generator: Any, *, backend: ImageBackend = local_backend, steps: int | None = None,
-             guidance: float | None = None, batch_size: int = 8,
-             ) -> Callable[[list[str], list[str], list[int]], list[Image.Image]]:
+def image_fn(
+    generator: "Generator",
+    *,
+    backend: ImageBackend = local_backend,
+    steps: int | None = None,
+    guidance: float | None = None,
+    batch_size: int = 8,
+) -> Callable[[list[str], list[str], list[int]], list[Image.Image]]:
     """Images without rows, through the same seam as rounds: prompt evolution's candidate batches."""
+
     def generate(prompts: list[str], negatives: list[str], seeds: list[int]) -> list[Image.Image]:
-        reqs = [GenerationRequest(prompt=p, label="", seed=int(s), strategy="evolved", negative_prompt=n)
-                for p, n, s in zip(prompts, negatives, seeds)]
-        settings = RenderSettings(steps=int(steps or generator.default_steps),
-                                  guidance=float(generator.default_guidance if guidance is None else guidance),
-                                  batch_size=int(batch_size))
+        reqs = [
+            GenerationRequest(prompt=p, label="", seed=int(s), strategy="evolved", negative_prompt=n)
+            for p, n, s in zip(prompts, negatives, seeds)
+        ]
+        settings = RenderSettings(
+            steps=int(steps or generator.default_steps),
+            guidance=float(generator.default_guidance if guidance is None else guidance),
+            batch_size=int(batch_size),
+        )
         out: dict[int, Image.Image] = {}
         for batch in backend(generator, reqs, None, settings):
             out.update(zip(batch.indices, batch.images))
         return [out[i] for i in sorted(out)]
+
     return generate
 
 
-def _either(cancel: Any, ctx: JobContext) -> Callable[[], bool]:
+def _report_from(ctx: JobContext, offset: int, total: int, done: float, _group_total: int) -> None:
+    """A group's progress (images done in the group) as the round's (images done in the round)."""
+    ctx.report(offset + done, total)
+
+
+def _stored(ctx: JobContext, ids: list[str], host: RoundHost, new: list[str]) -> None:
+    """GAP stored a class's images: keep them as the job's partial result and tell the views."""
+    ctx.keep(list(ids) + new)
+    host._emit("samples", new)
+
+
+def _either(cancel: Cancel, ctx: JobContext) -> Callable[[], bool]:
     from .jobs import is_cancelled
 
     return lambda: ctx.cancelled() or is_cancelled(cancel)
 
 
 # ---- store-level entry points (also used by benchmarks without a DataCrafter) -------------------------------
-def evolve_store(store: SampleStore, *, classes: Sequence[str], generate: Callable[..., list[Image.Image]],
-                 embedder: Any, vocabulary: Sequence[str] | None = None, round: int | None = None,
-                 **options: Any) -> "EvolutionResult":
+def evolve_store(
+    store: SampleStore,
+    *,
+    classes: Sequence[str],
+    generate: Callable[..., list[Image.Image]],
+    embedder: "Embedder",
+    vocabulary: Sequence[str] | None = None,
+    round: int | None = None,
+    **options: Any,
+) -> "EvolutionResult":
     """Evolve the prompts from the store's feedback and merge the result into prompts.json (its only writer)."""
     from ..loop.evolution import apply_to_prompts_doc, current_prompts, evolve_prompts
 
@@ -627,18 +915,41 @@ def evolve_store(store: SampleStore, *, classes: Sequence[str], generate: Callab
     samples = store.samples
     if round is None:
         round = int(samples["round"].max()) if len(samples) else 0
-    result = evolve_prompts(samples, classes=classes, generate=generate, embedder=embedder, load_image=store.image,
-                            current=current_prompts(doc, classes), vocabulary=vocabulary, round=round, **options)
+    result = evolve_prompts(
+        samples,
+        classes=classes,
+        generate=generate,
+        embedder=embedder,
+        load_image=store.image,
+        current=current_prompts(doc, classes),
+        vocabulary=vocabulary,
+        round=round,
+        **options,
+    )
     store.write_json(PROMPTS_FILE, apply_to_prompts_doc(doc, result))
     return result
 
 
-def gap_round(store: SampleStore, generator: Any, student: Any, classes: Sequence[str], *, target: str | None = None,
-              target_images: Sequence[Image.Image] | None = None, embedder: Any = None, per_class: int = 10,
-              round: int = 1, seed: int | None = None, config: "GapConfig | None" = None,
-              progress: bool | Callable[[int, int], None] = False, cancel: Any = None, shared: bool = False,
-              sources: str | Mapping[str, Sequence[str]] | None = None, masks: Any = None,
-              **overrides: Any) -> tuple[list[str], dict[str, "GapResult"]]:
+def gap_round(
+    store: SampleStore,
+    generator: "Generator",
+    student: "Student",
+    classes: Sequence[str],
+    *,
+    target: str | None = None,
+    target_images: Sequence[Image.Image] | None = None,
+    embedder: "Embedder | None" = None,
+    per_class: int = 10,
+    round: int = 1,
+    seed: int | None = None,
+    config: "GapConfig | None" = None,
+    progress: Progress = False,
+    cancel: Cancel = None,
+    shared: bool = False,
+    sources: Sources = None,
+    masks: Masks = None,
+    **overrides: Any,
+) -> tuple[list[str], dict[str, "GapResult"]]:
     """Learn tokens per class, generate `per_class` final images each, store them (without a DataCrafter).
 
     Rows carry strategy "gap", the readable prompt, seed (the seed policy: round_seed(round, seed) + k),
@@ -652,18 +963,51 @@ def gap_round(store: SampleStore, generator: Any, student: Any, classes: Sequenc
 
     cfg = config if config is not None else GapConfig()
     results: dict[str, GapResult] = {}
-    ids = _gap_into_store(store, generator, student, [str(c) for c in classes], target=target,
-                          target_images=target_images, embedder=embedder, per_class=per_class, round=round,
-                          seed=round_seed(round, seed), config=cfg, progress=progress, cancel=cancel, shared=shared,
-                          sources=sources, masks=masks, results=results, **overrides)
+    ids = _gap_into_store(
+        store,
+        generator,
+        student,
+        [str(c) for c in classes],
+        target=target,
+        target_images=target_images,
+        embedder=embedder,
+        per_class=per_class,
+        round=round,
+        seed=round_seed(round, seed),
+        config=cfg,
+        progress=progress,
+        cancel=cancel,
+        shared=shared,
+        sources=sources,
+        masks=masks,
+        results=results,
+        **overrides,
+    )
     return ids, results
 
 
-def _gap_into_store(store: SampleStore, generator: Any, student: Any, classes: list[str], *, target: str | None,
-                    target_images: Sequence[Image.Image] | None, embedder: Any, per_class: int, round: int, seed: int,
-                    config: "GapConfig", progress: Any, cancel: Any, shared: bool, sources: Any, masks: Any,
-                    results: dict[str, "GapResult"], on_stored: Callable[[list[str]], Any] | None = None,
-                    **overrides: Any) -> list[str]:
+def _gap_into_store(
+    store: SampleStore,
+    generator: "Generator",
+    student: "Student",
+    classes: list[str],
+    *,
+    target: str | None,
+    target_images: Sequence[Image.Image] | None,
+    embedder: "Embedder | None",
+    per_class: int,
+    round: int,
+    seed: int,
+    config: "GapConfig",
+    progress: Progress,
+    cancel: Cancel,
+    shared: bool,
+    sources: Sources,
+    masks: Masks,
+    results: dict[str, "GapResult"],
+    on_stored: Callable[[list[str]], object] | None = None,
+    **overrides: Any,
+) -> list[str]:
     """GAP's store side: resolve sources and masks, save tokens and masks, write rows via store_generated."""
     from ..loop.gap import GapError, gap_images, mask_for
 
@@ -676,46 +1020,77 @@ def _gap_into_store(store: SampleStore, generator: Any, student: Any, classes: l
     src_ids = _source_ids(store, classes, sources) if sources is not None else None
     if masks is not None and src_ids is None:
         raise GapError("masks need source images: pass sources='train' (or {class: [sample ids]}) too")
-    src_images = {i: store.image(i) for c in (src_ids or {}) for i in src_ids[c]}
+    src_images = {i: store.image(i) for ids_of_class in (src_ids or {}).values() for i in ids_of_class}
     src_masks = {i: mask_for(masks, i, im) for i, im in src_images.items()} if masks is not None else None
     mask_files = {i: _save_mask(base, i, m) for i, m in src_masks.items()} if src_masks is not None else {}
     seeds = {c: [seed + ci * per_class + j for j in range(per_class)] for ci, c in enumerate(classes)}
     ids: list[str] = []
     for label, res, images in gap_images(
-            generator, student, classes, seeds=seeds, target=target, target_images=target_images, embedder=embedder,
-            config=config, progress=progress, cancel=cancel, shared=shared,
-            sources={c: [src_images[i] for i in src_ids[c]] for c in classes} if src_ids else None,
-            masks={c: [src_masks[i] for i in src_ids[c]] for c in classes} if src_ids and src_masks is not None else None,
-            **overrides):
+        generator,
+        student,
+        classes,
+        seeds=seeds,
+        target=target,
+        target_images=target_images,
+        embedder=embedder,
+        config=config,
+        progress=progress,
+        cancel=cancel,
+        shared=shared,
+        sources={c: [src_images[i] for i in src_ids[c]] for c in classes} if src_ids else None,
+        masks={c: [src_masks[i] for i in src_ids[c]] for c in classes} if src_ids and src_masks is not None else None,
+        **overrides,
+    ):
         digest = hashlib.sha256(res.embeddings.numpy().tobytes()).hexdigest()[:12]
         rel = f"gap/gap-r{int(round):03d}-{_slug(label)}-{digest}.safetensors"
         res.save(base / rel)
         res.file = rel
         results[label] = res
         parents = [src_ids[label][j % len(src_ids[label])] for j in range(per_class)] if src_ids else []
-        reqs = [GenerationRequest(
-            prompt=res.prompt, label=label, seed=s, strategy="gap", caption=target or "",
-            parent_id=parents[j] if parents else "", strength=float(res.config.strength) if parents else math.nan,
-            extra={"embeddings_file": rel, "mask_file": mask_files.get(parents[j], "") if parents else ""})
-            for j, s in enumerate(seeds[label])]
-        new = store_generated(store, images, reqs, [], round=round, steps=int(res.config.final_steps),
-                              guidance=float(res.config.guidance), model=res.model,
-                              scheduler=_scheduler_name(generator), embedder=embedder,
-                              batch_id=f"{round}-gap-{_slug(label)}")
+        reqs = [
+            GenerationRequest(
+                prompt=res.prompt,
+                label=label,
+                seed=s,
+                strategy="gap",
+                caption=target or "",
+                parent_id=parents[j] if parents else "",
+                strength=float(res.config.strength) if parents else math.nan,
+                extra={"embeddings_file": rel, "mask_file": mask_files.get(parents[j], "") if parents else ""},
+            )
+            for j, s in enumerate(seeds[label])
+        ]
+        new = store_generated(
+            store,
+            images,
+            reqs,
+            [],
+            round=round,
+            steps=int(res.config.final_steps),
+            guidance=float(res.config.guidance),
+            model=res.model,
+            scheduler=_scheduler_name(generator),
+            embedder=embedder,
+            batch_id=f"{round}-gap-{_slug(label)}",
+        )
         ids += new
         if on_stored is not None:
             on_stored(new)
     return ids
 
 
-def _source_ids(store: SampleStore, classes: list[str], sources: str | Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+def _source_ids(
+    store: SampleStore, classes: list[str], sources: str | Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
     """Sample ids of the source images per class, checked against the store."""
     from ..loop.gap import GapError
 
     s = store.samples
     if isinstance(sources, str):
         if sources != "train":
-            raise GapError(f"sources={sources!r}: use 'train' (the real train images of each class) or {{class: [sample ids]}}")
+            raise GapError(
+                f"sources={sources!r}: use 'train' (the real train images of each class) or {{class: [sample ids]}}"
+            )
         real = s[(s["source"] == "real") & (s["split"] == "train")]
         out = {c: real.loc[real["label"] == c, "id"].astype(str).tolist() for c in classes}
     else:
@@ -726,8 +1101,10 @@ def _source_ids(store: SampleStore, classes: list[str], sources: str | Mapping[s
             raise GapError(f"source ids {missing[:5]} are not in the project: pass ids from crafter.samples")
     empty = [c for c, v in out.items() if not v]
     if empty:
-        raise GapError(f"no source images for class(es) {empty}: GAP with sources needs at least one real train "
-                       "image per class (or sources=None for text-to-image)")
+        raise GapError(
+            f"no source images for class(es) {empty}: GAP with sources needs at least one real train "
+            "image per class (or sources=None for text-to-image)"
+        )
     return out
 
 
@@ -736,7 +1113,7 @@ def _save_mask(base: Path, sample_id: str, mask: np.ndarray) -> str:
     from ..loop.masks import mask_to_image
 
     buf = io.BytesIO()
-    mask_to_image(mask).save(buf, format="PNG", optimize=False, compress_level=6)   # 8-bit L, no metadata
+    mask_to_image(mask).save(buf, format="PNG", optimize=False, compress_level=6)  # 8-bit L, no metadata
     data = buf.getvalue()
     rel = f"gap/masks/{_slug(sample_id)}-{hashlib.sha256(data).hexdigest()[:12]}.png"
     if not (base / rel).is_file():

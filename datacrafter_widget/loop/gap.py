@@ -27,9 +27,10 @@ import contextlib
 import json
 import math
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +38,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..controller.jobs import is_cancelled
+
+if TYPE_CHECKING:
+    from ..models.embedder import Embedder
+    from ..models.generator import Generator
+    from .student import Student
 
 __all__ = ["GapError", "GapConfig", "GapResult", "optimise_prompt_tokens", "generate_with_tokens",
            "load_tokens", "load_mask", "gap_images", "mask_for", "student_loss_on", "composite"]
@@ -541,20 +547,20 @@ def student_loss_on(student: Any, images: Sequence[Image.Image], label: str) -> 
 
 
 def gap_images(
-    generator: Any,
-    student: Any,
+    generator: Generator,
+    student: Student,
     classes: Sequence[str],
     *,
     seeds: Mapping[str, Sequence[int]],
     target: str | None = None,
     target_images: Sequence[Image.Image] | None = None,
-    embedder: Any = None,
+    embedder: Embedder | None = None,
     config: GapConfig | None = None,
     progress: bool | Callable[[int, int], None] = False,
-    cancel: Any = None,
+    cancel: threading.Event | Callable[[], bool] | None = None,
     shared: bool = False,
     sources: Mapping[str, Sequence[Image.Image]] | None = None,
-    masks: Mapping[str, Sequence[Any]] | None = None,
+    masks: Mapping[str, Sequence[np.ndarray]] | None = None,
     **overrides: Any,
 ) -> Iterator[tuple[str, GapResult, list[Image.Image]]]:
     """Learn tokens per class and render each class's final images: yields (class, tokens, images).

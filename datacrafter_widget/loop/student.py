@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,12 +32,19 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..data.images import to_rgb
 from ..controller.jobs import is_cancelled
+from ..data.images import to_rgb
 
 __all__ = [
-    "Student", "StudentConfig", "StudentError", "train_student", "evaluate", "accepted_rows",
-    "training_set_from_samples", "default_kind", "pixels",
+    "Student",
+    "StudentConfig",
+    "StudentError",
+    "accepted_rows",
+    "default_kind",
+    "evaluate",
+    "pixels",
+    "train_student",
+    "training_set_from_samples",
 ]
 
 WEIGHTS_FILE = "student.safetensors"
@@ -254,7 +262,8 @@ class Student:
 
     def __repr__(self) -> str:
         c = self.config
-        return f"Student({c.kind}, {len(c.classes)} classes, trained {c.trained_epochs} epochs on {c.n_train} images{' (cancelled)' if c.cancelled else ''})"
+        done = f"{c.trained_steps} steps" if c.kind == "cnn" and c.trained_steps else f"{c.trained_epochs} epochs"
+        return f"Student({c.kind}, {len(c.classes)} classes, trained {done} on {c.n_train} images{' (cancelled)' if c.cancelled else ''})"
 
     def class_index(self, label: str) -> int:
         """Index of a class; a clear error when the student never saw it."""
@@ -323,7 +332,7 @@ class Student:
         return folder
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, *, embedder: Any = None, backbone: nn.Module | None = None) -> "Student":
+    def load(cls, folder: str | os.PathLike, *, embedder: Any = None, backbone: nn.Module | None = None) -> Student:
         """Rebuild from `save`; a probe needs the same embedder, a custom backbone its module."""
         from safetensors.torch import load_file
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, SDCFGCutoffCallback
 from PIL import Image
 
@@ -86,7 +87,7 @@ def _per_image(value: Any, n: int, what: str) -> list[Any]:
 
 def square(image: Image.Image, size: int) -> Image.Image:
     """Centre-crop to a square and resize to the generator's resolution (img2img sources)."""
-    return centre_square(to_rgb(image), size, Image.BICUBIC)
+    return centre_square(to_rgb(image), size, Image.Resampling.BICUBIC)
 
 
 def centre_square(image: Image.Image, size: int, resample: int) -> Image.Image:
@@ -159,7 +160,7 @@ class Generator:
         self.scheduler_name = scheduler
         if scheduler:
             set_scheduler(pipe, scheduler)
-        self._img2img = None
+        self._img2img: Any = None
         self.last_flags: list[str] = []
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
@@ -222,7 +223,7 @@ class Generator:
         """
         prompts = _check_prompts(prompts)
         n = len(prompts)
-        seeds = list(seed) if isinstance(seed, (list, tuple)) else [int(seed) + i for i in range(n)]
+        seeds = [int(seed) + i for i in range(n)] if isinstance(seed, (int, np.integer)) else list(seed)
         if len(seeds) != n:
             raise ValueError(f"{len(seeds)} seeds for {n} prompts: pass one seed per prompt or a single int")
         images = None
@@ -409,19 +410,22 @@ class BatchCFGCutoffCallback(SDCFGCutoffCallback):
     """diffusers' CFG cut-off (the guidance floor), for batches of different prompts.
 
     After step `cutoff_step_index` the pipeline runs the conditional prediction alone. The stock
-    SDCFGCutoffCallback keeps `prompt_embeds[-1:]`, the last prompt's row, which is right for one
-    prompt but gives every image of a mixed batch the last image's prompt; this keeps the whole
+    SDCFGCutoffCallback keeps `prompt_embeds[-1:]`, the last prompt's row: right for one prompt, but
+    a batch of different prompts then fails with a shape mismatch in the UNet; this keeps the whole
     conditional half (`chunk(2)[1]`, one row per image). Guidance scale 0 after the cut-off, as
     upstream (the pipeline then skips the unconditional pass).
     """
 
-    def callback_fn(self, pipeline: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-        cutoff = self.config.cutoff_step_index
+    def callback_fn(self, pipeline: DiffusionPipeline, step_index: int, timestep: torch.Tensor,
+                    callback_kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        config: dict[str, Any] = dict(self.config)
+        pipe: Any = pipeline  # SD pipelines have num_timesteps / _guidance_scale; DiffusionPipeline does not declare them
+        cutoff = config["cutoff_step_index"]
         if cutoff is None:
-            cutoff = int(pipeline.num_timesteps * self.config.cutoff_step_ratio)
+            cutoff = int(pipe.num_timesteps * config["cutoff_step_ratio"])
         if step_index == cutoff:
             callback_kwargs["prompt_embeds"] = callback_kwargs["prompt_embeds"].chunk(2)[1]
-            pipeline._guidance_scale = 0.0
+            pipe._guidance_scale = 0.0
         return callback_kwargs
 
 
@@ -430,10 +434,12 @@ class _StepHook:
 
     tensor_inputs: list[str] = []
 
-    def __init__(self, fn: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]) -> None:
+    def __init__(self, fn: Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.Tensor]],
+                                   dict[str, torch.Tensor]]) -> None:
         self.fn = fn
 
-    def __call__(self, pipeline: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, pipeline: DiffusionPipeline, step_index: int, timestep: torch.Tensor,
+                 callback_kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.fn(pipeline, step_index, timestep, callback_kwargs)
 
 

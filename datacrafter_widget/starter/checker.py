@@ -1,15 +1,24 @@
 """An independent checker for the starter generator: a small CNN trained only on real renders.
 
-It predicts digit, foreground colour and background colour of a 32x32 image. It is *not* one of
-the shipped starter models: benchmarks and tests train it on the spot (about a minute on 2 CPU
-cores) from real pool renders, with its own render seed, and report its accuracy on renders of
-held-out source scans, so that "the prompted digit is recognised" is measured by a model that never
-saw a generated image nor the generator's training renders.
+It predicts digit, foreground colour and background colour of a 32x32 image. It is trained only
+on real pool renders, with its own render seed, and its accuracy is measured on renders of held-out
+source scans, so that "the prompted digit is recognised" is judged by a model that never saw a
+generated image nor the generator's training renders.
+
+It ships trained: `python -m datacrafter_widget.starter.checker [--steps N --batch B]` trains it
+(a progress bar; 600 steps take about 4 minutes on 2 idle CPU cores) and writes
+`weights/checker.safetensors` (float16, about 190 KB) and `weights/checker.json` (its settings and
+held-out accuracy); `load_checker()` reads them, so `datacrafter run` and the quickstart start at
+once instead of training first. The shipped weights were trained with 250 steps of 64 images on a
+busy machine (digit 86.7% on held-out real renders, colours 100%); the 600 x 128 default reaches
+about 96% digit (MODEL_CARD.md).
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +30,7 @@ from .digits import BACKGROUNDS, CLASSES, FOREGROUNDS, colored_digits
 
 HEADS: dict[str, list[str]] = {"digit": CLASSES, "foreground": list(FOREGROUNDS), "background": list(BACKGROUNDS)}
 CHECKER_RENDER_SEED = 777  # differs from the generator's training renders (seed 0)
+WEIGHTS = Path(__file__).with_name("weights") / "checker.safetensors"
 
 
 class CheckerNet(nn.Module):
@@ -73,6 +83,7 @@ class Checker:
     net: CheckerNet
     heldout_accuracy: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
+    settings: dict[str, int] = field(default_factory=dict)
 
     @torch.no_grad()
     def predict(self, images: list[Image.Image]) -> dict[str, list[str]]:
@@ -95,8 +106,11 @@ def _frame_tensors(frame) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
 
 
 def train_checker(steps: int = 600, batch: int = 128, variants: int = 3, seed: int = 0, threads: int = 2,
-                  verbose: bool = False) -> Checker:
-    """Train the checker on real pool renders; evaluate on renders of held-out pool scans."""
+                  verbose: bool = False, progress: bool = False) -> Checker:
+    """Train the checker on real pool renders; evaluate on renders of held-out pool scans.
+
+    progress=True shows a tqdm bar (training takes minutes on a busy CPU).
+    """
     from .train import heldout_sources
 
     torch.set_num_threads(threads)
@@ -111,6 +125,9 @@ def train_checker(steps: int = 600, batch: int = 128, variants: int = 3, seed: i
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
     net.train()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, desc="training the independent checker", unit="step", disable=not progress)
     for step in range(steps):
         idx = torch.randint(0, len(x_tr), (batch,), generator=gen)
         logits = net(_augment(x_tr[idx], gen))
@@ -119,15 +136,57 @@ def train_checker(steps: int = 600, batch: int = 128, variants: int = 3, seed: i
         loss.backward()
         opt.step()
         sched.step()
+        bar.update(1)
         if verbose and step % 100 == 0:
-            print(f"checker step {step}/{steps} loss {loss.item():.3f}", flush=True)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
     net.eval()
     with torch.no_grad():
         logits = net(x_te)
     acc = {k: float((logits[k].argmax(1) == y_te[k]).float().mean()) for k in HEADS}
-    return Checker(net=net, heldout_accuracy=acc, train_seconds=time.time() - t0)
+    return Checker(net=net, heldout_accuracy=acc, train_seconds=time.time() - t0,
+                   settings={"steps": steps, "batch": batch, "variants": variants, "seed": seed})
+
+
+def save_checker(checker: Checker, path: str | Path = WEIGHTS) -> Path:
+    """Write the weights as float16 safetensors (small enough to ship) and a json card beside them."""
+    from safetensors.torch import save as to_bytes
+
+    from ..data.store import atomic_write_bytes
+
+    path = Path(path)
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in checker.net.state_dict().items()}
+    atomic_write_bytes(path, to_bytes(state))
+    card = {"heldout_accuracy": checker.heldout_accuracy, "train_seconds": round(checker.train_seconds, 1),
+            "settings": checker.settings, "render_seed": CHECKER_RENDER_SEED, "dtype": "float16",
+            "trained_by": "python -m datacrafter_widget.starter.checker"}
+    atomic_write_bytes(path.with_suffix(".json"), (json.dumps(card, indent=1) + "\n").encode("utf-8"))
+    return path
+
+
+def load_checker(path: str | Path = WEIGHTS) -> Checker:
+    """The shipped checker (no training); the error names the command that builds the weights."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checker weights at {path}: build them with `python -m datacrafter_widget.starter.checker`")
+    net = CheckerNet()
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()})
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
+    return Checker(net=net.eval(), heldout_accuracy=card.get("heldout_accuracy", {}),
+                   train_seconds=float(card.get("train_seconds", 0.0)), settings=card.get("settings", {}))
 
 
 if __name__ == "__main__":
-    c = train_checker(verbose=True)
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train the independent checker and write starter/weights/checker.*")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    a = parser.parse_args()
+    c = train_checker(steps=a.steps, batch=a.batch, threads=a.threads, verbose=True, progress=True)
     print("held-out real renders:", c.heldout_accuracy, f"({c.train_seconds:.0f}s)")
+    print("wrote", save_checker(c))

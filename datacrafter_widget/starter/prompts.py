@@ -4,6 +4,7 @@ Prompt evolution (loop/evolution.py) is model-agnostic: it mutates phrases from 
 renders genomes with a `compose` function. The starter models were trained on one caption
 grammar ("a thick red 3 on a black background, slanted left"), so the starter kit supplies both.
 """
+
 from __future__ import annotations
 
 from ..loop.evolution import Genome
@@ -14,16 +15,23 @@ __all__ = ["starter_vocabulary", "starter_compose"]
 
 def starter_vocabulary() -> list[str]:
     """Attribute phrases the starter models were trained on (colours, backgrounds, strokes, slants)."""
-    return ([*FOREGROUNDS] + [f"on a {b} background" for b in BACKGROUNDS]
-            + ["thin", "thick", "slanted left", "slanted right"])
+    return (
+        [*FOREGROUNDS]
+        + [f"on a {b} background" for b in BACKGROUNDS]
+        + ["thin", "thick", "slanted left", "slanted right"]
+    )
 
 
 def starter_compose(g: Genome) -> str:
     """Render a genome in the starter caption grammar: 'a thick red 3 on a black background, slanted left'."""
-    stroke = [p for p in g.phrases if p in ("thin", "thick")][:1]
-    colour = [p for p in g.phrases if p in FOREGROUNDS][:1]
-    where = [p for p in g.phrases if p.startswith("on a ")][:1]
-    lean = [p for p in g.phrases if p.startswith("slanted")][:1]
-    other = [p for p in g.phrases if p not in stroke + colour + where + lean]
+    # One word per attribute: a second colour / background / stroke / slant would contradict the first
+    # ('a 9 on a lightblue background, on a pink background'), so only the first of each is kept.
+    groups = {"stroke": [p for p in g.phrases if p in ("thin", "thick")],
+              "colour": [p for p in g.phrases if p in FOREGROUNDS],
+              "where": [p for p in g.phrases if p.startswith("on a ")],
+              "lean": [p for p in g.phrases if p.startswith("slanted")]}
+    stroke, colour, where, lean = (groups[k][:1] for k in ("stroke", "colour", "where", "lean"))
+    grouped = {p for v in groups.values() for p in v}
+    other = [p for p in g.phrases if p not in grouped]
     text = " ".join(["a", *stroke, *colour, g.label, *where])
     return ", ".join([text, *lean, *other])

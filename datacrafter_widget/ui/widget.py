@@ -1,10 +1,12 @@
 """The notebook front end: an anywidget projection view plus ipywidgets controls around it.
 
 `CrafterWidget` only shows data and reports what the person did; it never touches models or the
-sample store. The controller (`DataCrafter`) fills its traits (coordinates, per-point attributes,
-a thumbnail atlas, content labels, prompts, progress) and registers callbacks for the buttons
-(`on_action`) and for hover details (`on_details`). Large data moves as binary buffers: float32
-coordinates, small integer attribute arrays, a uint32 selection and one PNG sprite atlas.
+sample store. `CrafterView` binds it to a controller through the `CrafterController` protocol
+(`DataCrafter` implements it): it fills the traits (coordinates, per-point attributes, a thumbnail
+atlas, content labels, prompts, progress) and turns button presses (`on_action`) and hover
+requests (`on_details`) into controller calls. Large data moves as binary buffers: float32
+coordinates, small integer attribute arrays, a uint32 selection and one PNG sprite atlas. The
+selection travels only through its trait; a feedback change resends only the feedback array.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import io
 import logging
 import math
 import pathlib
-from typing import Any, Callable, Iterable, Mapping, Sequence
+import threading
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import anywidget
 import numpy as np
@@ -23,6 +26,8 @@ from PIL import Image, ImageOps
 __all__ = [
     "ACTIONS",
     "COLOR_MODES",
+    "CrafterController",
+    "CrafterView",
     "CrafterWidget",
     "build_atlas",
     "build_layout",
@@ -34,13 +39,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATIC = pathlib.Path(__file__).parent.parent / "static"
-COLOR_MODES = ("class", "round", "feedback", "flag")
+COLOR_MODES = ("class", "round", "feedback", "flag")  # computed in the browser; other columns arrive as codes
 FEEDBACK_CODES = {"": 0, "good": 1, "bad": 2, "removed": 3}
-KIND_CODES = {"real": 0, "generated": 1}
+KIND_CODES = {"real": 0, "generated": 1}  # 2: a held-out test image (real, split "test"): shown apart, never marked
+KIND_TEST = 2
 #: Action names the front end (and `build_layout`'s controls) can send to the controller.
 ACTIONS = (
-    "bad", "good", "remove", "evolve", "unwanted_label",
+    "bad", "good", "remove", "unmark", "undo", "redo", "evolve", "unwanted_label",
     "generate", "cancel", "prompt_accept", "prompt_edit", "prompt_revert",
+    "search", "neighbors", "filter", "isolate", "gallery_mark",
 )
 MAX_ATLAS_SIDE = 8192  # WebGL texture limit the projector convention assumes
 PNG_ATLAS_MAX = 10_000  # above this many thumbnails, format="auto" sends the atlas as JPEG
@@ -181,6 +188,8 @@ def points_from_frame(frame: pd.DataFrame, class_names: Sequence[str] | None = N
         names = list(class_names or [])
         cls = np.zeros(n, dtype=np.uint16)
     kind = _codes(frame["source"], KIND_CODES, "source") if "source" in frame.columns else np.zeros(n, np.uint8)
+    if "split" in frame.columns:
+        kind[(frame["split"].astype(str) == "test").to_numpy() & (kind == 0)] = KIND_TEST
     rnd = frame["round"].fillna(0).to_numpy(dtype=np.int64) if "round" in frame.columns else np.zeros(n, np.int64)
     fb = _codes(frame["feedback"], FEEDBACK_CODES, "feedback") if "feedback" in frame.columns else np.zeros(n, np.uint8)
     flag = (frame["flag"].fillna("").astype(str) != "").to_numpy(dtype=np.uint8) if "flag" in frame.columns else np.zeros(n, np.uint8)
@@ -217,18 +226,24 @@ class CrafterWidget(anywidget.AnyWidget):
     _css = STATIC / "widget.css"
 
     xy = _binary()  # float32 (n, 2), little-endian
-    kind = _binary()  # uint8 per point: 0 real, 1 generated
+    kind = _binary()  # uint8 per point: 0 real, 1 generated, 2 held-out test (never selectable)
     cls = _binary()  # uint16 class index into class_names
     round = _binary()  # uint16 generation round (0 = real)
     feedback = _binary()  # uint8: 0 none, 1 good, 2 bad, 3 removed
     flag = _binary()  # uint8: 1 when the class filter flagged the image
+    hidden = _binary()  # uint8: 1 when a filter hides the point (not drawn, not selectable); empty: none hidden
+    color_codes = _binary()  # uint16 category per point when color_by is a column the browser does not compute
+    color_names = t.List(t.Unicode()).tag(sync=True)  # names of those categories
+    color_options = t.List(t.Unicode(), list(COLOR_MODES)).tag(sync=True)  # the colour menu
+    filters = t.Dict({"show_test": False, "show_removed": False, "isolated": False}).tag(sync=True)
+    history = t.Dict({"undo": 0, "redo": 0}).tag(sync=True)  # feedback actions that can be undone / redone
     class_names = t.List(t.Unicode()).tag(sync=True)
     atlas = _binary()  # PNG sprite atlas
     atlas_grid = t.Dict().tag(sync=True)  # cols, rows, tile, count, width, height
     thumb_size = t.Int(32).tag(sync=True)
     labels = t.List(t.Dict()).tag(sync=True)  # {text, x, y, n, members?: [int]}
     selection = _binary()  # uint32 point indices, sorted
-    color_by = t.Enum(COLOR_MODES, default_value="class").tag(sync=True)
+    color_by = t.Unicode("class").tag(sync=True)
     progress = t.Dict({"running": False, "done": 0, "total": 0, "message": ""}).tag(sync=True)
     prompts = t.Dict().tag(sync=True)  # class -> {current: str, history: [str]}
     status = t.Unicode("").tag(sync=True)
@@ -300,6 +315,10 @@ class CrafterWidget(anywidget.AnyWidget):
     def set_progress(self, done: int, total: int, message: str = "", running: bool = True) -> None:
         """Updates the progress bar (shown with a cancel button while running)."""
         self.progress = {"running": bool(running), "done": int(done), "total": int(total), "message": str(message)}
+
+    def zoom_to(self, indices: Iterable[int] | np.ndarray) -> None:
+        """Asks the browser to fit these points in view (a message, not state: a later pan wins)."""
+        self.send({"type": "zoom"}, buffers=[selection_to_bytes(indices, self.n)])
 
     @property
     def selected(self) -> np.ndarray:
@@ -382,9 +401,7 @@ class CrafterWidget(anywidget.AnyWidget):
                 self.status = f"unknown action {name!r} from the front end"
                 log.warning(self.status)
                 return
-            payload = dict(content.get("payload") or {})
-            if buffers:
-                payload["indices"] = selection_from_bytes(buffers[0]).tolist()
+            payload = dict(content.get("payload") or {})  # the selection is read from its trait
             try:
                 self.trigger(name, payload)
             except Exception:
@@ -392,29 +409,27 @@ class CrafterWidget(anywidget.AnyWidget):
 
 
 # --------------------------------------------------------------------------- layout
-def _generate_controls(widget: CrafterWidget) -> Any:
+def _generate_controls(widget: CrafterWidget, strategies: Sequence[str]) -> Any:
+    """Strategy, count and prompt; the progress bar and Cancel live once, in the map's footer."""
     import ipywidgets as w
 
-    strategy = w.Dropdown(options=["class", "caption", "perturb", "custom"], value="caption", description="strategy")
-    count = w.BoundedIntText(value=8, min=1, max=10000, description="per class")
-    custom = w.Text(placeholder="custom prompt, e.g. a photo of a {class} at night", description="prompt")
-    custom.layout.display = "none"
-    generate = w.Button(description="Generate", button_style="primary", icon="play")
-    cancel = w.Button(description="Cancel", icon="stop", disabled=True)
-    bar = w.IntProgress(value=0, min=0, max=1, description="")
-    message = w.Label("")
+    narrow = {"description_width": "64px"}  # the descriptions must leave the inputs room in a 280 px panel
+    strategy = w.Dropdown(options=list(strategies), value="caption" if "caption" in strategies else strategies[0],
+                          description="strategy", layout=w.Layout(width="98%"), style=narrow)
+    count = w.BoundedIntText(value=8, min=1, max=10000, description="per class", layout=w.Layout(width="98%"),
+                             style=narrow)
+    custom = w.Text(placeholder="a photo of a {class} at night", description="prompt", style=narrow,
+                    layout=w.Layout(width="98%", display="none"))
+    hint = w.HTML("")
+    generate = w.Button(description="Generate", button_style="primary", icon="play", layout=w.Layout(width="98%"))
 
     def on_strategy(change: dict) -> None:
         custom.layout.display = "" if change["new"] == "custom" else "none"
+        hint.value = ("<small>uses each class's current prompt from the panel below</small>"
+                      if change["new"] == "evolved" else "")
 
     def on_progress(change: dict | None = None) -> None:
-        p = widget.progress or {}
-        bar.max = max(1, int(p.get("total") or 1))
-        bar.value = min(bar.max, max(0, int(p.get("done") or 0)))
-        message.value = str(p.get("message") or "")
-        running = bool(p.get("running"))
-        cancel.disabled = not running
-        generate.disabled = running
+        generate.disabled = bool((widget.progress or {}).get("running"))
 
     strategy.observe(on_strategy, names="value")
     widget.observe(on_progress, names="progress")
@@ -424,36 +439,45 @@ def _generate_controls(widget: CrafterWidget) -> Any:
             "generate", {"strategy": strategy.value, "count": int(count.value), "prompt": custom.value}
         )
     )
-    cancel.on_click(lambda _b: widget.trigger("cancel"))
-    box = w.VBox([w.Label("Generate"), strategy, count, custom, w.HBox([generate, cancel]), bar, message])
-    box.generate_button, box.cancel_button = generate, cancel  # handles for tests and scripting
+    box = w.VBox([w.HTML("<b>Generate</b>"), strategy, count, custom, hint, generate], layout=w.Layout(width="100%"))
+    box.generate_button = generate  # handles for tests and scripting
     box.strategy, box.count, box.custom = strategy, count, custom
     return box
 
 
 def _prompts_panel(widget: CrafterWidget) -> Any:
+    """One block per class: the current prompt (editable), Accept, Save edit, and Revert to a past prompt."""
     import ipywidgets as w
 
-    panel = w.VBox([])
+    panel = w.VBox([], layout=w.Layout(width="100%"))
+    panel.rows = {}
 
     def rebuild(change: dict | None = None) -> None:
-        rows = [w.Label("Prompts per class")]
+        rows: list[Any] = [w.HTML("<b>Prompts per class</b>")]
+        if not widget.prompts:
+            rows.append(w.HTML("<small>none yet: mark images, then Evolve prompts (or type one with "
+                               "crafter.set_prompt)</small>"))
+        panel.rows = {}
         for cls_name, entry in (widget.prompts or {}).items():
             entry = entry or {}
-            history = [str(h) for h in entry.get("history", [])]
-            text = w.Text(value=str(entry.get("current", "")), layout=w.Layout(width="100%"))
-            accept = w.Button(description="Accept", tooltip="keep the current prompt")
-            edit = w.Button(description="Save edit", tooltip="use the text as typed")
-            past = w.Dropdown(options=[(h, k) for k, h in enumerate(history)], layout=w.Layout(width="60%"))
-            revert = w.Button(description="Revert", tooltip="go back to the chosen earlier prompt", disabled=not history)
+            history = [h for h in entry.get("history", []) if isinstance(h, Mapping)]
+            text = w.Textarea(value=str(entry.get("current", "")), rows=2, layout=w.Layout(width="100%"))
+            accept = w.Button(description="Accept", tooltip="keep the current prompt", layout=w.Layout(width="auto"))
+            edit = w.Button(description="Save edit", tooltip="use the text as typed", layout=w.Layout(width="auto"))
+            options = [(f"{k + 1}. {h.get('action', '')}: {str(h.get('prompt', ''))[:60]}", k) for k, h in enumerate(history)]
+            past = w.Dropdown(options=options, value=(len(options) - 1) if options else None, layout=w.Layout(width="100%"))
+            revert = w.Button(description="Revert", tooltip="go back to the chosen earlier prompt", disabled=not history,
+                              layout=w.Layout(width="auto"))
             accept.on_click(lambda _b, c=cls_name, tx=text: widget.trigger("prompt_accept", {"class": c, "prompt": tx.value}))
             edit.on_click(lambda _b, c=cls_name, tx=text: widget.trigger("prompt_edit", {"class": c, "prompt": tx.value}))
             revert.on_click(
-                lambda _b, c=cls_name, d=past, h=history: widget.trigger(
-                    "prompt_revert", {"class": c, "index": d.value, "prompt": h[d.value] if d.value is not None else ""}
-                )
+                lambda _b, c=cls_name, d=past: widget.trigger("prompt_revert", {"class": c, "index": d.value})
             )
-            rows.append(w.VBox([w.Label(str(cls_name)), text, w.HBox([accept, edit]), w.HBox([past, revert])]))
+            block = w.VBox([w.Label(str(cls_name)), text, w.HBox([accept, edit, revert]), past],
+                           layout=w.Layout(width="100%", border_bottom="1px solid var(--jp-border-color2, #ddd)"))
+            block.text, block.accept, block.edit, block.revert, block.past = text, accept, edit, revert, past
+            panel.rows[str(cls_name)] = block
+            rows.append(block)
         panel.children = rows
 
     widget.observe(rebuild, names="prompts")
@@ -461,12 +485,15 @@ def _prompts_panel(widget: CrafterWidget) -> Any:
     return panel
 
 
-def build_layout(widget: CrafterWidget, metrics_chart: Any | None = None) -> Any:
+def build_layout(widget: CrafterWidget, metrics_chart: Any | None = None,
+                 strategies: Sequence[str] = ("class", "caption", "perturb", "custom")) -> Any:
     """The whole interface: projection on the left, generate controls and prompts on the right,
     the metrics chart (an `alt.JupyterChart`, updated by the controller) below."""
     import ipywidgets as w
 
-    side = w.VBox([_generate_controls(widget), _prompts_panel(widget)], layout=w.Layout(width="340px", flex="0 0 340px"))
+    side = w.VBox([_generate_controls(widget, strategies), _prompts_panel(widget)],
+                  layout=w.Layout(width="280px", flex="0 0 280px", overflow="hidden auto",
+                                  max_height=f"{widget.height + 120}px"))
     widget.layout = w.Layout(flex="1 1 auto", width="auto", min_width="360px")
     top = w.HBox([widget, side], layout=w.Layout(width="100%", align_items="flex-start"))
     children = [top] if metrics_chart is None else [top, metrics_chart]
@@ -476,9 +503,59 @@ def build_layout(widget: CrafterWidget, metrics_chart: Any | None = None) -> Any
 
 
 # --------------------------------------------------------------------------- controller binding
-_DETAIL_COLUMNS = ("id", "label", "source", "split", "round", "strategy", "prompt", "negative_prompt", "caption",
-                   "seed", "steps", "guidance", "strength", "parent_id", "model", "feedback", "feedback_labels",
-                   "flag", "flag_reason")
+class CrafterController(Protocol):
+    """What the view needs from a controller (`DataCrafter` implements it); the view uses nothing else."""
+
+    classes: list[str]
+    selection: list[str]
+
+    @property
+    def samples(self) -> pd.DataFrame: ...
+    @property
+    def projection(self) -> pd.DataFrame: ...
+    @property
+    def map_is_current(self) -> bool: ...
+    @property
+    def view(self) -> Any: ...
+    @property
+    def prompts(self) -> dict[str, dict[str, Any]]: ...
+    @property
+    def metrics(self) -> pd.DataFrame: ...
+    @property
+    def can_undo(self) -> tuple[int, int]: ...
+    def on(self, event: str, fn: Callable[..., None]) -> None: ...
+    def off(self, event: str, fn: Callable[..., None]) -> None: ...
+    def update_projection(self, *, full: bool = False) -> pd.DataFrame: ...
+    def image(self, sample_id: str) -> Image.Image: ...
+    def feedback(self, bad: Any = None, good: Any = None, bad_labels: Any = None, removed: Any = None,
+                 clear: Any = None) -> dict[str, int]: ...
+    def undo(self) -> list[str]: ...
+    def redo(self) -> list[str]: ...
+    def generate(self, per_class: int = 20, strategy: Any = "caption", prompts: Any = None, **options: Any) -> Any: ...
+    def generate_evolved(self, per_class: int = 20, **options: Any) -> Any: ...
+    def cancel(self) -> None: ...
+    def evolve(self, **options: Any) -> Any: ...
+    def set_prompt(self, cls: str, prompt: str, *, negative_prompt: str | None = None) -> dict[str, Any]: ...
+    def accept_prompt(self, cls: str) -> dict[str, Any]: ...
+    def revert_prompt(self, cls: str, index: int = -2) -> dict[str, Any]: ...
+    def search(self, query: str, *, mode: str = "text", k: int = 24, select: bool = True) -> list[str]: ...
+    def neighbors(self, sample_id: str, k: int = 12, *, select: bool = True) -> list[str]: ...
+    def color_by(self, column: str) -> None: ...
+    def filter(self, *, show_test: bool | None = None, show_removed: bool | None = None, rounds: Any = "keep") -> None: ...
+    def isolate(self, ids: Iterable[str] | None) -> None: ...
+    def color_codes(self, column: str) -> tuple[np.ndarray, list[str]]: ...
+    def color_columns(self) -> list[str]: ...
+
+
+QUICK_THUMBNAILS = 2000  # up to this many images the view reads its thumbnails before it is shown
+
+
+def _strategies() -> tuple[str, ...]:
+    """The strategy menu: the controller's one list of strategies a Generate can use ("evolved"
+    generates from the prompts panel)."""
+    from ..loop.strategies import GENERATE_STRATEGIES
+
+    return tuple(GENERATE_STRATEGIES)
 
 
 def _fallback_layout(samples: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
@@ -508,44 +585,173 @@ def _label_members(label_xy: np.ndarray, image_xy: np.ndarray) -> list[np.ndarra
     return [np.flatnonzero(nearest == j) for j in range(len(label_xy))]
 
 
-class CrafterView:
-    """Binds a CrafterWidget to a `DataCrafter` through the controller's public hooks only.
+def label_anchor(member_xy: np.ndarray, bounds: tuple[float, float, float, float], bins: int = 12,
+                 previous: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Where a content label goes: on the densest group of its members, not at their centroid (which
+    lands in empty space when members sit in several clusters). A previous anchor is kept while its
+    cell still holds at least half as many members as the densest one, so labels do not jump."""
+    if len(member_xy) == 0:
+        raise ValueError("a label anchor needs at least one member")
+    x0, y0, x1, y1 = bounds
+    w, h = max(x1 - x0, 1e-9), max(y1 - y0, 1e-9)
+    cx = np.clip(((member_xy[:, 0] - x0) / w * bins).astype(int), 0, bins - 1)
+    cy = np.clip(((member_xy[:, 1] - y0) / h * bins).astype(int), 0, bins - 1)
+    cell = cy * bins + cx
+    counts = np.bincount(cell, minlength=bins * bins)
+    if previous is not None:
+        px = min(bins - 1, max(0, int((previous[0] - x0) / w * bins)))
+        py = min(bins - 1, max(0, int((previous[1] - y0) / h * bins)))
+        if counts[py * bins + px] * 2 >= counts.max():
+            return previous
+    best = member_xy[cell == counts.argmax()]
+    med = np.median(best, axis=0)
+    k = int(((best - med) ** 2).sum(axis=1).argmin())  # snap onto a member: never empty space
+    return float(best[k, 0]), float(best[k, 1])
 
-    Controller -> widget: events "samples", "feedback", "projection" redraw, "selection" highlights,
-    "progress" (a Job) drives the progress bar. Widget -> controller: the selection sets
-    `crafter.selection` (sample ids); buttons call `crafter.feedback`, `crafter.generate(background=True)`,
-    `crafter.cancel`, `crafter.evolve`; hover details read `crafter.samples` and `crafter.store.image`.
+
+def _fb_codes(samples: pd.DataFrame) -> bytes:
+    return _codes(samples["feedback"], FEEDBACK_CODES, "feedback").tobytes()
+
+
+class CrafterView:
+    """Binds a CrafterWidget to a controller (see `CrafterController`; `DataCrafter` is one).
+
+    Controller -> widget: events "samples", "projection" redraw; "feedback" resends only the
+    feedback (and hidden) arrays; "selection" highlights; "view" recolours, filters or zooms;
+    "progress" (a Job) drives the one progress bar. Widget -> controller: the selection trait sets
+    `crafter.selection`; buttons call the controller methods of the same names. The first map of a
+    project is computed in a background job while the images show in a grid per class.
     """
 
-    def __init__(self, crafter: Any, thumb_size: int = 32) -> None:
+    def __init__(self, crafter: CrafterController, thumb_size: int = 32) -> None:
         self.crafter = crafter
         self.widget = CrafterWidget(thumb_size=thumb_size)
         self.ids: list[str] = []
+        self._index: dict[str, int] = {}
+        self._split: np.ndarray = np.zeros(0, dtype=object)
         self._thumbs: dict[str, np.ndarray] = {}  # by image hash
         self._syncing = False
-        self._evolve_job: Any = None
+        self._lock = threading.RLock()
+        self._job: Any = None  # the view's own background work (first map, evolve, metrics)
         self._atlas_key: tuple = ()
-        self.refresh()
+        self._label_pos: dict[str, tuple[float, float]] = {}
+        self._point_labels: dict[int, list[str]] = {}
+        self.chart: Any = None
+        self.strategies = _strategies()
+        self.layout = build_layout(self.widget, None, self.strategies)
+        self.widget.color_options = list(crafter.color_columns())
+        samples = crafter.samples
+        # Small projects show complete at once; larger ones show their points at once (a grid per class
+        # until the map exists) and load thumbnails and the map in a background job.
+        quick = crafter.map_is_current and samples["hash"].nunique() <= QUICK_THUMBNAILS
+        self.refresh(compute=crafter.map_is_current, thumbnails=quick)
         self.widget.on_action(self._on_action)
         self.widget.on_details(self._details)
         self.widget.observe(self._widget_selection, names="selection")
-        for event, fn in (("samples", self._refresh_event), ("feedback", self._refresh_event),
+        self.widget.observe(self._widget_color, names="color_by")
+        for event, fn in (("samples", self._refresh_event), ("feedback", self._feedback_event),
                           ("projection", self._refresh_event), ("selection", self._crafter_selection),
-                          ("progress", self._progress)):
+                          ("progress", self._progress), ("view", self._view_event)):
             crafter.on(event, fn)
-        self.chart: Any = None
-        self.layout = build_layout(self.widget, None)
-        self.update_metrics()
+        if not quick:
+            self._first_map()
+        else:
+            self._metrics_in_background()
+
+    # ----------------------------------------------------------------- background work
+    def _run(self, description: str, work: Callable[[Any], Any], done: Callable[[Any], None] | None = None,
+             quiet: bool = False) -> Any:
+        """Runs `work(ctx)` in a Job (the kernel stays free); progress and the final status go to the footer."""
+        from ..controller.jobs import Job
+
+        job = Job(work, total=0, description=description)
+
+        def on_progress(j: Any) -> None:
+            if not quiet:
+                self.widget.set_progress(int(j.done), int(j.total), str(j.message or description), bool(j.running))
+            if j.running:
+                return
+            if j.status == "failed" and quiet:
+                log.warning("%s failed: %s", description, j.error)
+            elif j.status == "failed":
+                self.widget.status = f"{description} failed: {j.error}"
+            elif not quiet or j.status != "done":
+                self.widget.status = f"{description}: {j.status}"
+            if j.status == "done" and done is not None:
+                done(j.result)
+
+        job.on_progress(on_progress)
+        if not quiet:
+            self.widget.set_progress(0, 0, description + " ...", True)
+        self._job = job.start()
+        return job
+
+    def _first_map(self) -> None:
+        n = len(self.ids)
+        current = self.crafter.map_is_current
+        what = "loading thumbnails" if current else f"computing the map of {n} images"
+        if not current:
+            self.widget.status = (f"computing the map of {n} images (embeddings, content labels, layout); "
+                                  "the grid by class shows them meanwhile")
+
+        def work(ctx: Any) -> None:
+            self._load_thumbnails(self.crafter.samples, ctx)
+            if current:
+                self.refresh()
+            else:
+                ctx.report(0, 0, f"computing the map of {n} images")
+                self.crafter.update_projection()  # its "projection" event redraws the view
+            self.widget.status = f"{n} images on the map"
+
+        self._run(what, work, done=lambda _r: self._metrics_in_background())
+
+    def _load_thumbnails(self, samples: pd.DataFrame, ctx: Any = None) -> None:
+        """Reads and shrinks the images not yet in the thumbnail cache (by image hash)."""
+        new = [h for h in samples["hash"].unique() if h not in self._thumbs]
+        if not new:
+            return
+        first = samples.drop_duplicates("hash").set_index("hash")["id"]
+        for k, h in enumerate(new):
+            if ctx is not None and k % 250 == 0:
+                ctx.check()
+                ctx.report(k, len(new), f"thumbnails {k}/{len(new)}")
+            self._thumbs[h] = _thumbnail(self.crafter.image(first[h]), self.widget.thumb_size)
+
+    def _metrics_in_background(self) -> None:
+        def work(ctx: Any) -> Any:
+            return self.crafter.metrics
+
+        self._run("metrics", work, done=self._show_metrics, quiet=True)
+
+    def wait(self, timeout: float | None = 600) -> None:
+        """Waits for the view's background job (first map, evolve, metrics); for scripts and tests."""
+        job = self._job
+        while job is not None:
+            try:
+                job.wait(timeout=timeout)
+            except Exception:  # noqa: BLE001 - reported in the status already
+                pass
+            if self._job is job:
+                break
+            job = self._job
 
     # ----------------------------------------------------------------- controller -> widget
     def _refresh_event(self, _payload: Any = None) -> None:
         self.refresh()
 
-    def refresh(self) -> None:
-        """Re-reads samples + projection and sends the points, thumbnails and labels."""
+    def refresh(self, compute: bool = True, thumbnails: bool = True) -> None:
+        """Re-reads samples + projection and sends the points, thumbnails and labels.
+
+        compute=False uses the grid per class instead of computing a projection that is not ready;
+        thumbnails=False sends no atlas when images are still to be read (a later refresh sends it).
+        """
+        with self._lock:
+            self._refresh(compute, thumbnails)
+
+    def _refresh(self, compute: bool, thumbnails: bool = True) -> None:
         crafter = self.crafter
         samples = crafter.samples.reset_index(drop=True)
-        proj = crafter.projection
+        proj = crafter.projection if compute else pd.DataFrame()
         images = proj[proj["kind"] == "image"] if len(proj) else proj
         pos = {str(i): (float(x), float(y)) for i, x, y in zip(images.get("id", []), images.get("x", []), images.get("y", []))}
         if pos and all(str(i) in pos for i in samples["id"]):
@@ -553,62 +759,105 @@ class CrafterView:
             labels_frame = proj[proj["kind"] == "label"]
         else:  # no projection yet (or it lags behind new samples): grid per class
             xy = _fallback_layout(samples, crafter.classes)
-            labels_frame = proj.iloc[0:0] if len(proj) else proj
+            labels_frame = pd.DataFrame(columns=["kind", "id", "text", "x", "y"])
         frame = samples.assign(x=xy[:, 0], y=xy[:, 1])
-        new = [h for h in samples["hash"].unique() if h not in self._thumbs]
-        if new:
-            first = samples.drop_duplicates("hash").set_index("hash")["id"]
-            for h in new:
-                self._thumbs[h] = _thumbnail(crafter.store.image(first[h]), self.widget.thumb_size)
+        if thumbnails:
+            self._load_thumbnails(samples)
         # Feedback or projection changes keep the same images: do not rebuild and resend the atlas.
         atlas_key = tuple(samples["hash"])
         tiles = None
-        if atlas_key != self._atlas_key and len(samples):
+        if atlas_key != self._atlas_key and len(samples) and all(h in self._thumbs for h in samples["hash"]):
             tiles = np.stack([self._thumbs[h] for h in samples["hash"]])
-        self._atlas_key = atlas_key
+            self._atlas_key = atlas_key
         self.ids = [str(i) for i in samples["id"]]
-        index = {sid: k for k, sid in enumerate(self.ids)}
-        members = self._members(labels_frame, xy, index)
-        labels = [{"text": str(t), "x": float(x), "y": float(y), "n": int(len(m)), "members": m.tolist()}
-                  for (t, x, y), m in zip(zip(labels_frame.get("text", []), labels_frame.get("x", []),
-                                              labels_frame.get("y", [])), members)]
+        self._index = {sid: k for k, sid in enumerate(self.ids)}
+        self._split = samples["split"].astype(str).to_numpy()
+        visible = crafter.view.visible(samples)
+        labels = self._labels(labels_frame, xy, visible)
         self._syncing = True
         try:
             with self.widget.hold_sync():
                 self.widget.set_frame(frame, class_names=list(crafter.classes), thumbnails=tiles, labels=labels)
-                self.widget.selected = [index[i] for i in crafter.selection if i in index]
-                self.widget.prompts = self._prompts()
+                self.widget.hidden = (~visible).astype(np.uint8).tobytes()
+                self._send_view_state(samples)
+                self.widget.selected = [self._index[i] for i in crafter.selection if i in self._index]
+                self.widget.prompts = crafter.prompts
+                self._send_history()
         finally:
             self._syncing = False
 
-    def _members(self, labels_frame: pd.DataFrame, xy: np.ndarray, index: Mapping[str, int]) -> list[np.ndarray]:
-        if len(labels_frame) == 0:
+    def _labels(self, labels_frame: pd.DataFrame, xy: np.ndarray, visible: np.ndarray) -> list[dict]:
+        """Content labels on the densest group of their visible members; labels with none are dropped."""
+        self._point_labels = {}
+        if len(labels_frame) == 0 or len(xy) == 0:
             return []
         if "members" in labels_frame.columns:  # explicit memberships (sample ids) from the projection
-            return [np.array(sorted(index[i] for i in (m if isinstance(m, (list, tuple, np.ndarray)) else []) if i in index),
-                             np.int64) for m in labels_frame["members"]]
-        return _label_members(labels_frame[["x", "y"]].to_numpy(np.float32), xy)
-
-    def _prompts(self) -> dict:
-        """class -> {current, history} from the controller's evolved prompts (prompts.json)."""
-        prompts = getattr(self.crafter, "prompts", None)
-        if prompts is None:
-            doc = self.crafter.store.read_json("prompts.json", {}) or {}
-            prompts = doc.get("classes", {})
-        out = {}
-        for c, e in (prompts or {}).items():
-            if isinstance(e, Mapping):
-                hist = [str(h.get("prompt", h)) if isinstance(h, Mapping) else str(h) for h in e.get("history", [])]
-                out[str(c)] = {"current": str(e.get("current", e.get("prompt", ""))), "history": hist}
+            members = [np.array(sorted(self._index[i] for i in (m if isinstance(m, (list, tuple, np.ndarray)) else [])
+                                       if i in self._index), np.int64) for m in labels_frame["members"]]
+        else:
+            members = _label_members(labels_frame[["x", "y"]].to_numpy(np.float32), xy)
+        shown = xy[visible] if visible.any() else xy
+        bounds = (float(shown[:, 0].min()), float(shown[:, 1].min()), float(shown[:, 0].max()), float(shown[:, 1].max()))
+        out, positions = [], {}
+        for text, m in zip(labels_frame["text"].astype(str), members):
+            m = m[visible[m]] if len(m) else m
+            for i in m.tolist():
+                self._point_labels.setdefault(i, []).append(text)
+            if len(m) == 0:
+                continue  # e.g. a class name whose class has no image on the map
+            x, y = label_anchor(xy[m], bounds, previous=self._label_pos.get(text))
+            positions[text] = (x, y)
+            out.append({"text": text, "x": x, "y": y, "n": int(len(m)), "members": m.tolist()})
+        self._label_pos = positions
         return out
+
+    def _send_view_state(self, samples: pd.DataFrame) -> None:
+        state = self.crafter.view
+        mode = state.color_by
+        if mode not in COLOR_MODES:
+            codes, names = self.crafter.color_codes(mode)
+            self.widget.color_codes = codes.astype("<u2").tobytes()
+            self.widget.color_names = names
+        self.widget.color_by = mode
+        self.widget.filters = {"show_test": bool(state.show_test), "show_removed": bool(state.show_removed),
+                               "isolated": state.isolate is not None}
+
+    def _send_history(self) -> None:
+        undo, redo = self.crafter.can_undo
+        self.widget.history = {"undo": int(undo), "redo": int(redo)}
+
+    def _feedback_event(self, _ids: Any = None) -> None:
+        """Feedback changed: resend the feedback codes and the hidden mask only (not the points)."""
+        with self._lock:
+            samples = self.crafter.samples.reset_index(drop=True)
+            if samples["id"].astype(str).tolist() != self.ids:
+                self._refresh(True)
+                return
+            with self.widget.hold_sync():
+                self.widget.feedback = _fb_codes(samples)
+                self.widget.hidden = (~self.crafter.view.visible(samples)).astype(np.uint8).tobytes()
+                if self.crafter.view.color_by not in COLOR_MODES:
+                    self._send_view_state(samples)
+                self._send_history()
+
+    def _view_event(self, payload: Mapping[str, Any]) -> None:
+        if "zoom" in payload:
+            idx = [self._index[i] for i in payload["zoom"] if i in self._index]
+            if idx:
+                self.widget.zoom_to(idx)
+            return
+        with self._lock:
+            samples = self.crafter.samples.reset_index(drop=True)
+            with self.widget.hold_sync():
+                self.widget.hidden = (~self.crafter.view.visible(samples)).astype(np.uint8).tobytes()
+                self._send_view_state(samples)
 
     def _crafter_selection(self, ids: Sequence[str]) -> None:
         if self._syncing:
             return
-        index = {sid: k for k, sid in enumerate(self.ids)}
         self._syncing = True
         try:
-            self.widget.selected = [index[i] for i in ids if i in index]
+            self.widget.selected = [self._index[i] for i in ids if i in self._index]
         finally:
             self._syncing = False
 
@@ -616,17 +865,23 @@ class CrafterView:
         running = bool(getattr(job, "running", False))
         self.widget.set_progress(int(round(job.done)), int(job.total), str(job.message or job.description), running)
         if not running:
-            self.widget.status = f"{job.description}: {job.status}"
-            self.update_metrics()
+            kept = f"; {len(job.result)} images kept" if job.status == "cancelled" and isinstance(job.result, list) else ""
+            error = f": {job.error}" if job.status == "failed" else ""
+            self.widget.status = f"{job.description}: {job.status}{kept}{error}"
+            self._metrics_in_background()
 
     def update_metrics(self) -> None:
-        """Shows `crafter.metrics` (one row per round) as an alt.JupyterChart below the map, once
-        there is a round to show; called after each generation job."""
+        """Recomputes `crafter.metrics` and shows it (blocking; the view does it in the background)."""
         try:
-            frame = getattr(self.crafter, "metrics", None)
+            frame = self.crafter.metrics
         except Exception as err:  # noqa: BLE001 - metrics must never break the view
             log.warning("crafter.metrics failed: %s", err)
             return
+        self._show_metrics(frame)
+
+    def _show_metrics(self, frame: Any) -> None:
+        """The metrics (one row per round) as an alt.JupyterChart below the map, once there is a round.
+        The chart's JavaScript comes bundled by vl-convert (JupyterChart's offline mode): no CDN."""
         if not isinstance(frame, pd.DataFrame) or frame.empty:
             return
         try:
@@ -634,9 +889,10 @@ class CrafterView:
 
             from ..loop.metrics import metrics_chart
 
+            alt.JupyterChart.enable_offline()
             chart = metrics_chart(frame)
         except Exception as err:  # noqa: BLE001
-            self.widget.status = f"metrics chart unavailable: {err}"
+            self.widget.status = f"metrics chart unavailable: {err} (pip install vl-convert-python for offline charts)"
             return
         if self.chart is None:
             self.chart = alt.JupyterChart(chart)
@@ -654,15 +910,54 @@ class CrafterView:
         finally:
             self._syncing = False
 
+    def _widget_color(self, change: dict) -> None:
+        if self._syncing or change["new"] == self.crafter.view.color_by:
+            return
+        self.crafter.color_by(str(change["new"]))
+
+    def _markable(self, indices: Iterable[int]) -> tuple[list[str], int]:
+        """Sample ids of the given points that may be marked (held-out test images may not)."""
+        ids, test = [], 0
+        for i in indices:
+            if i >= len(self.ids):
+                continue
+            if self._split[i] == "test":
+                test += 1
+            else:
+                ids.append(self.ids[i])
+        return ids, test
+
     def _on_action(self, name: str, payload: dict) -> str | None:
         crafter = self.crafter
-        ids = [self.ids[i] for i in payload.get("indices", []) if i < len(self.ids)]
-        if name in ("bad", "good", "remove"):
+        ids, test = self._markable(payload.get("indices", []))
+        skipped = f" ({test} held-out test images skipped: they are never marked)" if test else ""
+        if name in ("bad", "good", "remove", "unmark"):
             if not ids:
-                return "select images first (lasso, box, or click a label)"
-            key = {"bad": "bad", "good": "good", "remove": "removed"}[name]
+                return "select images first (lasso, box, search, or click a label)" + skipped
+            key = {"bad": "bad", "good": "good", "remove": "removed", "unmark": "clear"}[name]
             counts = crafter.feedback(**{key: ids})
-            return f"marked {counts[key]} images {key}"
+            verb = "unmarked" if key == "clear" else f"marked {key}"
+            if key == "removed":
+                self._syncing = True
+                try:
+                    crafter.selection = []
+                    self.widget.selected = []
+                finally:
+                    self._syncing = False
+            return f"{verb}: {counts['cleared' if key == 'clear' else key]} images{skipped} (Undo: ctrl+z)"
+        if name == "gallery_mark":
+            value = str(payload.get("value", ""))
+            one, test = self._markable([int(payload.get("index", -1))])
+            if not one:
+                return "held-out test images are never marked" if test else "no such image"
+            key = {"bad": "bad", "good": "good", "remove": "removed", "clear": "clear"}.get(value)
+            if key is None:
+                raise ValueError(f"unknown mark {value!r}: use bad, good, remove or clear")
+            crafter.feedback(**{key: one})
+            return f"{one[0]}: {'unmarked' if key == 'clear' else key}"
+        if name in ("undo", "redo"):
+            changed = crafter.undo() if name == "undo" else crafter.redo()
+            return f"{name}: {len(changed)} images restored"
         if name == "unwanted_label":
             label = str(payload.get("label", ""))
             if not label:
@@ -674,33 +969,75 @@ class CrafterView:
         if name == "evolve":
             return self._evolve(ids)
         if name == "generate":
-            strategy = str(payload.get("strategy", "caption"))
-            options: dict[str, Any] = {"per_class": int(payload.get("count", 8)), "strategy": strategy, "background": True}
-            if strategy == "custom":
-                options["prompts"] = str(payload.get("prompt") or "")
-            job = crafter.generate(**options)
-            return f"generating: {getattr(job, 'description', 'job')}"
+            return self._generate(payload)
         if name == "cancel":
             crafter.cancel()
-            if self._evolve_job is not None and self._evolve_job.running:
-                self._evolve_job.cancel()
+            if self._job is not None and self._job.running:
+                self._job.cancel()
             return "cancelling; finished work is kept"
         if name in ("prompt_accept", "prompt_edit", "prompt_revert"):
-            setter = getattr(crafter, "set_prompt", None)
-            if setter is None:
-                return "editing prompts needs DataCrafter.set_prompt(class, prompt) (not available yet)"
-            setter(str(payload["class"]), str(payload.get("prompt", "")))
-            self.widget.prompts = self._prompts()
-            return f"prompt for {payload['class']!r} set"
+            cls = str(payload["class"])
+            if name == "prompt_accept":
+                crafter.accept_prompt(cls)
+            elif name == "prompt_edit":
+                crafter.set_prompt(cls, str(payload.get("prompt", "")))
+            else:
+                index = payload.get("index")
+                if index is None:
+                    return f"choose an earlier prompt of {cls!r} to revert to"
+                crafter.revert_prompt(cls, int(index))
+            self.widget.prompts = crafter.prompts
+            verb = {"prompt_accept": "accepted", "prompt_edit": "saved", "prompt_revert": "reverted"}[name]
+            return f"prompt for {cls!r} {verb}: {crafter.prompts[cls]['current']!r}"
+        if name == "search":
+            query, mode = str(payload.get("query", "")).strip(), str(payload.get("mode", "text"))
+            if not query:
+                self.crafter.selection = []
+                return "search cleared"
+            found = crafter.search(query, mode=mode, k=int(payload.get("k", 24)), select=False)
+            hidden = np.frombuffer(self.widget.hidden, np.uint8) if len(self.widget.hidden) == len(self.ids) else None
+            shown = [i for i in found if hidden is None or not hidden[self._index[i]]]
+            crafter.selection = shown  # what is on the map; crafter.search(...) returns every match
+            off = f" ({len(found) - len(shown)} more hidden by filters)" if len(found) > len(shown) else ""
+            return f"{len(shown)} {'nearest images to' if mode == 'clip' else 'matches for'} {query!r}{off}"
+        if name == "neighbors":
+            idx = payload.get("indices", [])
+            if not idx:
+                return "select one image first, then Neighbours"
+            k = int(payload.get("k", 12))
+            sid = self.ids[idx[0]]
+            near = crafter.neighbors(sid, k, select=False)
+            hidden = np.frombuffer(self.widget.hidden, np.uint8) if len(self.widget.hidden) == len(self.ids) else None
+            crafter.selection = [sid] + [i for i in near if hidden is None or not hidden[self._index[i]]]
+            return f"the {len(crafter.selection) - 1} nearest images (CLIP) to {sid} on the map"
+        if name == "filter":
+            crafter.filter(show_test=payload.get("show_test"), show_removed=payload.get("show_removed"))
+            return None
+        if name == "isolate":
+            if payload.get("clear") or not payload.get("indices"):
+                crafter.isolate(None)
+                return "showing every image"
+            crafter.isolate([self.ids[i] for i in payload["indices"]])
+            return f"showing only the {len(payload['indices'])} selected images (Show all to undo)"
         return None
+
+    def _generate(self, payload: Mapping[str, Any]) -> str:
+        strategy = str(payload.get("strategy", "caption"))
+        count = int(payload.get("count", 8))
+        if strategy == "evolved":
+            job = self.crafter.generate_evolved(per_class=count, background=True)
+        else:
+            options: dict[str, Any] = {"per_class": count, "strategy": strategy, "background": True}
+            if strategy == "custom":
+                options["prompts"] = str(payload.get("prompt") or "")
+            job = self.crafter.generate(**options)
+        return f"generating: {getattr(job, 'description', 'job')}"
 
     def _evolve(self, ids: Sequence[str]) -> str | None:
         """Prompt evolution for the classes of the selected images, in a worker thread so the
         notebook stays responsive; progress and the new prompts come back through the traits."""
-        from ..controller.jobs import Job
-
-        if self._evolve_job is not None and self._evolve_job.running:
-            return "prompt evolution is already running (Cancel stops it)"
+        if self._job is not None and self._job.running:
+            return "background work is running (Cancel stops it)"
         frame = self.crafter.samples.set_index("id")
         classes = sorted({str(frame.at[i, "label"]) for i in ids}) or None
         what = f"evolving prompts for {', '.join(classes)}" if classes else "evolving prompts"
@@ -708,39 +1045,38 @@ class CrafterView:
         def work(ctx: Any) -> Any:
             return self.crafter.evolve(classes=classes, progress=False, cancel=ctx.cancel_event)
 
-        job = Job(work, total=1, description=what)
+        def done(_result: Any) -> None:
+            self.widget.prompts = self.crafter.prompts
+            self.widget.status = f"{what}: done; review the prompts panel, then Generate with strategy 'evolved'"
 
-        def on_progress(j: Any) -> None:
-            self.widget.set_progress(int(j.done), int(j.total), what, bool(j.running))
-            if not j.running:
-                self.widget.prompts = self._prompts()
-                if j.status == "done":
-                    self.widget.status = f"{what}: done; see the prompts panel, then crafter.generate_evolved()"
-                elif j.status == "failed":
-                    self.widget.status = f"{what} failed: {j.error}"
-                else:
-                    self.widget.status = f"{what}: {j.status}"
-
-        job.on_progress(on_progress)
-        self.widget.status = what + " ..."  # before start: the job's own final status must win
-        self._evolve_job = job.start()
+        self._run(what, work, done=done)
         return None
 
     def _details(self, index: int) -> dict:
+        """Compact hover details: what made the image, its content labels and marks (class, kind and
+        round are already shown by the browser)."""
         sid = self.ids[index]
         row = self.crafter.samples.set_index("id").loc[sid]
         out: dict[str, Any] = {"id": sid}
-        for col in _DETAIL_COLUMNS[1:]:
-            if col in row.index:
-                v = row[col]
-                if isinstance(v, float) and math.isnan(v) or v in ("", "[]", -1):
-                    continue
+        if row.get("source") == "generated":
+            out["strategy"] = row.get("strategy", "")
+            out["prompt"] = row.get("prompt", "")
+        else:
+            out["split"] = row.get("split", "")
+            if row.get("caption"):
+                out["caption"] = row["caption"]
+        labels = self._point_labels.get(index)
+        if labels:
+            out["labels"] = ", ".join(labels[:6])
+        for col in ("feedback", "feedback_labels", "flag_reason"):
+            v = row.get(col)
+            if v not in (None, "", "[]") and not (isinstance(v, float) and math.isnan(v)):
                 out[col] = v
-        out["image"] = self.crafter.store.image(sid)
+        out["image"] = self.crafter.image(sid)
         return out
 
 
-def crafter_view(crafter: Any) -> Any:
+def crafter_view(crafter: CrafterController) -> Any:
     """The notebook view of a DataCrafter: projection widget, controls and metrics in one layout."""
     view = CrafterView(crafter)
     view.layout.crafter_view = view  # keep the binding alive with the displayed layout

@@ -23,7 +23,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><link rel="stylesheet" href="/widget.css">
-<style>body{margin:0;padding:8px;font-family:sans-serif} #host{width:%(width)dpx}</style></head>
+<style>body{margin:0;padding:8px;font-family:sans-serif} #host{width:%(width)dpx} %(css)s</style></head>
 <body><div id="host"></div>
 <script type="module">
 class FakeModel {
@@ -81,7 +81,8 @@ def synthetic_thumbnails(frame: pd.DataFrame, size: int = 32) -> np.ndarray:
 def widget_state(widget: Any) -> dict:
     """The synced state of a CrafterWidget, as the page's fake model will hold it."""
     keys = ["xy", "kind", "cls", "round", "feedback", "flag", "class_names", "atlas", "atlas_grid", "thumb_size",
-            "labels", "selection", "color_by", "progress", "prompts", "status", "height", "primitive"]
+            "labels", "selection", "color_by", "progress", "prompts", "status", "height", "primitive",
+            "hidden", "color_codes", "color_names", "color_options", "filters", "history"]
     return {k: getattr(widget, k) for k in keys}
 
 
@@ -118,17 +119,19 @@ class _Server:
         self.httpd.server_close()
 
 
-def open_standalone(page: Any, state: dict, width: int = 900, timeout_ms: int = 60000, http: bool = False) -> Any:
+def open_standalone(page: Any, state: dict, width: int = 900, timeout_ms: int = 60000, http: bool = False,
+                    css: str = "") -> Any:
     """Serves the bundle + state to `page` and renders the widget; waits until it has drawn.
 
     http=True serves from a local HTTP server in a thread (returned; call .close()) instead of
-    playwright routing, for the 100 MB payloads of the benchmark.
+    playwright routing, for the 100 MB payloads of the benchmark. `css` is added to the page's
+    style (e.g. a host theme's variables).
     """
     binary = {k: v for k, v in state.items() if isinstance(v, (bytes, bytearray))}
     plain = {k: v for k, v in state.items() if k not in binary}
     plain["__binary__"] = sorted(binary)
     files = {
-        "/": ("text/html", (PAGE % {"width": width}).encode()),
+        "/": ("text/html", (PAGE % {"width": width, "css": css}).encode()),
         "/widget.js": ("text/javascript", (STATIC / "widget.js").read_bytes()),
         "/widget.css": ("text/css", (STATIC / "widget.css").read_bytes()),
         "/state.json": ("application/json", json.dumps(plain).encode()),

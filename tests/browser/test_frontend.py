@@ -186,7 +186,7 @@ def test_python_selection_highlights_without_echo(shown: Any) -> None:
     assert canvas_ink(page) != ink_before  # others dimmed, selected ringed
 
 
-def test_bad_button_sends_selection_as_buffer(shown: Any) -> None:
+def test_bad_button_uses_the_selection_trait_only(shown: Any) -> None:
     page, w, frame = shown
     assert page.locator("button[data-action=bad]").is_disabled()
     page.evaluate("window.__model.set('selection', new DataView(new Uint32Array([2, 4, 8]).buffer))")
@@ -194,11 +194,12 @@ def test_bad_button_sends_selection_as_buffer(shown: Any) -> None:
     sent = page.evaluate("window.__model.sent")
     actions = [m for m in sent if m["content"].get("type") == "action"]
     assert actions[-1]["content"]["name"] == "bad"
-    assert actions[-1]["buffers"] == [[2, 4, 8]]
-    # The Python side turns that message into the callback call with the same ids.
+    assert actions[-1]["buffers"] == []  # the selection travels only through its trait
+    # The Python side reads the indices from the selection trait.
     calls = []
     w.on_action(lambda name, payload: calls.append((name, payload)))
-    w._on_custom_msg(w, actions[-1]["content"], [np.array(actions[-1]["buffers"][0], "<u4").tobytes()])
+    w.set_state({"selection": memoryview(np.array([2, 4, 8], "<u4").tobytes())})
+    w._on_custom_msg(w, actions[-1]["content"], [])
     assert calls == [("bad", {"indices": [2, 4, 8]})]
 
 
@@ -301,3 +302,113 @@ def test_escape_abandons_a_lasso(shown: Any) -> None:
     page.mouse.up()
     assert handle(page, "h.selection") == []
     assert page.evaluate("window.__model.saves") == 0
+
+
+# ----------------------------------------------------------------- issue 11: themes, test images, tools
+# JupyterLab's Dark theme variables (the values of @jupyterlab/theme-dark-extension).
+JP_DARK = """body {
+  --jp-layout-color0: #111111; --jp-layout-color1: #212121; --jp-layout-color2: #424242;
+  --jp-ui-font-color0: rgba(255,255,255,1); --jp-ui-font-color1: rgba(255,255,255,0.87);
+  --jp-ui-font-color2: rgba(255,255,255,0.54); --jp-border-color1: #616161; --jp-brand-color1: #1976d2;
+  background: #111111; }"""
+
+
+def _page_contrast(page: Any, selector: str, prop_fg: str = "color", bg_selector: str | None = None) -> float:
+    """WCAG contrast of an element's text colour (alpha blended) against the first opaque background up its tree."""
+    return page.evaluate(
+        """([sel, bgSel]) => {
+          const parse = (s) => { const m = s.match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
+            const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+          const e = document.querySelector(sel);
+          let b = document.querySelector(bgSel || sel), bg = null;
+          while (b) { const c = parse(getComputedStyle(b).backgroundColor); if (c && c[3] > 0.5) { bg = c; break; } b = b.parentElement; }
+          bg = bg || [255, 255, 255, 1];
+          const fg = parse(getComputedStyle(e).color);
+          const mix = fg.slice(0, 3).map((v, k) => v * fg[3] + bg[k] * (1 - fg[3]));
+          const lum = (c) => { const l = c.map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+            return 0.2126 * l[0] + 0.7152 * l[1] + 0.0722 * l[2]; };
+          const a = lum(mix), z = lum(bg.slice(0, 3));
+          return (Math.max(a, z) + 0.05) / (Math.min(a, z) + 0.05);
+        }""",
+        [selector, bg_selector],
+    )
+
+
+def test_dark_theme_contrast_is_computed_from_the_page(page: Any) -> None:
+    """With JupyterLab's Dark variables the toolbar, legend and labels stay readable and the map is dark."""
+    frame = synthetic_frame(600, seed=4)
+    w = CrafterWidget()
+    w.set_frame(frame, labels=[{"text": "stripes", "x": float(frame.x.mean()), "y": float(frame.y.mean()), "n": 30,
+                                "members": list(range(30))}])
+    open_standalone(page, widget_state(w), css=JP_DARK)
+    for sel in (".dcw-toolbar button[data-mode=lasso]", ".dcw-count", ".dcw-legend .dcw-item span:last-child",
+                ".dcw-status"):
+        assert _page_contrast(page, sel) >= 4.5, sel
+    theme = handle(page, "h.theme")
+    assert max(theme["bg"]) <= 30  # the map background follows the theme
+    # The WebGL canvas itself is dark where no point is drawn (the top-left corner is padding).
+    url = page.evaluate("document.querySelector('.dcw-gl').toDataURL('image/png')")
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+    assert img[:5, :5].mean() < 40
+    # Content labels are drawn in the theme's text colour: light pixels on the overlay.
+    lum = lambda c: 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]  # noqa: E731
+    assert lum(theme["fg"]) > 180
+    page.screenshot(path=str(ARTIFACTS / "theme-dark.png"))
+
+
+def test_test_images_are_distinct_and_never_selected(page: Any) -> None:
+    frame = synthetic_frame(800, seed=5)
+    frame["split"] = np.where((frame["source"] == "real") & (np.arange(len(frame)) % 2 == 0), "test", "train")
+    w = CrafterWidget()
+    w.set_frame(frame)
+    test = (frame["split"] == "test").to_numpy()
+    assert set(np.frombuffer(w.kind, np.uint8)[test].tolist()) == {2}
+    open_standalone(page, widget_state(w))  # shown (no hidden mask): drawn as hollow diamonds
+    view = handle(page, "h.view")
+    poly = [(2, 2), (view["width"] - 2, 2), (view["width"] - 2, view["height"] - 2), (2, view["height"] - 2)]
+    page.click("button[data-mode=lasso]")
+    draw_lasso(page, page.locator(".dcw-gl").bounding_box(), poly)
+    sel = handle(page, "h.selection")
+    assert len(sel) > 100 and not any(test[i] for i in sel)
+    assert "held-out test" in page.locator(".dcw-legend").inner_text()
+    # Hidden points (a filter) are neither drawn nor selectable either.
+    hidden = np.zeros(len(frame), np.uint8)
+    hidden[:100] = 1
+    page.evaluate(f"window.__model.set('hidden', new DataView(new Uint8Array({hidden.tolist()}).buffer))")
+    page.click("button[data-role=clear]")
+    draw_lasso(page, page.locator(".dcw-gl").bounding_box(), poly)
+    sel = handle(page, "h.selection")
+    assert sel and min(sel) >= 100 and not any(test[i] for i in sel)
+
+
+def test_gallery_marks_one_image_and_keys_send_undo(shown: Any) -> None:
+    page, w, frame = shown
+    page.evaluate("window.__model.set('selection', new DataView(new Uint32Array([3, 9, 11]).buffer))")
+    tiles = page.locator(".dcw-gallery .dcw-tile")
+    assert tiles.count() == 3
+    tiles.nth(1).locator("button[data-mark=bad]").click()
+    sent = [m for m in page.evaluate("window.__model.sent") if m["content"].get("type") == "action"]
+    assert sent[-1]["content"] == {"type": "action", "name": "gallery_mark", "payload": {"index": 9, "value": "bad"}}
+    # The feedback change comes back as the feedback array only: the tile gets a red border, the point a band.
+    fb = np.zeros(len(frame), np.uint8)
+    fb[9] = 2
+    page.evaluate(f"window.__model.set('feedback', new DataView(new Uint8Array({fb.tolist()}).buffer))")
+    assert tiles.nth(1).get_attribute("data-feedback") == "bad"
+    # Keyboard: the map has focus after a click; ctrl+z -> undo, b -> bad.
+    page.locator(".dcw-stage").click(position={"x": 5, "y": 5})
+    page.evaluate("window.__model.set('selection', new DataView(new Uint32Array([3]).buffer))")
+    page.keyboard.press("Control+z")
+    page.keyboard.press("b")
+    names = [m["content"]["name"] for m in page.evaluate("window.__model.sent") if m["content"].get("type") == "action"]
+    assert names[-2:] == ["undo", "bad"]
+
+
+def test_search_box_sends_the_query(shown: Any) -> None:
+    page, w, frame = shown
+    page.fill("input[data-role=search]", "red car")
+    page.select_option("select[data-role=search-mode]", "clip")
+    page.press("input[data-role=search]", "Enter")
+    sent = [m for m in page.evaluate("window.__model.sent") if m["content"].get("type") == "action"]
+    assert sent[-1]["content"] == {"type": "action", "name": "search", "payload": {"query": "red car", "mode": "clip"}}
+    # Typing in the box is not taken as shortcuts ("b" is Bad on the map).
+    assert all(m["content"]["name"] != "bad" for m in sent)

@@ -177,7 +177,9 @@ crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), project="proj")
 first = crafter.samples["id"].iloc[0]
 crafter.feedback(bad=[first], bad_labels=[XSS])   # user text that the tooltip must show as text
 # The view is deterministic for the same samples: save the positions the displayed one uses.
-np.save("xy.npy", np.frombuffer(CrafterView(crafter).widget.xy, "<f4").reshape(-1, 2))
+_view = CrafterView(crafter)
+np.save("xy.npy", np.frombuffer(_view.widget.xy, "<f4").reshape(-1, 2))
+np.save("hidden.npy", np.frombuffer(_view.widget.hidden, np.uint8))
 json.dump(crafter.samples["id"].tolist(), open("ids.json", "w"))
 crafter
 '''
@@ -187,8 +189,12 @@ SAVE_VIEW = """
 import json
 import numpy as np
 from datacrafter_widget.ui.widget import CrafterView
-# The view is deterministic for the same samples and projection: save the positions it uses.
-np.save("xy.npy", np.frombuffer(CrafterView(crafter).widget.xy, "<f4").reshape(-1, 2))
+# The view is deterministic for the same samples and projection: save the positions it uses
+# (the map computed first, so the view shows it at once) and which points filters hide (test images).
+crafter.projection
+_view = CrafterView(crafter)
+np.save("xy.npy", np.frombuffer(_view.widget.xy, "<f4").reshape(-1, 2))
+np.save("hidden.npy", np.frombuffer(_view.widget.hidden, np.uint8))
 json.dump(crafter.samples["id"].tolist(), open("ids.json", "w"))
 """
 SELECTION_CELL = 'import json\nprint("SELECTION", json.dumps(crafter.selection))'
@@ -214,7 +220,8 @@ def lasso_and_bad_through_crafter(page: Any, lab: Lab, selection_cell: int, feed
     assert page.evaluate(f"{handle}.n") == len(ids)
     sx, sy = to_screen(xy, view)
     poly = lasso_polygon(view)
-    inside = np.flatnonzero(points_in_polygon(sx, sy, poly))
+    hidden = np.load(lab.root / "hidden.npy").astype(bool)  # held-out test images: off the map by default
+    inside = np.flatnonzero(points_in_polygon(sx, sy, poly) & ~hidden)
     assert len(inside) > 5
     root.locator("button[data-mode=lasso]").click()
     draw_lasso(page, root.locator(".dcw-gl").bounding_box(), poly)
@@ -284,4 +291,153 @@ def test_quickstart_in_jupyterlab(page: Any, lab: Lab) -> None:
     nbformat.write(nb, lab.root / "quickstart.ipynb")
     run_notebook_in_lab(page, lab, "quickstart.ipynb", cells=show + 1, timeout_ms=900000)
     lasso_and_bad_through_crafter(page, lab, selection_cell=show + 1, feedback_cell=show + 2, tag="lab-quickstart")
+    assert page.dialogs == []
+
+
+LOOP_SETUP = '''
+import json
+import datacrafter_widget as dc
+crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), models=dc.starter.models(), project="loop")
+CLS = crafter.classes[0]
+crafter.set_prompt(CLS, "a photo of the digit zero")
+crafter.projection   # the map first, so the displayed view shows it at once
+crafter
+'''
+LOOP_STATE = '''
+s = crafter.samples.set_index("id")
+print("SEL", json.dumps(crafter.selection))
+print("FB", json.dumps(s.loc[crafter.selection, "feedback"].tolist()))
+print("EXPECT", json.dumps([i for i in crafter.search("blue", select=False) if s.at[i, "split"] != "test"]))
+'''
+LOOP_ROUND = '''
+r = crafter.rounds[-1]
+g = crafter.samples[crafter.samples["round"] == r["round"]]
+print("ROUND", json.dumps({"status": r["status"], "labels": sorted(set(g["label"])), "prompts": sorted(set(g["prompt"]))}))
+'''
+LOOP_REOPEN = '''
+import json
+import datacrafter_widget as dc
+again = dc.DataCrafter.open("loop", readonly=True)
+print("PROMPTS", json.dumps({c: e["current"] for c, e in again.prompts.items()}))
+print("ACTIONS", json.dumps({c: [h["action"] for h in e["history"]] for c, e in again.prompts.items()}))
+'''
+
+
+def _restart_kernel(page: Any, lab: Lab) -> None:
+    """Restarts the notebook's kernel through the Jupyter server's REST API (what Kernel > Restart does)."""
+    sessions = page.request.get(f"{lab.url}api/sessions?token={lab.token}").json()
+    kernel = next(s["kernel"]["id"] for s in sessions if s["path"].endswith("loop_check.ipynb"))
+    resp = page.request.post(f"{lab.url}api/kernels/{kernel}/restart?token={lab.token}")
+    assert resp.ok, resp.text()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some((e) => /\\|\\s*Idle/.test(e.textContent))",
+        timeout=120000)
+
+
+@pytest.mark.slow
+def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
+    """The widget runs the loop with the network blocked: a prompt edit (kept across a kernel restart),
+    generate from the edited ("evolved") prompts, the metrics chart, search, Bad by key, undo, and
+    marking one image from the gallery."""
+    missing = _starter_weights_missing()
+    if missing:
+        pytest.skip(f"starter models not available: {missing}")
+    blocked: list[str] = []
+
+    def only_local(route: Any) -> None:
+        if route.request.url.startswith(lab.url):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (LOOP_SETUP, LOOP_STATE, LOOP_ROUND, LOOP_REOPEN)]
+    nbformat.write(nb, lab.root / "loop_check.ipynb")
+    run_notebook_in_lab(page, lab, "loop_check.ipynb", cells=1, timeout_ms=900000)
+    root = page.locator(".dcw-root").last
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    page.wait_for_function(f"window.__dcw && {handle}.frames > 0 && {handle}.timings.atlasReady != null", timeout=120000)
+    root.scroll_into_view_if_needed()
+    status = root.locator(".dcw-status")
+
+    # 0. At 1400x900 with the file browser open, neither toolbar row wraps and the prompt box fits the panel.
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.wait_for_timeout(500)
+    for k in range(root.locator(".dcw-toolbar").count()):
+        assert root.locator(".dcw-toolbar").nth(k).bounding_box()["height"] <= 32, f"toolbar row {k} wraps"
+    text_box = page.locator(".widget-textarea textarea").last.bounding_box()
+    map_box = root.bounding_box()
+    # The side panel is 280 px wide, right of the map, and inside the page.
+    assert text_box["width"] <= 280 and text_box["x"] >= map_box["x"] + map_box["width"] - 1
+    assert text_box["x"] + text_box["width"] <= 1400
+    page.screenshot(path=str(ARTIFACTS / "lab-loop-1400x900.png"))
+
+    # 1. Edit the prompt in the side panel and save it.
+    text = page.locator(".widget-textarea textarea").last
+    assert text.input_value() == "a photo of the digit zero"
+    text.fill("a photo of the digit zero on a blue background")
+    page.locator("button:has-text('Save edit')").last.click()
+    page.wait_for_function("[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.includes('saved'))",
+                           timeout=60000)
+
+    # 2. Generate from the evolved / edited prompts with the widget's own controls.
+    page.locator(".widget-dropdown select").first.select_option("evolved")
+    count = page.locator(".widget-text input[type=number]").first
+    count.fill("2")
+    count.press("Tab")
+    page.locator("button:has-text('Generate')").last.click()
+    page.wait_for_function(
+        "[...document.querySelectorAll('.dcw-status')].some((e) => /: (done|failed)/.test(e.textContent))", timeout=600000)
+    assert ": done" in status.inner_text(), status.inner_text()
+    out = run_cell(page, 2)
+    rnd = printed_json(out, "ROUND")
+    assert rnd == {"status": "done", "labels": ["0"], "prompts": ["a photo of the digit zero on a blue background"]}, rnd
+
+    # 3. The metrics chart renders with every non-local request blocked (vega comes bundled).
+    page.wait_for_function(
+        "document.querySelector('.vega-embed svg, .vega-embed canvas') !== null", timeout=300000)
+    chart = page.locator(".vega-embed").last
+    assert chart.bounding_box()["height"] > 50
+    page.screenshot(path=str(ARTIFACTS / "lab-loop-chart.png"), full_page=True)
+
+    # 4. Search selects the matching images on the map (test images are off the map).
+    root.locator("input[data-role=search]").fill("blue")
+    root.locator("input[data-role=search]").press("Enter")
+    page.wait_for_function("[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.includes('matches for'))",
+                           timeout=60000)
+    out = run_cell(page, 1)
+    sel, expect = printed_json(out, "SEL"), printed_json(out, "EXPECT")
+    assert sel == expect and len(sel) > 0
+
+    # 5. "b" marks them bad, ctrl+z undoes it (shortcuts go to the focused map).
+    page.evaluate("document.querySelector('.dcw-root').focus()")
+    page.keyboard.press("b")
+    page.wait_for_function("[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.startsWith('marked bad'))",
+                           timeout=60000)
+    assert printed_json(run_cell(page, 1), "FB") == ["bad"] * len(sel)
+    page.evaluate("document.querySelector('.dcw-root').focus()")
+    page.keyboard.press("Control+z")
+    page.wait_for_function("[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.startsWith('undo'))",
+                           timeout=60000)
+    assert printed_json(run_cell(page, 1), "FB") == [""] * len(sel)
+
+    # 6. Mark one image from the gallery of the selection.
+    tile = root.locator(".dcw-gallery .dcw-tile").first
+    index = int(tile.get_attribute("data-index"))
+    tile.locator("button[data-mark=bad]").click()
+    page.wait_for_function(f"document.querySelector('.dcw-gallery .dcw-tile[data-index=\"{index}\"]').dataset.feedback === 'bad'",
+                           timeout=60000)
+    fb = printed_json(run_cell(page, 1), "FB")
+    assert fb.count("bad") == 1
+    page.screenshot(path=str(ARTIFACTS / "lab-loop-gallery.png"), full_page=True)
+
+    # 7. The prompt edit survives a kernel restart: it is in the project's prompts.json.
+    _restart_kernel(page, lab)
+    out = run_cell(page, 3)
+    assert printed_json(out, "PROMPTS") == {"0": "a photo of the digit zero on a blue background"}
+    assert printed_json(out, "ACTIONS") == {"0": ["edit", "edit"]}
+    assert not [u for u in blocked if "cdn" in u or "jsdelivr" in u], blocked
     assert page.dialogs == []
