@@ -181,3 +181,31 @@ def tiny_blip(seed: int = 0):
         tokenizer=tokenizer,
     )
     return model, processor
+
+
+def tiny_models(seed: int = 0, steps: int = 3, crash_flag: str | None = None):
+    """A dc.Models bundle (tiny generator + tiny CLIP) that another process can rebuild from its spec.
+
+    crash_flag: a file path; a generator call that finds the file deletes it and ends its process
+    with os._exit(1) (a worker dying mid-round, for the Ray backend's tests).
+    """
+    import os
+
+    from datacrafter_widget.models.bundle import Models
+    from datacrafter_widget.models.embedder import Embedder
+    from datacrafter_widget.models.generator import Generator
+    from datacrafter_widget.models.spec import ModelSpec
+
+    class CrashingGenerator(Generator):
+        def _run_batch(self, *args, **kwargs):
+            if crash_flag and os.path.exists(crash_flag):
+                os.remove(crash_flag)
+                os._exit(1)
+            return super()._run_batch(*args, **kwargs)
+
+    gen = CrashingGenerator(tiny_sd_pipeline(seed), name=f"tiny-sd-{seed}", default_steps=steps, default_guidance=7.5)
+    model, preprocess, tokenizer = tiny_open_clip(seed)
+    models = Models(generator=gen, embedder=Embedder(model, preprocess, tokenizer, name=f"tiny-clip-{seed}"),
+                    name="tiny")
+    models.spec = ModelSpec("tiny_models:tiny_models", {"seed": seed, "steps": steps, "crash_flag": crash_flag})
+    return models

@@ -93,6 +93,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seeds": Key("int", 1, "train the first and last stage with this many seeds to show the seed spread", minimum=1),
         "evaluate_each_round": Key("bool", True, "retrain and evaluate after every generation round"),
     },
+    "backend": {  # controller/backends.py, docs/ray.md
+        "kind": Key("str", "local", "where rounds, captions and embeddings run", ("local", "ray")),
+        "address": Key("str", "auto", "Ray cluster: 'auto' (running cluster), 'ray://host:10001' or 'local'"),
+        "workers": Key("int", 1, "Ray workers, each loading the models once", minimum=1),
+        "gpus_per_worker": Key("float", 0.0, "GPUs per Ray worker", minimum=0),
+        "cpus_per_worker": Key("float", 1.0, "CPUs per Ray worker", minimum=0),
+        "batch_size": Key("int", None, "images per pipeline call on a worker (default: the round's)", minimum=1),
+    },
     "export": {
         "enabled": Key("bool", False, "export the expanded dataset at the end"),
         "format": Key("str", "imagefolder", "export format", ("imagefolder", "csv", "hf")),
@@ -190,6 +198,12 @@ def load_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     _check_combinations(cfg)
     cfg["_base"] = str(base)
     return cfg
+
+
+def backend_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The [backend] table as DataCrafter(backend=...) takes it (see controller/backends.py)."""
+    b = cfg["backend"]
+    return {"kind": "local"} if b["kind"] == "local" else dict(b)
 
 
 def round_spec(table: Any, i: int) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from .config import ConfigError, load_config, round_spec
+from .config import ConfigError, backend_config, load_config, round_spec
 
 __all__ = ["ConfigError", "RunResult", "load_config", "run", "cli_main", "simulated_feedback", "prompted_attributes",
            "starter_checker"]
@@ -248,7 +248,7 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
     from ..controller.crafter import DataCrafter
 
     say(f"creating the project {project_dir}")
-    crafter = DataCrafter(ds, models=models, project=project_dir)
+    crafter = DataCrafter(ds, models=models, project=project_dir, backend=backend_config(cfg))
     stages = _Stages(crafter, cfg, test, progress, say)
     fb_rows: list[dict[str, Any]] = []
     evolution: pd.DataFrame | None = None

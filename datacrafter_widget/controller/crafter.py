@@ -40,6 +40,7 @@ from ..data.dataset import Dataset, DatasetError
 from ..data.images import image_hash
 from . import map_view
 from .export import EXPORT_FORMATS  # noqa: F401 - kept importable from here
+from .backends import Backend, backend_from_config
 from .jobs import Job, JobContext
 from .recovery import import_counter, mark_interrupted_rounds, unfinished_import_message
 from ..models.bundle import Models
@@ -74,6 +75,7 @@ class DataCrafter:
         *,
         batch_size: int = 8,
         heldout: Dataset | str | None = "auto",
+        backend: Any = None,
     ) -> None:
         if not isinstance(ds, Dataset):
             raise TypeError(
@@ -100,13 +102,15 @@ class DataCrafter:
                 })
             self.dataset = ds
             self.heldout = heldout
+            if backend is not None:
+                self.backend = backend
         except BaseException:
             store.close()
             raise
 
     @classmethod
     def open(cls, path: str | os.PathLike, models: Models | None = None, *, readonly: bool = False,
-             batch_size: int = 8) -> "DataCrafter":
+             batch_size: int = 8, backend: Any = None) -> "DataCrafter":
         """Resume a project after a kernel restart (models are optional for browsing)."""
         store = SampleStore(path, create=False, readonly=readonly)
         try:
@@ -115,6 +119,8 @@ class DataCrafter:
                 raise ValueError(unfinished_import_message(store))
             self = cls.__new__(cls)
             self._setup(store, models, batch_size)
+            if backend is not None:
+                self.backend = backend
             self.classes = list(meta["classes"])
             self.dataset = self._dataset_from_store()
             return self
@@ -144,10 +150,30 @@ class DataCrafter:
         # options for the per-round held-out student (student.train_student: seed=, steps=, kind=, ...)
         self.heldout_options: dict[str, Any] = {}
         self._listeners: dict[str, list[Callable[..., None]]] = {e: [] for e in EVENTS}
+        # where rounds, bulk captions and embeddings run (backends.py); a project remembers its choice
+        self._backend: Backend = backend_from_config((store.read_json("project.json", {}) or {}).get("backend"))
+        self.rounds_runner.backend = self._backend.for_models(self.models)
         self._student: Any = None  # this project's student (never kept on the shared Models object)
         self._feedback_history = map_view.FeedbackHistory()
         self._view = map_view.ViewState()
         mark_interrupted_rounds(store)  # rounds a killed kernel left "running"
+
+    @property
+    def backend(self) -> Backend:
+        """The execution backend of this project: LocalBackend() (default) or dc.RayBackend(...)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: Any) -> None:
+        """Set it with a backend, "local", "ray" or a config dict; kept in project.json for DataCrafter.open."""
+        new = backend_from_config(value)
+        if new is not self._backend:
+            self._backend.close()
+        self._backend = new
+        self.rounds_runner.backend = new.for_models(self.models)
+        if not self.store.readonly:
+            meta = self.store.read_json("project.json", {}) or {}
+            self.store.write_json("project.json", {**meta, "backend": new.config()})
 
     # ---- real images ----------------------------------------------------------------------------
     def _store_real(self, ds: Dataset) -> None:
@@ -389,6 +415,7 @@ class DataCrafter:
         caption_template: str | None = None,
         progress: bool = True,
         spec: RoundSpec | None = None,
+        backend: Any = None,
     ) -> list[str] | Job:
         """Generate `per_class` images per class (and per strategy) and store them as one round.
 
@@ -397,7 +424,8 @@ class DataCrafter:
         `.wait()` -> ids). Seeds follow `round_seed`: round * 100000 + k unless `seed` is given, so a
         round is reproducible. strategy="evolved" uses the prompts of crafter.evolve(). Every
         argument is checked (RoundSpec.validated) before anything is recorded; `spec=` takes a
-        ready RoundSpec instead of the keyword arguments.
+        ready RoundSpec instead of the keyword arguments. backend: where this round runs ("local", a
+        dc.RayBackend, ...); default: the project's `crafter.backend`.
         """
         if spec is None:
             spec = RoundSpec(
@@ -406,7 +434,8 @@ class DataCrafter:
                 latent_perturbation=latent_perturbation, caption_template=caption_template, seed=seed, filter=filter,
                 batch_size=batch_size,
             )
-        return self.rounds_runner.generate(spec.validated(), background=background, progress=progress)
+        return self.rounds_runner.generate(spec.validated(), background=background, progress=progress,
+                                           backend=self._round_backend(backend))
 
     def next_round(self) -> int:
         """The number the next generation round gets (GAP / evolution rounds use it too)."""
@@ -433,11 +462,16 @@ class DataCrafter:
         progress: bool = True,
         info: dict[str, Any] | None = None,
         prepare: Callable[[JobContext], Sequence[GenerationRequest]] | None = None,
+        backend: Any = None,
     ) -> list[str] | Job:
         """Run prepared requests as one round (see RoundRunner.run_requests)."""
         return self.rounds_runner.run_requests(requests, steps=steps, guidance=guidance, filter=filter,
                                                background=background, batch_size=batch_size, progress=progress,
-                                               info=info, prepare=prepare)
+                                               info=info, prepare=prepare, backend=self._round_backend(backend))
+
+    def _round_backend(self, backend: Any) -> Any:
+        """The runner's image seam for one round: None -> the project's backend."""
+        return None if backend is None else backend_from_config(backend).for_models(self.models)
 
     def cancel(self) -> None:
         """Cancel the running generation job (finished batches stay stored)."""
@@ -620,9 +654,10 @@ class DataCrafter:
             first_id: dict[str, str] = {}
             for i, h in zip(ids, hashes):
                 first_id.setdefault(h, i)
-            for start in range(0, len(missing), 64):
-                chunk = missing[start : start + 64]
-                arr = emb.embed_images([self.store.image(first_id[h]) for h in chunk])
+            # chunk by chunk through the backend (workers on a Ray cluster), each chunk stored as it arrives
+            chunks = [missing[start : start + 64] for start in range(0, len(missing), 64)]
+            images = ([self.store.image(first_id[h]) for h in chunk] for chunk in chunks)
+            for chunk, arr in zip(chunks, self._backend.embed_images(self.models, images)):
                 self.store.put_embeddings(chunk, emb.name, arr)
         elif missing:
             out = self.store.embeddings(hashes, emb.name, partial=True)
@@ -756,6 +791,7 @@ class DataCrafter:
                 self.job.wait(timeout=600)
             except Exception:  # noqa: BLE001 - closing anyway
                 pass
+        self._backend.close()
         self.store.close()
 
     def __enter__(self) -> "DataCrafter":

@@ -378,14 +378,24 @@ class RoundRunner:
                 return caps
             if not run:
                 return caps
-            images = [self.store.image(i) for i in missing]
-            new = self.host.models.captioner(images)
-            self.store.update(missing, caption=list(new))
-            caps.update(zip(missing, new))
+            # chunk by chunk through the project's backend (workers on a Ray cluster), stored as they arrive
+            backend = getattr(self.host, "backend", None)
+            chunks = [missing[k : k + 64] for k in range(0, len(missing), 64)]
+            images = ([self.store.image(i) for i in chunk] for chunk in chunks)
+            results = (
+                backend.caption_images(self.host.models, images)
+                if backend is not None
+                else ([str(c) for c in self.host.models.captioner(im)] for im in images)
+            )
+            for chunk, new in zip(chunks, results):
+                self.store.update(chunk, caption=list(new))
+                caps.update(zip(chunk, new))
         return caps
 
     # ---- running -----------------------------------------------------------------------------------------
-    def generate(self, spec: RoundSpec, *, background: bool = False, progress: bool = True) -> list[str] | Job:
+    def generate(
+        self, spec: RoundSpec, *, background: bool = False, progress: bool = True, backend: ImageBackend | None = None
+    ) -> list[str] | Job:
         """Plan and run one round from a spec (what crafter.generate does after validating its arguments)."""
         self._check_idle()
         self.host.models.require("generator", "crafter.generate()")
@@ -409,6 +419,7 @@ class RoundRunner:
             progress=progress,
             info=info,
             prepare=prepare,
+            backend=backend,
         )
 
     def run_requests(
@@ -423,6 +434,7 @@ class RoundRunner:
         progress: bool = True,
         info: Mapping[str, object] | None = None,
         prepare: Callable[[JobContext], Sequence[GenerationRequest]] | None = None,
+        backend: ImageBackend | None = None,
     ) -> list[str] | Job:
         """Run prepared requests as one round; `prepare`, if given, runs first inside the job and
         returns the final requests (same count and seeds, e.g. with captions filled in)."""
@@ -445,6 +457,7 @@ class RoundRunner:
         steps = int(steps or gen.default_steps)
         guidance = float(gen.default_guidance if guidance is None else guidance)
         bs = int(batch_size or host.batch_size)
+        use = backend or self.backend  # this round's image seam (Ray, ...) or the runner's
         entry = {
             **info,
             "round": rnd,
@@ -457,12 +470,13 @@ class RoundRunner:
             "status": "running",
             "started": time.time(),
             "stored": 0,
+            "backend": use.config() if hasattr(use, "config") else {"kind": "local"},
         }
         self.log_round(entry)
 
         def work(ctx: JobContext) -> list[str]:
             final = list(prepare(ctx)) if prepare is not None else requests
-            return self._generate_round(final, rnd, steps, guidance, filter, bs, ctx)
+            return self._generate_round(final, rnd, steps, guidance, filter, bs, ctx, use)
 
         return self._run_job(work, len(requests), rnd, background=background, progress=progress)
 
@@ -507,6 +521,7 @@ class RoundRunner:
         use_filter: bool,
         batch_size: int,
         ctx: JobContext,
+        backend: ImageBackend | None = None,
     ) -> list[str]:
         """Generate group by group, batch by batch; each finished batch is stored by a writer thread
         while the next batch is being generated (PNG encoding, fsync, embeddings and the class filter
@@ -566,7 +581,7 @@ class RoundRunner:
                     cancel=ctx.cancel_event,
                     progress=functools.partial(_report_from, ctx, generated, len(requests)),
                 )
-                for batch in self.backend(gen, reqs, sources, settings):
+                for batch in (backend or self.backend)(gen, reqs, sources, settings):
                     generated += len(batch.indices)
                     queue.append(
                         writer.submit(

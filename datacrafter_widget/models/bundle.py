@@ -63,6 +63,7 @@ class Models:
         for kind, value in zip(_KINDS, (generator, embedder, captioner, labeler, student)):
             self._models[kind] = value
         self.name = name
+        self.spec: Any = None  # models.spec.ModelSpec: how a worker process loads the same bundle (set by factories)
 
     def __getattr__(self, name: str) -> Any:
         models = self.__dict__.get("_models")
@@ -144,7 +145,14 @@ class Models:
             cap = captioner
         else:
             cap = Captioner.from_pretrained(captioner, device=dev)
-        return cls(generator=gen, embedder=emb, captioner=cap, name=str(model))
+        models = cls(generator=gen, embedder=emb, captioner=cap, name=str(model))
+        if (clip is None or isinstance(clip, tuple)) and (captioner is None or isinstance(captioner, str)):
+            from .spec import ModelSpec  # other processes (Ray workers) rebuild the bundle from this recipe
+
+            models.spec = ModelSpec("datacrafter_widget.models.bundle:Models.stable_diffusion", dict(
+                model=str(model), clip=clip, captioner=captioner, device=device, dtype=dtype, scheduler=scheduler,
+                steps=steps, guidance=guidance, memory_savers=memory_savers, guidance_min_sigma=guidance_min_sigma))
+        return models
 
 
 def load_stable_diffusion(model: str, dtype: torch.dtype = torch.float32) -> Any:

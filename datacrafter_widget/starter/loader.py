@@ -297,4 +297,11 @@ def load_starter_models(device: str = "cpu", weights_dir: str | Path = WEIGHTS_D
     # The caption vocabulary lets the labeler read colour words the way the CLIP saw them in training.
     captions = [_compose_caption(*combo) for combo in itertools.product(*caption_vocabulary().values())]
     labeler = ClipVocabularyLabeler(embedder, class_names=CLASSES, captions=captions, max_captions=len(captions))
-    return Models(generator=generator, embedder=embedder, captioner=captioner, labeler=labeler, name=name)
+    models = Models(generator=generator, embedder=embedder, captioner=captioner, labeler=labeler, name=name)
+    from ..models.spec import ModelSpec  # other processes (Ray workers) rebuild the bundle from this recipe
+
+    kwargs: dict[str, Any] = {"device": device}
+    if Path(weights_dir) != WEIGHTS_DIR:
+        kwargs["weights_dir"] = str(weights_dir)
+    models.spec = ModelSpec("datacrafter_widget.starter.loader:load_starter_models", kwargs)
+    return models
