@@ -25,7 +25,7 @@ def setup():
     cats = gen(["a photo of a cat"] * 16, seed=0, steps=5)
     # The student is confident on what the plain class prompt gives: "cat" vs. colour-inverted images.
     student = train_student(cats + [ImageOps.invert(im) for im in cats], ["cat"] * 16 + ["dog"] * 16,
-                            epochs=10, progress=False, seed=0)
+                            steps=150, progress=False, seed=0)
     return gen, student
 
 
