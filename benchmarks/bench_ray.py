@@ -11,6 +11,7 @@ session) is printed apart from the steady-state rate. Local runs before and afte
 their mean is the baseline, and their spread shows how noisy this machine is. The images of every
 Ray run are compared with the local ones (max abs pixel difference).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,10 @@ sys.path.insert(0, str(REPO))
 def _requests(n: int, steps: int, guidance: float):
     from datacrafter_widget.controller.backends import ImageRequest
 
-    return [ImageRequest(index=i, group=0, prompt=f"a photo of a {i % 10}", seed=1000 + i, steps=steps,
-                         guidance=guidance) for i in range(n)]
+    return [
+        ImageRequest(index=i, group=0, prompt=f"a photo of a {i % 10}", seed=1000 + i, steps=steps, guidance=guidance)
+        for i in range(n)
+    ]
 
 
 def _run(backend, models, reqs, batch_size: int) -> tuple[float, dict[int, np.ndarray]]:
@@ -59,8 +62,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     paths = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": str(args.threads),
-                                "HF_HUB_OFFLINE": "1"}}
+    runtime_env = {
+        "env_vars": {"PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+    }
     if args.address:
         ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
     else:
@@ -69,8 +73,10 @@ def main() -> None:
     models = dc.starter.models()
     gen = models.generator
     reqs = _requests(args.images, args.steps, gen.default_guidance)
-    print(f"starter generator {gen.name}, {args.images} images, {args.steps} steps, batch size {args.batch_size}, "
-          f"{args.threads} torch thread(s) per process, machine load {os.getloadavg()[0]:.1f}")
+    print(
+        f"starter generator {gen.name}, {args.images} images, {args.steps} steps, batch size {args.batch_size}, "
+        f"{args.threads} torch thread(s) per process, machine load {os.getloadavg()[0]:.1f}"
+    )
 
     local = LocalBackend()
     _run(local, models, reqs[: args.batch_size], args.batch_size)  # warm-up (first-call allocations)
@@ -79,7 +85,7 @@ def main() -> None:
     for workers in (1, 2):
         backend = RayBackend(workers=workers, cpus_per_worker=args.threads)
         t = time.perf_counter()
-        backend._ensure_pool(models)            # each worker loads the models once
+        backend._ensure_pool(models)  # each worker loads the models once
         startup = time.perf_counter() - t
         _run(backend, models, reqs[: args.batch_size * workers], args.batch_size)  # warm-up on every worker
         seconds, images = _run(backend, models, reqs, args.batch_size)
@@ -94,9 +100,13 @@ def main() -> None:
     print(f"{'local (after)':<16}{'-':>11}{t_local_2:>9.2f}{args.images / t_local_2:>10.3f}{'':>10}{'':>11}")
     for workers, startup, seconds, diff in rows:
         rate = args.images / seconds
-        print(f"{f'ray x{workers}':<16}{startup:>11.1f}{seconds:>9.2f}{rate:>10.3f}{rate / local_rate:>9.2f}x{diff:>11d}")
-    print(f"overhead ratio, 1 Ray worker / local: {args.images / rows[0][2] / local_rate:.2f} (goal >= 0.9); "
-          f"2 workers / 1 worker: {rows[0][2] / rows[1][2]:.2f} (ideal 2.0 on 2 free cores)")
+        print(
+            f"{f'ray x{workers}':<16}{startup:>11.1f}{seconds:>9.2f}{rate:>10.3f}{rate / local_rate:>9.2f}x{diff:>11d}"
+        )
+    print(
+        f"overhead ratio, 1 Ray worker / local: {args.images / rows[0][2] / local_rate:.2f} (goal >= 0.9); "
+        f"2 workers / 1 worker: {rows[0][2] / rows[1][2]:.2f} (ideal 2.0 on 2 free cores)"
+    )
     ray.shutdown()
 
 

@@ -4,6 +4,7 @@ The Ray tests share one Ray instance per module (start-up takes seconds): a fres
 the cluster in RAY_ADDRESS when set (`ray start --head --num-cpus=2`). Workers import the package
 and tests/tiny_models.py from this checkout through the runtime_env's PYTHONPATH.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,23 @@ from datacrafter_widget.controller.backends import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-PROVENANCE = ["label", "prompt", "negative_prompt", "seed", "steps", "guidance", "strength", "parent_id", "round",
-              "strategy", "model", "latent_perturbation", "scheduler", "guidance_min_sigma", "batch_index"]
+PROVENANCE = [
+    "label",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "guidance",
+    "strength",
+    "parent_id",
+    "round",
+    "strategy",
+    "model",
+    "latent_perturbation",
+    "scheduler",
+    "guidance_min_sigma",
+    "batch_index",
+]
 
 
 def _ds():
@@ -76,12 +92,18 @@ def test_ray_backend_needs_a_model_recipe():
 def ray_env():
     ray = pytest.importorskip("ray")
     paths = [str(REPO), str(REPO / "tests")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "HF_HUB_OFFLINE": "1",
-                                "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}}
+    runtime_env = {
+        "env_vars": {
+            "PYTHONPATH": os.pathsep.join(paths),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+    }
     started = not ray.is_initialized()
     if started:
         address = os.environ.get("RAY_ADDRESS")
-        kwargs = ({"address": address} if address else {"num_cpus": 2, "include_dashboard": False})
+        kwargs = {"address": address} if address else {"num_cpus": 2, "include_dashboard": False}
         for attempt in (1, 2):  # Ray's start-up has fixed timeouts that a machine under heavy load can miss
             try:
                 ray.init(runtime_env=runtime_env, log_to_driver=False, **kwargs)
@@ -89,8 +111,10 @@ def ray_env():
             except Exception as err:  # noqa: BLE001 - reported below
                 ray.shutdown()
                 if attempt == 2:
-                    pytest.skip(f"a local Ray instance did not start on this machine ({err}); "
-                                "start one with `ray start --head --num-cpus=2` and set RAY_ADDRESS=auto")
+                    pytest.skip(
+                        f"a local Ray instance did not start on this machine ({err}); "
+                        "start one with `ray start --head --num-cpus=2` and set RAY_ADDRESS=auto"
+                    )
     yield ray
     if started:
         ray.shutdown()
@@ -109,17 +133,23 @@ def _pixels(crafter, ids):
 
 def _assert_same_round(local, remote):
     a, b = _rows(local), _rows(remote)
-    assert list(a.index) == list(b.index)            # the same batches, the same positions in them
+    assert list(a.index) == list(b.index)  # the same batches, the same positions in them
     for col in PROVENANCE:
         assert a[col].astype(str).tolist() == b[col].astype(str).tolist(), col
     for x, y in zip(_pixels(local, a["id"]), _pixels(remote, b["id"])):
         assert x.shape == y.shape
-        assert np.abs(x - y).max() <= 2            # the same seeds give the same images, up to float rounding
+        assert np.abs(x - y).max() <= 2  # the same seeds give the same images, up to float rounding
     assert a["seed"].is_unique and b["seed"].is_unique
 
 
 def test_tiny_round_on_ray_matches_local(ray_env, tmp_path):
-    kw = {"per_class": 1, "strategy": ["class", "perturb"], "classes": ["0", "1", "2"], "batch_size": 2, "progress": False}
+    kw = {
+        "per_class": 1,
+        "strategy": ["class", "perturb"],
+        "classes": ["0", "1", "2"],
+        "batch_size": 2,
+        "progress": False,
+    }
     with dc.DataCrafter(_ds(), models=tiny_models(), project=tmp_path / "local") as local:
         local.generate(**kw)
         backend = RayBackend(workers=2)
@@ -164,10 +194,10 @@ def _round_with_failure(ray_env, tmp_path, break_worker):
         c.generate(per_class=3, strategy="class", classes=["0", "1", "2", "3"], batch_size=1, progress=False)
         rows = _rows(c)
         assert fired
-        assert len(rows) == 12 and rows["seed"].is_unique           # nothing lost, nothing twice
+        assert len(rows) == 12 and rows["seed"].is_unique  # nothing lost, nothing twice
         assert sorted(rows["seed"]) == list(range(int(rows["seed"].min()), int(rows["seed"].min()) + 12))
         assert c.rounds[-1]["status"] == "done" and c.rounds[-1]["stored"] == 12
-        return len(backend.actors)   # live workers at the end of the round
+        return len(backend.actors)  # live workers at the end of the round
 
 
 def test_worker_killed_for_good_mid_round_its_batches_go_elsewhere(ray_env, tmp_path):
@@ -177,7 +207,7 @@ def test_worker_killed_for_good_mid_round_its_batches_go_elsewhere(ray_env, tmp_
 
 def test_worker_process_dies_mid_round_ray_restarts_it(ray_env, tmp_path):
     live = _round_with_failure(ray_env, tmp_path, lambda b, flag: Path(flag).write_text("exit"))
-    assert not Path(tmp_path / "crash-now").exists()    # a worker did die (it removed the flag)
+    assert not Path(tmp_path / "crash-now").exists()  # a worker did die (it removed the flag)
     assert live == 2
 
 

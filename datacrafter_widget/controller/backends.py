@@ -20,6 +20,7 @@ and a round must stop mid-batch when cancelled and commit batch by batch; long-l
 both. Batches are formed exactly as the local backend forms them (same groups, same batch size),
 so an image and its provenance (batch_id, batch_index) are the same on either backend.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,14 +53,14 @@ class BackendError(RuntimeError):
 class ImageRequest:
     """One image to make: everything a worker needs, nothing it must look up (plain, picklable data)."""
 
-    index: int                      # position in the round: results are keyed (and de-duplicated) by it
-    group: int                      # requests of a group share one pipeline call per batch
+    index: int  # position in the round: results are keyed (and de-duplicated) by it
+    group: int  # requests of a group share one pipeline call per batch
     prompt: str
     negative_prompt: str = ""
     seed: int = 0
     steps: int = 20
     guidance: float = 7.5
-    strength: float | None = None   # None: text-to-image
+    strength: float | None = None  # None: text-to-image
     latent_perturbation: float = 0.0
     source: Image.Image | None = None
     guidance_min_sigma: Any = OWN_FLOOR  # the generator's own floor unless given (None: guide every step)
@@ -83,7 +84,7 @@ def plan_batches(requests: Sequence[ImageRequest], batch_size: int) -> list[list
     for r in requests:
         groups.setdefault(int(r.group), []).append(r)
     size = max(1, int(batch_size))
-    return [g[k:k + size] for g in groups.values() for k in range(0, len(g), size)]
+    return [g[k : k + size] for g in groups.values() for k in range(0, len(g), size)]
 
 
 def image_requests(requests: Sequence[Any], sources: Sequence[Image.Image] | None, settings: Any) -> list[ImageRequest]:
@@ -93,12 +94,20 @@ def image_requests(requests: Sequence[Any], sources: Sequence[Image.Image] | Non
     for k, r in enumerate(requests):
         source = sources[k] if sources is not None else None
         img2img = source is not None
-        out.append(ImageRequest(
-            index=k, group=0, prompt=r.prompt, negative_prompt=r.negative_prompt, seed=int(r.seed),
-            steps=int(settings.steps), guidance=float(settings.guidance),
-            strength=float(r.strength) if img2img else None,
-            latent_perturbation=float(r.latent_perturbation) if img2img else 0.0,
-            source=source))
+        out.append(
+            ImageRequest(
+                index=k,
+                group=0,
+                prompt=r.prompt,
+                negative_prompt=r.negative_prompt,
+                seed=int(r.seed),
+                steps=int(settings.steps),
+                guidance=float(settings.guidance),
+                strength=float(r.strength) if img2img else None,
+                latent_perturbation=float(r.latent_perturbation) if img2img else 0.0,
+                source=source,
+            )
+        )
     return out
 
 
@@ -115,8 +124,9 @@ class _Seam:
     def config(self) -> dict[str, Any]:
         return self.backend.config()
 
-    def __call__(self, generator: Any, requests: Sequence[Any], sources: Sequence[Image.Image] | None,
-                 settings: Any) -> Iterator[BatchResult]:
+    def __call__(
+        self, generator: Any, requests: Sequence[Any], sources: Sequence[Image.Image] | None, settings: Any
+    ) -> Iterator[BatchResult]:
         models = self.models
         if generator is not getattr(models, "__dict__", {}).get("_models", {}).get("generator"):
             from ..models.bundle import (
@@ -125,11 +135,16 @@ class _Seam:
 
             models = Models(generator=generator)
             models.spec = spec_of(self.models)
-        for b in self.backend.generate(models, image_requests(requests, sources, settings),
-                                       batch_size=settings.batch_size, cancel=settings.cancel,
-                                       progress=settings.progress):
-            yield BatchResult(indices=list(b.indices), images=list(b.images), flags=list(b.flags),
-                              batch_size=int(b.batch_size))
+        for b in self.backend.generate(
+            models,
+            image_requests(requests, sources, settings),
+            batch_size=settings.batch_size,
+            cancel=settings.cancel,
+            progress=settings.progress,
+        ):
+            yield BatchResult(
+                indices=list(b.indices), images=list(b.images), flags=list(b.flags), batch_size=int(b.batch_size)
+            )
 
 
 def _cancelled(cancel: Any) -> bool:
@@ -140,18 +155,31 @@ def _cancelled(cancel: Any) -> bool:
     return bool(cancel())
 
 
-def _run_group(generator: Any, reqs: Sequence[ImageRequest], *, batch_size: int, cancel: Any = None,
-               progress: Callable[[float, int], None] | None = None, floor: Any = OWN_FLOOR) -> Iterator[Any]:
+def _run_group(
+    generator: Any,
+    reqs: Sequence[ImageRequest],
+    *,
+    batch_size: int,
+    cancel: Any = None,
+    progress: Callable[[float, int], None] | None = None,
+    floor: Any = OWN_FLOOR,
+) -> Iterator[Any]:
     """One `iter_batches` call over requests of one group (the same call locally and on a worker)."""
     first = reqs[0]
     strength = first.strength
     img2img = strength is not None
     return generator.iter_batches(
-        [r.prompt for r in reqs], negative_prompts=[r.negative_prompt for r in reqs], seeds=[int(r.seed) for r in reqs],
-        steps=int(first.steps), guidance=float(first.guidance), images=[r.source for r in reqs] if img2img else None,
+        [r.prompt for r in reqs],
+        negative_prompts=[r.negative_prompt for r in reqs],
+        seeds=[int(r.seed) for r in reqs],
+        steps=int(first.steps),
+        guidance=float(first.guidance),
+        images=[r.source for r in reqs] if img2img else None,
         strength=float(strength) if strength is not None else 0.5,
         latent_perturbation=float(first.latent_perturbation) if img2img else 0.0,
-        batch_size=batch_size, cancel=cancel, progress=progress,
+        batch_size=batch_size,
+        cancel=cancel,
+        progress=progress,
         guidance_min_sigma=first.guidance_min_sigma if floor is OWN_FLOOR else floor,
     )
 
@@ -172,8 +200,15 @@ class LocalBackend:
         """This backend as the round runner's image seam, for one model bundle."""
         return _Seam(self, models)
 
-    def generate(self, models: Any, requests: Sequence[ImageRequest], *, batch_size: int = 8, cancel: Any = None,
-                 progress: ProgressFn | None = None) -> Iterator[GeneratedBatch]:
+    def generate(
+        self,
+        models: Any,
+        requests: Sequence[ImageRequest],
+        *,
+        batch_size: int = 8,
+        cancel: Any = None,
+        progress: ProgressFn | None = None,
+    ) -> Iterator[GeneratedBatch]:
         """Finished batches in order, group by group; stops quietly on cancel (the batch in flight is dropped)."""
         gen = models.require("generator", "generating images")
         total = len(requests)
@@ -238,13 +273,21 @@ class _Worker:
     def generate(self, token: str, requests: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
         if token in self._stopped:
             return []
-        reqs = [ImageRequest(**{**r, "source": from_png(r["source"]) if r.get("source") is not None else None})
-                for r in requests]
+        reqs = [
+            ImageRequest(**{**r, "source": from_png(r["source"]) if r.get("source") is not None else None})
+            for r in requests
+        ]
         gen = self.models.require("generator", "a Ray worker")
         out = []
         for b in _run_group(gen, reqs, batch_size=batch_size, cancel=lambda: token in self._stopped):
-            out.append({"indices": [reqs[i].index for i in b.indices], "png": [png_bytes(im) for im in b.images],
-                        "flags": list(b.flags), "batch_size": int(b.batch_size)})
+            out.append(
+                {
+                    "indices": [reqs[i].index for i in b.indices],
+                    "png": [png_bytes(im) for im in b.images],
+                    "flags": list(b.flags),
+                    "batch_size": int(b.batch_size),
+                }
+            )
         return out
 
     def embed(self, pngs: list[bytes]) -> np.ndarray:
@@ -258,8 +301,10 @@ def _import_ray() -> Any:
     try:
         import ray
     except ImportError as err:
-        raise BackendError("the Ray backend needs Ray: pip install 'datacrafter-widget[ray]' "
-                           "(on the notebook machine and every cluster node)") from err
+        raise BackendError(
+            "the Ray backend needs Ray: pip install 'datacrafter-widget[ray]' "
+            "(on the notebook machine and every cluster node)"
+        ) from err
     return ray
 
 
@@ -287,10 +332,20 @@ class RayBackend:
 
     kind = "ray"
 
-    def __init__(self, address: str | None = "auto", *, workers: int = 1, gpus_per_worker: float = 0.0,
-                 cpus_per_worker: float = 1.0, batch_size: int | None = None, device: str | None = "auto",
-                 models: ModelSpec | None = None, runtime_env: Mapping[str, Any] | None = None,
-                 max_restarts: int = 2, start_timeout: float = 900.0) -> None:
+    def __init__(
+        self,
+        address: str | None = "auto",
+        *,
+        workers: int = 1,
+        gpus_per_worker: float = 0.0,
+        cpus_per_worker: float = 1.0,
+        batch_size: int | None = None,
+        device: str | None = "auto",
+        models: ModelSpec | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
+        max_restarts: int = 2,
+        start_timeout: float = 900.0,
+    ) -> None:
         if int(workers) < 1:
             raise BackendError(f"workers={workers}: use at least one Ray worker")
         if float(gpus_per_worker) < 0 or float(cpus_per_worker) < 0:
@@ -312,14 +367,22 @@ class RayBackend:
         self._pool: _Pool | None = None
 
     def __repr__(self) -> str:
-        return (f"RayBackend(address={self.address!r}, workers={self.workers}, gpus_per_worker={self.gpus_per_worker}, "
-                f"batch_size={self.batch_size})")
+        return (
+            f"RayBackend(address={self.address!r}, workers={self.workers}, gpus_per_worker={self.gpus_per_worker}, "
+            f"batch_size={self.batch_size})"
+        )
 
     def config(self) -> dict[str, Any]:
         """Plain data that `backend_from_config` turns back into this backend (project.json, [backend])."""
-        cfg: dict[str, Any] = {"kind": "ray", "address": self.address, "workers": self.workers,
-                               "gpus_per_worker": self.gpus_per_worker, "cpus_per_worker": self.cpus_per_worker,
-                               "batch_size": self.batch_size, "device": self.device}
+        cfg: dict[str, Any] = {
+            "kind": "ray",
+            "address": self.address,
+            "workers": self.workers,
+            "gpus_per_worker": self.gpus_per_worker,
+            "cpus_per_worker": self.cpus_per_worker,
+            "batch_size": self.batch_size,
+            "device": self.device,
+        }
         if self.runtime_env:
             cfg["runtime_env"] = self.runtime_env
         return cfg
@@ -340,7 +403,8 @@ class RayBackend:
             raise BackendError(
                 "the Ray backend loads the models on each worker from a recipe, and these models have none: build "
                 "them with dc.starter.models() or dc.Models.stable_diffusion(...), or pass "
-                "RayBackend(models=dc.ModelSpec('package.module:factory', {...}))")
+                "RayBackend(models=dc.ModelSpec('package.module:factory', {...}))"
+            )
         if self.device is not None and "device" in spec.kwargs:
             spec = spec.with_kwargs(device=self.device)
         return spec
@@ -357,7 +421,8 @@ class RayBackend:
             except ConnectionError as err:
                 raise BackendError(
                     f"no Ray cluster at address={self.address!r} ({err}): start one with `ray start --head` (see "
-                    "docs/ray.md), pass its address, or use RayBackend(address='local') for one on this machine") from err
+                    "docs/ray.md), pass its address, or use RayBackend(address='local') for one on this machine"
+                ) from err
         return ray
 
     def _ensure_pool(self, models: Any, cancel: Any = None) -> _Pool:
@@ -374,12 +439,20 @@ class RayBackend:
         ray = self._connect()
         total_gpus = float(ray.cluster_resources().get("GPU", 0.0))
         if self.gpus_per_worker > total_gpus:
-            raise BackendError(f"gpus_per_worker={self.gpus_per_worker} but the Ray cluster has {total_gpus:g} GPU(s): "
-                               "add GPU nodes or set gpus_per_worker=0 (CPU workers)")
+            raise BackendError(
+                f"gpus_per_worker={self.gpus_per_worker} but the Ray cluster has {total_gpus:g} GPU(s): "
+                "add GPU nodes or set gpus_per_worker=0 (CPU workers)"
+            )
         cls = ray.remote(concurrency_groups={"control": 1})(_Worker)
-        new = [cls.options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
-                           max_restarts=self.max_restarts, max_task_retries=self.max_restarts).remote(spec)
-               for _ in range(missing)]
+        new = [
+            cls.options(
+                num_cpus=self.cpus_per_worker,
+                num_gpus=self.gpus_per_worker,
+                max_restarts=self.max_restarts,
+                max_task_retries=self.max_restarts,
+            ).remote(spec)
+            for _ in range(missing)
+        ]
         info = self._wait_ready(ray, new, cancel)
         if pool is None:
             pool = _Pool(spec, new, info)
@@ -405,13 +478,16 @@ class RayBackend:
                 raise BackendError(
                     f"{len(pending)} of {len(actors)} Ray worker(s) not ready after {self.start_timeout:.0f}s: each "
                     f"needs {self.cpus_per_worker:g} CPU and {self.gpus_per_worker:g} GPU, the cluster has "
-                    f"{ray.cluster_resources()}; lower workers / gpus_per_worker or add nodes")
+                    f"{ray.cluster_resources()}; lower workers / gpus_per_worker or add nodes"
+                )
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
         try:
             return list(ray.get(refs))
         except Exception as err:
-            raise BackendError(f"a Ray worker could not load the models: {err}. Every node needs datacrafter-widget "
-                               "installed and the model files (hub cache or local folder) reachable") from err
+            raise BackendError(
+                f"a Ray worker could not load the models: {err}. Every node needs datacrafter-widget "
+                "installed and the model files (hub cache or local folder) reachable"
+            ) from err
 
     @staticmethod
     def _check_models(models: Any, info: list[dict[str, Any]]) -> None:
@@ -423,11 +499,15 @@ class RayBackend:
         for w in info:
             for kind in ("generator", "embedder", "captioner"):
                 if kind in local and w["models"].get(kind) != local[kind]:
-                    raise BackendError(f"the Ray workers load {kind} {w['models'].get(kind)!r} but this notebook uses "
-                                       f"{local[kind]!r}: pass RayBackend(models=dc.ModelSpec(...)) for the same models")
+                    raise BackendError(
+                        f"the Ray workers load {kind} {w['models'].get(kind)!r} but this notebook uses "
+                        f"{local[kind]!r}: pass RayBackend(models=dc.ModelSpec(...)) for the same models"
+                    )
             if sched and w.get("scheduler") and w["scheduler"] != sched:
-                raise BackendError(f"the Ray workers' scheduler is {w['scheduler']}, this notebook's is {sched}: build the "
-                                   "models with scheduler=... so the recipe carries it")
+                raise BackendError(
+                    f"the Ray workers' scheduler is {w['scheduler']}, this notebook's is {sched}: build the "
+                    "models with scheduler=... so the recipe carries it"
+                )
 
     def close(self) -> None:
         """Stop the worker actors (the cluster stays up)."""
@@ -444,8 +524,15 @@ class RayBackend:
                     ray.kill(a)
 
     # ---- work -------------------------------------------------------------------------------------
-    def generate(self, models: Any, requests: Sequence[ImageRequest], *, batch_size: int = 8, cancel: Any = None,
-                 progress: ProgressFn | None = None) -> Iterator[GeneratedBatch]:
+    def generate(
+        self,
+        models: Any,
+        requests: Sequence[ImageRequest],
+        *,
+        batch_size: int = 8,
+        cancel: Any = None,
+        progress: ProgressFn | None = None,
+    ) -> Iterator[GeneratedBatch]:
         """Finished batches as they arrive from any worker (each request index at most once)."""
         gen = models.require("generator", "generating images")
         pool = self._ensure_pool(models, cancel)
@@ -454,23 +541,48 @@ class RayBackend:
         floor = getattr(gen, "guidance_min_sigma", None)
         batches = []
         for b in plan_batches(requests, size):
-            batches.append([{
-                "index": int(r.index), "group": int(r.group), "prompt": r.prompt, "negative_prompt": r.negative_prompt,
-                "seed": int(r.seed), "steps": int(r.steps), "guidance": float(r.guidance), "strength": r.strength,
-                "latent_perturbation": float(r.latent_perturbation),
-                "source": None if r.source is None else png_bytes(r.source),
-                "guidance_min_sigma": floor if r.guidance_min_sigma is OWN_FLOOR else r.guidance_min_sigma,
-            } for r in b])
+            batches.append(
+                [
+                    {
+                        "index": int(r.index),
+                        "group": int(r.group),
+                        "prompt": r.prompt,
+                        "negative_prompt": r.negative_prompt,
+                        "seed": int(r.seed),
+                        "steps": int(r.steps),
+                        "guidance": float(r.guidance),
+                        "strength": r.strength,
+                        "latent_perturbation": float(r.latent_perturbation),
+                        "source": None if r.source is None else png_bytes(r.source),
+                        "guidance_min_sigma": floor if r.guidance_min_sigma is OWN_FLOOR else r.guidance_min_sigma,
+                    }
+                    for r in b
+                ]
+            )
         token = uuid.uuid4().hex
         total = len(requests)
         committed: set[int] = set()
         group_of = {int(r.index): int(r.group) for r in requests}
-        yield from self._dispatch(ray, pool, batches, lambda a, b: a.generate.remote(token, b, size), cancel, token,
-                                  lambda subs, k: self._batches(subs, committed, group_of, total, progress, pool, k))
+        yield from self._dispatch(
+            ray,
+            pool,
+            batches,
+            lambda a, b: a.generate.remote(token, b, size),
+            cancel,
+            token,
+            lambda subs, k: self._batches(subs, committed, group_of, total, progress, pool, k),
+        )
 
     @staticmethod
-    def _batches(subs: list[dict[str, Any]], committed: set[int], group_of: dict[int, int], total: int,
-                 progress: ProgressFn | None, pool: _Pool, k: int) -> list[GeneratedBatch]:
+    def _batches(
+        subs: list[dict[str, Any]],
+        committed: set[int],
+        group_of: dict[int, int],
+        total: int,
+        progress: ProgressFn | None,
+        pool: _Pool,
+        k: int,
+    ) -> list[GeneratedBatch]:
         out = []
         for sub in subs:
             keep = [j for j, i in enumerate(sub["indices"]) if i not in committed]
@@ -478,14 +590,30 @@ class RayBackend:
                 continue
             idx = [sub["indices"][j] for j in keep]
             committed.update(idx)
-            out.append(GeneratedBatch(idx, [from_png(sub["png"][j]) for j in keep], [sub["flags"][j] for j in keep],
-                                      int(sub["batch_size"]), group_of[idx[0]], worker=f"ray:{pool.info[k].get('pid', k)}"))
+            out.append(
+                GeneratedBatch(
+                    idx,
+                    [from_png(sub["png"][j]) for j in keep],
+                    [sub["flags"][j] for j in keep],
+                    int(sub["batch_size"]),
+                    group_of[idx[0]],
+                    worker=f"ray:{pool.info[k].get('pid', k)}",
+                )
+            )
         if progress is not None and out:
             progress(float(len(committed)), total)
         return out
 
-    def _dispatch(self, ray: Any, pool: _Pool, payloads: list[Any], submit: Callable[[Any, Any], Any], cancel: Any,
-                  token: str | None, handle: Callable[[Any, int], list[Any]]) -> Iterator[Any]:
+    def _dispatch(
+        self,
+        ray: Any,
+        pool: _Pool,
+        payloads: list[Any],
+        submit: Callable[[Any, Any], Any],
+        cancel: Any,
+        token: str | None,
+        handle: Callable[[Any, int], list[Any]],
+    ) -> Iterator[Any]:
         """Keep every live actor busy; hand back results as they arrive; re-queue the work of a dead actor."""
         from ray.exceptions import RayActorError
 
@@ -502,8 +630,10 @@ class RayBackend:
                         pending[submit(pool.actors[k], payloads[p])] = (k, p)
                         load[k] += 1
                 if not pending:
-                    raise BackendError("every Ray worker died: check the cluster (`ray status`) and run the round again; "
-                                       "what finished is stored")
+                    raise BackendError(
+                        "every Ray worker died: check the cluster (`ray status`) and run the round again; "
+                        "what finished is stored"
+                    )
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
                 for ref in ready:
                     k, p = pending.pop(ref)
@@ -603,8 +733,17 @@ def backend_from_config(config: Any) -> Backend:
         if cfg:
             raise BackendError(f"the local backend takes no settings, got {sorted(cfg)}")
         return LocalBackend()
-    allowed = {"address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size", "device", "runtime_env",
-               "max_restarts", "start_timeout"}
+    allowed = {
+        "address",
+        "workers",
+        "gpus_per_worker",
+        "cpus_per_worker",
+        "batch_size",
+        "device",
+        "runtime_env",
+        "max_restarts",
+        "start_timeout",
+    }
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise BackendError(f"unknown Ray backend setting(s) {unknown}: use {sorted(allowed)}")

@@ -6,6 +6,7 @@ dc.Models.stable_diffusion(...)) record their spec on the bundle (`models.spec`)
 worker loads the very same hub id, local folder or starter weights as the notebook, from files it
 can reach itself: no model weights travel over the network.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -26,8 +27,10 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if ":" not in self.factory:
-            raise ModelSpecError(f"factory {self.factory!r} must be 'module:function', e.g. "
-                                 "'datacrafter_widget.starter.loader:load_starter_models'")
+            raise ModelSpecError(
+                f"factory {self.factory!r} must be 'module:function', e.g. "
+                "'datacrafter_widget.starter.loader:load_starter_models'"
+            )
 
     def resolve(self) -> Any:
         """The factory callable (imported on this process)."""
@@ -35,9 +38,11 @@ class ModelSpec:
         try:
             obj: Any = import_module(module)
         except ImportError as err:
-            raise ModelSpecError(f"cannot import {module!r} for the model factory {self.factory!r}: {err}. "
-                                 "Install datacrafter-widget (and the module) on every worker, or put it on "
-                                 "the workers' PYTHONPATH (Ray runtime_env)") from err
+            raise ModelSpecError(
+                f"cannot import {module!r} for the model factory {self.factory!r}: {err}. "
+                "Install datacrafter-widget (and the module) on every worker, or put it on "
+                "the workers' PYTHONPATH (Ray runtime_env)"
+            ) from err
         for part in attr.split("."):
             obj = getattr(obj, part)
         return obj
@@ -57,8 +62,13 @@ class ModelSpec:
 
     def describe(self) -> dict[str, Any]:
         """Plain data (for rounds.json / logs): the factory and the arguments as text."""
-        return {"factory": self.factory, "kwargs": {k: repr(v) if not isinstance(v, (str, int, float, bool, type(None)))
-                                                    else v for k, v in self.kwargs.items()}}
+        return {
+            "factory": self.factory,
+            "kwargs": {
+                k: repr(v) if not isinstance(v, (str, int, float, bool, type(None))) else v
+                for k, v in self.kwargs.items()
+            },
+        }
 
 
 def spec_of(models: Any) -> ModelSpec | None:
