@@ -197,6 +197,8 @@ class Ctx:
               keep_student: bool = False) -> dict[str, Any]:
         """Cached student score for one cell; the key includes the student settings."""
         a = self.args
+        if a.generate_only:   # fill the image cache only (images that do not depend on the student)
+            return {"accuracy": float("nan"), "acc_nontied": float("nan"), "acc_8_9": float("nan")}
         full = f"{key}|steps={a.student_steps}|w={a.width}|{student_id()}"
         if full in self.scores and not keep_student:
             return self.scores[full]
@@ -244,6 +246,9 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
     margin = 3
     base_ids = ctx.arm("base_class", lambda: ctx.generate(args.gap_base + margin, 1, strategy="class"))
     base = take(accepted(ctx.store, base_ids), args.gap_base * len(CLASSES), seed)
+    if args.generate_only:   # search and gap are scored by the base student: they need the real run
+        ctx.arm("class_more", lambda: ctx.generate(kmax + margin, 2, strategy="class"))
+        return []
     none = ctx.score("none", lambda: ctx.images_of(base), keep_student=True)
     student0 = none.pop("_student")
     rows = [row("gap", seed, "none", 0, none, share_high_loss=float("nan"))]
@@ -578,6 +583,8 @@ def main() -> int:
     p.add_argument("--evolve-batch", type=int, default=4)
     p.add_argument("--pool-captions", type=int, default=600, help="unlabelled pool images to caption")
     p.add_argument("--arms", default="all", help="GAP track: skip 'gap' by listing the others")
+    p.add_argument("--generate-only", action="store_true", help="only fill the image cache (arms that do not need the student)")
+    p.add_argument("--stop-after", default="", help="HH:MM (local clock): start no new seed after this time")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", default=str(REPO / "benchmarks" / ".cache"))
     p.add_argument("--checker-steps", type=int, default=600)
@@ -598,16 +605,19 @@ def main() -> int:
         fn, spurious = RUNNERS[track]
         ns = [int(x) for x in (args.ns or ("10,25,50" if track == "gap" else "100,200")).split(",")]
         rows: list[dict] = []
-        prev = RESULTS / track / "rows.csv"
         for seed in seeds:
+            if args.stop_after and time.strftime("%H:%M") >= args.stop_after:
+                log(f"{track}: not starting seed {seed}, past --stop-after {args.stop_after}")
+                break
             ctx = Ctx(track, seed, spurious, models, checker, args)
             try:
                 rows += fn(ctx, ns, args)
             finally:
                 ctx.close()
+            if args.generate_only:
+                continue
             text = summarise(track, rows, args)   # after every seed, so a cut-off run keeps its results
             log(f"{track}: {len(set(r['seed'] for r in rows))} seed(s) done ({(time.time() - t0) / 60:.1f} min)\n{text}")
-        del prev
     return 0
 
 

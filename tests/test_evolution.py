@@ -172,3 +172,25 @@ def test_controller_evolve_then_generate_evolved(tmp_path):
     assert set(rows["strategy"]) == {"custom"} and set(rows["label"]) == {"0"}
     assert all("pink" in n for n in rows["negative_prompt"])
     crafter.close()
+
+
+def test_reference_is_the_unmarked_generated_images_not_the_biased_real_train(tmp_path):
+    """Without good marks, the reference is the class's unmarked generated images; the real train split
+    (here every image on the class's tied white background) is used only when there are none."""
+    from datacrafter_widget.loop.evolution import _collect
+
+    world = ColourWorld()
+    store, pink = _project(tmp_path, world, mark_labels=False, mark_good=False)
+    white = np.zeros((16, 16, 3), np.uint8) + np.array(COLOURS["white"], np.uint8)
+    store.add([Image.fromarray(white)] * 5, [dict(label="3", split="train", caption="a 3 on a white background")] * 5)
+    samples = store.samples
+    unmarked = samples[(samples["source"] == "generated") & (samples["feedback"].fillna("") == "")]
+    fb = _collect(samples, ["3"], store.image, world.embed_images, [], None)
+    assert len(fb.good["3"]) == len(unmarked) == 12 - len(pink)
+    # Real-train-only reference: all white. A flagged (off-class) image is no reference either.
+    store.update(list(unmarked["id"][:-1]), feedback="bad")
+    store.update([unmarked["id"].iloc[-1]], flag="off-class")
+    fb = _collect(store.samples, ["3"], store.image, world.embed_images, [], None)
+    assert len(fb.good["3"]) == 5
+    assert np.allclose(fb.good["3"], world.embed_images([Image.fromarray(white)])[0])
+    store.close()

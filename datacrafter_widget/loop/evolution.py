@@ -230,8 +230,13 @@ def _collect(samples: pd.DataFrame, classes: Sequence[str], load_image: Callable
     ids = list(good_rows["id"]) + list(bad_rows["id"])
     emb = _norm(np.asarray(embed_images([load_image(i) for i in ids]), dtype=np.float32)) if ids else np.zeros((0, 1))
     by_id = dict(zip(ids, emb))
-    # Without explicit good marks, the accepted images of a class (real train + unmarked generated) are the reference.
-    accepted = samples[(fb == "") & (((samples["source"] == "real") & (samples["split"] == "train")) | (samples["source"] == "generated"))]
+    # Without explicit good marks, the class's unmarked generated images (shown, not lassoed, not
+    # flagged off-class) are the reference; the real train images only when there are none. A small
+    # real train split carries its shortcuts (a background tied to the class), and using it as the
+    # reference made evolution add that background to the prompt (benchmarks/results/NOTES.md).
+    flag = samples["flag"].fillna("").astype(str) if "flag" in samples else pd.Series("", index=samples.index)
+    unmarked_generated = samples[(fb == "") & (flag == "") & (samples["source"] == "generated")]
+    real_train = samples[(fb == "") & (samples["source"] == "real") & (samples["split"] == "train")]
     good, bad, good_count, unwanted, good_labels = {}, {}, {}, {}, {}
     for c in classes:
         g_ids = good_rows[good_rows["label"] == c]["id"].tolist()
@@ -240,7 +245,8 @@ def _collect(samples: pd.DataFrame, classes: Sequence[str], load_image: Callable
         if g_ids:
             good[c] = np.stack([by_id[i] for i in g_ids])
         else:
-            ref = accepted[accepted["label"] == c]["id"].tolist()[:32]
+            ref = unmarked_generated[unmarked_generated["label"] == c]["id"].tolist()[:32] \
+                or real_train[real_train["label"] == c]["id"].tolist()[:32]
             good[c] = _norm(np.asarray(embed_images([load_image(i) for i in ref]), dtype=np.float32)) if ref else np.zeros((0, emb.shape[1] if len(emb) else 1))
         bad[c] = np.stack([by_id[i] for i in b_ids]) if b_ids else np.zeros((0, good[c].shape[1]))
         labels = list(bad_labels)
