@@ -170,3 +170,101 @@ def test_controller_trains_saves_and_evaluates(tmp_path):
     again = DataCrafter.open(tmp_path / "proj", models=Models(embedder=models.embedder))
     assert again.evaluate()["accuracy"] == result["accuracy"]  # the saved student, reloaded
     again.close()
+
+
+def test_cnn_keeps_a_spatial_map_and_a_fixed_step_budget():
+    from datacrafter_widget.loop.student import CNN_STEPS, _small_cnn
+
+    net = _small_cnn(10, 8).eval()
+    body = net[:-3]                            # up to the 2x2 map, before flatten / dropout / head
+    assert body(torch.zeros(1, 3, 32, 32)).shape == (1, 32, 2, 2)
+    assert any(isinstance(m, torch.nn.Dropout) for m in net)
+    images, labels = _colour_set()
+    stop = threading.Event()
+    stop.set()                                 # cancelled before the first step: only the plan is made
+    small = train_student(images[:4] + images[-4:], labels[:4] + labels[-4:], cancel=stop, progress=False)
+    large = train_student(images, labels, cancel=stop, progress=False)
+    assert small.config.steps == large.config.steps == CNN_STEPS    # more images never mean less training
+    a = train_student(images[:4] + images[-4:], labels[:4] + labels[-4:], steps=7, progress=False)
+    b = train_student(images, labels, steps=7, progress=False)
+    assert a.config.trained_steps == b.config.trained_steps == 7
+
+
+def test_cnn_is_differentiable_on_pixels():
+    images, labels = _colour_set()
+    student = train_student(images, labels, steps=3, progress=False)
+    x = torch.rand(2, 3, 48, 48, requires_grad=True)   # other sizes are resized inside, differentiably
+    student.logits_from_pixels(x)[:, 0].sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_a_student_saved_before_the_four_block_cnn_still_loads(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from datacrafter_widget.loop.student import _small_cnn_v1
+
+    old = _small_cnn_v1(2, 8).eval()
+    folder = tmp_path / "old"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in old.state_dict().items()}, str(folder / "student.safetensors"))
+    (folder / "student.json").write_text(json.dumps({
+        "kind": "cnn", "classes": ["bar", "cross"], "image_size": 32, "width": 8, "epochs": 40, "lr": 5e-3,
+        "weight_decay": 1e-4, "batch_size": 32, "seed": 0, "augment": True, "embedder": "", "feature_dim": 0,
+        "backbone": "", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "trained_epochs": 40, "n_train": 12,
+        "cancelled": False, "history": []}))
+    loaded = Student.load(folder)
+    assert loaded.config.arch == "cnn3"
+    images, _ = _colour_set()
+    x = (torch.stack([torch.from_numpy(np.asarray(im, np.float32) / 255).permute(2, 0, 1) for im in images]) - 0.5) / 0.25
+    assert torch.allclose(loaded.logits(images), old(x), atol=1e-5)
+
+
+# ---- held-out student accuracy per round in crafter.metrics (controller/heldout.py) -----------------
+def test_metrics_show_heldout_student_accuracy_per_round(tmp_path, monkeypatch):
+    import datacrafter_widget as dc
+    from datacrafter_widget.models.embedder import Embedder
+    from datacrafter_widget.loop import student as student_module
+    from datacrafter_widget.loop.metrics import metrics_chart
+    from tests.tiny_models import tiny_open_clip
+
+    ds = dc.starter.colored_digits(shots=3, spurious=0.95, seed=0)
+    heldout = dc.Dataset(ds.test.frame.iloc[::3].reset_index(drop=True), classes=ds.classes, name="heldout")
+    model, preprocess, tokenizer = tiny_open_clip()
+    models = dc.Models(embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))
+    crafter = dc.DataCrafter(ds, models=models, project=tmp_path / "p", heldout=heldout)
+    crafter.heldout_options = {"steps": 60, "width": 8}
+    before = crafter.metrics
+    assert before["round"].tolist() == [0] and before["n_generated"].tolist() == [0]
+    assert before["student_n_train"].tolist() == [30] and 0.0 <= before.loc[0, "student_acc"] <= 1.0
+
+    # An "ideal generator" round: real pool images stored as generated rows of round 1.
+    pool = ds.pool.frame.groupby("label").head(15)
+    ids = crafter.store.add(list(pool["image"]), [{"label": str(l), "split": "generated", "round": 1,
+                                                   "strategy": "class"} for l in pool["label"]])
+    after = crafter.metrics
+    assert after["round"].tolist() == [0, 1] and after["n_generated"].tolist() == [0, len(ids)]
+    assert after["student_n_train"].tolist() == [30, 30 + len(ids)]
+    assert after.loc[0, "student_acc"] == before.loc[0, "student_acc"]       # round 0 is cached, unchanged
+    assert after.loc[1, "student_acc"] > after.loc[0, "student_acc"]         # the added images help
+    assert {"student_acc", "class_maintenance"} <= set(after.columns)
+    files = sorted(p.name for p in (crafter.project / "heldout" / "round_1").iterdir())
+    assert files == ["result.json", "student.json", "student.safetensors"]
+    metrics_chart(after)                                                     # the chart takes the column
+
+    def no_training(*a, **k):
+        raise AssertionError("metrics retrained a student although nothing changed")
+    monkeypatch.setattr(student_module, "train_student", no_training)
+    again = crafter.metrics
+    assert again["student_acc"].tolist() == after["student_acc"].tolist()
+    monkeypatch.undo()
+
+    crafter.feedback(bad=ids[:5])                                            # fewer accepted images: retrained
+    assert crafter.metrics["student_n_train"].tolist() == [30, 30 + len(ids) - 5]
+
+    crafter.heldout = None
+    assert "student_acc" not in crafter.metrics.columns
+    with pytest.raises(TypeError, match="heldout must be a dc.Dataset"):
+        crafter.heldout = "test"
+    crafter.close()

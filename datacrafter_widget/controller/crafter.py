@@ -72,6 +72,7 @@ class DataCrafter:
         project: str | os.PathLike = "runs/datacrafter",
         *,
         batch_size: int = 8,
+        heldout: Dataset | str | None = "auto",
     ) -> None:
         if not isinstance(ds, Dataset):
             raise TypeError(
@@ -97,6 +98,7 @@ class DataCrafter:
                     "models": self.models.describe(), "generator": "datacrafter-widget",
                 })
             self.dataset = ds
+            self.heldout = heldout
         except BaseException:
             store.close()
             raise
@@ -136,6 +138,10 @@ class DataCrafter:
         self._map = ProjectMap(store)
         self._map_lock = threading.RLock()
         self._labeler: Any = None
+        self._heldout: Dataset | str | None = "auto"
+        self._heldout_fp: tuple[int, str] | None = None
+        # options for the per-round held-out student (student.train_student: seed=, steps=, kind=, ...)
+        self.heldout_options: dict[str, Any] = {}
         self._listeners: dict[str, list[Callable[..., None]]] = {e: [] for e in EVENTS}
 
     # ---- real images ----------------------------------------------------------------------------
@@ -900,7 +906,7 @@ class DataCrafter:
         s = self.store.samples
         gen = s[s["source"] == "generated"]
         if not len(gen):
-            return pd.DataFrame(columns=["round", "n_generated"])
+            return self._with_student_accuracy(pd.DataFrame(columns=["round", "n_generated"]))
         real = s[(s["source"] == "real") & (s["split"] == "train")]
         real_emb = self.embeddings(real["id"].tolist())
         flt = ClassFilter(emb_model, self.classes, mode=self.filter_mode).fit(real_emb, real["label"].tolist())
@@ -922,7 +928,50 @@ class DataCrafter:
             row["flagged"] = int((g["flag"] != "").sum())
             row["bad"] = int((g["feedback"] == "bad").sum())
             rows.append(row)
-        return pd.DataFrame(rows)
+        return self._with_student_accuracy(pd.DataFrame(rows))
+
+    @property
+    def heldout(self) -> Dataset | None:
+        """The split `crafter.metrics` scores the per-round student on (student_acc); None: no student column.
+
+        Default ("auto"): the dataset's test split when it has one. Set a Dataset to use another.
+        """
+        if isinstance(self._heldout, str):
+            return self.dataset.test if self.dataset is not None else None
+        return self._heldout
+
+    @heldout.setter
+    def heldout(self, value: Dataset | str | None) -> None:
+        if not (value is None or isinstance(value, Dataset) or value == "auto"):
+            raise TypeError(f"heldout must be a dc.Dataset (e.g. ds.test), 'auto' (the test split) or None (off), "
+                            f"got {type(value).__name__}")
+        self._heldout, self._heldout_fp = value, None
+
+    def _with_student_accuracy(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Adds student_acc (held-out accuracy of a student trained on each round's data; heldout.py),
+        with a round-0 row for the real images alone; cached per round in <project>/heldout/."""
+        from .heldout import STUDENT_COLUMNS, heldout_fingerprint, student_accuracy_by_round
+
+        ds = self.heldout
+        if ds is None or len(ds) == 0:
+            return frame
+        if self._heldout_fp is None or self._heldout_fp[0] != id(ds):
+            self._heldout_fp = (id(ds), heldout_fingerprint(ds))
+        rounds = [0, *sorted(int(r) for r in frame["round"].dropna())]
+        acc = student_accuracy_by_round(
+            self.store, self.classes, ds, rounds, fingerprint=self._heldout_fp[1],
+            embedder=self.models.embedder if self.models.has("embedder") else None, options=self.heldout_options)
+        if len(frame):
+            merged = acc.merge(frame.astype({"round": "int64"}), on="round", how="left")
+        else:
+            merged = acc.assign(n_generated=0)
+        first = merged["round"] == 0
+        merged.loc[first, "n_generated"] = 0
+        merged["n_generated"] = merged["n_generated"].astype("int64")
+        if "strategies" in merged:
+            merged.loc[first, "strategies"] = "real only"
+        student_cols = list(STUDENT_COLUMNS)
+        return merged[["round", *[c for c in merged.columns if c not in ["round", *student_cols]], *student_cols]]
 
     # ---- lifetime -----------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -15,6 +15,9 @@ or student classifier, CLIP embeddings); no model is called, so metrics are chea
 - distance (CMMD, Jayasumana et al. 2024; DataCrafter's "distance"): MMD^2 with a Gaussian RBF
   kernel, sigma = 10, between generated and real CLIP embeddings, x1000. Like the reference
   implementation it is the biased (V-statistic) estimate, so identical sets give exactly 0.
+- student accuracy (student_acc): held-out accuracy of a student trained from scratch on the real
+  images plus the images accepted up to that round (round 0: real only). It is computed by the
+  controller (controller/heldout.py), not here; the chart shows it like the others.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pandas as pd
 __all__ = [
     "MetricsError",
     "METRICS",
+    "CHART_METRICS",
     "entropy",
     "informativeness",
     "class_maintenance",
@@ -46,6 +50,8 @@ METRICS = (
     "embedding_spread",
     "distance",
 )
+# What the chart shows: the criteria above, then the held-out student accuracy the controller adds.
+CHART_METRICS = (*METRICS, "student_acc")
 
 _EPS = 1e-12
 
@@ -277,6 +283,7 @@ _TITLES = {
     "diversity": "diversity (KL from batch mean)",
     "embedding_spread": "embedding spread (cosine distance)",
     "distance": "distance to real (CMMD)",
+    "student_acc": "student accuracy (held-out)",
 }
 
 
@@ -289,9 +296,9 @@ def metrics_chart(df: pd.DataFrame, metrics: Sequence[str] | None = None):
         raise MetricsError("metrics_chart needs a non-empty DataFrame (crafter.metrics); run a round first.")
     if "round" not in df.columns:
         raise MetricsError("metrics_chart needs a 'round' column; pass crafter.metrics.")
-    cols = [c for c in (metrics or METRICS) if c in df.columns]
+    cols = [c for c in (metrics or CHART_METRICS) if c in df.columns]
     if not cols:
-        raise MetricsError(f"none of the metric columns {list(metrics or METRICS)} are in the DataFrame.")
+        raise MetricsError(f"none of the metric columns {list(metrics or CHART_METRICS)} are in the DataFrame.")
     long = df[["round", *cols]].melt(id_vars="round", var_name="metric", value_name="value")
     long = long.dropna(subset=["value"])
     long["metric"] = long["metric"].map(lambda c: _TITLES.get(c, c))

@@ -5,13 +5,20 @@ evaluated on a held-out split; GAP backpropagates through it, so its forward pas
 tensor is differentiable. Defaults follow the data: a small CNN for small images (the 32x32
 starter kit), a linear probe on CLIP features for real photos, or fine-tuning a backbone the
 user names (torchvision / timm) or passes in. Stored as safetensors + json, never pickle.
+
+The small CNN is the product's yardstick, so it must learn digit *shape* from few images: four
+conv blocks that keep a 2x2 spatial map before the head (three convs + global pooling could not:
+chance with 5 shots per class), dropout, AdamW with a one-cycle schedule, and a fixed number of
+optimiser steps whatever the training-set size (so adding images never shrinks the training).
+Only shift augmentation: colour changes would hide the spurious cues the product studies.
+Figures: benchmarks/bench_student.py.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -48,11 +55,16 @@ class StudentConfig:
     kind: str                      # "cnn" | "probe" | "backbone"
     classes: list[str]
     image_size: int = 32
-    width: int = 32                # CNN channels of the first block
-    epochs: int = 40
+    width: int = 16                # CNN channels of the first block
+    epochs: int = 40               # probe / backbone; the CNN counts optimiser steps instead
     lr: float = 5e-3
     weight_decay: float = 1e-4
     batch_size: int = 32
+    arch: str = "cnn4"             # "cnn4": 4 conv blocks + 2x2 map; "cnn3": the old 3 convs + global pooling (read-only)
+    steps: int = 0                 # optimiser steps in total (0: epochs x batches per epoch)
+    dropout: float = 0.0
+    label_smoothing: float = 0.0
+    trained_steps: int = 0
     seed: int = 0
     augment: bool = True           # small random translations (never colour changes: they would hide spurious cues)
     embedder: str = ""             # probe: the embedder's name (features must come from the same model)
@@ -66,8 +78,35 @@ class StudentConfig:
     history: list[float] = field(default_factory=list)   # mean training loss per epoch
 
 
-def _small_cnn(k: int, width: int) -> nn.Module:
-    """Three conv blocks + global pooling: enough for 32x32 digits, trains in seconds on a CPU."""
+# The default small CNN's training recipe (tuned on the starter digits; benchmarks/bench_student.py).
+CNN_WIDTH = 16
+CNN_STEPS = 500
+CNN_BATCH = 64
+CNN_LR = 4e-3
+CNN_WEIGHT_DECAY = 5e-2
+CNN_DROPOUT = 0.2
+CNN_LABEL_SMOOTHING = 0.0
+
+
+def _small_cnn(k: int, width: int, dropout: float = CNN_DROPOUT) -> nn.Module:
+    """Four conv blocks down to a 2x2 map (32 px input), then dropout + a linear head.
+
+    Keeping the 2x2 layout (where the strokes are) is what lets it learn digit shape from tens of
+    images; global pooling right after three convs (an ~18 px receptive field) could not.
+    """
+    w = width
+
+    def block(i: int, o: int) -> list[nn.Module]:
+        return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
+
+    return nn.Sequential(
+        *block(3, w), *block(w, 2 * w), *block(2 * w, 4 * w), *block(4 * w, 4 * w),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(dropout), nn.Linear(16 * w, k),
+    )
+
+
+def _small_cnn_v1(k: int, width: int) -> nn.Module:
+    """The first student (three conv blocks + global pooling): kept so projects that saved one still load."""
     w = width
     return nn.Sequential(
         nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
@@ -220,7 +259,10 @@ class Student:
             raise StudentError(f"no saved student in {folder} (expected {CONFIG_FILE}); train one with crafter.train_student()")
         raw = json.loads((folder / CONFIG_FILE).read_text())
         raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
-        config = StudentConfig(**raw)
+        if raw.get("kind") == "cnn" and "arch" not in raw:
+            raw["arch"] = "cnn3"       # saved before the 4-block CNN existed
+        known = {f.name for f in fields(StudentConfig)}
+        config = StudentConfig(**{k: v for k, v in raw.items() if k in known})
         if config.kind == "probe" and embedder is not None and getattr(embedder, "name", config.embedder) != config.embedder:
             raise StudentError(f"this probe was trained on features of {config.embedder!r}, not {embedder.name!r}: pass that embedder")
         net = _build_net(config, backbone)
@@ -231,7 +273,9 @@ class Student:
 def _build_net(config: StudentConfig, backbone: nn.Module | None = None, pretrained: bool = False) -> nn.Module:
     k = len(config.classes)
     if config.kind == "cnn":
-        return _small_cnn(k, config.width)
+        if config.arch == "cnn3":
+            return _small_cnn_v1(k, config.width)
+        return _small_cnn(k, config.width, config.dropout)
     if config.kind == "probe":
         return nn.Linear(config.feature_dim, k)
     if config.kind == "backbone":
@@ -251,11 +295,13 @@ def default_kind(images: Sequence[Image.Image], embedder: Any = None) -> str:
 
 def _shift(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
     """Random translation by up to `pad` pixels (edge padding keeps the background colour)."""
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
 
 
 def train_student(
@@ -268,10 +314,14 @@ def train_student(
     backbone: str | nn.Module | None = None,
     pretrained: bool = False,
     epochs: int | None = None,
+    steps: int | None = None,
     lr: float | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     image_size: int | None = None,
-    width: int = 32,
+    width: int | None = None,
+    weight_decay: float | None = None,
+    dropout: float | None = None,
+    label_smoothing: float | None = None,
     seed: int = 0,
     augment: bool = True,
     progress: bool | Callable[[int, int], None] = True,
@@ -279,8 +329,12 @@ def train_student(
 ) -> Student:
     """Train a student from scratch on `images`/`labels`; deterministic for a given seed.
 
-    progress: True for a tqdm bar, False for none, or a callable(done, total).
-    cancel: a threading.Event or a callable returning True to stop; the epochs done are kept.
+    The small CNN (kind="cnn", the default for images <= 64 px) trains for a fixed `steps`
+    optimiser steps (default CNN_STEPS) whatever the number of images; `epochs=` instead gives
+    epochs x batches-per-epoch steps. Probe and backbone students train for `epochs`.
+    progress: True for a tqdm bar, False for none, or a callable(done, total) (epochs, or chunks
+    of steps for the CNN's step budget).
+    cancel: a threading.Event or a callable returning True to stop; the training done is kept.
     """
     if len(images) == 0:
         raise StudentError("no training images: the student needs the real train split and/or accepted generated images")
@@ -299,16 +353,23 @@ def train_student(
         raise StudentError("a CLIP linear-probe student needs an embedder: pass embedder=models.embedder or kind='cnn'")
     if kind == "backbone" and backbone is None:
         raise StudentError("kind='backbone' needs backbone='torchvision:resnet18' / 'timm:<name>' or an nn.Module")
+    if kind not in ("cnn", "probe", "backbone"):
+        raise StudentError(f"student kind {kind!r} is not one of 'auto', 'cnn', 'probe', 'backbone'")
+    for name, value in (("epochs", epochs), ("steps", steps), ("batch_size", batch_size), ("width", width)):
+        if value is not None and int(value) < 1:
+            raise StudentError(f"{name}={value} must be at least 1")
 
     y = torch.tensor([classes.index(l) for l in labels])
-    config = StudentConfig(kind=kind, classes=classes, seed=int(seed), batch_size=int(batch_size), augment=augment,
-                           n_train=len(images), width=int(width))
+    n = len(y)
+    config = StudentConfig(kind=kind, classes=classes, seed=int(seed), augment=augment, n_train=n)
     if kind == "cnn":
         config.image_size = int(image_size or 32)
-        # Small sets need many passes: at least ~400 optimiser steps (measured on the starter digits:
-        # 30 epochs of 300 images underfit, 0.35 test accuracy; 60 epochs gave 0.61).
-        config.epochs = int(epochs or max(40, math.ceil(400 / math.ceil(len(images) / max(1, min(batch_size, len(images)))))))
-        config.lr = float(lr or 5e-3)
+        config.width = int(width or CNN_WIDTH)
+        config.batch_size = int(batch_size or CNN_BATCH)
+        config.lr = float(lr or CNN_LR)
+        config.weight_decay = float(CNN_WEIGHT_DECAY if weight_decay is None else weight_decay)
+        config.dropout = float(CNN_DROPOUT if dropout is None else dropout)
+        config.label_smoothing = float(CNN_LABEL_SMOOTHING if label_smoothing is None else label_smoothing)
     elif kind == "probe":
         config.epochs = int(epochs or 300)
         config.lr = float(lr or 1e-2)
@@ -320,6 +381,23 @@ def train_student(
         config.lr = float(lr or 1e-4)
         config.mean, config.std = _IMAGENET_MEAN, _IMAGENET_STD
         config.backbone = backbone if isinstance(backbone, str) else "custom"
+    if kind != "cnn":
+        config.batch_size = int(batch_size or 32)
+        config.weight_decay = float(1e-4 if weight_decay is None else weight_decay)
+        config.label_smoothing = float(label_smoothing or 0.0)
+    # The probe trains full-batch (features are tiny); images train in mini-batches.
+    bs = n if kind == "probe" else max(1, min(config.batch_size, n))
+    per_epoch = math.ceil(n / bs)
+    if steps is not None:
+        config.steps = int(steps)
+    elif kind == "cnn" and epochs is None:
+        config.steps = CNN_STEPS          # a fixed budget: more images never mean less training
+    else:
+        config.epochs = int(epochs or config.epochs)
+        config.steps = config.epochs * per_epoch
+    # Progress / cancel / loss history come per epoch, or per chunk of ~25 steps for a step budget.
+    chunk = per_epoch if (epochs is not None or kind != "cnn") and steps is None else max(1, min(25, config.steps))
+    chunks = math.ceil(config.steps / chunk)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
@@ -332,46 +410,48 @@ def train_student(
         net = _build_net(config, backbone if isinstance(backbone, nn.Module) else None, pretrained)
         student = Student(config, net, embedder)
         opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        n = len(y)
-        # The probe trains full-batch (features are tiny); images train in mini-batches.
-        bs = n if kind == "probe" else max(1, min(config.batch_size, n))
-        steps_per_epoch = math.ceil(n / bs)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps)
+        mean = torch.tensor(config.mean).view(1, 3, 1, 1)
+        std = torch.tensor(config.std).view(1, 3, 1, 1)
         bar = None
         if progress is True:
             from tqdm.auto import tqdm
-            bar = tqdm(total=config.epochs, desc=f"training {kind} student", leave=False)
+            bar = tqdm(total=chunks, desc=f"training {kind} student", unit="epoch" if chunk == per_epoch else f"{chunk} steps",
+                       leave=False)
         net.train()
-        for epoch in range(config.epochs):
+        order, pos = torch.randperm(n, generator=gen), 0
+        for c in range(chunks):
             if is_cancelled(cancel):
                 config.cancelled = True
                 break
-            order = torch.randperm(n, generator=gen)
-            total = 0.0
-            for s in range(steps_per_epoch):
-                idx = order[s * bs:(s + 1) * bs]
+            total, seen = 0.0, 0
+            for _ in range(min(chunk, config.steps - config.trained_steps)):
+                if pos >= n:
+                    order, pos = torch.randperm(n, generator=gen), 0
+                idx = order[pos:pos + bs]
+                pos += bs
                 xb = x[idx]
-                if config.augment and kind != "probe":
-                    xb = _shift(xb, gen, max(1, config.image_size // 16))
                 if kind == "probe":
                     logits = net(xb)
                 else:
-                    mean = torch.tensor(config.mean).view(1, 3, 1, 1)
-                    std = torch.tensor(config.std).view(1, 3, 1, 1)
+                    if config.augment:
+                        xb = _shift(xb, gen, max(1, config.image_size // 16))
                     logits = net((xb - mean) / std)
-                loss = F.cross_entropy(logits, y[idx])
+                loss = F.cross_entropy(logits, y[idx], label_smoothing=config.label_smoothing)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 sched.step()
+                config.trained_steps += 1
                 total += float(loss.detach()) * len(idx)
-            config.history.append(total / n)
-            config.trained_epochs = epoch + 1
+                seen += len(idx)
+            config.history.append(total / max(1, seen))
+            config.trained_epochs = config.trained_steps // per_epoch
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{total / n:.3f}")
+                bar.set_postfix(loss=f"{config.history[-1]:.3f}")
             elif callable(progress):
-                progress(epoch + 1, config.epochs)
+                progress(c + 1, chunks)
         if bar is not None:
             bar.close()
         net.eval()

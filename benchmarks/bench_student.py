@@ -1,0 +1,102 @@
+"""Student benchmark: does the default small CNN learn digit shape from few images?
+
+The student is the product's yardstick (issue 10): with 5 real shots per class it must stay low
+(the room generated data can fill), and real extra images (an ideal generator) must lift it far.
+Settings on the starter coloured digits, each trained from scratch with the default recipe
+(loop/student.py) and evaluated on the seed's test split (300 images, uniform backgrounds):
+
+  pool150        150 real pool images per class, no train shots           target mean >= 0.93
+  5shot+200pool  5 shots/class (spurious 0.95) + 200 real pool images     target mean >= 0.80
+  5shot          5 shots/class (spurious 0.95), real only                 stays low
+  5shot-sp0      5 shots/class (spurious 0.0), real only                  stays low
+
+Pool images are drawn per class without replacement with the seed's own generator (the pool's
+scans never appear in any train or test split). Prints every seed, then mean, std, a 95% t
+interval and seconds per training (wall time: noisy on a shared machine).
+
+    python benchmarks/bench_student.py                    # 5 seeds, all four settings
+    python benchmarks/bench_student.py --seeds 2 --settings 5shot+200pool --steps 600
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy import stats  # noqa: E402
+
+import datacrafter_widget as dc  # noqa: E402
+from datacrafter_widget.loop.student import evaluate, train_student  # noqa: E402
+
+SETTINGS = {
+    # name: (spurious, train shots used?, pool images per class)
+    "pool150": (0.95, False, 150),
+    "5shot+200pool": (0.95, True, 20),
+    "5shot": (0.95, True, 0),
+    "5shot-sp0": (0.0, True, 0),
+}
+TARGETS = {"pool150": ">= 0.93", "5shot+200pool": ">= 0.80", "5shot": "low", "5shot-sp0": "low"}
+
+
+def training_data(name: str, seed: int):
+    spurious, with_train, per_class = SETTINGS[name]
+    ds = dc.starter.colored_digits(shots=5, spurious=spurious, seed=seed)
+    images, labels = (ds.images(), list(ds.labels)) if with_train else ([], [])
+    if per_class:
+        rng = np.random.default_rng(seed)
+        pool_labels = np.asarray(ds.pool.labels).astype(str)
+        idx = [int(i) for c in ds.classes for i in rng.choice(np.flatnonzero(pool_labels == c), per_class, replace=False)]
+        images += ds.pool.images(idx)
+        labels += [pool_labels[i] for i in idx]
+    return ds, images, labels
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {list(SETTINGS)}")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    for opt, typ in (("steps", int), ("width", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
+                     ("dropout", float), ("label-smoothing", float)):
+        p.add_argument(f"--{opt}", type=typ, default=None, help="override the student's default")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [s.strip() for s in args.settings.split(",") if s.strip()]
+    bad = [s for s in names if s not in SETTINGS]
+    if bad:
+        raise SystemExit(f"unknown setting(s) {bad}: choose from {list(SETTINGS)}")
+    overrides = {k: getattr(args, k) for k in ("steps", "width", "batch_size", "lr", "weight_decay", "dropout",
+                                                "label_smoothing") if getattr(args, k) is not None}
+    print(f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, overrides {overrides or 'none'}", flush=True)
+    summary = []
+    for name in names:
+        accs, secs = [], []
+        for seed in range(args.seeds):
+            ds, images, labels = training_data(name, seed)
+            t = time.perf_counter()
+            student = train_student(images, labels, ds.classes, kind="cnn", seed=seed, progress=False, **overrides)
+            secs.append(time.perf_counter() - t)
+            accs.append(evaluate(student, ds.test)["accuracy"])
+            print(f"{name:14s} seed {seed}  n_train {len(images):5d}  test acc {accs[-1]:.3f}  train {secs[-1]:6.1f} s",
+                  flush=True)
+        a = np.asarray(accs)
+        std = float(a.std(ddof=1)) if len(a) > 1 else 0.0
+        half = float(stats.t.ppf(0.975, len(a) - 1) * std / np.sqrt(len(a))) if len(a) > 1 else float("nan")
+        summary.append((name, a.mean(), std, a.mean() - half, a.mean() + half, float(np.mean(secs)), len(a)))
+    print()
+    print(f"{'setting':14s} {'seeds':>5s} {'mean':>6s} {'std':>6s} {'95% interval':>15s} {'s/train':>8s}  target")
+    for name, mean, std, lo, hi, sec, k in summary:
+        print(f"{name:14s} {k:5d} {mean:6.3f} {std:6.3f}   [{lo:.3f}, {hi:.3f}] {sec:8.1f}  {TARGETS[name]}")
+
+
+if __name__ == "__main__":
+    main()

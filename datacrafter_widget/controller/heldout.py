@@ -1,0 +1,108 @@
+"""Student accuracy per round on a held-out split: the number that says whether the rounds help.
+
+For round r the student is trained from scratch (loop/student.py, deterministic per seed) on the
+real train images plus the generated images accepted so far (rounds 1..r; round 0 is real only,
+the "before" figure) and evaluated on the held-out split the user named (default: the dataset's
+test split). Each round's student and result are cached in <project>/heldout/round_<r>/ as
+student.safetensors + student.json + result.json, keyed on the training ids, the held-out images
+and the training options, so re-reading `crafter.metrics` costs nothing until the accepted data,
+the feedback or the held-out split changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from ..data.dataset import Dataset
+from ..data.images import image_hash
+from ..data.store import atomic_write_bytes
+
+__all__ = ["HELDOUT_DIR", "STUDENT_COLUMNS", "heldout_fingerprint", "round_training_ids", "student_accuracy_by_round"]
+
+HELDOUT_DIR = "heldout"
+RESULT_FILE = "result.json"
+STUDENT_COLUMNS = ("student_acc", "student_n_train")
+# Bump when the student's default recipe changes, so cached accuracies are not reused across recipes.
+RECIPE = "cnn4-v1"
+
+
+def heldout_fingerprint(ds: Dataset) -> str:
+    """Content hash of a held-out split (image bytes + labels): the cache key's view of it."""
+    h = hashlib.sha256()
+    for im, label in zip(ds.images(), ds.labels):
+        h.update(image_hash(im).encode())
+        h.update(b"\0" + str(label).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def round_training_ids(samples: pd.DataFrame, rnd: int, *, keep_flagged: bool = False) -> list[str]:
+    """Ids the round-`rnd` student trains on: real train rows + generated rows accepted in rounds <= rnd."""
+    from ..loop.student import accepted_rows
+
+    real = samples[(samples["source"] == "real") & (samples["split"] == "train")]
+    gen = accepted_rows(samples, keep_flagged=keep_flagged)
+    gen = gen[pd.to_numeric(gen["round"], errors="coerce").fillna(0) <= rnd]
+    return real["id"].astype(str).tolist() + gen["id"].astype(str).tolist()
+
+
+def _key(ids: Sequence[str], heldout: str, options: Mapping[str, Any]) -> str:
+    blob = json.dumps({"ids": sorted(ids), "heldout": heldout, "options": dict(options), "recipe": RECIPE},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def student_accuracy_by_round(
+    store: Any,
+    classes: Sequence[str],
+    heldout: Dataset,
+    rounds: Sequence[int],
+    *,
+    embedder: Any = None,
+    options: Mapping[str, Any] | None = None,
+    fingerprint: str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """One row per round in `rounds`: round, student_acc (held-out accuracy), student_n_train.
+
+    options go to student.train_student (seed=, steps=, kind=, ...); cached results are reused
+    when the training ids, the held-out split and the options are the same.
+    """
+    from ..loop.student import StudentError, evaluate, train_student
+
+    if heldout is None or len(heldout) == 0:
+        raise StudentError("the held-out split is empty: set crafter.heldout to a Dataset with images, or None to turn the column off")
+    options = {"seed": 0, **dict(options or {})}
+    fingerprint = fingerprint or heldout_fingerprint(heldout)
+    samples = store.samples
+    root = Path(store.path) / HELDOUT_DIR
+    rows = []
+    for rnd in rounds:
+        ids = round_training_ids(samples, int(rnd))
+        key = _key(ids, fingerprint, options)
+        folder = root / f"round_{int(rnd)}"
+        cached = _read_result(folder)
+        if cached is not None and cached.get("key") == key:
+            rows.append({"round": int(rnd), "student_acc": float(cached["accuracy"]), "student_n_train": len(ids)})
+            continue
+        images = [store.image(i) for i in ids]
+        labels = samples.set_index("id").loc[ids, "label"].astype(str).tolist() if ids else []
+        student = train_student(images, labels, list(classes), embedder=embedder, progress=progress, **options)
+        result = evaluate(student, heldout)
+        student.save(folder)
+        atomic_write_bytes(folder / RESULT_FILE, json.dumps({
+            "key": key, "round": int(rnd), "accuracy": result["accuracy"], "n_heldout": result["n"],
+            "n_train": len(ids), "heldout": fingerprint, "options": dict(options), "recipe": RECIPE,
+        }, indent=1, default=str).encode("utf-8"))
+        rows.append({"round": int(rnd), "student_acc": float(result["accuracy"]), "student_n_train": len(ids)})
+    return pd.DataFrame(rows, columns=["round", *STUDENT_COLUMNS])
+
+
+def _read_result(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None  # missing or half-written: retrain
