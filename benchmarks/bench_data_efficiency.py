@@ -252,8 +252,7 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
     none = ctx.score("none", lambda: ctx.images_of(base), keep_student=True)
     student0 = none.pop("_student")
     rows = [row("gap", seed, "none", 0, none, share_high_loss=float("nan"))]
-    real_only = ctx.score("real-only", lambda: ([], []))
-    rows.append(row("gap", seed, "real-only (reference)", 0, real_only, share_high_loss=float("nan")))
+    # (real images only, no class-prompt base: the loop track's "none" row, same data and seed)
 
     # The base student's high-loss (class, background) cells, measured on labelled pool renders.
     rng = np.random.default_rng(900 + seed)
@@ -272,7 +271,7 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
 
     # ideal: real pool images (backgrounds read by the checker too, for a like-for-like share).
     pool = ctx.pool_rows(kmax)
-    for n in ns:
+    for n in (ns if "ideal" in args.arms else []):
         idx = take(pool, n, seed)
         bg = ctx.checker(ctx.ds.pool.images(idx))["background"].tolist()
         res = ctx.score(f"ideal|{n}", lambda: ctx.pool_images(idx))
@@ -287,8 +286,9 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
             rows.append(row("gap", seed, arm, n, res, share_high_loss=share_high(labels, chk["background"].tolist()),
                             used=len(ids)))
 
-    class_ids = ctx.arm("class_more", lambda: ctx.generate(kmax + margin, 2, strategy="class"))
-    add_rows("class", accepted(ctx.store, class_ids))
+    if "class" in args.arms:
+        class_ids = ctx.arm("class_more", lambda: ctx.generate(kmax + margin, 2, strategy="class"))
+        add_rows("class", accepted(ctx.store, class_ids))
 
     # search: for each class, every background word, scored by the base student's loss on a few images.
     def make_search() -> dict:
@@ -306,8 +306,9 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
         best = {c: sorted(v, key=lambda p: -v[p])[:2] for c, v in losses.items()}
         final = ctx.generate(kmax + margin, 4, strategy="custom", prompts=best)
         return {"ids": final, "candidate_ids": ids, "losses": losses, "chosen": best}
-    search = ctx.arm("search", make_search)
-    add_rows("search", accepted(ctx.store, search["ids"]))
+    if "search" in args.arms:
+        search = ctx.arm("search", make_search)
+        add_rows("search", accepted(ctx.store, search["ids"]))
 
     # gap: guided adversarial prompts against the base student, image guidance toward unlabelled pool images.
     def make_gap() -> dict:
@@ -496,7 +497,7 @@ def ci95(x: np.ndarray) -> float:
 
 def summarise(track: str, rows: list[dict], args) -> str:
     df = pd.DataFrame(rows)
-    out = RESULTS / track
+    out = Path(args.results) / track
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "rows.csv", index=False)
     metrics = [c for c in df.columns if c.startswith(("acc", "share", "tv_", "H_", "checker_")) or c == "used"]
@@ -588,7 +589,16 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", default=str(REPO / "benchmarks" / ".cache"))
     p.add_argument("--checker-steps", type=int, default=600)
+    p.add_argument("--results", default=str(RESULTS), help="folder for <track>/ tables")
+    p.add_argument("--merge", default="", help="report only: summarise these rows.csv files (comma-separated; "
+                   "runs of other seeds) into --results, without running anything")
     args = p.parse_args()
+    if args.merge:
+        frames = [pd.read_csv(f) for f in args.merge.split(",") if f]
+        df = pd.concat(frames).drop_duplicates(subset=["track", "seed", "arm", "N"], keep="last")
+        for track, g in df.groupby("track"):
+            print(summarise(str(track), g.to_dict(orient="records"), args))
+        return 0
     torch.set_num_threads(args.threads)
     args.arms = "search,gap,class,ideal" if args.arms == "all" else args.arms
     cache = Path(args.cache)
