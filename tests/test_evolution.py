@@ -194,3 +194,16 @@ def test_reference_is_the_unmarked_generated_images_not_the_biased_real_train(tm
     assert len(fb.good["3"]) == 5
     assert np.allclose(fb.good["3"], world.embed_images([Image.fromarray(white)])[0])
     store.close()
+
+
+def test_without_good_marks_evolution_adds_no_positive_phrase(tmp_path):
+    """Lassoed images say what is unwanted; an added attribute phrase would pin it for the whole class."""
+    world = ColourWorld()
+    store, _ = _project(tmp_path, world, mark_labels=False, mark_good=False)
+    result = evolve_prompts(store.samples, classes=["3"], generate=world.generate, embedder=world,
+                            load_image=store.image, vocabulary=VOCAB, population=6, generations=3, batch=6, seed=1)
+    ranked = result.classes["3"].ranked
+    assert ranked
+    assert all(k.genome.phrases == () for k in ranked)
+    assert "on a pink background" in ranked[0].genome.negative
+    store.close()
