@@ -567,7 +567,7 @@ def load_checker(cache: Path, steps: int) -> Callable[[list[Image.Image]], pd.Da
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--track", default="all", help="gap | loop | captions | all (comma-separated)")
-    p.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a list (0,3,4)")
+    p.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a list (0,3,4; one seed: 0,)")
     p.add_argument("--ns", default=None, help="N grid (default: gap 10,25,50; loop and captions 100,200)")
     p.add_argument("--shots", type=int, default=5)
     p.add_argument("--student-steps", type=int, default=None, help="optimiser steps per student, the same at every N (default: the student's)")
@@ -606,7 +606,7 @@ def main() -> int:
     if not (cache / ".gitignore").exists():
         (cache / ".gitignore").write_text("*\n")
     tracks = TRACKS if args.track == "all" else [t for t in args.track.split(",") if t]
-    seeds = list(range(int(args.seeds))) if "," not in args.seeds else [int(s) for s in args.seeds.split(",")]
+    seeds = list(range(int(args.seeds))) if "," not in args.seeds else [int(s) for s in args.seeds.split(",") if s.strip()]
     t0 = time.time()
     models = dc.starter.models()
     checker = load_checker(cache, args.checker_steps)
