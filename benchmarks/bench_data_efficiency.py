@@ -274,7 +274,11 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
     for n in (ns if "ideal" in args.arms else []):
         idx = take(pool, n, seed)
         bg = ctx.checker(ctx.ds.pool.images(idx))["background"].tolist()
-        res = ctx.score(f"ideal|{n}", lambda: ctx.pool_images(idx))
+        def base_plus_pool(idx=idx) -> tuple[list[Image.Image], list[str]]:
+            bi, bl = ctx.images_of(base)
+            pi, pl = ctx.pool_images(idx)
+            return bi + pi, bl + pl
+        res = ctx.score(f"ideal+base|{n}", base_plus_pool)
         rows.append(row("gap", seed, "ideal", n, res, share_high_loss=share_high([ctx.ds.pool.labels[i] for i in idx], bg)))
 
     def add_rows(arm: str, ids_by_class: dict[str, list[str]]) -> None:
