@@ -404,11 +404,11 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
         rows.append(row("loop", seed, "ideal", n, ctx.score(f"ideal|{n}", lambda: ctx.pool_images(idx)),
                         **stats(labels, ctx.checker(ctx.ds.pool.images(idx)))))
 
-    def add_rows(arm: str, ids_by_class: dict[str, list[str]], extra: dict | None = None) -> None:
+    def add_rows(arm: str, ids_by_class: dict[str, list[str]], extra: dict | None = None, key: str = "") -> None:
         for n in ns:
             ids = take(ids_by_class, n, seed)
             labels = [str(ctx.store.row(i)["label"]) for i in ids]
-            rows.append(row("loop", seed, arm, n, ctx.score(f"{arm}|{n}", lambda: ctx.images_of(ids)),
+            rows.append(row("loop", seed, arm, n, ctx.score(f"{key or arm}|{n}", lambda: ctx.images_of(ids)),
                             used=len(ids), **stats(labels, ctx.check(ids)), **(extra or {})))
 
     class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
@@ -431,9 +431,14 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
             ids += ctx.generate(kmax + margin, 3, strategy="class", classes=rest)
         return {"ids": ids, "feedback": fb, "evolve_s": evolve_s, "prompts": result.prompts,
                 "negative_prompts": result.negative_prompts, "report": result.report()}
-    lp = ctx.arm(f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}", make_loop)
+    # The arm key names the evolution code, so a changed evolution.py makes new images and a new score.
+    import datacrafter_widget.loop.evolution as evo
+
+    ekey = hashlib.sha256(Path(evo.__file__).read_bytes()).hexdigest()[:8]
+    lkey = f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}|evolution={ekey}"
+    lp = ctx.arm(lkey, make_loop)
     add_rows("loop", accepted(ctx.store, lp["ids"]), {"wrong_digit_lassoed": lp["feedback"]["wrong_digit"],
-                                                      "cell_lassoed": lp["feedback"]["cell_lassoed"]})
+                                                      "cell_lassoed": lp["feedback"]["cell_lassoed"]}, key=lkey)
     return rows
 
 
