@@ -1,33 +1,44 @@
-"""Data-efficiency benchmark: which generated images help a few-shot student under a spurious shift?
+"""Data-efficiency benchmark in three tracks, each built so the mechanism it tests has room to work.
 
-Setup: the starter coloured digits, `shots` real images per class in train with the background
-colour tied to the class (spurious=0.95), and a test split with uniform backgrounds. For each seed,
-each strategy generates a pool of at most max(N) images through the product (DataCrafter with its
-class filter, the starter models); for every N the student (the default small CNN, retrained from
-scratch) is trained on the real images plus the accepted images among the first N generated
-(nested subsets, N/10 per class) and evaluated on test.
+Every track has a "none" row (no images added) and an "ideal" row (real pool images in place of
+generated ones: a perfect generator), runs over seeds and an N grid, and scores the student on a
+test split where every held-out scan is rendered on all five backgrounds (random foreground,
+stroke and slant), so one seed's test noise is small and per-background accuracy is exact.
 
-Strategies: none (real only) | class | caption | perturb | loop (class prompts -> a simulated
-person lassoes the images the independent checker finds off-prompt -> evolve -> regenerate;
-half the budget from each round) | gap (guided adversarial prompts against the real-only student,
-image guidance toward unlabelled pool images; by default one token set per class, each image made
-from a real train image of its class with its digit strokes kept: --gap-sources train
---gap-masks plain-background; --gap-sources none is the old text-to-image GAP).
+- gap:      spurious 0.95. Every arm starts from real + `--gap-base` class-prompt images per class
+            (the student already knows shapes); each method adds N images. Rows: none, ideal,
+            class, search (discrete search over background words scored by the student's loss),
+            gap (guided adversarial prompts). Reports accuracy on test images whose background is
+            not the class's tied one, and the share of added images in the student's high-loss
+            (class, background) cells.
+- loop:     spurious 0.95. A simulated person compares the class-prompt images with a target
+            attribute histogram read (independent checker) from unlabelled pool images, lassoes
+            images of over-represented cells and wrong digits; DataCrafter.feedback -> evolve ->
+            generate_evolved. Rows: none, class, loop, ideal. Reports histogram distance, accuracy
+            on classes 8 and 9, student accuracy, and the share of the class->ideal gap closed.
+- captions: spurious 0. Rows: none, class, caption-train (captions of the 50 train images, the
+            product's "caption" strategy), caption-pool (captions of many unlabelled pool images),
+            ideal. Reports attribute entropy and per-background accuracy.
 
-    python benchmarks/bench_data_efficiency.py                # plan sized to ~15 min on this machine
-    python benchmarks/bench_data_efficiency.py --seeds 3 --ns 50,100,200
-Prints the table (mean ± std over seeds) and writes benchmarks/results/data_efficiency.{csv,html,json}.
+Generated images live in DataCrafter projects under --cache (PNG + parquet; arms.json lists the
+ids of each arm), and every student score is cached there too, so a re-run only computes what is
+missing.
+
+    python benchmarks/bench_data_efficiency.py --track gap --seeds 3
+    python benchmarks/bench_data_efficiency.py --track all --seeds 5 --student-steps 600
+Results: benchmarks/results/<track>/{rows.csv,summary.csv,summary.json,table.txt}.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
@@ -36,324 +47,597 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import datacrafter_widget as dc  # noqa: E402
-from datacrafter_widget.loop.gap import GapConfig  # noqa: E402
-from datacrafter_widget.controller.rounds import evolve_store, gap_round, image_fn  # noqa: E402
 from datacrafter_widget.controller.crafter import DataCrafter  # noqa: E402
-from datacrafter_widget.starter.prompts import starter_compose, starter_vocabulary  # noqa: E402
-from datacrafter_widget.app.headless import simulated_feedback  # noqa: E402
-from datacrafter_widget.loop.student import evaluate, train_student  # noqa: E402
+from datacrafter_widget.loop.student import train_student  # noqa: E402
+from datacrafter_widget.starter.digits import (BACKGROUNDS, CLASSES, FOREGROUNDS, SLANTS, TIED_BACKGROUND,  # noqa: E402
+                                               THICKNESSES, caption_for, render)
 
-STRATEGIES = ["none", "class", "caption", "perturb", "loop", "gap"]
 RESULTS = REPO / "benchmarks" / "results"
+TRACKS = ("gap", "loop", "captions")
+ARMS = {"gap": ["none", "ideal", "class", "search", "gap"],
+        "loop": ["none", "ideal", "class", "loop"],
+        "captions": ["none", "ideal", "class", "caption-train", "caption-pool"]}
+BGS = list(BACKGROUNDS)
+FGS = list(FOREGROUNDS)
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def student_epochs(n: int, args) -> int:
-    """Epochs giving about args.student_steps optimiser steps (batch 32), at least 20."""
-    return max(20, math.ceil(args.student_steps / math.ceil(n / 32)))
+def atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
 
 
-def accepted_by_class(store, ids, classes) -> dict[str, list[str]]:
-    """Accepted generated ids per class, in generation order (flag-free, not marked bad)."""
-    s = store.samples.set_index("id").loc[list(ids)]
-    ok = s[(s["flag"] == "") & (~s["feedback"].isin(["bad", "removed"]))]
-    return {c: ok.index[ok["label"] == c].tolist() for c in classes}
+# ---- test split: every held-out scan on every background -------------------------------------------
+def multi_variant_test(ds: dc.Dataset, seed: int) -> pd.DataFrame:
+    """Each test scan rendered on all 5 backgrounds (random fg / stroke / slant): 5x the images, exact per-bg cells."""
+    from sklearn.datasets import load_digits
+
+    scans = load_digits().images
+    rng = np.random.default_rng(10_000 + seed)
+    rows = []
+    for src, label in zip(ds.test.frame["source_index"], ds.test.labels):
+        for bg in BGS:
+            fg, th, sl = str(rng.choice(FGS)), str(rng.choice(THICKNESSES)), str(rng.choice(SLANTS))
+            rows.append({"image": render(scans[int(src)], fg, bg, th, sl), "label": str(label), "background": bg,
+                         "foreground": fg, "tied": TIED_BACKGROUND[str(label)] == bg})
+    return pd.DataFrame(rows)
 
 
-def take(pools: list[dict[str, list[str]]], classes, k: int) -> list[str]:
-    """The first k generated-per-class slots, split evenly over the pools (rounds), accepted ones kept."""
-    out = []
-    parts = len(pools)
-    for c in classes:
-        for j, pool in enumerate(pools):
-            share = k // parts + (1 if j < k % parts else 0)
-            out += pool.get(c, [])[:share]
+def score_student(images: list[Image.Image], labels: list[str], test: pd.DataFrame, seed: int, args) -> dict[str, Any]:
+    """Train the default student from scratch (fixed optimiser steps at every N) and score it on the test split."""
+    import inspect
+
+    kw: dict[str, Any] = {} if args.width is None else {"width": args.width}
+    if "steps" in inspect.signature(train_student).parameters:
+        if args.student_steps:
+            kw["steps"] = args.student_steps
+    else:   # the first student counts epochs: the same number of optimiser steps (batch 32) at every N
+        kw["epochs"] = max(1, math.ceil((args.student_steps or 400) / math.ceil(len(images) / 32)))
+    st = train_student(images, labels, CLASSES, seed=seed, progress=False, **kw)
+    pred = np.array(st.predict(list(test["image"])))
+    ok = pred == test["label"].to_numpy()
+    out: dict[str, Any] = {"accuracy": float(ok.mean()), "acc_nontied": float(ok[~test["tied"].to_numpy()].mean()),
+                           "acc_8_9": float(ok[test["label"].isin(["8", "9"]).to_numpy()].mean())}
+    for bg in BGS:
+        out[f"acc_bg_{bg}"] = float(ok[(test["background"] == bg).to_numpy()].mean())
+    out["_student"] = st
     return out
 
 
-def measure(models, ds, args) -> dict[str, float]:
-    """Seconds per generated image (txt2img), per GAP step, per student training on 250 images."""
-    gen = models.generator
-    t = time.time()
-    gen(["a photo of a 3"] * 8, seed=0, batch_size=8)
-    per_image = (time.time() - t) / 8
-    s0 = train_student(ds.images(), ds.labels, ds.classes, epochs=2, width=args.width, progress=False)
-    from datacrafter_widget.loop.gap import optimise_prompt_tokens
-
-    t = time.time()
-    gap_src = {}
-    if args.gap_sources == "train":
-        from datacrafter_widget.loop.masks import plain_background_mask
-
-        srcs = [im for im, l in zip(ds.images(), ds.labels) if l == "3"]
-        gap_src = {"sources": srcs, "masks": [plain_background_mask(im) for im in srcs] if args.gap_masks != "none" else None,
-                   "strength": args.gap_strength}
-    optimise_prompt_tokens(gen, s0, "3", steps=2, batch=args.gap_batch, sampler_steps=args.gap_sampler_steps, n_tokens=4,
-                           lr=1e-2, **gap_src)
-    per_gap_step = (time.time() - t) / 2
-    imgs = ds.images() * 5
-    t = time.time()
-    train_student(imgs, ds.labels * 5, ds.classes, epochs=2, width=args.width, progress=False)
-    per_train = (time.time() - t) / 2 * student_epochs(250, args)
-    return {"gen_image_s": per_image, "gap_step_s": per_gap_step, "train_250_s": per_train}
+# ---- helpers on generated images ------------------------------------------------------------------
+def accepted(store, ids: Sequence[str]) -> dict[str, list[str]]:
+    """Accepted ids per class (no class-filter flag, not marked bad/removed), in generation order."""
+    if not ids:
+        return {c: [] for c in CLASSES}
+    s = store.samples.set_index("id").loc[list(ids)]
+    ok = s[(s["flag"].fillna("") == "") & (~s["feedback"].fillna("").isin(["bad", "removed"]))]
+    return {c: ok.index[ok["label"] == c].tolist() for c in CLASSES}
 
 
-def run_seed(seed: int, models, checker, ns: list[int], strategies: list[str], args) -> list[dict]:
-    ds = dc.starter.colored_digits(shots=args.shots, spurious=args.spurious, seed=seed)
-    classes = ds.classes
-    kmax = max(ns) // len(classes)
-    rows = []
-    real_images, real_labels = ds.images(), ds.labels
-    test = ds.test
+def take(per_class: dict[str, list], n: int, seed: int) -> list:
+    """n items spread evenly over the classes (remainder to a seed-rotated set of classes); nested in n."""
+    k, r = divmod(int(n), len(CLASSES))
+    extra = {CLASSES[(seed + j) % len(CLASSES)] for j in range(r)}
+    out = []
+    for c in CLASSES:
+        out += list(per_class.get(c, []))[:k + (1 if c in extra else 0)]
+    return out
 
-    def score(strategy: str, n: int, ids: list[str], store, extra: dict | None = None) -> None:
-        images = real_images + [store.image(i) for i in ids]
-        labels = real_labels + [store.row(i)["label"] for i in ids] if ids else real_labels
-        st = train_student(images, labels, classes, epochs=student_epochs(len(images), args), width=args.width,
-                           seed=seed, progress=False)
-        ev = evaluate(st, test)
-        rows.append({"seed": seed, "strategy": strategy, "N": n, "used": len(ids), "accuracy": ev["accuracy"],
-                     "worst_class": float(ev["per_class"]["accuracy"].min()), **(extra or {})})
-        log(f"seed {seed} {strategy:8s} N={n:3d} used={len(ids):3d} acc={ev['accuracy']:.3f}")
-        return st
 
-    with tempfile.TemporaryDirectory(prefix="dc-bench-") as tmp:
-        crafter = DataCrafter(ds, models=models, project=Path(tmp) / "proj")
-        store = crafter.store
-        base = seed * 1_000_000
-        student0 = score("none", 0, [], store)
+def hist(values: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    v = pd.Series(list(values), dtype=object)
+    h = np.array([(v == x).sum() for x in names], dtype=float)
+    return h / max(1.0, h.sum())
 
-        def score_pool(strat, pool, store):   # right away, so a run cut short keeps what it measured
-            for n in ns:
-                score(strat, n, take(pool, classes, n // len(classes)), store)
-        pools: dict[str, list[dict[str, list[str]]]] = {}
-        class_ids: list[str] = []
-        if "loop" in strategies and "class" not in strategies:
-            raise SystemExit("the loop strategy starts from the class-prompt images: include 'class' in --strategies")
-        info: dict[str, dict] = {}
-        for strat in ("class", "caption", "perturb"):
-            if strat not in strategies:
-                continue
+
+def tv(p: np.ndarray, q: np.ndarray) -> float:
+    """Total-variation distance between two histograms (0 = equal, 1 = disjoint)."""
+    return float(0.5 * np.abs(p - q).sum())
+
+
+def entropy_bits(values: Sequence[str]) -> float:
+    v = pd.Series(list(values)).value_counts(normalize=True).to_numpy()
+    return float(-(v * np.log2(v)).sum()) if len(v) else 0.0
+
+
+# ---- one (track, seed) context: dataset, crafter project, caches -------------------------------------
+class Ctx:
+    """Dataset, DataCrafter project, arms.json (generated ids per arm) and scores.json (student scores) for one track and seed."""
+
+    def __init__(self, track: str, seed: int, spurious: float, models, checker, args) -> None:
+        self.track, self.seed, self.args, self.models, self.checker = track, seed, args, models, checker
+        self.ds = dc.starter.colored_digits(shots=args.shots, spurious=spurious, seed=seed)
+        self.test = multi_variant_test(self.ds, seed)
+        self.dir = Path(args.cache) / track / f"seed{seed}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.crafter = DataCrafter(self.ds, models=models, project=self.dir / "project")
+        self.store = self.crafter.store
+        self.arms_path, self.scores_path = self.dir / "arms.json", self.dir / "scores.json"
+        self.arms: dict[str, Any] = json.loads(self.arms_path.read_text()) if self.arms_path.exists() else {}
+        self.scores: dict[str, Any] = json.loads(self.scores_path.read_text()) if self.scores_path.exists() else {}
+        self.real_images, self.real_labels = self.ds.images(), [str(x) for x in self.ds.labels]
+        self._checked: dict[str, dict[str, str]] = {}
+
+    def arm(self, key: str, make: Callable[[], Any]) -> Any:
+        """Cached arm: make() runs once; its JSON-able result (ids, info) is kept in arms.json."""
+        if key not in self.arms:
             t = time.time()
-            ids = crafter.generate(per_class=kmax, strategy=strat, seed=base + 10_000 * len(pools) + 1, progress=False)
-            if strat == "class":
-                class_ids = list(ids)
-            pools[strat] = [accepted_by_class(store, ids, classes)]
-            info[strat] = {"gen_s": time.time() - t, "generated": len(ids)}
-            score_pool(strat, pools[strat], store)
-            n_ok = sum(len(v) for v in pools[strat][0].values())
-            log(f"seed {seed} {strat}: {len(ids)} images in {time.time() - t:.0f}s, {len(ids) - n_ok} flagged off-class")
-        if "loop" in strategies:
-            t = time.time()
-            half = math.ceil(kmax / 2)
-            # Round 1 of the loop is the first half of the class-prompt images (the same images the
-            # "class" row uses), so the loop adds feedback, evolution and one regeneration round.
-            s_all = store.samples
-            cls_rows = s_all[s_all["id"].isin(class_ids)]
-            ids1 = [i for c in classes for i in cls_rows[cls_rows["label"] == c]["id"].tolist()[:half]]
-            fb1 = simulated_feedback(crafter, ids1, checker)
-            log(f"seed {seed} loop: round 1 done ({time.time() - t:.0f}s), evolving")
-            result = evolve_store(store, classes=classes, generate=image_fn(models.generator, batch_size=16), embedder=models.embedder,
-                                  vocabulary=starter_vocabulary(), compose=starter_compose, population=args.population,
-                                  generations=1, batch=args.evolve_batch, seed=seed)
-            ids2 = crafter.generate(per_class=half, strategy="custom", prompts={c: [p] for c, p in result.prompts.items()},
-                                    negative_prompts=result.negative_prompts, classes=list(result.prompts),
-                                    seed=base + 600_001, progress=False)
-            fb2 = simulated_feedback(crafter, ids2, checker)
-            # Classes evolution left alone (no feedback) keep their class prompts for the second half.
-            rest = [c for c in classes if c not in result.prompts]
-            if rest:
-                ids2 += crafter.generate(per_class=half, strategy="class", classes=rest, seed=base + 700_001, progress=False)
-            pools["loop"] = [accepted_by_class(store, ids1, classes), accepted_by_class(store, ids2, classes)]
-            score_pool("loop", pools["loop"], store)
-            info["loop"] = {"gen_s": time.time() - t, "generated": len(ids1) + len(ids2),
-                            "off_prompt_before": fb1["bad"] / max(1, fb1["checked"]),
-                            "off_prompt_after": fb2["bad"] / max(1, fb2["checked"]),
-                            "evolution": result.report()}
-            log(f"seed {seed} loop ({time.time() - t:.0f}s): off-prompt {fb1['bad']}/{fb1['checked']} with class prompts -> "
-                f"{fb2['bad']}/{fb2['checked']} with evolved prompts")
-            log(result.report())
-        if "gap" in strategies:
-            t = time.time()
-            target_images = ds.pool.images(list(range(0, len(ds.pool), max(1, len(ds.pool) // 40))))
-            cfg = GapConfig(steps=args.gap_steps, lr=args.gap_lr, n_tokens=4, sampler_steps=args.gap_sampler_steps,
-                            batch=args.gap_batch, final_steps=models.generator.default_steps,
-                            guidance=models.generator.default_guidance, template="a photo of a {class}",
-                            image_weight=args.gap_image_weight, strength=args.gap_strength)
-            # Sources: the real train images of each class (the same biased split the student saw).
-            ids, res = gap_round(store, models.generator, student0, classes, target_images=target_images,
-                                 embedder=models.embedder, per_class=kmax, round=90, seed=seed, config=cfg,
-                                 shared=args.gap_shared, sources=None if args.gap_sources == "none" else args.gap_sources,
-                                 masks=None if args.gap_masks == "none" or args.gap_sources == "none" else args.gap_masks)
-            t_gap = time.time() - t
-            from datacrafter_widget.loop.gap import student_loss_on
+            self.arms[key] = make()
+            log(f"{self.track} seed {self.seed}: made {key} in {time.time() - t:.0f}s")
+            atomic_json(self.arms_path, self.arms)
+        return self.arms[key]
 
-            ce_gap = float(np.mean([student_loss_on(student0, [store.image(i) for i in ids if store.row(i)["label"] == c], c)
-                                    for c in classes]))
-            # GAP images go through the same class filter as every other strategy.
-            from datacrafter_widget.loop.class_filter import ClassFilter
+    def generate(self, per_class: int, seed_offset: int, **kw: Any) -> list[str]:
+        return list(self.crafter.generate(per_class=per_class, seed=self.seed * 1_000_000 + seed_offset,
+                                          steps=self.args.sampler_steps, progress=False, **kw))
 
-            emb = models.embedder.embed_images([store.image(i) for i in ids])
-            flt = ClassFilter(models.embedder, classes)
-            if hasattr(flt, "fit"):  # the same filter the controller fits on the real training images
-                flt.fit(models.embedder.embed_images(real_images), real_labels)
-            checks = flt.check(emb, [store.row(i)["label"] for i in ids])
-            flagged = [i for i, (flag, _) in zip(ids, checks) if flag]
-            if flagged:
-                store.update(flagged, flag="off-class")
-            pools["gap"] = [accepted_by_class(store, ids, classes)]
-            score_pool("gap", pools["gap"], store)
-            adv0 = np.mean([r.history[0]["adversarial"] for r in res.values()])
-            adv1 = np.mean([np.mean([h["adversarial"] for h in r.history[-3:]]) for r in res.values()])
-            info["gap"] = {"gen_s": time.time() - t, "gap_s": t_gap, "generated": len(ids), "adv_first": adv0, "adv_last": adv1,
-                           "flagged": len(flagged), "student0_ce_on_gap": ce_gap}
-            extra = ""
-            if class_ids:
-                ce_cls = float(np.mean([student_loss_on(student0, [store.image(i) for i in class_ids if store.row(i)["label"] == c], c)
-                                        for c in classes]))
-                info["gap"]["student0_ce_on_class"] = ce_cls
-                extra = f", real-only student CE on class-prompt images {ce_cls:.2f}"
-            log(f"seed {seed} gap ({time.time() - t:.0f}s, tokens+images {t_gap:.0f}s): adversarial loss {adv0:.3f} -> {adv1:.3f}, "
-                f"{len(flagged)} flagged off-class, real-only student CE on GAP images {ce_gap:.2f}{extra}")
-        crafter.close()
-    for r in rows:
-        r.update({k: v for k, v in info.get(r["strategy"], {}).items() if k in ("gen_s", "off_prompt_before", "off_prompt_after")})
-    return rows, info
+    def check(self, ids: Sequence[str]) -> pd.DataFrame:
+        """Independent checker's digit / foreground / background reading of stored images (memoised)."""
+        todo = [i for i in ids if i not in self._checked]
+        if todo:
+            found = self.checker([self.store.image(i) for i in todo])
+            for i, (_, r) in zip(todo, found.iterrows()):
+                self._checked[i] = {"digit": str(r["digit"]), "foreground": str(r["foreground"]), "background": str(r["background"])}
+        return pd.DataFrame([self._checked[i] for i in ids], index=list(ids), columns=["digit", "foreground", "background"])
+
+    def pool_rows(self, k_per_class: int, offset: int = 0) -> dict[str, list[int]]:
+        """Indices of real pool images per class (the ideal generator), seed-shuffled, nested."""
+        rng = np.random.default_rng(500 + self.seed)
+        labels = np.array([str(x) for x in self.ds.pool.labels])
+        return {c: rng.permutation(np.flatnonzero(labels == c))[offset:offset + k_per_class].tolist() for c in CLASSES}
+
+    def score(self, key: str, images: Callable[[], tuple[list[Image.Image], list[str]]], extra: dict | None = None,
+              keep_student: bool = False) -> dict[str, Any]:
+        """Cached student score for one cell; the key includes the student settings."""
+        a = self.args
+        if a.generate_only:   # fill the image cache only (images that do not depend on the student)
+            return {"accuracy": float("nan"), "acc_nontied": float("nan"), "acc_8_9": float("nan")}
+        full = f"{key}|steps={a.student_steps}|w={a.width}|{student_id()}"
+        if full in self.scores and not keep_student:
+            return self.scores[full]
+        ims, labs = images()
+        t = time.time()
+        res = score_student(self.real_images + ims, self.real_labels + labs, self.test, self.seed, a)
+        st = res.pop("_student")
+        res.update({"train_s": time.time() - t, "added": len(ims), **(extra or {})})
+        self.scores[full] = res
+        atomic_json(self.scores_path, self.scores)
+        log(f"{self.track} seed {self.seed} {key}: acc {res['accuracy']:.3f} non-tied {res['acc_nontied']:.3f} "
+            f"8/9 {res['acc_8_9']:.3f} ({res['train_s']:.0f}s)")
+        return {**res, "_student": st} if keep_student else res
+
+    def images_of(self, ids: Sequence[str]) -> tuple[list[Image.Image], list[str]]:
+        return [self.store.image(i) for i in ids], [str(self.store.row(i)["label"]) for i in ids]
+
+    def pool_images(self, idx: Sequence[int]) -> tuple[list[Image.Image], list[str]]:
+        return self.ds.pool.images(list(idx)), [str(self.ds.pool.labels[i]) for i in idx]
+
+    def close(self) -> None:
+        self.crafter.close()
 
 
-def load_models(weights: str | None):
-    """dc.starter.models(), or the same models from another weights folder (e.g. a training run in progress)."""
-    if not weights:
-        return dc.starter.models()
-    from datacrafter_widget.starter.loader import load_starter_models
-
-    return load_starter_models(weights_dir=weights)
+_STUDENT_ID: str | None = None
 
 
-def load_checker(steps: int | None, weights: str | None = None):
-    """The starter's independent checker: saved weights, a fresh training run, or the cached default."""
-    from datacrafter_widget.app.headless import _starter_checker
+def student_id() -> str:
+    """Hash of loop/student.py, so cached scores are recomputed when the student changes."""
+    global _STUDENT_ID
+    if _STUDENT_ID is None:
+        import datacrafter_widget.loop.student as m
+
+        _STUDENT_ID = hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()[:10]
+    return _STUDENT_ID
+
+
+def row(track: str, seed: int, arm: str, n: int, res: dict, **extra: Any) -> dict:
+    return {"track": track, "seed": seed, "arm": arm, "N": n, **{k: v for k, v in res.items() if not k.startswith("_")}, **extra}
+
+
+# ---- GAP track -----------------------------------------------------------------------------------
+def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
+    seed, kmax = ctx.seed, math.ceil(max(ns) / len(CLASSES))
+    margin = 3
+    base_ids = ctx.arm("base_class", lambda: ctx.generate(args.gap_base + margin, 1, strategy="class"))
+    base = take(accepted(ctx.store, base_ids), args.gap_base * len(CLASSES), seed)
+    if args.generate_only:   # search and gap are scored by the base student: they need the real run
+        ctx.arm("class_more", lambda: ctx.generate(kmax + margin, 2, strategy="class"))
+        return []
+    none = ctx.score("none", lambda: ctx.images_of(base), keep_student=True)
+    student0 = none.pop("_student")
+    rows = [row("gap", seed, "none", 0, none, share_high_loss=float("nan"))]
+    # (real images only, no class-prompt base: the loop track's "none" row, same data and seed)
+
+    # The base student's high-loss (class, background) cells, measured on labelled pool renders.
+    rng = np.random.default_rng(900 + seed)
+    pidx = rng.choice(len(ctx.ds.pool), size=min(1000, len(ctx.ds.pool)), replace=False).tolist()
+    pf = ctx.ds.pool.frame.iloc[pidx]
+    with torch.no_grad():
+        logits = student0.logits(ctx.ds.pool.images(pidx))
+    y = torch.tensor([CLASSES.index(str(l)) for l in pf["label"]])
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none").numpy()
+    cells = pd.DataFrame({"label": pf["label"].astype(str).to_numpy(), "background": pf["background"].to_numpy(), "ce": ce}) \
+        .groupby(["label", "background"])["ce"].mean()
+    high = set(cells.sort_values(ascending=False).index[: max(1, len(cells) // 4)])
+
+    def share_high(labels: Sequence[str], backgrounds: Sequence[str]) -> float:
+        return float(np.mean([(str(l), str(b)) in high for l, b in zip(labels, backgrounds)])) if len(labels) else float("nan")
+
+    # ideal: real pool images (backgrounds read by the checker too, for a like-for-like share).
+    pool = ctx.pool_rows(kmax)
+    for n in (ns if "ideal" in args.arms else []):
+        idx = take(pool, n, seed)
+        bg = ctx.checker(ctx.ds.pool.images(idx))["background"].tolist()
+        def base_plus_pool(idx=idx) -> tuple[list[Image.Image], list[str]]:
+            bi, bl = ctx.images_of(base)
+            pi, pl = ctx.pool_images(idx)
+            return bi + pi, bl + pl
+        res = ctx.score(f"ideal+base|{n}", base_plus_pool)
+        rows.append(row("gap", seed, "ideal", n, res, share_high_loss=share_high([ctx.ds.pool.labels[i] for i in idx], bg)))
+
+    def add_rows(arm: str, ids_by_class: dict[str, list[str]]) -> None:
+        for n in ns:
+            ids = take(ids_by_class, n, seed)
+            chk = ctx.check(ids)
+            labels = [str(ctx.store.row(i)["label"]) for i in ids]
+            res = ctx.score(f"{arm}|{n}", lambda ids=ids: ctx.images_of(base + ids))
+            rows.append(row("gap", seed, arm, n, res, share_high_loss=share_high(labels, chk["background"].tolist()),
+                            used=len(ids)))
+
+    if "class" in args.arms:
+        class_ids = ctx.arm("class_more", lambda: ctx.generate(kmax + margin, 2, strategy="class"))
+        add_rows("class", accepted(ctx.store, class_ids))
+
+    # search: for each class, every background word, scored by the base student's loss on a few images.
+    def make_search() -> dict:
+        cand = {c: [f"a {c} on a {b} background" for b in BGS] for c in CLASSES}
+        ids = ctx.generate(args.search_batch, 3, strategy="custom", prompts=cand, filter=False)
+        s = ctx.store.samples.set_index("id").loc[ids]
+        losses: dict[str, dict[str, float]] = {}
+        for c in CLASSES:
+            for p in cand[c]:
+                got = s.index[(s["label"] == c) & (s["prompt"] == p)].tolist()
+                with torch.no_grad():
+                    lg = student0.logits([ctx.store.image(i) for i in got])
+                losses.setdefault(c, {})[p] = float(torch.nn.functional.cross_entropy(
+                    lg, torch.full((len(got),), CLASSES.index(c))).item()) if got else float("-inf")
+        best = {c: sorted(v, key=lambda p: -v[p])[:2] for c, v in losses.items()}
+        final = ctx.generate(kmax + margin, 4, strategy="custom", prompts=best)
+        return {"ids": final, "candidate_ids": ids, "losses": losses, "chosen": best}
+    if "search" in args.arms:
+        search = ctx.arm("search", make_search)
+        add_rows("search", accepted(ctx.store, search["ids"]))
+
+    # gap: guided adversarial prompts against the base student, image guidance toward unlabelled pool images.
+    def make_gap() -> dict:
+        from datacrafter_widget.controller.rounds import gap_round
+        from datacrafter_widget.loop.gap import GapConfig
+        from datacrafter_widget.loop.class_filter import ClassFilter
+
+        gen = ctx.models.generator
+        target = ctx.ds.pool.images(list(range(0, len(ctx.ds.pool), max(1, len(ctx.ds.pool) // 40))))
+        cfg = GapConfig(steps=args.gap_steps, lr=args.gap_lr, n_tokens=4, sampler_steps=4, batch=3,
+                        final_steps=args.sampler_steps or gen.default_steps, guidance=gen.default_guidance,
+                        template="a photo of a {class}", image_weight=10.0)
+        ids, res = gap_round(ctx.store, gen, student0, CLASSES, target_images=target, embedder=ctx.models.embedder,
+                             per_class=kmax + margin, round=ctx.crafter.next_round(), seed=seed, config=cfg)
+        flt = ClassFilter(ctx.models.embedder, CLASSES)
+        flt.fit(ctx.models.embedder.embed_images(ctx.real_images), ctx.real_labels)
+        checks = flt.check(ctx.models.embedder.embed_images([ctx.store.image(i) for i in ids]),
+                           [ctx.store.row(i)["label"] for i in ids])
+        flagged = [i for i, (f, _) in zip(ids, checks) if f]
+        if flagged:
+            ctx.store.update(flagged, flag="off-class")
+        adv = {c: [round(h["adversarial"], 3) for h in r.history] for c, r in res.items()}
+        return {"ids": list(ids), "flagged": len(flagged), "adversarial": adv}
+    if "gap" in args.arms:
+        g = ctx.arm(f"gap|steps={args.gap_steps}", make_gap)
+        add_rows("gap", accepted(ctx.store, g["ids"]))
+    return rows
+
+
+# ---- loop track ----------------------------------------------------------------------------------
+def target_histograms(ctx: Ctx, n: int = 1000) -> dict[str, np.ndarray]:
+    """Attribute histograms of unlabelled pool images, read by the independent checker."""
+    rng = np.random.default_rng(300 + ctx.seed)
+    idx = rng.choice(len(ctx.ds.pool), size=min(n, len(ctx.ds.pool)), replace=False).tolist()
+    got = ctx.checker(ctx.ds.pool.images(idx))
+    return {"background": hist(got["background"], BGS), "foreground": hist(got["foreground"], FGS)}
+
+
+def simulated_person(ctx: Ctx, ids: Sequence[str], target: dict[str, np.ndarray], slack: float) -> dict[str, Any]:
+    """Lasso wrong digits and, per class, the excess images of over-represented background / foreground cells.
+
+    A cell is over-represented when its share among the class's images exceeds the target share by
+    more than `slack`; the person lassoes the excess (images beyond the target count). Wrong digits
+    carry the digit they show as the unwanted label (what a person would type); cell lassos carry
+    no words: evolution has to find what the lassoed images share.
+    """
+    chk = ctx.check(ids)
+    labels = pd.Series([str(ctx.store.row(i)["label"]) for i in ids], index=list(ids))
+    bad_digit: dict[str, list[str]] = {}
+    bad_cell: list[str] = []
+    for i in ids:
+        if chk.at[i, "digit"] != labels[i]:
+            bad_digit.setdefault(chk.at[i, "digit"], []).append(i)
+    wrong = {i for v in bad_digit.values() for i in v}
+    for c in CLASSES:
+        mine = [i for i in ids if labels[i] == c and i not in wrong]
+        if not mine:
+            continue
+        for attr, names in (("background", BGS), ("foreground", FGS)):
+            vals = chk.loc[mine, attr]
+            for j, name in enumerate(names):
+                cell = vals.index[vals == name].tolist()
+                excess = len(cell) - int(round(target[attr][j] * len(mine)))
+                if len(cell) / len(mine) > target[attr][j] + slack and excess > 0:
+                    bad_cell += [i for i in cell if i not in bad_cell][:excess]
+    for digit, group in bad_digit.items():
+        ctx.crafter.feedback(bad=group, bad_labels=[digit])
+    bad_cell = [i for i in dict.fromkeys(bad_cell) if i not in wrong]
+    if bad_cell:
+        ctx.crafter.feedback(bad=bad_cell)
+    return {"checked": len(ids), "wrong_digit": len(wrong), "cell_lassoed": len(bad_cell)}
+
+
+def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
+    seed, kmax = ctx.seed, math.ceil(max(ns) / len(CLASSES))
+    margin = max(3, kmax // 5)
+    target = target_histograms(ctx)
+    rows = [row("loop", seed, "none", 0, ctx.score("none", lambda: ([], [])))]
+
+    def stats(labels: Sequence[str], chk: pd.DataFrame) -> dict[str, float]:
+        return {"tv_background": tv(hist(chk["background"], BGS), target["background"]),
+                "tv_foreground": tv(hist(chk["foreground"], FGS), target["foreground"]),
+                "checker_digit_ok": float(np.mean(chk["digit"].to_numpy() == np.array(labels))) if len(labels) else float("nan"),
+                "checker_8_9_ok": float(np.mean([d == l for d, l in zip(chk["digit"], labels) if l in ("8", "9")] or [np.nan]))}
+
+    pool = ctx.pool_rows(kmax)
+    for n in ns:
+        idx = take(pool, n, seed)
+        labels = [str(ctx.ds.pool.labels[i]) for i in idx]
+        rows.append(row("loop", seed, "ideal", n, ctx.score(f"ideal|{n}", lambda idx=idx: ctx.pool_images(idx)),
+                        **stats(labels, ctx.checker(ctx.ds.pool.images(idx)))))
+
+    def add_rows(arm: str, ids_by_class: dict[str, list[str]], extra: dict | None = None, key: str = "") -> None:
+        for n in ns:
+            ids = take(ids_by_class, n, seed)
+            labels = [str(ctx.store.row(i)["label"]) for i in ids]
+            rows.append(row("loop", seed, arm, n, ctx.score(f"{key or arm}|{n}", lambda ids=ids: ctx.images_of(ids)),
+                            used=len(ids), **stats(labels, ctx.check(ids)), **(extra or {})))
+
+    class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
+    add_rows("class", accepted(ctx.store, class_ids))
+
+    def make_loop() -> dict:
+        # Round 1: the first `feedback_per_class` class-prompt images of each class (the person sees these).
+        s = ctx.store.samples.set_index("id").loc[class_ids]
+        seen = [i for c in CLASSES for i in s.index[(s["label"] == c) & (s["flag"].fillna("") == "")].tolist()[:args.feedback_per_class]]
+        fb = simulated_person(ctx, seen, target, args.slack)
+        t = time.time()
+        result = ctx.crafter.evolve(population=args.population, generations=args.generations, batch=args.evolve_batch,
+                                    progress=False)
+        evolve_s = time.time() - t
+        ids = list(ctx.crafter.generate_evolved(per_class=kmax + margin, seed=seed * 1_000_000 + 2,
+                                                steps=args.sampler_steps, progress=False))
+        evolved = set(result.prompts)
+        rest = [c for c in CLASSES if c not in evolved]
+        if rest:   # classes without feedback keep their class prompts
+            ids += ctx.generate(kmax + margin, 3, strategy="class", classes=rest)
+        return {"ids": ids, "feedback": fb, "evolve_s": evolve_s, "prompts": result.prompts,
+                "negative_prompts": result.negative_prompts, "report": result.report()}
+    # The arm key names the evolution code, so a changed evolution.py makes new images and a new score.
+    import datacrafter_widget.loop.evolution as evo
+
+    ekey = hashlib.sha256(Path(evo.__file__).read_bytes()).hexdigest()[:8]
+    lkey = f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}|evolution={ekey}"
+    lp = ctx.arm(lkey, make_loop)
+    add_rows("loop", accepted(ctx.store, lp["ids"]), {"wrong_digit_lassoed": lp["feedback"]["wrong_digit"],
+                                                      "cell_lassoed": lp["feedback"]["cell_lassoed"]}, key=lkey)
+    return rows
+
+
+# ---- captions track ------------------------------------------------------------------------------
+def run_captions(ctx: Ctx, ns: list[int], args) -> list[dict]:
+    seed, kmax = ctx.seed, math.ceil(max(ns) / len(CLASSES))
+    margin = max(3, kmax // 5)
+    rows = [row("captions", seed, "none", 0, ctx.score("none", lambda: ([], [])))]
+
+    def stats(chk: pd.DataFrame) -> dict[str, float]:
+        return {"H_background": entropy_bits(chk["background"]), "H_foreground": entropy_bits(chk["foreground"]),
+                "H_joint": entropy_bits([f"{a}/{b}" for a, b in zip(chk["foreground"], chk["background"])])}
+
+    pool = ctx.pool_rows(kmax)
+    for n in ns:
+        idx = take(pool, n, seed)
+        rows.append(row("captions", seed, "ideal", n, ctx.score(f"ideal|{n}", lambda idx=idx: ctx.pool_images(idx)),
+                        **stats(ctx.checker(ctx.ds.pool.images(idx)))))
+
+    def add_rows(arm: str, ids_by_class: dict[str, list[str]]) -> None:
+        for n in ns:
+            ids = take(ids_by_class, n, seed)
+            rows.append(row("captions", seed, arm, n, ctx.score(f"{arm}|{n}", lambda ids=ids: ctx.images_of(ids)),
+                            used=len(ids), **stats(ctx.check(ids))))
+
+    add_rows("class", accepted(ctx.store, ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))))
+    add_rows("caption-train", accepted(ctx.store, ctx.arm("caption-train", lambda: ctx.generate(
+        kmax + margin, 2, strategy="caption"))))
+
+    def make_pool_captions() -> dict:
+        # Caption unlabelled pool images (the starter's CLIP-retrieval captioner); a caption goes to the
+        # class its digit word names, so each class gets the contexts of pool images that look like it.
+        rng = np.random.default_rng(700 + seed)
+        idx = rng.choice(len(ctx.ds.pool), size=min(args.pool_captions, len(ctx.ds.pool)), replace=False).tolist()
+        attrs = ctx.models.captioner.attributes(ctx.ds.pool.images(idx))
+        by_class: dict[str, list[str]] = {c: [] for c in CLASSES}
+        for a in attrs:
+            by_class[a["digit"]].append(caption_for(a["digit"], a["fg"], a["bg"], a["thickness"], a["slant"]))
+        from datacrafter_widget.loop.strategies import CAPTION_TEMPLATE, fill
+
+        prompts = {}
+        for c in CLASSES:
+            caps = by_class[c] or [caption_for(c, a["fg"], a["bg"], a["thickness"], a["slant"]) for a in attrs[:kmax + margin]]
+            prompts[c] = [fill(CAPTION_TEMPLATE, c, cap) for cap in caps[:kmax + margin]]
+        ids = ctx.generate(kmax + margin, 4, strategy="custom", prompts=prompts)
+        return {"ids": ids, "captioned": len(idx), "per_class_captions": {c: len(v) for c, v in by_class.items()}}
+    add_rows("caption-pool", accepted(ctx.store, ctx.arm(f"caption-pool|{args.pool_captions}", make_pool_captions)["ids"]))
+    return rows
+
+
+RUNNERS = {"gap": (run_gap, 0.95), "loop": (run_loop, 0.95), "captions": (run_captions, 0.0)}
+
+
+# ---- tables -----------------------------------------------------------------------------------------
+def ci95(x: np.ndarray) -> float:
+    """Half-width of the 95% t-interval of the mean (nan with one seed)."""
+    x = np.asarray(x, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) < 2:
+        return float("nan")
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def summarise(track: str, rows: list[dict], args) -> str:
+    df = pd.DataFrame(rows)
+    out = Path(args.results) / track
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "rows.csv", index=False)
+    metrics = [c for c in df.columns if c.startswith(("acc", "share", "tv_", "H_", "checker_")) or c == "used"]
+    order = [a for a in ARMS[track] + ["real-only (reference)"] if a in set(df["arm"])]
+    summary = []
+    for (arm, n), g in df.groupby(["arm", "N"]):
+        rec: dict[str, Any] = {"arm": arm, "N": int(n), "seeds": int(g["seed"].nunique())}
+        for m in metrics:
+            rec[m] = float(g[m].mean())
+            rec[m + "_ci95"] = ci95(g[m].to_numpy())
+        summary.append(rec)
+    sm = pd.DataFrame(summary)
+    sm["order"] = sm["arm"].map({a: k for k, a in enumerate(order)})
+    sm = sm.sort_values(["order", "N"]).drop(columns="order")
+    sm.to_csv(out / "summary.csv", index=False)
+    show = {"gap": ["accuracy", "acc_nontied", "share_high_loss", "used"],
+            "loop": ["accuracy", "acc_8_9", "tv_background", "tv_foreground", "checker_8_9_ok", "used"],
+            "captions": ["accuracy", "H_background", "H_foreground", "H_joint"] + [f"acc_bg_{b}" for b in BGS] + ["used"]}[track]
+    show = [m for m in show if m in sm.columns]
+
+    def cell(r, m):
+        v, h = r[m], r[m + "_ci95"]
+        if isinstance(v, float) and math.isnan(v):
+            return ""
+        return f"{v:.3f}" + ("" if math.isnan(h) else f" ±{h:.3f}") if m != "used" else f"{v:.1f}"
+    lines = [f"track {track}: mean ±95% t-interval over {df['seed'].nunique()} seed(s) "
+             f"(seeds {sorted(df['seed'].unique().tolist())}); student {student_id()}, steps {args.student_steps or 'default'}, width {args.width or 'default'}; "
+             f"test = {len(CLASSES) * 30} held-out scans x 5 backgrounds"]
+    tab = pd.DataFrame([{"arm": r["arm"], "N": r["N"], **{m: cell(r, m) for m in show}} for _, r in sm.iterrows()])
+    lines.append(tab.to_string(index=False))
+    if track == "loop":
+        lines.append("")
+        lines.append("share of the class -> ideal accuracy gap closed by the loop, per N: (loop - class) / (ideal - class)")
+        for n in sorted(df[df["arm"] == "loop"]["N"].unique()):
+            m = {a: float(df[(df["arm"] == a) & (df["N"] == n)]["accuracy"].mean()) for a in ("class", "loop", "ideal")}
+            gap = m["ideal"] - m["class"]
+            lines.append(f"  N={n}: class {m['class']:.3f}, loop {m['loop']:.3f}, ideal {m['ideal']:.3f} -> "
+                         f"{(m['loop'] - m['class']) / gap if gap > 0 else float('nan'):.2f}")
+    text = "\n".join(lines)
+    (out / "table.txt").write_text(text + "\n")
+    atomic_json(out / "summary.json", {"args": vars(args), "student": student_id(), "rows": sm.to_dict(orient="records")})
+    return text
+
+
+# ---- models, checker, main --------------------------------------------------------------------------
+def load_checker(cache: Path, steps: int) -> Callable[[list[Image.Image]], pd.DataFrame]:
+    """The starter's independent checker, trained once on real renders and kept as safetensors in the cache."""
+    from safetensors.torch import load_file, save_file
+
     from datacrafter_widget.starter import checker as ck
 
-    if weights:
-        from safetensors.torch import load_file
-
+    path = cache / "checker.safetensors"
+    if path.exists():
         net = ck.CheckerNet()
-        net.load_state_dict(load_file(weights))
+        net.load_state_dict(load_file(str(path)))
         inst = ck.Checker(net=net.eval())
-        return lambda images: pd.DataFrame(inst.predict(list(images)))
-    if steps is None:
-        return _starter_checker()
-    inst = ck.train_checker(steps=steps)
+    else:
+        log(f"training the checker ({steps} steps)")
+        inst = ck.train_checker(steps=steps, threads=torch.get_num_threads())
+        tmp = cache / "checker.tmp.safetensors"
+        save_file({k: v.contiguous() for k, v in inst.net.state_dict().items()}, str(tmp))
+        os.replace(tmp, path)
+        atomic_json(cache / "checker.json", {"heldout_accuracy": inst.heldout_accuracy, "steps": steps})
     return lambda images: pd.DataFrame(inst.predict(list(images)))
-
-
-def plot(table: pd.DataFrame, path: Path) -> Path:
-    import altair as alt
-
-    agg = table.groupby(["strategy", "N"])["accuracy"].agg(["mean", "std"]).reset_index().fillna(0)
-    agg["lo"], agg["hi"] = agg["mean"] - agg["std"], agg["mean"] + agg["std"]
-    base = alt.Chart(agg).encode(x=alt.X("N:Q", title="generated images added (N)"), color="strategy:N")
-    chart = (base.mark_line(point=True).encode(y=alt.Y("mean:Q", title="student test accuracy", scale=alt.Scale(zero=False)))
-             + base.mark_errorbar().encode(y="lo:Q", y2="hi:Q")).properties(
-        width=480, height=300, title="Few-shot coloured digits, spurious background in train")
-    html_path = path.with_suffix(".html")
-    chart.save(str(html_path))
-    try:
-        chart.save(str(path.with_suffix(".png")))
-    except Exception:  # noqa: BLE001 - PNG needs vl-convert, which is optional
-        pass
-    return html_path
-
-
-def report(rows: list[dict], infos: dict, args, speed: dict, seeds: int, t0: float) -> None:
-    """Print the table and write csv / json / plot for the seeds finished so far."""
-    table = pd.DataFrame(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    table.to_csv(RESULTS / "data_efficiency.csv", index=False)
-    agg = table.groupby(["strategy", "N"])["accuracy"].agg(["mean", "std", "count"]).reset_index()
-    used = table.groupby(["strategy", "N"])["used"].mean().reset_index()
-    agg = agg.merge(used, on=["strategy", "N"])
-    order = [s for s in STRATEGIES if s in set(agg["strategy"])]
-    wide = agg.assign(cell=[f"{m:.3f} ± {0 if math.isnan(s) else s:.3f}" for m, s in zip(agg["mean"], agg["std"])]) \
-        .pivot(index="strategy", columns="N", values="cell").reindex(order)
-    print()
-    print(f"student test accuracy (mean ± std over {seeds} seed(s)); shots={args.shots}, spurious={args.spurious}, "
-          f"test without the correlation; N = generated images added")
-    print(wide.to_string())
-    print()
-    print("accepted images used (mean):")
-    print(agg.pivot(index="strategy", columns="N", values="used").reindex(order).round(1).to_string())
-    html = plot(table, RESULTS / "data_efficiency")
-    summary = {"args": vars(args), "speed": speed, "seeds": seeds, "minutes": (time.time() - t0) / 60,
-               "info": {str(k): {s: {kk: vv for kk, vv in v.items() if kk != "evolution"} for s, v in i.items()} for k, i in infos.items()},
-               "evolution": {str(k): i.get("loop", {}).get("evolution", "") for k, i in infos.items()}}
-    (RESULTS / "data_efficiency.json").write_text(json.dumps(summary, indent=1, default=float))
-    log(f"wrote {RESULTS / 'data_efficiency.csv'}, {html}; total {(time.time() - t0) / 60:.1f} min")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: sized to the budget, max 3)")
-    p.add_argument("--ns", default="50,100,200")
-    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--track", default="all", help="gap | loop | captions | all (comma-separated)")
+    p.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a list (0,3,4; one seed: 0,)")
+    p.add_argument("--ns", default=None, help="N grid (default: gap 10,25,50; loop and captions 100,200)")
     p.add_argument("--shots", type=int, default=5)
-    p.add_argument("--spurious", type=float, default=0.95)
-    p.add_argument("--student-steps", type=int, default=200, help="optimiser steps per student training (batch 32)")
-    p.add_argument("--width", type=int, default=16, help="student CNN width (16 keeps the benchmark inside its budget)")
-    p.add_argument("--population", type=int, default=3)
-    p.add_argument("--evolve-batch", type=int, default=2)
-    p.add_argument("--gap-steps", type=int, default=15, help="optimisation steps per class (total if --gap-shared)")
+    p.add_argument("--student-steps", type=int, default=None, help="optimiser steps per student, the same at every N (default: the student's)")
+    p.add_argument("--width", type=int, default=None, help="student CNN width (default: the student's)")
+    p.add_argument("--sampler-steps", type=int, default=8, help="generator sampler steps")
+    p.add_argument("--gap-base", type=int, default=10, help="class-prompt images per class every GAP-track arm starts from")
+    p.add_argument("--gap-steps", type=int, default=10, help="GAP token optimisation steps per class")
     p.add_argument("--gap-lr", type=float, default=2e-2)
-    p.add_argument("--gap-batch", type=int, default=3)
-    p.add_argument("--gap-shared", action="store_true", help="one token set for all classes")
-    p.add_argument("--gap-image-weight", type=float, default=10.0)
-    p.add_argument("--gap-sources", choices=["train", "none"], default="train",
-                   help="start GAP images from the real train images of the class (img2img), or 'none' (text-to-image)")
-    p.add_argument("--gap-masks", choices=["plain-background", "none"], default="plain-background",
-                   help="keep each source's object (digit strokes) and change only the background")
-    p.add_argument("--gap-strength", type=float, default=0.8, help="img2img strength from the sources")
-    p.add_argument("--gap-sampler-steps", type=int, default=4, help="DDIM steps during GAP optimisation")
-    p.add_argument("--budget-min", type=float, default=15.0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=None, help="sampler steps for generation (default: the model's)")
-    p.add_argument("--weights", default=None, help="starter weights folder (default: the shipped ones)")
-    p.add_argument("--checker-weights", default=None, help="safetensors of a trained starter checker (CheckerNet)")
-    p.add_argument("--checker-steps", type=int, default=None, help="train the checker for this many steps instead of loading it")
+    p.add_argument("--search-batch", type=int, default=3, help="images per candidate prompt in the attribute-word search")
+    p.add_argument("--feedback-per-class", type=int, default=10, help="class-prompt images per class the simulated person sees")
+    p.add_argument("--slack", type=float, default=0.05, help="share above the target at which a cell is over-represented")
+    p.add_argument("--population", type=int, default=4)
+    p.add_argument("--generations", type=int, default=1)
+    p.add_argument("--evolve-batch", type=int, default=4)
+    p.add_argument("--pool-captions", type=int, default=600, help="unlabelled pool images to caption")
+    p.add_argument("--arms", default="all", help="GAP track: skip 'gap' by listing the others")
+    p.add_argument("--generate-only", action="store_true", help="only fill the image cache (arms that do not need the student)")
+    p.add_argument("--stop-after", default="", help="HH:MM (local clock): start no new seed after this time")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache", default=str(REPO / "benchmarks" / ".cache"))
+    p.add_argument("--checker-steps", type=int, default=600)
+    p.add_argument("--results", default=str(RESULTS), help="folder for <track>/ tables")
+    p.add_argument("--merge", default="", help="report only: summarise these rows.csv files (comma-separated; "
+                   "runs of other seeds) into --results, without running anything")
     args = p.parse_args()
+    if args.merge:
+        frames = [pd.read_csv(f) for f in args.merge.split(",") if f]
+        df = pd.concat(frames).drop_duplicates(subset=["track", "seed", "arm", "N"], keep="last")
+        for track, g in df.groupby("track"):
+            print(summarise(str(track), g.to_dict(orient="records"), args))
+        return 0
     torch.set_num_threads(args.threads)
-    ns = [int(x) for x in args.ns.split(",")]
-    strategies = [s for s in args.strategies.split(",") if s]
+    args.arms = "search,gap,class,ideal" if args.arms == "all" else args.arms
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    if not (cache / ".gitignore").exists():
+        (cache / ".gitignore").write_text("*\n")
+    tracks = TRACKS if args.track == "all" else [t for t in args.track.split(",") if t]
+    seeds = list(range(int(args.seeds))) if "," not in args.seeds else [int(s) for s in args.seeds.split(",") if s.strip()]
     t0 = time.time()
-    models = load_models(args.weights)
-    if args.steps:
-        models.generator.default_steps = int(args.steps)
-    checker = load_checker(args.checker_steps, args.checker_weights)
-    log(f"models and checker ready ({time.time() - t0:.0f}s)")
-    ds0 = dc.starter.colored_digits(shots=args.shots, spurious=args.spurious, seed=0)
-    speed = measure(models, ds0, args)
-    log("speed: " + json.dumps({k: round(v, 3) for k, v in speed.items()}))
-    kmax = max(ns)
-    gen_per_seed = sum(kmax if s != "loop" else kmax // 2 for s in ("class", "caption", "perturb", "loop", "gap") if s in strategies)
-    evolve_images = 10 * (args.population + 1) * args.evolve_batch if "loop" in strategies else 0
-    trainings = 1 + len([s for s in strategies if s != "none"]) * len(ns)
-    mean_train = speed["train_250_s"]  # a fixed number of optimiser steps, whatever the set size
-    per_seed = (gen_per_seed + evolve_images) * speed["gen_image_s"] + (1 if args.gap_shared else 10) * args.gap_steps * speed["gap_step_s"] * ("gap" in strategies) \
-        + trainings * mean_train
-    seeds = args.seeds or max(1, min(3, int(args.budget_min * 60 / per_seed)))
-    log(f"plan: {seeds} seed(s) x ({gen_per_seed} + ~{evolve_images} evolution images, {trainings} student trainings); "
-        f"estimated {per_seed / 60:.1f} min per seed")
-    rows, infos = [], {}
-    for seed in range(seeds):
-        r, info = run_seed(seed, models, checker, ns, strategies, args)
-        rows += r
-        infos[seed] = info
-        report(rows, infos, args, speed, seed + 1, t0)   # after every seed, so a cut-off run keeps its results
+    models = dc.starter.models()
+    checker = load_checker(cache, args.checker_steps)
+    log(f"models and checker ready ({time.time() - t0:.0f}s); student {student_id()}")
+    for track in tracks:
+        fn, spurious = RUNNERS[track]
+        ns = [int(x) for x in (args.ns or ("10,25,50" if track == "gap" else "100,200")).split(",")]
+        rows: list[dict] = []
+        for seed in seeds:
+            if args.stop_after and time.strftime("%H:%M") >= args.stop_after:
+                log(f"{track}: not starting seed {seed}, past --stop-after {args.stop_after}")
+                break
+            ctx = Ctx(track, seed, spurious, models, checker, args)
+            try:
+                rows += fn(ctx, ns, args)
+            finally:
+                ctx.close()
+            if args.generate_only:
+                continue
+            text = summarise(track, rows, args)   # after every seed, so a cut-off run keeps its results
+            log(f"{track}: {len(set(r['seed'] for r in rows))} seed(s) done ({(time.time() - t0) / 60:.1f} min)\n{text}")
     return 0
 
 

@@ -181,3 +181,38 @@ def test_starter_compose_never_names_two_values_of_one_attribute():
     assert starter_compose(g) == "a 9 on a lightblue background"
     g = Genome("3", ("red", "green", "thin", "thick", "slanted left", "slanted right", "sharp"))
     assert starter_compose(g) == "a thin red 3, slanted left, sharp"
+
+
+def test_reference_is_the_unmarked_generated_images_not_the_biased_real_train(tmp_path):
+    """Without good marks, the reference is the class's unmarked generated images; the real train split
+    (here every image on the class's tied white background) is used only when there are none."""
+    from datacrafter_widget.loop.evolution import _collect
+
+    world = ColourWorld()
+    store, pink = _project(tmp_path, world, mark_labels=False, mark_good=False)
+    white = np.zeros((16, 16, 3), np.uint8) + np.array(COLOURS["white"], np.uint8)
+    store.add([Image.fromarray(white)] * 5, [dict(label="3", split="train", caption="a 3 on a white background")] * 5)
+    samples = store.samples
+    unmarked = samples[(samples["source"] == "generated") & (samples["feedback"].fillna("") == "")]
+    fb = _collect(samples, ["3"], store.image, world.embed_images, [], None)
+    assert len(fb.good["3"]) == len(unmarked) == 12 - len(pink)
+    # Real-train-only reference: all white. A flagged (off-class) image is no reference either.
+    store.update(list(unmarked["id"][:-1]), feedback="bad")
+    store.update([unmarked["id"].iloc[-1]], flag="off-class")
+    fb = _collect(store.samples, ["3"], store.image, world.embed_images, [], None)
+    assert len(fb.good["3"]) == 5
+    assert np.allclose(fb.good["3"], world.embed_images([Image.fromarray(white)])[0])
+    store.close()
+
+
+def test_without_good_marks_evolution_adds_no_positive_phrase(tmp_path):
+    """Lassoed images say what is unwanted; an added attribute phrase would pin it for the whole class."""
+    world = ColourWorld()
+    store, _ = _project(tmp_path, world, mark_labels=False, mark_good=False)
+    result = evolve_prompts(store.samples, classes=["3"], generate=world.generate, embedder=world,
+                            load_image=store.image, vocabulary=VOCAB, population=6, generations=3, batch=6, seed=1)
+    ranked = result.classes["3"].ranked
+    assert ranked
+    assert all(k.genome.phrases == () for k in ranked)
+    assert "on a pink background" in ranked[0].genome.negative
+    store.close()
