@@ -232,7 +232,7 @@ def test_feedback_selection_and_errors(crafter, capsys):
     crafter.on("feedback", events.append)
     crafter.on("selection", events.append)
     assert crafter.feedback(bad=ids[:2], good=ids[2:3], bad_labels=["blurry", "wrong colour"]) == {
-        "bad": 2, "good": 1, "removed": 0}
+        "bad": 2, "good": 1, "removed": 0, "cleared": 0}
     s = crafter.samples.set_index("id")
     assert s.loc[ids[:2], "feedback"].tolist() == ["bad", "bad"] and s.loc[ids[2], "feedback"] == "good"
     assert s.loc[ids[0], "feedback_labels"] == '["blurry", "wrong colour"]'
