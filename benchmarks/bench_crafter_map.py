@@ -8,6 +8,7 @@ Prints the wall time of (1) building the dataset in memory (not the product's co
 the widget view's first `refresh` with the map ready. --profile prints the top functions by
 cumulative time of steps 2 and 3 (cProfile), to show where the time goes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,9 +62,15 @@ def main() -> None:
     base = dc.starter.colored_digits(shots=25, pool_variants=max(3, -(-args.n // 1247)))
     pool = base.pool.frame.iloc[: args.n].reset_index(drop=True)
     train = dc.Dataset(pool[["image", "label", "caption"]], classes=base.classes, name="pool10k")
-    ds = dc.Dataset(pd.concat([train.frame, base.test.frame[["image", "label", "caption"]]], ignore_index=True),
-                    classes=base.classes, splits={"train": train, "test": base.test}, name="bench")
-    print(f"dataset in memory: {len(train)} train + {len(base.test)} test images ({time.perf_counter() - t:.1f} s, not counted)")
+    ds = dc.Dataset(
+        pd.concat([train.frame, base.test.frame[["image", "label", "caption"]]], ignore_index=True),
+        classes=base.classes,
+        splits={"train": train, "test": base.test},
+        name="bench",
+    )
+    print(
+        f"dataset in memory: {len(train)} train + {len(base.test)} test images ({time.perf_counter() - t:.1f} s, not counted)"
+    )
     models = dc.starter.models()
     folder = Path(tempfile.mkdtemp(prefix="dc-bench-map-"))
     try:

@@ -28,6 +28,7 @@ missing.
     python benchmarks/bench_data_efficiency.py --track all --seeds 5 --student-steps 600
 Results: benchmarks/results/<track>/{rows.csv,summary.csv,summary.json,table.txt}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,14 +53,24 @@ from PIL import Image  # noqa: E402
 import datacrafter_widget as dc  # noqa: E402
 from datacrafter_widget.controller.crafter import DataCrafter  # noqa: E402
 from datacrafter_widget.loop.student import train_student  # noqa: E402
-from datacrafter_widget.starter.digits import (BACKGROUNDS, CLASSES, FOREGROUNDS, SLANTS, TIED_BACKGROUND,  # noqa: E402
-                                               THICKNESSES, caption_for, render)
+from datacrafter_widget.starter.digits import (
+    BACKGROUNDS,
+    CLASSES,
+    FOREGROUNDS,
+    SLANTS,
+    TIED_BACKGROUND,  # noqa: E402
+    THICKNESSES,
+    caption_for,
+    render,
+)
 
 RESULTS = REPO / "benchmarks" / "results"
 TRACKS = ("gap", "loop", "captions")
-ARMS = {"gap": ["none", "ideal", "class", "search", "gap"],
-        "loop": ["none", "ideal", "class", "loop"],
-        "captions": ["none", "ideal", "class", "caption-train", "caption-pool"]}
+ARMS = {
+    "gap": ["none", "ideal", "class", "search", "gap"],
+    "loop": ["none", "ideal", "class", "loop"],
+    "captions": ["none", "ideal", "class", "caption-train", "caption-pool"],
+}
 BGS = list(BACKGROUNDS)
 FGS = list(FOREGROUNDS)
 
@@ -85,8 +96,15 @@ def multi_variant_test(ds: dc.Dataset, seed: int) -> pd.DataFrame:
     for src, label in zip(ds.test.frame["source_index"], ds.test.labels):
         for bg in BGS:
             fg, th, sl = str(rng.choice(FGS)), str(rng.choice(THICKNESSES)), str(rng.choice(SLANTS))
-            rows.append({"image": render(scans[int(src)], fg, bg, th, sl), "label": str(label), "background": bg,
-                         "foreground": fg, "tied": TIED_BACKGROUND[str(label)] == bg})
+            rows.append(
+                {
+                    "image": render(scans[int(src)], fg, bg, th, sl),
+                    "label": str(label),
+                    "background": bg,
+                    "foreground": fg,
+                    "tied": TIED_BACKGROUND[str(label)] == bg,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -98,13 +116,16 @@ def score_student(images: list[Image.Image], labels: list[str], test: pd.DataFra
     if "steps" in inspect.signature(train_student).parameters:
         if args.student_steps:
             kw["steps"] = args.student_steps
-    else:   # the first student counts epochs: the same number of optimiser steps (batch 32) at every N
+    else:  # the first student counts epochs: the same number of optimiser steps (batch 32) at every N
         kw["epochs"] = max(1, math.ceil((args.student_steps or 400) / math.ceil(len(images) / 32)))
     st = train_student(images, labels, CLASSES, seed=seed, progress=False, **kw)
     pred = np.array(st.predict(list(test["image"])))
     ok = pred == test["label"].to_numpy()
-    out: dict[str, Any] = {"accuracy": float(ok.mean()), "acc_nontied": float(ok[~test["tied"].to_numpy()].mean()),
-                           "acc_8_9": float(ok[test["label"].isin(["8", "9"]).to_numpy()].mean())}
+    out: dict[str, Any] = {
+        "accuracy": float(ok.mean()),
+        "acc_nontied": float(ok[~test["tied"].to_numpy()].mean()),
+        "acc_8_9": float(ok[test["label"].isin(["8", "9"]).to_numpy()].mean()),
+    }
     for bg in BGS:
         out[f"acc_bg_{bg}"] = float(ok[(test["background"] == bg).to_numpy()].mean())
     out["_student"] = st
@@ -127,7 +148,7 @@ def take(per_class: dict[str, list], n: int, seed: int) -> list:
     extra = {CLASSES[(seed + j) % len(CLASSES)] for j in range(r)}
     out = []
     for c in CLASSES:
-        out += list(per_class.get(c, []))[:k + (1 if c in extra else 0)]
+        out += list(per_class.get(c, []))[: k + (1 if c in extra else 0)]
     return out
 
 
@@ -175,8 +196,15 @@ class Ctx:
         return self.arms[key]
 
     def generate(self, per_class: int, seed_offset: int, **kw: Any) -> list[str]:
-        return list(self.crafter.generate(per_class=per_class, seed=self.seed * 1_000_000 + seed_offset,
-                                          steps=self.args.sampler_steps, progress=False, **kw))
+        return list(
+            self.crafter.generate(
+                per_class=per_class,
+                seed=self.seed * 1_000_000 + seed_offset,
+                steps=self.args.sampler_steps,
+                progress=False,
+                **kw,
+            )
+        )
 
     def check(self, ids: Sequence[str]) -> pd.DataFrame:
         """Independent checker's digit / foreground / background reading of stored images (memoised)."""
@@ -184,20 +212,33 @@ class Ctx:
         if todo:
             found = self.checker([self.store.image(i) for i in todo])
             for i, (_, r) in zip(todo, found.iterrows()):
-                self._checked[i] = {"digit": str(r["digit"]), "foreground": str(r["foreground"]), "background": str(r["background"])}
-        return pd.DataFrame([self._checked[i] for i in ids], index=list(ids), columns=["digit", "foreground", "background"])
+                self._checked[i] = {
+                    "digit": str(r["digit"]),
+                    "foreground": str(r["foreground"]),
+                    "background": str(r["background"]),
+                }
+        return pd.DataFrame(
+            [self._checked[i] for i in ids], index=list(ids), columns=["digit", "foreground", "background"]
+        )
 
     def pool_rows(self, k_per_class: int, offset: int = 0) -> dict[str, list[int]]:
         """Indices of real pool images per class (the ideal generator), seed-shuffled, nested."""
         rng = np.random.default_rng(500 + self.seed)
         labels = np.array([str(x) for x in self.ds.pool.labels])
-        return {c: rng.permutation(np.flatnonzero(labels == c))[offset:offset + k_per_class].tolist() for c in CLASSES}
+        return {
+            c: rng.permutation(np.flatnonzero(labels == c))[offset : offset + k_per_class].tolist() for c in CLASSES
+        }
 
-    def score(self, key: str, images: Callable[[], tuple[list[Image.Image], list[str]]], extra: dict | None = None,
-              keep_student: bool = False) -> dict[str, Any]:
+    def score(
+        self,
+        key: str,
+        images: Callable[[], tuple[list[Image.Image], list[str]]],
+        extra: dict | None = None,
+        keep_student: bool = False,
+    ) -> dict[str, Any]:
         """Cached student score for one cell; the key includes the student settings."""
         a = self.args
-        if a.generate_only:   # fill the image cache only (images that do not depend on the student)
+        if a.generate_only:  # fill the image cache only (images that do not depend on the student)
             return {"accuracy": float("nan"), "acc_nontied": float("nan"), "acc_8_9": float("nan")}
         full = f"{key}|steps={a.student_steps}|w={a.width}|{student_id()}"
         if full in self.scores and not keep_student:
@@ -209,8 +250,10 @@ class Ctx:
         res.update({"train_s": time.time() - t, "added": len(ims), **(extra or {})})
         self.scores[full] = res
         atomic_json(self.scores_path, self.scores)
-        log(f"{self.track} seed {self.seed} {key}: acc {res['accuracy']:.3f} non-tied {res['acc_nontied']:.3f} "
-            f"8/9 {res['acc_8_9']:.3f} ({res['train_s']:.0f}s)")
+        log(
+            f"{self.track} seed {self.seed} {key}: acc {res['accuracy']:.3f} non-tied {res['acc_nontied']:.3f} "
+            f"8/9 {res['acc_8_9']:.3f} ({res['train_s']:.0f}s)"
+        )
         return {**res, "_student": st} if keep_student else res
 
     def images_of(self, ids: Sequence[str]) -> tuple[list[Image.Image], list[str]]:
@@ -237,7 +280,14 @@ def student_id() -> str:
 
 
 def row(track: str, seed: int, arm: str, n: int, res: dict, **extra: Any) -> dict:
-    return {"track": track, "seed": seed, "arm": arm, "N": n, **{k: v for k, v in res.items() if not k.startswith("_")}, **extra}
+    return {
+        "track": track,
+        "seed": seed,
+        "arm": arm,
+        "N": n,
+        **{k: v for k, v in res.items() if not k.startswith("_")},
+        **extra,
+    }
 
 
 # ---- GAP track -----------------------------------------------------------------------------------
@@ -246,7 +296,7 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
     margin = 3
     base_ids = ctx.arm("base_class", lambda: ctx.generate(args.gap_base + margin, 1, strategy="class"))
     base = take(accepted(ctx.store, base_ids), args.gap_base * len(CLASSES), seed)
-    if args.generate_only:   # search and gap are scored by the base student: they need the real run
+    if args.generate_only:  # search and gap are scored by the base student: they need the real run
         ctx.arm("class_more", lambda: ctx.generate(kmax + margin, 2, strategy="class"))
         return []
     none = ctx.score("none", lambda: ctx.images_of(base), keep_student=True)
@@ -262,24 +312,35 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
         logits = student0.logits(ctx.ds.pool.images(pidx))
     y = torch.tensor([CLASSES.index(str(l)) for l in pf["label"]])
     ce = torch.nn.functional.cross_entropy(logits, y, reduction="none").numpy()
-    cells = pd.DataFrame({"label": pf["label"].astype(str).to_numpy(), "background": pf["background"].to_numpy(), "ce": ce}) \
-        .groupby(["label", "background"])["ce"].mean()
+    cells = (
+        pd.DataFrame({"label": pf["label"].astype(str).to_numpy(), "background": pf["background"].to_numpy(), "ce": ce})
+        .groupby(["label", "background"])["ce"]
+        .mean()
+    )
     high = set(cells.sort_values(ascending=False).index[: max(1, len(cells) // 4)])
 
     def share_high(labels: Sequence[str], backgrounds: Sequence[str]) -> float:
-        return float(np.mean([(str(l), str(b)) in high for l, b in zip(labels, backgrounds)])) if len(labels) else float("nan")
+        return (
+            float(np.mean([(str(l), str(b)) in high for l, b in zip(labels, backgrounds)]))
+            if len(labels)
+            else float("nan")
+        )
 
     # ideal: real pool images (backgrounds read by the checker too, for a like-for-like share).
     pool = ctx.pool_rows(kmax)
-    for n in (ns if "ideal" in args.arms else []):
+    for n in ns if "ideal" in args.arms else []:
         idx = take(pool, n, seed)
         bg = ctx.checker(ctx.ds.pool.images(idx))["background"].tolist()
+
         def base_plus_pool(idx=idx) -> tuple[list[Image.Image], list[str]]:
             bi, bl = ctx.images_of(base)
             pi, pl = ctx.pool_images(idx)
             return bi + pi, bl + pl
+
         res = ctx.score(f"ideal+base|{n}", base_plus_pool)
-        rows.append(row("gap", seed, "ideal", n, res, share_high_loss=share_high([ctx.ds.pool.labels[i] for i in idx], bg)))
+        rows.append(
+            row("gap", seed, "ideal", n, res, share_high_loss=share_high([ctx.ds.pool.labels[i] for i in idx], bg))
+        )
 
     def add_rows(arm: str, ids_by_class: dict[str, list[str]]) -> None:
         for n in ns:
@@ -287,8 +348,17 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
             chk = ctx.check(ids)
             labels = [str(ctx.store.row(i)["label"]) for i in ids]
             res = ctx.score(f"{arm}|{n}", lambda ids=ids: ctx.images_of(base + ids))
-            rows.append(row("gap", seed, arm, n, res, share_high_loss=share_high(labels, chk["background"].tolist()),
-                            used=len(ids)))
+            rows.append(
+                row(
+                    "gap",
+                    seed,
+                    arm,
+                    n,
+                    res,
+                    share_high_loss=share_high(labels, chk["background"].tolist()),
+                    used=len(ids),
+                )
+            )
 
     if "class" in args.arms:
         class_ids = ctx.arm("class_more", lambda: ctx.generate(kmax + margin, 2, strategy="class"))
@@ -305,11 +375,15 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
                 got = s.index[(s["label"] == c) & (s["prompt"] == p)].tolist()
                 with torch.no_grad():
                     lg = student0.logits([ctx.store.image(i) for i in got])
-                losses.setdefault(c, {})[p] = float(torch.nn.functional.cross_entropy(
-                    lg, torch.full((len(got),), CLASSES.index(c))).item()) if got else float("-inf")
+                losses.setdefault(c, {})[p] = (
+                    float(torch.nn.functional.cross_entropy(lg, torch.full((len(got),), CLASSES.index(c))).item())
+                    if got
+                    else float("-inf")
+                )
         best = {c: sorted(v, key=lambda p: -v[p])[:2] for c, v in losses.items()}
         final = ctx.generate(kmax + margin, 4, strategy="custom", prompts=best)
         return {"ids": final, "candidate_ids": ids, "losses": losses, "chosen": best}
+
     if "search" in args.arms:
         search = ctx.arm("search", make_search)
         add_rows("search", accepted(ctx.store, search["ids"]))
@@ -322,20 +396,41 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
 
         gen = ctx.models.generator
         target = ctx.ds.pool.images(list(range(0, len(ctx.ds.pool), max(1, len(ctx.ds.pool) // 40))))
-        cfg = GapConfig(steps=args.gap_steps, lr=args.gap_lr, n_tokens=4, sampler_steps=4, batch=3,
-                        final_steps=args.sampler_steps or gen.default_steps, guidance=gen.default_guidance,
-                        template="a photo of a {class}", image_weight=10.0)
-        ids, res = gap_round(ctx.store, gen, student0, CLASSES, target_images=target, embedder=ctx.models.embedder,
-                             per_class=kmax + margin, round=ctx.crafter.next_round(), seed=seed, config=cfg)
+        cfg = GapConfig(
+            steps=args.gap_steps,
+            lr=args.gap_lr,
+            n_tokens=4,
+            sampler_steps=4,
+            batch=3,
+            final_steps=args.sampler_steps or gen.default_steps,
+            guidance=gen.default_guidance,
+            template="a photo of a {class}",
+            image_weight=10.0,
+        )
+        ids, res = gap_round(
+            ctx.store,
+            gen,
+            student0,
+            CLASSES,
+            target_images=target,
+            embedder=ctx.models.embedder,
+            per_class=kmax + margin,
+            round=ctx.crafter.next_round(),
+            seed=seed,
+            config=cfg,
+        )
         flt = ClassFilter(ctx.models.embedder, CLASSES)
         flt.fit(ctx.models.embedder.embed_images(ctx.real_images), ctx.real_labels)
-        checks = flt.check(ctx.models.embedder.embed_images([ctx.store.image(i) for i in ids]),
-                           [ctx.store.row(i)["label"] for i in ids])
+        checks = flt.check(
+            ctx.models.embedder.embed_images([ctx.store.image(i) for i in ids]),
+            [ctx.store.row(i)["label"] for i in ids],
+        )
         flagged = [i for i, (f, _) in zip(ids, checks) if f]
         if flagged:
             ctx.store.update(flagged, flag="off-class")
         adv = {c: [round(h["adversarial"], 3) for h in r.history] for c, r in res.items()}
         return {"ids": list(ids), "flagged": len(flagged), "adversarial": adv}
+
     if "gap" in args.arms:
         g = ctx.arm(f"gap|steps={args.gap_steps}", make_gap)
         add_rows("gap", accepted(ctx.store, g["ids"]))
@@ -393,24 +488,48 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
     rows = [row("loop", seed, "none", 0, ctx.score("none", lambda: ([], [])))]
 
     def stats(labels: Sequence[str], chk: pd.DataFrame) -> dict[str, float]:
-        return {"tv_background": tv(hist(chk["background"], BGS), target["background"]),
-                "tv_foreground": tv(hist(chk["foreground"], FGS), target["foreground"]),
-                "checker_digit_ok": float(np.mean(chk["digit"].to_numpy() == np.array(labels))) if len(labels) else float("nan"),
-                "checker_8_9_ok": float(np.mean([d == l for d, l in zip(chk["digit"], labels) if l in ("8", "9")] or [np.nan]))}
+        return {
+            "tv_background": tv(hist(chk["background"], BGS), target["background"]),
+            "tv_foreground": tv(hist(chk["foreground"], FGS), target["foreground"]),
+            "checker_digit_ok": float(np.mean(chk["digit"].to_numpy() == np.array(labels)))
+            if len(labels)
+            else float("nan"),
+            "checker_8_9_ok": float(
+                np.mean([d == l for d, l in zip(chk["digit"], labels) if l in ("8", "9")] or [np.nan])
+            ),
+        }
 
     pool = ctx.pool_rows(kmax)
     for n in ns:
         idx = take(pool, n, seed)
         labels = [str(ctx.ds.pool.labels[i]) for i in idx]
-        rows.append(row("loop", seed, "ideal", n, ctx.score(f"ideal|{n}", lambda idx=idx: ctx.pool_images(idx)),
-                        **stats(labels, ctx.checker(ctx.ds.pool.images(idx)))))
+        rows.append(
+            row(
+                "loop",
+                seed,
+                "ideal",
+                n,
+                ctx.score(f"ideal|{n}", lambda idx=idx: ctx.pool_images(idx)),
+                **stats(labels, ctx.checker(ctx.ds.pool.images(idx))),
+            )
+        )
 
     def add_rows(arm: str, ids_by_class: dict[str, list[str]], extra: dict | None = None, key: str = "") -> None:
         for n in ns:
             ids = take(ids_by_class, n, seed)
             labels = [str(ctx.store.row(i)["label"]) for i in ids]
-            rows.append(row("loop", seed, arm, n, ctx.score(f"{key or arm}|{n}", lambda ids=ids: ctx.images_of(ids)),
-                            used=len(ids), **stats(labels, ctx.check(ids)), **(extra or {})))
+            rows.append(
+                row(
+                    "loop",
+                    seed,
+                    arm,
+                    n,
+                    ctx.score(f"{key or arm}|{n}", lambda ids=ids: ctx.images_of(ids)),
+                    used=len(ids),
+                    **stats(labels, ctx.check(ids)),
+                    **(extra or {}),
+                )
+            )
 
     class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
     add_rows("class", accepted(ctx.store, class_ids))
@@ -418,28 +537,49 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
     def make_loop() -> dict:
         # Round 1: the first `feedback_per_class` class-prompt images of each class (the person sees these).
         s = ctx.store.samples.set_index("id").loc[class_ids]
-        seen = [i for c in CLASSES for i in s.index[(s["label"] == c) & (s["flag"].fillna("") == "")].tolist()[:args.feedback_per_class]]
+        seen = [
+            i
+            for c in CLASSES
+            for i in s.index[(s["label"] == c) & (s["flag"].fillna("") == "")].tolist()[: args.feedback_per_class]
+        ]
         fb = simulated_person(ctx, seen, target, args.slack)
         t = time.time()
-        result = ctx.crafter.evolve(population=args.population, generations=args.generations, batch=args.evolve_batch,
-                                    progress=False)
+        result = ctx.crafter.evolve(
+            population=args.population, generations=args.generations, batch=args.evolve_batch, progress=False
+        )
         evolve_s = time.time() - t
-        ids = list(ctx.crafter.generate_evolved(per_class=kmax + margin, seed=seed * 1_000_000 + 2,
-                                                steps=args.sampler_steps, progress=False))
+        ids = list(
+            ctx.crafter.generate_evolved(
+                per_class=kmax + margin, seed=seed * 1_000_000 + 2, steps=args.sampler_steps, progress=False
+            )
+        )
         evolved = set(result.prompts)
         rest = [c for c in CLASSES if c not in evolved]
-        if rest:   # classes without feedback keep their class prompts
+        if rest:  # classes without feedback keep their class prompts
             ids += ctx.generate(kmax + margin, 3, strategy="class", classes=rest)
-        return {"ids": ids, "feedback": fb, "evolve_s": evolve_s, "prompts": result.prompts,
-                "negative_prompts": result.negative_prompts, "report": result.report()}
+        return {
+            "ids": ids,
+            "feedback": fb,
+            "evolve_s": evolve_s,
+            "prompts": result.prompts,
+            "negative_prompts": result.negative_prompts,
+            "report": result.report(),
+        }
+
     # The arm key names the evolution code, so a changed evolution.py makes new images and a new score.
     import datacrafter_widget.loop.evolution as evo
 
     ekey = hashlib.sha256(Path(evo.__file__).read_bytes()).hexdigest()[:8]
-    lkey = f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}|evolution={ekey}"
+    lkey = (
+        f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}|evolution={ekey}"
+    )
     lp = ctx.arm(lkey, make_loop)
-    add_rows("loop", accepted(ctx.store, lp["ids"]), {"wrong_digit_lassoed": lp["feedback"]["wrong_digit"],
-                                                      "cell_lassoed": lp["feedback"]["cell_lassoed"]}, key=lkey)
+    add_rows(
+        "loop",
+        accepted(ctx.store, lp["ids"]),
+        {"wrong_digit_lassoed": lp["feedback"]["wrong_digit"], "cell_lassoed": lp["feedback"]["cell_lassoed"]},
+        key=lkey,
+    )
     return rows
 
 
@@ -450,24 +590,46 @@ def run_captions(ctx: Ctx, ns: list[int], args) -> list[dict]:
     rows = [row("captions", seed, "none", 0, ctx.score("none", lambda: ([], [])))]
 
     def stats(chk: pd.DataFrame) -> dict[str, float]:
-        return {"H_background": entropy_bits(chk["background"]), "H_foreground": entropy_bits(chk["foreground"]),
-                "H_joint": entropy_bits([f"{a}/{b}" for a, b in zip(chk["foreground"], chk["background"])])}
+        return {
+            "H_background": entropy_bits(chk["background"]),
+            "H_foreground": entropy_bits(chk["foreground"]),
+            "H_joint": entropy_bits([f"{a}/{b}" for a, b in zip(chk["foreground"], chk["background"])]),
+        }
 
     pool = ctx.pool_rows(kmax)
     for n in ns:
         idx = take(pool, n, seed)
-        rows.append(row("captions", seed, "ideal", n, ctx.score(f"ideal|{n}", lambda idx=idx: ctx.pool_images(idx)),
-                        **stats(ctx.checker(ctx.ds.pool.images(idx)))))
+        rows.append(
+            row(
+                "captions",
+                seed,
+                "ideal",
+                n,
+                ctx.score(f"ideal|{n}", lambda idx=idx: ctx.pool_images(idx)),
+                **stats(ctx.checker(ctx.ds.pool.images(idx))),
+            )
+        )
 
     def add_rows(arm: str, ids_by_class: dict[str, list[str]]) -> None:
         for n in ns:
             ids = take(ids_by_class, n, seed)
-            rows.append(row("captions", seed, arm, n, ctx.score(f"{arm}|{n}", lambda ids=ids: ctx.images_of(ids)),
-                            used=len(ids), **stats(ctx.check(ids))))
+            rows.append(
+                row(
+                    "captions",
+                    seed,
+                    arm,
+                    n,
+                    ctx.score(f"{arm}|{n}", lambda ids=ids: ctx.images_of(ids)),
+                    used=len(ids),
+                    **stats(ctx.check(ids)),
+                )
+            )
 
     add_rows("class", accepted(ctx.store, ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))))
-    add_rows("caption-train", accepted(ctx.store, ctx.arm("caption-train", lambda: ctx.generate(
-        kmax + margin, 2, strategy="caption"))))
+    add_rows(
+        "caption-train",
+        accepted(ctx.store, ctx.arm("caption-train", lambda: ctx.generate(kmax + margin, 2, strategy="caption"))),
+    )
 
     def make_pool_captions() -> dict:
         # Caption unlabelled pool images (the starter's CLIP-retrieval captioner); a caption goes to the
@@ -482,11 +644,16 @@ def run_captions(ctx: Ctx, ns: list[int], args) -> list[dict]:
 
         prompts = {}
         for c in CLASSES:
-            caps = by_class[c] or [caption_for(c, a["fg"], a["bg"], a["thickness"], a["slant"]) for a in attrs[:kmax + margin]]
-            prompts[c] = [fill(CAPTION_TEMPLATE, c, cap) for cap in caps[:kmax + margin]]
+            caps = by_class[c] or [
+                caption_for(c, a["fg"], a["bg"], a["thickness"], a["slant"]) for a in attrs[: kmax + margin]
+            ]
+            prompts[c] = [fill(CAPTION_TEMPLATE, c, cap) for cap in caps[: kmax + margin]]
         ids = ctx.generate(kmax + margin, 4, strategy="custom", prompts=prompts)
         return {"ids": ids, "captioned": len(idx), "per_class_captions": {c: len(v) for c, v in by_class.items()}}
-    add_rows("caption-pool", accepted(ctx.store, ctx.arm(f"caption-pool|{args.pool_captions}", make_pool_captions)["ids"]))
+
+    add_rows(
+        "caption-pool", accepted(ctx.store, ctx.arm(f"caption-pool|{args.pool_captions}", make_pool_captions)["ids"])
+    )
     return rows
 
 
@@ -523,9 +690,11 @@ def summarise(track: str, rows: list[dict], args) -> str:
     sm["order"] = sm["arm"].map({a: k for k, a in enumerate(order)})
     sm = sm.sort_values(["order", "N"]).drop(columns="order")
     sm.to_csv(out / "summary.csv", index=False)
-    show = {"gap": ["accuracy", "acc_nontied", "share_high_loss", "used"],
-            "loop": ["accuracy", "acc_8_9", "tv_background", "tv_foreground", "checker_8_9_ok", "used"],
-            "captions": ["accuracy", "H_background", "H_foreground", "H_joint"] + [f"acc_bg_{b}" for b in BGS] + ["used"]}[track]
+    show = {
+        "gap": ["accuracy", "acc_nontied", "share_high_loss", "used"],
+        "loop": ["accuracy", "acc_8_9", "tv_background", "tv_foreground", "checker_8_9_ok", "used"],
+        "captions": ["accuracy", "H_background", "H_foreground", "H_joint"] + [f"acc_bg_{b}" for b in BGS] + ["used"],
+    }[track]
     show = [m for m in show if m in sm.columns]
 
     def cell(r, m):
@@ -533,22 +702,31 @@ def summarise(track: str, rows: list[dict], args) -> str:
         if isinstance(v, float) and math.isnan(v):
             return ""
         return f"{v:.3f}" + ("" if math.isnan(h) else f" ±{h:.3f}") if m != "used" else f"{v:.1f}"
-    lines = [f"track {track}: mean ±95% t-interval over {df['seed'].nunique()} seed(s) "
-             f"(seeds {sorted(df['seed'].unique().tolist())}); student {student_id()}, steps {args.student_steps or 'default'}, width {args.width or 'default'}; "
-             f"test = {len(CLASSES) * 30} held-out scans x 5 backgrounds"]
+
+    lines = [
+        f"track {track}: mean ±95% t-interval over {df['seed'].nunique()} seed(s) "
+        f"(seeds {sorted(df['seed'].unique().tolist())}); student {student_id()}, steps {args.student_steps or 'default'}, width {args.width or 'default'}; "
+        f"test = {len(CLASSES) * 30} held-out scans x 5 backgrounds"
+    ]
     tab = pd.DataFrame([{"arm": r["arm"], "N": r["N"], **{m: cell(r, m) for m in show}} for _, r in sm.iterrows()])
     lines.append(tab.to_string(index=False))
     if track == "loop":
         lines.append("")
-        lines.append("share of the class -> ideal accuracy gap closed by the loop, per N: (loop - class) / (ideal - class)")
+        lines.append(
+            "share of the class -> ideal accuracy gap closed by the loop, per N: (loop - class) / (ideal - class)"
+        )
         for n in sorted(df[df["arm"] == "loop"]["N"].unique()):
             m = {a: float(df[(df["arm"] == a) & (df["N"] == n)]["accuracy"].mean()) for a in ("class", "loop", "ideal")}
             gap = m["ideal"] - m["class"]
-            lines.append(f"  N={n}: class {m['class']:.3f}, loop {m['loop']:.3f}, ideal {m['ideal']:.3f} -> "
-                         f"{(m['loop'] - m['class']) / gap if gap > 0 else float('nan'):.2f}")
+            lines.append(
+                f"  N={n}: class {m['class']:.3f}, loop {m['loop']:.3f}, ideal {m['ideal']:.3f} -> "
+                f"{(m['loop'] - m['class']) / gap if gap > 0 else float('nan'):.2f}"
+            )
     text = "\n".join(lines)
     (out / "table.txt").write_text(text + "\n")
-    atomic_json(out / "summary.json", {"args": vars(args), "student": student_id(), "rows": sm.to_dict(orient="records")})
+    atomic_json(
+        out / "summary.json", {"args": vars(args), "student": student_id(), "rows": sm.to_dict(orient="records")}
+    )
     return text
 
 
@@ -580,28 +758,47 @@ def main() -> int:
     p.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a list (0,3,4; one seed: 0,)")
     p.add_argument("--ns", default=None, help="N grid (default: gap 10,25,50; loop and captions 100,200)")
     p.add_argument("--shots", type=int, default=5)
-    p.add_argument("--student-steps", type=int, default=None, help="optimiser steps per student, the same at every N (default: the student's)")
+    p.add_argument(
+        "--student-steps",
+        type=int,
+        default=None,
+        help="optimiser steps per student, the same at every N (default: the student's)",
+    )
     p.add_argument("--width", type=int, default=None, help="student CNN width (default: the student's)")
     p.add_argument("--sampler-steps", type=int, default=8, help="generator sampler steps")
-    p.add_argument("--gap-base", type=int, default=10, help="class-prompt images per class every GAP-track arm starts from")
+    p.add_argument(
+        "--gap-base", type=int, default=10, help="class-prompt images per class every GAP-track arm starts from"
+    )
     p.add_argument("--gap-steps", type=int, default=10, help="GAP token optimisation steps per class")
     p.add_argument("--gap-lr", type=float, default=2e-2)
-    p.add_argument("--search-batch", type=int, default=3, help="images per candidate prompt in the attribute-word search")
-    p.add_argument("--feedback-per-class", type=int, default=10, help="class-prompt images per class the simulated person sees")
-    p.add_argument("--slack", type=float, default=0.05, help="share above the target at which a cell is over-represented")
+    p.add_argument(
+        "--search-batch", type=int, default=3, help="images per candidate prompt in the attribute-word search"
+    )
+    p.add_argument(
+        "--feedback-per-class", type=int, default=10, help="class-prompt images per class the simulated person sees"
+    )
+    p.add_argument(
+        "--slack", type=float, default=0.05, help="share above the target at which a cell is over-represented"
+    )
     p.add_argument("--population", type=int, default=4)
     p.add_argument("--generations", type=int, default=1)
     p.add_argument("--evolve-batch", type=int, default=4)
     p.add_argument("--pool-captions", type=int, default=600, help="unlabelled pool images to caption")
     p.add_argument("--arms", default="all", help="GAP track: skip 'gap' by listing the others")
-    p.add_argument("--generate-only", action="store_true", help="only fill the image cache (arms that do not need the student)")
+    p.add_argument(
+        "--generate-only", action="store_true", help="only fill the image cache (arms that do not need the student)"
+    )
     p.add_argument("--stop-after", default="", help="HH:MM (local clock): start no new seed after this time")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", default=str(REPO / "benchmarks" / ".cache"))
     p.add_argument("--checker-steps", type=int, default=600)
     p.add_argument("--results", default=str(RESULTS), help="folder for <track>/ tables")
-    p.add_argument("--merge", default="", help="report only: summarise these rows.csv files (comma-separated; "
-                   "runs of other seeds) into --results, without running anything")
+    p.add_argument(
+        "--merge",
+        default="",
+        help="report only: summarise these rows.csv files (comma-separated; "
+        "runs of other seeds) into --results, without running anything",
+    )
     args = p.parse_args()
     if args.merge:
         frames = [pd.read_csv(f) for f in args.merge.split(",") if f]
@@ -616,7 +813,9 @@ def main() -> int:
     if not (cache / ".gitignore").exists():
         (cache / ".gitignore").write_text("*\n")
     tracks = TRACKS if args.track == "all" else [t for t in args.track.split(",") if t]
-    seeds = list(range(int(args.seeds))) if "," not in args.seeds else [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = (
+        list(range(int(args.seeds))) if "," not in args.seeds else [int(s) for s in args.seeds.split(",") if s.strip()]
+    )
     t0 = time.time()
     models = dc.starter.models()
     checker = load_checker(cache, args.checker_steps)
@@ -636,8 +835,10 @@ def main() -> int:
                 ctx.close()
             if args.generate_only:
                 continue
-            text = summarise(track, rows, args)   # after every seed, so a cut-off run keeps its results
-            log(f"{track}: {len(set(r['seed'] for r in rows))} seed(s) done ({(time.time() - t0) / 60:.1f} min)\n{text}")
+            text = summarise(track, rows, args)  # after every seed, so a cut-off run keeps its results
+            log(
+                f"{track}: {len(set(r['seed'] for r in rows))} seed(s) done ({(time.time() - t0) / 60:.1f} min)\n{text}"
+            )
     return 0
 
 

@@ -12,6 +12,7 @@ tests/tiny_models.py. CPU unless a GPU is present.
 
     python benchmarks/bench_generate.py [--models auto|starter|tiny] [--images 40] [--batch 8] [--steps 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,15 @@ def direct_pipeline(pipe, prompts, negatives, seeds, steps, guidance, batch, siz
     with Timer() as t:
         for start in range(0, len(prompts), batch):
             sl = slice(start, start + batch)
-            pipe(prompts[sl], negative_prompt=negatives[sl], num_inference_steps=steps, guidance_scale=guidance,
-                 height=size, width=size, generator=[torch.Generator().manual_seed(s) for s in seeds[sl]])
+            pipe(
+                prompts[sl],
+                negative_prompt=negatives[sl],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                height=size,
+                width=size,
+                generator=[torch.Generator().manual_seed(s) for s in seeds[sl]],
+            )
     return len(prompts) / t.wall, len(prompts) / t.cpu
 
 
@@ -77,8 +85,9 @@ def crafter_generate(ds, models, per_class, steps, guidance, batch, filter_on, w
     project = Path(tempfile.mkdtemp(prefix=f"bench-{tag}-", dir=workdir))
     with dc.DataCrafter(ds, models=models, project=project, batch_size=batch) as crafter:
         with Timer() as t:
-            ids = crafter.generate(per_class=per_class, strategy="class", steps=steps, guidance=guidance,
-                                   filter=filter_on, progress=False)
+            ids = crafter.generate(
+                per_class=per_class, strategy="class", steps=steps, guidance=guidance, filter=filter_on, progress=False
+            )
     return len(ids) / t.wall, len(ids) / t.cpu
 
 
@@ -90,7 +99,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--weights", default=None, help="load starter-architecture weights from this folder")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default); 1 is steadier on a shared CPU")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (0: torch's default); 1 is steadier on a shared CPU"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,8 +119,10 @@ def main() -> None:
     negatives = [r.negative_prompt for r in reqs]
     seeds = [r.seed for r in reqs]
     n = len(prompts)
-    print(f"models: {kind} ({gen.name}), device {gen.device}, resolution {gen.resolution}px, "
-          f"{n} images, batch {args.batch}, {args.steps} steps, guidance {guidance}, torch threads {torch.get_num_threads()}")
+    print(
+        f"models: {kind} ({gen.name}), device {gen.device}, resolution {gen.resolution}px, "
+        f"{n} images, batch {args.batch}, {args.steps} steps, guidance {guidance}, torch threads {torch.get_num_threads()}"
+    )
 
     pure = dc.Models(generator=gen)  # no embedder: the generation path alone
     with tempfile.TemporaryDirectory() as workdir:
@@ -117,21 +130,30 @@ def main() -> None:
         direct_pipeline(gen.pipe, prompts[:2], negatives[:2], seeds[:2], 2, guidance, 2, gen.resolution)
         rates: dict[str, list[tuple[float, float]]] = {"direct": [], "crafter": [], "crafter+filter": []}
         for r in range(args.repeats):
-            rates["direct"].append(direct_pipeline(gen.pipe, prompts, negatives, seeds, args.steps, guidance,
-                                                   args.batch, gen.resolution))
-            rates["crafter"].append(crafter_generate(ds, pure, args.per_class, args.steps, guidance, args.batch,
-                                                     False, workdir, f"p{r}"))
+            rates["direct"].append(
+                direct_pipeline(gen.pipe, prompts, negatives, seeds, args.steps, guidance, args.batch, gen.resolution)
+            )
+            rates["crafter"].append(
+                crafter_generate(ds, pure, args.per_class, args.steps, guidance, args.batch, False, workdir, f"p{r}")
+            )
             if models.has("embedder"):
-                rates["crafter+filter"].append(crafter_generate(ds, models, args.per_class, args.steps, guidance,
-                                                                args.batch, True, workdir, f"f{r}"))
-        print(f"\n1) crafter.generate vs the diffusers pipeline (images/s, {args.repeats} interleaved runs; "
-              "paired ratio = median over runs of crafter / the direct run just before it)")
+                rates["crafter+filter"].append(
+                    crafter_generate(
+                        ds, models, args.per_class, args.steps, guidance, args.batch, True, workdir, f"f{r}"
+                    )
+                )
+        print(
+            f"\n1) crafter.generate vs the diffusers pipeline (images/s, {args.repeats} interleaved runs; "
+            "paired ratio = median over runs of crafter / the direct run just before it)"
+        )
         for j, clock in enumerate(("wall", "cpu")):
             print(f"   [{clock} clock]")
             for k, v in rates.items():
                 if v:
                     xs = [x[j] for x in v]
-                    print(f"   {k:<15} median {statistics.median(xs):7.2f} img/s   runs: {', '.join(f'{x:.2f}' for x in xs)}")
+                    print(
+                        f"   {k:<15} median {statistics.median(xs):7.2f} img/s   runs: {', '.join(f'{x:.2f}' for x in xs)}"
+                    )
             for k in ("crafter", "crafter+filter"):
                 if rates[k]:
                     paired = statistics.median(a[j] / d[j] for a, d in zip(rates[k], rates["direct"]))
@@ -149,13 +171,17 @@ def main() -> None:
                 for p, ng, s in zip(prompts[:m], negatives[:m], seeds[:m]):
                     gen([p], negative_prompt=ng, seed=[s], steps=args.steps, batch_size=1)
             loop.append((m / t.wall, m / t.cpu))
-        print(f"\n2) batched multi-prompt generation vs a per-prompt loop ({m} mixed prompts, "
-              f"{len(set(prompts[:m]))} distinct, {args.repeats} interleaved runs)")
+        print(
+            f"\n2) batched multi-prompt generation vs a per-prompt loop ({m} mixed prompts, "
+            f"{len(set(prompts[:m]))} distinct, {args.repeats} interleaved runs)"
+        )
         for j, clock in enumerate(("wall", "cpu")):
             bs, ls = [x[j] for x in batched], [x[j] for x in loop]
             b, l = statistics.median(bs), statistics.median(ls)
             paired = statistics.median(x / y for x, y in zip(bs, ls))
-            print(f"   [{clock} clock] batched (batch {args.batch}) {b:7.2f} img/s   runs: {', '.join(f'{x:.2f}' for x in bs)}")
+            print(
+                f"   [{clock} clock] batched (batch {args.batch}) {b:7.2f} img/s   runs: {', '.join(f'{x:.2f}' for x in bs)}"
+            )
             print(f"   [{clock} clock] per-prompt loop   {l:7.2f} img/s   runs: {', '.join(f'{x:.2f}' for x in ls)}")
             print(f"   [{clock} clock] speed-up = {paired:.2f}x (paired median)   aim >= 2x")
 

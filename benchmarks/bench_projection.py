@@ -84,8 +84,11 @@ def umap_centroid_baseline(emb, mem, seed):
     cfg = M2MConfig()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        xy = umap.UMAP(n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, metric="cosine",
-                       random_state=seed).fit_transform(emb).astype(np.float32)
+        xy = (
+            umap.UMAP(n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, metric="cosine", random_state=seed)
+            .fit_transform(emb)
+            .astype(np.float32)
+        )
     counts = np.asarray(mem.sum(axis=0)).ravel()
     lab = np.asarray(mem.T.astype(np.float32) @ xy) / np.maximum(counts, 1)[:, None]
     return xy, lab
@@ -135,8 +138,9 @@ def run(name, emb, texts, memberships, label_emb, n_new, seed=0):
     print(f"{'median displacement, existing images, % width':<52}{'':>15}{100 * np.median(disp) / width:>12.3f}")
     print(f"{'median displacement, labels, % width':<52}{'':>15}{100 * np.median(disp_lab) / width:>12.3f}")
     print(f"{'image-label agreement of the placed images':<52}{'':>15}{ag_new:>12.4f}")
-    return dict(tw_b=tw_b, tw_m=tw_m, ag_b=ag_b, ag_m=ag_m, t_m2m=t_m2m, t_place=t_place,
-                disp=float(np.median(disp) / width))
+    return dict(
+        tw_b=tw_b, tw_m=tw_m, ag_b=ag_b, ag_m=ag_m, t_m2m=t_m2m, t_place=t_place, disp=float(np.median(disp) / width)
+    )
 
 
 def starter_data(n_new: int):
@@ -149,8 +153,7 @@ def starter_data(n_new: int):
     pool = ds.pool if ds.pool is not None else ds
     images = pool.images()
     emb = models.embedder.embed_images(images)
-    lab = ClipVocabularyLabeler(models.embedder, class_names=pool.classes,
-                                captions=[c for c in pool.captions if c])
+    lab = ClipVocabularyLabeler(models.embedder, class_names=pool.classes, captions=[c for c in pool.captions if c])
     labels = lab(images, embeddings=emb)
     texts = sorted({t for ls in labels for t in ls})
     label_emb = models.embedder.embed_texts(texts)
@@ -186,8 +189,14 @@ def main() -> None:
             print(f"\nstarter data skipped: {type(exc).__name__}: {exc}")
         else:
             perm = np.random.default_rng(0).permutation(len(emb))
-            run("starter coloured digits (starter CLIP)", emb[perm], texts, [mem[i] for i in perm],
-                lemb, min(args.new, len(emb) // 5))
+            run(
+                "starter coloured digits (starter CLIP)",
+                emb[perm],
+                texts,
+                [mem[i] for i in perm],
+                lemb,
+                min(args.new, len(emb) // 5),
+            )
     print(f"\nload average at end: {os.getloadavg()}")
 
 

@@ -6,6 +6,7 @@ Baselines measured in the same run on the same images: writing the PNGs plus one
 pandas (no atomic commits, no log), and reading that parquet back. The store's extra cost is what
 crash safety (temp file + rename per commit, fsync when durable) and the append log add.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             t = time.perf_counter()
             with SampleStore(path, durable=durable) as store:
                 for i in range(0, args.n, args.batch):
-                    store.add(ims[i:i + args.batch], rows[i:i + args.batch])
+                    store.add(ims[i : i + args.batch], rows[i : i + args.batch])
             figures[f"store_write_s_durable_{durable}"] = time.perf_counter() - t
         t = time.perf_counter()
         store = SampleStore(root / "store-True", readonly=True)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             ids = list(store.samples["id"])
             t = time.perf_counter()
             for i in range(0, len(ids), 50):
-                store.update(ids[i:i + 50], feedback="bad")
+                store.update(ids[i : i + 50], feedback="bad")
             figures["store_update_s"] = time.perf_counter() - t
             t = time.perf_counter()
             store.compact()
@@ -77,13 +78,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     commits = -(-args.n // args.batch)
     base = figures["baseline_write_s"]
     print(f"{args.n} images of 32x32, {commits} add() commits of {args.batch}")
-    print(f"baseline (PNGs + one pandas parquet): write {base:.2f}s, read parquet {1000 * figures['baseline_read_s']:.1f} ms")
+    print(
+        f"baseline (PNGs + one pandas parquet): write {base:.2f}s, read parquet {1000 * figures['baseline_read_s']:.1f} ms"
+    )
     for durable in (False, True):
         w = figures[f"store_write_s_durable_{durable}"]
-        print(f"store durable={durable}: write {w:.2f}s = {w / base:.2f}x baseline, {1000 * w / commits:.1f} ms per commit")
-    print(f"store reopen ({args.n} samples, readonly): {1000 * figures['store_reopen_s']:.1f} ms "
-          f"= {figures['store_reopen_s'] / figures['baseline_read_s']:.1f}x reading the baseline parquet")
-    print(f"store update (feedback on 50 ids per commit): {figures['store_update_s']:.2f}s; compact: {1000 * figures['store_compact_s']:.1f} ms")
+        print(
+            f"store durable={durable}: write {w:.2f}s = {w / base:.2f}x baseline, {1000 * w / commits:.1f} ms per commit"
+        )
+    print(
+        f"store reopen ({args.n} samples, readonly): {1000 * figures['store_reopen_s']:.1f} ms "
+        f"= {figures['store_reopen_s'] / figures['baseline_read_s']:.1f}x reading the baseline parquet"
+    )
+    print(
+        f"store update (feedback on 50 ids per commit): {figures['store_update_s']:.2f}s; compact: {1000 * figures['store_compact_s']:.1f} ms"
+    )
     return figures
 
 

@@ -23,6 +23,7 @@ pool150 0.957 [0.946, 0.969]; 5shot+200pool 0.836 [0.782, 0.890]; 5shot 0.180 [0
     python benchmarks/bench_student.py                    # 5 seeds, all four settings
     python benchmarks/bench_student.py --seeds 2 --settings 5shot+200pool --steps 600
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,9 @@ def training_data(name: str, seed: int):
     if per_class:
         rng = np.random.default_rng(seed)
         pool_labels = np.asarray(ds.pool.labels).astype(str)
-        idx = [int(i) for c in ds.classes for i in rng.choice(np.flatnonzero(pool_labels == c), per_class, replace=False)]
+        idx = [
+            int(i) for c in ds.classes for i in rng.choice(np.flatnonzero(pool_labels == c), per_class, replace=False)
+        ]
         images += ds.pool.images(idx)
         labels += [pool_labels[i] for i in idx]
     return ds, images, labels
@@ -68,11 +71,20 @@ def training_data(name: str, seed: int):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
-    p.add_argument("--seed-list", default="", help="explicit comma list of seeds (e.g. 3,4 to split a run over processes)")
+    p.add_argument(
+        "--seed-list", default="", help="explicit comma list of seeds (e.g. 3,4 to split a run over processes)"
+    )
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {list(SETTINGS)}")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    for opt, typ in (("steps", int), ("width", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
-                     ("dropout", float), ("label-smoothing", float)):
+    for opt, typ in (
+        ("steps", int),
+        ("width", int),
+        ("batch-size", int),
+        ("lr", float),
+        ("weight-decay", float),
+        ("dropout", float),
+        ("label-smoothing", float),
+    ):
         p.add_argument(f"--{opt}", type=typ, default=None, help="override the student's default")
     args = p.parse_args()
     if args.threads:
@@ -81,20 +93,27 @@ def main() -> None:
     bad = [s for s in names if s not in SETTINGS]
     if bad:
         raise SystemExit(f"unknown setting(s) {bad}: choose from {list(SETTINGS)}")
-    overrides = {k: getattr(args, k) for k in ("steps", "width", "batch_size", "lr", "weight_decay", "dropout",
-                                                "label_smoothing") if getattr(args, k) is not None}
-    print(f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, overrides {overrides or 'none'}", flush=True)
+    overrides = {
+        k: getattr(args, k)
+        for k in ("steps", "width", "batch_size", "lr", "weight_decay", "dropout", "label_smoothing")
+        if getattr(args, k) is not None
+    }
+    print(
+        f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, overrides {overrides or 'none'}", flush=True
+    )
     summary = []
     for name in names:
         accs, secs = [], []
-        for seed in ([int(x) for x in args.seed_list.split(",")] if args.seed_list else range(args.seeds)):
+        for seed in [int(x) for x in args.seed_list.split(",")] if args.seed_list else range(args.seeds):
             ds, images, labels = training_data(name, seed)
             t = time.perf_counter()
             student = train_student(images, labels, ds.classes, kind="cnn", seed=seed, progress=False, **overrides)
             secs.append(time.perf_counter() - t)
             accs.append(evaluate(student, ds.test)["accuracy"])
-            print(f"{name:14s} seed {seed}  n_train {len(images):5d}  test acc {accs[-1]:.3f}  train {secs[-1]:6.1f} s",
-                  flush=True)
+            print(
+                f"{name:14s} seed {seed}  n_train {len(images):5d}  test acc {accs[-1]:.3f}  train {secs[-1]:6.1f} s",
+                flush=True,
+            )
         a = np.asarray(accs)
         std = float(a.std(ddof=1)) if len(a) > 1 else 0.0
         half = float(stats.t.ppf(0.975, len(a) - 1) * std / np.sqrt(len(a))) if len(a) > 1 else float("nan")

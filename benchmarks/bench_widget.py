@@ -13,6 +13,7 @@ are upper bounds; the lasso and index figures are plain JavaScript and do not de
 Usage: python benchmarks/bench_widget.py [--n 50000] [--tile 32] [--format auto|png|jpeg] [--primitive auto|quads|points]
                                         [--screenshot DIR]  (PNGs of the overview and a zoomed-in view)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,18 +60,28 @@ def lasso_polygon(view: dict, vertices: int = 200) -> list[list[float]]:
     """A wobbly closed lasso covering about half of the canvas, as a person would draw it."""
     cx, cy = view["width"] / 2, view["height"] / 2
     rx, ry = view["width"] * 0.2, view["height"] * 0.25
-    return [[cx + rx * (1 + 0.1 * math.sin(7 * a)) * math.cos(a), cy + ry * (1 + 0.1 * math.sin(5 * a)) * math.sin(a)]
-            for a in np.linspace(0, 2 * math.pi, vertices, endpoint=False)]
+    return [
+        [cx + rx * (1 + 0.1 * math.sin(7 * a)) * math.cos(a), cy + ry * (1 + 0.1 * math.sin(5 * a)) * math.sin(a)]
+        for a in np.linspace(0, 2 * math.pi, vertices, endpoint=False)
+    ]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--tile", type=int, default=32)
-    ap.add_argument("--format", choices=["auto", "png", "jpeg"], default="auto",
-                    help="atlas encoding; auto = PNG up to 10,000 thumbnails, JPEG above")
-    ap.add_argument("--primitive", choices=["auto", "quads", "points"], default="auto",
-                    help="auto = points on software WebGL, instanced quads on a GPU")
+    ap.add_argument(
+        "--format",
+        choices=["auto", "png", "jpeg"],
+        default="auto",
+        help="atlas encoding; auto = PNG up to 10,000 thumbnails, JPEG above",
+    )
+    ap.add_argument(
+        "--primitive",
+        choices=["auto", "quads", "points"],
+        default="auto",
+        help="auto = points on software WebGL, instanced quads on a GPU",
+    )
     ap.add_argument("--screenshot", default="", help="folder for PNG screenshots of the overview and a zoomed view")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
@@ -84,14 +95,23 @@ def main() -> None:
     labels = []
     for k, word in enumerate(words):  # content labels on groups of points, as the projection gives them
         members = np.flatnonzero(rng.random(args.n) < 0.02 + 0.01 * (k % 3))
-        labels.append({"text": word, "x": float(frame.x[members].median()), "y": float(frame.y[members].median()),
-                       "n": int(len(members)), "members": members.tolist()})
+        labels.append(
+            {
+                "text": word,
+                "x": float(frame.x[members].median()),
+                "y": float(frame.y[members].median()),
+                "n": int(len(members)),
+                "members": members.tolist(),
+            }
+        )
     w.set_frame(frame, labels=labels)
     w.set_thumbnails(tiles, format=args.format)
     build_s = time.perf_counter() - t
     g = w.atlas_grid
-    print(f"points: {args.n}  atlas: {g['width']}x{g['height']} px, {g['tile']} px tiles, "
-          f"{g['format']} {len(w.atlas) / 1e6:.1f} MB  (Python set_frame + build_atlas: {build_s:.2f} s)")
+    print(
+        f"points: {args.n}  atlas: {g['width']}x{g['height']} px, {g['tile']} px tiles, "
+        f"{g['format']} {len(w.atlas) / 1e6:.1f} MB  (Python set_frame + build_atlas: {build_s:.2f} s)"
+    )
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -104,8 +124,10 @@ def main() -> None:
         renderer, primitive = page.evaluate(f"[{H}.rendererName, {H}.primitive]")
         print(f"WebGL renderer: {renderer}; drawing with {primitive}")
         print(f"page load incl. fetching state + first frame (wall): {page_s * 1000:.0f} ms")
-        print(f"time to first render (render() -> first frame, marks): {tm['firstFrame']:.0f} ms "
-              f"(grid index build {tm['indexMs']:.1f} ms)")
+        print(
+            f"time to first render (render() -> first frame, marks): {tm['firstFrame']:.0f} ms "
+            f"(grid index build {tm['indexMs']:.1f} ms)"
+        )
         print(f"thumbnail atlas decoded + uploaded: {tm['atlasReady']:.0f} ms after render()")
 
         view = page.evaluate(f"{H}.view")
@@ -125,8 +147,10 @@ def main() -> None:
         zoomed = pan_frames(page, 40, 4, 3)
         print(f"first frame with thumbnails after zoom-in: {first_thumb:.0f} ms (thumbnails shown: {thumbs})")
         for name, xs in ((f"overview, {args.n} marks", overview), ("zoomed, thumbnails", zoomed)):
-            print(f"pan frame time [{name}]: median {statistics.median(xs):.1f} ms, "
-                  f"p95 {sorted(xs)[int(0.95 * len(xs)) - 1]:.1f} ms over {len(xs)} frames")
+            print(
+                f"pan frame time [{name}]: median {statistics.median(xs):.1f} ms, "
+                f"p95 {sorted(xs)[int(0.95 * len(xs)) - 1]:.1f} ms over {len(xs)} frames"
+            )
 
         page.evaluate(f"{H}.setView({view['k']}, {view['tx']}, {view['ty']})")
         poly = lasso_polygon(view)
@@ -135,8 +159,10 @@ def main() -> None:
             sel = page.evaluate(f"(poly) => {H}.selectPolygon(poly).length", poly)
             times.append(page.evaluate(f"{H}.timings.lassoMs"))
             counts.append(sel)
-        print(f"lasso over {args.n} points ({len(poly)}-vertex polygon, {counts[0]} selected): "
-              f"median {statistics.median(times):.1f} ms, max {max(times):.1f} ms")
+        print(
+            f"lasso over {args.n} points ({len(poly)}-vertex polygon, {counts[0]} selected): "
+            f"median {statistics.median(times):.1f} ms, max {max(times):.1f} ms"
+        )
         browser.close()
         server.close()
 

@@ -3,6 +3,7 @@
 The model-facing names (DataCrafter, Models, Generator, ...) import torch, diffusers and open_clip;
 they load on first use so that `import datacrafter_widget` and the CLI start quickly.
 """
+
 from __future__ import annotations
 
 from importlib import import_module

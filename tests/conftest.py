@@ -1,4 +1,5 @@
 """Shared test setup: never touch the network, stay light on a shared CPU."""
+
 import os
 
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):

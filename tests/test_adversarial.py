@@ -1,4 +1,5 @@
 """GAP on the tiny random-weight Stable Diffusion: the loss falls, the images get harder, provenance is kept."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,11 @@ from PIL import ImageOps
 
 from datacrafter_widget.controller.rounds import gap_round
 from datacrafter_widget.loop.gap import (
-    GapError, generate_with_tokens, load_tokens, optimise_prompt_tokens, student_loss_on,
+    GapError,
+    generate_with_tokens,
+    load_tokens,
+    optimise_prompt_tokens,
+    student_loss_on,
 )
 from datacrafter_widget.models.generator import Generator
 from datacrafter_widget.data.store import SampleStore
@@ -24,8 +29,9 @@ def setup():
     gen = Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=5, default_guidance=15.0)
     cats = gen(["a photo of a cat"] * 16, seed=0, steps=5)
     # The student is confident on what the plain class prompt gives: "cat" vs. colour-inverted images.
-    student = train_student(cats + [ImageOps.invert(im) for im in cats], ["cat"] * 16 + ["dog"] * 16,
-                            steps=150, progress=False, seed=0)
+    student = train_student(
+        cats + [ImageOps.invert(im) for im in cats], ["cat"] * 16 + ["dog"] * 16, steps=150, progress=False, seed=0
+    )
     return gen, student
 
 
@@ -53,8 +59,9 @@ def test_fixed_noise_objective_decreases_monotonically(setup):
 
 def test_text_and_image_guidance_terms(setup):
     gen, student = setup
-    res = optimise_prompt_tokens(gen, student, "cat", target="a photo of a dog in the snow", steps=10, seed=0,
-                                 text_weight=20.0, **SETTINGS)
+    res = optimise_prompt_tokens(
+        gen, student, "cat", target="a photo of a dog in the snow", steps=10, seed=0, text_weight=20.0, **SETTINGS
+    )
     text = [h["text"] for h in res.history]
     assert text[-1] < text[0]
     model, preprocess, tokenizer = tiny_open_clip()
@@ -62,8 +69,9 @@ def test_text_and_image_guidance_terms(setup):
 
     embedder = Embedder(model, preprocess, tokenizer, name="tiny-clip")
     targets = [ImageOps.invert(im) for im in gen(["a photo of a dog"] * 4, seed=50, steps=5)]
-    res = optimise_prompt_tokens(gen, student, "cat", target_images=targets, embedder=embedder, steps=5, seed=0,
-                                 image_weight=10.0, **SETTINGS)
+    res = optimise_prompt_tokens(
+        gen, student, "cat", target_images=targets, embedder=embedder, steps=5, seed=0, image_weight=10.0, **SETTINGS
+    )
     first = res.history[0]
     # Adversarial term off during the first 20% of steps when image guidance is used.
     assert first["loss"] == pytest.approx(10.0 * first["image"], rel=1e-5)
@@ -73,7 +81,18 @@ def test_text_and_image_guidance_terms(setup):
 def test_gap_round_stores_images_with_regenerable_provenance(setup, tmp_path):
     gen, student = setup
     store = SampleStore(tmp_path / "proj", durable=False)
-    ids, results = gap_round(store, gen, student, ["cat"], per_class=3, round=2, seed=1, steps=3, final_steps=4, **{k: v for k, v in SETTINGS.items()})
+    ids, results = gap_round(
+        store,
+        gen,
+        student,
+        ["cat"],
+        per_class=3,
+        round=2,
+        seed=1,
+        steps=3,
+        final_steps=4,
+        **{k: v for k, v in SETTINGS.items()},
+    )
     assert len(ids) == 3
     rows = store.samples.set_index("id").loc[ids]
     assert set(rows["strategy"]) == {"gap"} and set(rows["round"]) == {2} and set(rows["label"]) == {"cat"}
@@ -81,8 +100,13 @@ def test_gap_round_stores_images_with_regenerable_provenance(setup, tmp_path):
     assert rel.startswith("gap/") and (store.path / rel).is_file()
     tokens = load_tokens(store.path / rel)
     assert torch.equal(tokens.embeddings, results["cat"].embeddings)
-    again = generate_with_tokens(gen, tokens, [int(rows["seed"].iloc[1])], steps=int(rows["steps"].iloc[1]),
-                                 guidance=float(rows["guidance"].iloc[1]))[0]
+    again = generate_with_tokens(
+        gen,
+        tokens,
+        [int(rows["seed"].iloc[1])],
+        steps=int(rows["steps"].iloc[1]),
+        guidance=float(rows["guidance"].iloc[1]),
+    )[0]
     diff = np.abs(np.asarray(again, dtype=int) - np.asarray(store.image(ids[1]), dtype=int))
     # Same seed, steps, guidance and tokens: the same image, up to 1/255 from batch-size float rounding.
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
@@ -98,7 +122,9 @@ def test_bad_input_gets_clear_errors(setup):
     with pytest.raises(GapError, match="needs a student"):
         optimise_prompt_tokens(gen, None, "cat", steps=1)
     with pytest.raises(GapError, match="needs an embedder"):
-        optimise_prompt_tokens(gen, student, "cat", steps=1, target_images=[ImageOps.invert(gen(["a cat"], steps=2)[0])])
+        optimise_prompt_tokens(
+            gen, student, "cat", steps=1, target_images=[ImageOps.invert(gen(["a cat"], steps=2)[0])]
+        )
     with pytest.raises(GapError, match="unknown GAP setting"):
         optimise_prompt_tokens(gen, student, "cat", steps=1, learning_rate=1.0)
 
@@ -112,8 +138,17 @@ def test_controller_adversarial_round_and_regenerate(tmp_path):
     crafter.train_student(epochs=1, progress=False)
     with pytest.raises(GapError, match="needs a target"):
         crafter.adversarial(steps=2)
-    ids = crafter.adversarial(target="a digit", steps=2, per_class=2, classes=["0"], sampler_steps=2, batch=1,
-                              n_tokens=2, final_steps=2, progress=False)
+    ids = crafter.adversarial(
+        target="a digit",
+        steps=2,
+        per_class=2,
+        classes=["0"],
+        sampler_steps=2,
+        batch=1,
+        n_tokens=2,
+        final_steps=2,
+        progress=False,
+    )
     assert len(ids) == 2
     entry = crafter.rounds[-1]
     assert entry["strategies"] == ["gap"] and entry["status"] == "done" and entry["stored"] == 2
@@ -129,8 +164,9 @@ def test_shared_tokens_across_classes(setup, tmp_path):
     res = optimise_prompt_tokens(gen, student, ["cat", "dog"], steps=2, seed=0, **SETTINGS)
     assert res.label == "cat,dog" and len(res.history) == 2
     store = SampleStore(tmp_path / "proj", durable=False)
-    ids, results = gap_round(store, gen, student, ["cat", "dog"], per_class=1, shared=True, steps=2, final_steps=2,
-                             **SETTINGS)
+    ids, results = gap_round(
+        store, gen, student, ["cat", "dog"], per_class=1, shared=True, steps=2, final_steps=2, **SETTINGS
+    )
     assert len(ids) == 2 and torch.equal(results["cat"].embeddings, results["dog"].embeddings)
     assert results["dog"].prompt == "a photo of a dog <gap1> <gap2> <gap3> <gap4>"
     store.close()
@@ -153,18 +189,20 @@ def test_masked_mode_keeps_the_object_and_still_fools_the_student(setup):
     assert np.mean(adv[-5:]) < np.mean(adv[:5]) - 0.1, adv
     assert result.history[-1]["p_label"] < result.history[0]["p_label"]
     # Baseline: the same img2img + composite with the untrained tokens (lr=0 leaves them at their start).
-    start = optimise_prompt_tokens(gen, student, "cat", steps=1, seed=0, sources=sources, masks=masks,
-                                   **{**settings, "lr": 0.0})
+    start = optimise_prompt_tokens(
+        gen, student, "cat", steps=1, seed=0, sources=sources, masks=masks, **{**settings, "lr": 0.0}
+    )
     seeds = list(range(2000, 2016))
     srcs, mks = [sources[i % 4] for i in range(16)], [masks[i % 4] for i in range(16)]
     hard = generate_with_tokens(gen, result, seeds, steps=5, sources=srcs, masks=mks)
     plain = generate_with_tokens(gen, start, seeds, steps=5, sources=srcs, masks=mks)
     for im, src, m in zip(hard, srcs, mks):
         a, b = np.asarray(im), np.asarray(src)
-        assert np.array_equal(a[m == 1], b[m == 1])          # the object: exactly the source's pixels
-    changed = np.mean([np.abs(np.asarray(h, dtype=int) - np.asarray(s, dtype=int))[mks[0] == 0].mean()
-                       for h, s in zip(hard, srcs)])
-    assert changed > 5                                         # the context: regenerated
+        assert np.array_equal(a[m == 1], b[m == 1])  # the object: exactly the source's pixels
+    changed = np.mean(
+        [np.abs(np.asarray(h, dtype=int) - np.asarray(s, dtype=int))[mks[0] == 0].mean() for h, s in zip(hard, srcs)]
+    )
+    assert changed > 5  # the context: regenerated
     assert student_loss_on(student, hard, "cat") > 1.3 * student_loss_on(student, plain, "cat")
 
 
@@ -175,10 +213,10 @@ def test_plain_background_mask_finds_the_object():
 
     arr = np.full((32, 32, 3), (250, 185, 205), dtype=np.uint8)
     arr[10:20, 12:16] = (40, 80, 235)
-    arr[10:20, 16] = (145, 132, 220)                          # an anti-aliased edge: half object
+    arr[10:20, 16] = (145, 132, 220)  # an anti-aliased edge: half object
     m = plain_background_mask(Image.fromarray(arr))
     assert m[10:20, 12:17].all() and m.sum() == 50
-    assert plain_background_mask(Image.fromarray(arr), dilate=1).sum() == 50 + 2 * 5 + 2 * 10   # 4-neighbour growth
+    assert plain_background_mask(Image.fromarray(arr), dilate=1).sum() == 50 + 2 * 5 + 2 * 10  # 4-neighbour growth
     assert np.array_equal(mask_from_image(mask_to_image(m)), m)
     with pytest.raises(ValueError, match="threshold"):
         plain_background_mask(Image.fromarray(arr), threshold=2.0)
@@ -192,8 +230,19 @@ def test_gap_round_from_train_sources_stores_provenance_and_regenerates(tmp_path
     crafter.train_student(epochs=1, progress=False)
     with pytest.raises(GapError, match="masks need source images"):
         crafter.adversarial(target="a digit", steps=1, classes=["0"], masks="plain-background", progress=False)
-    ids = crafter.adversarial(target="a digit", steps=2, per_class=3, classes=["0"], sampler_steps=2, batch=1,
-                              n_tokens=2, final_steps=3, progress=False, sources="train", masks="plain-background")
+    ids = crafter.adversarial(
+        target="a digit",
+        steps=2,
+        per_class=3,
+        classes=["0"],
+        sampler_steps=2,
+        batch=1,
+        n_tokens=2,
+        final_steps=3,
+        progress=False,
+        sources="train",
+        masks="plain-background",
+    )
     s = crafter.samples.set_index("id")
     rows = s.loc[ids]
     real = s[(s["source"] == "real") & (s["split"] == "train") & (s["label"] == "0")].index.tolist()
@@ -217,7 +266,7 @@ def test_masks_follow_the_sources_centre_crop(setup):
 
     gen, _ = setup
     arr = np.zeros((32, 64, 3), dtype=np.uint8)
-    arr[:, 16:48] = 255                                       # the centre square is white, the sides black
+    arr[:, 16:48] = 255  # the centre square is white, the sides black
     mask = np.zeros((32, 64), dtype=np.float32)
     mask[:, 16:48] = 1.0
     src = _prepare_sources(gen.pipe, [Image.fromarray(arr)], [mask], [0])

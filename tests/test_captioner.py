@@ -1,4 +1,5 @@
 """Captioner over a real (tiny, random-weight) BLIP, and the CLIP retrieval captioner."""
+
 from __future__ import annotations
 
 import os
@@ -81,8 +82,12 @@ def test_retrieval_captioner_picks_the_best_phrase_per_attribute(max_combination
     vocab = {"fg": ["red", "green", "blue"], "bg": ["black", "white"], "digit": ["3", "7"]}
     words = ["red", "green", "blue", "black", "white", "3", "7", "a", "on", "background"]
     emb = WordEmbedder(words)
-    cap = RetrievalCaptioner(emb, vocab, template=lambda fg, bg, digit: f"a {fg} {digit} on a {bg} background",
-                             max_combinations=max_combinations)
+    cap = RetrievalCaptioner(
+        emb,
+        vocab,
+        template=lambda fg, bg, digit: f"a {fg} {digit} on a {bg} background",
+        max_combinations=max_combinations,
+    )
     out = cap([picture("a green 7 on a white background"), picture("a blue 3 on a black background")])
     assert out == ["a green 7 on a white background", "a blue 3 on a black background"]
     assert cap.attributes([picture("red 3 black")]) == [{"fg": "red", "bg": "black", "digit": "3"}]

@@ -1,4 +1,5 @@
 """The `datacrafter` command, run as a subprocess the way users run it; README <-> .ci/run agreement."""
+
 from __future__ import annotations
 
 import json
@@ -98,13 +99,20 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("CI") and not os.environ.get("DATACRAFTER_TEST_DEMO"),
-                    reason="starts a real JupyterLab (~30 s on a shared CPU): runs under CI=true or DATACRAFTER_TEST_DEMO=1")
+@pytest.mark.skipif(
+    not os.environ.get("CI") and not os.environ.get("DATACRAFTER_TEST_DEMO"),
+    reason="starts a real JupyterLab (~30 s on a shared CPU): runs under CI=true or DATACRAFTER_TEST_DEMO=1",
+)
 def test_demo_serves_the_quickstart(tmp_path):
     pytest.importorskip("jupyterlab")
-    proc = subprocess.Popen(datacrafter("demo", "--no-browser", "--port", str(_free_port()), "--dir", str(tmp_path)),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        datacrafter("demo", "--no-browser", "--port", str(_free_port()), "--dir", str(tmp_path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+        start_new_session=True,
+    )
     try:
         url = None
         for _ in range(5):
@@ -115,7 +123,9 @@ def test_demo_serves_the_quickstart(tmp_path):
                 break
         assert url, "demo printed no URL"
         assert (tmp_path / "quickstart.ipynb").is_file()
-        api = url.replace("/lab/tree/quickstart.ipynb", "/api/contents/quickstart.ipynb").replace("localhost", "127.0.0.1")
+        api = url.replace("/lab/tree/quickstart.ipynb", "/api/contents/quickstart.ipynb").replace(
+            "localhost", "127.0.0.1"
+        )
         deadline = time.time() + 90
         while True:
             try:

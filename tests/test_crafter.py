@@ -1,4 +1,5 @@
 """DataCrafter controller with tiny random-weight models (and the starter models when shipped)."""
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,10 @@ def ds():
 @pytest.fixture(scope="module")
 def models():
     model, preprocess, tokenizer = tiny_open_clip()
-    return dc.Models(generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=STEPS),
-                     embedder=CountingEmbedder(model, preprocess, tokenizer, name="tiny-clip"))
+    return dc.Models(
+        generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=STEPS),
+        embedder=CountingEmbedder(model, preprocess, tokenizer, name="tiny-clip"),
+    )
 
 
 @pytest.fixture
@@ -109,7 +112,9 @@ def test_every_strategy_stores_provenance_complete_images_that_regenerate(crafte
         assert row["prompt"] == f"a photo of {row['label']}, {s.loc[row['parent_id'], 'caption']}"
     for i in ids[:2] + ids[-1:]:  # replaying the batch is bit-exact; alone, equal up to rounding
         assert np.array_equal(np.asarray(crafter.regenerate(i)), np.asarray(crafter.store.image(i)))
-        diff = np.abs(np.asarray(crafter.regenerate(i, alone=True), dtype=int) - np.asarray(crafter.store.image(i), dtype=int))
+        diff = np.abs(
+            np.asarray(crafter.regenerate(i, alone=True), dtype=int) - np.asarray(crafter.store.image(i), dtype=int)
+        )
         assert diff.max() <= 3 and diff.mean() < 0.05
     assert s.loc[ids, "batch_index"].tolist()[:8] == list(range(8))
     assert crafter.rounds[-1]["status"] == "done" and crafter.rounds[-1]["stored"] == len(ids)
@@ -121,8 +126,13 @@ def test_mixed_strategies_share_full_batches(ds, tmp_path):
     proxy = ProxyPipe(tiny_sd_pipeline())
     models = dc.Models(generator=Generator(proxy, name="tiny-sd", default_steps=STEPS))
     with dc.DataCrafter(ds, models=models, project=tmp_path / "mix") as c:
-        ids = c.generate(per_class=1, strategy=["class", "caption", "custom"], prompts=["a {class} in blue"],
-                         batch_size=8, progress=False)
+        ids = c.generate(
+            per_class=1,
+            strategy=["class", "caption", "custom"],
+            prompts=["a {class} in blue"],
+            batch_size=8,
+            progress=False,
+        )
         assert len(ids) == 30
         assert proxy.batches == [8, 8, 8, 6]  # 3 strategies x 10 classes in full batches, not 30 calls
         assert set(c.samples.set_index("id").loc[ids, "strategy"]) == {"class", "caption", "custom"}
@@ -143,7 +153,8 @@ def test_filter_flags_off_class_images_with_reasons(crafter):
     s = crafter.samples.set_index("id")
     real = s[(s["source"] == "real") & (s["split"] == "train")]
     flt = ClassFilter(crafter.models.embedder, crafter.classes, mode="zero-shot").fit(
-        crafter.embeddings(list(real.index)), real["label"])
+        crafter.embeddings(list(real.index)), real["label"]
+    )
     expected = flt.check(crafter.embeddings(ids), s.loc[ids, "label"].tolist())
     assert s.loc[ids, "flag"].tolist() == [f for f, _ in expected]
     assert crafter.rounds[-1]["class_filter"]["mode"] == flt.active_mode
@@ -232,11 +243,18 @@ def test_feedback_selection_and_errors(crafter, capsys):
     crafter.on("feedback", events.append)
     crafter.on("selection", events.append)
     assert crafter.feedback(bad=ids[:2], good=ids[2:3], bad_labels=["blurry", "wrong colour"]) == {
-        "bad": 2, "good": 1, "removed": 0, "cleared": 0}
+        "bad": 2,
+        "good": 1,
+        "removed": 0,
+        "cleared": 0,
+    }
     s = crafter.samples.set_index("id")
     assert s.loc[ids[:2], "feedback"].tolist() == ["bad", "bad"] and s.loc[ids[2], "feedback"] == "good"
     assert s.loc[ids[0], "feedback_labels"] == '["blurry", "wrong colour"]'
-    assert crafter.feedback_log[-1]["bad"] == ids[:2] and crafter.feedback_log[-1]["bad_labels"] == ["blurry", "wrong colour"]
+    assert crafter.feedback_log[-1]["bad"] == ids[:2] and crafter.feedback_log[-1]["bad_labels"] == [
+        "blurry",
+        "wrong colour",
+    ]
     before = crafter.samples
     with pytest.raises(UnknownSampleError, match=r"unknown sample ids in bad \['g999999'\]"):
         crafter.feedback(bad=[ids[3], "g999999"])
@@ -376,10 +394,20 @@ def test_starter_filter_flags_off_class_images(starter, tmp_path):
     ds = dc.starter.colored_digits(shots=2, seed=0)
     with dc.DataCrafter(ds, models=starter, project=tmp_path / "flt") as c:
         # label "7" but the prompt asks for a 3: the filter should flag most; honest prompts mostly pass
-        wrong = c.generate(per_class=8, strategy="custom", classes=["7"],
-                           prompts={"7": caption_for("3", "red", "white", "regular", "upright")}, progress=False)
-        right = c.generate(per_class=8, strategy="custom", classes=["7"],
-                           prompts={"7": caption_for("7", "red", "white", "regular", "upright")}, progress=False)
+        wrong = c.generate(
+            per_class=8,
+            strategy="custom",
+            classes=["7"],
+            prompts={"7": caption_for("3", "red", "white", "regular", "upright")},
+            progress=False,
+        )
+        right = c.generate(
+            per_class=8,
+            strategy="custom",
+            classes=["7"],
+            prompts={"7": caption_for("7", "red", "white", "regular", "upright")},
+            progress=False,
+        )
         s = c.samples.set_index("id")
         report = c.rounds[-1]["class_filter"]
         if report["mode"] == "off":
@@ -406,13 +434,29 @@ def test_regenerate_replays_gap_rows_from_their_learned_tokens(tmp_path):
     ds = dc.Dataset.from_images(cats + dogs, ["cat"] * 4 + ["dog"] * 4)
     with dc.DataCrafter(ds, models=dc.Models(generator=gen), project=tmp_path / "gap") as c:
         rnd = c.next_round()
-        ids, _ = gap_round(c.store, gen, student, ["cat"], per_class=3, round=rnd, seed=1, steps=2, final_steps=4,
-                           lr=0.05, batch=2, sampler_steps=2, n_tokens=2, guidance=15.0)
+        ids, _ = gap_round(
+            c.store,
+            gen,
+            student,
+            ["cat"],
+            per_class=3,
+            round=rnd,
+            seed=1,
+            steps=2,
+            final_steps=4,
+            lr=0.05,
+            batch=2,
+            sampler_steps=2,
+            n_tokens=2,
+            guidance=15.0,
+        )
         c.log_round({"round": rnd, "strategies": ["gap"], "stored": len(ids), "status": "done"})
         assert c.next_round() == rnd + 1 and c.rounds[-1]["strategies"] == ["gap"]
         for i in ids:
             assert np.array_equal(np.asarray(c.regenerate(i)), np.asarray(c.store.image(i)))
-        diff = np.abs(np.asarray(c.regenerate(ids[1], alone=True), dtype=int) - np.asarray(c.store.image(ids[1]), dtype=int))
+        diff = np.abs(
+            np.asarray(c.regenerate(ids[1], alone=True), dtype=int) - np.asarray(c.store.image(ids[1]), dtype=int)
+        )
         assert diff.max() <= 3
 
 
@@ -431,18 +475,22 @@ def test_an_interrupted_import_resumes_without_duplicates(ds, tmp_path):
 def test_the_whole_loop_through_the_controller(ds, tmp_path):
     """student -> metrics -> feedback -> evolve -> generate_evolved -> GAP, all via the public API."""
     model, preprocess, tokenizer = tiny_open_clip()
-    models = dc.Models(generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=STEPS),
-                       embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))  # own: gets a student
+    models = dc.Models(
+        generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=STEPS),
+        embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"),
+    )  # own: gets a student
     crafter = dc.DataCrafter(ds, models=models, project=tmp_path / "loop")
-    crafter.heldout_options = {"steps": 2}      # the held-out student per round (student_acc), kept quick
+    crafter.heldout_options = {"steps": 2}  # the held-out student per round (student_acc), kept quick
     ids = crafter.generate(per_class=1, strategy="class", filter=False, progress=False)
     student = crafter.train_student(epochs=1, progress=False)
     assert crafter.student is student and (crafter.project / "student" / "student.json").is_file()
     result = crafter.evaluate()
     assert 0.0 <= result["accuracy"] <= 1.0 and result["n"] == len(crafter.dataset.test)
-    m = crafter.metrics       # round 0: the real images alone (student_acc only)
+    m = crafter.metrics  # round 0: the real images alone (student_acc only)
     assert m["round"].tolist() == [0, 1] and m.loc[1, "n_generated"] == len(ids)
-    assert {"informativeness", "class_maintenance", "diversity", "distance", "flagged", "bad", "student_acc"} <= set(m.columns)
+    assert {"informativeness", "class_maintenance", "diversity", "distance", "flagged", "bad", "student_acc"} <= set(
+        m.columns
+    )
     assert m.loc[1, "strategies"] == "class" and 0.0 <= m.loc[1, "class_maintenance"] <= 1.0
     assert m["student_acc"].between(0, 1).all()
 
@@ -455,8 +503,16 @@ def test_the_whole_loop_through_the_controller(ds, tmp_path):
     assert sorted(rows["label"]) == bad_classes and set(rows["strategy"]) == {"evolved"}
     assert rows["prompt"].tolist() == [evolved.prompts[c] for c in rows["label"]]
 
-    gap = crafter.adversarial(target="a digit on any background", steps=1, per_class=1, sampler_steps=1,
-                              final_steps=2, n_tokens=1, batch=1, progress=False)
+    gap = crafter.adversarial(
+        target="a digit on any background",
+        steps=1,
+        per_class=1,
+        sampler_steps=1,
+        final_steps=2,
+        n_tokens=1,
+        batch=1,
+        progress=False,
+    )
     assert len(gap) == len(crafter.classes)
     assert set(crafter.samples.set_index("id").loc[gap, "strategy"]) == {"gap"}
     assert crafter.rounds[-1]["strategies"] == ["gap"] and crafter.rounds[-1]["status"] == "done"

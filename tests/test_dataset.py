@@ -1,4 +1,5 @@
 """Dataset loaders: folder, dataframe, PIL list, Hugging Face datasets; conversions and reports."""
+
 from __future__ import annotations
 
 import io
@@ -105,12 +106,14 @@ def test_from_folder_errors(tmp_path, messy_folder):
 
 def test_from_dataframe_paths_pil_and_bytes(tmp_path, messy_folder):
     root, _ = messy_folder
-    df = pd.DataFrame({
-        "file": ["cats/rgb.jpg", "cats/garbage.jpg", "dogs/palette.png", "missing.png"],
-        "kind": ["cat", "cat", "dog", "dog"],
-        "text": ["a green cat", "x", "an orange dog", "y"],
-        "weight": [1.0, 2.0, 3.0, 4.0],
-    })
+    df = pd.DataFrame(
+        {
+            "file": ["cats/rgb.jpg", "cats/garbage.jpg", "dogs/palette.png", "missing.png"],
+            "kind": ["cat", "cat", "dog", "dog"],
+            "text": ["a green cat", "x", "an orange dog", "y"],
+            "weight": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
     with pytest.warns(LoadWarning, match="skipped 2"):
         ds = Dataset.from_dataframe(df, image="file", label="kind", caption="text", root=root)
     assert len(ds) == 2 and ds.classes == ["cat", "dog"]
@@ -124,8 +127,12 @@ def test_from_dataframe_paths_pil_and_bytes(tmp_path, messy_folder):
     gray = Image.new("L", (8, 8), 50)
     encoded = io.BytesIO()
     Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(encoded, format="PNG")
-    mixed = pd.DataFrame({"path": [gray, encoded.getvalue(), jpeg_bytes(Image.new("CMYK", (8, 8), (255, 0, 255, 0)))],
-                          "label": [1, 2, 2]})
+    mixed = pd.DataFrame(
+        {
+            "path": [gray, encoded.getvalue(), jpeg_bytes(Image.new("CMYK", (8, 8), (255, 0, 255, 0)))],
+            "label": [1, 2, 2],
+        }
+    )
     ds = Dataset.from_dataframe(mixed)
     assert ds.classes == ["1", "2"]
     assert [ds.image(i).mode for i in range(3)] == ["RGB"] * 3
@@ -157,11 +164,13 @@ def test_from_images():
 def test_from_hf(tmp_path):
     datasets = pytest.importorskip("datasets")
     images = [Image.new("L", (8, 8), 10 * i) for i in range(4)]
-    features = datasets.Features({
-        "image": datasets.Image(),
-        "label": datasets.ClassLabel(names=["airplane", "bird"]),
-        "note": datasets.Value("string"),
-    })
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=["airplane", "bird"]),
+            "note": datasets.Value("string"),
+        }
+    )
     hf = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 1, 0], "note": list("wxyz")}, features=features)
     ds = Dataset.from_hf(hf, caption="note")
     assert ds.labels == ["airplane", "bird", "bird", "airplane"] and ds.classes == ["airplane", "bird"]

@@ -1,4 +1,5 @@
 """Embedder over a real (tiny, random-weight) open_clip CLIP."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Prompt evolution: planted unwanted patterns end up in the negative prompt and become rarer."""
+
 from __future__ import annotations
 
 import json
@@ -9,13 +10,22 @@ from PIL import Image
 
 from datacrafter_widget.controller.rounds import evolve_store
 from datacrafter_widget.loop.evolution import (
-    EvolutionError, Genome, apply_to_prompts_doc, current_prompts, evolve_prompts,
+    EvolutionError,
+    Genome,
+    apply_to_prompts_doc,
+    current_prompts,
+    evolve_prompts,
 )
 from datacrafter_widget.starter.prompts import starter_compose
 from datacrafter_widget.data.store import SampleStore
 
-COLOURS = {"pink": (250, 185, 205), "black": (15, 15, 15), "white": (245, 245, 245), "gray": (128, 128, 128),
-           "lightblue": (160, 210, 245)}
+COLOURS = {
+    "pink": (250, 185, 205),
+    "black": (15, 15, 15),
+    "white": (245, 245, 245),
+    "gray": (128, 128, 128),
+    "lightblue": (160, 210, 245),
+}
 NAMES = list(COLOURS)
 VOCAB = [f"on a {c} background" for c in NAMES] + ["thick", "thin"]
 
@@ -77,7 +87,9 @@ def _project(tmp_path, world, mark_labels: bool, mark_good: bool = True):
     store = SampleStore(tmp_path / "proj", durable=False)
     seeds = list(range(12))
     images = world.generate(["a photo of a 3"] * 12, [""] * 12, seeds)
-    rows = [dict(label="3", split="generated", prompt="a photo of a 3", seed=s, round=1, strategy="class") for s in seeds]
+    rows = [
+        dict(label="3", split="generated", prompt="a photo of a 3", seed=s, round=1, strategy="class") for s in seeds
+    ]
     ids = store.add(images, rows)
     pink = [i for i, im in zip(ids, images) if world.colour_of(im) == "pink"]
     good = [i for i, im in zip(ids, images) if world.colour_of(im) != "pink"][:3]
@@ -96,8 +108,17 @@ def _pink_rate(world, prompt, negative, n=40):
 def test_unwanted_label_becomes_negative_and_fewer_such_images(tmp_path):
     world = ColourWorld()
     store, _ = _project(tmp_path, world, mark_labels=True)
-    result = evolve_store(store, classes=["3"], generate=world.generate, embedder=world, vocabulary=VOCAB,
-                          population=4, generations=2, batch=4, seed=0)
+    result = evolve_store(
+        store,
+        classes=["3"],
+        generate=world.generate,
+        embedder=world,
+        vocabulary=VOCAB,
+        population=4,
+        generations=2,
+        batch=4,
+        seed=0,
+    )
     best = result.classes["3"].best
     assert "pink" in best.genome.negative
     assert not any("pink" in p for p in best.genome.phrases)
@@ -117,8 +138,18 @@ def test_lasso_without_labels_is_turned_into_a_negative_or_a_better_phrase(tmp_p
     """No label given: evolution must itself find what the bad images share (pink) and avoid it."""
     world = ColourWorld()
     store, _ = _project(tmp_path, world, mark_labels=False, mark_good=False)
-    result = evolve_prompts(store.samples, classes=["3"], generate=world.generate, embedder=world,
-                            load_image=store.image, vocabulary=VOCAB, population=6, generations=3, batch=6, seed=1)
+    result = evolve_prompts(
+        store.samples,
+        classes=["3"],
+        generate=world.generate,
+        embedder=world,
+        load_image=store.image,
+        vocabulary=VOCAB,
+        population=6,
+        generations=3,
+        batch=6,
+        seed=1,
+    )
     best = result.classes["3"].best
     assert not any("pink" in p for p in best.genome.phrases)
     before = _pink_rate(world, "a photo of a 3", "")
@@ -150,7 +181,10 @@ def test_prompt_doc_roundtrip_and_starter_grammar():
     assert starter_compose(g) == "a thick red 3 on a black background, slanted left"
     doc = {"classes": {"3": {"phrases": list(g.phrases), "negative": ["pink"], "history": []}}}
     assert current_prompts(doc, ["3", "4"]) == {"3": g, "4": Genome("4")}
-    assert json.loads(json.dumps(apply_to_prompts_doc(doc, type("R", (), {"classes": {}, "round": 1})()))) == {**doc, "schema_version": 1}
+    assert json.loads(json.dumps(apply_to_prompts_doc(doc, type("R", (), {"classes": {}, "round": 1})()))) == {
+        **doc,
+        "schema_version": 1,
+    }
 
 
 def test_controller_evolve_then_generate_evolved(tmp_path):
@@ -209,8 +243,18 @@ def test_without_good_marks_evolution_adds_no_positive_phrase(tmp_path):
     """Lassoed images say what is unwanted; an added attribute phrase would pin it for the whole class."""
     world = ColourWorld()
     store, _ = _project(tmp_path, world, mark_labels=False, mark_good=False)
-    result = evolve_prompts(store.samples, classes=["3"], generate=world.generate, embedder=world,
-                            load_image=store.image, vocabulary=VOCAB, population=6, generations=3, batch=6, seed=1)
+    result = evolve_prompts(
+        store.samples,
+        classes=["3"],
+        generate=world.generate,
+        embedder=world,
+        load_image=store.image,
+        vocabulary=VOCAB,
+        population=6,
+        generations=3,
+        batch=6,
+        seed=1,
+    )
     ranked = result.classes["3"].ranked
     assert ranked
     assert all(k.genome.phrases == () for k in ranked)

@@ -1,5 +1,6 @@
 """Export (controller/export.py): never deletes what it did not write, never leaves a partial export
 under the real name (SIGKILL loop), unique and reversible class folders, damaged images named."""
+
 from __future__ import annotations
 
 import json
@@ -221,8 +222,13 @@ def test_sigkill_during_overwrite_never_loses_the_export(tmp_path):
     rnd = random.Random(13)
     leftovers_seen = 0
     for trial in range(6):
-        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "p"), str(out), PKG],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "p"), str(out), PKG],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         time.sleep(rnd.uniform(0.02, 0.3))
         proc.send_signal(signal.SIGKILL)
@@ -249,7 +255,7 @@ def test_a_kill_between_the_two_renames_of_the_fallback_swap_restores_the_old_ex
     export_project(store, ["a", "b"], tmp_path / "new")
     os.rename(tmp_path / "new", tmp_path / f"ds.tmp-{dead}")
     (tmp_path / f"ds.tmp-{dead}-not-ours").mkdir()
-    (tmp_path / "ds.tmp-12").mkdir()          # a user's folder that looks like ours: no manifest, not empty
+    (tmp_path / "ds.tmp-12").mkdir()  # a user's folder that looks like ours: no manifest, not empty
     (tmp_path / "ds.tmp-12" / "keep.txt").write_text("x")
     clean_stale(out)
     assert exported_files(out) == old_files

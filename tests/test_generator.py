@@ -1,4 +1,5 @@
 """Generator over a real (tiny, random-weight) diffusers StableDiffusionPipeline."""
+
 from __future__ import annotations
 
 import os
@@ -74,8 +75,13 @@ def test_text_to_image_matches_diffusers_and_is_batch_invariant(gen):
     again = gen(prompts, negative_prompt=negs, seed=seeds, batch_size=3)
     assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(again, batch))
     # and equals calling the diffusers pipeline directly with the same batch and generators
-    direct = gen.pipe(prompts[:3], negative_prompt=["blurry", "", ""], num_inference_steps=STEPS, guidance_scale=7.5,
-                      generator=[torch.Generator().manual_seed(s) for s in seeds[:3]]).images
+    direct = gen.pipe(
+        prompts[:3],
+        negative_prompt=["blurry", "", ""],
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        generator=[torch.Generator().manual_seed(s) for s in seeds[:3]],
+    ).images
     assert all(np.array_equal(arr(d), arr(b)) for d, b in zip(direct, batch[:3]))
     # different seeds give different images
     assert not np.array_equal(arr(batch[0]), arr(gen(prompts[:1], negative_prompt="blurry", seed=99)[0]))
@@ -121,8 +127,8 @@ def test_perturb_latents_formula():
     assert torch.equal(out, perturb_latents(z, 0.5, seed=3))
     assert not torch.equal(out, perturb_latents(z, 0.5, seed=4))
     zero = torch.zeros(1, 4, 2, 2)
-    b = perturb_latents(zero, 0.5, seed=3)[0, :, 0, 0]          # z = 0 isolates b
-    e = per_channel - b - 1.0                                    # z = 1: 1 + e + b
+    b = perturb_latents(zero, 0.5, seed=3)[0, :, 0, 0]  # z = 0 isolates b
+    e = per_channel - b - 1.0  # z = 1: 1 + e + b
     assert torch.all(e >= 0) and torch.all(e < 0.5)
     assert torch.equal(perturb_latents(z, 0.0, seed=3), z)
 
@@ -135,8 +141,13 @@ def test_progress_and_cancel_between_and_within_batches(gen):
 
     # cancel after the first batch: its images are returned, the rest never run
     done = []
-    out = gen(["a 1", "a 2", "a 3", "a 4"], seed=0, batch_size=2,
-              progress=lambda d, t: done.append(d), cancel=lambda: bool(done) and done[-1] >= 2)
+    out = gen(
+        ["a 1", "a 2", "a 3", "a 4"],
+        seed=0,
+        batch_size=2,
+        progress=lambda d, t: done.append(d),
+        cancel=lambda: bool(done) and done[-1] >= 2,
+    )
     assert len(out) == 2
     # cancel inside a batch: the interrupted batch is dropped, nothing half-denoised comes out
     calls = {"n": 0}
@@ -153,7 +164,9 @@ def test_progress_and_cancel_between_and_within_batches(gen):
 
 def test_cuda_oom_halves_the_batch_and_keeps_results():
     pipe = tiny_sd_pipeline()
-    reference = Generator(pipe, name="tiny", default_steps=STEPS)(["a 1", "a 2", "a 3", "a 4", "a 5"], seed=0, batch_size=5)
+    reference = Generator(pipe, name="tiny", default_steps=STEPS)(
+        ["a 1", "a 2", "a 3", "a 4", "a 5"], seed=0, batch_size=5
+    )
     proxy = ProxyPipe(pipe, max_batch=2)
     gen = Generator(proxy, name="tiny", default_steps=STEPS)
     out = gen(["a 1", "a 2", "a 3", "a 4", "a 5"], seed=0, batch_size=5)
@@ -229,8 +242,9 @@ def test_models_factory_errors_name_the_path(tmp_path):
 def _unet_batches(pipe):
     """Record the batch size of every UNet call (2n with classifier-free guidance, n without)."""
     sizes: list[int] = []
-    handle = pipe.unet.register_forward_pre_hook(lambda m, args, kwargs: sizes.append(int(args[0].shape[0])),
-                                                 with_kwargs=True)
+    handle = pipe.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: sizes.append(int(args[0].shape[0])), with_kwargs=True
+    )
     return sizes, handle
 
 
@@ -243,8 +257,12 @@ def test_guidance_floor_drops_guidance_below_the_noise_level(gen):
     floored.guidance_min_sigma = 1e9  # every step is below the floor: the same as no guidance at all
     assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(floored(prompts, seed=seeds), unguided))
     # a per-call override wins and leaves the generator as it was
-    assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(floored(prompts, seed=seeds, guidance_min_sigma=None), full))
-    assert all(np.array_equal(arr(a), arr(b)) for a, b in zip(gen(prompts, seed=seeds, guidance_min_sigma=1e9), unguided))
+    assert all(
+        np.array_equal(arr(a), arr(b)) for a, b in zip(floored(prompts, seed=seeds, guidance_min_sigma=None), full)
+    )
+    assert all(
+        np.array_equal(arr(a), arr(b)) for a, b in zip(gen(prompts, seed=seeds, guidance_min_sigma=1e9), unguided)
+    )
     assert floored.guidance_min_sigma == 1e9 and gen.guidance_min_sigma is None
 
     # a floor inside the schedule: the first k steps run guided (batch 2n), the rest conditional only (n)

@@ -1,4 +1,5 @@
 """`datacrafter run`: the whole loop headless on tiny models, a report with escaped text, clear config errors."""
+
 from __future__ import annotations
 
 
@@ -18,14 +19,17 @@ def tiny_models():
     from tests.tiny_models import tiny_open_clip, tiny_sd_pipeline
 
     model, preprocess, tokenizer = tiny_open_clip()
-    return Models(generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=2, default_guidance=3.0),
-                  embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))
+    return Models(
+        generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=2, default_guidance=3.0),
+        embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"),
+    )
 
 
 def fake_checker(images):
     """Says every image shows a pink-on-black 1: all images of other classes are off-prompt."""
-    return pd.DataFrame({"digit": ["1"] * len(images), "foreground": ["pink"] * len(images),
-                         "background": ["black"] * len(images)})
+    return pd.DataFrame(
+        {"digit": ["1"] * len(images), "foreground": ["pink"] * len(images), "background": ["black"] * len(images)}
+    )
 
 
 def test_full_loop_writes_samples_metrics_and_report(tmp_path, tiny_models):
@@ -36,8 +40,18 @@ def test_full_loop_writes_samples_metrics_and_report(tmp_path, tiny_models):
         "rounds": [{"strategy": "class", "per_class": 1}, {"strategy": "caption", "per_class": 1}],
         "feedback": {"simulate": True},
         "evolve": {"enabled": True, "population": 2, "generations": 1, "batch": 1, "per_class": 1},
-        "gap": {"enabled": True, "steps": 2, "per_class": 1, "sampler_steps": 2, "final_steps": 2, "batch": 1,
-                "n_tokens": 2, "target": "a digit on any background", "sources": "train", "masks": "plain-background"},
+        "gap": {
+            "enabled": True,
+            "steps": 2,
+            "per_class": 1,
+            "sampler_steps": 2,
+            "final_steps": 2,
+            "batch": 1,
+            "n_tokens": 2,
+            "target": "a digit on any background",
+            "sources": "train",
+            "masks": "plain-background",
+        },
         "student": {"epochs": 1},
     }
     lines = []
@@ -82,17 +96,31 @@ def test_full_loop_writes_samples_metrics_and_report(tmp_path, tiny_models):
 def test_report_escapes_text_and_needs_no_script():
     evil = "</script><img src=x onerror=alert(1)>"
     s = Section(evil).text(evil).lines([evil]).table(pd.DataFrame({"prompt": [evil]})).terms({evil: evil})
-    s.chart({"data": {"values": [{"t": evil, "v": 1}]}, "mark": "bar",
-             "encoding": {"x": {"field": "t", "type": "nominal"}, "y": {"field": "v", "type": "quantitative"}}})
+    s.chart(
+        {
+            "data": {"values": [{"t": evil, "v": 1}]},
+            "mark": "bar",
+            "encoding": {"x": {"field": "t", "type": "nominal"}, "y": {"field": "v", "type": "quantitative"}},
+        }
+    )
     out = render_report(evil, [s], lead=evil, meta={"k": evil})
     assert "<img src=x" not in out and "<script" not in out and "</script>" not in out
     assert out.count('<img class="chart" src="data:image/svg+xml;base64,') == 1
 
 
 def test_reading_names_chance_change_and_spread():
-    table = pd.DataFrame({"stage": ["real only", "GAP"], "n_real": [50, 50], "n_generated_used": [0, 120],
-                          "accuracy": [0.20, 0.60], "n_test": [300, 300],
-                          "accuracy_min": [0.18, 0.55], "accuracy_max": [0.23, 0.62], "seeds": [3, 3]})
+    table = pd.DataFrame(
+        {
+            "stage": ["real only", "GAP"],
+            "n_real": [50, 50],
+            "n_generated_used": [0, 120],
+            "accuracy": [0.20, 0.60],
+            "n_test": [300, 300],
+            "accuracy_min": [0.18, 0.55],
+            "accuracy_max": [0.23, 0.62],
+            "seeds": [3, 3],
+        }
+    )
     text = reading(table, 10)
     assert "chance is 10%" in text and "+40.0 points" in text and "larger than the seed spread" in text
     table.loc[1, ["accuracy", "accuracy_min", "accuracy_max"]] = [0.22, 0.19, 0.25]
@@ -101,24 +129,41 @@ def test_reading_names_chance_change_and_spread():
     assert "seeds = 3 under [student]" in reading(one_seed, 10)
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"gap": {"stpes": 10}}, r"unknown key 'stpes' in \[gap\] \(did you mean 'steps'\?\): the keys of \[gap\] are .*steps"),
-    ({"gap": {"per_clas": 5}}, r"unknown key 'per_clas' in \[gap\] \(did you mean 'per_class'\?\)"),
-    ({"dataset": {"shots": "five"}}, r"shots in \[dataset\] = 'five' must be a whole number"),
-    ({"dataset": {"spurious": "high"}}, r"spurious in \[dataset\] = 'high' must be a number"),
-    ({"feedback": {"simulate": "yes"}}, r"simulate in \[feedback\] = 'yes' must be true or false"),
-    ({"student": {"kind": "resnet"}}, r"kind in \[student\] = 'resnet' is not allowed: use one of 'auto', 'cnn', 'probe'"),
-    ({"rounds": [{"strategy": "class", "per_clas": 3}]},
-     r"unknown key 'per_clas' in \[\[rounds\]\] table 1 \(did you mean 'per_class'\?\): the keys of a round are"),
-    ({"rounds": [{"strategy": "magic"}]}, r"\[\[rounds\]\] table 1: unknown strategy 'magic': use one of \['class'"),
-    ({"rounds": [{"per_class": 3}]}, r"strategy in \[\[rounds\]\] table 1 is missing"),
-    ({"rounds": [{"strategy": "class"}, {"strategy": "class", "per_class": 0}]}, r"\[\[rounds\]\] table 2: per_class"),
-    ({"datasett": {}}, r"unknown key 'datasett' in the top level \(did you mean 'dataset'\?\)"),
-    ({"gap": 3}, r"\[gap\] must be a table"),
-    ({"gap": {"sources": "val"}}, r"sources in \[gap\] = 'val' is not allowed: use one of 'none', 'train'"),
-    ({"gap": {"masks": "plain-background"}}, r"gap.masks needs gap.sources"),
-    ({"dataset": {"kind": "folder"}}, r"needs dataset.path"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"gap": {"stpes": 10}},
+            r"unknown key 'stpes' in \[gap\] \(did you mean 'steps'\?\): the keys of \[gap\] are .*steps",
+        ),
+        ({"gap": {"per_clas": 5}}, r"unknown key 'per_clas' in \[gap\] \(did you mean 'per_class'\?\)"),
+        ({"dataset": {"shots": "five"}}, r"shots in \[dataset\] = 'five' must be a whole number"),
+        ({"dataset": {"spurious": "high"}}, r"spurious in \[dataset\] = 'high' must be a number"),
+        ({"feedback": {"simulate": "yes"}}, r"simulate in \[feedback\] = 'yes' must be true or false"),
+        (
+            {"student": {"kind": "resnet"}},
+            r"kind in \[student\] = 'resnet' is not allowed: use one of 'auto', 'cnn', 'probe'",
+        ),
+        (
+            {"rounds": [{"strategy": "class", "per_clas": 3}]},
+            r"unknown key 'per_clas' in \[\[rounds\]\] table 1 \(did you mean 'per_class'\?\): the keys of a round are",
+        ),
+        (
+            {"rounds": [{"strategy": "magic"}]},
+            r"\[\[rounds\]\] table 1: unknown strategy 'magic': use one of \['class'",
+        ),
+        ({"rounds": [{"per_class": 3}]}, r"strategy in \[\[rounds\]\] table 1 is missing"),
+        (
+            {"rounds": [{"strategy": "class"}, {"strategy": "class", "per_class": 0}]},
+            r"\[\[rounds\]\] table 2: per_class",
+        ),
+        ({"datasett": {}}, r"unknown key 'datasett' in the top level \(did you mean 'dataset'\?\)"),
+        ({"gap": 3}, r"\[gap\] must be a table"),
+        ({"gap": {"sources": "val"}}, r"sources in \[gap\] = 'val' is not allowed: use one of 'none', 'train'"),
+        ({"gap": {"masks": "plain-background"}}, r"gap.masks needs gap.sources"),
+        ({"dataset": {"kind": "folder"}}, r"needs dataset.path"),
+    ],
+)
 def test_config_errors_name_key_section_and_allowed_values(config, message):
     with pytest.raises(ConfigError, match=message):
         load_config(config)
@@ -131,7 +176,7 @@ def test_config_file_errors_and_cli_exit_code(tmp_path, capsys):
     bad.write_text('[[rounds]]\nstrategy = "magic"\n')
     with pytest.raises(ConfigError, match=r"\[\[rounds\]\] table 1: unknown strategy 'magic': use one of"):
         load_config(bad)
-    bad.write_text('[gap]\nenabled = true\nstpes = 10\n')
+    bad.write_text("[gap]\nenabled = true\nstpes = 10\n")
     with pytest.raises(ConfigError, match=r"unknown key 'stpes' in \[gap\]"):
         load_config(bad)
     bad.write_text('[dataset]\nshots = "five"\n')
@@ -164,8 +209,11 @@ def test_a_second_run_into_the_same_project_needs_overwrite(tmp_path):
 
 
 def test_prompted_attributes_reads_the_starter_grammar():
-    assert prompted_attributes("a thick red 3 on a pink background, slanted left", "3") == \
-        {"digit": "3", "foreground": "red", "background": "pink"}
+    assert prompted_attributes("a thick red 3 on a pink background, slanted left", "3") == {
+        "digit": "3",
+        "foreground": "red",
+        "background": "pink",
+    }
     assert prompted_attributes("a photo of a 3", "3") == {"digit": "3", "foreground": None, "background": None}
 
 

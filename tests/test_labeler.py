@@ -166,8 +166,12 @@ def test_small_batch_uses_reference_calibration_or_relative_rule(fake):
 
 
 def test_vocabulary_from_classes_captions_attributes_and_user_words():
-    caps = ["a thick red 3 on a black background, slanted left", "a red 5 on a black background",
-            "a thin blue 3 on a white background, slanted left", "a blue 5 on a white background"]
+    caps = [
+        "a thick red 3 on a black background, slanted left",
+        "a red 5 on a black background",
+        "a thin blue 3 on a white background, slanted left",
+        "a blue 5 on a white background",
+    ]
     terms = caption_terms(caps, exclude=["3", "5"])
     assert "black background" in terms and "slanted left" in terms and "red" in terms
     assert not {"a", "on", "3", "background slanted"} & set(terms)
@@ -216,8 +220,9 @@ def coloured_squares(n: int = 24):
 
 def test_clip_labeler_with_random_open_clip_model(tiny_embedder):
     images = coloured_squares()
-    lab = ClipVocabularyLabeler(tiny_embedder, class_names=["cat", "dog"], captions=["a red cat on grass"] * 3,
-                                extra_words=["sparkly"])
+    lab = ClipVocabularyLabeler(
+        tiny_embedder, class_names=["cat", "dog"], captions=["a red cat on grass"] * 3, extra_words=["sparkly"]
+    )
     out = lab(images)
     assert len(out) == len(images)
     vocab_words = set(lab.vocabulary.words)
@@ -247,8 +252,7 @@ def starter_labels():
     images = ds.test.images()
     emb = models.embedder.embed_images(images)
     pool = ds.pool
-    lab = ClipVocabularyLabeler(models.embedder, class_names=ds.classes,
-                                captions=[c for c in pool.captions if c])
+    lab = ClipVocabularyLabeler(models.embedder, class_names=ds.classes, captions=[c for c in pool.captions if c])
     ref = np.random.default_rng(0).choice(len(pool), size=min(600, len(pool)), replace=False)
     lab.calibrate(models.embedder.embed_images(pool.images(ref.tolist())))
     return lab(images, embeddings=emb), frame
@@ -263,8 +267,10 @@ def test_labels_on_starter_images_name_the_colours(starter_labels):
     fg = np.mean([any(f in w.split() for w in x) for f, x in zip(frame["foreground"], out)])
     bg = np.mean([any(b in w.split() for w in x) for b, x in zip(frame["background"], out)])
     wrong_fg = np.mean([any(w in FOREGROUNDS and w != f for w in x) for f, x in zip(frame["foreground"], out)])
-    print(f"starter labels: foreground {fg:.2f}, background {bg:.2f}, wrong foreground {wrong_fg:.2f}; "
-          f"e.g. {list(zip(frame['caption'][:3], out[:3]))}")
+    print(
+        f"starter labels: foreground {fg:.2f}, background {bg:.2f}, wrong foreground {wrong_fg:.2f}; "
+        f"e.g. {list(zip(frame['caption'][:3], out[:3]))}"
+    )
     assert fg > 0.8 and bg > 0.6 and wrong_fg < 0.2
 
 
@@ -277,8 +283,10 @@ def test_labels_on_starter_images_name_the_right_digit(starter_labels):
     clip_digit = info.get("clip_zero_shot_heldout_scans", {}).get("digit", 1.0)
     print(f"starter labels: digit {digit:.2f} (the starter CLIP's own zero-shot digit accuracy: {clip_digit})")
     if clip_digit < 0.5 and digit <= 0.6:
-        pytest.xfail(f"the shipped starter CLIP classifies digits at {clip_digit:.2f} zero-shot (chance 0.10); "
-                     f"labels name the digit for {digit:.2f} of images")
+        pytest.xfail(
+            f"the shipped starter CLIP classifies digits at {clip_digit:.2f} zero-shot (chance 0.10); "
+            f"labels name the digit for {digit:.2f} of images"
+        )
     assert digit > 0.6
 
 

@@ -1,4 +1,5 @@
 """The map tools behind the widget's controls and their DataCrafter twins (controller/map_view.py)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -86,7 +86,13 @@ def test_near_copies_low_distance_low_diversity_high_maintenance(world):
 
 
 def test_off_class_images_low_class_maintenance(world):
-    real, labels, classify, protos, rng = world["real"], world["labels"], world["classify"], world["protos"], world["rng"]
+    real, labels, classify, protos, rng = (
+        world["real"],
+        world["labels"],
+        world["classify"],
+        world["protos"],
+        world["rng"],
+    )
     intended = np.repeat(np.arange(K), 10)
     on = unit(protos[intended] + rng.normal(scale=0.12, size=(40, D)))
     off = unit(protos[(intended + 1) % K] + rng.normal(scale=0.12, size=(40, D)))
@@ -140,16 +146,22 @@ def test_diversity_within_class_not_across():
     ],
 )
 def test_bad_input_clear_errors(kwargs, match):
-    args = dict(gen_probs=np.array([[0.2, 0.3, 0.5]]), gen_labels=np.array([2]),
-                gen_emb=np.ones((1, 8)), real_emb=np.ones((3, 8)), seed_probs=np.array([[0.2, 0.3, 0.5]]))
+    args = dict(
+        gen_probs=np.array([[0.2, 0.3, 0.5]]),
+        gen_labels=np.array([2]),
+        gen_emb=np.ones((1, 8)),
+        real_emb=np.ones((3, 8)),
+        seed_probs=np.array([[0.2, 0.3, 0.5]]),
+    )
     args.update(kwargs)
     with pytest.raises(MetricsError, match=match):
         round_metrics(**args)
 
 
 def test_one_image_round_is_measured():
-    m = round_metrics(np.array([[0.2, 0.8]]), np.array([1]), np.ones((1, 4)), np.eye(4),
-                      seed_probs=np.array([[0.5, 0.5]]))
+    m = round_metrics(
+        np.array([[0.2, 0.8]]), np.array([1]), np.ones((1, 4)), np.eye(4), seed_probs=np.array([[0.5, 0.5]])
+    )
     assert m["class_maintenance"] == pytest.approx(0.8)
     assert np.isnan(m["diversity"]) and np.isnan(m["embedding_spread"])
     assert m["distance"] > 0

@@ -5,6 +5,7 @@ through its parameters (DC_* environment variables), so every call it makes is e
 hub; its default hub ids and Colab set-up stay for real use. The starter notebooks are slow (they
 are the real demo) and run with DATACRAFTER_TEST_NOTEBOOKS=1 or under CI.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ def execute(path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, timeout:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                     resources={"metadata": {"path": str(workdir)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    )
     client.execute()
     return nb
 
@@ -58,12 +60,18 @@ def tiny_model_folders(tmp_path_factory):
     tiny_sd_pipeline().save_pretrained(root / "sd")
     clip, _, _ = tiny_open_clip()
     (root / "clip").mkdir()
-    cfg = {"model_cfg": {"embed_dim": 16,
-                         "vision_cfg": {"layers": 1, "width": 32, "head_width": 16, "patch_size": 8, "image_size": 32},
-                         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}},
-           "preprocess_cfg": {}}
+    cfg = {
+        "model_cfg": {
+            "embed_dim": 16,
+            "vision_cfg": {"layers": 1, "width": 32, "head_width": 16, "patch_size": 8, "image_size": 32},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        },
+        "preprocess_cfg": {},
+    }
     (root / "clip" / "open_clip_config.json").write_text(json.dumps(cfg))
-    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(root / "clip" / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in clip.state_dict().items()}, str(root / "clip" / "open_clip_model.safetensors")
+    )
     blip, processor = tiny_blip()
     blip.save_pretrained(root / "blip")
     processor.save_pretrained(root / "blip")
@@ -83,10 +91,20 @@ def test_stable_diffusion_notebook_runs_offline_on_tiny_local_models(tiny_model_
     nb_path = REPO / "notebooks" / "stable_diffusion.ipynb"
     original = nb_path.read_bytes()
     m = tiny_model_folders
-    nb = execute(nb_path, tmp_path, monkeypatch, timeout=900,
-                 DC_SD_MODEL=str(m / "sd"), DC_CLIP_ARCH=f"local-dir:{m / 'clip'}", DC_CLIP_PRETRAINED="",
-                 DC_CAPTIONER=str(m / "blip"), DC_DATA=str(m / "pets"), DC_PER_CLASS="2", DC_STEPS="2",
-                 DC_GUIDANCE="3.0")
+    nb = execute(
+        nb_path,
+        tmp_path,
+        monkeypatch,
+        timeout=900,
+        DC_SD_MODEL=str(m / "sd"),
+        DC_CLIP_ARCH=f"local-dir:{m / 'clip'}",
+        DC_CLIP_PRETRAINED="",
+        DC_CAPTIONER=str(m / "blip"),
+        DC_DATA=str(m / "pets"),
+        DC_PER_CLASS="2",
+        DC_STEPS="2",
+        DC_GUIDANCE="3.0",
+    )
     text = outputs_text(nb)
     assert "no GPU" in text or "GPU:" in text
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -126,8 +144,10 @@ def _cells_signature(nb) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("CI") and not os.environ.get("DATACRAFTER_TEST_NOTEBOOKS"),
-                    reason="the starter notebooks take minutes: run under CI=true or DATACRAFTER_TEST_NOTEBOOKS=1")
+@pytest.mark.skipif(
+    not os.environ.get("CI") and not os.environ.get("DATACRAFTER_TEST_NOTEBOOKS"),
+    reason="the starter notebooks take minutes: run under CI=true or DATACRAFTER_TEST_NOTEBOOKS=1",
+)
 @pytest.mark.parametrize("name", ["quickstart.ipynb", "gap_walkthrough.ipynb"])
 def test_starter_notebook_runs_twice_with_the_same_result(name, tmp_path, monkeypatch):
     work = tmp_path / "work"

@@ -1,5 +1,6 @@
 """The controller's map: content labels + M2M layout for every sample, kept when samples are added
 and when the project is reopened (with or without models)."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,10 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def models():
     model, preprocess, tokenizer = tiny_open_clip()
-    return dc.Models(generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=2),
-                     embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))
+    return dc.Models(
+        generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=2),
+        embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"),
+    )
 
 
 def test_projection_covers_every_sample_and_keeps_old_points_when_new_ones_arrive(models, tmp_path):
@@ -32,11 +35,11 @@ def test_projection_covers_every_sample_and_keeps_old_points_when_new_ones_arriv
         first = c.projection
         images = first[first.kind == "image"]
         labels = first[first.kind == "label"]
-        assert sorted(images.id) == sorted(c.samples.id)          # every real image is placed
-        assert len(labels) > 0 and labels.text.notna().all()      # with the content labels
+        assert sorted(images.id) == sorted(c.samples.id)  # every real image is placed
+        assert len(labels) > 0 and labels.text.notna().all()  # with the content labels
         assert np.isfinite(first[["x", "y"]].to_numpy()).all()
         member_ids = {i for m in labels.members for i in m}
-        assert member_ids <= set(c.samples.id) and member_ids      # labels say which images carry them
+        assert member_ids <= set(c.samples.id) and member_ids  # labels say which images carry them
 
         seen = []
         c.on("projection", seen.append)
@@ -76,7 +79,7 @@ def test_projection_needs_an_embedder_and_two_images(tmp_path):
     ds = dc.starter.colored_digits(shots=1, seed=0)
     c = dc.DataCrafter(ds, project=tmp_path / "q")
     try:
-        assert len(c.projection) == 0   # browsing without models: nothing to show yet, no error
+        assert len(c.projection) == 0  # browsing without models: nothing to show yet, no error
         with pytest.raises(dc.MissingModelError, match="embedder"):
             c.update_projection()
     finally:

@@ -165,7 +165,7 @@ def test_place_keeps_existing_points_and_puts_new_ones_with_their_cluster(layout
     assert np.median(disp) < 0.02 * lay.width
     cent = np.stack([lay.image_xy[cls == j].mean(0) for j in range(4)])
     for rows, c in ((slice(0, 10), 2), (slice(10, 20), 3)):
-        d = np.linalg.norm(lay2.image_xy[len(emb):][rows, None] - cent[None], axis=2)
+        d = np.linalg.norm(lay2.image_xy[len(emb) :][rows, None] - cent[None], axis=2)
         assert (d.argmin(1) == c).all()
     # the original layout is unchanged and placement can be chained
     assert lay.n_images == len(emb)
@@ -179,7 +179,7 @@ def test_place_adds_new_label_texts(layout_and_data):
     lay2 = place(lay, new, [["cluster1", "sparkly"]] * 6)
     assert lay2.label_texts == texts + ["sparkly"]
     assert lay2.memberships.shape == (len(emb) + 6, len(texts) + 1)
-    assert lay2.memberships[: len(emb), -1].nnz == 0 and lay2.memberships[len(emb):, -1].nnz == 6
+    assert lay2.memberships[: len(emb), -1].nnz == 0 and lay2.memberships[len(emb) :, -1].nnz == 6
     cent = np.stack([lay.image_xy[cls == j].mean(0) for j in range(4)])
     assert np.linalg.norm(cent - lay2.label_xy[-1], axis=1).argmin() == 1
     np.testing.assert_array_equal(lay2.image_xy[: len(emb)], lay.image_xy)

@@ -2,6 +2,7 @@
 
 No generator is needed here: the states a kill or a damaged disk leaves are built with the store,
 which is how they arise (every commit is atomic; the bookkeeping around it is what can be cut short)."""
+
 from __future__ import annotations
 
 import io
@@ -85,11 +86,14 @@ def test_a_failed_commit_leaves_no_gap_in_the_segment_numbers(tmp_path, monkeypa
         assert len(SampleStore(tmp_path / "p", readonly=True)) == 2
 
 
-@pytest.mark.parametrize("name, fix", [
-    ("rounds.json", "move it aside"),
-    ("feedback.json", "good / bad marks"),
-    ("project.json", "class list"),
-])
+@pytest.mark.parametrize(
+    "name, fix",
+    [
+        ("rounds.json", "move it aside"),
+        ("feedback.json", "good / bad marks"),
+        ("project.json", "class list"),
+    ],
+)
 def test_damaged_json_documents_name_the_file_and_the_fix(project, name, fix):
     (project / name).write_text('[{"round": 1,')
     if name == "project.json":
@@ -152,7 +156,7 @@ def test_missing_truncated_or_escaping_images_name_the_sample_and_file(project):
         with pytest.raises(DamagedFileError, match=rf"sample {row['id']}.*missing"):
             c.train_student(epochs=1, progress=False, kind="cnn")
         path.write_bytes(data)
-        c.store._materialize().loc[0, "file"] = "../../secret.txt"   # a hand-edited table
+        c.store._materialize().loc[0, "file"] = "../../secret.txt"  # a hand-edited table
         with pytest.raises(DamagedFileError, match="points outside project"):
             c.store.image(row["id"])
 
@@ -176,7 +180,9 @@ def test_an_interrupted_first_import_says_how_to_resume_and_keeps_duplicates_und
     path = tmp_path / "p"
     with SampleStore(path) as store:  # as if the kernel died after the first commit of real images
         store.add([same], [{"label": "a", "split": "train"}])
-    with pytest.raises(ValueError, match=r"first import .* interrupted \(1 image\(s\) stored.*dc\.DataCrafter\(ds, project="):
+    with pytest.raises(
+        ValueError, match=r"first import .* interrupted \(1 image\(s\) stored.*dc\.DataCrafter\(ds, project="
+    ):
         dc.DataCrafter.open(path)
     with dc.DataCrafter(ds, project=path) as c:
         s = c.samples
@@ -212,16 +218,16 @@ def test_exif_orientation_is_applied(tmp_path):
     (tmp_path / "cat").mkdir()
     (tmp_path / "dog").mkdir()
     pixels = np.zeros((20, 40, 3), np.uint8)
-    pixels[:, :20] = (255, 0, 0)                # stored: red left half of a 40x20 landscape
+    pixels[:, :20] = (255, 0, 0)  # stored: red left half of a 40x20 landscape
     exif = Image.Exif()
-    exif[0x0112] = 6                            # the camera was turned: show rotated 90 degrees clockwise
+    exif[0x0112] = 6  # the camera was turned: show rotated 90 degrees clockwise
     Image.fromarray(pixels).save(tmp_path / "cat" / "phone.jpg", exif=exif.tobytes(), quality=95)
     make_image(1).save(tmp_path / "dog" / "x.png")
     ds = dc.Dataset.from_folder(tmp_path)
     im = ds.image(0)
-    assert im.size == (20, 40)                  # portrait, as the camera saw it
+    assert im.size == (20, 40)  # portrait, as the camera saw it
     top, bottom = np.asarray(im)[5, 10], np.asarray(im)[35, 10]
-    assert top[0] > 200 and bottom[0] < 60      # red on top after the turn
+    assert top[0] > 200 and bottom[0] < 60  # red on top after the turn
     with Image.open(tmp_path / "cat" / "phone.jpg") as raw:
         in_memory = dc.Dataset.from_images([raw.copy(), make_image(2)], ["cat", "dog"])
     assert in_memory.image(0).size == (20, 40)
@@ -239,7 +245,7 @@ def test_a_truncated_jpeg_that_passes_the_header_check_is_named_at_import(tmp_pa
     (root / "a" / "broken.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
     make_image(2).save(root / "a" / "ok.png")
     make_image(3).save(root / "b" / "ok.png")
-    ds = dc.Dataset.from_folder(root, check="header")   # only the header: the cut is not seen yet
+    ds = dc.Dataset.from_folder(root, check="header")  # only the header: the cut is not seen yet
     with pytest.raises(DatasetError, match=r"broken\.jpg.*cannot be read.*check='decode'.*import resumes"):
         dc.DataCrafter(ds, project=tmp_path / "p")
     with pytest.warns(UserWarning, match="broken.jpg"):

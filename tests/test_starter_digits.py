@@ -1,4 +1,5 @@
 """The colored-digits starter dataset: spurious correlation as specified, determinism, disjoint splits."""
+
 from __future__ import annotations
 
 import functools
@@ -86,15 +87,22 @@ def test_images_attributes_and_captions():
         im = ds.test.image(i)
         assert im.mode == "RGB" and im.size == (32, 32)
         assert row["label"] == row["digit"]
-        assert row["caption"] == caption_for(row["digit"], row["foreground"], row["background"], row["thickness"], row["slant"])
+        assert row["caption"] == caption_for(
+            row["digit"], row["foreground"], row["background"], row["thickness"], row["slant"]
+        )
         corner = np.array(im.getpixel((0, 0)))
         assert np.abs(corner - np.array(BACKGROUNDS[row["background"]])).max() <= 2
     assert set(frame["background"]) == set(BACKGROUNDS)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"shots": 0}, "shots=0"), ({"shots": 26}, "shots=26"), ({"spurious": 1.5}, "spurious=1.5"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"shots": 0}, "shots=0"),
+        ({"shots": 26}, "shots=26"),
+        ({"spurious": 1.5}, "spurious=1.5"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(DatasetError, match=match):
         colored_digits(**kwargs)

@@ -1,4 +1,5 @@
 """The offline starter models: offline loading, determinism, the training script, the conversions."""
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ def quick_weights(tmp_path_factory) -> Path:
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a connection fails loudly."""
+
     def refuse(*args, **kwargs):
         raise OSError("network access attempted in an offline test")
 
@@ -43,9 +45,17 @@ def _weights(quick_weights: Path) -> Path:
 
 def test_quick_training_writes_safetensors_and_json_only(quick_weights):
     files = sorted(p.relative_to(quick_weights).as_posix() for p in quick_weights.rglob("*") if p.is_file())
-    assert {"clip.safetensors", "clip_config.json", "vae/diffusion_pytorch_model.safetensors", "vae/config.json",
-            "unet/diffusion_pytorch_model.safetensors", "unet/config.json", "scheduler/scheduler_config.json",
-            "generator.json", "training.json"} <= set(files)
+    assert {
+        "clip.safetensors",
+        "clip_config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/config.json",
+        "scheduler/scheduler_config.json",
+        "generator.json",
+        "training.json",
+    } <= set(files)
     assert all(f.endswith((".safetensors", ".json")) for f in files), files
     info = json.loads((quick_weights / "training.json").read_text())
     assert info["seed"] == st.SEED and info["steps"]["unet"] == 2
@@ -78,8 +88,14 @@ def test_same_seed_same_image_and_sizes(quick_weights, no_network):
     alone = gen(["a photo of a 7"], seed=[6], steps=4)
     diff = np.abs(np.asarray(alone[0]).astype(int) - np.asarray(a[1]).astype(int))
     assert diff.max() <= 2 and diff.mean() < 0.01, (diff.max(), diff.mean())
-    i2i = gen(["a blue 5 on a pink background"], image=[a[0]], strength=0.5, seed=1, steps=4,
-              negative_prompt="a digit on a black background")
+    i2i = gen(
+        ["a blue 5 on a pink background"],
+        image=[a[0]],
+        strength=0.5,
+        seed=1,
+        steps=4,
+        negative_prompt="a digit on a black background",
+    )
     assert i2i[0].size == (32, 32) and i2i[0].mode == "RGB"
 
 

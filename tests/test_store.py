@@ -1,4 +1,5 @@
 """SampleStore: round trip, crash safety under SIGKILL, the write lock, schema version, embeddings."""
+
 from __future__ import annotations
 
 import json
@@ -55,29 +56,31 @@ def test_round_trip_1000_samples(tmp_path):
     rows = []
     for i in range(1000):
         generated = i >= 400
-        rows.append({
-            "label": str(i % 10),
-            "split": "generated" if generated else ["pool", "train", "test"][i % 3],
-            "prompt": f"a photo of a {i % 10}, ünïcödé ✓ <b>not html</b>" if generated else "",
-            "negative_prompt": "blurry" if i % 2 else "",
-            "seed": i if generated else -1,
-            "steps": 20 if generated else -1,
-            "guidance": 7.5 if generated else math.nan,
-            "strength": 0.5 if i % 5 == 0 and generated else math.nan,
-            "parent_id": "r000001" if i % 5 == 0 and generated else "",
-            "round": (i // 100) if generated else 0,
-            "strategy": "caption" if generated else "",
-            "model": "tiny-sd" if generated else "",
-            "caption": f"caption {i}",
-            "created": 1_700_000_000.0 + i,
-            "extra_score": float(i) / 3.0,
-        })
+        rows.append(
+            {
+                "label": str(i % 10),
+                "split": "generated" if generated else ["pool", "train", "test"][i % 3],
+                "prompt": f"a photo of a {i % 10}, ünïcödé ✓ <b>not html</b>" if generated else "",
+                "negative_prompt": "blurry" if i % 2 else "",
+                "seed": i if generated else -1,
+                "steps": 20 if generated else -1,
+                "guidance": 7.5 if generated else math.nan,
+                "strength": 0.5 if i % 5 == 0 and generated else math.nan,
+                "parent_id": "r000001" if i % 5 == 0 and generated else "",
+                "round": (i // 100) if generated else 0,
+                "strategy": "caption" if generated else "",
+                "model": "tiny-sd" if generated else "",
+                "caption": f"caption {i}",
+                "created": 1_700_000_000.0 + i,
+                "extra_score": float(i) / 3.0,
+            }
+        )
     with SampleStore(project) as store:
         ids = []
         for i in range(0, 20):  # one by one
             ids += store.add([images[i]], [rows[i]])
         for start in range(20, 1000, 98):  # then in batches
-            ids += store.add(images[start:start + 98], rows[start:start + 98])
+            ids += store.add(images[start : start + 98], rows[start : start + 98])
         assert len(ids) == len(set(ids)) == 1000
         assert ids[0] == "r000001" and ids[400] == "g000001" and ids[-1] == "g000600"
         store.update(ids[400:450], feedback="bad", feedback_labels=["blurry", "off-class"])
@@ -179,7 +182,10 @@ def test_sigkill_at_random_moments_keeps_every_committed_sample(tmp_path):
     for trial in range(5):
         proc = subprocess.Popen(
             [sys.executable, str(script), str(project), "1" if trial % 2 else "0", str(start), PKG],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
         )
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         time.sleep(rnd.uniform(0.1, 0.7))
@@ -245,7 +251,9 @@ def test_second_writer_in_another_process_is_refused(tmp_path):
         store.add([make_image(1)], [{"label": "a"}])
     script = tmp_path / "holder.py"
     script.write_text(HOLDER)
-    proc = subprocess.Popen([sys.executable, str(script), str(project), PKG], stdout=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(project), PKG], stdout=subprocess.PIPE, text=True, env=_env()
+    )
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(ProjectLockedError) as info:
@@ -343,7 +351,7 @@ def test_embeddings_cache(tmp_path, monkeypatch):
     with SampleStore(project) as store:
         assert store.embeddings(keys[:2], "open_clip:ViT-B-32/laion2b") is None
         for start in range(0, 30, 3):  # 10 puts -> compacted twice
-            chunk = keys[start:start + 3]
+            chunk = keys[start : start + 3]
             store.put_embeddings(chunk, "open_clip:ViT-B-32/laion2b", np.stack([vectors[k] for k in chunk]))
         store.put_embeddings(keys[:2], "other/key", np.ones((2, 4)))
         with pytest.raises(ValueError, match="different key"):
@@ -371,10 +379,10 @@ def test_embeddings_stored_twice_compact_to_the_latest_row(tmp_path, monkeypatch
     key = "open_clip:ViT-B-32/laion2b"
     with SampleStore(project) as store:
         store.put_embeddings(["a", "b"], key, np.zeros((2, 4)))
-        store.put_embeddings(["b"], key, np.full((1, 4), 2.0))      # b again, newer value
-        store.put_embeddings(["c"], key, np.full((1, 4), 3.0))      # third part -> compaction
+        store.put_embeddings(["b"], key, np.full((1, 4), 2.0))  # b again, newer value
+        store.put_embeddings(["c"], key, np.full((1, 4), 3.0))  # third part -> compaction
         assert np.array_equal(store.embeddings(["a", "b", "c"], key)[:, 0], [0.0, 2.0, 3.0])
-        for n in range(4):                                          # compact again with repeats
+        for n in range(4):  # compact again with repeats
             store.put_embeddings(["a"], key, np.full((1, 4), 10.0 + n))
     parts = list((project / "embeddings").rglob("*.safetensors"))
     assert len(parts) < 3

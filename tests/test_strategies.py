@@ -1,4 +1,5 @@
 """Prompt strategies -> generation requests (pure logic, no models)."""
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,13 @@ from datacrafter_widget.loop.strategies import (
 )
 
 CLASSES = ["cat", "dog"]
-REAL = pd.DataFrame({"id": ["r000001", "r000002", "r000003"], "label": ["cat", "cat", "dog"],
-                     "caption": ["a cat on a sofa", "", "a dog in the park"]})
+REAL = pd.DataFrame(
+    {
+        "id": ["r000001", "r000002", "r000003"],
+        "label": ["cat", "cat", "dog"],
+        "caption": ["a cat on a sofa", "", "a dog in the park"],
+    }
+)
 CAPTIONS = {"r000001": "a cat on a sofa", "r000002": "", "r000003": "a dog in the park"}
 
 
@@ -42,8 +48,15 @@ def test_caption_strategy_prompts_with_each_real_caption():
     dog = [r for r in reqs if r.label == "dog"]
     assert all(r.prompt == "a photo of dog, a dog in the park" for r in dog)
     assert all(not r.is_img2img for r in reqs)  # captions-as-prompts is text-to-image
-    custom = build_requests("caption", classes=["dog"], per_class=1, seed=0, real=REAL, captions=CAPTIONS,
-                            caption_template="{caption}, {class} breed")
+    custom = build_requests(
+        "caption",
+        classes=["dog"],
+        per_class=1,
+        seed=0,
+        real=REAL,
+        captions=CAPTIONS,
+        caption_template="{caption}, {class} breed",
+    )
     assert custom[0].prompt == "a dog in the park, dog breed"
 
 
@@ -52,8 +65,9 @@ def test_perturb_strategy_is_img2img_in_strength_levels():
     assert all(r.is_img2img and r.parent_id and r.latent_perturbation > 0 for r in reqs)
     assert [r.strength for r in reqs[:4]] == [*PERTURB_STRENGTHS, PERTURB_STRENGTHS[0]]
     assert all(0.5 <= r.strength <= 0.9 for r in reqs)
-    fixed = build_requests("perturb", classes=CLASSES, per_class=2, seed=0, real=REAL, strength=0.6,
-                           latent_perturbation=0.0)
+    fixed = build_requests(
+        "perturb", classes=CLASSES, per_class=2, seed=0, real=REAL, strength=0.6, latent_perturbation=0.0
+    )
     assert {r.strength for r in fixed} == {0.6} and {r.latent_perturbation for r in fixed} == {0.0}
     with pytest.raises(StrategyError, match="strength"):
         build_requests("perturb", classes=CLASSES, per_class=1, seed=0, real=REAL, strength=1.5)
@@ -62,9 +76,14 @@ def test_perturb_strategy_is_img2img_in_strength_levels():
 
 
 def test_custom_strategy_and_negative_prompts_per_class():
-    reqs = build_requests("custom", classes=CLASSES, per_class=2, seed=0,
-                          prompts={"cat": ["a cat in snow", "a cat at night"], "dog": "a {class} swimming"},
-                          negative_prompts={"cat": "dog, blurry"})
+    reqs = build_requests(
+        "custom",
+        classes=CLASSES,
+        per_class=2,
+        seed=0,
+        prompts={"cat": ["a cat in snow", "a cat at night"], "dog": "a {class} swimming"},
+        negative_prompts={"cat": "dog, blurry"},
+    )
     assert [r.prompt for r in reqs] == ["a cat in snow", "a cat at night", "a dog swimming", "a dog swimming"]
     assert [r.negative_prompt for r in reqs] == ["dog, blurry", "dog, blurry", "", ""]
     only_cat = build_requests("custom", classes=CLASSES, per_class=1, seed=0, prompts={"cat": "a cat"})
@@ -90,9 +109,11 @@ def test_bad_input_names_the_problem():
 
 
 def test_grouping_batches_classes_and_strategies_together():
-    reqs = (build_requests("class", classes=CLASSES, per_class=2, seed=0)
-            + build_requests("caption", classes=CLASSES, per_class=2, seed=4, real=REAL, captions=CAPTIONS)
-            + build_requests("perturb", classes=CLASSES, per_class=3, seed=8, real=REAL, captions=CAPTIONS))
+    reqs = (
+        build_requests("class", classes=CLASSES, per_class=2, seed=0)
+        + build_requests("caption", classes=CLASSES, per_class=2, seed=4, real=REAL, captions=CAPTIONS)
+        + build_requests("perturb", classes=CLASSES, per_class=3, seed=8, real=REAL, captions=CAPTIONS)
+    )
     groups = group_requests(reqs)
     # every text-to-image request (both strategies, both classes) shares one group; img2img by strength
     assert groups[0] == list(range(8))

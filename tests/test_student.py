@@ -1,4 +1,5 @@
 """The student classifier: learns, is deterministic, saves without pickle, fails clearly."""
+
 from __future__ import annotations
 
 import threading
@@ -133,7 +134,14 @@ def test_training_set_uses_accepted_generated_only():
         {"id": "g2", "source": "generated", "split": "generated", "label": "b", "feedback": "bad", "flag": ""},
         {"id": "g3", "source": "generated", "split": "generated", "label": "b", "feedback": "removed", "flag": ""},
         {"id": "g4", "source": "generated", "split": "generated", "label": "b", "feedback": "", "flag": "off-class"},
-        {"id": "g5", "source": "generated", "split": "generated", "label": "b", "feedback": "good", "flag": "off-class"},
+        {
+            "id": "g5",
+            "source": "generated",
+            "split": "generated",
+            "label": "b",
+            "feedback": "good",
+            "flag": "off-class",
+        },
     ]
     samples = pd.DataFrame(rows)
     assert accepted_rows(samples)["id"].tolist() == ["g1", "g5"]
@@ -152,8 +160,10 @@ def _tiny_crafter(tmp_path):
     from tests.tiny_models import tiny_open_clip, tiny_sd_pipeline
 
     model, preprocess, tokenizer = tiny_open_clip()
-    models = Models(generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=2, default_guidance=3.0),
-                    embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))
+    models = Models(
+        generator=Generator(tiny_sd_pipeline(), name="tiny-sd", default_steps=2, default_guidance=3.0),
+        embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"),
+    )
     return DataCrafter(colored_digits(shots=1, seed=0), models=models, project=tmp_path / "proj"), models
 
 
@@ -181,15 +191,15 @@ def test_cnn_keeps_a_spatial_map_and_a_fixed_step_budget():
     from datacrafter_widget.loop.student import CNN_STEPS, _small_cnn
 
     net = _small_cnn(10, 8).eval()
-    body = net[:-3]                            # up to the 2x2 map, before flatten / dropout / head
+    body = net[:-3]  # up to the 2x2 map, before flatten / dropout / head
     assert body(torch.zeros(1, 3, 32, 32)).shape == (1, 32, 2, 2)
     assert any(isinstance(m, torch.nn.Dropout) for m in net)
     images, labels = _colour_set()
     stop = threading.Event()
-    stop.set()                                 # cancelled before the first step: only the plan is made
+    stop.set()  # cancelled before the first step: only the plan is made
     small = train_student(images[:4] + images[-4:], labels[:4] + labels[-4:], cancel=stop, progress=False)
     large = train_student(images, labels, cancel=stop, progress=False)
-    assert small.config.steps == large.config.steps == CNN_STEPS    # more images never mean less training
+    assert small.config.steps == large.config.steps == CNN_STEPS  # more images never mean less training
     a = train_student(images[:4] + images[-4:], labels[:4] + labels[-4:], steps=7, progress=False)
     b = train_student(images, labels, steps=7, progress=False)
     assert a.config.trained_steps == b.config.trained_steps == 7
@@ -198,7 +208,7 @@ def test_cnn_keeps_a_spatial_map_and_a_fixed_step_budget():
 def test_cnn_is_differentiable_on_pixels():
     images, labels = _colour_set()
     student = train_student(images, labels, steps=3, progress=False)
-    x = torch.rand(2, 3, 48, 48, requires_grad=True)   # other sizes are resized inside, differentiably
+    x = torch.rand(2, 3, 48, 48, requires_grad=True)  # other sizes are resized inside, differentiably
     student.logits_from_pixels(x)[:, 0].sum().backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
 
@@ -214,15 +224,37 @@ def test_a_student_saved_before_the_four_block_cnn_still_loads(tmp_path):
     folder = tmp_path / "old"
     folder.mkdir()
     save_file({k: v.contiguous() for k, v in old.state_dict().items()}, str(folder / "student.safetensors"))
-    (folder / "student.json").write_text(json.dumps({
-        "kind": "cnn", "classes": ["bar", "cross"], "image_size": 32, "width": 8, "epochs": 40, "lr": 5e-3,
-        "weight_decay": 1e-4, "batch_size": 32, "seed": 0, "augment": True, "embedder": "", "feature_dim": 0,
-        "backbone": "", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "trained_epochs": 40, "n_train": 12,
-        "cancelled": False, "history": []}))
+    (folder / "student.json").write_text(
+        json.dumps(
+            {
+                "kind": "cnn",
+                "classes": ["bar", "cross"],
+                "image_size": 32,
+                "width": 8,
+                "epochs": 40,
+                "lr": 5e-3,
+                "weight_decay": 1e-4,
+                "batch_size": 32,
+                "seed": 0,
+                "augment": True,
+                "embedder": "",
+                "feature_dim": 0,
+                "backbone": "",
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.25, 0.25, 0.25],
+                "trained_epochs": 40,
+                "n_train": 12,
+                "cancelled": False,
+                "history": [],
+            }
+        )
+    )
     loaded = Student.load(folder)
     assert loaded.config.arch == "cnn3"
     images, _ = _colour_set()
-    x = (torch.stack([torch.from_numpy(np.asarray(im, np.float32) / 255).permute(2, 0, 1) for im in images]) - 0.5) / 0.25
+    x = (
+        torch.stack([torch.from_numpy(np.asarray(im, np.float32) / 255).permute(2, 0, 1) for im in images]) - 0.5
+    ) / 0.25
     assert torch.allclose(loaded.logits(images), old(x), atol=1e-5)
 
 
@@ -246,26 +278,29 @@ def test_metrics_show_heldout_student_accuracy_per_round(tmp_path, monkeypatch):
 
     # An "ideal generator" round: real pool images stored as generated rows of round 1.
     pool = ds.pool.frame.groupby("label").head(15)
-    ids = crafter.store.add(list(pool["image"]), [{"label": str(l), "split": "generated", "round": 1,
-                                                   "strategy": "class"} for l in pool["label"]])
+    ids = crafter.store.add(
+        list(pool["image"]),
+        [{"label": str(l), "split": "generated", "round": 1, "strategy": "class"} for l in pool["label"]],
+    )
     after = crafter.metrics
     assert after["round"].tolist() == [0, 1] and after["n_generated"].tolist() == [0, len(ids)]
     assert after["student_n_train"].tolist() == [30, 30 + len(ids)]
-    assert after.loc[0, "student_acc"] == before.loc[0, "student_acc"]       # round 0 is cached, unchanged
-    assert after.loc[1, "student_acc"] > after.loc[0, "student_acc"]         # the added images help
+    assert after.loc[0, "student_acc"] == before.loc[0, "student_acc"]  # round 0 is cached, unchanged
+    assert after.loc[1, "student_acc"] > after.loc[0, "student_acc"]  # the added images help
     assert {"student_acc", "class_maintenance"} <= set(after.columns)
     files = sorted(p.name for p in (crafter.project / "heldout" / "round_1").iterdir())
     assert files == ["result.json", "student.json", "student.safetensors"]
-    metrics_chart(after)                                                     # the chart takes the column
+    metrics_chart(after)  # the chart takes the column
 
     def no_training(*a, **k):
         raise AssertionError("metrics retrained a student although nothing changed")
+
     monkeypatch.setattr(student_module, "train_student", no_training)
     again = crafter.metrics
     assert again["student_acc"].tolist() == after["student_acc"].tolist()
     monkeypatch.undo()
 
-    crafter.feedback(bad=ids[:5])                                            # fewer accepted images: retrained
+    crafter.feedback(bad=ids[:5])  # fewer accepted images: retrained
     assert crafter.metrics["student_n_train"].tolist() == [30, 30 + len(ids) - 5]
 
     crafter.heldout = None
@@ -281,6 +316,7 @@ def test_torchvision_classifier_by_name_trains_from_scratch_offline(tmp_path, mo
 
     def no_network(*a, **k):
         raise AssertionError("the student tried to download something")
+
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     images, labels = _colour_set()
@@ -300,7 +336,7 @@ def test_user_supplied_weights_load_into_a_named_torchvision_model(tmp_path):
 
     from datacrafter_widget.loop.student import _named_backbone
 
-    source = torchvision.models.mobilenet_v3_small()          # 1000-class head, as published weights have
+    source = torchvision.models.mobilenet_v3_small()  # 1000-class head, as published weights have
     with torch.no_grad():
         source.features[0][0].weight.fill_(0.125)
     state = {k: v.contiguous() for k, v in source.state_dict().items()}
@@ -309,10 +345,18 @@ def test_user_supplied_weights_load_into_a_named_torchvision_model(tmp_path):
     for path in (tmp_path / "w.safetensors", tmp_path / "w.pth"):
         net = _named_backbone("torchvision:mobilenet_v3_small", 2, weights=path)
         assert torch.equal(net.features[0][0].weight, source.features[0][0].weight)
-        assert net.classifier[-1].out_features == 2                 # the head is replaced after loading
+        assert net.classifier[-1].out_features == 2  # the head is replaced after loading
     images, labels = _colour_set()
-    student = train_student(images, labels, backbone="mobilenet_v3_small", weights=tmp_path / "w.safetensors",
-                            image_size=32, steps=1, lr=1e-9, progress=False)
+    student = train_student(
+        images,
+        labels,
+        backbone="mobilenet_v3_small",
+        weights=tmp_path / "w.safetensors",
+        image_size=32,
+        steps=1,
+        lr=1e-9,
+        progress=False,
+    )
     assert student.config.weights == str(tmp_path / "w.safetensors")
     assert torch.allclose(student.net.features[0][0].weight, source.features[0][0].weight, atol=1e-6)
 
@@ -329,7 +373,13 @@ def test_bad_backbone_names_and_weights_give_clear_errors(tmp_path):
         train_student(images, labels, backbone="resnet18", weights=tmp_path / "missing.safetensors", progress=False)
     save_file({"conv.weight": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(StudentError, match="do not fit torchvision model 'mobilenet_v3_small'"):
-        train_student(images, labels, backbone="mobilenet_v3_small", weights=tmp_path / "other.safetensors",
-                      image_size=32, progress=False)
+        train_student(
+            images,
+            labels,
+            backbone="mobilenet_v3_small",
+            weights=tmp_path / "other.safetensors",
+            image_size=32,
+            progress=False,
+        )
     with pytest.raises(StudentError, match="pass backbone="):
         train_student(images, labels, weights=tmp_path / "other.safetensors", progress=False)

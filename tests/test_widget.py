@@ -1,4 +1,5 @@
 """Python side of the widget: atlas building, binary point arrays, selection sync, callbacks, layout."""
+
 from __future__ import annotations
 
 import io
@@ -30,14 +31,17 @@ def colour(i: int) -> tuple[int, int, int]:
 
 
 def frame(n: int = 6) -> pd.DataFrame:
-    return pd.DataFrame({
-        "x": np.linspace(0, 1, n), "y": np.linspace(1, 0, n),
-        "label": ["cat", "dog"] * (n // 2),
-        "source": ["real"] * (n // 2) + ["generated"] * (n - n // 2),
-        "round": [0] * (n // 2) + [2] * (n - n // 2),
-        "feedback": ["", "good", "bad", "removed"] + [""] * (n - 4),
-        "flag": [""] * (n - 1) + ["off-class"],
-    })
+    return pd.DataFrame(
+        {
+            "x": np.linspace(0, 1, n),
+            "y": np.linspace(1, 0, n),
+            "label": ["cat", "dog"] * (n // 2),
+            "source": ["real"] * (n // 2) + ["generated"] * (n - n // 2),
+            "round": [0] * (n // 2) + [2] * (n - n // 2),
+            "feedback": ["", "good", "bad", "removed"] + [""] * (n - 4),
+            "flag": [""] * (n - 1) + ["off-class"],
+        }
+    )
 
 
 # ----------------------------------------------------------------- atlas
@@ -51,7 +55,7 @@ def test_atlas_places_each_thumbnail_in_its_tile() -> None:
     assert sheet.shape == (48, 64, 3)
     for i, im in enumerate(images):
         r, c = divmod(i, 4)
-        tile = sheet[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16]
+        tile = sheet[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16]
         expected = np.asarray(im.convert("RGB"))[0, 0]
         assert (tile == expected).all(), f"tile {i} has the wrong pixels"
     assert (sheet[32:, 32:] == 0).all()  # unused cells stay black
@@ -208,10 +212,21 @@ def test_details_reply_carries_text_fields_and_png() -> None:
     w.set_frame(frame())
     sent = []
     w.send = lambda content, buffers=None: sent.append((content, buffers))
-    w.on_details(lambda i: {"prompt": f"a photo of {i}", "seed": 7, "parent": None, "image": Image.new("RGB", (64, 48), (1, 2, 3))})
+    w.on_details(
+        lambda i: {
+            "prompt": f"a photo of {i}",
+            "seed": 7,
+            "parent": None,
+            "image": Image.new("RGB", (64, 48), (1, 2, 3)),
+        }
+    )
     w._on_custom_msg(w, {"type": "details", "index": 2}, [])
     content, buffers = sent[-1]
-    assert content == {"type": "details", "index": 2, "fields": [["prompt", "a photo of 2"], ["seed", "7"], ["parent", ""]]}
+    assert content == {
+        "type": "details",
+        "index": 2,
+        "fields": [["prompt", "a photo of 2"], ["seed", "7"], ["parent", ""]],
+    }
     img = Image.open(io.BytesIO(buffers[0]))
     assert img.size == (64, 48) and img.getpixel((0, 0)) == (1, 2, 3)
     # Out-of-range and failing callbacks answer with an error field instead of breaking.
@@ -230,8 +245,12 @@ def test_layout_controls_send_actions() -> None:
     w.send = lambda content, buffers=None: None
     calls = []
     w.on_action(lambda name, payload: calls.append((name, payload)))
-    w.prompts = {"cat": {"current": "a photo of a cat", "history": [{"action": "evolved", "prompt": "a cat"},
-                                                                     {"action": "edit", "prompt": "a photo of a cat"}]}}
+    w.prompts = {
+        "cat": {
+            "current": "a photo of a cat",
+            "history": [{"action": "evolved", "prompt": "a cat"}, {"action": "edit", "prompt": "a photo of a cat"}],
+        }
+    }
     box = build_layout(w, strategies=("class", "caption", "custom", "evolved"))
     assert isinstance(box, ipywidgets.VBox) and box.children[0].children[0] is w
     gen = box.side_panel.children[0]
@@ -240,7 +259,11 @@ def test_layout_controls_send_actions() -> None:
     gen.custom.value = "a {class} in snow"
     gen.generate_button.click()
     assert calls[-1][0] == "generate"
-    assert {k: calls[-1][1][k] for k in ("strategy", "count", "prompt")} == {"strategy": "custom", "count": 3, "prompt": "a {class} in snow"}
+    assert {k: calls[-1][1][k] for k in ("strategy", "count", "prompt")} == {
+        "strategy": "custom",
+        "count": 3,
+        "prompt": "a {class} in snow",
+    }
     gen.strategy.value = "evolved"
     gen.generate_button.click()
     assert calls[-1][1]["strategy"] == "evolved"
@@ -270,7 +293,9 @@ def test_layout_places_metrics_chart_below() -> None:
     import ipywidgets
 
     w = CrafterWidget()
-    chart = alt.JupyterChart(alt.Chart(pd.DataFrame({"round": [1, 2], "cmmd": [0.3, 0.2]})).mark_line().encode(x="round", y="cmmd"))
+    chart = alt.JupyterChart(
+        alt.Chart(pd.DataFrame({"round": [1, 2], "cmmd": [0.3, 0.2]})).mark_line().encode(x="round", y="cmmd")
+    )
     box = build_layout(w, metrics_chart=chart)
     assert isinstance(box, ipywidgets.VBox) and box.children[-1] is chart
 
@@ -283,8 +308,10 @@ def test_widget_loads_the_built_bundle() -> None:
     assert "innerHTML" not in esm and "insertAdjacentHTML" not in esm  # text goes in as text
 
 
-@pytest.mark.skipif(not (ROOT / "js" / "node_modules" / "esbuild").exists() or shutil.which("node") is None,
-                    reason="needs `npm ci` in js/")
+@pytest.mark.skipif(
+    not (ROOT / "js" / "node_modules" / "esbuild").exists() or shutil.which("node") is None,
+    reason="needs `npm ci` in js/",
+)
 def test_committed_bundle_matches_sources(tmp_path: pathlib.Path) -> None:
     subprocess.run(["node", "build.mjs", f"--outdir={tmp_path}"], cwd=ROOT / "js", check=True, capture_output=True)
     for name in ("widget.js", "widget.css"):
@@ -365,9 +392,15 @@ def test_crafter_view_follows_the_projection(crafter) -> None:
     ids = crafter.samples["id"].tolist()
     rng = np.random.default_rng(0)
     xy = rng.normal(size=(len(ids), 2)).astype(np.float32)
-    proj = pd.DataFrame({"kind": ["image"] * len(ids) + ["label", "label"], "id": ids + ["", ""],
-                         "text": [""] * len(ids) + ["red", "<b>thin</b>"],
-                         "x": list(xy[:, 0]) + [-5.0, 5.0], "y": list(xy[:, 1]) + [0.0, 0.0]})
+    proj = pd.DataFrame(
+        {
+            "kind": ["image"] * len(ids) + ["label", "label"],
+            "id": ids + ["", ""],
+            "text": [""] * len(ids) + ["red", "<b>thin</b>"],
+            "x": list(xy[:, 0]) + [-5.0, 5.0],
+            "y": list(xy[:, 1]) + [0.0, 0.0],
+        }
+    )
     crafter.set_projection(proj)
     got = np.frombuffer(view.widget.xy, "<f4").reshape(-1, 2)
     assert np.allclose(got, xy)

@@ -5,6 +5,7 @@ hub: diffusers' StableDiffusionPipeline, open_clip's CLIP, transformers' BLIP ca
 models are a few thousand parameters, so a test runs in seconds on a shared CPU.
 Factories cache per process (`functools.cache`), which makes them session-scoped under pytest.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,7 +36,9 @@ def clip_tokenizer_dir() -> Path:
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     folder = Path(tempfile.mkdtemp(prefix="dc-clip-tokenizer-"))
     (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8"
+    )
     return folder
 
 
@@ -136,8 +139,30 @@ def tiny_open_clip(seed: int = 0):
     return model, preprocess, SimpleTokenizer(context_length=CLIP_BPE_CONTEXT)
 
 
-BLIP_WORDS = ["a", "photo", "of", "the", "red", "green", "blue", "digit", "on", "background", "black", "white",
-              "thin", "thick", "slanted", "left", "right", "one", "two", "three", "cat", "dog"]
+BLIP_WORDS = [
+    "a",
+    "photo",
+    "of",
+    "the",
+    "red",
+    "green",
+    "blue",
+    "digit",
+    "on",
+    "background",
+    "black",
+    "white",
+    "thin",
+    "thick",
+    "slanted",
+    "left",
+    "right",
+    "one",
+    "two",
+    "three",
+    "cat",
+    "dog",
+]
 
 
 @functools.cache
@@ -170,8 +195,14 @@ def tiny_blip(seed: int = 0):
             sep_token_id=tokenizer.sep_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     torch.manual_seed(seed)
@@ -205,7 +236,8 @@ def tiny_models(seed: int = 0, steps: int = 3, crash_flag: str | None = None):
 
     gen = CrashingGenerator(tiny_sd_pipeline(seed), name=f"tiny-sd-{seed}", default_steps=steps, default_guidance=7.5)
     model, preprocess, tokenizer = tiny_open_clip(seed)
-    models = Models(generator=gen, embedder=Embedder(model, preprocess, tokenizer, name=f"tiny-clip-{seed}"),
-                    name="tiny")
+    models = Models(
+        generator=gen, embedder=Embedder(model, preprocess, tokenizer, name=f"tiny-clip-{seed}"), name="tiny"
+    )
     models.spec = ModelSpec("tiny_models:tiny_models", {"seed": seed, "steps": steps, "crash_flag": crash_flag})
     return models

@@ -2,6 +2,7 @@
 
 Subcommands register themselves through `REGISTRARS`; each adds one subparser and sets `func`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,9 @@ def working_notebooks(source: Path, workdir: Path | None = None) -> Path:
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise SystemExit(f"datacrafter demo: cannot create the working folder {target} ({err}): pass --dir FOLDER") from err
+        raise SystemExit(
+            f"datacrafter demo: cannot create the working folder {target} ({err}): pass --dir FOLDER"
+        ) from err
     for nb in sorted(source.glob("*.ipynb")):
         dest = target / nb.name
         if not dest.exists():  # never overwrite a user's edited copy
@@ -69,9 +72,11 @@ def browser_available() -> bool:
     return True
 
 
-NO_BROWSER_HINT = ("datacrafter demo: no web browser on this machine (a server?): open the URL above from your own "
-                   "computer. For a remote machine, start with --ip 0.0.0.0 --port 8888 and open "
-                   "http://HOST:8888/... , or keep the default --ip and forward the port: ssh -L 8888:localhost:8888 HOST")
+NO_BROWSER_HINT = (
+    "datacrafter demo: no web browser on this machine (a server?): open the URL above from your own "
+    "computer. For a remote machine, start with --ip 0.0.0.0 --port 8888 and open "
+    "http://HOST:8888/... , or keep the default --ip and forward the port: ssh -L 8888:localhost:8888 HOST"
+)
 
 
 def free_port(preferred: int) -> int:
@@ -90,7 +95,10 @@ def demo_command(args: argparse.Namespace) -> list[str]:
     """The JupyterLab command line for `datacrafter demo` (and the URL it will serve)."""
     root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []  # Colab and containers run as root
     return [
-        sys.executable, "-m", "jupyterlab", *root,
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        *root,
         f"--ServerApp.root_dir={args.workdir_resolved}",
         f"--ServerApp.port={args.port_resolved}",
         "--ServerApp.port_retries=0",
@@ -137,23 +145,43 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="open JupyterLab on the quickstart notebook (offline starter kit)",
-                       description="Copy the quickstart notebooks into a working folder you own "
-                                   "(default ~/datacrafter-notebooks) and start JupyterLab there; prints its URL. "
-                                   "On a remote machine: --ip 0.0.0.0 --port 8888 --no-browser.")
+    p = sub.add_parser(
+        "demo",
+        help="open JupyterLab on the quickstart notebook (offline starter kit)",
+        description="Copy the quickstart notebooks into a working folder you own "
+        "(default ~/datacrafter-notebooks) and start JupyterLab there; prints its URL. "
+        "On a remote machine: --ip 0.0.0.0 --port 8888 --no-browser.",
+    )
     p.add_argument("--no-browser", action="store_true", help="do not open a browser (servers, remote machines)")
     p.add_argument("--port", type=int, default=8888, help="port to serve on (the next free one if taken; default 8888)")
     p.add_argument("--ip", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--dir", default=None, help="working folder the notebooks are copied to and run in "
-                                                "(default ~/datacrafter-notebooks; your edits there are kept)")
+    p.add_argument(
+        "--dir",
+        default=None,
+        help="working folder the notebooks are copied to and run in "
+        "(default ~/datacrafter-notebooks; your edits there are kept)",
+    )
     p.add_argument("--token", default=None, help="access token (default: a random one, printed in the URL)")
     p.add_argument("--dry-run", action="store_true", help="print the URL and the JupyterLab command, start nothing")
     p.set_defaults(func=run_demo)
 
 
 # ---- info ----------------------------------------------------------------------------------
-PACKAGES = ["datacrafter-widget", "torch", "torchvision", "diffusers", "open-clip-torch", "transformers",
-            "anywidget", "jupyterlab", "datasets", "safetensors", "pandas", "pyarrow", "pillow"]
+PACKAGES = [
+    "datacrafter-widget",
+    "torch",
+    "torchvision",
+    "diffusers",
+    "open-clip-torch",
+    "transformers",
+    "anywidget",
+    "jupyterlab",
+    "datasets",
+    "safetensors",
+    "pandas",
+    "pyarrow",
+    "pillow",
+]
 
 
 def _version(dist: str) -> str | None:
@@ -203,7 +231,7 @@ def hf_cache() -> dict[str, Any]:
         cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
     models = []
     if cache.is_dir():
-        models = sorted(p.name[len("models--"):].replace("--", "/") for p in cache.glob("models--*"))
+        models = sorted(p.name[len("models--") :].replace("--", "/") for p in cache.glob("models--*"))
     return {"cache": str(cache), "models": models, "offline": os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")}
 
 
@@ -240,15 +268,20 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"starter weights: {state}\n  in {w['folder']}")
     h = info["huggingface"]
     models = ", ".join(h["models"][:10]) + (f" and {len(h['models']) - 10} more" if len(h["models"]) > 10 else "")
-    print(f"hugging face cache: {h['cache']} ({'offline' if h['offline'] else 'online'}): "
-          f"{len(h['models'])} model(s){': ' + models if models else ''}")
+    print(
+        f"hugging face cache: {h['cache']} ({'offline' if h['offline'] else 'online'}): "
+        f"{len(h['models'])} model(s){': ' + models if models else ''}"
+    )
     print(f"notebooks: {info['notebooks'] or 'not found (set DATACRAFTER_NOTEBOOKS)'}")
     return 0
 
 
 def add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="versions, torch device and which models are found",
-                       description="Print package versions, the torch device and which models are available offline.")
+    p = sub.add_parser(
+        "info",
+        help="versions, torch device and which models are found",
+        description="Print package versions, the torch device and which models are available offline.",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_info)
 
@@ -271,10 +304,13 @@ def run_headless(args: argparse.Namespace) -> int:
 
 def add_run(sub: argparse._SubParsersAction) -> None:
     """`datacrafter run CONFIG.toml` (app/headless.py, imported only when the command runs)."""
-    p = sub.add_parser("run", help="run the loop headless from a TOML config and write an HTML report",
-                       description="Run the loop a TOML config describes (see examples/starter.toml) through "
-                                   "DataCrafter and write report.html, metrics.csv, the student and the export "
-                                   "into the project folder. Every line carries the seconds since the start.")
+    p = sub.add_parser(
+        "run",
+        help="run the loop headless from a TOML config and write an HTML report",
+        description="Run the loop a TOML config describes (see examples/starter.toml) through "
+        "DataCrafter and write report.html, metrics.csv, the student and the export "
+        "into the project folder. Every line carries the seconds since the start.",
+    )
     p.add_argument("config", help="path of the TOML config (see examples/starter.toml)")
     p.add_argument("--project", default=None, help="project folder (overrides the config's project)")
     p.add_argument("--overwrite", action="store_true", help="replace the project folder of an earlier run")

@@ -4,6 +4,7 @@ A typo (`stpes = 10` under [gap]) or a wrong type (`shots = "five"`) is an error
 its section and what is allowed, instead of being ignored or failing later with a traceback.
 Defaults live in the schema, so examples/starter.toml, the checks and the documentation agree.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -32,6 +33,7 @@ class Key:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
 
+
 TOP: dict[str, Key] = {
     "title": Key("str", "datacrafter run", "the report's title"),
     "project": Key("str", "runs/headless", "project folder, relative to the config file"),
@@ -41,7 +43,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "dataset": {
         "kind": Key("str", "starter", "where the images come from", ("starter", "folder")),
         "shots": Key("int", 5, "real training images per class (starter)", minimum=1),
-        "spurious": Key("float", 0.0, "share of train images whose background is tied to the class (starter)", minimum=0),
+        "spurious": Key(
+            "float", 0.0, "share of train images whose background is tied to the class (starter)", minimum=0
+        ),
         "seed": Key("int", 0, "which scans and renders make the splits (starter)"),
         "path": Key("str", None, "ImageFolder with class/xxx.jpg (kind = 'folder')"),
         "test": Key("str", None, "an ImageFolder of held-out test images (kind = 'folder')"),
@@ -56,7 +60,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "guidance": Key("float", None, "default classifier-free guidance scale", minimum=0),
     },
     "feedback": {
-        "simulate": Key("bool", False, "the starter's independent checker marks off-prompt images bad (a simulated lasso)"),
+        "simulate": Key(
+            "bool", False, "the starter's independent checker marks off-prompt images bad (a simulated lasso)"
+        ),
     },
     "evolve": {
         "enabled": Key("bool", False, "evolve prompts from the feedback, then generate a round with them"),
@@ -86,11 +92,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "adversarial_weight": Key("float", 1.0, "weight of the adversarial term", minimum=0),
     },
     "student": {
-        "kind": Key("str", "auto", "the student classifier (auto: small CNN for small images, else a CLIP probe)",
-                    ("auto", "cnn", "probe")),
+        "kind": Key(
+            "str",
+            "auto",
+            "the student classifier (auto: small CNN for small images, else a CLIP probe)",
+            ("auto", "cnn", "probe"),
+        ),
         "epochs": Key("int", None, "training epochs (default: the student's own budget)", minimum=1),
         "seed": Key("int", 0, "training seed"),
-        "seeds": Key("int", 1, "train the first and last stage with this many seeds to show the seed spread", minimum=1),
+        "seeds": Key(
+            "int", 1, "train the first and last stage with this many seeds to show the seed spread", minimum=1
+        ),
         "evaluate_each_round": Key("bool", True, "retrain and evaluate after every generation round"),
     },
     "backend": {  # controller/backends.py, docs/ray.md
@@ -108,6 +120,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
 }
 
+
 def _where(section: str | None) -> str:
     return f"[{section}]" if section else "the top level"
 
@@ -115,8 +128,10 @@ def _where(section: str | None) -> str:
 def _unknown(key: str, section: str | None, allowed: Mapping[str, Any]) -> ConfigError:
     close = difflib.get_close_matches(key, list(allowed), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"unknown key {key!r} in {_where(section)}{hint}: the keys of {_where(section)} are "
-                       f"{', '.join(sorted(allowed))}")
+    return ConfigError(
+        f"unknown key {key!r} in {_where(section)}{hint}: the keys of {_where(section)} are "
+        f"{', '.join(sorted(allowed))}"
+    )
 
 
 def _check_value(key: str, value: Any, spec: Key, section: str | None) -> Any:
@@ -136,16 +151,25 @@ def _check_value(key: str, value: Any, spec: Key, section: str | None) -> Any:
     else:  # table
         ok = isinstance(value, Mapping)
     if not ok:
-        names = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string in quotes",
-                 "str list": "a string or a list of strings", "table": "a table"}
-        raise ConfigError(f"{where} = {value!r} must be {names[kind]} ({spec.help})"
-                          + (f"; allowed: {', '.join(map(repr, spec.choices))}" if spec.choices else ""))
+        names = {
+            "int": "a whole number",
+            "float": "a number",
+            "bool": "true or false",
+            "str": "a string in quotes",
+            "str list": "a string or a list of strings",
+            "table": "a table",
+        }
+        raise ConfigError(
+            f"{where} = {value!r} must be {names[kind]} ({spec.help})"
+            + (f"; allowed: {', '.join(map(repr, spec.choices))}" if spec.choices else "")
+        )
     if spec.choices:
         values = [value] if isinstance(value, str) else list(value) if kind == "str list" else [value]
         bad = [v for v in values if v not in spec.choices]
         if bad:
-            raise ConfigError(f"{where} = {bad[0]!r} is not allowed: use one of {', '.join(map(repr, spec.choices))} "
-                              f"({spec.help})")
+            raise ConfigError(
+                f"{where} = {bad[0]!r} is not allowed: use one of {', '.join(map(repr, spec.choices))} ({spec.help})"
+            )
     if spec.minimum is not None and isinstance(value, (int, float)) and value < spec.minimum:
         raise ConfigError(f"{where} = {value!r} must be at least {spec.minimum:g} ({spec.help})")
     return value
@@ -153,8 +177,9 @@ def _check_value(key: str, value: Any, spec: Key, section: str | None) -> Any:
 
 def _check_table(raw: Any, keys: Mapping[str, Key], section: str) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"[{section}] must be a table ([{section}] on its own line, then key = value lines), "
-                          f"got {raw!r}")
+        raise ConfigError(
+            f"[{section}] must be a table ([{section}] on its own line, then key = value lines), got {raw!r}"
+        )
     for key in raw:
         if key not in keys:
             raise _unknown(str(key), section, keys)
@@ -174,8 +199,9 @@ def load_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     else:
         path = Path(source)
         if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist: pass the path of a .toml file "
-                              "(see examples/starter.toml)")
+            raise ConfigError(
+                f"config file {str(path)!r} does not exist: pass the path of a .toml file (see examples/starter.toml)"
+            )
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
@@ -220,8 +246,11 @@ def round_spec(table: Any, i: int) -> Any:
     for key in table:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
-            raise ConfigError(f"unknown key {key!r} in {where}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                              + f": the keys of a round are {', '.join(allowed)}")
+            raise ConfigError(
+                f"unknown key {key!r} in {where}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f": the keys of a round are {', '.join(allowed)}"
+            )
     if "strategy" not in table and "strategies" not in table:
         raise ConfigError(f"strategy in {where} is missing: use one of {', '.join(map(repr, _STRATEGIES))}")
     try:
@@ -242,5 +271,6 @@ def _check_combinations(cfg: Mapping[str, Any]) -> None:
     if g["masks"] != "none" and g["sources"] == "none":
         raise ConfigError("gap.masks needs gap.sources = 'train': masks keep the object of a source image")
     if cfg["feedback"]["simulate"] and d["kind"] != "starter":
-        raise ConfigError("feedback.simulate uses the starter kit's independent checker: it works with "
-                          "dataset.kind = 'starter' only")
+        raise ConfigError(
+            "feedback.simulate uses the starter kit's independent checker: it works with dataset.kind = 'starter' only"
+        )

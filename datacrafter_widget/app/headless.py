@@ -8,6 +8,7 @@ evolve() + generate_evolved() -> optional adversarial() (GAP) -> train_student +
 stage -> metrics -> optional export() -> report.html. Every line it prints carries the seconds since
 the start; long steps show tqdm bars. The config schema is in config.py (examples/starter.toml).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,16 @@ from PIL import Image
 
 from .config import ConfigError, backend_config, load_config, round_spec
 
-__all__ = ["ConfigError", "RunResult", "load_config", "run", "cli_main", "simulated_feedback", "prompted_attributes",
-           "starter_checker"]
+__all__ = [
+    "ConfigError",
+    "RunResult",
+    "load_config",
+    "run",
+    "cli_main",
+    "simulated_feedback",
+    "prompted_attributes",
+    "starter_checker",
+]
 
 Checker = Callable[[list[Image.Image]], pd.DataFrame]
 
@@ -65,8 +74,9 @@ def simulated_feedback(crafter: Any, ids: Sequence[str], checker: Checker) -> di
         if str(got["digit"]) != want["digit"]:
             off_digit += 1
             reason = f"looks like {got['digit']}"
-        elif (want["background"] and str(got["background"]) != want["background"]) or \
-             (want["foreground"] and str(got["foreground"]) != want["foreground"]):
+        elif (want["background"] and str(got["background"]) != want["background"]) or (
+            want["foreground"] and str(got["foreground"]) != want["foreground"]
+        ):
             off_colour += 1
             reason = "wrong colour"
         if reason:
@@ -85,12 +95,17 @@ def starter_checker() -> Checker:
     if WEIGHTS.is_file():
         inst = load_checker()
     else:  # a checkout without the shipped weights: train it here, with a progress bar
-        print(f"no shipped checker weights at {WEIGHTS}: training the checker now (minutes; "
-              "`python -m datacrafter_widget.starter.checker` saves them for next time)", file=sys.stderr, flush=True)
+        print(
+            f"no shipped checker weights at {WEIGHTS}: training the checker now (minutes; "
+            "`python -m datacrafter_widget.starter.checker` saves them for next time)",
+            file=sys.stderr,
+            flush=True,
+        )
         inst = train_checker(progress=True)
 
     def check(images: list[Image.Image]) -> pd.DataFrame:
         return pd.DataFrame(inst.predict(list(images)))
+
     return check
 
 
@@ -151,8 +166,9 @@ def _models(cfg: Mapping[str, Any]) -> Any:
 
         return starter.models()
     clip = tuple(m["clip"]) if m["clip"] else ("ViT-B-32", "laion2b_s34b_b79k")
-    return Models.stable_diffusion(m["model"], clip=clip, captioner=m["captioner"], device=m["device"],
-                                   steps=m["steps"], guidance=m["guidance"])
+    return Models.stable_diffusion(
+        m["model"], clip=clip, captioner=m["captioner"], device=m["device"], steps=m["steps"], guidance=m["guidance"]
+    )
 
 
 def _fresh_project(project: Path, overwrite: bool) -> None:
@@ -160,11 +176,15 @@ def _fresh_project(project: Path, overwrite: bool) -> None:
     if not project.exists() or not any(project.iterdir()):
         return
     if not overwrite:
-        raise ConfigError(f"project folder {project} already exists (an earlier run?): pass --overwrite to replace it, "
-                          "or --project NEW_FOLDER to keep it")
+        raise ConfigError(
+            f"project folder {project} already exists (an earlier run?): pass --overwrite to replace it, "
+            "or --project NEW_FOLDER to keep it"
+        )
     if not (project / "project.json").is_file() and not (project / "samples.parquet").is_file():
-        raise ConfigError(f"{project} is not empty and is not a datacrafter project: refusing to delete it; "
-                          "choose another --project folder")
+        raise ConfigError(
+            f"{project} is not empty and is not a datacrafter project: refusing to delete it; "
+            "choose another --project folder"
+        )
     shutil.rmtree(project)
 
 
@@ -195,8 +215,7 @@ class _Stages:
         n_train = len(self.crafter.samples.query("source == 'real' and split == 'train'"))
         self.say(f"{stage}: training the student (seed {s_main})")
         self._train(s_main)
-        row: dict[str, Any] = {"stage": stage, "n_real": n_train,
-                               "n_generated_used": self._n_generated_used()}
+        row: dict[str, Any] = {"stage": stage, "n_real": n_train, "n_generated_used": self._n_generated_used()}
         if self.test is not None and len(self.test):
             ev = self.crafter.evaluate(self.test)
             row["accuracy"] = ev["accuracy"]
@@ -210,8 +229,10 @@ class _Stages:
         row["elapsed_s"] = round(self.say.elapsed, 1)
         self.rows.append(row)
         acc = row.get("accuracy")
-        self.say(f"{stage}: {row['n_real']} real + {row['n_generated_used']} generated training images, "
-                 + (f"test accuracy {acc:.3f}" if acc is not None else "no test split"))
+        self.say(
+            f"{stage}: {row['n_real']} real + {row['n_generated_used']} generated training images, "
+            + (f"test accuracy {acc:.3f}" if acc is not None else "no test split")
+        )
 
     def _n_generated_used(self) -> int:
         s = self.crafter.samples
@@ -221,9 +242,17 @@ class _Stages:
         return int(keep.sum())
 
 
-def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = None, progress: bool = True,
-        log: Callable[[str], None] = print, models: Any = None, checker: Checker | None = None,
-        overwrite: bool = False, started: float | None = None) -> RunResult:
+def run(
+    config: str | Path | Mapping[str, Any],
+    *,
+    project: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    models: Any = None,
+    checker: Checker | None = None,
+    overwrite: bool = False,
+    started: float | None = None,
+) -> RunResult:
     """Run the loop a config describes through DataCrafter; writes the project, metrics.csv and report.html.
 
     models / checker override the config's models and the starter checker (scripts and tests).
@@ -239,7 +268,10 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
     if cfg["feedback"]["simulate"] and checker is None:
         say("loading the independent checker (torch; it simulates a person's feedback)")
         checker = starter_checker()
-    say("loading the dataset" + (" (rendering the starter's coloured digits)" if cfg["dataset"]["kind"] == "starter" else ""))
+    say(
+        "loading the dataset"
+        + (" (rendering the starter's coloured digits)" if cfg["dataset"]["kind"] == "starter" else "")
+    )
     ds = _dataset(cfg, base)
     test = ds.test
     if models is None:
@@ -265,8 +297,15 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
     n_rounds = len(cfg["rounds"])
     each = cfg["student"]["evaluate_each_round"]
     # The first and the last stage are trained with every seed of [student] seeds: the seed spread.
-    last = "GAP" if cfg["gap"]["enabled"] else "evolved prompts" if cfg["evolve"]["enabled"] else \
-        (f"round {n_rounds}" if each else "final") if n_rounds else "real only"
+    last = (
+        "GAP"
+        if cfg["gap"]["enabled"]
+        else "evolved prompts"
+        if cfg["evolve"]["enabled"]
+        else (f"round {n_rounds}" if each else "final")
+        if n_rounds
+        else "real only"
+    )
     try:
         stages.record("real only", spread=True)
         for i, r in enumerate(cfg["rounds"]):
@@ -281,10 +320,17 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
                 stages.record(stage, spread=stage.startswith(last + ":"))
         ev = cfg["evolve"]
         if ev["enabled"]:
-            say(f"prompt evolution: population {ev['population']}, {ev['generations']} generation(s), "
-                f"{ev['batch']} images per candidate")
-            result = crafter.evolve(vocabulary=ev["vocabulary"], population=ev["population"],
-                                    generations=ev["generations"], batch=ev["batch"], progress=progress)
+            say(
+                f"prompt evolution: population {ev['population']}, {ev['generations']} generation(s), "
+                f"{ev['batch']} images per candidate"
+            )
+            result = crafter.evolve(
+                vocabulary=ev["vocabulary"],
+                population=ev["population"],
+                generations=ev["generations"],
+                batch=ev["batch"],
+                progress=progress,
+            )
             evolution = _evolution_table(result)
             evolution_lines = result.report().splitlines()
             say("prompt evolution:\n" + result.report())
@@ -294,13 +340,35 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
             stages.record("evolved prompts", spread=last == "evolved prompts")
         g = cfg["gap"]
         if g["enabled"]:
-            settings = {k: g[k] for k in ("lr", "n_tokens", "sampler_steps", "final_steps", "guidance", "batch", "template",
-                                          "text_weight", "adversarial_weight", "strength", "shared")}
-            say(f"GAP: {g['steps']} optimisation steps per class against the current student, then "
-                f"{g['per_class']} images per class")
-            ids = crafter.adversarial(target=g["target"], steps=g["steps"], per_class=g["per_class"],
-                                      sources=None if g["sources"] == "none" else g["sources"],
-                                      masks=None if g["masks"] == "none" else g["masks"], progress=progress, **settings)
+            settings = {
+                k: g[k]
+                for k in (
+                    "lr",
+                    "n_tokens",
+                    "sampler_steps",
+                    "final_steps",
+                    "guidance",
+                    "batch",
+                    "template",
+                    "text_weight",
+                    "adversarial_weight",
+                    "strength",
+                    "shared",
+                )
+            }
+            say(
+                f"GAP: {g['steps']} optimisation steps per class against the current student, then "
+                f"{g['per_class']} images per class"
+            )
+            ids = crafter.adversarial(
+                target=g["target"],
+                steps=g["steps"],
+                per_class=g["per_class"],
+                sources=None if g["sources"] == "none" else g["sources"],
+                masks=None if g["masks"] == "none" else g["masks"],
+                progress=progress,
+                **settings,
+            )
             feedback("GAP", ids)
             stages.record("GAP", spread=True)
         if not each and n_rounds and not ev["enabled"] and not g["enabled"]:
@@ -319,8 +387,9 @@ def run(config: str | Path | Mapping[str, Any], *, project: str | Path | None = 
         say("writing the report")
         from .report import run_report
 
-        report = run_report(cfg, crafter, table, stages.per_class, round_metrics, fb_rows, evolution,
-                            seconds=say.elapsed)
+        report = run_report(
+            cfg, crafter, table, stages.per_class, round_metrics, fb_rows, evolution, seconds=say.elapsed
+        )
         say(f"done: {report} and {project_dir / 'metrics.csv'}")
         return RunResult(project_dir, table, report, evolution_lines)
     finally:
@@ -332,9 +401,16 @@ def _evolution_table(result: Any) -> pd.DataFrame:
     rows = []
     for c, r in result.classes.items():
         before = ", ".join(r.previous.phrases) if r.previous.phrases else "(no evolved phrases yet)"
-        rows.append({"class": c, "before": before, "after": r.best.prompt,
-                     "negative prompt": r.best.genome.negative_prompt(), "fitness": r.best.fitness,
-                     "why": "; ".join(r.diff) or "unchanged"})
+        rows.append(
+            {
+                "class": c,
+                "before": before,
+                "after": r.best.prompt,
+                "negative prompt": r.best.genome.negative_prompt(),
+                "fitness": r.best.fitness,
+                "why": "; ".join(r.diff) or "unchanged",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -342,8 +418,14 @@ def _evolution_table(result: Any) -> pd.DataFrame:
 def cli_main(args: argparse.Namespace) -> int:
     """`datacrafter run` (the parser is in cli.py): config errors go to stderr with exit code 2."""
     try:
-        result = run(args.config, project=args.project, progress=not args.quiet, overwrite=args.overwrite,
-                     log=lambda line: print(line, flush=True), started=getattr(args, "started", None))
+        result = run(
+            args.config,
+            project=args.project,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+            log=lambda line: print(line, flush=True),
+            started=getattr(args, "started", None),
+        )
     except ConfigError as err:
         print(f"datacrafter run: {err}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ accuracy per stage, per class, thumbnails of every class, the per-round metrics 
 column means, the simulated feedback, prompt evolution (before -> after, and why), GAP with a
 legend for its learned tokens, and the configuration.
 """
+
 from __future__ import annotations
 
 import base64
@@ -26,8 +27,17 @@ from PIL import Image
 
 from ..data.store import atomic_write_bytes
 
-__all__ = ["Section", "render_report", "write_report", "chart_svg", "thumbnails_html", "table_html", "reading",
-           "run_report", "METRIC_COLUMNS"]
+__all__ = [
+    "Section",
+    "render_report",
+    "write_report",
+    "chart_svg",
+    "thumbnails_html",
+    "table_html",
+    "reading",
+    "run_report",
+    "METRIC_COLUMNS",
+]
 
 
 def _esc(text: Any) -> str:
@@ -71,8 +81,11 @@ def _png_uri(im: Image.Image, size: int) -> str:
 
 def thumbnails_html(items: Sequence[tuple[Image.Image, str]], size: int = 64) -> str:
     """A grid of small PNG thumbnails (base64) with escaped captions."""
-    cells = [f'<figure><img src="{_png_uri(im, size)}" width="{size}" height="{size}" alt="{_esc(caption)}" '
-             f'title="{_esc(caption)}"><figcaption>{_esc(caption)}</figcaption></figure>' for im, caption in items]
+    cells = [
+        f'<figure><img src="{_png_uri(im, size)}" width="{size}" height="{size}" alt="{_esc(caption)}" '
+        f'title="{_esc(caption)}"><figcaption>{_esc(caption)}</figcaption></figure>'
+        for im, caption in items
+    ]
     return f'<div class="thumbs">{"".join(cells)}</div>'
 
 
@@ -128,8 +141,9 @@ h3 { font-size: 14px; margin: .8em 0 .2em; }
 """
 
 
-def render_report(title: str, sections: Sequence[Section], *, lead: str | None = None,
-                  meta: Mapping[str, Any] | None = None) -> str:
+def render_report(
+    title: str, sections: Sequence[Section], *, lead: str | None = None, meta: Mapping[str, Any] | None = None
+) -> str:
     """The whole report as one HTML string (no <script>: it reads the same offline and online)."""
     body = []
     for s in sections:
@@ -142,7 +156,9 @@ def render_report(title: str, sections: Sequence[Section], *, lead: str | None =
             elif kind == "table":
                 body.append(table_html(value))
             elif kind == "terms":
-                body.append("<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in value.items()) + "</dl>")
+                body.append(
+                    "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in value.items()) + "</dl>"
+                )
             else:  # html
                 body.append(value)
         body.append("</section>")
@@ -150,13 +166,21 @@ def render_report(title: str, sections: Sequence[Section], *, lead: str | None =
     meta_html = ""
     if meta:
         meta_html = "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in meta.items()) + "</dl>"
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-            f"<style>{_CSS}</style></head>\n<body><h1>{_esc(title)}</h1>{lead_html}{meta_html}\n"
-            f"{''.join(body)}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{_CSS}</style></head>\n<body><h1>{_esc(title)}</h1>{lead_html}{meta_html}\n"
+        f"{''.join(body)}\n</body></html>\n"
+    )
 
 
-def write_report(path: str | os.PathLike, title: str, sections: Sequence[Section], *, lead: str | None = None,
-                 meta: Mapping[str, Any] | None = None) -> Path:
+def write_report(
+    path: str | os.PathLike,
+    title: str,
+    sections: Sequence[Section],
+    *,
+    lead: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
     """Write the report atomically; returns its resolved path."""
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,11 +193,11 @@ METRIC_COLUMNS = {
     "round": "generation round (0 holds the real images)",
     "n_generated": "images generated in the round",
     "informativeness": "entropy of the classifier's prediction on a generated image minus that on its seed "
-                       "(nats): above 0, the image carries something its seed did not",
+    "(nats): above 0, the image carries something its seed did not",
     "class_maintenance": "probability the classifier gives the intended class: near 1, the images still show "
-                         "their class",
+    "their class",
     "seed_class_maintenance": "probability of the class the classifier predicts for the seed image (image-to-image "
-                              "rounds only; empty for text-to-image)",
+    "rounds only; empty for text-to-image)",
     "diversity": "mean KL divergence of each prediction from the class's mean prediction: higher, more varied",
     "embedding_spread": "mean pairwise cosine distance of CLIP embeddings within a class: higher, more varied",
     "distance": "CMMD x1000 between the generated and the real CLIP embeddings: lower, closer to the real data",
@@ -191,19 +215,29 @@ def reading(table: pd.DataFrame, n_classes: int) -> str:
     first, last = table.iloc[0], table.iloc[-1]
     a0, a1 = float(first["accuracy"]), float(last["accuracy"])
     n_test = int(first.get("n_test", 0) or 0)
-    text = (f"The student trained on the {int(first['n_real'])} real images alone reaches {a0:.1%} test accuracy on "
-            f"{n_test} held-out images (chance is {chance:.0%} for {n_classes} classes).")
+    text = (
+        f"The student trained on the {int(first['n_real'])} real images alone reaches {a0:.1%} test accuracy on "
+        f"{n_test} held-out images (chance is {chance:.0%} for {n_classes} classes)."
+    )
     if len(table) == 1:
         return text + " No generated images were added in this run."
     delta = a1 - a0
-    text += (f" After the last stage ({last['stage']}), with {int(last['n_generated_used'])} accepted generated images "
-             f"added, it reaches {a1:.1%}: {'+' if delta >= 0 else ''}{delta * 100:.1f} points.")
+    text += (
+        f" After the last stage ({last['stage']}), with {int(last['n_generated_used'])} accepted generated images "
+        f"added, it reaches {a1:.1%}: {'+' if delta >= 0 else ''}{delta * 100:.1f} points."
+    )
     if "accuracy_min" in table and pd.notna(first.get("accuracy_min")) and pd.notna(last.get("accuracy_min")):
-        lo0, hi0, lo1, hi1 = (float(first["accuracy_min"]), float(first["accuracy_max"]),
-                              float(last["accuracy_min"]), float(last["accuracy_max"]))
+        lo0, hi0, lo1, hi1 = (
+            float(first["accuracy_min"]),
+            float(first["accuracy_max"]),
+            float(last["accuracy_min"]),
+            float(last["accuracy_max"]),
+        )
         seeds = int(last.get("seeds", 0) or 0)
-        text += (f" Over {seeds} training seeds, real only ranges {lo0:.1%}-{hi0:.1%} and the last stage "
-                 f"{lo1:.1%}-{hi1:.1%}: ")
+        text += (
+            f" Over {seeds} training seeds, real only ranges {lo0:.1%}-{hi0:.1%} and the last stage "
+            f"{lo1:.1%}-{hi1:.1%}: "
+        )
         if lo1 > hi0:
             text += "the ranges do not overlap, so the gain is larger than the seed spread."
         elif hi1 < lo0:
@@ -213,9 +247,11 @@ def reading(table: pd.DataFrame, n_classes: int) -> str:
     else:
         p = min(max(a0, 1e-6), 1 - 1e-6)
         margin = 1.96 * math.sqrt(p * (1 - p) / max(n_test, 1))
-        text += (f" With {n_test} test images one accuracy is uncertain by about ±{margin:.1%} (95%); "
-                 f"{'the change is larger than that' if abs(delta) > margin else 'the change is within that'}. "
-                 "One training seed shows no seed spread: set seeds = 3 under [student] to measure it.")
+        text += (
+            f" With {n_test} test images one accuracy is uncertain by about ±{margin:.1%} (95%); "
+            f"{'the change is larger than that' if abs(delta) > margin else 'the change is within that'}. "
+            "One training seed shows no seed spread: set seeds = 3 under [student] to measure it."
+        )
     return text
 
 
@@ -253,24 +289,43 @@ def _config_terms(cfg: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def run_report(cfg: Mapping[str, Any], crafter: Any, table: pd.DataFrame, per_class: Sequence[pd.DataFrame],
-               round_metrics: pd.DataFrame | None, fb_rows: Sequence[Mapping[str, Any]],
-               evolution: pd.DataFrame | None, *, seconds: float) -> Path:
+def run_report(
+    cfg: Mapping[str, Any],
+    crafter: Any,
+    table: pd.DataFrame,
+    per_class: Sequence[pd.DataFrame],
+    round_metrics: pd.DataFrame | None,
+    fb_rows: Sequence[Mapping[str, Any]],
+    evolution: pd.DataFrame | None,
+    *,
+    seconds: float,
+) -> Path:
     """Write <project>/report.html for a headless run and return its resolved path."""
     import altair as alt
 
     sections = []
     s = Section("Student test accuracy per stage")
-    s.text("After each stage the student is trained from scratch on the real training images plus the generated "
-           "images that were neither marked bad nor flagged, and evaluated on the held-out test split.")
+    s.text(
+        "After each stage the student is trained from scratch on the real training images plus the generated "
+        "images that were neither marked bad nor flagged, and evaluated on the held-out test split."
+    )
     shown = table.drop(columns=[c for c in ("elapsed_s",) if c in table])
     if "accuracy" in table:
         order = table["stage"].tolist()
         chance = 1.0 / max(len(crafter.classes), 1)
-        bars = alt.Chart(table).mark_bar().encode(
-            x=alt.X("stage:N", sort=order, title=None, axis=alt.Axis(labelAngle=-20)),
-            y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="test accuracy"))
-        rule = alt.Chart(pd.DataFrame({"chance": [chance]})).mark_rule(strokeDash=[4, 4], color="gray").encode(y="chance:Q")
+        bars = (
+            alt.Chart(table)
+            .mark_bar()
+            .encode(
+                x=alt.X("stage:N", sort=order, title=None, axis=alt.Axis(labelAngle=-20)),
+                y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="test accuracy"),
+            )
+        )
+        rule = (
+            alt.Chart(pd.DataFrame({"chance": [chance]}))
+            .mark_rule(strokeDash=[4, 4], color="gray")
+            .encode(y="chance:Q")
+        )
         s.chart((bars + rule).properties(width=520, height=220), shown)
     else:
         s.table(shown)
@@ -278,46 +333,80 @@ def run_report(cfg: Mapping[str, Any], crafter: Any, table: pd.DataFrame, per_cl
     if per_class:
         pc = pd.concat(per_class, ignore_index=True)
         s = Section("Per-class test accuracy")
-        chart = alt.Chart(pc).mark_line(point=True).encode(
-            x=alt.X("class:N"), y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])), color="stage:N"
-        ).properties(width=520, height=220)
+        chart = (
+            alt.Chart(pc)
+            .mark_line(point=True)
+            .encode(x=alt.X("class:N"), y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])), color="stage:N")
+            .properties(width=520, height=220)
+        )
         wide = pc.pivot_table(index="class", columns="stage", values="accuracy", sort=False).reset_index()
         sections.append(s.chart(chart, wide))
     s = Section("Images of every class")
-    s.text("Per class: real training images, then the first images of each generated round (round, strategy, "
-           "feedback or filter state, prompt). Hover a thumbnail for its full caption.")
+    s.text(
+        "Per class: real training images, then the first images of each generated round (round, strategy, "
+        "feedback or filter state, prompt). Hover a thumbnail for its full caption."
+    )
     sections.append(s.safe_html(_thumbnails_by_class(crafter)))
     if round_metrics is not None and len(round_metrics):
         s = Section("Per-round generation metrics (crafter.metrics)")
         s.table(round_metrics)
         sections.append(s.terms({k: v for k, v in METRIC_COLUMNS.items() if k in round_metrics.columns}))
     if fb_rows:
-        sections.append(Section("Simulated feedback (independent checker)").text(
-            "A checker trained only on real renders looked at every generated image; images whose digit or colours "
-            "differ from their prompt were marked bad (as a person's lasso would), which also tells evolution "
-            "what to avoid.").table(pd.DataFrame(fb_rows)))
+        sections.append(
+            Section("Simulated feedback (independent checker)")
+            .text(
+                "A checker trained only on real renders looked at every generated image; images whose digit or colours "
+                "differ from their prompt were marked bad (as a person's lasso would), which also tells evolution "
+                "what to avoid."
+            )
+            .table(pd.DataFrame(fb_rows))
+        )
     if evolution is not None and len(evolution):
-        sections.append(Section("Prompt evolution").text(
-            "For each class with feedback: the evolved phrases before, the winning prompt after, its negative "
-            "prompt, and why each phrase was added or dropped.").table(evolution))
+        sections.append(
+            Section("Prompt evolution")
+            .text(
+                "For each class with feedback: the evolved phrases before, the winning prompt after, its negative "
+                "prompt, and why each phrase was added or dropped."
+            )
+            .table(evolution)
+        )
     s_all = crafter.samples
     gap = s_all[s_all["strategy"] == "gap"]
     if len(gap):
         s = Section("GAP: adversarial prompt tokens")
-        s.text("GAP learned a few token embeddings per class that make the current student unsure while a target "
-               "description keeps the images on the test distribution; their images are among the thumbnails "
-               "above (strategy gap).")
-        s.terms({"<gap1> ... <gapN>": "learned token embeddings, not words: they have no text form; the embeddings "
-                                      "are stored in the project (embeddings_file) so each image can be regenerated",
-                 "parent": "the real train image GAP started from (image-to-image), if any"})
+        s.text(
+            "GAP learned a few token embeddings per class that make the current student unsure while a target "
+            "description keeps the images on the test distribution; their images are among the thumbnails "
+            "above (strategy gap)."
+        )
+        s.terms(
+            {
+                "<gap1> ... <gapN>": "learned token embeddings, not words: they have no text form; the embeddings "
+                "are stored in the project (embeddings_file) so each image can be regenerated",
+                "parent": "the real train image GAP started from (image-to-image), if any",
+            }
+        )
         g = gap.assign(kept=lambda f: (f["feedback"].fillna("") != "bad") & (f["flag"].fillna("") == ""))
-        summary = g.groupby("label").agg(images=("id", "size"), kept=("kept", "sum"), prompt=("prompt", "first"),
-                                         parent=("parent_id", "first")).reset_index().rename(columns={"label": "class"})
+        summary = (
+            g.groupby("label")
+            .agg(images=("id", "size"), kept=("kept", "sum"), prompt=("prompt", "first"), parent=("parent_id", "first"))
+            .reset_index()
+            .rename(columns={"label": "class"})
+        )
         s.table(summary)
         sections.append(s)
-    meta = {"project": str(Path(crafter.project).resolve()), "run time": f"{seconds:.0f} s",
-            "models": ", ".join(f"{k}: {v}" for k, v in crafter.models.describe().items())
-            if isinstance(crafter.models.describe(), Mapping) else str(crafter.models.describe())}
+    meta = {
+        "project": str(Path(crafter.project).resolve()),
+        "run time": f"{seconds:.0f} s",
+        "models": ", ".join(f"{k}: {v}" for k, v in crafter.models.describe().items())
+        if isinstance(crafter.models.describe(), Mapping)
+        else str(crafter.models.describe()),
+    }
     sections.append(Section("Configuration").terms(_config_terms(cfg)))
-    return write_report(Path(crafter.project) / "report.html", str(cfg.get("title", "datacrafter run")), sections,
-                        lead=reading(table, len(crafter.classes)), meta=meta)
+    return write_report(
+        Path(crafter.project) / "report.html",
+        str(cfg.get("title", "datacrafter run")),
+        sections,
+        lead=reading(table, len(crafter.classes)),
+        meta=meta,
+    )

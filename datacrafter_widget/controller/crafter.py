@@ -20,6 +20,7 @@ Hooks for the other concerns (one module each, see docs/architecture.md):
   rows; `generate`, `evolve`, `adversarial` and `regenerate` here validate and delegate. A round is a
   `RoundSpec` (controller/round_spec.py), its seeds come from `round_seed`.
 """
+
 from __future__ import annotations
 
 import math
@@ -96,10 +97,16 @@ class DataCrafter:
             else:
                 self.classes = list(ds.classes)
                 self._store_real(ds)
-                store.write_json("project.json", {
-                    **meta, "classes": self.classes, "dataset": ds.name,
-                    "models": self.models.describe(), "generator": "datacrafter-widget",
-                })
+                store.write_json(
+                    "project.json",
+                    {
+                        **meta,
+                        "classes": self.classes,
+                        "dataset": ds.name,
+                        "models": self.models.describe(),
+                        "generator": "datacrafter-widget",
+                    },
+                )
             self.dataset = ds
             self.heldout = heldout
             if backend is not None:
@@ -109,8 +116,15 @@ class DataCrafter:
             raise
 
     @classmethod
-    def open(cls, path: str | os.PathLike, models: Models | None = None, *, readonly: bool = False,
-             batch_size: int = 8, backend: Any = None) -> "DataCrafter":
+    def open(
+        cls,
+        path: str | os.PathLike,
+        models: Models | None = None,
+        *,
+        readonly: bool = False,
+        batch_size: int = 8,
+        backend: Any = None,
+    ) -> "DataCrafter":
         """Resume a project after a kernel restart (models are optional for browsing)."""
         store = SampleStore(path, create=False, readonly=readonly)
         try:
@@ -200,8 +214,10 @@ class DataCrafter:
                 try:
                     images = part.images(idx)
                 except DatasetError as err:  # names the file; what is stored so far stays
-                    raise DatasetError(f"{err}. Then run dc.DataCrafter(ds, project={str(self.project)!r}) again: the "
-                                       f"import resumes where it stopped") from None
+                    raise DatasetError(
+                        f"{err}. Then run dc.DataCrafter(ds, project={str(self.project)!r}) again: the "
+                        f"import resumes where it stopped"
+                    ) from None
                 if done:
                     labels = [col_label[i] for i in idx]
                     keep = [k for k, im in enumerate(images) if not _take(done, (image_hash(im), split, labels[k]))]
@@ -211,8 +227,13 @@ class DataCrafter:
                 rows = []
                 for i in idx:
                     cap = col_caption[i]
-                    row = {"label": col_label[i], "split": split, "source": "real", "round": 0,
-                           "caption": "" if cap is None or (isinstance(cap, float) and math.isnan(cap)) else str(cap)}
+                    row = {
+                        "label": col_label[i],
+                        "split": split,
+                        "source": "real",
+                        "round": 0,
+                        "caption": "" if cap is None or (isinstance(cap, float) and math.isnan(cap)) else str(cap),
+                    }
                     for a in attrs:
                         v = col_attrs[a][i]
                         row[a] = v.item() if hasattr(v, "item") else v
@@ -226,22 +247,29 @@ class DataCrafter:
         for split in ("train", "test"):
             rows = real[real["split"] == split]
             if len(rows):
-                frame = pd.DataFrame({
-                    "image": [str(self.store.path / f) for f in rows["file"]],
-                    "label": rows["label"].astype(str).tolist(),
-                    "caption": [c or None for c in rows["caption"].astype(str)],
-                })
+                frame = pd.DataFrame(
+                    {
+                        "image": [str(self.store.path / f) for f in rows["file"]],
+                        "label": rows["label"].astype(str).tolist(),
+                        "caption": [c or None for c in rows["caption"].astype(str)],
+                    }
+                )
                 splits[split] = Dataset(frame, classes=self.classes, name=f"{self.project.name}:{split}")
-        whole = pd.concat([d.frame for d in splits.values()], ignore_index=True) if splits else pd.DataFrame(
-            {"image": [], "label": [], "caption": []})
+        whole = (
+            pd.concat([d.frame for d in splits.values()], ignore_index=True)
+            if splits
+            else pd.DataFrame({"image": [], "label": [], "caption": []})
+        )
         return Dataset(whole, classes=self.classes, splits=splits, name=self.project.name)
 
     # ---- state ------------------------------------------------------------------------------------
     def __repr__(self) -> str:
         s = self.store.samples
         real = int((s["source"] == "real").sum()) if len(s) else 0
-        return (f"DataCrafter(project={str(self.project)!r}, classes={len(self.classes)}, real={real}, "
-                f"generated={len(s) - real}, models={self.models!r})")
+        return (
+            f"DataCrafter(project={str(self.project)!r}, classes={len(self.classes)}, real={real}, "
+            f"generated={len(s) - real}, models={self.models!r})"
+        )
 
     @property
     def samples(self) -> pd.DataFrame:
@@ -313,9 +341,15 @@ class DataCrafter:
         elif self._projection is None and self._map.layout is not None:
             self._projection = self._map.stored_frame(self.store.samples)
         if self._projection is None:
-            return pd.DataFrame({"kind": pd.Series(dtype="string"), "id": pd.Series(dtype="string"),
-                                 "text": pd.Series(dtype="string"), "x": pd.Series(dtype="float32"),
-                                 "y": pd.Series(dtype="float32")})
+            return pd.DataFrame(
+                {
+                    "kind": pd.Series(dtype="string"),
+                    "id": pd.Series(dtype="string"),
+                    "text": pd.Series(dtype="string"),
+                    "x": pd.Series(dtype="float32"),
+                    "y": pd.Series(dtype="float32"),
+                }
+            )
         return self._projection.copy()
 
     def update_projection(self, *, full: bool = False) -> pd.DataFrame:
@@ -350,8 +384,13 @@ class DataCrafter:
             embedder = self.models.require("embedder", "content labels")
             real = self.store.samples
             real = real[real["source"] == "real"]
-            labeler = self.models.labeler if self.models.has("labeler") else ClipVocabularyLabeler(
-                embedder, class_names=self.classes, captions=[c for c in real["caption"].astype(str) if c])
+            labeler = (
+                self.models.labeler
+                if self.models.has("labeler")
+                else ClipVocabularyLabeler(
+                    embedder, class_names=self.classes, captions=[c for c in real["caption"].astype(str) if c]
+                )
+            )
             if hasattr(labeler, "calibrate") and len(real):
                 labeler.calibrate(self.embeddings(real["id"].tolist()))
             self._labeler = labeler
@@ -380,7 +419,9 @@ class DataCrafter:
         try:
             from ..ui.widget import crafter_view
         except ImportError as err:
-            raise RuntimeError(f"the widget view is not available ({err}): install the package with its widget extras") from err
+            raise RuntimeError(
+                f"the widget view is not available ({err}): install the package with its widget extras"
+            ) from err
         return crafter_view(self)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
@@ -429,13 +470,23 @@ class DataCrafter:
         """
         if spec is None:
             spec = RoundSpec(
-                strategies=strategy, per_class=per_class, classes=classes, prompts=prompts,  # type: ignore[arg-type]
-                negative_prompts=negative_prompts, steps=steps, guidance=guidance, strength=strength,  # type: ignore[arg-type]
-                latent_perturbation=latent_perturbation, caption_template=caption_template, seed=seed, filter=filter,
+                strategies=strategy,  # type: ignore[arg-type]  # RoundSpec.validated normalises
+                per_class=per_class,
+                classes=classes,  # type: ignore[arg-type]
+                prompts=prompts,  # type: ignore[arg-type]
+                negative_prompts=negative_prompts,  # type: ignore[arg-type]
+                steps=steps,
+                guidance=guidance,
+                strength=strength,
+                latent_perturbation=latent_perturbation,
+                caption_template=caption_template,
+                seed=seed,
+                filter=filter,
                 batch_size=batch_size,
             )
-        return self.rounds_runner.generate(spec.validated(), background=background, progress=progress,
-                                           backend=self._round_backend(backend))
+        return self.rounds_runner.generate(
+            spec.validated(), background=background, progress=progress, backend=self._round_backend(backend)
+        )
 
     def next_round(self) -> int:
         """The number the next generation round gets (GAP / evolution rounds use it too)."""
@@ -465,9 +516,18 @@ class DataCrafter:
         backend: Any = None,
     ) -> list[str] | Job:
         """Run prepared requests as one round (see RoundRunner.run_requests)."""
-        return self.rounds_runner.run_requests(requests, steps=steps, guidance=guidance, filter=filter,
-                                               background=background, batch_size=batch_size, progress=progress,
-                                               info=info, prepare=prepare, backend=self._round_backend(backend))
+        return self.rounds_runner.run_requests(
+            requests,
+            steps=steps,
+            guidance=guidance,
+            filter=filter,
+            background=background,
+            batch_size=batch_size,
+            progress=progress,
+            info=info,
+            prepare=prepare,
+            backend=self._round_backend(backend),
+        )
 
     def _round_backend(self, backend: Any) -> Any:
         """The runner's image seam for one round: None -> the project's backend."""
@@ -522,8 +582,17 @@ class DataCrafter:
         if touched:
             self._feedback_history.record(touched, before, map_view.FeedbackHistory.values(self.store.samples, touched))
             log = self.feedback_log
-            log.append({"time": time.time(), "round": self._next_round() - 1, "bad": bad, "good": good,
-                        "removed": removed, "bad_labels": labels, "cleared": clear})
+            log.append(
+                {
+                    "time": time.time(),
+                    "round": self._next_round() - 1,
+                    "bad": bad,
+                    "good": good,
+                    "removed": removed,
+                    "bad_labels": labels,
+                    "cleared": clear,
+                }
+            )
             self.store.write_json("feedback.json", log)
             self._emit("feedback", touched)
         return {"bad": len(bad), "good": len(good), "removed": len(removed), "cleared": len(clear)}
@@ -572,8 +641,9 @@ class DataCrafter:
             ids = map_view.search_text(s, query)
         elif mode == "clip":
             embedder = self.models.require("embedder", "crafter.search(mode='clip')")
-            ids = map_view.search_embedding(embedder.embed_texts([str(query)])[0], self.embeddings(),
-                                            s["id"].astype(str).tolist(), k)
+            ids = map_view.search_embedding(
+                embedder.embed_texts([str(query)])[0], self.embeddings(), s["id"].astype(str).tolist(), k
+            )
         else:
             raise ValueError(f"unknown search mode {mode!r}: use 'text' or 'clip'")
         if select:
@@ -619,8 +689,13 @@ class DataCrafter:
         """Colour the map by a column: class, round, feedback, flag or any samples column (split, strategy...)."""
         self._set_view(color_by=column)
 
-    def filter(self, *, show_test: bool | None = None, show_removed: bool | None = None,
-               rounds: Iterable[int] | None | str = "keep") -> None:
+    def filter(
+        self,
+        *,
+        show_test: bool | None = None,
+        show_removed: bool | None = None,
+        rounds: Iterable[int] | None | str = "keep",
+    ) -> None:
         """Show or hide the held-out test images and removed images, or only some rounds (rounds=None: all)."""
         self._set_view(show_test=show_test, show_removed=show_removed, rounds=rounds)
 
@@ -690,8 +765,15 @@ class DataCrafter:
         """
         from .export import export_project
 
-        return export_project(self.store, self.classes, out, format, include_flagged=include_flagged,
-                              include_bad=include_bad, overwrite=overwrite)
+        return export_project(
+            self.store,
+            self.classes,
+            out,
+            format,
+            include_flagged=include_flagged,
+            include_bad=include_bad,
+            overwrite=overwrite,
+        )
 
     # ---- per-round metrics (metrics.py) -------------------------------------------------------------
     @property
@@ -729,10 +811,19 @@ class DataCrafter:
         for rnd, g in gen.groupby("round", sort=True):
             g_emb = self.embeddings(g["id"].tolist())
             probs = flt.probabilities(g_emb)
-            seeds = np.array([parent_probs.get(p, np.full(len(self.classes), np.nan)) for p in g["parent_id"]],
-                             dtype=np.float32)
-            row = round_metrics(probs, np.array([index[x] for x in g["label"]]), g_emb, real_emb, seed_probs=seeds,
-                                real_probs=real_probs, real_labels=real_labels, round=int(rnd))
+            seeds = np.array(
+                [parent_probs.get(p, np.full(len(self.classes), np.nan)) for p in g["parent_id"]], dtype=np.float32
+            )
+            row = round_metrics(
+                probs,
+                np.array([index[x] for x in g["label"]]),
+                g_emb,
+                real_emb,
+                seed_probs=seeds,
+                real_probs=real_probs,
+                real_labels=real_labels,
+                round=int(rnd),
+            )
             row["strategies"] = ",".join(sorted(set(g["strategy"])))
             row["flagged"] = int((g["flag"] != "").sum())
             row["bad"] = int((g["feedback"] == "bad").sum())
@@ -752,8 +843,10 @@ class DataCrafter:
     @heldout.setter
     def heldout(self, value: Dataset | str | None) -> None:
         if not (value is None or isinstance(value, Dataset) or value == "auto"):
-            raise TypeError(f"heldout must be a dc.Dataset (e.g. ds.test), 'auto' (the test split) or None (off), "
-                            f"got {type(value).__name__}")
+            raise TypeError(
+                f"heldout must be a dc.Dataset (e.g. ds.test), 'auto' (the test split) or None (off), "
+                f"got {type(value).__name__}"
+            )
         self._heldout, self._heldout_fp = value, None
 
     def _with_student_accuracy(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -768,8 +861,14 @@ class DataCrafter:
             self._heldout_fp = (id(ds), heldout_fingerprint(ds))
         rounds = [0, *sorted(int(r) for r in frame["round"].dropna())]
         acc = student_accuracy_by_round(
-            self.store, self.classes, ds, rounds, fingerprint=self._heldout_fp[1],
-            embedder=self.models.embedder if self.models.has("embedder") else None, options=self.heldout_options)
+            self.store,
+            self.classes,
+            ds,
+            rounds,
+            fingerprint=self._heldout_fp[1],
+            embedder=self.models.embedder if self.models.has("embedder") else None,
+            options=self.heldout_options,
+        )
         if len(frame):
             merged = acc.merge(frame.astype({"round": "int64"}), on="round", how="left")
         else:
@@ -801,18 +900,28 @@ class DataCrafter:
         self.close()
 
     # ---- student, prompt evolution, GAP (issue 7; the logic lives in student.py / evolution.py / adversarial.py) ----
-    def train_student(self, *, keep_flagged: bool = False, include_generated: bool = True, progress: bool = True,
-                      cancel: Any = None, **options: Any) -> Any:
+    def train_student(
+        self,
+        *,
+        keep_flagged: bool = False,
+        include_generated: bool = True,
+        progress: bool = True,
+        cancel: Any = None,
+        **options: Any,
+    ) -> Any:
         """Train the student on the real train images + accepted generated ones; saved to <project>/student.
 
         options go to student.train_student (kind="cnn"|"probe", backbone=..., epochs=..., seed=...).
         """
         from ..loop.student import train_student, training_set_from_samples
 
-        images, labels, _ = training_set_from_samples(self.store.samples, self.store.image, keep_flagged=keep_flagged,
-                                                      include_generated=include_generated)
+        images, labels, _ = training_set_from_samples(
+            self.store.samples, self.store.image, keep_flagged=keep_flagged, include_generated=include_generated
+        )
         embedder = self.models.embedder if self.models.has("embedder") else None
-        student = train_student(images, labels, self.classes, embedder=embedder, progress=progress, cancel=cancel, **options)
+        student = train_student(
+            images, labels, self.classes, embedder=embedder, progress=progress, cancel=cancel, **options
+        )
         student.save(self.project / "student")
         self._student = student
         return student
@@ -827,13 +936,16 @@ class DataCrafter:
             return self.models.student
         if (self.project / "student" / "student.json").is_file():
             try:
-                self._student = Student.load(self.project / "student",
-                                             embedder=self.models.embedder if self.models.has("embedder") else None)
+                self._student = Student.load(
+                    self.project / "student", embedder=self.models.embedder if self.models.has("embedder") else None
+                )
             except StudentError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a truncated or edited file: the student can be trained again
-                raise StudentError(f"the saved student in {self.project / 'student'} is damaged ({type(exc).__name__}: "
-                                   f"{str(exc)[:120]}): train it again with crafter.train_student()") from None
+                raise StudentError(
+                    f"the saved student in {self.project / 'student'} is damaged ({type(exc).__name__}: "
+                    f"{str(exc)[:120]}): train it again with crafter.train_student()"
+                ) from None
             return self._student
         raise StudentError("no student yet: call crafter.train_student() first")
 
@@ -846,9 +958,20 @@ class DataCrafter:
             raise StudentError("the project has no test split: pass a Dataset, e.g. crafter.evaluate(ds.test)")
         return evaluate(self._current_student(), ds)
 
-    def evolve(self, *, vocabulary: Sequence[str] | None = None, bad_labels: Sequence[str] = (),
-               classes: Sequence[str] | None = None, population: int = 4, generations: int = 1, batch: int = 4,
-               seed: int | None = None, progress: bool = True, cancel: Cancel = None, **options: Any) -> EvolutionResult:
+    def evolve(
+        self,
+        *,
+        vocabulary: Sequence[str] | None = None,
+        bad_labels: Sequence[str] = (),
+        classes: Sequence[str] | None = None,
+        population: int = 4,
+        generations: int = 1,
+        batch: int = 4,
+        seed: int | None = None,
+        progress: bool = True,
+        cancel: Cancel = None,
+        **options: Any,
+    ) -> EvolutionResult:
         """Evolve the prompts of the classes with feedback; the result (ranked prompts + diffs) is kept in prompts.json.
 
         Generate with them next: crafter.generate(strategy="evolved", per_class=...). With the starter
@@ -860,19 +983,39 @@ class DataCrafter:
 
             vocabulary = starter_vocabulary() if vocabulary is None else vocabulary
             options.setdefault("compose", starter_compose)
-        return self.rounds_runner.evolve(vocabulary=vocabulary, compose=options.pop("compose", None), seed=seed,
-                                         batch=batch, progress=progress, cancel=cancel, bad_labels=bad_labels,
-                                         only_classes=classes, population=population, generations=generations,
-                                         **options)
+        return self.rounds_runner.evolve(
+            vocabulary=vocabulary,
+            compose=options.pop("compose", None),
+            seed=seed,
+            batch=batch,
+            progress=progress,
+            cancel=cancel,
+            bad_labels=bad_labels,
+            only_classes=classes,
+            population=population,
+            generations=generations,
+            **options,
+        )
 
     def generate_evolved(self, per_class: int = 20, **options: Any) -> list[str] | Job:
         """Generate a round with the current evolved prompts (prompts.json): generate(strategy="evolved")."""
         return self.generate(per_class=per_class, strategy="evolved", **options)
 
-    def adversarial(self, target: str | None = None, steps: int = 200, *, target_images: Sequence[Image.Image] | None = None,
-                    per_class: int = 10, classes: Sequence[str] | None = None, seed: int | None = None,
-                    progress: bool = True, cancel: Cancel = None, sources: Sources = None, masks: Masks = None,
-                    **settings: Any) -> list[str]:
+    def adversarial(
+        self,
+        target: str | None = None,
+        steps: int = 200,
+        *,
+        target_images: Sequence[Image.Image] | None = None,
+        per_class: int = 10,
+        classes: Sequence[str] | None = None,
+        seed: int | None = None,
+        progress: bool = True,
+        cancel: Cancel = None,
+        sources: Sources = None,
+        masks: Masks = None,
+        **settings: Any,
+    ) -> list[str]:
         """GAP: learn adversarial prompt tokens per class against the student, guided to `target`
         (a description) and/or `target_images` (unlabelled); store `per_class` images each. Returns the new ids.
 
@@ -886,12 +1029,25 @@ class DataCrafter:
         self.models.require("generator", "crafter.adversarial()")
         student = self._current_student()
         if target is None and not target_images:
-            raise GapError("GAP needs a target: target='a description of the test distribution' and/or target_images=[...]")
-        shared = bool(settings.pop("shared", False))   # one token set for all classes (k times cheaper)
+            raise GapError(
+                "GAP needs a target: target='a description of the test distribution' and/or target_images=[...]"
+            )
+        shared = bool(settings.pop("shared", False))  # one token set for all classes (k times cheaper)
         config = GapConfig(steps=int(steps), **settings)
-        return self.rounds_runner.gap(student, classes, target=target, target_images=target_images, per_class=per_class,
-                                      seed=seed, config=config, shared=shared, sources=sources, masks=masks,
-                                      progress=progress, cancel=cancel)
+        return self.rounds_runner.gap(
+            student,
+            classes,
+            target=target,
+            target_images=target_images,
+            per_class=per_class,
+            seed=seed,
+            config=config,
+            shared=shared,
+            sources=sources,
+            masks=masks,
+            progress=progress,
+            cancel=cancel,
+        )
 
 
 def _take(counts: Any, key: tuple) -> bool:

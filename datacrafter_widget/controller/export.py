@@ -16,6 +16,7 @@ must never delete what it did not write and never leave a half-written dataset u
 - Each image is checked against its content hash as it is copied, so a missing, truncated or
   foreign image file is reported with its sample id instead of being exported silently.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -114,16 +115,22 @@ def export_project(
         tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
         _remove_ours(tmp)
         tmp.mkdir()
-        manifest = {"format": "datacrafter-export", "export_format": format, "project": str(store.path),
-                    "complete": False, "started": time.time()}
+        manifest = {
+            "format": "datacrafter-export",
+            "export_format": format,
+            "project": str(store.path),
+            "complete": False,
+            "started": time.time(),
+        }
         _write_manifest(tmp, manifest)  # marks the temp folder as ours from the start
         try:
             if format == "hf":
                 counts = _write_hf(store, rows, classes, tmp)
             else:
                 counts = _write_files(store, rows, format, folders, tmp)
-            manifest.update(complete=True, finished=time.time(), counts=counts,
-                            class_folders={f: c for c, f in folders.items()})
+            manifest.update(
+                complete=True, finished=time.time(), counts=counts, class_folders={f: c for c, f in folders.items()}
+            )
             _write_manifest(tmp, manifest)
             _swap_in(tmp, out)
         except BaseException:
@@ -140,11 +147,15 @@ def _inside(child: Path, parent: Path) -> bool:
 def _check_target(out: Path, project: Path, overwrite: bool) -> None:
     target, proj = out.resolve(), Path(project).resolve()
     if _inside(target, proj):
-        raise ExportError(f"cannot export into the project folder {proj} itself or a folder inside it: "
-                          f"choose a folder outside the project, e.g. {proj.parent / (proj.name + '-export')}")
+        raise ExportError(
+            f"cannot export into the project folder {proj} itself or a folder inside it: "
+            f"choose a folder outside the project, e.g. {proj.parent / (proj.name + '-export')}"
+        )
     if _inside(proj, target):
-        raise ExportError(f"cannot export to {out}: it contains the project {proj}, which the export would "
-                          f"replace; choose a new folder outside the project, e.g. {proj.parent / (proj.name + '-export')}")
+        raise ExportError(
+            f"cannot export to {out}: it contains the project {proj}, which the export would "
+            f"replace; choose a new folder outside the project, e.g. {proj.parent / (proj.name + '-export')}"
+        )
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file: choose a folder name for the export")
     if out.is_dir() and any(out.iterdir()):
@@ -209,7 +220,9 @@ def _project_file(store: SampleStore, sample_id: str, file: str) -> Path:
 
 
 # ---- writers ------------------------------------------------------------------------------------
-def _write_files(store: SampleStore, rows: pd.DataFrame, format: str, folders: dict[str, str], tmp: Path) -> dict[str, int]:
+def _write_files(
+    store: SampleStore, rows: pd.DataFrame, format: str, folders: dict[str, str], tmp: Path
+) -> dict[str, int]:
     files = []
     for r in rows.itertuples(index=False):
         if format == "imagefolder":
@@ -230,8 +243,10 @@ def _write_hf(store: SampleStore, rows: pd.DataFrame, classes: Sequence[str], tm
         import datasets
     except ImportError as err:
         raise ImportError("format='hf' needs the `datasets` package: pip install 'datacrafter-widget[hf]'") from err
-    images = [{"bytes": image_bytes(store, str(i), str(f), str(h)), "path": None}
-              for i, f, h in zip(rows["id"], rows["file"], rows["hash"])]
+    images = [
+        {"bytes": image_bytes(store, str(i), str(f), str(h)), "path": None}
+        for i, f, h in zip(rows["id"], rows["file"], rows["hash"])
+    ]
     data: dict[str, list[Any]] = {"image": images}
     for c in rows.columns:
         if c in ("file", "image"):
@@ -244,8 +259,9 @@ def _write_hf(store: SampleStore, rows: pd.DataFrame, classes: Sequence[str], tm
     ds = datasets.Dataset.from_dict(data)
     ds = ds.cast_column("image", datasets.Image())
     ds = ds.cast_column("label", datasets.ClassLabel(names=list(classes)))
-    dd = datasets.DatasetDict({split: ds.filter(lambda e, s=split: e["export_split"] == s)
-                               for split in sorted(set(rows["export_split"]))})
+    dd = datasets.DatasetDict(
+        {split: ds.filter(lambda e, s=split: e["export_split"] == s) for split in sorted(set(rows["export_split"]))}
+    )
     dd.save_to_disk(str(tmp))
     return {str(k): len(v) for k, v in dd.items()}
 
@@ -280,7 +296,7 @@ def _swap_in(tmp: Path, out: Path) -> None:
         shutil.rmtree(tmp)
         return
     old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    os.rename(out, old)     # a kill right here leaves old + tmp; clean_stale puts old back
+    os.rename(out, old)  # a kill right here leaves old + tmp; clean_stale puts old back
     os.rename(tmp, out)
     shutil.rmtree(old)
 

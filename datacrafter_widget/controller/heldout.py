@@ -8,6 +8,7 @@ student.safetensors + student.json + result.json, keyed on the training ids, the
 and the training options, so re-reading `crafter.metrics` costs nothing until the accepted data,
 the feedback or the held-out split changes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,8 +52,11 @@ def round_training_ids(samples: pd.DataFrame, rnd: int, *, keep_flagged: bool = 
 
 
 def _key(ids: Sequence[str], heldout: str, options: Mapping[str, Any]) -> str:
-    blob = json.dumps({"ids": sorted(ids), "heldout": heldout, "options": dict(options), "recipe": RECIPE},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {"ids": sorted(ids), "heldout": heldout, "options": dict(options), "recipe": RECIPE},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -75,7 +79,9 @@ def student_accuracy_by_round(
     from ..loop.student import StudentError, evaluate, train_student
 
     if heldout is None or len(heldout) == 0:
-        raise StudentError("the held-out split is empty: set crafter.heldout to a Dataset with images, or None to turn the column off")
+        raise StudentError(
+            "the held-out split is empty: set crafter.heldout to a Dataset with images, or None to turn the column off"
+        )
     options = {"seed": 0, **dict(options or {})}
     fingerprint = fingerprint or heldout_fingerprint(heldout)
     samples = store.samples
@@ -94,10 +100,23 @@ def student_accuracy_by_round(
         student = train_student(images, labels, list(classes), embedder=embedder, progress=progress, **options)
         result = evaluate(student, heldout)
         student.save(folder)
-        atomic_write_bytes(folder / RESULT_FILE, json.dumps({
-            "key": key, "round": int(rnd), "accuracy": result["accuracy"], "n_heldout": result["n"],
-            "n_train": len(ids), "heldout": fingerprint, "options": dict(options), "recipe": RECIPE,
-        }, indent=1, default=str).encode("utf-8"))
+        atomic_write_bytes(
+            folder / RESULT_FILE,
+            json.dumps(
+                {
+                    "key": key,
+                    "round": int(rnd),
+                    "accuracy": result["accuracy"],
+                    "n_heldout": result["n"],
+                    "n_train": len(ids),
+                    "heldout": fingerprint,
+                    "options": dict(options),
+                    "recipe": RECIPE,
+                },
+                indent=1,
+                default=str,
+            ).encode("utf-8"),
+        )
         rows.append({"round": int(rnd), "student_acc": float(result["accuracy"]), "student_n_train": len(ids)})
     return pd.DataFrame(rows, columns=["round", *STUDENT_COLUMNS])
 

@@ -5,6 +5,7 @@ The kernel stays free while a job runs, so the widget keeps answering. A job's f
 itself as each unit finishes (the controller stores every finished batch), so cancelling or a
 failure never loses finished work and never leaves anything half-written.
 """
+
 from __future__ import annotations
 
 import threading
@@ -142,6 +143,7 @@ class Job:
 
     def start(self) -> "Job":
         """Run in a daemon worker thread and return at once."""
+
         def target() -> None:
             try:
                 self.run()
@@ -155,7 +157,9 @@ class Job:
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result, or raise its error."""
         if not self._finished.wait(timeout):
-            raise TimeoutError(f"job {self.description!r} still running after {timeout}s ({self.done:.0f}/{self.total})")
+            raise TimeoutError(
+                f"job {self.description!r} still running after {timeout}s ({self.done:.0f}/{self.total})"
+            )
         if self.error is not None:
             raise self.error
         return self.result

@@ -6,6 +6,7 @@ person has already seen stays where it was. The layout, the image ids it covers 
 (cached by image hash, since labelling can be a slow VLM call) live in the project folder, so a
 reopened project continues the same map.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ import pandas as pd
 from ..loop.m2m import Layout, load_layout, place, project, projection_frame, save_layout
 
 LAYOUT_FILE = "layout.safetensors"
-MAP_JSON = "map.json"            # {"ids": [...], "n": int}: the image ids covered by the layout, in order
+MAP_JSON = "map.json"  # {"ids": [...], "n": int}: the image ids covered by the layout, in order
 LABELS_JSON = "content_labels.json"  # {hash: [label, ...]}
 
 
@@ -46,8 +47,13 @@ class ProjectMap:
             self.layout, self.ids = layout, ids
 
     # ---- labels -----------------------------------------------------------------------------------
-    def labels(self, samples: pd.DataFrame, embeddings: np.ndarray, labeler: Callable[..., list[list[str]]],
-               image: Callable[[str], Any]) -> list[list[str]]:
+    def labels(
+        self,
+        samples: pd.DataFrame,
+        embeddings: np.ndarray,
+        labeler: Callable[..., list[list[str]]],
+        image: Callable[[str], Any],
+    ) -> list[list[str]]:
         """Content labels of each sample (cached by image hash)."""
         cache: dict[str, list[str]] = dict(self.store.read_json(LABELS_JSON, {}, derived=True) or {})
         hashes = samples["hash"].astype(str).tolist()
@@ -63,8 +69,16 @@ class ProjectMap:
         return [list(cache[h]) for h in hashes]
 
     # ---- layout -----------------------------------------------------------------------------------
-    def update(self, samples: pd.DataFrame, embeddings: np.ndarray, labels: Sequence[Sequence[str]],
-               label_embedder: Callable[[list[str]], np.ndarray], *, full: bool = False, seed: int = 0) -> pd.DataFrame:
+    def update(
+        self,
+        samples: pd.DataFrame,
+        embeddings: np.ndarray,
+        labels: Sequence[Sequence[str]],
+        label_embedder: Callable[[list[str]], np.ndarray],
+        *,
+        full: bool = False,
+        seed: int = 0,
+    ) -> pd.DataFrame:
         """Lay out all samples (new ones placed incrementally) and return the projection frame."""
         ids = samples["id"].astype(str).tolist()
         known = set(self.ids)

@@ -9,6 +9,7 @@ control of the widget is a `DataCrafter` method that delegates here).
 - view state (colour by a column, filters, zoom requests) that the widget follows through the
   controller's "view" event.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,12 @@ def prompts(store: Any, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
         for h in e.get("history", []):
             if isinstance(h, Mapping):
                 history.append({**h, "action": str(h.get("action", "evolved")), "prompt": str(h.get("prompt", ""))})
-        out[str(c)] = {"current": str(e.get("prompt", "")), "negative_prompt": str(e.get("negative_prompt", "")),
-                       "accepted": bool(e.get("accepted", False)), "history": history}
+        out[str(c)] = {
+            "current": str(e.get("prompt", "")),
+            "negative_prompt": str(e.get("negative_prompt", "")),
+            "accepted": bool(e.get("accepted", False)),
+            "history": history,
+        }
     return out
 
 
@@ -58,8 +63,15 @@ def _check_class(cls: str, classes: Sequence[str]) -> str:
     return str(cls)
 
 
-def set_prompt(store: Any, classes: Sequence[str], cls: str, prompt: str, *, negative_prompt: str | None = None,
-               action: str = "edit") -> dict[str, Any]:
+def set_prompt(
+    store: Any,
+    classes: Sequence[str],
+    cls: str,
+    prompt: str,
+    *,
+    negative_prompt: str | None = None,
+    action: str = "edit",
+) -> dict[str, Any]:
     """Make `prompt` the class's current prompt and append the change to its history; returns the entry."""
     cls = _check_class(cls, classes)
     if action not in PROMPT_ACTIONS:
@@ -101,7 +113,9 @@ def revert_prompt(store: Any, classes: Sequence[str], cls: str, index: int = -2)
     try:
         old = history[int(index)]
     except IndexError:
-        raise MapToolError(f"class {cls!r} has {len(history)} prompt(s) in its history; index {index} is out of range") from None
+        raise MapToolError(
+            f"class {cls!r} has {len(history)} prompt(s) in its history; index {index} is out of range"
+        ) from None
     return set_prompt(store, classes, cls, old["prompt"], negative_prompt=old.get("negative_prompt"), action="revert")
 
 
@@ -132,7 +146,7 @@ class FeedbackHistory:
     def record(self, ids: Sequence[str], before: list[tuple[str, str]], after: list[tuple[str, str]]) -> None:
         with self._lock:
             self.undo_stack.append(FeedbackChange(list(ids), before, after))
-            del self.undo_stack[:-self.limit]
+            del self.undo_stack[: -self.limit]
             self.redo_stack.clear()
 
     def pop(self, redo: bool = False) -> FeedbackChange:
@@ -193,8 +207,20 @@ def neighbors(embeddings: np.ndarray, ids: Sequence[str], sample_id: str, k: int
 def color_columns(samples: pd.DataFrame) -> list[str]:
     """The colour menu: the built-in modes, then the columns present (the known ones first)."""
     extra = [c for c in COLOR_COLUMNS if c in samples.columns]
-    skip = {"id", "hash", "file", "prompt", "negative_prompt", "caption", "created", "feedback_labels", "parent_id",
-            "seed", *BUILTIN_COLORS, *extra}
+    skip = {
+        "id",
+        "hash",
+        "file",
+        "prompt",
+        "negative_prompt",
+        "caption",
+        "created",
+        "feedback_labels",
+        "parent_id",
+        "seed",
+        *BUILTIN_COLORS,
+        *extra,
+    }
     extra += [c for c in samples.columns if c not in skip and samples[c].nunique(dropna=True) > 1]
     return [*BUILTIN_COLORS, *extra]
 
@@ -219,7 +245,7 @@ def column_codes(samples: pd.DataFrame, column: str) -> tuple[np.ndarray, list[s
         return codes.astype(np.uint16), names
     text = values.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
     counts = text.value_counts()
-    keep = list(counts.index[:MAX_CATEGORIES - 1]) if len(counts) > MAX_CATEGORIES else list(counts.index)
+    keep = list(counts.index[: MAX_CATEGORIES - 1]) if len(counts) > MAX_CATEGORIES else list(counts.index)
     keep = sorted(keep, key=str)
     lookup = {v: k for k, v in enumerate(keep)}
     names = [v if v != "" else "(empty)" for v in keep]
@@ -255,10 +281,17 @@ class ViewState:
         return keep
 
 
-def updated_view(state: ViewState, samples: pd.DataFrame, *, color_by: str | None = None,
-                 show_test: bool | None = None, show_removed: bool | None = None,
-                 rounds: Iterable[int] | None | str = "keep", isolate: Iterable[str] | None | str = "keep",
-                 check_ids: Callable[[Iterable[str]], list[str]] | None = None) -> ViewState:
+def updated_view(
+    state: ViewState,
+    samples: pd.DataFrame,
+    *,
+    color_by: str | None = None,
+    show_test: bool | None = None,
+    show_removed: bool | None = None,
+    rounds: Iterable[int] | None | str = "keep",
+    isolate: Iterable[str] | None | str = "keep",
+    check_ids: Callable[[Iterable[str]], list[str]] | None = None,
+) -> ViewState:
     """A new ViewState with the given changes checked ("keep" leaves rounds / isolate as they are)."""
     changes: dict[str, Any] = {}
     if color_by is not None:

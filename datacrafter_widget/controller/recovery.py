@@ -4,6 +4,7 @@ Why here: the store makes every commit atomic, but the controller's own bookkeep
 status in rounds.json, the class list written at the end of the first import) can still be left
 half-way. Opening a project for writing repairs what can be repaired and says how to finish the rest.
 """
+
 from __future__ import annotations
 
 import time

@@ -4,6 +4,7 @@ A `Dataset` is a table (one row per image) whose `image` column holds either a f
 on demand, or an in-memory PIL image (small synthetic sets such as the starter digits). Nothing
 here loads every full-size image at once.
 """
+
 from __future__ import annotations
 
 import io
@@ -88,8 +89,11 @@ def _warn_report(report: list[tuple[str, str]], what: str) -> None:
         return
     shown = "; ".join(f"{Path(f).name}: {r}" for f, r in report[:3])
     more = f"; and {len(report) - 3} more" if len(report) > 3 else ""
-    warnings.warn(f"{what}: skipped {len(report)} input(s) ({shown}{more}); see .report for the full list",
-                  LoadWarning, stacklevel=3)
+    warnings.warn(
+        f"{what}: skipped {len(report)} input(s) ({shown}{more}); see .report for the full list",
+        LoadWarning,
+        stacklevel=3,
+    )
 
 
 class Dataset:
@@ -239,7 +243,11 @@ class Dataset:
         """
         root = Path(path).expanduser()
         if not root.is_dir():
-            hint = "it is a file: pass the folder that holds one sub-folder per class" if root.exists() else "check the path"
+            hint = (
+                "it is a file: pass the folder that holds one sub-folder per class"
+                if root.exists()
+                else "check the path"
+            )
             raise DatasetError(f"dataset folder {root} does not exist or is not a folder: {hint}")
         if check not in ("decode", "header"):
             raise DatasetError(f"check={check!r}: use 'decode' or 'header'")
@@ -354,7 +362,8 @@ class Dataset:
         if not keep:
             raise DatasetError(
                 f"none of the {len(df)} rows has a readable image (first problems: "
-                + "; ".join(f"{w}: {r}" for w, r in report[:3]) + ")"
+                + "; ".join(f"{w}: {r}" for w, r in report[:3])
+                + ")"
             )
         kept = df.iloc[keep].reset_index(drop=True)
         frame = pd.DataFrame({"image": pd.Series(values, dtype=object), "label": kept[label].astype(str).tolist()})
@@ -385,9 +394,7 @@ class Dataset:
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise DatasetError("from_hf needs the `datasets` package: pip install 'datacrafter-widget[hf]'") from exc
         if isinstance(hf_dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-            raise DatasetError(
-                f"got a DatasetDict with splits {list(hf_dataset)}: pass one split, e.g. ds['train']"
-            )
+            raise DatasetError(f"got a DatasetDict with splits {list(hf_dataset)}: pass one split, e.g. ds['train']")
         if not isinstance(hf_dataset, datasets.Dataset):
             raise DatasetError(f"from_hf needs a datasets.Dataset (not streaming), got {type(hf_dataset).__name__}")
         columns = list(hf_dataset.column_names)
@@ -408,5 +415,11 @@ class Dataset:
         df[image] = list(hf_dataset[image])
         if isinstance(label_feature, datasets.ClassLabel):
             df[label] = [label_feature.int2str(int(v)) if v is not None and v >= 0 else None for v in df[label]]
-        return cls.from_dataframe(df, image=image, label=label, caption=caption, check=check,
-                                  name=name or (hf_dataset.info.dataset_name or "hf"))
+        return cls.from_dataframe(
+            df,
+            image=image,
+            label=label,
+            caption=caption,
+            check=check,
+            name=name or (hf_dataset.info.dataset_name or "hf"),
+        )

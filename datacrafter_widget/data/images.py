@@ -3,6 +3,7 @@
 Every image that enters the product goes through `to_rgb`, so the rest of the code can assume
 8-bit RGB; every stored image is keyed by `content_hash`, so identical images are stored once.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -28,6 +28,7 @@ raise DamagedFileError with the file and what to do; a missing segment in the mi
 warns (DamagedProjectWarning); derived files (embedding parts, read_json(..., derived=True)
 documents such as map.json) count as missing and are computed again.
 """
+
 from __future__ import annotations
 
 import errno
@@ -118,11 +119,11 @@ class DamagedProjectWarning(RuntimeWarning):
 # What to do when a primary json document is damaged (derived ones are rebuilt instead).
 _JSON_FIX = {
     "project.json": "restore it from a backup (it holds the schema version and the class list); the samples, "
-                    "images and other files are untouched",
+    "images and other files are untouched",
     "rounds.json": "restore it from a backup, or move it aside (e.g. rename it to rounds.json.bad) to start a new "
-                   "round log; the samples keep their round numbers",
+    "round log; the samples keep their round numbers",
     "feedback.json": "restore it from a backup, or move it aside to start a new feedback log; the good / bad marks "
-                     "themselves are kept in the samples table",
+    "themselves are kept in the samples table",
     "prompts.json": "restore it from a backup, or move it aside and run crafter.evolve() again",
 }
 
@@ -177,11 +178,15 @@ def _read_parquet(path: Path) -> pa.Table:
     except (pa.ArrowException, OSError, ValueError) as exc:
         project = path.parent if path.name == "samples.parquet" else path.parent.parent
         if path.name == "samples.parquet":
-            fix = ("restore samples.parquet from a backup of the project; it holds every sample up to the last "
-                   "compaction, so it cannot be rebuilt from the other files")
+            fix = (
+                "restore samples.parquet from a backup of the project; it holds every sample up to the last "
+                "compaction, so it cannot be rebuilt from the other files"
+            )
         else:
-            fix = (f"restore it from a backup, or move it out of {path.parent} to open the project without the "
-                   f"samples added or changed in that one commit")
+            fix = (
+                f"restore it from a backup, or move it out of {path.parent} to open the project without the "
+                f"samples added or changed in that one commit"
+            )
         raise DamagedFileError(
             f"project {project}: {path.relative_to(project)} is damaged ({len(data)} bytes, not readable as "
             f"parquet: {type(exc).__name__}): {fix}"
@@ -201,11 +206,12 @@ class SampleStore:
     that a running kernel is writing. Use as a context manager or call `close()`.
     """
 
-    COMPACT_SEGMENTS = 64      # fold the append log into samples.parquet after this many segments
-    COMPACT_PARTS = 16         # same for the embedding cache parts of one key
+    COMPACT_SEGMENTS = 64  # fold the append log into samples.parquet after this many segments
+    COMPACT_PARTS = 16  # same for the embedding cache parts of one key
 
-    def __init__(self, path: str | os.PathLike, *, create: bool = True, readonly: bool = False,
-                 durable: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, create: bool = True, readonly: bool = False, durable: bool = True
+    ) -> None:
         """Open (or create) the project at `path`.
 
         durable=False skips fsync: commits stay atomic if the process is killed, but the last
@@ -248,9 +254,16 @@ class SampleStore:
             if not exists:
                 for sub in ("images", "segments", "embeddings"):
                     (self.path / sub).mkdir(exist_ok=True)
-                atomic_write_bytes(self.path / "project.json", _dumps({
-                    "schema_version": SCHEMA_VERSION, "created": time.time(), "format": "datacrafter-widget project",
-                }))
+                atomic_write_bytes(
+                    self.path / "project.json",
+                    _dumps(
+                        {
+                            "schema_version": SCHEMA_VERSION,
+                            "created": time.time(),
+                            "format": "datacrafter-widget project",
+                        }
+                    ),
+                )
             self._check_schema()
             if not readonly:
                 for sub in ("images", "segments", "embeddings"):
@@ -334,7 +347,9 @@ class SampleStore:
     def _check_schema(self) -> None:
         meta = self.read_json("project.json", None)
         if not isinstance(meta, dict) or "schema_version" not in meta:
-            raise StoreError(f"{self.path / 'project.json'} has no schema_version: the project file is damaged or not ours")
+            raise StoreError(
+                f"{self.path / 'project.json'} has no schema_version: the project file is damaged or not ours"
+            )
         version = int(meta["schema_version"])
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
@@ -394,7 +409,8 @@ class SampleStore:
                     f"project {self.path}: {len(lost)} segment(s) of the append log are missing ({names}): the samples "
                     f"added or changed in those commits are not in the project. Restore them into "
                     f"{self.path / 'segments'} from a backup before writing to the project",
-                    DamagedProjectWarning, stacklevel=4,
+                    DamagedProjectWarning,
+                    stacklevel=4,
                 )
         if not self.readonly:
             for n, p in segments:
@@ -468,22 +484,28 @@ class SampleStore:
     def image(self, sample_id: str) -> Image.Image:
         """The stored image of a sample (RGB); a missing or damaged file is named with the sample."""
         path = self.image_path(sample_id)
-        fix = (f"restore it from a backup, or leave the sample out with crafter.feedback(removed=[{sample_id!r}])")
+        fix = f"restore it from a backup, or leave the sample out with crafter.feedback(removed=[{sample_id!r}])"
         try:
             with Image.open(path) as im:
                 im.load()
                 return to_rgb(im)
         except FileNotFoundError:
-            raise DamagedFileError(f"sample {sample_id}: its image file {path.relative_to(self.path.resolve())} is "
-                                   f"missing from project {self.path}: {fix}") from None
+            raise DamagedFileError(
+                f"sample {sample_id}: its image file {path.relative_to(self.path.resolve())} is "
+                f"missing from project {self.path}: {fix}"
+            ) from None
         except (OSError, SyntaxError, ValueError) as exc:  # truncated or not an image
-            raise DamagedFileError(f"sample {sample_id}: its image file {path.relative_to(self.path.resolve())} in "
-                                   f"project {self.path} is damaged ({exc}): {fix}") from None
+            raise DamagedFileError(
+                f"sample {sample_id}: its image file {path.relative_to(self.path.resolve())} in "
+                f"project {self.path} is damaged ({exc}): {fix}"
+            ) from None
 
     # ---- writing -------------------------------------------------------------------------
     def _writable(self) -> None:
         if self.readonly:
-            raise ReadOnlyError(f"project {self.path} was opened with readonly=True: open it without readonly to change it")
+            raise ReadOnlyError(
+                f"project {self.path} was opened with readonly=True: open it without readonly to change it"
+            )
         if self._closed:
             raise StoreError(f"project {self.path} was closed: open it again to change it")
 
@@ -530,7 +552,9 @@ class SampleStore:
                     raise ValueError(f"rows[{i}]['feedback'] is {record['feedback']!r}: use one of {FEEDBACK_VALUES}")
                 if not isinstance(record["feedback_labels"], str):
                     record["feedback_labels"] = json.dumps(list(record["feedback_labels"]))
-                if record["created"] is None or (isinstance(record["created"], float) and math.isnan(record["created"])):
+                if record["created"] is None or (
+                    isinstance(record["created"], float) and math.isnan(record["created"])
+                ):
                     record["created"] = now
                 prefix = "g" if record["source"] == "generated" else "r"
                 n = next_ids.get(prefix, 1)
@@ -611,7 +635,11 @@ class SampleStore:
             self._writable()
             frame = self._materialize()
             table = _to_table(frame).replace_schema_metadata(
-                {_META_KEY: json.dumps({"compacted_through": self._segment_seq, "schema_version": SCHEMA_VERSION}).encode()}
+                {
+                    _META_KEY: json.dumps(
+                        {"compacted_through": self._segment_seq, "schema_version": SCHEMA_VERSION}
+                    ).encode()
+                }
             )
             _atomic_write_table(self.path / "samples.parquet", table, fsync=self.durable)
             for n, p in self._segments():
@@ -639,7 +667,7 @@ class SampleStore:
             except FileNotFoundError:  # a writer compacted it away meanwhile; its rows are in a later part
                 continue
             try:
-                header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+                header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
                 hashes = json.loads(header["__metadata__"]["hashes"])
                 array = load(data)["embeddings"]
                 if array.ndim != 2 or array.shape[0] != len(hashes):
@@ -647,9 +675,12 @@ class SampleStore:
                 if cache["dim"] is not None and array.shape[1] != cache["dim"]:
                     raise ValueError(f"size {array.shape[1]}, the other parts have {cache['dim']}")
             except Exception as exc:  # noqa: BLE001 - a cache: drop the part, its rows are embedded again
-                warnings.warn(f"project {self.path}: embedding cache part {p.relative_to(self.path)} is damaged "
-                              f"({type(exc).__name__}); its embeddings will be computed again", DamagedProjectWarning,
-                              stacklevel=3)
+                warnings.warn(
+                    f"project {self.path}: embedding cache part {p.relative_to(self.path)} is damaged "
+                    f"({type(exc).__name__}); its embeddings will be computed again",
+                    DamagedProjectWarning,
+                    stacklevel=3,
+                )
                 if not self.readonly:
                     p.unlink(missing_ok=True)
                 continue
@@ -692,7 +723,9 @@ class SampleStore:
         array = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
         hashes = [str(h) for h in hashes]
         if array.ndim != 2 or array.shape[0] != len(hashes):
-            raise ValueError(f"put_embeddings: array shape {array.shape} does not match {len(hashes)} hashes: pass (n, d)")
+            raise ValueError(
+                f"put_embeddings: array shape {array.shape} does not match {len(hashes)} hashes: pass (n, d)"
+            )
         with self._lock:
             self._writable()
             if not hashes:
@@ -825,7 +858,9 @@ def _normalize(frame: pd.DataFrame) -> pd.DataFrame:
             frame[name] = default
         col = frame[name]
         if pa.types.is_string(dtype):
-            frame[name] = col.map(lambda v, d=default: d if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype(str)
+            frame[name] = col.map(
+                lambda v, d=default: d if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+            ).astype(str)
         elif pa.types.is_integer(dtype):
             frame[name] = pd.to_numeric(col, errors="raise").fillna(default).astype("int64")
         else:

@@ -12,6 +12,7 @@ not digit names), so with mode="auto" the filter first checks both on the labell
 If neither gets at least `min_accuracy` of the real images right (default: half, and clearly above
 chance), "auto" flags nothing: an embedder that cannot tell the classes apart would only flag noise.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -93,17 +94,25 @@ class ClassFilter:
             protos = _unit(np.where(have[:, None], protos / np.maximum(counts - (np.arange(k) == c), 1)[:, None], 0.0))
             loo_hits.append(int((emb[j] @ protos.T).argmax() == c))
         proto_acc = float(np.mean(loo_hits)) if loo_hits else float("nan")
-        self.report = {"zero_shot_accuracy_on_real": zs_acc, "prototype_accuracy_on_real_leave_one_out": proto_acc,
-                       "real_images": int(known.sum())}
+        self.report = {
+            "zero_shot_accuracy_on_real": zs_acc,
+            "prototype_accuracy_on_real_leave_one_out": proto_acc,
+            "real_images": int(known.sum()),
+        }
         if self.mode == "auto":
-            mode = "prototypes" if (np.isfinite(proto_acc) and (not np.isfinite(zs_acc) or proto_acc > zs_acc)) else "zero-shot"
+            mode = (
+                "prototypes"
+                if (np.isfinite(proto_acc) and (not np.isfinite(zs_acc) or proto_acc > zs_acc))
+                else "zero-shot"
+            )
             best = proto_acc if mode == "prototypes" else zs_acc
             bar = self.min_accuracy if self.min_accuracy is not None else max(0.5, 1.0 / max(k, 1) + 0.25)
             if not np.isfinite(best) or best < bar:
                 mode = "off"
                 self.report["reason"] = (
                     f"the embedder classifies only {best:.0%} of the real training images correctly (needs {bar:.0%}): "
-                    "flags would be noise, so none are set; use a stronger embedder or set filter_mode explicitly")
+                    "flags would be noise, so none are set; use a stronger embedder or set filter_mode explicitly"
+                )
         else:
             mode = self.mode
         self.report["mode"] = mode

@@ -76,24 +76,71 @@ class Labeler(Protocol):
 
 # ----------------------------------------------------------------------------- vocabulary
 
-_COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
-            "gray", "light blue", "dark", "bright", "colorful", "monochrome"]
+_COLOURS = [
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "blue",
+    "purple",
+    "pink",
+    "brown",
+    "black",
+    "white",
+    "gray",
+    "light blue",
+    "dark",
+    "bright",
+    "colorful",
+    "monochrome",
+]
 
 DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
     "colour": _COLOURS,
     "background": [f"{c} background" for c in _COLOURS[:11]]
-    + ["plain background", "cluttered background", "outdoors", "indoors", "grass", "sky", "water",
-       "snow", "sand", "road", "forest", "room"],
+    + [
+        "plain background",
+        "cluttered background",
+        "outdoors",
+        "indoors",
+        "grass",
+        "sky",
+        "water",
+        "snow",
+        "sand",
+        "road",
+        "forest",
+        "room",
+    ],
     "texture": ["smooth", "striped", "spotted", "furry", "shiny", "rough", "wooden", "metallic", "fabric"],
-    "style": ["photo", "cartoon", "sketch", "drawing", "painting", "3d render", "pixel art", "text",
-              "close-up", "low resolution"],
+    "style": [
+        "photo",
+        "cartoon",
+        "sketch",
+        "drawing",
+        "painting",
+        "3d render",
+        "pixel art",
+        "text",
+        "close-up",
+        "low resolution",
+    ],
     "quality": ["blurry", "sharp", "noisy", "overexposed", "dark lighting", "distorted", "cropped"],
     "shape": ["thin", "thick", "slanted", "round", "small", "large", "centered", "several objects"],
 }
 
 # per-group caps: an image has one class, a foreground and a background colour, ...
-DEFAULT_PER_GROUP: dict[str, int] = {"class": 1, "colour": 2, "background": 1, "texture": 1,
-                                     "style": 1, "quality": 1, "shape": 2, "caption": 3, "user": 3}
+DEFAULT_PER_GROUP: dict[str, int] = {
+    "class": 1,
+    "colour": 2,
+    "background": 1,
+    "texture": 1,
+    "style": 1,
+    "quality": 1,
+    "shape": 2,
+    "caption": 3,
+    "user": 3,
+}
 
 _STOP = set(
     """a an the of on in at to with and or but for from by as is are was were be been being this that
@@ -123,8 +170,15 @@ def _tokens(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+(?:[-'][a-z0-9]+)*", text.lower())
 
 
-def caption_terms(captions: Sequence[str], *, min_count: int = 2, max_terms: int = 200,
-                  exclude: Sequence[str] = (), max_df: float = 0.5, min_pmi: float = 0.3) -> list[str]:
+def caption_terms(
+    captions: Sequence[str],
+    *,
+    min_count: int = 2,
+    max_terms: int = 200,
+    exclude: Sequence[str] = (),
+    max_df: float = 0.5,
+    min_pmi: float = 0.3,
+) -> list[str]:
     """Words and two-word phrases that recur in the captions, most frequent first.
 
     Stop words and words in more than `max_df` of the captions ("background" in every starter
@@ -268,8 +322,10 @@ class ClipVocabularyLabeler:
         self.vocabulary = vocab
         self.threshold = threshold
         self.templates = tuple(templates)
-        self.class_templates = tuple(class_templates) if class_templates is not None else tuple(
-            getattr(embedder, "templates", None) or ("a photo of a {}",)
+        self.class_templates = (
+            tuple(class_templates)
+            if class_templates is not None
+            else tuple(getattr(embedder, "templates", None) or ("a photo of a {}",))
         )
         self.z_min, self.z_best, self.margin = float(z_min), float(z_best), float(margin)
         self.z_min_template = float(z_min_template)
@@ -516,8 +572,18 @@ class OpenAICompatibleLabeler:
     sent as a Bearer token and never stored in the project.
     """
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, prompt: str = DEFAULT_PROMPT,
-                 max_labels: int = 8, timeout: float = 60.0, max_tokens: int = 100, temperature: float = 0.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        prompt: str = DEFAULT_PROMPT,
+        max_labels: int = 8,
+        timeout: float = 60.0,
+        max_tokens: int = 100,
+        temperature: float = 0.0,
+    ) -> None:
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise LabelerError(f"base_url must start with http:// or https://; got {base_url!r}.")
         url = base_url.rstrip("/")
@@ -535,13 +601,15 @@ class OpenAICompatibleLabeler:
             "model": self.model,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
-            "messages": [{
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": self.prompt.format(max_labels=self.max_labels)},
-                    {"type": "image_url", "image_url": {"url": _png_data_url(image)}},
-                ],
-            }],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": self.prompt.format(max_labels=self.max_labels)},
+                        {"type": "image_url", "image_url": {"url": _png_data_url(image)}},
+                    ],
+                }
+            ],
         }
         headers = {"Content-Type": "application/json"}
         if self._api_key:
@@ -586,9 +654,18 @@ class TransformersVLMLabeler:
     caption's content words); instruction models get `model_prompt` as the text input.
     """
 
-    def __init__(self, model_or_pipeline: Any, processor: Any = None, *, prompt: str = DEFAULT_PROMPT,
-                 model_prompt: str | None = None, max_labels: int = 8, max_new_tokens: int = 60,
-                 batch_size: int = 8, **pipeline_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model_or_pipeline: Any,
+        processor: Any = None,
+        *,
+        prompt: str = DEFAULT_PROMPT,
+        model_prompt: str | None = None,
+        max_labels: int = 8,
+        max_new_tokens: int = 60,
+        batch_size: int = 8,
+        **pipeline_kwargs: Any,
+    ) -> None:
         if isinstance(model_or_pipeline, str):
             from transformers import pipeline
 
@@ -605,7 +682,9 @@ class TransformersVLMLabeler:
         if self.is_generative_model and processor is None:
             raise LabelerError("a transformers model needs its processor: TransformersVLMLabeler(model, processor).")
         if not self.is_generative_model and not callable(model_or_pipeline):
-            raise LabelerError(f"expected a pipeline, a model with generate(), or a model id; got {type(model_or_pipeline).__name__}.")
+            raise LabelerError(
+                f"expected a pipeline, a model with generate(), or a model id; got {type(model_or_pipeline).__name__}."
+            )
         self.prompt, self.model_prompt = prompt, model_prompt
         self.max_labels, self.max_new_tokens, self.batch_size = int(max_labels), int(max_new_tokens), int(batch_size)
 
@@ -636,9 +715,13 @@ class TransformersVLMLabeler:
                 inputs = inputs.to(device)
             with torch.no_grad():
                 ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
-            if self.model_prompt and "input_ids" in inputs and ids.shape[1] > inputs["input_ids"].shape[1] \
-                    and bool((ids[:, : inputs["input_ids"].shape[1]] == inputs["input_ids"]).all()):
-                ids = ids[:, inputs["input_ids"].shape[1]:]  # decoder-only models echo the prompt
+            if (
+                self.model_prompt
+                and "input_ids" in inputs
+                and ids.shape[1] > inputs["input_ids"].shape[1]
+                and bool((ids[:, : inputs["input_ids"].shape[1]] == inputs["input_ids"]).all())
+            ):
+                ids = ids[:, inputs["input_ids"].shape[1] :]  # decoder-only models echo the prompt
             texts.extend(self.processor.batch_decode(ids, skip_special_tokens=True))
         return texts
 

@@ -20,6 +20,7 @@ callable and the vocabulary and prompt grammar are arguments (the starter kit su
 starter/prompts.py); the controller (controller/rounds.py) renders the candidates and writes
 prompts.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,14 +37,32 @@ from PIL import Image
 from ..controller.jobs import is_cancelled
 
 __all__ = [
-    "EvolutionError", "Genome", "Candidate", "ClassResult", "EvolutionResult", "evolve_prompts",
-    "apply_to_prompts_doc", "current_prompts", "default_compose", "DEFAULT_STYLES", "PROMPTS_FILE", "GenerateFn",
+    "EvolutionError",
+    "Genome",
+    "Candidate",
+    "ClassResult",
+    "EvolutionResult",
+    "evolve_prompts",
+    "apply_to_prompts_doc",
+    "current_prompts",
+    "default_compose",
+    "DEFAULT_STYLES",
+    "PROMPTS_FILE",
+    "GenerateFn",
 ]
 
 PROMPTS_FILE = "prompts.json"
 DEFAULT_TEMPLATE = "a photo of a {class}"
-DEFAULT_STYLES = ["a close-up photo", "bright lighting", "a plain background", "high detail", "centered",
-                  "natural light", "a cartoon", "a sketch"]
+DEFAULT_STYLES = [
+    "a close-up photo",
+    "bright lighting",
+    "a plain background",
+    "high detail",
+    "centered",
+    "natural light",
+    "a cartoon",
+    "a sketch",
+]
 
 GenerateFn = Callable[[list[str], list[str], list[int]], list[Image.Image]]
 
@@ -55,6 +74,7 @@ class EvolutionError(ValueError):
 @dataclass(frozen=True)
 class Genome:
     """One prompt: the class, its positive phrases and its negative phrases (order kept)."""
+
     label: str
     phrases: tuple[str, ...] = ()
     negative: tuple[str, ...] = ()
@@ -68,9 +88,11 @@ class Genome:
 
 def default_compose(template: str = DEFAULT_TEMPLATE) -> Callable[[Genome], str]:
     """'a photo of a {class}, phrase, phrase' (the captions-as-prompts shape)."""
+
     def compose(g: Genome) -> str:
         base = template.replace("{class}", g.label).replace("{}", g.label)
         return ", ".join([base, *g.phrases]) if g.phrases else base
+
     return compose
 
 
@@ -97,6 +119,7 @@ class ClassResult:
 @dataclass
 class EvolutionResult:
     """Per class: the ranked candidates, the diff of the winner against the previous prompt."""
+
     classes: dict[str, ClassResult]
     round: int
 
@@ -112,14 +135,24 @@ class EvolutionResult:
         rows = []
         for c, r in self.classes.items():
             for rank, cand in enumerate(r.ranked):
-                rows.append({"class": c, "rank": rank, "prompt": cand.prompt,
-                             "negative_prompt": cand.genome.negative_prompt(), "fitness": cand.fitness, **cand.parts})
+                rows.append(
+                    {
+                        "class": c,
+                        "rank": rank,
+                        "prompt": cand.prompt,
+                        "negative_prompt": cand.genome.negative_prompt(),
+                        "fitness": cand.fitness,
+                        **cand.parts,
+                    }
+                )
         return pd.DataFrame(rows)
 
     def report(self) -> str:
         lines = []
         for c, r in self.classes.items():
-            lines.append(f"class {c}: {r.best.prompt!r}  negative: {r.best.genome.negative_prompt()!r}  fitness {r.best.fitness:.3f}")
+            lines.append(
+                f"class {c}: {r.best.prompt!r}  negative: {r.best.genome.negative_prompt()!r}  fitness {r.best.fitness:.3f}"
+            )
             lines += [f"  {d}" for d in r.diff] or ["  (unchanged)"]
         return "\n".join(lines)
 
@@ -146,18 +179,34 @@ def apply_to_prompts_doc(doc: Mapping[str, Any] | None, result: EvolutionResult)
     for c, r in result.classes.items():
         e = entries.setdefault(c, {"history": []})
         best = r.best
-        e.update({
-            "prompt": best.prompt, "negative_prompt": best.genome.negative_prompt(),
-            "phrases": list(best.genome.phrases), "negative": list(best.genome.negative),
-            "ranked": [{"prompt": k.prompt, "negative_prompt": k.genome.negative_prompt(),
-                        "fitness": _finite(k.fitness), "parts": {n: _finite(v) for n, v in k.parts.items()}}
-                       for k in r.ranked],
-        })
-        e.setdefault("history", []).append({
-            "round": result.round, "time": time.time(), "prompt": best.prompt,
-            "negative_prompt": best.genome.negative_prompt(), "fitness": _finite(best.fitness),
-            "parts": {n: _finite(v) for n, v in best.parts.items()}, "diff": list(r.diff),
-        })
+        e.update(
+            {
+                "prompt": best.prompt,
+                "negative_prompt": best.genome.negative_prompt(),
+                "phrases": list(best.genome.phrases),
+                "negative": list(best.genome.negative),
+                "ranked": [
+                    {
+                        "prompt": k.prompt,
+                        "negative_prompt": k.genome.negative_prompt(),
+                        "fitness": _finite(k.fitness),
+                        "parts": {n: _finite(v) for n, v in k.parts.items()},
+                    }
+                    for k in r.ranked
+                ],
+            }
+        )
+        e.setdefault("history", []).append(
+            {
+                "round": result.round,
+                "time": time.time(),
+                "prompt": best.prompt,
+                "negative_prompt": best.genome.negative_prompt(),
+                "fitness": _finite(best.fitness),
+                "parts": {n: _finite(v) for n, v in best.parts.items()},
+                "diff": list(r.diff),
+            }
+        )
     return doc
 
 
@@ -184,23 +233,30 @@ def _norm(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Feedback:
-    good: dict[str, np.ndarray]        # class -> (n, d) embeddings of good images (or accepted ones)
+    good: dict[str, np.ndarray]  # class -> (n, d) embeddings of good images (or accepted ones)
     bad: dict[str, np.ndarray]
     good_count: dict[str, int]
     bad_all: np.ndarray
-    unwanted: dict[str, list[str]]     # class -> labels marked unwanted
+    unwanted: dict[str, list[str]]  # class -> labels marked unwanted
     good_labels: dict[str, list[str]]  # class -> content labels of good images
 
 
-def _collect(samples: pd.DataFrame, classes: Sequence[str], load_image: Callable[[str], Image.Image],
-             embed_images: Callable[[list[Image.Image]], np.ndarray], bad_labels: Sequence[str],
-             content_labels: Mapping[str, Sequence[str]] | None) -> _Feedback:
+def _collect(
+    samples: pd.DataFrame,
+    classes: Sequence[str],
+    load_image: Callable[[str], Image.Image],
+    embed_images: Callable[[list[Image.Image]], np.ndarray],
+    bad_labels: Sequence[str],
+    content_labels: Mapping[str, Sequence[str]] | None,
+) -> _Feedback:
     fb = samples["feedback"].fillna("").astype(str)
     good_rows = samples[fb == "good"]
     bad_rows = samples[fb.isin(["bad", "removed"])]
     if len(good_rows) == 0 and len(bad_rows) == 0 and not bad_labels:
-        raise EvolutionError("no feedback yet: mark images first with crafter.feedback(bad=ids, good=ids, "
-                             "bad_labels=[...]) or by lassoing them in the widget, then evolve")
+        raise EvolutionError(
+            "no feedback yet: mark images first with crafter.feedback(bad=ids, good=ids, "
+            "bad_labels=[...]) or by lassoing them in the widget, then evolve"
+        )
     ids = list(good_rows["id"]) + list(bad_rows["id"])
     emb = _norm(np.asarray(embed_images([load_image(i) for i in ids]), dtype=np.float32)) if ids else np.zeros((0, 1))
     by_id = dict(zip(ids, emb))
@@ -219,9 +275,15 @@ def _collect(samples: pd.DataFrame, classes: Sequence[str], load_image: Callable
         if g_ids:
             good[c] = np.stack([by_id[i] for i in g_ids])
         else:
-            ref = unmarked_generated[unmarked_generated["label"] == c]["id"].tolist()[:32] \
+            ref = (
+                unmarked_generated[unmarked_generated["label"] == c]["id"].tolist()[:32]
                 or real_train[real_train["label"] == c]["id"].tolist()[:32]
-            good[c] = _norm(np.asarray(embed_images([load_image(i) for i in ref]), dtype=np.float32)) if ref else np.zeros((0, emb.shape[1] if len(emb) else 1))
+            )
+            good[c] = (
+                _norm(np.asarray(embed_images([load_image(i) for i in ref]), dtype=np.float32))
+                if ref
+                else np.zeros((0, emb.shape[1] if len(emb) else 1))
+            )
         bad[c] = np.stack([by_id[i] for i in b_ids]) if b_ids else np.zeros((0, good[c].shape[1]))
         labels = list(bad_labels)
         for v in bad_rows[bad_rows["label"] == c].get("feedback_labels", pd.Series(dtype=str)):
@@ -240,12 +302,12 @@ def _collect(samples: pd.DataFrame, classes: Sequence[str], load_image: Callable
 class _Context:
     label: str
     vocabulary: list[str]
-    affinity: dict[str, float]         # phrase -> sim to good - sim to bad (text-image)
-    near_good: dict[str, int]          # phrase -> number of good images it sits closer to than to the bad ones
+    affinity: dict[str, float]  # phrase -> sim to good - sim to bad (text-image)
+    near_good: dict[str, int]  # phrase -> number of good images it sits closer to than to the bad ones
     near_bad: dict[str, int]
     unwanted: list[str]
-    label_counts: dict[str, int]       # content label -> number of good images with it
-    may_add: bool = True               # positive phrases only come from images marked good
+    label_counts: dict[str, int]  # content label -> number of good images with it
+    may_add: bool = True  # positive phrases only come from images marked good
 
 
 def _phrase_stats(vocab: list[str], text_emb: np.ndarray, good: np.ndarray, bad: np.ndarray) -> tuple[dict, dict, dict]:
@@ -278,7 +340,9 @@ def _mutate(g: Genome, ctx: _Context, rng: np.random.Generator, max_phrases: int
     elif op == "drop" and phrases:
         phrases.pop(int(rng.integers(len(phrases))))
     elif op == "neg_add":
-        neg_pool = [p for p in ctx.vocabulary if p not in negative and p not in phrases and ctx.affinity.get(p, 0.0) < 0]
+        neg_pool = [
+            p for p in ctx.vocabulary if p not in negative and p not in phrases and ctx.affinity.get(p, 0.0) < 0
+        ]
         if neg_pool:
             w = np.array([math.exp(-8.0 * ctx.affinity[p]) for p in neg_pool])
             negative.append(neg_pool[int(rng.choice(len(neg_pool), p=w / w.sum()))])
@@ -291,7 +355,9 @@ def _mutate(g: Genome, ctx: _Context, rng: np.random.Generator, max_phrases: int
 
 def _crossover(a: Genome, b: Genome, rng: np.random.Generator, max_phrases: int) -> Genome:
     phrases = [p for p in dict.fromkeys(a.phrases + b.phrases) if rng.random() < 0.5]
-    negative = [p for p in dict.fromkeys(a.negative + b.negative) if rng.random() < 0.5 or p in a.negative and p in b.negative]
+    negative = [
+        p for p in dict.fromkeys(a.negative + b.negative) if rng.random() < 0.5 or p in a.negative and p in b.negative
+    ]
     return Genome(a.label, tuple(phrases[:max_phrases]), tuple(negative))
 
 
@@ -339,8 +405,18 @@ def _diff(old: Genome, new: Genome, ctx: _Context, n_good: int) -> list[str]:
     return lines
 
 
-def _fitness(images: list[Image.Image], g: Genome, embed_images, embedder: Any, label: str, classes: Sequence[str],
-             good: np.ndarray, bad: np.ndarray, unwanted_emb: np.ndarray, weights: Mapping[str, float]) -> dict[str, float]:
+def _fitness(
+    images: list[Image.Image],
+    g: Genome,
+    embed_images,
+    embedder: Any,
+    label: str,
+    classes: Sequence[str],
+    good: np.ndarray,
+    bad: np.ndarray,
+    unwanted_emb: np.ndarray,
+    weights: Mapping[str, float],
+) -> dict[str, float]:
     e = _norm(np.asarray(embed_images(images), dtype=np.float32))
     parts: dict[str, float] = {}
     # Nearest-neighbour similarity: an image should resemble *some* good image (not their average,
@@ -358,9 +434,13 @@ def _fitness(images: list[Image.Image], g: Genome, embed_images, embedder: Any, 
         parts["diversity"] = float(1.0 - (sim.sum() - np.trace(sim)) / (len(e) * (len(e) - 1)))
     else:
         parts["diversity"] = 0.0
-    parts["fitness"] = (weights["good"] * parts["good"] - weights["bad"] * parts["bad"]
-                        - weights["unwanted"] * parts["unwanted"] + weights["class_prob"] * parts["class_prob"]
-                        + weights["diversity"] * parts["diversity"])
+    parts["fitness"] = (
+        weights["good"] * parts["good"]
+        - weights["bad"] * parts["bad"]
+        - weights["unwanted"] * parts["unwanted"]
+        + weights["class_prob"] * parts["class_prob"]
+        + weights["diversity"] * parts["diversity"]
+    )
     return parts
 
 
@@ -403,11 +483,17 @@ def evolve_prompts(
         if unknown:
             raise EvolutionError(f"unknown class(es) {unknown}: the classes are {classes}")
     if generate is None:
-        raise EvolutionError("evolution generates candidate batches and needs a generator: pass models=dc.starter.models() or a Stable Diffusion model")
+        raise EvolutionError(
+            "evolution generates candidate batches and needs a generator: pass models=dc.starter.models() or a Stable Diffusion model"
+        )
     if embedder is None:
-        raise EvolutionError("evolution scores candidates with CLIP and needs an embedder: pass models with an embedder")
+        raise EvolutionError(
+            "evolution scores candidates with CLIP and needs an embedder: pass models with an embedder"
+        )
     if population < 2 or generations < 1 or batch < 1:
-        raise EvolutionError(f"population={population}, generations={generations}, batch={batch}: use population >= 2, generations >= 1, batch >= 1")
+        raise EvolutionError(
+            f"population={population}, generations={generations}, batch={batch}: use population >= 2, generations >= 1, batch >= 1"
+        )
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
     compose = compose or default_compose()
     fb = _collect(samples, classes, load_image, embedder.embed_images, bad_labels, content_labels)
@@ -417,7 +503,9 @@ def evolve_prompts(
     with_feedback = set(samples[fbcol != ""]["label"].astype(str))
     targets = [c for c in (only_classes or classes) if str(c) in with_feedback or bad_labels]
     if not targets:
-        raise EvolutionError(f"no feedback yet for the class(es) {list(only_classes or classes)}: mark some of their images good or bad first")
+        raise EvolutionError(
+            f"no feedback yet for the class(es) {list(only_classes or classes)}: mark some of their images good or bad first"
+        )
 
     rng = np.random.default_rng(seed)
     seeds = [int(seed) + k for k in range(batch)]  # common random numbers across candidates (the round's seeds)
@@ -425,6 +513,7 @@ def evolve_prompts(
     total = len(targets) * generations
     if progress is True:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=total, desc="evolving prompts", leave=False)
     done = 0
     results: dict[str, ClassResult] = {}
@@ -439,9 +528,21 @@ def evolve_prompts(
         # only moves phrases to the negative prompt. One prompt serves a whole class, so an added
         # attribute ("blue", "on a gray background") pins it for every image of the class: a new
         # shortcut (benchmarks/results/NOTES.md, loop track: accuracy 0.62 -> 0.34).
-        ctx = _Context(c, vocab, aff, near_good, near_bad, fb.unwanted[c],
-                       {l: fb.good_labels[c].count(l) for l in labels_here}, may_add=fb.good_count[c] > 0)
-        unwanted_emb = _norm(np.asarray(embedder.embed_texts(fb.unwanted[c]), dtype=np.float32)) if fb.unwanted[c] else np.zeros((0, 1))
+        ctx = _Context(
+            c,
+            vocab,
+            aff,
+            near_good,
+            near_bad,
+            fb.unwanted[c],
+            {l: fb.good_labels[c].count(l) for l in labels_here},
+            may_add=fb.good_count[c] > 0,
+        )
+        unwanted_emb = (
+            _norm(np.asarray(embedder.embed_texts(fb.unwanted[c]), dtype=np.float32))
+            if fb.unwanted[c]
+            else np.zeros((0, 1))
+        )
         previous = current.get(c, Genome(c))
         seen: dict[tuple, Candidate] = {}
 
@@ -451,7 +552,9 @@ def evolve_prompts(
                 return seen[g.key()]
             prompt = compose(g)
             images = generate([prompt] * batch, [g.negative_prompt()] * batch, seeds)
-            parts = _fitness(images, g, embedder.embed_images, embedder, c, classes, fb.good[c], bad_ref, unwanted_emb, weights)
+            parts = _fitness(
+                images, g, embedder.embed_images, embedder, c, classes, fb.good[c], bad_ref, unwanted_emb, weights
+            )
             cand = Candidate(g, prompt, parts.pop("fitness"), parts)
             seen[g.key()] = cand
             return cand
@@ -461,7 +564,13 @@ def evolve_prompts(
         ranked_vocab = sorted((p for p in vocab if p not in previous.phrases), key=lambda p: aff[p])
         if ranked_vocab and aff[ranked_vocab[0]] < 0 and near_bad.get(ranked_vocab[0], 0):
             pop.append(score(Genome(c, previous.phrases, tuple(dict.fromkeys([*previous.negative, ranked_vocab[0]])))))
-        if ctx.may_add and ranked_vocab and aff[ranked_vocab[-1]] > 0 and len(previous.phrases) < max_phrases and len(pop) < population:
+        if (
+            ctx.may_add
+            and ranked_vocab
+            and aff[ranked_vocab[-1]] > 0
+            and len(previous.phrases) < max_phrases
+            and len(pop) < population
+        ):
             pop.append(score(Genome(c, (*previous.phrases, ranked_vocab[-1]), previous.negative)))
         while len(pop) < population:
             pop.append(score(_mutate(previous if rng.random() < 0.7 else pop[-1].genome, ctx, rng, max_phrases)))
@@ -474,7 +583,11 @@ def evolve_prompts(
             children = []
             while len(children) < population - len(parents):
                 a, b = rng.choice(len(parents), size=2, replace=False)
-                child = _crossover(parents[a].genome, parents[b].genome, rng, max_phrases) if rng.random() < 0.5 else parents[a].genome
+                child = (
+                    _crossover(parents[a].genome, parents[b].genome, rng, max_phrases)
+                    if rng.random() < 0.5
+                    else parents[a].genome
+                )
                 children.append(score(_mutate(child, ctx, rng, max_phrases)))
             pop = parents + children
             done += 1

@@ -21,6 +21,7 @@ forward hook on the text encoder's token-embedding layer at their positions, so 
 model is modified. Final images use more sampler steps; the learned embeddings are saved as
 safetensors (with the template and positions in their metadata) so any image can be regenerated.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,19 @@ if TYPE_CHECKING:
     from ..models.generator import Generator
     from .student import Student
 
-__all__ = ["GapError", "GapConfig", "GapResult", "optimise_prompt_tokens", "generate_with_tokens",
-           "load_tokens", "load_mask", "gap_images", "mask_for", "student_loss_on", "composite"]
+__all__ = [
+    "GapError",
+    "GapConfig",
+    "GapResult",
+    "optimise_prompt_tokens",
+    "generate_with_tokens",
+    "load_tokens",
+    "load_mask",
+    "gap_images",
+    "mask_for",
+    "student_loss_on",
+    "composite",
+]
 
 PLACEHOLDER = "x"
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -59,30 +71,32 @@ class GapError(ValueError):
 @dataclass
 class GapConfig:
     """Settings; defaults follow the GAP paper where it fits a CPU (see methods.md)."""
+
     n_tokens: int = 8
     steps: int = 200
     lr: float = 1e-3
-    sampler_steps: int = 5          # DDIM steps with gradient during optimisation
-    final_steps: int = 15           # steps for the final images
-    guidance: float = 5.0           # classifier-free guidance scale
+    sampler_steps: int = 5  # DDIM steps with gradient during optimisation
+    final_steps: int = 15  # steps for the final images
+    guidance: float = 5.0  # classifier-free guidance scale
     batch: int = 4
     template: str = "a photo of a {class}"
     adversarial_weight: float = 1.0
-    text_weight: float = 20.0       # lt (used when a target description is given)
-    image_weight: float = 10.0      # li (used when target images are given)
-    warmup: float = 0.2             # adversarial term off for this fraction of steps (image guidance only)
-    checkpointing: bool = False     # recompute UNet activations in backward (less memory, slower)
-    fixed_noise: bool = False       # same starting noise every step (for diagnostics)
-    strength: float = 0.8           # img2img strength when starting from source images (1 = ignore their latents)
+    text_weight: float = 20.0  # lt (used when a target description is given)
+    image_weight: float = 10.0  # li (used when target images are given)
+    warmup: float = 0.2  # adversarial term off for this fraction of steps (image guidance only)
+    checkpointing: bool = False  # recompute UNet activations in backward (less memory, slower)
+    fixed_noise: bool = False  # same starting noise every step (for diagnostics)
+    strength: float = 0.8  # img2img strength when starting from source images (1 = ignore their latents)
 
 
 @dataclass
 class GapResult:
     """The learned tokens for one class and the optimisation trace."""
+
     label: str
-    embeddings: torch.Tensor        # (n_tokens, width)
-    prompt: str                     # the tokenised prompt text, placeholders written as <gap1>..<gapk>
-    template_text: str              # the text that is tokenised (placeholders are the PLACEHOLDER word)
+    embeddings: torch.Tensor  # (n_tokens, width)
+    prompt: str  # the tokenised prompt text, placeholders written as <gap1>..<gapk>
+    template_text: str  # the text that is tokenised (placeholders are the PLACEHOLDER word)
     positions: list[int]
     config: GapConfig
     history: list[dict[str, float]] = field(default_factory=list)
@@ -98,10 +112,20 @@ class GapResult:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"label": self.label, "prompt": self.prompt, "template_text": self.template_text,
-                "positions": json.dumps(self.positions), "config": json.dumps(asdict(self.config)),
-                "target": self.target, "model": self.model, "format": "datacrafter-gap-tokens-v1"}
-        atomic_write_bytes(path, to_safetensors_bytes({"embeddings": self.embeddings.detach().float().cpu().contiguous()}, metadata=meta))
+        meta = {
+            "label": self.label,
+            "prompt": self.prompt,
+            "template_text": self.template_text,
+            "positions": json.dumps(self.positions),
+            "config": json.dumps(asdict(self.config)),
+            "target": self.target,
+            "model": self.model,
+            "format": "datacrafter-gap-tokens-v1",
+        }
+        atomic_write_bytes(
+            path,
+            to_safetensors_bytes({"embeddings": self.embeddings.detach().float().cpu().contiguous()}, metadata=meta),
+        )
         self.file = str(path)
         return path
 
@@ -115,15 +139,24 @@ def load_tokens(path: str | os.PathLike) -> GapResult:
         emb = f.get_tensor("embeddings")
     if meta.get("format") != "datacrafter-gap-tokens-v1":
         raise GapError(f"{path} is not a GAP token file written by datacrafter-widget")
-    return GapResult(label=meta["label"], embeddings=emb, prompt=meta["prompt"], template_text=meta["template_text"],
-                     positions=json.loads(meta["positions"]), config=GapConfig(**json.loads(meta["config"])),
-                     target=meta.get("target", ""), model=meta.get("model", ""), file=str(path))
+    return GapResult(
+        label=meta["label"],
+        embeddings=emb,
+        prompt=meta["prompt"],
+        template_text=meta["template_text"],
+        positions=json.loads(meta["positions"]),
+        config=GapConfig(**json.loads(meta["config"])),
+        target=meta.get("target", ""),
+        model=meta.get("model", ""),
+        file=str(path),
+    )
 
 
 # ---- prompt plumbing ---------------------------------------------------------------------------
 def _tokenize(tokenizer: Any, texts: list[str]) -> torch.Tensor:
-    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def _prompt_layout(tokenizer: Any, label: str, template: str, k: int) -> tuple[str, str, list[int]]:
@@ -131,14 +164,16 @@ def _prompt_layout(tokenizer: Any, label: str, template: str, k: int) -> tuple[s
     text = base + " " + " ".join([PLACEHOLDER] * k)
     ids = tokenizer(text, truncation=False).input_ids
     base_ids = tokenizer(base, truncation=False).input_ids
-    start = len(base_ids) - 1                       # drop base's end-of-text token
+    start = len(base_ids) - 1  # drop base's end-of-text token
     positions = list(range(start, start + k))
     ph = tokenizer(PLACEHOLDER, add_special_tokens=False).input_ids
-    if len(ph) != 1 or ids[start:start + k] != ph * k:
+    if len(ph) != 1 or ids[start : start + k] != ph * k:
         raise GapError(f"cannot place {k} prompt tokens after {base!r} with this tokenizer")
     if len(ids) > tokenizer.model_max_length:
-        raise GapError(f"the prompt {base!r} plus {k} learned tokens is {len(ids)} tokens, more than the text "
-                       f"encoder's {tokenizer.model_max_length}: use fewer tokens (n_tokens) or a shorter template")
+        raise GapError(
+            f"the prompt {base!r} plus {k} learned tokens is {len(ids)} tokens, more than the text "
+            f"encoder's {tokenizer.model_max_length}: use fewer tokens (n_tokens) or a shorter template"
+        )
     readable = base + " " + " ".join(f"<gap{i + 1}>" for i in range(k))
     return text, readable, positions
 
@@ -180,7 +215,9 @@ def _image_features(embedder: Any, x: torch.Tensor) -> torch.Tensor:
     mean = getattr(visual, "image_mean", None) or _CLIP_MEAN
     std = getattr(visual, "image_std", None) or _CLIP_STD
     param = next(model.parameters())
-    x = F.interpolate(x.to(param.device, torch.float32), size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    x = F.interpolate(x.to(param.device, torch.float32), size=(size, size), mode="bicubic", align_corners=False).clamp(
+        0, 1
+    )
     x = (x - torch.tensor(mean, device=x.device).view(1, 3, 1, 1)) / torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return F.normalize(model.encode_image(x.to(param.dtype)).float(), dim=-1)
 
@@ -193,8 +230,16 @@ def _ddim(pipe: Any, steps: int):
     return sched
 
 
-def _sample(pipe: Any, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tensor, sched: Any, guidance: float,
-            checkpointing: bool, start: int = 0) -> torch.Tensor:
+def _sample(
+    pipe: Any,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    latents: torch.Tensor,
+    sched: Any,
+    guidance: float,
+    checkpointing: bool,
+    start: int = 0,
+) -> torch.Tensor:
     """Differentiable DDIM (eta 0) from `latents` at timestep index `start`; returns decoded pixels in [0, 1]."""
     unet, vae = pipe.unet, pipe.vae
     b = latents.shape[0]
@@ -203,11 +248,12 @@ def _sample(pipe: Any, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.
     def run_unet(x, t, h):
         return unet(x, t, encoder_hidden_states=h).sample
 
-    for t in sched.timesteps[int(start):]:
+    for t in sched.timesteps[int(start) :]:
         x_in = torch.cat([latents] * 2) if guidance > 1 else latents
         x_in = sched.scale_model_input(x_in, t)
         if checkpointing:
             from torch.utils.checkpoint import checkpoint
+
             noise = checkpoint(run_unet, x_in, t, hidden, use_reentrant=False)
         else:
             noise = run_unet(x_in, t, hidden)
@@ -240,10 +286,11 @@ def composite(generated: torch.Tensor, source: torch.Tensor, mask: torch.Tensor)
 @dataclass
 class _Sources:
     """Source images of one or more classes, ready for the sampler (pixels, masks and latents on the device)."""
-    pixels: torch.Tensor            # (n, 3, H, W) in [0, 1]
-    masks: torch.Tensor | None      # (n, 1, H, W) in [0, 1], None = no composite (img2img only)
-    latents: torch.Tensor           # (n, C, h, w), scaled like the UNet's input
-    label_of: list[int]             # index into the optimised labels, per source
+
+    pixels: torch.Tensor  # (n, 3, H, W) in [0, 1]
+    masks: torch.Tensor | None  # (n, 1, H, W) in [0, 1], None = no composite (img2img only)
+    latents: torch.Tensor  # (n, C, h, w), scaled like the UNet's input
+    label_of: list[int]  # index into the optimised labels, per source
 
 
 def _pixel_size(pipe: Any) -> int:
@@ -251,32 +298,43 @@ def _pixel_size(pipe: Any) -> int:
 
 
 @torch.no_grad()
-def _prepare_sources(pipe: Any, images: Sequence[Image.Image], masks: Sequence[Any] | None,
-                     label_of: list[int]) -> _Sources:
+def _prepare_sources(
+    pipe: Any, images: Sequence[Image.Image], masks: Sequence[Any] | None, label_of: list[int]
+) -> _Sources:
     from ..models.generator import centre_square, square
     from .masks import mask_from_image, mask_to_image
 
     size = _pixel_size(pipe)
     if masks is not None and len(masks) != len(images):
         raise GapError(f"got {len(images)} source images but {len(masks)} masks: pass one mask per source image")
-    pix = torch.stack([torch.from_numpy(np.asarray(square(im.convert("RGB"), size), dtype=np.float32) / 255.0).permute(2, 0, 1)
-                       for im in images])
+    pix = torch.stack(
+        [
+            torch.from_numpy(np.asarray(square(im.convert("RGB"), size), dtype=np.float32) / 255.0).permute(2, 0, 1)
+            for im in images
+        ]
+    )
     mk = None
     if masks is not None:
         rows = []
         for i, m in enumerate(masks):
             a = np.asarray(m, dtype=np.float32)
             if a.ndim != 2:
-                raise GapError(f"masks[{i}] has shape {a.shape}: a mask is 2-D (H x W), 1 on the object, 0 on the context")
-            if a.shape != (size, size):     # the same centre crop as `square` applies to the source, nearest resize
+                raise GapError(
+                    f"masks[{i}] has shape {a.shape}: a mask is 2-D (H x W), 1 on the object, 0 on the context"
+                )
+            if a.shape != (size, size):  # the same centre crop as `square` applies to the source, nearest resize
                 a = mask_from_image(centre_square(mask_to_image(a), size, Image.NEAREST))
             rows.append(torch.from_numpy(np.clip(a, 0.0, 1.0)))
         mk = torch.stack(rows).unsqueeze(1)
     vae = pipe.vae
     device, dtype = pipe.unet.device, pipe.unet.dtype
     lat = vae.encode((pix * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
-    return _Sources(pixels=pix.to(device), masks=None if mk is None else mk.to(device), latents=lat.to(device, dtype),
-                    label_of=list(label_of))
+    return _Sources(
+        pixels=pix.to(device),
+        masks=None if mk is None else mk.to(device),
+        latents=lat.to(device, dtype),
+        label_of=list(label_of),
+    )
 
 
 def _sources_for(labels: list[str], sources: Any, masks: Any) -> tuple[list[Image.Image], list[Any] | None, list[int]]:
@@ -325,8 +383,10 @@ def _pipe_of(generator: Any) -> Any:
     pipe = getattr(generator, "pipe", generator)
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if getattr(pipe, part, None) is None:
-            raise GapError(f"GAP needs a Stable Diffusion pipeline with a {part}: pass models with a diffusers generator "
-                           "(dc.starter.models() or dc.Models.stable_diffusion(...))")
+            raise GapError(
+                f"GAP needs a Stable Diffusion pipeline with a {part}: pass models with a diffusers generator "
+                "(dc.starter.models() or dc.Models.stable_diffusion(...))"
+            )
     return pipe
 
 
@@ -373,9 +433,11 @@ def optimise_prompt_tokens(
         raise GapError("no class given: pass a class name (or a list of them for shared tokens)")
     if hasattr(student, "class_index"):
         for l in labels:
-            student.class_index(l)        # clear error for an unknown class
+            student.class_index(l)  # clear error for an unknown class
     if int(config.steps) <= 0:
-        raise GapError(f"steps={config.steps}: GAP needs at least 1 optimisation step (the paper uses 1000+; 100-300 on a CPU)")
+        raise GapError(
+            f"steps={config.steps}: GAP needs at least 1 optimisation step (the paper uses 1000+; 100-300 on a CPU)"
+        )
     if int(config.n_tokens) < 1 or int(config.sampler_steps) < 1 or int(config.batch) < 1:
         raise GapError("n_tokens, sampler_steps and batch must all be at least 1")
     if target_images is not None and len(target_images) and embedder is None:
@@ -385,23 +447,28 @@ def optimise_prompt_tokens(
     layouts = [_prompt_layout(tok, l, config.template, int(config.n_tokens)) for l in labels]
     text, readable, positions = layouts[0]
     if any(lay[2] != positions for lay in layouts):
-        raise GapError(f"the classes {labels} tokenize to different lengths, so they cannot share learned tokens: "
-                       "learn one set per class (shared=False)")
+        raise GapError(
+            f"the classes {labels} tokenize to different lengths, so they cannot share learned tokens: "
+            "learn one set per class (shared=False)"
+        )
     device = pipe.unet.device
     dtype = pipe.unet.dtype
     if masks is not None and sources is None:
         raise GapError("masks need source images: pass sources=[real images of the class] with one mask each")
     src = _prepare_sources(pipe, *_sources_for(labels, sources, masks)) if sources is not None else None
     start = _img2img_start(int(config.sampler_steps), float(config.strength)) if src is not None else 0
-    by_label = [[i for i, li in enumerate(src.label_of) if li == k] for k in range(len(labels))] if src is not None else []
+    by_label = (
+        [[i for i, li in enumerate(src.label_of) if li == k] for k in range(len(labels))] if src is not None else []
+    )
 
     with torch.no_grad():
         table = enc.get_input_embeddings().weight
         cls_ids = [i for l in labels for i in tok(l, add_special_tokens=False).input_ids]
         init = table[cls_ids].float().mean(0) if cls_ids else table.float().mean(0)
     gen = torch.Generator().manual_seed(int(seed))
-    vectors = (init.unsqueeze(0).repeat(config.n_tokens, 1)
-               + 0.01 * init.norm() / math.sqrt(init.numel()) * torch.randn(config.n_tokens, init.numel(), generator=gen))
+    vectors = init.unsqueeze(0).repeat(config.n_tokens, 1) + 0.01 * init.norm() / math.sqrt(init.numel()) * torch.randn(
+        config.n_tokens, init.numel(), generator=gen
+    )
     vectors = vectors.to(device).requires_grad_(True)
     opt = torch.optim.Adam([vectors], lr=float(config.lr))
     all_ids = _tokenize(tok, [lay[0] for lay in layouts])
@@ -419,6 +486,7 @@ def optimise_prompt_tokens(
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=config.steps, desc=f"GAP tokens for {', '.join(labels)}", leave=False)
     net = getattr(student, "net", None)
     was_training = net.training if net is not None else False
@@ -431,24 +499,40 @@ def optimise_prompt_tokens(
             if is_cancelled(cancel):
                 break
             sched = _ddim(pipe, config.sampler_steps)
-            noise = fixed if config.fixed_noise else torch.randn(
-                _latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) * 100003 + step))
+            noise = (
+                fixed
+                if config.fixed_noise
+                else torch.randn(
+                    _latent_shape(pipe, config.batch),
+                    generator=torch.Generator().manual_seed(int(seed) * 100003 + step),
+                )
+            )
             which = [(step * config.batch + j) % len(labels) for j in range(config.batch)]
             if src is None:
                 latents = noise.to(device, dtype) * sched.init_noise_sigma
-            else:                   # img2img: each batch item starts from a (seeded) random source of its class
+            else:  # img2img: each batch item starts from a (seeded) random source of its class
                 pick = torch.Generator().manual_seed(int(seed) * 100003 + step + 50_000_017)
                 chosen = [by_label[w][int(torch.randint(len(by_label[w]), (1,), generator=pick))] for w in which]
-                latents = sched.add_noise(src.latents[chosen], noise.to(device, dtype), sched.timesteps[start:start + 1])
+                latents = sched.add_noise(
+                    src.latents[chosen], noise.to(device, dtype), sched.timesteps[start : start + 1]
+                )
             ids = all_ids[which] if len(labels) > 1 else all_ids
             cond, pooled = _encode(pipe, ids, positions, vectors)
-            x = _sample(pipe, cond.to(dtype), uncond.to(dtype), latents, sched, float(config.guidance), config.checkpointing,
-                        start=start)
+            x = _sample(
+                pipe,
+                cond.to(dtype),
+                uncond.to(dtype),
+                latents,
+                sched,
+                float(config.guidance),
+                config.checkpointing,
+                start=start,
+            )
             if src is not None and src.masks is not None:
                 x = composite(x.float(), src.pixels[chosen], src.masks[chosen])
             logits = student.logits_from_pixels(x.float().to(student_dev))
             log_p = F.log_softmax(logits.float(), dim=-1)
-            adv = -(log_p.mean(dim=-1)).mean()               # CE against the uniform label
+            adv = -(log_p.mean(dim=-1)).mean()  # CE against the uniform label
             loss = config.adversarial_weight * adv if step >= warm else adv * 0.0
             parts = {"step": step, "adversarial": float(adv.detach())}
             if et is not None:
@@ -480,16 +564,33 @@ def optimise_prompt_tokens(
         bar.close()
     if net is not None:
         net.train(was_training)
-    return GapResult(label=",".join(labels), embeddings=vectors.detach().float().cpu(), prompt=readable, template_text=text,
-                     positions=positions, config=config, history=history, target=target or "",
-                     model=str(getattr(generator, "name", type(pipe).__name__)))
+    return GapResult(
+        label=",".join(labels),
+        embeddings=vectors.detach().float().cpu(),
+        prompt=readable,
+        template_text=text,
+        positions=positions,
+        config=config,
+        history=history,
+        target=target or "",
+        model=str(getattr(generator, "name", type(pipe).__name__)),
+    )
 
 
 @torch.no_grad()
-def generate_with_tokens(generator: Generator, tokens: GapResult, seeds: Sequence[int], *, steps: int | None = None,
-                         guidance: float | None = None, negative_prompt: str = "", batch_size: int = 8,
-                         sources: Sequence[Image.Image] | None = None, masks: Sequence[np.ndarray] | None = None,
-                         strength: float | None = None) -> list[Image.Image]:
+def generate_with_tokens(
+    generator: Generator,
+    tokens: GapResult,
+    seeds: Sequence[int],
+    *,
+    steps: int | None = None,
+    guidance: float | None = None,
+    negative_prompt: str = "",
+    batch_size: int = 8,
+    sources: Sequence[Image.Image] | None = None,
+    masks: Sequence[np.ndarray] | None = None,
+    strength: float | None = None,
+) -> list[Image.Image]:
     """Final images from learned tokens (one seeded noise per image).
 
     Without sources: text-to-image through the pipeline itself. With `sources` (one real image per
@@ -518,9 +619,10 @@ def generate_with_tokens(generator: Generator, tokens: GapResult, seeds: Sequenc
         dtype = pipe.unet.dtype
         for lo in range(0, len(seeds), batch_size):
             part = list(range(lo, min(lo + batch_size, len(seeds))))
-            noise = torch.cat([torch.randn(_latent_shape(pipe, 1), generator=torch.Generator().manual_seed(seeds[i]))
-                               for i in part]).to(device, dtype)
-            latents = sched.add_noise(src.latents[part], noise, sched.timesteps[start:start + 1])
+            noise = torch.cat(
+                [torch.randn(_latent_shape(pipe, 1), generator=torch.Generator().manual_seed(seeds[i])) for i in part]
+            ).to(device, dtype)
+            latents = sched.add_noise(src.latents[part], noise, sched.timesteps[start : start + 1])
             x = _sample(pipe, cond.to(dtype), neg.to(dtype), latents, sched, guidance, False, start=start).float()
             x = torch.nan_to_num(x).clamp(0, 1)
             if src.masks is not None:
@@ -529,11 +631,17 @@ def generate_with_tokens(generator: Generator, tokens: GapResult, seeds: Sequenc
             out += [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
         return out
     for start in range(0, len(seeds), batch_size):
-        chunk = seeds[start:start + batch_size]
-        res = pipe(prompt_embeds=cond.expand(len(chunk), -1, -1).to(pipe.unet.dtype),
-                   negative_prompt_embeds=neg.expand(len(chunk), -1, -1).to(pipe.unet.dtype),
-                   num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
-                   generator=[torch.Generator().manual_seed(s) for s in chunk], output_type="np")
+        chunk = seeds[start : start + batch_size]
+        res = pipe(
+            prompt_embeds=cond.expand(len(chunk), -1, -1).to(pipe.unet.dtype),
+            negative_prompt_embeds=neg.expand(len(chunk), -1, -1).to(pipe.unet.dtype),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=size,
+            width=size,
+            generator=[torch.Generator().manual_seed(s) for s in chunk],
+            output_type="np",
+        )
         arr = np.clip(np.nan_to_num(np.asarray(res.images)), 0, 1)
         out += [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
     return out
@@ -586,12 +694,21 @@ def gap_images(
 
     shared_res = None
     if shared:
-        shared_res = optimise_prompt_tokens(generator, student, classes, target=target, target_images=target_images,
-                                            embedder=embedder, config=fresh_config(), seed=int(seeds[classes[0]][0]),
-                                            progress=progress, cancel=cancel,
-                                            sources=None if sources is None else {c: list(sources[c]) for c in classes},
-                                            masks=None if masks is None else {c: list(masks[c]) for c in classes},
-                                            **overrides)
+        shared_res = optimise_prompt_tokens(
+            generator,
+            student,
+            classes,
+            target=target,
+            target_images=target_images,
+            embedder=embedder,
+            config=fresh_config(),
+            seed=int(seeds[classes[0]][0]),
+            progress=progress,
+            cancel=cancel,
+            sources=None if sources is None else {c: list(sources[c]) for c in classes},
+            masks=None if masks is None else {c: list(masks[c]) for c in classes},
+            **overrides,
+        )
         if is_cancelled(cancel):
             return
     for label in classes:
@@ -600,25 +717,49 @@ def gap_images(
         cls_sources = None if sources is None else list(sources[label])
         cls_masks = None if masks is None else list(masks[label])
         if shared_res is not None:
-            text, readable, positions = _prompt_layout(_pipe_of(generator).tokenizer, label, shared_res.config.template,
-                                                       int(shared_res.config.n_tokens))
-            res = GapResult(label=label, embeddings=shared_res.embeddings, prompt=readable, template_text=text,
-                            positions=positions, config=shared_res.config, history=shared_res.history,
-                            target=shared_res.target, model=shared_res.model)
+            text, readable, positions = _prompt_layout(
+                _pipe_of(generator).tokenizer, label, shared_res.config.template, int(shared_res.config.n_tokens)
+            )
+            res = GapResult(
+                label=label,
+                embeddings=shared_res.embeddings,
+                prompt=readable,
+                template_text=text,
+                positions=positions,
+                config=shared_res.config,
+                history=shared_res.history,
+                target=shared_res.target,
+                model=shared_res.model,
+            )
         else:
-            res = optimise_prompt_tokens(generator, student, label, target=target, target_images=target_images,
-                                         embedder=embedder, config=fresh_config(), seed=int(seeds[label][0]),
-                                         progress=progress, cancel=cancel, sources=cls_sources, masks=cls_masks,
-                                         **overrides)
-            if is_cancelled(cancel):      # tokens half-learned: keep the classes already finished, store nothing more
+            res = optimise_prompt_tokens(
+                generator,
+                student,
+                label,
+                target=target,
+                target_images=target_images,
+                embedder=embedder,
+                config=fresh_config(),
+                seed=int(seeds[label][0]),
+                progress=progress,
+                cancel=cancel,
+                sources=cls_sources,
+                masks=cls_masks,
+                **overrides,
+            )
+            if is_cancelled(cancel):  # tokens half-learned: keep the classes already finished, store nothing more
                 return
         n = len(seeds[label])
         picks = [cls_sources[j % len(cls_sources)] for j in range(n)] if cls_sources else None
-        pick_masks = [cls_masks[j % len(cls_masks)] for j in range(n)] if cls_sources and cls_masks is not None else None
+        pick_masks = (
+            [cls_masks[j % len(cls_masks)] for j in range(n)] if cls_sources and cls_masks is not None else None
+        )
         yield label, res, generate_with_tokens(generator, res, list(seeds[label]), sources=picks, masks=pick_masks)
 
 
-def mask_for(masks: str | Callable[[Image.Image], np.ndarray] | Mapping[str, np.ndarray], sample_id: str, image: Image.Image) -> np.ndarray:
+def mask_for(
+    masks: str | Callable[[Image.Image], np.ndarray] | Mapping[str, np.ndarray], sample_id: str, image: Image.Image
+) -> np.ndarray:
     """The object mask of one source image from a masks= argument ('plain-background', a function, or a mapping)."""
     from .masks import plain_background_mask
 

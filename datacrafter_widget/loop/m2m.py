@@ -165,9 +165,7 @@ def membership_matrix(
             else:
                 j = int(lab)
                 if not 0 <= j < m:
-                    raise ProjectionError(
-                        f"image {i} has label index {j}, outside 0..{m - 1} (there are {m} labels)."
-                    )
+                    raise ProjectionError(f"image {i} has label index {j}, outside 0..{m - 1} (there are {m} labels).")
             rows.append(i)
             cols.append(j)
     data = np.ones(len(rows), dtype=bool)
@@ -249,8 +247,9 @@ def _umap_init(emb: np.ndarray, knn_idx: np.ndarray, knn_dist: np.ndarray, cfg: 
     return np.asarray(xy, dtype=np.float32)
 
 
-def _label_centroids(image_xy: np.ndarray, mem: sp.csr_matrix, image_emb: np.ndarray,
-                     label_emb: np.ndarray | None) -> np.ndarray:
+def _label_centroids(
+    image_xy: np.ndarray, mem: sp.csr_matrix, image_emb: np.ndarray, label_emb: np.ndarray | None
+) -> np.ndarray:
     """Centroid of each label's images; labels without images go near their most similar images."""
     m = mem.shape[1]
     counts = np.asarray(mem.sum(axis=0)).ravel()
@@ -383,9 +382,7 @@ def _optimise(
             anc = free_t[rows]
             pos = knn[rows, torch.randint(knn.shape[1], (len(rows),), generator=gen)]
             neg = torch.randint(n, (len(rows), K), generator=gen)
-            loss = loss + cfg.w_image_image * _info_nce(
-                torch, xy[anc], xy[pos], xy[neg], cfg.t_image_image, a, b
-            )
+            loss = loss + cfg.w_image_image * _info_nce(torch, xy[anc], xy[pos], xy[neg], cfg.t_image_image, a, b)
             if m > 1 and len(e_img):
                 # image-label: positives are the image's labels, negatives ~ frequency^0.75
                 E = min(len(e_img), cfg.batch_size)
@@ -554,8 +551,14 @@ def place(
     prob.label_pos = None  # label-label stays as it was; weight 1e-5 anyway
     free = np.arange(n_old, n_old + n_new)
     image_xy, label_xy = _optimise(
-        image_xy, label_xy0.copy(), prob, cfg, seed,
-        epochs=cfg.place_epochs, free_images=free, label_anchor=label_xy0,
+        image_xy,
+        label_xy0.copy(),
+        prob,
+        cfg,
+        seed,
+        epochs=cfg.place_epochs,
+        free_images=free,
+        label_anchor=label_xy0,
     )
     image_xy[:n_old] = layout.image_xy  # exactly unchanged
     return Layout(image_xy, label_xy, texts, all_emb, mem, cfg, layout.seed)

@@ -5,6 +5,7 @@ paper inpaints outside the object mask). Real data needs masks from the user or 
 images with a plain background (the starter's coloured digits, product shots, scans) get one
 from `plain_background_mask` without any model.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,9 @@ from PIL import Image
 __all__ = ["plain_background_mask", "mask_to_image", "mask_from_image"]
 
 
-def plain_background_mask(image: Image.Image, *, threshold: float = 0.12, dilate: int = 0,
-                          border: int = 1) -> np.ndarray:
+def plain_background_mask(
+    image: Image.Image, *, threshold: float = 0.12, dilate: int = 0, border: int = 1
+) -> np.ndarray:
     """Object mask (float32 H x W, 1 = object) for an image on a plain background.
 
     The background colour is the median of the outer `border` pixels; a pixel is object when any
@@ -28,10 +30,11 @@ def plain_background_mask(image: Image.Image, *, threshold: float = 0.12, dilate
     arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     h, w, _ = arr.shape
     b = max(1, min(int(border), h // 2, w // 2))
-    ring = np.concatenate([arr[:b].reshape(-1, 3), arr[-b:].reshape(-1, 3),
-                           arr[:, :b].reshape(-1, 3), arr[:, -b:].reshape(-1, 3)])
+    ring = np.concatenate(
+        [arr[:b].reshape(-1, 3), arr[-b:].reshape(-1, 3), arr[:, :b].reshape(-1, 3), arr[:, -b:].reshape(-1, 3)]
+    )
     background = np.median(ring, axis=0)
-    mask = (np.abs(arr - background).max(axis=-1) > float(threshold))
+    mask = np.abs(arr - background).max(axis=-1) > float(threshold)
     for _ in range(max(0, int(dilate))):
         grown = mask.copy()
         grown[1:] |= mask[:-1]

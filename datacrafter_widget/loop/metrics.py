@@ -77,8 +77,7 @@ def _probs(p, name: str, *, allow_nan_rows: bool = False) -> np.ndarray:
         raise MetricsError(f"{name} has NaN or inf values; recompute the predictions for those images.")
     if (body < 0).any() or (np.abs(body.sum(axis=1) - 1.0) > 1e-3).any():
         raise MetricsError(
-            f"{name} rows must be probabilities (non-negative, summing to 1); "
-            "pass softmax outputs, not logits."
+            f"{name} rows must be probabilities (non-negative, summing to 1); pass softmax outputs, not logits."
         )
     return arr
 
@@ -99,7 +98,9 @@ def _labels(labels, n: int, k: int | None, name: str = "labels") -> np.ndarray:
     if arr.ndim != 1 or len(arr) != n:
         raise MetricsError(f"{name} must have one class index per image ({n}); got shape {arr.shape}.")
     if not np.issubdtype(arr.dtype, np.integer):
-        raise MetricsError(f"{name} must be integer class indices (column order of the probabilities); got {arr.dtype}.")
+        raise MetricsError(
+            f"{name} must be integer class indices (column order of the probabilities); got {arr.dtype}."
+        )
     if k is not None and n and (arr.min() < 0 or arr.max() >= k):
         raise MetricsError(f"{name} has class indices outside 0..{k - 1}.")
     return arr.astype(np.int64)
@@ -305,9 +306,14 @@ def metrics_chart(df: pd.DataFrame, metrics: Sequence[str] | None = None):
     if long["round"].isna().any():
         raise MetricsError("the 'round' column has missing values; give every row its round number.")
     long["round"] = long["round"].astype("int64")
-    base = alt.Chart(long).mark_line(point=True).encode(
-        x=alt.X("round:O", title="round"),
-        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
-        tooltip=["metric:N", "round:O", alt.Tooltip("value:Q", format=".4f")],
-    ).properties(width=200, height=120)
+    base = (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("round:O", title="round"),
+            y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+            tooltip=["metric:N", "round:O", alt.Tooltip("value:Q", format=".4f")],
+        )
+        .properties(width=200, height=120)
+    )
     return base.facet(facet=alt.Facet("metric:N", title=None), columns=3).resolve_scale(y="independent")

@@ -15,6 +15,7 @@ pipeline in full batches. Each request carries everything its provenance row nee
 from Python (`datacrafter_widget.loop.strategies.STRATEGIES`, and `GENERATE_STRATEGIES` for the
 ones its Generate button offers) instead of keeping its own copy.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 GENERATE_STRATEGIES = ("class", "caption", "perturb", "custom", "evolved")  # crafter.generate / build_requests
-STRATEGIES = GENERATE_STRATEGIES + ("gap",)                                   # every strategy a row can record
+STRATEGIES = GENERATE_STRATEGIES + ("gap",)  # every strategy a row can record
 CLASS_TEMPLATES = (
     "a photo of a {class}",
     "a close-up photo of a {class}",
@@ -34,7 +35,7 @@ CLASS_TEMPLATES = (
 )
 CAPTION_TEMPLATE = "a photo of {class}, {caption}"
 PERTURB_STRENGTHS = (0.5, 0.7, 0.9)  # GIF's range 0.5-0.9, in levels so batches stay full
-PERTURB_SCALE = 0.3                  # scale of e ~ U(0,1) and b ~ N(0,1) in z' = z(1+e)+b
+PERTURB_SCALE = 0.3  # scale of e ~ U(0,1) and b ~ N(0,1) in z' = z(1+e)+b
 
 
 class StrategyError(ValueError):
@@ -51,7 +52,7 @@ class GenerationRequest:
     strategy: str
     negative_prompt: str = ""
     parent_id: str = ""
-    strength: float = math.nan          # NaN: text-to-image
+    strength: float = math.nan  # NaN: text-to-image
     latent_perturbation: float = 0.0
     caption: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -106,7 +107,9 @@ def negatives_by_class(negative_prompts: str | Mapping[str, str] | None, classes
 def _prompts_by_class(prompts: Any, classes: Sequence[str], what: str) -> dict[str, list[str]]:
     """User prompts -> {class: [prompt, ...]}; a list / str applies to every class as a template."""
     if prompts is None:
-        raise StrategyError(f"{what} needs prompts: pass prompts={{'cat': ['a cat on a sofa', ...]}} or a list of templates with {{class}}")
+        raise StrategyError(
+            f"{what} needs prompts: pass prompts={{'cat': ['a cat on a sofa', ...]}} or a list of templates with {{class}}"
+        )
     if isinstance(prompts, str):
         prompts = [prompts]
     if isinstance(prompts, Mapping):
@@ -132,7 +135,9 @@ def _prompts_by_class(prompts: Any, classes: Sequence[str], what: str) -> dict[s
 def _parents(real: pd.DataFrame, label: str, n: int) -> list[pd.Series]:
     rows = real[real["label"] == label]
     if len(rows) == 0:
-        raise StrategyError(f"class {label!r} has no real training image to start from: add images of it or use strategy='class'")
+        raise StrategyError(
+            f"class {label!r} has no real training image to start from: add images of it or use strategy='class'"
+        )
     return [rows.iloc[i % len(rows)] for i in range(n)]
 
 
@@ -170,7 +175,9 @@ def build_requests(
         requests.append(GenerationRequest(seed=int(seed) + len(requests), strategy=strategy, **kw))
 
     if strategy == "class":
-        templates = list(CLASS_TEMPLATES) if prompts is None else ([prompts] if isinstance(prompts, str) else list(prompts))
+        templates = (
+            list(CLASS_TEMPLATES) if prompts is None else ([prompts] if isinstance(prompts, str) else list(prompts))
+        )
         by_class = _prompts_by_class(templates, classes, "strategy='class'")
         for c in classes:
             for k in range(per_class):
@@ -186,7 +193,9 @@ def build_requests(
                 add(prompt=ps[k % len(ps)], label=c, negative_prompt=negs[c])
     else:
         if real is None or len(real) == 0:
-            raise StrategyError(f"strategy={strategy!r} starts from real images, but the project has none in its train split")
+            raise StrategyError(
+                f"strategy={strategy!r} starts from real images, but the project has none in its train split"
+            )
         if strategy == "perturb":
             levels = [float(strength)] if strength is not None else list(PERTURB_STRENGTHS)
             for s in levels:
@@ -202,8 +211,13 @@ def build_requests(
                 else:
                     prompt = fill(caption_template, c, cap) if cap else fill(CLASS_TEMPLATES[0], c)
                     add(
-                        prompt=prompt, label=c, negative_prompt=negs[c], parent_id=str(parent["id"]), caption=cap,
-                        strength=levels[k % len(levels)], latent_perturbation=scale,
+                        prompt=prompt,
+                        label=c,
+                        negative_prompt=negs[c],
+                        parent_id=str(parent["id"]),
+                        caption=cap,
+                        strength=levels[k % len(levels)],
+                        latent_perturbation=scale,
                     )
     if not requests:
         raise StrategyError(f"strategy={strategy!r} produced no requests: check prompts and classes")

@@ -15,6 +15,7 @@ optimiser steps whatever the training-set size (so adding images never shrinks t
 Only shift augmentation: colour changes would hide the spurious cues the product studies.
 Figures: benchmarks/bench_student.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,31 +63,32 @@ class StudentError(ValueError):
 @dataclass
 class StudentConfig:
     """Everything needed to rebuild a student's architecture (saved as student.json)."""
-    kind: str                      # "cnn" | "probe" | "backbone"
+
+    kind: str  # "cnn" | "probe" | "backbone"
     classes: list[str]
     image_size: int = 32
-    width: int = 16                # CNN channels of the first block
-    epochs: int = 40               # probe / backbone; the CNN counts optimiser steps instead
+    width: int = 16  # CNN channels of the first block
+    epochs: int = 40  # probe / backbone; the CNN counts optimiser steps instead
     lr: float = 5e-3
     weight_decay: float = 1e-4
     batch_size: int = 32
-    arch: str = "cnn4"             # "cnn4": 4 conv blocks + 2x2 map; "cnn3": the old 3 convs + global pooling (read-only)
-    steps: int = 0                 # optimiser steps in total (0: epochs x batches per epoch)
+    arch: str = "cnn4"  # "cnn4": 4 conv blocks + 2x2 map; "cnn3": the old 3 convs + global pooling (read-only)
+    steps: int = 0  # optimiser steps in total (0: epochs x batches per epoch)
     dropout: float = 0.0
     label_smoothing: float = 0.0
     trained_steps: int = 0
     seed: int = 0
-    augment: bool = True           # small random translations (never colour changes: they would hide spurious cues)
-    embedder: str = ""             # probe: the embedder's name (features must come from the same model)
+    augment: bool = True  # small random translations (never colour changes: they would hide spurious cues)
+    embedder: str = ""  # probe: the embedder's name (features must come from the same model)
     feature_dim: int = 0
-    backbone: str = ""             # "resnet18" (torchvision) | "torchvision:resnet18" | "timm:resnet18" | "custom"
-    weights: str = ""              # backbone: the local weights file it started from ("" = from scratch)
+    backbone: str = ""  # "resnet18" (torchvision) | "torchvision:resnet18" | "timm:resnet18" | "custom"
+    weights: str = ""  # backbone: the local weights file it started from ("" = from scratch)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     trained_epochs: int = 0
     n_train: int = 0
     cancelled: bool = False
-    history: list[float] = field(default_factory=list)   # mean training loss per epoch
+    history: list[float] = field(default_factory=list)  # mean training loss per epoch
 
 
 # The default small CNN's training recipe (tuned on the starter digits; benchmarks/bench_student.py).
@@ -111,8 +113,14 @@ def _small_cnn(k: int, width: int, dropout: float = CNN_DROPOUT) -> nn.Module:
         return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
 
     return nn.Sequential(
-        *block(3, w), *block(w, 2 * w), *block(2 * w, 4 * w), *block(4 * w, 4 * w),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(dropout), nn.Linear(16 * w, k),
+        *block(3, w),
+        *block(w, 2 * w),
+        *block(2 * w, 4 * w),
+        *block(4 * w, 4 * w),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(16 * w, k),
     )
 
 
@@ -120,21 +128,33 @@ def _small_cnn_v1(k: int, width: int) -> nn.Module:
     """The first student (three conv blocks + global pooling): kept so projects that saved one still load."""
     w = width
     return nn.Sequential(
-        nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, k),
+        nn.Conv2d(3, w, 3, padding=1),
+        nn.BatchNorm2d(w),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(w, 2 * w, 3, padding=1),
+        nn.BatchNorm2d(2 * w),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(2 * w, 4 * w, 3, padding=1),
+        nn.BatchNorm2d(4 * w),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * w, k),
     )
 
 
 def _backbone_spec(spec: str) -> tuple[str, str]:
-    """"resnet18" / "torchvision:resnet18" -> ("torchvision", "resnet18"); "timm:<name>" -> ("timm", name)."""
+    """ "resnet18" / "torchvision:resnet18" -> ("torchvision", "resnet18"); "timm:<name>" -> ("timm", name)."""
     lib, sep, name = str(spec).partition(":")
     if not sep:
         lib, name = "torchvision", lib
     if lib not in ("torchvision", "timm") or not name:
-        raise StudentError(f"backbone {spec!r} is not understood: use a torchvision model name such as 'resnet18', "
-                           "'timm:<name>', or pass an nn.Module")
+        raise StudentError(
+            f"backbone {spec!r} is not understood: use a torchvision model name such as 'resnet18', "
+            "'timm:<name>', or pass an nn.Module"
+        )
     return lib, name
 
 
@@ -142,17 +162,21 @@ def _load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a local .safetensors file, or a torch state-dict file (.pt/.pth/.bin, tensors only)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise StudentError(f"weights file {str(path)!r} does not exist: pass the path of a local .safetensors or "
-                           ".pth state dict of the same architecture")
+        raise StudentError(
+            f"weights file {str(path)!r} does not exist: pass the path of a local .safetensors or "
+            ".pth state dict of the same architecture"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)   # tensors only, no arbitrary objects
+        state = torch.load(str(path), map_location="cpu", weights_only=True)  # tensors only, no arbitrary objects
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise StudentError(f"cannot read weights file {str(path)!r} as a state dict ({err}); "
-                           "save it with torch.save(model.state_dict(), path) or as .safetensors") from None
+        raise StudentError(
+            f"cannot read weights file {str(path)!r} as a state dict ({err}); "
+            "save it with torch.save(model.state_dict(), path) or as .safetensors"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -183,8 +207,10 @@ def _named_backbone(spec: str, k: int, pretrained: bool = False, weights: str | 
         try:
             import timm
         except ImportError:
-            raise StudentError("backbone 'timm:...' needs the timm package: pip install timm, "
-                               "or use a torchvision model name such as 'resnet18'") from None
+            raise StudentError(
+                "backbone 'timm:...' needs the timm package: pip install timm, "
+                "or use a torchvision model name such as 'resnet18'"
+            ) from None
         if name not in timm.list_models():
             raise StudentError(f"timm has no model {name!r}: see timm.list_models()")
         net = timm.create_model(name, pretrained=pretrained and weights is None)
@@ -196,21 +222,27 @@ def _named_backbone(spec: str, k: int, pretrained: bool = False, weights: str | 
             import difflib
 
             close = difflib.get_close_matches(name, known, n=3)
-            raise StudentError(f"torchvision has no classifier {name!r}"
-                               + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
-                               + ": see torchvision.models.list_models(module=torchvision.models)")
+            raise StudentError(
+                f"torchvision has no classifier {name!r}"
+                + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
+                + ": see torchvision.models.list_models(module=torchvision.models)"
+            )
         try:
             net = torchvision.models.get_model(name, weights="DEFAULT" if pretrained and weights is None else None)
-        except OSError as err:   # pretrained=True offline: the download failed
-            raise StudentError(f"cannot download torchvision's weights for {name!r} ({err}); train from scratch "
-                               "(pretrained=False) or pass a local file: weights='resnet18.safetensors'") from None
+        except OSError as err:  # pretrained=True offline: the download failed
+            raise StudentError(
+                f"cannot download torchvision's weights for {name!r} ({err}); train from scratch "
+                "(pretrained=False) or pass a local file: weights='resnet18.safetensors'"
+            ) from None
     if weights is not None:
         state = _load_weights_file(weights)
         try:
             net.load_state_dict(state)
         except RuntimeError as err:
-            raise StudentError(f"weights {str(weights)!r} do not fit {lib} model {name!r}: {str(err).splitlines()[0]} "
-                               "- pass weights saved from the same architecture") from None
+            raise StudentError(
+                f"weights {str(weights)!r} do not fit {lib} model {name!r}: {str(err).splitlines()[0]} "
+                "- pass weights saved from the same architecture"
+            ) from None
     if lib == "timm":
         net.reset_classifier(k)
         return net
@@ -272,13 +304,16 @@ class Student:
         except ValueError:
             raise StudentError(
                 f"class {label!r} is unknown to the student (it knows {self.config.classes}); "
-                "retrain it with crafter.train_student() on data that has this class") from None
+                "retrain it with crafter.train_student() on data that has this class"
+            ) from None
 
     # ---- forward passes ----------------------------------------------------------------------
     def _features_from_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """CLIP image features for the probe, differentiable through the embedder's visual tower."""
         if self.embedder is None:
-            raise StudentError("this is a CLIP linear-probe student and needs its embedder: load it with Student.load(path, embedder=models.embedder)")
+            raise StudentError(
+                "this is a CLIP linear-probe student and needs its embedder: load it with Student.load(path, embedder=models.embedder)"
+            )
         model = self.embedder.model
         size = int(getattr(self.embedder, "image_size", 224))
         visual = getattr(model, "visual", None)
@@ -296,7 +331,9 @@ class Student:
         if c.kind == "probe":
             return self.net(self._features_from_pixels(x))
         if x.shape[-1] != c.image_size or x.shape[-2] != c.image_size:
-            x = F.interpolate(x, size=(c.image_size, c.image_size), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(c.image_size, c.image_size), mode="bilinear", align_corners=False, antialias=True
+            )
         mean = torch.tensor(c.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(c.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return self.net((x - mean) / std)
@@ -305,10 +342,16 @@ class Student:
     def logits(self, images: Sequence[Image.Image], batch_size: int = 256) -> torch.Tensor:
         self.net.eval()
         if self.config.kind == "probe":
-            feats = torch.from_numpy(np.asarray(self.embedder.embed_images(list(images)), dtype=np.float32)) if len(images) else torch.zeros(0, self.config.feature_dim)
+            feats = (
+                torch.from_numpy(np.asarray(self.embedder.embed_images(list(images)), dtype=np.float32))
+                if len(images)
+                else torch.zeros(0, self.config.feature_dim)
+            )
             return self.net(feats)
-        out = [self.logits_from_pixels(pixels(images[i:i + batch_size], self.config.image_size))
-               for i in range(0, len(images), batch_size)]
+        out = [
+            self.logits_from_pixels(pixels(images[i : i + batch_size], self.config.image_size))
+            for i in range(0, len(images), batch_size)
+        ]
         return torch.cat(out) if out else torch.zeros(0, len(self.config.classes))
 
     def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -327,7 +370,10 @@ class Student:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / WEIGHTS_FILE, to_safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}))
+        atomic_write_bytes(
+            folder / WEIGHTS_FILE,
+            to_safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}),
+        )
         atomic_write_bytes(folder / CONFIG_FILE, json.dumps(asdict(self.config), indent=1).encode("utf-8"))
         return folder
 
@@ -338,22 +384,34 @@ class Student:
 
         folder = Path(folder)
         if not (folder / CONFIG_FILE).exists():
-            raise StudentError(f"no saved student in {folder} (expected {CONFIG_FILE}); train one with crafter.train_student()")
+            raise StudentError(
+                f"no saved student in {folder} (expected {CONFIG_FILE}); train one with crafter.train_student()"
+            )
         raw = json.loads((folder / CONFIG_FILE).read_text())
         raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
         if raw.get("kind") == "cnn" and "arch" not in raw:
-            raw["arch"] = "cnn3"       # saved before the 4-block CNN existed
+            raw["arch"] = "cnn3"  # saved before the 4-block CNN existed
         known = {f.name for f in fields(StudentConfig)}
         config = StudentConfig(**{k: v for k, v in raw.items() if k in known})
-        if config.kind == "probe" and embedder is not None and getattr(embedder, "name", config.embedder) != config.embedder:
-            raise StudentError(f"this probe was trained on features of {config.embedder!r}, not {embedder.name!r}: pass that embedder")
+        if (
+            config.kind == "probe"
+            and embedder is not None
+            and getattr(embedder, "name", config.embedder) != config.embedder
+        ):
+            raise StudentError(
+                f"this probe was trained on features of {config.embedder!r}, not {embedder.name!r}: pass that embedder"
+            )
         net = _build_net(config, backbone)
         net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
         return cls(config, net, embedder)
 
 
-def _build_net(config: StudentConfig, backbone: nn.Module | None = None, pretrained: bool = False,
-               weights: str | os.PathLike | None = None) -> nn.Module:
+def _build_net(
+    config: StudentConfig,
+    backbone: nn.Module | None = None,
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+) -> nn.Module:
     k = len(config.classes)
     if config.kind == "cnn":
         if config.arch == "cnn3":
@@ -435,7 +493,9 @@ def train_student(
       backbone=nn.Module                your own feature extractor with a new linear head (offline)
     """
     if len(images) == 0:
-        raise StudentError("no training images: the student needs the real train split and/or accepted generated images")
+        raise StudentError(
+            "no training images: the student needs the real train split and/or accepted generated images"
+        )
     if len(images) != len(labels):
         raise StudentError(f"{len(images)} images but {len(labels)} labels: pass one label per image")
     labels = [str(l) for l in labels]
@@ -450,10 +510,14 @@ def train_student(
     if kind == "probe" and embedder is None:
         raise StudentError("a CLIP linear-probe student needs an embedder: pass embedder=models.embedder or kind='cnn'")
     if kind == "backbone" and backbone is None:
-        raise StudentError("kind='backbone' needs backbone='resnet18' (any torchvision classifier name), 'timm:<name>' or an nn.Module")
+        raise StudentError(
+            "kind='backbone' needs backbone='resnet18' (any torchvision classifier name), 'timm:<name>' or an nn.Module"
+        )
     if weights is not None and not isinstance(backbone, str):
-        raise StudentError("weights= loads a local state dict into a named backbone: pass backbone='resnet18' (or the "
-                           "torchvision name the weights were saved from) too")
+        raise StudentError(
+            "weights= loads a local state dict into a named backbone: pass backbone='resnet18' (or the "
+            "torchvision name the weights were saved from) too"
+        )
     if kind not in ("cnn", "probe", "backbone"):
         raise StudentError(f"student kind {kind!r} is not one of 'auto', 'cnn', 'probe', 'backbone'")
     for name, value in (("epochs", epochs), ("steps", steps), ("batch_size", batch_size), ("width", width)):
@@ -493,7 +557,7 @@ def train_student(
     if steps is not None:
         config.steps = int(steps)
     elif kind == "cnn" and epochs is None:
-        config.steps = CNN_STEPS          # a fixed budget: more images never mean less training
+        config.steps = CNN_STEPS  # a fixed budget: more images never mean less training
     else:
         config.epochs = int(epochs or config.epochs)
         config.steps = config.epochs * per_epoch
@@ -518,8 +582,13 @@ def train_student(
         bar = None
         if progress is True:
             from tqdm.auto import tqdm
-            bar = tqdm(total=chunks, desc=f"training {kind} student", unit="epoch" if chunk == per_epoch else f"{chunk} steps",
-                       leave=False)
+
+            bar = tqdm(
+                total=chunks,
+                desc=f"training {kind} student",
+                unit="epoch" if chunk == per_epoch else f"{chunk} steps",
+                leave=False,
+            )
         net.train()
         order, pos = torch.randperm(n, generator=gen), 0
         for c in range(chunks):
@@ -530,7 +599,7 @@ def train_student(
             for _ in range(min(chunk, config.steps - config.trained_steps)):
                 if pos >= n:
                     order, pos = torch.randperm(n, generator=gen), 0
-                idx = order[pos:pos + bs]
+                idx = order[pos : pos + bs]
                 pos += bs
                 xb = x[idx]
                 if kind == "probe":
@@ -576,7 +645,8 @@ def evaluate(student: Student, dataset: Any) -> dict[str, Any]:
     if unknown:
         raise StudentError(
             f"the evaluation data has class(es) {unknown} unknown to the student (it knows {student.classes}); "
-            "evaluate on the same classes or retrain the student on data that has them")
+            "evaluate on the same classes or retrain the student on data that has them"
+        )
     pred = student.predict(images)
     classes = student.classes
     confusion = pd.DataFrame(0, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))

@@ -4,6 +4,7 @@ Every model is chosen by name or path; nothing is hard-wired to one checkpoint. 
 missing is represented by a `MissingModel` placeholder which is falsy and raises a
 `MissingModelError` naming the model and the fix as soon as it is used.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,15 @@ class MissingModel:
 class Models:
     """Container of the backends: generator, embedder, captioner, labeler, student (any may be None)."""
 
-    def __init__(self, generator: Any = None, embedder: Any = None, captioner: Any = None,
-                 labeler: Any = None, student: Any = None, name: str = "") -> None:
+    def __init__(
+        self,
+        generator: Any = None,
+        embedder: Any = None,
+        captioner: Any = None,
+        labeler: Any = None,
+        student: Any = None,
+        name: str = "",
+    ) -> None:
         self._models: dict[str, Any] = {}
         for kind, value in zip(_KINDS, (generator, embedder, captioner, labeler, student)):
             self._models[kind] = value
@@ -149,9 +157,21 @@ class Models:
         if (clip is None or isinstance(clip, tuple)) and (captioner is None or isinstance(captioner, str)):
             from .spec import ModelSpec  # other processes (Ray workers) rebuild the bundle from this recipe
 
-            models.spec = ModelSpec("datacrafter_widget.models.bundle:Models.stable_diffusion", dict(
-                model=str(model), clip=clip, captioner=captioner, device=device, dtype=dtype, scheduler=scheduler,
-                steps=steps, guidance=guidance, memory_savers=memory_savers, guidance_min_sigma=guidance_min_sigma))
+            models.spec = ModelSpec(
+                "datacrafter_widget.models.bundle:Models.stable_diffusion",
+                dict(
+                    model=str(model),
+                    clip=clip,
+                    captioner=captioner,
+                    device=device,
+                    dtype=dtype,
+                    scheduler=scheduler,
+                    steps=steps,
+                    guidance=guidance,
+                    memory_savers=memory_savers,
+                    guidance_min_sigma=guidance_min_sigma,
+                ),
+            )
         return models
 
 
@@ -175,7 +195,9 @@ def load_stable_diffusion(model: str, dtype: torch.dtype = torch.float32) -> Any
             )
         class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
         _check_family(class_name, str(path))
-        return StableDiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+        return StableDiffusionPipeline.from_pretrained(
+            str(path), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
     try:
         return StableDiffusionPipeline.from_pretrained(str(model), torch_dtype=dtype)
     except (OSError, ValueError) as err:
@@ -212,4 +234,9 @@ def _place(pipe: Any, device: str, memory_savers: bool) -> str:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or name.endswith((".safetensors", ".ckpt"))
+    return (
+        name.startswith((".", "/", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+        or name.endswith((".safetensors", ".ckpt"))
+    )

@@ -4,6 +4,7 @@
 at most 16 new tokens as in the paper. `RetrievalCaptioner` needs no captioning model: it picks,
 per attribute, the phrase CLIP scores highest; the offline starter kit uses it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -41,7 +42,9 @@ class Captioner:
         return f"Captioner({self.name!r}, max_new_tokens={self.max_new_tokens})"
 
     @classmethod
-    def from_pretrained(cls, model: str, device: str = "auto", dtype: torch.dtype | None = None, **kwargs: Any) -> "Captioner":
+    def from_pretrained(
+        cls, model: str, device: str = "auto", dtype: torch.dtype | None = None, **kwargs: Any
+    ) -> "Captioner":
         """Load a hub id (on a user's machine) or a local folder, e.g. Salesforce/blip-image-captioning-base."""
         import transformers
 
@@ -145,7 +148,9 @@ class RetrievalCaptioner:
         total = int(np.prod([len(self.vocabulary[k]) for k in keys]))
         if total <= self.max_combinations:
             if self._combos is None:
-                self._combos = [dict(zip(keys, values)) for values in itertools.product(*(self.vocabulary[k] for k in keys))]
+                self._combos = [
+                    dict(zip(keys, values)) for values in itertools.product(*(self.vocabulary[k] for k in keys))
+                ]
                 self._combo_emb = self.embedder.embed_texts([self.compose(c) for c in self._combos])
             best = (emb @ self._combo_emb.T).argmax(axis=1)
             return [dict(self._combos[int(b)]) for b in best]

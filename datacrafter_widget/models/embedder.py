@@ -3,6 +3,7 @@
 The embeddings feed the projection, the class filter, the metrics and the student; they are
 cached in the store by image hash under `Embedder.name`, so `name` must identify the weights.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -53,14 +54,18 @@ class Embedder:
         return f"Embedder({self.name!r}, dim={self.dim}, image_size={self.image_size}, device={self.device!r})"
 
     @classmethod
-    def from_open_clip(cls, arch: str, pretrained: str | None = None, device: str = "auto", name: str | None = None) -> "Embedder":
+    def from_open_clip(
+        cls, arch: str, pretrained: str | None = None, device: str = "auto", name: str | None = None
+    ) -> "Embedder":
         """Load `arch` with a pretrained tag (downloads on a user's machine) or a local checkpoint file."""
         import open_clip
 
         if arch not in open_clip.list_models() and not arch.startswith(("hf-hub:", "local-dir:")):
             raise ValueError(f"unknown open_clip architecture {arch!r}: see open_clip.list_models() (e.g. 'ViT-B-32')")
         looks_like_path = pretrained is not None and (
-            Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") or "/" in pretrained or "\\" in pretrained
+            Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
+            or "/" in pretrained
+            or "\\" in pretrained
         )
         if looks_like_path and not Path(pretrained).is_file():
             raise FileNotFoundError(

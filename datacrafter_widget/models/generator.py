@@ -8,6 +8,7 @@ alone, an image equals its batched original up to float rounding (batched kernel
 other algorithms, so the last bit can differ); replaying the same batch is bit-exact, which is
 why the controller stores each image's batch composition in its provenance.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
@@ -167,8 +168,10 @@ class Generator:
 
     def __repr__(self) -> str:
         floor = "" if self.guidance_min_sigma is None else f", guidance_min_sigma={self.guidance_min_sigma}"
-        return (f"Generator({self.name!r}, device={self.device!r}, resolution={self.resolution}, "
-                f"steps={self.default_steps}, guidance={self.default_guidance}{floor})")
+        return (
+            f"Generator({self.name!r}, device={self.device!r}, resolution={self.resolution}, "
+            f"steps={self.default_steps}, guidance={self.default_guidance}{floor})"
+        )
 
     # ---- properties -------------------------------------------------------------------------
     @property
@@ -188,7 +191,9 @@ class Generator:
 
             components = dict(self.pipe.components)
             if "requires_safety_checker" not in components:
-                components["requires_safety_checker"] = bool(getattr(self.pipe.config, "requires_safety_checker", False))
+                components["requires_safety_checker"] = bool(
+                    getattr(self.pipe.config, "requires_safety_checker", False)
+                )
             pipe = StableDiffusionImg2ImgPipeline(**components)
             if hasattr(pipe, "set_progress_bar_config"):
                 pipe.set_progress_bar_config(disable=True)
@@ -235,9 +240,17 @@ class Generator:
         flags = [""] * n
         finished = 0
         for result in self.iter_batches(
-            prompts, negative_prompts=_per_image(negative_prompt, n, "negative prompts"), seeds=seeds,
-            steps=steps, guidance=guidance, images=images, strength=strength,
-            latent_perturbation=latent_perturbation, batch_size=batch_size, progress=progress, cancel=cancel,
+            prompts,
+            negative_prompts=_per_image(negative_prompt, n, "negative prompts"),
+            seeds=seeds,
+            steps=steps,
+            guidance=guidance,
+            images=images,
+            strength=strength,
+            latent_perturbation=latent_perturbation,
+            batch_size=batch_size,
+            progress=progress,
+            cancel=cancel,
             guidance_min_sigma=guidance_min_sigma,
         ):
             for i, im, fl in zip(result.indices, result.images, result.flags):
@@ -288,8 +301,10 @@ class Generator:
             if not 0.0 < float(strength) <= 1.0:
                 raise ValueError(f"strength={strength}: image-to-image strength must be in (0, 1]")
             if int(steps * float(strength)) < 1:
-                raise ValueError(f"strength={strength} with {steps} steps runs no denoising step (image-to-image runs "
-                                 f"int(steps * strength) of them): raise steps or strength")
+                raise ValueError(
+                    f"strength={strength} with {steps} steps runs no denoising step (image-to-image runs "
+                    f"int(steps * strength) of them): raise steps or strength"
+                )
         if latent_perturbation and images is None:
             raise ValueError("latent_perturbation needs source images: pass image=[...] (image-to-image)")
         floor = self.guidance_min_sigma if guidance_min_sigma is OWN_FLOOR else _check_floor(guidance_min_sigma)
@@ -302,8 +317,20 @@ class Generator:
             idx = list(range(start, min(n, start + size)))
             try:
                 result = self._run_batch(
-                    idx, prompts, negs, seeds, steps, guidance, images, float(strength),
-                    float(latent_perturbation), progress, n, start, is_cancelled, floor,
+                    idx,
+                    prompts,
+                    negs,
+                    seeds,
+                    steps,
+                    guidance,
+                    images,
+                    float(strength),
+                    float(latent_perturbation),
+                    progress,
+                    n,
+                    start,
+                    is_cancelled,
+                    floor,
                 )
             except torch.cuda.OutOfMemoryError as err:
                 _free_cuda()
@@ -323,8 +350,23 @@ class Generator:
             if progress is not None:
                 progress(float(start), n)
 
-    def _run_batch(self, idx, prompts, negs, seeds, steps, guidance, images, strength, perturbation,
-                   progress, total, offset, is_cancelled, floor) -> BatchResult | None:
+    def _run_batch(
+        self,
+        idx,
+        prompts,
+        negs,
+        seeds,
+        steps,
+        guidance,
+        images,
+        strength,
+        perturbation,
+        progress,
+        total,
+        offset,
+        is_cancelled,
+        floor,
+    ) -> BatchResult | None:
         gens = [torch.Generator().manual_seed(int(seeds[i])) for i in idx]
         kwargs: dict[str, Any] = dict(
             prompt=[prompts[i] for i in idx],
@@ -400,7 +442,11 @@ class Generator:
             for im, s in zip(sources, seeds):
                 x = pipe.image_processor.preprocess(im).to(device=device, dtype=vae.dtype)
                 dist = vae.encode(x).latent_dist
-                z = dist.sample(torch.Generator().manual_seed(int(s) + 104729)) if hasattr(dist, "sample") else dist.mode()
+                z = (
+                    dist.sample(torch.Generator().manual_seed(int(s) + 104729))
+                    if hasattr(dist, "sample")
+                    else dist.mode()
+                )
                 z = z * vae.config.scaling_factor
                 latents.append(perturb_latents(z.float(), scale, s).to(vae.dtype))
         return torch.cat(latents, dim=0)
@@ -416,10 +462,17 @@ class BatchCFGCutoffCallback(SDCFGCutoffCallback):
     upstream (the pipeline then skips the unconditional pass).
     """
 
-    def callback_fn(self, pipeline: DiffusionPipeline, step_index: int, timestep: torch.Tensor,
-                    callback_kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def callback_fn(
+        self,
+        pipeline: DiffusionPipeline,
+        step_index: int,
+        timestep: torch.Tensor,
+        callback_kwargs: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
         config: dict[str, Any] = dict(self.config)
-        pipe: Any = pipeline  # SD pipelines have num_timesteps / _guidance_scale; DiffusionPipeline does not declare them
+        pipe: Any = (
+            pipeline  # SD pipelines have num_timesteps / _guidance_scale; DiffusionPipeline does not declare them
+        )
         cutoff = config["cutoff_step_index"]
         if cutoff is None:
             cutoff = int(pipe.num_timesteps * config["cutoff_step_ratio"])
@@ -434,12 +487,18 @@ class _StepHook:
 
     tensor_inputs: list[str] = []
 
-    def __init__(self, fn: Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.Tensor]],
-                                   dict[str, torch.Tensor]]) -> None:
+    def __init__(
+        self, fn: Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+    ) -> None:
         self.fn = fn
 
-    def __call__(self, pipeline: DiffusionPipeline, step_index: int, timestep: torch.Tensor,
-                 callback_kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        pipeline: DiffusionPipeline,
+        step_index: int,
+        timestep: torch.Tensor,
+        callback_kwargs: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
         return self.fn(pipeline, step_index, timestep, callback_kwargs)
 
 
@@ -464,7 +523,7 @@ def _guided_steps(pipe: Any, floor: float | None, steps: int, guidance: float, s
     timesteps = sched.timesteps
     if strength < 1.0:
         keep = min(int(int(steps) * float(strength)), int(steps))
-        timesteps = timesteps[max(int(steps) - keep, 0) * sched.order:]
+        timesteps = timesteps[max(int(steps) - keep, 0) * sched.order :]
     alpha_bar = sched.alphas_cumprod[timesteps.long().clamp(0, len(sched.alphas_cumprod) - 1)].double()
     sigmas = ((1 - alpha_bar) / alpha_bar).sqrt()
     above = int((sigmas > floor).sum())

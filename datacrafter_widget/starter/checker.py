@@ -13,6 +13,7 @@ once instead of training first. The shipped weights were trained with 250 steps 
 busy machine (digit 86.7% on held-out real renders, colours 100%); the 600 x 128 default reaches
 about 96% digit (MODEL_CARD.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,11 +40,23 @@ class CheckerNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.trunk = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 96, 3, padding=1), nn.BatchNorm2d(96), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-            nn.Flatten(), nn.Dropout(0.2),
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 96, 3, padding=1),
+            nn.BatchNorm2d(96),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(0.2),
         )
         self.heads = nn.ModuleDict({k: nn.Linear(96 * 4, len(v)) for k, v in HEADS.items()})
 
@@ -54,8 +67,13 @@ class CheckerNet(nn.Module):
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """PIL images -> float (n, 3, 32, 32) in [0, 1], resizing anything that is not 32x32."""
-    arr = [np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR) if im.size != (32, 32) else im.convert("RGB"),
-                      dtype=np.float32) for im in images]
+    arr = [
+        np.asarray(
+            im.convert("RGB").resize((32, 32), Image.BILINEAR) if im.size != (32, 32) else im.convert("RGB"),
+            dtype=np.float32,
+        )
+        for im in images
+    ]
     return torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2) / 255.0
 
 
@@ -65,7 +83,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     padded = F.pad(x, (2, 2, 2, 2), mode="replicate")
     dx = torch.randint(0, 5, (n,), generator=gen)
     dy = torch.randint(0, 5, (n,), generator=gen)
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32] for i in range(n)])
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32] for i in range(n)])
     blur = torch.rand(n, generator=gen) < 0.3
     if blur.any():
         k = torch.tensor([1.0, 2.0, 1.0])
@@ -92,7 +110,7 @@ class Checker:
         x = to_tensor(images)
         out: dict[str, list[str]] = {k: [] for k in HEADS}
         for i in range(0, len(x), 256):
-            logits = self.net(x[i:i + 256])
+            logits = self.net(x[i : i + 256])
             for k, names in HEADS.items():
                 out[k] += [names[j] for j in logits[k].argmax(1).tolist()]
         return out
@@ -105,8 +123,15 @@ def _frame_tensors(frame) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return x, y
 
 
-def train_checker(steps: int = 600, batch: int = 128, variants: int = 3, seed: int = 0, threads: int = 2,
-                  verbose: bool = False, progress: bool = False) -> Checker:
+def train_checker(
+    steps: int = 600,
+    batch: int = 128,
+    variants: int = 3,
+    seed: int = 0,
+    threads: int = 2,
+    verbose: bool = False,
+    progress: bool = False,
+) -> Checker:
     """Train the checker on real pool renders; evaluate on renders of held-out pool scans.
 
     progress=True shows a tqdm bar (training takes minutes on a busy CPU).
@@ -144,8 +169,12 @@ def train_checker(steps: int = 600, batch: int = 128, variants: int = 3, seed: i
     with torch.no_grad():
         logits = net(x_te)
     acc = {k: float((logits[k].argmax(1) == y_te[k]).float().mean()) for k in HEADS}
-    return Checker(net=net, heldout_accuracy=acc, train_seconds=time.time() - t0,
-                   settings={"steps": steps, "batch": batch, "variants": variants, "seed": seed})
+    return Checker(
+        net=net,
+        heldout_accuracy=acc,
+        train_seconds=time.time() - t0,
+        settings={"steps": steps, "batch": batch, "variants": variants, "seed": seed},
+    )
 
 
 def save_checker(checker: Checker, path: str | Path = WEIGHTS) -> Path:
@@ -157,9 +186,14 @@ def save_checker(checker: Checker, path: str | Path = WEIGHTS) -> Path:
     path = Path(path)
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in checker.net.state_dict().items()}
     atomic_write_bytes(path, to_bytes(state))
-    card = {"heldout_accuracy": checker.heldout_accuracy, "train_seconds": round(checker.train_seconds, 1),
-            "settings": checker.settings, "render_seed": CHECKER_RENDER_SEED, "dtype": "float16",
-            "trained_by": "python -m datacrafter_widget.starter.checker"}
+    card = {
+        "heldout_accuracy": checker.heldout_accuracy,
+        "train_seconds": round(checker.train_seconds, 1),
+        "settings": checker.settings,
+        "render_seed": CHECKER_RENDER_SEED,
+        "dtype": "float16",
+        "trained_by": "python -m datacrafter_widget.starter.checker",
+    }
     atomic_write_bytes(path.with_suffix(".json"), (json.dumps(card, indent=1) + "\n").encode("utf-8"))
     return path
 
@@ -170,13 +204,19 @@ def load_checker(path: str | Path = WEIGHTS) -> Checker:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checker weights at {path}: build them with `python -m datacrafter_widget.starter.checker`")
+        raise FileNotFoundError(
+            f"no checker weights at {path}: build them with `python -m datacrafter_widget.starter.checker`"
+        )
     net = CheckerNet()
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()})
     card_path = path.with_suffix(".json")
     card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
-    return Checker(net=net.eval(), heldout_accuracy=card.get("heldout_accuracy", {}),
-                   train_seconds=float(card.get("train_seconds", 0.0)), settings=card.get("settings", {}))
+    return Checker(
+        net=net.eval(),
+        heldout_accuracy=card.get("heldout_accuracy", {}),
+        train_seconds=float(card.get("train_seconds", 0.0)),
+        settings=card.get("settings", {}),
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ background colour, stroke thickness, slant) and a caption made from them. The sp
 scans into pool / train-reserve / test is fixed, independent of `seed`, so the starter models
 (trained on the pool) never see a scan that lands in any seed's train or test split.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -76,26 +77,38 @@ def _partition() -> dict[str, np.ndarray]:
     for d in range(10):
         idx = rng.permutation(np.flatnonzero(targets == d))
         parts["test"] += idx[:_TEST_PER_CLASS].tolist()
-        parts["reserve"] += idx[_TEST_PER_CLASS:_TEST_PER_CLASS + _TRAIN_RESERVE_PER_CLASS].tolist()
-        parts["pool"] += idx[_TEST_PER_CLASS + _TRAIN_RESERVE_PER_CLASS:].tolist()
+        parts["reserve"] += idx[_TEST_PER_CLASS : _TEST_PER_CLASS + _TRAIN_RESERVE_PER_CLASS].tolist()
+        parts["pool"] += idx[_TEST_PER_CLASS + _TRAIN_RESERVE_PER_CLASS :].tolist()
     return {k: np.array(sorted(v)) for k, v in parts.items()}
 
 
-def _build(scans: np.ndarray, targets: np.ndarray, sources: np.ndarray, rng: np.random.Generator,
-           backgrounds: list[str], name: str) -> Dataset:
+def _build(
+    scans: np.ndarray,
+    targets: np.ndarray,
+    sources: np.ndarray,
+    rng: np.random.Generator,
+    backgrounds: list[str],
+    name: str,
+) -> Dataset:
     rows = []
     for src, bg in zip(sources, backgrounds):
         digit = str(int(targets[src]))
         fg = str(rng.choice(list(FOREGROUNDS)))
         thickness = str(rng.choice(THICKNESSES))
         slant = str(rng.choice(SLANTS))
-        rows.append({
-            "image": render(scans[src], fg, bg, thickness, slant),
-            "label": digit,
-            "caption": caption_for(digit, fg, bg, thickness, slant),
-            "digit": digit, "foreground": fg, "background": bg, "thickness": thickness, "slant": slant,
-            "source_index": int(src),
-        })
+        rows.append(
+            {
+                "image": render(scans[src], fg, bg, thickness, slant),
+                "label": digit,
+                "caption": caption_for(digit, fg, bg, thickness, slant),
+                "digit": digit,
+                "foreground": fg,
+                "background": bg,
+                "thickness": thickness,
+                "slant": slant,
+                "source_index": int(src),
+            }
+        )
     return Dataset(pd.DataFrame(rows), classes=CLASSES, name=name)
 
 
@@ -123,7 +136,9 @@ def colored_digits(shots: int = 5, spurious: float = 0.0, seed: int = 0, pool_va
     all_bgs = list(BACKGROUNDS)
 
     pool_sources = np.repeat(parts["pool"], int(pool_variants))
-    pool = _build(scans, targets, pool_sources, rng, [str(rng.choice(all_bgs)) for _ in pool_sources], "colored_digits/pool")
+    pool = _build(
+        scans, targets, pool_sources, rng, [str(rng.choice(all_bgs)) for _ in pool_sources], "colored_digits/pool"
+    )
 
     train_sources = []
     for d in range(10):
@@ -136,7 +151,9 @@ def colored_digits(shots: int = 5, spurious: float = 0.0, seed: int = 0, pool_va
     train = _build(scans, targets, np.array(train_sources), rng, train_bgs, "colored_digits/train")
 
     test_sources = parts["test"]
-    test = _build(scans, targets, test_sources, rng, [str(rng.choice(all_bgs)) for _ in test_sources], "colored_digits/test")
+    test = _build(
+        scans, targets, test_sources, rng, [str(rng.choice(all_bgs)) for _ in test_sources], "colored_digits/test"
+    )
 
     splits = {"pool": pool, "train": train, "test": test}
     for split in splits.values():

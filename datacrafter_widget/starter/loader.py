@@ -7,6 +7,7 @@ transformers' CLIPTextModel / CLIPTokenizer), so no hub or network is ever touch
 The diffusion pipeline's text encoder *is* the starter CLIP's text tower, converted at load time
 into a transformers `CLIPTextModel` (the weights are shipped once, in `clip.safetensors`).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -28,6 +29,7 @@ class StarterWeightsError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # Tokenizers: open_clip's bundled BPE for both the open_clip model and the transformers pipeline
 # ---------------------------------------------------------------------------------------------
+
 
 def open_clip_tokenizer(context_length: int):
     """open_clip's bundled BPE tokenizer (no download) at the starter CLIP's context length."""
@@ -57,14 +59,16 @@ def hf_clip_tokenizer(context_length: int):
     with tempfile.TemporaryDirectory(prefix="dc-starter-tok-") as tmp:
         (Path(tmp) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
         (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-        tok = CLIPTokenizer.from_pretrained(tmp, model_max_length=int(context_length), pad_token="!",
-                                            local_files_only=True)
+        tok = CLIPTokenizer.from_pretrained(
+            tmp, model_max_length=int(context_length), pad_token="!", local_files_only=True
+        )
     return tok
 
 
 # ---------------------------------------------------------------------------------------------
 # open_clip text tower -> transformers CLIPTextModel
 # ---------------------------------------------------------------------------------------------
+
 
 def clip_text_to_hf(clip: torch.nn.Module):
     """Convert an open_clip CLIP's text tower into a transformers CLIPTextModel with equal outputs.
@@ -82,10 +86,18 @@ def clip_text_to_hf(clip: torch.nn.Module):
     act = blocks[0].mlp.gelu
     hidden_act = "quick_gelu" if type(act).__name__ == "QuickGELU" else "gelu"
     cfg = CLIPTextConfig(
-        vocab_size=clip.token_embedding.weight.shape[0], hidden_size=width, intermediate_size=mlp,
-        projection_dim=width, num_hidden_layers=len(blocks), num_attention_heads=heads,
-        max_position_embeddings=ctx, hidden_act=hidden_act, layer_norm_eps=blocks[0].ln_1.eps,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=0,
+        vocab_size=clip.token_embedding.weight.shape[0],
+        hidden_size=width,
+        intermediate_size=mlp,
+        projection_dim=width,
+        num_hidden_layers=len(blocks),
+        num_attention_heads=heads,
+        max_position_embeddings=ctx,
+        hidden_act=hidden_act,
+        layer_norm_eps=blocks[0].ln_1.eps,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=0,
     )
     model = CLIPTextModel(cfg)
     sd: dict[str, torch.Tensor] = {
@@ -98,19 +110,29 @@ def clip_text_to_hf(clip: torch.nn.Module):
         p = f"text_model.encoder.layers.{i}."
         qw, kw, vw = b.attn.in_proj_weight.chunk(3, dim=0)
         qb, kb, vb = b.attn.in_proj_bias.chunk(3, dim=0)
-        sd.update({
-            p + "self_attn.q_proj.weight": qw, p + "self_attn.q_proj.bias": qb,
-            p + "self_attn.k_proj.weight": kw, p + "self_attn.k_proj.bias": kb,
-            p + "self_attn.v_proj.weight": vw, p + "self_attn.v_proj.bias": vb,
-            p + "self_attn.out_proj.weight": b.attn.out_proj.weight, p + "self_attn.out_proj.bias": b.attn.out_proj.bias,
-            p + "layer_norm1.weight": b.ln_1.weight, p + "layer_norm1.bias": b.ln_1.bias,
-            p + "layer_norm2.weight": b.ln_2.weight, p + "layer_norm2.bias": b.ln_2.bias,
-            p + "mlp.fc1.weight": b.mlp.c_fc.weight, p + "mlp.fc1.bias": b.mlp.c_fc.bias,
-            p + "mlp.fc2.weight": b.mlp.c_proj.weight, p + "mlp.fc2.bias": b.mlp.c_proj.bias,
-        })
+        sd.update(
+            {
+                p + "self_attn.q_proj.weight": qw,
+                p + "self_attn.q_proj.bias": qb,
+                p + "self_attn.k_proj.weight": kw,
+                p + "self_attn.k_proj.bias": kb,
+                p + "self_attn.v_proj.weight": vw,
+                p + "self_attn.v_proj.bias": vb,
+                p + "self_attn.out_proj.weight": b.attn.out_proj.weight,
+                p + "self_attn.out_proj.bias": b.attn.out_proj.bias,
+                p + "layer_norm1.weight": b.ln_1.weight,
+                p + "layer_norm1.bias": b.ln_1.bias,
+                p + "layer_norm2.weight": b.ln_2.weight,
+                p + "layer_norm2.bias": b.ln_2.bias,
+                p + "mlp.fc1.weight": b.mlp.c_fc.weight,
+                p + "mlp.fc1.bias": b.mlp.c_fc.bias,
+                p + "mlp.fc2.weight": b.mlp.c_proj.weight,
+                p + "mlp.fc2.bias": b.mlp.c_proj.bias,
+            }
+        )
     # transformers 4.x prefixes keys with "text_model.", 5.x does not: follow the model's own names.
     prefix = "text_model." if any(k.startswith("text_model.") for k in model.state_dict()) else ""
-    sd = {prefix + k[len("text_model."):]: v.detach().clone().float() for k, v in sd.items()}
+    sd = {prefix + k[len("text_model.") :]: v.detach().clone().float() for k, v in sd.items()}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if "position_ids" not in k]
     if missing or unexpected:
@@ -121,6 +143,7 @@ def clip_text_to_hf(clip: torch.nn.Module):
 # ---------------------------------------------------------------------------------------------
 # CLIP: config + (compact) state dict
 # ---------------------------------------------------------------------------------------------
+
 
 def build_clip(cfg: dict[str, Any]) -> torch.nn.Module:
     """Build an open_clip CLIP from the starter's json config (random weights)."""
@@ -179,7 +202,9 @@ def load_clip(weights_dir: str | Path = WEIGHTS_DIR) -> tuple[torch.nn.Module, d
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if k != "attn_mask"]
     if missing or unexpected:
-        raise StarterWeightsError(f"clip.safetensors does not match clip_config.json: missing={missing} unexpected={unexpected}")
+        raise StarterWeightsError(
+            f"clip.safetensors does not match clip_config.json: missing={missing} unexpected={unexpected}"
+        )
     return model.eval(), cfg
 
 
@@ -187,14 +212,23 @@ def load_clip(weights_dir: str | Path = WEIGHTS_DIR) -> tuple[torch.nn.Module, d
 # Diffusion pipeline
 # ---------------------------------------------------------------------------------------------
 
+
 def load_pipeline(clip: torch.nn.Module, cfg: dict[str, Any], weights_dir: str | Path = WEIGHTS_DIR):
     """Assemble the starter StableDiffusionPipeline from shipped VAE/UNet weights and the CLIP text tower."""
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from safetensors.torch import load_file
 
     d = Path(weights_dir)
-    _require(d, ["vae/config.json", "vae/diffusion_pytorch_model.safetensors", "unet/config.json",
-                 "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"])
+    _require(
+        d,
+        [
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+            "scheduler/scheduler_config.json",
+        ],
+    )
     vae = AutoencoderKL.from_config(json.loads((d / "vae/config.json").read_text()))
     vae.load_state_dict(load_file(str(d / "vae/diffusion_pytorch_model.safetensors")))
     unet = UNet2DConditionModel.from_config(json.loads((d / "unet/config.json").read_text()))
@@ -203,8 +237,14 @@ def load_pipeline(clip: torch.nn.Module, cfg: dict[str, Any], weights_dir: str |
     text_encoder = load_text_encoder(d) if (d / "text_encoder.safetensors").exists() else clip_text_to_hf(clip)
     tokenizer = hf_clip_tokenizer(cfg["text_cfg"]["context_length"])
     pipe = StableDiffusionPipeline(
-        vae=vae.eval(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet.eval(), scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae.eval(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -225,7 +265,9 @@ def load_text_encoder(weights_dir: str | Path = WEIGHTS_DIR):
     missing, unexpected = model.load_state_dict(expand_table(sd, key), strict=False)
     missing = [k for k in missing if "position_ids" not in k]
     if missing or unexpected:
-        raise StarterWeightsError(f"text_encoder.safetensors does not match its config: missing={missing} unexpected={unexpected}")
+        raise StarterWeightsError(
+            f"text_encoder.safetensors does not match its config: missing={missing} unexpected={unexpected}"
+        )
     return model.eval()
 
 
@@ -250,12 +292,18 @@ def _require(d: Path, names: list[str]) -> None:
 # The public entry point: dc.starter.models()
 # ---------------------------------------------------------------------------------------------
 
+
 def caption_vocabulary() -> dict[str, list[str]]:
     """Attribute vocabulary of the starter captions, for the CLIP-retrieval captioner."""
     from .digits import BACKGROUNDS, CLASSES, FOREGROUNDS, SLANTS, THICKNESSES
 
-    return {"digit": list(CLASSES), "fg": list(FOREGROUNDS), "bg": list(BACKGROUNDS),
-            "thickness": list(THICKNESSES), "slant": list(SLANTS)}
+    return {
+        "digit": list(CLASSES),
+        "fg": list(FOREGROUNDS),
+        "bg": list(BACKGROUNDS),
+        "thickness": list(THICKNESSES),
+        "slant": list(SLANTS),
+    }
 
 
 def _compose_caption(digit: str, fg: str, bg: str, thickness: str, slant: str) -> str:
@@ -286,14 +334,24 @@ def load_starter_models(device: str = "cpu", weights_dir: str | Path = WEIGHTS_D
     pipe = pipe.to(dev)
     defaults = generator_defaults(weights_dir)
     name = str(defaults.get("name", MODEL_NAME))
-    generator = Generator(pipe, name=name, default_steps=int(defaults.get("default_steps", 20)),
-                          default_guidance=float(defaults.get("default_guidance", 4.0)),
-                          guidance_min_sigma=defaults.get("guidance_min_sigma"))
+    generator = Generator(
+        pipe,
+        name=name,
+        default_steps=int(defaults.get("default_steps", 20)),
+        default_guidance=float(defaults.get("default_guidance", 4.0)),
+        guidance_min_sigma=defaults.get("guidance_min_sigma"),
+    )
     preprocess = open_clip.image_transform(int(cfg["vision_cfg"]["image_size"]), is_train=False)
-    embedder = Embedder(clip, preprocess, open_clip_tokenizer(int(cfg["text_cfg"]["context_length"])),
-                        name=name.replace("starter/", "starter-clip/"), templates=("a photo of a {}",))
-    captioner = RetrievalCaptioner(embedder, caption_vocabulary(), _compose_caption,
-                                   name=name.replace("starter/", "starter-retrieval-captioner/"))
+    embedder = Embedder(
+        clip,
+        preprocess,
+        open_clip_tokenizer(int(cfg["text_cfg"]["context_length"])),
+        name=name.replace("starter/", "starter-clip/"),
+        templates=("a photo of a {}",),
+    )
+    captioner = RetrievalCaptioner(
+        embedder, caption_vocabulary(), _compose_caption, name=name.replace("starter/", "starter-retrieval-captioner/")
+    )
     # The caption vocabulary lets the labeler read colour words the way the CLIP saw them in training.
     captions = [_compose_caption(*combo) for combo in itertools.product(*caption_vocabulary().values())]
     labeler = ClipVocabularyLabeler(embedder, class_names=CLASSES, captions=captions, max_captions=len(captions))

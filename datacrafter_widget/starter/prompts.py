@@ -26,10 +26,12 @@ def starter_compose(g: Genome) -> str:
     """Render a genome in the starter caption grammar: 'a thick red 3 on a black background, slanted left'."""
     # One word per attribute: a second colour / background / stroke / slant would contradict the first
     # ('a 9 on a lightblue background, on a pink background'), so only the first of each is kept.
-    groups = {"stroke": [p for p in g.phrases if p in ("thin", "thick")],
-              "colour": [p for p in g.phrases if p in FOREGROUNDS],
-              "where": [p for p in g.phrases if p.startswith("on a ")],
-              "lean": [p for p in g.phrases if p.startswith("slanted")]}
+    groups = {
+        "stroke": [p for p in g.phrases if p in ("thin", "thick")],
+        "colour": [p for p in g.phrases if p in FOREGROUNDS],
+        "where": [p for p in g.phrases if p.startswith("on a ")],
+        "lean": [p for p in g.phrases if p.startswith("slanted")],
+    }
     stroke, colour, where, lean = (groups[k][:1] for k in ("stroke", "colour", "where", "lean"))
     grouped = {p for v in groups.values() for p in v}
     other = [p for p in g.phrases if p not in grouped]

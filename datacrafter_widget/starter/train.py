@@ -13,6 +13,7 @@ Held out from all training: 10% of the pool's source scans (to measure CLIP zero
 (digit, foreground, background) triples in HELDOUT_TRIPLES (to measure prompt following on unseen
 attribute combinations). Writes safetensors + json configs to `--out` (default: starter/weights).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,12 @@ import torch.nn.functional as F
 
 from .digits import BACKGROUNDS, CLASSES, FOREGROUNDS, SLANTS, THICKNESSES, colored_digits
 from .loader import (
-    MODEL_NAME, WEIGHTS_DIR, build_clip, clip_text_to_hf, compact_clip_state, hf_clip_tokenizer,
+    MODEL_NAME,
+    WEIGHTS_DIR,
+    build_clip,
+    clip_text_to_hf,
+    compact_clip_state,
+    hf_clip_tokenizer,
     open_clip_tokenizer,
 )
 
@@ -59,21 +65,38 @@ FINAL_CLIP_CONFIG: dict[str, Any] = {
 }
 # 32x32 RGB <-> 8x8x4 latents (the digits come from 8x8 scans, so 8x8 keeps their structure).
 VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": 32,
-    "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
-    "block_out_channels": [16, 32, 64], "layers_per_block": 1, "norm_num_groups": 8,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "sample_size": 32,
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [16, 32, 64],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
     "mid_block_add_attention": False,
 }
 UNET_CONFIG: dict[str, Any] = {
-    "sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 1,
     "block_out_channels": [32, 64, 64],
     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "cross_attention_dim": 64, "attention_head_dim": 4, "norm_num_groups": 16,
+    "cross_attention_dim": 64,
+    "attention_head_dim": 4,
+    "norm_num_groups": 16,
 }
 SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
 }
 DEFAULT_GUIDANCE = 6.0
 # No classifier-free guidance below this noise level (Generator.guidance_min_sigma): without it,
@@ -93,8 +116,14 @@ def heldout_sources(pool_sources: np.ndarray) -> set[int]:
     return set(int(s) for s in rng.choice(uniq, size=n, replace=False))
 
 
-def prompt_text(digit: str | None, fg: str | None = None, bg: str | None = None, thickness: str = "regular",
-                slant: str = "upright", photo: bool = False) -> str:
+def prompt_text(
+    digit: str | None,
+    fg: str | None = None,
+    bg: str | None = None,
+    thickness: str = "regular",
+    slant: str = "upright",
+    photo: bool = False,
+) -> str:
     """Caption-style prompt with optional parts; with everything given it equals `caption_for`."""
     stroke = "" if thickness == "regular" else f"{thickness} "
     colour = f"{fg} " if fg else ""
@@ -132,13 +161,13 @@ def all_vocabulary_texts() -> list[str]:
 
 @dataclass
 class PoolData:
-    images: torch.Tensor          # uint8 (n, 3, 32, 32)
-    digit: np.ndarray             # str arrays, one per attribute
+    images: torch.Tensor  # uint8 (n, 3, 32, 32)
+    digit: np.ndarray  # str arrays, one per attribute
     fg: np.ndarray
     bg: np.ndarray
     thickness: np.ndarray
     slant: np.ndarray
-    source: np.ndarray            # int source scan index
+    source: np.ndarray  # int source scan index
 
 
 def pool_data(variants: int, seed: int, limit: int | None = None) -> tuple[PoolData, PoolData]:
@@ -147,16 +176,24 @@ def pool_data(variants: int, seed: int, limit: int | None = None) -> tuple[PoolD
     held = heldout_sources(frame["source_index"].to_numpy())
     triples = set(HELDOUT_TRIPLES)
     is_held = frame["source_index"].isin(held).to_numpy()
-    is_triple = np.array([(d, f, b) in triples for d, f, b in zip(frame["digit"], frame["foreground"], frame["background"])])
+    is_triple = np.array(
+        [(d, f, b) in triples for d, f, b in zip(frame["digit"], frame["foreground"], frame["background"])]
+    )
 
     def take(mask: np.ndarray) -> PoolData:
         sub = frame[mask]
         if limit is not None:
             sub = sub.iloc[:limit]
         imgs = np.stack([np.asarray(im, dtype=np.uint8) for im in sub["image"]]).transpose(0, 3, 1, 2)
-        return PoolData(torch.from_numpy(np.ascontiguousarray(imgs)), sub["digit"].to_numpy(), sub["foreground"].to_numpy(),
-                        sub["background"].to_numpy(), sub["thickness"].to_numpy(), sub["slant"].to_numpy(),
-                        sub["source_index"].to_numpy())
+        return PoolData(
+            torch.from_numpy(np.ascontiguousarray(imgs)),
+            sub["digit"].to_numpy(),
+            sub["foreground"].to_numpy(),
+            sub["background"].to_numpy(),
+            sub["thickness"].to_numpy(),
+            sub["slant"].to_numpy(),
+            sub["source_index"].to_numpy(),
+        )
 
     return take(~is_held & ~is_triple), take(is_held)
 
@@ -184,7 +221,7 @@ def random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> t
     dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
     out = torch.empty_like(x, dtype=torch.float32)
     for i in range(n):
-        out[i] = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+        out[i] = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
     return out
 
 
@@ -210,8 +247,17 @@ def _log(msg: str) -> None:
 # Stage 1: CLIP
 # ---------------------------------------------------------------------------------------------
 
-def train_clip(train: PoolData, steps: int, batch: int, seed: int, lr: float = 2e-3,
-               config: dict[str, Any] | None = None, digit_only: float = 0.35, aux_weight: float = 1.0) -> torch.nn.Module:
+
+def train_clip(
+    train: PoolData,
+    steps: int,
+    batch: int,
+    seed: int,
+    lr: float = 2e-3,
+    config: dict[str, Any] | None = None,
+    digit_only: float = 0.35,
+    aux_weight: float = 1.0,
+) -> torch.nn.Module:
     """Contrastive training (open_clip ClipLoss) of the starter CLIP on pool images and caption variants.
 
     Pure contrastive training got stuck on this budget: colours (the easy signal) were learnt, digits
@@ -230,8 +276,12 @@ def train_clip(train: PoolData, steps: int, batch: int, seed: int, lr: float = 2
     aux_head = torch.nn.Linear(embed_dim, len(CLASSES))
     digit_index = {d: i for i, d in enumerate(CLASSES)}
     tok = open_clip_tokenizer(CONTEXT_LENGTH)
-    opt = torch.optim.AdamW(_param_groups(model, 0.1) + [{"params": list(aux_head.parameters()), "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(
+        _param_groups(model, 0.1) + [{"params": list(aux_head.parameters()), "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
     loss_fn = ClipLoss()
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -243,8 +293,12 @@ def train_clip(train: PoolData, steps: int, batch: int, seed: int, lr: float = 2
         for g in opt.param_groups:
             g["lr"] = _cosine_lr(step, steps, lr, warmup=max(1, steps // 20))
         idx = rng.integers(0, n, size=min(batch, n))
-        texts = [prompt_text(train.digit[i], photo=rng.random() < 0.5) if rng.random() < digit_only else
-                 sample_prompt(rng, train.digit[i], train.fg[i], train.bg[i], train.thickness[i], train.slant[i]) for i in idx]
+        texts = [
+            prompt_text(train.digit[i], photo=rng.random() < 0.5)
+            if rng.random() < digit_only
+            else sample_prompt(rng, train.digit[i], train.fg[i], train.bg[i], train.thickness[i], train.slant[i])
+            for i in idx
+        ]
         for t in set(texts) - token_cache.keys():
             token_cache[t] = tok([t])[0]
         tokens = torch.stack([token_cache[t] for t in texts])
@@ -286,6 +340,7 @@ def clip_zero_shot(model: torch.nn.Module, data: PoolData) -> dict[str, float]:
 # Stage 2: VAE
 # ---------------------------------------------------------------------------------------------
 
+
 def train_vae(train: PoolData, steps: int, batch: int, seed: int, lr: float = 2e-3):
     """Train the small AutoencoderKL (MSE + tiny KL), then set its latent scaling factor."""
     from diffusers import AutoencoderKL
@@ -312,17 +367,22 @@ def train_vae(train: PoolData, steps: int, batch: int, seed: int, lr: float = 2e
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == steps - 1:
-            _log(f"vae step {step}/{steps} loss {loss.item():.4f} mse {F.mse_loss(rec, x).item():.4f} "
-                 f"({(time.time() - t0) / (step + 1):.2f}s/step)")
+            _log(
+                f"vae step {step}/{steps} loss {loss.item():.4f} mse {F.mse_loss(rec, x).item():.4f} "
+                f"({(time.time() - t0) / (step + 1):.2f}s/step)"
+            )
     vae.eval()
     with torch.no_grad():
-        lat = torch.cat([vae.encode(to_unit(train.images[i:i + 512])).latent_dist.mean for i in range(0, min(n, 2048), 512)])
+        lat = torch.cat(
+            [vae.encode(to_unit(train.images[i : i + 512])).latent_dist.mean for i in range(0, min(n, 2048), 512)]
+        )
     vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
     return vae
 
 
-def finetune_vae_decoder(vae, train: PoolData, steps: int, batch: int, seed: int, lr: float = 1e-3,
-                         on_checkpoint=None, every: int = 0):
+def finetune_vae_decoder(
+    vae, train: PoolData, steps: int, batch: int, seed: int, lr: float = 1e-3, on_checkpoint=None, every: int = 0
+):
     """Fine-tune only the VAE decoder (post_quant_conv + decoder); the encoder stays frozen.
 
     The latent space (encoder, scaling factor) is unchanged, so a UNet trained on it stays valid. The
@@ -332,7 +392,7 @@ def finetune_vae_decoder(vae, train: PoolData, steps: int, batch: int, seed: int
     """
     vae.eval()
     with torch.no_grad():
-        stats = [vae.encode(to_unit(train.images[i:i + 256])).latent_dist for i in range(0, len(train.images), 256)]
+        stats = [vae.encode(to_unit(train.images[i : i + 256])).latent_dist for i in range(0, len(train.images), 256)]
         mean = torch.cat([d.mean for d in stats])
         std = torch.cat([d.std for d in stats])
     params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
@@ -357,7 +417,9 @@ def finetune_vae_decoder(vae, train: PoolData, steps: int, batch: int, seed: int
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == steps - 1:
-            _log(f"vae-decoder step {step}/{steps} loss {loss.item():.4f} ({(time.time() - t0) / (step + 1):.2f}s/step)")
+            _log(
+                f"vae-decoder step {step}/{steps} loss {loss.item():.4f} ({(time.time() - t0) / (step + 1):.2f}s/step)"
+            )
         if on_checkpoint is not None and every and (step + 1) % every == 0 and step + 1 < steps:
             vae.eval()
             on_checkpoint(vae, step + 1)
@@ -369,7 +431,7 @@ def finetune_vae_decoder(vae, train: PoolData, steps: int, batch: int, seed: int
 @torch.no_grad()
 def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
     """Deterministic (posterior mean) scaled latents for the whole training set."""
-    out = [vae.encode(to_unit(images[i:i + 256])).latent_dist.mean for i in range(0, len(images), 256)]
+    out = [vae.encode(to_unit(images[i : i + 256])).latent_dist.mean for i in range(0, len(images), 256)]
     return torch.cat(out) * vae.config.scaling_factor
 
 
@@ -377,10 +439,23 @@ def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
 # Stage 3: UNet
 # ---------------------------------------------------------------------------------------------
 
-def train_unet(train: PoolData, latents: torch.Tensor, tokenizer, steps: int, batch: int, seed: int,
-               lr: float = 1e-3, ema_decay: float = 0.998, on_checkpoint=None, every: int = 0,
-               text_encoder=None, init_unet: str | Path | None = None, warmup: int | None = None,
-               stop_at: int | None = None) -> torch.nn.ModuleDict:
+
+def train_unet(
+    train: PoolData,
+    latents: torch.Tensor,
+    tokenizer,
+    steps: int,
+    batch: int,
+    seed: int,
+    lr: float = 1e-3,
+    ema_decay: float = 0.998,
+    on_checkpoint=None,
+    every: int = 0,
+    text_encoder=None,
+    init_unet: str | Path | None = None,
+    warmup: int | None = None,
+    stop_at: int | None = None,
+) -> torch.nn.ModuleDict:
     """Denoising training of the UNet, 10% empty prompts for classifier-free guidance.
 
     With `text_encoder` (the starter CLIP's text tower as a CLIPTextModel) it stays frozen and its
@@ -393,7 +468,11 @@ def train_unet(train: PoolData, latents: torch.Tensor, tokenizer, steps: int, ba
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**UNET_CONFIG) if init_unet is None else UNet2DConditionModel.from_pretrained(str(init_unet))
+    unet = (
+        UNet2DConditionModel(**UNET_CONFIG)
+        if init_unet is None
+        else UNet2DConditionModel.from_pretrained(str(init_unet))
+    )
     frozen = text_encoder is not None
     if frozen:
         text_encoder = text_encoder.eval().requires_grad_(False)
@@ -403,7 +482,9 @@ def train_unet(train: PoolData, latents: torch.Tensor, tokenizer, steps: int, ba
             text_encoder.get_input_embeddings().weight.normal_(0.0, TOKEN_INIT_STD)
     joint = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
     ema = copy.deepcopy(joint).eval().requires_grad_(False)
-    sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one", "steps_offset")})
+    sched = DDPMScheduler(
+        **{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one", "steps_offset")}
+    )
     alphas = sched.alphas_cumprod
     snr = alphas / (1 - alphas)
     opt = torch.optim.AdamW(_param_groups(joint["unet"] if frozen else joint, 0.01), lr=lr)
@@ -416,31 +497,41 @@ def train_unet(train: PoolData, latents: torch.Tensor, tokenizer, steps: int, ba
             new = sorted(set(texts) - cache.keys())
             if new:
                 with torch.no_grad():
-                    ids = tokenizer(new, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                                    return_tensors="pt").input_ids
+                    ids = tokenizer(
+                        new,
+                        padding="max_length",
+                        max_length=tokenizer.model_max_length,
+                        truncation=True,
+                        return_tensors="pt",
+                    ).input_ids
                     cache.update(zip(new, text_encoder(ids).last_hidden_state))
             return torch.stack([cache[t] for t in texts])
         for t in set(texts) - cache.keys():
-            cache[t] = tokenizer([t], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                                 return_tensors="pt").input_ids[0]
+            cache[t] = tokenizer(
+                [t], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            ).input_ids[0]
         return text_encoder(torch.stack([cache[t] for t in texts])).last_hidden_state
 
     n = len(latents)
     joint["unet"].train()
     t0 = time.time()
-    for step in range(steps if stop_at is None else min(steps, stop_at)):   # stop_at: end early, same schedule
+    for step in range(steps if stop_at is None else min(steps, stop_at)):  # stop_at: end early, same schedule
         for g in opt.param_groups:
             g["lr"] = _cosine_lr(step, steps, lr, warmup=max(1, steps // 25) if warmup is None else max(1, warmup))
         idx = rng.integers(0, n, size=min(batch, n))
-        texts = ["" if rng.random() < 0.1 else
-                 sample_prompt(rng, train.digit[i], train.fg[i], train.bg[i], train.thickness[i], train.slant[i]) for i in idx]
+        texts = [
+            ""
+            if rng.random() < 0.1
+            else sample_prompt(rng, train.digit[i], train.fg[i], train.bg[i], train.thickness[i], train.slant[i])
+            for i in idx
+        ]
         cond = encode(texts)
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
         xt = sched.add_noise(x0, noise, t)
         pred = unet(xt, t, encoder_hidden_states=cond).sample
-        w = torch.clamp(snr[t], max=5.0) / snr[t]          # min-SNR-5 weighting: faster, steadier training
+        w = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5 weighting: faster, steadier training
         loss = (w * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -461,7 +552,10 @@ def train_unet(train: PoolData, latents: torch.Tensor, tokenizer, steps: int, ba
 # Saving
 # ---------------------------------------------------------------------------------------------
 
-def save_clip(out: Path, clip: torch.nn.Module, config: dict[str, Any], zero_shot: dict[str, float], seconds: float) -> None:
+
+def save_clip(
+    out: Path, clip: torch.nn.Module, config: dict[str, Any], zero_shot: dict[str, float], seconds: float
+) -> None:
     """Write a CLIP (compact token table) as safetensors + json config; never pickle."""
     from safetensors.torch import save_file
 
@@ -470,7 +564,9 @@ def save_clip(out: Path, clip: torch.nn.Module, config: dict[str, Any], zero_sho
     used = set(tok(all_vocabulary_texts()).flatten().tolist())
     save_file(compact_clip_state(clip, sorted(used)), str(out / "clip.safetensors"))
     (out / "clip_config.json").write_text(json.dumps(config, indent=2))
-    (out / "clip_training.json").write_text(json.dumps({"zero_shot_heldout_scans": zero_shot, "seconds": round(seconds, 1)}, indent=2))
+    (out / "clip_training.json").write_text(
+        json.dumps({"zero_shot_heldout_scans": zero_shot, "seconds": round(seconds, 1)}, indent=2)
+    )
 
 
 def save_vae(out: Path, vae, seconds: float) -> None:
@@ -479,12 +575,22 @@ def save_vae(out: Path, vae, seconds: float) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(str(out / "vae"), safe_serialization=True)
-    DPMSolverMultistepScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")},
-                                use_karras_sigmas=SAMPLER_KARRAS_SIGMAS).save_pretrained(str(out / "scheduler"))
-    (out / "generator.json").write_text(json.dumps({
-        "name": MODEL_NAME, "default_steps": DEFAULT_STEPS, "default_guidance": DEFAULT_GUIDANCE,
-        "guidance_min_sigma": GUIDANCE_MIN_SIGMA, "resolution": 32,
-    }, indent=2))
+    DPMSolverMultistepScheduler(
+        **{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")},
+        use_karras_sigmas=SAMPLER_KARRAS_SIGMAS,
+    ).save_pretrained(str(out / "scheduler"))
+    (out / "generator.json").write_text(
+        json.dumps(
+            {
+                "name": MODEL_NAME,
+                "default_steps": DEFAULT_STEPS,
+                "default_guidance": DEFAULT_GUIDANCE,
+                "guidance_min_sigma": GUIDANCE_MIN_SIGMA,
+                "resolution": 32,
+            },
+            indent=2,
+        )
+    )
     (out / "vae_training.json").write_text(json.dumps({"seconds": round(seconds, 1)}, indent=2))
 
 
@@ -496,7 +602,7 @@ def save_unet(out: Path, joint: torch.nn.ModuleDict, info: dict[str, Any]) -> No
 
     joint["unet"].save_pretrained(str(out / "unet"), safe_serialization=True)
     te = joint["text_encoder"]
-    if info.get("text_encoder") == "clip_text_tower":      # the loader rebuilds it from clip.safetensors
+    if info.get("text_encoder") == "clip_text_tower":  # the loader rebuilds it from clip.safetensors
         for name in ("text_encoder.safetensors", "text_encoder_config.json"):
             (out / name).unlink(missing_ok=True)
         (out / "training.json").write_text(json.dumps(info, indent=2))
@@ -536,7 +642,9 @@ def _stage_vae_decoder(args, train: PoolData) -> None:
     vae = finetune_vae_decoder(vae, train, args.vae_decoder_steps, args.vae_batch, args.seed)
     vae.save_pretrained(str(args.out / "vae"), safe_serialization=True)
     prev = json.loads((args.out / "vae_training.json").read_text()) if (args.out / "vae_training.json").exists() else {}
-    prev.update({"decoder_finetune_steps": args.vae_decoder_steps, "decoder_finetune_seconds": round(time.time() - t, 1)})
+    prev.update(
+        {"decoder_finetune_steps": args.vae_decoder_steps, "decoder_finetune_seconds": round(time.time() - t, 1)}
+    )
     (args.out / "vae_training.json").write_text(json.dumps(prev, indent=2))
     _log("vae decoder fine-tuned and saved")
 
@@ -546,25 +654,39 @@ def _stage_unet(args, train: PoolData, t_start: float) -> dict[str, Any]:
 
     from .loader import load_clip
 
-    clip, _ = load_clip(args.out)                      # the shipped CLIP: its text tower is the text encoder
+    clip, _ = load_clip(args.out)  # the shipped CLIP: its text tower is the text encoder
     vae = AutoencoderKL.from_pretrained(str(args.out / "vae")).eval()
     latents = encode_latents(vae, train.images)
-    record = {n: json.loads((args.out / f"{n}_training.json").read_text()) for n in ("clip", "vae")
-              if (args.out / f"{n}_training.json").exists()}
+    record = {
+        n: json.loads((args.out / f"{n}_training.json").read_text())
+        for n in ("clip", "vae")
+        if (args.out / f"{n}_training.json").exists()
+    }
     info: dict[str, Any] = {
         "command": "python -m datacrafter_widget.starter.train " + " ".join(args.argv),
-        "seed": args.seed, "variants": args.variants, "training_renders": len(train.digit),
-        "steps": {"clip": args.clip_steps, "vae": args.vae_steps, "vae_decoder": args.vae_decoder_steps,
-                  "unet": args.unet_steps},
+        "seed": args.seed,
+        "variants": args.variants,
+        "training_renders": len(train.digit),
+        "steps": {
+            "clip": args.clip_steps,
+            "vae": args.vae_steps,
+            "vae_decoder": args.vae_decoder_steps,
+            "unet": args.unet_steps,
+        },
         "batch": {"clip": args.clip_batch, "vae": args.vae_batch, "unet": args.unet_batch},
-        "threads_per_process": args.threads, "parallel_stages": args.jobs >= 2,
+        "threads_per_process": args.threads,
+        "parallel_stages": args.jobs >= 2,
         "clip_zero_shot_heldout_scans": record.get("clip", {}).get("zero_shot_heldout_scans"),
-        "heldout_triples": HELDOUT_TRIPLES, "quick": bool(args.quick), "torch": torch.__version__,
+        "heldout_triples": HELDOUT_TRIPLES,
+        "quick": bool(args.quick),
+        "torch": torch.__version__,
         "seconds": {"clip": record.get("clip", {}).get("seconds"), "vae": record.get("vae", {}).get("seconds")},
     }
 
     def checkpoint(ema, step: int) -> None:
-        save_unet(args.out, ema, {**info, "unet_steps_done": step, "wall_seconds_so_far": round(time.time() - t_start, 1)})
+        save_unet(
+            args.out, ema, {**info, "unet_steps_done": step, "wall_seconds_so_far": round(time.time() - t_start, 1)}
+        )
         _log(f"checkpoint: unet at step {step} saved")
 
     t = time.time()
@@ -572,8 +694,17 @@ def _stage_unet(args, train: PoolData, t_start: float) -> dict[str, Any]:
     info["text_encoder"] = "clip_text_tower"
     te = clip_text_to_hf(clip)
     if args.resume is None:
-        unet = train_unet(train, latents, tokenizer, args.unet_steps, args.unet_batch, args.seed,
-                          on_checkpoint=checkpoint, every=args.save_every, text_encoder=te)
+        unet = train_unet(
+            train,
+            latents,
+            tokenizer,
+            args.unet_steps,
+            args.unet_batch,
+            args.seed,
+            on_checkpoint=checkpoint,
+            every=args.save_every,
+            text_encoder=te,
+        )
         done = args.unet_steps
     else:
         done = args.resume_steps_before
@@ -584,15 +715,39 @@ def _stage_unet(args, train: PoolData, t_start: float) -> dict[str, Any]:
         if args.resume is None:
             save_unet(args.out, unet, {**info, "unet_steps_done": done})
         stop = args.unet_resume_stop_at or args.unet_resume_steps
-        info.update({"phase2": {"from": str(init), "steps_before": done, "schedule_steps": args.unet_resume_steps,
-                                "stopped_at": stop, "lr": args.resume_lr, "ema_decay": args.resume_ema, "seed": args.seed + 1}})
+        info.update(
+            {
+                "phase2": {
+                    "from": str(init),
+                    "steps_before": done,
+                    "schedule_steps": args.unet_resume_steps,
+                    "stopped_at": stop,
+                    "lr": args.resume_lr,
+                    "ema_decay": args.resume_ema,
+                    "seed": args.seed + 1,
+                }
+            }
+        )
 
         def checkpoint2(ema, step: int) -> None:
             checkpoint(ema, done + step)
 
-        unet = train_unet(train, latents, tokenizer, args.unet_resume_steps, args.unet_batch, args.seed + 1,
-                          lr=args.resume_lr, ema_decay=args.resume_ema, on_checkpoint=checkpoint2, every=args.save_every,
-                          text_encoder=te, init_unet=init, warmup=50, stop_at=stop)
+        unet = train_unet(
+            train,
+            latents,
+            tokenizer,
+            args.unet_resume_steps,
+            args.unet_batch,
+            args.seed + 1,
+            lr=args.resume_lr,
+            ema_decay=args.resume_ema,
+            on_checkpoint=checkpoint2,
+            every=args.save_every,
+            text_encoder=te,
+            init_unet=init,
+            warmup=50,
+            stop_at=stop,
+        )
         done += stop
     info["seconds"]["unet"] = round(time.time() - t, 1)
     info.update({"unet_steps_done": done, "wall_seconds_total": round(time.time() - t_start, 1)})
@@ -615,17 +770,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--unet-batch", type=int, default=64)
     ap.add_argument("--save-every", type=int, default=300, help="UNet checkpoint interval (steps)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads per process (1 is fastest on a shared 2-core machine)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads per process (1 is fastest on a shared 2-core machine)"
+    )
     ap.add_argument("--jobs", type=int, default=2, help="2: train the CLIP in a second process while the VAE trains")
-    ap.add_argument("--vae-decoder-steps", type=int, default=1000,
-                    help="decoder-only fine-tuning after the VAE stage (encoder and latent space unchanged)")
-    ap.add_argument("--unet-resume-steps", type=int, default=3000,
-                    help="UNet phase 2: schedule length of the continued training (0: none)")
+    ap.add_argument(
+        "--vae-decoder-steps",
+        type=int,
+        default=1000,
+        help="decoder-only fine-tuning after the VAE stage (encoder and latent space unchanged)",
+    )
+    ap.add_argument(
+        "--unet-resume-steps",
+        type=int,
+        default=3000,
+        help="UNet phase 2: schedule length of the continued training (0: none)",
+    )
     ap.add_argument("--unet-resume-stop-at", type=int, default=2500, help="phase 2 stops after this many steps")
-    ap.add_argument("--resume", type=Path, default=None,
-                    help="skip UNet phase 1 and run phase 2 from DIR/unet (--stage unet)")
-    ap.add_argument("--resume-steps-before", type=int, default=1500, help="UNet steps already done in --resume (recorded)")
+    ap.add_argument(
+        "--resume", type=Path, default=None, help="skip UNet phase 1 and run phase 2 from DIR/unet (--stage unet)"
+    )
+    ap.add_argument(
+        "--resume-steps-before", type=int, default=1500, help="UNet steps already done in --resume (recorded)"
+    )
     ap.add_argument("--resume-lr", type=float, default=5e-4)
     ap.add_argument("--resume-ema", type=float, default=0.999)
     ap.add_argument("--stage", choices=["all", "clip", "vae", "vae-decoder", "unet"], default="all")
@@ -637,7 +804,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.variants, limit, args.jobs = 1, 64, 1
         args.clip_steps = args.vae_steps = args.vae_decoder_steps = 2
-        args.unet_steps, args.unet_resume_steps = 2, 0    # phase 1 only (phase 2 is the same loop from a saved UNet)
+        args.unet_steps, args.unet_resume_steps = 2, 0  # phase 1 only (phase 2 is the same loop from a saved UNet)
         args.clip_batch = args.vae_batch = args.unet_batch = 16
     torch.set_num_threads(args.threads)
     t_start = time.time()
@@ -656,9 +823,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.stage == "all":
         child = None
         if args.jobs >= 2:
-            cmd = [sys.executable, "-m", "datacrafter_widget.starter.train", "--stage", "clip", "--out", str(args.out),
-                   "--seed", str(args.seed), "--variants", str(args.variants), "--clip-steps", str(args.clip_steps),
-                   "--clip-batch", str(args.clip_batch), "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "datacrafter_widget.starter.train",
+                "--stage",
+                "clip",
+                "--out",
+                str(args.out),
+                "--seed",
+                str(args.seed),
+                "--variants",
+                str(args.variants),
+                "--clip-steps",
+                str(args.clip_steps),
+                "--clip-batch",
+                str(args.clip_batch),
+                "--threads",
+                str(args.threads),
+            ]
             child = subprocess.Popen(cmd)
         else:
             _stage_clip(args, train, held)

@@ -8,6 +8,7 @@ requests (`on_details`) into controller calls. Large data moves as binary buffer
 coordinates, small integer attribute arrays, a uint32 selection and one PNG sprite atlas. The
 selection travels only through its trait; a feedback change resends only the feedback array.
 """
+
 from __future__ import annotations
 
 import io
@@ -49,9 +50,24 @@ KIND_CODES = {"real": 0, "generated": 1}  # 2: a held-out test image (real, spli
 KIND_TEST = 2
 #: Action names the front end (and `build_layout`'s controls) can send to the controller.
 ACTIONS = (
-    "bad", "good", "remove", "unmark", "undo", "redo", "evolve", "unwanted_label",
-    "generate", "cancel", "prompt_accept", "prompt_edit", "prompt_revert",
-    "search", "neighbors", "filter", "isolate", "gallery_mark",
+    "bad",
+    "good",
+    "remove",
+    "unmark",
+    "undo",
+    "redo",
+    "evolve",
+    "unwanted_label",
+    "generate",
+    "cancel",
+    "prompt_accept",
+    "prompt_edit",
+    "prompt_revert",
+    "search",
+    "neighbors",
+    "filter",
+    "isolate",
+    "gallery_mark",
 )
 MAX_ATLAS_SIDE = 8192  # WebGL texture limit the projector convention assumes
 PNG_ATLAS_MAX = 10_000  # above this many thumbnails, format="auto" sends the atlas as JPEG
@@ -154,8 +170,15 @@ def build_atlas(
         Image.fromarray(sheet).save(buf, format="PNG", compress_level=1)
     else:
         Image.fromarray(sheet).save(buf, format="JPEG", quality=90)
-    info = {"cols": cols, "rows": rows, "tile": tile, "count": n, "width": cols * tile, "height": rows * tile,
-            "format": format}
+    info = {
+        "cols": cols,
+        "rows": rows,
+        "tile": tile,
+        "count": n,
+        "width": cols * tile,
+        "height": rows * tile,
+        "format": format,
+    }
     return buf.getvalue(), info
 
 
@@ -196,7 +219,11 @@ def points_from_frame(frame: pd.DataFrame, class_names: Sequence[str] | None = N
         kind[(frame["split"].astype(str) == "test").to_numpy() & (kind == 0)] = KIND_TEST
     rnd = frame["round"].fillna(0).to_numpy(dtype=np.int64) if "round" in frame.columns else np.zeros(n, np.int64)
     fb = _codes(frame["feedback"], FEEDBACK_CODES, "feedback") if "feedback" in frame.columns else np.zeros(n, np.uint8)
-    flag = (frame["flag"].fillna("").astype(str) != "").to_numpy(dtype=np.uint8) if "flag" in frame.columns else np.zeros(n, np.uint8)
+    flag = (
+        (frame["flag"].fillna("").astype(str) != "").to_numpy(dtype=np.uint8)
+        if "flag" in frame.columns
+        else np.zeros(n, np.uint8)
+    )
     return {
         "xy": np.ascontiguousarray(xy, dtype="<f4").tobytes(),
         "cls": cls.astype("<u2").tobytes(),
@@ -418,19 +445,30 @@ def _generate_controls(widget: CrafterWidget, strategies: Sequence[str]) -> Any:
     import ipywidgets as w
 
     narrow = {"description_width": "64px"}  # the descriptions must leave the inputs room in a 280 px panel
-    strategy = w.Dropdown(options=list(strategies), value="caption" if "caption" in strategies else strategies[0],
-                          description="strategy", layout=w.Layout(width="98%"), style=narrow)
-    count = w.BoundedIntText(value=8, min=1, max=10000, description="per class", layout=w.Layout(width="98%"),
-                             style=narrow)
-    custom = w.Text(placeholder="a photo of a {class} at night", description="prompt", style=narrow,
-                    layout=w.Layout(width="98%", display="none"))
+    strategy = w.Dropdown(
+        options=list(strategies),
+        value="caption" if "caption" in strategies else strategies[0],
+        description="strategy",
+        layout=w.Layout(width="98%"),
+        style=narrow,
+    )
+    count = w.BoundedIntText(
+        value=8, min=1, max=10000, description="per class", layout=w.Layout(width="98%"), style=narrow
+    )
+    custom = w.Text(
+        placeholder="a photo of a {class} at night",
+        description="prompt",
+        style=narrow,
+        layout=w.Layout(width="98%", display="none"),
+    )
     hint = w.HTML("")
     generate = w.Button(description="Generate", button_style="primary", icon="play", layout=w.Layout(width="98%"))
 
     def on_strategy(change: dict) -> None:
         custom.layout.display = "" if change["new"] == "custom" else "none"
-        hint.value = ("<small>uses each class's current prompt from the panel below</small>"
-                      if change["new"] == "evolved" else "")
+        hint.value = (
+            "<small>uses each class's current prompt from the panel below</small>" if change["new"] == "evolved" else ""
+        )
 
     def on_progress(change: dict | None = None) -> None:
         generate.disabled = bool((widget.progress or {}).get("running"))
@@ -459,8 +497,11 @@ def _prompts_panel(widget: CrafterWidget) -> Any:
     def rebuild(change: dict | None = None) -> None:
         rows: list[Any] = [w.HTML("<b>Prompts per class</b>")]
         if not widget.prompts:
-            rows.append(w.HTML("<small>none yet: mark images, then Evolve prompts (or type one with "
-                               "crafter.set_prompt)</small>"))
+            rows.append(
+                w.HTML(
+                    "<small>none yet: mark images, then Evolve prompts (or type one with crafter.set_prompt)</small>"
+                )
+            )
         panel.rows = {}
         for cls_name, entry in (widget.prompts or {}).items():
             entry = entry or {}
@@ -468,17 +509,31 @@ def _prompts_panel(widget: CrafterWidget) -> Any:
             text = w.Textarea(value=str(entry.get("current", "")), rows=2, layout=w.Layout(width="100%"))
             accept = w.Button(description="Accept", tooltip="keep the current prompt", layout=w.Layout(width="auto"))
             edit = w.Button(description="Save edit", tooltip="use the text as typed", layout=w.Layout(width="auto"))
-            options = [(f"{k + 1}. {h.get('action', '')}: {str(h.get('prompt', ''))[:60]}", k) for k, h in enumerate(history)]
-            past = w.Dropdown(options=options, value=(len(options) - 1) if options else None, layout=w.Layout(width="100%"))
-            revert = w.Button(description="Revert", tooltip="go back to the chosen earlier prompt", disabled=not history,
-                              layout=w.Layout(width="auto"))
-            accept.on_click(lambda _b, c=cls_name, tx=text: widget.trigger("prompt_accept", {"class": c, "prompt": tx.value}))
-            edit.on_click(lambda _b, c=cls_name, tx=text: widget.trigger("prompt_edit", {"class": c, "prompt": tx.value}))
+            options = [
+                (f"{k + 1}. {h.get('action', '')}: {str(h.get('prompt', ''))[:60]}", k) for k, h in enumerate(history)
+            ]
+            past = w.Dropdown(
+                options=options, value=(len(options) - 1) if options else None, layout=w.Layout(width="100%")
+            )
+            revert = w.Button(
+                description="Revert",
+                tooltip="go back to the chosen earlier prompt",
+                disabled=not history,
+                layout=w.Layout(width="auto"),
+            )
+            accept.on_click(
+                lambda _b, c=cls_name, tx=text: widget.trigger("prompt_accept", {"class": c, "prompt": tx.value})
+            )
+            edit.on_click(
+                lambda _b, c=cls_name, tx=text: widget.trigger("prompt_edit", {"class": c, "prompt": tx.value})
+            )
             revert.on_click(
                 lambda _b, c=cls_name, d=past: widget.trigger("prompt_revert", {"class": c, "index": d.value})
             )
-            block = w.VBox([w.Label(str(cls_name)), text, w.HBox([accept, edit, revert]), past],
-                           layout=w.Layout(width="100%", border_bottom="1px solid var(--jp-border-color2, #ddd)"))
+            block = w.VBox(
+                [w.Label(str(cls_name)), text, w.HBox([accept, edit, revert]), past],
+                layout=w.Layout(width="100%", border_bottom="1px solid var(--jp-border-color2, #ddd)"),
+            )
             block.text, block.accept, block.edit, block.revert, block.past = text, accept, edit, revert, past
             panel.rows[str(cls_name)] = block
             rows.append(block)
@@ -489,15 +544,19 @@ def _prompts_panel(widget: CrafterWidget) -> Any:
     return panel
 
 
-def build_layout(widget: CrafterWidget, metrics_chart: Any | None = None,
-                 strategies: Sequence[str] = ("class", "caption", "perturb", "custom")) -> Any:
+def build_layout(
+    widget: CrafterWidget,
+    metrics_chart: Any | None = None,
+    strategies: Sequence[str] = ("class", "caption", "perturb", "custom"),
+) -> Any:
     """The whole interface: projection on the left, generate controls and prompts on the right,
     the metrics chart (an `alt.JupyterChart`, updated by the controller) below."""
     import ipywidgets as w
 
-    side = w.VBox([_generate_controls(widget, strategies), _prompts_panel(widget)],
-                  layout=w.Layout(width="280px", flex="0 0 280px", overflow="hidden auto",
-                                  max_height=f"{widget.height + 120}px"))
+    side = w.VBox(
+        [_generate_controls(widget, strategies), _prompts_panel(widget)],
+        layout=w.Layout(width="280px", flex="0 0 280px", overflow="hidden auto", max_height=f"{widget.height + 120}px"),
+    )
     widget.layout = w.Layout(flex="1 1 auto", width="auto", min_width="360px")
     top = w.HBox([widget, side], layout=w.Layout(width="100%", align_items="flex-start"))
     children = [top] if metrics_chart is None else [top, metrics_chart]
@@ -531,8 +590,9 @@ class CrafterController(Protocol):
     def off(self, event: str, fn: Callable[..., None]) -> None: ...
     def update_projection(self, *, full: bool = False) -> pd.DataFrame: ...
     def image(self, sample_id: str) -> Image.Image: ...
-    def feedback(self, bad: Any = None, good: Any = None, bad_labels: Any = None, removed: Any = None,
-                 clear: Any = None) -> dict[str, int]: ...
+    def feedback(
+        self, bad: Any = None, good: Any = None, bad_labels: Any = None, removed: Any = None, clear: Any = None
+    ) -> dict[str, int]: ...
     def undo(self) -> list[str]: ...
     def redo(self) -> list[str]: ...
     def generate(self, *, spec: RoundSpec, background: bool = False, progress: bool = True) -> list[str] | Job: ...
@@ -545,7 +605,9 @@ class CrafterController(Protocol):
     def search(self, query: str, *, mode: str = "text", k: int = 24, select: bool = True) -> list[str]: ...
     def neighbors(self, sample_id: str, k: int = 12, *, select: bool = True) -> list[str]: ...
     def color_by(self, column: str) -> None: ...
-    def filter(self, *, show_test: bool | None = None, show_removed: bool | None = None, rounds: Any = "keep") -> None: ...
+    def filter(
+        self, *, show_test: bool | None = None, show_removed: bool | None = None, rounds: Any = "keep"
+    ) -> None: ...
     def isolate(self, ids: Iterable[str] | None) -> None: ...
     def color_codes(self, column: str) -> tuple[np.ndarray, list[str]]: ...
     def color_columns(self) -> list[str]: ...
@@ -583,14 +645,18 @@ def _label_members(label_xy: np.ndarray, image_xy: np.ndarray) -> list[np.ndarra
         return [np.zeros(0, np.int64) for _ in range(len(label_xy))]
     nearest = np.empty(len(image_xy), np.int64)
     for start in range(0, len(image_xy), 4096):  # bounded memory for 50,000 x labels
-        block = image_xy[start:start + 4096]
+        block = image_xy[start : start + 4096]
         d = ((block[:, None, :] - label_xy[None, :, :]) ** 2).sum(axis=2)
-        nearest[start:start + 4096] = d.argmin(axis=1)
+        nearest[start : start + 4096] = d.argmin(axis=1)
     return [np.flatnonzero(nearest == j) for j in range(len(label_xy))]
 
 
-def label_anchor(member_xy: np.ndarray, bounds: tuple[float, float, float, float], bins: int = 12,
-                 previous: tuple[float, float] | None = None) -> tuple[float, float]:
+def label_anchor(
+    member_xy: np.ndarray,
+    bounds: tuple[float, float, float, float],
+    bins: int = 12,
+    previous: tuple[float, float] | None = None,
+) -> tuple[float, float]:
     """Where a content label goes: on the densest group of its members, not at their centroid (which
     lands in empty space when members sit in several clusters). A previous anchor is kept while its
     cell still holds at least half as many members as the densest one, so labels do not jump."""
@@ -653,9 +719,14 @@ class CrafterView:
         self.widget.on_details(self._details)
         self.widget.observe(self._widget_selection, names="selection")
         self.widget.observe(self._widget_color, names="color_by")
-        for event, fn in (("samples", self._refresh_event), ("feedback", self._feedback_event),
-                          ("projection", self._refresh_event), ("selection", self._crafter_selection),
-                          ("progress", self._progress), ("view", self._view_event)):
+        for event, fn in (
+            ("samples", self._refresh_event),
+            ("feedback", self._feedback_event),
+            ("projection", self._refresh_event),
+            ("selection", self._crafter_selection),
+            ("progress", self._progress),
+            ("view", self._view_event),
+        ):
             crafter.on(event, fn)
         if not quick:
             self._first_map()
@@ -663,8 +734,13 @@ class CrafterView:
             self._metrics_in_background()
 
     # ----------------------------------------------------------------- background work
-    def _run(self, description: str, work: Callable[[Any], Any], done: Callable[[Any], None] | None = None,
-             quiet: bool = False) -> Any:
+    def _run(
+        self,
+        description: str,
+        work: Callable[[Any], Any],
+        done: Callable[[Any], None] | None = None,
+        quiet: bool = False,
+    ) -> Any:
         """Runs `work(ctx)` in a Job (the kernel stays free); progress and the final status go to the footer."""
         from ..controller.jobs import Job
 
@@ -695,8 +771,10 @@ class CrafterView:
         current = self.crafter.map_is_current
         what = "loading thumbnails" if current else f"computing the map of {n} images"
         if not current:
-            self.widget.status = (f"computing the map of {n} images (embeddings, content labels, layout); "
-                                  "the grid by class shows them meanwhile")
+            self.widget.status = (
+                f"computing the map of {n} images (embeddings, content labels, layout); "
+                "the grid by class shows them meanwhile"
+            )
 
         def work(ctx: Any) -> None:
             self._load_thumbnails(self.crafter.samples, ctx)
@@ -757,7 +835,10 @@ class CrafterView:
         samples = crafter.samples.reset_index(drop=True)
         proj = crafter.projection if compute else pd.DataFrame()
         images = proj[proj["kind"] == "image"] if len(proj) else proj
-        pos = {str(i): (float(x), float(y)) for i, x, y in zip(images.get("id", []), images.get("x", []), images.get("y", []))}
+        pos = {
+            str(i): (float(x), float(y))
+            for i, x, y in zip(images.get("id", []), images.get("x", []), images.get("y", []))
+        }
         if pos and all(str(i) in pos for i in samples["id"]):
             xy = np.array([pos[str(i)] for i in samples["id"]], np.float32).reshape(-1, 2)
             labels_frame = proj[proj["kind"] == "label"]
@@ -796,12 +877,26 @@ class CrafterView:
         if len(labels_frame) == 0 or len(xy) == 0:
             return []
         if "members" in labels_frame.columns:  # explicit memberships (sample ids) from the projection
-            members = [np.array(sorted(self._index[i] for i in (m if isinstance(m, (list, tuple, np.ndarray)) else [])
-                                       if i in self._index), np.int64) for m in labels_frame["members"]]
+            members = [
+                np.array(
+                    sorted(
+                        self._index[i]
+                        for i in (m if isinstance(m, (list, tuple, np.ndarray)) else [])
+                        if i in self._index
+                    ),
+                    np.int64,
+                )
+                for m in labels_frame["members"]
+            ]
         else:
             members = _label_members(labels_frame[["x", "y"]].to_numpy(np.float32), xy)
         shown = xy[visible] if visible.any() else xy
-        bounds = (float(shown[:, 0].min()), float(shown[:, 1].min()), float(shown[:, 0].max()), float(shown[:, 1].max()))
+        bounds = (
+            float(shown[:, 0].min()),
+            float(shown[:, 1].min()),
+            float(shown[:, 0].max()),
+            float(shown[:, 1].max()),
+        )
         out, positions = [], {}
         for text, m in zip(labels_frame["text"].astype(str), members):
             m = m[visible[m]] if len(m) else m
@@ -823,8 +918,11 @@ class CrafterView:
             self.widget.color_codes = codes.astype("<u2").tobytes()
             self.widget.color_names = names
         self.widget.color_by = mode
-        self.widget.filters = {"show_test": bool(state.show_test), "show_removed": bool(state.show_removed),
-                               "isolated": state.isolate is not None}
+        self.widget.filters = {
+            "show_test": bool(state.show_test),
+            "show_removed": bool(state.show_removed),
+            "isolated": state.isolate is not None,
+        }
 
     def _send_history(self) -> None:
         undo, redo = self.crafter.can_undo
@@ -869,7 +967,9 @@ class CrafterView:
         running = bool(getattr(job, "running", False))
         self.widget.set_progress(int(round(job.done)), int(job.total), str(job.message or job.description), running)
         if not running:
-            kept = f"; {len(job.result)} images kept" if job.status == "cancelled" and isinstance(job.result, list) else ""
+            kept = (
+                f"; {len(job.result)} images kept" if job.status == "cancelled" and isinstance(job.result, list) else ""
+            )
             error = f": {job.error}" if job.status == "failed" else ""
             self.widget.status = f"{job.description}: {job.status}{kept}{error}"
             self._metrics_in_background()
@@ -1029,7 +1129,10 @@ class CrafterView:
         """The Generate button's settings become a RoundSpec: the same checks and errors as crafter.generate."""
         from ..controller.round_spec import RoundSpec
 
-        table: dict[str, Any] = {"strategy": str(payload.get("strategy", "caption")), "per_class": payload.get("count", 8)}
+        table: dict[str, Any] = {
+            "strategy": str(payload.get("strategy", "caption")),
+            "per_class": payload.get("count", 8),
+        }
         if table["strategy"] == "custom":
             table["prompts"] = str(payload.get("prompt") or "")
         job = self.crafter.generate(spec=RoundSpec.from_dict(table), background=True)

@@ -5,6 +5,7 @@ kills it at teardown; `run_notebook_in_lab(page, lab, path)` opens a notebook th
 Switching a test to another notebook (notebooks/quickstart.ipynb) is only a matter of copying it
 into `lab.root` and passing its name.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,13 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
@@ -100,12 +107,14 @@ def lab(tmp_path_factory: Any) -> Iterator[Lab]:
     root = tmp_path_factory.mktemp("lab-root")
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ)
-    env.update({
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        "JUPYTER_CONFIG_DIR": str(root / ".jupyter-config"),
-        "JUPYTER_RUNTIME_DIR": str(root / ".jupyter-runtime"),
-    })
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            "JUPYTER_CONFIG_DIR": str(root / ".jupyter-config"),
+            "JUPYTER_RUNTIME_DIR": str(root / ".jupyter-runtime"),
+        }
+    )
     labconfig = root / ".jupyter-config" / "labconfig"
     labconfig.mkdir(parents=True)
     # No news / update pop-ups: they would ask the network and cover the page.
@@ -114,10 +123,19 @@ def lab(tmp_path_factory: Any) -> Iterator[Lab]:
     )
     log = tmp_path_factory.mktemp("lab-log") / "jupyter.log"
     cmd = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        "--LabApp.extension_manager=readonly", "--ServerApp.open_browser=False",
+        "--LabApp.extension_manager=readonly",
+        "--ServerApp.open_browser=False",
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # containers and CI runners often run as root

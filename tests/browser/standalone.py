@@ -5,6 +5,7 @@ http://dcw.test/ from memory. Used by the fast front-end browser tests and by
 benchmarks/bench_widget.py. The fake model implements the small part of the anywidget model API
 the widget uses (get / set / save_changes / on / off / send) and records what it sends.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 STATIC = ROOT / "datacrafter_widget" / "static"
 BASE = "http://dcw.test"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><link rel="stylesheet" href="/widget.css">
@@ -56,15 +63,17 @@ def synthetic_frame(n: int, classes: int = 4, seed: int = 0) -> pd.DataFrame:
     centers = rng.uniform(-10, 10, (classes, 2))
     xy = centers[label] + rng.normal(0, 2.5, (n, 2))
     generated = rng.random(n) < 0.6
-    return pd.DataFrame({
-        "x": xy[:, 0].astype(np.float32),
-        "y": xy[:, 1].astype(np.float32),
-        "label": [f"class {k}" for k in label],
-        "source": np.where(generated, "generated", "real"),
-        "round": np.where(generated, rng.integers(1, 4, n), 0),
-        "feedback": "",
-        "flag": "",
-    })
+    return pd.DataFrame(
+        {
+            "x": xy[:, 0].astype(np.float32),
+            "y": xy[:, 1].astype(np.float32),
+            "label": [f"class {k}" for k in label],
+            "source": np.where(generated, "generated", "real"),
+            "round": np.where(generated, rng.integers(1, 4, n), 0),
+            "feedback": "",
+            "flag": "",
+        }
+    )
 
 
 def synthetic_thumbnails(frame: pd.DataFrame, size: int = 32) -> np.ndarray:
@@ -80,9 +89,32 @@ def synthetic_thumbnails(frame: pd.DataFrame, size: int = 32) -> np.ndarray:
 
 def widget_state(widget: Any) -> dict:
     """The synced state of a CrafterWidget, as the page's fake model will hold it."""
-    keys = ["xy", "kind", "cls", "round", "feedback", "flag", "class_names", "atlas", "atlas_grid", "thumb_size",
-            "labels", "selection", "color_by", "progress", "prompts", "status", "height", "primitive",
-            "hidden", "color_codes", "color_names", "color_options", "filters", "history"]
+    keys = [
+        "xy",
+        "kind",
+        "cls",
+        "round",
+        "feedback",
+        "flag",
+        "class_names",
+        "atlas",
+        "atlas_grid",
+        "thumb_size",
+        "labels",
+        "selection",
+        "color_by",
+        "progress",
+        "prompts",
+        "status",
+        "height",
+        "primitive",
+        "hidden",
+        "color_codes",
+        "color_names",
+        "color_options",
+        "filters",
+        "history",
+    ]
     return {k: getattr(widget, k) for k in keys}
 
 
@@ -119,8 +151,9 @@ class _Server:
         self.httpd.server_close()
 
 
-def open_standalone(page: Any, state: dict, width: int = 900, timeout_ms: int = 60000, http: bool = False,
-                    css: str = "") -> Any:
+def open_standalone(
+    page: Any, state: dict, width: int = 900, timeout_ms: int = 60000, http: bool = False, css: str = ""
+) -> Any:
     """Serves the bundle + state to `page` and renders the widget; waits until it has drawn.
 
     http=True serves from a local HTTP server in a thread (returned; call .close()) instead of
@@ -140,7 +173,7 @@ def open_standalone(page: Any, state: dict, width: int = 900, timeout_ms: int = 
         files[f"/bin/{k}"] = ("application/octet-stream", bytes(v))
 
     def handle(route: Any) -> None:
-        path = route.request.url[len(BASE):].split("?")[0] or "/"
+        path = route.request.url[len(BASE) :].split("?")[0] or "/"
         if path in files:
             ctype, body = files[path]
             route.fulfill(status=200, content_type=ctype, body=body)

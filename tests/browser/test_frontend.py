@@ -4,6 +4,7 @@ Checks drawing, lasso / box / label selection against selections computed indepe
 Python from the coordinates and the page's view transform, the uint32 selection sync without
 echo, button actions, lazily fetched hover details, and that model text is never parsed as HTML.
 """
+
 from __future__ import annotations
 
 import base64
@@ -68,7 +69,9 @@ def canvas_ink(page: Any, selector: str = ".dcw-gl") -> float:
 def lasso_polygon(view: dict) -> list[tuple[float, float]]:
     """An irregular pentagon with integer vertices covering part of the canvas."""
     w, h = view["width"], view["height"]
-    return [(round(w * a), round(h * b)) for a, b in [(0.30, 0.25), (0.62, 0.20), (0.70, 0.55), (0.48, 0.78), (0.25, 0.60)]]
+    return [
+        (round(w * a), round(h * b)) for a, b in [(0.30, 0.25), (0.62, 0.20), (0.70, 0.55), (0.48, 0.78), (0.25, 0.60)]
+    ]
 
 
 # ----------------------------------------------------------------- fixtures
@@ -77,7 +80,13 @@ def shown(page: Any) -> tuple[Any, CrafterWidget, Any]:
     frame = synthetic_frame(2000, seed=1)
     w = CrafterWidget()
     labels = [
-        {"text": XSS, "x": float(frame.x[:50].mean()), "y": float(frame.y[:50].mean()), "n": 50, "members": list(range(50))},
+        {
+            "text": XSS,
+            "x": float(frame.x[:50].mean()),
+            "y": float(frame.y[:50].mean()),
+            "n": 50,
+            "members": list(range(50)),
+        },
         {"text": "stripes", "x": 60.0, "y": 60.0, "n": 3, "members": [5, 6, 7]},
     ]
     w.set_frame(frame, thumbnails=synthetic_thumbnails(frame, 16), labels=labels)
@@ -143,7 +152,9 @@ def test_box_selection_and_pan_mode_shift_lasso(shown: Any) -> None:
     expected = np.flatnonzero((sx >= x0) & (sx <= x1) & (sy >= y0) & (sy <= y1))
     got = np.array(handle(page, "h.selection"))
     # Box edges are compared in data space by the page; allow no difference beyond edge rounding.
-    near_edge = (np.abs(sx - x0) < 1e-6) | (np.abs(sx - x1) < 1e-6) | (np.abs(sy - y0) < 1e-6) | (np.abs(sy - y1) < 1e-6)
+    near_edge = (
+        (np.abs(sx - x0) < 1e-6) | (np.abs(sx - x1) < 1e-6) | (np.abs(sy - y0) < 1e-6) | (np.abs(sy - y1) < 1e-6)
+    )
     assert set(got.tolist()) ^ set(expected.tolist()) <= set(np.flatnonzero(near_edge).tolist())
     assert expected.size > 0
     # Pan mode: plain drag pans, shift-drag lassoes.
@@ -226,14 +237,22 @@ def test_hover_fetches_details_and_shows_them_as_text(shown: Any) -> None:
     # A point with no neighbour within 8 px, so the hover target is unambiguous.
     d = np.hypot(sx[:, None] - sx[None, :], sy[:, None] - sy[None, :])
     np.fill_diagonal(d, np.inf)
-    ok = np.flatnonzero((d.min(axis=1) > 8) & (sx > 20) & (sx < view["width"] - 20) & (sy > 20) & (sy < view["height"] - 20))
+    ok = np.flatnonzero(
+        (d.min(axis=1) > 8) & (sx > 20) & (sx < view["width"] - 20) & (sy > 20) & (sy < view["height"] - 20)
+    )
     i = int(ok[0])
     box = page.locator(".dcw-gl").bounding_box()
     page.mouse.move(box["x"] + sx[i] + 0.3, box["y"] + sy[i] + 0.3)
     page.wait_for_selector(".dcw-tooltip[data-index='%d']" % i, state="visible")
     page.wait_for_function(f"window.__model.sent.some((m) => m.content.type === 'details' && m.content.index === {i})")
     # Answer as the Python side would, with the XSS caption and a real PNG.
-    w.on_details(lambda k: {"caption": XSS, "prompt": f"a photo of {frame.label[k]}", "image": Image.new("RGB", (64, 64), (200, 10, 10))})
+    w.on_details(
+        lambda k: {
+            "caption": XSS,
+            "prompt": f"a photo of {frame.label[k]}",
+            "image": Image.new("RGB", (64, 64), (200, 10, 10)),
+        }
+    )
     fields, png = w.details(i)
     page.evaluate(
         "([i, fields, png]) => window.__model.emit({type: 'details', index: i, fields},"
@@ -267,8 +286,14 @@ def test_thumbnails_map_to_their_point_upright(page: Any, primitive: str) -> Non
     """Each point shows its own atlas tile, the right way up, with either drawing primitive."""
     import pandas as pd
 
-    frame = pd.DataFrame({"x": [0.0, 10.0, 20.0, 0.0, 20.0], "y": [0.0, 10.0, 0.0, 20.0, 20.0],
-                          "label": ["a"] * 5, "source": ["real"] * 5})
+    frame = pd.DataFrame(
+        {
+            "x": [0.0, 10.0, 20.0, 0.0, 20.0],
+            "y": [0.0, 10.0, 0.0, 20.0, 20.0],
+            "label": ["a"] * 5,
+            "source": ["real"] * 5,
+        }
+    )
     tops = [(250, 0, 0), (0, 200, 0), (0, 0, 250), (250, 200, 0), (200, 0, 200)]
     tiles = np.zeros((5, 32, 32, 3), np.uint8)
     for i, top in enumerate(tops):
@@ -338,11 +363,25 @@ def test_dark_theme_contrast_is_computed_from_the_page(page: Any) -> None:
     """With JupyterLab's Dark variables the toolbar, legend and labels stay readable and the map is dark."""
     frame = synthetic_frame(600, seed=4)
     w = CrafterWidget()
-    w.set_frame(frame, labels=[{"text": "stripes", "x": float(frame.x.mean()), "y": float(frame.y.mean()), "n": 30,
-                                "members": list(range(30))}])
+    w.set_frame(
+        frame,
+        labels=[
+            {
+                "text": "stripes",
+                "x": float(frame.x.mean()),
+                "y": float(frame.y.mean()),
+                "n": 30,
+                "members": list(range(30)),
+            }
+        ],
+    )
     open_standalone(page, widget_state(w), css=JP_DARK)
-    for sel in (".dcw-toolbar button[data-mode=lasso]", ".dcw-count", ".dcw-legend .dcw-item span:last-child",
-                ".dcw-status"):
+    for sel in (
+        ".dcw-toolbar button[data-mode=lasso]",
+        ".dcw-count",
+        ".dcw-legend .dcw-item span:last-child",
+        ".dcw-status",
+    ):
         assert _page_contrast(page, sel) >= 4.5, sel
     theme = handle(page, "h.theme")
     assert max(theme["bg"]) <= 30  # the map background follows the theme

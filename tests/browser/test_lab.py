@@ -8,6 +8,7 @@ comm, and `<img src=x onerror=alert(1)>` from "model/user" text shows as literal
 To run against notebooks/quickstart.ipynb with the real controller later: copy it into lab.root,
 call run_notebook_in_lab(page, lab, "quickstart.ipynb"), and read `crafter.selection` the same way.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ from test_frontend import canvas_ink, draw_lasso, lasso_polygon, points_in_polyg
 XSS = "<img src=x onerror=alert(1)>"
 HERE = pathlib.Path(__file__).resolve().parent
 
-SETUP = f'''
+SETUP = f"""
 import json, pathlib, sys
 import numpy as np
 from PIL import Image
@@ -58,7 +59,7 @@ widget.observe(lambda change: record("selection", ids=widget.selected.tolist()),
 widget.on_details(lambda i: {{"caption": XSS, "prompt": "a photo of " + frame.label[i],
                               "image": Image.fromarray(thumbs[i]).resize((128, 128))}})
 build_layout(widget)
-'''
+"""
 
 
 def make_notebook(path: pathlib.Path) -> None:
@@ -89,7 +90,7 @@ def wait_for(predicate: Any, timeout: float = 30.0) -> Any:
 
 def printed_json(output: str, tag: str) -> Any:
     line = next(l for l in output.splitlines() if l.startswith(tag + " "))
-    return json.loads(line[len(tag) + 1:])
+    return json.loads(line[len(tag) + 1 :])
 
 
 @pytest.mark.slow
@@ -98,7 +99,9 @@ def test_widget_in_jupyterlab(page: Any, lab: Lab) -> None:
     run_notebook_in_lab(page, lab, "widget_check.ipynb", cells=1)
     root = page.locator(".dcw-root")
     root.wait_for(timeout=120000)
-    page.wait_for_function("window.__dcw && window.__dcw.length > 0 && window.__dcw[window.__dcw.length - 1].frames > 0")
+    page.wait_for_function(
+        "window.__dcw && window.__dcw.length > 0 && window.__dcw[window.__dcw.length - 1].frames > 0"
+    )
     root.scroll_into_view_if_needed()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "lab-drawn.png"))
@@ -153,12 +156,17 @@ def test_widget_in_jupyterlab(page: Any, lab: Lab) -> None:
     # 6. hover details over the comm, shown as text
     d = np.hypot(sx[:, None] - sx[None, :], sy[:, None] - sy[None, :])
     np.fill_diagonal(d, np.inf)
-    ok = np.flatnonzero((d.min(axis=1) > 10) & (sx > 30) & (sx < view["width"] - 200) & (sy > 30) & (sy < view["height"] - 30))
+    ok = np.flatnonzero(
+        (d.min(axis=1) > 10) & (sx > 30) & (sx < view["width"] - 200) & (sy > 30) & (sy < view["height"] - 30)
+    )
     i = int(ok[0])
     root.locator("button[data-mode=pan]").click()
     box = root.locator(".dcw-gl").bounding_box()
     page.mouse.move(box["x"] + sx[i] + 0.3, box["y"] + sy[i] + 0.3)
-    page.wait_for_function("document.querySelector('.dcw-tooltip img') && document.querySelector('.dcw-tooltip img').src.startsWith('blob:')", timeout=30000)
+    page.wait_for_function(
+        "document.querySelector('.dcw-tooltip img') && document.querySelector('.dcw-tooltip img').src.startsWith('blob:')",
+        timeout=30000,
+    )
     tip = page.locator(".dcw-tooltip").inner_text()
     assert XSS in tip and "a photo of" in tip
     assert page.locator("img[src='x']").count() == 0
@@ -166,7 +174,7 @@ def test_widget_in_jupyterlab(page: Any, lab: Lab) -> None:
     assert page.dialogs == [], f"an alert fired: {page.dialogs}"
 
 
-CRAFTER_SETUP = f'''
+CRAFTER_SETUP = f"""
 import json, pathlib
 import numpy as np
 import datacrafter_widget as dc
@@ -182,7 +190,7 @@ np.save("xy.npy", np.frombuffer(_view.widget.xy, "<f4").reshape(-1, 2))
 np.save("hidden.npy", np.frombuffer(_view.widget.hidden, np.uint8))
 json.dump(crafter.samples["id"].tolist(), open("ids.json", "w"))
 crafter
-'''
+"""
 
 
 SAVE_VIEW = """
@@ -198,8 +206,10 @@ np.save("hidden.npy", np.frombuffer(_view.widget.hidden, np.uint8))
 json.dump(crafter.samples["id"].tolist(), open("ids.json", "w"))
 """
 SELECTION_CELL = 'import json\nprint("SELECTION", json.dumps(crafter.selection))'
-FEEDBACK_CELL = ('import json\ns = crafter.samples.set_index("id")\n'
-                 'print("FEEDBACK", json.dumps(s.loc[crafter.selection, "feedback"].tolist()))')
+FEEDBACK_CELL = (
+    'import json\ns = crafter.samples.set_index("id")\n'
+    'print("FEEDBACK", json.dumps(s.loc[crafter.selection, "feedback"].tolist()))'
+)
 
 
 def lasso_and_bad_through_crafter(page: Any, lab: Lab, selection_cell: int, feedback_cell: int, tag: str) -> np.ndarray:
@@ -228,8 +238,9 @@ def lasso_and_bad_through_crafter(page: Any, lab: Lab, selection_cell: int, feed
     out = run_cell(page, selection_cell)
     assert printed_json(out, "SELECTION") == [ids[i] for i in inside]
     root.locator("button[data-action=bad]").click()
-    page.wait_for_function("[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.startsWith('marked '))",
-                           timeout=30000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.startsWith('marked '))", timeout=30000
+    )
     out = run_cell(page, feedback_cell)
     assert printed_json(out, "FEEDBACK") == ["bad"] * len(inside)
     page.screenshot(path=str(ARTIFACTS / f"{tag}-bad.png"))
@@ -257,7 +268,10 @@ def test_crafter_in_jupyterlab(page: Any, lab: Lab) -> None:
     root.locator("button[data-mode=pan]").click()
     box = root.locator(".dcw-gl").bounding_box()
     page.mouse.move(box["x"] + sx[0] + 0.3, box["y"] + sy[0] + 0.3)
-    page.wait_for_function("document.querySelector('.dcw-tooltip img') && document.querySelector('.dcw-tooltip img').src.startsWith('blob:')", timeout=30000)
+    page.wait_for_function(
+        "document.querySelector('.dcw-tooltip img') && document.querySelector('.dcw-tooltip img').src.startsWith('blob:')",
+        timeout=30000,
+    )
     assert XSS in page.locator(".dcw-tooltip").inner_text()
     assert page.locator("img[src='x']").count() == 0
     assert page.dialogs == []
@@ -287,14 +301,17 @@ def test_quickstart_in_jupyterlab(page: Any, lab: Lab) -> None:
     # Our copy: save the view's positions before the display cell, checks after it.
     nb.cells.insert(show, nbformat.v4.new_code_cell(SAVE_VIEW.strip()))
     show += 1
-    nb.cells[show + 1:show + 1] = [nbformat.v4.new_code_cell(SELECTION_CELL), nbformat.v4.new_code_cell(FEEDBACK_CELL)]
+    nb.cells[show + 1 : show + 1] = [
+        nbformat.v4.new_code_cell(SELECTION_CELL),
+        nbformat.v4.new_code_cell(FEEDBACK_CELL),
+    ]
     nbformat.write(nb, lab.root / "quickstart.ipynb")
     run_notebook_in_lab(page, lab, "quickstart.ipynb", cells=show + 1, timeout_ms=900000)
     lasso_and_bad_through_crafter(page, lab, selection_cell=show + 1, feedback_cell=show + 2, tag="lab-quickstart")
     assert page.dialogs == []
 
 
-LOOP_SETUP = '''
+LOOP_SETUP = """
 import json
 import datacrafter_widget as dc
 crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), models=dc.starter.models(), project="loop")
@@ -302,25 +319,25 @@ CLS = crafter.classes[0]
 crafter.set_prompt(CLS, "a photo of the digit zero")
 crafter.projection   # the map first, so the displayed view shows it at once
 crafter
-'''
-LOOP_STATE = '''
+"""
+LOOP_STATE = """
 s = crafter.samples.set_index("id")
 print("SEL", json.dumps(crafter.selection))
 print("FB", json.dumps(s.loc[crafter.selection, "feedback"].tolist()))
 print("EXPECT", json.dumps([i for i in crafter.search("blue", select=False) if s.at[i, "split"] != "test"]))
-'''
-LOOP_ROUND = '''
+"""
+LOOP_ROUND = """
 r = crafter.rounds[-1]
 g = crafter.samples[crafter.samples["round"] == r["round"]]
 print("ROUND", json.dumps({"status": r["status"], "labels": sorted(set(g["label"])), "prompts": sorted(set(g["prompt"]))}))
-'''
-LOOP_REOPEN = '''
+"""
+LOOP_REOPEN = """
 import json
 import datacrafter_widget as dc
 again = dc.DataCrafter.open("loop", readonly=True)
 print("PROMPTS", json.dumps({c: e["current"] for c, e in again.prompts.items()}))
 print("ACTIONS", json.dumps({c: [h["action"] for h in e["history"]] for c, e in again.prompts.items()}))
-'''
+"""
 
 
 def _restart_kernel(page: Any, lab: Lab) -> None:
@@ -331,7 +348,8 @@ def _restart_kernel(page: Any, lab: Lab) -> None:
     assert resp.ok, resp.text()
     page.wait_for_function(
         "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some((e) => /\\|\\s*Idle/.test(e.textContent))",
-        timeout=120000)
+        timeout=120000,
+    )
 
 
 @pytest.mark.slow
@@ -359,7 +377,9 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
     run_notebook_in_lab(page, lab, "loop_check.ipynb", cells=1, timeout_ms=900000)
     root = page.locator(".dcw-root").last
     handle = "window.__dcw[window.__dcw.length - 1]"
-    page.wait_for_function(f"window.__dcw && {handle}.frames > 0 && {handle}.timings.atlasReady != null", timeout=120000)
+    page.wait_for_function(
+        f"window.__dcw && {handle}.frames > 0 && {handle}.timings.atlasReady != null", timeout=120000
+    )
     root.scroll_into_view_if_needed()
     status = root.locator(".dcw-status")
 
@@ -380,8 +400,9 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
     assert text.input_value() == "a photo of the digit zero"
     text.fill("a photo of the digit zero on a blue background")
     page.locator("button:has-text('Save edit')").last.click()
-    page.wait_for_function("[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.includes('saved'))",
-                           timeout=60000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.includes('saved'))", timeout=60000
+    )
 
     # 2. Generate from the evolved / edited prompts with the widget's own controls.
     page.locator(".widget-dropdown select").first.select_option("evolved")
@@ -390,15 +411,18 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
     count.press("Tab")
     page.locator("button:has-text('Generate')").last.click()
     page.wait_for_function(
-        "[...document.querySelectorAll('.dcw-status')].some((e) => /: (done|failed)/.test(e.textContent))", timeout=600000)
+        "[...document.querySelectorAll('.dcw-status')].some((e) => /: (done|failed)/.test(e.textContent))",
+        timeout=600000,
+    )
     assert ": done" in status.inner_text(), status.inner_text()
     out = run_cell(page, 2)
     rnd = printed_json(out, "ROUND")
-    assert rnd == {"status": "done", "labels": ["0"], "prompts": ["a photo of the digit zero on a blue background"]}, rnd
+    assert rnd == {"status": "done", "labels": ["0"], "prompts": ["a photo of the digit zero on a blue background"]}, (
+        rnd
+    )
 
     # 3. The metrics chart renders with every non-local request blocked (vega comes bundled).
-    page.wait_for_function(
-        "document.querySelector('.vega-embed svg, .vega-embed canvas') !== null", timeout=300000)
+    page.wait_for_function("document.querySelector('.vega-embed svg, .vega-embed canvas') !== null", timeout=300000)
     chart = page.locator(".vega-embed").last
     assert chart.bounding_box()["height"] > 50
     page.screenshot(path=str(ARTIFACTS / "lab-loop-chart.png"), full_page=True)
@@ -406,8 +430,10 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
     # 4. Search selects the matching images on the map (test images are off the map).
     root.locator("input[data-role=search]").fill("blue")
     root.locator("input[data-role=search]").press("Enter")
-    page.wait_for_function("[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.includes('matches for'))",
-                           timeout=60000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.includes('matches for'))",
+        timeout=60000,
+    )
     out = run_cell(page, 1)
     sel, expect = printed_json(out, "SEL"), printed_json(out, "EXPECT")
     assert sel == expect and len(sel) > 0
@@ -415,21 +441,26 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
     # 5. "b" marks them bad, ctrl+z undoes it (shortcuts go to the focused map).
     page.evaluate("document.querySelector('.dcw-root').focus()")
     page.keyboard.press("b")
-    page.wait_for_function("[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.startsWith('marked bad'))",
-                           timeout=60000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.startsWith('marked bad'))",
+        timeout=60000,
+    )
     assert printed_json(run_cell(page, 1), "FB") == ["bad"] * len(sel)
     page.evaluate("document.querySelector('.dcw-root').focus()")
     page.keyboard.press("Control+z")
-    page.wait_for_function("[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.startsWith('undo'))",
-                           timeout=60000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.startsWith('undo'))", timeout=60000
+    )
     assert printed_json(run_cell(page, 1), "FB") == [""] * len(sel)
 
     # 6. Mark one image from the gallery of the selection.
     tile = root.locator(".dcw-gallery .dcw-tile").first
     index = int(tile.get_attribute("data-index"))
     tile.locator("button[data-mark=bad]").click()
-    page.wait_for_function(f"document.querySelector('.dcw-gallery .dcw-tile[data-index=\"{index}\"]').dataset.feedback === 'bad'",
-                           timeout=60000)
+    page.wait_for_function(
+        f"document.querySelector('.dcw-gallery .dcw-tile[data-index=\"{index}\"]').dataset.feedback === 'bad'",
+        timeout=60000,
+    )
     fb = printed_json(run_cell(page, 1), "FB")
     assert fb.count("bad") == 1
     page.screenshot(path=str(ARTIFACTS / "lab-loop-gallery.png"), full_page=True)
