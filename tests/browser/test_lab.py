@@ -181,7 +181,7 @@ import datacrafter_widget as dc
 from datacrafter_widget.ui.widget import CrafterView
 
 XSS = {XSS!r}
-crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), project="proj")
+crafter = dc.DataCrafter(dc.starter.colored_digits(shots=5), project="proj")
 first = crafter.samples["id"].iloc[0]
 crafter.feedback(bad=[first], bad_labels=[XSS])   # user text that the tooltip must show as text
 # The view is deterministic for the same samples: save the positions the displayed one uses.
