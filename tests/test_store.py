@@ -398,9 +398,12 @@ def test_readonly_reload_while_the_writer_compacts(tmp_path, monkeypatch):
     writer = SampleStore(project, durable=False)
     writer.add([make_image(0)], [{"label": "a"}])
     done = threading.Event()
+    first_reload = threading.Event()
 
     def write():
         for i in range(1, 120):
+            if i == 60:  # the second half is written while the reader is reloading, however slow its start
+                first_reload.wait(timeout=120)
             writer.add([make_image(i)], [{"label": "a"}])
         done.set()
 
@@ -415,6 +418,7 @@ def test_readonly_reload_while_the_writer_compacts(tmp_path, monkeypatch):
         assert seen <= ids, "a reader lost samples it had already seen"
         seen = ids
         reloads += 1
+        first_reload.set()
     thread.join()
     reader.reload()
     assert len(reader) == 120 and reloads > 1
