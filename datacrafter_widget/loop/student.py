@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -48,6 +49,7 @@ __all__ = [
     "training_set_from_samples",
 ]
 
+_GLOBAL_RNG_LOCK = threading.Lock()  # see train_student: one training at a time on the global RNG
 WEIGHTS_FILE = "student.safetensors"
 CONFIG_FILE = "student.json"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -565,7 +567,9 @@ def train_student(
     chunk = per_epoch if (epochs is not None or kind != "cnn") and steps is None else max(1, min(25, config.steps))
     chunks = math.ceil(config.steps / chunk)
 
-    with torch.random.fork_rng(devices=[]):
+    # Weight init and dropout draw on torch's global RNG, which fork_rng does not isolate between threads: a
+    # held-out student training in a background job would interleave with this one, so trainings take turns.
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         gen = torch.Generator().manual_seed(int(seed))
         if kind == "probe":
