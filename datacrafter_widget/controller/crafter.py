@@ -730,7 +730,8 @@ class DataCrafter:
             for i, h in zip(ids, hashes):
                 first_id.setdefault(h, i)
             # chunk by chunk through the backend (workers on a Ray cluster), each chunk stored as it arrives
-            chunks = [missing[start : start + 64] for start in range(0, len(missing), 64)]
+            size = max(64, int(getattr(emb, "batch_size", 64)))  # the embedder's own batch: its fastest
+            chunks = [missing[start : start + size] for start in range(0, len(missing), size)]
             images = ([self.store.image(first_id[h]) for h in chunk] for chunk in chunks)
             for chunk, arr in zip(chunks, self._backend.embed_images(self.models, images)):
                 self.store.put_embeddings(chunk, emb.name, arr)

@@ -273,6 +273,7 @@ class ClipVocabularyLabeler:
     vocabulary: a Vocabulary or a list of words (group "user"); None builds one from class_names,
     captions, extra_words and DEFAULT_ATTRIBUTES. threshold: "calibrated" (per-word z-score),
     "relative" (softmax within each group relative to its best word) or a float (plain cosine).
+    max_fit: the per-word two-mode mixture is fitted on at most this many calibration images.
     """
 
     def __init__(
@@ -301,6 +302,7 @@ class ClipVocabularyLabeler:
         context: bool = True,
         min_context: int = 3,
         max_captions: int = 2000,
+        max_fit: int = 2000,
     ) -> None:
         if not (threshold in ("calibrated", "relative") or isinstance(threshold, (int, float))):
             raise LabelerError(f"threshold must be 'calibrated', 'relative' or a number; got {threshold!r}.")
@@ -336,6 +338,7 @@ class ClipVocabularyLabeler:
         self.captions = [str(c) for c in captions if c]
         self.context, self.min_context, self.max_captions = bool(context), int(min_context), int(max_captions)
         self.separation = None if separation is None else float(separation)
+        self.max_fit = max(self.min_population, int(max_fit))
         self._word_emb: np.ndarray | None = None
         self._mu: np.ndarray | None = None
         self._sd: np.ndarray | None = None
@@ -407,6 +410,10 @@ class ClipVocabularyLabeler:
         if self.separation is None or len(s) < self.min_population:
             return mu, sd, cut
         grid = np.linspace(-4, 12, 321)[:, None]
+        # The mixture is fitted on at most `max_fit` images (a fixed random subset): its means and
+        # spreads are as good from 2,000 images as from 10,000, at a fifth of the time.
+        if len(z) > self.max_fit:
+            z = z[np.sort(np.random.default_rng(0).choice(len(z), self.max_fit, replace=False))]
         for j in range(s.shape[1]):
             if float(np.ptp(z[:, j])) < 1e-6:
                 continue
