@@ -156,15 +156,7 @@ def _cells_signature(nb) -> list[str]:
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(
-            "quickstart.ipynb",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="was a bug: with the widget displayed, held-out students trained in a background job while "
-                "the notebook trained its own, both on torch's global RNG (0.660 vs 0.673 for the same data); student "
-                "trainings now take turns (loop/student.py) and this passed once since: drop the mark once CI confirms",
-            ),
-        ),
+        "quickstart.ipynb",
         "gap_walkthrough.ipynb",
     ],
 )
