@@ -96,7 +96,7 @@ def test_cancel_keeps_finished_epochs():
         if done == 2:
             stop.set()
 
-    student = train_student(images, labels, epochs=10, progress=progress, cancel=stop)
+    student = train_student(images, labels, epochs=10, progress=progress, should_stop=stop.is_set)
     assert student.config.cancelled and student.config.trained_epochs == 2
     assert seen == [1, 2]
     assert len(student.predict(images)) == len(images)
@@ -197,8 +197,8 @@ def test_cnn_keeps_a_spatial_map_and_a_fixed_step_budget():
     images, labels = _colour_set()
     stop = threading.Event()
     stop.set()  # cancelled before the first step: only the plan is made
-    small = train_student(images[:4] + images[-4:], labels[:4] + labels[-4:], cancel=stop, progress=False)
-    large = train_student(images, labels, cancel=stop, progress=False)
+    small = train_student(images[:4] + images[-4:], labels[:4] + labels[-4:], should_stop=stop.is_set, progress=False)
+    large = train_student(images, labels, should_stop=stop.is_set, progress=False)
     assert small.config.steps == large.config.steps == CNN_STEPS  # more images never mean less training
     a = train_student(images[:4] + images[-4:], labels[:4] + labels[-4:], steps=7, progress=False)
     b = train_student(images, labels, steps=7, progress=False)

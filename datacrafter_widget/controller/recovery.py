@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from typing import Any
 
+import pandas as pd
+
 from ..data.store import DamagedFileError, SampleStore
 
 
@@ -49,7 +51,7 @@ def unfinished_import_message(store: SampleStore) -> str:
     )
 
 
-def import_counter(samples: Any) -> Counter:
+def import_counter(samples: pd.DataFrame) -> Counter[tuple[str, str, str]]:
     """How many real images of each (hash, split, label) are already stored, for a resumed import.
 
     The label is part of the key: an identical image under another label is another sample."""

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+from PIL import Image
 
 __all__ = [
     "Labeler",
@@ -71,7 +72,7 @@ class LabelerError(RuntimeError):
 class Labeler(Protocol):
     """Anything that returns a list of content labels per image."""
 
-    def __call__(self, images: Sequence[Any], embeddings: np.ndarray | None = None) -> list[list[str]]: ...
+    def __call__(self, images: Sequence[Image.Image], embeddings: np.ndarray | None = None) -> list[list[str]]: ...
 
 
 # ----------------------------------------------------------------------------- vocabulary

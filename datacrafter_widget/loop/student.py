@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -34,8 +34,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..controller.jobs import is_cancelled
 from ..data.images import to_rgb
+
+if TYPE_CHECKING:
+    from ..data.dataset import Dataset
 
 __all__ = [
     "Student",
@@ -368,7 +370,7 @@ class Student:
         """Write student.safetensors + student.json into `folder` (atomically, no pickle)."""
         from safetensors.torch import save as to_safetensors_bytes
 
-        from ..data.store import atomic_write_bytes
+        from ..data.files import atomic_write_bytes
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -469,7 +471,7 @@ def train_student(
     seed: int = 0,
     augment: bool = True,
     progress: bool | Callable[[int, int], None] = True,
-    cancel: Any = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Student:
     """Train a student from scratch on `images`/`labels`; deterministic for a given seed.
 
@@ -478,7 +480,8 @@ def train_student(
     epochs x batches-per-epoch steps. Probe and backbone students train for `epochs`.
     progress: True for a tqdm bar, False for none, or a callable(done, total) (epochs, or chunks
     of steps for the CNN's step budget).
-    cancel: a threading.Event or a callable returning True to stop; the training done is kept.
+    should_stop: a callable returning True to stop (the controller passes its cancel check); the
+    training done is kept.
 
     Students, and which run without a download:
       kind="cnn"                        the small CNN, from scratch (offline)
@@ -596,7 +599,7 @@ def train_student(
         net.train()
         order, pos = torch.randperm(n, generator=gen), 0
         for c in range(chunks):
-            if is_cancelled(cancel):
+            if should_stop is not None and should_stop():
                 config.cancelled = True
                 break
             total, seen = 0.0, 0
@@ -633,7 +636,17 @@ def train_student(
     return student
 
 
-def evaluate(student: Student, dataset: Any) -> dict[str, Any]:
+class Evaluation(TypedDict):
+    """What `evaluate` returns."""
+
+    accuracy: float
+    n: int
+    per_class: pd.DataFrame  # class, n, correct, accuracy
+    confusion: pd.DataFrame  # true x predicted counts
+    predictions: list[str]
+
+
+def evaluate(student: Student, dataset: Dataset | tuple[Sequence[Image.Image], Sequence[str]] | None) -> Evaluation:
     """Accuracy, per-class accuracy and confusion matrix of `student` on a Dataset (or (images, labels))."""
     if student is None:
         raise StudentError("no student yet: train one first with crafter.train_student()")
