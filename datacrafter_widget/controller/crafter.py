@@ -43,7 +43,7 @@ from . import map_view
 from .export import EXPORT_FORMATS, ExportOptions, export_project  # EXPORT_FORMATS: kept importable from here
 from .backends import Backend, BackendConfig, backend_from_config
 from .jobs import Cancel, Job, stop_check
-from .recovery import import_counter, mark_interrupted_rounds, unfinished_import_message
+from .recovery import import_counter, unfinished_import_message
 from ..models.bundle import Models
 from .map_cache import ProjectMap
 from ..data.store import COLUMNS, SampleStore
@@ -174,7 +174,7 @@ class DataCrafter:
         self._student: Any = None  # this project's student (never kept on the shared Models object)
         self._feedback_history = map_view.FeedbackHistory()
         self._view = map_view.ViewState()
-        mark_interrupted_rounds(store)  # rounds a killed kernel left "running"
+        self.rounds_runner.mark_interrupted()  # rounds a killed kernel left "running"
 
     @property
     def backend(self) -> Backend:
@@ -739,7 +739,7 @@ class DataCrafter:
 
     # ---- per-round metrics (metrics.py) -------------------------------------------------------------
     @property
-    def student(self) -> Any:
+    def student(self) -> Student | None:
         """The current student (trained here, given in models, or saved in the project), or None."""
         from ..loop.student import StudentError
 
@@ -894,7 +894,7 @@ class DataCrafter:
         self._student = student
         return student
 
-    def _current_student(self) -> Any:
+    def _current_student(self) -> Student:
         from ..loop.student import Student, StudentError
 
         # trained here > given in models by the user > saved in this project

@@ -40,7 +40,7 @@ from PIL import Image
 
 from ..data.images import image_hash
 from ..data.files import atomic_write_bytes, slug
-from ..data.store import SampleStore
+from ..data.store import DamagedFileError, SampleStore
 from ..loop.class_filter import ClassFilter
 from ..loop.strategies import GenerationRequest, StrategyError, build_requests, check_classes, group_requests
 from ..models.bundle import MissingModelError, Models
@@ -284,6 +284,29 @@ class RoundRunner:
         rounds.append(entry)
         rounds.sort(key=lambda r: int(r.get("round", 0)))
         self.store.write_json("rounds.json", rounds)
+
+    def mark_interrupted(self) -> list[dict[str, Any]]:
+        """Mark rounds still "running" as "interrupted", with the number of images that were stored.
+
+        Only a writer calls this (when a project opens): it holds the project's write lock, so no live
+        process can be running one of these rounds. Returns the entries that were changed."""
+        if self.store.readonly:
+            return []
+        try:
+            rounds = self.rounds
+        except DamagedFileError:
+            return []  # reported with its fix where the rounds are used
+        stale = [r for r in rounds if isinstance(r, dict) and r.get("status") == "running"]
+        if not stale:
+            return []
+        s = self.store.samples
+        counts = s.loc[s["source"] == "generated", "round"].value_counts()
+        now = time.time()
+        for entry in stale:
+            stored = int(counts.get(int(entry.get("round", -1)), 0))
+            entry.update(status="interrupted", stored=stored, interrupted_found=now)
+        self.store.write_json("rounds.json", rounds)
+        return stale
 
     def _finish_round(self, rnd: int, status: str, stored: int) -> None:
         entry: dict[str, Any] = next((r for r in self.rounds if int(r.get("round", -1)) == rnd), {"round": rnd})

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,7 @@ from ..data.images import to_rgb
 
 if TYPE_CHECKING:
     from ..data.dataset import Dataset
+    from ..models.embedder import Embedder
 
 __all__ = [
     "Student",
@@ -286,7 +287,7 @@ def pixels(images: Sequence[Image.Image], size: int) -> torch.Tensor:
 class Student:
     """A trained classifier: `predict`, `predict_proba`, differentiable `logits_from_pixels`, save/load."""
 
-    def __init__(self, config: StudentConfig, net: nn.Module, embedder: Any = None) -> None:
+    def __init__(self, config: StudentConfig, net: nn.Module, embedder: Embedder | None = None) -> None:
         self.config = config
         self.net = net
         self.embedder = embedder
@@ -382,7 +383,9 @@ class Student:
         return folder
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, *, embedder: Any = None, backbone: nn.Module | None = None) -> Student:
+    def load(
+        cls, folder: str | os.PathLike, *, embedder: Embedder | None = None, backbone: nn.Module | None = None
+    ) -> Student:
         """Rebuild from `save`; a probe needs the same embedder, a custom backbone its module."""
         from safetensors.torch import load_file
 
@@ -432,7 +435,7 @@ def _build_net(
     raise StudentError(f"student kind {config.kind!r} is not one of 'cnn', 'probe', 'backbone'")
 
 
-def default_kind(images: Sequence[Image.Image], embedder: Any = None) -> str:
+def default_kind(images: Sequence[Image.Image], embedder: Embedder | None = None) -> str:
     """Small images (<= 64 px, like the starter kit) -> CNN; larger ones -> CLIP probe when an embedder exists."""
     side = max(max(im.size) for im in images[:64])
     return "cnn" if side <= 64 or embedder is None else "probe"
@@ -455,7 +458,7 @@ def train_student(
     classes: Sequence[str] | None = None,
     *,
     kind: str = "auto",
-    embedder: Any = None,
+    embedder: Embedder | None = None,
     backbone: str | nn.Module | None = None,
     pretrained: bool = False,
     weights: str | os.PathLike | None = None,

@@ -205,7 +205,7 @@ class Generator:
         return int(unet.config.sample_size) * int(getattr(self.pipe, "vae_scale_factor", 8))
 
     @property
-    def img2img(self) -> Any:
+    def img2img(self) -> Any:  # a StableDiffusionImg2ImgPipeline; its components are set at runtime (vae, ...)
         """The img2img pipeline over the same components (built once, shares all weights)."""
         if self._img2img is None:
             from diffusers import StableDiffusionImg2ImgPipeline

@@ -16,7 +16,7 @@ import logging
 import math
 import pathlib
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, Union
 
 import anywidget
 import numpy as np
@@ -570,6 +570,10 @@ def build_layout(
 
 
 # --------------------------------------------------------------------------- controller binding
+_Ids = Union[Iterable[str], None]  # sample ids
+_Labels = Union[Sequence[str], None]  # feedback labels
+
+
 class CrafterController(Protocol):
     """What the view needs from a controller (`DataCrafter` implements it); the view uses nothing else."""
 
@@ -595,12 +599,7 @@ class CrafterController(Protocol):
     def update_projection(self, *, full: bool = False) -> pd.DataFrame: ...
     def image(self, sample_id: str) -> Image.Image: ...
     def feedback(
-        self,
-        bad: Iterable[str] | None = None,
-        good: Iterable[str] | None = None,
-        bad_labels: Sequence[str] | None = None,
-        removed: Iterable[str] | None = None,
-        clear: Iterable[str] | None = None,
+        self, bad: _Ids = None, good: _Ids = None, bad_labels: _Labels = None, removed: _Ids = None, clear: _Ids = None
     ) -> dict[str, int]: ...
     def undo(self) -> list[str]: ...
     def redo(self) -> list[str]: ...
