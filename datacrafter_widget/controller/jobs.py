@@ -27,8 +27,8 @@ def is_cancelled(cancel: Cancel) -> bool:
     convention for long work that runs outside a Job (student training, evolution, GAP)."""
     if cancel is None:
         return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
+    if hasattr(cancel, "is_set"):  # threading.Event, or any event with is_set() (multiprocessing's too)
+        return bool(cancel.is_set())
     return bool(cancel())
 
 
