@@ -139,23 +139,23 @@ class RoundSpec:
 
     # ---- construction ----------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RoundSpec":
+    def from_dict(cls, data: Mapping[str, object]) -> "RoundSpec":
         """A validated spec from a dict (a widget message, a TOML [[rounds]] table, a rounds.json entry).
 
         "strategy" is accepted for "strategies"; keys that are not spec fields are an error.
         """
         if not isinstance(data, Mapping):
             raise RoundSpecError(f"a round must be a table / dict of settings, got {type(data).__name__}")
-        data = dict(data)
-        if "strategy" in data:
-            if "strategies" in data:
+        values: dict[str, Any] = dict(data)  # plain data of any type: validated() checks each value
+        if "strategy" in values:
+            if "strategies" in values:
                 raise RoundSpecError("give either strategy or strategies, not both")
-            data["strategies"] = data.pop("strategy")
+            values["strategies"] = values.pop("strategy")
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(values) - names)
         if unknown:
             raise RoundSpecError(f"unknown round setting(s) {unknown}: the settings are {sorted(names)}")
-        return cls(**data).validated()
+        return cls(**values).validated()
 
     def validated(self) -> "RoundSpec":
         """This spec with every value checked and normalised (tuples, ints, floats); raises RoundSpecError."""
@@ -218,7 +218,7 @@ class RoundSpec:
         )
 
     # ---- output ----------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Plain json-able dict (lists, not tuples); `RoundSpec.from_dict(spec.to_dict()) == spec`."""
         out = asdict(self)
         out["strategies"] = list(self.strategies)

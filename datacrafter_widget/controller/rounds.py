@@ -152,7 +152,7 @@ def generated_row(
     flag_reason: str = "",
     batch_id: str = "",
     batch_index: int = 0,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """The row schema of every generated image (all strategies, GAP included)."""
     return {
         "label": r.label,

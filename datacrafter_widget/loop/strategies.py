@@ -69,7 +69,7 @@ class GenerationRequest:
             return ("img2img", round(self.strength, 6), round(self.latent_perturbation, 6))
         return ("txt2img", 0.0, 0.0)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
