@@ -867,13 +867,14 @@ class DataCrafter:
         *,
         keep_flagged: bool = False,
         include_generated: bool = True,
-        progress: bool = True,
+        progress: bool | Callable[[int, int], None] = True,
         cancel: Cancel = None,
         **options: Any,
     ) -> Student:
         """Train the student on the real train images + accepted generated ones; saved to <project>/student.
 
-        options go to student.train_student (kind="cnn"|"probe", backbone=..., epochs=..., seed=...).
+        options go to student.train_student (kind="cnn"|"probe", backbone=..., epochs=..., seed=...);
+        progress: a tqdm bar (True), none (False) or a callable(done, total); cancel: an Event or a callable.
         """
         from ..loop.student import train_student, training_set_from_samples
 
