@@ -22,6 +22,8 @@ from tests.tiny_models import tiny_open_clip, tiny_sd_pipeline
 
 # A high guidance scale makes the tiny random UNet respond to the prompt strongly enough to measure.
 SETTINGS = dict(lr=0.05, batch=2, sampler_steps=3, n_tokens=4, guidance=15.0)
+#: a GAP round through crafter.adversarial on the tiny models: class "0", two steps, two tokens
+TINY_GAP = dict(target="a digit", steps=2, classes=["0"], sampler_steps=2, batch=1, n_tokens=2, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -138,17 +140,7 @@ def test_controller_adversarial_round_and_regenerate(tmp_path):
     crafter.train_student(epochs=1, progress=False)
     with pytest.raises(GapError, match="needs a target"):
         crafter.adversarial(steps=2)
-    ids = crafter.adversarial(
-        target="a digit",
-        steps=2,
-        per_class=2,
-        classes=["0"],
-        sampler_steps=2,
-        batch=1,
-        n_tokens=2,
-        final_steps=2,
-        progress=False,
-    )
+    ids = crafter.adversarial(**TINY_GAP, per_class=2, final_steps=2)
     assert len(ids) == 2
     entry = crafter.rounds[-1]
     assert entry["strategies"] == ["gap"] and entry["status"] == "done" and entry["stored"] == 2
@@ -230,19 +222,7 @@ def test_gap_round_from_train_sources_stores_provenance_and_regenerates(tmp_path
     crafter.train_student(epochs=1, progress=False)
     with pytest.raises(GapError, match="masks need source images"):
         crafter.adversarial(target="a digit", steps=1, classes=["0"], masks="plain-background", progress=False)
-    ids = crafter.adversarial(
-        target="a digit",
-        steps=2,
-        per_class=3,
-        classes=["0"],
-        sampler_steps=2,
-        batch=1,
-        n_tokens=2,
-        final_steps=3,
-        progress=False,
-        sources="train",
-        masks="plain-background",
-    )
+    ids = crafter.adversarial(**TINY_GAP, per_class=3, final_steps=3, sources="train", masks="plain-background")
     s = crafter.samples.set_index("id")
     rows = s.loc[ids]
     real = s[(s["source"] == "real") & (s["split"] == "train") & (s["label"] == "0")].index.tolist()

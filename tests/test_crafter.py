@@ -394,19 +394,15 @@ def test_starter_filter_flags_off_class_images(starter, tmp_path):
     ds = dc.starter.colored_digits(shots=2, seed=0)
     with dc.DataCrafter(ds, models=starter, project=tmp_path / "flt") as c:
         # label "7" but the prompt asks for a 3: the filter should flag most; honest prompts mostly pass
-        wrong = c.generate(
-            per_class=8,
-            strategy="custom",
-            classes=["7"],
-            prompts={"7": caption_for("3", "red", "white", "regular", "upright")},
-            progress=False,
-        )
-        right = c.generate(
-            per_class=8,
-            strategy="custom",
-            classes=["7"],
-            prompts={"7": caption_for("7", "red", "white", "regular", "upright")},
-            progress=False,
+        wrong, right = (  # one round each, in this order
+            c.generate(
+                per_class=8,
+                strategy="custom",
+                classes=["7"],
+                prompts={"7": caption_for(digit, "red", "white", "regular", "upright")},
+                progress=False,
+            )
+            for digit in ("3", "7")
         )
         s = c.samples.set_index("id")
         report = c.rounds[-1]["class_filter"]

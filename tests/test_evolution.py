@@ -134,11 +134,9 @@ def test_unwanted_label_becomes_negative_and_fewer_such_images(tmp_path):
     store.close()
 
 
-def test_lasso_without_labels_is_turned_into_a_negative_or_a_better_phrase(tmp_path):
-    """No label given: evolution must itself find what the bad images share (pink) and avoid it."""
-    world = ColourWorld()
-    store, _ = _project(tmp_path, world, mark_labels=False, mark_good=False)
-    result = evolve_prompts(
+def _evolve_lassoed_3(store, world):
+    """Evolve class "3" from the store's lasso marks (no labels, no good marks) with the settings these tests share."""
+    return evolve_prompts(
         store.samples,
         classes=["3"],
         generate=world.generate,
@@ -150,6 +148,13 @@ def test_lasso_without_labels_is_turned_into_a_negative_or_a_better_phrase(tmp_p
         batch=6,
         seed=1,
     )
+
+
+def test_lasso_without_labels_is_turned_into_a_negative_or_a_better_phrase(tmp_path):
+    """No label given: evolution must itself find what the bad images share (pink) and avoid it."""
+    world = ColourWorld()
+    store, _ = _project(tmp_path, world, mark_labels=False, mark_good=False)
+    result = _evolve_lassoed_3(store, world)
     best = result.classes["3"].best
     assert not any("pink" in p for p in best.genome.phrases)
     before = _pink_rate(world, "a photo of a 3", "")
@@ -243,18 +248,7 @@ def test_without_good_marks_evolution_adds_no_positive_phrase(tmp_path):
     """Lassoed images say what is unwanted; an added attribute phrase would pin it for the whole class."""
     world = ColourWorld()
     store, _ = _project(tmp_path, world, mark_labels=False, mark_good=False)
-    result = evolve_prompts(
-        store.samples,
-        classes=["3"],
-        generate=world.generate,
-        embedder=world,
-        load_image=store.image,
-        vocabulary=VOCAB,
-        population=6,
-        generations=3,
-        batch=6,
-        seed=1,
-    )
+    result = _evolve_lassoed_3(store, world)
     ranked = result.classes["3"].ranked
     assert ranked
     assert all(k.genome.phrases == () for k in ranked)

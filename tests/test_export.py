@@ -6,11 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -22,6 +18,7 @@ from PIL import Image
 from datacrafter_widget.controller import export as export_module
 from datacrafter_widget.controller.export import MANIFEST, ExportError, class_folder, clean_stale, export_project
 from datacrafter_widget.data.store import SampleStore, StoreError
+from tests.kill_helpers import kill_when_ready
 
 REPO = Path(__file__).resolve().parent.parent
 PKG = str(REPO / "datacrafter_widget")
@@ -204,13 +201,6 @@ EXPORTER = textwrap.dedent(
 )
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 def test_sigkill_during_overwrite_never_loses_the_export(tmp_path):
     store = make_project(tmp_path / "p", per_class=30)
     rows = store.samples
@@ -222,18 +212,7 @@ def test_sigkill_during_overwrite_never_loses_the_export(tmp_path):
     rnd = random.Random(13)
     leftovers_seen = 0
     for trial in range(6):
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path / "p"), str(out), PKG],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        time.sleep(rnd.uniform(0.02, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == -signal.SIGKILL, f"the exporter died on its own before the kill:\n{err}"
+        kill_when_ready([str(script), str(tmp_path / "p"), str(out), PKG], rnd.uniform(0.02, 0.3), "exporter")
         # The export under the real name is always a complete one (old or new), never a partial one.
         assert_complete(out, rows, tmp_path / "p")
         leftovers = [p for p in out.parent.iterdir() if p.name != "ds"]

@@ -31,10 +31,11 @@ def test_prompt_edit_accept_revert_survive_reopening(crafter, tmp_path) -> None:
     try:
         assert again.prompts[cls]["current"] == "a photo of a red digit"
         assert len(again.prompts[cls]["history"]) == 4
+        with pytest.raises(map_view.MapToolError, match="unknown class"):
+            again.set_prompt("no-such-class", "x")
+        assert again.prompts[cls]["current"] == "a photo of a red digit"  # a refused edit leaves prompts.json
     finally:
         again.close()
-    with pytest.raises(map_view.MapToolError, match="unknown class"):
-        map_view.set_prompt(crafter.store, crafter.classes, "no-such-class", "x")
 
 
 def test_empty_prompt_is_refused_clearly(crafter) -> None:

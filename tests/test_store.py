@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+
+from tests.kill_helpers import child_env, kill_when_ready
 
 from datacrafter_widget.data.images import content_hash, png_bytes
 from datacrafter_widget.data.store import (
@@ -39,13 +40,6 @@ def make_image(i: int, size: int = 16) -> Image.Image:
 
 def tmp_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if ".tmp-" in p.name]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 # ---- round trip --------------------------------------------------------------------------------
@@ -180,18 +174,8 @@ def test_sigkill_at_random_moments_keeps_every_committed_sample(tmp_path):
     rnd = random.Random(1234)
     start = 0
     for trial in range(5):
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(project), "1" if trial % 2 else "0", str(start), PKG],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        time.sleep(rnd.uniform(0.1, 0.7))
-        proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == -signal.SIGKILL, f"the writer died on its own before the kill:\n{err}"
+        args = [str(script), str(project), "1" if trial % 2 else "0", str(start), PKG]
+        out = kill_when_ready(args, rnd.uniform(0.1, 0.7), "writer")
         for line in out.splitlines(keepends=True):
             if not line.endswith("\n"):
                 continue
@@ -252,7 +236,7 @@ def test_second_writer_in_another_process_is_refused(tmp_path):
     script = tmp_path / "holder.py"
     script.write_text(HOLDER)
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(project), PKG], stdout=subprocess.PIPE, text=True, env=_env()
+        [sys.executable, str(script), str(project), PKG], stdout=subprocess.PIPE, text=True, env=child_env()
     )
     try:
         assert proc.stdout.readline().strip() == "locked"

@@ -96,7 +96,7 @@ def test_cancel_keeps_finished_epochs():
         if done == 2:
             stop.set()
 
-    student = train_student(images, labels, epochs=10, progress=progress, cancel=stop)
+    student = train_student(images, labels, epochs=10, progress=progress, should_stop=stop.is_set)
     assert student.config.cancelled and student.config.trained_epochs == 2
     assert seen == [1, 2]
     assert len(student.predict(images)) == len(images)
@@ -187,6 +187,24 @@ def test_controller_trains_saves_and_evaluates(tmp_path):
     again.close()
 
 
+def test_controller_passes_its_cancel_to_training(tmp_path):
+    """crafter.train_student(cancel=...) takes the public convention (an Event or a callable) and the
+    loop gets it as should_stop: a set Event stops before the first step, a callable after two epochs."""
+    crafter, _ = _tiny_crafter(tmp_path)
+    try:
+        stop = threading.Event()
+        stop.set()
+        student = crafter.train_student(epochs=3, progress=False, cancel=stop)
+        assert student.config.cancelled and student.config.trained_epochs == 0
+        epochs = []
+        student = crafter.train_student(
+            epochs=3, progress=lambda done, total: epochs.append(done), cancel=lambda: len(epochs) >= 2
+        )
+        assert student.config.cancelled and student.config.trained_epochs == 2 and epochs == [1, 2]
+    finally:
+        crafter.close()
+
+
 def test_cnn_keeps_a_spatial_map_and_a_fixed_step_budget():
     from datacrafter_widget.loop.student import CNN_STEPS, _small_cnn
 
@@ -197,8 +215,8 @@ def test_cnn_keeps_a_spatial_map_and_a_fixed_step_budget():
     images, labels = _colour_set()
     stop = threading.Event()
     stop.set()  # cancelled before the first step: only the plan is made
-    small = train_student(images[:4] + images[-4:], labels[:4] + labels[-4:], cancel=stop, progress=False)
-    large = train_student(images, labels, cancel=stop, progress=False)
+    small = train_student(images[:4] + images[-4:], labels[:4] + labels[-4:], should_stop=stop.is_set, progress=False)
+    large = train_student(images, labels, should_stop=stop.is_set, progress=False)
     assert small.config.steps == large.config.steps == CNN_STEPS  # more images never mean less training
     a = train_student(images[:4] + images[-4:], labels[:4] + labels[-4:], steps=7, progress=False)
     b = train_student(images, labels, steps=7, progress=False)

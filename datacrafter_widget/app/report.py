@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from ..data.store import atomic_write_bytes
+from ..data.files import atomic_write_bytes
 
 __all__ = [
     "Section",

@@ -31,13 +31,20 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 from PIL import Image
 
 from ..models.generator import OWN_FLOOR, BatchResult
 from ..models.spec import ModelSpec, spec_of
+from .jobs import Cancel, is_cancelled
+
+if TYPE_CHECKING:
+    from ..loop.strategies import GenerationRequest
+    from ..models.bundle import Models
+    from ..models.generator import Generator
+    from .rounds import RenderSettings
 
 ProgressFn = Callable[[float, int], None]  # (images done, total)
 
@@ -87,7 +94,9 @@ def plan_batches(requests: Sequence[ImageRequest], batch_size: int) -> list[list
     return [g[k : k + size] for g in groups.values() for k in range(0, len(g), size)]
 
 
-def image_requests(requests: Sequence[Any], sources: Sequence[Image.Image] | None, settings: Any) -> list[ImageRequest]:
+def image_requests(
+    requests: Sequence[GenerationRequest], sources: Sequence[Image.Image] | None, settings: RenderSettings
+) -> list[ImageRequest]:
     """The runner's view (GenerationRequests of one group + RenderSettings) as plain requests; index =
     position in the group, which is what BatchResult.indices name."""
     out = []
@@ -114,14 +123,14 @@ def image_requests(requests: Sequence[Any], sources: Sequence[Image.Image] | Non
 class _Seam:
     """A backend bound to a model bundle, callable as the round runner's `ImageBackend`."""
 
-    def __init__(self, backend: Backend, models: Any) -> None:
+    def __init__(self, backend: _BackendBase, models: Models) -> None:
         self.backend = backend
         self.models = models
 
     def __repr__(self) -> str:
         return f"{self.backend!r}.for_models(...)"
 
-    def config(self) -> dict[str, Any]:
+    def config(self) -> dict[str, object]:
         return self.backend.config()
 
     def __call__(
@@ -145,14 +154,6 @@ class _Seam:
             yield BatchResult(
                 indices=list(b.indices), images=list(b.images), flags=list(b.flags), batch_size=int(b.batch_size)
             )
-
-
-def _cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
 
 
 def _run_group(
@@ -184,7 +185,47 @@ def _run_group(
     )
 
 
-class LocalBackend:
+@dataclass(frozen=True)
+class _Call:
+    """One `generate` call's settings, as a backend's `_generate` gets them."""
+
+    batch_size: int
+    cancel: Cancel
+    progress: ProgressFn | None
+
+
+class _BackendBase:
+    """What every backend shares: the round runner's seam and `generate`'s entry (the generator is required)."""
+
+    kind = ""
+
+    def config(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    def for_models(self, models: Models) -> _Seam:
+        """This backend as the round runner's image seam, for one model bundle."""
+        return _Seam(self, models)
+
+    def generate(
+        self,
+        models: Models,
+        requests: Sequence[ImageRequest],
+        *,
+        batch_size: int = 8,
+        cancel: Cancel = None,
+        progress: ProgressFn | None = None,
+    ) -> Iterator[GeneratedBatch]:
+        """Finished batches, each request index at most once; stops quietly on cancel (the batch in flight is dropped)."""
+        gen = models.require("generator", "generating images")
+        yield from self._generate(gen, models, requests, _Call(batch_size, cancel, progress))
+
+    def _generate(
+        self, gen: Generator, models: Models, requests: Sequence[ImageRequest], call: _Call
+    ) -> Iterator[GeneratedBatch]:
+        raise NotImplementedError
+
+
+class LocalBackend(_BackendBase):
     """Run everything in this process (the default): the generator, embedder and captioner as given."""
 
     kind = "local"
@@ -192,45 +233,35 @@ class LocalBackend:
     def __repr__(self) -> str:
         return "LocalBackend()"
 
-    def config(self) -> dict[str, Any]:
+    def config(self) -> dict[str, object]:
         """Plain data that `backend_from_config` turns back into this backend (project.json, [backend])."""
         return {"kind": "local"}
 
-    def for_models(self, models: Any) -> _Seam:
-        """This backend as the round runner's image seam, for one model bundle."""
-        return _Seam(self, models)
-
-    def generate(
-        self,
-        models: Any,
-        requests: Sequence[ImageRequest],
-        *,
-        batch_size: int = 8,
-        cancel: Any = None,
-        progress: ProgressFn | None = None,
+    def _generate(
+        self, gen: Generator, models: Models, requests: Sequence[ImageRequest], call: _Call
     ) -> Iterator[GeneratedBatch]:
-        """Finished batches in order, group by group; stops quietly on cancel (the batch in flight is dropped)."""
-        gen = models.require("generator", "generating images")
+        """In order, group by group, in this process."""
+        batch_size, cancel, progress = call.batch_size, call.cancel, call.progress
         total = len(requests)
         done = 0
         groups: dict[int, list[ImageRequest]] = {}
         for r in requests:
             groups.setdefault(int(r.group), []).append(r)
         for group, reqs in groups.items():
-            if _cancelled(cancel):
+            if is_cancelled(cancel):
                 return
             report = None if progress is None else (lambda d, t, o=done: progress(o + d, total))
             for b in _run_group(gen, reqs, batch_size=batch_size, cancel=cancel, progress=report):
                 done += len(b.indices)
                 yield GeneratedBatch([reqs[i].index for i in b.indices], b.images, b.flags, b.batch_size, group)
 
-    def embed_images(self, models: Any, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[np.ndarray]:
+    def embed_images(self, models: Models, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[np.ndarray]:
         """One float32 array per chunk, in order."""
         emb = models.require("embedder", "embedding images")
         for chunk in chunks:
             yield emb.embed_images(list(chunk))
 
-    def caption_images(self, models: Any, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[list[str]]:
+    def caption_images(self, models: Models, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[list[str]]:
         """One list of captions per chunk, in order."""
         cap = models.require("captioner", "captioning images")
         for chunk in chunks:
@@ -319,7 +350,7 @@ class _Pool:
         return [k for k in range(len(self.actors)) if k not in self.dead]
 
 
-class RayBackend:
+class RayBackend(_BackendBase):
     """Rounds, captioning and embedding on a Ray cluster: `workers` actors with `gpus_per_worker` GPUs each.
 
     address: "auto" joins the running cluster (`ray start --head` / a cluster's head node), a
@@ -342,7 +373,7 @@ class RayBackend:
         batch_size: int | None = None,
         device: str | None = "auto",
         models: ModelSpec | None = None,
-        runtime_env: Mapping[str, Any] | None = None,
+        runtime_env: Mapping[str, object] | None = None,
         max_restarts: int = 2,
         start_timeout: float = 900.0,
     ) -> None:
@@ -372,7 +403,7 @@ class RayBackend:
             f"batch_size={self.batch_size})"
         )
 
-    def config(self) -> dict[str, Any]:
+    def config(self) -> dict[str, object]:
         """Plain data that `backend_from_config` turns back into this backend (project.json, [backend])."""
         cfg: dict[str, Any] = {
             "kind": "ray",
@@ -386,10 +417,6 @@ class RayBackend:
         if self.runtime_env:
             cfg["runtime_env"] = self.runtime_env
         return cfg
-
-    def for_models(self, models: Any) -> _Seam:
-        """This backend as the round runner's image seam, for one model bundle."""
-        return _Seam(self, models)
 
     # ---- the actor pool ---------------------------------------------------------------------------
     @property
@@ -468,7 +495,7 @@ class RayBackend:
         deadline = time.monotonic() + self.start_timeout
         pending = list(refs)
         while pending:
-            if _cancelled(cancel):
+            if is_cancelled(cancel):
                 for a in actors:
                     ray.kill(a)
                 raise BackendError("cancelled while the Ray workers were loading their models")
@@ -524,17 +551,11 @@ class RayBackend:
                     ray.kill(a)
 
     # ---- work -------------------------------------------------------------------------------------
-    def generate(
-        self,
-        models: Any,
-        requests: Sequence[ImageRequest],
-        *,
-        batch_size: int = 8,
-        cancel: Any = None,
-        progress: ProgressFn | None = None,
+    def _generate(
+        self, gen: Generator, models: Models, requests: Sequence[ImageRequest], call: _Call
     ) -> Iterator[GeneratedBatch]:
-        """Finished batches as they arrive from any worker (each request index at most once)."""
-        gen = models.require("generator", "generating images")
+        """As they arrive from any worker."""
+        batch_size, cancel, progress = call.batch_size, call.cancel, call.progress
         pool = self._ensure_pool(models, cancel)
         ray = _import_ray()
         size = self.batch_size or int(batch_size)
@@ -622,7 +643,7 @@ class RayBackend:
         load = {k: 0 for k in pool.alive()}
         try:
             while queue or pending:
-                if _cancelled(cancel):
+                if is_cancelled(cancel):
                     return
                 for k in sorted(pool.alive(), key=lambda a: load[a]):
                     while queue and load[k] < _IN_FLIGHT:
@@ -699,22 +720,24 @@ class RayBackend:
                     pool.dead.add(k)
                     retry.append((c, data))
 
-    def embed_images(self, models: Any, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[np.ndarray]:
+    def embed_images(self, models: Models, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[np.ndarray]:
         """One float32 array per chunk, in order, computed on the workers."""
         models.require("embedder", "embedding images")
         for arr in self._map(models, "embed", chunks):
             yield np.asarray(arr, dtype=np.float32)
 
-    def caption_images(self, models: Any, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[list[str]]:
+    def caption_images(self, models: Models, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[list[str]]:
         """One list of captions per chunk, in order, computed on the workers."""
         models.require("captioner", "captioning images")
         yield from self._map(models, "caption", chunks)
 
 
 Backend = LocalBackend | RayBackend
+#: what `backend=` takes: a backend, None / "local" / "ray", or its config() table
+BackendConfig = Union[Backend, str, Mapping[str, object], None]
 
 
-def backend_from_config(config: Any) -> Backend:
+def backend_from_config(config: BackendConfig) -> Backend:
     """A backend from plain data: None / "local" / {"kind": "local"} or {"kind": "ray", "address": ..., ...}.
 
     The same data `backend.config()` writes (project.json) and a run config's [backend] section holds.
@@ -725,7 +748,7 @@ def backend_from_config(config: Any) -> Backend:
         config = {"kind": config}
     if not isinstance(config, Mapping):
         raise BackendError(f"a backend is 'local', 'ray' or a table with kind = ...; got {type(config).__name__}")
-    cfg = dict(config)
+    cfg: dict[str, Any] = dict(config)  # a TOML / json table: RayBackend checks each value
     kind = str(cfg.pop("kind", "local"))
     if kind not in BACKEND_KINDS:
         raise BackendError(f"unknown backend kind {kind!r}: use one of {list(BACKEND_KINDS)}")

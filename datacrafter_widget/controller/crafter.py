@@ -30,7 +30,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import numpy as np
 import pandas as pd
@@ -40,19 +40,23 @@ from ..loop.class_filter import ClassFilter
 from ..data.dataset import Dataset, DatasetError
 from ..data.images import image_hash
 from . import map_view
-from .export import EXPORT_FORMATS  # noqa: F401 - kept importable from here
-from .backends import Backend, backend_from_config
-from .jobs import Job, JobContext
-from .recovery import import_counter, mark_interrupted_rounds, unfinished_import_message
+from .export import EXPORT_FORMATS, ExportOptions, export_project  # EXPORT_FORMATS: kept importable from here
+from .backends import Backend, BackendConfig, backend_from_config
+from .jobs import Cancel, Job, stop_check
+from .recovery import import_counter, unfinished_import_message
 from ..models.bundle import Models
 from .map_cache import ProjectMap
 from ..data.store import COLUMNS, SampleStore
-from ..loop.strategies import GenerationRequest
-from .round_spec import ROUND_SEED_STRIDE, Prompts, RoundSpec, round_seed
-from .rounds import Cancel, JobRunningError, Masks, RoundRunner, Sources
+from ..seeds import ROUND_SEED_STRIDE, round_seed
+from .round_spec import Prompts, RoundSpec
+from .rounds import ImageBackend, JobRunningError, Masks, RoundRunner, Sources
 
 if TYPE_CHECKING:
+    import ipywidgets
+
+    from ..loop.content_labels import Labeler
     from ..loop.evolution import EvolutionResult
+    from ..loop.student import Evaluation, Student
 
 EVENTS = ("samples", "feedback", "selection", "progress", "projection", "view")
 __all__ = ["DataCrafter", "UnknownSampleError", "JobRunningError", "ROUND_SEED_STRIDE", "round_seed", "EXPORT_FORMATS"]
@@ -76,7 +80,7 @@ class DataCrafter:
         *,
         batch_size: int = 8,
         heldout: Dataset | str | None = "auto",
-        backend: Any = None,
+        backend: BackendConfig = None,
     ) -> None:
         if not isinstance(ds, Dataset):
             raise TypeError(
@@ -123,7 +127,7 @@ class DataCrafter:
         *,
         readonly: bool = False,
         batch_size: int = 8,
-        backend: Any = None,
+        backend: BackendConfig = None,
     ) -> "DataCrafter":
         """Resume a project after a kernel restart (models are optional for browsing)."""
         store = SampleStore(path, create=False, readonly=readonly)
@@ -170,7 +174,7 @@ class DataCrafter:
         self._student: Any = None  # this project's student (never kept on the shared Models object)
         self._feedback_history = map_view.FeedbackHistory()
         self._view = map_view.ViewState()
-        mark_interrupted_rounds(store)  # rounds a killed kernel left "running"
+        self.rounds_runner.mark_interrupted()  # rounds a killed kernel left "running"
 
     @property
     def backend(self) -> Backend:
@@ -178,7 +182,7 @@ class DataCrafter:
         return self._backend
 
     @backend.setter
-    def backend(self, value: Any) -> None:
+    def backend(self, value: BackendConfig) -> None:
         """Set it with a backend, "local", "ray" or a config dict; kept in project.json for DataCrafter.open."""
         new = backend_from_config(value)
         if new is not self._backend:
@@ -375,7 +379,7 @@ class DataCrafter:
         return frame
 
     @property
-    def labeler(self) -> Any:
+    def labeler(self) -> Labeler:
         """The content labeler: models.labeler, or a CLIP vocabulary labeler built from the class names
         and the real captions; CLIP labelers are calibrated on the real images' embeddings."""
         if self._labeler is None:
@@ -414,7 +418,7 @@ class DataCrafter:
         self._emit("projection", self._projection.copy())
 
     # ---- widget hooks ---------------------------------------------------------------------------------
-    def show(self) -> Any:
+    def show(self) -> ipywidgets.Widget:
         """The notebook view of this crafter (built by widget.crafter_view)."""
         try:
             from ..ui.widget import crafter_view
@@ -456,7 +460,7 @@ class DataCrafter:
         caption_template: str | None = None,
         progress: bool = True,
         spec: RoundSpec | None = None,
-        backend: Any = None,
+        backend: BackendConfig = None,
     ) -> list[str] | Job:
         """Generate `per_class` images per class (and per strategy) and store them as one round.
 
@@ -501,35 +505,7 @@ class DataCrafter:
     def _next_round(self) -> int:
         return self.rounds_runner.next_round()
 
-    def run_requests(
-        self,
-        requests: Sequence[GenerationRequest],
-        *,
-        steps: int | None = None,
-        guidance: float | None = None,
-        filter: bool = True,
-        background: bool = False,
-        batch_size: int | None = None,
-        progress: bool = True,
-        info: dict[str, Any] | None = None,
-        prepare: Callable[[JobContext], Sequence[GenerationRequest]] | None = None,
-        backend: Any = None,
-    ) -> list[str] | Job:
-        """Run prepared requests as one round (see RoundRunner.run_requests)."""
-        return self.rounds_runner.run_requests(
-            requests,
-            steps=steps,
-            guidance=guidance,
-            filter=filter,
-            background=background,
-            batch_size=batch_size,
-            progress=progress,
-            info=info,
-            prepare=prepare,
-            backend=self._round_backend(backend),
-        )
-
-    def _round_backend(self, backend: Any) -> Any:
+    def _round_backend(self, backend: BackendConfig) -> ImageBackend | None:
         """The runner's image seam for one round: None -> the project's backend."""
         return None if backend is None else backend_from_config(backend).for_models(self.models)
 
@@ -607,30 +583,33 @@ class DataCrafter:
 
     def _step_feedback(self, redo: bool) -> list[str]:
         change = self._feedback_history.pop(redo=redo)
-        map_view.apply_feedback_values(self.store, change.ids, change.after if redo else change.before)
+        if change.ids:
+            self.store.update(list(change.ids), **map_view.feedback_columns(change.after if redo else change.before))
         log = self.feedback_log
         log.append({"time": time.time(), "round": self._next_round() - 1, "redo" if redo else "undo": change.ids})
         self.store.write_json("feedback.json", log)
         self._emit("feedback", change.ids)
         return list(change.ids)
 
-    # ---- prompts (history in prompts.json; map_view.py) ---------------------------------------------------
+    # ---- prompts (history in prompts.json, written by the round runner; edits computed in map_view.py) ------
     @property
-    def prompts(self) -> dict[str, dict[str, Any]]:
+    def prompts(self) -> dict[str, map_view.PromptEntry]:
         """class -> {current, negative_prompt, history}: evolved and edited prompts, kept in the project."""
-        return map_view.prompts(self.store, self.classes)
+        return map_view.prompts(self.rounds_runner.prompts_doc(), self.classes)
 
-    def set_prompt(self, cls: str, prompt: str, *, negative_prompt: str | None = None) -> dict[str, Any]:
+    def set_prompt(self, cls: str, prompt: str, *, negative_prompt: str | None = None) -> dict[str, object]:
         """Use `prompt` for class `cls` from now on (crafter.generate_evolved uses it); kept in the history."""
-        return map_view.set_prompt(self.store, self.classes, cls, prompt, negative_prompt=negative_prompt)
+        return self.rounds_runner.edit_prompts(
+            lambda doc: map_view.set_prompt(doc, self.classes, cls, prompt, negative_prompt=negative_prompt)
+        )
 
-    def accept_prompt(self, cls: str) -> dict[str, Any]:
+    def accept_prompt(self, cls: str) -> dict[str, object]:
         """Accept class `cls`'s current (evolved) prompt; recorded in its history."""
-        return map_view.accept_prompt(self.store, self.classes, cls)
+        return self.rounds_runner.edit_prompts(lambda doc: map_view.accept_prompt(doc, self.classes, cls))
 
-    def revert_prompt(self, cls: str, index: int = -2) -> dict[str, Any]:
+    def revert_prompt(self, cls: str, index: int = -2) -> dict[str, object]:
         """Go back to entry `index` of class `cls`'s prompt history (default: the previous prompt)."""
-        return map_view.revert_prompt(self.store, self.classes, cls, index)
+        return self.rounds_runner.edit_prompts(lambda doc: map_view.revert_prompt(doc, self.classes, cls, index))
 
     # ---- map tools (map_view.py); the widget follows through the "view" event ---------------------------
     def search(self, query: str, *, mode: str = "text", k: int = 24, select: bool = True) -> list[str]:
@@ -747,38 +726,21 @@ class DataCrafter:
         return out
 
     # ---- export -------------------------------------------------------------------------------------------
-    def export(
-        self,
-        out: str | os.PathLike,
-        format: str = "imagefolder",
-        *,
-        include_flagged: bool = False,
-        include_bad: bool = False,
-        overwrite: bool = False,
-    ) -> Path:
+    def export(self, out: str | os.PathLike, format: str = "imagefolder", **options: Unpack[ExportOptions]) -> Path:
         """Write the expanded dataset: real train + accepted generated images (+ real test, kept apart).
 
         imagefolder: out/train/<class>/<id>.png, out/test/<class>/<id>.png, out/samples.csv;
         csv: out/images/<id>.png + out/samples.csv; hf: a `datasets` dataset saved with save_to_disk.
-        Generated images marked bad/removed, or flagged, are left out unless asked for.
+        Generated images marked bad/removed, or flagged, are left out unless asked for (options: include_bad=True,
+        include_flagged=True; see ExportOptions).
         The target may not be, hold or lie inside the project; overwrite=True only replaces an earlier
         export, and only once the new one is complete (see export.py).
         """
-        from .export import export_project
-
-        return export_project(
-            self.store,
-            self.classes,
-            out,
-            format,
-            include_flagged=include_flagged,
-            include_bad=include_bad,
-            overwrite=overwrite,
-        )
+        return export_project(self.store, self.classes, out, format, **options)
 
     # ---- per-round metrics (metrics.py) -------------------------------------------------------------
     @property
-    def student(self) -> Any:
+    def student(self) -> Student | None:
         """The current student (trained here, given in models, or saved in the project), or None."""
         from ..loop.student import StudentError
 
@@ -906,13 +868,14 @@ class DataCrafter:
         *,
         keep_flagged: bool = False,
         include_generated: bool = True,
-        progress: bool = True,
-        cancel: Any = None,
+        progress: bool | Callable[[int, int], None] = True,
+        cancel: Cancel = None,
         **options: Any,
-    ) -> Any:
+    ) -> Student:
         """Train the student on the real train images + accepted generated ones; saved to <project>/student.
 
-        options go to student.train_student (kind="cnn"|"probe", backbone=..., epochs=..., seed=...).
+        options go to student.train_student (kind="cnn"|"probe", backbone=..., epochs=..., seed=...);
+        progress: a tqdm bar (True), none (False) or a callable(done, total); cancel: an Event or a callable.
         """
         from ..loop.student import train_student, training_set_from_samples
 
@@ -921,13 +884,19 @@ class DataCrafter:
         )
         embedder = self.models.embedder if self.models.has("embedder") else None
         student = train_student(
-            images, labels, self.classes, embedder=embedder, progress=progress, cancel=cancel, **options
+            images,
+            labels,
+            self.classes,
+            embedder=embedder,
+            progress=progress,
+            should_stop=stop_check(cancel),
+            **options,
         )
         student.save(self.project / "student")
         self._student = student
         return student
 
-    def _current_student(self) -> Any:
+    def _current_student(self) -> Student:
         from ..loop.student import Student, StudentError
 
         # trained here > given in models by the user > saved in this project
@@ -950,7 +919,7 @@ class DataCrafter:
             return self._student
         raise StudentError("no student yet: call crafter.train_student() first")
 
-    def evaluate(self, ds: Dataset | None = None) -> dict[str, Any]:
+    def evaluate(self, ds: Dataset | None = None) -> Evaluation:
         """Accuracy, per-class accuracy and confusion matrix of the student on `ds` (default: the test split)."""
         from ..loop.student import StudentError, evaluate
 

@@ -30,13 +30,14 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
 
 from ..data.images import content_hash
-from ..data.store import DamagedFileError, SampleStore, atomic_write_bytes
+from ..data.files import atomic_write_bytes
+from ..data.store import DamagedFileError, SampleStore
 
 EXPORT_FORMATS = ("imagefolder", "csv", "hf")
 MANIFEST = "datacrafter-export.json"
@@ -88,6 +89,14 @@ def class_folders(classes: Sequence[str]) -> dict[str, str]:
             )
         seen[key] = c
     return folders
+
+
+class ExportOptions(TypedDict, total=False):
+    """The keyword options of `export_project` (and `crafter.export`)."""
+
+    include_flagged: bool  # keep generated images with a quality flag (default False)
+    include_bad: bool  # keep generated images marked bad (default False)
+    overwrite: bool  # replace an earlier export at `out` once the new one is complete (default False)
 
 
 def export_project(

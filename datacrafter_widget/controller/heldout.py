@@ -15,13 +15,17 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ..data.dataset import Dataset
 from ..data.images import image_hash
-from ..data.store import atomic_write_bytes
+from ..data.files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from ..data.store import SampleStore
+    from ..models.embedder import Embedder
 
 __all__ = ["HELDOUT_DIR", "STUDENT_COLUMNS", "heldout_fingerprint", "round_training_ids", "student_accuracy_by_round"]
 
@@ -61,12 +65,12 @@ def _key(ids: Sequence[str], heldout: str, options: Mapping[str, Any]) -> str:
 
 
 def student_accuracy_by_round(
-    store: Any,
+    store: SampleStore,
     classes: Sequence[str],
     heldout: Dataset,
     rounds: Sequence[int],
     *,
-    embedder: Any = None,
+    embedder: Embedder | None = None,
     options: Mapping[str, Any] | None = None,
     fingerprint: str | None = None,
     progress: bool = True,

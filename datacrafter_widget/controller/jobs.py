@@ -11,21 +11,33 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Union
 
 
 class JobCancelled(Exception):
     """Raised by JobContext.check() so a job function can stop at a safe point."""
 
 
-def is_cancelled(cancel: Any) -> bool:
+#: the one cancel convention of the public API: None, a threading.Event or a no-argument callable
+Cancel = Union[threading.Event, Callable[[], bool], None]
+
+
+def is_cancelled(cancel: Cancel) -> bool:
     """True if `cancel` (None, a threading.Event or a no-argument callable) says stop: the one cancel
     convention for long work that runs outside a Job (student training, evolution, GAP)."""
     if cancel is None:
         return False
-    if hasattr(cancel, "is_set"):
+    if hasattr(cancel, "is_set"):  # threading.Event, or any event with is_set() (multiprocessing's too)
         return bool(cancel.is_set())
     return bool(cancel())
+
+
+def stop_check(cancel: Cancel, ctx: "JobContext | None" = None) -> Callable[[], bool] | None:
+    """The `should_stop` callable the loop layer takes (it knows nothing of Events or Jobs): True once
+    `cancel` says stop or the job behind `ctx` is cancelled; None when there is nothing to ask."""
+    if cancel is None and ctx is None:
+        return None
+    return lambda: (ctx is not None and ctx.cancelled()) or is_cancelled(cancel)
 
 
 class JobContext:

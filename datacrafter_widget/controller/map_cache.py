@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data.store import SampleStore
 from ..loop.m2m import Layout, load_layout, place, project, projection_frame, save_layout
 
 LAYOUT_FILE = "layout.safetensors"
@@ -26,7 +27,7 @@ LABELS_JSON = "content_labels.json"  # {hash: [label, ...]}
 class ProjectMap:
     """The labels and the 2D layout of one project's samples."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: SampleStore) -> None:
         self.store = store
         self.layout: Layout | None = None
         self.ids: list[str] = []

@@ -1,9 +1,9 @@
 """What the map's tools do, for the widget and for Python alike (jupyter-scatter style: every
 control of the widget is a `DataCrafter` method that delegates here).
 
-- prompt edits: `set_prompt` / `accept_prompt` / `revert_prompt` keep a per-class history in the
-  project's prompts.json (the document prompt evolution writes), so edits survive a kernel restart
-  and `generate_evolved` uses them;
+- prompt edits: `set_prompt` / `accept_prompt` / `revert_prompt` turn the project's prompts.json
+  document into the next one with a per-class history; the round runner (prompts.json's only writer)
+  reads and writes it, so edits survive a kernel restart and `generate_evolved` uses them;
 - feedback undo / redo: `FeedbackHistory` records what each feedback action changed;
 - search (text over caption / prompt / id / label, or a CLIP text query), nearest neighbours;
 - view state (colour by a column, filters, zoom requests) that the widget follows through the
@@ -17,12 +17,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
 
-PROMPTS_FILE = "prompts.json"  # the document loop/evolution.py writes
 PROMPT_ACTIONS = ("evolved", "edit", "accept", "revert")
 #: Colour modes the front end computes itself; any other samples column is coloured from codes sent by Python.
 BUILTIN_COLORS = ("class", "round", "feedback", "flag")
@@ -36,21 +35,31 @@ class MapToolError(ValueError):
     """A map tool was called with something it cannot use; the message says what to pass."""
 
 
-# ---- prompt edits ------------------------------------------------------------------------------------
-def prompts(store: Any, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """class -> {current, negative_prompt, history: [{action, prompt, time, ...}]} from prompts.json."""
-    doc = store.read_json(PROMPTS_FILE, {}) or {}
-    out: dict[str, dict[str, Any]] = {}
-    for c, e in (doc.get("classes") or {}).items():
+# ---- prompt edits (pure: a prompts.json document in, the changed document out) ---------------------------
+class PromptEntry(TypedDict):
+    """One class's prompt state as `crafter.prompts` shows it."""
+
+    current: str
+    negative_prompt: str
+    accepted: bool
+    history: list[dict[str, object]]
+
+
+def prompts(doc: Mapping[str, object], classes: Sequence[str]) -> dict[str, PromptEntry]:
+    """class -> {current, negative_prompt, accepted, history: [{action, prompt, time, ...}]} from a
+    prompts.json document (the runner reads and writes the file)."""
+    out: dict[str, PromptEntry] = {}
+    entries = doc.get("classes")
+    for c, e in entries.items() if isinstance(entries, Mapping) else ():
         if not isinstance(e, Mapping) or str(c) not in classes:
             continue
-        history = []
+        history: list[dict[str, object]] = []
         for h in e.get("history", []):
             if isinstance(h, Mapping):
                 history.append({**h, "action": str(h.get("action", "evolved")), "prompt": str(h.get("prompt", ""))})
         out[str(c)] = {
             "current": str(e.get("prompt", "")),
-            "negative_prompt": str(e.get("negative_prompt", "")),
+            "negative_prompt": str(e.get("negative_prompt") or ""),
             "accepted": bool(e.get("accepted", False)),
             "history": history,
         }
@@ -64,24 +73,25 @@ def _check_class(cls: str, classes: Sequence[str]) -> str:
 
 
 def set_prompt(
-    store: Any,
+    doc: Mapping[str, object],
     classes: Sequence[str],
     cls: str,
     prompt: str,
     *,
     negative_prompt: str | None = None,
     action: str = "edit",
-) -> dict[str, Any]:
-    """Make `prompt` the class's current prompt and append the change to its history; returns the entry."""
+) -> tuple[dict[str, object], dict[str, object]]:
+    """`doc` (a prompts.json document, left as it is) with `prompt` as the class's current prompt and
+    the change appended to its history: returns (the new document, the history entry)."""
     cls = _check_class(cls, classes)
     if action not in PROMPT_ACTIONS:
         raise MapToolError(f"unknown prompt action {action!r}: use one of {PROMPT_ACTIONS}")
     prompt = str(prompt).strip()
     if not prompt:
         raise MapToolError(f"the prompt for {cls!r} is empty: type a prompt, e.g. 'a photo of a {cls}'")
-    doc = json.loads(json.dumps(store.read_json(PROMPTS_FILE, {}) or {}))
-    doc.setdefault("schema_version", 1)
-    entry = doc.setdefault("classes", {}).setdefault(cls, {"history": []})
+    new: dict[str, Any] = json.loads(json.dumps(doc))
+    new.setdefault("schema_version", 1)
+    entry = new.setdefault("classes", {}).setdefault(cls, {"history": []})
     if negative_prompt is None:
         negative_prompt = str(entry.get("negative_prompt", ""))
     if action != "accept" and prompt != entry.get("prompt"):
@@ -89,25 +99,35 @@ def set_prompt(
         entry.pop("phrases", None)
         entry.pop("negative", None)
     entry.update(prompt=prompt, negative_prompt=str(negative_prompt), accepted=action in ("accept", "revert", "edit"))
-    item = {"action": action, "time": time.time(), "prompt": prompt, "negative_prompt": str(negative_prompt)}
+    item: dict[str, object] = {
+        "action": action,
+        "time": time.time(),
+        "prompt": prompt,
+        "negative_prompt": str(negative_prompt),
+    }
     entry.setdefault("history", []).append(item)
-    store.write_json(PROMPTS_FILE, doc)
-    return item
+    return new, item
 
 
-def accept_prompt(store: Any, classes: Sequence[str], cls: str) -> dict[str, Any]:
-    """Accept the class's current (evolved) prompt as it is."""
+def accept_prompt(
+    doc: Mapping[str, object], classes: Sequence[str], cls: str
+) -> tuple[dict[str, object], dict[str, object]]:
+    """Accept the class's current (evolved) prompt as it is: (the new document, the history entry)."""
     cls = _check_class(cls, classes)
-    current = prompts(store, classes).get(cls)
+    current = prompts(doc, classes).get(cls)
     if not current or not current["current"]:
         raise MapToolError(f"class {cls!r} has no prompt to accept yet: run crafter.evolve() or crafter.set_prompt()")
-    return set_prompt(store, classes, cls, current["current"], action="accept")
+    return set_prompt(doc, classes, cls, current["current"], action="accept")
 
 
-def revert_prompt(store: Any, classes: Sequence[str], cls: str, index: int = -2) -> dict[str, Any]:
-    """Make history entry `index` (default: the one before the current prompt) current again."""
+def revert_prompt(
+    doc: Mapping[str, object], classes: Sequence[str], cls: str, index: int = -2
+) -> tuple[dict[str, object], dict[str, object]]:
+    """Make history entry `index` (default: the one before the current prompt) current again:
+    (the new document, the history entry)."""
     cls = _check_class(cls, classes)
-    history = (prompts(store, classes).get(cls) or {}).get("history", [])
+    entry = prompts(doc, classes).get(cls)
+    history = entry["history"] if entry else []
     if not history:
         raise MapToolError(f"class {cls!r} has no prompt history to revert to")
     try:
@@ -116,7 +136,15 @@ def revert_prompt(store: Any, classes: Sequence[str], cls: str, index: int = -2)
         raise MapToolError(
             f"class {cls!r} has {len(history)} prompt(s) in its history; index {index} is out of range"
         ) from None
-    return set_prompt(store, classes, cls, old["prompt"], negative_prompt=old.get("negative_prompt"), action="revert")
+    negative = old.get("negative_prompt")
+    return set_prompt(
+        doc,
+        classes,
+        cls,
+        str(old["prompt"]),
+        negative_prompt=None if negative is None else str(negative),
+        action="revert",
+    )
 
 
 # ---- feedback undo / redo ----------------------------------------------------------------------------
@@ -159,11 +187,9 @@ class FeedbackHistory:
             return change
 
 
-def apply_feedback_values(store: Any, ids: Sequence[str], values: Sequence[tuple[str, str]]) -> None:
-    """Write (feedback, feedback_labels) per id in one commit."""
-    if ids:
-        labels = [json.loads(v[1] or "[]") for v in values]  # one list per id (store.update's per-id form)
-        store.update(list(ids), feedback=[v[0] for v in values], feedback_labels=[list(x) for x in labels])
+def feedback_columns(values: Sequence[tuple[str, str]]) -> dict[str, list[str] | list[list[str]]]:
+    """The store.update columns that set (feedback, feedback_labels) per id (one list of labels per id)."""
+    return {"feedback": [v[0] for v in values], "feedback_labels": [list(json.loads(v[1] or "[]")) for v in values]}
 
 
 # ---- search and neighbours ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Picking up after a killed kernel: rounds left "running", and a first import cut short.
+"""Picking up after a killed kernel: a first import cut short (rounds left "running" are marked
+by their owner, RoundRunner.mark_interrupted).
 
 Why here: the store makes every commit atomic, but the controller's own bookkeeping (a round's
 status in rounds.json, the class list written at the end of the first import) can still be left
@@ -7,35 +8,11 @@ half-way. Opening a project for writing repairs what can be repaired and says ho
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from typing import Any
 
-from ..data.store import DamagedFileError, SampleStore
+import pandas as pd
 
-
-def mark_interrupted_rounds(store: SampleStore) -> list[dict[str, Any]]:
-    """Mark rounds still "running" as "interrupted", with the number of images that were stored.
-
-    Only a writer calls this: it holds the project's write lock, so no live process can be running
-    one of these rounds. Returns the entries that were changed."""
-    if store.readonly:
-        return []
-    try:
-        rounds = store.read_json("rounds.json", []) or []
-    except DamagedFileError:
-        return []  # reported with its fix where the rounds are used
-    stale = [r for r in rounds if isinstance(r, dict) and r.get("status") == "running"]
-    if not stale:
-        return []
-    s = store.samples
-    counts = s.loc[s["source"] == "generated", "round"].value_counts()
-    now = time.time()
-    for entry in stale:
-        stored = int(counts.get(int(entry.get("round", -1)), 0))
-        entry.update(status="interrupted", stored=stored, interrupted_found=now)
-    store.write_json("rounds.json", rounds)
-    return stale
+from ..data.store import SampleStore
 
 
 def unfinished_import_message(store: SampleStore) -> str:
@@ -49,7 +26,7 @@ def unfinished_import_message(store: SampleStore) -> str:
     )
 
 
-def import_counter(samples: Any) -> Counter:
+def import_counter(samples: pd.DataFrame) -> Counter[tuple[str, str, str]]:
     """How many real images of each (hash, split, label) are already stored, for a resumed import.
 
     The label is part of the key: an identical image under another label is another sample."""

@@ -1,4 +1,4 @@
-"""What a generation round is, as plain data, and the one seed policy.
+"""What a generation round is, as plain data.
 
 `RoundSpec` is the single description of a round. Every entry point makes one and nothing else:
 `crafter.generate(...)` (the API), the widget's Generate button (`RoundSpec.from_dict(message)`),
@@ -7,10 +7,11 @@ from it come the round's entry in rounds.json (`spec.to_dict()` plus status fiel
 settings columns of its store rows. `RoundSpec.validated()` checks every argument at the API
 boundary, before anything is recorded; errors name the argument and the values it allows.
 
-Seed policy (`round_seed`): image k of a round (in request order: strategy, then class, then
-image) gets seed `round_seed(round, seed) + k`; an explicit seed wins, otherwise round r starts
-at r * ROUND_SEED_STRIDE. The same spec in the same round number therefore gives the same seeds,
-and so the same images, whether it came from Python, the widget or the CLI.
+Seeds follow the one seed policy (datacrafter_widget/seeds.py, re-exported here): image k of a
+round (in request order: strategy, then class, then image) gets seed `round_seed(round, seed) + k`;
+an explicit seed wins, otherwise round r starts at r * ROUND_SEED_STRIDE. The same spec in the same
+round number therefore gives the same seeds, and so the same images, whether it came from Python,
+the widget or the CLI.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Union
 
 from ..loop.strategies import GENERATE_STRATEGIES, StrategyError
+from ..seeds import ROUND_SEED_STRIDE, round_seed
 
 __all__ = ["RoundSpec", "RoundSpecError", "round_seed", "ROUND_SEED_STRIDE", "MAX_SEED", "Prompts"]
 
-ROUND_SEED_STRIDE = 100_000  # default seeds of round r start at r * ROUND_SEED_STRIDE
 MAX_SEED = 2**63 - 1  # seeds are stored as int64
 
 #: prompts: one template for every class, a list of templates, or {class: prompt or [prompts]}
@@ -34,16 +35,6 @@ Prompts = Union[str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]
 
 class RoundSpecError(StrategyError):
     """A round argument out of range or of the wrong type; the message names it and the allowed values."""
-
-
-def round_seed(round_number: int, seed: int | None = None) -> int:
-    """The seed of a round's first image; image k of the round gets round_seed(...) + k.
-
-    The one seed policy of the package (API, widget, CLI, evolution and GAP rounds all use it):
-    an explicit `seed` wins, otherwise round r starts at r * ROUND_SEED_STRIDE, so rounds of up to
-    100,000 images never share a seed and a round is reproducible from its number alone.
-    """
-    return int(seed) if seed is not None else int(round_number) * ROUND_SEED_STRIDE
 
 
 def _number(name: str, value: Any, allowed: str, none: str, ok: bool, in_range: Callable[[Any], bool]) -> float | None:
@@ -148,23 +139,23 @@ class RoundSpec:
 
     # ---- construction ----------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RoundSpec":
+    def from_dict(cls, data: Mapping[str, object]) -> "RoundSpec":
         """A validated spec from a dict (a widget message, a TOML [[rounds]] table, a rounds.json entry).
 
         "strategy" is accepted for "strategies"; keys that are not spec fields are an error.
         """
         if not isinstance(data, Mapping):
             raise RoundSpecError(f"a round must be a table / dict of settings, got {type(data).__name__}")
-        data = dict(data)
-        if "strategy" in data:
-            if "strategies" in data:
+        values: dict[str, Any] = dict(data)  # plain data of any type: validated() checks each value
+        if "strategy" in values:
+            if "strategies" in values:
                 raise RoundSpecError("give either strategy or strategies, not both")
-            data["strategies"] = data.pop("strategy")
+            values["strategies"] = values.pop("strategy")
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(values) - names)
         if unknown:
             raise RoundSpecError(f"unknown round setting(s) {unknown}: the settings are {sorted(names)}")
-        return cls(**data).validated()
+        return cls(**values).validated()
 
     def validated(self) -> "RoundSpec":
         """This spec with every value checked and normalised (tuples, ints, floats); raises RoundSpecError."""
@@ -227,7 +218,7 @@ class RoundSpec:
         )
 
     # ---- output ----------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Plain json-able dict (lists, not tuples); `RoundSpec.from_dict(spec.to_dict()) == spec`."""
         out = asdict(self)
         out["strategies"] = list(self.strategies)

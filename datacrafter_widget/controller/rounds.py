@@ -26,27 +26,29 @@ import functools
 import hashlib
 import io
 import math
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Union
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from ..data.images import image_hash
-from ..data.store import SampleStore, atomic_write_bytes
+from ..data.files import atomic_write_bytes, slug
+from ..data.store import DamagedFileError, SampleStore
 from ..loop.class_filter import ClassFilter
 from ..loop.strategies import GenerationRequest, StrategyError, build_requests, check_classes, group_requests
 from ..models.bundle import MissingModelError, Models
 from ..models.generator import BatchResult
-from .jobs import Job, JobContext, tqdm_listener
-from .round_spec import RoundSpec, RoundSpecError, round_seed
+from . import map_view
+from .jobs import Cancel, Job, JobContext, stop_check, tqdm_listener
+from ..seeds import image_seed, round_seed
+from .round_spec import RoundSpec, RoundSpecError
 
 if TYPE_CHECKING:
     from ..loop.evolution import EvolutionResult, Genome
@@ -55,8 +57,6 @@ if TYPE_CHECKING:
     from ..models.embedder import Embedder
     from ..models.generator import Generator
 
-#: the one cancel convention (controller.jobs.is_cancelled): None, a threading.Event or a callable
-Cancel = Union[threading.Event, Callable[[], bool], None]
 #: GAP source images: "train" (each class's real train images) or {class: [sample ids]}
 Sources = Union[str, Mapping[str, Sequence[str]], None]
 #: GAP object masks: "plain-background", a function image -> mask, or {sample id: mask}
@@ -79,6 +79,7 @@ __all__ = [
 ]
 
 PROMPTS_FILE = "prompts.json"
+_T = TypeVar("_T")
 
 FLAG_REASONS = {
     "nan": "the pipeline produced NaN pixels (often fp16 overflow in the VAE): try float32, another seed or fewer steps",
@@ -151,7 +152,7 @@ def generated_row(
     flag_reason: str = "",
     batch_id: str = "",
     batch_index: int = 0,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """The row schema of every generated image (all strategies, GAP included)."""
     return {
         "label": r.label,
@@ -284,6 +285,29 @@ class RoundRunner:
         rounds.sort(key=lambda r: int(r.get("round", 0)))
         self.store.write_json("rounds.json", rounds)
 
+    def mark_interrupted(self) -> list[dict[str, Any]]:
+        """Mark rounds still "running" as "interrupted", with the number of images that were stored.
+
+        Only a writer calls this (when a project opens): it holds the project's write lock, so no live
+        process can be running one of these rounds. Returns the entries that were changed."""
+        if self.store.readonly:
+            return []
+        try:
+            rounds = self.rounds
+        except DamagedFileError:
+            return []  # reported with its fix where the rounds are used
+        stale = [r for r in rounds if isinstance(r, dict) and r.get("status") == "running"]
+        if not stale:
+            return []
+        s = self.store.samples
+        counts = s.loc[s["source"] == "generated", "round"].value_counts()
+        now = time.time()
+        for entry in stale:
+            stored = int(counts.get(int(entry.get("round", -1)), 0))
+            entry.update(status="interrupted", stored=stored, interrupted_found=now)
+        self.store.write_json("rounds.json", rounds)
+        return stale
+
     def _finish_round(self, rnd: int, status: str, stored: int) -> None:
         entry: dict[str, Any] = next((r for r in self.rounds if int(r.get("round", -1)) == rnd), {"round": rnd})
         entry.update(status=status, stored=stored, finished=time.time())
@@ -294,19 +318,30 @@ class RoundRunner:
         if job is not None and job.running:
             raise JobRunningError("a generation job is still running: crafter.job.wait() or crafter.job.cancel() first")
 
+    # ---- prompts.json: prompt evolution's result and the map's prompt edits (this runner is its writer) ----
+    def prompts_doc(self) -> dict[str, object]:
+        """The project's prompts.json document ({} before the first evolution or edit)."""
+        return dict(self.store.read_json(PROMPTS_FILE, {}) or {})
+
+    def edit_prompts(self, edit: Callable[[dict[str, object]], tuple[dict[str, object], _T]]) -> _T:
+        """Apply a prompt edit (map_view.set_prompt / accept_prompt / revert_prompt: document in,
+        (new document, result) out) to prompts.json and return its result."""
+        doc, result = edit(self.prompts_doc())
+        self.store.write_json(PROMPTS_FILE, doc)
+        return result
+
     # ---- planning --------------------------------------------------------------------------------------
     def evolved_prompts(self, classes: Sequence[str] | None) -> tuple[dict[str, list[str]], dict[str, str]]:
         """The prompts and negative prompts prompt evolution kept in prompts.json, per class that has one."""
-        doc = self.store.read_json(PROMPTS_FILE, {}) or {}
-        use = set(check_classes(classes, self.host.classes))
-        entries = {c: e for c, e in doc.get("classes", {}).items() if c in use and e.get("prompt")}
+        use = check_classes(classes, self.host.classes)
+        entries = {c: e for c, e in map_view.prompts(self.prompts_doc(), use).items() if e["current"]}
         if not entries:
             raise StrategyError(
                 "no evolved prompts yet: mark images with crafter.feedback(...) and run crafter.evolve() first"
             )
         return (
-            {c: [e["prompt"]] for c, e in entries.items()},
-            {c: str(e.get("negative_prompt", "") or "") for c, e in entries.items()},
+            {c: [e["current"]] for c, e in entries.items()},
+            {c: e["negative_prompt"] for c, e in entries.items()},
         )
 
     def plan(
@@ -669,7 +704,7 @@ class RoundRunner:
             seed=round_seed(rnd, seed),
             batch=batch,
             progress=progress,
-            cancel=cancel,
+            should_stop=stop_check(cancel),
             round=rnd - 1,
             **options,
         )
@@ -732,7 +767,7 @@ class RoundRunner:
             ids: list[str] = []
             status = "failed"
             try:
-                ids += _gap_into_store(
+                new, _ = gap_round(
                     self.store,
                     gen,
                     student,
@@ -745,13 +780,14 @@ class RoundRunner:
                     seed=base,
                     config=config,
                     progress=progress,
-                    cancel=_either(cancel, ctx),
+                    cancel=stop_check(cancel, ctx),
                     shared=shared,
                     sources=sources,
                     masks=masks,
                     results=results,
                     on_stored=functools.partial(_stored, ctx, ids, host),
                 )
+                ids += new
                 status = "cancelled" if ctx.cancelled() and len(ids) < per_class * len(use) else "done"
                 return ids
             finally:
@@ -798,7 +834,7 @@ class RoundRunner:
         lp = 0.0 if lp is None or (isinstance(lp, float) and math.isnan(lp)) else float(lp)
         # The guidance floor the image was made with (rows from before the column: the generator's own).
         floor = row.get("guidance_min_sigma", None)
-        extra = {}
+        extra: dict[str, Any] = {}  # only for generators that have a floor (test doubles may not)
         if floor is not None and hasattr(gen, "guidance_min_sigma"):
             extra["guidance_min_sigma"] = None if math.isnan(float(floor)) else float(floor)
         out = gen(
@@ -891,12 +927,6 @@ def _stored(ctx: JobContext, ids: list[str], host: RoundHost, new: list[str]) ->
     host._emit("samples", new)
 
 
-def _either(cancel: Cancel, ctx: JobContext) -> Callable[[], bool]:
-    from .jobs import is_cancelled
-
-    return lambda: ctx.cancelled() or is_cancelled(cancel)
-
-
 # ---- store-level entry points (also used by benchmarks without a DataCrafter) -------------------------------
 def evolve_store(
     store: SampleStore,
@@ -948,6 +978,8 @@ def gap_round(
     shared: bool = False,
     sources: Sources = None,
     masks: Masks = None,
+    results: dict[str, "GapResult"] | None = None,
+    on_stored: Callable[[list[str]], object] | None = None,
     **overrides: Any,
 ) -> tuple[list[str], dict[str, "GapResult"]]:
     """Learn tokens per class, generate `per_class` final images each, store them (without a DataCrafter).
@@ -957,60 +989,16 @@ def gap_round(
     can be regenerated. sources: None = text-to-image; "train" = the real train images of each
     class; or {class: [sample ids]}; final image j of a class starts from its source j mod n.
     masks (with sources): None = img2img only; "plain-background"; a callable image -> mask; or
-    {sample id: mask}; stored as PNG under gap/masks/ (row: mask_file).
+    {sample id: mask}; stored as PNG under gap/masks/ (row: mask_file). Each class's tokens land in
+    `results` (when given) and its stored ids go to `on_stored(ids)` as soon as they are stored, so a
+    cancelled or failed round keeps the classes it finished.
     """
-    from ..loop.gap import GapConfig
+    from ..loop.gap import GapConfig, GapError, gap_images, mask_for
 
-    cfg = config if config is not None else GapConfig()
-    results: dict[str, GapResult] = {}
-    ids = _gap_into_store(
-        store,
-        generator,
-        student,
-        [str(c) for c in classes],
-        target=target,
-        target_images=target_images,
-        embedder=embedder,
-        per_class=per_class,
-        round=round,
-        seed=round_seed(round, seed),
-        config=cfg,
-        progress=progress,
-        cancel=cancel,
-        shared=shared,
-        sources=sources,
-        masks=masks,
-        results=results,
-        **overrides,
-    )
-    return ids, results
-
-
-def _gap_into_store(
-    store: SampleStore,
-    generator: "Generator",
-    student: "Student",
-    classes: list[str],
-    *,
-    target: str | None,
-    target_images: Sequence[Image.Image] | None,
-    embedder: "Embedder | None",
-    per_class: int,
-    round: int,
-    seed: int,
-    config: "GapConfig",
-    progress: Progress,
-    cancel: Cancel,
-    shared: bool,
-    sources: Sources,
-    masks: Masks,
-    results: dict[str, "GapResult"],
-    on_stored: Callable[[list[str]], object] | None = None,
-    **overrides: Any,
-) -> list[str]:
-    """GAP's store side: resolve sources and masks, save tokens and masks, write rows via store_generated."""
-    from ..loop.gap import GapError, gap_images, mask_for
-
+    config = config if config is not None else GapConfig()
+    results = {} if results is None else results
+    classes = [str(c) for c in classes]
+    seed = round_seed(round, seed)
     if not classes:
         raise GapError("no classes given: pass the classes to generate GAP images for")
     if int(per_class) < 1:
@@ -1023,7 +1011,7 @@ def _gap_into_store(
     src_images = {i: store.image(i) for ids_of_class in (src_ids or {}).values() for i in ids_of_class}
     src_masks = {i: mask_for(masks, i, im) for i, im in src_images.items()} if masks is not None else None
     mask_files = {i: _save_mask(base, i, m) for i, m in src_masks.items()} if src_masks is not None else {}
-    seeds = {c: [seed + ci * per_class + j for j in range(per_class)] for ci, c in enumerate(classes)}
+    seeds = {c: [image_seed(seed, ci * per_class + j) for j in range(per_class)] for ci, c in enumerate(classes)}
     ids: list[str] = []
     for label, res, images in gap_images(
         generator,
@@ -1035,14 +1023,14 @@ def _gap_into_store(
         embedder=embedder,
         config=config,
         progress=progress,
-        cancel=cancel,
+        should_stop=stop_check(cancel),
         shared=shared,
         sources={c: [src_images[i] for i in src_ids[c]] for c in classes} if src_ids else None,
         masks={c: [src_masks[i] for i in src_ids[c]] for c in classes} if src_ids and src_masks is not None else None,
         **overrides,
     ):
         digest = hashlib.sha256(res.embeddings.numpy().tobytes()).hexdigest()[:12]
-        rel = f"gap/gap-r{int(round):03d}-{_slug(label)}-{digest}.safetensors"
+        rel = f"gap/gap-r{int(round):03d}-{slug(label)}-{digest}.safetensors"
         res.save(base / rel)
         res.file = rel
         results[label] = res
@@ -1071,12 +1059,12 @@ def _gap_into_store(
             model=res.model,
             scheduler=_scheduler_name(generator),
             embedder=embedder,
-            batch_id=f"{round}-gap-{_slug(label)}",
+            batch_id=f"{round}-gap-{slug(label)}",
         )
         ids += new
         if on_stored is not None:
             on_stored(new)
-    return ids
+    return ids, results
 
 
 def _source_ids(
@@ -1115,13 +1103,8 @@ def _save_mask(base: Path, sample_id: str, mask: np.ndarray) -> str:
     buf = io.BytesIO()
     mask_to_image(mask).save(buf, format="PNG", optimize=False, compress_level=6)  # 8-bit L, no metadata
     data = buf.getvalue()
-    rel = f"gap/masks/{_slug(sample_id)}-{hashlib.sha256(data).hexdigest()[:12]}.png"
+    rel = f"gap/masks/{slug(sample_id)}-{hashlib.sha256(data).hexdigest()[:12]}.png"
     if not (base / rel).is_file():
         (base / rel).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(base / rel, data)
     return rel
-
-
-def _slug(text: str) -> str:
-    keep = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in text)[:40]
-    return keep or hashlib.sha256(text.encode()).hexdigest()[:8]

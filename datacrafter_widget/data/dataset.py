@@ -96,6 +96,18 @@ def _warn_report(report: list[tuple[str, str]], what: str) -> None:
     )
 
 
+def _check_table(what: str, columns: list[Any], wanted: Sequence[object], rows: int) -> None:
+    """The checks every table loader makes first: the named columns exist, and there are rows."""
+    missing = [c for c in wanted if c is not None and c not in columns]
+    if missing:
+        raise DatasetError(
+            f"column(s) {missing} not in {what}; available columns: {[str(c) for c in columns]}. "
+            f"Pass image=..., label=... (and caption=...) with the right names"
+        )
+    if rows == 0:
+        raise DatasetError(f"{what} has no rows: pass at least one image per class")
+
+
 class Dataset:
     """A labelled image set with optional `pool` / `train` / `test` splits."""
 
@@ -316,15 +328,7 @@ class Dataset:
         listed in `.report` (by path or row number)."""
         if not isinstance(df, pd.DataFrame):
             raise DatasetError(f"from_dataframe needs a pandas DataFrame, got {type(df).__name__}")
-        wanted = [c for c in (image, label, caption) if c is not None]
-        missing = [c for c in wanted if c not in df.columns]
-        if missing:
-            raise DatasetError(
-                f"column(s) {missing} not in the table; available columns: {list(map(str, df.columns))}. "
-                f"Pass image=..., label=... (and caption=...) with the right names"
-            )
-        if len(df) == 0:
-            raise DatasetError("the table has no rows: pass at least one image per class")
+        _check_table("the table", list(df.columns), (image, label, caption), len(df))
         if check not in ("decode", "header", "none"):
             raise DatasetError(f"check={check!r}: use 'decode', 'header' or 'none'")
         base = Path(root).expanduser().absolute() if root is not None else None
@@ -398,14 +402,7 @@ class Dataset:
         if not isinstance(hf_dataset, datasets.Dataset):
             raise DatasetError(f"from_hf needs a datasets.Dataset (not streaming), got {type(hf_dataset).__name__}")
         columns = list(hf_dataset.column_names)
-        missing = [c for c in (image, label, caption) if c is not None and c not in columns]
-        if missing:
-            raise DatasetError(
-                f"column(s) {missing} not in the Hugging Face dataset; available columns: {columns}. "
-                f"Pass image=..., label=... with the right names"
-            )
-        if len(hf_dataset) == 0:
-            raise DatasetError("the Hugging Face dataset has no rows")
+        _check_table("the Hugging Face dataset", columns, (image, label, caption), len(hf_dataset))
         feature = hf_dataset.features[image]
         if isinstance(feature, datasets.Image):
             hf_dataset = hf_dataset.cast_column(image, datasets.Image(decode=False))

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import io
 import json
 import math
@@ -53,6 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from .files import atomic_write_bytes, atomic_write_many, slug
 from .images import content_hash, png_bytes, to_rgb
 
 SCHEMA_VERSION = 1
@@ -128,68 +128,7 @@ _JSON_FIX = {
 }
 
 
-# ---- atomic file helpers --------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True, sync_dir: bool = True) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one.
-
-    The rename alone makes this safe against a killed process; fsync (file, then folder) makes
-    it survive a power loss too.
-    """
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if fsync and sync_dir:
-        _fsync_dir(path.parent)
-
-
-def atomic_write_many(items: Sequence[tuple[Path, bytes]], *, fsync: bool = True) -> None:
-    """atomic_write_bytes for many files of one folder, with the fsyncs batched.
-
-    Every file is written under a temporary name first, then all are fsynced, then renamed: each
-    name still appears only with its complete, synced contents, but the fsyncs after the first are
-    cheap (ext4 commits the others' data with the first), about 3x faster for thousands of small
-    PNGs than one write-fsync-rename per file.
-    """
-    tmps = []
-    for path, data in items:
-        tmp = _tmp_name(path)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        tmps.append(tmp)
-    if fsync:
-        for tmp in tmps:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for tmp, (path, _) in zip(tmps, items):
-        os.replace(tmp, path)
-    if fsync and items:
-        _fsync_dir(items[0][0].parent)
-
-
+# ---- atomic file helpers (data/files.py) ----------------------------------------------------
 def _atomic_write_table(path: Path, table: pa.Table, *, fsync: bool = True) -> None:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
@@ -218,11 +157,6 @@ def _read_parquet(path: Path) -> pa.Table:
             f"project {project}: {path.relative_to(project)} is damaged ({len(data)} bytes, not readable as "
             f"parquet: {type(exc).__name__}): {fix}"
         ) from None
-
-
-def _slug(key: str) -> str:
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._")[:60] or "key"
-    return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 # ---- the store -----------------------------------------------------------------------------
@@ -543,7 +477,7 @@ class SampleStore:
         self._segment_seq += 1
         self._segment_count += 1
 
-    def add(self, images: Sequence[Image.Image], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    def add(self, images: Sequence[Image.Image], rows: Sequence[Mapping[str, object]]) -> list[str]:
         """Store images with their rows in one atomic commit; returns the new sample ids.
 
         A row gives any contract column except id/hash/file (set here); missing ones get
@@ -601,7 +535,7 @@ class SampleStore:
             self._maybe_compact()
             return [r["id"] for r in records]
 
-    def update(self, ids: Sequence[str], **columns: Any) -> None:
+    def update(self, ids: Sequence[str], **columns: object) -> None:
         """Set columns for the given samples in one atomic commit, e.g. update(ids, feedback="bad").
 
         A value may be a scalar (applied to all ids) or a sequence with one value per id.
@@ -670,7 +604,7 @@ class SampleStore:
 
     # ---- embeddings cache ----------------------------------------------------------------
     def _emb_dir(self, key: str) -> Path:
-        return self.path / "embeddings" / _slug(key)
+        return self.path / "embeddings" / slug(key)
 
     def _emb_cache(self, key: str) -> dict[str, Any]:
         cache = self._embeddings.get(key)
@@ -811,7 +745,7 @@ class SampleStore:
             fix = _JSON_FIX.get(path.name, "restore it from a backup, or move it aside if it is not needed")
             raise DamagedFileError(f"project {self.path}: {path.name} is damaged ({exc}): {fix}") from None
 
-    def write_json(self, name: str, obj: Any) -> None:
+    def write_json(self, name: str, obj: object) -> None:
         """Replace a json document atomically. project.json always keeps its schema_version."""
         with self._lock:
             self._writable()

@@ -45,9 +45,13 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    from ..models.embedder import Embedder
 
 __all__ = [
     "Labeler",
@@ -71,7 +75,7 @@ class LabelerError(RuntimeError):
 class Labeler(Protocol):
     """Anything that returns a list of content labels per image."""
 
-    def __call__(self, images: Sequence[Any], embeddings: np.ndarray | None = None) -> list[list[str]]: ...
+    def __call__(self, images: Sequence[Image.Image], embeddings: np.ndarray | None = None) -> list[list[str]]: ...
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -278,7 +282,7 @@ class ClipVocabularyLabeler:
 
     def __init__(
         self,
-        embedder: Any,
+        embedder: Embedder,
         vocabulary: Vocabulary | Sequence[str] | None = None,
         extra_words: Sequence[str] = (),
         threshold: str | float = "calibrated",
@@ -507,7 +511,7 @@ class ClipVocabularyLabeler:
             out.append([w for w in picked if " " in w or w not in in_phrases] or picked[:1])
         return out
 
-    def __call__(self, images: Sequence[Any] | None, embeddings: np.ndarray | None = None) -> list[list[str]]:
+    def __call__(self, images: Sequence[Image.Image] | None, embeddings: np.ndarray | None = None) -> list[list[str]]:
         """Labels per image; pass `embeddings` (from the same embedder) to skip embedding again."""
         if embeddings is None:
             if images is None or len(images) == 0:
@@ -640,7 +644,7 @@ class OpenAICompatibleLabeler:
             content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
         return parse_labels(str(content), self.max_labels)
 
-    def __call__(self, images: Sequence[Any], embeddings: np.ndarray | None = None) -> list[list[str]]:
+    def __call__(self, images: Sequence[Image.Image], embeddings: np.ndarray | None = None) -> list[list[str]]:
         return [self.label_one(im) for im in images]
 
 
@@ -732,7 +736,7 @@ class TransformersVLMLabeler:
             texts.extend(self.processor.batch_decode(ids, skip_special_tokens=True))
         return texts
 
-    def __call__(self, images: Sequence[Any], embeddings: np.ndarray | None = None) -> list[list[str]]:
+    def __call__(self, images: Sequence[Image.Image], embeddings: np.ndarray | None = None) -> list[list[str]]:
         images = list(images)
         if not images:
             return []

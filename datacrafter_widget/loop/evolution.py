@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..controller.jobs import is_cancelled
+from ..seeds import image_seed
+
 
 __all__ = [
     "EvolutionError",
@@ -468,7 +469,7 @@ def evolve_prompts(
     seed: int = 0,
     round: int = 1,
     progress: bool | Callable[[int, int], None] = False,
-    cancel: Any = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EvolutionResult:
     """Evolve each class's prompt from the feedback in `samples` (the store's samples table).
 
@@ -508,7 +509,7 @@ def evolve_prompts(
         )
 
     rng = np.random.default_rng(seed)
-    seeds = [int(seed) + k for k in range(batch)]  # common random numbers across candidates (the round's seeds)
+    seeds = [image_seed(seed, k) for k in range(batch)]  # common random numbers across candidates (the round's seeds)
     bar = None
     total = len(targets) * generations
     if progress is True:
@@ -575,7 +576,7 @@ def evolve_prompts(
         while len(pop) < population:
             pop.append(score(_mutate(previous if rng.random() < 0.7 else pop[-1].genome, ctx, rng, max_phrases)))
         for gen in range(generations):
-            if is_cancelled(cancel):
+            if should_stop is not None and should_stop():
                 cancelled = True
                 break
             pop.sort(key=lambda k: -k.fitness)

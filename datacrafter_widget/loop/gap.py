@@ -28,7 +28,6 @@ import contextlib
 import json
 import math
 import os
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
@@ -38,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..controller.jobs import is_cancelled
 
 if TYPE_CHECKING:
     from ..models.embedder import Embedder
@@ -108,7 +106,7 @@ class GapResult:
         """safetensors with the embeddings; template, positions and config in its metadata (no pickle)."""
         from safetensors.torch import save as to_safetensors_bytes
 
-        from ..data.store import atomic_write_bytes
+        from ..data.files import atomic_write_bytes
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -402,7 +400,7 @@ def optimise_prompt_tokens(
     config: GapConfig | None = None,
     seed: int = 0,
     progress: bool | Callable[[int, int], None] = False,
-    cancel: threading.Event | Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None,
     sources: Sequence[Image.Image] | Mapping[str, Sequence[Image.Image]] | None = None,
     masks: Sequence[np.ndarray] | Mapping[str, Sequence[np.ndarray]] | None = None,
     **overrides: Any,
@@ -496,7 +494,7 @@ def optimise_prompt_tokens(
     with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.enable_grad():
         fixed = torch.randn(_latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) + 1))
         for step in range(int(config.steps)):
-            if is_cancelled(cancel):
+            if should_stop is not None and should_stop():
                 break
             sched = _ddim(pipe, config.sampler_steps)
             noise = (
@@ -665,7 +663,7 @@ def gap_images(
     embedder: Embedder | None = None,
     config: GapConfig | None = None,
     progress: bool | Callable[[int, int], None] = False,
-    cancel: threading.Event | Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None,
     shared: bool = False,
     sources: Mapping[str, Sequence[Image.Image]] | None = None,
     masks: Mapping[str, Sequence[np.ndarray]] | None = None,
@@ -678,7 +676,7 @@ def gap_images(
     set for all classes, seeded with the first class's). sources[c] / masks[c]: the class's source
     images and object masks; final image j starts from source j mod n. Touches no store: the
     controller (controller/rounds.py) saves the tokens and stores the images. Stops between
-    classes when `cancel` says so; a class whose tokens were cut short yields nothing.
+    classes when `should_stop()` says so; a class whose tokens were cut short yields nothing.
     """
     classes = [str(c) for c in classes]
     if not classes:
@@ -704,15 +702,15 @@ def gap_images(
             config=fresh_config(),
             seed=int(seeds[classes[0]][0]),
             progress=progress,
-            cancel=cancel,
+            should_stop=should_stop,
             sources=None if sources is None else {c: list(sources[c]) for c in classes},
             masks=None if masks is None else {c: list(masks[c]) for c in classes},
             **overrides,
         )
-        if is_cancelled(cancel):
+        if should_stop is not None and should_stop():
             return
     for label in classes:
-        if is_cancelled(cancel):
+        if should_stop is not None and should_stop():
             return
         cls_sources = None if sources is None else list(sources[label])
         cls_masks = None if masks is None else list(masks[label])
@@ -742,12 +740,14 @@ def gap_images(
                 config=fresh_config(),
                 seed=int(seeds[label][0]),
                 progress=progress,
-                cancel=cancel,
+                should_stop=should_stop,
                 sources=cls_sources,
                 masks=cls_masks,
                 **overrides,
             )
-            if is_cancelled(cancel):  # tokens half-learned: keep the classes already finished, store nothing more
+            if (
+                should_stop is not None and should_stop()
+            ):  # tokens half-learned: keep the classes already finished, store nothing more
                 return
         n = len(seeds[label])
         picks = [cls_sources[j % len(cls_sources)] for j in range(n)] if cls_sources else None

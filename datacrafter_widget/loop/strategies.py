@@ -25,6 +25,8 @@ from typing import Any
 
 import pandas as pd
 
+from ..seeds import image_seed
+
 GENERATE_STRATEGIES = ("class", "caption", "perturb", "custom", "evolved")  # crafter.generate / build_requests
 STRATEGIES = GENERATE_STRATEGIES + ("gap",)  # every strategy a row can record
 CLASS_TEMPLATES = (
@@ -67,7 +69,7 @@ class GenerationRequest:
             return ("img2img", round(self.strength, 6), round(self.latent_perturbation, 6))
         return ("txt2img", 0.0, 0.0)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
@@ -155,7 +157,7 @@ def build_requests(
     latent_perturbation: float | None = None,
     caption_template: str = CAPTION_TEMPLATE,
 ) -> list[GenerationRequest]:
-    """The requests for one strategy; seeds are seed, seed+1, ... in request order.
+    """The requests for one strategy; request k gets image_seed(seed, k) (the seed policy, seeds.py).
 
     `real` holds the real training rows (id, label, caption) that image-based strategies start
     from; `captions` maps their ids to captions (the controller fills it from the dataset or the
@@ -172,7 +174,7 @@ def build_requests(
     requests: list[GenerationRequest] = []
 
     def add(**kw: Any) -> None:
-        requests.append(GenerationRequest(seed=int(seed) + len(requests), strategy=strategy, **kw))
+        requests.append(GenerationRequest(seed=image_seed(seed, len(requests)), strategy=strategy, **kw))
 
     if strategy == "class":
         templates = (

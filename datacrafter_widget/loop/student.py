@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -34,8 +34,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..controller.jobs import is_cancelled
 from ..data.images import to_rgb
+
+if TYPE_CHECKING:
+    from ..data.dataset import Dataset
+    from ..models.embedder import Embedder
 
 __all__ = [
     "Student",
@@ -284,7 +287,7 @@ def pixels(images: Sequence[Image.Image], size: int) -> torch.Tensor:
 class Student:
     """A trained classifier: `predict`, `predict_proba`, differentiable `logits_from_pixels`, save/load."""
 
-    def __init__(self, config: StudentConfig, net: nn.Module, embedder: Any = None) -> None:
+    def __init__(self, config: StudentConfig, net: nn.Module, embedder: Embedder | None = None) -> None:
         self.config = config
         self.net = net
         self.embedder = embedder
@@ -368,7 +371,7 @@ class Student:
         """Write student.safetensors + student.json into `folder` (atomically, no pickle)."""
         from safetensors.torch import save as to_safetensors_bytes
 
-        from ..data.store import atomic_write_bytes
+        from ..data.files import atomic_write_bytes
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -380,7 +383,9 @@ class Student:
         return folder
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, *, embedder: Any = None, backbone: nn.Module | None = None) -> Student:
+    def load(
+        cls, folder: str | os.PathLike, *, embedder: Embedder | None = None, backbone: nn.Module | None = None
+    ) -> Student:
         """Rebuild from `save`; a probe needs the same embedder, a custom backbone its module."""
         from safetensors.torch import load_file
 
@@ -430,7 +435,7 @@ def _build_net(
     raise StudentError(f"student kind {config.kind!r} is not one of 'cnn', 'probe', 'backbone'")
 
 
-def default_kind(images: Sequence[Image.Image], embedder: Any = None) -> str:
+def default_kind(images: Sequence[Image.Image], embedder: Embedder | None = None) -> str:
     """Small images (<= 64 px, like the starter kit) -> CNN; larger ones -> CLIP probe when an embedder exists."""
     side = max(max(im.size) for im in images[:64])
     return "cnn" if side <= 64 or embedder is None else "probe"
@@ -453,7 +458,7 @@ def train_student(
     classes: Sequence[str] | None = None,
     *,
     kind: str = "auto",
-    embedder: Any = None,
+    embedder: Embedder | None = None,
     backbone: str | nn.Module | None = None,
     pretrained: bool = False,
     weights: str | os.PathLike | None = None,
@@ -469,7 +474,7 @@ def train_student(
     seed: int = 0,
     augment: bool = True,
     progress: bool | Callable[[int, int], None] = True,
-    cancel: Any = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Student:
     """Train a student from scratch on `images`/`labels`; deterministic for a given seed.
 
@@ -478,7 +483,8 @@ def train_student(
     epochs x batches-per-epoch steps. Probe and backbone students train for `epochs`.
     progress: True for a tqdm bar, False for none, or a callable(done, total) (epochs, or chunks
     of steps for the CNN's step budget).
-    cancel: a threading.Event or a callable returning True to stop; the training done is kept.
+    should_stop: a callable returning True to stop (the controller passes its cancel check); the
+    training done is kept.
 
     Students, and which run without a download:
       kind="cnn"                        the small CNN, from scratch (offline)
@@ -596,7 +602,7 @@ def train_student(
         net.train()
         order, pos = torch.randperm(n, generator=gen), 0
         for c in range(chunks):
-            if is_cancelled(cancel):
+            if should_stop is not None and should_stop():
                 config.cancelled = True
                 break
             total, seen = 0.0, 0
@@ -633,7 +639,17 @@ def train_student(
     return student
 
 
-def evaluate(student: Student, dataset: Any) -> dict[str, Any]:
+class Evaluation(TypedDict):
+    """What `evaluate` returns."""
+
+    accuracy: float
+    n: int
+    per_class: pd.DataFrame  # class, n, correct, accuracy
+    confusion: pd.DataFrame  # true x predicted counts
+    predictions: list[str]
+
+
+def evaluate(student: Student, dataset: Dataset | tuple[Sequence[Image.Image], Sequence[str]] | None) -> Evaluation:
     """Accuracy, per-class accuracy and confusion matrix of `student` on a Dataset (or (images, labels))."""
     if student is None:
         raise StudentError("no student yet: train one first with crafter.train_student()")

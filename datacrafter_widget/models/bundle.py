@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Union, overload
 
 import torch
+from PIL import Image
 
 from .embedder import auto_device
+
+if TYPE_CHECKING:
+    from ..loop.content_labels import Labeler
+    from ..loop.student import Student
+    from .embedder import Embedder
+    from .generator import Generator
+
+#: a captioner: images -> one caption each (Captioner, RetrievalCaptioner, or any such callable)
+CaptionFn = Callable[[Sequence[Image.Image]], list[str]]
 
 _KINDS = ("generator", "embedder", "captioner", "labeler", "student")
 
@@ -60,11 +71,11 @@ class Models:
 
     def __init__(
         self,
-        generator: Any = None,
-        embedder: Any = None,
-        captioner: Any = None,
-        labeler: Any = None,
-        student: Any = None,
+        generator: Generator | None = None,
+        embedder: Embedder | None = None,
+        captioner: CaptionFn | None = None,
+        labeler: Labeler | None = None,
+        student: Student | None = None,
         name: str = "",
     ) -> None:
         self._models: dict[str, Any] = {}
@@ -89,7 +100,17 @@ class Models:
     def has(self, kind: str) -> bool:
         return self._models.get(kind) is not None
 
-    def require(self, kind: str, purpose: str = "") -> Any:
+    @overload
+    def require(self, kind: Literal["generator"], purpose: str = "") -> Generator: ...
+    @overload
+    def require(self, kind: Literal["embedder"], purpose: str = "") -> Embedder: ...
+    @overload
+    def require(self, kind: Literal["captioner"], purpose: str = "") -> CaptionFn: ...
+    @overload
+    def require(self, kind: Literal["labeler"], purpose: str = "") -> Labeler: ...
+    @overload
+    def require(self, kind: Literal["student"], purpose: str = "") -> Student: ...
+    def require(self, kind: str, purpose: str = "") -> Union[Generator, Embedder, CaptionFn, Labeler, Student]:
         """The model of this kind, or a MissingModelError naming what needs it and the fix."""
         value = self._models.get(kind)
         if value is None:

@@ -6,9 +6,8 @@ cached in the store by image hash under `Embedder.name`, so `name` must identify
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +33,9 @@ class Embedder:
 
     def __init__(
         self,
-        model: Any,
-        preprocess: Any,
-        tokenizer: Any,
+        model: torch.nn.Module,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
         name: str,
         batch_size: int | None = None,
         templates: Sequence[str] = ("a photo of a {}",),

@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, SDCFGCutoffCallback
 from PIL import Image
 
 from ..data.images import to_rgb
+from ..seeds import image_seed
 
 # Scheduler choice by name: plain data (name -> diffusers class name), resolved lazily.
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -38,6 +40,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 ProgressFn = Callable[[float, int], None]  # (images done, fractional; total images)
+Tensors = dict[str, torch.Tensor]  # a diffusers step callback's callback_kwargs
 
 
 class GenerationError(RuntimeError):
@@ -125,6 +128,24 @@ class BatchResult:
     batch_size: int = 0
 
 
+@dataclass(frozen=True)
+class _BatchCall:
+    """What every pipeline call of one `iter_batches` run shares (checked there)."""
+
+    prompts: list[str]
+    negs: list[str]
+    seeds: list[int]
+    steps: int
+    guidance: float
+    images: Sequence[Image.Image] | None
+    strength: float
+    perturbation: float
+    progress: ProgressFn | None
+    total: int
+    is_cancelled: Callable[[], bool]
+    floor: float | None
+
+
 class _OwnFloor:
     """Sentinel: use the Generator's own guidance_min_sigma (None is a real value: guide every step)."""
 
@@ -184,7 +205,7 @@ class Generator:
         return int(unet.config.sample_size) * int(getattr(self.pipe, "vae_scale_factor", 8))
 
     @property
-    def img2img(self) -> Any:
+    def img2img(self) -> Any:  # a StableDiffusionImg2ImgPipeline; its components are set at runtime (vae, ...)
         """The img2img pipeline over the same components (built once, shares all weights)."""
         if self._img2img is None:
             from diffusers import StableDiffusionImg2ImgPipeline
@@ -228,7 +249,7 @@ class Generator:
         """
         prompts = _check_prompts(prompts)
         n = len(prompts)
-        seeds = [int(seed) + i for i in range(n)] if isinstance(seed, (int, np.integer)) else list(seed)
+        seeds = [image_seed(seed, i) for i in range(n)] if isinstance(seed, (int, np.integer)) else list(seed)
         if len(seeds) != n:
             raise ValueError(f"{len(seeds)} seeds for {n} prompts: pass one seed per prompt or a single int")
         images = None
@@ -309,6 +330,20 @@ class Generator:
             raise ValueError("latent_perturbation needs source images: pass image=[...] (image-to-image)")
         floor = self.guidance_min_sigma if guidance_min_sigma is OWN_FLOOR else _check_floor(guidance_min_sigma)
         is_cancelled = _cancel_fn(cancel)
+        call = _BatchCall(
+            prompts=prompts,
+            negs=negs,
+            seeds=list(seeds),
+            steps=steps,
+            guidance=guidance,
+            images=images,
+            strength=float(strength),
+            perturbation=float(latent_perturbation),
+            progress=progress,
+            total=n,
+            is_cancelled=is_cancelled,
+            floor=floor,
+        )
         size = max(1, int(batch_size))
         start = 0
         while start < n:
@@ -316,22 +351,7 @@ class Generator:
                 return
             idx = list(range(start, min(n, start + size)))
             try:
-                result = self._run_batch(
-                    idx,
-                    prompts,
-                    negs,
-                    seeds,
-                    steps,
-                    guidance,
-                    images,
-                    float(strength),
-                    float(latent_perturbation),
-                    progress,
-                    n,
-                    start,
-                    is_cancelled,
-                    floor,
-                )
+                result = self._run_batch(call, idx, start)
             except torch.cuda.OutOfMemoryError as err:
                 _free_cuda()
                 if size == 1:
@@ -350,23 +370,11 @@ class Generator:
             if progress is not None:
                 progress(float(start), n)
 
-    def _run_batch(
-        self,
-        idx,
-        prompts,
-        negs,
-        seeds,
-        steps,
-        guidance,
-        images,
-        strength,
-        perturbation,
-        progress,
-        total,
-        offset,
-        is_cancelled,
-        floor,
-    ) -> BatchResult | None:
+    def _run_batch(self, call: _BatchCall, idx: list[int], offset: int) -> BatchResult | None:
+        """Requests `idx` of `call` in one pipeline call (`offset` images of the call done before it)."""
+        prompts, negs, seeds, steps, guidance = call.prompts, call.negs, call.seeds, call.steps, call.guidance
+        images, strength, perturbation, progress = call.images, call.strength, call.perturbation, call.progress
+        total, is_cancelled, floor = call.total, call.is_cancelled, call.floor
         gens = [torch.Generator().manual_seed(int(seeds[i])) for i in idx]
         kwargs: dict[str, Any] = dict(
             prompt=[prompts[i] for i in idx],
@@ -463,12 +471,8 @@ class BatchCFGCutoffCallback(SDCFGCutoffCallback):
     """
 
     def callback_fn(
-        self,
-        pipeline: DiffusionPipeline,
-        step_index: int,
-        timestep: torch.Tensor,
-        callback_kwargs: dict[str, torch.Tensor],
-    ) -> dict[str, torch.Tensor]:
+        self, pipeline: DiffusionPipeline, step_index: int, timestep: Tensor, callback_kwargs: Tensors
+    ) -> Tensors:
         config: dict[str, Any] = dict(self.config)
         pipe: Any = (
             pipeline  # SD pipelines have num_timesteps / _guidance_scale; DiffusionPipeline does not declare them
@@ -487,18 +491,12 @@ class _StepHook:
 
     tensor_inputs: list[str] = []
 
-    def __init__(
-        self, fn: Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-    ) -> None:
+    def __init__(self, fn: Callable[[DiffusionPipeline, int, Tensor, Tensors], Tensors]) -> None:
         self.fn = fn
 
     def __call__(
-        self,
-        pipeline: DiffusionPipeline,
-        step_index: int,
-        timestep: torch.Tensor,
-        callback_kwargs: dict[str, torch.Tensor],
-    ) -> dict[str, torch.Tensor]:
+        self, pipeline: DiffusionPipeline, step_index: int, timestep: Tensor, callback_kwargs: Tensors
+    ) -> Tensors:
         return self.fn(pipeline, step_index, timestep, callback_kwargs)
 
 

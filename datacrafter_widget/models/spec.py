@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from importlib import import_module
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bundle import Models
 
 
 class ModelSpecError(ValueError):
@@ -32,7 +36,7 @@ class ModelSpec:
                 "'datacrafter_widget.starter.loader:load_starter_models'"
             )
 
-    def resolve(self) -> Any:
+    def resolve(self) -> Callable[..., Models]:
         """The factory callable (imported on this process)."""
         module, _, attr = self.factory.partition(":")
         try:
@@ -47,7 +51,7 @@ class ModelSpec:
             obj = getattr(obj, part)
         return obj
 
-    def load(self) -> Any:
+    def load(self) -> Models:
         """Build the bundle by calling the factory; the bundle remembers this spec."""
         models = self.resolve()(**self.kwargs)
         try:
@@ -56,11 +60,11 @@ class ModelSpec:
             pass
         return models
 
-    def with_kwargs(self, **kwargs: Any) -> ModelSpec:
+    def with_kwargs(self, **kwargs: object) -> ModelSpec:
         """A copy with some arguments replaced (e.g. device="cuda" on GPU workers)."""
         return replace(self, kwargs={**self.kwargs, **kwargs})
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Plain data (for rounds.json / logs): the factory and the arguments as text."""
         return {
             "factory": self.factory,
@@ -71,7 +75,7 @@ class ModelSpec:
         }
 
 
-def spec_of(models: Any) -> ModelSpec | None:
+def spec_of(models: object) -> ModelSpec | None:
     """The spec recorded on a bundle, or None for bundles assembled by hand."""
     spec = getattr(models, "__dict__", {}).get("spec")
     return spec if isinstance(spec, ModelSpec) else None

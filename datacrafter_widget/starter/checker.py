@@ -180,7 +180,7 @@ def save_checker(checker: Checker, path: str | Path = WEIGHTS) -> Path:
     """Write the weights as float16 safetensors (small enough to ship) and a json card beside them."""
     from safetensors.torch import save as to_bytes
 
-    from ..data.store import atomic_write_bytes
+    from ..data.files import atomic_write_bytes
 
     path = Path(path)
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in checker.net.state_dict().items()}
