@@ -53,6 +53,7 @@ def test_full_loop_writes_samples_metrics_and_report(tmp_path, tiny_models):
             "masks": "plain-background",
         },
         "student": {"epochs": 1},
+        "export": {"enabled": True},  # default path: beside the project (inside it, export refuses)
     }
     lines = []
     result = run(config, models=tiny_models, checker=fake_checker, progress=False, log=lines.append)
@@ -75,6 +76,8 @@ def test_full_loop_writes_samples_metrics_and_report(tmp_path, tiny_models):
     assert len(gap) == 10 and gap["parent_id"].isin(real_train.index).all()
     assert (real_train.loc[gap["parent_id"], "label"].values == gap["label"].values).all()
     assert gap["mask_file"].str.startswith("gap/masks/").all() and (gap["strength"] > 0).all()
+    exported = tmp_path / "proj-export"
+    assert (exported / "samples.csv").is_file() and (exported / "train").is_dir()
     assert (result.project / "metrics.csv").is_file() and (result.project / "student" / "student.safetensors").is_file()
     doc = store.read_json("prompts.json", {})
     assert doc["classes"] and all(e["history"] for e in doc["classes"].values())

@@ -381,7 +381,9 @@ def run(
         crafter.heldout = None
         round_metrics = crafter.metrics
         if cfg["export"]["enabled"]:
-            out = _resolve(project_dir, cfg["export"]["path"])
+            # Beside the project, never inside it: export refuses a folder inside the store.
+            path = cfg["export"]["path"] or project_dir.with_name(f"{project_dir.name}-export")
+            out = _resolve(base, path)
             say(f"exporting the expanded dataset to {out} ({cfg['export']['format']})")
             crafter.export(out, format=cfg["export"]["format"], overwrite=True)
         say("writing the report")
