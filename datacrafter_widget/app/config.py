@@ -116,9 +116,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "export": {
         "enabled": Key("bool", False, "export the expanded dataset at the end"),
         "format": Key("str", "imagefolder", "export format", ("imagefolder", "csv", "hf")),
-        "path": Key(
-            "str", "", "folder, relative to this file (default: '<project>-export' beside the project folder)"
-        ),
+        "path": Key("str", "", "folder, relative to this file (default: '<project>-export' beside the project folder)"),
     },
 }
 
