@@ -91,11 +91,7 @@ def test_stable_diffusion_notebook_runs_offline_on_tiny_local_models(tiny_model_
     nb_path = REPO / "notebooks" / "stable_diffusion.ipynb"
     original = nb_path.read_bytes()
     m = tiny_model_folders
-    nb = execute(
-        nb_path,
-        tmp_path,
-        monkeypatch,
-        timeout=900,
+    env = dict(
         DC_SD_MODEL=str(m / "sd"),
         DC_CLIP_ARCH=f"local-dir:{m / 'clip'}",
         DC_CLIP_PRETRAINED="",
@@ -105,6 +101,7 @@ def test_stable_diffusion_notebook_runs_offline_on_tiny_local_models(tiny_model_
         DC_STEPS="2",
         DC_GUIDANCE="3.0",
     )
+    nb = execute(nb_path, tmp_path, monkeypatch, timeout=900, **env)
     text = outputs_text(nb)
     assert "no GPU" in text or "GPU:" in text
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -119,6 +116,9 @@ def test_stable_diffusion_notebook_runs_offline_on_tiny_local_models(tiny_model_
     store.close()
     assert sorted(p.name for p in (tmp_path / "out" / "pets" / "train").iterdir()) == ["cat", "dog"]
     assert (tmp_path / "runs" / "pets" / "student").is_dir()
+    # Restart & Run All in the same folder: a fresh project again, and the same printed results.
+    again = execute(nb_path, tmp_path, monkeypatch, timeout=900, **env)
+    assert _cells_signature(again) == _cells_signature(nb)
     assert nb_path.read_bytes() == original  # the notebook in the repository is not written to
 
 
