@@ -472,3 +472,79 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
     assert printed_json(out, "ACTIONS") == {"0": ["edit", "edit"]}
     assert not [u for u in blocked if "cdn" in u or "jsdelivr" in u], blocked
     assert page.dialogs == []
+
+
+EVOLVE_SETUP = """
+import json
+import datacrafter_widget as dc
+crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), models=dc.starter.models(), project="evolve")
+CLS = crafter.classes[3]
+crafter.projection   # the map first, so the displayed view shows it at once
+crafter
+"""
+EVOLVE_SELECT = """
+s = crafter.samples
+crafter.selection = s[(s["label"] == CLS) & (s["split"] != "test")]["id"].tolist()
+try:
+    crafter.evolve(classes=[CLS], progress=False)   # the same call the Evolve button makes, for its message
+except Exception as err:
+    print("ERROR", json.dumps(str(err)))
+print("SEL", json.dumps(crafter.selection))
+print("CLS", json.dumps(CLS))
+"""
+
+
+@pytest.mark.slow
+def test_evolve_before_feedback_shows_the_whole_error(page: Any, lab: Lab) -> None:
+    """Issue 11, Broken 4: Evolve with no feedback yet. The footer shows the controller's whole error
+    (no "…", not clipped), and nothing on the page stays at "evolving prompts for 3"."""
+    missing = _starter_weights_missing()
+    if missing:
+        pytest.skip(f"starter models not available: {missing}")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (EVOLVE_SETUP, EVOLVE_SELECT)]
+    nbformat.write(nb, lab.root / "evolve_check.ipynb")
+    run_notebook_in_lab(page, lab, "evolve_check.ipynb", cells=1, timeout_ms=900000)
+    root = page.locator(".dcw-root").last
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=120000)
+    root.scroll_into_view_if_needed()
+    out = run_cell(page, 1)
+    error, sel, cls = printed_json(out, "ERROR"), printed_json(out, "SEL"), printed_json(out, "CLS")
+    assert "no feedback yet" in error and len(sel) == 2 and cls == "3", out
+    page.wait_for_function(f"{handle}.selection.length === 2", timeout=30000)
+    evolve = root.locator("button[data-action=evolve]")
+    assert not evolve.is_disabled()
+    evolve.click()
+    status = root.locator(".dcw-status")
+    page.wait_for_function(
+        "[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.includes('failed'))", timeout=120000
+    )
+    page.wait_for_timeout(1000)  # any late progress update would arrive by now
+    text = status.inner_text()
+    assert text == f"evolving prompts for 3 failed: {error}", text
+    assert "…" not in text  # (the message itself may contain "[...]", as in feedback(bad_labels=[...]))
+    # Readable as a whole: not clipped by its box, no ellipsis style, and inside the widget.
+    geo = status.evaluate(
+        """(e) => { const cs = getComputedStyle(e), r = e.getBoundingClientRect(), p = e.closest('.dcw-root').getBoundingClientRect();
+            return {sw: e.scrollWidth, cw: e.clientWidth, sh: e.scrollHeight, ch: e.clientHeight, overflow: cs.textOverflow,
+                    clamp: cs.webkitLineClamp, inside: r.left >= p.left - 1 && r.right <= p.right + 1 && r.bottom <= p.bottom + 1,
+                    visible: r.width > 0 && r.height > 0}; }"""
+    )
+    assert geo["visible"] and geo["inside"], geo
+    assert geo["sw"] <= geo["cw"] + 1 and geo["sh"] <= geo["ch"] + 1, geo
+    assert geo["overflow"] != "ellipsis" and geo["clamp"] in ("none", "", None), geo
+    # No other visible text (progress bar, side panel) still says the evolution is running.
+    stale = page.evaluate(
+        """() => [...document.querySelectorAll('body *')].filter((e) => {
+              const own = [...e.childNodes].filter((c) => c.nodeType === 3).map((c) => c.textContent).join('');
+              return own.includes('evolving prompts') && !own.includes('failed') && e.getClientRects().length > 0
+                     && getComputedStyle(e).visibility !== 'hidden';
+            }).map((e) => e.className + ': ' + e.textContent)"""
+    )
+    assert stale == [], stale
+    assert not root.locator(".dcw-progress").is_visible()
+    assert page.locator("button:has-text('Generate')").last.is_enabled()
+    page.screenshot(path=str(ARTIFACTS / "lab-evolve-error.png"))
+    assert page.dialogs == []
