@@ -11,6 +11,8 @@ call run_notebook_in_lab(page, lab, "quickstart.ipynb"), and read `crafter.selec
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import pathlib
 import time
@@ -19,6 +21,7 @@ from typing import Any
 import nbformat
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import ARTIFACTS, Lab, run_cell, run_notebook_in_lab
 from test_frontend import canvas_ink, draw_lasso, lasso_polygon, points_in_polygon, to_screen
@@ -548,3 +551,117 @@ def test_evolve_before_feedback_shows_the_whole_error(page: Any, lab: Lab) -> No
     assert page.locator("button:has-text('Generate')").last.is_enabled()
     page.screenshot(path=str(ARTIFACTS / "lab-evolve-error.png"))
     assert page.dialogs == []
+
+
+COLOR_SETUP = """
+import json
+import numpy as np
+import datacrafter_widget as dc
+from datacrafter_widget.ui.widget import CrafterView
+crafter = dc.DataCrafter(dc.starter.colored_digits(shots=5), project="colour")
+crafter.projection
+_view = CrafterView(crafter)   # deterministic: the displayed view uses the same positions
+np.save("xy.npy", np.frombuffer(_view.widget.xy, "<f4").reshape(-1, 2))
+np.save("hidden.npy", np.frombuffer(_view.widget.hidden, np.uint8))
+json.dump({c: crafter.samples[c].astype(str).tolist() for c in ("label", "background", "foreground")},
+          open("columns.json", "w"))
+crafter
+"""
+COLOR_STATE = 'print("COLOR", json.dumps(crafter.view.color_by))'
+COLOR_FROM_PYTHON = 'crafter.color_by("foreground")'
+
+
+def _point_colours(page: Any, lab: Lab) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, RGB at the centre of each isolated visible point) read from the WebGL canvas, in marks mode."""
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    for _ in range(8):  # zoom out around the centre until points are drawn as marks (their fill is the colour)
+        if not page.evaluate(f"{handle}.thumbsShown"):
+            break
+        v = page.evaluate(f"{handle}.view")
+        cx, cy = v["width"] / 2, v["height"] / 2
+        page.evaluate(f"{handle}.setView({v['k'] / 1.6}, {cx - (cx - v['tx']) / 1.6}, {cy - (cy - v['ty']) / 1.6})")
+        page.evaluate(f"{handle}.drawNow()")
+    assert not page.evaluate(f"{handle}.thumbsShown")
+    page.evaluate(f"{handle}.drawNow()")
+    view = page.evaluate(f"{handle}.view")
+    xy = np.load(lab.root / "xy.npy")
+    hidden = np.load(lab.root / "hidden.npy").astype(bool)
+    sx, sy = to_screen(xy, view)
+    vis = np.flatnonzero(~hidden & (sx > 8) & (sy > 8) & (sx < view["width"] - 8) & (sy < view["height"] - 8))
+    d = np.hypot(sx[vis, None] - sx[None, vis], sy[vis, None] - sy[None, vis])
+    np.fill_diagonal(d, np.inf)
+    iso = vis[d.min(axis=1) > 6]  # marks are at most 10 px wide: no other mark covers these centres
+    url = page.evaluate(
+        "document.querySelectorAll('.dcw-gl')[document.querySelectorAll('.dcw-gl').length - 1].toDataURL('image/png')"
+    )
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(int)
+    dpr = img.shape[1] / view["width"]
+    rgb = np.array([img[int(round(sy[i] * dpr)), int(round(sx[i] * dpr))] for i in iso])
+    return iso, rgb
+
+
+def _assert_coloured_by(iso: np.ndarray, rgb: np.ndarray, values: list[str], legend: dict[str, tuple]) -> None:
+    """Same value -> same colour, different values -> different colours, and each is its legend swatch's colour."""
+    cats = sorted({values[i] for i in iso})
+    assert len(cats) >= 3, cats
+    for c in cats:
+        mine = rgb[[values[i] == c for i in iso]]
+        assert np.abs(mine - mine[0]).max() <= 6, (c, mine.tolist())
+        assert c in legend, (c, legend)
+        assert np.abs(mine[0] - np.array(legend[c])).max() <= 6, (c, mine[0].tolist(), legend[c])
+    firsts = [rgb[[values[i] == c for i in iso]][0] for c in cats]
+    for a in range(len(cats)):
+        for b in range(a + 1, len(cats)):
+            assert np.abs(firsts[a] - firsts[b]).max() > 20, (cats[a], cats[b])
+
+
+def _legend(page: Any) -> dict[str, tuple]:
+    return page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('.dcw-legend .dcw-item')].filter((r) => r.querySelector('.dcw-swatch'))
+             .map((r) => [r.textContent.trim(), getComputedStyle(r.querySelector('.dcw-swatch')).backgroundColor.match(/\\d+/g).slice(0, 3).map(Number)]))"""
+    )
+
+
+@pytest.mark.slow
+def test_colour_by_a_column_in_jupyterlab(page: Any, lab: Lab) -> None:
+    """Colour-by chosen in the map's menu recolours the points on the page (pixels, by the column's values)
+    and reaches crafter.view; crafter.color_by(...) from a cell moves the menu and recolours again."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (COLOR_SETUP, COLOR_STATE, COLOR_FROM_PYTHON)]
+    nbformat.write(nb, lab.root / "colour_check.ipynb")
+    run_notebook_in_lab(page, lab, "colour_check.ipynb", cells=1)
+    root = page.locator(".dcw-root").last
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=120000)
+    root.scroll_into_view_if_needed()
+    columns = json.loads((lab.root / "columns.json").read_text())
+    menu = root.locator("select[data-role=color-by]")
+    assert menu.input_value() == "class"
+    iso, by_class = _point_colours(page, lab)
+    assert len(iso) >= 10
+    _assert_coloured_by(iso, by_class, columns["label"], _legend(page))
+
+    # 1. The menu: colour by the images' background.
+    menu.select_option("background")
+    page.wait_for_function(
+        "[...document.querySelectorAll('.dcw-legend')].some((e) => e.textContent.includes('lightblue'))", timeout=30000
+    )
+    iso2, by_bg = _point_colours(page, lab)
+    assert iso2.tolist() == iso.tolist()
+    _assert_coloured_by(iso, by_bg, columns["background"], _legend(page))
+    assert (np.abs(by_bg - by_class).max(axis=1) > 20).mean() > 0.3, "the point colours did not change"
+    assert printed_json(run_cell(page, 1), "COLOR") == "background"
+    page.screenshot(path=str(ARTIFACTS / "lab-colour-background.png"))
+
+    # 2. The Python twin moves the menu and recolours the page.
+    run_cell(page, 2)
+    page.wait_for_function(
+        "document.querySelectorAll('select[data-role=color-by]')[document.querySelectorAll('select[data-role=color-by]').length - 1].value === 'foreground'",
+        timeout=30000,
+    )
+    page.wait_for_timeout(300)
+    _, by_fg = _point_colours(page, lab)
+    _assert_coloured_by(iso, by_fg, columns["foreground"], _legend(page))
+    assert (np.abs(by_fg - by_bg).max(axis=1) > 20).mean() > 0.3
+    assert page.errors == [] and page.dialogs == []
