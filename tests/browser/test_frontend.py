@@ -451,3 +451,78 @@ def test_search_box_sends_the_query(shown: Any) -> None:
     assert sent[-1]["content"] == {"type": "action", "name": "search", "payload": {"query": "red car", "mode": "clip"}}
     # Typing in the box is not taken as shortcuts ("b" is Bad on the map).
     assert all(m["content"]["name"] != "bad" for m in sent)
+
+
+def _gl_pixels(page: Any) -> np.ndarray:
+    url = page.evaluate("document.querySelector('.dcw-gl').toDataURL('image/png')")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(int)
+
+
+def test_pan_cache_shows_the_drawn_frame(shown: Any) -> None:
+    """Large maps on software WebGL pan by shifting a frame drawn once with a margin (scale 50): the
+    shifted frame matches drawing every point again, and a change of data redraws it."""
+    page, w, frame = shown
+    border = 14  # points cut at the canvas edge differ by design (the cache draws them whole)
+    inner = (slice(border, -border), slice(border, -border))
+
+    def differing(a: np.ndarray, b: np.ndarray) -> float:
+        """Fraction of pixels that differ; marks may land one pixel apart (rounding of a larger viewport)."""
+        return float((np.abs(a[inner] - b[inner]).max(axis=2) > 0).mean())
+
+    v = handle(page, "h.view")
+    shifts = [(0, 0), (37, -23), (-120, 64), (5, 250), (-250, -3)]
+    handle(page, "h.setPanCache(false)")
+    exact = []
+    for dx, dy in shifts:
+        handle(page, f"h.setView({v['k']}, {v['tx'] + dx}, {v['ty'] + dy})")
+        handle(page, "h.drawNow()")
+        exact.append(_gl_pixels(page))
+    handle(page, "h.setPanCache(true)")
+    stats0 = handle(page, "h.cacheStats")
+    for (dx, dy), want in zip(shifts, exact):
+        handle(page, f"h.setView({v['k']}, {v['tx'] + dx}, {v['ty'] + dy})")
+        handle(page, "h.drawNow()")
+        got = _gl_pixels(page)
+        assert (np.abs(want[inner] - 255).sum(axis=2) > 30).mean() > 0.01  # not blank frames
+        assert differing(got, want) < 0.005, (dx, dy, differing(got, want))
+    stats = handle(page, "h.cacheStats")
+    # One frame drawn with points (two if the page's own frame request ran at the last view first),
+    # then every pan only shifted it.
+    assert stats["draws"] - stats0["draws"] <= 2 and stats["blits"] - stats0["blits"] >= len(shifts)
+    # A wrong shift would not pass: the frame one pixel off differs in far more pixels.
+    assert differing(np.roll(exact[1], 3, axis=1), exact[1]) > 0.02
+    # A selection from Python changes the points' state: the cached frame is redrawn, not shifted.
+    page.evaluate("window.__model.set('selection', new DataView(new Uint32Array([3, 7, 11]).buffer))")
+    handle(page, "h.drawNow()")
+    cached = _gl_pixels(page)
+    assert handle(page, "h.cacheStats")["draws"] > stats["draws"]
+    handle(page, "h.setPanCache(false)")
+    handle(page, "h.drawNow()")
+    assert differing(cached, _gl_pixels(page)) < 0.005
+
+
+def test_zoom_gesture_shows_the_scaled_frame_then_a_sharp_one(shown: Any) -> None:
+    """With the pan cache on, wheel steps show the last frame scaled; 160 ms after the last step the
+    map is drawn sharp, exactly as without the cache."""
+    page, w, frame = shown
+    handle(page, "h.setPanCache(true)")
+    handle(page, "h.drawNow()")
+    before = handle(page, "h.cacheStats")
+    box = page.locator(".dcw-gl").bounding_box()
+    page.mouse.move(box["x"] + 300, box["y"] + 200)
+    for _ in range(3):
+        page.mouse.wheel(0, -100)
+        page.wait_for_timeout(30)
+    during = handle(page, "h.cacheStats")
+    assert during["scaled"] > before["scaled"], (before, during)
+    page.wait_for_function("!window.__dcw[window.__dcw.length - 1].zooming")
+    page.wait_for_timeout(100)  # the sharp frame's animation frame
+    after = handle(page, "h.cacheStats")
+    assert after["draws"] > during["draws"]
+    sharp = _gl_pixels(page)
+    handle(page, "h.setPanCache(false)")
+    handle(page, "h.drawNow()")
+    exact = _gl_pixels(page)
+    inner = (slice(14, -14), slice(14, -14))
+    assert (np.abs(exact[inner] - 255).sum(axis=2) > 30).mean() > 0.01
+    assert float((np.abs(sharp[inner] - exact[inner]).max(axis=2) > 0).mean()) < 0.005
