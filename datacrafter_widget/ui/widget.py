@@ -793,9 +793,12 @@ class CrafterView:
             else:
                 ctx.report(0, 0, f"computing the map of {n} images")
                 self.crafter.update_projection()  # its "projection" event redraws the view
-            self.widget.status = f"{n} images on the map"
 
-        self._run(what, work, done=lambda _r: self._metrics_in_background())
+        def done(_result: Any) -> None:
+            self.widget.status = f"{n} images on the map"  # not "loading thumbnails: done"
+            self._metrics_in_background()
+
+        self._run(what, work, done=done)
 
     def _load_thumbnails(self, samples: pd.DataFrame, ctx: Any = None) -> None:
         """Reads and shrinks the images not yet in the thumbnail cache (by image hash)."""
