@@ -105,6 +105,12 @@ def test_draws_points_and_legend(shown: Any) -> None:
     legend = page.locator(".dcw-legend").inner_text()
     assert "class 0" in legend and "generated" in legend
     assert handle(page, "h.n") == len(frame)
+    # Issue 11, UX 2: the legend sits above the map, never over data, and fit-to-view shows every point.
+    legend_box, map_box = page.locator(".dcw-legend").bounding_box(), page.locator(".dcw-gl").bounding_box()
+    assert legend_box["y"] + legend_box["height"] <= map_box["y"] + 0.5
+    view = handle(page, "h.view")
+    sx, sy = to_screen(frame[["x", "y"]].to_numpy(np.float32), view)
+    assert sx.min() >= 0 and sy.min() >= 0 and sx.max() <= view["width"] and sy.max() <= view["height"]
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "frontend-points.png"))
 
@@ -526,3 +532,32 @@ def test_zoom_gesture_shows_the_scaled_frame_then_a_sharp_one(shown: Any) -> Non
     inner = (slice(14, -14), slice(14, -14))
     assert (np.abs(exact[inner] - 255).sum(axis=2) > 30).mean() > 0.01
     assert float((np.abs(sharp[inner] - exact[inner]).max(axis=2) > 0).mean()) < 0.005
+
+
+def test_piled_thumbnails_show_their_count(page: Any) -> None:
+    """Issue 11, UX 5: images drawn on top of each other at thumbnail size carry a "×n" badge."""
+    import pandas as pd
+
+    xs, ys = np.meshgrid(np.arange(6) * 10.0, np.arange(4) * 10.0)
+    frame = pd.DataFrame({"x": np.r_[xs.ravel(), [25.0] * 5], "y": np.r_[ys.ravel(), [15.0] * 5]})
+    frame["label"], frame["source"] = "a", "real"
+    w = CrafterWidget()
+    w.set_frame(frame, thumbnails=synthetic_thumbnails(frame, 16))
+    open_standalone(page, widget_state(w))
+    page.wait_for_function("window.__dcw[0].thumbsShown === true")
+    groups = handle(page, "h.overlaps")
+    assert [g["n"] for g in groups] == [5]
+    view = handle(page, "h.view")
+    sx, sy = 25.0 * view["k"] + view["tx"], -15.0 * view["k"] + view["ty"]
+    assert abs(groups[0]["sx"] - sx) < 1 and abs(groups[0]["sy"] - sy) < 1
+    # The badge is drawn on the overlay: dark pixels in the pile's top-right corner, none at a lone image.
+    url = page.evaluate("document.querySelector('.dcw-overlay').toDataURL('image/png')")
+    over = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA")).astype(int)
+    size = handle(page, "h.profileFrame().size")  # the thumbnails' size on screen
+
+    def dark(x: float, y: float) -> float:
+        patch = over[int(y - size / 2) : int(y - size / 2) + 12, int(x) : int(x + size / 2)]
+        return float(((patch[..., 3] > 150) & (patch[..., :3].max(axis=2) < 80)).mean())
+
+    assert dark(sx, sy) > 0.2
+    assert dark(0.0 * view["k"] + view["tx"], view["ty"]) == 0.0
