@@ -805,6 +805,8 @@ def test_first_map_progress_and_cancel_in_jupyterlab(page: Any, lab: Lab) -> Non
         " return p && p.offsetParent !== null && p.max > 1 && p.value >= 1; })()",
         timeout=300000,
     )
+    # A first batch is stored (its points are on the map): Cancel must keep it, and stop the rest.
+    page.wait_for_function(f"{handle}.n > 320", timeout=300000)
     visible = "(sel) => [...document.querySelectorAll(sel)].filter((e) => e.offsetParent !== null).length"
     assert page.evaluate(visible, "progress") == 1
     assert (
