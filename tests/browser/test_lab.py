@@ -939,7 +939,7 @@ def test_evolve_then_generate_evolved_in_jupyterlab(page: Any, lab: Lab) -> None
     count.fill("2")
     count.press("Tab")
     page.locator("button:has-text('Generate')").last.click()
-    page.wait_for_function(f"/generat[^|]*: (done|failed)/.test({statuses})", timeout=600000)
+    page.wait_for_function(f"/round \\d+: (done|failed)/.test({statuses})", timeout=600000)
     assert ": done" in root.locator(".dcw-status").inner_text(), root.locator(".dcw-status").inner_text()
     state = printed_json(run_cell(page, 2), "STATE")
     assert state["round"] == {"strategy": ["evolved"], "labels": ["0"], "prompts": [evolved]}, state
