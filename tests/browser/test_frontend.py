@@ -561,3 +561,38 @@ def test_piled_thumbnails_show_their_count(page: Any) -> None:
 
     assert dark(sx, sy) > 0.2
     assert dark(0.0 * view["k"] + view["tx"], view["ty"]) == 0.0
+
+
+def test_feedback_band_stays_visible_on_a_selected_thumbnail(page: Any) -> None:
+    """Issue 11, UX 6: a mark is a thick band inside the ring, so a selected image (yellow ring) still
+    shows it: red for bad, green for good, read from the canvas along each thumbnail's radius."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {"x": [0.0, 20.0, 0.0, 20.0], "y": [0.0, 0.0, 20.0, 20.0], "label": ["a"] * 4, "source": ["real"] * 4}
+    )
+    w = CrafterWidget()
+    w.set_frame(frame, thumbnails=np.full((4, 32, 32, 3), 128, np.uint8))
+    w.feedback = bytes([2, 1, 0, 0])  # bad, good, none
+    open_standalone(page, widget_state(w))
+    page.wait_for_function("window.__dcw[0].thumbsShown === true")
+    page.evaluate("window.__model.set('selection', new DataView(new Uint32Array([0, 1, 2]).buffer))")
+    handle(page, "h.drawNow()")
+    view, size = handle(page, "h.view"), handle(page, "h.profileFrame().size")
+    img = _gl_pixels(page)
+    sx, sy = to_screen(frame[["x", "y"]].to_numpy(np.float32), view)
+    half = size * 1.2 / 2  # a selected image is drawn 20% larger
+
+    def along(i: int) -> np.ndarray:  # from the centre to the right edge
+        y, x0 = int(round(sy[i])), int(round(sx[i]))
+        return img[y, x0 : int(x0 + half)]
+
+    def has(row: np.ndarray, rgb: tuple[int, int, int], n: int) -> bool:
+        return int((np.abs(row - np.array(rgb)).max(axis=1) < 40).sum()) >= n
+
+    yellow, red, green = (255, 204, 0), (219, 26, 31), (26, 168, 64)
+    for i in range(3):
+        assert has(along(i), yellow, 1), f"image {i}: no selection ring"
+    assert has(along(0), red, 3) and not has(along(0), green, 1)
+    assert has(along(1), green, 3) and not has(along(1), red, 1)
+    assert not has(along(2), red, 1) and not has(along(2), green, 1)
