@@ -56,6 +56,25 @@ def pan_frames(page, steps: int, dx: float, dy: float) -> list[float]:
     )
 
 
+def zoom_frames(page, steps: int, factor: float) -> list[float]:
+    """Wheel-like zoom steps around the canvas centre, each frame drawn and waited for."""
+    return page.evaluate(
+        f"""([steps, f]) => {{
+            const h = {H}; const out = [];
+            for (let s = 0; s < steps; s++) {{
+              const v = h.view;
+              h.zoomBy(f, v.width / 2, v.height / 2); out.push(h.drawNow());
+            }}
+            return out;
+        }}""",
+        [steps, factor],
+    )
+
+
+def summary(xs: list[float]) -> str:
+    return f"median {statistics.median(xs):.1f} ms, p95 {sorted(xs)[max(0, int(0.95 * len(xs)) - 1)]:.1f} ms over {len(xs)} frames"
+
+
 def lasso_polygon(view: dict, vertices: int = 200) -> list[list[float]]:
     """A wobbly closed lasso covering about half of the canvas, as a person would draw it."""
     cx, cy = view["width"] / 2, view["height"] / 2
@@ -135,7 +154,20 @@ def main() -> None:
         if shots:
             shots.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shots / f"widget-{args.n}-overview.png"))
+        # Baselines measured in this run, on this canvas: a clear alone (software GL's floor per frame), and
+        # panning with the pan cache off (every point drawn each frame: the widget before the cache).
+        parts = [page.evaluate(f"{H}.profileFrame()") for _ in range(20)]
+        page.evaluate(f"{H}.setPanCache(false)")
+        uncached = pan_frames(page, 20, 3, 2)
+        page.evaluate(f"{H}.setPanCache(null)")
+        page.evaluate(f"{H}.setView({view['k']}, {view['tx']}, {view['ty']})")
         overview = pan_frames(page, 40, 3, 2)
+        zoom_in = zoom_frames(page, 12, 1.1)
+        zoom_out = zoom_frames(page, 12, 1 / 1.1)
+        page.wait_for_function(f"!{H}.zooming")
+        page.evaluate(f"{H}.dropPanCache()")
+        sharp = page.evaluate(f"{H}.drawNow()")  # every point drawn into the cache, then shown
+        page.evaluate(f"{H}.setView({view['k']}, {view['tx']}, {view['ty']})")
         # Zoom in 10x around the centre: thumbnails replace marks.
         cx, cy = view["width"] / 2, view["height"] / 2
         k, tx, ty = view["k"] * 10, cx - (cx - view["tx"]) * 10, cy - (cy - view["ty"]) * 10
@@ -146,11 +178,19 @@ def main() -> None:
             page.screenshot(path=str(shots / f"widget-{args.n}-zoomed.png"))
         zoomed = pan_frames(page, 40, 4, 3)
         print(f"first frame with thumbnails after zoom-in: {first_thumb:.0f} ms (thumbnails shown: {thumbs})")
+        print(
+            f"baseline, same run: clearing the {view['width']}x{view['height']} canvas: "
+            f"median {statistics.median(p['clear'] for p in parts):.1f} ms"
+        )
+        print(
+            f"baseline, same run: pan frame time with the pan cache off (every point drawn) [overview]: {summary(uncached)}"
+        )
         for name, xs in ((f"overview, {args.n} marks", overview), ("zoomed, thumbnails", zoomed)):
-            print(
-                f"pan frame time [{name}]: median {statistics.median(xs):.1f} ms, "
-                f"p95 {sorted(xs)[int(0.95 * len(xs)) - 1]:.1f} ms over {len(xs)} frames"
-            )
+            print(f"pan frame time [{name}]: {summary(xs)}")
+        print(
+            f"zoom frame time during a wheel gesture [overview, 10% steps in then out]: {summary(zoom_in + zoom_out)}"
+        )
+        print(f"sharp frame 160 ms after the gesture's last step (every point drawn anew): {sharp:.1f} ms")
 
         page.evaluate(f"{H}.setView({view['k']}, {view['tx']}, {view['ty']})")
         poly = lasso_polygon(view)

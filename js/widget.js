@@ -617,7 +617,7 @@ class ProjectionView {
       this.renderer.draw(this.view, {
         width: this.width, height: this.height, dpr: this.dpr || 1, size, thumbs,
         dim: this.selection.length > 0 ? 0.35 : 1, anySelected: this.selection.length > 0,
-        background: this.theme.bg.map((v) => v / 255),
+        background: this.theme.bg.map((v) => v / 255), interactive: Boolean(this.zooming),
       });
     }
     this.drawOverlay(size, thumbs);
@@ -827,13 +827,7 @@ class ProjectionView {
     const wheel = (ev) => {
       ev.preventDefault();
       const [sx, sy] = this.localXY(ev);
-      const f = Math.exp(-ev.deltaY * (ev.deltaMode === 1 ? 0.05 : 0.0015));
-      const k = Math.min(1e9, Math.max(1e-9, this.view.k * f));
-      const r = k / this.view.k;
-      this.view = { k, tx: sx - (sx - this.view.tx) * r, ty: sy - (sy - this.view.ty) * r };
-      this.userMoved = true;
-      this.hideTooltip();
-      this.requestDraw();
+      this.zoomBy(Math.exp(-ev.deltaY * (ev.deltaMode === 1 ? 0.05 : 0.0015)), sx, sy);
     };
     const leave = () => { if (!this.drag) this.hideTooltip(); };
     // Escape abandons a lasso or box being drawn.
@@ -859,6 +853,20 @@ class ProjectionView {
       stage.removeEventListener("pointerleave", leave);
       stage.removeEventListener("dblclick", dbl);
     });
+  }
+
+  /** One step of a zoom gesture around (sx, sy); frames during the gesture may show the last frame
+   *  scaled (large maps on software WebGL), and a sharp frame follows 160 ms after the last step. */
+  zoomBy(f, sx, sy) {
+    const k = Math.min(1e9, Math.max(1e-9, this.view.k * f));
+    const r = k / this.view.k;
+    this.view = { k, tx: sx - (sx - this.view.tx) * r, ty: sy - (sy - this.view.ty) * r };
+    this.userMoved = true;
+    this.hideTooltip();
+    this.zooming = true;
+    clearTimeout(this.zoomTimer);
+    this.zoomTimer = setTimeout(() => { this.zooming = false; this.requestDraw(); }, 160);
+    this.requestDraw();
   }
 
   /** Lasso in screen px -> data polygon -> grid-index query; records its time for the benchmark. */
@@ -1002,10 +1010,43 @@ class ProjectionView {
       get placedLabels() { return self.placedLabels.map((p) => ({ text: p.label.text, box: p.box })); },
       get overlaps() { return self.overlaps.map((g) => ({ sx: g.sx, sy: g.sy, n: g.n })); },
       get theme() { return self.themeColors(); },
+      /** The pan cache's counters {draws, blits}; setPanCache(true|false|null) forces it on / off / auto. */
+      get cacheStats() { return self.renderer ? { ...self.renderer.cacheStats } : null; },
+      dropPanCache: () => self.renderer && self.renderer.dropCache(),
+      setPanCache: (on) => {
+        const r = self.renderer;
+        if (!r) return;
+        r.cacheFrom = on === true ? 0 : on === false ? Infinity : /swiftshader|llvmpipe|software/i.test(r.name) ? 10000 : Infinity;
+        self.requestDraw();
+      },
       zoomTo: (idx) => self.zoomTo(idx),
       dataToScreen: (x, y) => self.toScreen(x, y),
+      zoomBy: (f, sx, sy) => self.zoomBy(f, sx, sy),
+      get zooming() { return Boolean(self.zooming); },
       setView: (k, tx, ty) => { self.view = { k, tx, ty }; self.userMoved = true; self.requestDraw(); },
       selectPolygon: (pts, op = "replace") => Array.from(self.selectPolygon(pts, op)),
+      /** One frame split into its parts, each waited for (1-pixel readback), in ms: the WebGL points, the
+       *  2D overlay (labels, counts), and a baseline: a clear of the same canvas alone. For benchmarks. */
+      profileFrame: () => {
+        const r = self.renderer, gl = r && r.gl, px = new Uint8Array(4);
+        const finish = () => gl && gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, px);
+        const { size, thumbs } = self.markSize();
+        const bg = self.themeColors().bg.map((v) => v / 255);
+        let t = performance.now();
+        if (r) { gl.clearColor(bg[0], bg[1], bg[2], 1); gl.clear(gl.COLOR_BUFFER_BIT); finish(); }
+        const clear = performance.now() - t;
+        t = performance.now();
+        if (r) {
+          r.draw(self.view, { width: self.width, height: self.height, dpr: self.dpr || 1, size, thumbs,
+            dim: self.selection.length > 0 ? 0.35 : 1, anySelected: self.selection.length > 0, background: bg });
+          finish();
+        }
+        const points = performance.now() - t;
+        t = performance.now();
+        self.drawOverlay(size, thumbs);
+        const overlay = performance.now() - t;
+        return { clear, points, overlay, thumbs, size };
+      },
       /** Draws now and waits for the GPU (1-pixel readback); returns ms. For benchmarks. */
       drawNow: () => {
         const t = performance.now();
@@ -1024,6 +1065,7 @@ class ProjectionView {
     this.disposers.forEach((f) => f());
     this.resizeObserver.disconnect();
     clearTimeout(this.detailTimer);
+    clearTimeout(this.zoomTimer);
     this.details.forEach((d) => d.url && URL.revokeObjectURL(d.url));
     if (this.atlasBitmap) this.atlasBitmap.close?.();
     if (this.renderer) this.renderer.destroy();

@@ -492,3 +492,44 @@ def test_crafter_view_tools_reach_the_controller(crafter) -> None:
     # Generate "evolved" without a generator: the controller's error, in full, in the status line.
     act("generate", strategy="evolved", count=1)
     assert w.status.startswith("generate failed:") and "generator" in w.status
+
+
+def test_slow_metrics_never_block_evolve(crafter, monkeypatch) -> None:
+    """The metrics chart's computation (it may train a held-out student) runs quietly apart: while it
+    runs, Evolve still starts and shows its own outcome, and a second request reruns it once after."""
+    import threading
+
+    from datacrafter_widget.ui.widget import CrafterView
+
+    view = CrafterView(crafter)
+    view.wait()
+    release, calls = threading.Event(), []
+
+    def slow_metrics(self):
+        calls.append(1)
+        release.wait(30)
+        return pd.DataFrame()
+
+    monkeypatch.setattr(type(crafter), "metrics", property(slow_metrics))
+    view._metrics_in_background()
+    view._metrics_in_background()  # while the first runs: served by one more run after it
+    assert view._metrics_job.running
+    w = view.widget
+    w.send = lambda content, buffers=None: None
+    w.set_state({"selection": memoryview(np.array([2], "<u4").tobytes())})
+    w._on_custom_msg(w, {"type": "action", "name": "evolve", "payload": {}}, [])
+    assert "background work is running" not in w.status
+    with pytest.raises(Exception, match="generator"):  # no models: the evolution's own error
+        view._job.wait(timeout=60)
+    for _ in range(100):
+        if "failed" in w.status:
+            break
+        time.sleep(0.05)
+    assert w.status.startswith("evolving prompts for ") and "failed" in w.status
+    release.set()
+    view.wait()
+    for _ in range(100):
+        if len(calls) == 2 and not view._metrics_job.running:
+            break
+        time.sleep(0.05)
+    assert len(calls) == 2

@@ -714,7 +714,12 @@ class CrafterView:
         self._thumbs: dict[str, np.ndarray] = {}  # by image hash
         self._syncing = False
         self._lock = threading.RLock()
-        self._job: Any = None  # the view's own background work (first map, evolve, metrics)
+        self._job: Any = None  # the view's own background work the user waits for (first map, evolve)
+        # The metrics chart's computation (it may train a held-out student) runs apart and quietly: it never
+        # blocks Evolve or Generate, and a request while it runs is served by one more run when it ends.
+        self._metrics_job: Any = None
+        self._metrics_again = False
+        self._metrics_lock = threading.Lock()
         self._atlas_key: tuple = ()
         self._label_pos: dict[str, tuple[float, float]] = {}
         self._point_labels: dict[int, list[str]] = {}
@@ -752,6 +757,7 @@ class CrafterView:
         work: Callable[[Any], Any],
         done: Callable[[Any], None] | None = None,
         quiet: bool = False,
+        finished: Callable[[Any], None] | None = None,
     ) -> Any:
         """Runs `work(ctx)` in a Job (the kernel stays free); progress and the final status go to the footer."""
         from ..controller.jobs import Job
@@ -771,10 +777,14 @@ class CrafterView:
                 self.widget.status = f"{description}: {j.status}"
             if j.status == "done" and done is not None:
                 done(j.result)
+            if finished is not None:
+                finished(j)
 
         job.on_progress(on_progress)
-        if not quiet:
-            self.widget.set_progress(0, 0, description + " ...", True)
+        if quiet:
+            self._metrics_job = job.start()
+            return job
+        self.widget.set_progress(0, 0, description + " ...", True)
         self._job = job.start()
         return job
 
@@ -795,9 +805,12 @@ class CrafterView:
             else:
                 ctx.report(0, 0, f"computing the map of {n} images")
                 self.crafter.update_projection()  # its "projection" event redraws the view
-            self.widget.status = f"{n} images on the map"
 
-        self._run(what, work, done=lambda _r: self._metrics_in_background())
+        def done(_result: Any) -> None:
+            self.widget.status = f"{n} images on the map"  # not "loading thumbnails: done"
+            self._metrics_in_background()
+
+        self._run(what, work, done=done)
 
     def _load_thumbnails(self, samples: pd.DataFrame, ctx: Any = None) -> None:
         """Reads and shrinks the images not yet in the thumbnail cache (by image hash)."""
@@ -812,22 +825,36 @@ class CrafterView:
             self._thumbs[h] = _thumbnail(self.crafter.image(first[h]), self.widget.thumb_size)
 
     def _metrics_in_background(self) -> None:
+        with self._metrics_lock:
+            if self._metrics_job is not None and self._metrics_job.running:
+                self._metrics_again = True  # rerun once the running one ends, with the newest rounds
+                return
+            self._metrics_again = False
+
         def work(ctx: Any) -> Any:
             return self.crafter.metrics
 
-        self._run("metrics", work, done=self._show_metrics, quiet=True)
+        def finished(_job: Any) -> None:
+            with self._metrics_lock:
+                again, self._metrics_again = self._metrics_again, False
+            if again:
+                self._metrics_in_background()
+
+        self._run("metrics", work, done=self._show_metrics, quiet=True, finished=finished)
 
     def wait(self, timeout: float | None = 600) -> None:
-        """Waits for the view's background job (first map, evolve, metrics); for scripts and tests."""
-        job = self._job
-        while job is not None:
-            try:
-                job.wait(timeout=timeout)
-            except Exception:  # noqa: BLE001 - reported in the status already
-                pass
-            if self._job is job:
+        """Waits for the view's background jobs (first map, evolve, then metrics); for scripts and tests."""
+        seen: set[int] = set()
+        while True:
+            pending = [j for j in (self._job, self._metrics_job) if j is not None and id(j) not in seen]
+            if not pending:
                 break
-            job = self._job
+            for job in pending:
+                seen.add(id(job))
+                try:
+                    job.wait(timeout=timeout)
+                except Exception:  # noqa: BLE001 - reported in the status already
+                    pass
 
     # ----------------------------------------------------------------- controller -> widget
     def _refresh_event(self, _payload: Any = None) -> None:

@@ -105,6 +105,12 @@ def test_draws_points_and_legend(shown: Any) -> None:
     legend = page.locator(".dcw-legend").inner_text()
     assert "class 0" in legend and "generated" in legend
     assert handle(page, "h.n") == len(frame)
+    # Issue 11, UX 2: the legend sits above the map, never over data, and fit-to-view shows every point.
+    legend_box, map_box = page.locator(".dcw-legend").bounding_box(), page.locator(".dcw-gl").bounding_box()
+    assert legend_box["y"] + legend_box["height"] <= map_box["y"] + 0.5
+    view = handle(page, "h.view")
+    sx, sy = to_screen(frame[["x", "y"]].to_numpy(np.float32), view)
+    assert sx.min() >= 0 and sy.min() >= 0 and sx.max() <= view["width"] and sy.max() <= view["height"]
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "frontend-points.png"))
 
@@ -451,3 +457,142 @@ def test_search_box_sends_the_query(shown: Any) -> None:
     assert sent[-1]["content"] == {"type": "action", "name": "search", "payload": {"query": "red car", "mode": "clip"}}
     # Typing in the box is not taken as shortcuts ("b" is Bad on the map).
     assert all(m["content"]["name"] != "bad" for m in sent)
+
+
+def _gl_pixels(page: Any) -> np.ndarray:
+    url = page.evaluate("document.querySelector('.dcw-gl').toDataURL('image/png')")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(int)
+
+
+def test_pan_cache_shows_the_drawn_frame(shown: Any) -> None:
+    """Large maps on software WebGL pan by shifting a frame drawn once with a margin (scale 50): the
+    shifted frame matches drawing every point again, and a change of data redraws it."""
+    page, w, frame = shown
+    border = 14  # points cut at the canvas edge differ by design (the cache draws them whole)
+    inner = (slice(border, -border), slice(border, -border))
+
+    def differing(a: np.ndarray, b: np.ndarray) -> float:
+        """Fraction of pixels that differ; marks may land one pixel apart (rounding of a larger viewport)."""
+        return float((np.abs(a[inner] - b[inner]).max(axis=2) > 0).mean())
+
+    v = handle(page, "h.view")
+    shifts = [(0, 0), (37, -23), (-120, 64), (5, 250), (-250, -3)]
+    handle(page, "h.setPanCache(false)")
+    exact = []
+    for dx, dy in shifts:
+        handle(page, f"h.setView({v['k']}, {v['tx'] + dx}, {v['ty'] + dy})")
+        handle(page, "h.drawNow()")
+        exact.append(_gl_pixels(page))
+    handle(page, "h.setPanCache(true)")
+    stats0 = handle(page, "h.cacheStats")
+    for (dx, dy), want in zip(shifts, exact):
+        handle(page, f"h.setView({v['k']}, {v['tx'] + dx}, {v['ty'] + dy})")
+        handle(page, "h.drawNow()")
+        got = _gl_pixels(page)
+        assert (np.abs(want[inner] - 255).sum(axis=2) > 30).mean() > 0.01  # not blank frames
+        assert differing(got, want) < 0.005, (dx, dy, differing(got, want))
+    stats = handle(page, "h.cacheStats")
+    # One frame drawn with points (two if the page's own frame request ran at the last view first),
+    # then every pan only shifted it.
+    assert stats["draws"] - stats0["draws"] <= 2 and stats["blits"] - stats0["blits"] >= len(shifts)
+    # A wrong shift would not pass: the frame one pixel off differs in far more pixels.
+    assert differing(np.roll(exact[1], 3, axis=1), exact[1]) > 0.02
+    # A selection from Python changes the points' state: the cached frame is redrawn, not shifted.
+    page.evaluate("window.__model.set('selection', new DataView(new Uint32Array([3, 7, 11]).buffer))")
+    handle(page, "h.drawNow()")
+    cached = _gl_pixels(page)
+    assert handle(page, "h.cacheStats")["draws"] > stats["draws"]
+    handle(page, "h.setPanCache(false)")
+    handle(page, "h.drawNow()")
+    assert differing(cached, _gl_pixels(page)) < 0.005
+
+
+def test_zoom_gesture_shows_the_scaled_frame_then_a_sharp_one(shown: Any) -> None:
+    """With the pan cache on, wheel steps show the last frame scaled; 160 ms after the last step the
+    map is drawn sharp, exactly as without the cache."""
+    page, w, frame = shown
+    handle(page, "h.setPanCache(true)")
+    handle(page, "h.drawNow()")
+    before = handle(page, "h.cacheStats")
+    box = page.locator(".dcw-gl").bounding_box()
+    page.mouse.move(box["x"] + 300, box["y"] + 200)
+    for _ in range(3):
+        page.mouse.wheel(0, -100)
+        page.wait_for_timeout(30)
+    during = handle(page, "h.cacheStats")
+    assert during["scaled"] > before["scaled"], (before, during)
+    page.wait_for_function("!window.__dcw[window.__dcw.length - 1].zooming")
+    page.wait_for_timeout(100)  # the sharp frame's animation frame
+    after = handle(page, "h.cacheStats")
+    assert after["draws"] > during["draws"]
+    sharp = _gl_pixels(page)
+    handle(page, "h.setPanCache(false)")
+    handle(page, "h.drawNow()")
+    exact = _gl_pixels(page)
+    inner = (slice(14, -14), slice(14, -14))
+    assert (np.abs(exact[inner] - 255).sum(axis=2) > 30).mean() > 0.01
+    assert float((np.abs(sharp[inner] - exact[inner]).max(axis=2) > 0).mean()) < 0.005
+
+
+def test_piled_thumbnails_show_their_count(page: Any) -> None:
+    """Issue 11, UX 5: images drawn on top of each other at thumbnail size carry a "×n" badge."""
+    import pandas as pd
+
+    xs, ys = np.meshgrid(np.arange(6) * 10.0, np.arange(4) * 10.0)
+    frame = pd.DataFrame({"x": np.r_[xs.ravel(), [25.0] * 5], "y": np.r_[ys.ravel(), [15.0] * 5]})
+    frame["label"], frame["source"] = "a", "real"
+    w = CrafterWidget()
+    w.set_frame(frame, thumbnails=synthetic_thumbnails(frame, 16))
+    open_standalone(page, widget_state(w))
+    page.wait_for_function("window.__dcw[0].thumbsShown === true")
+    groups = handle(page, "h.overlaps")
+    assert [g["n"] for g in groups] == [5]
+    view = handle(page, "h.view")
+    sx, sy = 25.0 * view["k"] + view["tx"], -15.0 * view["k"] + view["ty"]
+    assert abs(groups[0]["sx"] - sx) < 1 and abs(groups[0]["sy"] - sy) < 1
+    # The badge is drawn on the overlay: dark pixels in the pile's top-right corner, none at a lone image.
+    url = page.evaluate("document.querySelector('.dcw-overlay').toDataURL('image/png')")
+    over = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA")).astype(int)
+    size = handle(page, "h.profileFrame().size")  # the thumbnails' size on screen
+
+    def dark(x: float, y: float) -> float:
+        patch = over[int(y - size / 2) : int(y - size / 2) + 12, int(x) : int(x + size / 2)]
+        return float(((patch[..., 3] > 150) & (patch[..., :3].max(axis=2) < 80)).mean())
+
+    assert dark(sx, sy) > 0.2
+    assert dark(0.0 * view["k"] + view["tx"], view["ty"]) == 0.0
+
+
+def test_feedback_band_stays_visible_on_a_selected_thumbnail(page: Any) -> None:
+    """Issue 11, UX 6: a mark is a thick band inside the ring, so a selected image (yellow ring) still
+    shows it: red for bad, green for good, read from the canvas along each thumbnail's radius."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {"x": [0.0, 20.0, 0.0, 20.0], "y": [0.0, 0.0, 20.0, 20.0], "label": ["a"] * 4, "source": ["real"] * 4}
+    )
+    w = CrafterWidget()
+    w.set_frame(frame, thumbnails=np.full((4, 32, 32, 3), 128, np.uint8))
+    w.feedback = bytes([2, 1, 0, 0])  # bad, good, none
+    open_standalone(page, widget_state(w))
+    page.wait_for_function("window.__dcw[0].thumbsShown === true")
+    page.evaluate("window.__model.set('selection', new DataView(new Uint32Array([0, 1, 2]).buffer))")
+    handle(page, "h.drawNow()")
+    view, size = handle(page, "h.view"), handle(page, "h.profileFrame().size")
+    img = _gl_pixels(page)
+    sx, sy = to_screen(frame[["x", "y"]].to_numpy(np.float32), view)
+    half = size * 1.2 / 2  # a selected image is drawn 20% larger
+
+    def along(i: int) -> np.ndarray:  # from the centre to the right edge
+        y, x0 = int(round(sy[i])), int(round(sx[i]))
+        return img[y, x0 : int(x0 + half)]
+
+    def has(row: np.ndarray, rgb: tuple[int, int, int], n: int) -> bool:
+        return int((np.abs(row - np.array(rgb)).max(axis=1) < 40).sum()) >= n
+
+    yellow, red, green = (255, 204, 0), (219, 26, 31), (26, 168, 64)
+    for i in range(3):
+        assert has(along(i), yellow, 1), f"image {i}: no selection ring"
+    assert has(along(0), red, 3) and not has(along(0), green, 1)
+    assert has(along(1), green, 3) and not has(along(1), red, 1)
+    assert not has(along(2), red, 1) and not has(along(2), green, 1)

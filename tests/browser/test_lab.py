@@ -11,6 +11,8 @@ call run_notebook_in_lab(page, lab, "quickstart.ipynb"), and read `crafter.selec
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import pathlib
 import time
@@ -19,6 +21,7 @@ from typing import Any
 import nbformat
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import ARTIFACTS, Lab, run_cell, run_notebook_in_lab
 from test_frontend import canvas_ink, draw_lasso, lasso_polygon, points_in_polygon, to_screen
@@ -471,4 +474,474 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
     assert printed_json(out, "PROMPTS") == {"0": "a photo of the digit zero on a blue background"}
     assert printed_json(out, "ACTIONS") == {"0": ["edit", "edit"]}
     assert not [u for u in blocked if "cdn" in u or "jsdelivr" in u], blocked
+    assert page.dialogs == []
+
+
+EVOLVE_SETUP = """
+import json
+import datacrafter_widget as dc
+crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), models=dc.starter.models(), project="evolve")
+CLS = crafter.classes[3]
+crafter.projection   # the map first, so the displayed view shows it at once
+crafter
+"""
+EVOLVE_SELECT = """
+s = crafter.samples
+crafter.selection = s[(s["label"] == CLS) & (s["split"] != "test")]["id"].tolist()
+try:
+    crafter.evolve(classes=[CLS], progress=False)   # the same call the Evolve button makes, for its message
+except Exception as err:
+    print("ERROR", json.dumps(str(err)))
+print("SEL", json.dumps(crafter.selection))
+print("CLS", json.dumps(CLS))
+"""
+
+
+@pytest.mark.slow
+def test_evolve_before_feedback_shows_the_whole_error(page: Any, lab: Lab) -> None:
+    """Issue 11, Broken 4: Evolve with no feedback yet. The footer shows the controller's whole error
+    (no "…", not clipped), and nothing on the page stays at "evolving prompts for 3"."""
+    missing = _starter_weights_missing()
+    if missing:
+        pytest.skip(f"starter models not available: {missing}")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (EVOLVE_SETUP, EVOLVE_SELECT)]
+    nbformat.write(nb, lab.root / "evolve_check.ipynb")
+    run_notebook_in_lab(page, lab, "evolve_check.ipynb", cells=1, timeout_ms=900000)
+    root = page.locator(".dcw-root").last
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=120000)
+    root.scroll_into_view_if_needed()
+    out = run_cell(page, 1)
+    error, sel, cls = printed_json(out, "ERROR"), printed_json(out, "SEL"), printed_json(out, "CLS")
+    assert "no feedback yet" in error and len(sel) == 2 and cls == "3", out
+    page.wait_for_function(f"{handle}.selection.length === 2", timeout=30000)
+    evolve = root.locator("button[data-action=evolve]")
+    assert not evolve.is_disabled()
+    evolve.click()
+    status = root.locator(".dcw-status")
+    page.wait_for_function(
+        "[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent.includes('failed'))", timeout=120000
+    )
+    page.wait_for_timeout(1000)  # any late progress update would arrive by now
+    text = status.inner_text()
+    assert text == f"evolving prompts for 3 failed: {error}", text
+    assert "…" not in text  # (the message itself may contain "[...]", as in feedback(bad_labels=[...]))
+    # Readable as a whole: not clipped by its box, no ellipsis style, and inside the widget.
+    geo = status.evaluate(
+        """(e) => { const cs = getComputedStyle(e), r = e.getBoundingClientRect(), p = e.closest('.dcw-root').getBoundingClientRect();
+            return {sw: e.scrollWidth, cw: e.clientWidth, sh: e.scrollHeight, ch: e.clientHeight, overflow: cs.textOverflow,
+                    clamp: cs.webkitLineClamp, inside: r.left >= p.left - 1 && r.right <= p.right + 1 && r.bottom <= p.bottom + 1,
+                    visible: r.width > 0 && r.height > 0}; }"""
+    )
+    assert geo["visible"] and geo["inside"], geo
+    assert geo["sw"] <= geo["cw"] + 1 and geo["sh"] <= geo["ch"] + 1, geo
+    assert geo["overflow"] != "ellipsis" and geo["clamp"] in ("none", "", None), geo
+    # No other visible text (progress bar, side panel) still says the evolution is running.
+    stale = page.evaluate(
+        """() => [...document.querySelectorAll('body *')].filter((e) => {
+              const own = [...e.childNodes].filter((c) => c.nodeType === 3).map((c) => c.textContent).join('');
+              return own.includes('evolving prompts') && !own.includes('failed') && e.getClientRects().length > 0
+                     && getComputedStyle(e).visibility !== 'hidden';
+            }).map((e) => e.className + ': ' + e.textContent)"""
+    )
+    assert stale == [], stale
+    assert not root.locator(".dcw-progress").is_visible()
+    assert page.locator("button:has-text('Generate')").last.is_enabled()
+    page.screenshot(path=str(ARTIFACTS / "lab-evolve-error.png"))
+    assert page.dialogs == []
+
+
+COLOR_SETUP = """
+import json
+import numpy as np
+import datacrafter_widget as dc
+from datacrafter_widget.ui.widget import CrafterView
+crafter = dc.DataCrafter(dc.starter.colored_digits(shots=5), project="colour")
+crafter.projection
+_view = CrafterView(crafter)   # deterministic: the displayed view uses the same positions
+np.save("xy.npy", np.frombuffer(_view.widget.xy, "<f4").reshape(-1, 2))
+np.save("hidden.npy", np.frombuffer(_view.widget.hidden, np.uint8))
+json.dump({c: crafter.samples[c].astype(str).tolist() for c in ("label", "background", "foreground")},
+          open("columns.json", "w"))
+crafter
+"""
+COLOR_STATE = 'print("COLOR", json.dumps(crafter.view.color_by))'
+COLOR_FROM_PYTHON = 'crafter.color_by("foreground")'
+
+
+def _point_colours(page: Any, lab: Lab) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, RGB at the centre of each isolated visible point) read from the WebGL canvas, in marks mode."""
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    for _ in range(8):  # zoom out around the centre until points are drawn as marks (their fill is the colour)
+        if not page.evaluate(f"{handle}.thumbsShown"):
+            break
+        v = page.evaluate(f"{handle}.view")
+        cx, cy = v["width"] / 2, v["height"] / 2
+        page.evaluate(f"{handle}.setView({v['k'] / 1.6}, {cx - (cx - v['tx']) / 1.6}, {cy - (cy - v['ty']) / 1.6})")
+        page.evaluate(f"{handle}.drawNow()")
+    assert not page.evaluate(f"{handle}.thumbsShown")
+    page.evaluate(f"{handle}.drawNow()")
+    view = page.evaluate(f"{handle}.view")
+    xy = np.load(lab.root / "xy.npy")
+    hidden = np.load(lab.root / "hidden.npy").astype(bool)
+    sx, sy = to_screen(xy, view)
+    vis = np.flatnonzero(~hidden & (sx > 8) & (sy > 8) & (sx < view["width"] - 8) & (sy < view["height"] - 8))
+    d = np.hypot(sx[vis, None] - sx[None, vis], sy[vis, None] - sy[None, vis])
+    np.fill_diagonal(d, np.inf)
+    iso = vis[d.min(axis=1) > 6]  # marks are at most 10 px wide: no other mark covers these centres
+    url = page.evaluate(
+        "document.querySelectorAll('.dcw-gl')[document.querySelectorAll('.dcw-gl').length - 1].toDataURL('image/png')"
+    )
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(int)
+    dpr = img.shape[1] / view["width"]
+    rgb = np.array([img[int(round(sy[i] * dpr)), int(round(sx[i] * dpr))] for i in iso])
+    return iso, rgb
+
+
+def _assert_coloured_by(iso: np.ndarray, rgb: np.ndarray, values: list[str], legend: dict[str, tuple]) -> None:
+    """Same value -> same colour, different values -> different colours, and each is its legend swatch's colour."""
+    cats = sorted({values[i] for i in iso})
+    assert len(cats) >= 3, cats
+    for c in cats:
+        mine = rgb[[values[i] == c for i in iso]]
+        assert np.abs(mine - mine[0]).max() <= 6, (c, mine.tolist())
+        assert c in legend, (c, legend)
+        assert np.abs(mine[0] - np.array(legend[c])).max() <= 6, (c, mine[0].tolist(), legend[c])
+    firsts = [rgb[[values[i] == c for i in iso]][0] for c in cats]
+    for a in range(len(cats)):
+        for b in range(a + 1, len(cats)):
+            assert np.abs(firsts[a] - firsts[b]).max() > 20, (cats[a], cats[b])
+
+
+def _legend(page: Any) -> dict[str, tuple]:
+    return page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('.dcw-legend .dcw-item')].filter((r) => r.querySelector('.dcw-swatch'))
+             .map((r) => [r.textContent.trim(), getComputedStyle(r.querySelector('.dcw-swatch')).backgroundColor.match(/\\d+/g).slice(0, 3).map(Number)]))"""
+    )
+
+
+@pytest.mark.slow
+def test_colour_by_a_column_in_jupyterlab(page: Any, lab: Lab) -> None:
+    """Colour-by chosen in the map's menu recolours the points on the page (pixels, by the column's values)
+    and reaches crafter.view; crafter.color_by(...) from a cell moves the menu and recolours again."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (COLOR_SETUP, COLOR_STATE, COLOR_FROM_PYTHON)]
+    nbformat.write(nb, lab.root / "colour_check.ipynb")
+    run_notebook_in_lab(page, lab, "colour_check.ipynb", cells=1)
+    root = page.locator(".dcw-root").last
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=120000)
+    root.scroll_into_view_if_needed()
+    columns = json.loads((lab.root / "columns.json").read_text())
+    menu = root.locator("select[data-role=color-by]")
+    assert menu.input_value() == "class"
+    iso, by_class = _point_colours(page, lab)
+    assert len(iso) >= 10
+    _assert_coloured_by(iso, by_class, columns["label"], _legend(page))
+
+    # 1. The menu: colour by the images' background.
+    menu.select_option("background")
+    page.wait_for_function(
+        "[...document.querySelectorAll('.dcw-legend')].some((e) => e.textContent.includes('lightblue'))", timeout=30000
+    )
+    iso2, by_bg = _point_colours(page, lab)
+    assert iso2.tolist() == iso.tolist()
+    _assert_coloured_by(iso, by_bg, columns["background"], _legend(page))
+    assert (np.abs(by_bg - by_class).max(axis=1) > 20).mean() > 0.3, "the point colours did not change"
+    assert printed_json(run_cell(page, 1), "COLOR") == "background"
+    page.screenshot(path=str(ARTIFACTS / "lab-colour-background.png"))
+
+    # 2. The Python twin moves the menu and recolours the page.
+    run_cell(page, 2)
+    page.wait_for_function(
+        "document.querySelectorAll('select[data-role=color-by]')[document.querySelectorAll('select[data-role=color-by]').length - 1].value === 'foreground'",
+        timeout=30000,
+    )
+    page.wait_for_timeout(300)
+    _, by_fg = _point_colours(page, lab)
+    _assert_coloured_by(iso, by_fg, columns["foreground"], _legend(page))
+    assert (np.abs(by_fg - by_bg).max(axis=1) > 20).mean() > 0.3
+    assert page.errors == [] and page.dialogs == []
+
+
+PANEL_SETUP = """
+import json
+import datacrafter_widget as dc
+crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), project="panel")
+CLS = crafter.classes[0]
+crafter.set_prompt(CLS, "a photo of a zero")
+crafter.set_prompt(CLS, "a photo of a zero, blue")
+json.dump(crafter.samples["id"].tolist(), open("ids.json", "w"))
+crafter.projection
+crafter
+"""
+PANEL_STATE = """
+e = crafter.prompts[CLS]
+print("PROMPT", json.dumps({"current": e["current"], "actions": [h["action"] for h in e["history"]]}))
+"""
+PANEL_PICK = """
+s = crafter.samples
+PICK = s[s["split"] != "test"]["id"].tolist()[:3]
+crafter.selection = PICK
+print("PICK", json.dumps(PICK))
+"""
+PANEL_FEEDBACK = 'print("FB", json.dumps(crafter.samples.set_index("id").loc[PICK, "feedback"].tolist()))'
+
+
+@pytest.mark.slow
+def test_prompt_history_and_remove_undo_in_jupyterlab(page: Any, lab: Lab) -> None:
+    """Issue 11, Broken 1 and UX 7: the side panel's Revert and Accept reach the project's prompt history;
+    Remove takes images off the map (not drawn, not selectable) and Undo brings them back."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (PANEL_SETUP, PANEL_STATE, PANEL_PICK, PANEL_FEEDBACK)]
+    nbformat.write(nb, lab.root / "panel_check.ipynb")
+    run_notebook_in_lab(page, lab, "panel_check.ipynb", cells=1)
+    root = page.locator(".dcw-root").last
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=120000)
+    root.scroll_into_view_if_needed()
+    statuses = "[...document.querySelectorAll('.dcw-status')].map((e) => e.textContent).join(' | ')"
+
+    # 1. Revert to the first prompt, chosen in the history menu.
+    text = page.locator(".widget-textarea textarea").last
+    assert text.input_value() == "a photo of a zero, blue"
+    page.locator(".widget-dropdown select").last.select_option(label="1. edit: a photo of a zero")
+    page.locator("button:has-text('Revert')").last.click()
+    page.wait_for_function(f"{statuses}.includes('reverted')", timeout=60000)
+    assert printed_json(run_cell(page, 1), "PROMPT") == {
+        "current": "a photo of a zero",
+        "actions": ["edit", "edit", "revert"],
+    }
+    page.wait_for_function(
+        "[...document.querySelectorAll('.widget-textarea textarea')].pop().value === 'a photo of a zero'",
+        timeout=30000,
+    )
+    # 2. Accept keeps it, recorded in the history.
+    page.locator("button:has-text('Accept')").last.click()
+    page.wait_for_function(f"{statuses}.includes('accepted')", timeout=60000)
+    assert printed_json(run_cell(page, 1), "PROMPT")["actions"] == ["edit", "edit", "revert", "accept"]
+
+    # 3. Remove: the images leave the map (hidden, not selectable) and the selection is cleared.
+    ids = json.loads((lab.root / "ids.json").read_text())
+    pick = printed_json(run_cell(page, 2), "PICK")
+    idx = [ids.index(i) for i in pick]
+    page.wait_for_function(f"JSON.stringify({handle}.selection) === '{json.dumps(idx, separators=(',', ':'))}'")
+    hidden = f"((i) => new Uint8Array({handle}.model.get('hidden').buffer)[i])"
+    assert [page.evaluate(f"{hidden}({i})") for i in idx] == [0, 0, 0]
+    root.locator("button[data-action=remove]").click()
+    page.wait_for_function(f"{statuses}.includes('marked removed: 3 images')", timeout=60000)
+    page.wait_for_function(f"[{', '.join(f'{hidden}({i})' for i in idx)}].every((v) => v === 1)", timeout=30000)
+    assert page.evaluate(f"{handle}.selection") == []
+    v = page.evaluate(f"{handle}.view")
+    everything = [[1, 1], [v["width"] - 1, 1], [v["width"] - 1, v["height"] - 1], [1, v["height"] - 1]]
+    got = page.evaluate(f"(p) => {handle}.selectPolygon(p)", everything)
+    assert got and not set(idx) & set(got)
+    assert printed_json(run_cell(page, 3), "FB") == ["removed"] * 3
+
+    # 4. Undo (the toolbar button) restores them.
+    root.locator("button[data-action=undo]").click()
+    page.wait_for_function(f"{statuses}.includes('undo: 3 images restored')", timeout=60000)
+    page.wait_for_function(f"[{', '.join(f'{hidden}({i})' for i in idx)}].every((v) => v === 0)", timeout=30000)
+    assert set(idx) <= set(page.evaluate(f"(p) => {handle}.selectPolygon(p)", everything))
+    assert printed_json(run_cell(page, 3), "FB") == [""] * 3
+    assert page.errors == [] and page.dialogs == []
+
+
+FIRST_SETUP = """
+import json
+import datacrafter_widget as dc
+crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), models=dc.starter.models(), project="first")
+crafter   # no map yet: the widget shows at once and computes it in the background
+"""
+FIRST_ROUND = """
+r = crafter.rounds[-1]
+print("ROUND", json.dumps({"status": r["status"], "stored": int((crafter.samples["round"] == r["round"]).sum())}))
+"""
+
+
+@pytest.mark.slow
+def test_first_map_progress_and_cancel_in_jupyterlab(page: Any, lab: Lab) -> None:
+    """Issue 11, UX 3 and 8: a new project's widget shows at once with progress while its map is computed,
+    then the map; a Generate shows one progress bar and one Cancel, and after Cancel the status says what
+    was kept (no stale "generating"), the progress goes and Generate is available again."""
+    missing = _starter_weights_missing()
+    if missing:
+        pytest.skip(f"starter models not available: {missing}")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (FIRST_SETUP, FIRST_ROUND)]
+    nbformat.write(nb, lab.root / "first_check.ipynb")
+    run_notebook_in_lab(page, lab, "first_check.ipynb", cells=1, timeout_ms=900000)
+    root = page.locator(".dcw-root").last
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=60000)
+    root.scroll_into_view_if_needed()
+    status, progress = root.locator(".dcw-status"), root.locator(".dcw-progress")
+    # 1. At once: the points (a grid per class) with an indeterminate progress while the map is computed.
+    assert page.evaluate(f"{handle}.n") == 320
+    assert progress.is_visible(), status.inner_text()
+    assert "computing the map of 320 images" in progress.inner_text() + status.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "lab-first-progress.png"))
+    # 2. Then the map: final status, no progress, content labels placed.
+    page.wait_for_function(
+        "[...document.querySelectorAll('.dcw-status')].some((e) => e.textContent === '320 images on the map')",
+        timeout=600000,
+    )
+    assert not progress.is_visible()
+    page.wait_for_function(f"{handle}.placedLabels.length > 0", timeout=30000)
+
+    # 3. Generate: one progress bar and one Cancel on the whole page; Cancel keeps the finished images.
+    page.locator(".widget-dropdown select").first.select_option("class")
+    count = page.locator(".widget-text input[type=number]").first
+    count.fill("6")
+    count.press("Tab")
+    page.locator("button:has-text('Generate')").last.click()
+    page.wait_for_function(
+        "(() => { const p = [...document.querySelectorAll('.dcw-progress progress')].pop();"
+        " return p && p.offsetParent !== null && p.max > 1 && p.value >= 1; })()",
+        timeout=300000,
+    )
+    # A first batch is stored (its points are on the map): Cancel must keep it, and stop the rest.
+    page.wait_for_function(f"{handle}.n > 320", timeout=300000)
+    visible = "(sel) => [...document.querySelectorAll(sel)].filter((e) => e.offsetParent !== null).length"
+    assert page.evaluate(visible, "progress") == 1
+    assert (
+        page.evaluate(
+            "() => [...document.querySelectorAll('button')].filter((b) => b.offsetParent !== null"
+            " && /cancel/i.test(b.textContent)).length"
+        )
+        == 1
+    )
+    assert page.locator("button:has-text('Generate')").last.is_disabled()
+    root.locator("button[data-action=cancel]").click()
+    page.wait_for_function(
+        "[...document.querySelectorAll('.dcw-status')].some((e) => /cancelled; \\d+ images kept/.test(e.textContent))",
+        timeout=300000,
+    )
+    page.wait_for_timeout(1500)  # nothing may overwrite it afterwards
+    text = status.inner_text()
+    kept = int(text.split("cancelled; ")[1].split(" images kept")[0])
+    assert "cancelled" in text and not progress.is_visible(), text
+    assert page.locator("button:has-text('Generate')").last.is_enabled()
+    rnd = printed_json(run_cell(page, 1), "ROUND")
+    assert rnd["status"] == "cancelled" and rnd["stored"] == kept and 0 < kept < 60, (rnd, text)
+    assert page.evaluate(f"{handle}.n") == 320 + kept
+    page.screenshot(path=str(ARTIFACTS / "lab-first-cancelled.png"))
+    assert page.dialogs == []
+
+
+def _lab_theme(page: Any, name: str, light: bool) -> None:
+    """Switches JupyterLab's theme with its own menu: Settings > Theme > name."""
+    page.locator(".lm-MenuBar-itemLabel", has_text="Settings").click()
+    page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
+    page.locator(".lm-Menu-itemLabel", has_text=name).first.click()
+    page.wait_for_function(
+        f"document.body.dataset.jpThemeLight === '{str(light).lower()}' && document.body.dataset.jpThemeName === {name!r}",
+        timeout=30000,
+    )
+    page.wait_for_timeout(500)
+
+
+@pytest.mark.slow
+def test_dark_theme_in_jupyterlab(page: Any, lab: Lab) -> None:
+    """Issue 11, Broken 5, in JupyterLab itself: with its Dark theme the toolbar, count, legend and status
+    keep a WCAG contrast >= 4.5 computed from the page, the map is dark and labels are drawn light."""
+    from test_frontend import _page_contrast
+
+    make_notebook(lab.root / "theme_check.ipynb")
+    run_notebook_in_lab(page, lab, "theme_check.ipynb", cells=1)
+    root = page.locator(".dcw-root").last
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=120000)
+    root.scroll_into_view_if_needed()
+    try:
+        _lab_theme(page, "JupyterLab Dark", light=False)
+        page.evaluate(f"{handle}.drawNow()")
+        for sel in (
+            ".dcw-toolbar button[data-mode=lasso]",
+            ".dcw-toolbar button[data-mode=box]",
+            ".dcw-count",
+            ".dcw-legend .dcw-item span:last-child",
+            ".dcw-status",
+        ):
+            assert _page_contrast(page, sel) >= 4.5, sel
+        theme = page.evaluate(f"{handle}.theme")
+        assert (
+            max(theme["bg"]) <= 40 and 0.2126 * theme["fg"][0] + 0.7152 * theme["fg"][1] + 0.0722 * theme["fg"][2] > 180
+        )
+        url = page.evaluate("[...document.querySelectorAll('.dcw-gl')].pop().toDataURL('image/png')")
+        img = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+        assert img[:5, :5].mean() < 50, "the map stayed a light rectangle"
+        page.screenshot(path=str(ARTIFACTS / "lab-theme-dark.png"))
+    finally:
+        _lab_theme(page, "JupyterLab Light", light=True)  # the lab server is shared by the session's tests
+
+
+EVOLVE_RUN_SETUP = """
+import json
+import datacrafter_widget as dc
+crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), models=dc.starter.models(), project="evolved")
+CLS = crafter.classes[0]
+crafter.projection
+crafter
+"""
+EVOLVE_RUN_SELECT = """
+s = crafter.samples
+crafter.selection = s[(s["label"] == CLS) & (s["split"] != "test")]["id"].tolist()
+print("SEL", json.dumps(crafter.selection))
+"""
+EVOLVE_RUN_STATE = """
+e = crafter.prompts.get(CLS, {})
+r = crafter.rounds[-1] if crafter.rounds else {}
+g = crafter.samples[crafter.samples["round"] == r.get("round", -1)]
+print("STATE", json.dumps({"current": e.get("current"), "actions": [h["action"] for h in e.get("history", [])],
+      "round": {"strategy": sorted(set(g["strategy"])), "labels": sorted(set(g["label"])), "prompts": sorted(set(g["prompt"]))}}))
+"""
+
+
+@pytest.mark.slow
+def test_evolve_then_generate_evolved_in_jupyterlab(page: Any, lab: Lab) -> None:
+    """Issue 11, Broken 2, all from the widget: Good on a class's images, Evolve, the evolved prompt in the
+    panel, then Generate with strategy "evolved": the new round uses exactly that prompt for that class."""
+    missing = _starter_weights_missing()
+    if missing:
+        pytest.skip(f"starter models not available: {missing}")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (EVOLVE_RUN_SETUP, EVOLVE_RUN_SELECT, EVOLVE_RUN_STATE)]
+    nbformat.write(nb, lab.root / "evolved_check.ipynb")
+    run_notebook_in_lab(page, lab, "evolved_check.ipynb", cells=1, timeout_ms=900000)
+    root = page.locator(".dcw-root").last
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=120000)
+    root.scroll_into_view_if_needed()
+    statuses = "[...document.querySelectorAll('.dcw-status')].map((e) => e.textContent).join(' | ')"
+    sel = printed_json(run_cell(page, 1), "SEL")
+    page.wait_for_function(f"{handle}.selection.length === {len(sel)}", timeout=30000)
+    root.locator("button[data-action=good]").click()
+    page.wait_for_function(f"{statuses}.includes('marked good: {len(sel)} images')", timeout=60000)
+    root.locator("button[data-action=evolve]").click()
+    page.wait_for_function(f"/evolving prompts for 0: (done|failed)/.test({statuses})", timeout=600000)
+    assert "evolving prompts for 0: done" in root.locator(".dcw-status").inner_text()
+    state = printed_json(run_cell(page, 2), "STATE")
+    evolved = state["current"]
+    assert evolved and state["actions"] and state["actions"][-1] == "evolved", state
+    page.wait_for_function(
+        f"[...document.querySelectorAll('.widget-textarea textarea')].some((t) => t.value === {json.dumps(evolved)})",
+        timeout=30000,
+    )
+    page.locator(".widget-dropdown select").first.select_option("evolved")
+    count = page.locator(".widget-text input[type=number]").first
+    count.fill("2")
+    count.press("Tab")
+    page.locator("button:has-text('Generate')").last.click()
+    page.wait_for_function(f"/round \\d+: (done|failed)/.test({statuses})", timeout=600000)
+    assert ": done" in root.locator(".dcw-status").inner_text(), root.locator(".dcw-status").inner_text()
+    state = printed_json(run_cell(page, 2), "STATE")
+    assert state["round"] == {"strategy": ["evolved"], "labels": ["0"], "prompts": [evolved]}, state
+    page.screenshot(path=str(ARTIFACTS / "lab-evolved-generated.png"))
     assert page.dialogs == []
