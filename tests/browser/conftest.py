@@ -26,16 +26,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from standalone import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (one browser set-up for both kinds of test)
 
 
 def pytest_collection_modifyitems(items: list[Any]) -> None:
