@@ -672,6 +672,36 @@ def ci95(x: np.ndarray) -> float:
     return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
+# Orderings each track tests, read as paired differences (both arms of a pair share a seed's data,
+# test split and student seed, so the per-seed difference removes most of the seed-to-seed spread).
+PAIRS = {
+    "gap": [("search", "class"), ("gap", "class"), ("gap", "search"), ("ideal", "class")],
+    "loop": [("loop", "class"), ("ideal", "class")],
+    "captions": [("caption-pool", "class"), ("caption-train", "class"), ("ideal", "caption-pool")],
+}
+
+
+def paired_differences(track: str, df: pd.DataFrame) -> list[str]:
+    """Per N: mean of (a - b) accuracy over the seeds both arms have, its 95% t-interval and the sign."""
+    lines = ["", "paired accuracy differences (mean over seeds ±95% t-interval; 'holds' = interval above 0)"]
+    for a, b in PAIRS[track]:
+        for n in sorted(df[df["arm"] == a]["N"].unique()):
+            x = df[(df["arm"] == a) & (df["N"] == n)].set_index("seed")["accuracy"]
+            y = df[(df["arm"] == b) & (df["N"] == n)].set_index("seed")["accuracy"]
+            d = (x - y).dropna()
+            if d.empty:
+                continue
+            h = ci95(d.to_numpy())
+            verdict = (
+                ""
+                if math.isnan(h)
+                else ("holds" if d.mean() - h > 0 else "reversed" if d.mean() + h < 0 else "not established")
+            )
+            per_seed = " ".join(f"{v:+.3f}" for v in d)
+            lines.append(f"  N={n} {a} - {b}: {d.mean():+.3f} ±{h:.3f} over {len(d)} seed(s) [{per_seed}] {verdict}")
+    return lines
+
+
 def summarise(track: str, rows: list[dict], args) -> str:
     df = pd.DataFrame(rows)
     out = Path(args.results) / track
@@ -722,6 +752,7 @@ def summarise(track: str, rows: list[dict], args) -> str:
                 f"  N={n}: class {m['class']:.3f}, loop {m['loop']:.3f}, ideal {m['ideal']:.3f} -> "
                 f"{(m['loop'] - m['class']) / gap if gap > 0 else float('nan'):.2f}"
             )
+    lines += paired_differences(track, df)
     text = "\n".join(lines)
     (out / "table.txt").write_text(text + "\n")
     atomic_json(
@@ -806,7 +837,17 @@ def main() -> int:
     )
     args = p.parse_args()
     if args.merge:
-        frames = [pd.read_csv(f) for f in args.merge.split(",") if f]
+        global _STUDENT_ID
+        files = [Path(f) for f in args.merge.split(",") if f]
+        frames = [pd.read_csv(f) for f in files]
+        # The student the rows were scored with (summary.json beside rows.csv), not today's file.
+        ran = {
+            json.loads((f.parent / "summary.json").read_text())["student"]
+            for f in files
+            if (f.parent / "summary.json").is_file()
+        }
+        if ran:
+            _STUDENT_ID = "+".join(sorted(ran))
         df = pd.concat(frames).drop_duplicates(subset=["track", "seed", "arm", "N"], keep="last")
         for track, g in df.groupby("track"):
             print(summarise(str(track), g.to_dict(orient="records"), args))
