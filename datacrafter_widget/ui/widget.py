@@ -592,6 +592,7 @@ class CrafterController(Protocol):
     def prompts(self) -> dict[str, PromptEntry]: ...
     @property
     def metrics(self) -> pd.DataFrame: ...
+    def metrics_table(self, *, progress: bool = True) -> pd.DataFrame: ...
     @property
     def can_undo(self) -> tuple[int, int]: ...
     def on(self, event: str, fn: Callable[..., None]) -> None: ...
@@ -832,7 +833,7 @@ class CrafterView:
             self._metrics_again = False
 
         def work(ctx: Any) -> Any:
-            return self.crafter.metrics
+            return self.crafter.metrics_table(progress=False)  # no tqdm bar under the widget
 
         def finished(_job: Any) -> None:
             with self._metrics_lock:
@@ -1016,7 +1017,7 @@ class CrafterView:
     def update_metrics(self) -> None:
         """Recomputes `crafter.metrics` and shows it (blocking; the view does it in the background)."""
         try:
-            frame = self.crafter.metrics
+            frame = self.crafter.metrics_table(progress=False)
         except Exception as err:  # noqa: BLE001 - metrics must never break the view
             log.warning("crafter.metrics failed: %s", err)
             return
