@@ -1150,9 +1150,12 @@ class CrafterView:
                 return "select one image first, then Neighbours"
             k = int(payload.get("k", 12))
             sid = self.ids[idx[0]]
-            near = crafter.neighbors(sid, k, select=False)
             hidden = np.frombuffer(self.widget.hidden, np.uint8) if len(self.widget.hidden) == len(self.ids) else None
-            crafter.selection = [sid] + [i for i in near if hidden is None or not hidden[self._index[i]]]
+            # The k nearest among the images on the map: hidden ones (held-out test images, filtered out)
+            # would otherwise take most of the k places and leave one or two neighbours selected.
+            near = crafter.neighbors(sid, len(self.ids) if hidden is not None and hidden.any() else k, select=False)
+            shown = [i for i in near if hidden is None or not hidden[self._index[i]]][:k]
+            crafter.selection = [sid] + shown
             return f"the {len(crafter.selection) - 1} nearest images (CLIP) to {sid} on the map"
         if name == "filter":
             crafter.filter(show_test=payload.get("show_test"), show_removed=payload.get("show_removed"))
