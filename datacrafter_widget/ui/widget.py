@@ -676,17 +676,24 @@ def label_anchor(
     if len(member_xy) == 0:
         raise ValueError("a label anchor needs at least one member")
     x0, y0, x1, y1 = bounds
-    w, h = max(x1 - x0, 1e-9), max(y1 - y0, 1e-9)
+    w = h = max(x1 - x0, y1 - y0, 1e-9)  # square cells: a flat map must not make them slivers
     cx = np.clip(((member_xy[:, 0] - x0) / w * bins).astype(int), 0, bins - 1)
     cy = np.clip(((member_xy[:, 1] - y0) / h * bins).astype(int), 0, bins - 1)
     cell = cy * bins + cx
-    counts = np.bincount(cell, minlength=bins * bins)
+    # Members per 3x3 block of cells around each cell: a spread-out group is not outweighed by a small
+    # tight pile that happens to fall in one cell (which made labels jump when images were added).
+    grid = np.bincount(cell, minlength=bins * bins).reshape(bins, bins)
+    padded = np.pad(grid, 1)
+    counts = sum(padded[dy : dy + bins, dx : dx + bins] for dy in range(3) for dx in range(3)).ravel()
     if previous is not None:
         px = min(bins - 1, max(0, int((previous[0] - x0) / w * bins)))
         py = min(bins - 1, max(0, int((previous[1] - y0) / h * bins)))
         if counts[py * bins + px] * 2 >= counts.max():
             return previous
-    best = member_xy[cell == counts.argmax()]
+    top = int(counts.argmax())
+    ty, tx = divmod(top, bins)
+    near = (np.abs(cy - ty) <= 1) & (np.abs(cx - tx) <= 1)
+    best = member_xy[near & (grid.ravel()[cell] > 0)]
     med = np.median(best, axis=0)
     k = int(((best - med) ** 2).sum(axis=1).argmin())  # snap onto a member: never empty space
     return float(best[k, 0]), float(best[k, 1])
