@@ -54,7 +54,9 @@ class MissingModel:
 
     def error(self, purpose: str = "") -> MissingModelError:
         what = f"{purpose} needs" if purpose else "this step needs"
-        return MissingModelError(f"{what} {_article(self.kind)} {self.kind} but none was given: {_FIX.get(self.kind, '')}")
+        return MissingModelError(
+            f"{what} {_article(self.kind)} {self.kind} but none was given: {_FIX.get(self.kind, '')}"
+        )
 
     def __bool__(self) -> bool:
         return False

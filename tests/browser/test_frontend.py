@@ -674,10 +674,22 @@ def test_content_labels_sit_on_members_and_do_not_jump(page: Any, tmp_path: path
         proj = crafter.projection
         images = proj[proj["kind"] == "image"]
         extra = pd.DataFrame(
-            [{"kind": "image", "id": i, "text": "", "x": 10 + rng.normal(0, 0.1), "y": rng.normal(0, 0.1), "members": None} for i in new]
+            [
+                {
+                    "kind": "image",
+                    "id": i,
+                    "text": "",
+                    "x": 10 + rng.normal(0, 0.1),
+                    "y": rng.normal(0, 0.1),
+                    "members": None,
+                }
+                for i in new
+            ]
         )
         labels = proj[proj["kind"] == "label"].copy()
-        labels.loc[labels["text"] == "stripes", "members"] = pd.Series([groups["stripes"] + new[:9]], index=labels.index[labels["text"] == "stripes"])
+        labels.loc[labels["text"] == "stripes", "members"] = pd.Series(
+            [groups["stripes"] + new[:9]], index=labels.index[labels["text"] == "stripes"]
+        )
         crafter.set_projection(pd.concat([images, extra, labels], ignore_index=True))
         assert view.widget.n == len(ids) == len(xy) + 40
         after = {lab["text"]: (lab["x"], lab["y"]) for lab in view.widget.labels}
@@ -707,13 +719,19 @@ def test_tooltip_shows_content_labels_as_text(page: Any, tmp_path: pathlib.Path)
         both = set(view._index[i] for i in groups["stripes"]) & set(view._index[i] for i in groups["<b>dots</b>"])
         cands = [view._index[i] for i in groups["<b>dots</b>"]]
         hidden = np.frombuffer(w.hidden, np.uint8)
-        ok = [i for i in cands if d[i].min() > 8 and not hidden[i] and 20 < sx[i] < v["width"] - 20 and 20 < sy[i] < v["height"] - 20]
+        ok = [
+            i
+            for i in cands
+            if d[i].min() > 8 and not hidden[i] and 20 < sx[i] < v["width"] - 20 and 20 < sy[i] < v["height"] - 20
+        ]
         assert ok and not both
         i = ok[0]
         box = page.locator(".dcw-gl").bounding_box()
         page.mouse.move(box["x"] + sx[i] + 0.3, box["y"] + sy[i] + 0.3)
         page.wait_for_selector(".dcw-tooltip[data-index='%d']" % i, state="visible")
-        page.wait_for_function(f"window.__model.sent.some((m) => m.content.type === 'details' && m.content.index === {i})")
+        page.wait_for_function(
+            f"window.__model.sent.some((m) => m.content.type === 'details' && m.content.index === {i})"
+        )
         fields, png = w.details(i)  # what the kernel answers
         assert dict(fields)["labels"] == "<b>dots</b>"
         page.evaluate(

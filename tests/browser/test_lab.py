@@ -1021,7 +1021,10 @@ def test_similar_zoom_isolate_redo_unmark_in_jupyterlab(page: Any, lab: Lab) -> 
     sx1, sy1, v1 = placed()
     assert v1["k"] > v0["k"], (v0, v1)
     assert sx1.min() >= 0 and sy1.min() >= 0 and sx1.max() <= v1["width"] and sy1.max() <= v1["height"]
-    assert abs((sx1.min() + sx1.max()) / 2 - v1["width"] / 2) < 2 and abs((sy1.min() + sy1.max()) / 2 - v1["height"] / 2) < 2
+    assert (
+        abs((sx1.min() + sx1.max()) / 2 - v1["width"] / 2) < 2
+        and abs((sy1.min() + sy1.max()) / 2 - v1["height"] / 2) < 2
+    )
     pad = 28  # the view's margin around fitted points
     fill0 = max(np.ptp(sx0) / (v0["width"] - 2 * pad), np.ptp(sy0) / (v0["height"] - 2 * pad))
     fill1 = max(np.ptp(sx1) / (v1["width"] - 2 * pad), np.ptp(sy1) / (v1["height"] - 2 * pad))
@@ -1042,7 +1045,9 @@ def test_similar_zoom_isolate_redo_unmark_in_jupyterlab(page: Any, lab: Lab) -> 
     root.locator("button[data-role=isolate]").click()  # now "Show all"
     page.wait_for_function(f"{statuses}.includes('showing every image')", timeout=60000)
     page.wait_for_function(f"{hidden}.filter((h) => h === 0).length > {len(want)}", timeout=30000)
-    page.evaluate(f"{{ const m = {handle}.model; m.set('selection', new DataView(new Uint32Array({want}).buffer)); m.save_changes(); 0; }}")
+    page.evaluate(
+        f"{{ const m = {handle}.model; m.set('selection', new DataView(new Uint32Array({want}).buffer)); m.save_changes(); 0; }}"
+    )
     page.wait_for_function(f"{handle}.selection.length === {len(want)}", timeout=30000)
 
     # 4. Bad, Undo, Redo, Unmark: the page's feedback array and the project follow each step.
