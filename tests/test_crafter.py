@@ -519,3 +519,11 @@ def test_the_whole_loop_through_the_controller(ds, tmp_path):
         again.models.student = None
         assert again.student is not None  # reloaded from the project folder
         assert again.evaluate()["accuracy"] == result["accuracy"]
+
+
+def test_missing_model_message_uses_the_right_article() -> None:
+    from datacrafter_widget.models.bundle import MissingModel
+
+    assert "crafter.metrics needs an embedder but" in str(MissingModel("embedder").error("crafter.metrics"))
+    assert "needs a generator but" in str(MissingModel("generator").error("generate"))
+    assert "this step needs a labeler" in str(MissingModel("labeler").error())

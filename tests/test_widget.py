@@ -425,7 +425,7 @@ def test_crafter_view_shows_metrics_once_there_are_rounds(crafter, monkeypatch) 
     assert view.chart is None and len(view.layout.children) == 1  # no rounds yet: no chart
     # crafter.metrics is a computed property (one row per round); stand in for two rounds of it.
     table = {"df": pd.DataFrame({"round": [1], "distance": [0.4], "diversity": [0.2]})}
-    monkeypatch.setattr(type(crafter), "metrics", property(lambda self: table["df"]))
+    monkeypatch.setattr(type(crafter), "metrics_table", lambda self, progress=True: table["df"])
     view.update_metrics()
     assert isinstance(view.chart, alt.JupyterChart) and view.layout.children[-1] is view.chart
     table["df"] = pd.DataFrame({"round": [1, 2], "distance": [0.4, 0.3], "diversity": [0.2, 0.25]})
@@ -505,12 +505,12 @@ def test_slow_metrics_never_block_evolve(crafter, monkeypatch) -> None:
     view.wait()
     release, calls = threading.Event(), []
 
-    def slow_metrics(self):
+    def slow_metrics(self, progress=True):
         calls.append(1)
         release.wait(30)
         return pd.DataFrame()
 
-    monkeypatch.setattr(type(crafter), "metrics", property(slow_metrics))
+    monkeypatch.setattr(type(crafter), "metrics_table", slow_metrics)
     view._metrics_in_background()
     view._metrics_in_background()  # while the first runs: served by one more run after it
     assert view._metrics_job.running
@@ -533,3 +533,33 @@ def test_slow_metrics_never_block_evolve(crafter, monkeypatch) -> None:
             break
         time.sleep(0.05)
     assert len(calls) == 2
+
+
+def test_view_metrics_print_no_progress_bar(tmp_path: pathlib.Path, capfd) -> None:
+    """The view's background metrics job trains the held-out student quietly: no tqdm bar lands in
+    the notebook cell under the widget (the widget shows its own progress); crafter.metrics still does."""
+    import datacrafter_widget as dc
+    from datacrafter_widget.ui.widget import CrafterView
+
+    c = dc.DataCrafter(dc.starter.colored_digits(shots=2), models=dc.starter.models(), project=tmp_path / "p")
+    try:
+        c.heldout_options = {"steps": 4}
+        assert c.heldout is not None and len(c.heldout) > 0  # the student is trained, so a bar could show
+        capfd.readouterr()
+        view = CrafterView(c)
+        for _ in range(600):  # the first map's job starts the metrics job as it ends
+            view.wait()
+            if view._metrics_job is not None and not view._metrics_job.running:
+                break
+            time.sleep(0.1)
+        out, err = capfd.readouterr()
+        assert view._metrics_job is not None and view._metrics_job.error is None
+        assert (pathlib.Path(c.store.path) / "heldout" / "round_0").exists()  # the student was trained in the job
+        assert "training" not in out + err and "%|" not in out + err, (out, err)
+        # The user's own crafter.metrics keeps its bar (a fresh round-0 student: the cache is keyed on options).
+        c.heldout_options = {"steps": 5}
+        c.metrics
+        out, err = capfd.readouterr()
+        assert "training" in out + err
+    finally:
+        c.close()

@@ -754,13 +754,18 @@ class DataCrafter:
         """One row per generation round: informativeness, class maintenance, diversity, distance (CMMD,
         metrics.py), with the strategies and flag / bad-feedback counts. Class probabilities come from
         the class filter's classifier (zero-shot when no classifier works on the real images)."""
+        return self.metrics_table()
+
+    def metrics_table(self, *, progress: bool = True) -> pd.DataFrame:
+        """`crafter.metrics`; progress=False trains the held-out student without a tqdm bar (the view's
+        background job: the widget shows its own progress, nothing is printed under it)."""
         from ..loop.metrics import round_metrics
 
         emb_model = self.models.require("embedder", "crafter.metrics")
         s = self.store.samples
         gen = s[s["source"] == "generated"]
         if not len(gen):
-            return self._with_student_accuracy(pd.DataFrame(columns=["round", "n_generated"]))
+            return self._with_student_accuracy(pd.DataFrame(columns=["round", "n_generated"]), progress=progress)
         real = s[(s["source"] == "real") & (s["split"] == "train")]
         real_emb = self.embeddings(real["id"].tolist())
         flt = ClassFilter(emb_model, self.classes, mode=self.filter_mode).fit(real_emb, real["label"].tolist())
@@ -791,7 +796,7 @@ class DataCrafter:
             row["flagged"] = int((g["flag"] != "").sum())
             row["bad"] = int((g["feedback"] == "bad").sum())
             rows.append(row)
-        return self._with_student_accuracy(pd.DataFrame(rows))
+        return self._with_student_accuracy(pd.DataFrame(rows), progress=progress)
 
     @property
     def heldout(self) -> Dataset | None:
@@ -812,7 +817,7 @@ class DataCrafter:
             )
         self._heldout, self._heldout_fp = value, None
 
-    def _with_student_accuracy(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def _with_student_accuracy(self, frame: pd.DataFrame, *, progress: bool = True) -> pd.DataFrame:
         """Adds student_acc (held-out accuracy of a student trained on each round's data; heldout.py),
         with a round-0 row for the real images alone; cached per round in <project>/heldout/."""
         from .heldout import STUDENT_COLUMNS, heldout_fingerprint, student_accuracy_by_round
@@ -831,6 +836,7 @@ class DataCrafter:
             fingerprint=self._heldout_fp[1],
             embedder=self.models.embedder if self.models.has("embedder") else None,
             options=self.heldout_options,
+            progress=progress,
         )
         if len(frame):
             merged = acc.merge(frame.astype({"round": "int64"}), on="round", how="left")

@@ -37,6 +37,11 @@ _FIX = {
 }
 
 
+def _article(word: str) -> str:
+    """'a' or 'an' before `word` (by its first letter: an embedder, a generator)."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 class MissingModelError(RuntimeError):
     """A step needs a model that was not given; the message names it and how to provide it."""
 
@@ -49,7 +54,9 @@ class MissingModel:
 
     def error(self, purpose: str = "") -> MissingModelError:
         what = f"{purpose} needs" if purpose else "this step needs"
-        return MissingModelError(f"{what} a {self.kind} but none was given: {_FIX.get(self.kind, '')}")
+        return MissingModelError(
+            f"{what} {_article(self.kind)} {self.kind} but none was given: {_FIX.get(self.kind, '')}"
+        )
 
     def __bool__(self) -> bool:
         return False

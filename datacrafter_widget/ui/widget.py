@@ -592,6 +592,7 @@ class CrafterController(Protocol):
     def prompts(self) -> dict[str, PromptEntry]: ...
     @property
     def metrics(self) -> pd.DataFrame: ...
+    def metrics_table(self, *, progress: bool = True) -> pd.DataFrame: ...
     @property
     def can_undo(self) -> tuple[int, int]: ...
     def on(self, event: str, fn: Callable[..., None]) -> None: ...
@@ -675,17 +676,24 @@ def label_anchor(
     if len(member_xy) == 0:
         raise ValueError("a label anchor needs at least one member")
     x0, y0, x1, y1 = bounds
-    w, h = max(x1 - x0, 1e-9), max(y1 - y0, 1e-9)
+    w = h = max(x1 - x0, y1 - y0, 1e-9)  # square cells: a flat map must not make them slivers
     cx = np.clip(((member_xy[:, 0] - x0) / w * bins).astype(int), 0, bins - 1)
     cy = np.clip(((member_xy[:, 1] - y0) / h * bins).astype(int), 0, bins - 1)
     cell = cy * bins + cx
-    counts = np.bincount(cell, minlength=bins * bins)
+    # Members per 3x3 block of cells around each cell: a spread-out group is not outweighed by a small
+    # tight pile that happens to fall in one cell (which made labels jump when images were added).
+    grid = np.bincount(cell, minlength=bins * bins).reshape(bins, bins)
+    padded = np.pad(grid, 1)
+    counts = sum(padded[dy : dy + bins, dx : dx + bins] for dy in range(3) for dx in range(3)).ravel()
     if previous is not None:
         px = min(bins - 1, max(0, int((previous[0] - x0) / w * bins)))
         py = min(bins - 1, max(0, int((previous[1] - y0) / h * bins)))
         if counts[py * bins + px] * 2 >= counts.max():
             return previous
-    best = member_xy[cell == counts.argmax()]
+    top = int(counts.argmax())
+    ty, tx = divmod(top, bins)
+    near = (np.abs(cy - ty) <= 1) & (np.abs(cx - tx) <= 1)
+    best = member_xy[near & (grid.ravel()[cell] > 0)]
     med = np.median(best, axis=0)
     k = int(((best - med) ** 2).sum(axis=1).argmin())  # snap onto a member: never empty space
     return float(best[k, 0]), float(best[k, 1])
@@ -832,7 +840,7 @@ class CrafterView:
             self._metrics_again = False
 
         def work(ctx: Any) -> Any:
-            return self.crafter.metrics
+            return self.crafter.metrics_table(progress=False)  # no tqdm bar under the widget
 
         def finished(_job: Any) -> None:
             with self._metrics_lock:
@@ -1016,7 +1024,7 @@ class CrafterView:
     def update_metrics(self) -> None:
         """Recomputes `crafter.metrics` and shows it (blocking; the view does it in the background)."""
         try:
-            frame = self.crafter.metrics
+            frame = self.crafter.metrics_table(progress=False)
         except Exception as err:  # noqa: BLE001 - metrics must never break the view
             log.warning("crafter.metrics failed: %s", err)
             return
@@ -1149,9 +1157,12 @@ class CrafterView:
                 return "select one image first, then Neighbours"
             k = int(payload.get("k", 12))
             sid = self.ids[idx[0]]
-            near = crafter.neighbors(sid, k, select=False)
             hidden = np.frombuffer(self.widget.hidden, np.uint8) if len(self.widget.hidden) == len(self.ids) else None
-            crafter.selection = [sid] + [i for i in near if hidden is None or not hidden[self._index[i]]]
+            # The k nearest among the images on the map: hidden ones (held-out test images, filtered out)
+            # would otherwise take most of the k places and leave one or two neighbours selected.
+            near = crafter.neighbors(sid, len(self.ids) if hidden is not None and hidden.any() else k, select=False)
+            shown = [i for i in near if hidden is None or not hidden[self._index[i]]][:k]
+            crafter.selection = [sid] + shown
             return f"the {len(crafter.selection) - 1} nearest images (CLIP) to {sid} on the map"
         if name == "filter":
             crafter.filter(show_test=payload.get("show_test"), show_removed=payload.get("show_removed"))

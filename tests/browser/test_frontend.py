@@ -596,3 +596,152 @@ def test_feedback_band_stays_visible_on_a_selected_thumbnail(page: Any) -> None:
     assert has(along(0), red, 3) and not has(along(0), green, 1)
     assert has(along(1), green, 3) and not has(along(1), red, 1)
     assert not has(along(2), red, 1) and not has(along(2), green, 1)
+
+
+# ----------------------------------------------------------------- content labels from the real view (issue 11)
+def _crafted_view(tmp_path: pathlib.Path) -> tuple[Any, Any, np.ndarray, dict]:
+    """A CrafterView over a real DataCrafter with a crafted projection: two far clusters of training
+    images, the label "stripes" on the training images of the left cluster and 3 of the right, "dots" on the rest of the
+    right, and "ghost" on no image (its class is absent from the map)."""
+    import pandas as pd
+
+    import datacrafter_widget as dc
+    from datacrafter_widget.ui.widget import CrafterView
+
+    crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), project=tmp_path / "p")
+    view = CrafterView(crafter)
+    view.wait()
+    s = crafter.samples
+    train = s[s["split"] != "test"]["id"].tolist()
+    rng = np.random.default_rng(4)
+    xy = {}
+    for k, sid in enumerate(s["id"]):
+        cx = -10.0 if k % 2 == 0 else 10.0
+        xy[sid] = (cx + rng.normal(0, 0.6), rng.normal(0, 0.6))
+    left = [i for i in train if xy[i][0] < 0][:30]
+    right = [i for i in train if xy[i][0] > 0]
+    groups = {"stripes": left + right[:3], "<b>dots</b>": right[3:], "ghost": []}
+    rows = [{"kind": "image", "id": sid, "text": "", "x": x, "y": y, "members": None} for sid, (x, y) in xy.items()]
+    rows += [{"kind": "label", "id": "", "text": t, "x": 0.0, "y": 0.0, "members": m} for t, m in groups.items()]
+    crafter.set_projection(pd.DataFrame(rows))
+    return crafter, view, np.array([xy[i] for i in s["id"]], np.float32), groups
+
+
+def _page_labels(page: Any) -> dict[str, tuple[float, float]]:
+    """Placed labels' box centres on the page, in data coordinates."""
+    v = handle(page, "h.view")
+    out = {}
+    for p in handle(page, "h.placedLabels"):
+        b = p["box"]
+        sx, sy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+        out[p["text"]] = ((sx - v["tx"]) / v["k"], -(sy - v["ty"]) / v["k"])
+    return out
+
+
+def test_content_labels_sit_on_members_and_do_not_jump(page: Any, tmp_path: pathlib.Path) -> None:
+    """Issue 11, UX 4: a label of a class absent from the map is not drawn; each label is drawn on one of
+    its members inside their densest group (not at the centroid between clusters); adding images elsewhere
+    leaves the labels where they were."""
+    crafter, view, xy, groups = _crafted_view(tmp_path)
+    try:
+        open_standalone(page, widget_state(view.widget))
+        page.wait_for_function("window.__dcw[window.__dcw.length - 1].placedLabels.length > 0")
+        got = _page_labels(page)
+        assert set(got) == {"stripes", "<b>dots</b>"}  # "ghost" has no image on the map
+        k = handle(page, "h.view")["k"]
+        for text, (x, y) in got.items():
+            idx = [view._index[i] for i in groups[text]]
+            d = np.hypot(xy[idx, 0] - x, xy[idx, 1] - y)
+            assert d.min() * k < 1.5, f"{text!r} is {d.min() * k:.1f} px from its nearest member"
+        # "stripes" has ~10 members on the left and 3 on the right: it sits on the left cluster, not between.
+        assert got["stripes"][0] < -5
+        # Label text is literal on the canvas and nowhere parsed as HTML.
+        assert page.locator("#host b").count() == 0
+        before = {t: (lab["x"], lab["y"]) for t, lab in ((lab["text"], lab) for lab in view.widget.labels)}
+
+        # Add 40 generated images in a tight pile on the right cluster, 9 of them "stripes": the right now
+        # holds the densest group of "stripes" members, yet the label stays where it was (no jump) while
+        # its own group keeps at least half as many.
+        import pandas as pd
+        from PIL import Image as PILImage
+
+        new = crafter.store.add(
+            [PILImage.new("RGB", (32, 32), (10 * (i % 20), 90, 200)) for i in range(40)],
+            [{"label": crafter.classes[0], "source": "generated", "split": "generated", "round": 1} for _ in range(40)],
+        )
+        rng = np.random.default_rng(9)
+        ids = crafter.samples["id"].tolist()
+        proj = crafter.projection
+        images = proj[proj["kind"] == "image"]
+        extra = pd.DataFrame(
+            [
+                {
+                    "kind": "image",
+                    "id": i,
+                    "text": "",
+                    "x": 10 + rng.normal(0, 0.1),
+                    "y": rng.normal(0, 0.1),
+                    "members": None,
+                }
+                for i in new
+            ]
+        )
+        labels = proj[proj["kind"] == "label"].copy()
+        labels.loc[labels["text"] == "stripes", "members"] = pd.Series(
+            [groups["stripes"] + new[:9]], index=labels.index[labels["text"] == "stripes"]
+        )
+        crafter.set_projection(pd.concat([images, extra, labels], ignore_index=True))
+        assert view.widget.n == len(ids) == len(xy) + 40
+        after = {lab["text"]: (lab["x"], lab["y"]) for lab in view.widget.labels}
+        assert after == before
+        open_standalone(page, widget_state(view.widget))
+        page.wait_for_function("window.__dcw[window.__dcw.length - 1].placedLabels.length > 0")
+        got2 = _page_labels(page)
+        k2 = handle(page, "h.view")["k"]
+        for text in got:
+            assert np.hypot(got2[text][0] - got[text][0], got2[text][1] - got[text][1]) * k2 < 1.5, (text, got, got2)
+        assert page.errors == []
+    finally:
+        crafter.close()
+
+
+def test_tooltip_shows_content_labels_as_text(page: Any, tmp_path: pathlib.Path) -> None:
+    """Hovering a point asks the kernel for its details; the real view's answer lists the point's content
+    labels, and the tooltip shows them as text (a label written as HTML stays literal)."""
+    crafter, view, xy, groups = _crafted_view(tmp_path)
+    try:
+        w = view.widget
+        open_standalone(page, widget_state(w))
+        v = handle(page, "h.view")
+        sx, sy = to_screen(xy, v)
+        d = np.hypot(sx[:, None] - sx[None, :], sy[:, None] - sy[None, :])
+        np.fill_diagonal(d, np.inf)
+        both = set(view._index[i] for i in groups["stripes"]) & set(view._index[i] for i in groups["<b>dots</b>"])
+        cands = [view._index[i] for i in groups["<b>dots</b>"]]
+        hidden = np.frombuffer(w.hidden, np.uint8)
+        ok = [
+            i
+            for i in cands
+            if d[i].min() > 8 and not hidden[i] and 20 < sx[i] < v["width"] - 20 and 20 < sy[i] < v["height"] - 20
+        ]
+        assert ok and not both
+        i = ok[0]
+        box = page.locator(".dcw-gl").bounding_box()
+        page.mouse.move(box["x"] + sx[i] + 0.3, box["y"] + sy[i] + 0.3)
+        page.wait_for_selector(".dcw-tooltip[data-index='%d']" % i, state="visible")
+        page.wait_for_function(
+            f"window.__model.sent.some((m) => m.content.type === 'details' && m.content.index === {i})"
+        )
+        fields, png = w.details(i)  # what the kernel answers
+        assert dict(fields)["labels"] == "<b>dots</b>"
+        page.evaluate(
+            "([i, fields, png]) => window.__model.emit({type: 'details', index: i, fields},"
+            " [new DataView(Uint8Array.from(atob(png), (c) => c.charCodeAt(0)).buffer)])",
+            [i, fields, base64.b64encode(png).decode()],
+        )
+        tip = page.locator(".dcw-tooltip")
+        page.wait_for_function("document.querySelector('.dcw-tooltip').innerText.includes('<b>dots</b>')")
+        assert "<b>dots</b>" in tip.inner_text() and "stripes" not in tip.inner_text()
+        assert tip.locator("b").count() == 0
+    finally:
+        crafter.close()

@@ -945,3 +945,128 @@ def test_evolve_then_generate_evolved_in_jupyterlab(page: Any, lab: Lab) -> None
     assert state["round"] == {"strategy": ["evolved"], "labels": ["0"], "prompts": [evolved]}, state
     page.screenshot(path=str(ARTIFACTS / "lab-evolved-generated.png"))
     assert page.dialogs == []
+
+
+TOOLS_SETUP = """
+import json
+import numpy as np
+import datacrafter_widget as dc
+crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), models=dc.starter.models(), project="tools")
+s = crafter.samples
+IDS = s["id"].tolist()
+TRAIN = s[s["split"] != "test"]["id"].tolist()
+SEED = TRAIN[5]
+# The 12 nearest images by cosine similarity of the embeddings, computed here apart from the controller.
+e = crafter.embeddings().astype(np.float64)
+e /= np.linalg.norm(e, axis=1, keepdims=True)
+sim = e @ e[IDS.index(SEED)]
+sim[IDS.index(SEED)] = -np.inf
+near = [IDS[i] for i in np.argsort(-sim, kind="stable") if IDS[i] in set(TRAIN)][:12]
+EXPECTED = [SEED] + near  # the 12 nearest on the map (held-out test images are off it)
+json.dump({"ids": IDS, "seed": SEED, "expected": EXPECTED}, open("tools.json", "w"))
+crafter.projection
+crafter
+"""
+TOOLS_PICK = 'crafter.selection = [SEED]\nprint("PICK", json.dumps(crafter.selection))'
+TOOLS_STATE = """
+print("STATE", json.dumps({"selection": crafter.selection, "isolate": list(crafter.view.isolate or []),
+      "feedback": crafter.samples.set_index("id").loc[EXPECTED, "feedback"].tolist()}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_starter_weights_missing()), reason="starter weights missing")
+def test_similar_zoom_isolate_redo_unmark_in_jupyterlab(page: Any, lab: Lab) -> None:
+    """Issue 11's map tools through the real kernel: Similar selects the image's nearest neighbours (checked
+    against cosine neighbours computed apart); Zoom fits the selection to the canvas; Isolate leaves only
+    those images drawn and selectable; Bad, Undo, Redo and Unmark change the feedback on the page and in
+    the project."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (TOOLS_SETUP, TOOLS_PICK, TOOLS_STATE)]
+    nbformat.write(nb, lab.root / "tools_check.ipynb")
+    run_notebook_in_lab(page, lab, "tools_check.ipynb", cells=1)
+    root = page.locator(".dcw-root").last
+    handle = "window.__dcw[window.__dcw.length - 1]"
+    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=180000)
+    root.scroll_into_view_if_needed()
+    statuses = "[...document.querySelectorAll('.dcw-status')].map((e) => e.textContent).join(' | ')"
+    info = json.loads((lab.root / "tools.json").read_text())
+    ids = info["ids"]
+    seed = ids.index(info["seed"])
+    want = sorted(ids.index(i) for i in info["expected"])
+    assert len(want) == 13
+
+    # 1. Similar: the seed and its nearest neighbours become the selection, on the page and in the kernel.
+    assert printed_json(run_cell(page, 1), "PICK") == [info["seed"]]
+    page.wait_for_function(f"JSON.stringify({handle}.selection) === '[{seed}]'", timeout=30000)
+    root.locator("button[data-action=neighbors]").click()
+    page.wait_for_function(f"{statuses}.includes('nearest images (CLIP)')", timeout=60000)
+    page.wait_for_function(f"{handle}.selection.length > 1", timeout=30000)
+    assert sorted(page.evaluate(f"{handle}.selection")) == want
+    assert sorted(printed_json(run_cell(page, 2), "STATE")["selection"]) == sorted(info["expected"])
+
+    # 2. Zoom: the selected points fill the canvas (centred, inside it, larger than before).
+    xy_js = f"((d) => Array.from(new Float32Array(d.buffer, d.byteOffset, d.byteLength / 4)))({handle}.model.get('xy'))"
+    xy = np.array(page.evaluate(xy_js), np.float32).reshape(-1, 2)[want]
+
+    def placed() -> tuple[np.ndarray, np.ndarray, dict]:
+        v = page.evaluate(f"{handle}.view")
+        sx, sy = to_screen(xy, v)
+        return sx, sy, v
+
+    sx0, sy0, v0 = placed()
+    root.locator("button[data-role=zoom]").click()
+    page.wait_for_timeout(300)
+    sx1, sy1, v1 = placed()
+    assert v1["k"] > v0["k"], (v0, v1)
+    assert sx1.min() >= 0 and sy1.min() >= 0 and sx1.max() <= v1["width"] and sy1.max() <= v1["height"]
+    assert (
+        abs((sx1.min() + sx1.max()) / 2 - v1["width"] / 2) < 2
+        and abs((sy1.min() + sy1.max()) / 2 - v1["height"] / 2) < 2
+    )
+    pad = 28  # the view's margin around fitted points
+    fill0 = max(np.ptp(sx0) / (v0["width"] - 2 * pad), np.ptp(sy0) / (v0["height"] - 2 * pad))
+    fill1 = max(np.ptp(sx1) / (v1["width"] - 2 * pad), np.ptp(sy1) / (v1["height"] - 2 * pad))
+    assert fill1 > 0.98 and fill1 > fill0, (fill0, fill1)  # edge to edge in one direction
+    root.locator("button[data-role=reset]").click()
+
+    # 3. Isolate: only the selected images stay drawn and selectable; Show all brings the rest back.
+    hidden = f"Array.from(new Uint8Array({handle}.model.get('hidden').buffer))"
+    root.locator("button[data-role=isolate]").click()
+    page.wait_for_function(f"{statuses}.includes('showing only the {len(want)} selected')", timeout=60000)
+    page.wait_for_function(f"{hidden}.filter((h) => h === 0).length === {len(want)}", timeout=30000)
+    shown = np.flatnonzero(np.array(page.evaluate(hidden)) == 0).tolist()
+    assert shown == want
+    v = page.evaluate(f"{handle}.view")
+    everything = [[1, 1], [v["width"] - 1, 1], [v["width"] - 1, v["height"] - 1], [1, v["height"] - 1]]
+    assert sorted(page.evaluate(f"(p) => {handle}.selectPolygon(p)", everything)) == want
+    assert sorted(printed_json(run_cell(page, 2), "STATE")["isolate"]) == sorted(info["expected"])
+    root.locator("button[data-role=isolate]").click()  # now "Show all"
+    page.wait_for_function(f"{statuses}.includes('showing every image')", timeout=60000)
+    page.wait_for_function(f"{hidden}.filter((h) => h === 0).length > {len(want)}", timeout=30000)
+    page.evaluate(
+        f"{{ const m = {handle}.model; m.set('selection', new DataView(new Uint32Array({want}).buffer)); m.save_changes(); 0; }}"
+    )
+    page.wait_for_function(f"{handle}.selection.length === {len(want)}", timeout=30000)
+
+    # 4. Bad, Undo, Redo, Unmark: the page's feedback array and the project follow each step.
+    fb = f"((i) => new Uint8Array({handle}.model.get('feedback').buffer)[i])"
+    marks = f"[{', '.join(f'{fb}({i})' for i in want)}]"
+    n = len(want)
+    root.locator("button[data-action=bad]").click()
+    page.wait_for_function(f"{marks}.every((v) => v === 2)", timeout=60000)
+    assert printed_json(run_cell(page, 2), "STATE")["feedback"] == ["bad"] * n
+    root.locator("button[data-action=undo]").click()
+    page.wait_for_function(f"{marks}.every((v) => v === 0)", timeout=60000)
+    assert printed_json(run_cell(page, 2), "STATE")["feedback"] == [""] * n
+    root.locator("button[data-action=redo]").click()
+    page.wait_for_function(f"{statuses}.includes('redo: {n} images restored')", timeout=60000)
+    page.wait_for_function(f"{marks}.every((v) => v === 2)", timeout=60000)
+    assert printed_json(run_cell(page, 2), "STATE")["feedback"] == ["bad"] * n
+    root.locator("button[data-action=unmark]").click()
+    page.wait_for_function(f"{statuses}.includes('unmarked: {n} images')", timeout=60000)
+    page.wait_for_function(f"{marks}.every((v) => v === 0)", timeout=60000)
+    assert printed_json(run_cell(page, 2), "STATE")["feedback"] == [""] * n
+    page.screenshot(path=str(ARTIFACTS / "lab-tools.png"))
+    assert page.errors == [] and page.dialogs == []
