@@ -254,3 +254,27 @@ def test_without_good_marks_evolution_adds_no_positive_phrase(tmp_path):
     assert all(k.genome.phrases == () for k in ranked)
     assert "on a pink background" in ranked[0].genome.negative
     store.close()
+
+
+def test_lassoing_the_excess_of_an_attribute_keeps_it_out_of_the_negative(tmp_path):
+    """The person lassoes half of the pink images ("fewer of these"): pink is still in what they kept,
+    so no candidate removes it from the class with a negative prompt (that would make a class-specific
+    gap, a new shortcut). Lassoing all of them (the test above) still moves it to the negative."""
+    world = ColourWorld()
+    store = SampleStore(tmp_path / "proj", durable=False)
+    seeds = list(range(24))
+    images = world.generate(["a photo of a 3"] * 24, [""] * 24, seeds)
+    rows = [
+        dict(label="3", split="generated", prompt="a photo of a 3", seed=s, round=1, strategy="class") for s in seeds
+    ]
+    ids = store.add(images, rows)
+    pink = [i for i, im in zip(ids, images) if world.colour_of(im) == "pink"]
+    assert len(pink) >= 8
+    store.update(pink[: len(pink) // 2], feedback="bad")
+    kept_pink = len(pink) - len(pink) // 2
+    assert kept_pink / (24 - len(pink) // 2) >= 0.1
+    result = _evolve_lassoed_3(store, world)
+    ranked = result.classes["3"].ranked
+    assert ranked and not any("pink" in p for k in ranked for p in k.genome.negative)
+    assert not any("pink" in d for d in result.classes["3"].diff)
+    store.close()
