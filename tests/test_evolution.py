@@ -184,6 +184,9 @@ def test_no_feedback_and_bad_input_errors(tmp_path):
 def test_prompt_doc_roundtrip_and_starter_grammar():
     g = Genome("3", ("thick", "on a black background", "red", "slanted left"), ("pink",))
     assert starter_compose(g) == "a thick red 3 on a black background, slanted left"
+    # A genome without attribute phrases is the class prompt the "class" strategy wrote: a class
+    # that evolution leaves unchanged keeps its prompt (the bare grammar 'a 3' is another prompt).
+    assert starter_compose(Genome("3", (), ("2",))) == "a photo of a 3"
     doc = {"classes": {"3": {"phrases": list(g.phrases), "negative": ["pink"], "history": []}}}
     assert current_prompts(doc, ["3", "4"]) == {"3": g, "4": Genome("4")}
     assert json.loads(json.dumps(apply_to_prompts_doc(doc, type("R", (), {"classes": {}, "round": 1})()))) == {
