@@ -569,7 +569,9 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
     # The arm key names the evolution code, so a changed evolution.py makes new images and a new score.
     import datacrafter_widget.loop.evolution as evo
 
-    ekey = hashlib.sha256(Path(evo.__file__).read_bytes()).hexdigest()[:8]
+    import datacrafter_widget.starter.prompts as grammar
+
+    ekey = hashlib.sha256(Path(evo.__file__).read_bytes() + Path(grammar.__file__).read_bytes()).hexdigest()[:8]
     lkey = (
         f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}|evolution={ekey}"
     )

@@ -184,6 +184,9 @@ def test_no_feedback_and_bad_input_errors(tmp_path):
 def test_prompt_doc_roundtrip_and_starter_grammar():
     g = Genome("3", ("thick", "on a black background", "red", "slanted left"), ("pink",))
     assert starter_compose(g) == "a thick red 3 on a black background, slanted left"
+    # A genome without attribute phrases is the class prompt the "class" strategy wrote: a class
+    # that evolution leaves unchanged keeps its prompt (the bare grammar 'a 3' is another prompt).
+    assert starter_compose(Genome("3", (), ("2",))) == "a photo of a 3"
     doc = {"classes": {"3": {"phrases": list(g.phrases), "negative": ["pink"], "history": []}}}
     assert current_prompts(doc, ["3", "4"]) == {"3": g, "4": Genome("4")}
     assert json.loads(json.dumps(apply_to_prompts_doc(doc, type("R", (), {"classes": {}, "round": 1})()))) == {
@@ -253,4 +256,28 @@ def test_without_good_marks_evolution_adds_no_positive_phrase(tmp_path):
     assert ranked
     assert all(k.genome.phrases == () for k in ranked)
     assert "on a pink background" in ranked[0].genome.negative
+    store.close()
+
+
+def test_lassoing_the_excess_of_an_attribute_keeps_it_out_of_the_negative(tmp_path):
+    """The person lassoes half of the pink images ("fewer of these"): pink is still in what they kept,
+    so no candidate removes it from the class with a negative prompt (that would make a class-specific
+    gap, a new shortcut). Lassoing all of them (the test above) still moves it to the negative."""
+    world = ColourWorld()
+    store = SampleStore(tmp_path / "proj", durable=False)
+    seeds = list(range(24))
+    images = world.generate(["a photo of a 3"] * 24, [""] * 24, seeds)
+    rows = [
+        dict(label="3", split="generated", prompt="a photo of a 3", seed=s, round=1, strategy="class") for s in seeds
+    ]
+    ids = store.add(images, rows)
+    pink = [i for i, im in zip(ids, images) if world.colour_of(im) == "pink"]
+    assert len(pink) >= 8
+    store.update(pink[: len(pink) // 2], feedback="bad")
+    kept_pink = len(pink) - len(pink) // 2
+    assert kept_pink / (24 - len(pink) // 2) >= 0.1
+    result = _evolve_lassoed_3(store, world)
+    ranked = result.classes["3"].ranked
+    assert ranked and not any("pink" in p for k in ranked for p in k.genome.negative)
+    assert not any("pink" in d for d in result.classes["3"].diff)
     store.close()

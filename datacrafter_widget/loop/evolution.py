@@ -309,10 +309,25 @@ class _Context:
     unwanted: list[str]
     label_counts: dict[str, int]  # content label -> number of good images with it
     may_add: bool = True  # positive phrases only come from images marked good
+    kept_share: dict[str, float] = field(default_factory=dict)  # phrase -> share of kept images it describes
+
+    def may_negate(self, phrase: str) -> bool:
+        """A phrase that describes at least KEPT_SHARE_MAX of the images the person kept is content
+        they accepted: lassoing the rest of it says "fewer", and a negative prompt would remove it
+        from the whole class (a class-specific gap, i.e. a new shortcut: benchmarks/results/NOTES.md)."""
+        return self.kept_share.get(phrase, 0.0) < KEPT_SHARE_MAX
 
 
-def _phrase_stats(vocab: list[str], text_emb: np.ndarray, good: np.ndarray, bad: np.ndarray) -> tuple[dict, dict, dict]:
-    aff, near_good, near_bad = {}, {}, {}
+KEPT_SHARE_MAX = 0.1
+
+
+def _phrase_stats(
+    vocab: list[str], text_emb: np.ndarray, good: np.ndarray, bad: np.ndarray
+) -> tuple[dict, dict, dict, dict]:
+    """Per phrase: affinity (mean text-image similarity to good minus bad), how many good images sit
+    above the bad mean, how many bad images above the good mean, and the share of good images on
+    the bad side of the midpoint (the kept images the phrase describes as well as the lassoed ones)."""
+    aff, near_good, near_bad, kept_share = {}, {}, {}, {}
     for p, t in zip(vocab, text_emb):
         sg = good @ t if len(good) else np.zeros(0)
         sb = bad @ t if len(bad) else np.zeros(0)
@@ -321,7 +336,8 @@ def _phrase_stats(vocab: list[str], text_emb: np.ndarray, good: np.ndarray, bad:
         aff[p] = mg - mb if len(sb) and len(sg) else (mg if len(sg) else -mb)
         near_good[p] = int((sg > mb).sum()) if len(sb) else 0
         near_bad[p] = int((sb > mg).sum()) if len(sg) else int(len(sb))
-    return aff, near_good, near_bad
+        kept_share[p] = float((sg > (mg + mb) / 2).mean()) if len(sg) and len(sb) and mb > mg else 0.0
+    return aff, near_good, near_bad, kept_share
 
 
 def _mutate(g: Genome, ctx: _Context, rng: np.random.Generator, max_phrases: int) -> Genome:
@@ -342,7 +358,9 @@ def _mutate(g: Genome, ctx: _Context, rng: np.random.Generator, max_phrases: int
         phrases.pop(int(rng.integers(len(phrases))))
     elif op == "neg_add":
         neg_pool = [
-            p for p in ctx.vocabulary if p not in negative and p not in phrases and ctx.affinity.get(p, 0.0) < 0
+            p
+            for p in ctx.vocabulary
+            if p not in negative and p not in phrases and ctx.affinity.get(p, 0.0) < 0 and ctx.may_negate(p)
         ]
         if neg_pool:
             w = np.array([math.exp(-8.0 * ctx.affinity[p]) for p in neg_pool])
@@ -524,7 +542,7 @@ def evolve_prompts(
         vocab = list(dict.fromkeys(vocab_base + [l for l in labels_here if not _mentions(l, fb.unwanted[c])]))
         text_emb = _norm(np.asarray(embedder.embed_texts(vocab), dtype=np.float32)) if vocab else np.zeros((0, 1))
         bad_ref = fb.bad[c] if len(fb.bad[c]) else fb.bad_all
-        aff, near_good, near_bad = _phrase_stats(vocab, text_emb, fb.good[c], bad_ref)
+        aff, near_good, near_bad, kept_share = _phrase_stats(vocab, text_emb, fb.good[c], bad_ref)
         # Lassoed images say what is unwanted, not what is wanted: without good marks, evolution
         # only moves phrases to the negative prompt. One prompt serves a whole class, so an added
         # attribute ("blue", "on a gray background") pins it for every image of the class: a new
@@ -538,6 +556,7 @@ def evolve_prompts(
             fb.unwanted[c],
             {l: fb.good_labels[c].count(l) for l in labels_here},
             may_add=fb.good_count[c] > 0,
+            kept_share=kept_share,
         )
         unwanted_emb = (
             _norm(np.asarray(embedder.embed_texts(fb.unwanted[c]), dtype=np.float32))
@@ -563,8 +582,9 @@ def evolve_prompts(
         pop = [score(previous)]
         # Directed seeds: the phrase nearest the bad images into the negative, the one nearest the good ones added.
         ranked_vocab = sorted((p for p in vocab if p not in previous.phrases), key=lambda p: aff[p])
-        if ranked_vocab and aff[ranked_vocab[0]] < 0 and near_bad.get(ranked_vocab[0], 0):
-            pop.append(score(Genome(c, previous.phrases, tuple(dict.fromkeys([*previous.negative, ranked_vocab[0]])))))
+        negatable = [p for p in ranked_vocab if ctx.may_negate(p)]
+        if negatable and aff[negatable[0]] < 0 and near_bad.get(negatable[0], 0):
+            pop.append(score(Genome(c, previous.phrases, tuple(dict.fromkeys([*previous.negative, negatable[0]])))))
         if (
             ctx.may_add
             and ranked_vocab

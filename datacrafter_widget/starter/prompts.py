@@ -32,6 +32,10 @@ def starter_compose(g: Genome) -> str:
         "where": [p for p in g.phrases if p.startswith("on a ")],
         "lean": [p for p in g.phrases if p.startswith("slanted")],
     }
+    if not g.phrases:
+        # No attribute chosen: the class prompt itself, as the "class" strategy writes it. The bare
+        # grammar ('a 3') is another prompt, and a class that evolution left unchanged must not change.
+        return f"a photo of a {g.label}"
     stroke, colour, where, lean = (groups[k][:1] for k in ("stroke", "colour", "where", "lean"))
     grouped = {p for v in groups.values() for p in v}
     other = [p for p in g.phrases if p not in grouped]
