@@ -83,15 +83,20 @@ class ColourWorld:
         return np.full((len(emb), len(classes)), 1.0 / len(classes), np.float32)
 
 
-def _project(tmp_path, world, mark_labels: bool, mark_good: bool = True):
+def _class_3_round(tmp_path, world, n: int):
+    """A store holding one class-prompt round of n images of class "3"; returns it and the ids of the pink ones."""
     store = SampleStore(tmp_path / "proj", durable=False)
-    seeds = list(range(12))
-    images = world.generate(["a photo of a 3"] * 12, [""] * 12, seeds)
+    seeds = list(range(n))
+    images = world.generate(["a photo of a 3"] * n, [""] * n, seeds)
     rows = [
         dict(label="3", split="generated", prompt="a photo of a 3", seed=s, round=1, strategy="class") for s in seeds
     ]
     ids = store.add(images, rows)
-    pink = [i for i, im in zip(ids, images) if world.colour_of(im) == "pink"]
+    return store, ids, images, [i for i, im in zip(ids, images) if world.colour_of(im) == "pink"]
+
+
+def _project(tmp_path, world, mark_labels: bool, mark_good: bool = True):
+    store, ids, images, pink = _class_3_round(tmp_path, world, 12)
     good = [i for i, im in zip(ids, images) if world.colour_of(im) != "pink"][:3]
     assert 3 <= len(pink) <= 9  # the planted pattern is there
     store.update(pink, feedback="bad", feedback_labels=json.dumps(["pink"]) if mark_labels else "[]")
@@ -264,14 +269,7 @@ def test_lassoing_the_excess_of_an_attribute_keeps_it_out_of_the_negative(tmp_pa
     so no candidate removes it from the class with a negative prompt (that would make a class-specific
     gap, a new shortcut). Lassoing all of them (the test above) still moves it to the negative."""
     world = ColourWorld()
-    store = SampleStore(tmp_path / "proj", durable=False)
-    seeds = list(range(24))
-    images = world.generate(["a photo of a 3"] * 24, [""] * 24, seeds)
-    rows = [
-        dict(label="3", split="generated", prompt="a photo of a 3", seed=s, round=1, strategy="class") for s in seeds
-    ]
-    ids = store.add(images, rows)
-    pink = [i for i, im in zip(ids, images) if world.colour_of(im) == "pink"]
+    store, _, _, pink = _class_3_round(tmp_path, world, 24)
     assert len(pink) >= 8
     store.update(pink[: len(pink) // 2], feedback="bad")
     kept_pink = len(pink) - len(pink) // 2

@@ -91,6 +91,33 @@ def wait_for(predicate: Any, timeout: float = 30.0) -> Any:
     raise AssertionError("timed out waiting for the kernel")
 
 
+HANDLE = "window.__dcw[window.__dcw.length - 1]"  # the newest widget's test handle on the page
+
+
+def open_in_lab(
+    page: Any,
+    lab: Lab,
+    name: str,
+    cells: tuple[str, ...],
+    *,
+    timeout_ms: int = 240000,
+    frames_timeout: int = 120000,
+    ready: str = "",
+) -> Any:
+    """Write a notebook of these cells, run its first one in JupyterLab and wait for the widget's first
+    frame (and `ready`, a JS condition); returns the widget's root element, scrolled into view."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in cells]
+    nbformat.write(nb, lab.root / name)
+    run_notebook_in_lab(page, lab, name, cells=1, timeout_ms=timeout_ms)
+    root = page.locator(".dcw-root").last
+    condition = f"window.__dcw && {HANDLE}.frames > 0" + (f" && {ready}" if ready else "")
+    page.wait_for_function(condition, timeout=frames_timeout)
+    root.scroll_into_view_if_needed()
+    return root
+
+
 def printed_json(output: str, tag: str) -> Any:
     line = next(l for l in output.splitlines() if l.startswith(tag + " "))
     return json.loads(line[len(tag) + 1 :])
@@ -373,17 +400,15 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
             route.abort()
 
     page.route("**/*", only_local)
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (LOOP_SETUP, LOOP_STATE, LOOP_ROUND, LOOP_REOPEN)]
-    nbformat.write(nb, lab.root / "loop_check.ipynb")
-    run_notebook_in_lab(page, lab, "loop_check.ipynb", cells=1, timeout_ms=900000)
-    root = page.locator(".dcw-root").last
-    handle = "window.__dcw[window.__dcw.length - 1]"
-    page.wait_for_function(
-        f"window.__dcw && {handle}.frames > 0 && {handle}.timings.atlasReady != null", timeout=120000
+    root = open_in_lab(
+        page,
+        lab,
+        "loop_check.ipynb",
+        (LOOP_SETUP, LOOP_STATE, LOOP_ROUND, LOOP_REOPEN),
+        timeout_ms=900000,
+        frames_timeout=120000,
+        ready=f"{HANDLE}.timings.atlasReady != null",
     )
-    root.scroll_into_view_if_needed()
     status = root.locator(".dcw-status")
 
     # 0. At 1400x900 with the file browser open, neither toolbar row wraps and the prompt box fits the panel.
@@ -504,15 +529,10 @@ def test_evolve_before_feedback_shows_the_whole_error(page: Any, lab: Lab) -> No
     missing = _starter_weights_missing()
     if missing:
         pytest.skip(f"starter models not available: {missing}")
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (EVOLVE_SETUP, EVOLVE_SELECT)]
-    nbformat.write(nb, lab.root / "evolve_check.ipynb")
-    run_notebook_in_lab(page, lab, "evolve_check.ipynb", cells=1, timeout_ms=900000)
-    root = page.locator(".dcw-root").last
-    handle = "window.__dcw[window.__dcw.length - 1]"
-    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=120000)
-    root.scroll_into_view_if_needed()
+    root = open_in_lab(
+        page, lab, "evolve_check.ipynb", (EVOLVE_SETUP, EVOLVE_SELECT), timeout_ms=900000, frames_timeout=120000
+    )
+    handle = HANDLE
     out = run_cell(page, 1)
     error, sel, cls = printed_json(out, "ERROR"), printed_json(out, "SEL"), printed_json(out, "CLS")
     assert "no feedback yet" in error and len(sel) == 2 and cls == "3", out
@@ -626,15 +646,9 @@ def _legend(page: Any) -> dict[str, tuple]:
 def test_colour_by_a_column_in_jupyterlab(page: Any, lab: Lab) -> None:
     """Colour-by chosen in the map's menu recolours the points on the page (pixels, by the column's values)
     and reaches crafter.view; crafter.color_by(...) from a cell moves the menu and recolours again."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (COLOR_SETUP, COLOR_STATE, COLOR_FROM_PYTHON)]
-    nbformat.write(nb, lab.root / "colour_check.ipynb")
-    run_notebook_in_lab(page, lab, "colour_check.ipynb", cells=1)
-    root = page.locator(".dcw-root").last
-    handle = "window.__dcw[window.__dcw.length - 1]"
-    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=120000)
-    root.scroll_into_view_if_needed()
+    root = open_in_lab(
+        page, lab, "colour_check.ipynb", (COLOR_SETUP, COLOR_STATE, COLOR_FROM_PYTHON), frames_timeout=120000
+    )
     columns = json.loads((lab.root / "columns.json").read_text())
     menu = root.locator("select[data-role=color-by]")
     assert menu.input_value() == "class"
@@ -695,15 +709,10 @@ PANEL_FEEDBACK = 'print("FB", json.dumps(crafter.samples.set_index("id").loc[PIC
 def test_prompt_history_and_remove_undo_in_jupyterlab(page: Any, lab: Lab) -> None:
     """Issue 11, Broken 1 and UX 7: the side panel's Revert and Accept reach the project's prompt history;
     Remove takes images off the map (not drawn, not selectable) and Undo brings them back."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (PANEL_SETUP, PANEL_STATE, PANEL_PICK, PANEL_FEEDBACK)]
-    nbformat.write(nb, lab.root / "panel_check.ipynb")
-    run_notebook_in_lab(page, lab, "panel_check.ipynb", cells=1)
-    root = page.locator(".dcw-root").last
-    handle = "window.__dcw[window.__dcw.length - 1]"
-    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=120000)
-    root.scroll_into_view_if_needed()
+    root = open_in_lab(
+        page, lab, "panel_check.ipynb", (PANEL_SETUP, PANEL_STATE, PANEL_PICK, PANEL_FEEDBACK), frames_timeout=120000
+    )
+    handle = HANDLE
     statuses = "[...document.querySelectorAll('.dcw-status')].map((e) => e.textContent).join(' | ')"
 
     # 1. Revert to the first prompt, chosen in the history menu.
@@ -771,15 +780,10 @@ def test_first_map_progress_and_cancel_in_jupyterlab(page: Any, lab: Lab) -> Non
     missing = _starter_weights_missing()
     if missing:
         pytest.skip(f"starter models not available: {missing}")
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (FIRST_SETUP, FIRST_ROUND)]
-    nbformat.write(nb, lab.root / "first_check.ipynb")
-    run_notebook_in_lab(page, lab, "first_check.ipynb", cells=1, timeout_ms=900000)
-    root = page.locator(".dcw-root").last
-    handle = "window.__dcw[window.__dcw.length - 1]"
-    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=60000)
-    root.scroll_into_view_if_needed()
+    root = open_in_lab(
+        page, lab, "first_check.ipynb", (FIRST_SETUP, FIRST_ROUND), timeout_ms=900000, frames_timeout=60000
+    )
+    handle = HANDLE
     status, progress = root.locator(".dcw-status"), root.locator(".dcw-progress")
     # 1. At once: the points (a grid per class) with an indeterminate progress while the map is computed.
     assert page.evaluate(f"{handle}.n") == 320
@@ -910,15 +914,15 @@ def test_evolve_then_generate_evolved_in_jupyterlab(page: Any, lab: Lab) -> None
     missing = _starter_weights_missing()
     if missing:
         pytest.skip(f"starter models not available: {missing}")
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (EVOLVE_RUN_SETUP, EVOLVE_RUN_SELECT, EVOLVE_RUN_STATE)]
-    nbformat.write(nb, lab.root / "evolved_check.ipynb")
-    run_notebook_in_lab(page, lab, "evolved_check.ipynb", cells=1, timeout_ms=900000)
-    root = page.locator(".dcw-root").last
-    handle = "window.__dcw[window.__dcw.length - 1]"
-    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=120000)
-    root.scroll_into_view_if_needed()
+    root = open_in_lab(
+        page,
+        lab,
+        "evolved_check.ipynb",
+        (EVOLVE_RUN_SETUP, EVOLVE_RUN_SELECT, EVOLVE_RUN_STATE),
+        timeout_ms=900000,
+        frames_timeout=120000,
+    )
+    handle = HANDLE
     statuses = "[...document.querySelectorAll('.dcw-status')].map((e) => e.textContent).join(' | ')"
     sel = printed_json(run_cell(page, 1), "SEL")
     page.wait_for_function(f"{handle}.selection.length === {len(sel)}", timeout=30000)
@@ -981,15 +985,8 @@ def test_similar_zoom_isolate_redo_unmark_in_jupyterlab(page: Any, lab: Lab) -> 
     against cosine neighbours computed apart); Zoom fits the selection to the canvas; Isolate leaves only
     those images drawn and selectable; Bad, Undo, Redo and Unmark change the feedback on the page and in
     the project."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(c.strip()) for c in (TOOLS_SETUP, TOOLS_PICK, TOOLS_STATE)]
-    nbformat.write(nb, lab.root / "tools_check.ipynb")
-    run_notebook_in_lab(page, lab, "tools_check.ipynb", cells=1)
-    root = page.locator(".dcw-root").last
-    handle = "window.__dcw[window.__dcw.length - 1]"
-    page.wait_for_function(f"window.__dcw && {handle}.frames > 0", timeout=180000)
-    root.scroll_into_view_if_needed()
+    root = open_in_lab(page, lab, "tools_check.ipynb", (TOOLS_SETUP, TOOLS_PICK, TOOLS_STATE), frames_timeout=180000)
+    handle = HANDLE
     statuses = "[...document.querySelectorAll('.dcw-status')].map((e) => e.textContent).join(' | ')"
     info = json.loads((lab.root / "tools.json").read_text())
     ids = info["ids"]
