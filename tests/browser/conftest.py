@@ -8,6 +8,7 @@ into `lab.root` and passing its name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -93,11 +94,9 @@ class Lab:
         return f"{self.url}lab/tree/{name}?token={self.token}&reset"
 
 
-@pytest.fixture(scope="session")
-def lab(tmp_path_factory: Any) -> Iterator[Lab]:
-    """A real JupyterLab server on localhost, killed at teardown."""
-    pytest.importorskip("jupyterlab")
-    root = tmp_path_factory.mktemp("lab-root")
+@contextlib.contextmanager
+def start_lab(root: pathlib.Path, log: pathlib.Path) -> Iterator[Lab]:
+    """A real JupyterLab server on localhost serving `root`, killed on exit (tests and benchmarks)."""
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ)
     env.update(
@@ -109,12 +108,11 @@ def lab(tmp_path_factory: Any) -> Iterator[Lab]:
         }
     )
     labconfig = root / ".jupyter-config" / "labconfig"
-    labconfig.mkdir(parents=True)
+    labconfig.mkdir(parents=True, exist_ok=True)
     # No news / update pop-ups: they would ask the network and cover the page.
     (labconfig / "page_config.json").write_text(
         json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
     )
-    log = tmp_path_factory.mktemp("lab-log") / "jupyter.log"
     cmd = [
         sys.executable,
         "-m",
@@ -159,6 +157,18 @@ def lab(tmp_path_factory: Any) -> Iterator[Lab]:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: Any) -> Iterator[Lab]:
+    """A real JupyterLab server on localhost, killed at teardown (its log kept in test-artifacts/)."""
+    pytest.importorskip("jupyterlab")
+    root = tmp_path_factory.mktemp("lab-root")
+    log = tmp_path_factory.mktemp("lab-log") / "jupyter.log"
+    try:
+        with start_lab(root, log) as server:
+            yield server
+    finally:
         ARTIFACTS.mkdir(exist_ok=True)
         if log.exists():
             shutil.copy(log, ARTIFACTS / "jupyter.log")

@@ -1,0 +1,104 @@
+"""First frame of the map after a JupyterLab display cell, at 50,000 points (a benchmark, not a test).
+
+    python benchmarks/bench_widget_lab.py [--n 50000] [--repeat 2]
+
+bench_widget.py measures the front end alone in a bare page. This script measures what a user waits
+for in JupyterLab. It starts a real JupyterLab server (tests/browser/conftest.start_lab) and opens a
+notebook in headless Chromium. The notebook's first cell makes a synthetic frame and its thumbnails;
+that cell is not timed. The script then times the second cell, the display cell
+(`CrafterWidget.set_frame` + `build_layout`), from Shift+Enter to two points:
+- the widget's first drawn frame (the page's own frame counter);
+- the moment its thumbnail atlas is ready.
+The time includes building the widget state in the kernel, sending it over the comm, and rendering.
+The same run also measures a 1,000-point map as a baseline. WebGL is SwiftShader (CPU), as in the
+browser tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import nbformat
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BROWSER_TESTS = ROOT / "tests" / "browser"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BROWSER_TESTS))
+
+from conftest import CHROMIUM, CHROMIUM_ARGS, run_notebook_in_lab, start_lab  # noqa: E402
+
+H = "window.__dcw[window.__dcw.length - 1]"
+
+DATA_CELL = """
+import sys
+sys.path.insert(0, {tests!r})
+from standalone import synthetic_frame, synthetic_thumbnails
+from datacrafter_widget.ui.widget import CrafterWidget, build_layout
+frame = synthetic_frame({n}, classes=10, seed=0)
+thumbs = synthetic_thumbnails(frame, 32)
+"""
+
+DISPLAY_CELL = """
+widget = CrafterWidget(height=600)
+widget.set_frame(frame, thumbnails=thumbs)
+build_layout(widget)
+"""
+
+
+def time_display(browser, lab, n: int, k: int) -> tuple[float, float]:
+    """Seconds from Shift+Enter on the display cell to the first frame and to the atlas being ready."""
+    name = f"bench_{n}_{k}.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(DATA_CELL.format(tests=str(BROWSER_TESTS), n=n).strip()),
+        nbformat.v4.new_code_cell(DISPLAY_CELL.strip()),
+    ]
+    nbformat.write(nb, lab.root / name)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    try:
+        run_notebook_in_lab(page, lab, name, cells=1, timeout_ms=600000)  # the data cell, not timed
+        page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-InputArea-editor").click()
+        t0 = time.perf_counter()
+        page.keyboard.press("Shift+Enter")
+        page.wait_for_function(f"window.__dcw && window.__dcw.length > 0 && {H}.frames > 0", timeout=600000)
+        first = time.perf_counter() - t0
+        page.wait_for_function(f"{H}.timings.atlasReady != null", timeout=600000)
+        atlas = time.perf_counter() - t0
+        return first, atlas
+    finally:
+        context.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=50_000)
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="dc-bench-lab-") as tmp:
+        root = pathlib.Path(tmp)
+        with start_lab(root, root / "jupyter.log") as lab, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            for n in (1_000, args.n):
+                runs = [time_display(browser, lab, n, k) for k in range(args.repeat)]
+                firsts, atlases = [r[0] for r in runs], [r[1] for r in runs]
+                label = "baseline, same run: " if n != args.n else ""
+                print(
+                    f"{label}{n} points, display cell -> first frame: median {statistics.median(firsts):.2f} s "
+                    f"({', '.join(f'{x:.2f}' for x in firsts)}); -> thumbnail atlas ready: median "
+                    f"{statistics.median(atlases):.2f} s",
+                    flush=True,
+                )
+            browser.close()
+
+
+if __name__ == "__main__":
+    main()
