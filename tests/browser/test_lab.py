@@ -320,12 +320,26 @@ def _starter_weights_missing() -> str:
     return ""
 
 
-@pytest.mark.slow
-def test_quickstart_in_jupyterlab(page: Any, lab: Lab) -> None:
-    """notebooks/quickstart.ipynb with the starter models, up to the widget; then lasso and "bad"."""
+def generate_from_widget(page: Any, strategy: str, per_class: int) -> None:
+    """Starts a round with the widget's own controls: the strategy menu, the count box, Generate."""
+    page.locator(".widget-dropdown select").first.select_option(strategy)
+    count = page.locator(".widget-text input[type=number]").first
+    count.fill(str(per_class))
+    count.press("Tab")
+    page.locator("button:has-text('Generate')").last.click()
+
+
+def skip_without_starter_models() -> None:
+    """Skips the calling test when the starter models cannot be loaded, with the reason."""
     missing = _starter_weights_missing()
     if missing:
         pytest.skip(f"starter models not available: {missing}")
+
+
+@pytest.mark.slow
+def test_quickstart_in_jupyterlab(page: Any, lab: Lab) -> None:
+    """notebooks/quickstart.ipynb with the starter models, up to the widget; then lasso and "bad"."""
+    skip_without_starter_models()
     nb = nbformat.read(QUICKSTART, as_version=4)
     show = next(k for k, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip() == "crafter")
     # Our copy: save the view's positions before the display cell, checks after it.
@@ -387,9 +401,7 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
     """The widget runs the loop with the network blocked: a prompt edit (kept across a kernel restart),
     generate from the edited ("evolved") prompts, the metrics chart, search, Bad by key, undo, and
     marking one image from the gallery."""
-    missing = _starter_weights_missing()
-    if missing:
-        pytest.skip(f"starter models not available: {missing}")
+    skip_without_starter_models()
     blocked: list[str] = []
 
     def only_local(route: Any) -> None:
@@ -433,11 +445,7 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
     )
 
     # 2. Generate from the evolved / edited prompts with the widget's own controls.
-    page.locator(".widget-dropdown select").first.select_option("evolved")
-    count = page.locator(".widget-text input[type=number]").first
-    count.fill("2")
-    count.press("Tab")
-    page.locator("button:has-text('Generate')").last.click()
+    generate_from_widget(page, "evolved", 2)
     page.wait_for_function(
         "[...document.querySelectorAll('.dcw-status')].some((e) => /: (done|failed)/.test(e.textContent))",
         timeout=600000,
@@ -526,9 +534,7 @@ print("CLS", json.dumps(CLS))
 def test_evolve_before_feedback_shows_the_whole_error(page: Any, lab: Lab) -> None:
     """Issue 11, Broken 4: Evolve with no feedback yet. The footer shows the controller's whole error
     (no "…", not clipped), and nothing on the page stays at "evolving prompts for 3"."""
-    missing = _starter_weights_missing()
-    if missing:
-        pytest.skip(f"starter models not available: {missing}")
+    skip_without_starter_models()
     root = open_in_lab(
         page, lab, "evolve_check.ipynb", (EVOLVE_SETUP, EVOLVE_SELECT), timeout_ms=900000, frames_timeout=120000
     )
@@ -777,9 +783,7 @@ def test_first_map_progress_and_cancel_in_jupyterlab(page: Any, lab: Lab) -> Non
     """Issue 11, UX 3 and 8: a new project's widget shows at once with progress while its map is computed,
     then the map; a Generate shows one progress bar and one Cancel, and after Cancel the status says what
     was kept (no stale "generating"), the progress goes and Generate is available again."""
-    missing = _starter_weights_missing()
-    if missing:
-        pytest.skip(f"starter models not available: {missing}")
+    skip_without_starter_models()
     root = open_in_lab(
         page, lab, "first_check.ipynb", (FIRST_SETUP, FIRST_ROUND), timeout_ms=900000, frames_timeout=60000
     )
@@ -799,11 +803,7 @@ def test_first_map_progress_and_cancel_in_jupyterlab(page: Any, lab: Lab) -> Non
     page.wait_for_function(f"{handle}.placedLabels.length > 0", timeout=30000)
 
     # 3. Generate: one progress bar and one Cancel on the whole page; Cancel keeps the finished images.
-    page.locator(".widget-dropdown select").first.select_option("class")
-    count = page.locator(".widget-text input[type=number]").first
-    count.fill("6")
-    count.press("Tab")
-    page.locator("button:has-text('Generate')").last.click()
+    generate_from_widget(page, "class", 6)
     page.wait_for_function(
         "(() => { const p = [...document.querySelectorAll('.dcw-progress progress')].pop();"
         " return p && p.offsetParent !== null && p.max > 1 && p.value >= 1; })()",
@@ -911,9 +911,7 @@ print("STATE", json.dumps({"current": e.get("current"), "actions": [h["action"] 
 def test_evolve_then_generate_evolved_in_jupyterlab(page: Any, lab: Lab) -> None:
     """Issue 11, Broken 2, all from the widget: Good on a class's images, Evolve, the evolved prompt in the
     panel, then Generate with strategy "evolved": the new round uses exactly that prompt for that class."""
-    missing = _starter_weights_missing()
-    if missing:
-        pytest.skip(f"starter models not available: {missing}")
+    skip_without_starter_models()
     root = open_in_lab(
         page,
         lab,
@@ -938,11 +936,7 @@ def test_evolve_then_generate_evolved_in_jupyterlab(page: Any, lab: Lab) -> None
         f"[...document.querySelectorAll('.widget-textarea textarea')].some((t) => t.value === {json.dumps(evolved)})",
         timeout=30000,
     )
-    page.locator(".widget-dropdown select").first.select_option("evolved")
-    count = page.locator(".widget-text input[type=number]").first
-    count.fill("2")
-    count.press("Tab")
-    page.locator("button:has-text('Generate')").last.click()
+    generate_from_widget(page, "evolved", 2)
     page.wait_for_function(f"/round \\d+: (done|failed)/.test({statuses})", timeout=600000)
     assert ": done" in root.locator(".dcw-status").inner_text(), root.locator(".dcw-status").inner_text()
     state = printed_json(run_cell(page, 2), "STATE")
