@@ -447,38 +447,42 @@ def target_histograms(ctx: Ctx, n: int = 1000) -> dict[str, np.ndarray]:
 
 
 def simulated_person(ctx: Ctx, ids: Sequence[str], target: dict[str, np.ndarray], slack: float) -> dict[str, Any]:
-    """Lasso wrong digits and, per class, the excess images of over-represented background / foreground cells.
+    """Lasso wrong digits and the excess images of over-represented background / foreground cells.
 
-    A cell is over-represented when its share among the class's images exceeds the target share by
-    more than `slack`; the person lassoes the excess (images beyond the target count). Wrong digits
-    carry the digit they show as the unwanted label (what a person would type); cell lassos carry
-    no words: evolution has to find what the lassoed images share.
+    The person looks at the whole round on the map. A cell is over-represented when its share of
+    the round's images exceeds the target share by more than `slack`; the person lassoes the excess
+    (images beyond the target count), taken from the classes in turn, so that each class gives up
+    its part: one lasso per cell, as on the map coloured by that attribute. Wrong digits carry the digit they show as the unwanted label (what a person would
+    type); cell lassos carry no words: evolution has to find what the lassoed images share.
     """
     chk = ctx.check(ids)
     labels = pd.Series([str(ctx.store.row(i)["label"]) for i in ids], index=list(ids))
     bad_digit: dict[str, list[str]] = {}
-    bad_cell: list[str] = []
+    bad_cell: list[list[str]] = []
     for i in ids:
         if chk.at[i, "digit"] != labels[i]:
             bad_digit.setdefault(chk.at[i, "digit"], []).append(i)
     wrong = {i for v in bad_digit.values() for i in v}
-    for c in CLASSES:
-        mine = [i for i in ids if labels[i] == c and i not in wrong]
-        if not mine:
-            continue
-        for attr, names in (("background", BGS), ("foreground", FGS)):
-            vals = chk.loc[mine, attr]
-            for j, name in enumerate(names):
-                cell = vals.index[vals == name].tolist()
-                excess = len(cell) - int(round(target[attr][j] * len(mine)))
-                if len(cell) / len(mine) > target[attr][j] + slack and excess > 0:
-                    bad_cell += [i for i in cell if i not in bad_cell][:excess]
+    mine = [i for i in ids if i not in wrong]
+    for attr, names in (("background", BGS), ("foreground", FGS)):
+        vals = chk.loc[mine, attr]
+        for j, name in enumerate(names):
+            cell = vals.index[vals == name].tolist()
+            excess = len(cell) - int(round(target[attr][j] * len(mine)))
+            if not mine or len(cell) / len(mine) <= target[attr][j] + slack or excess <= 0:
+                continue
+            taken = {i for group in bad_cell for i in group}
+            by_class = [[i for i in cell if labels[i] == c and i not in taken] for c in CLASSES]
+            turns = [
+                i for k in range(max(map(len, by_class))) for group in by_class if k < len(group) for i in [group[k]]
+            ]
+            bad_cell.append(turns[:excess])
     for digit, group in bad_digit.items():
         ctx.crafter.feedback(bad=group, bad_labels=[digit])
-    bad_cell = [i for i in dict.fromkeys(bad_cell) if i not in wrong]
-    if bad_cell:
-        ctx.crafter.feedback(bad=bad_cell)
-    return {"checked": len(ids), "wrong_digit": len(wrong), "cell_lassoed": len(bad_cell)}
+    for group in bad_cell:  # one lasso per cell, as on the map coloured by that attribute
+        if group:
+            ctx.crafter.feedback(bad=group)
+    return {"checked": len(ids), "wrong_digit": len(wrong), "cell_lassoed": sum(map(len, bad_cell))}
 
 
 def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
@@ -535,12 +539,15 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
     add_rows("class", accepted(ctx.store, class_ids))
 
     def make_loop() -> dict:
-        # Round 1: the first `feedback_per_class` class-prompt images of each class (the person sees these).
+        # Round 1: the class-prompt images the class filter accepted, all of them (they are all on the
+        # map, and evolution reads an image left unmarked as kept) or the first `feedback_per_class`.
         s = ctx.store.samples.set_index("id").loc[class_ids]
         seen = [
             i
             for c in CLASSES
-            for i in s.index[(s["label"] == c) & (s["flag"].fillna("") == "")].tolist()[: args.feedback_per_class]
+            for i in s.index[(s["label"] == c) & (s["flag"].fillna("") == "")].tolist()[
+                : args.feedback_per_class or None
+            ]
         ]
         fb = simulated_person(ctx, seen, target, args.slack)
         t = time.time()
@@ -571,9 +578,13 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
 
     import datacrafter_widget.starter.prompts as grammar
 
-    ekey = hashlib.sha256(Path(evo.__file__).read_bytes() + Path(grammar.__file__).read_bytes()).hexdigest()[:8]
+    import datacrafter_widget.loop.balance as balance
+
+    code = b"".join(Path(m.__file__).read_bytes() for m in (evo, balance, grammar) if m.__file__)
+    ekey = hashlib.sha256(code).hexdigest()[:8]
     lkey = (
-        f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}|evolution={ekey}"
+        f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}"
+        f"|seen={args.feedback_per_class or 'all'}|person=lasso-per-cell|evolution={ekey}"
     )
     lp = ctx.arm(lkey, make_loop)
     add_rows(
@@ -813,7 +824,10 @@ def main() -> int:
         "--search-batch", type=int, default=3, help="images per candidate prompt in the attribute-word search"
     )
     p.add_argument(
-        "--feedback-per-class", type=int, default=10, help="class-prompt images per class the simulated person sees"
+        "--feedback-per-class",
+        type=int,
+        default=0,
+        help="class-prompt images per class the simulated person sees (0: all)",
     )
     p.add_argument(
         "--slack", type=float, default=0.05, help="share above the target at which a cell is over-represented"

@@ -951,14 +951,17 @@ class DataCrafter:
         """Evolve the prompts of the classes with feedback; the result (ranked prompts + diffs) is kept in prompts.json.
 
         Generate with them next: crafter.generate(strategy="evolved", per_class=...). With the starter
-        models, the starter kit supplies the vocabulary and prompt grammar (starter/prompts.py).
+        models, the starter kit supplies the vocabulary, the prompt grammar and the attribute axes
+        (starter/prompts.py). Pass `axes={"background": [...phrases]}` to let lassos without words
+        ("fewer of these") rebalance a class over those phrases with a mixture of prompts.
         """
         gen = self.models.require("generator", "crafter.evolve()")
         if str(getattr(gen, "name", "")).startswith("starter/"):
-            from ..starter.prompts import starter_compose, starter_vocabulary
+            from ..starter.prompts import starter_axes, starter_compose, starter_vocabulary
 
             vocabulary = starter_vocabulary() if vocabulary is None else vocabulary
             options.setdefault("compose", starter_compose)
+            options.setdefault("axes", starter_axes())
         return self.rounds_runner.evolve(
             vocabulary=vocabulary,
             compose=options.pop("compose", None),

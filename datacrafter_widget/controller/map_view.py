@@ -41,6 +41,7 @@ class PromptEntry(TypedDict):
 
     current: str
     negative_prompt: str
+    mixture: list[str]  # the prompts a rebalanced class's images cycle through ([] when one prompt)
     accepted: bool
     history: list[dict[str, object]]
 
@@ -60,6 +61,7 @@ def prompts(doc: Mapping[str, object], classes: Sequence[str]) -> dict[str, Prom
         out[str(c)] = {
             "current": str(e.get("prompt", "")),
             "negative_prompt": str(e.get("negative_prompt") or ""),
+            "mixture": [str(p) for p in e.get("mixture") or []],
             "accepted": bool(e.get("accepted", False)),
             "history": history,
         }
@@ -98,6 +100,8 @@ def set_prompt(
         # A typed prompt no longer matches evolution's phrase genome: the next evolution starts from the text.
         entry.pop("phrases", None)
         entry.pop("negative", None)
+        entry.pop("mixture", None)  # a typed prompt serves every image of the class
+        entry.pop("balance", None)
     entry.update(prompt=prompt, negative_prompt=str(negative_prompt), accepted=action in ("accept", "revert", "edit"))
     item: dict[str, object] = {
         "action": action,

@@ -332,7 +332,8 @@ class RoundRunner:
 
     # ---- planning --------------------------------------------------------------------------------------
     def evolved_prompts(self, classes: Sequence[str] | None) -> tuple[dict[str, list[str]], dict[str, str]]:
-        """The prompts and negative prompts prompt evolution kept in prompts.json, per class that has one."""
+        """The prompts and negative prompts prompt evolution kept in prompts.json, per class that has one
+        (a rebalanced class has a mixture: its images cycle through the list)."""
         use = check_classes(classes, self.host.classes)
         entries = {c: e for c, e in map_view.prompts(self.prompts_doc(), use).items() if e["current"]}
         if not entries:
@@ -340,7 +341,7 @@ class RoundRunner:
                 "no evolved prompts yet: mark images with crafter.feedback(...) and run crafter.evolve() first"
             )
         return (
-            {c: [e["current"]] for c, e in entries.items()},
+            {c: list(e["mixture"]) or [e["current"]] for c, e in entries.items()},
             {c: e["negative_prompt"] for c, e in entries.items()},
         )
 
@@ -945,6 +946,9 @@ def evolve_store(
     samples = store.samples
     if round is None:
         round = int(samples["round"].max()) if len(samples) else 0
+    if "lassos" not in options:  # which images were lassoed together, without words (feedback.json)
+        log = store.read_json("feedback.json", []) or []
+        options["lassos"] = [e["bad"] for e in log if isinstance(e, dict) and e.get("bad") and not e.get("bad_labels")]
     result = evolve_prompts(
         samples,
         classes=classes,

@@ -35,6 +35,7 @@ import pandas as pd
 from PIL import Image
 
 from ..seeds import image_seed
+from .balance import NONE, AxisBalance, axis_targets, measure_following, mixture_weights, read_axis, spread
 
 
 __all__ = [
@@ -111,6 +112,8 @@ class ClassResult:
     ranked: list[Candidate]
     previous: Genome
     diff: list[str]
+    mixture: list[str] = field(default_factory=list)  # prompts cycled per image when the class is rebalanced
+    balance: list[AxisBalance] = field(default_factory=list)
 
     @property
     def best(self) -> Candidate:
@@ -131,6 +134,11 @@ class EvolutionResult:
     @property
     def negative_prompts(self) -> dict[str, str]:
         return {c: r.best.genome.negative_prompt() for c, r in self.classes.items()}
+
+    @property
+    def mixtures(self) -> dict[str, list[str]]:
+        """The prompts each image of a class cycles through (the winner alone where nothing was rebalanced)."""
+        return {c: list(r.mixture) or [r.best.prompt] for c, r in self.classes.items()}
 
     def ranked_frame(self) -> pd.DataFrame:
         rows = []
@@ -155,6 +163,10 @@ class EvolutionResult:
                 f"class {c}: {r.best.prompt!r}  negative: {r.best.genome.negative_prompt()!r}  fitness {r.best.fitness:.3f}"
             )
             lines += [f"  {d}" for d in r.diff] or ["  (unchanged)"]
+            if len(set(r.mixture)) > 1:
+                lines.append(
+                    f"  {len(set(r.mixture))} prompts cycled over its images, e.g. {r.mixture[0]!r}, {r.mixture[1]!r}"
+                )
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -186,6 +198,8 @@ def apply_to_prompts_doc(doc: Mapping[str, Any] | None, result: EvolutionResult)
                 "negative_prompt": best.genome.negative_prompt(),
                 "phrases": list(best.genome.phrases),
                 "negative": list(best.genome.negative),
+                "mixture": list(r.mixture),
+                "balance": {b.axis: {p or "(none)": round(w, 4) for p, w in b.weights.items()} for b in r.balance},
                 "ranked": [
                     {
                         "prompt": k.prompt,
@@ -240,6 +254,8 @@ class _Feedback:
     bad_all: np.ndarray
     unwanted: dict[str, list[str]]  # class -> labels marked unwanted
     good_labels: dict[str, list[str]]  # class -> content labels of good images
+    fewer: dict[str, np.ndarray]  # class -> lassoed images without words ("fewer of these")
+    fewer_ids: dict[str, list[str]]
 
 
 def _collect(
@@ -268,7 +284,12 @@ def _collect(
     flag = samples["flag"].fillna("").astype(str) if "flag" in samples else pd.Series("", index=samples.index)
     unmarked_generated = samples[(fb == "") & (flag == "") & (samples["source"] == "generated")]
     real_train = samples[(fb == "") & (samples["source"] == "real") & (samples["split"] == "train")]
-    good, bad, good_count, unwanted, good_labels = {}, {}, {}, {}, {}
+    good, bad, good_count, unwanted, good_labels, fewer, fewer_ids = {}, {}, {}, {}, {}, {}, {}
+    wordless = (
+        bad_rows["feedback_labels"].map(lambda v: not _labels_of(v))
+        if "feedback_labels" in bad_rows
+        else pd.Series(True, index=bad_rows.index)
+    )
     for c in classes:
         g_ids = good_rows[good_rows["label"] == c]["id"].tolist()
         b_ids = bad_rows[bad_rows["label"] == c]["id"].tolist()
@@ -277,8 +298,8 @@ def _collect(
             good[c] = np.stack([by_id[i] for i in g_ids])
         else:
             ref = (
-                unmarked_generated[unmarked_generated["label"] == c]["id"].tolist()[:32]
-                or real_train[real_train["label"] == c]["id"].tolist()[:32]
+                unmarked_generated[unmarked_generated["label"] == c]["id"].tolist()[:REFERENCE_MAX]
+                or real_train[real_train["label"] == c]["id"].tolist()[:REFERENCE_MAX]
             )
             good[c] = (
                 _norm(np.asarray(embed_images([load_image(i) for i in ref]), dtype=np.float32))
@@ -286,6 +307,9 @@ def _collect(
                 else np.zeros((0, emb.shape[1] if len(emb) else 1))
             )
         bad[c] = np.stack([by_id[i] for i in b_ids]) if b_ids else np.zeros((0, good[c].shape[1]))
+        f_ids = bad_rows[(bad_rows["label"] == c) & wordless]["id"].tolist()
+        fewer[c] = np.stack([by_id[i] for i in f_ids]) if f_ids else np.zeros((0, good[c].shape[1]))
+        fewer_ids[c] = f_ids
         labels = list(bad_labels)
         for v in bad_rows[bad_rows["label"] == c].get("feedback_labels", pd.Series(dtype=str)):
             labels += _labels_of(v)
@@ -295,7 +319,10 @@ def _collect(
             gl += list((content_labels or {}).get(i, ()))
         good_labels[c] = gl
     bad_all = np.stack([by_id[i] for i in bad_rows["id"]]) if len(bad_rows) else np.zeros((0, 1))
-    return _Feedback(good, bad, good_count, bad_all, unwanted, good_labels)
+    return _Feedback(good, bad, good_count, bad_all, unwanted, good_labels, fewer, fewer_ids)
+
+
+REFERENCE_MAX = 128  # unmarked images per class that stand for "what the person kept"
 
 
 # ---- the evolutionary search -------------------------------------------------------------------
@@ -309,6 +336,7 @@ class _Context:
     unwanted: list[str]
     label_counts: dict[str, int]  # content label -> number of good images with it
     may_add: bool = True  # positive phrases only come from images marked good
+    negate_unwanted: bool = True  # labels marked unwanted go to the negative prompt (measured: _unwanted_test)
     kept_share: dict[str, float] = field(default_factory=dict)  # phrase -> share of kept images it describes
 
     def may_negate(self, phrase: str) -> bool:
@@ -388,8 +416,41 @@ def _mentions(phrase: str, words: Sequence[str]) -> bool:
 def _enforce(g: Genome, ctx: _Context) -> Genome:
     """Unwanted labels always sit in the negative prompt and never in the positive phrases."""
     phrases = tuple(p for p in g.phrases if not _mentions(p, ctx.unwanted))
-    negative = tuple(dict.fromkeys([*g.negative, *ctx.unwanted]))
+    if ctx.negate_unwanted:
+        negative = tuple(dict.fromkeys([*g.negative, *ctx.unwanted]))
+    else:
+        negative = tuple(p for p in g.negative if p not in ctx.unwanted)
     return Genome(g.label, phrases, negative)
+
+
+def _unwanted_test(
+    g: Genome,
+    unwanted: Sequence[str],
+    compose: Callable[[Genome], str],
+    generate: GenerateFn,
+    embedder: Any,
+    seeds: list[int],
+) -> tuple[bool, str]:
+    """Does the negative prompt of the labels marked unwanted make the class's images read as the
+    class (CLIP zero-shot against those labels) more often than without it? On a small model a
+    negative prompt can cost the content itself (the starter's 8s and 9s: benchmarks/results/NOTES.md)."""
+    names = [g.label, *[u for u in unwanted if u != g.label]]
+    without = Genome(g.label, g.phrases, tuple(p for p in g.negative if p not in unwanted))
+    with_neg = Genome(g.label, g.phrases, tuple(dict.fromkeys([*without.negative, *unwanted])))
+    hits = []
+    for cand in (without, with_neg):
+        images = generate([compose(cand)] * len(seeds), [cand.negative_prompt()] * len(seeds), seeds)
+        probs = np.asarray(embedder.zero_shot(_norm(np.asarray(embedder.embed_images(images))), names))
+        hits.append(int((probs.argmax(axis=1) == 0).sum()))
+    n, words = len(seeds), ", ".join(repr(u) for u in unwanted)
+    # Strictly more: a negative prompt costs more than what it names (the starter's images are
+    # worse and fewer pass the class filter with one), so it must earn its place.
+    if hits[1] > hits[0]:
+        return True, f"  ({words} as negative: {hits[1]}/{n} images read as {g.label!r}; without: {hits[0]}/{n})"
+    return False, (
+        f"~ {words} marked unwanted but kept out of the negative prompt: with it {hits[1]}/{n} images "
+        f"read as {g.label!r}, without it {hits[0]}/{n}"
+    )
 
 
 def _diff(old: Genome, new: Genome, ctx: _Context, n_good: int) -> list[str]:
@@ -488,6 +549,10 @@ def evolve_prompts(
     round: int = 1,
     progress: bool | Callable[[int, int], None] = False,
     should_stop: Callable[[], bool] | None = None,
+    axes: Mapping[str, Sequence[str]] | None = None,
+    mixture_size: int = 24,
+    test_negatives: bool = True,
+    lassos: Sequence[Sequence[str]] = (),
 ) -> EvolutionResult:
     """Evolve each class's prompt from the feedback in `samples` (the store's samples table).
 
@@ -495,6 +560,13 @@ def evolve_prompts(
     gives CLIP image/text embeddings (embed_images, embed_texts, zero_shot). Classes with feedback
     (or all, when unwanted labels are given) are evolved; `only_classes` narrows that. Cancelling
     keeps the best candidate found so far for every class already started.
+
+    `axes` (attribute name -> mutually exclusive phrases, e.g. the backgrounds) lets evolution act
+    on lassos without words ("fewer of these"): each class then gets a mixture of `mixture_size`
+    prompts whose attribute histogram matches what the lassos ask for (loop/balance.py); `lassos`
+    (the ids of each feedback action, from feedback.json) tells which images were lassoed together. With
+    `test_negatives`, labels marked unwanted become a negative prompt only where that makes more
+    images read as the class (measured on max(16, 4 x batch) images with and without).
     """
     classes = [str(c) for c in classes]
     if only_classes is not None:
@@ -529,7 +601,7 @@ def evolve_prompts(
     rng = np.random.default_rng(seed)
     seeds = [image_seed(seed, k) for k in range(batch)]  # common random numbers across candidates (the round's seeds)
     bar = None
-    total = len(targets) * generations
+    total = len(targets) * generations + len(axes or {})
     if progress is True:
         from tqdm.auto import tqdm
 
@@ -547,6 +619,11 @@ def evolve_prompts(
         # only moves phrases to the negative prompt. One prompt serves a whole class, so an added
         # attribute ("blue", "on a gray background") pins it for every image of the class: a new
         # shortcut (benchmarks/results/NOTES.md, loop track: accuracy 0.62 -> 0.34).
+        previous = current.get(c, Genome(c))
+        negate, unwanted_note = True, ""
+        if fb.unwanted[c] and test_negatives and hasattr(embedder, "zero_shot"):
+            test_seeds = [image_seed(seed, 10_000 + k) for k in range(max(16, 4 * batch))]
+            negate, unwanted_note = _unwanted_test(previous, fb.unwanted[c], compose, generate, embedder, test_seeds)
         ctx = _Context(
             c,
             vocab,
@@ -557,13 +634,13 @@ def evolve_prompts(
             {l: fb.good_labels[c].count(l) for l in labels_here},
             may_add=fb.good_count[c] > 0,
             kept_share=kept_share,
+            negate_unwanted=negate,
         )
         unwanted_emb = (
             _norm(np.asarray(embedder.embed_texts(fb.unwanted[c]), dtype=np.float32))
             if fb.unwanted[c]
             else np.zeros((0, 1))
         )
-        previous = current.get(c, Genome(c))
         seen: dict[tuple, Candidate] = {}
 
         def score(g: Genome) -> Candidate:
@@ -617,9 +694,109 @@ def evolve_prompts(
             elif callable(progress):
                 progress(done, total)
         ranked = sorted({k.genome.key(): k for k in pop}.values(), key=lambda k: -k.fitness)
-        results[c] = ClassResult(c, ranked, previous, _diff(previous, ranked[0].genome, ctx, fb.good_count[c]))
+        diff = _diff(previous, ranked[0].genome, ctx, fb.good_count[c])
+        if unwanted_note:
+            diff = [*diff, unwanted_note] if negate else [unwanted_note, *diff]
+        results[c] = ClassResult(c, ranked, previous, diff)
         if cancelled:
             break
+    if axes and results and not cancelled:
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if bar is not None:
+                bar.update(1)
+            elif callable(progress):
+                progress(done, total)
+
+        _rebalance(results, fb, axes, lassos, compose, generate, embedder, seed, batch, mixture_size, should_stop, tick)
     if bar is not None:
         bar.close()
     return EvolutionResult(results, int(round))
+
+
+def _rebalance(
+    results: dict[str, ClassResult],
+    fb: _Feedback,
+    axes: Mapping[str, Sequence[str]],
+    lassos: Sequence[Sequence[str]],
+    compose: Callable[[Genome], str],
+    generate: GenerateFn,
+    embedder: Any,
+    seed: int,
+    batch: int,
+    mixture_size: int,
+    should_stop: Callable[[], bool] | None,
+    tick: Callable[[], None],
+) -> None:
+    """Give each evolved class a mixture of prompts whose attribute histogram follows the lassos
+    without words (loop/balance.py). The histogram is read from the judged images of all evolved
+    classes together: a class's own 10-30 images are too few to read one from."""
+    evolved = list(results)
+    kept = [fb.good[c] for c in evolved if len(fb.good[c])]
+    fewer = [fb.fewer[c] for c in evolved if len(fb.fewer[c])]
+    if not kept or not fewer:
+        return
+    emb = np.concatenate([*kept, *fewer]).astype(np.float32)
+    lassoed = np.r_[np.zeros(sum(map(len, kept)), bool), np.ones(sum(map(len, fewer)), bool)]
+    action = {i: k for k, ids in enumerate(lassos) for i in ids}  # the last action that lassoed an id
+    groups = np.r_[
+        np.full(int((~lassoed).sum()), -1), [action.get(i, -1) for c in evolved for i in fb.fewer_ids[c]]
+    ].astype(int)
+    n_follow = max(2 * batch, len(evolved))
+    follow_seeds = [image_seed(seed, 20_000 + j) for j in range(n_follow)]
+    balances: list[AxisBalance] = []
+    read: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
+    for axis, phrases_in in axes.items():
+        phrases = list(dict.fromkeys(str(p) for p in phrases_in))
+        phrase_emb = _norm(np.asarray(embedder.embed_texts(phrases), dtype=np.float32))
+        read[axis] = (phrases, phrase_emb, read_axis(emb, phrase_emb))
+    targets = axis_targets({a: (v, len(p)) for a, (p, _, v) in read.items()}, lassoed, groups=groups)
+    for axis, (phrases, phrase_emb, _) in read.items():
+        if should_stop is not None and should_stop():
+            return
+        if axis not in targets:
+            tick()
+            continue
+        seen, target, capped = targets[axis]
+
+        def generate_read(phrase: str, phrases: list[str] = phrases, phrase_emb: np.ndarray = phrase_emb) -> np.ndarray:
+            genomes = []
+            for j in range(n_follow):
+                g = results[evolved[j % len(evolved)]].best.genome
+                rest = tuple(p for p in g.phrases if p not in phrases)
+                genomes.append(Genome(g.label, rest + ((phrase,) if phrase else ()), g.negative))
+            images = generate([compose(g) for g in genomes], [g.negative_prompt() for g in genomes], follow_seeds)
+            return read_axis(_norm(np.asarray(embedder.embed_images(images), dtype=np.float32)), phrase_emb)
+
+        follow = measure_following(phrases, generate_read, len(phrases))
+        w = mixture_weights(follow, target)
+        names = [NONE, *phrases]
+        balances.append(
+            AxisBalance(
+                axis,
+                phrases,
+                seen,
+                target,
+                [phrases[j] for j in capped],
+                {names[i]: float(w[i]) for i in range(len(names))},
+                follow.T @ w,
+            )
+        )
+        tick()
+    if not balances:
+        return
+    balanced = {p for b in balances for p in b.phrases}
+    for i, c in enumerate(evolved):
+        rng = np.random.default_rng([seed, i])
+        orders = [spread(b.weights, mixture_size, rng) for b in balances]
+        g = results[c].best.genome
+        rest = tuple(p for p in g.phrases if p not in balanced)
+        mixture = []
+        for m in range(mixture_size):
+            extra = tuple(order[m] for order in orders if order[m])
+            mixture.append(compose(Genome(c, rest + extra, g.negative)))
+        r = results[c]
+        r.mixture, r.balance = mixture, balances
+        r.diff = [*r.diff, *(b.describe() for b in balances)]

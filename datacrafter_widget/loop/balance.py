@@ -1,0 +1,229 @@
+"""Rebalancing a class's images from "fewer of these" lassos: a mixture of prompts per class.
+
+A lasso without words on images that are fine one by one says "too many of these". No single prompt
+can act on that: adding "on a pink background" to a class's prompt pins every image of the class to
+pink (a new class <-> attribute shortcut), and a negative prompt removes the lassoed attribute from
+the class altogether (benchmarks/results/NOTES.md, loop track). A *mixture* can: each image of the
+class gets one phrase per attribute axis, drawn with weights that match a target histogram.
+
+The steps, per attribute axis (a group of mutually exclusive phrases, e.g. the backgrounds):
+
+1. Read the axis value of every image the person judged, by CLIP zero-shot over the axis phrases.
+2. The target: a cell lassoed clearly more often than the axis's other cells is capped at what
+   the person kept of it, and the target is the most even histogram under those caps (maximum
+   entropy). An axis whose cells are all lassoed at about the same rate has no signal and is left
+   alone.
+3. Measure how the generator follows each phrase (a small batch per phrase, read the same way) and
+   solve for mixture weights whose expected histogram is closest to the target (non-negative least
+   squares, weights summing to 1). "No phrase" is a component too: the generator's own histogram.
+4. Spread the weights over an ordered list of prompts, so that any prefix of the list is balanced.
+
+This module computes only; the embedder and the generator come in as callables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import nnls
+
+__all__ = ["AxisBalance", "read_axis", "axis_target", "axis_targets", "mixture_weights", "spread"]
+
+NONE = ""  # the mixture component without a phrase for this axis: the generator's own choice
+MIN_IMAGES = 10  # fewer judged images than this on an axis: no histogram to read
+
+
+@dataclass
+class AxisBalance:
+    """One axis: the histogram the person saw, the one their lassos ask for, and the mixture weights."""
+
+    axis: str
+    phrases: list[str]
+    seen: np.ndarray  # share of each phrase among the judged images
+    target: np.ndarray
+    capped: list[str]  # phrases lassoed more often than the axis's typical rate
+    weights: dict[str, float] = field(default_factory=dict)  # phrase (or NONE) -> mixture weight
+    expected: np.ndarray | None = None  # the mixture's histogram, from the measured prompt following
+
+    def describe(self) -> str:
+        was = ", ".join(f"{p} {s:.2f}" for p, s in zip(self.phrases, self.seen))
+        now = ", ".join(f"{p} {w:.2f}" for p, w in self.weights.items() if w > 0 and p)
+        own = self.weights.get(NONE, 0.0)
+        tail = f", no {self.axis} word {own:.2f}" if own > 0 else ""
+        return (
+            f"~ balanced {self.axis} (lassoed more than the rest: {', '.join(self.capped)}): "
+            f"prompts now {now}{tail} (the judged images were {was})"
+        )
+
+
+def read_axis(image_emb: np.ndarray, phrase_emb: np.ndarray) -> np.ndarray:
+    """Index of the nearest phrase for each (normalised) image embedding: CLIP zero-shot over the axis."""
+    if len(image_emb) == 0:
+        return np.zeros(0, dtype=int)
+    return np.asarray((image_emb @ phrase_emb.T).argmax(axis=1), dtype=int)
+
+
+def axis_targets(
+    cells: Mapping[str, tuple[np.ndarray, int]],
+    lassoed: np.ndarray,
+    min_excess: float = 1.0,
+    z: float = 2.0,
+    groups: np.ndarray | None = None,
+    dominant: float = 0.6,
+) -> dict[str, tuple[np.ndarray, np.ndarray, list[int]]]:
+    """Per axis with a signal: (seen share, target share, capped cells).
+
+    `cells` maps each axis to the judged images' cells on it (0..k-1) and k; `lassoed` says whether
+    the person lassoed each image as "fewer of these". `groups` (optional) numbers the lasso action
+    each lassoed image came from (-1: none known). A lasso whose images sit mostly (`dominant`) in
+    one cell of an axis, say the black backgrounds, asks for fewer of that cell: its images there
+    count against the cell, and the cell's cap is what is left of it. On an axis no lasso dominates,
+    the lassos are read together, statistically. An image can be lassoed for any of its cells,
+    so the chance of keeping it is modelled as a product of one factor per axis and cell (fitted
+    jointly, by iterative proportional fitting): lassos made for the background do not read as a
+    signal on the foreground. On each axis, a cell is capped when it keeps fewer images than the
+    other cells' factor predicts, by more than `z` standard deviations (a rare cell with a few
+    lassos is not capped); what it keeps, relative to the others, is its cap. The target is the
+    most even histogram under the caps (maximum entropy): t = min(cap, level), the level chosen so
+    that t sums to 1. The lassos say only which cells are too common; of every histogram that
+    respects them, the even one assumes least. Axes without a capped cell are left out.
+    """
+    names = list(cells)
+    vals = [np.asarray(cells[a][0], dtype=int) for a in names]
+    ks = [int(cells[a][1]) for a in names]
+    kept = ~np.asarray(lassoed, dtype=bool)
+    n = len(kept)
+    if n < MIN_IMAGES or kept.all() or not kept.any():
+        return {}
+    factors = [np.ones(k) for k in ks]
+
+    def others(a: int) -> np.ndarray:
+        out = np.ones(n)
+        for b in range(len(ks)):
+            if b != a:
+                out = out * factors[b][vals[b]]
+        return out
+
+    for _ in range(100):
+        for a in range(len(ks)):
+            num = np.bincount(vals[a], weights=kept.astype(float), minlength=ks[a])
+            den = np.bincount(vals[a], weights=others(a), minlength=ks[a])
+            factors[a] = np.divide(num, den, out=np.zeros(ks[a]), where=den > 0)
+    out: dict[str, tuple[np.ndarray, np.ndarray, list[int]]] = {}
+    for a, (name, k) in enumerate(zip(names, ks)):
+        counts = np.bincount(vals[a], minlength=k).astype(float)
+        own = _dominated(vals[a], k, groups, dominant) if groups is not None else np.zeros(k)
+        if own.sum() > 0:
+            capped = [j for j in range(k) if own[j] >= min_excess]
+            if capped and len(capped) < k:
+                cap = np.ones(k)
+                cap[capped] = (counts[capped] - own[capped]) / n
+                out[name] = (counts / n, _even_under(cap), capped)
+            continue
+        other = others(a)
+        num = np.bincount(vals[a], weights=kept.astype(float), minlength=k)
+        den = np.bincount(vals[a], weights=other, minlength=k)
+        capped: list[int] = []
+        base = 1.0
+        for _ in range(k):  # grow the capped set until the factor of the rest explains the rest
+            rest = [j for j in range(k) if j not in capped and counts[j] > 0]
+            if not rest:
+                break
+            base = float(num[rest].sum() / max(den[rest].sum(), 1e-12))
+            p = np.clip(base * other, 0.0, 1.0)
+            expect = np.bincount(vals[a], weights=p, minlength=k)
+            sd = np.sqrt(np.maximum(np.bincount(vals[a], weights=p * (1 - p), minlength=k), 1e-12))
+            under = [j for j in rest if (expect[j] - num[j]) / sd[j] > z]
+            if not under:
+                break
+            capped += under
+        keep = np.clip(np.divide(num, den * base, out=np.ones(k), where=den > 0), 0.0, 1.0)
+        capped = sorted(j for j in capped if (1 - keep[j]) * counts[j] >= min_excess)
+        if not capped or len(capped) == k:
+            continue
+        cap = np.ones(k)
+        cap[capped] = counts[capped] * keep[capped] / n
+        out[name] = (counts / n, _even_under(cap), capped)
+    return out
+
+
+def _dominated(values: np.ndarray, k: int, groups: np.ndarray, dominant: float) -> np.ndarray:
+    """Per cell: lassoed images in lasso groups that sit mostly (>= dominant) in that cell."""
+    own = np.zeros(k)
+    for g in np.unique(groups[groups >= 0]):
+        members = values[groups == g]
+        hist = np.bincount(members, minlength=k)
+        j = int(hist.argmax())
+        if len(members) >= 2 and hist[j] >= dominant * len(members):
+            own[j] += hist[j]
+    return own
+
+
+def _even_under(cap: np.ndarray) -> np.ndarray:
+    """The most even histogram with t <= cap: t = min(cap, level), the level found by bisection."""
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        level = (lo + hi) / 2
+        if np.minimum(cap, level).sum() > 1.0:
+            hi = level
+        else:
+            lo = level
+    target = np.minimum(cap, lo)
+    return target / target.sum()
+
+
+def axis_target(
+    values: np.ndarray, lassoed: np.ndarray, k: int, min_excess: float = 1.0, z: float = 2.0
+) -> tuple[np.ndarray, np.ndarray, list[int]] | None:
+    """axis_targets for a single axis: (seen share, target share, capped cells), or None without a signal."""
+    return axis_targets({"axis": (values, k)}, lassoed, min_excess, z).get("axis")
+
+
+def mixture_weights(follow: np.ndarray, target: np.ndarray, diffuse: float = 0.3) -> np.ndarray:
+    """Weights w >= 0, sum 1, minimising |follow.T @ w - target|^2 + sum_i (diffuse * d_i * w_i)^2:
+    row i of `follow` is the histogram that component i's images land in (measured on a few images),
+    and d_i = sqrt(1 - sum_j follow_ij^2) is how spread it is. Of the mixtures that hit the target,
+    the one made of components that land in one cell wins: a spread histogram read off a few images
+    (the generator's own choice, typically) is the least sure."""
+    m = follow.shape[0]
+    big = 100.0  # the sum-to-one constraint as a heavily weighted extra row
+    spread_of = np.sqrt(np.clip(1.0 - (follow**2).sum(axis=1), 0.0, 1.0))
+    a = np.vstack([follow.T, np.diag(diffuse * spread_of), big * np.ones((1, m))])
+    b = np.concatenate([target, np.zeros(m), [big]])
+    w, _ = nnls(a, b)
+    w = np.maximum(w, 0)
+    return w / w.sum() if w.sum() > 0 else np.full(m, 1.0 / m)
+
+
+def spread(weights: Mapping[str, float], n: int, rng: np.random.Generator) -> list[str]:
+    """`n` component names in an order where every prefix follows `weights` as closely as counts allow
+    (the component furthest behind its share goes next; ties broken at random)."""
+    names = [p for p, w in weights.items() if w > 0]
+    w = np.array([weights[p] for p in names], dtype=float)
+    w = w / w.sum()
+    counts = np.zeros(len(names))
+    out = []
+    for k in range(n):
+        deficit = w * (k + 1) - counts
+        best = np.flatnonzero(deficit >= deficit.max() - 1e-9)
+        j = int(best[rng.integers(len(best))]) if len(best) > 1 else int(best[0])
+        counts[j] += 1
+        out.append(names[j])
+    return out
+
+
+def measure_following(
+    phrases: Sequence[str],
+    generate_read: Callable[[str], np.ndarray],
+    k: int,
+) -> np.ndarray:
+    """(len(phrases) + 1, k) histograms: row 0 the images without a phrase, then one row per phrase.
+    `generate_read(phrase)` renders a small batch with the phrase (NONE: without) and returns the
+    cells its images are read as."""
+    rows = []
+    for p in [NONE, *phrases]:
+        cells = generate_read(p)
+        rows.append(np.bincount(cells, minlength=k) / max(len(cells), 1))
+    return np.asarray(rows, dtype=float)
