@@ -11,10 +11,11 @@ stroke and slant), so one seed's test noise is small and per-background accuracy
             gap (guided adversarial prompts). Reports accuracy on test images whose background is
             not the class's tied one, and the share of added images in the student's high-loss
             (class, background) cells.
-- loop:     spurious 0.95. A simulated person compares the class-prompt images with a target
+- loop:     spurious 0.95. A simulated person compares the class-prompt round with a target
             attribute histogram read (independent checker) from unlabelled pool images, lassoes
-            images of over-represented cells and wrong digits; DataCrafter.feedback -> evolve ->
-            generate_evolved. Rows: none, class, loop, ideal. Reports histogram distance, accuracy
+            wrong digits (naming the digit shown) and, one lasso per over-represented cell, the
+            excess images without words; DataCrafter.feedback -> evolve (a mixture of prompts per
+            class, loop/balance.py) -> generate_evolved. Rows: none, class, loop, ideal. Reports histogram distance, accuracy
             on classes 8 and 9, student accuracy, and the share of the class->ideal gap closed.
 - captions: spurious 0. Rows: none, class, caption-train (captions of the 50 train images, the
             product's "caption" strategy), caption-pool (captions of many unlabelled pool images),

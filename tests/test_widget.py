@@ -286,6 +286,13 @@ def test_layout_controls_send_actions() -> None:
     # The panel follows the prompts trait.
     w.prompts = {"cat": {"current": "x", "history": []}, "dog": {"current": "y", "history": []}}
     assert sorted(prompts.rows) == ["cat", "dog"] and prompts.rows["dog"].revert.disabled
+    assert prompts.rows["cat"].mixture.value == ""
+    # A rebalanced class says that its images cycle through a mixture (as text: prompts are model text).
+    mixture = ["a photo of a cat on grass", "a photo of a <b>cat</b> on snow"]
+    w.prompts = {"cat": {"current": "a photo of a cat", "mixture": mixture, "history": []}}
+    label = prompts.rows["cat"].mixture
+    assert isinstance(label, ipywidgets.Label)
+    assert label.value.startswith("its images cycle through 2 prompts, e.g. 'a photo of a <b>cat</b> on snow'")
 
 
 def test_layout_places_metrics_chart_below() -> None:

@@ -49,9 +49,9 @@ class AxisBalance:
 
     def describe(self) -> str:
         was = ", ".join(f"{p} {s:.2f}" for p, s in zip(self.phrases, self.seen))
-        now = ", ".join(f"{p} {w:.2f}" for p, w in self.weights.items() if w > 0 and p)
+        now = ", ".join(f"{p} {w:.2f}" for p, w in self.weights.items() if w >= 0.005 and p)
         own = self.weights.get(NONE, 0.0)
-        tail = f", no {self.axis} word {own:.2f}" if own > 0 else ""
+        tail = f", no {self.axis} word {own:.2f}" if own >= 0.005 else ""
         return (
             f"~ balanced {self.axis} (lassoed more than the rest: {', '.join(self.capped)}): "
             f"prompts now {now}{tail} (the judged images were {was})"
@@ -116,11 +116,11 @@ def axis_targets(
         counts = np.bincount(vals[a], minlength=k).astype(float)
         own = _dominated(vals[a], k, groups, dominant) if groups is not None else np.zeros(k)
         if own.sum() > 0:
-            capped = [j for j in range(k) if own[j] >= min_excess]
-            if capped and len(capped) < k:
+            asked = [j for j in range(k) if own[j] >= min_excess]
+            if asked and len(asked) < k:
                 cap = np.ones(k)
-                cap[capped] = (counts[capped] - own[capped]) / n
-                out[name] = (counts / n, _even_under(cap), capped)
+                cap[asked] = (counts[asked] - own[asked]) / n
+                out[name] = (counts / n, _even_under(cap), asked)
             continue
         other = others(a)
         num = np.bincount(vals[a], weights=kept.astype(float), minlength=k)

@@ -534,11 +534,19 @@ def _prompts_panel(widget: CrafterWidget) -> Any:
             revert.on_click(
                 lambda _b, c=cls_name, d=past: widget.trigger("prompt_revert", {"class": c, "index": d.value})
             )
+            mixture = [str(p) for p in entry.get("mixture") or []]
+            # A rebalanced class cycles through several prompts; the text box shows the base one.
+            mix = w.Label(
+                f"its images cycle through {len(set(mixture))} prompts, e.g. {mixture[1]!r}; Save edit replaces them"
+                if len(set(mixture)) > 1
+                else ""
+            )
             block = w.VBox(
-                [w.Label(str(cls_name)), text, w.HBox([accept, edit, revert]), past],
+                [w.Label(str(cls_name)), text, mix, w.HBox([accept, edit, revert]), past],
                 layout=w.Layout(width="100%", border_bottom="1px solid var(--jp-border-color2, #ddd)"),
             )
             block.text, block.accept, block.edit, block.revert, block.past = text, accept, edit, revert, past
+            block.mixture = mix
             panel.rows[str(cls_name)] = block
             rows.append(block)
         panel.children = rows
