@@ -113,20 +113,15 @@ def _pink_rate(world, prompt, negative, n=40):
     return np.mean([world.colour_of(im) == "pink" for im in images])
 
 
+def _evolve_3(store, world, **options):
+    """evolve_store for class "3" of the colour world, with its vocabulary."""
+    return evolve_store(store, classes=["3"], generate=world.generate, embedder=world, vocabulary=VOCAB, **options)
+
+
 def test_unwanted_label_becomes_negative_and_fewer_such_images(tmp_path):
     world = ColourWorld()
     store, _ = _project(tmp_path, world, mark_labels=True)
-    result = evolve_store(
-        store,
-        classes=["3"],
-        generate=world.generate,
-        embedder=world,
-        vocabulary=VOCAB,
-        population=4,
-        generations=2,
-        batch=4,
-        seed=0,
-    )
+    result = _evolve_3(store, world, population=4, generations=2, batch=4, seed=0)
     best = result.classes["3"].best
     assert "pink" in best.genome.negative
     assert not any("pink" in p for p in best.genome.phrases)
@@ -293,18 +288,7 @@ def test_fewer_of_these_lassos_rebalance_the_class_with_a_mixture_of_prompts(tmp
     store, ids, _, pink = _class_3_round(tmp_path, world, 40)
     assert len(pink) >= 16
     store.update(pink[8:], feedback="bad")
-    result = evolve_store(
-        store,
-        classes=["3"],
-        generate=world.generate,
-        embedder=world,
-        vocabulary=VOCAB,
-        axes={"background": VOCAB[:5]},
-        population=4,
-        generations=1,
-        batch=4,
-        seed=0,
-    )
+    result = _evolve_3(store, world, axes={"background": VOCAB[:5]}, population=4, generations=1, batch=4, seed=0)
     r = result.classes["3"]
     assert not any("pink" in p for p in r.best.genome.negative)  # pink stays, fewer of it
     mixture = result.mixtures["3"]
@@ -323,15 +307,13 @@ def test_without_axes_or_without_a_lassoed_cell_there_is_no_mixture(tmp_path):
     world = ColourWorld()
     store, ids, _, pink = _class_3_round(tmp_path, world, 40)
     store.update(pink[8:], feedback="bad")
-    plain = evolve_store(store, classes=["3"], generate=world.generate, embedder=world, vocabulary=VOCAB, seed=0)
+    plain = _evolve_3(store, world, seed=0)
     assert plain.mixtures["3"] == [plain.classes["3"].best.prompt] and not plain.classes["3"].mixture
     # The same share of every colour lassoed: no cell is "too many".
     store.update(pink[8:], feedback="")
     others = [i for i in ids if i not in pink]
     store.update(pink[::2] + others[::2], feedback="bad")
-    even = evolve_store(
-        store, classes=["3"], generate=world.generate, embedder=world, vocabulary=VOCAB, axes={"bg": VOCAB[:5]}, seed=0
-    )
+    even = _evolve_3(store, world, axes={"bg": VOCAB[:5]}, seed=0)
     assert not even.classes["3"].mixture
     store.close()
 
@@ -346,7 +328,7 @@ class DeafWorld(ColourWorld):
 def test_an_unwanted_label_whose_negative_does_not_help_stays_out_of_the_negative(tmp_path):
     world = DeafWorld()
     store, _ = _project(tmp_path, world, mark_labels=True)
-    result = evolve_store(store, classes=["3"], generate=world.generate, embedder=world, vocabulary=VOCAB, seed=0)
+    result = _evolve_3(store, world, seed=0)
     r = result.classes["3"]
     assert "pink" not in r.best.genome.negative and not any("pink" in p for p in r.best.genome.phrases)
     assert r.diff[0].startswith("~ 'pink' marked unwanted but kept out of the negative prompt: with it ")
