@@ -343,12 +343,12 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
             row("gap", seed, "ideal", n, res, share_high_loss=share_high([ctx.ds.pool.labels[i] for i in idx], bg))
         )
 
-    def add_rows(arm: str, ids_by_class: dict[str, list[str]]) -> None:
+    def add_rows(arm: str, ids_by_class: dict[str, list[str]], key: str = "") -> None:
         for n in ns:
             ids = take(ids_by_class, n, seed)
             chk = ctx.check(ids)
             labels = [str(ctx.store.row(i)["label"]) for i in ids]
-            res = ctx.score(f"{arm}|{n}", lambda ids=ids: ctx.images_of(base + ids))
+            res = ctx.score(f"{key or arm}|{n}", lambda ids=ids: ctx.images_of(base + ids))
             rows.append(
                 row(
                     "gap",
@@ -433,8 +433,10 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
         return {"ids": list(ids), "flagged": len(flagged), "adversarial": adv}
 
     if "gap" in args.arms:
-        g = ctx.arm(f"gap|steps={args.gap_steps}", make_gap)
-        add_rows("gap", accepted(ctx.store, g["ids"]))
+        gkey = f"gap|steps={args.gap_steps}"
+        g = ctx.arm(gkey, make_gap)
+        # Scored under the arm key: images made with another number of steps are another arm.
+        add_rows("gap", accepted(ctx.store, g["ids"]), key="gap" if args.gap_steps == 10 else gkey)
     return rows
 
 

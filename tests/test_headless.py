@@ -143,6 +143,8 @@ def test_reading_names_chance_change_and_spread():
         ({"dataset": {"shots": "five"}}, r"shots in \[dataset\] = 'five' must be a whole number"),
         ({"dataset": {"spurious": "high"}}, r"spurious in \[dataset\] = 'high' must be a number"),
         ({"feedback": {"simulate": "yes"}}, r"simulate in \[feedback\] = 'yes' must be true or false"),
+        ({"feedback": {"fewer": ["background"]}}, r"feedback.fewer is part of the simulated person"),
+        ({"feedback": {"simulate": True, "fewer": ["sky"]}}, r"fewer in \[feedback\] = .*'background', 'foreground'"),
         (
             {"student": {"kind": "resnet"}},
             r"kind in \[student\] = 'resnet' is not allowed: use one of 'auto', 'cnn', 'probe'",
@@ -239,3 +241,33 @@ def test_the_checker_ships_trained_and_reads_real_renders():
     found = checker.predict(test.images(list(range(100))))
     assert sum(a == b for a, b in zip(found["digit"], frame["label"].astype(str))) >= 80
     assert checker.heldout_accuracy["digit"] > 0.8 and checker.settings["steps"] > 0
+
+
+def test_simulated_fewer_lassoes_each_value_beyond_an_even_share_in_its_own_lasso():
+    """60 black, 20 gray, 10 white, 10 pink of 100: one wordless lasso each for the black and gray
+    excess (even share 20), nothing for the rest; images already marked are left alone."""
+    from datacrafter_widget.app.headless import simulated_fewer
+
+    ids = [f"g{k:03d}" for k in range(100)]
+    bgs = ["black"] * 60 + ["gray"] * 21 + ["white"] * 9 + ["pink"] * 10
+    marked = {"g099"}  # a pink image already marked bad: neither read nor lassoed again
+
+    class Crafter:
+        samples = pd.DataFrame({"id": ids, "feedback": ["bad" if i in marked else "" for i in ids]})
+        calls: list[dict] = []
+
+        def image(self, i):
+            return i
+
+        def feedback(self, **kw):
+            self.calls.append(kw)
+
+    def checker(images):
+        return pd.DataFrame({"background": [bgs[ids.index(i)] for i in images], "foreground": ["red"] * len(images)})
+
+    crafter = Crafter()
+    n = simulated_fewer(crafter, ids, checker, ["background"])
+    even = 99 // 5
+    assert [len(c["bad"]) for c in crafter.calls] == [60 - even, 21 - even]
+    assert all(set(bgs[ids.index(i)] for i in c["bad"]) == {b} for c, b in zip(crafter.calls, ["black", "gray"]))
+    assert all("bad_labels" not in c for c in crafter.calls) and n == 60 + 21 - 2 * even

@@ -59,6 +59,24 @@ def test_deterministic_per_seed_and_seed_matters():
     assert any(not torch.equal(v, c.net.state_dict()[k]) for k, v in a.net.state_dict().items())
 
 
+def test_a_model_built_in_another_thread_does_not_change_a_training():
+    """The widget trains held-out students in a background job while the notebook goes on; building
+    a model there (loading the checker, say) draws from torch's global RNG. The default CNN draws
+    its initialisation and dropout from its own generator, so the student is the same either way
+    (this made the quickstart's round-1 accuracy differ between two runs)."""
+    images, labels = _colour_set()
+    kw = dict(kind="cnn", steps=30, seed=5, progress=False)
+    alone = train_student(images, labels, **kw)
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(train_student(images, labels, **kw)))
+    t.start()
+    while t.is_alive():
+        torch.nn.Linear(64, 64)  # default init: draws from the global RNG
+    t.join()
+    for k, v in alone.net.state_dict().items():
+        assert torch.equal(v, got[0].net.state_dict()[k]), k
+
+
 def test_save_load_roundtrip_without_pickle(tmp_path):
     images, labels = _colour_set()
     student = train_student(images, labels, epochs=2, seed=0, progress=False)

@@ -63,6 +63,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "simulate": Key(
             "bool", False, "the starter's independent checker marks off-prompt images bad (a simulated lasso)"
         ),
+        "fewer": Key(
+            "str list",
+            [],
+            "attributes whose excess the simulated person lassoes without words, one lasso per value beyond "
+            "an even share, so evolution rebalances them (starter)",
+            ("background", "foreground"),
+        ),
     },
     "evolve": {
         "enabled": Key("bool", False, "evolve prompts from the feedback, then generate a round with them"),
@@ -274,3 +281,5 @@ def _check_combinations(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             "feedback.simulate uses the starter kit's independent checker: it works with dataset.kind = 'starter' only"
         )
+    if cfg["feedback"]["fewer"] and not cfg["feedback"]["simulate"]:
+        raise ConfigError("feedback.fewer is part of the simulated person: set feedback.simulate = true as well")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -32,6 +33,7 @@ __all__ = [
     "run",
     "cli_main",
     "simulated_feedback",
+    "simulated_fewer",
     "prompted_attributes",
     "starter_checker",
 ]
@@ -86,6 +88,34 @@ def simulated_feedback(crafter: Any, ids: Sequence[str], checker: Checker) -> di
         crafter.feedback(bad=group, bad_labels=labels)
     n_bad = sum(len(v) for v in bad.values())
     return {"checked": len(ids), "bad": n_bad, "off_digit": off_digit, "off_colour": off_colour}
+
+
+def simulated_fewer(crafter: Any, ids: Sequence[str], checker: Checker, attributes: Sequence[str]) -> int:
+    """Lasso, without words, the images of each attribute value beyond an even share ("fewer of these").
+
+    A simulated person who colours the map by an attribute, sees one value far too common and
+    lassoes the excess: one lasso per value, so evolution can read each lasso (loop/balance.py).
+    Images already marked are left alone. Returns how many images were lassoed.
+    """
+    from ..starter.digits import BACKGROUNDS, FOREGROUNDS
+
+    values = {"background": list(BACKGROUNDS), "foreground": list(FOREGROUNDS)}
+    s = crafter.samples.set_index("id").loc[[str(i) for i in ids]]
+    ok = [str(i) for i in s.index[s["feedback"].fillna("").astype(str) == ""]]
+    if not ok or not attributes:
+        return 0
+    found = checker([crafter.image(i) for i in ok]).reset_index(drop=True)
+    rng = np.random.default_rng(0)
+    taken: set[str] = set()
+    for attr in attributes:
+        even = len(ok) // len(values[attr])
+        for value in values[attr]:
+            cell = [i for k, i in enumerate(ok) if str(found.at[k, attr]) == value and i not in taken]
+            extra = [cell[j] for j in rng.permutation(len(cell))][: max(0, len(cell) - even)]
+            if extra:
+                crafter.feedback(bad=extra)
+                taken.update(extra)
+    return len(taken)
 
 
 def starter_checker() -> Checker:
@@ -291,8 +321,11 @@ def run(
             return
         say(f"{stage}: the independent checker looks at {len(ids)} images (simulated lasso)")
         fb = simulated_feedback(crafter, ids, checker)
-        fb_rows.append({"stage": stage, **fb})
         say(f"{stage}: {fb['bad']} of {fb['checked']} images off-prompt, marked bad")
+        if cfg["feedback"]["fewer"]:
+            fb["fewer"] = simulated_fewer(crafter, ids, checker, cfg["feedback"]["fewer"])
+            say(f"{stage}: {fb['fewer']} images lassoed as 'fewer of these' ({', '.join(cfg['feedback']['fewer'])})")
+        fb_rows.append({"stage": stage, **fb})
 
     n_rounds = len(cfg["rounds"])
     each = cfg["student"]["evaluate_each_round"]

@@ -352,12 +352,18 @@ def run_report(
         s.table(round_metrics)
         sections.append(s.terms({k: v for k, v in METRIC_COLUMNS.items() if k in round_metrics.columns}))
     if fb_rows:
+        fewer = (
+            " The `fewer` column counts images lassoed without words because their background (or foreground) "
+            "was far more common than an even share: evolution rebalances those."
+            if any("fewer" in r for r in fb_rows)
+            else ""
+        )
         sections.append(
             Section("Simulated feedback (independent checker)")
             .text(
                 "A checker trained only on real renders looked at every generated image; images whose digit or colours "
                 "differ from their prompt were marked bad (as a person's lasso would), which also tells evolution "
-                "what to avoid."
+                "what to avoid." + fewer
             )
             .table(pd.DataFrame(fb_rows))
         )

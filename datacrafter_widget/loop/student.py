@@ -106,6 +106,36 @@ CNN_DROPOUT = 0.2
 CNN_LABEL_SMOOTHING = 0.0
 
 
+class _SeededDropout(nn.Dropout):
+    """nn.Dropout that draws its masks from `generator` when one is set (the same draws, in the same
+    order, as nn.Dropout on a global RNG seeded alike): a training never reads torch's process-wide
+    RNG, which any other thread may draw from meanwhile (building a model, say)."""
+
+    generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or self.generator is None:
+            return super().forward(x)
+        noise = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator)
+        noise.div_(1 - self.p)
+        return x * noise
+
+
+def _seed_small_cnn(net: nn.Module, generator: torch.Generator) -> None:
+    """Redo the default initialisation of every conv / linear layer from `generator`, in construction
+    order (what a global RNG seeded alike gives), and let dropout draw from it too."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                if m.bias is not None:
+                    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(m.weight)
+                    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+        elif isinstance(m, _SeededDropout):
+            m.generator = generator
+
+
 def _small_cnn(k: int, width: int, dropout: float = CNN_DROPOUT) -> nn.Module:
     """Four conv blocks down to a 2x2 map (32 px input), then dropout + a linear head.
 
@@ -124,7 +154,7 @@ def _small_cnn(k: int, width: int, dropout: float = CNN_DROPOUT) -> nn.Module:
         *block(4 * w, 4 * w),
         nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),
-        nn.Dropout(dropout),
+        _SeededDropout(dropout),
         nn.Linear(16 * w, k),
     )
 
@@ -575,6 +605,8 @@ def train_student(
 
     # Weight init and dropout draw on torch's global RNG, which fork_rng does not isolate between threads: a
     # held-out student training in a background job would interleave with this one, so trainings take turns.
+    # The small CNN (the default) goes further and draws from its own generator, seeded as the global one
+    # was: the same numbers, and no other thread's draws in between (benchmarks/results/NOTES.md).
     with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         gen = torch.Generator().manual_seed(int(seed))
@@ -584,6 +616,8 @@ def train_student(
         else:
             x = pixels(images, config.image_size)
         net = _build_net(config, backbone if isinstance(backbone, nn.Module) else None, pretrained, weights)
+        if any(isinstance(m, _SeededDropout) for m in net.modules()):
+            _seed_small_cnn(net, torch.Generator().manual_seed(int(seed)))
         student = Student(config, net, embedder)
         opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps)
