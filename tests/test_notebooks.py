@@ -134,6 +134,8 @@ def _cells_signature(nb) -> list[str]:
     """The results every cell printed or displayed: stdout and text/plain, without timings, ids and widget ids.
 
     stderr is left out: it carries tqdm progress bars, whose rates and elapsed times differ run to run.
+    So are the bars shown as widgets: how many a cell shows depends on what the widget's background
+    job had already computed and cached (a held-out student per round), not on the results.
     """
     import re
 
@@ -143,6 +145,8 @@ def _cells_signature(nb) -> list[str]:
             if out.get("output_type") == "stream" and out.get("name") != "stdout":
                 continue
             text = out.get("text", "") or out.get("data", {}).get("text/plain", "")
+            if re.search(r"\d+%\|.*\| *\d+/\d+ \[", str(text)):
+                continue  # a progress bar
             text = re.sub(r"\d+(\.\d+)?\s*(s|it/s|s/it)\b", "<t>", str(text))
             sig.append(text)
     return sig
