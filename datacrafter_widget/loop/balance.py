@@ -9,10 +9,10 @@ class gets one phrase per attribute axis, drawn with weights that match a target
 The steps, per attribute axis (a group of mutually exclusive phrases, e.g. the backgrounds):
 
 1. Read the axis value of every image the person judged, by CLIP zero-shot over the axis phrases.
-2. The target: a cell lassoed clearly more often than the axis's other cells is capped at what
-   the person kept of it, and the target is the most even histogram under those caps (maximum
-   entropy). An axis whose cells are all lassoed at about the same rate has no signal and is left
-   alone.
+2. The target: a lasso that sits mostly in one cell (say the black backgrounds) caps that cell at
+   what the person kept of it; without such lassos, a cell lassoed clearly more often than the
+   axis's other cells is capped. The target is the most even histogram under the caps (maximum
+   entropy). An axis without a capped cell has no signal and is left alone.
 3. Measure how the generator follows each phrase (a small batch per phrase, read the same way) and
    solve for mixture weights whose expected histogram is closest to the target (non-negative least
    squares, weights summing to 1). "No phrase" is a component too: the generator's own histogram.
@@ -43,7 +43,7 @@ class AxisBalance:
     phrases: list[str]
     seen: np.ndarray  # share of each phrase among the judged images
     target: np.ndarray
-    capped: list[str]  # phrases lassoed more often than the axis's typical rate
+    capped: list[str]  # phrases the lassos asked for fewer of
     weights: dict[str, float] = field(default_factory=dict)  # phrase (or NONE) -> mixture weight
     expected: np.ndarray | None = None  # the mixture's histogram, from the measured prompt following
 
