@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import nnls
 
-__all__ = ["AxisBalance", "read_axis", "axis_target", "axis_targets", "mixture_weights", "spread"]
+__all__ = ["AxisBalance", "read_axis", "axis_target", "axis_targets", "measure_following", "mixture_weights", "spread"]
 
 NONE = ""  # the mixture component without a phrase for this axis: the generator's own choice
 MIN_IMAGES = 10  # fewer judged images than this on an axis: no histogram to read

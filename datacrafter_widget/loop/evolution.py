@@ -566,9 +566,9 @@ def evolve_prompts(
     prompts whose attribute histogram matches what the lassos ask for (loop/balance.py); `lassos`
     (the ids of each feedback action, from feedback.json) tells which images were lassoed together.
     Measuring how the generator follows each phrase costs (phrases + 1) x max(2 x batch, classes)
-    images per axis. With
-    `test_negatives`, labels marked unwanted become a negative prompt only where that makes more
-    images read as the class (measured on max(16, 4 x batch) images with and without).
+    images per axis. With `test_negatives`, labels marked unwanted become a negative prompt only
+    where that makes more images read as the class (measured on max(16, 4 x batch) images with and
+    without).
     """
     classes = [str(c) for c in classes]
     if only_classes is not None:
