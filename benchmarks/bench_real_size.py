@@ -226,6 +226,9 @@ def main() -> None:
     ap.add_argument(
         "--cache", default=os.environ.get("DC_REAL_SIZE_CACHE", str(Path(tempfile.gettempdir()) / "dc-real-size"))
     )
+    ap.add_argument(
+        "--parts", nargs="+", default=["loop", "widget"], choices=["loop", "widget"], help="what to measure"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -241,72 +244,80 @@ def main() -> None:
         print(f"  GPU: {torch.cuda.get_device_name(0)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-real-size-") as tmp:
         work = Path(tmp)
-        photos = work / "photos"
-        with step("render photos", f"{args.per_class}+{args.per_class // 2} per class, {args.size} px"):
-            write_photos(photos / "train", args.per_class, args.size, seed=1)
-            write_photos(photos / "test", max(1, args.per_class // 2), args.size, seed=2)
-        with step("load models") as info:
-            models = load_models(cache, args)
-            info["note"] = repr(models.generator)
-        with step("import") as info:
-            ds = dc.Dataset.from_folder(photos / "train")
-            test = dc.Dataset.from_folder(photos / "test")
-            crafter = dc.DataCrafter(ds, models=models, project=work / "project", heldout=test, batch_size=args.batch)
-            info["note"] = f"{len(ds)} train + {len(test)} test photos"
-        with crafter:
-            with step("first map") as info:
-                frame = crafter.update_projection()
-                info["note"] = f"{int((frame['kind'] == 'label').sum())} content labels"
-            with step("class round") as info:
-                ids = crafter.generate(per_class=1, strategy="class", steps=args.steps, progress=False)
-                info["note"] = f"{len(ids)} images"
-            with step("caption round") as info:
-                cap_ids = crafter.generate(per_class=1, strategy="caption", steps=args.steps, progress=False)
-                info["note"] = f"{len(cap_ids)} images"
-            with step("feedback"):
-                crafter.feedback(bad=ids[:1], good=ids[1:2], bad_labels=["blurry"])
-            with step("evolve") as info:
-                result = crafter.evolve(
-                    classes=[crafter.classes[0]],
-                    population=2,
-                    generations=1,
-                    batch=1,
-                    steps=args.steps,
-                    test_negatives=False,  # its with/without measurement is max(16, 4 x batch) images x 2
-                    progress=False,
-                )
-                info["note"] = f"{len(result.prompts) if hasattr(result, 'prompts') else ''} prompts"
-            with step("probe student") as info:
-                student = crafter.train_student(kind="probe", progress=False)
-                info["note"] = f"test accuracy {crafter.evaluate(test)['accuracy']:.2f}"
-            with step("GAP step") as info:
-                gap_ids = crafter.adversarial(
-                    target="a photo of an object on a beach",
-                    steps=1,
-                    per_class=1,
-                    classes=[crafter.classes[0]],
-                    sampler_steps=1,
-                    final_steps=args.steps,
-                    batch=1,
-                    checkpointing=True,
-                    progress=False,
-                )
-                info["note"] = f"{len(gap_ids)} image(s)"
-            bare_vs_crafter(crafter, args)  # before the view exists: its refreshes would run in this round
-            with step("widget view + atlas") as info:
-                layout = crafter.show()
-                view = layout.crafter_view
-                view.wait(timeout=600)
-                info["note"] = f"atlas {len(view.widget.atlas) / 1024:.0f} KB for {len(view.ids)} images"
-            with step("export") as info:
-                out = crafter.export(work / "export")
-                info["note"] = f"{sum(1 for _ in out.rglob('*.png'))} PNGs"
-            del student
-        if args.photos:
+        if "loop" in args.parts:
+            the_loop(cache, work, args)
+        if args.photos and "widget" in args.parts:
             print(f"\nthe widget over {args.photos} photos:", flush=True)
+            with step("load models"):
+                models = load_models(cache, args)
             widget_over_photos(models, work, args)
     peak = max(r[3] for r in ROWS)
     print(f"\npeak resident memory over the bench: {peak:.2f} GB (aim < 8 GB)")
+
+
+def the_loop(cache: Path, work: Path, args: argparse.Namespace) -> None:
+    """Import, first map, class and caption rounds, feedback, evolve, probe student, GAP, view, export."""
+    photos = work / "photos"
+    with step("render photos", f"{args.per_class}+{args.per_class // 2} per class, {args.size} px"):
+        write_photos(photos / "train", args.per_class, args.size, seed=1)
+        write_photos(photos / "test", max(1, args.per_class // 2), args.size, seed=2)
+    with step("load models") as info:
+        models = load_models(cache, args)
+        info["note"] = repr(models.generator)
+    with step("import") as info:
+        ds = dc.Dataset.from_folder(photos / "train")
+        test = dc.Dataset.from_folder(photos / "test")
+        crafter = dc.DataCrafter(ds, models=models, project=work / "project", heldout=test, batch_size=args.batch)
+        info["note"] = f"{len(ds)} train + {len(test)} test photos"
+    with crafter:
+        with step("first map") as info:
+            frame = crafter.update_projection()
+            info["note"] = f"{int((frame['kind'] == 'label').sum())} content labels"
+        with step("class round") as info:
+            ids = crafter.generate(per_class=1, strategy="class", steps=args.steps, progress=False)
+            info["note"] = f"{len(ids)} images"
+        with step("caption round") as info:
+            cap_ids = crafter.generate(per_class=1, strategy="caption", steps=args.steps, progress=False)
+            info["note"] = f"{len(cap_ids)} images"
+        with step("feedback"):
+            crafter.feedback(bad=ids[:1], good=ids[1:2], bad_labels=["blurry"])
+        with step("evolve") as info:
+            result = crafter.evolve(
+                classes=[crafter.classes[0]],
+                population=2,
+                generations=1,
+                batch=1,
+                steps=args.steps,
+                test_negatives=False,  # its with/without measurement is max(16, 4 x batch) images x 2
+                progress=False,
+            )
+            info["note"] = f"{len(result.prompts) if hasattr(result, 'prompts') else ''} prompts"
+        with step("probe student") as info:
+            student = crafter.train_student(kind="probe", progress=False)
+            info["note"] = f"test accuracy {crafter.evaluate(test)['accuracy']:.2f}"
+        with step("GAP step") as info:
+            gap_ids = crafter.adversarial(
+                target="a photo of an object on a beach",
+                steps=1,
+                per_class=1,
+                classes=[crafter.classes[0]],
+                sampler_steps=1,
+                final_steps=args.steps,
+                batch=1,
+                checkpointing=True,
+                progress=False,
+            )
+            info["note"] = f"{len(gap_ids)} image(s)"
+        bare_vs_crafter(crafter, args)  # before the view exists: its refreshes would run in this round
+        with step("widget view + atlas") as info:
+            layout = crafter.show()
+            view = layout.crafter_view
+            view.wait(timeout=600)
+            info["note"] = f"atlas {len(view.widget.atlas) / 1024:.0f} KB for {len(view.ids)} images"
+        with step("export") as info:
+            out = crafter.export(work / "export")
+            info["note"] = f"{sum(1 for _ in out.rglob('*.png'))} PNGs"
+        del student
 
 
 if __name__ == "__main__":
