@@ -23,7 +23,7 @@ export function generatePanel(host, parent) {
   strategy.dataset.role = "strategy";
   const count = el("input", "", field("per class"));
   Object.assign(count, { type: "number", min: "1", max: "10000", value: "8" });
-  count.dataset.role = "count";
+  count.dataset.role = "per-class";
   const customRow = field("prompt");
   const custom = el("input", "", customRow);
   Object.assign(custom, { type: "text", placeholder: "a photo of a {class} at night" });
