@@ -593,3 +593,33 @@ def test_a_second_crafter_on_an_open_project_shares_it(tmp_path: pathlib.Path) -
     second.close()
     third.close()
     SampleStore(project).close()  # the last one released the folder
+
+
+def test_nbconvert_html_shows_a_picture_of_the_map_and_the_summary(tmp_path: pathlib.Path) -> None:
+    """A notebook that displays `crafter`, executed by a real kernel and exported with nbconvert: the HTML
+    (no widget state, no kernel) shows the kernel-drawn PNG of the map and loads nothing from a CDN for it."""
+    import base64
+
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import datacrafter_widget as dc\n"
+            "crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), project='p')\n"
+            "crafter"
+        )
+    ]
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    data = nb.cells[0].outputs[-1]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in data and data["text/plain"].startswith("DataCrafter project")
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    tag = 'class="jp-RenderedImage jp-OutputArea-output"'
+    assert html.count(tag) == 1, "the crafter's output should be the one image in the page"
+    start = html.index('src="data:image/png;base64,', html.index(tag)) + len('src="data:image/png;base64,')
+    png = Image.open(io.BytesIO(base64.b64decode(html[start : html.index('"', start)])))
+    assert png.size[0] >= 600
+    assert "application/vnd.jupyter.widget-view+json" not in html  # no empty widget placeholder in its place
