@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from .. import limits
 from .commits import LOG_NAME, base_entry, commit_entry, describe, read_log, sha256
 from .files import atomic_write_bytes, atomic_write_many, slug
 from .images import content_hash, png_bytes, to_rgb
@@ -592,14 +593,19 @@ class SampleStore:
 
     def image_path(self, sample_id: str) -> Path:
         """The image file of a sample; refuses a `file` entry that leads outside the project."""
-        file = str(self.row(sample_id)["file"])
+        return self.project_file(self.row(sample_id)["file"], f"sample {sample_id}: its file column")
+
+    def project_file(self, rel: object, what: str) -> Path:
+        """A path read from the samples table (image, GAP tokens, mask), resolved inside the project.
+
+        A value that leads outside (`../x`, an absolute path, a link out of the folder) is refused:
+        the table was edited by hand or damaged, and nothing outside the project is read."""
         root = self.path.resolve()
-        path = (root / file).resolve()
-        if root not in path.parents:
+        path = (root / str(rel)).resolve()
+        if not isinstance(rel, str) or not rel or root not in path.parents:
             raise DamagedFileError(
-                f"sample {sample_id}: its file column {file!r} points outside project {self.path}; the samples table "
-                f"was edited by hand or damaged, and nothing outside the project is read. Restore samples.parquet "
-                f"from a backup"
+                f"{what} {rel!r} points outside project {self.path}; the samples table was edited by hand or "
+                f"damaged, and nothing outside the project is read. Restore samples.parquet from a backup"
             )
         return path
 
@@ -660,6 +666,7 @@ class SampleStore:
             for i, (im, row) in enumerate(zip(images, rows)):
                 if not isinstance(im, Image.Image):
                     raise TypeError(f"images[{i}] is a {type(im).__name__}, not a PIL image")
+                limits.check("image_pixels", im.width * im.height, f"images[{i}] ({im.width}x{im.height}): pixels")
                 bad = [k for k in _COMPUTED if k in row]
                 if bad:
                     raise ValueError(f"rows[{i}] sets {bad}: the store assigns id, hash and file itself; drop them")
