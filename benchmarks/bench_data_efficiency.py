@@ -625,11 +625,12 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
                     used=len(ids),
                     **stats(labels, ctx.check(ids)),
                     **(extra or {}),
+                    **ctx.fills.get(key or arm, {}),
                 )
             )
 
     class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
-    add_rows("class", accepted(ctx.store, class_ids))
+    add_rows("class", ctx.filled("class", class_ids, kmax, more_of(ctx, 1, strategy="class")))
 
     def make_loop() -> dict:
         # Round 1: the class-prompt images the class filter accepted, all of them (they are all on the
@@ -680,9 +681,23 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
         f"|seen={args.feedback_per_class or 'all'}|person=lasso-per-cell|evolution={ekey}"
     )
     lp = ctx.arm(lkey, make_loop)
+
+    def more_loop(classes: list[str], k: int, attempt: int) -> list[str]:
+        evolved = [c for c in classes if c in lp["prompts"]]
+        rest = [c for c in classes if c not in lp["prompts"]]
+        off = seed * 1_000_000 + ctx.top_up_offset(5, attempt)
+        ids = []
+        if evolved:
+            ids += ctx.crafter.generate_evolved(
+                per_class=k, classes=evolved, seed=off, steps=args.sampler_steps, progress=False
+            )
+        if rest:
+            ids += ctx.generate(k, ctx.top_up_offset(5, attempt) + 500, strategy="class", classes=rest)
+        return list(ids)
+
     add_rows(
         "loop",
-        accepted(ctx.store, lp["ids"]),
+        ctx.filled(lkey, lp["ids"], kmax, more_loop),
         {"wrong_digit_lassoed": lp["feedback"]["wrong_digit"], "cell_lassoed": lp["feedback"]["cell_lassoed"]},
         key=lkey,
     )
@@ -716,7 +731,7 @@ def run_captions(ctx: Ctx, ns: list[int], args) -> list[dict]:
             )
         )
 
-    def add_rows(arm: str, ids_by_class: dict[str, list[str]]) -> None:
+    def add_rows(arm: str, ids_by_class: dict[str, list[str]], fill: str = "") -> None:
         for n in ns:
             ids = take(ids_by_class, n, seed)
             rows.append(
@@ -728,14 +743,15 @@ def run_captions(ctx: Ctx, ns: list[int], args) -> list[dict]:
                     ctx.score(f"{arm}|{n}", lambda ids=ids: ctx.images_of(ids)),
                     used=len(ids),
                     **stats(ctx.check(ids)),
+                    **ctx.fills.get(fill or arm, {}),
                 )
             )
 
-    add_rows("class", accepted(ctx.store, ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))))
-    add_rows(
-        "caption-train",
-        accepted(ctx.store, ctx.arm("caption-train", lambda: ctx.generate(kmax + margin, 2, strategy="caption"))),
-    )
+    class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
+    add_rows("class", ctx.filled("class", class_ids, kmax, more_of(ctx, 1, strategy="class")))
+    if "caption-train" in args.arms.split(","):
+        train_ids = ctx.arm("caption-train", lambda: ctx.generate(kmax + margin, 2, strategy="caption"))
+        add_rows("caption-train", ctx.filled("caption-train", train_ids, kmax, more_of(ctx, 2, strategy="caption")))
 
     def make_pool_captions() -> dict:
         # Caption unlabelled pool images (the starter's CLIP-retrieval captioner); a caption goes to the
@@ -757,9 +773,10 @@ def run_captions(ctx: Ctx, ns: list[int], args) -> list[dict]:
         ids = ctx.generate(kmax + margin, 4, strategy="custom", prompts=prompts)
         return {"ids": ids, "captioned": len(idx), "per_class_captions": {c: len(v) for c, v in by_class.items()}}
 
-    add_rows(
-        "caption-pool", accepted(ctx.store, ctx.arm(f"caption-pool|{args.pool_captions}", make_pool_captions)["ids"])
-    )
+    pkey = f"caption-pool|{args.pool_captions}"
+    pool_ids = ctx.arm(pkey, make_pool_captions)["ids"]
+    more = more_of(ctx, 3, strategy="custom", prompts=prompts_of(ctx, pool_ids))
+    add_rows("caption-pool", ctx.filled(pkey, pool_ids, kmax, more), fill=pkey)
     return rows
 
 
@@ -828,8 +845,10 @@ def summarise(track: str, rows: list[dict], args) -> str:
     sm.to_csv(out / "summary.csv", index=False)
     show = {
         "gap": ["accuracy", "acc_nontied", "share_high_loss", "top_bg_share", "checker_digit_ok", "used", "short"],
-        "loop": ["accuracy", "acc_8_9", "tv_background", "tv_foreground", "checker_8_9_ok", "used"],
-        "captions": ["accuracy", "H_background", "H_foreground", "H_joint"] + [f"acc_bg_{b}" for b in BGS] + ["used"],
+        "loop": ["accuracy", "acc_8_9", "tv_background", "tv_foreground", "checker_8_9_ok", "used", "short"],
+        "captions": ["accuracy", "H_background", "H_foreground", "H_joint"]
+        + [f"acc_bg_{b}" for b in BGS]
+        + ["used", "short"],
     }[track]
     show = [m for m in show if m in sm.columns]
 
@@ -960,7 +979,11 @@ def main() -> int:
     p.add_argument("--generations", type=int, default=1)
     p.add_argument("--evolve-batch", type=int, default=4)
     p.add_argument("--pool-captions", type=int, default=600, help="unlabelled pool images to caption")
-    p.add_argument("--arms", default="all", help="GAP track: skip 'gap' by listing the others")
+    p.add_argument(
+        "--arms",
+        default="all",
+        help="the arms to run besides none (GAP track: search, gap, class, ideal; captions: caption-train)",
+    )
     p.add_argument(
         "--generate-only", action="store_true", help="only fill the image cache (arms that do not need the student)"
     )
@@ -993,7 +1016,7 @@ def main() -> int:
             print(summarise(str(track), g.to_dict(orient="records"), args))
         return 0
     torch.set_num_threads(args.threads)
-    args.arms = "search,gap,class,ideal" if args.arms == "all" else args.arms
+    args.arms = "search,gap,class,ideal,caption-train" if args.arms == "all" else args.arms
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     if not (cache / ".gitignore").exists():
