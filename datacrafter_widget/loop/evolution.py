@@ -186,7 +186,7 @@ def current_prompts(doc: Mapping[str, Any] | None, classes: Sequence[str]) -> di
 
 def apply_to_prompts_doc(doc: Mapping[str, Any] | None, result: EvolutionResult) -> dict[str, Any]:
     """A new prompts.json document with the winners as current prompts and history entries appended."""
-    doc = json.loads(json.dumps(dict(doc or {})))
+    doc = dict(json.loads(json.dumps(dict(doc or {}))))
     doc.setdefault("schema_version", 1)
     entries = doc.setdefault("classes", {})
     for c, r in result.classes.items():
@@ -680,7 +680,7 @@ def evolve_prompts(
                 break
             pop.sort(key=lambda k: -k.fitness)
             parents = pop[: max(2, population // 2)]
-            children = []
+            children: list[Candidate] = []
             while len(children) < population - len(parents):
                 a, b = rng.choice(len(parents), size=2, replace=False)
                 child = (
