@@ -144,13 +144,13 @@ def test_demo_serves_the_quickstart(tmp_path):
             if m:
                 url = m.group(1)
         assert url, "demo printed no URL"
-        assert (tmp_path / "quickstart.ipynb").is_file() and (tmp_path / "stable_diffusion.ipynb").is_file()
         api = url.replace("/lab/tree/quickstart.ipynb", "/api/contents/quickstart.ipynb").replace(
             "localhost", "127.0.0.1"
         )
         # The URL is printed once the server answers: the first request succeeds, no retrying.
         with urllib.request.urlopen(api, timeout=10) as r:
             body = json.loads(r.read())
+        assert (tmp_path / "quickstart.ipynb").is_file() and (tmp_path / "stable_diffusion.ipynb").is_file()
         assert body["name"] == "quickstart.ipynb" and body["type"] == "notebook"
         with urllib.request.urlopen(url.replace("localhost", "127.0.0.1"), timeout=10) as r:
             assert r.status == 200 and b"JupyterLab" in r.read()
