@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from . import starter
-    from .data.dataset import Dataset, DatasetError
+    from .data.dataset import Dataset as Dataset, DatasetError as DatasetError
 
 __version__ = "0.1.0"
 
