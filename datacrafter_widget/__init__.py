@@ -10,6 +10,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from . import limits  # no dependencies: dc.limits.set(...) before anything loads
+
 if TYPE_CHECKING:
     from . import starter
     from .data.dataset import Dataset as Dataset, DatasetError as DatasetError
@@ -33,7 +35,7 @@ _LAZY = {
     "SampleStore": "data.store",
 }
 
-__all__ = ["starter", "__version__", *_LAZY]
+__all__ = ["limits", "starter", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
