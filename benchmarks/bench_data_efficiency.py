@@ -470,7 +470,17 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
 
         gen = ctx.models.generator
         target = ctx.ds.pool.images(list(range(0, len(ctx.ds.pool), max(1, len(ctx.ds.pool) // 40))))
-        kept = args.gap_sources == "train"  # img2img from the real train images, digit strokes kept
+        kept = args.gap_sources != "none"  # img2img from labelled images, digit strokes kept
+        if args.gap_sources == "class":  # fresh class-prompt images the class filter accepted: new digit shapes
+            made = ctx.arm(
+                f"gap_sources|{attempt}",
+                lambda: ctx.generate(per_class, ctx.top_up_offset(8, attempt), strategy="class", classes=list(classes)),
+            )
+            ok = accepted(ctx.store, made)
+            labels = ctx.store.samples.set_index("id").loc[made, "label"].astype(str)
+            sources: Any = {c: ok[c] or labels.index[labels == c].tolist() for c in classes}
+        else:
+            sources = "train" if kept else None
         cfg = GapConfig(
             steps=args.gap_steps,
             lr=args.gap_lr,
@@ -496,7 +506,7 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
             round=ctx.crafter.next_round(),
             seed=seed if attempt < 0 else seed * 1_000_000 + ctx.top_up_offset(7, attempt),
             config=cfg,
-            sources="train" if kept else None,
+            sources=sources,
             masks="plain-background" if kept else None,
         )
         flt = ClassFilter(ctx.models.embedder, CLASSES)
@@ -952,9 +962,10 @@ def main() -> int:
     p.add_argument("--gap-sets", type=int, default=3, help="GAP token sets per class (each to one target mode)")
     p.add_argument(
         "--gap-sources",
-        default="train",
-        choices=["train", "none"],
-        help="train: img2img from the real train images with the digit strokes kept; none: text-to-image",
+        default="class",
+        choices=["class", "train", "none"],
+        help="img2img with the digit strokes kept, from fresh class-prompt images (class) or the real train "
+        "images (train); none: text-to-image",
     )
     p.add_argument("--gap-strength", type=float, default=0.8, help="GAP img2img strength from the sources")
     p.add_argument(
