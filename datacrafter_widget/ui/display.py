@@ -143,16 +143,36 @@ def _atlas_tiles(widget: CrafterWidget) -> np.ndarray | None:
     return tiles[: int(grid["count"])]
 
 
+def static_bundle(
+    crafter: DataCrafter, widget: CrafterWidget, include: Any = None, exclude: Any = None
+) -> dict[str, Any]:
+    """The widget's output with a PNG of the map as it is now and the text summary beside it."""
+    shown = widget._repr_mimebundle_(include=include, exclude=exclude)
+    bundle: dict[str, Any] = dict((shown[0] if isinstance(shown, tuple) else shown) or {})
+    caption = f"{widget.n} images on the map; a snapshot (run the notebook for the live widget)"
+    png = snapshot_png(widget, caption)
+    return {**bundle, "image/png": base64.b64encode(png).decode("ascii"), "text/plain": summary(crafter)}
+
+
 def mimebundle(crafter: DataCrafter, include: Any = None, exclude: Any = None) -> dict[str, Any]:
     """The crafter's output: text alone outside a notebook kernel; there, the widget plus a PNG of
     the map and the text, for every reader that cannot run the widget."""
-    text = summary(crafter)
     if not in_notebook_kernel():
-        return {"text/plain": text}
+        return {"text/plain": summary(crafter)}
+    return static_bundle(crafter, widget_of(crafter), include, exclude)
+
+
+def ipython_display(crafter: DataCrafter) -> None:
+    """IPython's display hook: in a kernel, the output gets a display id so that the view can redraw
+    its PNG when the map changes (the first map, each round): a saved notebook keeps the latest
+    picture. Outside a kernel, the text summary."""
+    if not in_notebook_kernel():
+        print(summary(crafter))
+        return
+    from IPython.display import display
+
     widget = widget_of(crafter)
-    shown = widget._repr_mimebundle_(include=include, exclude=exclude)
-    bundle: dict[str, Any] = dict((shown[0] if isinstance(shown, tuple) else shown) or {})
-    n = widget.n
-    caption = f"{n} images on the map; a snapshot at display time (run the notebook for the live widget)"
-    png = snapshot_png(widget, caption)
-    return {**bundle, "image/png": base64.b64encode(png).decode("ascii"), "text/plain": text}
+    handle = display(static_bundle(crafter, widget), raw=True, display_id=True)
+    view = crafter._widget_view
+    if view is not None and handle is not None:
+        view.static_outputs.append(handle)

@@ -444,7 +444,9 @@ def test_gallery_marks_one_image_and_keys_send_undo(shown: Any) -> None:
     page.evaluate("window.__model.set('selection', new DataView(new Uint32Array([3]).buffer))")
     page.keyboard.press("Control+z")
     page.keyboard.press("b")
-    names = [m["content"]["name"] for m in page.evaluate("window.__model.sent") if m["content"].get("type") == "command"]
+    names = [
+        m["content"]["name"] for m in page.evaluate("window.__model.sent") if m["content"].get("type") == "command"
+    ]
     assert names[-2:] == ["undo", "bad"]
 
 
