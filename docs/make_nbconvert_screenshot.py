@@ -63,6 +63,11 @@ with sync_playwright() as p:
     chart = page.locator(".jp-RenderedSVG").last  # the held-out accuracy chart (altair's svg renderer)
     chart.scroll_into_view_if_needed()
     page.locator(".jp-Cell").filter(has=chart).first.screenshot(path=str(IMAGES / "quickstart-nbconvert-chart.png"))
-    print("images in the page:", page.locator(".jp-RenderedImage img").count(), "svg outputs:", page.locator(".jp-RenderedSVG").count())
+    print(
+        "images in the page:",
+        page.locator(".jp-RenderedImage img").count(),
+        "svg outputs:",
+        page.locator(".jp-RenderedSVG").count(),
+    )
     browser.close()
 print("refused network requests (offline):", refused or "none")
