@@ -436,11 +436,6 @@ class DataCrafter:
 
         return mimebundle(self, include, exclude)
 
-    def _ipython_display_(self) -> None:
-        from ..ui.display import ipython_display
-
-        ipython_display(self)
-
     def _display_(self) -> CrafterWidget:
         """marimo's display hook: the widget itself, which marimo renders as an anywidget."""
         return self.show()

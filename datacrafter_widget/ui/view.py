@@ -206,8 +206,7 @@ class CrafterView:
         self._label_pos: dict[str, tuple[float, float]] = {}
         self._point_labels: dict[int, list[str]] = {}
         self._metrics_frame: pd.DataFrame | None = None
-        # Notebook outputs of this view (IPython display handles) whose PNG of the map is redrawn on refresh.
-        self.static_outputs: list[Any] = []
+
         self.widget.strategies = list(_strategies())
         self.widget.color_options = list(crafter.color_columns())
         samples = crafter.samples
@@ -390,20 +389,6 @@ class CrafterView:
             self.widget.selected = [self._index[i] for i in crafter.selection if i in self._index]
             self.widget.prompts = dict(crafter.prompts)
             self._send_history()
-        self._update_static_outputs()
-
-    def _update_static_outputs(self) -> None:
-        """Redraws the PNG of the map in the notebook outputs that show this view (see ui/display.py)."""
-        if not self.static_outputs:
-            return
-        from .display import static_bundle
-
-        try:
-            bundle = static_bundle(self.crafter, self.widget)  # type: ignore[arg-type]
-            for handle in self.static_outputs:
-                handle.update(bundle, raw=True)
-        except Exception as err:  # noqa: BLE001 - a picture must never break the view
-            log.warning("could not update the map's picture in the notebook: %s", err)
 
     def _send_hidden(self, visible: np.ndarray) -> None:
         self._visible = np.asarray(visible, dtype=bool)
