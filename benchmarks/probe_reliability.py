@@ -240,7 +240,10 @@ def probe_kill_export(work: Path, n: int) -> None:
             if not why:
                 try:
                     export_project(
-                        SampleStore(trial / "p", readonly=True), ["a", "b"], trial / "exports" / "ds", format=fmt,
+                        SampleStore(trial / "p", readonly=True),
+                        ["a", "b"],
+                        trial / "exports" / "ds",
+                        format=fmt,
                         overwrite=True,
                     )
                     why = export_complete(trial / "exports" / "ds")
@@ -251,8 +254,16 @@ def probe_kill_export(work: Path, n: int) -> None:
             if why:
                 notes.append(f"op {at}: {why}")
             shutil.rmtree(trial)
-        ROWS.append(("kill-export", f"{fmt}, {total} file ops, killed at {tried} of them", tried, held, intact,
-                     "; ".join(notes[:3])))
+        ROWS.append(
+            (
+                "kill-export",
+                f"{fmt}, {total} file ops, killed at {tried} of them",
+                tried,
+                held,
+                intact,
+                "; ".join(notes[:3]),
+            )
+        )
 
 
 # ---- kill-round --------------------------------------------------------------------------------------------
@@ -317,14 +328,24 @@ def probe_kill_round(work: Path, n: int) -> None:
         before = user_files(trial)
         proc = run_child(script, [str(trial / "p"), "3"], at)
         tried += 1
-        why = check_round_project(trial / "p") if proc.returncode == -9 else f"rc {proc.returncode}: {proc.stderr[-200:]}"
+        why = (
+            check_round_project(trial / "p") if proc.returncode == -9 else f"rc {proc.returncode}: {proc.stderr[-200:]}"
+        )
         held += not why
         intact += user_files(trial) == before
         if why:
             notes.append(f"op {at}: {why}")
         shutil.rmtree(trial)
-    ROWS.append(("kill-round", f"generate 6 images, {total} file ops, killed at {tried}", tried, held, intact,
-                 "; ".join(notes[:3])))
+    ROWS.append(
+        (
+            "kill-round",
+            f"generate 6 images, {total} file ops, killed at {tried}",
+            tried,
+            held,
+            intact,
+            "; ".join(notes[:3]),
+        )
+    )
 
 
 # ---- full disk ---------------------------------------------------------------------------------------------
@@ -332,8 +353,12 @@ def probe_kill_round(work: Path, n: int) -> None:
 def small_disk(path: Path, size_kb: int) -> Iterator[bool]:
     """A tmpfs of size_kb at `path` (True), or just the folder (False) where mounting is not allowed."""
     path.mkdir(parents=True, exist_ok=True)
-    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
-                        capture_output=True, check=False).returncode == 0
+    ok = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
     try:
         yield ok
     finally:
@@ -367,7 +392,8 @@ def probe_disk_export(work: Path, n: int) -> None:
             mnt = work / "dx-mnt"
             # room for the old export plus 10 % .. 100 % of another one: the new one cannot fit
             size = old_kb + 64 + int(old_kb * (0.1 + 0.9 * k / max(1, n - 1)))
-            with small_disk(mnt, size) as real:
+            with small_disk(mnt, size) as mounted:
+                real = mounted
                 try:
                     export_project(SampleStore(old_proj, readonly=True), ["a", "b"], mnt / "ds", format="csv")
                 except OSError:
@@ -391,7 +417,11 @@ def probe_disk_export(work: Path, n: int) -> None:
                         full += 1
                         if exc.errno != errno.ENOSPC and "No space" not in str(exc):
                             why = f"{type(exc).__name__}: {exc}"[:120]
-                        now = {p.relative_to(mnt).as_posix(): p.read_bytes() for p in (mnt / "ds").rglob("*") if p.is_file()}
+                        now = {
+                            p.relative_to(mnt).as_posix(): p.read_bytes()
+                            for p in (mnt / "ds").rglob("*")
+                            if p.is_file()
+                        }
                         if now != old:
                             why = why or "the old export changed"
                         left = sorted(p.name for p in mnt.iterdir())
@@ -403,8 +433,18 @@ def probe_disk_export(work: Path, n: int) -> None:
                 intact += user_files(mnt) == before
                 if why:
                     notes.append(f"{size} KB: {why}")
-        ROWS.append(("disk-export", f"{fmt} over an older export, tmpfs of {n} sizes ({full} ran out of space)" if real else f"{fmt} (no tmpfs)",
-                     tried, held, intact, "; ".join(notes[:3])))
+        ROWS.append(
+            (
+                "disk-export",
+                f"{fmt} over an older export, tmpfs of {n} sizes ({full} ran out of space)"
+                if real
+                else f"{fmt} (no tmpfs)",
+                tried,
+                held,
+                intact,
+                "; ".join(notes[:3]),
+            )
+        )
 
 
 def probe_disk_round(work: Path, n: int) -> None:
@@ -419,7 +459,8 @@ def probe_disk_round(work: Path, n: int) -> None:
     for k in range(n):
         mnt = work / "dr-mnt"
         size = proj_kb + 48 + 24 * k  # the project plus a little: the round fills it part way
-        with small_disk(mnt, size) as real:
+        with small_disk(mnt, size) as mounted:
+            real = mounted
             if not real:
                 break
             try:
@@ -458,8 +499,16 @@ def probe_disk_round(work: Path, n: int) -> None:
             if why:
                 notes.append(f"op {at}: {why}")
             shutil.rmtree(trial)
-    ROWS.append(("disk-round", f"generate on a tmpfs of {n} sizes" if real else f"ENOSPC injected at {n} points",
-                 tried, held, intact, "; ".join(notes[:3])))
+    ROWS.append(
+        (
+            "disk-round",
+            f"generate on a tmpfs of {n} sizes" if real else f"ENOSPC injected at {n} points",
+            tried,
+            held,
+            intact,
+            "; ".join(notes[:3]),
+        )
+    )
 
 
 # ---- damage ------------------------------------------------------------------------------------------------
@@ -505,7 +554,9 @@ def observe(path: Path) -> tuple[dict[str, Any] | None, str, list[str]]:
             with dc.DataCrafter.open(path) as c:
                 s = c.samples
                 facts["samples"] = s.drop(columns=["created"]).to_json()
-                facts["rounds"] = json.dumps([{k: v for k, v in r.items() if k != "finished"} for r in c.rounds], default=str)
+                facts["rounds"] = json.dumps(
+                    [{k: v for k, v in r.items() if k != "finished"} for r in c.rounds], default=str
+                )
                 facts["feedback"] = json.dumps(c.feedback_log, default=str)
                 facts["prompts"] = json.dumps(c.prompts, default=str)
                 facts["next_round"] = c.next_round()
@@ -585,9 +636,15 @@ def probe_damage(work: Path) -> None:
             shutil.rmtree(trial)
     groups: dict[str, list[int]] = {}
     for rel, (t, h, u) in by_file.items():
-        key = "segments/seg-*.parquet" if rel.startswith("segments/") else (
-            "images/<hash>.png" if rel.startswith("images/") else (
-                "embeddings/**/part-*.safetensors" if rel.startswith("embeddings/") else rel))
+        key = (
+            "segments/seg-*.parquet"
+            if rel.startswith("segments/")
+            else (
+                "images/<hash>.png"
+                if rel.startswith("images/")
+                else ("embeddings/**/part-*.safetensors" if rel.startswith("embeddings/") else rel)
+            )
+        )
         g = groups.setdefault(key, [0, 0, 0])
         g[0] += t
         g[1] += h
@@ -620,7 +677,7 @@ def main() -> None:
             probe_damage(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n| class | variation | tried | held | user files intact | not held |\n|---|---|---|---|---|---|")
+    print("\n| class | variation | tried | held | user files intact | not held |\n|---|---|---|---|---|---|")
     for cls, var, tried, held, intact, notes in ROWS:
         print(f"| {cls} | {var} | {tried} | {held} | {intact}/{tried} | {notes.replace('|', '/')} |")
     t = sum(r[2] for r in ROWS)
