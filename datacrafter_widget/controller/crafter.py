@@ -9,8 +9,8 @@ Hooks for the other concerns (one module each, see docs/architecture.md):
 - projection (issue 5): `crafter.projection` labels and places new samples through project_map.py
   (labeler.py + projection.py) and returns kind, id, text, x, y; `update_projection()` does the
   same and fires "projection"; `set_projection(frame)` shows a layout computed elsewhere.
-- widget (issue 6): `crafter.show()` / `_repr_mimebundle_` build the view with
-  `datacrafter_widget.ui.widget.crafter_view(crafter)`; subscribe to events with `crafter.on(...)`:
+- widget: `crafter.show()`, `_repr_mimebundle_` and marimo's `_display_` go to ui/display.py (one
+  widget per crafter, text only outside a notebook kernel); subscribe to events with `crafter.on(...)`:
   "samples" (new ids stored), "feedback" (ids changed), "selection" (ids), "progress" (Job),
   "projection" (frame).
 - student / evolution / GAP / metrics (issues 5, 7): read `crafter.samples`, `crafter.store`,
@@ -39,7 +39,7 @@ from PIL import Image
 from ..loop.class_filter import ClassFilter
 from ..data.dataset import Dataset, DatasetError
 from ..data.images import image_hash
-from . import map_view
+from . import map_view, open_projects
 from .export import EXPORT_FORMATS, ExportOptions, export_project  # EXPORT_FORMATS: kept importable from here
 from .backends import Backend, BackendConfig, backend_from_config
 from .jobs import Cancel, Job, stop_check
@@ -52,11 +52,11 @@ from .round_spec import Prompts, RoundSpec
 from .rounds import ImageBackend, JobRunningError, Masks, RoundRunner, Sources
 
 if TYPE_CHECKING:
-    import ipywidgets
-
     from ..loop.content_labels import Labeler
     from ..loop.evolution import EvolutionResult
     from ..loop.student import Evaluation, Student
+    from ..ui.view import CrafterView
+    from ..ui.widget import CrafterWidget
 
 EVENTS = ("samples", "feedback", "selection", "progress", "projection", "view")
 __all__ = ["DataCrafter", "UnknownSampleError", "JobRunningError", "ROUND_SEED_STRIDE", "round_seed", "EXPORT_FORMATS"]
@@ -87,7 +87,7 @@ class DataCrafter:
                 f"DataCrafter needs a dc.Dataset, got {type(ds).__name__}: build one with dc.Dataset.from_folder(...), "
                 "dc.Dataset.from_dataframe(...) or dc.starter.colored_digits()"
             )
-        store = SampleStore(project)
+        store = open_projects.acquire(project)
         try:
             self._setup(store, models, batch_size)
             meta = store.read_json("project.json", {}) or {}
@@ -116,7 +116,7 @@ class DataCrafter:
             if backend is not None:
                 self.backend = backend
         except BaseException:
-            store.close()
+            open_projects.release(store)
             raise
 
     @classmethod
@@ -130,7 +130,7 @@ class DataCrafter:
         backend: BackendConfig = None,
     ) -> "DataCrafter":
         """Resume a project after a kernel restart (models are optional for browsing)."""
-        store = SampleStore(path, create=False, readonly=readonly)
+        store = SampleStore(path, readonly=True) if readonly else open_projects.acquire(path, create=False)
         try:
             meta = store.read_json("project.json", {}) or {}
             if "classes" not in meta:
@@ -143,7 +143,7 @@ class DataCrafter:
             self.dataset = self._dataset_from_store()
             return self
         except BaseException:
-            store.close()
+            open_projects.release(store)
             raise
 
     def _setup(self, store: SampleStore, models: Models | None, batch_size: int) -> None:
@@ -417,28 +417,28 @@ class DataCrafter:
         self._projection = frame.copy()
         self._emit("projection", self._projection.copy())
 
-    # ---- widget hooks ---------------------------------------------------------------------------------
-    def show(self) -> ipywidgets.Widget:
-        """The notebook view of this crafter (built by widget.crafter_view)."""
+    # ---- display (ui/display.py: one widget per crafter; text only outside a notebook) ---------------
+    _widget_view: CrafterView | None = None  # built on first display, shared by every later display
+
+    def show(self) -> CrafterWidget:
+        """This crafter's widget (an anywidget: JupyterLab, Notebook 7, VS Code, Colab, marimo).
+        Every call and every display returns the same widget, so views of one crafter share it."""
         try:
-            from ..ui.widget import crafter_view
+            from ..ui.display import widget_of
         except ImportError as err:
             raise RuntimeError(
                 f"the widget view is not available ({err}): install the package with its widget extras"
             ) from err
-        return crafter_view(self)
+        return widget_of(self)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        try:
-            view = self.show()
-        except Exception:  # noqa: BLE001 - the text repr is the fallback outside notebooks
-            return {"text/plain": repr(self)}
-        if hasattr(view, "_repr_mimebundle_"):
-            bundle = view._repr_mimebundle_(include=include, exclude=exclude)
-            if isinstance(bundle, tuple):
-                bundle = bundle[0]
-            return {**bundle, "text/plain": repr(self)}
-        return {"text/plain": repr(self)}
+        from ..ui.display import mimebundle
+
+        return mimebundle(self, include, exclude)
+
+    def _display_(self) -> CrafterWidget:
+        """marimo's display hook: the widget itself, which marimo renders as an anywidget."""
+        return self.show()
 
     # ---- generation (controller/rounds.py runs every round; these are its public doors) ----------------
     def generate(
@@ -860,7 +860,7 @@ class DataCrafter:
             except Exception:  # noqa: BLE001 - closing anyway
                 pass
         self._backend.close()
-        self.store.close()
+        open_projects.release(self.store)
 
     def __enter__(self) -> "DataCrafter":
         return self

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .. import limits
 from ..data.images import image_hash
 from ..data.files import atomic_write_bytes, slug
 from ..data.store import DamagedFileError, SampleStore
@@ -366,6 +367,7 @@ class RoundRunner:
             prompts, evolved_negs = self.evolved_prompts(use)
             use = [c for c in use if c in prompts]
             negatives = evolved_negs if negatives is None else negatives
+        limits.check_round(images=spec.per_class * len(strategies) * len(use))  # before any request is built
         s = self.store.samples  # one copy of the table for the whole plan
         rnd = round_number or self.next_round(s)
         base = round_seed(rnd, spec.seed)
@@ -493,6 +495,13 @@ class RoundRunner:
         steps = int(steps or gen.default_steps)
         guidance = float(gen.default_guidance if guidance is None else guidance)
         bs = int(batch_size or host.batch_size)
+        res = int(getattr(gen, "resolution", 512))
+        limits.check_round(steps=steps, batch_size=bs, images=len(requests))
+        limits.check("resolution", res, "the generator's resolution")
+        limits.note_memory(
+            f"round {rnd} ({len(requests)} images at {res}px, batches of {bs})",
+            limits.estimate_round_mb(len(requests), bs, res),
+        )
         use = backend or self.backend  # this round's image seam (Ray, ...) or the runner's
         entry = {
             **info,
@@ -692,6 +701,10 @@ class RoundRunner:
         Candidate batches are rendered through this runner's backend with seeds from the seed policy
         of the round the evolved prompts will generate in; nothing is stored but prompts.json."""
         host = self.host
+        limits.check("steps", steps)
+        limits.check("batch_size", batch, "batch")
+        limits.check("evolve_population", options.get("population"), "population")
+        limits.check("evolve_generations", options.get("generations"), "generations")
         gen = host.models.require("generator", "crafter.evolve()")
         emb = host.models.require("embedder", "crafter.evolve()")
         rnd = self.next_round()
@@ -743,6 +756,11 @@ class RoundRunner:
         gen = host.models.require("generator", "crafter.adversarial()")
         use = check_classes(classes, host.classes)
         per_class = int(RoundSpec(strategies=("class",), per_class=per_class, seed=seed).validated().per_class)
+        limits.check("gap_steps", config.steps, "steps")
+        limits.check("gap_tokens", config.n_tokens, "n_tokens")
+        limits.check("steps", max(config.sampler_steps, config.final_steps), "sampler_steps / final_steps")
+        limits.check("batch_size", config.batch, "batch")
+        limits.check_round(images=per_class * len(use))
         rnd = self.next_round()
         base = RoundSpec(strategies=("class",), seed=seed).validated().check_seeds(rnd, per_class * len(use))
         entry = {
@@ -819,6 +837,7 @@ class RoundRunner:
                 f"{sample_id} was generated with scheduler {scheduler}, the generator now uses {current}: "
                 f"set it back (generator.set_scheduler / scheduler=...) to regenerate"
             )
+        limits.check("steps", row["steps"], f"sample {sample_id}: its stored steps")
         tokens_file = row.get("embeddings_file")
         if isinstance(tokens_file, str) and tokens_file:
             return self._regenerate_gap(row, gen, alone)
@@ -857,7 +876,6 @@ class RoundRunner:
         same call that made them (all seeds of that token file, in order) unless `alone`."""
         from ..loop.gap import generate_with_tokens, load_mask, load_tokens
 
-        tokens = load_tokens(self.store.path / str(row["embeddings_file"]))
         if alone:
             members, position = [row], 0
         else:
@@ -865,16 +883,24 @@ class RoundRunner:
             same = s[s["embeddings_file"] == row["embeddings_file"]]
             members = same.to_dict("records")
             position = same["id"].tolist().index(row["id"])
+        # Every path from the table is checked to lie inside the project before anything is read.
+        tokens_path = self.store.project_file(row["embeddings_file"], f"sample {row['id']}: its embeddings_file")
         seeds = [int(m["seed"]) for m in members]
         # Masked / img2img GAP rows name their source (parent_id), strength and stored mask.
         parent = row.get("parent_id")
         sources = masks = strength = None
+        mask_file = row.get("mask_file")
+        mask_paths = (
+            [self.store.project_file(m["mask_file"], f"sample {m['id']}: its mask_file") for m in members]
+            if isinstance(parent, str) and parent and isinstance(mask_file, str) and mask_file
+            else None
+        )
+        tokens = load_tokens(tokens_path)
         if isinstance(parent, str) and parent:
             sources = [self.store.image(str(m["parent_id"])) for m in members]
             strength = float(row["strength"])
-            mask_file = row.get("mask_file")
-            if isinstance(mask_file, str) and mask_file:
-                masks = [load_mask(self.store.path / str(m["mask_file"])) for m in members]
+            if mask_paths is not None:
+                masks = [load_mask(path) for path in mask_paths]
         out = generate_with_tokens(
             gen,
             tokens,

@@ -27,7 +27,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -186,7 +186,7 @@ def current_prompts(doc: Mapping[str, Any] | None, classes: Sequence[str]) -> di
 
 def apply_to_prompts_doc(doc: Mapping[str, Any] | None, result: EvolutionResult) -> dict[str, Any]:
     """A new prompts.json document with the winners as current prompts and history entries appended."""
-    doc = json.loads(json.dumps(dict(doc or {})))
+    doc = dict(json.loads(json.dumps(dict(doc or {}))))
     doc.setdefault("schema_version", 1)
     entries = doc.setdefault("classes", {})
     for c, r in result.classes.items():
@@ -680,7 +680,7 @@ def evolve_prompts(
                 break
             pop.sort(key=lambda k: -k.fitness)
             parents = pop[: max(2, population // 2)]
-            children = []
+            children: list[Candidate] = []
             while len(children) < population - len(parents):
                 a, b = rng.choice(len(parents), size=2, replace=False)
                 child = (
@@ -712,10 +712,40 @@ def evolve_prompts(
             elif callable(progress):
                 progress(done, total)
 
-        _rebalance(results, fb, axes, lassos, compose, generate, embedder, seed, batch, mixture_size, should_stop, tick)
+        keeps = _class_keeper(samples, classes, load_image, embedder)
+        _rebalance(
+            results, fb, axes, lassos, compose, generate, embedder, keeps, seed, batch, mixture_size, should_stop, tick
+        )
     if bar is not None:
         bar.close()
     return EvolutionResult(results, int(round))
+
+
+KeepFn = Callable[[np.ndarray, Sequence[str]], np.ndarray]  # (image embeddings, classes) -> kept as the class
+
+
+def _class_keeper(
+    samples: pd.DataFrame,
+    classes: Sequence[str],
+    load_image: Callable[[str], Image.Image],
+    embedder: Any,
+    per_class: int = 32,
+) -> KeepFn | None:
+    """The class filter a round applies (loop/class_filter.py), fitted on up to `per_class` real
+    train images of each class: whether each candidate image would be kept as its class."""
+    from .class_filter import ClassFilter
+
+    real = samples[(samples["source"] == "real") & (samples["split"] == "train")]
+    real = real.groupby("label", sort=False).head(per_class)
+    if real.empty:
+        return None
+    emb = np.asarray(embedder.embed_images([load_image(i) for i in real["id"]]), dtype=np.float32)
+    flt = ClassFilter(embedder, [str(c) for c in classes]).fit(emb, real["label"].astype(str).tolist())
+
+    def keeps(image_emb: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        return np.array([flag == "" for flag, _ in flt.check(image_emb, [str(l) for l in labels])], dtype=bool)
+
+    return keeps
 
 
 def _rebalance(
@@ -726,6 +756,7 @@ def _rebalance(
     compose: Callable[[Genome], str],
     generate: GenerateFn,
     embedder: Any,
+    keeps: KeepFn | None,
     seed: int,
     batch: int,
     mixture_size: int,
@@ -763,17 +794,21 @@ def _rebalance(
             continue
         seen, target, capped = targets[axis]
 
-        def generate_read(phrase: str, phrases: list[str] = phrases, phrase_emb: np.ndarray = phrase_emb) -> np.ndarray:
+        def generate_read(
+            phrase: str, phrases: list[str] = phrases, phrase_emb: np.ndarray = phrase_emb
+        ) -> tuple[np.ndarray, np.ndarray]:
             genomes = []
             for j in range(n_follow):
                 g = results[evolved[j % len(evolved)]].best.genome
                 rest = tuple(p for p in g.phrases if p not in phrases)
                 genomes.append(Genome(g.label, rest + ((phrase,) if phrase else ()), g.negative))
             images = generate([compose(g) for g in genomes], [g.negative_prompt() for g in genomes], follow_seeds)
-            return read_axis(_norm(np.asarray(embedder.embed_images(images), dtype=np.float32)), phrase_emb)
+            found = np.asarray(embedder.embed_images(images), dtype=np.float32)
+            kept = keeps(found, [g.label for g in genomes]) if keeps is not None else np.ones(len(images), bool)
+            return read_axis(_norm(found), phrase_emb), kept
 
-        follow = measure_following(phrases, generate_read, len(phrases))
-        w = mixture_weights(follow, target)
+        follow, keep = measure_following(phrases, generate_read, len(phrases))
+        w = mixture_weights(follow, target, keep=keep)
         names = [NONE, *phrases]
         balances.append(
             AxisBalance(
@@ -784,6 +819,7 @@ def _rebalance(
                 [phrases[j] for j in capped],
                 {names[i]: float(w[i]) for i in range(len(names))},
                 follow.T @ w,
+                {names[i]: float(keep[i]) for i in range(len(names))},
             )
         )
         tick()
@@ -793,12 +829,19 @@ def _rebalance(
     for i, c in enumerate(evolved):
         rng = np.random.default_rng([seed, i])
         orders = [spread(b.weights, mixture_size, rng) for b in balances]
-        g = results[c].best.genome
+        r = results[c]
+        g = r.best.genome
         rest = tuple(p for p in g.phrases if p not in balanced)
+        # The mixture owns a balanced axis: a phrase of it left in the negative prompt would fight the
+        # prompts that name it (and remove that cell from the class, a new shortcut).
+        dropped = [p for p in g.negative if p in balanced]
+        negative = tuple(p for p in g.negative if p not in balanced)
+        if dropped:
+            r.ranked[0] = replace(r.best, genome=Genome(c, g.phrases, negative))
         mixture = []
         for m in range(mixture_size):
             extra = tuple(order[m] for order in orders if order[m])
-            mixture.append(compose(Genome(c, rest + extra, g.negative)))
-        r = results[c]
+            mixture.append(compose(Genome(c, rest + extra, negative)))
         r.mixture, r.balance = mixture, balances
-        r.diff = [*r.diff, *(b.describe() for b in balances)]
+        notes = [f"'{p}' taken out of the negative prompt: the mixture balances that axis" for p in dropped]
+        r.diff = [*r.diff, *(b.describe() for b in balances), *notes]
