@@ -43,6 +43,7 @@ import psutil
 import torch
 
 import datacrafter_widget as dc
+from datacrafter_widget.ui.widget import CrafterView
 from real_size.build import CLASSES, paths, write_photos
 
 GB = 1024**3
@@ -194,9 +195,8 @@ def widget_over_photos(models: dc.Models, work: Path, args: argparse.Namespace) 
             with step(f"map of {len(ds)} @ {size}px"):
                 crafter.update_projection()
             with step(f"first view {len(ds)} @ {size}px") as info:
-                layout = crafter.show()
-                bundle = layout._repr_mimebundle_()
-                view = layout.crafter_view
+                view = CrafterView(crafter)  # what crafter.show() builds; kept here to wait on its jobs
+                bundle = view.widget._repr_mimebundle_()
                 atlas[size] = len(view.widget.atlas)
                 info["note"] = f"atlas {atlas[size] / 1024:.0f} KB, tile {view.widget.atlas_grid.get('tile')} px"
             assert bundle, "the widget produced no display bundle"
@@ -310,8 +310,7 @@ def the_loop(cache: Path, work: Path, args: argparse.Namespace) -> None:
             info["note"] = f"{len(gap_ids)} image(s)"
         bare_vs_crafter(crafter, args)  # before the view exists: its refreshes would run in this round
         with step("widget view + atlas") as info:
-            layout = crafter.show()
-            view = layout.crafter_view
+            view = CrafterView(crafter)
             view.wait(timeout=600)
             info["note"] = f"atlas {len(view.widget.atlas) / 1024:.0f} KB for {len(view.ids)} images"
         with step("export") as info:

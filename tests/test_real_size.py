@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import datacrafter_widget as dc
+from datacrafter_widget.ui.widget import CrafterView
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from real_size.build import build_all, write_photos  # noqa: E402
@@ -71,8 +72,7 @@ def test_one_round_of_the_loop_at_512_px(real_size, models, tmp_path):
             assert s.loc[i, "label"] in s.loc[i, "prompt"] and s.loc[i, "parent_id"] in real.index, s.loc[i]
         assert {crafter.image(i).size for i in ids} == {(512, 512)}
         assert crafter.embeddings(ids).shape == (2, models.embedder.dim)
-        layout = crafter.show()
-        view = layout.crafter_view
+        view = CrafterView(crafter)  # what crafter.show() displays
         view.wait(timeout=300)
         grid = view.widget.atlas_grid
         assert grid["count"] == len(crafter.samples) and grid["tile"] <= 32
