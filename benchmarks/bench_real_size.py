@@ -169,6 +169,11 @@ def bare_vs_crafter(crafter: dc.DataCrafter, args: argparse.Namespace) -> None:
         wall["crafter"].append(time.perf_counter() - t)
         cpu["crafter"].append(time.process_time() - c)
         assert len(ids) == per_class, ids
+        print(
+            f"  repeat {rep + 1}: bare {wall['bare'][-1]:.2f} s wall {cpu['bare'][-1]:.2f} s CPU, crafter "
+            f"{wall['crafter'][-1]:.2f} s wall {cpu['crafter'][-1]:.2f} s CPU",
+            flush=True,
+        )
     n = per_class
     bare, craft = statistics.median(wall["bare"]), statistics.median(wall["crafter"])
     bare_cpu, craft_cpu = statistics.median(cpu["bare"]), statistics.median(cpu["crafter"])
@@ -227,7 +232,7 @@ def main() -> None:
         "--cache", default=os.environ.get("DC_REAL_SIZE_CACHE", str(Path(tempfile.gettempdir()) / "dc-real-size"))
     )
     ap.add_argument(
-        "--parts", nargs="+", default=["loop", "widget"], choices=["loop", "widget"], help="what to measure"
+        "--parts", nargs="+", default=["loop", "widget"], choices=["loop", "ratio", "widget"], help="what to measure"
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
@@ -246,6 +251,8 @@ def main() -> None:
         work = Path(tmp)
         if "loop" in args.parts:
             the_loop(cache, work, args)
+        if "ratio" in args.parts and "loop" not in args.parts:  # the loop part runs it too
+            ratio_only(cache, work, args)
         if args.photos and "widget" in args.parts:
             print(f"\nthe widget over {args.photos} photos:", flush=True)
             with step("load models"):
@@ -253,6 +260,15 @@ def main() -> None:
             widget_over_photos(models, work, args)
     peak = max(r[3] for r in ROWS)
     print(f"\npeak resident memory over the bench: {peak:.2f} GB (aim < 8 GB)")
+
+
+def ratio_only(cache: Path, work: Path, args: argparse.Namespace) -> None:
+    """crafter.generate against the bare pipeline alone, on a project of a few photos."""
+    photos = write_photos(work / "ratio-photos", 2, args.size, seed=5)
+    with step("load models"):
+        models = load_models(cache, args)
+    with dc.DataCrafter(dc.Dataset.from_folder(photos), models=models, project=work / "ratio") as crafter:
+        bare_vs_crafter(crafter, args)
 
 
 def the_loop(cache: Path, work: Path, args: argparse.Namespace) -> None:
