@@ -711,7 +711,7 @@ def backend_from_config(config: BackendConfig) -> Backend:
     """
     if config is None:
         return LocalBackend()
-    if isinstance(config, _BackendBase):
+    if isinstance(config, (LocalBackend, RayBackend)):
         return config
     if not isinstance(config, (str, Mapping)) and callable(getattr(config, "generate", None)):
         return cast(Backend, config)  # another implementation of the protocol

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
+from typing import TYPE_CHECKING, Any, Unpack
 
 import numpy as np
 import pandas as pd
@@ -202,37 +202,6 @@ class DataCrafter:
         self._project.events.off(event, fn)
 
     # ---- generation (runner.py) ---------------------------------------------------------------
-    @overload
-    def generate(
-        self,
-        per_class: int = ...,
-        strategy: str | Sequence[str] = ...,
-        prompts: Prompts | None = ...,
-        negative_prompts: str | Mapping[str, str] | None = ...,
-        steps: int | None = ...,
-        guidance: float | None = ...,
-        strength: float | None = ...,
-        seed: int | None = ...,
-        filter: bool = ...,
-        background: Literal[False] = ...,
-        **options: Any,
-    ) -> list[str]: ...
-    @overload
-    def generate(
-        self,
-        per_class: int = ...,
-        strategy: str | Sequence[str] = ...,
-        prompts: Prompts | None = ...,
-        negative_prompts: str | Mapping[str, str] | None = ...,
-        steps: int | None = ...,
-        guidance: float | None = ...,
-        strength: float | None = ...,
-        seed: int | None = ...,
-        filter: bool = ...,
-        *,
-        background: Literal[True],
-        **options: Any,
-    ) -> Job: ...
     def generate(
         self,
         per_class: int = 20,
@@ -244,7 +213,6 @@ class DataCrafter:
         strength: float | None = None,
         seed: int | None = None,
         filter: bool = True,
-        background: bool = False,
         *,
         classes: Sequence[str] | None = None,
         batch_size: int | None = None,
@@ -253,13 +221,13 @@ class DataCrafter:
         progress: bool = True,
         spec: RoundSpec | None = None,
         backend: BackendConfig = None,
-    ) -> list[str] | Job:
+    ) -> list[str]:
         """Generate `per_class` images per class (and per strategy) and store them as one round.
 
-        Blocking by default (tqdm progress; Ctrl-C cancels and keeps finished batches): returns the
-        new sample ids. `background=True` returns a running Job (`.progress`, `.cancel()`, `.wait()`
-        -> ids) instead. Seeds follow `round_seed`: round * 100000 + k unless `seed` is given, so a
-        round is reproducible. strategy="evolved" uses the prompts of crafter.evolve(). Every
+        Blocks (tqdm progress; Ctrl-C cancels and keeps finished batches) and returns the new sample
+        ids; `generate_background` runs the same round in a Job instead. Seeds follow `round_seed`:
+        round * 100000 + k unless `seed` is given, so a round is reproducible. strategy="evolved"
+        uses the prompts of crafter.evolve() (`generate_evolved`). Every
         argument is checked (RoundSpec.validated) before anything is recorded; `spec=` takes a
         ready RoundSpec instead of the keyword arguments. backend: where this round runs ("local", a
         dc.RayBackend, ...); default: the project's `crafter.backend`.
@@ -281,11 +249,21 @@ class DataCrafter:
                 batch_size=batch_size,
             )
         run_on = None if backend is None else backend_from_config(backend)
-        return self.rounds_runner.generate(spec.validated(), background=background, progress=progress, backend=run_on)
+        return self.rounds_runner.generate(spec.validated(), progress=progress, backend=run_on)
 
-    def generate_evolved(self, per_class: int = 20, **options: Any) -> list[str] | Job:
+    def generate_background(
+        self, spec: RoundSpec | None = None, *, backend: BackendConfig = None, **settings: Any
+    ) -> Job:
+        """Start the round `generate(**settings)` (or `spec`) in a background Job and return it at once:
+        `.progress`, `.cancel()` (finished batches stay stored), `.wait()` -> the new ids. The kernel
+        stays free, so the widget keeps answering."""
+        spec = RoundSpec.from_dict(settings) if spec is None else spec.validated()
+        run_on = None if backend is None else backend_from_config(backend)
+        return self.rounds_runner.start(spec, backend=run_on)
+
+    def generate_evolved(self, per_class: int = 20, **options: Any) -> list[str]:
         """Generate a round with the current evolved prompts (prompts.json): generate(strategy="evolved")."""
-        return self.generate(per_class=per_class, strategy="evolved", **options)  # type: ignore[no-any-return]
+        return self.generate(per_class=per_class, strategy="evolved", **options)
 
     def next_round(self) -> int:
         """The number the next generation round gets (GAP / evolution rounds use it too)."""

@@ -71,10 +71,19 @@ class RoundRunner:
         return self.project.store
 
     # ---- a round ---------------------------------------------------------------------------------
-    def generate(
-        self, spec: RoundSpec, *, background: bool = False, progress: bool = True, backend: Backend | None = None
-    ) -> list[str] | Job:
-        """One round from a validated spec: ids when blocking, the running Job in the background."""
+    def generate(self, spec: RoundSpec, *, progress: bool = True, backend: Backend | None = None) -> list[str]:
+        """One round from a validated spec, blocking (tqdm progress; Ctrl-C cancels): the new ids."""
+        job = self._prepare(spec, backend)
+        if progress:
+            job.on_progress(tqdm_listener(job.total, f"generating {job.description}"))
+        return list(job.run() or [])
+
+    def start(self, spec: RoundSpec, *, backend: Backend | None = None) -> Job:
+        """One round from a validated spec in a background Job (started)."""
+        return self._prepare(spec, backend).start()
+
+    def _prepare(self, spec: RoundSpec, backend: Backend | None) -> Job:
+        """A round up to its job: checked, planned and recorded as running."""
         # 1. one round at a time, and a generator to run it
         self._check_idle()
         gen = self.models.require("generator", "crafter.generate()")
@@ -94,10 +103,8 @@ class RoundRunner:
         self._warn_long_prompts(gen, plan.requests)
         # 3. record it as running (a killed kernel leaves it "running": marked interrupted on open)
         self.project.rounds.log(plan.entry)
-        # 4. run it: blocking (tqdm, Ctrl-C cancels) or in the background
-        return self._start(
-            lambda ctx: self._run(plan, backend, ctx), len(plan.requests), plan.round, background, progress
-        )
+        # 4. its job: run blocking (generate) or started in the background (start)
+        return self._job(lambda ctx: self._run(plan, backend, ctx), len(plan.requests), plan.round)
 
     def _run(self, plan: RoundPlan, backend: Backend, ctx: JobContext) -> list[str]:
         """The round's job; whatever happens, a batch that finished generating is stored."""
@@ -131,17 +138,12 @@ class RoundRunner:
             writer.close()
             self.project.rounds.finish(plan.round, writer.status, len(writer.ids))
 
-    def _start(
-        self, work: Callable[[JobContext], list[str]], total: int, rnd: int, background: bool, progress: bool
-    ) -> list[str] | Job:
+    def _job(self, work: Callable[[JobContext], list[str]], total: int, rnd: int) -> Job:
+        """The project's job for round `rnd`; the views follow its progress through the "progress" event."""
         job = Job(work, total=total, description=f"round {rnd}")
         job.on_progress(lambda j: self.project.events.emit("progress", j))
         self.job = job
-        if background:
-            return job.start()
-        if progress:
-            job.on_progress(tqdm_listener(total, f"generating round {rnd}"))
-        return job.run() or []
+        return job
 
     def _check_idle(self) -> None:
         if self.job is not None and self.job.running:
@@ -341,9 +343,9 @@ class RoundRunner:
                 # 5. close the round's entry
                 self.project.rounds.finish(plan.round, status, len(ids))
 
-        out = self._start(work, int(plan.entry["requested"]), plan.round, background=False, progress=False)
+        out = self._job(work, int(plan.entry["requested"]), plan.round).run()
         self.last_gap_results = results
-        return list(out) if isinstance(out, list) else []
+        return list(out or [])
 
     # ---- regeneration ----------------------------------------------------------------------------
     def regenerate(self, sample_id: str, *, alone: bool = False) -> Image.Image:
