@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -10,7 +11,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from datacrafter_widget.data.dataset import Dataset, DatasetError, LoadWarning
+from datacrafter_widget.data.dataset import (
+    Dataset,
+    DatasetError,
+    DatasetNote,
+    DuplicateImageWarning,
+    LoadWarning,
+)
+from datacrafter_widget.data.images import MAX_IMAGE_SIDE
 
 
 def jpeg_bytes(image: Image.Image, **kw) -> bytes:
@@ -179,5 +187,291 @@ def test_from_hf(tmp_path):
     assert ds.image(3).getpixel((0, 0)) == (30, 30, 30)
     with pytest.raises(DatasetError, match=r"\['img'\].*available columns"):
         Dataset.from_hf(hf, image="img")
-    with pytest.raises(DatasetError, match="one split"):
-        Dataset.from_hf(datasets.DatasetDict({"train": hf}))
+    with pytest.raises(DatasetError, match="splits="):
+        Dataset.from_hf(datasets.DatasetDict({"train": hf, "unsupervised": hf}))
+
+
+# ---- splits on the way in ------------------------------------------------------------------------------
+def colour(i: int) -> Image.Image:
+    """A 12 x 12 image of its own colour (distinct for i < 256)."""
+    return Image.new("RGB", (12, 12), (i, 255 - i, (7 * i) % 256))
+
+
+def split_tree(root, layout: dict[str, dict[str, int]]) -> dict[str, str]:
+    """root/<split>/<class>/<n>.png; returns {file: class}."""
+    labels, k = {}, 0
+    for split, counts in layout.items():
+        for cls, n in counts.items():
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for _ in range(n):
+                path = root / split / cls / f"{k}.png"
+                colour(k).save(path)
+                labels[str(path)] = cls
+                k += 1
+    return labels
+
+
+def test_from_folder_reads_a_train_test_tree_as_splits_and_the_project_keeps_test_out_of_training(tmp_path):
+    root = tmp_path / "kaggle"
+    split_tree(root, {"train": {"cat": 3, "dog": 2}, "test": {"cat": 1, "dog": 2}, "val": {"cat": 1}})
+    with pytest.warns(DatasetNote, match=r"read as splits train \(5 images\), val \(1 images\), test \(3 images\)"):
+        ds = Dataset.from_folder(root)
+    assert ds.classes == ["cat", "dog"]  # not ["test", "train", "val"]
+    assert sorted(ds.splits) == ["test", "train", "val"] and ds.train is ds
+    assert sorted(ds.labels) == ["cat"] * 3 + ["dog"] * 2
+    assert sorted(ds.test.labels) == ["cat", "dog", "dog"] and ds.val.labels == ["cat"]
+    assert all("/test/" in f for f in ds.test.frame["image"]) and all("/train/" in f for f in ds.frame["image"])
+
+    from datacrafter_widget import DataCrafter
+
+    crafter = DataCrafter(ds, project=tmp_path / "project")
+    try:
+        real = crafter.samples
+        assert real["split"].value_counts().to_dict() == {"train": 5, "test": 3}
+        assert sorted(real[real["split"] == "train"]["label"]) == ["cat"] * 3 + ["dog"] * 2
+        assert crafter.dataset.test is not None and len(crafter.dataset.test) == 3
+    finally:
+        crafter.store.close()
+
+
+def test_ambiguous_folder_layouts_say_what_was_found_and_how_to_say_what_is_meant(tmp_path):
+    mixed = tmp_path / "mixed"
+    split_tree(mixed, {"train": {"cat": 1}, "test": {"cat": 1}, "dog": {"x": 1}})
+    with pytest.raises(
+        DatasetError, match=r"mixes split folders \['test', 'train'\] with other folders \['dog'\].*splits=False"
+    ):
+        Dataset.from_folder(mixed)
+    loose = tmp_path / "loose"
+    (loose / "train").mkdir(parents=True)
+    (loose / "test").mkdir()
+    colour(1).save(loose / "train" / "a.png")
+    colour(2).save(loose / "test" / "b.png")
+    with pytest.raises(DatasetError, match=r"test/ holds images directly.*pass splits=False.*test/<class>/"):
+        Dataset.from_folder(loose)
+    classes_named_train = Dataset.from_folder(loose, splits=False)  # said what is meant: two classes
+    assert classes_named_train.classes == ["test", "train"] and not classes_named_train.splits
+    flat = tmp_path / "flat"
+    split_tree(flat, {"cat": {"a": 1}})
+    with pytest.raises(DatasetError, match="splits=True but .* no split folders"):
+        Dataset.from_folder(flat / "cat", splits=True)
+
+
+def test_from_dataframe_honours_a_split_column(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(6):
+        colour(i).save(root / f"{i}.png")
+    df = pd.DataFrame(
+        {
+            "path": [f"{i}.png" for i in range(6)],
+            "label": ["a", "b", "a", "b", "a", "b"],
+            "split": ["train", "train", "TEST", "test", "valid", "train"],
+        }
+    )
+    with pytest.warns(DatasetNote, match="read as splits"):
+        ds = Dataset.from_dataframe(df, root=root)
+    assert len(ds) == 3 and ds.labels == ["a", "b", "b"] and "split" not in ds.attributes
+    assert ds.test.labels == ["a", "b"] and ds.val.labels == ["a"]
+    assert [Path(f).name for f in ds.test.frame["image"]] == ["2.png", "3.png"]
+
+    from datacrafter_widget import DataCrafter
+
+    crafter = DataCrafter(ds, project=tmp_path / "project")
+    try:
+        s = crafter.samples
+        assert s["split"].value_counts().to_dict() == {"train": 3, "test": 2}
+    finally:
+        crafter.store.close()
+
+    with pytest.raises(DatasetError, match=r"split values \['holdout'\].*replace.*split=None"):
+        Dataset.from_dataframe(df.assign(split=["train"] * 5 + ["holdout"]), root=root)
+    assert not Dataset.from_dataframe(df, root=root, split=None).splits  # said what is meant: one set
+    with pytest.raises(DatasetError, match=r"\['fold'\]"):
+        Dataset.from_dataframe(df, root=root, split="fold")
+
+
+def test_from_hf_datasetdict_keeps_classlabel_order_and_every_declared_class(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    names = ["zebra", "apple", "mango"]  # not alphabetical
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    train = datasets.Dataset.from_dict(
+        {"image": [colour(i) for i in range(6)], "label": [0, 1, 2, 0, 1, 2]}, features=features
+    )
+    test = datasets.Dataset.from_dict(
+        {"image": [colour(10), colour(11)], "label": [1, 0]}, features=features
+    )  # no mango
+    dd = datasets.DatasetDict({"train": train, "validation": test.select([0]), "test": test})
+    with pytest.warns(DatasetNote, match="read as splits"):
+        ds = Dataset.from_hf(dd)
+    assert ds.classes == names and ds.test.classes == names
+    assert ds.labels == ["zebra", "apple", "mango"] * 2
+    assert ds.test.labels == ["apple", "zebra"] and ds.val.labels == ["apple"]
+    assert ds.test.image(0).getpixel((0, 0)) == colour(10).getpixel((0, 0))
+    only_two = datasets.Dataset.from_dict({"image": [colour(1)], "label": [2]}, features=features)
+    assert Dataset.from_hf(only_two).classes == names  # a single split keeps the declared classes too
+    named = Dataset.from_hf(
+        datasets.DatasetDict({"fit": train, "holdout": test}), splits={"train": "fit", "test": "holdout"}
+    )
+    assert len(named) == 6 and len(named.test) == 2
+    with pytest.raises(DatasetError, match=r"splits \['fit', 'holdout'\].*splits=\{'train': 'fit'"):
+        Dataset.from_hf(datasets.DatasetDict({"fit": train, "holdout": test}))
+
+
+def test_the_same_image_under_two_classes_is_reported(tmp_path):
+    root = tmp_path / "pets"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+    colour(1).save(root / "cat" / "a.png")
+    colour(2).save(root / "cat" / "b.png")
+    colour(3).save(root / "dog" / "c.png")
+    (root / "dog" / "a-copy.png").write_bytes((root / "cat" / "a.png").read_bytes())
+    with pytest.warns(DuplicateImageWarning, match=r"cat/a.png \(cat\) = .*dog/a-copy.png \(dog\)"):
+        ds = Dataset.from_folder(root)
+    assert len(ds.duplicates) == 1 and ds.duplicates[0][1] == ["cat", "dog"]
+    leak = tmp_path / "leak"
+    split_tree(leak, {"train": {"cat": 1}, "test": {"cat": 1}})
+    (leak / "test" / "cat" / "1.png").write_bytes((leak / "train" / "cat" / "0.png").read_bytes())
+    with pytest.warns(DuplicateImageWarning, match=r"\(cat, test\) = .*\(cat, train\)"):
+        Dataset.from_folder(leak)
+
+
+def test_very_large_images_are_read_downscaled_with_a_note(tmp_path):
+    root = tmp_path / "big"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    Image.new("RGB", (MAX_IMAGE_SIDE * 2 + 10, 300), (200, 10, 10)).save(root / "a" / "wide.png")
+    colour(5).save(root / "b" / "small.png")
+    with pytest.warns(
+        DatasetNote, match=rf"1 image\(s\) are larger than {MAX_IMAGE_SIDE} px.*{MAX_IMAGE_SIDE * 2 + 10}x300"
+    ):
+        ds = Dataset.from_folder(root)
+    big = ds.labels.index("a")
+    im = ds.image(big)
+    assert im.size == (MAX_IMAGE_SIDE, round(300 * MAX_IMAGE_SIDE / (MAX_IMAGE_SIDE * 2 + 10)))
+    assert im.getpixel((10, 10)) == (200, 10, 10)
+    assert ds.frame.at[big, "original_file"] == str(root / "a" / "wide.png")
+    assert ds.frame.at[big, "original_size"] == f"{MAX_IMAGE_SIDE * 2 + 10}x300"
+    assert ds.image(1 - big).size == (12, 12)
+
+
+# ---- our exports load back through the loader that matches them ------------------------------------------
+@pytest.fixture
+def exported(tmp_path):
+    """A project with real train / test images (captions, an attribute; no 'mango' in test), generated
+    images with provenance and GAP internals; classes in a non-alphabetical order."""
+    from datacrafter_widget.data.store import SampleStore
+
+    classes = ["zebra", "apple", "mango"]
+    store = SampleStore(tmp_path / "project")
+    images, rows, k = [], [], 0
+    for cls in classes:
+        for split in ("train", "test"):
+            if cls == "mango" and split == "test":
+                continue
+            images.append(colour(k))
+            rows.append(
+                {"label": cls, "split": split, "source": "real", "caption": f"a {cls} number {k}", "weight": float(k)}
+            )
+            k += 1
+    store.add(images, rows)
+    store.add(
+        [colour(100), colour(101)],
+        [
+            {
+                "label": "apple",
+                "split": "generated",
+                "source": "generated",
+                "prompt": "a photo of an apple",
+                "seed": 7,
+                "steps": 4,
+                "guidance": 2.0,
+                "round": 1,
+                "strategy": "class",
+                "parent_id": "r000003",
+                "model": "tiny",
+                "caption": "a red apple",
+                "embeddings_file": "gap/tokens.safetensors",
+                "mask_file": "gap/masks/m.png",
+                "batch_id": "b1",
+                "batch_index": 0,
+            },
+            {
+                "label": "mango",
+                "split": "generated",
+                "source": "generated",
+                "prompt": "a mango",
+                "seed": 8,
+                "steps": 4,
+                "guidance": 2.0,
+                "round": 1,
+                "strategy": "caption",
+                "model": "tiny",
+                "caption": "a ripe mango",
+            },
+        ],
+    )
+    store.write_json("project.json", {**store.read_json("project.json"), "classes": classes})
+    yield store, classes
+    store.close()
+
+
+def test_imagefolder_export_loads_in_datasets_imagefolder_with_captions_and_provenance(exported, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from datacrafter_widget.controller.export import export_project
+
+    store, classes = exported
+    out = export_project(store, classes, tmp_path / "out")
+    dd = datasets.load_dataset("imagefolder", data_dir=str(out), cache_dir=str(tmp_path / "hf-cache"))
+    assert sorted(dd) == ["test", "train"] and len(dd["train"]) == 3 + 2 and len(dd["test"]) == 2
+    train = dd["train"].to_pandas().drop(columns=["image"]).set_index("id")
+    assert train.loc["g000001", "caption"] == "a red apple" and train.loc["g000001", "prompt"] == "a photo of an apple"
+    assert train.loc["g000001", "seed"] == 7 and train.loc["g000001", "round"] == 1
+    assert train.loc["g000001", "strategy"] == "class" and train.loc["g000001", "parent_id"] == "r000003"
+    assert train.loc["g000001", "label"] == "apple" and train.loc["g000001", "source"] == "generated"
+    assert train.loc["r000001", "caption"] == "a zebra number 0" and pd.isna(train.loc["r000001", "seed"])
+    assert set(train["split"]) == {"train"} and set(dd["test"]["split"]) == {"test"}
+    assert sorted(dd["test"]["caption"]) == ["a apple number 3", "a zebra number 1"]
+    for col in ("embeddings_file", "mask_file", "batch_id", "batch_index", "export_split", "file"):
+        assert col not in train.columns
+    row = dd["train"].filter(lambda e: e["id"] == "g000002")[0]
+    assert np.array_equal(np.asarray(row["image"].convert("RGB")), np.asarray(store.image("g000002")))
+
+
+def test_exported_columns_are_the_public_schema(exported, tmp_path):
+    from datacrafter_widget.controller.export import EXPORT_COLUMNS, export_project
+
+    store, classes = exported
+    table = pd.read_csv(export_project(store, classes, tmp_path / "csv", format="csv") / "samples.csv")
+    assert list(table.columns) == [*EXPORT_COLUMNS, "weight"]
+    assert set(table["split"]) == {"train", "test"} and set(table["source"]) == {"real", "generated"}
+    real = table[table["source"] == "real"]
+    assert real["seed"].isna().all() and real["steps"].isna().all() and real["prompt"].isna().all()
+    assert (table.loc[table["source"] == "generated", "split"] == "train").all()
+
+
+def test_exports_round_trip_through_their_loaders_with_splits_and_class_order(exported, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from datacrafter_widget.controller.export import export_project
+
+    store, classes = exported
+
+    def check(ds: Dataset) -> None:
+        assert ds.classes == classes
+        assert sorted(ds.labels) == ["apple", "apple", "mango", "mango", "zebra"]
+        assert sorted(ds.test.labels) == ["apple", "zebra"]
+        captions = dict(zip(ds.labels, ds.captions))
+        assert "a ripe mango" in ds.captions and captions["zebra"] == "a zebra number 0"
+        assert "weight" in ds.attributes
+
+    with pytest.warns(DatasetNote):
+        check(Dataset.from_folder(export_project(store, classes, tmp_path / "if")))
+    csv = export_project(store, classes, tmp_path / "csv", format="csv")
+    with pytest.warns(DatasetNote):
+        check(
+            Dataset.from_dataframe(
+                pd.read_csv(csv / "samples.csv"), image="file", caption="caption", root=csv, classes=classes
+            )
+        )
+    hf = export_project(store, classes, tmp_path / "hf", format="hf")
+    with pytest.warns(DatasetNote):
+        check(Dataset.from_hf(datasets.load_from_disk(str(hf)), caption="caption"))

@@ -40,6 +40,41 @@ from ..data.files import atomic_write_bytes
 from ..data.store import DamagedFileError, SampleStore
 
 EXPORT_FORMATS = ("imagefolder", "csv", "hf")
+# The exported columns, one row per image (the public schema; README "Export"), then the dataset's
+# own attribute columns. Missing values are null (empty in CSV): a real image has no seed, prompt...
+# file: the image's path in the export (metadata.jsonl: file_name, relative to its split folder).
+# split: train or test (generated images are train); source: real or generated.
+EXPORT_COLUMNS = (
+    "file",
+    "id",
+    "label",
+    "split",
+    "source",
+    "caption",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "guidance",
+    "strength",
+    "parent_id",
+    "round",
+    "strategy",
+    "model",
+    "scheduler",
+    "latent_perturbation",
+    "guidance_min_sigma",
+    "feedback",
+    "feedback_labels",
+    "flag",
+    "flag_reason",
+    "hash",
+    "created",
+)
+# Project internals, never exported: paths inside the project folder and batch bookkeeping.
+_INTERNAL = ("embeddings_file", "mask_file", "batch_id", "batch_index", "export_split")
+_INTS = ("seed", "steps", "round")
+_FLOATS = ("guidance", "strength", "latent_perturbation", "guidance_min_sigma", "created")
 MANIFEST = "datacrafter-export.json"
 MAX_NAME_BYTES = 200  # below the usual 255-byte limit, leaving room for suffixes
 _UNSAFE = set('/\\:*?"<>|%')
@@ -138,7 +173,12 @@ def export_project(
             else:
                 counts = _write_files(store, rows, format, folders, tmp)
             manifest.update(
-                complete=True, finished=time.time(), counts=counts, class_folders={f: c for c, f in folders.items()}
+                complete=True,
+                finished=time.time(),
+                counts=counts,
+                classes=[str(c) for c in classes],
+                attributes=attribute_columns(rows),
+                class_folders={f: c for c, f in folders.items()},
             )
             _write_manifest(tmp, manifest)
             _swap_in(tmp, out)
@@ -229,6 +269,61 @@ def _project_file(store: SampleStore, sample_id: str, file: str) -> Path:
 
 
 # ---- writers ------------------------------------------------------------------------------------
+def attribute_columns(rows: pd.DataFrame) -> list[str]:
+    """The dataset's own columns (e.g. the starter's digit, background): exported after EXPORT_COLUMNS."""
+    return [str(c) for c in rows.columns if c not in EXPORT_COLUMNS and c not in _INTERNAL and c != "split"]
+
+
+def public_table(rows: pd.DataFrame, files: Sequence[str] | None = None) -> pd.DataFrame:
+    """The exported columns (EXPORT_COLUMNS, then the dataset's attributes) of the rows to export.
+
+    No project internals; `split` is the export split; values that do not apply are null."""
+    table = pd.DataFrame(index=range(len(rows)))
+    table["file"] = list(files) if files is not None else None
+    for col in EXPORT_COLUMNS[1:]:
+        values = rows["export_split"] if col == "split" else rows[col] if col in rows.columns else None
+        if values is None:
+            table[col] = None
+        elif col in _INTS:
+            ints = pd.to_numeric(values, errors="coerce").astype("Int64").reset_index(drop=True)
+            table[col] = ints.mask(ints < 0) if col != "round" else ints
+        elif col in _FLOATS:
+            table[col] = pd.to_numeric(values, errors="coerce").astype(float).to_numpy()
+        else:
+            text = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values]
+            table[col] = [None if t == "" else t for t in text]
+    for col in attribute_columns(rows):
+        table[col] = rows[col].to_numpy()
+    return table
+
+
+def _write_metadata(tmp: Path, table: pd.DataFrame) -> None:
+    """metadata.parquet in each split folder, as `datasets.load_dataset("imagefolder")` reads it.
+
+    Parquet, not jsonl / csv: `datasets` refuses split metadata files whose inferred column types
+    differ, and a test split of real images only has every provenance column empty (null type in
+    jsonl, float in csv). One arrow schema for all splits keeps the types equal."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = table.drop(columns=["file"])
+    meta.insert(0, "file_name", [f.split("/", 1)[1] for f in table["file"]])
+    for col in meta.columns:  # attribute columns of mixed types: text, as a CSV would hold them
+        try:
+            pa.array(meta[col], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            meta[col] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in meta[col]]
+    inferred = pa.Table.from_pandas(meta, preserve_index=False).schema.remove_metadata()
+    types = {c: pa.int64() if c in _INTS else pa.float64() if c in _FLOATS else pa.string() for c in EXPORT_COLUMNS}
+    types["file_name"] = pa.string()
+    schema = pa.schema([pa.field(f.name, types.get(f.name, f.type)) for f in inferred])
+    for split in sorted(set(table["split"])):
+        part = meta[(table["split"] == split).to_numpy()]
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False), buffer)
+        atomic_write_bytes(tmp / str(split) / "metadata.parquet", buffer.getvalue().to_pybytes())
+
+
 def _write_files(
     store: SampleStore, rows: pd.DataFrame, format: str, folders: dict[str, str], tmp: Path
 ) -> dict[str, int]:
@@ -242,7 +337,9 @@ def _write_files(
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp / rel).write_bytes(data)
         files.append(rel.as_posix())
-    table = rows.drop(columns=["file"]).assign(file=files)
+    table = public_table(rows, files)
+    if format == "imagefolder":
+        _write_metadata(tmp, table)
     table.to_csv(tmp / "samples.csv", index=False)
     return {str(k): int(v) for k, v in rows["export_split"].value_counts().items()}
 
@@ -257,19 +354,18 @@ def _write_hf(store: SampleStore, rows: pd.DataFrame, classes: Sequence[str], tm
         for i, f, h in zip(rows["id"], rows["file"], rows["hash"])
     ]
     data: dict[str, list[Any]] = {"image": images}
-    for c in rows.columns:
-        if c in ("file", "image"):
-            continue
-        col = rows[c]
-        if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
-            data[c] = col.tolist()
+    for c, col in public_table(rows).drop(columns=["file"]).items():
+        if c in _INTS:
+            data[str(c)] = [None if pd.isna(v) else int(v) for v in col]
+        elif pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            data[str(c)] = [None if pd.isna(v) else v for v in col.tolist()]
         else:  # text, or mixed attribute columns: strings with None for missing
-            data[c] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in col]
+            data[str(c)] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in col]
     ds = datasets.Dataset.from_dict(data)
     ds = ds.cast_column("image", datasets.Image())
     ds = ds.cast_column("label", datasets.ClassLabel(names=list(classes)))
     dd = datasets.DatasetDict(
-        {split: ds.filter(lambda e, s=split: e["export_split"] == s) for split in sorted(set(rows["export_split"]))}
+        {split: ds.filter(lambda e, s=split: e["split"] == s) for split in sorted(set(rows["export_split"]))}
     )
     dd.save_to_disk(str(tmp))
     return {str(k): len(v) for k, v in dd.items()}

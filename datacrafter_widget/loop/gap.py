@@ -223,7 +223,9 @@ def _image_features(embedder: Any, x: torch.Tensor) -> torch.Tensor:
 def _ddim(pipe: Any, steps: int):
     from diffusers import DDIMScheduler
 
-    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    from ..models.generator import scheduler_like
+
+    sched = scheduler_like(pipe.scheduler, DDIMScheduler)
     sched.set_timesteps(int(steps), device=pipe.unet.device)
     return sched
 

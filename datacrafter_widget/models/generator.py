@@ -55,8 +55,26 @@ class GenerationCancelled(Exception):
         self.images = images
 
 
+def scheduler_like(source: Any, cls: type, **extra: Any) -> Any:
+    """A `cls` scheduler built from `source`'s config that samples as `source` does.
+
+    `from_config` fills settings the source's class lacks with `cls`'s defaults, and DDIM's
+    defaults (`clip_sample=True`, `set_alpha_to_one=True`) clip the predicted clean latent to
+    [-1, 1] at every step, which turns latents with a wider range (the starter's, std 1 with
+    values past +-5) into textured noise. A source without these keys does not clip (unless it
+    thresholds) and keeps the usual Stable Diffusion final alpha, so they are set that way.
+    """
+    config = dict(source.config)
+    config.setdefault("clip_sample", bool(config.get("thresholding", False)))
+    config.setdefault("set_alpha_to_one", False)
+    for key in ("clip_sample", "set_alpha_to_one"):
+        if config[key] is None:
+            config[key] = False
+    return cls.from_config(config, **extra)
+
+
 def set_scheduler(pipe: Any, name: str) -> None:
-    """Swap the pipeline's scheduler for `name` (see SCHEDULERS), keeping the checkpoint's config."""
+    """Swap the pipeline's scheduler for `name` (see SCHEDULERS), keeping the checkpoint's sampling settings."""
     import diffusers
 
     key = name.lower().replace(" ", "").replace("-", "_")
@@ -64,8 +82,7 @@ def set_scheduler(pipe: Any, name: str) -> None:
     if key not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}: choose one of {sorted(SCHEDULERS)}")
     class_name, extra = SCHEDULERS[key]
-    cls = getattr(diffusers, class_name)
-    pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
+    pipe.scheduler = scheduler_like(pipe.scheduler, getattr(diffusers, class_name), **extra)
 
 
 def _check_prompts(prompts: Sequence[str]) -> list[str]:

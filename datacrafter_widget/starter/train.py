@@ -575,9 +575,10 @@ def save_vae(out: Path, vae, seconds: float) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(str(out / "vae"), safe_serialization=True)
-    DPMSolverMultistepScheduler(
-        **{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")},
-        use_karras_sigmas=SAMPLER_KARRAS_SIGMAS,
+    # The DDIM keys ride along in the saved config so a DDIM built from it (GAP, scheduler="ddim")
+    # samples as training did, without clipping the latents.
+    DPMSolverMultistepScheduler.from_config(
+        {**SCHEDULER_CONFIG, "use_karras_sigmas": SAMPLER_KARRAS_SIGMAS}
     ).save_pretrained(str(out / "scheduler"))
     (out / "generator.json").write_text(
         json.dumps(
