@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from . import starter
+from . import limits, starter
 from .data.dataset import Dataset, DatasetError
 
 __version__ = "0.1.0"
@@ -28,7 +28,7 @@ _LAZY = {
     "SampleStore": "data.store",
 }
 
-__all__ = ["Dataset", "DatasetError", "starter", "__version__", *_LAZY]
+__all__ = ["Dataset", "DatasetError", "limits", "starter", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -53,15 +53,17 @@ def test_truncated_samples_table_or_segment_names_the_file(project, readonly):
     segment.write_bytes(segment.read_bytes()[:40])
     with pytest.raises(DamagedFileError, match=rf"segments/{segment.name} is damaged.*move it out of"):
         dc.DataCrafter.open(project, readonly=readonly)
-    segment.unlink()  # the fix the message gives: the project opens without that one commit
-    with dc.DataCrafter.open(project, readonly=readonly) as c:
+    segment.unlink()  # the fix the message gives: the project opens without that one commit, and says so
+    with pytest.warns(DamagedProjectWarning, match=rf"{segment.name} is missing \(it held 1 new sample"):
+        c = dc.DataCrafter.open(project, readonly=readonly)
+    with c:
         assert len(c.samples) == 6 + 2
 
 
 def test_a_deleted_middle_segment_is_reported(project):
     middle = sorted((project / "segments").iterdir())[1]
     middle.unlink()
-    with pytest.warns(DamagedProjectWarning, match=rf"missing \({middle.name}\).*Restore them"):
+    with pytest.warns(DamagedProjectWarning, match=rf"{middle.name} is missing.*Restore them"):
         c = dc.DataCrafter.open(project, readonly=True)
     assert len(c.samples) == 6 + 2
 

@@ -306,7 +306,7 @@ def test_open_errors(tmp_path):
 def test_json_documents(tmp_path):
     with SampleStore(tmp_path / "p") as store:
         store.write_json("project.json", {"name": "pets", "schema_version": 0})
-        assert store.read_json("project.json") == {"name": "pets", "schema_version": 1}
+        assert store.read_json("project.json") == {"name": "pets", "schema_version": 1, "commit_log": 1}
         with pytest.raises(ValueError, match="plain file name"):
             store.write_json("../escape.json", {})
 

@@ -4,12 +4,18 @@ Why a module of its own: an export writes outside the project, into a folder the
 must never delete what it did not write and never leave a half-written dataset under the real name.
 
 - The target may not be, contain or lie inside the project folder.
-- Every export folder carries a manifest (`datacrafter-export.json`); `overwrite=True` only replaces
-  a folder that carries one. Any other non-empty folder is refused.
+- Every export folder carries a manifest (`datacrafter-export.json`) that lists each file the export
+  wrote with its content hash. `overwrite=True` deletes only files listed there whose content still
+  matches; any other file in the target (a person's notes, an edited samples.csv, a folder that
+  merely holds a copied manifest) stops the export, and the message lists them. A folder is never
+  removed wholesale: files are deleted one by one, folders only once empty.
 - The new export is written into a temp sibling `<name>.tmp-<pid>` and swapped in with one atomic
   exchange of the two folders (Linux renameat2 RENAME_EXCHANGE; elsewhere two renames), so the old
-  export stays until the new one is complete. Temp folders left by killed runs are cleaned on the
-  next export to the same target (only those that carry our manifest, or are empty).
+  export stays until the new one is complete. A failed export removes its temp folder; temp folders
+  left by killed runs are cleaned on the next export to the same target, again only of the files an
+  export writes.
+- A target under a file, or a symbolic link that points nowhere, is refused by name (a dangling link
+  would make the export create a folder outside the tree the person chose).
 - ImageFolder class folders are the class names, percent-encoded where a character is not safe in a
   file name (`a/b` -> `a%2Fb`, `.` -> `%2E`): unique and reversed by `urllib.parse.unquote`. Names
   too long for a file system get a hash suffix; the manifest maps every folder to its class.
@@ -25,10 +31,10 @@ import json
 import math
 import os
 import re
-import shutil
 import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -147,18 +153,15 @@ def export_project(
     """Write the expanded dataset of `store` to `out` (see DataCrafter.export); returns the folder."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}: use one of {list(EXPORT_FORMATS)}")
-    out = Path(out).expanduser().absolute()
-    if out.is_symlink():  # replace the folder it points to, not the link
-        out = out.resolve()
+    out = _target(out)
     _check_target(out, store.path, overwrite)
     rows = _rows(store.samples, include_flagged=include_flagged, include_bad=include_bad)
     folders = class_folders(classes) if format == "imagefolder" else {}
     with _lock:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(out)
         clean_stale(out)
         tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
         _remove_ours(tmp)
-        tmp.mkdir()
         manifest = {
             "format": "datacrafter-export",
             "export_format": format,
@@ -166,8 +169,9 @@ def export_project(
             "complete": False,
             "started": time.time(),
         }
-        _write_manifest(tmp, manifest)  # marks the temp folder as ours from the start
         try:
+            tmp.mkdir()
+            _write_manifest(tmp, manifest)  # marks the temp folder as ours from the start
             if format == "hf":
                 counts = _write_hf(store, rows, classes, tmp)
             else:
@@ -179,6 +183,7 @@ def export_project(
                 classes=[str(c) for c in classes],
                 attributes=attribute_columns(rows),
                 class_folders={f: c for c, f in folders.items()},
+                files=_listing(tmp),
             )
             _write_manifest(tmp, manifest)
             _swap_in(tmp, out)
@@ -193,6 +198,35 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+def _target(out: str | os.PathLike) -> Path:
+    """The folder to write: a link to a folder stands for that folder; a link that points nowhere is refused."""
+    out = Path(out).expanduser().absolute()
+    if out.is_symlink():
+        if not out.exists():
+            raise ExportError(
+                f"{out} is a symbolic link that points to {os.readlink(out)}, which does not exist (a dangling link): "
+                f"the export will not create a folder outside the tree you chose. Create the folder the link points "
+                f"to, remove the link, or choose another folder"
+            )
+        out = out.resolve()  # replace the folder it points to, not the link
+    return out
+
+
+def _make_parent(out: Path) -> None:
+    """Create the folders above `out`, naming the file that is in the way."""
+    for above in reversed(out.parents):
+        if above.exists() and not above.is_dir():
+            raise ExportError(
+                f"{above} is a file, so the export folder {out} cannot be made under it: choose a folder path"
+            )
+        if above.is_symlink() and not above.exists():
+            raise ExportError(
+                f"{above} is a symbolic link to {os.readlink(above)}, which does not exist: the export will not "
+                f"create folders outside the tree you chose. Fix the link or choose another folder"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
 def _check_target(out: Path, project: Path, overwrite: bool) -> None:
     target, proj = out.resolve(), Path(project).resolve()
     if _inside(target, proj):
@@ -205,8 +239,10 @@ def _check_target(out: Path, project: Path, overwrite: bool) -> None:
             f"cannot export to {out}: it contains the project {proj}, which the export would "
             f"replace; choose a new folder outside the project, e.g. {proj.parent / (proj.name + '-export')}"
         )
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} is a file: choose a folder name for the export")
+    for above in [out, *out.parents]:
+        if above.exists() and not above.is_dir():
+            what = "is a file" if above == out else "is a file, so the export folder cannot be made under it"
+            raise ExportError(f"{above} {what}: choose a folder path for the export, e.g. {out.parent / 'export'}")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty: choose a new folder or pass overwrite=True")
@@ -215,14 +251,63 @@ def _check_target(out: Path, project: Path, overwrite: bool) -> None:
                 f"{out} holds files that no datacrafter export wrote (it has no {MANIFEST}), so overwrite=True "
                 f"will not replace it: choose a new folder, or move or delete {out} yourself"
             )
+        foreign = _foreign(out)
+        if foreign:
+            shown = "; ".join(foreign[:10]) + (f"; and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+            raise ExportError(
+                f"{out} holds {len(foreign)} file(s) that its export manifest does not list with their content, so "
+                f"overwrite=True will not delete them: {shown}. Move them out of {out} (or choose a new folder), "
+                f"then export again"
+            )
 
 
 def _is_ours(folder: Path) -> bool:
+    return _manifest(folder) is not None
+
+
+def _manifest(folder: Path) -> dict[str, Any] | None:
     try:
         doc = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and doc.get("format") == "datacrafter-export"
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == "datacrafter-export" else None
+
+
+def _walk(folder: Path) -> Iterator[tuple[str, Path]]:
+    """Every entry under `folder` that is not a real folder (files, links), as (posix relative name, path);
+    links are never followed."""
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        base = Path(root)
+        for name in sorted(files) + sorted(d for d in dirs if (base / d).is_symlink()):
+            path = base / name
+            yield path.relative_to(folder).as_posix(), path
+
+
+def _listing(folder: Path) -> dict[str, str]:
+    """{relative file name: content hash} of every file an export just wrote (the manifest excepted)."""
+    return {rel: content_hash(p.read_bytes()) for rel, p in _walk(folder) if rel != MANIFEST}
+
+
+def _owned(rel: str, path: Path, listed: dict[str, Any]) -> str:
+    """'' when the export owns this file (listed, a plain file, same content), else why not."""
+    if rel == MANIFEST:
+        return ""
+    if rel not in listed:
+        return f"{rel} (not written by the export)"
+    if path.is_symlink() or not path.is_file():
+        return f"{rel} (not the file the export wrote)"
+    try:
+        same = content_hash(path.read_bytes()) == listed[rel]
+    except OSError:
+        same = False
+    return "" if same else f"{rel} (changed since the export)"
+
+
+def _foreign(folder: Path) -> list[str]:
+    """Files of an export folder that its manifest does not list with their current content."""
+    listed = (_manifest(folder) or {}).get("files")
+    listed = listed if isinstance(listed, dict) else {}
+    return [why for rel, path in _walk(folder) if (why := _owned(rel, path, listed))]
 
 
 def _rows(s: pd.DataFrame, *, include_flagged: bool, include_bad: bool) -> pd.DataFrame:
@@ -393,17 +478,37 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
-    """Put the complete export `tmp` under the name `out`; the old export is removed only afterwards."""
+    """Put the complete export `tmp` under the name `out`; the old export's files are deleted only afterwards."""
     if not out.exists():
         os.rename(tmp, out)
         return
+    if not any(out.iterdir()):
+        os.rename(tmp, out)  # over an empty folder: one atomic rename
+        return
     if _exchange(tmp, out):  # tmp now holds the old export
-        shutil.rmtree(tmp)
+        _retire(tmp, out)
         return
     old = out.with_name(f"{out.name}.old-{os.getpid()}")
     os.rename(out, old)  # a kill right here leaves old + tmp; clean_stale puts old back
     os.rename(tmp, out)
-    shutil.rmtree(old)
+    _retire(old, out)
+
+
+def _retire(old: Path, out: Path) -> None:
+    """Delete the replaced export's own files; anything else (a file added while the new export was
+    written) is kept, under a name the warning gives."""
+    _remove_ours(old)
+    if old.exists():
+        kept = out.with_name(f"{out.name}.kept-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        os.rename(old, kept)
+        (kept / MANIFEST).unlink(missing_ok=True)  # what is left is not an export
+        left = [rel for rel, _ in _walk(kept)]
+        warnings.warn(
+            f"{len(left)} file(s) appeared in {out} while the new export was written ({', '.join(left[:5])}); "
+            f"they are kept in {kept}",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -418,18 +523,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# The names an export writes, for temp folders whose manifest does not list its files yet.
+_EXPORT_NAMES = re.compile(
+    rf"({re.escape(MANIFEST)}(\.tmp-\d+)?|samples\.csv|images/[a-z]\d+\.png|(train|test)/[^/]+/[a-z]\d+\.png"
+    r"|(train|test)/metadata\.parquet(\.tmp-\d+)?"
+    r"|dataset_dict\.json|(train|test)/(dataset_info\.json|state\.json|data-\d{5}-of-\d{5}\.arrow))"
+)
+
+
 def _remove_ours(folder: Path) -> None:
-    """Remove a temp folder only if an export wrote it (carries the manifest) or it is empty."""
-    if not folder.is_dir():
+    """Delete from an export folder only the files the export wrote, then the folders left empty.
+
+    A complete export: the files its manifest lists whose content still matches. An unfinished one
+    (killed, failed, or a temp folder whose first manifest was never written): only names an export
+    writes. Anything else stays, and so does the folder holding it."""
+    if not folder.is_dir() or folder.is_symlink():
         return
-    only_manifest_temp = all(re.fullmatch(rf"{re.escape(MANIFEST)}\.tmp-\d+", p.name) for p in folder.iterdir())
-    if _is_ours(folder) or only_manifest_temp:  # killed while writing the first manifest
-        shutil.rmtree(folder)
-    else:
+    manifest = _manifest(folder)
+    listed = manifest.get("files") if manifest is not None and manifest.get("complete") else None
+    manifest_last = folder / MANIFEST
+    for rel, path in list(_walk(folder)):
+        if rel == MANIFEST:
+            continue
+        if isinstance(listed, dict):
+            ours = not _owned(rel, path, listed)
+        else:
+            ours = bool(_EXPORT_NAMES.fullmatch(rel)) and not path.is_symlink()
+        if ours:
+            path.unlink(missing_ok=True)
+    if not [rel for rel, _ in _walk(folder) if rel != MANIFEST]:
+        manifest_last.unlink(missing_ok=True)  # last: until now it marked the folder as an export
+    for root, _dirs, _files in sorted(os.walk(folder), key=lambda x: -len(x[0])):  # deepest first
         try:
-            folder.rmdir()
+            os.rmdir(root)
         except OSError:
-            pass
+            pass  # not empty: something that is not ours is in it
 
 
 def clean_stale(out: str | os.PathLike) -> list[Path]:

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from .. import limits
 from ..loop.strategies import GenerationRequest, build_requests, check_classes
 from ..seeds import image_seed, round_seed
 from .backends import GeneratedBatch, ImageRequest
@@ -120,6 +121,7 @@ def plan_round(
         prompts, evolved_negs = evolved(use)
         use = [c for c in use if c in prompts]
         negatives = evolved_negs if negatives is None else negatives
+    limits.check_round(images=spec.per_class * len(strategies) * len(use))  # before any request is built
     real = samples[(samples["source"] == "real") & (samples["split"] == "train") & samples["label"].isin(use)]
     known: dict[str, str] = {}
     missing: list[str] = []
@@ -151,6 +153,13 @@ def plan_round(
     steps = int(spec.steps or generator.default_steps)
     guidance = float(generator.default_guidance if spec.guidance is None else spec.guidance)
     bs = int(spec.batch_size or batch_size)
+    res = int(getattr(generator, "resolution", 512))
+    limits.check_round(steps=steps, batch_size=bs, images=len(requests))
+    limits.check("resolution", res, "the generator's resolution")
+    limits.note_memory(
+        f"round {round_number} ({len(requests)} images at {res}px, batches of {bs})",
+        limits.estimate_round_mb(len(requests), bs, res),
+    )
     entry = {
         **spec.to_dict(),
         "round": round_number,
@@ -199,6 +208,7 @@ def plan_gap(
     per_class = int(_whole("per_class", per_class, minimum=1) or 0)
     seed = _whole("seed", seed, minimum=0, maximum=MAX_SEED, none="round * 100000")
     classes = [str(c) for c in classes]
+    limits.check_round(images=per_class * len(classes))
     base = round_seed(round_number, seed)
     check_seed_range(base, per_class * len(classes), seed)
     entry = {

@@ -203,7 +203,13 @@ def set_prompt(
     cls = _check_class(cls, classes)
     if action not in PROMPT_ACTIONS:
         raise MapToolError(f"unknown prompt action {action!r}: use one of {PROMPT_ACTIONS}")
-    prompt = str(prompt).strip()
+    if not isinstance(prompt, str) or not isinstance(negative_prompt, (str, type(None))):
+        bad = prompt if not isinstance(prompt, str) else negative_prompt
+        raise MapToolError(
+            f"the prompt for {cls!r} is {bad!r} ({type(bad).__name__}), not text: give the prompt as a string, "
+            f"e.g. 'a photo of a {cls}'"
+        )
+    prompt = prompt.strip()
     if not prompt:
         raise MapToolError(f"the prompt for {cls!r} is empty: type a prompt, e.g. 'a photo of a {cls}'")
     new: dict[str, Any] = json.loads(json.dumps(doc))

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Union
 
+from .. import limits
 from ..loop.strategies import GENERATE_STRATEGIES, StrategyError
 from ..seeds import ROUND_SEED_STRIDE, round_seed  # re-exported: the seed policy a spec follows
 
@@ -201,7 +202,7 @@ class RoundSpec:
             )
         if not isinstance(self.filter, bool) and type(self.filter).__name__ != "bool_":
             raise RoundSpecError(f"filter={self.filter!r}: filter must be True or False")
-        return replace(
+        checked = replace(
             self,
             strategies=strategies,
             per_class=int(_whole("per_class", self.per_class, minimum=1) or 0),
@@ -216,6 +217,8 @@ class RoundSpec:
             filter=bool(self.filter),
             batch_size=_whole("batch_size", self.batch_size, minimum=1, none="the crafter's batch_size"),
         )
+        limits.check_round(per_class=checked.per_class, steps=checked.steps, batch_size=checked.batch_size)
+        return checked
 
     # ---- output ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, object]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 from PIL import Image
 
+from .. import limits
 from ..data.files import atomic_write_bytes, slug
 from ..data.store import SampleStore
 from ..loop.strategies import GenerationRequest
@@ -285,6 +286,7 @@ def regenerate(store: SampleStore, gen: "Generator", sample_id: str, *, alone: b
             f"{sample_id} was generated with scheduler {scheduler}, the generator now uses {current}: "
             f"set it back (generator.set_scheduler / scheduler=...) to regenerate"
         )
+    limits.check("steps", row["steps"], f"sample {sample_id}: its stored steps")
     tokens_file = row.get("embeddings_file")
     if isinstance(tokens_file, str) and tokens_file:
         return _regenerate_gap(store, row, gen, alone)
@@ -324,7 +326,7 @@ def _regenerate_gap(store: SampleStore, row: dict[str, Any], gen: "Generator", a
     same call that made them (all seeds of that token file, in order) unless `alone`."""
     from ..loop.gap import generate_with_tokens, load_mask, load_tokens
 
-    tokens = load_tokens(store.path / str(row["embeddings_file"]))
+    tokens = load_tokens(store.project_file(row["embeddings_file"], f"sample {row['id']}: its embeddings_file"))
     if alone:
         members, position = [row], 0
     else:
@@ -341,7 +343,7 @@ def _regenerate_gap(store: SampleStore, row: dict[str, Any], gen: "Generator", a
         strength = float(row["strength"])
         mask_file = row.get("mask_file")
         if isinstance(mask_file, str) and mask_file:
-            masks = [load_mask(store.path / str(m["mask_file"])) for m in members]
+            masks = [load_mask(store.project_file(m["mask_file"], f"sample {m['id']}: its mask_file")) for m in members]
     out = generate_with_tokens(
         gen,
         tokens,

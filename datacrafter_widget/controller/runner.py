@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from PIL import Image
 
+from .. import limits
 from ..loop.class_filter import ClassFilter
 from ..loop.strategies import GenerationRequest, check_classes
 from ..models.bundle import MissingModelError, Models
@@ -250,6 +251,10 @@ class RoundRunner:
 
         Candidate batches render through this runner's backend with the seeds of the round the
         evolved prompts will generate in; nothing is stored but prompts.json."""
+        limits.check("steps", steps)
+        limits.check("batch_size", batch, "batch")
+        limits.check("evolve_population", options.get("population"), "population")
+        limits.check("evolve_generations", options.get("generations"), "generations")
         self.models.require("generator", "crafter.evolve()")
         emb = self.models.require("embedder", "crafter.evolve()")
         rnd = self.project.rounds.next_round()
@@ -291,6 +296,10 @@ class RoundRunner:
         self._check_idle()
         gen = self.models.require("generator", "crafter.adversarial()")
         use = check_classes(classes, self.project.classes)
+        limits.check("gap_steps", config.steps, "steps")
+        limits.check("gap_tokens", config.n_tokens, "n_tokens")
+        limits.check("steps", max(config.sampler_steps, config.final_steps), "sampler_steps / final_steps")
+        limits.check("batch_size", config.batch, "batch")
         plan = plan_gap(
             use,
             per_class=per_class,

@@ -40,12 +40,16 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True, sync_dir:
     it survive a power loss too.
     """
     tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file behind
+        raise
     if fsync and sync_dir:
         fsync_dir(path.parent)
 
@@ -58,21 +62,26 @@ def atomic_write_many(items: Sequence[tuple[Path, bytes]], *, fsync: bool = True
     cheap (ext4 commits the others' data with the first), about 3x faster for thousands of small
     PNGs than one write-fsync-rename per file.
     """
-    tmps = []
-    for path, data in items:
-        tmp = _tmp_name(path)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        tmps.append(tmp)
-    if fsync:
+    tmps: list[Path] = []
+    try:
+        for path, data in items:
+            tmp = _tmp_name(path)
+            tmps.append(tmp)
+            with open(tmp, "wb") as f:
+                f.write(data)
+        if fsync:
+            for tmp in tmps:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        for tmp, (path, _) in zip(tmps, items):
+            os.replace(tmp, path)
+    except BaseException:
         for tmp in tmps:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for tmp, (path, _) in zip(tmps, items):
-        os.replace(tmp, path)
+            tmp.unlink(missing_ok=True)
+        raise
     if fsync and items:
         fsync_dir(items[0][0].parent)
 

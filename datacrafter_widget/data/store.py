@@ -52,6 +52,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from .. import limits
+from .commits import LOG_NAME, base_entry, commit_entry, describe, read_log, sha256
 from .files import atomic_write_bytes, atomic_write_many, slug
 from .images import content_hash, png_bytes, to_rgb
 
@@ -84,7 +86,7 @@ COLUMNS: dict[str, tuple[pa.DataType, Any]] = {
 }
 FEEDBACK_VALUES = ("", "good", "bad", "removed")
 _COMPUTED = ("id", "hash", "file")  # set by the store, never by the caller
-_LAYOUT = {"project.json", "samples.parquet", "segments", "images", "embeddings", ".lock"}
+_LAYOUT = {"project.json", LOG_NAME, "samples.parquet", "segments", "images", "embeddings", ".lock"}
 _TMP = re.compile(r"\.tmp-\d+$")
 _SEGMENT = re.compile(r"^seg-(\d{8,})\.parquet$")
 _PART = re.compile(r"^part-(\d{8,})\.safetensors$")
@@ -116,6 +118,14 @@ class DamagedProjectWarning(RuntimeWarning):
     """Part of a project is missing or unreadable but the rest opens (a deleted segment, a damaged cache)."""
 
 
+class ProjectNote(UserWarning):
+    """Something worth knowing about a project that is not damage (e.g. it predates the commit log)."""
+
+
+class _Retry(Exception):
+    """A readonly view read files from two moments of a writer's compaction: read again."""
+
+
 # What to do when a primary json document is damaged (derived ones are rebuilt instead).
 _JSON_FIX = {
     "project.json": "restore it from a backup (it holds the schema version and the class list); the samples, "
@@ -129,16 +139,19 @@ _JSON_FIX = {
 
 
 # ---- atomic file helpers (data/files.py) ----------------------------------------------------
-def _atomic_write_table(path: Path, table: pa.Table, *, fsync: bool = True) -> None:
+def _atomic_write_table(path: Path, table: pa.Table, *, fsync: bool = True) -> bytes:
+    """Write a parquet file atomically; returns its bytes (for the commit list's checksum)."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
-    atomic_write_bytes(path, buffer.getvalue(), fsync=fsync)
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data, fsync=fsync)
+    return data
 
 
-def _read_parquet(path: Path) -> pa.Table:
+def _read_parquet(path: Path, data: bytes | None = None) -> pa.Table:
     """Read a parquet file in one go: pyarrow may open a path more than once, which could mix
     an old and a new file if a writer replaces it in between. A damaged file is named with the fix."""
-    data = path.read_bytes()
+    data = path.read_bytes() if data is None else data
     try:
         return pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -191,6 +204,8 @@ class SampleStore:
         self._segment_seq = 0
         self._segment_count = 0
         self._embeddings: dict[str, dict[str, Any]] = {}
+        self._log: dict[str, Any] = {"version": 1, "base": None, "commits": []}
+        self._marked = False  # project.json says the project keeps commits.json
 
         exists = (self.path / "project.json").is_file()
         if not exists:
@@ -222,9 +237,11 @@ class SampleStore:
                             "schema_version": SCHEMA_VERSION,
                             "created": time.time(),
                             "format": "datacrafter-widget project",
+                            "commit_log": 1,
                         }
                     ),
                 )
+                atomic_write_bytes(self.path / LOG_NAME, _dumps({"version": 1, "base": None, "commits": []}))
             self._check_schema()
             if not readonly:
                 for sub in ("images", "segments", "embeddings"):
@@ -341,47 +358,75 @@ class SampleStore:
         """Read the base table and replay the append log (retrying if a writer compacts meanwhile)."""
         for attempt in range(20):
             try:
-                self._load_once()
-                return
-            except FileNotFoundError:
+                notes = self._load_once(last_try=attempt == 19)
+                break
+            except (FileNotFoundError, _Retry):
                 if not self.readonly or attempt == 19:
                     raise
                 time.sleep(0.05)
+        for message, category in notes:
+            warnings.warn(message, category, stacklevel=4)
 
-    def _load_once(self) -> None:
+    def _load_once(self, *, last_try: bool) -> list[tuple[str, type[Warning]]]:
         base_path = self.path / "samples.parquet"
         through = 0
         parts: list[pd.DataFrame] = []
-        # List the log *before* reading the base: if a writer compacts in between, either the new
-        # base covers the listed segments or reading a deleted segment fails and we retry.
+        notes: list[tuple[str, type[Warning]]] = []
+        # Read the commit list, then list the segments, then read the base: a writer commits a
+        # segment before listing it, and compacts (base, list, delete) in that order, so a commit
+        # listed here is either on disk or folded into the base read afterwards (else: retry).
+        log, log_problem = read_log(self.path / LOG_NAME)
+        marked = bool((self.read_json("project.json", {}) or {}).get("commit_log"))
+        self._marked = marked
         segments = self._segments()
-        if base_path.exists():
-            table = _read_parquet(base_path)
+        base_data = base_path.read_bytes() if base_path.exists() else None
+        if base_data is not None:
+            table = _read_parquet(base_path, base_data)
             meta = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
             through = int(meta.get("compacted_through", 0))
             parts.append(table.to_pandas())
         live = [(n, p) for n, p in segments if n > through]
-        if live:  # commits are numbered without gaps: a gap is a segment deleted from outside
-            have = {n for n, _ in live}
-            lost = [n for n in range(through + 1, live[-1][0]) if n not in have]
-            if lost:
-                names = ", ".join(f"seg-{n:08d}.parquet" for n in lost[:5]) + (" ..." if len(lost) > 5 else "")
-                warnings.warn(
-                    f"project {self.path}: {len(lost)} segment(s) of the append log are missing ({names}): the samples "
-                    f"added or changed in those commits are not in the project. Restore them into "
-                    f"{self.path / 'segments'} from a backup before writing to the project",
-                    DamagedProjectWarning,
-                    stacklevel=4,
+        live_data = {n: p.read_bytes() for n, p in live}
+        if log is not None:
+            notes += self._check_log(log, base_data, through, live_data, last_try=last_try)
+        else:
+            notes += self._check_gaps(through, live)
+            if marked:
+                notes.append(
+                    (
+                        f"project {self.path}: its commit list {LOG_NAME} is {log_problem}, so a missing newest commit "
+                        f"cannot be detected this time; "
+                        + (
+                            "it is written again now from the segments present"
+                            if not self.readonly
+                            else "a writer writes it again from the segments present"
+                        ),
+                        DamagedProjectWarning,
+                    )
+                )
+            elif segments or base_data is not None:
+                notes.append(
+                    (
+                        f"project {self.path} was made before projects kept a commit log ({LOG_NAME}): "
+                        + (
+                            "it is written now"
+                            if not self.readonly
+                            else "it is written the next time the project is opened for writing"
+                        )
+                        + "; a commit lost before that cannot be detected",
+                        ProjectNote,
+                    )
                 )
         if not self.readonly:
             for n, p in segments:
                 if n <= through:
                     p.unlink(missing_ok=True)
-        parts += [_read_parquet(p).to_pandas() for _, p in live]
-        self._frame = _replay(parts)
+        frames = [_read_parquet(p, live_data[n]).to_pandas() for n, p in live]
+        self._frame = _replay(parts + frames)
         self._pending = []
         self._positions = None
-        self._segment_seq = max([through] + [n for n, _ in segments])
+        logged = [int(e["seq"]) for e in (log or {}).get("commits", [])]
+        self._segment_seq = max([through] + [n for n, _ in segments] + logged)  # a lost number is never reused
         self._segment_count = len(live)
         self._next = {}
         for sid in self._frame["id"].tolist():
@@ -389,6 +434,123 @@ class SampleStore:
             if m:
                 self._next[m.group(1)] = max(self._next.get(m.group(1), 0), int(m.group(2)) + 1)
         self._embeddings = {}
+        self._log = self._repaired_log(log, base_data, through, parts, live, live_data, frames)
+        if not self.readonly and self._log != log:
+            self._write_log()
+        return notes
+
+    def _check_log(
+        self, log: dict[str, Any], base: bytes | None, through: int, live: dict[int, bytes], *, last_try: bool
+    ) -> list[tuple[str, type[Warning]]]:
+        """Compare what is on disk with the commit list: changed files raise, missing ones are named."""
+        notes: list[tuple[str, type[Warning]]] = []
+        logged_base = log.get("base")
+        if logged_base is not None:
+            if base is None:
+                raise DamagedFileError(
+                    f"project {self.path}: samples.parquet is missing; it held {logged_base.get('rows', '?')} samples "
+                    f"(every commit up to {logged_base['through']}): restore samples.parquet from a backup of the "
+                    f"project; it cannot be rebuilt from the other files"
+                )
+            if sha256(base) != logged_base["sha256"]:
+                if self.readonly and not last_try:
+                    raise _Retry  # a writer compacted between our reads
+                notes.append(
+                    (
+                        f"project {self.path}: samples.parquet is not the file the last compaction wrote (its sha256 "
+                        f"differs from {LOG_NAME}): it was replaced, e.g. by an older backup, or damaged; samples "
+                        f"committed after that backup may be missing",
+                        DamagedProjectWarning,
+                    )
+                )
+        entries = {int(e["seq"]): e for e in log["commits"] if int(e["seq"]) > through}
+        for n, data in live.items():
+            e = entries.get(n)
+            if e is not None and sha256(data) != e["sha256"]:
+                raise DamagedFileError(
+                    f"project {self.path}: segments/seg-{n:08d}.parquet is damaged (its sha256 checksum differs from "
+                    f"the one in {LOG_NAME}; it held {describe(e)}): restore it from a backup, or move it out of "
+                    f"{self.path / 'segments'} to open the project without that one commit"
+                )
+        missing = [e for n, e in sorted(entries.items()) if n not in live]
+        if missing:
+            shown = "; ".join(
+                f"segments/seg-{int(e['seq']):08d}.parquet is missing (it held {describe(e)})" for e in missing[:5]
+            )
+            more = f"; and {len(missing) - 5} more" if len(missing) > 5 else ""
+            notes.append(
+                (
+                    f"project {self.path}: {len(missing)} commit(s) of the append log are gone: {shown}{more}. The "
+                    f"project opens without them. Restore them into {self.path / 'segments'} from a backup before "
+                    f"writing to the project",
+                    DamagedProjectWarning,
+                )
+            )
+        return notes
+
+    def _check_gaps(self, through: int, live: list[tuple[int, Path]]) -> list[tuple[str, type[Warning]]]:
+        """Without a commit list: commits are numbered without gaps, so a gap is a deleted segment."""
+        if not live:
+            return []
+        have = {n for n, _ in live}
+        lost = [n for n in range(through + 1, live[-1][0]) if n not in have]
+        if not lost:
+            return []
+        names = ", ".join(f"seg-{n:08d}.parquet" for n in lost[:5]) + (" ..." if len(lost) > 5 else "")
+        return [
+            (
+                f"project {self.path}: {len(lost)} segment(s) of the append log are missing ({names}): the samples "
+                f"added or changed in those commits are not in the project. Restore them into "
+                f"{self.path / 'segments'} from a backup before writing to the project",
+                DamagedProjectWarning,
+            )
+        ]
+
+    def _repaired_log(
+        self,
+        log: dict[str, Any] | None,
+        base: bytes | None,
+        through: int,
+        parts: list[pd.DataFrame],
+        live: list[tuple[int, Path]],
+        live_data: dict[int, bytes],
+        frames: list[pd.DataFrame],
+    ) -> dict[str, Any]:
+        """The commit list with every present segment it lacks (a kill before the list was rewritten, an
+        older project): the segment itself is complete, so it is a commit."""
+        out: dict[str, Any] = {"version": 1, "base": None, "commits": []}
+        if log is not None:
+            out = {**log, "commits": [e for e in log["commits"] if int(e["seq"]) > through]}
+        if out.get("base") is None and base is not None:
+            out["base"] = base_entry(through, base, len(parts[0]) if parts else 0)
+        known = {int(e["seq"]) for e in out["commits"]}
+        seen: set[str] = set(parts[0]["id"].astype(str)) if parts else set()
+        for (n, _), frame in zip(live, frames):
+            ids = frame["id"].astype(str).tolist() if "id" in frame.columns else []
+            if n not in known:
+                kind = "update" if ids and all(i in seen for i in ids) else "add"
+                out["commits"].append(commit_entry(n, live_data[n], ids, kind))
+            seen.update(ids)
+        out["commits"].sort(key=lambda e: int(e["seq"]))
+        return out
+
+    def _write_log(self) -> None:
+        """Rewrite commits.json. Not fsynced: the segments it lists already are, and a list that a power
+        loss or a full disk leaves older than the segments only lacks commits, which the next open lists."""
+        try:
+            atomic_write_bytes(self.path / LOG_NAME, json.dumps(self._log).encode(), fsync=False)
+        except OSError as exc:
+            warnings.warn(
+                f"project {self.path}: could not rewrite {LOG_NAME} ({exc}); the commits are stored, and the "
+                f"next successful write lists them",
+                DamagedProjectWarning,
+                stacklevel=4,
+            )
+            return
+        if not self._marked:
+            meta = self.read_json("project.json", {}) or {}
+            self.write_json("project.json", meta if isinstance(meta, dict) else {})
+            self._marked = True
 
     def reload(self) -> None:
         """Re-read the project from disk (for a readonly view of a project another kernel writes)."""
@@ -431,14 +593,19 @@ class SampleStore:
 
     def image_path(self, sample_id: str) -> Path:
         """The image file of a sample; refuses a `file` entry that leads outside the project."""
-        file = str(self.row(sample_id)["file"])
+        return self.project_file(self.row(sample_id)["file"], f"sample {sample_id}: its file column")
+
+    def project_file(self, rel: object, what: str) -> Path:
+        """A path read from the samples table (image, GAP tokens, mask), resolved inside the project.
+
+        A value that leads outside (`../x`, an absolute path, a link out of the folder) is refused:
+        the table was edited by hand or damaged, and nothing outside the project is read."""
         root = self.path.resolve()
-        path = (root / file).resolve()
-        if root not in path.parents:
+        path = (root / str(rel)).resolve()
+        if not isinstance(rel, str) or not rel or root not in path.parents:
             raise DamagedFileError(
-                f"sample {sample_id}: its file column {file!r} points outside project {self.path}; the samples table "
-                f"was edited by hand or damaged, and nothing outside the project is read. Restore samples.parquet "
-                f"from a backup"
+                f"{what} {rel!r} points outside project {self.path}; the samples table was edited by hand or "
+                f"damaged, and nothing outside the project is read. Restore samples.parquet from a backup"
             )
         return path
 
@@ -470,12 +637,14 @@ class SampleStore:
         if self._closed:
             raise StoreError(f"project {self.path} was closed: open it again to change it")
 
-    def _commit_segment(self, table: pa.Table) -> None:
+    def _commit_segment(self, table: pa.Table, kind: str, columns: Sequence[str] = ()) -> None:
         # The number is taken only once the write succeeded, so a gap always means a lost segment.
-        path = self.path / "segments" / f"seg-{self._segment_seq + 1:08d}.parquet"
-        _atomic_write_table(path, table, fsync=self.durable)
-        self._segment_seq += 1
+        seq = self._segment_seq + 1
+        data = _atomic_write_table(self.path / "segments" / f"seg-{seq:08d}.parquet", table, fsync=self.durable)
+        self._segment_seq = seq
         self._segment_count += 1
+        self._log["commits"].append(commit_entry(seq, data, table.column("id").to_pylist(), kind, columns))
+        self._write_log()
 
     def add(self, images: Sequence[Image.Image], rows: Sequence[Mapping[str, object]]) -> list[str]:
         """Store images with their rows in one atomic commit; returns the new sample ids.
@@ -497,6 +666,7 @@ class SampleStore:
             for i, (im, row) in enumerate(zip(images, rows)):
                 if not isinstance(im, Image.Image):
                     raise TypeError(f"images[{i}] is a {type(im).__name__}, not a PIL image")
+                limits.check("image_pixels", im.width * im.height, f"images[{i}] ({im.width}x{im.height}): pixels")
                 bad = [k for k in _COMPUTED if k in row]
                 if bad:
                     raise ValueError(f"rows[{i}] sets {bad}: the store assigns id, hash and file itself; drop them")
@@ -528,7 +698,7 @@ class SampleStore:
             image_dir = self.path / "images"
             new = [(image_dir / f"{h}.png", data) for h, data in blobs.items()]
             atomic_write_many([(t, data) for t, data in new if not t.exists()], fsync=self.durable)
-            self._commit_segment(_records_table(records))
+            self._commit_segment(_records_table(records), "add")
             self._next = next_ids
             self._pending.append(records)
             self._positions = None
@@ -567,7 +737,7 @@ class SampleStore:
             for name, seq in values.items():
                 changed[name] = pd.Series(seq, index=changed.index, dtype=object)
             changed = _normalize(changed)
-            self._commit_segment(_to_table(changed))
+            self._commit_segment(_to_table(changed), "update", list(values))
             for name in values:
                 if name not in frame.columns:
                     frame[name] = None
@@ -596,7 +766,13 @@ class SampleStore:
                     ).encode()
                 }
             )
-            _atomic_write_table(self.path / "samples.parquet", table, fsync=self.durable)
+            data = _atomic_write_table(self.path / "samples.parquet", table, fsync=self.durable)
+            self._log = {
+                **self._log,
+                "base": base_entry(self._segment_seq, data, len(frame)),
+                "commits": [e for e in self._log["commits"] if int(e["seq"]) > self._segment_seq],
+            }
+            self._write_log()  # before the folded segments go: a reader never sees them listed but deleted
             for n, p in self._segments():
                 if n <= self._segment_seq:
                     p.unlink(missing_ok=True)
@@ -753,7 +929,7 @@ class SampleStore:
             if path.name == "project.json":
                 if not isinstance(obj, dict):
                     raise ValueError("project.json must be a dict")
-                obj = {**obj, "schema_version": SCHEMA_VERSION}
+                obj = {**obj, "schema_version": SCHEMA_VERSION, "commit_log": 1}
             atomic_write_bytes(path, _dumps(obj), fsync=self.durable)
 
 
