@@ -693,7 +693,9 @@ def label_anchor(
     # tight pile that happens to fall in one cell (which made labels jump when images were added).
     grid = np.bincount(cell, minlength=bins * bins).reshape(bins, bins)
     padded = np.pad(grid, 1)
-    counts = sum(padded[dy : dy + bins, dx : dx + bins] for dy in range(3) for dx in range(3)).ravel()
+    counts = sum(
+        (padded[dy : dy + bins, dx : dx + bins] for dy in range(3) for dx in range(3)), np.zeros_like(grid)
+    ).ravel()
     if previous is not None:
         px = min(bins - 1, max(0, int((previous[0] - x0) / w * bins)))
         py = min(bins - 1, max(0, int((previous[1] - y0) / h * bins)))
@@ -1110,11 +1112,11 @@ class CrafterView:
             one, test = self._markable([int(payload.get("index", -1))])
             if not one:
                 return "held-out test images are never marked" if test else "no such image"
-            key = {"bad": "bad", "good": "good", "remove": "removed", "clear": "clear"}.get(value)
-            if key is None:
+            mark = {"bad": "bad", "good": "good", "remove": "removed", "clear": "clear"}.get(value)
+            if mark is None:
                 raise ValueError(f"unknown mark {value!r}: use bad, good, remove or clear")
-            crafter.feedback(**{key: one})
-            return f"{one[0]}: {'unmarked' if key == 'clear' else key}"
+            crafter.feedback(**{mark: one})
+            return f"{one[0]}: {'unmarked' if mark == 'clear' else mark}"
         if name in ("undo", "redo"):
             changed = crafter.undo() if name == "undo" else crafter.redo()
             return f"{name}: {len(changed)} images restored"
