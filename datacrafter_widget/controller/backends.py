@@ -25,6 +25,7 @@ so an image and its provenance (batch_id, batch_index) are the same on either ba
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 import io
 import os
 import time
@@ -32,7 +33,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Union, cast
+from typing import TYPE_CHECKING, Any, Union, cast
 
 import numpy as np
 from PIL import Image
@@ -131,48 +132,18 @@ class _Call:
     progress: ProgressFn | None
 
 
-class Backend(Protocol):
-    """Where a project's models run. The round runner hands `generate` a round's plain requests and
-    commits each batch as it comes back; a backend never writes the store."""
+class Backend(ABC):
+    """Where a project's models run: the one protocol rounds, evolution, captions and embeddings use.
 
-    kind: str
-
-    def config(self) -> dict[str, object]:
-        """Plain data that `backend_from_config` turns back into this backend (project.json, [backend])."""
-        ...
-
-    def generate(
-        self,
-        models: Models,
-        requests: Sequence[ImageRequest],
-        *,
-        batch_size: int = 8,
-        cancel: Cancel = None,
-        progress: ProgressFn | None = None,
-    ) -> Iterator[GeneratedBatch]:
-        """Finished batches (batched here, by group then request order), each request index at most once."""
-        ...
-
-    def embed_images(self, models: Models, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[np.ndarray]:
-        """One float32 array per chunk, in chunk order."""
-        ...
-
-    def caption_images(self, models: Models, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[list[str]]:
-        """One list of captions per chunk, in chunk order."""
-        ...
-
-    def close(self) -> None:
-        """Release what the backend holds (worker processes); it can be used again after."""
-        ...
-
-
-class _BackendBase:
-    """What the backends share: `generate`'s entry (the generator is required)."""
+    The round runner hands `generate` a round's plain requests and commits each batch as it comes
+    back; a backend never writes the store. Subclass it (or implement the same methods) to run
+    the models elsewhere; `LocalBackend` and `RayBackend` are the two shipped."""
 
     kind = ""
 
+    @abstractmethod
     def config(self) -> dict[str, object]:
-        raise NotImplementedError
+        """Plain data that `backend_from_config` turns back into this backend (project.json, [backend])."""
 
     def generate(
         self,
@@ -183,17 +154,30 @@ class _BackendBase:
         cancel: Cancel = None,
         progress: ProgressFn | None = None,
     ) -> Iterator[GeneratedBatch]:
-        """Finished batches, each request index at most once; stops quietly on cancel (the batch in flight is dropped)."""
+        """Finished batches (batched here, by group then request order), each request index at most
+        once; stops quietly on cancel (the batch in flight is dropped)."""
         gen = models.require("generator", "generating images")
         yield from self._generate(gen, models, requests, _Call(batch_size, cancel, progress))
 
+    @abstractmethod
     def _generate(
         self, gen: Generator, models: Models, requests: Sequence[ImageRequest], call: _Call
-    ) -> Iterator[GeneratedBatch]:
-        raise NotImplementedError
+    ) -> Iterator[GeneratedBatch]: ...
+
+    @abstractmethod
+    def embed_images(self, models: Models, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[np.ndarray]:
+        """One float32 array per chunk, in chunk order."""
+
+    @abstractmethod
+    def caption_images(self, models: Models, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[list[str]]:
+        """One list of captions per chunk, in chunk order."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the backend holds (worker processes); it can be used again after."""
 
 
-class LocalBackend(_BackendBase):
+class LocalBackend(Backend):
     """Run everything in this process (the default): the generator, embedder and captioner as given."""
 
     kind = "local"
@@ -318,7 +302,7 @@ class _Pool:
         return [k for k in range(len(self.actors)) if k not in self.dead]
 
 
-class RayBackend(_BackendBase):
+class RayBackend(Backend):
     """Rounds, captioning and embedding on a Ray cluster: `workers` actors with `gpus_per_worker` GPUs each.
 
     address: "auto" joins the running cluster (`ray start --head` / a cluster's head node), a
@@ -711,10 +695,10 @@ def backend_from_config(config: BackendConfig) -> Backend:
     """
     if config is None:
         return LocalBackend()
-    if isinstance(config, (LocalBackend, RayBackend)):
+    if isinstance(config, Backend):
         return config
     if not isinstance(config, (str, Mapping)) and callable(getattr(config, "generate", None)):
-        return cast(Backend, config)  # another implementation of the protocol
+        return cast(Backend, config)  # duck-typed: the same methods without the base class
     if isinstance(config, str):
         config = {"kind": config}
     if not isinstance(config, Mapping):

@@ -543,9 +543,8 @@ class DataCrafter:
         options go to student.train_student (kind="cnn"|"probe", backbone=..., epochs=..., seed=...);
         progress: a tqdm bar (True), none (False) or a callable(done, total); cancel: an Event or a callable.
         """
-        return self._evaluation.train_student(
-            keep_flagged=keep_flagged, include_generated=include_generated, progress=progress, cancel=cancel, **options
-        )
+        data = {"keep_flagged": keep_flagged, "include_generated": include_generated}
+        return self._evaluation.train_student(data, progress, cancel, options)
 
     @property
     def student(self) -> Student | None:

@@ -8,7 +8,7 @@ and, when a held-out split is set, a student trained on each round's data (heldo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,19 +43,17 @@ class EvaluationService:
 
     # ---- the student -----------------------------------------------------------------------------
     def train_student(
-        self,
-        *,
-        keep_flagged: bool = False,
-        include_generated: bool = True,
-        progress: bool | Callable[[int, int], None] = True,
-        cancel: Cancel = None,
-        **options: Any,
+        self, data: Mapping[str, bool], progress: bool | Callable[[int, int], None], cancel: Cancel, options: Any
     ) -> Student:
+        """Train on the training set `data` picks (keep_flagged=, include_generated=); saved in the project."""
         from ..loop.student import train_student, training_set_from_samples
 
         store = self.project.store
         images, labels, _ = training_set_from_samples(
-            store.samples, store.image, keep_flagged=keep_flagged, include_generated=include_generated
+            store.samples,
+            store.image,
+            keep_flagged=data["keep_flagged"],
+            include_generated=data["include_generated"],
         )
         student = train_student(
             images,
