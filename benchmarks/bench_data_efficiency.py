@@ -25,8 +25,8 @@ Generated images live in DataCrafter projects under --cache (PNG + parquet; arms
 ids of each arm), and every student score is cached there too, so a re-run only computes what is
 missing.
 
-    python benchmarks/bench_data_efficiency.py --track gap --seeds 3
-    python benchmarks/bench_data_efficiency.py --track all --seeds 5 --student-steps 600
+    python benchmarks/bench_data_efficiency.py --track gap --seeds 0,1,2
+    python benchmarks/bench_data_efficiency.py --track all --n-seeds 5 --student-steps 600
 Results: benchmarks/results/<track>/{rows.csv,summary.csv,summary.json,table.txt}.
 """
 
@@ -164,6 +164,14 @@ def tv(p: np.ndarray, q: np.ndarray) -> float:
     return float(0.5 * np.abs(p - q).sum())
 
 
+def top_background_share(labels: Sequence[str], backgrounds: Sequence[str]) -> float:
+    """Mean over classes of the share of a class's images on its most common background (1 = collapsed)."""
+    df = pd.DataFrame({"label": list(labels), "bg": list(backgrounds)})
+    if df.empty:
+        return float("nan")
+    return float(df.groupby("label")["bg"].agg(lambda v: v.value_counts(normalize=True).iloc[0]).mean())
+
+
 def entropy_bits(values: Sequence[str]) -> float:
     v = pd.Series(list(values)).value_counts(normalize=True).to_numpy()
     return float(-(v * np.log2(v)).sum()) if len(v) else 0.0
@@ -186,6 +194,7 @@ class Ctx:
         self.scores: dict[str, Any] = json.loads(self.scores_path.read_text()) if self.scores_path.exists() else {}
         self.real_images, self.real_labels = self.ds.images(), [str(x) for x in self.ds.labels]
         self._checked: dict[str, dict[str, str]] = {}
+        self.fills: dict[str, dict[str, int]] = {}
 
     def arm(self, key: str, make: Callable[[], Any]) -> Any:
         """Cached arm: make() runs once; its JSON-able result (ids, info) is kept in arms.json."""
@@ -206,6 +215,46 @@ class Ctx:
                 **kw,
             )
         )
+
+    def filled(
+        self,
+        key: str,
+        ids: Sequence[str],
+        need: int,
+        more: Callable[[list[str], int, int], list[str]],
+        cap: int = 4,
+    ) -> dict[str, list[str]]:
+        """Accepted ids per class, topped up until every class has `need` (the arm is never short).
+
+        A class the class filter left short gets more images, `more(classes, k, attempt)` (k per
+        short class, new seeds per attempt), at most `cap` attempts; the extra ids and the attempts
+        are kept in arms.json under `key|fill`, and `self.fills[key]` says what it took.
+        """
+        done = self.arms.get(f"{key}|fill", {"ids": [], "attempts": 0})
+        every = list(ids) + list(done["ids"])
+        acc = accepted(self.store, every)
+        attempts = int(done["attempts"])
+        while attempts < cap:
+            short = [c for c in CLASSES if len(acc[c]) < need]
+            if not short:
+                break
+            k = max(need - len(acc[c]) for c in short)
+            new = list(more(short, k + max(1, k // 2), attempts))
+            attempts += 1
+            done = {"ids": list(done["ids"]) + new, "attempts": attempts}
+            self.arms[f"{key}|fill"] = done
+            atomic_json(self.arms_path, self.arms)
+            every += new
+            acc = accepted(self.store, every)
+        left = {c: need - len(acc[c]) for c in CLASSES if len(acc[c]) < need}
+        self.fills[key] = {"generated": len(every), "fill_attempts": attempts, "short": sum(left.values())}
+        if left:
+            log(f"{self.track} seed {self.seed} {key}: still short after {attempts} top-ups: {left}")
+        return acc
+
+    def top_up_offset(self, arm_no: int, attempt: int) -> int:
+        """Seed offset of a top-up batch: clear of every arm's first batch and of other top-ups."""
+        return 10_000 * arm_no + 1_000 * (attempt + 1)
 
     def check(self, ids: Sequence[str]) -> pd.DataFrame:
         """Independent checker's digit / foreground / background reading of stored images (memoised)."""
@@ -291,12 +340,30 @@ def row(track: str, seed: int, arm: str, n: int, res: dict, **extra: Any) -> dic
     }
 
 
+def more_of(ctx: Ctx, arm_no: int, **kw: Any) -> Callable[[list[str], int, int], list[str]]:
+    """Top-up generator for `Ctx.filled`: k more images of each short class, as the arm made them."""
+    prompts = kw.pop("prompts", None)
+
+    def more(classes: list[str], k: int, attempt: int) -> list[str]:
+        extra = {"prompts": {c: prompts[c] for c in classes}} if prompts is not None else {}
+        return ctx.generate(k, ctx.top_up_offset(arm_no, attempt), classes=classes, **kw, **extra)
+
+    return more
+
+
+def prompts_of(ctx: Ctx, ids: Sequence[str]) -> dict[str, list[str]]:
+    """The distinct prompts each class's images were made with (for topping up a custom-prompt arm)."""
+    s = ctx.store.samples.set_index("id").loc[list(ids)]
+    return {c: list(dict.fromkeys(s.loc[s["label"] == c, "prompt"].astype(str))) for c in CLASSES}
+
+
 # ---- GAP track -----------------------------------------------------------------------------------
 def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
     seed, kmax = ctx.seed, math.ceil(max(ns) / len(CLASSES))
     margin = 3
     base_ids = ctx.arm("base_class", lambda: ctx.generate(args.gap_base + margin, 1, strategy="class"))
-    base = take(accepted(ctx.store, base_ids), args.gap_base * len(CLASSES), seed)
+    base_acc = ctx.filled("base_class", base_ids, args.gap_base, more_of(ctx, 6, strategy="class"))
+    base = take(base_acc, args.gap_base * len(CLASSES), seed)
     if args.generate_only:  # search and gap are scored by the base student: they need the real run
         ctx.arm("class_more", lambda: ctx.generate(kmax + margin, 2, strategy="class"))
         return []
@@ -343,7 +410,7 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
             row("gap", seed, "ideal", n, res, share_high_loss=share_high([ctx.ds.pool.labels[i] for i in idx], bg))
         )
 
-    def add_rows(arm: str, ids_by_class: dict[str, list[str]], key: str = "") -> None:
+    def add_rows(arm: str, ids_by_class: dict[str, list[str]], key: str = "", fill: str = "") -> None:
         for n in ns:
             ids = take(ids_by_class, n, seed)
             chk = ctx.check(ids)
@@ -357,13 +424,18 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
                     n,
                     res,
                     share_high_loss=share_high(labels, chk["background"].tolist()),
+                    checker_digit_ok=float(np.mean(chk["digit"].to_numpy() == np.array(labels))),
+                    top_bg_share=top_background_share(labels, chk["background"].tolist()),
                     used=len(ids),
+                    **ctx.fills.get(fill or key or arm, {}),
                 )
             )
 
     if "class" in args.arms:
         class_ids = ctx.arm("class_more", lambda: ctx.generate(kmax + margin, 2, strategy="class"))
-        add_rows("class", accepted(ctx.store, class_ids))
+        add_rows(
+            "class", ctx.filled("class_more", class_ids, kmax, more_of(ctx, 1, strategy="class")), fill="class_more"
+        )
 
     # search: for each class, every background word, scored by the base student's loss on a few images.
     def make_search() -> dict:
@@ -387,38 +459,55 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
 
     if "search" in args.arms:
         search = ctx.arm("search", make_search)
-        add_rows("search", accepted(ctx.store, search["ids"]))
+        more = more_of(ctx, 4, strategy="custom", prompts=search["chosen"])
+        add_rows("search", ctx.filled("search", search["ids"], kmax, more))
 
     # gap: guided adversarial prompts against the base student, image guidance toward unlabelled pool images.
-    def make_gap() -> dict:
+    def make_gap(classes: Sequence[str] = CLASSES, per_class: int = kmax + margin, attempt: int = -1) -> dict:
         from datacrafter_widget.controller.rounds import gap_round
         from datacrafter_widget.loop.gap import GapConfig
         from datacrafter_widget.loop.class_filter import ClassFilter
 
         gen = ctx.models.generator
         target = ctx.ds.pool.images(list(range(0, len(ctx.ds.pool), max(1, len(ctx.ds.pool) // 40))))
+        kept = args.gap_sources != "none"  # img2img from labelled images, digit strokes kept
+        if args.gap_sources == "class":  # fresh class-prompt images the class filter accepted: new digit shapes
+            made = ctx.arm(
+                f"gap_sources|{attempt}",
+                lambda: ctx.generate(per_class, ctx.top_up_offset(8, attempt), strategy="class", classes=list(classes)),
+            )
+            ok = accepted(ctx.store, made)
+            labels = ctx.store.samples.set_index("id").loc[made, "label"].astype(str)
+            sources: Any = {c: ok[c] or labels.index[labels == c].tolist() for c in classes}
+        else:
+            sources = "train" if kept else None
         cfg = GapConfig(
             steps=args.gap_steps,
             lr=args.gap_lr,
             n_tokens=4,
             sampler_steps=4,
             batch=3,
-            final_steps=args.sampler_steps or gen.default_steps,
+            final_steps=args.gap_final_steps or (4 if kept else args.sampler_steps or gen.default_steps),
             guidance=gen.default_guidance,
             template="a photo of a {class}",
             image_weight=10.0,
+            loss=args.gap_loss,
+            token_sets=args.gap_sets,
+            strength=args.gap_strength,
         )
         ids, res = gap_round(
             ctx.store,
             gen,
             student0,
-            CLASSES,
+            list(classes),
             target_images=target,
             embedder=ctx.models.embedder,
-            per_class=kmax + margin,
+            per_class=per_class,
             round=ctx.crafter.next_round(),
-            seed=seed,
+            seed=seed if attempt < 0 else seed * 1_000_000 + ctx.top_up_offset(7, attempt),
             config=cfg,
+            sources=sources,
+            masks="plain-background" if kept else None,
         )
         flt = ClassFilter(ctx.models.embedder, CLASSES)
         flt.fit(ctx.models.embedder.embed_images(ctx.real_images), ctx.real_labels)
@@ -434,9 +523,20 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
 
     if "gap" in args.arms:
         gkey = f"gap|steps={args.gap_steps}"
+        if (args.gap_loss, args.gap_sets, args.gap_sources) != ("uniform", 1, "none"):
+            gkey += (
+                f"|loss={args.gap_loss}|sets={args.gap_sets}|src={args.gap_sources}|s={args.gap_strength}"
+                f"|final={args.gap_final_steps}|lr={args.gap_lr}"
+            )
         g = ctx.arm(gkey, make_gap)
-        # Scored under the arm key: images made with another number of steps are another arm.
-        add_rows("gap", accepted(ctx.store, g["ids"]), key="gap" if args.gap_steps == 10 else gkey)
+
+        def more_gap(classes: list[str], k: int, attempt: int) -> list[str]:
+            return make_gap(classes, k, attempt)["ids"]
+
+        # Scored under the arm key: images made with other settings are another arm.
+        add_rows(
+            "gap", ctx.filled(gkey, g["ids"], kmax, more_gap, cap=2), key="gap" if gkey == "gap|steps=10" else gkey
+        )
     return rows
 
 
@@ -535,11 +635,12 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
                     used=len(ids),
                     **stats(labels, ctx.check(ids)),
                     **(extra or {}),
+                    **ctx.fills.get(key or arm, {}),
                 )
             )
 
     class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
-    add_rows("class", accepted(ctx.store, class_ids))
+    add_rows("class", ctx.filled("class", class_ids, kmax, more_of(ctx, 1, strategy="class")))
 
     def make_loop() -> dict:
         # Round 1: the class-prompt images the class filter accepted, all of them (they are all on the
@@ -590,9 +691,23 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
         f"|seen={args.feedback_per_class or 'all'}|person=lasso-per-cell|evolution={ekey}"
     )
     lp = ctx.arm(lkey, make_loop)
+
+    def more_loop(classes: list[str], k: int, attempt: int) -> list[str]:
+        evolved = [c for c in classes if c in lp["prompts"]]
+        rest = [c for c in classes if c not in lp["prompts"]]
+        off = seed * 1_000_000 + ctx.top_up_offset(5, attempt)
+        ids = []
+        if evolved:
+            ids += ctx.crafter.generate_evolved(
+                per_class=k, classes=evolved, seed=off, steps=args.sampler_steps, progress=False
+            )
+        if rest:
+            ids += ctx.generate(k, ctx.top_up_offset(5, attempt) + 500, strategy="class", classes=rest)
+        return list(ids)
+
     add_rows(
         "loop",
-        accepted(ctx.store, lp["ids"]),
+        ctx.filled(lkey, lp["ids"], kmax, more_loop),
         {"wrong_digit_lassoed": lp["feedback"]["wrong_digit"], "cell_lassoed": lp["feedback"]["cell_lassoed"]},
         key=lkey,
     )
@@ -626,7 +741,7 @@ def run_captions(ctx: Ctx, ns: list[int], args) -> list[dict]:
             )
         )
 
-    def add_rows(arm: str, ids_by_class: dict[str, list[str]]) -> None:
+    def add_rows(arm: str, ids_by_class: dict[str, list[str]], fill: str = "") -> None:
         for n in ns:
             ids = take(ids_by_class, n, seed)
             rows.append(
@@ -638,14 +753,15 @@ def run_captions(ctx: Ctx, ns: list[int], args) -> list[dict]:
                     ctx.score(f"{arm}|{n}", lambda ids=ids: ctx.images_of(ids)),
                     used=len(ids),
                     **stats(ctx.check(ids)),
+                    **ctx.fills.get(fill or arm, {}),
                 )
             )
 
-    add_rows("class", accepted(ctx.store, ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))))
-    add_rows(
-        "caption-train",
-        accepted(ctx.store, ctx.arm("caption-train", lambda: ctx.generate(kmax + margin, 2, strategy="caption"))),
-    )
+    class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
+    add_rows("class", ctx.filled("class", class_ids, kmax, more_of(ctx, 1, strategy="class")))
+    if "caption-train" in args.arms.split(","):
+        train_ids = ctx.arm("caption-train", lambda: ctx.generate(kmax + margin, 2, strategy="caption"))
+        add_rows("caption-train", ctx.filled("caption-train", train_ids, kmax, more_of(ctx, 2, strategy="caption")))
 
     def make_pool_captions() -> dict:
         # Caption unlabelled pool images (the starter's CLIP-retrieval captioner); a caption goes to the
@@ -667,9 +783,10 @@ def run_captions(ctx: Ctx, ns: list[int], args) -> list[dict]:
         ids = ctx.generate(kmax + margin, 4, strategy="custom", prompts=prompts)
         return {"ids": ids, "captioned": len(idx), "per_class_captions": {c: len(v) for c, v in by_class.items()}}
 
-    add_rows(
-        "caption-pool", accepted(ctx.store, ctx.arm(f"caption-pool|{args.pool_captions}", make_pool_captions)["ids"])
-    )
+    pkey = f"caption-pool|{args.pool_captions}"
+    pool_ids = ctx.arm(pkey, make_pool_captions)["ids"]
+    more = more_of(ctx, 3, strategy="custom", prompts=prompts_of(ctx, pool_ids))
+    add_rows("caption-pool", ctx.filled(pkey, pool_ids, kmax, more), fill=pkey)
     return rows
 
 
@@ -737,9 +854,11 @@ def summarise(track: str, rows: list[dict], args) -> str:
     sm = sm.sort_values(["order", "N"]).drop(columns="order")
     sm.to_csv(out / "summary.csv", index=False)
     show = {
-        "gap": ["accuracy", "acc_nontied", "share_high_loss", "used"],
-        "loop": ["accuracy", "acc_8_9", "tv_background", "tv_foreground", "checker_8_9_ok", "used"],
-        "captions": ["accuracy", "H_background", "H_foreground", "H_joint"] + [f"acc_bg_{b}" for b in BGS] + ["used"],
+        "gap": ["accuracy", "acc_nontied", "share_high_loss", "top_bg_share", "checker_digit_ok", "used", "short"],
+        "loop": ["accuracy", "acc_8_9", "tv_background", "tv_foreground", "checker_8_9_ok", "used", "short"],
+        "captions": ["accuracy", "H_background", "H_foreground", "H_joint"]
+        + [f"acc_bg_{b}" for b in BGS]
+        + ["used", "short"],
     }[track]
     show = [m for m in show if m in sm.columns]
 
@@ -778,6 +897,21 @@ def summarise(track: str, rows: list[dict], args) -> str:
 
 
 # ---- models, checker, main --------------------------------------------------------------------------
+def parse_seeds(seeds: str | None, n_seeds: int | None) -> list[int]:
+    """--seeds is always a list ('3' is seed 3); a count is spelled --n-seeds. Default: --n-seeds 3."""
+    if seeds is not None and n_seeds is not None:
+        raise SystemExit("give --seeds (a list, e.g. 0,1,2) or --n-seeds (a count), not both")
+    if seeds is None:
+        return list(range(3 if n_seeds is None else int(n_seeds)))
+    try:
+        out = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds {seeds!r}: give seeds as a comma-separated list of integers, e.g. 0,1,2") from None
+    if not out:
+        raise SystemExit("--seeds is empty: give at least one seed, e.g. --seeds 0")
+    return out
+
+
 def load_checker(cache: Path, steps: int) -> Callable[[list[Image.Image]], pd.DataFrame]:
     """The starter's independent checker: the shipped weights when they were trained with `steps`, else trained
     once on real renders and kept as safetensors in the cache."""
@@ -807,7 +941,8 @@ def load_checker(cache: Path, steps: int) -> Callable[[list[Image.Image]], pd.Da
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--track", default="all", help="gap | loop | captions | all (comma-separated)")
-    p.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a list (0,3,4; one seed: 0,)")
+    p.add_argument("--seeds", default=None, help="the seeds to run, a list: 0,1,2 (or one seed: 3)")
+    p.add_argument("--n-seeds", type=int, default=None, help="a count instead of a list: 3 runs seeds 0,1,2")
     p.add_argument("--ns", default=None, help="N grid (default: gap 10,25,50; loop and captions 100,200)")
     p.add_argument("--shots", type=int, default=5)
     p.add_argument(
@@ -823,6 +958,22 @@ def main() -> int:
     )
     p.add_argument("--gap-steps", type=int, default=10, help="GAP token optimisation steps per class")
     p.add_argument("--gap-lr", type=float, default=2e-2)
+    p.add_argument("--gap-loss", default="true-label", choices=["uniform", "true-label"], help="GAP's adversarial loss")
+    p.add_argument("--gap-sets", type=int, default=3, help="GAP token sets per class (each to one target mode)")
+    p.add_argument(
+        "--gap-sources",
+        default="class",
+        choices=["class", "train", "none"],
+        help="img2img with the digit strokes kept, from fresh class-prompt images (class) or the real train "
+        "images (train); none: text-to-image",
+    )
+    p.add_argument("--gap-strength", type=float, default=0.8, help="GAP img2img strength from the sources")
+    p.add_argument(
+        "--gap-final-steps",
+        type=int,
+        default=None,
+        help="sampler steps of GAP's final images (default: with sources, the 4 DDIM steps it optimised through)",
+    )
     p.add_argument(
         "--search-batch", type=int, default=3, help="images per candidate prompt in the attribute-word search"
     )
@@ -839,7 +990,11 @@ def main() -> int:
     p.add_argument("--generations", type=int, default=1)
     p.add_argument("--evolve-batch", type=int, default=4)
     p.add_argument("--pool-captions", type=int, default=600, help="unlabelled pool images to caption")
-    p.add_argument("--arms", default="all", help="GAP track: skip 'gap' by listing the others")
+    p.add_argument(
+        "--arms",
+        default="all",
+        help="the arms to run besides none (GAP track: search, gap, class, ideal; captions: caption-train)",
+    )
     p.add_argument(
         "--generate-only", action="store_true", help="only fill the image cache (arms that do not need the student)"
     )
@@ -872,15 +1027,13 @@ def main() -> int:
             print(summarise(str(track), g.to_dict(orient="records"), args))
         return 0
     torch.set_num_threads(args.threads)
-    args.arms = "search,gap,class,ideal" if args.arms == "all" else args.arms
+    args.arms = "search,gap,class,ideal,caption-train" if args.arms == "all" else args.arms
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     if not (cache / ".gitignore").exists():
         (cache / ".gitignore").write_text("*\n")
     tracks = TRACKS if args.track == "all" else [t for t in args.track.split(",") if t]
-    seeds = (
-        list(range(int(args.seeds))) if "," not in args.seeds else [int(s) for s in args.seeds.split(",") if s.strip()]
-    )
+    seeds = parse_seeds(args.seeds, args.n_seeds)
     t0 = time.time()
     models = dc.starter.models()
     checker = load_checker(cache, args.checker_steps)

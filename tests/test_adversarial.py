@@ -252,3 +252,50 @@ def test_masks_follow_the_sources_centre_crop(setup):
     src = _prepare_sources(gen.pipe, [Image.fromarray(arr)], [mask], [0])
     assert src.masks.shape == (1, 1, 32, 32) and bool((src.masks == 1).all())
     assert float(src.pixels.min()) > 0.99
+
+
+def test_true_label_loss_pushes_the_true_class_down(setup):
+    gen, student = setup
+    result = optimise_prompt_tokens(
+        gen, student, "cat", steps=12, seed=0, loss="true-label", **{**SETTINGS, "batch": 1}
+    )
+    first = result.history[0]
+    # with one image per step the recorded loss is exactly -log(1 - p(cat))
+    assert first["adversarial"] == pytest.approx(-np.log1p(-first["p_label"]), rel=1e-4)
+    ps = [h["p_label"] for h in result.history]
+    assert np.mean(ps[-4:]) < np.mean(ps[:4])
+    with pytest.raises(GapError, match="loss="):
+        optimise_prompt_tokens(gen, student, "cat", steps=1, loss="entropy", **SETTINGS)
+
+
+def test_several_token_sets_render_and_replay_each_image_with_its_own_set(setup, tmp_path):
+    from datacrafter_widget.loop.gap import GapResult, gap_images
+
+    gen, student = setup
+    [(label, res, images)] = list(
+        gap_images(
+            gen, student, ["cat"], seeds={"cat": [7, 8, 9, 10]}, steps=3, token_sets=2, final_steps=3, **SETTINGS
+        )
+    )
+    width = gen.pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    assert res.embeddings.shape == (2, 4, width) and not torch.equal(res.sets[0], res.sets[1])
+    assert res.assignment == {7: 0, 8: 1, 9: 0, 10: 1}
+    back = load_tokens(res.save(tmp_path / "t.safetensors"))
+    assert back.assignment == res.assignment and torch.equal(back.embeddings, res.embeddings)
+    # image of seed 8 alone, from the file: rendered with set 1, as in the round
+    again = generate_with_tokens(gen, back, [8], steps=3)[0]
+    assert np.array_equal(np.asarray(again), np.asarray(images[1]))
+    only_set0 = GapResult(**{**res.__dict__, "embeddings": res.sets[0], "assignment": {}})
+    other = generate_with_tokens(gen, only_set0, [8], steps=3)[0]
+    assert not np.array_equal(np.asarray(other), np.asarray(images[1]))
+
+
+def test_target_modes_are_the_clusters_of_the_target_images_largest_first():
+    from datacrafter_widget.loop.gap import target_modes
+
+    rng = np.random.default_rng(0)
+    a = np.array([1.0, 0.0]) + 0.01 * rng.normal(size=(30, 2))
+    b = np.array([0.0, 1.0]) + 0.01 * rng.normal(size=(10, 2))
+    modes = target_modes(np.vstack([b, a]).astype(np.float32), 2)
+    assert np.allclose(modes[0], [1, 0], atol=0.05) and np.allclose(modes[1], [0, 1], atol=0.05)
+    assert np.allclose(target_modes(a, 1)[0], a.mean(0))

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from datacrafter_widget.loop.balance import NONE, axis_target, axis_targets, mixture_weights, spread
+from datacrafter_widget.loop.balance import (
+    NONE,
+    axis_target,
+    axis_targets,
+    measure_following,
+    mixture_weights,
+    spread,
+)
 
 
 def _person(rng, n, generator, own_rate, other_rate):
@@ -64,6 +71,28 @@ def test_mixture_weights_follow_what_the_generator_does():
     w = mixture_weights(follow, target)
     assert np.isclose(w.sum(), 1)
     assert np.abs(follow.T @ w - target).sum() < np.abs(own - target).sum()
+
+
+def test_mixture_weights_prefer_the_phrase_that_keeps_the_class():
+    # Two phrases land in the wanted cell equally well; one of them makes the generator lose the
+    # class (the class filter keeps 40% of its images): the weight goes to the other one.
+    target = np.array([0.5, 0.5])
+    follow = np.array([[0.5, 0.5], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    keep = np.array([0.9, 0.4, 0.9, 0.9])
+    w = mixture_weights(follow, target, keep=keep)
+    assert w[2] > 0.3 and w[1] < 0.05, w
+    # the histogram still reaches the target
+    assert np.abs(follow.T @ w - target).sum() < 0.1
+
+
+def test_measure_following_reads_the_histogram_off_the_kept_images():
+    batches = {
+        NONE: (np.array([0, 1, 0, 1]), np.array([True, True, True, True])),
+        "red": (np.array([0, 0, 1, 1]), np.array([True, True, False, False])),
+    }
+    follow, keep = measure_following(["red"], lambda p: batches[p], 2)
+    assert np.allclose(follow, [[0.5, 0.5], [1.0, 0.0]])
+    assert np.allclose(keep, [1.0, 0.5])
 
 
 def test_every_prefix_of_the_spread_follows_the_weights():

@@ -35,6 +35,7 @@ def test_demo_from_a_wheel_in_a_fresh_venv(tmp_path):
 
     names = zipfile.ZipFile(wheel).namelist()
     assert "datacrafter_widget/starter/notebooks/quickstart.ipynb" in names
+    assert "datacrafter_widget/starter/notebooks/stable_diffusion.ipynb" in names  # the Colab notebook ships too
     assert "datacrafter_widget/starter/weights/checker.safetensors" in names
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)

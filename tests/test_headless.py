@@ -194,6 +194,52 @@ def test_config_file_errors_and_cli_exit_code(tmp_path, capsys):
         load_config(bad)
 
 
+def test_a_missing_dataset_folder_is_a_config_error_naming_the_key_and_the_path(tmp_path, capsys):
+    config = tmp_path / "mine.toml"
+    config.write_text('[dataset]\nkind = "folder"\npath = "pets/"\n')
+    assert main(["run", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"path in [dataset] = 'pets/': {tmp_path / 'pets'} does not exist" in err
+    assert "relative to the config file's folder" in err and "Traceback" not in err
+    (tmp_path / "pets").write_text("a file")
+    with pytest.raises(ConfigError, match=r"path in \[dataset\] = 'pets/': .* is a file, not a folder"):
+        load_config(config)
+    (tmp_path / "pets").unlink()
+    (tmp_path / "pets" / "cat").mkdir(parents=True)
+    config.write_text('[dataset]\nkind = "folder"\npath = "pets"\ntest = "held/out"\n')
+    with pytest.raises(ConfigError, match=r"test in \[dataset\] = 'held/out': .*held/out does not exist"):
+        load_config(config)
+    config.write_text('[dataset]\npath = "pets"\n')
+    with pytest.raises(ConfigError, match=r"path in \[dataset\] is set, but kind = 'starter'.*kind = 'folder'"):
+        load_config(config)
+
+
+def test_a_dataset_folder_that_cannot_be_read_is_a_config_error_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "pets" / "cat").mkdir(parents=True)  # a class folder without images
+    config = tmp_path / "mine.toml"
+    config.write_text('[dataset]\nkind = "folder"\npath = "pets"\n')
+    assert main(["run", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "path in [dataset] = 'pets': class folder(s) ['cat']" in err and "Traceback" not in err
+
+
+def test_simulated_feedback_on_your_own_data_says_what_to_change():
+    with pytest.raises(
+        ConfigError, match=r"simulate in \[feedback\] = true needs dataset.kind = 'starter'.*simulate = false"
+    ):
+        load_config({"dataset": {"kind": "folder", "path": "."}, "feedback": {"simulate": True}})
+
+
+def test_the_folder_example_config_is_valid_once_its_folder_exists(tmp_path):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "examples" / "folder.toml").read_text()
+    (tmp_path / "my_images").mkdir()
+    (tmp_path / "folder.toml").write_text(text)
+    cfg = load_config(tmp_path / "folder.toml")
+    assert cfg["dataset"]["kind"] == "folder" and not cfg["feedback"]["simulate"]
+
+
 def test_a_second_run_into_the_same_project_needs_overwrite(tmp_path):
     from datacrafter_widget.app.headless import _fresh_project
 

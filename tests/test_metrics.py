@@ -187,3 +187,33 @@ def test_metrics_chart(world):
         metrics_chart(pd.DataFrame())
     with pytest.raises(MetricsError, match="round"):
         metrics_chart(pd.DataFrame({"distance": [1.0]}))
+
+
+def test_round_changes_compare_each_round_with_the_one_before_and_name_a_short_class():
+    from datacrafter_widget.loop.metrics import round_changes
+
+    rows = []
+    for r, per in ((1, {"a": 10, "b": 10, "c": 10}), (2, {"a": 10, "b": 10, "c": 2})):
+        for c, k in per.items():
+            rows += [{"source": "generated", "round": r, "label": c, "flag": "", "feedback": ""}] * k
+            rows += [{"source": "generated", "round": r, "label": c, "flag": "off-class", "feedback": ""}] * (10 - k)
+    samples = pd.DataFrame(rows)
+    metrics = pd.DataFrame(
+        {
+            "round": [0, 1, 2],
+            "strategies": ["", "class", "evolved"],
+            "n_generated": [0, 30, 30],
+            "flagged": [0, 0, 8],
+            "bad": [0, 0, 0],
+            "student_acc": [0.2, 0.5, 0.45],
+        }
+    )
+    out = round_changes(metrics, samples).set_index("round")
+    assert np.isnan(out.loc[0, "change"])
+    assert out.loc[1, "change"] == pytest.approx(0.3) and out.loc[1, "why"] == ""
+    assert out.loc[2, "change"] == pytest.approx(-0.05)
+    assert "class c (2)" in out.loc[2, "why"] and "8 of its 30 images left out" in out.loc[2, "why"]
+    # a drop with nothing recorded says so instead of inventing a cause
+    metrics.loc[2, "flagged"] = 0
+    samples.loc[samples["flag"] != "", "flag"] = ""
+    assert round_changes(metrics, samples).set_index("round").loc[2, "why"] == "no cause the project records"

@@ -36,6 +36,14 @@ def execute(path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, timeout:
     return nb
 
 
+def execute_nb(nb, workdir: Path, timeout: int = 300):
+    """Run an in-memory notebook in `workdir` with the environment `execute` set up."""
+    nbclient.NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    ).execute()
+    return nb
+
+
 def outputs_text(nb) -> str:
     parts = []
     for cell in nb.cells:
@@ -75,21 +83,55 @@ def tiny_model_folders(tmp_path_factory):
     blip, processor = tiny_blip()
     blip.save_pretrained(root / "blip")
     processor.save_pretrained(root / "blip")
-    # A tiny ImageFolder: two classes, four images each.
+    # A tiny ImageFolder tree of splits, as Kaggle and torchvision keep one: two classes, four train
+    # and two test images each.
     from PIL import Image
 
     data = root / "pets"
-    for c, colour in (("cat", (200, 40, 40)), ("dog", (40, 40, 200))):
-        (data / c).mkdir(parents=True)
-        for i in range(4):
-            Image.new("RGB", (32, 32), tuple(min(255, x + 10 * i) for x in colour)).save(data / c / f"{i}.png")
+    for split, n in (("train", 4), ("test", 2)):
+        for c, colour in (("cat", (200, 40, 40)), ("dog", (40, 40, 200))):
+            (data / split / c).mkdir(parents=True)
+            for i in range(n):
+                shade = tuple(min(255, x + 10 * i + (5 if split == "test" else 0)) for x in colour)
+                Image.new("RGB", (32, 32), shade).save(data / split / c / f"{i}.png")
     torch.manual_seed(0)
     return root
 
 
+# Put first on a kernel's PYTHONPATH: the kernel sees no `google` package at all (no protobuf, no
+# google.colab), as on a fresh machine after `pip install datacrafter-widget`: `import google` and
+# importlib.util.find_spec("google.colab") fail the way they do there.
+NO_GOOGLE = """
+import sys
+
+class _HideGoogle:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "google" or name.startswith("google."):
+            return None
+        find = getattr(self.inner, "find_spec", None)
+        return find(name, path, target) if find else None
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+sys.meta_path[:] = [_HideGoogle(f) for f in sys.meta_path]
+for _name in [m for m in sys.modules if m == "google" or m.startswith("google.")]:
+    del sys.modules[_name]
+"""
+
+
 def test_stable_diffusion_notebook_runs_offline_on_tiny_local_models(tiny_model_folders, tmp_path, monkeypatch):
-    nb_path = REPO / "notebooks" / "stable_diffusion.ipynb"
+    """Executed in a kernel without any `google` package, from the copy shipped in the package."""
+    nb_path = SHIPPED / "stable_diffusion.ipynb"
+    assert (REPO / "notebooks" / "stable_diffusion.ipynb").resolve() == nb_path.resolve()
     original = nb_path.read_bytes()
+    hide = tmp_path / "no-google"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(NO_GOOGLE)
+    monkeypatch.setenv("PYTHONPATH", str(hide) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     m = tiny_model_folders
     env = dict(
         DC_SD_MODEL=str(m / "sd"),
@@ -104,6 +146,14 @@ def test_stable_diffusion_notebook_runs_offline_on_tiny_local_models(tiny_model_
     nb = execute(nb_path, tmp_path, monkeypatch, timeout=900, **env)
     text = outputs_text(nb)
     assert "no GPU" in text or "GPU:" in text
+    probe = nbformat.v4.new_code_cell(
+        "import importlib.util\ntry:\n    importlib.util.find_spec('google.colab')\nexcept ModuleNotFoundError as e:\n"
+        "    print('hidden:', e)"
+    )
+    probe_nb = nbformat.v4.new_notebook(cells=[probe])
+    probe_text = outputs_text(execute_nb(probe_nb, tmp_path))
+    assert "hidden: No module named 'google'" in probe_text  # the kernel really has no `google`
+    assert "test split: Dataset(" in text  # the train/test tree was read as splits
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     # Every step left its trace in the project: caption round, evolved round, student, export.
@@ -114,7 +164,8 @@ def test_stable_diffusion_notebook_runs_offline_on_tiny_local_models(tiny_model_
     assert set(gen["strategy"]) == {"caption", "evolved"} and len(gen) >= 4
     assert gen["model"].str.contains("sd").all()
     store.close()
-    assert sorted(p.name for p in (tmp_path / "out" / "pets" / "train").iterdir()) == ["cat", "dog"]
+    assert sorted(p.name for p in (tmp_path / "out" / "pets" / "train").iterdir() if p.is_dir()) == ["cat", "dog"]
+    assert len(list((tmp_path / "out" / "pets" / "test").rglob("*.png"))) == 4  # test images stayed test
     assert (tmp_path / "runs" / "pets" / "student").is_dir()
     # Restart & Run All in the same folder: a fresh project again, and the same printed results.
     again = execute(nb_path, tmp_path, monkeypatch, timeout=900, **env)

@@ -14,6 +14,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 import webbrowser
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -109,6 +111,25 @@ def demo_command(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def wait_until_serving(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> bool:
+    """Poll the server until it answers `url` (any HTTP status): True, or False if it exited or timed out."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answered (e.g. 403 before the token check): it is listening
+        except OSError:
+            time.sleep(0.25)
+    return False
+
+
 def run_demo(args: argparse.Namespace) -> int:
     try:
         import jupyterlab  # noqa: F401
@@ -123,21 +144,30 @@ def run_demo(args: argparse.Namespace) -> int:
     url = f"http://{host}:{args.port_resolved}/lab/tree/{QUICKSTART}?token={args.token}"
     command = demo_command(args)
     print(f"datacrafter demo: notebooks in {args.workdir_resolved}", flush=True)
-    print(f"datacrafter demo: open {url}", flush=True)
     if args.dry_run:
+        print(f"datacrafter demo: open {url}", flush=True)
         print(" ".join(command))
         if not args.no_browser and not browser_available():
             print(NO_BROWSER_HINT, file=sys.stderr, flush=True)
         return 0
+    print("datacrafter demo: starting JupyterLab (the URL follows once it answers)", flush=True)
     proc = subprocess.Popen(command, cwd=args.workdir_resolved)
     # `kill <pid>` of this command stops JupyterLab too, instead of leaving it orphaned.
     signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
-    if not args.no_browser:
-        if browser_available():
-            webbrowser.open(url)
-        else:
-            print(NO_BROWSER_HINT, file=sys.stderr, flush=True)
+    local = "127.0.0.1" if args.ip in ("0.0.0.0", "", "localhost") else args.ip
+    probe = f"http://{local}:{args.port_resolved}/api/status?token={args.token}"
     try:
+        if not wait_until_serving(probe, proc):
+            if proc.poll() is None:
+                print(f"datacrafter demo: JupyterLab did not answer on {probe} in 3 minutes", file=sys.stderr)
+                proc.terminate()
+            return proc.wait() or 1
+        print(f"datacrafter demo: open {url}", flush=True)
+        if not args.no_browser:
+            if browser_available():
+                webbrowser.open(url)
+            else:
+                print(NO_BROWSER_HINT, file=sys.stderr, flush=True)
         return proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
@@ -195,12 +225,26 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _gpu_visible() -> bool:
+    """Whether this machine may have a GPU torch could use. On Linux CUDA and ROCm need their device
+    nodes (/dev/nvidia*, /dev/dxg under WSL, /dev/kfd): without them torch reports no GPU, and
+    `info` need not import torch (seconds on a busy machine) to say so. Elsewhere: ask torch."""
+    if not sys.platform.startswith("linux"):
+        return True
+    dev = Path("/dev")
+    return any(dev.glob("nvidia[0-9]*")) or (dev / "dxg").exists() or (dev / "kfd").exists()
+
+
 def torch_device() -> dict[str, Any]:
     """The device models will use with device="auto": cuda, mps or cpu (with a short description)."""
-    try:
-        import torch
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
         return {"device": None, "detail": "torch is not installed"}
+    if not _gpu_visible():
+        return {"device": "cpu", "detail": f"{os.cpu_count()} CPU cores, no GPU device on this machine"}
+    import torch
+
     if torch.cuda.is_available():
         return {"device": "cuda", "detail": f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"}
     mps = getattr(torch.backends, "mps", None)
@@ -220,30 +264,69 @@ def starter_weights() -> dict[str, Any]:
     }
 
 
-def hf_cache() -> dict[str, Any]:
-    """Models found in the Hugging Face hub cache (no network)."""
+HUB_PROBE_TIMEOUT = 3.0  # seconds: a machine whose hub does not answer by then is offline for `info`
+
+
+def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """Whether a TCP connection to the hub's host opens in `timeout` s (name lookup included, in a
+    thread, since a machine without DNS can block in it far longer than any socket timeout)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
+
+
+def hf_cache(probe: bool = True) -> dict[str, Any]:
+    """Models found in the Hugging Face hub cache, and whether the hub can be reached (HF_HUB_OFFLINE
+    set, or no connection to HF_ENDPOINT, default https://huggingface.co: offline)."""
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # 1 ms: reads the same variables the hub client does
 
         cache = Path(constants.HF_HUB_CACHE)
-    except Exception:
+    except Exception:  # noqa: BLE001 - no huggingface_hub: its defaults
         home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
         cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
     models = []
     if cache.is_dir():
         models = sorted(p.name[len("models--") :].replace("--", "/") for p in cache.glob("models--*"))
-    return {"cache": str(cache), "models": models, "offline": os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")}
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    if flag not in ("", "0", "false", "no", "off"):
+        offline, why = True, "HF_HUB_OFFLINE is set"
+    elif probe and not hub_reachable(endpoint):
+        offline, why = True, f"{endpoint} does not answer"
+    else:
+        offline, why = False, f"{endpoint} answers" if probe else "not checked"
+    return {"cache": str(cache), "models": models, "offline": offline, "endpoint": endpoint, "why": why}
 
 
 def collect_info() -> dict[str, Any]:
-    return {
+    # The hub probe (up to HUB_PROBE_TIMEOUT s without a network) runs while torch is asked for the device.
+    hub: dict[str, Any] = {}
+    prober = threading.Thread(target=lambda: hub.update(hf_cache()), daemon=True)
+    prober.start()
+    info = {
         "python": sys.version.split()[0],
         "packages": {name: _version(name) for name in PACKAGES},
         "torch": torch_device(),
         "starter_weights": starter_weights(),
-        "huggingface": hf_cache(),
         "notebooks": _notebooks_or_none(),
     }
+    prober.join()
+    return {**info, "huggingface": hub}
 
 
 def _notebooks_or_none() -> str | None:
@@ -269,7 +352,7 @@ def run_info(args: argparse.Namespace) -> int:
     h = info["huggingface"]
     models = ", ".join(h["models"][:10]) + (f" and {len(h['models']) - 10} more" if len(h["models"]) > 10 else "")
     print(
-        f"hugging face cache: {h['cache']} ({'offline' if h['offline'] else 'online'}): "
+        f"hugging face cache: {h['cache']} ({'offline' if h['offline'] else 'online'}: {h['why']}): "
         f"{len(h['models'])} model(s){': ' + models if models else ''}"
     )
     print(f"notebooks: {info['notebooks'] or 'not found (set DATACRAFTER_NOTEBOOKS)'}")

@@ -229,8 +229,35 @@ def load_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         round_spec(r, i)  # checked now, before anything runs
         cfg["rounds"].append(dict(r))
     _check_combinations(cfg)
+    _check_paths(cfg, base)
     cfg["_base"] = str(base)
     return cfg
+
+
+def resolve_path(base: Path, value: str) -> Path:
+    """A config path: relative ones are relative to the config file's folder."""
+    p = Path(value).expanduser()
+    return (p if p.is_absolute() else base / p).resolve()
+
+
+def _check_paths(cfg: Mapping[str, Any], base: Path) -> None:
+    """Folders the run reads must exist now, before anything loads: the error names the key and the path."""
+    d = cfg["dataset"]
+    if d["kind"] != "folder":
+        return
+    for key, what in (
+        ("path", "the images, one folder per class (or train/ and test/ folders)"),
+        ("test", "the held-out images"),
+    ):
+        if not d[key]:
+            continue
+        folder = resolve_path(base, d[key])
+        if not folder.is_dir():
+            state = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise ConfigError(
+                f"{key} in [dataset] = {d[key]!r}: {folder} {state} (relative paths are relative to the config "
+                f"file's folder, {base}): set it to the folder holding {what}"
+            )
 
 
 def backend_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -271,6 +298,12 @@ def _check_combinations(cfg: Mapping[str, Any]) -> None:
     d, m, g = cfg["dataset"], cfg["models"], cfg["gap"]
     if d["kind"] == "folder" and not d["path"]:
         raise ConfigError("dataset.kind = 'folder' needs dataset.path (a folder of class/xxx.jpg)")
+    if d["kind"] == "starter" and (d["path"] or d["test"]):
+        key = "path" if d["path"] else "test"
+        raise ConfigError(
+            f"{key} in [dataset] is set, but kind = 'starter' (the default) would ignore it: "
+            "set kind = 'folder' in [dataset] to load your own images (see examples/folder.toml)"
+        )
     if m["kind"] == "stable_diffusion" and not m["model"]:
         raise ConfigError("models.kind = 'stable_diffusion' needs models.model (a hub id or a local folder)")
     if m["clip"] is not None and (isinstance(m["clip"], str) or len(m["clip"]) != 2):
@@ -279,7 +312,9 @@ def _check_combinations(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("gap.masks needs gap.sources = 'train': masks keep the object of a source image")
     if cfg["feedback"]["simulate"] and d["kind"] != "starter":
         raise ConfigError(
-            "feedback.simulate uses the starter kit's independent checker: it works with dataset.kind = 'starter' only"
+            "simulate in [feedback] = true needs dataset.kind = 'starter': the simulated person is the starter kit's "
+            "checker of digits and colours, which cannot judge your images. Set simulate = false in [feedback] "
+            "(and remove fewer) to run without feedback, or give feedback in the notebook (examples/folder.toml)"
         )
     if cfg["feedback"]["fewer"] and not cfg["feedback"]["simulate"]:
         raise ConfigError("feedback.fewer is part of the simulated person: set feedback.simulate = true as well")

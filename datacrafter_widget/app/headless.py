@@ -181,9 +181,23 @@ def _dataset(cfg: Mapping[str, Any], base: Path) -> Any:
     d = cfg["dataset"]
     if d["kind"] == "starter":
         return colored_digits(shots=d["shots"], spurious=d["spurious"], seed=d["seed"])
-    ds = Dataset.from_folder(_resolve(base, d["path"]))
+    from ..data.dataset import DatasetError
+
+    try:
+        ds = Dataset.from_folder(_resolve(base, d["path"]))
+    except DatasetError as err:  # an empty class folder, an ambiguous layout...: name the key
+        raise ConfigError(f"path in [dataset] = {d['path']!r}: {err}") from None
     if d["test"]:
-        ds.splits = {"train": ds, "test": Dataset.from_folder(_resolve(base, d["test"]))}
+        if ds.test is not None:
+            raise ConfigError(
+                f"path in [dataset] = {d['path']!r} already holds a test split (read as train/ and test/ folders), "
+                f"and test in [dataset] = {d['test']!r} gives another: remove one of them"
+            )
+        try:
+            test = Dataset.from_folder(_resolve(base, d["test"]), splits=False)
+        except DatasetError as err:
+            raise ConfigError(f"test in [dataset] = {d['test']!r}: {err}") from None
+        ds.splits = {**ds.splits, "train": ds, "test": test}
     return ds
 
 

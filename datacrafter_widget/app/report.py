@@ -347,6 +347,16 @@ def run_report(
         "feedback or filter state, prompt). Hover a thumbnail for its full caption."
     )
     sections.append(s.safe_html(_thumbnails_by_class(crafter)))
+    if round_metrics is not None and len(round_metrics) and "student_acc" in round_metrics:
+        from ..loop.metrics import round_changes
+
+        s = Section("Round by round")
+        s.text(
+            "Each round's student accuracy against the round before it (the student of round r trains on the "
+            "real images and the accepted images of rounds 1..r), so a round that hurt is seen, with the cause "
+            "where the project records one."
+        )
+        sections.append(s.table(round_changes(round_metrics, crafter.samples).round(3)))
     if round_metrics is not None and len(round_metrics):
         s = Section("Per-round generation metrics (crafter.metrics)")
         s.table(round_metrics)

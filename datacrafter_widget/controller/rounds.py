@@ -326,7 +326,6 @@ def _regenerate_gap(store: SampleStore, row: dict[str, Any], gen: "Generator", a
     same call that made them (all seeds of that token file, in order) unless `alone`."""
     from ..loop.gap import generate_with_tokens, load_mask, load_tokens
 
-    tokens = load_tokens(store.project_file(row["embeddings_file"], f"sample {row['id']}: its embeddings_file"))
     if alone:
         members, position = [row], 0
     else:
@@ -334,16 +333,24 @@ def _regenerate_gap(store: SampleStore, row: dict[str, Any], gen: "Generator", a
         same = s[s["embeddings_file"] == row["embeddings_file"]]
         members = same.to_dict("records")
         position = same["id"].tolist().index(row["id"])
+    # Every path from the table is checked to lie inside the project before anything is read.
+    tokens_path = store.project_file(row["embeddings_file"], f"sample {row['id']}: its embeddings_file")
     seeds = [int(m["seed"]) for m in members]
     # Masked / img2img GAP rows name their source (parent_id), strength and stored mask.
     parent = row.get("parent_id")
     sources = masks = strength = None
+    mask_file = row.get("mask_file")
+    mask_paths = (
+        [store.project_file(m["mask_file"], f"sample {m['id']}: its mask_file") for m in members]
+        if isinstance(parent, str) and parent and isinstance(mask_file, str) and mask_file
+        else None
+    )
+    tokens = load_tokens(tokens_path)
     if isinstance(parent, str) and parent:
         sources = [store.image(str(m["parent_id"])) for m in members]
         strength = float(row["strength"])
-        mask_file = row.get("mask_file")
-        if isinstance(mask_file, str) and mask_file:
-            masks = [load_mask(store.project_file(m["mask_file"], f"sample {m['id']}: its mask_file")) for m in members]
+        if mask_paths is not None:
+            masks = [load_mask(path) for path in mask_paths]
     out = generate_with_tokens(
         gen,
         tokens,

@@ -328,6 +328,11 @@ class SampleStore:
             raise StoreError(
                 f"{self.path / 'project.json'} has no schema_version: the project file is damaged or not ours"
             )
+        problem = _project_meta_problem(meta)
+        if problem:
+            raise DamagedFileError(
+                f"project {self.path}: project.json is damaged ({problem}): {_JSON_FIX['project.json']}"
+            )
         version = int(meta["schema_version"])
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
@@ -422,6 +427,19 @@ class SampleStore:
                 if n <= through:
                     p.unlink(missing_ok=True)
         frames = [_read_parquet(p, live_data[n]).to_pandas() for n, p in live]
+        named = [(base_path, f) for f in parts] + [(p, f) for (_, p), f in zip(live, frames)]
+        for file, frame in named:
+            problem = _table_problem(frame)
+            if problem:
+                raise DamagedFileError(
+                    f"project {self.path}: {file.relative_to(self.path)} is damaged ({problem}): restore it from a "
+                    f"backup of the project"
+                    + (
+                        f", or move it out of {file.parent} to open the project without that one commit"
+                        if file != base_path
+                        else ""
+                    )
+                )
         self._frame = _replay(parts + frames)
         self._pending = []
         self._positions = None
@@ -803,12 +821,17 @@ class SampleStore:
                 array = load(data)["embeddings"]
                 if array.ndim != 2 or array.shape[0] != len(hashes):
                     raise ValueError(f"{array.shape[0]} rows for {len(hashes)} hashes")
+                checksum = header["__metadata__"].get("sha256")
+                if checksum is not None and sha256(np.ascontiguousarray(array).tobytes()) != checksum:
+                    raise ValueError("its values do not match their sha256 checksum")
+                if not np.isfinite(array).all():
+                    raise ValueError("it holds values that are not finite numbers")
                 if cache["dim"] is not None and array.shape[1] != cache["dim"]:
                     raise ValueError(f"size {array.shape[1]}, the other parts have {cache['dim']}")
             except Exception as exc:  # noqa: BLE001 - a cache: drop the part, its rows are embedded again
                 warnings.warn(
                     f"project {self.path}: embedding cache part {p.relative_to(self.path)} is damaged "
-                    f"({type(exc).__name__}); its embeddings will be computed again",
+                    f"({type(exc).__name__}: {exc}); its embeddings will be computed again",
                     DamagedProjectWarning,
                     stacklevel=3,
                 )
@@ -857,6 +880,11 @@ class SampleStore:
             raise ValueError(
                 f"put_embeddings: array shape {array.shape} does not match {len(hashes)} hashes: pass (n, d)"
             )
+        if not np.isfinite(array).all():
+            raise ValueError(
+                f"put_embeddings: the embeddings for key {key!r} hold NaN or infinite values: check the embedder "
+                f"(e.g. fp16 overflow); nothing was cached"
+            )
         with self._lock:
             self._writable()
             if not hashes:
@@ -870,7 +898,7 @@ class SampleStore:
             d = self._emb_dir(key)
             d.mkdir(parents=True, exist_ok=True)
             cache["seq"] += 1
-            data = save({"embeddings": array}, metadata={"hashes": json.dumps(hashes), "key": key})
+            data = save({"embeddings": array}, metadata=_part_metadata(array, hashes, key))
             atomic_write_bytes(d / f"part-{cache['seq']:08d}.safetensors", data, fsync=self.durable)
             _merge(cache, hashes, array, key, self.path)
             cache["parts"] += 1
@@ -889,7 +917,7 @@ class SampleStore:
         cache["index"] = {h: j for j, h in enumerate(hashes)}
         d = self._emb_dir(key)
         cache["seq"] += 1
-        data = save({"embeddings": matrix}, metadata={"hashes": json.dumps(hashes), "key": key})
+        data = save({"embeddings": matrix}, metadata=_part_metadata(matrix, hashes, key))
         atomic_write_bytes(d / f"part-{cache['seq']:08d}.safetensors", data, fsync=self.durable)
         for p in d.iterdir():
             m = _PART.match(p.name)
@@ -934,6 +962,44 @@ class SampleStore:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+def _project_meta_problem(meta: dict[str, Any]) -> str:
+    """What is wrong with project.json's fields ('' if nothing): valid json of the wrong shape is damage too."""
+    version = meta.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        return f"schema_version is {version!r}, not a whole number"
+    classes = meta.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        return f"classes is {str(classes)[:80]}, not a list of class names"
+    backend = meta.get("backend")
+    if backend is not None and not isinstance(backend, (dict, str)):
+        return f"backend is {backend!r}, not a backend config"
+    return ""
+
+
+def _table_problem(frame: pd.DataFrame) -> str:
+    """What makes a samples table or segment unusable ('' if nothing): a missing key column, or a typed column
+    holding values that are not of its type."""
+    for name in ("id", "hash", "file"):
+        if name not in frame.columns:
+            return f"it has no {name!r} column"
+    ids = frame["id"]
+    if not all(isinstance(v, str) and _ID.match(v) for v in ids):
+        bad = next(v for v in ids if not (isinstance(v, str) and _ID.match(v)))
+        return f"sample id {bad!r} is not an id such as 'r000001'"
+    for name, (dtype, _) in COLUMNS.items():
+        if name in frame.columns and not pa.types.is_string(dtype):
+            try:
+                pd.to_numeric(frame[name], errors="raise")
+            except (ValueError, TypeError):
+                return f"column {name!r} holds values that are not numbers"
+    return ""
+
+
+def _part_metadata(array: np.ndarray, hashes: list[str], key: str) -> dict[str, str]:
+    """An embedding part's metadata: its image hashes, embedder key and the sha256 of its float32 values."""
+    return {"hashes": json.dumps(hashes), "key": key, "sha256": sha256(np.ascontiguousarray(array).tobytes())}
+
+
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=True).encode("utf-8")
 

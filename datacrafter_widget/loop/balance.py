@@ -13,9 +13,11 @@ The steps, per attribute axis (a group of mutually exclusive phrases, e.g. the b
    what the person kept of it; without such lassos, a cell lassoed clearly more often than the
    axis's other cells is capped. The target is the most even histogram under the caps (maximum
    entropy). An axis without a capped cell has no signal and is left alone.
-3. Measure how the generator follows each phrase (a small batch per phrase, read the same way) and
-   solve for mixture weights whose expected histogram is closest to the target (non-negative least
-   squares, weights summing to 1). "No phrase" is a component too: the generator's own histogram.
+3. Measure how the generator follows each phrase (a small batch per phrase, read the same way), and
+   how often the class filter keeps that batch's images as their class, and solve for mixture
+   weights whose expected histogram is closest to the target (non-negative least squares, weights
+   summing to 1), with a penalty on phrases that cost class fidelity. "No phrase" is a component
+   too: the generator's own histogram.
 4. Spread the weights over an ordered list of prompts, so that any prefix of the list is balanced.
 
 This module computes only; the embedder and the generator come in as callables.
@@ -46,15 +48,18 @@ class AxisBalance:
     capped: list[str]  # phrases the lassos asked for fewer of
     weights: dict[str, float] = field(default_factory=dict)  # phrase (or NONE) -> mixture weight
     expected: np.ndarray | None = None  # the mixture's histogram, from the measured prompt following
+    keep: dict[str, float] = field(default_factory=dict)  # phrase (or NONE) -> share the class filter kept
 
     def describe(self) -> str:
         was = ", ".join(f"{p} {s:.2f}" for p, s in zip(self.phrases, self.seen))
         now = ", ".join(f"{p} {w:.2f}" for p, w in self.weights.items() if w >= 0.005 and p)
         own = self.weights.get(NONE, 0.0)
         tail = f", no {self.axis} word {own:.2f}" if own >= 0.005 else ""
+        lost = ", ".join(f"{p or 'no word'} {k:.2f}" for p, k in self.keep.items() if k < 0.8)
+        fidelity = f"; kept as their class less often: {lost}" if lost else ""
         return (
             f"~ balanced {self.axis} (lassoed more than the rest: {', '.join(self.capped)}): "
-            f"prompts now {now}{tail} (the judged images were {was})"
+            f"prompts now {now}{tail} (the judged images were {was}{fidelity})"
         )
 
 
@@ -181,16 +186,30 @@ def axis_target(
     return axis_targets({"axis": (values, k)}, lassoed, min_excess, z).get("axis")
 
 
-def mixture_weights(follow: np.ndarray, target: np.ndarray, diffuse: float = 0.3) -> np.ndarray:
-    """Weights w >= 0, sum 1, minimising |follow.T @ w - target|^2 + sum_i (diffuse * d_i * w_i)^2:
-    row i of `follow` is the histogram that component i's images land in (measured on a few images),
-    and d_i = sqrt(1 - sum_j follow_ij^2) is how spread it is. Of the mixtures that hit the target,
-    the one made of components that land in one cell wins: a spread histogram read off a few images
-    (the generator's own choice, typically) is the least sure."""
+def mixture_weights(
+    follow: np.ndarray,
+    target: np.ndarray,
+    diffuse: float = 0.3,
+    keep: np.ndarray | None = None,
+    fidelity: float = 1.0,
+) -> np.ndarray:
+    """Weights w >= 0, sum 1, minimising |follow.T @ w - target|^2 + sum_i (p_i * w_i)^2:
+    row i of `follow` is the histogram that component i's images land in (measured on a few images).
+    The penalty p_i = sqrt((diffuse * d_i)^2 + (fidelity * (1 - keep_i / max(keep)))^2) has two
+    parts. d_i = sqrt(1 - sum_j follow_ij^2) is how spread component i is: of the mixtures that hit
+    the target, the one made of components that land in one cell wins (a spread histogram read off
+    a few images, the generator's own choice typically, is the least sure). keep_i is the share of
+    component i's images the class filter kept as their class: a phrase that makes the generator
+    lose the class costs more than it balances."""
     m = follow.shape[0]
     big = 100.0  # the sum-to-one constraint as a heavily weighted extra row
     spread_of = np.sqrt(np.clip(1.0 - (follow**2).sum(axis=1), 0.0, 1.0))
-    a = np.vstack([follow.T, np.diag(diffuse * spread_of), big * np.ones((1, m))])
+    penalty = diffuse * spread_of
+    if keep is not None:
+        keep = np.asarray(keep, dtype=float)
+        loss = 1.0 - keep / max(float(keep.max()), 1e-12)
+        penalty = np.sqrt(penalty**2 + (fidelity * loss) ** 2)
+    a = np.vstack([follow.T, np.diag(penalty), big * np.ones((1, m))])
     b = np.concatenate([target, np.zeros(m), [big]])
     w, _ = nnls(a, b)
     w = np.maximum(w, 0)
@@ -216,14 +235,19 @@ def spread(weights: Mapping[str, float], n: int, rng: np.random.Generator) -> li
 
 def measure_following(
     phrases: Sequence[str],
-    generate_read: Callable[[str], np.ndarray],
+    generate_read: Callable[[str], tuple[np.ndarray, np.ndarray]],
     k: int,
-) -> np.ndarray:
-    """(len(phrases) + 1, k) histograms: row 0 the images without a phrase, then one row per phrase.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(follow, keep): follow is (len(phrases) + 1, k) histograms, row 0 the images without a
+    phrase, then one row per phrase; keep is the share of each row's images kept as their class.
     `generate_read(phrase)` renders a small batch with the phrase (NONE: without) and returns the
-    cells its images are read as."""
-    rows = []
+    cells its images are read as and whether the class filter kept each one. The histogram is read
+    off the kept images (those are the ones a round keeps), or all of them when none was kept."""
+    rows, keep = [], []
     for p in [NONE, *phrases]:
-        cells = generate_read(p)
-        rows.append(np.bincount(cells, minlength=k) / max(len(cells), 1))
-    return np.asarray(rows, dtype=float)
+        cells, kept = generate_read(p)
+        cells, kept = np.asarray(cells, dtype=int), np.asarray(kept, dtype=bool)
+        use = cells[kept] if kept.any() else cells
+        rows.append(np.bincount(use, minlength=k) / max(len(use), 1))
+        keep.append(float(kept.mean()) if len(kept) else 1.0)
+    return np.asarray(rows, dtype=float), np.asarray(keep, dtype=float)

@@ -619,7 +619,7 @@ def evolve_prompts(
                 break
             pop.sort(key=lambda k: -k.fitness)
             parents = pop[: max(2, population // 2)]
-            children = []
+            children: list[Candidate] = []
             while len(children) < population - len(parents):
                 a, b = rng.choice(len(parents), size=2, replace=False)
                 child = (
@@ -651,10 +651,40 @@ def evolve_prompts(
             elif callable(progress):
                 progress(done, total)
 
-        _rebalance(results, fb, axes, lassos, compose, generate, embedder, seed, batch, mixture_size, should_stop, tick)
+        keeps = _class_keeper(samples, classes, load_image, embedder)
+        _rebalance(
+            results, fb, axes, lassos, compose, generate, embedder, keeps, seed, batch, mixture_size, should_stop, tick
+        )
     if bar is not None:
         bar.close()
     return EvolutionResult(results, int(round))
+
+
+KeepFn = Callable[[np.ndarray, Sequence[str]], np.ndarray]  # (image embeddings, classes) -> kept as the class
+
+
+def _class_keeper(
+    samples: pd.DataFrame,
+    classes: Sequence[str],
+    load_image: Callable[[str], Image.Image],
+    embedder: Any,
+    per_class: int = 32,
+) -> KeepFn | None:
+    """The class filter a round applies (loop/class_filter.py), fitted on up to `per_class` real
+    train images of each class: whether each candidate image would be kept as its class."""
+    from .class_filter import ClassFilter
+
+    real = samples[(samples["source"] == "real") & (samples["split"] == "train")]
+    real = real.groupby("label", sort=False).head(per_class)
+    if real.empty:
+        return None
+    emb = np.asarray(embedder.embed_images([load_image(i) for i in real["id"]]), dtype=np.float32)
+    flt = ClassFilter(embedder, [str(c) for c in classes]).fit(emb, real["label"].astype(str).tolist())
+
+    def keeps(image_emb: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        return np.array([flag == "" for flag, _ in flt.check(image_emb, [str(l) for l in labels])], dtype=bool)
+
+    return keeps
 
 
 def _rebalance(
@@ -665,6 +695,7 @@ def _rebalance(
     compose: Callable[[Genome], str],
     generate: GenerateFn,
     embedder: Any,
+    keeps: KeepFn | None,
     seed: int,
     batch: int,
     mixture_size: int,
@@ -702,17 +733,21 @@ def _rebalance(
             continue
         seen, target, capped = targets[axis]
 
-        def generate_read(phrase: str, phrases: list[str] = phrases, phrase_emb: np.ndarray = phrase_emb) -> np.ndarray:
+        def generate_read(
+            phrase: str, phrases: list[str] = phrases, phrase_emb: np.ndarray = phrase_emb
+        ) -> tuple[np.ndarray, np.ndarray]:
             genomes = []
             for j in range(n_follow):
                 g = results[evolved[j % len(evolved)]].best.genome
                 rest = tuple(p for p in g.phrases if p not in phrases)
                 genomes.append(Genome(g.label, rest + ((phrase,) if phrase else ()), g.negative))
             images = generate([compose(g) for g in genomes], [g.negative_prompt() for g in genomes], follow_seeds)
-            return read_axis(_norm(np.asarray(embedder.embed_images(images), dtype=np.float32)), phrase_emb)
+            found = np.asarray(embedder.embed_images(images), dtype=np.float32)
+            kept = keeps(found, [g.label for g in genomes]) if keeps is not None else np.ones(len(images), bool)
+            return read_axis(_norm(found), phrase_emb), kept
 
-        follow = measure_following(phrases, generate_read, len(phrases))
-        w = mixture_weights(follow, target)
+        follow, keep = measure_following(phrases, generate_read, len(phrases))
+        w = mixture_weights(follow, target, keep=keep)
         names = [NONE, *phrases]
         balances.append(
             AxisBalance(
@@ -723,6 +758,7 @@ def _rebalance(
                 [phrases[j] for j in capped],
                 {names[i]: float(w[i]) for i in range(len(names))},
                 follow.T @ w,
+                {names[i]: float(keep[i]) for i in range(len(names))},
             )
         )
         tick()

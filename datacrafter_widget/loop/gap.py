@@ -55,6 +55,7 @@ __all__ = [
     "mask_for",
     "student_loss_on",
     "composite",
+    "target_modes",
 ]
 
 PLACEHOLDER = "x"
@@ -85,6 +86,13 @@ class GapConfig:
     checkpointing: bool = False  # recompute UNet activations in backward (less memory, slower)
     fixed_noise: bool = False  # same starting noise every step (for diagnostics)
     strength: float = 0.8  # img2img strength when starting from source images (1 = ignore their latents)
+    # "uniform": cross entropy against the uniform label (the paper: make the student unsure);
+    # "true-label": push down the student's probability of the true label, -log(1 - p_true), for
+    # source images whose object is kept (a kept object cannot become a second object).
+    loss: str = "uniform"
+    # Token sets per class; with target images, set k is guided toward the k-th cluster of the
+    # target images' embeddings, so a class covers the target's modes instead of collapsing onto one.
+    token_sets: int = 1
 
 
 @dataclass
@@ -92,7 +100,7 @@ class GapResult:
     """The learned tokens for one class and the optimisation trace."""
 
     label: str
-    embeddings: torch.Tensor  # (n_tokens, width)
+    embeddings: torch.Tensor  # (n_tokens, width), or (token_sets, n_tokens, width) for several sets
     prompt: str  # the tokenised prompt text, placeholders written as <gap1>..<gapk>
     template_text: str  # the text that is tokenised (placeholders are the PLACEHOLDER word)
     positions: list[int]
@@ -101,6 +109,16 @@ class GapResult:
     target: str = ""
     model: str = ""
     file: str = ""
+    assignment: dict[int, int] = field(default_factory=dict)  # final image seed -> token set
+
+    @property
+    def sets(self) -> torch.Tensor:
+        """The embeddings as (token_sets, n_tokens, width)."""
+        return self.embeddings if self.embeddings.dim() == 3 else self.embeddings.unsqueeze(0)
+
+    def set_of(self, seed: int, position: int) -> int:
+        """The token set that renders the image of `seed` (position in its call when not recorded)."""
+        return int(self.assignment.get(int(seed), position % len(self.sets)))
 
     def save(self, path: str | os.PathLike) -> Path:
         """safetensors with the embeddings; template, positions and config in its metadata (no pickle)."""
@@ -118,6 +136,7 @@ class GapResult:
             "config": json.dumps(asdict(self.config)),
             "target": self.target,
             "model": self.model,
+            "assignment": json.dumps({str(k): v for k, v in self.assignment.items()}),
             "format": "datacrafter-gap-tokens-v1",
         }
         atomic_write_bytes(
@@ -147,6 +166,7 @@ def load_tokens(path: str | os.PathLike) -> GapResult:
         target=meta.get("target", ""),
         model=meta.get("model", ""),
         file=str(path),
+        assignment={int(k): int(v) for k, v in json.loads(meta.get("assignment", "{}")).items()},
     )
 
 
@@ -178,12 +198,16 @@ def _prompt_layout(tokenizer: Any, label: str, template: str, k: int) -> tuple[s
 
 @contextlib.contextmanager
 def _inject(text_encoder: Any, positions: list[int], vectors: torch.Tensor):
-    """Replace the token embeddings at `positions` with `vectors` during the forward pass."""
+    """Replace the token embeddings at `positions` with `vectors` during the forward pass.
+
+    vectors: (k, width) for every row, or (rows, k, width), one set per row of the batch.
+    """
     layer = text_encoder.get_input_embeddings()
 
     def hook(module, inputs, output):
         out = output.clone()
-        out[:, positions, :] = vectors.to(out.dtype).unsqueeze(0).expand(out.shape[0], -1, -1)
+        v = vectors.to(out.dtype)
+        out[:, positions, :] = v if v.dim() == 3 else v.unsqueeze(0).expand(out.shape[0], -1, -1)
         return out
 
     handle = layer.register_forward_hook(hook)
@@ -390,6 +414,24 @@ def _pipe_of(generator: Any) -> Any:
     return pipe
 
 
+def target_modes(embeddings: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """k guidance points over target image embeddings: their mean (k=1) or k-means centroids, largest first.
+
+    Several token sets per class each pulled toward one cluster of the target images cover the
+    target distribution's modes (on the starter, mostly its backgrounds) instead of its average.
+    """
+    e = np.asarray(embeddings, dtype=np.float32)
+    if k <= 1 or len(e) < 2:
+        return np.repeat(e.mean(0, keepdims=True), max(1, k), axis=0)
+    from sklearn.cluster import KMeans
+
+    n = min(int(k), len(e))
+    km = KMeans(n_clusters=n, n_init=4, random_state=int(seed) % (2**31)).fit(e)
+    order = np.argsort(-np.bincount(km.labels_, minlength=n), kind="stable")
+    centres = km.cluster_centers_[order].astype(np.float32)
+    return np.concatenate([centres] * (int(k) // n + 1))[: int(k)]
+
+
 # ---- the optimisation ----------------------------------------------------------------------------
 def optimise_prompt_tokens(
     generator: Generator,
@@ -440,6 +482,13 @@ def optimise_prompt_tokens(
         )
     if int(config.n_tokens) < 1 or int(config.sampler_steps) < 1 or int(config.batch) < 1:
         raise GapError("n_tokens, sampler_steps and batch must all be at least 1")
+    if config.loss not in ("uniform", "true-label"):
+        raise GapError(f"loss={config.loss!r}: use 'uniform' (make the student unsure) or 'true-label'")
+    if int(config.token_sets) < 1:
+        raise GapError(f"token_sets={config.token_sets}: learn at least 1 token set per class")
+    if config.loss == "true-label" and not hasattr(student, "class_index"):
+        raise GapError("loss='true-label' needs a student that names its classes (student.class_index)")
+    n_sets = int(config.token_sets)
     if target_images is not None and len(target_images) and embedder is None:
         raise GapError("image guidance (target_images) needs an embedder: pass models with a CLIP embedder")
     pipe = _pipe_of(generator)
@@ -466,19 +515,20 @@ def optimise_prompt_tokens(
         cls_ids = [i for l in labels for i in tok(l, add_special_tokens=False).input_ids]
         init = table[cls_ids].float().mean(0) if cls_ids else table.float().mean(0)
     gen = torch.Generator().manual_seed(int(seed))
-    vectors = init.unsqueeze(0).repeat(config.n_tokens, 1) + 0.01 * init.norm() / math.sqrt(init.numel()) * torch.randn(
-        config.n_tokens, init.numel(), generator=gen
-    )
+    vectors = init.view(1, 1, -1).repeat(n_sets, config.n_tokens, 1) + 0.01 * init.norm() / math.sqrt(
+        init.numel()
+    ) * torch.randn(n_sets, config.n_tokens, init.numel(), generator=gen)
     vectors = vectors.to(device).requires_grad_(True)
     opt = torch.optim.Adam([vectors], lr=float(config.lr))
     all_ids = _tokenize(tok, [lay[0] for lay in layouts])
     with torch.no_grad():
         uncond, _ = _encode(pipe, _tokenize(tok, [""]))
         et = F.normalize(_encode(pipe, _tokenize(tok, [target]))[1].float(), dim=-1) if target else None
-        ei = None
+        ei = None  # (n_sets, d): the target point each token set is guided toward
         if target_images is not None and len(target_images):
-            ei = torch.from_numpy(np.asarray(embedder.embed_images(list(target_images)), dtype=np.float32)).mean(0)
-            ei = F.normalize(ei, dim=0).to(next(embedder.model.parameters()).device)
+            found = np.asarray(embedder.embed_images(list(target_images)), dtype=np.float32)
+            ei = torch.from_numpy(target_modes(found, n_sets, seed=int(seed)))
+            ei = F.normalize(ei, dim=-1).to(next(embedder.model.parameters()).device)
     student_dev = next(student.net.parameters()).device if hasattr(student, "net") else torch.device("cpu")
     k = len(student.classes) if hasattr(student, "classes") else None
     warm = int(round(config.warmup * config.steps)) if ei is not None else 0
@@ -516,8 +566,9 @@ def optimise_prompt_tokens(
                 latents = sched.add_noise(
                     src.latents[chosen], noise.to(device, dtype), sched.timesteps[start : start + 1]
                 )
-            ids = all_ids[which] if len(labels) > 1 else all_ids
-            cond, pooled = _encode(pipe, ids, positions, vectors)
+            sets = [(step * config.batch + j) % n_sets for j in range(config.batch)]
+            ids = all_ids[which] if len(labels) > 1 or n_sets > 1 else all_ids
+            cond, pooled = _encode(pipe, ids, positions, vectors[sets] if n_sets > 1 else vectors[0])
             x = _sample(
                 pipe,
                 cond.to(dtype),
@@ -532,7 +583,12 @@ def optimise_prompt_tokens(
                 x = composite(x.float(), src.pixels[chosen], src.masks[chosen])
             logits = student.logits_from_pixels(x.float().to(student_dev))
             log_p = F.log_softmax(logits.float(), dim=-1)
-            adv = -(log_p.mean(dim=-1)).mean()  # CE against the uniform label
+            if config.loss == "true-label":
+                true = torch.tensor([student.class_index(labels[w]) for w in which], device=log_p.device)
+                p_true = log_p.exp()[torch.arange(len(which)), true]
+                adv = -torch.log1p(-p_true.clamp(max=1 - 1e-6)).mean()
+            else:
+                adv = -(log_p.mean(dim=-1)).mean()  # CE against the uniform label
             loss = config.adversarial_weight * adv if step >= warm else adv * 0.0
             parts = {"step": step, "adversarial": float(adv.detach())}
             if et is not None:
@@ -540,7 +596,7 @@ def optimise_prompt_tokens(
                 loss = loss + config.text_weight * t_loss
                 parts["text"] = float(t_loss.detach())
             if ei is not None:
-                i_loss = (1 - _image_features(embedder, x) @ ei).mean()
+                i_loss = (1 - (_image_features(embedder, x) * ei[sets]).sum(-1)).mean()
                 loss = loss + config.image_weight * i_loss
                 parts["image"] = float(i_loss.detach())
             with torch.no_grad():
@@ -566,7 +622,7 @@ def optimise_prompt_tokens(
         net.train(was_training)
     return GapResult(
         label=",".join(labels),
-        embeddings=vectors.detach().float().cpu(),
+        embeddings=(vectors if n_sets > 1 else vectors[0]).detach().float().cpu(),
         prompt=readable,
         template_text=text,
         positions=positions,
@@ -602,11 +658,12 @@ def generate_with_tokens(
     guidance = float(tokens.config.guidance if guidance is None else guidance)
     ids = _tokenize(pipe.tokenizer, [tokens.template_text])
     device = pipe.unet.device
-    cond, _ = _encode(pipe, ids, tokens.positions, tokens.embeddings.to(device))
+    conds = torch.cat([_encode(pipe, ids, tokens.positions, v.to(device))[0] for v in tokens.sets])
     neg, _ = _encode(pipe, _tokenize(pipe.tokenizer, [negative_prompt]))
     size = _pixel_size(pipe)
     out: list[Image.Image] = []
     seeds = [int(s) for s in seeds]
+    set_of = [tokens.set_of(s, j) for j, s in enumerate(seeds)]
     if masks is not None and sources is None:
         raise GapError("masks need source images: pass sources= (one per seed) with one mask each")
     if sources is not None:
@@ -623,7 +680,8 @@ def generate_with_tokens(
                 [torch.randn(_latent_shape(pipe, 1), generator=torch.Generator().manual_seed(seeds[i])) for i in part]
             ).to(device, dtype)
             latents = sched.add_noise(src.latents[part], noise, sched.timesteps[start : start + 1])
-            x = _sample(pipe, cond.to(dtype), neg.to(dtype), latents, sched, guidance, False, start=start).float()
+            cond = conds[[set_of[i] for i in part]].to(dtype)
+            x = _sample(pipe, cond, neg.to(dtype), latents, sched, guidance, False, start=start).float()
             x = torch.nan_to_num(x).clamp(0, 1)
             if src.masks is not None:
                 x = composite(x, src.pixels[part], src.masks[part])
@@ -633,7 +691,7 @@ def generate_with_tokens(
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start : start + batch_size]
         res = pipe(
-            prompt_embeds=cond.expand(len(chunk), -1, -1).to(pipe.unet.dtype),
+            prompt_embeds=conds[set_of[start : start + len(chunk)]].to(pipe.unet.dtype),
             negative_prompt_embeds=neg.expand(len(chunk), -1, -1).to(pipe.unet.dtype),
             num_inference_steps=steps,
             guidance_scale=guidance,
@@ -752,6 +810,7 @@ def gap_images(
             ):  # tokens half-learned: keep the classes already finished, store nothing more
                 return
         n = len(seeds[label])
+        res.assignment = {int(s): j % len(res.sets) for j, s in enumerate(seeds[label])}
         picks = [cls_sources[j % len(cls_sources)] for j in range(n)] if cls_sources else None
         pick_masks = (
             [cls_masks[j % len(cls_masks)] for j in range(n)] if cls_sources and cls_masks is not None else None

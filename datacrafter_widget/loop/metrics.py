@@ -40,6 +40,8 @@ __all__ = [
     "cmmd",
     "round_metrics",
     "metrics_chart",
+    "accepted_per_class",
+    "round_changes",
 ]
 
 METRICS = (
@@ -317,3 +319,61 @@ def metrics_chart(df: pd.DataFrame, metrics: Sequence[str] | None = None):
         .properties(width=200, height=120)
     )
     return base.facet(facet=alt.Facet("metric:N", title=None), columns=3).resolve_scale(y="independent")
+
+
+def accepted_per_class(samples: pd.DataFrame) -> pd.DataFrame:
+    """Generated images kept for training (not flagged, not marked bad or removed): rounds x classes."""
+    if samples.empty or "round" not in samples:
+        return pd.DataFrame()
+    gen = samples[samples["source"] == "generated"]
+    flag = gen["flag"].fillna("").astype(str) if "flag" in gen else pd.Series("", index=gen.index)
+    fb = gen["feedback"].fillna("").astype(str) if "feedback" in gen else pd.Series("", index=gen.index)
+    kept = gen[(flag == "") & ~fb.isin(["bad", "removed"])]
+    made = gen.groupby(["round", "label"]).size().unstack(fill_value=0)
+    return kept.groupby(["round", "label"]).size().unstack(fill_value=0).reindex_like(made).fillna(0).astype(int)
+
+
+def round_changes(metrics: pd.DataFrame, samples: pd.DataFrame, short: float = 0.6) -> pd.DataFrame:
+    """Each round's student accuracy against the round before it, with the causes the project records.
+
+    The student of round r trains on the real images and the accepted images of rounds 1..r, so a
+    round that hurt shows as a negative change. Known causes are named: a class whose accepted
+    images fall below `short` of the round's median class (the class filter or the feedback took
+    them), and a round of which a quarter or more was left out of training.
+    """
+    if metrics.empty or "student_acc" not in metrics:
+        raise MetricsError("round_changes needs crafter.metrics with a student_acc column (a test split)")
+    kept = accepted_per_class(samples)
+    rows = []
+    prev = None
+    for _, m in metrics.sort_values("round").iterrows():
+        r, acc = int(m["round"]), float(m["student_acc"])
+        why: list[str] = []
+        if r in kept.index:
+            counts = kept.loc[r]
+            median = float(counts.median())
+            low = counts[counts < short * median]
+            if len(low):
+                few = ", ".join(f"{c} ({int(k)})" for c, k in low.items())
+                why.append(f"fewer accepted images of class {few} against {median:.0f} for the median class")
+        n_gen = int(m.get("n_generated", 0) or 0)
+        out = int(m.get("flagged", 0) or 0) + int(m.get("bad", 0) or 0)
+        if n_gen and out >= 0.25 * n_gen:
+            why.append(
+                f"{out} of its {n_gen} images left out of training "
+                f"({int(m.get('flagged', 0) or 0)} by the class filter, {int(m.get('bad', 0) or 0)} marked bad)"
+            )
+        change = float("nan") if prev is None or pd.isna(acc) else acc - prev
+        if not why and not pd.isna(change) and change < 0:
+            why.append("no cause the project records")
+        rows.append(
+            {
+                "round": r,
+                "strategies": m.get("strategies", ""),
+                "student_acc": acc,
+                "change": change,
+                "why": "; ".join(why),
+            }
+        )
+        prev = acc if not pd.isna(acc) else prev
+    return pd.DataFrame(rows)
