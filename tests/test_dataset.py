@@ -352,6 +352,12 @@ def test_very_large_images_are_read_downscaled_with_a_note(tmp_path):
     assert ds.frame.at[big, "original_file"] == str(root / "a" / "wide.png")
     assert ds.frame.at[big, "original_size"] == f"{MAX_IMAGE_SIDE * 2 + 10}x300"
     assert ds.image(1 - big).size == (12, 12)
+    from datacrafter_widget import DataCrafter
+
+    with DataCrafter(ds, project=tmp_path / "project") as crafter:  # provenance: the source file and size
+        row = crafter.samples.set_index("label").loc["a"]
+        assert row["original_file"] == str(root / "a" / "wide.png") and row["original_size"].endswith("x300")
+        assert crafter.store.image(row["id"]).size == im.size
 
 
 # ---- our exports load back through the loader that matches them ------------------------------------------

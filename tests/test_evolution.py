@@ -374,3 +374,21 @@ def test_evolve_store_hands_evolution_the_wordless_lassos_from_the_feedback_log(
     evolve_store(store, classes=["3"], generate=world.generate, embedder=world)
     assert seen["lassos"] == [pink[:2]]
     store.close()
+
+
+def test_a_balanced_axis_leaves_the_negative_prompt(tmp_path):
+    """Every pink image lassoed: evolution may put pink in the negative, but the class also gets a
+    mixture over the backgrounds, and a negative naming one of its phrases would fight the prompts
+    that name it. The mixture owns the axis: pink leaves the negative, and the diff says so."""
+    world = ColourWorld()
+    store, ids, _, pink = _class_3_round(tmp_path, world, 40)
+    store.update(pink, feedback="bad")
+    without = _evolve_3(store, world, population=4, generations=1, batch=4, seed=0)
+    assert any("pink" in p for p in without.classes["3"].best.genome.negative)  # the premise
+    result = _evolve_3(store, world, axes={"background": VOCAB[:5]}, population=4, generations=1, batch=4, seed=0)
+    r = result.classes["3"]
+    assert r.mixture
+    assert not any("pink" in p for p in r.best.genome.negative)
+    assert not any("pink" in m for m in result.negative_prompts.values())
+    assert any("taken out of the negative prompt" in d for d in r.diff)
+    store.close()

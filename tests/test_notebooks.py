@@ -173,6 +173,40 @@ def test_stable_diffusion_notebook_runs_offline_on_tiny_local_models(tiny_model_
     assert nb_path.read_bytes() == original  # the notebook in the repository is not written to
 
 
+def test_stable_diffusion_notebook_takes_a_dataset_id_instead_of_a_folder(tmp_path, monkeypatch):
+    """Its parameter, set-up and data cells with DC_HF_DATASET: `datasets.load_dataset(id)` then
+    Dataset.from_hf (a local imagefolder stands in for a hub id: no network here), without `google`."""
+    pytest.importorskip("datasets")
+    from PIL import Image
+
+    data = tmp_path / "beans"
+    for split, n in (("train", 3), ("test", 1)):
+        for c, colour in (("healthy", (20, 200, 20)), ("rust", (150, 80, 20))):
+            (data / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (16, 16), tuple(x + 5 * i for x in colour)).save(data / split / c / f"{i}.png")
+    hide = tmp_path / "no-google"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(NO_GOOGLE)
+    monkeypatch.setenv("PYTHONPATH", str(hide) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ["PYTHONPATH"])
+    monkeypatch.setenv("DC_HF_DATASET", str(data))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    full = nbformat.read(SHIPPED / "stable_diffusion.ipynb", as_version=4)
+    data_cell = next(c for c in full.cells if c.cell_type == "code" and "from_hf(" in c.source)
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            full.cells[1],
+            full.cells[2],
+            data_cell,
+            nbformat.v4.new_code_cell("print(ds.classes, len(ds), len(ds.test))"),
+        ]
+    )
+    text = outputs_text(execute_nb(nb, tmp_path))
+    assert "['healthy', 'rust'] 6 2" in text
+
+
 def test_stable_diffusion_notebook_keeps_its_hub_ids_and_colab_setup():
     nb = nbformat.read(REPO / "notebooks" / "stable_diffusion.ipynb", as_version=4)
     src = "\n".join(c.source for c in nb.cells)

@@ -108,3 +108,19 @@ def test_regenerate_reads_gap_files_only_inside_the_project(tmp_path):
             c.regenerate(tokens)
         with pytest.raises(DamagedFileError, match=rf"sample {masked}: its mask_file '/etc/passwd' points outside"):
             c.regenerate(masked)
+
+
+@pytest.mark.parametrize("name, empty", [("rounds.json", "[]"), ("feedback.json", "[]"), ("prompts.json", "{}")])
+def test_a_deleted_document_is_named_not_read_as_none_yet(project, name, empty):
+    with SampleStore(project) as store:
+        store.write_json(name, json.loads(empty))
+    (project / name).unlink()
+    for readonly in (True, False):
+        with SampleStore(project, readonly=readonly) as store:
+            with pytest.raises(
+                DamagedFileError, match=rf"{name} is missing, though the project wrote it.*{re.escape(empty)}"
+            ):
+                store.read_json(name, None)
+    (project / name).write_text(empty)  # the fix the message gives
+    with SampleStore(project, readonly=True) as store:
+        assert store.read_json(name, None) == json.loads(empty)

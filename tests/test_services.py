@@ -163,3 +163,18 @@ def test_generate_returns_ids_and_generate_background_a_job(tmp_path):
     with pytest.raises(TypeError):
         crafter.generate(per_class=1, strategy="class", background=True)  # one return type: no flag
     crafter.close()
+
+
+def test_two_crafters_sharing_an_open_project_keep_each_others_feedback(tmp_path):
+    """A re-run notebook cell (or marimo) opens a second crafter on the open project: the feedback log
+    each keeps in memory must not drop the other's actions."""
+    crafter, models = _tiny_crafter(tmp_path)
+    other = dc.DataCrafter.open(tmp_path / "proj", models=models)  # shares the open store in this process
+    ids = crafter.samples["id"].tolist()
+    crafter.feedback(bad=ids[:1])
+    other.feedback(good=ids[1:2])
+    crafter.feedback(bad=ids[2:3])
+    assert [e["bad"] or e["good"] for e in crafter.feedback_log] == [ids[:1], ids[1:2], ids[2:3]]
+    assert other.feedback_log == crafter.feedback_log
+    other.close()
+    crafter.close()

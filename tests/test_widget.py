@@ -1,4 +1,4 @@
-"""Python side of the widget: atlas building, binary point arrays, selection sync, callbacks, layout."""
+"""Python side of the widget: the codecs, selection sync, typed commands, hover details, the display."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from datacrafter_widget.ui.commands import COMMANDS, Generate, PromptRevert, parse
 from datacrafter_widget.ui.widget import (
-    ACTIONS,
     CrafterWidget,
     build_atlas,
-    build_layout,
     points_from_frame,
     selection_from_bytes,
     selection_to_bytes,
@@ -167,44 +166,58 @@ def test_set_frame_keeps_selection_that_still_exists() -> None:
 
 
 # ----------------------------------------------------------------- actions and details
-def test_action_message_dispatches_to_callbacks() -> None:
+def test_command_message_reaches_the_one_handler() -> None:
     w = CrafterWidget()
     w.set_frame(frame())
     sent = []
     w.send = lambda content, buffers=None: sent.append((content, buffers))
     calls = []
-    w.on_action(lambda name, payload: calls.append((name, payload)) or f"{name} x{len(payload['indices'])}")
+    w.on_command(lambda name, args: calls.append((name, dict(args))) or f"{name} x{len(w.selected)}")
     w.selected = [2, 3]
     # A stray buffer is ignored: the selection trait is the only channel for the selection.
-    w._on_custom_msg(w, {"type": "action", "name": "bad", "payload": {}}, [np.array([7], "<u4").tobytes()])
-    assert calls == [("bad", {"indices": [2, 3]})]
+    w._on_custom_msg(w, {"type": "command", "name": "bad", "args": {}}, [np.array([7], "<u4").tobytes()])
+    assert calls == [("bad", {})]
     assert w.status == "bad x2"
-    assert sent[-1][0] == {"type": "action_result", "name": "bad", "ok": True, "message": "bad x2"}
-    w.selected = [4]
-    w._on_custom_msg(w, {"type": "action", "name": "unwanted_label", "payload": {"label": "blurry"}}, [])
-    assert calls[-1] == ("unwanted_label", {"label": "blurry", "indices": [4]})
-    w._on_custom_msg(w, {"type": "action", "name": "rm -rf", "payload": {}}, [])
-    assert "unknown action" in w.status and len(calls) == 2
+    assert sent[-1][0] == {"type": "result", "name": "bad", "ok": True, "message": "bad x2"}
+    w._on_custom_msg(w, {"type": "command", "name": "unwanted_label", "args": {"label": "blurry"}}, [])
+    assert calls[-1] == ("unwanted_label", {"label": "blurry"})
+    w._on_custom_msg(w, {"type": "command", "name": "rm -rf", "args": {}}, [])
+    assert "unknown command" in w.status and len(calls) == 2
 
 
-def test_failing_callback_reports_in_status_and_keeps_the_comm_alive() -> None:
+def test_failing_handler_reports_in_status_and_keeps_the_comm_alive() -> None:
     w = CrafterWidget()
     w.set_frame(frame())
     w.send = lambda content, buffers=None: None
 
-    def boom(name: str, payload: dict) -> None:
+    def boom(name: str, args: dict) -> None:
         raise RuntimeError("no generator loaded")
 
-    w.on_action(boom)
-    w._on_custom_msg(w, {"type": "action", "name": "generate", "payload": {}}, [])  # does not raise
+    w.on_command(boom)
+    w._on_custom_msg(w, {"type": "command", "name": "generate", "args": {}}, [])  # does not raise
     assert w.status == "generate failed: no generator loaded"
     with pytest.raises(RuntimeError):
-        w.trigger("generate")
-    w.on_action(boom, remove=True)
-    assert w.trigger("generate") == []
-    with pytest.raises(ValueError, match="unknown action"):
-        w.trigger("explode")
-    assert set(ACTIONS) >= {"bad", "good", "remove", "evolve", "generate", "cancel", "unwanted_label"}
+        w.run("generate")
+    w.on_command(None)
+    assert w.run("generate") is None
+    with pytest.raises(ValueError, match="unknown command"):
+        w.run("explode")
+    assert set(COMMANDS) >= {"bad", "good", "remove", "evolve", "generate", "cancel", "unwanted_label"}
+
+
+def test_command_arguments_are_typed() -> None:
+    """Each command's arguments are a frozen dataclass; JSON that does not fit is refused by name."""
+    assert parse(COMMANDS["generate"], {"strategy": "class", "count": 3}) == Generate("class", 3, "")
+    assert parse(COMMANDS["generate"], {"count": 3.0}).count == 3  # a JSON number that is whole
+    assert parse(COMMANDS["prompt_revert"], {"class_name": "cat", "index": None}) == PromptRevert("cat", None)
+    with pytest.raises(TypeError, match="count must be int"):
+        parse(COMMANDS["generate"], {"count": "many"})
+    with pytest.raises(TypeError, match="count must be int"):
+        parse(COMMANDS["generate"], {"count": True})
+    with pytest.raises(TypeError, match=r"takes .*not \['indices'\]"):
+        parse(COMMANDS["bad"], {"indices": [1]})
+    with pytest.raises(TypeError, match="missing"):
+        parse(COMMANDS["prompt_edit"], {"class_name": "cat"})
 
 
 def test_details_reply_carries_text_fields_and_png() -> None:
@@ -234,77 +247,6 @@ def test_details_reply_carries_text_fields_and_png() -> None:
     assert sent[-1][0]["fields"][0][0] == "error" and sent[-1][1] is None
     w.on_details(None)
     assert w.details(1) == ([], None)
-
-
-# ----------------------------------------------------------------- layout
-def test_layout_controls_send_actions() -> None:
-    import ipywidgets
-
-    w = CrafterWidget()
-    w.set_frame(frame())
-    w.send = lambda content, buffers=None: None
-    calls = []
-    w.on_action(lambda name, payload: calls.append((name, payload)))
-    w.prompts = {
-        "cat": {
-            "current": "a photo of a cat",
-            "history": [{"action": "evolved", "prompt": "a cat"}, {"action": "edit", "prompt": "a photo of a cat"}],
-        }
-    }
-    box = build_layout(w, strategies=("class", "caption", "custom", "evolved"))
-    assert isinstance(box, ipywidgets.VBox) and box.children[0].children[0] is w
-    gen = box.side_panel.children[0]
-    gen.strategy.value = "custom"
-    gen.count.value = 3
-    gen.custom.value = "a {class} in snow"
-    gen.generate_button.click()
-    assert calls[-1][0] == "generate"
-    assert {k: calls[-1][1][k] for k in ("strategy", "count", "prompt")} == {
-        "strategy": "custom",
-        "count": 3,
-        "prompt": "a {class} in snow",
-    }
-    gen.strategy.value = "evolved"
-    gen.generate_button.click()
-    assert calls[-1][1]["strategy"] == "evolved"
-    # One progress bar and one Cancel: both in the map's footer; the side panel only blocks Generate.
-    w.set_progress(2, 8, "class cat")
-    assert gen.generate_button.disabled
-    w.set_progress(8, 8, "", running=False)
-    assert not gen.generate_button.disabled
-    prompts = box.side_panel.children[1]
-    cat = prompts.rows["cat"]
-    assert cat.text.value == "a photo of a cat"
-    cat.text.value = "a photo of a fluffy cat"
-    cat.edit.click()
-    assert calls[-1] == ("prompt_edit", {"class": "cat", "prompt": "a photo of a fluffy cat", "indices": []})
-    cat.accept.click()
-    assert calls[-1][0] == "prompt_accept"
-    cat.past.value = 0
-    cat.revert.click()
-    assert calls[-1] == ("prompt_revert", {"class": "cat", "index": 0, "indices": []})
-    # The panel follows the prompts trait.
-    w.prompts = {"cat": {"current": "x", "history": []}, "dog": {"current": "y", "history": []}}
-    assert sorted(prompts.rows) == ["cat", "dog"] and prompts.rows["dog"].revert.disabled
-    assert prompts.rows["cat"].mixture.value == ""
-    # A rebalanced class says that its images cycle through a mixture (as text: prompts are model text).
-    mixture = ["a photo of a cat on grass", "a photo of a <b>cat</b> on snow"]
-    w.prompts = {"cat": {"current": "a photo of a cat", "mixture": mixture, "history": []}}
-    label = prompts.rows["cat"].mixture
-    assert isinstance(label, ipywidgets.Label)
-    assert label.value.startswith("its images cycle through 2 prompts, e.g. 'a photo of a <b>cat</b> on snow'")
-
-
-def test_layout_places_metrics_chart_below() -> None:
-    import altair as alt
-    import ipywidgets
-
-    w = CrafterWidget()
-    chart = alt.JupyterChart(
-        alt.Chart(pd.DataFrame({"round": [1, 2], "cmmd": [0.3, 0.2]})).mark_line().encode(x="round", y="cmmd")
-    )
-    box = build_layout(w, metrics_chart=chart)
-    assert isinstance(box, ipywidgets.VBox) and box.children[-1] is chart
 
 
 # ----------------------------------------------------------------- bundle
@@ -366,18 +308,18 @@ def test_crafter_view_buttons_reach_the_store(crafter) -> None:
     hidden_sends = []
     for name in ("xy", "cls", "kind"):
         w.observe(lambda ch: hidden_sends.append(ch["name"]), names=name)
-    w._on_custom_msg(w, {"type": "action", "name": "bad", "payload": {}}, [])
+    w._on_custom_msg(w, {"type": "command", "name": "bad", "args": {}}, [])
     assert atlas_changes == []  # feedback redraws colours, the thumbnails are not resent
     s = crafter.samples.set_index("id")
     assert s.loc[[view.ids[2], view.ids[4]], "feedback"].tolist() == ["bad", "bad"]
     assert w.status.startswith("marked bad: 2 images") and hidden_sends == []  # only the feedback array is resent
     assert np.frombuffer(w.feedback, np.uint8)[[2, 4]].tolist() == [2, 2]  # redrawn from the "feedback" event
     # Generating without a generator: the controller's clear error lands in the status line.
-    w._on_custom_msg(w, {"type": "action", "name": "generate", "payload": {"strategy": "class", "count": 1}}, [])
+    w._on_custom_msg(w, {"type": "command", "name": "generate", "args": {"strategy": "class", "count": 1}}, [])
     assert w.status.startswith("generate failed:") and "generator" in w.status
     # Evolve runs in a worker thread; without models its clear error comes back the same way.
     w.set_state({"selection": memoryview(np.array([2], "<u4").tobytes())})
-    w._on_custom_msg(w, {"type": "action", "name": "evolve", "payload": {}}, [])
+    w._on_custom_msg(w, {"type": "command", "name": "evolve", "args": {}}, [])
     with pytest.raises(Exception, match="generator"):
         view._job.wait(timeout=60)
     for _ in range(100):  # the job's last listener call runs just after wait() returns
@@ -423,22 +365,24 @@ def test_crafter_view_follows_the_projection(crafter) -> None:
 
 
 def test_crafter_view_shows_metrics_once_there_are_rounds(crafter, monkeypatch) -> None:
-    import altair as alt
-
+    """The chart is SVG drawn in the kernel (no Vega in the browser), in the page's light or dark colours."""
     from datacrafter_widget.ui.widget import CrafterView
 
     view = CrafterView(crafter)
     view.wait()
-    assert view.chart is None and len(view.layout.children) == 1  # no rounds yet: no chart
+    assert view.widget.chart == ""  # no rounds yet: no chart
     # crafter.metrics is a computed property (one row per round); stand in for two rounds of it.
     table = {"df": pd.DataFrame({"round": [1], "distance": [0.4], "diversity": [0.2]})}
     monkeypatch.setattr(type(crafter), "metrics_table", lambda self, progress=True: table["df"])
     view.update_metrics()
-    assert isinstance(view.chart, alt.JupyterChart) and view.layout.children[-1] is view.chart
+    light = view.widget.chart
+    assert light.startswith("<svg") and "distance" in light and "diversity" in light
     table["df"] = pd.DataFrame({"round": [1, 2], "distance": [0.4, 0.3], "diversity": [0.2, 0.25]})
     view.update_metrics()
-    assert len(view.layout.children) == 2
-    assert len(view.chart.chart.to_dict()["datasets"][next(iter(view.chart.chart.to_dict()["datasets"]))]) == 4
+    assert view.widget.chart != light
+    two = view.widget.chart
+    view.widget.theme = "dark"  # what the browser reports on a dark page
+    assert view.widget.chart != two and view.widget.chart.startswith("<svg")
 
 
 def test_crafter_view_tools_reach_the_controller(crafter) -> None:
@@ -450,7 +394,7 @@ def test_crafter_view_tools_reach_the_controller(crafter) -> None:
     view.wait()
     w = view.widget
     w.send = lambda content, buffers=None: None
-    act = lambda name, **payload: w._on_custom_msg(w, {"type": "action", "name": name, "payload": payload}, [])  # noqa: E731
+    act = lambda name, **args: w._on_custom_msg(w, {"type": "command", "name": name, "args": args}, [])  # noqa: E731
     s = crafter.samples
     test = (s["split"] == "test").to_numpy()
     # Search: the matches on the map become the selection (test images are off the map).
@@ -492,9 +436,9 @@ def test_crafter_view_tools_reach_the_controller(crafter) -> None:
     assert len(np.frombuffer(w.color_codes, "<u2")) == len(s)
     # Prompt edits.
     cls = crafter.classes[2]
-    act("prompt_edit", **{"class": cls, "prompt": "a photo of a two"})
+    act("prompt_edit", class_name=cls, prompt="a photo of a two")
     assert w.prompts[cls]["current"] == "a photo of a two" and "saved" in w.status
-    act("prompt_revert", **{"class": cls, "index": 0})
+    act("prompt_revert", class_name=cls, index=0)
     assert [h["action"] for h in crafter.prompts[cls]["history"]] == ["edit", "revert"]
     # Generate "evolved" without a generator: the controller's error, in full, in the status line.
     act("generate", strategy="evolved", count=1)
@@ -524,7 +468,7 @@ def test_slow_metrics_never_block_evolve(crafter, monkeypatch) -> None:
     w = view.widget
     w.send = lambda content, buffers=None: None
     w.set_state({"selection": memoryview(np.array([2], "<u4").tobytes())})
-    w._on_custom_msg(w, {"type": "action", "name": "evolve", "payload": {}}, [])
+    w._on_custom_msg(w, {"type": "command", "name": "evolve", "args": {}}, [])
     assert "background work is running" not in w.status
     with pytest.raises(Exception, match="generator"):  # no models: the evolution's own error
         view._job.wait(timeout=60)
@@ -570,3 +514,122 @@ def test_view_metrics_print_no_progress_bar(tmp_path: pathlib.Path, capfd) -> No
         assert "training" in out + err
     finally:
         c.close()
+
+
+# ----------------------------------------------------------------- display and lifetime
+def _files(root: pathlib.Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*") if p.name != ".lock"}
+
+
+def test_repr_outside_a_notebook_builds_nothing(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
+    """Echoing `crafter` in terminal IPython (or repr in a script) shows text: no view is built, no
+    map or metrics job starts, nothing is written into the project."""
+    import threading
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    import datacrafter_widget as dc
+
+    c = dc.DataCrafter(dc.starter.colored_digits(shots=2), project=tmp_path / "p")
+    try:
+        shell = InteractiveShell.instance()  # what terminal IPython runs: a shell with no kernel
+        try:
+            before, threads = _files(tmp_path / "p"), {t.ident for t in threading.enumerate()}
+            shell.displayhook(c)  # echoing `crafter` at the prompt
+            printed = capsys.readouterr().out
+            data, _meta = shell.display_formatter.format(c)
+            assert set(c._repr_mimebundle_()) == {"text/plain"}
+            time.sleep(0.5)  # a job started by the repr would be writing by now
+            started = [t.name for t in threading.enumerate() if t.ident not in threads]
+        finally:
+            InteractiveShell.clear_instance()
+        assert set(data) == {"text/plain"}, sorted(data)
+        assert "DataCrafter project" in printed and "real images" in printed, printed
+        assert started == [] and _files(tmp_path / "p") == before, started
+    finally:
+        c.close()
+
+
+def test_every_display_in_a_kernel_is_one_widget_with_a_picture_and_text(crafter, monkeypatch) -> None:
+    """In a notebook kernel the output carries the widget, a PNG of the map drawn in the kernel and a text
+    summary (what nbconvert, GitHub and a closed kernel show); a second display or a reload shows the same
+    widget, so nothing is built or started twice."""
+    import base64
+
+    from datacrafter_widget.ui import display
+
+    monkeypatch.setattr(display, "in_notebook_kernel", lambda: True)
+    first = crafter._repr_mimebundle_()
+    second = crafter._repr_mimebundle_()
+    view = first["application/vnd.jupyter.widget-view+json"]
+    assert view["model_id"] == second["application/vnd.jupyter.widget-view+json"]["model_id"]
+    assert crafter.show().model_id == view["model_id"]
+    assert (
+        first["text/plain"].startswith("DataCrafter project")
+        and f"{len(crafter.classes)} classes" in first["text/plain"]
+    )
+    png = Image.open(io.BytesIO(base64.b64decode(first["image/png"]))).convert("RGB")
+    pixels = np.asarray(png).reshape(-1, 3)
+    assert png.size[0] >= 600 and (pixels.min(axis=1) < 200).mean() > 0.02  # the map's images, not a blank page
+
+
+def test_a_second_crafter_on_an_open_project_shares_it(tmp_path: pathlib.Path) -> None:
+    """What a marimo page reload or a second viewer does (the notebook's cells run again in the same
+    process): a second DataCrafter on the open project shares it instead of raising ProjectLockedError;
+    the folder's lock goes when the last one closes."""
+    import datacrafter_widget as dc
+    from datacrafter_widget.data.store import ProjectLockedError, SampleStore
+
+    ds, project = dc.starter.colored_digits(shots=2), tmp_path / "p"
+    first = dc.DataCrafter(ds, project=project)
+    second = dc.DataCrafter(ds, project=project)
+    third = dc.DataCrafter.open(project)
+    sid = str(first.samples["id"].iloc[0])
+    first.feedback(bad=[sid])
+    assert second.samples.set_index("id").at[sid, "feedback"] == "bad"
+    first.close()
+    second.feedback(good=[sid])  # still open for the others
+    assert third.samples.set_index("id").at[sid, "feedback"] == "good"
+    with pytest.raises(ProjectLockedError):
+        SampleStore(project)  # another writer that is not a DataCrafter is still kept out
+    second.close()
+    third.close()
+    SampleStore(project).close()  # the last one released the folder
+
+
+def test_nbconvert_html_shows_a_picture_of_the_map_and_the_summary(tmp_path: pathlib.Path) -> None:
+    """A notebook that displays `crafter`, executed by a real kernel and exported with nbconvert: the HTML
+    (no widget state, no kernel) shows the kernel-drawn PNG of the map and loads nothing from a CDN for it."""
+    import base64
+
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import datacrafter_widget as dc\n"
+            "crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), project='p')\n"
+            "crafter"
+        )
+    ]
+    # As JupyterLab saves a notebook by default: outputs, no widget state.
+    NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        store_widget_state=False,
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+    data = nb.cells[0].outputs[-1]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in data and data["text/plain"].startswith("DataCrafter project")
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    images = html.count('<img alt="No description has been provided for this image"')
+    assert images == 1, "the crafter's output should be the one image in the page"
+    start = html.index('src="data:image/png;base64,', html.index("jp-RenderedImage jp-OutputArea-output"))
+    start += len('src="data:image/png;base64,')
+    png = Image.open(io.BytesIO(base64.b64decode(html[start : html.index('"', start)])))
+    assert png.size[0] >= 600
+    assert "application/vnd.jupyter.widget-view+json" not in html  # no empty widget placeholder in its place

@@ -31,6 +31,7 @@ from ..seeds import ROUND_SEED_STRIDE, round_seed
 from .backends import Backend, BackendConfig, backend_from_config
 from .embeddings import Embeddings
 from .evaluation import EvaluationService
+from . import open_projects
 from .export import EXPORT_FORMATS, ExportOptions, export_project
 from .jobs import Cancel, Job
 from .map_service import MapService
@@ -42,11 +43,11 @@ from .rounds import Masks, Sources
 from .runner import JobRunningError, RoundRunner
 
 if TYPE_CHECKING:
-    import ipywidgets
-
     from ..loop.content_labels import Labeler
     from ..loop.evolution import EvolutionResult
     from ..loop.student import Evaluation, Student
+    from ..ui.view import CrafterView
+    from ..ui.widget import CrafterWidget
 
 __all__ = [
     "DataCrafter",
@@ -77,13 +78,13 @@ class DataCrafter:
                 f"DataCrafter needs a dc.Dataset, got {type(ds).__name__}: build one with dc.Dataset.from_folder(...), "
                 "dc.Dataset.from_dataframe(...) or dc.starter.colored_digits()"
             )
-        store = SampleStore(project)
+        store = open_projects.acquire(project)
         try:
             models = _checked(models)
             self._setup(Project.create(store, ds, models.describe()), models, ds, batch_size, backend)
             self.heldout = heldout
         except BaseException:
-            store.close()
+            open_projects.release(store)
             raise
 
     @classmethod
@@ -97,14 +98,14 @@ class DataCrafter:
         backend: BackendConfig = None,
     ) -> DataCrafter:
         """Resume a project after a kernel restart (models are optional for browsing)."""
-        store = SampleStore(path, create=False, readonly=readonly)
+        store = SampleStore(path, readonly=True) if readonly else open_projects.acquire(path, create=False)
         try:
             project = Project.open(store)
             self = cls.__new__(cls)
             self._setup(project, _checked(models), project.dataset(), batch_size, backend)
             return self
         except BaseException:
-            store.close()
+            open_projects.release(store)
             raise
 
     def _setup(self, project: Project, models: Models, ds: Dataset, batch_size: int, backend: BackendConfig) -> None:
@@ -588,7 +589,7 @@ class DataCrafter:
     def heldout_options(self, value: dict[str, Any]) -> None:
         self._evaluation.heldout_options = dict(value)
 
-    # ---- export and display -------------------------------------------------------------------
+    # ---- export and display (ui/display.py: one widget per crafter; text only outside a notebook) -------------------------------------------------------------------
     def export(
         self, out: str | os.PathLike[str], format: str = "imagefolder", **options: Unpack[ExportOptions]
     ) -> Path:
@@ -603,27 +604,27 @@ class DataCrafter:
         """
         return export_project(self.store, self.classes, out, format, **options)
 
-    def show(self) -> ipywidgets.Widget:
-        """The notebook view of this crafter (built by widget.crafter_view)."""
+    _widget_view: CrafterView | None = None  # built on first display, shared by every later display
+
+    def show(self) -> CrafterWidget:
+        """This crafter's widget (an anywidget: JupyterLab, Notebook 7, VS Code, Colab, marimo).
+        Every call and every display returns the same widget, so views of one crafter share it."""
         try:
-            from ..ui.widget import crafter_view
+            from ..ui.display import widget_of
         except ImportError as err:
             raise RuntimeError(
                 f"the widget view is not available ({err}): install the package with its widget extras"
             ) from err
-        return crafter_view(self)
+        return widget_of(self)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        try:
-            view = self.show()
-        except Exception:  # noqa: BLE001 - the text repr is the fallback outside notebooks
-            return {"text/plain": repr(self)}
-        if hasattr(view, "_repr_mimebundle_"):
-            bundle = view._repr_mimebundle_(include=include, exclude=exclude)
-            if isinstance(bundle, tuple):
-                bundle = bundle[0]
-            return {**bundle, "text/plain": repr(self)}
-        return {"text/plain": repr(self)}
+        from ..ui.display import mimebundle
+
+        return mimebundle(self, include, exclude)
+
+    def _display_(self) -> CrafterWidget:
+        """marimo's display hook: the widget itself, which marimo renders as an anywidget."""
+        return self.show()
 
     # ---- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -635,7 +636,7 @@ class DataCrafter:
             except Exception:  # noqa: BLE001 - closing anyway
                 pass
         self._backend.close()
-        self.store.close()
+        open_projects.release(self.store)
 
     def __enter__(self) -> DataCrafter:
         return self

@@ -2,9 +2,10 @@
 
 Every feedback action (the widget's buttons, `crafter.feedback`, undo, redo) is applied to the
 samples table and appended to the log, which prompt evolution reads back: the wordless "bad"
-actions are the lassos "fewer of these" rebalances from (`lassos`). The writer keeps the log in
-memory after its first read (it holds the project's write lock, so nobody else appends), so a
-click costs one atomic write and no read.
+actions are the lassos "fewer of these" rebalances from (`lassos`). The log is kept in memory
+with the file's (size, mtime) as written: a click costs one atomic write and one stat, and the
+file is read again only when someone else changed it (another crafter sharing the open project,
+a browser, a person moving it aside).
 """
 
 from __future__ import annotations
@@ -85,16 +86,24 @@ class FeedbackLog:
         self._round_now = round_now
         self.history = FeedbackHistory()
         self._log: list[dict[str, Any]] | None = None
+        self._stamp: tuple[int, int] | None = None  # (size, mtime_ns) of the file the cache matches
         self._lock = threading.Lock()
 
     def entries(self) -> list[dict[str, Any]]:
         """Every action in order: {time, round, bad, good, removed, bad_labels, cleared} or {undo | redo}."""
-        if self._log is not None:
+        if self._log is not None and self._stamp == self._file_stamp():
             return list(self._log)
+        stamp = self._file_stamp()
         log = list(self.store.read_json(FEEDBACK_FILE, []) or [])
-        if not self.store.readonly:  # a browser re-reads: the writer may still be appending
-            self._log = log
+        self._log, self._stamp = log, stamp
         return list(log)
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.store.path / FEEDBACK_FILE).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime_ns
 
     def lassos(self) -> list[list[str]]:
         return lassos(self.entries())
@@ -147,4 +156,4 @@ class FeedbackLog:
             log = self.entries()
             log.append({"time": time.time(), "round": self._round_now(), **action})
             self.store.write_json(FEEDBACK_FILE, log)
-            self._log = log
+            self._log, self._stamp = log, self._file_stamp()

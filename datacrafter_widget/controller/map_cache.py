@@ -56,7 +56,7 @@ class ProjectMap:
         image: Callable[[str], Any],
     ) -> list[list[str]]:
         """Content labels of each sample (cached by image hash)."""
-        cache: dict[str, list[str]] = dict(self.store.read_json(LABELS_JSON, {}, derived=True) or {})
+        cache = self._label_cache()
         hashes = samples["hash"].astype(str).tolist()
         todo = [k for k, h in enumerate(hashes) if h not in cache]
         if todo:
@@ -100,11 +100,21 @@ class ProjectMap:
             self.store.write_json(MAP_JSON, {"ids": self.ids, "n": len(self.ids)})
         return self.frame(labels)
 
-    def stored_frame(self, samples: pd.DataFrame) -> pd.DataFrame:
-        """The saved map with the cached labels, for browsing a project without models."""
-        cache = self.store.read_json(LABELS_JSON, {}, derived=True) or {}
-        hashes = samples.set_index("id").loc[self.ids, "hash"].astype(str)
-        return self.frame([cache.get(h, []) for h in hashes])
+    def _label_cache(self) -> dict[str, list[str]]:
+        """content_labels.json, or {} when it is missing, damaged or of the wrong shape (it is derived)."""
+        cache = self.store.read_json(LABELS_JSON, {}, derived=True)
+        if not isinstance(cache, dict):
+            return {}
+        return {str(h): [str(x) for x in v] for h, v in cache.items() if isinstance(v, list)}
+
+    def stored_frame(self, samples: pd.DataFrame) -> pd.DataFrame | None:
+        """The saved map with the cached labels, for browsing a project without models; None when the map
+        covers samples the project no longer has (e.g. a lost commit): it is stale and laid out again."""
+        by_id = samples.set_index("id")["hash"]
+        if not set(self.ids) <= set(by_id.index):
+            return None
+        cache = self._label_cache()
+        return self.frame([cache.get(h, []) for h in by_id.loc[self.ids].astype(str)])
 
     def frame(self, labels: Sequence[Sequence[str]]) -> pd.DataFrame:
         """`crafter.projection`: kind, id, text, x, y, plus `members` (sample ids) on label rows."""

@@ -138,6 +138,10 @@ _JSON_FIX = {
 }
 
 
+# The primary documents whose absence the commit log notices once they were written, with their empty form.
+_EMPTY_DOCUMENT = {"rounds.json": "[]", "feedback.json": "[]", "prompts.json": "{}"}
+
+
 # ---- atomic file helpers (data/files.py) ----------------------------------------------------
 def _atomic_write_table(path: Path, table: pa.Table, *, fsync: bool = True) -> bytes:
     """Write a parquet file atomically; returns its bytes (for the commit list's checksum)."""
@@ -942,7 +946,16 @@ class SampleStore:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return default
+            written = (self._log.get("documents") or {}).get(path.name)
+            aside = any(p.name.startswith(path.name + ".") and not _TMP.search(p.name) for p in self.path.iterdir())
+            if derived or written is None or aside:
+                return default
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(written)))
+            raise DamagedFileError(
+                f"project {self.path}: {path.name} is missing, though the project wrote it (first on {when}): it was "
+                f"deleted or moved from outside. Restore it from a backup; to start it anew instead, write "
+                f"{_EMPTY_DOCUMENT.get(path.name, '{}')} into {path}"
+            ) from None
         except (ValueError, UnicodeDecodeError) as exc:
             if derived:
                 return default
@@ -959,6 +972,10 @@ class SampleStore:
                     raise ValueError("project.json must be a dict")
                 obj = {**obj, "schema_version": SCHEMA_VERSION, "commit_log": 1}
             atomic_write_bytes(path, _dumps(obj), fsync=self.durable)
+            documents = self._log.setdefault("documents", {})
+            if path.name in _EMPTY_DOCUMENT and path.name not in documents:
+                documents[path.name] = time.time()  # from now on its absence is damage, not "none yet"
+                self._write_log()
 
 
 # ---- helpers -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -768,12 +768,19 @@ def _rebalance(
     for i, c in enumerate(evolved):
         rng = np.random.default_rng([seed, i])
         orders = [spread(b.weights, mixture_size, rng) for b in balances]
-        g = results[c].best.genome
+        r = results[c]
+        g = r.best.genome
         rest = tuple(p for p in g.phrases if p not in balanced)
+        # The mixture owns a balanced axis: a phrase of it left in the negative prompt would fight the
+        # prompts that name it (and remove that cell from the class, a new shortcut).
+        dropped = [p for p in g.negative if p in balanced]
+        negative = tuple(p for p in g.negative if p not in balanced)
+        if dropped:
+            r.ranked[0] = replace(r.best, genome=Genome(c, g.phrases, negative))
         mixture = []
         for m in range(mixture_size):
             extra = tuple(order[m] for order in orders if order[m])
-            mixture.append(compose(Genome(c, rest + extra, g.negative)))
-        r = results[c]
+            mixture.append(compose(Genome(c, rest + extra, negative)))
         r.mixture, r.balance = mixture, balances
-        r.diff = [*r.diff, *(b.describe() for b in balances)]
+        notes = [f"'{p}' taken out of the negative prompt: the mixture balances that axis" for p in dropped]
+        r.diff = [*r.diff, *(b.describe() for b in balances), *notes]

@@ -55,7 +55,7 @@ class GenerationCancelled(Exception):
         self.images = images
 
 
-def scheduler_like(source: Any, cls: type[Any], **extra: Any) -> Any:
+def scheduler_like(source: Any, cls: Any, **extra: Any) -> Any:
     """A `cls` scheduler built from `source`'s config that samples as `source` does.
 
     `from_config` fills settings the source's class lacks with `cls`'s defaults, and DDIM's

@@ -114,6 +114,9 @@ def widget_state(widget: Any) -> dict:
         "color_options",
         "filters",
         "history",
+        "strategies",
+        "chart",
+        "theme",
     ]
     return {k: getattr(widget, k) for k in keys}
 

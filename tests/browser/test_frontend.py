@@ -209,15 +209,15 @@ def test_bad_button_uses_the_selection_trait_only(shown: Any) -> None:
     page.evaluate("window.__model.set('selection', new DataView(new Uint32Array([2, 4, 8]).buffer))")
     page.click("button[data-action=bad]")
     sent = page.evaluate("window.__model.sent")
-    actions = [m for m in sent if m["content"].get("type") == "action"]
-    assert actions[-1]["content"]["name"] == "bad"
-    assert actions[-1]["buffers"] == []  # the selection travels only through its trait
+    commands = [m for m in sent if m["content"].get("type") == "command"]
+    assert commands[-1]["content"] == {"type": "command", "name": "bad", "args": {}}
+    assert commands[-1]["buffers"] == []  # the selection travels only through its trait
     # The Python side reads the indices from the selection trait.
     calls = []
-    w.on_action(lambda name, payload: calls.append((name, payload)))
+    w.on_command(lambda name, args: calls.append((name, dict(args), w.selected.tolist())))
     w.set_state({"selection": memoryview(np.array([2, 4, 8], "<u4").tobytes())})
-    w._on_custom_msg(w, actions[-1]["content"], [])
-    assert calls == [("bad", {"indices": [2, 4, 8]})]
+    w._on_custom_msg(w, commands[-1]["content"], [])
+    assert calls == [("bad", {}, [2, 4, 8])]
 
 
 def test_label_click_selects_members_and_text_is_literal(shown: Any) -> None:
@@ -231,7 +231,7 @@ def test_label_click_selects_members_and_text_is_literal(shown: Any) -> None:
     assert not page.locator("button[data-action=unwanted_label]").is_disabled()
     page.click("button[data-action=unwanted_label]")
     last = page.evaluate("window.__model.sent")[-1]
-    assert last["content"]["name"] == "unwanted_label" and last["content"]["payload"]["label"] == XSS
+    assert last["content"]["name"] == "unwanted_label" and last["content"]["args"]["label"] == XSS
     assert page.locator("img[src='x']").count() == 0
     assert page.dialogs == []
 
@@ -432,8 +432,8 @@ def test_gallery_marks_one_image_and_keys_send_undo(shown: Any) -> None:
     tiles = page.locator(".dcw-gallery .dcw-tile")
     assert tiles.count() == 3
     tiles.nth(1).locator("button[data-mark=bad]").click()
-    sent = [m for m in page.evaluate("window.__model.sent") if m["content"].get("type") == "action"]
-    assert sent[-1]["content"] == {"type": "action", "name": "gallery_mark", "payload": {"index": 9, "value": "bad"}}
+    sent = [m for m in page.evaluate("window.__model.sent") if m["content"].get("type") == "command"]
+    assert sent[-1]["content"] == {"type": "command", "name": "gallery_mark", "args": {"index": 9, "value": "bad"}}
     # The feedback change comes back as the feedback array only: the tile gets a red border, the point a band.
     fb = np.zeros(len(frame), np.uint8)
     fb[9] = 2
@@ -444,7 +444,9 @@ def test_gallery_marks_one_image_and_keys_send_undo(shown: Any) -> None:
     page.evaluate("window.__model.set('selection', new DataView(new Uint32Array([3]).buffer))")
     page.keyboard.press("Control+z")
     page.keyboard.press("b")
-    names = [m["content"]["name"] for m in page.evaluate("window.__model.sent") if m["content"].get("type") == "action"]
+    names = [
+        m["content"]["name"] for m in page.evaluate("window.__model.sent") if m["content"].get("type") == "command"
+    ]
     assert names[-2:] == ["undo", "bad"]
 
 
@@ -453,8 +455,8 @@ def test_search_box_sends_the_query(shown: Any) -> None:
     page.fill("input[data-role=search]", "red car")
     page.select_option("select[data-role=search-mode]", "clip")
     page.press("input[data-role=search]", "Enter")
-    sent = [m for m in page.evaluate("window.__model.sent") if m["content"].get("type") == "action"]
-    assert sent[-1]["content"] == {"type": "action", "name": "search", "payload": {"query": "red car", "mode": "clip"}}
+    sent = [m for m in page.evaluate("window.__model.sent") if m["content"].get("type") == "command"]
+    assert sent[-1]["content"] == {"type": "command", "name": "search", "args": {"query": "red car", "mode": "clip"}}
     # Typing in the box is not taken as shortcuts ("b" is Bad on the map).
     assert all(m["content"]["name"] != "bad" for m in sent)
 
@@ -745,3 +747,57 @@ def test_tooltip_shows_content_labels_as_text(page: Any, tmp_path: pathlib.Path)
         assert tip.locator("b").count() == 0
     finally:
         crafter.close()
+
+
+def test_side_panels_and_chart_live_in_the_one_widget(page: Any) -> None:
+    """Generate, the prompts of each class and the metrics chart are part of the anywidget (no ipywidgets):
+    their controls send typed commands, prompts arrive as text (never HTML), the chart is kernel-drawn SVG
+    shown as an image, and Generate waits while a job runs."""
+    frame = synthetic_frame(200, seed=2)
+    w = CrafterWidget()
+    w.set_frame(frame)
+    w.strategies = ["class", "caption", "custom", "evolved"]
+    w.prompts = {
+        "cat": {"current": XSS, "history": [{"action": "edit", "prompt": "a cat"}, {"action": "edit", "prompt": XSS}]},
+        "dog": {"current": "a dog", "history": [], "mixture": ["a dog", "a dog on snow"]},
+    }
+    w.chart = '<svg xmlns="http://www.w3.org/2000/svg" width="300" height="120"><rect width="300" height="120" fill="#1f77b4"/></svg>'
+    open_standalone(page, widget_state(w), width=1200)
+    sent = lambda: [m["content"] for m in page.evaluate("window.__model.sent") if m["content"].get("type") == "command"]  # noqa: E731
+    # Generate: strategy, count, custom prompt -> one command with typed arguments.
+    page.select_option("select[data-role=strategy]", "custom")
+    page.fill("input[data-role=per-class]", "3")
+    page.fill("input[data-role=custom-prompt]", "a photo of a {class} at night")
+    page.click("button[data-action=generate]")
+    assert sent()[-1] == {
+        "type": "command",
+        "name": "generate",
+        "args": {"strategy": "custom", "count": 3, "prompt": "a photo of a {class} at night"},
+    }
+    page.select_option("select[data-role=strategy]", "evolved")
+    assert "current prompt" in page.locator("[data-role=generate] .dcw-hint").inner_text()
+    # Prompts: the model text is the textarea's value, literally; edit, accept and revert send their commands.
+    cat = page.locator(".dcw-prompt[data-class=cat]")
+    assert cat.locator("textarea").input_value() == XSS
+    cat.locator("textarea").fill("a photo of a cat")
+    cat.locator("button[data-action=prompt_edit]").click()
+    assert sent()[-1]["args"] == {"class_name": "cat", "prompt": "a photo of a cat"}
+    cat.locator("select[data-role=prompt-history]").select_option("0")
+    cat.locator("button[data-action=prompt_revert]").click()
+    assert sent()[-1] == {"type": "command", "name": "prompt_revert", "args": {"class_name": "cat", "index": 0}}
+    dog = page.locator(".dcw-prompt[data-class=dog]")
+    assert dog.locator("button[data-action=prompt_revert]").is_disabled()  # no earlier prompt
+    assert "cycle through 2 prompts" in dog.inner_text()
+    # The chart: an <img> of the SVG (nothing in it runs), below the map.
+    img = page.locator("[data-role=chart] img")
+    page.wait_for_function("document.querySelector('[data-role=chart] img').naturalWidth === 300")
+    assert img.get_attribute("src").startswith("blob:")
+    assert img.bounding_box()["y"] > page.locator(".dcw-stage").bounding_box()["y"]
+    # A running job disables Generate until it ends; the side panel sits right of the map.
+    page.evaluate("window.__model.set('progress', {running: true, done: 1, total: 4, message: 'x'})")
+    assert page.locator("button[data-action=generate]").is_disabled()
+    page.evaluate("window.__model.set('progress', {running: false, done: 4, total: 4, message: ''})")
+    assert page.locator("button[data-action=generate]").is_enabled()
+    side, stage = page.locator(".dcw-side").bounding_box(), page.locator(".dcw-stage").bounding_box()
+    assert side["x"] >= stage["x"] + stage["width"] and side["width"] <= 281
+    assert page.locator("img[src='x']").count() == 0 and page.dialogs == [] and page.errors == []

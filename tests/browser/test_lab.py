@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 sys.path.insert(0, {str(HERE)!r})
 from standalone import synthetic_frame, synthetic_thumbnails
-from datacrafter_widget.ui.widget import CrafterWidget, build_layout
+from datacrafter_widget.ui.widget import CrafterWidget
 
 XSS = {XSS!r}
 frame = synthetic_frame(400, classes=3, seed=3)
@@ -53,15 +53,16 @@ widget.set_frame(frame, thumbnails=thumbs, labels=[
     {{"text": XSS, "x": float(frame.x.mean()), "y": float(frame.y.max()), "n": 20, "members": list(range(20))}},
 ])
 calls = []
-def on_action(name, payload):
-    calls.append((name, payload["indices"]))
-    record("action", name=name, ids=payload["indices"])
-    return f"{{name}}: {{len(payload['indices'])}} images"
-widget.on_action(on_action)
+def on_command(name, args):
+    ids = widget.selected.tolist()  # the selection is its trait, never an argument
+    calls.append((name, ids))
+    record("action", name=name, ids=ids)
+    return f"{{name}}: {{len(ids)}} images"
+widget.on_command(on_command)
 widget.observe(lambda change: record("selection", ids=widget.selected.tolist()), names="selection")
 widget.on_details(lambda i: {{"caption": XSS, "prompt": "a photo of " + frame.label[i],
                               "image": Image.fromarray(thumbs[i]).resize((128, 128))}})
-build_layout(widget)
+widget
 """
 
 
@@ -322,11 +323,9 @@ def _starter_weights_missing() -> str:
 
 def generate_from_widget(page: Any, strategy: str, per_class: int) -> None:
     """Starts a round with the widget's own controls: the strategy menu, the count box, Generate."""
-    page.locator(".widget-dropdown select").first.select_option(strategy)
-    count = page.locator(".widget-text input[type=number]").first
-    count.fill(str(per_class))
-    count.press("Tab")
-    page.locator("button:has-text('Generate')").last.click()
+    page.locator("select[data-role=strategy]").last.select_option(strategy)
+    page.locator("input[data-role=per-class]").last.fill(str(per_class))
+    page.locator("button[data-action=generate]").last.click()
 
 
 def skip_without_starter_models() -> None:
@@ -428,15 +427,15 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
     page.wait_for_timeout(500)
     for k in range(root.locator(".dcw-toolbar").count()):
         assert root.locator(".dcw-toolbar").nth(k).bounding_box()["height"] <= 32, f"toolbar row {k} wraps"
-    text_box = page.locator(".widget-textarea textarea").last.bounding_box()
-    map_box = root.bounding_box()
+    text_box = page.locator(".dcw-prompt textarea").last.bounding_box()
+    map_box = root.locator(".dcw-map").bounding_box()
     # The side panel is 280 px wide, right of the map, and inside the page.
     assert text_box["width"] <= 280 and text_box["x"] >= map_box["x"] + map_box["width"] - 1
     assert text_box["x"] + text_box["width"] <= 1400
     page.screenshot(path=str(ARTIFACTS / "lab-loop-1400x900.png"))
 
     # 1. Edit the prompt in the side panel and save it.
-    text = page.locator(".widget-textarea textarea").last
+    text = page.locator(".dcw-prompt textarea").last
     assert text.input_value() == "a photo of the digit zero"
     text.fill("a photo of the digit zero on a blue background")
     page.locator("button:has-text('Save edit')").last.click()
@@ -457,9 +456,11 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
         rnd
     )
 
-    # 3. The metrics chart renders with every non-local request blocked (vega comes bundled).
-    page.wait_for_function("document.querySelector('.vega-embed svg, .vega-embed canvas') !== null", timeout=300000)
-    chart = page.locator(".vega-embed").last
+    # 3. The metrics chart renders with every non-local request blocked (SVG drawn in the kernel).
+    page.wait_for_function(
+        "[...document.querySelectorAll('[data-role=chart] img')].some((i) => i.naturalWidth > 100)", timeout=600000
+    )
+    chart = root.locator("[data-role=chart] img")
     assert chart.bounding_box()["height"] > 50
     page.screenshot(path=str(ARTIFACTS / "lab-loop-chart.png"), full_page=True)
 
@@ -574,7 +575,7 @@ def test_evolve_before_feedback_shows_the_whole_error(page: Any, lab: Lab) -> No
     )
     assert stale == [], stale
     assert not root.locator(".dcw-progress").is_visible()
-    assert page.locator("button:has-text('Generate')").last.is_enabled()
+    assert page.locator("button[data-action=generate]").last.is_enabled()
     page.screenshot(path=str(ARTIFACTS / "lab-evolve-error.png"))
     assert page.dialogs == []
 
@@ -722,9 +723,9 @@ def test_prompt_history_and_remove_undo_in_jupyterlab(page: Any, lab: Lab) -> No
     statuses = "[...document.querySelectorAll('.dcw-status')].map((e) => e.textContent).join(' | ')"
 
     # 1. Revert to the first prompt, chosen in the history menu.
-    text = page.locator(".widget-textarea textarea").last
+    text = page.locator(".dcw-prompt textarea").last
     assert text.input_value() == "a photo of a zero, blue"
-    page.locator(".widget-dropdown select").last.select_option(label="1. edit: a photo of a zero")
+    page.locator("select[data-role=prompt-history]").last.select_option(label="1. edit: a photo of a zero")
     page.locator("button:has-text('Revert')").last.click()
     page.wait_for_function(f"{statuses}.includes('reverted')", timeout=60000)
     assert printed_json(run_cell(page, 1), "PROMPT") == {
@@ -732,7 +733,7 @@ def test_prompt_history_and_remove_undo_in_jupyterlab(page: Any, lab: Lab) -> No
         "actions": ["edit", "edit", "revert"],
     }
     page.wait_for_function(
-        "[...document.querySelectorAll('.widget-textarea textarea')].pop().value === 'a photo of a zero'",
+        "[...document.querySelectorAll('.dcw-prompt textarea')].pop().value === 'a photo of a zero'",
         timeout=30000,
     )
     # 2. Accept keeps it, recorded in the history.
@@ -820,7 +821,7 @@ def test_first_map_progress_and_cancel_in_jupyterlab(page: Any, lab: Lab) -> Non
         )
         == 1
     )
-    assert page.locator("button:has-text('Generate')").last.is_disabled()
+    assert page.locator("button[data-action=generate]").last.is_disabled()
     root.locator("button[data-action=cancel]").click()
     page.wait_for_function(
         "[...document.querySelectorAll('.dcw-status')].some((e) => /cancelled; \\d+ images kept/.test(e.textContent))",
@@ -830,7 +831,7 @@ def test_first_map_progress_and_cancel_in_jupyterlab(page: Any, lab: Lab) -> Non
     text = status.inner_text()
     kept = int(text.split("cancelled; ")[1].split(" images kept")[0])
     assert "cancelled" in text and not progress.is_visible(), text
-    assert page.locator("button:has-text('Generate')").last.is_enabled()
+    assert page.locator("button[data-action=generate]").last.is_enabled()
     rnd = printed_json(run_cell(page, 1), "ROUND")
     assert rnd["status"] == "cancelled" and rnd["stored"] == kept and 0 < kept < 60, (rnd, text)
     assert page.evaluate(f"{handle}.n") == 320 + kept
@@ -933,7 +934,7 @@ def test_evolve_then_generate_evolved_in_jupyterlab(page: Any, lab: Lab) -> None
     evolved = state["current"]
     assert evolved and state["actions"] and state["actions"][-1] == "evolved", state
     page.wait_for_function(
-        f"[...document.querySelectorAll('.widget-textarea textarea')].some((t) => t.value === {json.dumps(evolved)})",
+        f"[...document.querySelectorAll('.dcw-prompt textarea')].some((t) => t.value === {json.dumps(evolved)})",
         timeout=30000,
     )
     generate_from_widget(page, "evolved", 2)

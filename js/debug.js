@@ -1,0 +1,75 @@
+// @ts-check
+// The test and benchmark handle: each widget on the page pushes one object onto window.__dcw that
+// reads its state (selection, view, timings, frames) and drives it (lasso polygons, zoom, profiled draws).
+import { selectPolygon, zoomBy } from "./interaction.js";
+import { drawOverlay } from "./overlay.js";
+
+/** @param {any} view the ProjectionView */
+export function publishDebugHandle(view) {
+  const self = view;
+  const handle = {
+    id: view.id,
+    root: view.root,
+    model: view.model,
+    get n() { return self.n; },
+    get view() { return { ...self.view, width: self.width, height: self.height }; },
+    get selection() { return Array.from(self.selection); },
+    get timings() { return { ...self.timings }; },
+    get frames() { return self.frames; },
+    get selectionSends() { return self.selectionSends || 0; },
+    get thumbsShown() { return Boolean(self.thumbsShown); },
+    get primitive() { return self.renderer ? self.renderer.primitive : null; },
+    get rendererName() { return self.renderer ? self.renderer.name : null; },
+    get lastPolygon() { return self.lastPolygon; },
+    get placedLabels() { return self.placedLabels.map((p) => ({ text: p.label.text, box: p.box })); },
+    get overlaps() { return self.overlaps.map((g) => ({ sx: g.sx, sy: g.sy, n: g.n })); },
+    get theme() { return self.themeColors(); },
+    /** The pan cache's counters {draws, blits}; setPanCache(true|false|null) forces it on / off / auto. */
+    get cacheStats() { return self.renderer ? { ...self.renderer.cacheStats } : null; },
+    dropPanCache: () => self.renderer && self.renderer.dropCache(),
+    setPanCache: (on) => {
+      const r = self.renderer;
+      if (!r) return;
+      r.cacheFrom = on === true ? 0 : on === false ? Infinity : /swiftshader|llvmpipe|software/i.test(r.name) ? 10000 : Infinity;
+      self.requestDraw();
+    },
+    zoomTo: (idx) => self.zoomTo(idx),
+    dataToScreen: (x, y) => self.toScreen(x, y),
+    zoomBy: (f, sx, sy) => zoomBy(self, f, sx, sy),
+    get zooming() { return Boolean(self.zooming); },
+    setView: (k, tx, ty) => { self.view = { k, tx, ty }; self.userMoved = true; self.requestDraw(); },
+    selectPolygon: (pts, op = "replace") => Array.from(selectPolygon(self, pts, op)),
+    /** One frame split into its parts, each waited for (1-pixel readback), in ms: the WebGL points, the
+     *  2D overlay (labels, counts), and a baseline: a clear of the same canvas alone. For benchmarks. */
+    profileFrame: () => {
+      const r = self.renderer, gl = r && r.gl, px = new Uint8Array(4);
+      const finish = () => gl && gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, px);
+      const { size, thumbs } = self.markSize();
+      const bg = self.themeColors().bg.map((v) => v / 255);
+      let t = performance.now();
+      if (r) { gl.clearColor(bg[0], bg[1], bg[2], 1); gl.clear(gl.COLOR_BUFFER_BIT); finish(); }
+      const clear = performance.now() - t;
+      t = performance.now();
+      if (r) {
+        r.draw(self.view, { width: self.width, height: self.height, dpr: self.dpr || 1, size, thumbs,
+          dim: self.selection.length > 0 ? 0.35 : 1, anySelected: self.selection.length > 0, background: bg });
+        finish();
+      }
+      const points = performance.now() - t;
+      t = performance.now();
+      drawOverlay(self, size, thumbs);
+      const overlay = performance.now() - t;
+      return { clear, points, overlay, thumbs, size };
+    },
+    /** Draws now and waits for the GPU (1-pixel readback); returns ms. For benchmarks. */
+    drawNow: () => {
+      const t = performance.now();
+      self.draw();
+      if (self.renderer) self.renderer.gl.readPixels(0, 0, 1, 1, self.renderer.gl.RGBA, self.renderer.gl.UNSIGNED_BYTE, new Uint8Array(4));
+      return performance.now() - t;
+    },
+  };
+  view.handle = handle;
+  window.__dcw = window.__dcw || [];
+  window.__dcw.push(handle);
+}

@@ -1,0 +1,40 @@
+// @ts-check
+// The gallery of the selection: a grid of the selected images (from the sprite atlas), each with
+// its own Good / Bad / Unmark buttons; a click zooms the map to the image.
+import { button, el, FEEDBACK_TEXT, KIND_NAMES } from "./dom.js";
+
+const GALLERY_MAX = 120;
+
+/** A grid of the selected images (up to GALLERY_MAX), each with its own Good / Bad / Unmark buttons. */
+export function renderGallery(view) {
+  const G = view.gallery;
+  if (!G) return;
+  G.replaceChildren();
+  const sel = view.selection;
+  if (sel.length === 0) { G.style.display = "none"; return; }
+  G.style.display = "block";
+  const head = el("div", "dcw-gallery-head", G);
+  head.textContent = sel.length > GALLERY_MAX ? `Selection: first ${GALLERY_MAX} of ${sel.length}` : `Selection: ${sel.length}`;
+  const grid = el("div", "dcw-gallery-grid", G);
+  const names = view.model.get("class_names") || [];
+  const g = view.atlasGrid;
+  for (const i of sel.slice(0, GALLERY_MAX)) {
+    const tile = el("div", "dcw-tile", grid);
+    tile.dataset.index = String(i);
+    const fb = view.attrs.feedback[i] || 0;
+    if (fb) tile.dataset.feedback = FEEDBACK_TEXT[fb];
+    const c = el("canvas", "", tile);
+    c.width = c.height = 64;
+    c.title = `${names[view.attrs.cls[i]] ?? ""} (${KIND_NAMES[view.attrs.kind[i]] || ""})`;
+    if (view.atlasBitmap && g) {
+      const t = g.tile;
+      c.getContext("2d").drawImage(view.atlasBitmap, (i % g.cols) * t, Math.floor(i / g.cols) * t, t, t, 0, 0, 64, 64);
+    }
+    c.addEventListener("click", () => view.zoomTo([i], 6));
+    const row = el("div", "dcw-tile-buttons", tile);
+    for (const [value, text, tip] of [["good", "✓", "mark good"], ["bad", "✗", "mark bad"], ["clear", "↺", "unmark"]]) {
+      const b = button(row, text, tip, () => view.command("gallery_mark", { index: i, value }));
+      b.dataset.mark = value;
+    }
+  }
+}
