@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datacrafter_widget.controller.prompt_book import apply_to_prompts_doc, current_prompts
 from datacrafter_widget.controller.rounds import evolve_store
 from datacrafter_widget.loop.evolution import (
     EvolutionError,
     Genome,
-    apply_to_prompts_doc,
-    current_prompts,
     evolve_prompts,
 )
 from datacrafter_widget.starter.prompts import starter_compose
@@ -336,7 +335,7 @@ def test_an_unwanted_label_whose_negative_does_not_help_stays_out_of_the_negativ
 
 
 def test_generate_evolved_cycles_through_a_class_mixture(tmp_path):
-    from datacrafter_widget.controller import map_view
+    from datacrafter_widget.controller import prompt_book
     from tests.test_student import _tiny_crafter
 
     crafter, _ = _tiny_crafter(tmp_path)
@@ -348,9 +347,9 @@ def test_generate_evolved_cycles_through_a_class_mixture(tmp_path):
     rows = crafter.samples.set_index("id").loc[new]
     assert list(rows["prompt"]) == mixture * 2 and set(rows["negative_prompt"]) == {"blurry"}
     # A typed prompt serves every image again; accepting keeps the mixture.
-    kept, _ = map_view.accept_prompt(doc, ["0", "1"], "0")
+    kept, _ = prompt_book.accept_prompt(doc, ["0", "1"], "0")
     assert kept["classes"]["0"]["mixture"] == mixture
-    typed, _ = map_view.set_prompt(doc, ["0", "1"], "0", "a photo of a 0, sharp")
+    typed, _ = prompt_book.set_prompt(doc, ["0", "1"], "0", "a photo of a 0, sharp")
     assert "mixture" not in typed["classes"]["0"]
     crafter.close()
 

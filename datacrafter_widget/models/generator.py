@@ -200,6 +200,7 @@ class Generator:
         if scheduler:
             set_scheduler(pipe, scheduler)
         self._img2img: Any = None
+        self.placement = ""  # where the weights live, e.g. "cuda (model cpu offload)" (Models.stable_diffusion)
         self.last_flags: list[str] = []
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
