@@ -42,7 +42,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -937,14 +937,23 @@ class SampleStore:
             name += ".json"
         return self.path / name
 
-    def read_json(self, name: str, default: Any = None, *, derived: bool = False) -> Any:
+    def read_json(
+        self, name: str, default: Any = None, *, derived: bool = False, shape: Callable[[Any], str] | None = None
+    ) -> Any:
         """A json document of the project (e.g. "rounds.json"), or `default` if it does not exist.
 
         A damaged document raises DamagedFileError naming it and the fix; with derived=True (a cache
-        that can be computed again, such as map.json) it counts as missing instead."""
+        that can be computed again, such as map.json) it counts as missing instead. `shape` (the owning
+        module's check) returns what is wrong with a well-formed document of the wrong shape, '' if nothing:
+        a wrong shape is damage too."""
         path = self._json_path(name)
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            check = shape if shape is not None else _SHAPES.get(path.name)
+            problem = check(doc) if check is not None and not derived else ""
+            if problem:
+                raise ValueError(problem)
+            return doc
         except FileNotFoundError:
             written = (self._log.get("documents") or {}).get(path.name)
             aside = any(p.name.startswith(path.name + ".") and not _TMP.search(p.name) for p in self.path.iterdir())
@@ -979,6 +988,56 @@ class SampleStore:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+def _rounds_shape(doc: Any) -> str:
+    """rounds.json: a list of round entries, each a dict with a whole-number round."""
+    if not isinstance(doc, list):
+        return f"it holds a {type(doc).__name__}, not a list of round entries"
+    for k, e in enumerate(doc):
+        if not isinstance(e, dict):
+            return f"entry {k} is {str(e)[:40]!r}, not a round entry"
+        rnd = e.get("round")
+        if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+            return f"entry {k} has round {rnd!r}, not a whole number"
+        if not isinstance(e.get("status", ""), str):
+            return f"entry {k} has status {e.get('status')!r}, not text"
+    return ""
+
+
+def _feedback_shape(doc: Any) -> str:
+    """feedback.json: a list of feedback actions, each a dict."""
+    if not isinstance(doc, list):
+        return f"it holds a {type(doc).__name__}, not a list of feedback actions"
+    bad = next((k for k, e in enumerate(doc) if not isinstance(e, dict)), None)
+    return "" if bad is None else f"entry {bad} is {str(doc[bad])[:40]!r}, not a feedback action"
+
+
+def _prompts_shape(doc: Any) -> str:
+    """prompts.json: a dict whose "classes" (if any) maps class names to entries (dicts)."""
+    if not isinstance(doc, dict):
+        return f"it holds a {type(doc).__name__}, not a prompts document (a dict)"
+    classes = doc.get("classes", {})
+    if not isinstance(classes, dict):
+        return f"its classes are {str(classes)[:40]!r}, not {{class: entry}}"
+    for cls, e in classes.items():
+        if not isinstance(e, dict):
+            return f"class {cls!r} has {str(e)[:40]!r}, not a prompt entry"
+        if not isinstance(e.get("history", []), list):
+            return f"class {cls!r} has a history that is not a list"
+        for key in ("prompt", "negative_prompt"):
+            if key in e and not isinstance(e[key], str) and not (key == "negative_prompt" and e[key] is None):
+                return f"class {cls!r} has {key} {e[key]!r}, not text"
+    return ""
+
+
+# Shapes of the primary documents, checked on every read (a module may pass its own with shape=).
+_SHAPES: dict[str, Callable[[Any], str]] = {
+    "rounds.json": _rounds_shape,
+    "feedback.json": _feedback_shape,
+    "prompts.json": _prompts_shape,
+    "project.json": lambda doc: "" if isinstance(doc, dict) else f"it holds a {type(doc).__name__}, not a dict",
+}
+
+
 def _project_meta_problem(meta: dict[str, Any]) -> str:
     """What is wrong with project.json's fields ('' if nothing): valid json of the wrong shape is damage too."""
     version = meta.get("schema_version")
