@@ -538,14 +538,13 @@ def test_repr_outside_a_notebook_builds_nothing(tmp_path: pathlib.Path, capsys: 
             shell.displayhook(c)  # echoing `crafter` at the prompt
             printed = capsys.readouterr().out
             data, _meta = shell.display_formatter.format(c)
-            printed += capsys.readouterr().out
             assert set(c._repr_mimebundle_()) == {"text/plain"}
             time.sleep(0.5)  # a job started by the repr would be writing by now
             started = [t.name for t in threading.enumerate() if t.ident not in threads]
         finally:
             InteractiveShell.clear_instance()
-        assert set(data) <= {"text/plain"}, sorted(data)  # nothing but text (IPython may leave it to our hook)
-        assert printed.count("DataCrafter project") == 2 and "real images" in printed, printed
+        assert set(data) == {"text/plain"}, sorted(data)
+        assert "DataCrafter project" in printed and "real images" in printed, printed
         assert started == [] and _files(tmp_path / "p") == before, started
     finally:
         c.close()
@@ -634,33 +633,3 @@ def test_nbconvert_html_shows_a_picture_of_the_map_and_the_summary(tmp_path: pat
     png = Image.open(io.BytesIO(base64.b64decode(html[start : html.index('"', start)])))
     assert png.size[0] >= 600
     assert "application/vnd.jupyter.widget-view+json" not in html  # no empty widget placeholder in its place
-
-
-def test_the_notebook_picture_follows_the_map(crafter, monkeypatch) -> None:
-    """Displayed in a kernel, the output keeps a display id: when the map changes (the first map, a round)
-    the view redraws the PNG in place, so a saved notebook holds the latest picture."""
-    import base64
-
-    import IPython.display
-
-    from datacrafter_widget.ui import display
-
-    class Handle:
-        updates: list[dict] = []
-
-        def update(self, obj: dict, raw: bool = False) -> None:
-            self.updates.append(obj)
-
-    shown: list[dict] = []
-    monkeypatch.setattr(display, "in_notebook_kernel", lambda: True)
-    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append(obj) or Handle())
-    crafter._ipython_display_()
-    assert len(shown) == 1 and "image/png" in shown[0] and "application/vnd.jupyter.widget-view+json" in shown[0]
-    ids = crafter.samples["id"].tolist()
-    rng = np.random.default_rng(1)
-    xy = rng.normal(size=(len(ids), 2))
-    crafter.set_projection(pd.DataFrame({"kind": "image", "id": ids, "text": "", "x": xy[:, 0], "y": xy[:, 1]}))
-    assert Handle.updates, "the picture was not redrawn"
-    new = Handle.updates[-1]
-    assert new["image/png"] != shown[0]["image/png"] and Image.open(io.BytesIO(base64.b64decode(new["image/png"])))
-    assert new["application/vnd.jupyter.widget-view+json"] == shown[0]["application/vnd.jupyter.widget-view+json"]

@@ -83,19 +83,20 @@ class ProjectMap:
         """Lay out all samples (new ones placed incrementally) and return the projection frame."""
         ids = samples["id"].astype(str).tolist()
         known = set(self.ids)
-        prefix_ok = self.layout is not None and ids[: len(self.ids)] == self.ids
-        if full or not prefix_ok:
+        layout = self.layout
+        if full or layout is None or ids[: len(self.ids)] != self.ids:
             texts = sorted({t for labs in labels for t in labs})
             label_emb = label_embedder(texts) if texts else None
-            self.layout = project(embeddings, texts, [list(l) for l in labels], label_emb, seed=seed)
+            layout = project(embeddings, texts, [list(l) for l in labels], label_emb, seed=seed)
             self.ids = ids
         else:
             new = [k for k, i in enumerate(ids) if i not in known]
             if new:
-                self.layout = place(self.layout, embeddings[new], [list(labels[k]) for k in new])
+                layout = place(layout, embeddings[new], [list(labels[k]) for k in new])
                 self.ids = ids
+        self.layout = layout
         if not self.store.readonly:
-            save_layout(self.layout, str(Path(self.store.path) / LAYOUT_FILE))
+            save_layout(layout, str(Path(self.store.path) / LAYOUT_FILE))
             self.store.write_json(MAP_JSON, {"ids": self.ids, "n": len(self.ids)})
         return self.frame(labels)
 
@@ -136,7 +137,7 @@ class _LazyImages(Sequence):
     def __len__(self) -> int:
         return len(self._ids)
 
-    def __getitem__(self, k):  # type: ignore[override]
+    def __getitem__(self, k):
         if isinstance(k, slice):
             return [self._image(i) for i in self._ids[k]]
         return self._image(self._ids[k])

@@ -160,19 +160,3 @@ def mimebundle(crafter: DataCrafter, include: Any = None, exclude: Any = None) -
     if not in_notebook_kernel():
         return {"text/plain": summary(crafter)}
     return static_bundle(crafter, widget_of(crafter), include, exclude)
-
-
-def ipython_display(crafter: DataCrafter) -> None:
-    """IPython's display hook: in a kernel, the output gets a display id so that the view can redraw
-    its PNG when the map changes (the first map, each round): a saved notebook keeps the latest
-    picture. Outside a kernel, the text summary."""
-    if not in_notebook_kernel():
-        print(summary(crafter))
-        return
-    from IPython.display import display
-
-    widget = widget_of(crafter)
-    handle = display(static_bundle(crafter, widget), raw=True, display_id=True)
-    view = crafter._widget_view
-    if view is not None and handle is not None:
-        view.static_outputs.append(handle)

@@ -24,7 +24,8 @@ from .widget import CrafterWidget
 
 if TYPE_CHECKING:
     from ..controller.jobs import Job
-    from ..controller.map_view import PromptEntry, ViewState
+    from ..controller.map_view import ViewState
+    from ..controller.prompt_book import PromptEntry
     from ..controller.round_spec import RoundSpec
     from ..loop.evolution import EvolutionResult
 
@@ -67,8 +68,8 @@ class CrafterController(Protocol):
     ) -> dict[str, int]: ...
     def undo(self) -> list[str]: ...
     def redo(self) -> list[str]: ...
-    def generate(self, *, spec: RoundSpec, background: bool = False, progress: bool = True) -> list[str] | Job: ...
-    def generate_evolved(self, per_class: int = 20, **options: Any) -> list[str] | Job: ...
+    def generate_background(self, spec: RoundSpec | None = None, **settings: Any) -> Job: ...
+    def generate_evolved(self, per_class: int = 20, **options: Any) -> list[str]: ...
     def cancel(self) -> None: ...
     def evolve(self, **options: Any) -> EvolutionResult: ...
     def set_prompt(self, cls: str, prompt: str, *, negative_prompt: str | None = None) -> dict[str, object]: ...
@@ -206,8 +207,7 @@ class CrafterView:
         self._label_pos: dict[str, tuple[float, float]] = {}
         self._point_labels: dict[int, list[str]] = {}
         self._metrics_frame: pd.DataFrame | None = None
-        # Notebook outputs of this view (IPython display handles) whose PNG of the map is redrawn on refresh.
-        self.static_outputs: list[Any] = []
+
         self.widget.strategies = list(_strategies())
         self.widget.color_options = list(crafter.color_columns())
         samples = crafter.samples
@@ -390,20 +390,6 @@ class CrafterView:
             self.widget.selected = [self._index[i] for i in crafter.selection if i in self._index]
             self.widget.prompts = dict(crafter.prompts)
             self._send_history()
-        self._update_static_outputs()
-
-    def _update_static_outputs(self) -> None:
-        """Redraws the PNG of the map in the notebook outputs that show this view (see ui/display.py)."""
-        if not self.static_outputs:
-            return
-        from .display import static_bundle
-
-        try:
-            bundle = static_bundle(self.crafter, self.widget)  # type: ignore[arg-type]
-            for handle in self.static_outputs:
-                handle.update(bundle, raw=True)
-        except Exception as err:  # noqa: BLE001 - a picture must never break the view
-            log.warning("could not update the map's picture in the notebook: %s", err)
 
     def _send_hidden(self, visible: np.ndarray) -> None:
         self._visible = np.asarray(visible, dtype=bool)
