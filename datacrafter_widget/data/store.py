@@ -988,52 +988,9 @@ class SampleStore:
 
 
 # ---- helpers -------------------------------------------------------------------------------
-def _rounds_shape(doc: Any) -> str:
-    """rounds.json: a list of round entries, each a dict with a whole-number round."""
-    if not isinstance(doc, list):
-        return f"it holds a {type(doc).__name__}, not a list of round entries"
-    for k, e in enumerate(doc):
-        if not isinstance(e, dict):
-            return f"entry {k} is {str(e)[:40]!r}, not a round entry"
-        rnd = e.get("round")
-        if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
-            return f"entry {k} has round {rnd!r}, not a whole number"
-        if not isinstance(e.get("status", ""), str):
-            return f"entry {k} has status {e.get('status')!r}, not text"
-    return ""
-
-
-def _feedback_shape(doc: Any) -> str:
-    """feedback.json: a list of feedback actions, each a dict."""
-    if not isinstance(doc, list):
-        return f"it holds a {type(doc).__name__}, not a list of feedback actions"
-    bad = next((k for k, e in enumerate(doc) if not isinstance(e, dict)), None)
-    return "" if bad is None else f"entry {bad} is {str(doc[bad])[:40]!r}, not a feedback action"
-
-
-def _prompts_shape(doc: Any) -> str:
-    """prompts.json: a dict whose "classes" (if any) maps class names to entries (dicts)."""
-    if not isinstance(doc, dict):
-        return f"it holds a {type(doc).__name__}, not a prompts document (a dict)"
-    classes = doc.get("classes", {})
-    if not isinstance(classes, dict):
-        return f"its classes are {str(classes)[:40]!r}, not {{class: entry}}"
-    for cls, e in classes.items():
-        if not isinstance(e, dict):
-            return f"class {cls!r} has {str(e)[:40]!r}, not a prompt entry"
-        if not isinstance(e.get("history", []), list):
-            return f"class {cls!r} has a history that is not a list"
-        for key in ("prompt", "negative_prompt"):
-            if key in e and not isinstance(e[key], str) and not (key == "negative_prompt" and e[key] is None):
-                return f"class {cls!r} has {key} {e[key]!r}, not text"
-    return ""
-
-
-# Shapes of the primary documents, checked on every read (a module may pass its own with shape=).
+# Shapes checked on every read of a document the store itself owns; the modules that own the other
+# documents (rounds_log, feedback_log, prompt_book) pass theirs with read_json(..., shape=...).
 _SHAPES: dict[str, Callable[[Any], str]] = {
-    "rounds.json": _rounds_shape,
-    "feedback.json": _feedback_shape,
-    "prompts.json": _prompts_shape,
     "project.json": lambda doc: "" if isinstance(doc, dict) else f"it holds a {type(doc).__name__}, not a dict",
 }
 
