@@ -750,7 +750,7 @@ def run_captions(ctx: Ctx, ns: list[int], args) -> list[dict]:
                     seed,
                     arm,
                     n,
-                    ctx.score(f"{arm}|{n}", lambda ids=ids: ctx.images_of(ids)),
+                    ctx.score(f"{fill or arm}|{n}", lambda ids=ids: ctx.images_of(ids)),
                     used=len(ids),
                     **stats(ctx.check(ids)),
                     **ctx.fills.get(fill or arm, {}),
@@ -772,18 +772,20 @@ def run_captions(ctx: Ctx, ns: list[int], args) -> list[dict]:
         by_class: dict[str, list[str]] = {c: [] for c in CLASSES}
         for a in attrs:
             by_class[a["digit"]].append(caption_for(a["digit"], a["fg"], a["bg"], a["thickness"], a["slant"]))
-        from datacrafter_widget.loop.strategies import CAPTION_TEMPLATE, fill
+        from datacrafter_widget.loop.strategies import CAPTION_TEMPLATE, fill, spread_first
 
         prompts = {}
         for c in CLASSES:
             caps = by_class[c] or [
                 caption_for(c, a["fg"], a["bg"], a["thickness"], a["slant"]) for a in attrs[: kmax + margin]
             ]
+            if args.caption_order == "spread":  # every prefix spans the class's captions (N=100 uses the first 10)
+                caps = [caps[i] for i in spread_first(ctx.models.embedder.embed_texts(caps))]
             prompts[c] = [fill(CAPTION_TEMPLATE, c, cap) for cap in caps[: kmax + margin]]
         ids = ctx.generate(kmax + margin, 4, strategy="custom", prompts=prompts)
         return {"ids": ids, "captioned": len(idx), "per_class_captions": {c: len(v) for c, v in by_class.items()}}
 
-    pkey = f"caption-pool|{args.pool_captions}"
+    pkey = f"caption-pool|{args.pool_captions}" + ("|order=spread" if args.caption_order == "spread" else "")
     pool_ids = ctx.arm(pkey, make_pool_captions)["ids"]
     more = more_of(ctx, 3, strategy="custom", prompts=prompts_of(ctx, pool_ids))
     add_rows("caption-pool", ctx.filled(pkey, pool_ids, kmax, more), fill=pkey)
@@ -990,6 +992,12 @@ def main() -> int:
     p.add_argument("--generations", type=int, default=1)
     p.add_argument("--evolve-batch", type=int, default=4)
     p.add_argument("--pool-captions", type=int, default=600, help="unlabelled pool images to caption")
+    p.add_argument(
+        "--caption-order",
+        default="spread",
+        choices=["spread", "random"],
+        help="order of a class's pool captions: farthest-point (every prefix spans them) or as drawn",
+    )
     p.add_argument(
         "--arms",
         default="all",

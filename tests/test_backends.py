@@ -216,7 +216,7 @@ def test_cancel_keeps_what_finished(ray_env, tmp_path):
     with dc.DataCrafter(_ds(), models=tiny_models(), project=tmp_path / "p", backend=backend) as c:
         first = threading.Event()
         c.on("samples", lambda ids: first.set())
-        job = c.generate(per_class=4, strategy="class", batch_size=1, background=True, progress=False)
+        job = c.generate_background(per_class=4, strategy="class", batch_size=1)
         assert first.wait(300)
         job.cancel()
         ids = job.wait(300)

@@ -195,7 +195,7 @@ def test_class_filter_picks_the_classifier_that_works_on_the_real_images():
 
 def test_background_job_cancel_keeps_finished_batches_and_nothing_half_written(crafter):
     crafter.on("progress", lambda job: job.done > 4.5 and job.cancel())  # inside the second batch
-    job = crafter.generate(per_class=2, strategy="class", background=True, batch_size=4, progress=False)
+    job = crafter.generate_background(per_class=2, strategy="class", batch_size=4)
     with pytest.raises(JobRunningError):
         crafter.generate(per_class=1, strategy="class", progress=False)
     ids = job.wait(timeout=120)
@@ -230,7 +230,7 @@ def test_ctrl_c_in_blocking_mode_keeps_finished_batches(crafter):
 def test_background_job_progress_and_result(crafter):
     seen = []
     crafter.on("samples", lambda ids: seen.append(list(ids)))
-    job = crafter.generate(per_class=1, strategy="class", background=True, batch_size=4, progress=False)
+    job = crafter.generate_background(per_class=1, strategy="class", batch_size=4)
     ids = job.wait(timeout=120)
     assert job.status == "done" and job.progress == 1.0 and len(ids) == 10
     assert [len(b) for b in seen] == [4, 4, 2] and sum(seen, []) == ids
@@ -303,7 +303,7 @@ def test_caption_strategy_uses_the_captioner_and_stores_captions(ds, models, tmp
             assert s.loc[i, "prompt"] == f"a photo of {parent['label']}, {parent['caption']}"
     # in the background, captioning happens inside the job (the kernel is not blocked by it)
     with dc.DataCrafter(nocap, models=m, project=tmp_path / "cap-bg") as c:
-        job = c.generate(per_class=1, strategy="caption", background=True)
+        job = c.generate_background(per_class=1, strategy="caption")
         ids = job.wait(timeout=120)
         s = c.samples.set_index("id")
         assert (s[s["source"] == "real"]["caption"] != "").all()

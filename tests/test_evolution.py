@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datacrafter_widget.controller.prompt_book import apply_to_prompts_doc, current_prompts
 from datacrafter_widget.controller.rounds import evolve_store
 from datacrafter_widget.loop.evolution import (
     EvolutionError,
     Genome,
-    apply_to_prompts_doc,
-    current_prompts,
     evolve_prompts,
 )
 from datacrafter_widget.starter.prompts import starter_compose
@@ -336,7 +335,7 @@ def test_an_unwanted_label_whose_negative_does_not_help_stays_out_of_the_negativ
 
 
 def test_generate_evolved_cycles_through_a_class_mixture(tmp_path):
-    from datacrafter_widget.controller import map_view
+    from datacrafter_widget.controller import prompt_book
     from tests.test_student import _tiny_crafter
 
     crafter, _ = _tiny_crafter(tmp_path)
@@ -348,9 +347,9 @@ def test_generate_evolved_cycles_through_a_class_mixture(tmp_path):
     rows = crafter.samples.set_index("id").loc[new]
     assert list(rows["prompt"]) == mixture * 2 and set(rows["negative_prompt"]) == {"blurry"}
     # A typed prompt serves every image again; accepting keeps the mixture.
-    kept, _ = map_view.accept_prompt(doc, ["0", "1"], "0")
+    kept, _ = prompt_book.accept_prompt(doc, ["0", "1"], "0")
     assert kept["classes"]["0"]["mixture"] == mixture
-    typed, _ = map_view.set_prompt(doc, ["0", "1"], "0", "a photo of a 0, sharp")
+    typed, _ = prompt_book.set_prompt(doc, ["0", "1"], "0", "a photo of a 0, sharp")
     assert "mixture" not in typed["classes"]["0"]
     crafter.close()
 
@@ -374,4 +373,22 @@ def test_evolve_store_hands_evolution_the_wordless_lassos_from_the_feedback_log(
     )
     evolve_store(store, classes=["3"], generate=world.generate, embedder=world)
     assert seen["lassos"] == [pink[:2]]
+    store.close()
+
+
+def test_a_balanced_axis_leaves_the_negative_prompt(tmp_path):
+    """Every pink image lassoed: evolution may put pink in the negative, but the class also gets a
+    mixture over the backgrounds, and a negative naming one of its phrases would fight the prompts
+    that name it. The mixture owns the axis: pink leaves the negative, and the diff says so."""
+    world = ColourWorld()
+    store, ids, _, pink = _class_3_round(tmp_path, world, 40)
+    store.update(pink, feedback="bad")
+    without = _evolve_3(store, world, population=4, generations=1, batch=4, seed=0)
+    assert any("pink" in p for p in without.classes["3"].best.genome.negative)  # the premise
+    result = _evolve_3(store, world, axes={"background": VOCAB[:5]}, population=4, generations=1, batch=4, seed=0)
+    r = result.classes["3"]
+    assert r.mixture
+    assert not any("pink" in p for p in r.best.genome.negative)
+    assert not any("pink" in m for m in result.negative_prompts.values())
+    assert any("taken out of the negative prompt" in d for d in r.diff)
     store.close()

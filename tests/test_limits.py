@@ -29,7 +29,7 @@ def crafter(models, tmp_path):
 
 def test_steps_without_bound_are_refused_before_anything_is_recorded(crafter):
     with pytest.raises(ValueError, match=r"steps=1000000000 is above the limit of 1000.*dc\.limits\.set\(steps="):
-        job = crafter.generate(per_class=1, steps=10**9, strategy="class", background=True)
+        job = crafter.generate_background(per_class=1, steps=10**9, strategy="class")
         job.cancel()  # old code: the round runs away in the background
     assert crafter.rounds == [] and crafter.job is None
 
@@ -38,10 +38,10 @@ def test_per_class_without_bound_is_refused_at_once(crafter):
     with pytest.raises(
         ValueError, match=r"per_class=1000000000 is above the limit of 10000.*DATACRAFTER_LIMIT_PER_CLASS"
     ):
-        crafter.generate(per_class=10**9, strategy="class", background=True)
+        crafter.generate_background(per_class=10**9, strategy="class")
     assert crafter.rounds == []
     with dc.limits.raised(per_class=60_000), pytest.raises(ValueError, match=r"images in the round.*100000"):
-        crafter.generate(per_class=60_000, strategy="class", background=True)  # 60k x 10 classes
+        crafter.generate_background(per_class=60_000, strategy="class")  # 60k x 10 classes
     assert crafter.rounds == []
 
 

@@ -77,8 +77,7 @@ def test_set_prompt_refuses_what_is_not_text(project):
                 c.set_prompt("a", bad)
         with pytest.raises(ValueError, match="not text"):
             c.set_prompt("a", "a photo", negative_prompt=3)
-        assert c.prompts["a"]["current"] != "None" if "a" in c.prompts else True
-        assert "a" not in c.rounds_runner.prompts_doc().get("classes", {})
+        assert "a" not in c.prompts  # nothing was written to the prompt book
 
 
 def test_regenerate_reads_gap_files_only_inside_the_project(tmp_path):
@@ -109,3 +108,45 @@ def test_regenerate_reads_gap_files_only_inside_the_project(tmp_path):
             c.regenerate(tokens)
         with pytest.raises(DamagedFileError, match=rf"sample {masked}: its mask_file '/etc/passwd' points outside"):
             c.regenerate(masked)
+
+
+@pytest.mark.parametrize("name, empty", [("rounds.json", "[]"), ("feedback.json", "[]"), ("prompts.json", "{}")])
+def test_a_deleted_document_is_named_not_read_as_none_yet(project, name, empty):
+    with SampleStore(project) as store:
+        store.write_json(name, json.loads(empty))
+    (project / name).unlink()
+    for readonly in (True, False):
+        with SampleStore(project, readonly=readonly) as store:
+            with pytest.raises(
+                DamagedFileError, match=rf"{name} is missing, though the project wrote it.*{re.escape(empty)}"
+            ):
+                store.read_json(name, None)
+    (project / name).write_text(empty)  # the fix the message gives
+    with SampleStore(project, readonly=True) as store:
+        assert store.read_json(name, None) == json.loads(empty)
+
+
+@pytest.mark.parametrize(
+    "name, doc",
+    [
+        ("rounds.json", [1, "x"]),
+        ("rounds.json", {}),
+        ("rounds.json", [{"round": "one"}]),
+        ("feedback.json", {"good": ["r000001"]}),
+        ("feedback.json", [1]),
+        ("prompts.json", [1, "x"]),
+        ("prompts.json", {"classes": {"a": "a photo"}}),
+        ("prompts.json", {"classes": {"a": {"prompt": None, "history": []}}}),
+    ],
+)
+def test_a_document_of_the_wrong_shape_is_named_with_its_path(project, name, doc):
+    (project / name).write_text(json.dumps(doc))
+    with dc.DataCrafter.open(project) as c:
+        uses = {
+            "rounds.json": [lambda: c.rounds, c.next_round, lambda: c.feedback(good=["r000001"])],
+            "feedback.json": [lambda: c.feedback_log, lambda: c.feedback(good=["r000001"])],
+            "prompts.json": [lambda: c.prompts, lambda: c.set_prompt("a", "a photo of an a")],
+        }[name]
+        for use in uses:
+            with pytest.raises(DamagedFileError, match=rf"{name} is damaged \(.*\): restore it from a backup"):
+                use()

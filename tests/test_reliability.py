@@ -121,7 +121,7 @@ def test_damaged_map_and_layout_do_not_block_open(project):
     (project / "content_labels.json").write_text("[")
     for readonly in (True, False):
         with dc.DataCrafter.open(project, readonly=readonly) as c:
-            assert c._map.layout is None and len(c.samples) == 9
+            assert c._map.stored.layout is None and len(c.samples) == 9
             assert list(c.projection.columns[:5]) == ["kind", "id", "text", "x", "y"]
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import datacrafter_widget as dc
+from datacrafter_widget.controller.plan import check_seed_range
 from datacrafter_widget.controller.round_spec import MAX_SEED, ROUND_SEED_STRIDE, RoundSpec, RoundSpecError, round_seed
 from datacrafter_widget.loop.strategies import GENERATE_STRATEGIES, STRATEGIES
 from datacrafter_widget.models.generator import Generator
@@ -90,8 +91,9 @@ def test_the_strategy_list_is_one_list_with_evolved_and_gap():
 def test_seed_policy():
     assert round_seed(3) == 3 * ROUND_SEED_STRIDE and round_seed(3, 11) == 11 and round_seed(3, 0) == 0
     assert RoundSpec(strategies="class", seed=MAX_SEED).validated().seed == MAX_SEED  # exact, no float rounding
+    check_seed_range(MAX_SEED - 1, 2, MAX_SEED - 1)  # the last seed is MAX_SEED: fits
     with pytest.raises(RoundSpecError, match="above"):
-        RoundSpec(strategies="class", seed=MAX_SEED).validated().check_seeds(1, 2)
+        check_seed_range(MAX_SEED, 2, MAX_SEED)
 
 
 def test_rounds_json_and_rows_are_made_from_the_spec(crafter):

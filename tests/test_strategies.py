@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -121,3 +122,16 @@ def test_grouping_batches_classes_and_strategies_together():
     for g in groups[1:]:
         assert len({reqs[i].strength for i in g}) == 1 and all(reqs[i].is_img2img for i in g)
     assert fill("a {} {class}, {caption},", "cat") == "a cat cat"
+
+
+def test_spread_first_puts_one_caption_of_every_context_before_any_repeat():
+    from datacrafter_widget.loop.strategies import spread_first
+
+    rng = np.random.default_rng(0)
+    contexts = np.eye(4)
+    # 12 captions of context 0, 2 of each other context, shuffled
+    which = rng.permutation([0] * 12 + [1, 1, 2, 2, 3, 3])
+    emb = contexts[which] + 0.01 * rng.normal(size=(len(which), 4))
+    order = spread_first(emb)
+    assert sorted(order) == list(range(len(which)))
+    assert sorted(which[order[:4]].tolist()) == [0, 1, 2, 3]

@@ -75,7 +75,7 @@ def table_html(frame: pd.DataFrame, max_rows: int = 200, float_format: str = "{:
 
 def _png_uri(im: Image.Image, size: int) -> str:
     buf = io.BytesIO()
-    im.convert("RGB").resize((size, size), Image.NEAREST).save(buf, format="PNG")
+    im.convert("RGB").resize((size, size), Image.Resampling.NEAREST).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

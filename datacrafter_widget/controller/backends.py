@@ -1,12 +1,13 @@
 """Execution backends: where a round's images, and bulk captions and embeddings, are computed.
 
-The round runner (rounds.py) hands a backend plain requests and commits what comes back as it
-arrives; a backend never writes the store, so the controller stays the only writer whatever runs
-the models. `backend.for_models(models)` is the runner's image seam (`ImageBackend`: generator,
-one group of requests, their sources, RenderSettings -> BatchResults); `embed_images` and
-`caption_images` serve bulk embedding and captioning of real sets chunk by chunk.
+One protocol, `Backend`: `generate(models, requests)` -> finished `GeneratedBatch`es,
+`embed_images` / `caption_images` chunk by chunk, `config()` and `close()`. The round runner
+(rounds.py) hands `generate` the `ImageRequest`s of a round's plan (plan.py) and commits each
+batch as it arrives; a backend never writes the store, so the runner stays the only writer
+whatever runs the models. Batching happens here and only here: requests of one `group` (one
+pipeline mode) share pipeline calls, in request order, `batch_size` at a time.
 
-- `LocalBackend` (the default): today's in-process `Generator.iter_batches` call, unchanged.
+- `LocalBackend` (the default): the generator in this process (`Generator.iter_batches`).
 - `RayBackend`: a pool of Ray actors, each loading the models once from the bundle's picklable
   `ModelSpec` (the same hub id, local folder or starter weights as the notebook) and kept for the
   session, so rounds after the first pay no model loading. Ray places the actors (GPUs per
@@ -24,6 +25,7 @@ so an image and its provenance (batch_id, batch_index) are the same on either ba
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 import io
 import os
 import time
@@ -31,20 +33,18 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 import numpy as np
 from PIL import Image
 
-from ..models.generator import OWN_FLOOR, BatchResult
+from ..models.generator import OWN_FLOOR
 from ..models.spec import ModelSpec, spec_of
 from .jobs import Cancel, is_cancelled
 
 if TYPE_CHECKING:
-    from ..loop.strategies import GenerationRequest
     from ..models.bundle import Models
     from ..models.generator import Generator
-    from .rounds import RenderSettings
 
 ProgressFn = Callable[[float, int], None]  # (images done, total)
 
@@ -60,8 +60,8 @@ class BackendError(RuntimeError):
 class ImageRequest:
     """One image to make: everything a worker needs, nothing it must look up (plain, picklable data)."""
 
-    index: int  # position in the round: results are keyed (and de-duplicated) by it
-    group: int  # requests of a group share one pipeline call per batch
+    index: int  # position in the round's plan: results are keyed (and de-duplicated) by it
+    group: int  # requests of a group (one pipeline mode: txt2img, or img2img at one strength) share pipeline calls
     prompt: str
     negative_prompt: str = ""
     seed: int = 0
@@ -92,68 +92,6 @@ def plan_batches(requests: Sequence[ImageRequest], batch_size: int) -> list[list
         groups.setdefault(int(r.group), []).append(r)
     size = max(1, int(batch_size))
     return [g[k : k + size] for g in groups.values() for k in range(0, len(g), size)]
-
-
-def image_requests(
-    requests: Sequence[GenerationRequest], sources: Sequence[Image.Image] | None, settings: RenderSettings
-) -> list[ImageRequest]:
-    """The runner's view (GenerationRequests of one group + RenderSettings) as plain requests; index =
-    position in the group, which is what BatchResult.indices name."""
-    out = []
-    for k, r in enumerate(requests):
-        source = sources[k] if sources is not None else None
-        img2img = source is not None
-        out.append(
-            ImageRequest(
-                index=k,
-                group=0,
-                prompt=r.prompt,
-                negative_prompt=r.negative_prompt,
-                seed=int(r.seed),
-                steps=int(settings.steps),
-                guidance=float(settings.guidance),
-                strength=float(r.strength) if img2img else None,
-                latent_perturbation=float(r.latent_perturbation) if img2img else 0.0,
-                source=source,
-            )
-        )
-    return out
-
-
-class _Seam:
-    """A backend bound to a model bundle, callable as the round runner's `ImageBackend`."""
-
-    def __init__(self, backend: _BackendBase, models: Models) -> None:
-        self.backend = backend
-        self.models = models
-
-    def __repr__(self) -> str:
-        return f"{self.backend!r}.for_models(...)"
-
-    def config(self) -> dict[str, object]:
-        return self.backend.config()
-
-    def __call__(
-        self, generator: Any, requests: Sequence[Any], sources: Sequence[Image.Image] | None, settings: Any
-    ) -> Iterator[BatchResult]:
-        models = self.models
-        if generator is not getattr(models, "__dict__", {}).get("_models", {}).get("generator"):
-            from ..models.bundle import (
-                Models,  # the runner may render with another generator: use it
-            )
-
-            models = Models(generator=generator)
-            models.spec = spec_of(self.models)
-        for b in self.backend.generate(
-            models,
-            image_requests(requests, sources, settings),
-            batch_size=settings.batch_size,
-            cancel=settings.cancel,
-            progress=settings.progress,
-        ):
-            yield BatchResult(
-                indices=list(b.indices), images=list(b.images), flags=list(b.flags), batch_size=int(b.batch_size)
-            )
 
 
 def _run_group(
@@ -194,17 +132,18 @@ class _Call:
     progress: ProgressFn | None
 
 
-class _BackendBase:
-    """What every backend shares: the round runner's seam and `generate`'s entry (the generator is required)."""
+class Backend(ABC):
+    """Where a project's models run: the one protocol rounds, evolution, captions and embeddings use.
+
+    The round runner hands `generate` a round's plain requests and commits each batch as it comes
+    back; a backend never writes the store. Subclass it (or implement the same methods) to run
+    the models elsewhere; `LocalBackend` and `RayBackend` are the two shipped."""
 
     kind = ""
 
+    @abstractmethod
     def config(self) -> dict[str, object]:
-        raise NotImplementedError
-
-    def for_models(self, models: Models) -> _Seam:
-        """This backend as the round runner's image seam, for one model bundle."""
-        return _Seam(self, models)
+        """Plain data that `backend_from_config` turns back into this backend (project.json, [backend])."""
 
     def generate(
         self,
@@ -215,17 +154,30 @@ class _BackendBase:
         cancel: Cancel = None,
         progress: ProgressFn | None = None,
     ) -> Iterator[GeneratedBatch]:
-        """Finished batches, each request index at most once; stops quietly on cancel (the batch in flight is dropped)."""
+        """Finished batches (batched here, by group then request order), each request index at most
+        once; stops quietly on cancel (the batch in flight is dropped)."""
         gen = models.require("generator", "generating images")
         yield from self._generate(gen, models, requests, _Call(batch_size, cancel, progress))
 
+    @abstractmethod
     def _generate(
         self, gen: Generator, models: Models, requests: Sequence[ImageRequest], call: _Call
-    ) -> Iterator[GeneratedBatch]:
-        raise NotImplementedError
+    ) -> Iterator[GeneratedBatch]: ...
+
+    @abstractmethod
+    def embed_images(self, models: Models, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[np.ndarray]:
+        """One float32 array per chunk, in chunk order."""
+
+    @abstractmethod
+    def caption_images(self, models: Models, chunks: Iterable[Sequence[Image.Image]]) -> Iterator[list[str]]:
+        """One list of captions per chunk, in chunk order."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the backend holds (worker processes); it can be used again after."""
 
 
-class LocalBackend(_BackendBase):
+class LocalBackend(Backend):
     """Run everything in this process (the default): the generator, embedder and captioner as given."""
 
     kind = "local"
@@ -350,7 +302,7 @@ class _Pool:
         return [k for k in range(len(self.actors)) if k not in self.dead]
 
 
-class RayBackend(_BackendBase):
+class RayBackend(Backend):
     """Rounds, captioning and embedding on a Ray cluster: `workers` actors with `gpus_per_worker` GPUs each.
 
     address: "auto" joins the running cluster (`ray start --head` / a cluster's head node), a
@@ -732,7 +684,6 @@ class RayBackend(_BackendBase):
         yield from self._map(models, "caption", chunks)
 
 
-Backend = LocalBackend | RayBackend
 #: what `backend=` takes: a backend, None / "local" / "ray", or its config() table
 BackendConfig = Union[Backend, str, Mapping[str, object], None]
 
@@ -742,8 +693,12 @@ def backend_from_config(config: BackendConfig) -> Backend:
 
     The same data `backend.config()` writes (project.json) and a run config's [backend] section holds.
     """
-    if config is None or isinstance(config, (LocalBackend, RayBackend)):
-        return config if config is not None else LocalBackend()
+    if config is None:
+        return LocalBackend()
+    if isinstance(config, Backend):
+        return config
+    if not isinstance(config, (str, Mapping)) and callable(getattr(config, "generate", None)):
+        return cast(Backend, config)  # duck-typed: the same methods without the base class
     if isinstance(config, str):
         config = {"kind": config}
     if not isinstance(config, Mapping):

@@ -56,7 +56,7 @@ class ProjectMap:
         image: Callable[[str], Any],
     ) -> list[list[str]]:
         """Content labels of each sample (cached by image hash)."""
-        cache: dict[str, list[str]] = dict(self.store.read_json(LABELS_JSON, {}, derived=True) or {})
+        cache = self._label_cache()
         hashes = samples["hash"].astype(str).tolist()
         todo = [k for k, h in enumerate(hashes) if h not in cache]
         if todo:
@@ -83,27 +83,38 @@ class ProjectMap:
         """Lay out all samples (new ones placed incrementally) and return the projection frame."""
         ids = samples["id"].astype(str).tolist()
         known = set(self.ids)
-        prefix_ok = self.layout is not None and ids[: len(self.ids)] == self.ids
-        if full or not prefix_ok:
+        layout = self.layout
+        if full or layout is None or ids[: len(self.ids)] != self.ids:
             texts = sorted({t for labs in labels for t in labs})
             label_emb = label_embedder(texts) if texts else None
-            self.layout = project(embeddings, texts, [list(l) for l in labels], label_emb, seed=seed)
+            layout = project(embeddings, texts, [list(l) for l in labels], label_emb, seed=seed)
             self.ids = ids
         else:
             new = [k for k, i in enumerate(ids) if i not in known]
             if new:
-                self.layout = place(self.layout, embeddings[new], [list(labels[k]) for k in new])
+                layout = place(layout, embeddings[new], [list(labels[k]) for k in new])
                 self.ids = ids
+        self.layout = layout
         if not self.store.readonly:
-            save_layout(self.layout, str(Path(self.store.path) / LAYOUT_FILE))
+            save_layout(layout, str(Path(self.store.path) / LAYOUT_FILE))
             self.store.write_json(MAP_JSON, {"ids": self.ids, "n": len(self.ids)})
         return self.frame(labels)
 
-    def stored_frame(self, samples: pd.DataFrame) -> pd.DataFrame:
-        """The saved map with the cached labels, for browsing a project without models."""
-        cache = self.store.read_json(LABELS_JSON, {}, derived=True) or {}
-        hashes = samples.set_index("id").loc[self.ids, "hash"].astype(str)
-        return self.frame([cache.get(h, []) for h in hashes])
+    def _label_cache(self) -> dict[str, list[str]]:
+        """content_labels.json, or {} when it is missing, damaged or of the wrong shape (it is derived)."""
+        cache = self.store.read_json(LABELS_JSON, {}, derived=True)
+        if not isinstance(cache, dict):
+            return {}
+        return {str(h): [str(x) for x in v] for h, v in cache.items() if isinstance(v, list)}
+
+    def stored_frame(self, samples: pd.DataFrame) -> pd.DataFrame | None:
+        """The saved map with the cached labels, for browsing a project without models; None when the map
+        covers samples the project no longer has (e.g. a lost commit): it is stale and laid out again."""
+        by_id = samples.set_index("id")["hash"]
+        if not set(self.ids) <= set(by_id.index):
+            return None
+        cache = self._label_cache()
+        return self.frame([cache.get(h, []) for h in by_id.loc[self.ids].astype(str)])
 
     def frame(self, labels: Sequence[Sequence[str]]) -> pd.DataFrame:
         """`crafter.projection`: kind, id, text, x, y, plus `members` (sample ids) on label rows."""
@@ -126,7 +137,7 @@ class _LazyImages(Sequence):
     def __len__(self) -> int:
         return len(self._ids)
 
-    def __getitem__(self, k):  # type: ignore[override]
+    def __getitem__(self, k):
         if isinstance(k, slice):
             return [self._image(i) for i in self._ids[k]]
         return self._image(self._ids[k])

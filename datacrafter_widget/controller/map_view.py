@@ -1,10 +1,6 @@
-"""What the map's tools do, for the widget and for Python alike (jupyter-scatter style: every
-control of the widget is a `DataCrafter` method that delegates here).
+"""What the map's tools compute, as pure functions over the samples table (the map service,
+controller/map_service.py, holds the state and calls them for the widget and Python alike):
 
-- prompt edits: `set_prompt` / `accept_prompt` / `revert_prompt` turn the project's prompts.json
-  document into the next one with a per-class history; the round runner (prompts.json's only writer)
-  reads and writes it, so edits survive a kernel restart and `generate_evolved` uses them;
-- feedback undo / redo: `FeedbackHistory` records what each feedback action changed;
 - search (text over caption / prompt / id / label, or a CLIP text query), nearest neighbours;
 - view state (colour by a column, filters, zoom requests) that the widget follows through the
   controller's "view" event.
@@ -12,17 +8,13 @@ control of the widget is a `DataCrafter` method that delegates here).
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-PROMPT_ACTIONS = ("evolved", "edit", "accept", "revert")
 #: Colour modes the front end computes itself; any other samples column is coloured from codes sent by Python.
 BUILTIN_COLORS = ("class", "round", "feedback", "flag")
 #: Columns offered in the colour menu besides the built-in modes.
@@ -33,173 +25,6 @@ MAX_CATEGORIES = 20
 
 class MapToolError(ValueError):
     """A map tool was called with something it cannot use; the message says what to pass."""
-
-
-# ---- prompt edits (pure: a prompts.json document in, the changed document out) ---------------------------
-class PromptEntry(TypedDict):
-    """One class's prompt state as `crafter.prompts` shows it."""
-
-    current: str
-    negative_prompt: str
-    mixture: list[str]  # the prompts a rebalanced class's images cycle through ([] when one prompt)
-    accepted: bool
-    history: list[dict[str, object]]
-
-
-def prompts(doc: Mapping[str, object], classes: Sequence[str]) -> dict[str, PromptEntry]:
-    """class -> {current, negative_prompt, accepted, history: [{action, prompt, time, ...}]} from a
-    prompts.json document (the runner reads and writes the file)."""
-    out: dict[str, PromptEntry] = {}
-    entries = doc.get("classes")
-    for c, e in entries.items() if isinstance(entries, Mapping) else ():
-        if not isinstance(e, Mapping) or str(c) not in classes:
-            continue
-        history: list[dict[str, object]] = []
-        for h in e.get("history", []):
-            if isinstance(h, Mapping):
-                history.append({**h, "action": str(h.get("action", "evolved")), "prompt": str(h.get("prompt", ""))})
-        out[str(c)] = {
-            "current": str(e.get("prompt", "")),
-            "negative_prompt": str(e.get("negative_prompt") or ""),
-            "mixture": [str(p) for p in e.get("mixture") or []],
-            "accepted": bool(e.get("accepted", False)),
-            "history": history,
-        }
-    return out
-
-
-def _check_class(cls: str, classes: Sequence[str]) -> str:
-    if str(cls) not in classes:
-        raise MapToolError(f"unknown class {cls!r}: use one of {list(classes)}")
-    return str(cls)
-
-
-def set_prompt(
-    doc: Mapping[str, object],
-    classes: Sequence[str],
-    cls: str,
-    prompt: str,
-    *,
-    negative_prompt: str | None = None,
-    action: str = "edit",
-) -> tuple[dict[str, object], dict[str, object]]:
-    """`doc` (a prompts.json document, left as it is) with `prompt` as the class's current prompt and
-    the change appended to its history: returns (the new document, the history entry)."""
-    cls = _check_class(cls, classes)
-    if action not in PROMPT_ACTIONS:
-        raise MapToolError(f"unknown prompt action {action!r}: use one of {PROMPT_ACTIONS}")
-    if not isinstance(prompt, str) or not isinstance(negative_prompt, (str, type(None))):
-        bad = prompt if not isinstance(prompt, str) else negative_prompt
-        raise MapToolError(
-            f"the prompt for {cls!r} is {bad!r} ({type(bad).__name__}), not text: give the prompt as a string, "
-            f"e.g. 'a photo of a {cls}'"
-        )
-    prompt = prompt.strip()
-    if not prompt:
-        raise MapToolError(f"the prompt for {cls!r} is empty: type a prompt, e.g. 'a photo of a {cls}'")
-    new: dict[str, Any] = json.loads(json.dumps(doc))
-    new.setdefault("schema_version", 1)
-    entry = new.setdefault("classes", {}).setdefault(cls, {"history": []})
-    if negative_prompt is None:
-        negative_prompt = str(entry.get("negative_prompt", ""))
-    if action != "accept" and prompt != entry.get("prompt"):
-        # A typed prompt no longer matches evolution's phrase genome: the next evolution starts from the text.
-        entry.pop("phrases", None)
-        entry.pop("negative", None)
-        entry.pop("mixture", None)  # a typed prompt serves every image of the class
-        entry.pop("balance", None)
-    entry.update(prompt=prompt, negative_prompt=str(negative_prompt), accepted=action in ("accept", "revert", "edit"))
-    item: dict[str, object] = {
-        "action": action,
-        "time": time.time(),
-        "prompt": prompt,
-        "negative_prompt": str(negative_prompt),
-    }
-    entry.setdefault("history", []).append(item)
-    return new, item
-
-
-def accept_prompt(
-    doc: Mapping[str, object], classes: Sequence[str], cls: str
-) -> tuple[dict[str, object], dict[str, object]]:
-    """Accept the class's current (evolved) prompt as it is: (the new document, the history entry)."""
-    cls = _check_class(cls, classes)
-    current = prompts(doc, classes).get(cls)
-    if not current or not current["current"]:
-        raise MapToolError(f"class {cls!r} has no prompt to accept yet: run crafter.evolve() or crafter.set_prompt()")
-    return set_prompt(doc, classes, cls, current["current"], action="accept")
-
-
-def revert_prompt(
-    doc: Mapping[str, object], classes: Sequence[str], cls: str, index: int = -2
-) -> tuple[dict[str, object], dict[str, object]]:
-    """Make history entry `index` (default: the one before the current prompt) current again:
-    (the new document, the history entry)."""
-    cls = _check_class(cls, classes)
-    entry = prompts(doc, classes).get(cls)
-    history = entry["history"] if entry else []
-    if not history:
-        raise MapToolError(f"class {cls!r} has no prompt history to revert to")
-    try:
-        old = history[int(index)]
-    except IndexError:
-        raise MapToolError(
-            f"class {cls!r} has {len(history)} prompt(s) in its history; index {index} is out of range"
-        ) from None
-    negative = old.get("negative_prompt")
-    return set_prompt(
-        doc,
-        classes,
-        cls,
-        str(old["prompt"]),
-        negative_prompt=None if negative is None else str(negative),
-        action="revert",
-    )
-
-
-# ---- feedback undo / redo ----------------------------------------------------------------------------
-@dataclass
-class FeedbackChange:
-    """One feedback action: the ids and their (feedback, feedback_labels) before and after."""
-
-    ids: list[str]
-    before: list[tuple[str, str]]
-    after: list[tuple[str, str]]
-
-
-class FeedbackHistory:
-    """Undo / redo stacks of feedback changes (for the session; the feedback log keeps everything)."""
-
-    def __init__(self, limit: int = 200) -> None:
-        self.limit = limit
-        self.undo_stack: list[FeedbackChange] = []
-        self.redo_stack: list[FeedbackChange] = []
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def values(samples: pd.DataFrame, ids: Sequence[str]) -> list[tuple[str, str]]:
-        rows = samples.set_index("id").loc[list(ids)]
-        return list(zip(rows["feedback"].fillna("").astype(str), rows["feedback_labels"].fillna("[]").astype(str)))
-
-    def record(self, ids: Sequence[str], before: list[tuple[str, str]], after: list[tuple[str, str]]) -> None:
-        with self._lock:
-            self.undo_stack.append(FeedbackChange(list(ids), before, after))
-            del self.undo_stack[: -self.limit]
-            self.redo_stack.clear()
-
-    def pop(self, redo: bool = False) -> FeedbackChange:
-        with self._lock:
-            stack, other = (self.redo_stack, self.undo_stack) if redo else (self.undo_stack, self.redo_stack)
-            if not stack:
-                raise MapToolError(f"nothing to {'redo' if redo else 'undo'}")
-            change = stack.pop()
-            other.append(change)
-            return change
-
-
-def feedback_columns(values: Sequence[tuple[str, str]]) -> dict[str, list[str] | list[list[str]]]:
-    """The store.update columns that set (feedback, feedback_labels) per id (one list of labels per id)."""
-    return {"feedback": [v[0] for v in values], "feedback_labels": [list(json.loads(v[1] or "[]")) for v in values]}
 
 
 # ---- search and neighbours ---------------------------------------------------------------------------

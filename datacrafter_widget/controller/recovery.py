@@ -1,5 +1,5 @@
 """Picking up after a killed kernel: a first import cut short (rounds left "running" are marked
-by their owner, RoundRunner.mark_interrupted).
+by their owner, RoundsLog.mark_interrupted).
 
 Why here: the store makes every commit atomic, but the controller's own bookkeeping (a round's
 status in rounds.json, the class list written at the end of the first import) can still be left

@@ -24,7 +24,7 @@ from typing import Any, Union
 
 from .. import limits
 from ..loop.strategies import GENERATE_STRATEGIES, StrategyError
-from ..seeds import ROUND_SEED_STRIDE, round_seed
+from ..seeds import ROUND_SEED_STRIDE, round_seed  # re-exported: the seed policy a spec follows
 
 __all__ = ["RoundSpec", "RoundSpecError", "round_seed", "ROUND_SEED_STRIDE", "MAX_SEED", "Prompts"]
 
@@ -227,13 +227,3 @@ class RoundSpec:
         out["strategies"] = list(self.strategies)
         out["classes"] = None if self.classes is None else list(self.classes)
         return out
-
-    def check_seeds(self, round_number: int, n_images: int) -> int:
-        """The round's first seed (the seed policy), checked so that the last image's seed still fits int64."""
-        base = round_seed(round_number, self.seed)
-        if base + max(0, n_images - 1) > MAX_SEED:
-            raise RoundSpecError(
-                f"seed={self.seed}: the round's {n_images} images need seeds up to "
-                f"{base + n_images - 1}, above {MAX_SEED} (int64): use a smaller seed"
-            )
-        return base

@@ -9,7 +9,9 @@ segment's rename stays the commit point, so a kill between the two loses nothing
 segment newer than the list is accepted and listed on the next write).
 
 Document shape: {"version": 1, "base": {"through", "sha256", "rows", "time"} | null,
-"commits": [{"seq", "sha256", "bytes", "rows", "kind", "ids", "columns", "time"}, ...]}.
+"commits": [{"seq", "sha256", "bytes", "rows", "kind", "ids", "columns", "time"}, ...],
+"documents": {"rounds.json": first written (unix time), ...}}: a primary json document the project
+has written and that is now missing is named on read instead of read as "none yet".
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ def _shape_problem(doc: Any) -> str:
         isinstance(base, dict) and isinstance(base.get("through"), int) and isinstance(base.get("sha256"), str)
     ):
         return "its 'base' entry is not {through, sha256, rows}"
+    if not isinstance(doc.get("documents", {}), dict):
+        return "its 'documents' entry is not {name: time}"
     for k, e in enumerate(doc["commits"]):
         if not (isinstance(e, dict) and isinstance(e.get("seq"), int) and isinstance(e.get("sha256"), str)):
             return f"commit entry {k} is not {{seq, sha256, ...}}"

@@ -85,8 +85,8 @@ class ClassFilter:
         zs_acc = float((self._zero_shot(emb[known]).argmax(1) == rows[known]).mean()) if known.any() else float("nan")
         # leave-one-out prototypes: an image never votes for its own class prototype
         loo_hits = []
-        for j in np.flatnonzero(known):
-            c = rows[j]
+        for j in np.flatnonzero(known).tolist():
+            c = int(rows[j])
             if counts[c] < 2:
                 continue
             protos = sums.copy()

@@ -192,13 +192,14 @@ def caption_terms(
     kept phrase ("left") gives way to the phrase."""
     excl = {e.lower() for e in exclude}
     uni: Counter[str] = Counter()
-    bi: Counter[str] = Counter()
+    bi: Counter[tuple[str, str]] = Counter()
     n_docs = 0
     for cap in captions:
         if not cap:
             continue
         n_docs += 1
-        us, bs = set(), set()
+        us: set[str] = set()
+        bs: set[tuple[str, str]] = set()
         for segment in re.split(r"[,.;:!?()]", str(cap)):
             toks = _tokens(segment)
             us.update(t for t in toks if t not in _STOP and t not in excl and not t.isdigit())
@@ -465,8 +466,7 @@ class ClipVocabularyLabeler:
                 # the mode rule only for words read from caption context and class names; a template
                 # word a small caption-trained CLIP never saw ("green background") can echo a
                 # neighbouring concept, so it needs the strict z_min
-                trusted = self._trusted[None, :]
-                keep |= (scores >= self._active_cut[None, :]) & trusted
+                keep |= (scores >= self._active_cut[None, :]) & trusted_all[None, :]
             # class names are exclusive and exhaustive: the leading class is named
             cols = np.flatnonzero(groups == "class")
             if len(cols) > 1:

@@ -13,21 +13,20 @@ Mutation adds / drops / swaps phrases drawn from the vocabulary and from the con
 good images (biased towards phrases whose text embedding sits near the good images and far from
 the bad ones), and moves phrases near the bad images, or labels marked unwanted, into the negative
 prompt. Crossover mixes the phrase sets of two parents. The winner of each class becomes its
-current prompt; a readable diff says what changed and why, and is kept in `prompts.json`.
+current prompt; a readable diff says what changed and why, and is kept in the prompt book.
 
 This module computes only: candidate images come from a `generate(prompts, negatives, seeds)`
 callable and the vocabulary and prompt grammar are arguments (the starter kit supplies its own in
-starter/prompts.py); the controller (controller/rounds.py) renders the candidates and writes
-prompts.json.
+starter/prompts.py); the controller renders the candidates (controller/rounds.py) and keeps the
+result in prompts.json (controller/prompt_book.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -45,15 +44,11 @@ __all__ = [
     "ClassResult",
     "EvolutionResult",
     "evolve_prompts",
-    "apply_to_prompts_doc",
-    "current_prompts",
     "default_compose",
     "DEFAULT_STYLES",
-    "PROMPTS_FILE",
     "GenerateFn",
 ]
 
-PROMPTS_FILE = "prompts.json"
 DEFAULT_TEMPLATE = "a photo of a {class}"
 DEFAULT_STYLES = [
     "a close-up photo",
@@ -171,62 +166,6 @@ class EvolutionResult:
 
     def __repr__(self) -> str:
         return f"EvolutionResult(round={self.round})\n{self.report()}"
-
-
-# ---- the prompt document (prompts.json) --------------------------------------------------------
-def current_prompts(doc: Mapping[str, Any] | None, classes: Sequence[str]) -> dict[str, Genome]:
-    """The current genome per class from a prompts.json document (empty genome where none)."""
-    out = {}
-    entries = (doc or {}).get("classes", {})
-    for c in classes:
-        e = entries.get(c) or {}
-        out[c] = Genome(c, tuple(e.get("phrases", ())), tuple(e.get("negative", ())))
-    return out
-
-
-def apply_to_prompts_doc(doc: Mapping[str, Any] | None, result: EvolutionResult) -> dict[str, Any]:
-    """A new prompts.json document with the winners as current prompts and history entries appended."""
-    doc = dict(json.loads(json.dumps(dict(doc or {}))))
-    doc.setdefault("schema_version", 1)
-    entries = doc.setdefault("classes", {})
-    for c, r in result.classes.items():
-        e = entries.setdefault(c, {"history": []})
-        best = r.best
-        e.update(
-            {
-                "prompt": best.prompt,
-                "negative_prompt": best.genome.negative_prompt(),
-                "phrases": list(best.genome.phrases),
-                "negative": list(best.genome.negative),
-                "mixture": list(r.mixture),
-                "balance": {b.axis: {p or "(none)": round(w, 4) for p, w in b.weights.items()} for b in r.balance},
-                "ranked": [
-                    {
-                        "prompt": k.prompt,
-                        "negative_prompt": k.genome.negative_prompt(),
-                        "fitness": _finite(k.fitness),
-                        "parts": {n: _finite(v) for n, v in k.parts.items()},
-                    }
-                    for k in r.ranked
-                ],
-            }
-        )
-        e.setdefault("history", []).append(
-            {
-                "round": result.round,
-                "time": time.time(),
-                "prompt": best.prompt,
-                "negative_prompt": best.genome.negative_prompt(),
-                "fitness": _finite(best.fitness),
-                "parts": {n: _finite(v) for n, v in best.parts.items()},
-                "diff": list(r.diff),
-            }
-        )
-    return doc
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if math.isfinite(float(x)) else None
 
 
 # ---- feedback --------------------------------------------------------------------------------
@@ -829,12 +768,19 @@ def _rebalance(
     for i, c in enumerate(evolved):
         rng = np.random.default_rng([seed, i])
         orders = [spread(b.weights, mixture_size, rng) for b in balances]
-        g = results[c].best.genome
+        r = results[c]
+        g = r.best.genome
         rest = tuple(p for p in g.phrases if p not in balanced)
+        # The mixture owns a balanced axis: a phrase of it left in the negative prompt would fight the
+        # prompts that name it (and remove that cell from the class, a new shortcut).
+        dropped = [p for p in g.negative if p in balanced]
+        negative = tuple(p for p in g.negative if p not in balanced)
+        if dropped:
+            r.ranked[0] = replace(r.best, genome=Genome(c, g.phrases, negative))
         mixture = []
         for m in range(mixture_size):
             extra = tuple(order[m] for order in orders if order[m])
-            mixture.append(compose(Genome(c, rest + extra, g.negative)))
-        r = results[c]
+            mixture.append(compose(Genome(c, rest + extra, negative)))
         r.mixture, r.balance = mixture, balances
-        r.diff = [*r.diff, *(b.describe() for b in balances)]
+        notes = [f"'{p}' taken out of the negative prompt: the mixture balances that axis" for p in dropped]
+        r.diff = [*r.diff, *(b.describe() for b in balances), *notes]

@@ -383,7 +383,7 @@ def _optimise(
             pos = knn[rows, torch.randint(knn.shape[1], (len(rows),), generator=gen)]
             neg = torch.randint(n, (len(rows), K), generator=gen)
             loss = loss + cfg.w_image_image * _info_nce(torch, xy[anc], xy[pos], xy[neg], cfg.t_image_image, a, b)
-            if m > 1 and len(e_img):
+            if m > 1 and len(e_img) and neg_table is not None:
                 # image-label: positives are the image's labels, negatives ~ frequency^0.75
                 E = min(len(e_img), cfg.batch_size)
                 sel = torch.randint(len(e_img), (E,), generator=gen)

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..seeds import image_seed
@@ -80,6 +81,30 @@ def fill(template: str, label: str, caption: str = "") -> str:
     """
     text = template.replace("{class}", label).replace("{}", label).replace("{caption}", caption)
     return " ".join(text.split()).strip(" ,")
+
+
+def spread_first(embeddings: np.ndarray) -> list[int]:
+    """An order of texts (or images) in which every prefix covers their spread: farthest-point order.
+
+    Starts at the item nearest the mean, then repeatedly takes the item farthest (cosine) from those
+    taken. With more captions than images to make, the first k captions of this order span the
+    contexts of all of them, where the first k of a random order can miss a whole context (a
+    background no early caption names) at small k.
+    """
+    e = np.asarray(embeddings, dtype=np.float64)
+    if len(e) == 0:
+        return []
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    first = int(np.argmax(e @ e.mean(0)))
+    order = [first]
+    nearest = 1.0 - e @ e[first]
+    nearest[first] = -np.inf
+    for _ in range(len(e) - 1):
+        j = int(np.argmax(nearest))
+        order.append(j)
+        nearest = np.minimum(nearest, 1.0 - e @ e[j])
+        nearest[order] = -np.inf
+    return order
 
 
 def check_classes(requested: Sequence[str] | None, classes: Sequence[str]) -> list[str]:

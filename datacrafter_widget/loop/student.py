@@ -279,7 +279,7 @@ def _named_backbone(spec: str, k: int, pretrained: bool = False, weights: str | 
                 "- pass weights saved from the same architecture"
             ) from None
     if lib == "timm":
-        net.reset_classifier(k)
+        net.reset_classifier(k)  # type: ignore[operator]  # timm models have it; nn.Module's stub does not
         return net
     return _replace_head(net, k, name)
 
@@ -307,7 +307,7 @@ def pixels(images: Sequence[Image.Image], size: int) -> torch.Tensor:
     for im in images:
         im = to_rgb(im)
         if im.size != (size, size):
-            im = im.resize((size, size), Image.BICUBIC)
+            im = im.resize((size, size), Image.Resampling.BICUBIC)
         arrays.append(np.asarray(im, dtype=np.float32) / 255.0)
     if not arrays:
         return torch.zeros(0, 3, size, size)
@@ -343,13 +343,16 @@ class Student:
             ) from None
 
     # ---- forward passes ----------------------------------------------------------------------
-    def _features_from_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """CLIP image features for the probe, differentiable through the embedder's visual tower."""
+    def _probe_embedder(self) -> Embedder:
         if self.embedder is None:
             raise StudentError(
                 "this is a CLIP linear-probe student and needs its embedder: load it with Student.load(path, embedder=models.embedder)"
             )
-        model = self.embedder.model
+        return self.embedder
+
+    def _features_from_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """CLIP image features for the probe, differentiable through the embedder's visual tower."""
+        model = self._probe_embedder().model
         size = int(getattr(self.embedder, "image_size", 224))
         visual = getattr(model, "visual", None)
         mean = getattr(visual, "image_mean", None) or _CLIP_MEAN
@@ -378,7 +381,7 @@ class Student:
         self.net.eval()
         if self.config.kind == "probe":
             feats = (
-                torch.from_numpy(np.asarray(self.embedder.embed_images(list(images)), dtype=np.float32))
+                torch.from_numpy(np.asarray(self._probe_embedder().embed_images(list(images)), dtype=np.float32))
                 if len(images)
                 else torch.zeros(0, self.config.feature_dim)
             )
@@ -611,6 +614,7 @@ def train_student(
         torch.manual_seed(int(seed))
         gen = torch.Generator().manual_seed(int(seed))
         if kind == "probe":
+            assert embedder is not None  # checked above: a probe needs one
             x = torch.from_numpy(np.asarray(embedder.embed_images(list(images)), dtype=np.float32))
             config.feature_dim = int(x.shape[1])
         else:

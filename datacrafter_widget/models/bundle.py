@@ -172,7 +172,8 @@ class Models:
             guidance_min_sigma=guidance_min_sigma,
         )
         gen.placement = on_device
-        if clip is None or hasattr(clip, "embed_images"):
+        emb: Embedder | None
+        if clip is None or isinstance(clip, Embedder):
             emb = clip
         else:
             arch, pretrained = clip

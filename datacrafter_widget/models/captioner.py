@@ -8,7 +8,7 @@ per attribute, the phrase CLIP scores highest; the offline starter kit uses it.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ class RetrievalCaptioner:
     def __init__(
         self,
         embedder: Any,
-        vocabulary: dict[str, Sequence[str]],
+        vocabulary: Mapping[str, Sequence[str]],
         template: Callable[..., str] | str,
         name: str | None = None,
         max_combinations: int = 20000,
@@ -152,6 +152,7 @@ class RetrievalCaptioner:
                     dict(zip(keys, values)) for values in itertools.product(*(self.vocabulary[k] for k in keys))
                 ]
                 self._combo_emb = self.embedder.embed_texts([self.compose(c) for c in self._combos])
+            assert self._combo_emb is not None  # embedded with the combinations above
             best = (emb @ self._combo_emb.T).argmax(axis=1)
             return [dict(self._combos[int(b)]) for b in best]
         results = []

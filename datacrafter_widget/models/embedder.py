@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 import torch
 from PIL import Image
@@ -40,7 +42,7 @@ class Embedder:
         batch_size: int | None = None,
         templates: Sequence[str] = ("a photo of a {}",),
     ) -> None:
-        self.model = model.eval()
+        self.model: Any = model.eval()  # an open_clip CLIP: encode_image / encode_text are its own methods
         # Zero-shot prompt templates that suit this model (a model trained on its own captions,
         # like the starter CLIP, can set templates that match them).
         self.templates = tuple(templates)
@@ -61,12 +63,11 @@ class Embedder:
 
         if arch not in open_clip.list_models() and not arch.startswith(("hf-hub:", "local-dir:")):
             raise ValueError(f"unknown open_clip architecture {arch!r}: see open_clip.list_models() (e.g. 'ViT-B-32')")
-        looks_like_path = pretrained is not None and (
-            Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
-            or "/" in pretrained
-            or "\\" in pretrained
+        path = None if pretrained is None else Path(pretrained)
+        looks_like_path = path is not None and (
+            path.suffix in (".pt", ".pth", ".bin", ".safetensors") or "/" in str(pretrained) or "\\" in str(pretrained)
         )
-        if looks_like_path and not Path(pretrained).is_file():
+        if path is not None and looks_like_path and not path.is_file():
             raise FileNotFoundError(
                 f"open_clip checkpoint {pretrained!r} does not exist: pass a local .safetensors/.pt file, or a "
                 f"pretrained tag from open_clip.list_pretrained_tags_by_model({arch!r})"
@@ -80,7 +81,7 @@ class Embedder:
                 "checkpoint file; online, check the tag with open_clip.list_pretrained_tags_by_model()"
             ) from err
         tokenizer = open_clip.get_tokenizer(arch)
-        label = Path(pretrained).stem if looks_like_path else (pretrained or "random")
+        label = path.stem if path is not None and looks_like_path else (pretrained or "random")
         return cls(model, preprocess, tokenizer, name or f"open_clip:{arch}:{label}")
 
     # ---- properties -----------------------------------------------------------------------------

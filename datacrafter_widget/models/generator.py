@@ -55,7 +55,7 @@ class GenerationCancelled(Exception):
         self.images = images
 
 
-def scheduler_like(source: Any, cls: type, **extra: Any) -> Any:
+def scheduler_like(source: Any, cls: Any, **extra: Any) -> Any:
     """A `cls` scheduler built from `source`'s config that samples as `source` does.
 
     `from_config` fills settings the source's class lacks with `cls`'s defaults, and DDIM's
@@ -200,6 +200,7 @@ class Generator:
         if scheduler:
             set_scheduler(pipe, scheduler)
         self._img2img: Any = None
+        self.placement = ""  # where the weights live, e.g. "cuda (model cpu offload)" (Models.stable_diffusion)
         self.last_flags: list[str] = []
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)

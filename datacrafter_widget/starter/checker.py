@@ -68,7 +68,7 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """PIL images -> float (n, 3, 32, 32) in [0, 1], resizing anything that is not 32x32."""
     arr = [
         np.asarray(
-            im.convert("RGB").resize((32, 32), Image.BILINEAR) if im.size != (32, 32) else im.convert("RGB"),
+            im.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR) if im.size != (32, 32) else im.convert("RGB"),
             dtype=np.float32,
         )
         for im in images
@@ -140,7 +140,9 @@ def train_checker(
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     t0 = time.time()
-    frame = colored_digits(shots=1, seed=CHECKER_RENDER_SEED, pool_variants=variants).pool.frame
+    pool = colored_digits(shots=1, seed=CHECKER_RENDER_SEED, pool_variants=variants).pool
+    assert pool is not None  # colored_digits always makes a pool split
+    frame = pool.frame
     held = frame["source_index"].isin(heldout_sources(frame["source_index"].to_numpy())).to_numpy()
     x_tr, y_tr = _frame_tensors(frame[~held])
     x_te, y_te = _frame_tensors(frame[held])
@@ -155,7 +157,7 @@ def train_checker(
     for step in range(steps):
         idx = torch.randint(0, len(x_tr), (batch,), generator=gen)
         logits = net(_augment(x_tr[idx], gen))
-        loss = sum(F.cross_entropy(logits[k], y_tr[k][idx]) for k in HEADS)
+        loss = sum((F.cross_entropy(logits[k], y_tr[k][idx]) for k in HEADS), torch.zeros(()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

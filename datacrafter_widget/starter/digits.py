@@ -51,13 +51,15 @@ def render(scan: np.ndarray, fg: str, bg: str, thickness: str, slant: str) -> Im
     """Render one 8x8 scan (values 0..16) to a 32x32 RGB image with the given attributes."""
     shear = {"left": -0.35, "upright": 0.0, "right": 0.35}[slant]
     gray = Image.fromarray(np.uint8(np.clip(scan, 0, 16) * (255.0 / 16.0)), mode="L")
-    big = gray.resize((SIZE - 4, SIZE - 4), Image.BICUBIC)
+    big = gray.resize((SIZE - 4, SIZE - 4), Image.Resampling.BICUBIC)
     canvas = Image.new("L", (SIZE, SIZE), 0)
     canvas.paste(big, (2, 2))
     if shear:
         # x_src = x + shear * (y - centre): leans the top of the digit towards `slant`.
         c = SIZE / 2.0
-        canvas = canvas.transform((SIZE, SIZE), Image.AFFINE, (1.0, shear, -shear * c, 0.0, 1.0, 0.0), Image.BILINEAR)
+        canvas = canvas.transform(
+            (SIZE, SIZE), Image.Transform.AFFINE, (1.0, shear, -shear * c, 0.0, 1.0, 0.0), Image.Resampling.BILINEAR
+        )
     ink = np.asarray(canvas, dtype=np.float32) / 255.0
     threshold = {"thin": 0.55, "regular": 0.38, "thick": 0.18}[thickness]
     mask = np.clip((ink - threshold) / 0.12, 0.0, 1.0)[..., None]

@@ -70,7 +70,7 @@ def hf_clip_tokenizer(context_length: int):
 # ---------------------------------------------------------------------------------------------
 
 
-def clip_text_to_hf(clip: torch.nn.Module):
+def clip_text_to_hf(clip: Any) -> Any:
     """Convert an open_clip CLIP's text tower into a transformers CLIPTextModel with equal outputs.
 
     Both are pre-LN causal transformers with token + learned positional embeddings and a final
@@ -145,7 +145,7 @@ def clip_text_to_hf(clip: torch.nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def build_clip(cfg: dict[str, Any]) -> torch.nn.Module:
+def build_clip(cfg: dict[str, Any]) -> Any:
     """Build an open_clip CLIP from the starter's json config (random weights)."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
@@ -236,7 +236,7 @@ def load_pipeline(clip: torch.nn.Module, cfg: dict[str, Any], weights_dir: str |
     scheduler = DPMSolverMultistepScheduler.from_config(json.loads((d / "scheduler/scheduler_config.json").read_text()))
     text_encoder = load_text_encoder(d) if (d / "text_encoder.safetensors").exists() else clip_text_to_hf(clip)
     tokenizer = hf_clip_tokenizer(cfg["text_cfg"]["context_length"])
-    pipe = StableDiffusionPipeline(
+    pipe: Any = StableDiffusionPipeline(
         vae=vae.eval(),
         text_encoder=text_encoder,
         tokenizer=tokenizer,

@@ -172,7 +172,9 @@ class PoolData:
 
 def pool_data(variants: int, seed: int, limit: int | None = None) -> tuple[PoolData, PoolData]:
     """Render the pool `variants` times; split into (train, held-out scans). Train drops HELDOUT_TRIPLES."""
-    frame = colored_digits(shots=1, seed=seed, pool_variants=variants).pool.frame
+    pool = colored_digits(shots=1, seed=seed, pool_variants=variants).pool
+    assert pool is not None  # colored_digits always makes a pool split
+    frame = pool.frame
     held = heldout_sources(frame["source_index"].to_numpy())
     triples = set(HELDOUT_TRIPLES)
     is_held = frame["source_index"].isin(held).to_numpy()
@@ -233,7 +235,8 @@ def _cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
 
 
 def _param_groups(model: torch.nn.Module, wd: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
@@ -319,7 +322,7 @@ def train_clip(
 
 
 @torch.no_grad()
-def clip_zero_shot(model: torch.nn.Module, data: PoolData) -> dict[str, float]:
+def clip_zero_shot(model: Any, data: PoolData) -> dict[str, float]:
     """Zero-shot digit / background / foreground accuracy with plain prompts."""
     tok = open_clip_tokenizer(CONTEXT_LENGTH)
     img = F.normalize(model.encode_image(clip_preprocess(data.images)), dim=-1)
@@ -346,7 +349,7 @@ def train_vae(train: PoolData, steps: int, batch: int, seed: int, lr: float = 2e
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**VAE_CONFIG)
+    vae: Any = AutoencoderKL(**VAE_CONFIG)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed + 1)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -468,7 +471,7 @@ def train_unet(
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
-    unet = (
+    unet: Any = (
         UNet2DConditionModel(**UNET_CONFIG)
         if init_unet is None
         else UNet2DConditionModel.from_pretrained(str(init_unet))
@@ -482,7 +485,7 @@ def train_unet(
             text_encoder.get_input_embeddings().weight.normal_(0.0, TOKEN_INIT_STD)
     joint = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
     ema = copy.deepcopy(joint).eval().requires_grad_(False)
-    sched = DDPMScheduler(
+    sched: Any = DDPMScheduler(
         **{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one", "steps_offset")}
     )
     alphas = sched.alphas_cumprod
@@ -595,7 +598,7 @@ def save_vae(out: Path, vae, seconds: float) -> None:
     (out / "vae_training.json").write_text(json.dumps({"seconds": round(seconds, 1)}, indent=2))
 
 
-def save_unet(out: Path, joint: torch.nn.ModuleDict, info: dict[str, Any]) -> None:
+def save_unet(out: Path, joint: Any, info: dict[str, Any]) -> None:
     """Write the UNet, its text encoder (compact token table) and the training record."""
     from safetensors.torch import save_file
 

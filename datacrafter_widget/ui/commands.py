@@ -173,7 +173,7 @@ def generate(view: CrafterView, args: Generate) -> str:
     table: dict[str, Any] = {"strategy": args.strategy, "per_class": args.count}
     if args.strategy == "custom":
         table["prompts"] = args.prompt
-    job = view.crafter.generate(spec=RoundSpec.from_dict(table), background=True)
+    job = view.crafter.generate_background(RoundSpec.from_dict(table))
     return f"generating: {getattr(job, 'description', 'job')}"
 
 
