@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union, overload
 import torch
 from PIL import Image
 
-from .embedder import auto_device
+from .embedder import auto_device, model_dtype
 
 if TYPE_CHECKING:
     from ..loop.content_labels import Labeler
@@ -149,8 +149,9 @@ class Models:
     ) -> "Models":
         """Stable Diffusion 1.x / 2.x / Turbo by hub id or local folder, + open_clip + optional captioner.
 
-        fp16 on CUDA, fp32 elsewhere. `scheduler` by name (see generator.SCHEDULERS). Turbo
-        checkpoints default to 2 steps and guidance 0 (what they were distilled for).
+        fp16 on CUDA, fp32 elsewhere (float16 asked for on the CPU loads float32, with a warning).
+        `scheduler` by name (see generator.SCHEDULERS). Turbo checkpoints default to 2 steps and
+        guidance 0 (what they were distilled for).
         guidance_min_sigma: no classifier-free guidance below this noise level (see Generator).
         """
         from .captioner import Captioner
@@ -158,8 +159,7 @@ class Models:
         from .generator import Generator
 
         dev = auto_device(device)
-        if dtype is None:
-            dtype = torch.float16 if dev == "cuda" else torch.float32
+        dtype = model_dtype(dtype, dev, f"Stable Diffusion {str(model)!r}")
         pipe = load_stable_diffusion(model, dtype=dtype)
         on_device = _place(pipe, dev, memory_savers)
         turbo = "turbo" in str(model).lower()

@@ -48,7 +48,7 @@ class Captioner:
         """Load a hub id (on a user's machine) or a local folder, e.g. Salesforce/blip-image-captioning-base."""
         import transformers
 
-        from .embedder import auto_device
+        from .embedder import auto_device, model_dtype
 
         path = Path(model).expanduser()
         if _looks_like_path(model) and not (path / "config.json").is_file():
@@ -58,8 +58,7 @@ class Captioner:
                 "'Salesforce/blip-image-captioning-base'"
             )
         dev = auto_device(device)
-        if dtype is None:
-            dtype = torch.float16 if dev == "cuda" else torch.float32
+        dtype = model_dtype(dtype, dev, f"the captioner {model!r}")
         processor = transformers.AutoProcessor.from_pretrained(str(path) if path.exists() else model)
         last_err: Exception | None = None
         for class_name in ("AutoModelForImageTextToText", "AutoModelForVision2Seq", "BlipForConditionalGeneration"):

@@ -6,6 +6,7 @@ cached in the store by image hash under `Embedder.name`, so `name` must identify
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +29,26 @@ def auto_device(device: str | None = "auto") -> str:
     if mps is not None and mps.is_available():
         return "mps"
     return "cpu"
+
+
+def model_dtype(dtype: torch.dtype | None, device: str, what: str = "the model") -> torch.dtype:
+    """The dtype to load a model in: float16 on CUDA and float32 elsewhere by default.
+
+    float16 asked for on the CPU becomes float32, with a warning: the CPU has no float16 kernels, so
+    an SD-1.5-shaped UNet step runs ~18x and a VAE decode ~90x slower than in float32 (measured by
+    benchmarks/bench_real_size.py's shapes); bfloat16 is the CPU's half precision and is kept.
+    """
+    if dtype is None:
+        return torch.float16 if device == "cuda" else torch.float32
+    if dtype == torch.float16 and device == "cpu":
+        warnings.warn(
+            f"dtype=torch.float16 on the CPU would run {what} many times slower than float32 (the CPU has no "
+            "float16 kernels): loading it in float32. Pass dtype=torch.bfloat16 for half precision on a CPU, "
+            "or device='cuda' for float16",
+            stacklevel=3,
+        )
+        return torch.float32
+    return dtype
 
 
 class Embedder:
