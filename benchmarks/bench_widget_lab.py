@@ -6,7 +6,7 @@ bench_widget.py measures the front end alone in a bare page. This script measure
 for in JupyterLab. It starts a real JupyterLab server (tests/browser/conftest.start_lab) and opens a
 notebook in headless Chromium. The notebook's first cell makes a synthetic frame and its thumbnails;
 that cell is not timed. The script then times the second cell, the display cell
-(`CrafterWidget.set_frame` + `build_layout`), from Shift+Enter to two points:
+(`CrafterWidget.set_frame`, the widget as the cell's value), from Shift+Enter to two points:
 - the widget's first drawn frame (the page's own frame counter);
 - the moment its thumbnail atlas is ready.
 The time includes building the widget state in the kernel, sending it over the comm, and rendering.
@@ -38,7 +38,7 @@ DATA_CELL = """
 import sys
 sys.path.insert(0, {tests!r})
 from standalone import synthetic_frame, synthetic_thumbnails
-from datacrafter_widget.ui.widget import CrafterWidget, build_layout
+from datacrafter_widget.ui.widget import CrafterWidget
 frame = synthetic_frame({n}, classes=10, seed=0)
 thumbs = synthetic_thumbnails(frame, 32)
 """
@@ -46,7 +46,7 @@ thumbs = synthetic_thumbnails(frame, 32)
 DISPLAY_CELL = """
 widget = CrafterWidget(height=600)
 widget.set_frame(frame, thumbnails=thumbs)
-build_layout(widget)
+widget
 """
 
 

@@ -50,6 +50,25 @@ sys.path.insert(0, str(REPO / "tests"))
 
 ROWS: list[tuple[str, str, int, int, int, str]] = []  # class, variation, tried, held, user-intact, notes
 
+
+class Tally:
+    """Trials of one probe variation: tried, held, user files intact, and the first reasons for not held."""
+
+    def __init__(self) -> None:
+        self.tried = self.held = self.intact = 0
+        self.notes: list[str] = []
+
+    def add(self, why: str, intact: bool, where: str) -> None:
+        self.tried += 1
+        self.held += not why
+        self.intact += intact
+        if why:
+            self.notes.append(f"{where}: {why}")
+
+    def record(self, cls: str, variation: str) -> None:
+        ROWS.append((cls, variation, self.tried, self.held, self.intact, "; ".join(self.notes[:3])))
+
+
 # ---- the hook every child process installs: count file operations, act at the n-th ----------------------
 HOOK = textwrap.dedent(
     """
@@ -224,13 +243,11 @@ def probe_kill_export(work: Path, n: int) -> None:
         shutil.copytree(base, trial)
         total = ops_of(run_child(script, args, 0))
         shutil.rmtree(trial)
-        tried = held = intact = 0
-        notes: list[str] = []
+        tally = Tally()
         for at in points(total, n):
             shutil.copytree(base, trial)
             before = user_files(trial)
             proc = run_child(script, args, at)
-            tried += 1
             why = export_complete(trial / "exports" / "ds") if proc.returncode == -9 else f"rc {proc.returncode}"
             if not why:
                 clean_stale(trial / "exports" / "ds")
@@ -249,21 +266,9 @@ def probe_kill_export(work: Path, n: int) -> None:
                     why = export_complete(trial / "exports" / "ds")
                 except Exception as exc:  # noqa: BLE001 - a probe records every failure
                     why = f"next export: {type(exc).__name__}: {exc}"[:120]
-            held += not why
-            intact += user_files(trial) == before
-            if why:
-                notes.append(f"op {at}: {why}")
+            tally.add(why, user_files(trial) == before, f"op {at}")
             shutil.rmtree(trial)
-        ROWS.append(
-            (
-                "kill-export",
-                f"{fmt}, {total} file ops, killed at {tried} of them",
-                tried,
-                held,
-                intact,
-                "; ".join(notes[:3]),
-            )
-        )
+        tally.record("kill-export", f"{fmt}, {total} file ops, killed at {tally.tried} of them")
 
 
 # ---- kill-round --------------------------------------------------------------------------------------------
@@ -321,31 +326,17 @@ def probe_kill_round(work: Path, n: int) -> None:
     shutil.copytree(base, trial)
     total = ops_of(run_child(script, [str(trial / "p"), "3"], 0))
     shutil.rmtree(trial)
-    tried = held = intact = 0
-    notes = []
+    tally = Tally()
     for at in points(total, n):
         shutil.copytree(base, trial)
         before = user_files(trial)
         proc = run_child(script, [str(trial / "p"), "3"], at)
-        tried += 1
         why = (
             check_round_project(trial / "p") if proc.returncode == -9 else f"rc {proc.returncode}: {proc.stderr[-200:]}"
         )
-        held += not why
-        intact += user_files(trial) == before
-        if why:
-            notes.append(f"op {at}: {why}")
+        tally.add(why, user_files(trial) == before, f"op {at}")
         shutil.rmtree(trial)
-    ROWS.append(
-        (
-            "kill-round",
-            f"generate 6 images, {total} file ops, killed at {tried}",
-            tried,
-            held,
-            intact,
-            "; ".join(notes[:3]),
-        )
-    )
+    tally.record("kill-round", f"generate 6 images, {total} file ops, killed at {tally.tried}")
 
 
 # ---- full disk ---------------------------------------------------------------------------------------------
@@ -385,8 +376,8 @@ def probe_disk_export(work: Path, n: int) -> None:
         shutil.rmtree(probe)
         with SampleStore(proj) as store:
             store.add([make_image(700 + k, 24) for k in range(30)], [{"label": "b"}] * 30)
-        tried = held = intact = full = 0
-        notes = []
+        tally = Tally()
+        full = 0
         real = True
         for k in range(n):
             mnt = work / "dx-mnt"
@@ -402,7 +393,6 @@ def probe_disk_export(work: Path, n: int) -> None:
                 plant_user_files(mnt)
                 before = user_files(mnt)
                 old = {p.relative_to(mnt).as_posix(): p.read_bytes() for p in (mnt / "ds").rglob("*") if p.is_file()}
-                tried += 1
                 why = ""
                 if not real:  # no tmpfs here: inject ENOSPC at the k-th write instead
                     why = "no tmpfs (run as root for a real full disk)"
@@ -429,22 +419,11 @@ def probe_disk_export(work: Path, n: int) -> None:
                             why = why or f"left {left}"
                     except Exception as exc:  # noqa: BLE001
                         why = f"{type(exc).__name__}: {exc}"[:120]
-                held += not why
-                intact += user_files(mnt) == before
-                if why:
-                    notes.append(f"{size} KB: {why}")
-        ROWS.append(
-            (
-                "disk-export",
-                f"{fmt} over an older export, tmpfs of {n} sizes ({full} ran out of space)"
-                if real
-                else f"{fmt} (no tmpfs)",
-                tried,
-                held,
-                intact,
-                "; ".join(notes[:3]),
-            )
+                tally.add(why, user_files(mnt) == before, f"{size} KB")
+        variation = (
+            f"{fmt} over an older export, tmpfs of {n} sizes ({full} ran out of space)" if real else f"{fmt} (no tmpfs)"
         )
+        tally.record("disk-export", variation)
 
 
 def probe_disk_round(work: Path, n: int) -> None:
@@ -453,8 +432,7 @@ def probe_disk_round(work: Path, n: int) -> None:
     base = work / "dr"
     round_project(base / "p")
     proj_kb = tree_size_kb(base / "p")
-    tried = held = intact = 0
-    notes = []
+    tally = Tally()
     real = True
     for k in range(n):
         mnt = work / "dr-mnt"
@@ -469,7 +447,6 @@ def probe_disk_round(work: Path, n: int) -> None:
                 continue
             plant_user_files(mnt)
             before = user_files(mnt)
-            tried += 1
             proc = run_child(script, [str(mnt / "p"), "6"], 0)
             why = ""
             if proc.returncode != 0 and "No space left" not in proc.stderr:
@@ -477,10 +454,7 @@ def probe_disk_round(work: Path, n: int) -> None:
             if not why:
                 subprocess.run(["mount", "-o", f"remount,size={size + 4096}k", str(mnt)], check=False)
                 why = check_round_project(mnt / "p")
-            held += not why
-            intact += user_files(mnt) == before
-            if why:
-                notes.append(f"{size} KB: {why}")
+            tally.add(why, user_files(mnt) == before, f"{size} KB")
     if not real:  # inject ENOSPC at n points of the round instead
         trial = work / "dr-trial"
         shutil.copytree(base, trial)
@@ -491,24 +465,11 @@ def probe_disk_round(work: Path, n: int) -> None:
             plant_user_files(trial)
             before = user_files(trial)
             proc = run_child(script, [str(trial / "p"), "3"], at, act="enospc")
-            tried += 1
             why = "" if "No space left" in proc.stderr else f"rc {proc.returncode}: {proc.stderr[-150:]}"
             why = why or check_round_project(trial / "p")
-            held += not why
-            intact += user_files(trial) == before
-            if why:
-                notes.append(f"op {at}: {why}")
+            tally.add(why, user_files(trial) == before, f"op {at}")
             shutil.rmtree(trial)
-    ROWS.append(
-        (
-            "disk-round",
-            f"generate on a tmpfs of {n} sizes" if real else f"ENOSPC injected at {n} points",
-            tried,
-            held,
-            intact,
-            "; ".join(notes[:3]),
-        )
-    )
+    tally.record("disk-round", f"generate on a tmpfs of {n} sizes" if real else f"ENOSPC injected at {n} points")
 
 
 # ---- damage ------------------------------------------------------------------------------------------------

@@ -31,7 +31,12 @@ shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", work / "quickstart.ipynb")
 nb = nbformat.read(work / "quickstart.ipynb", as_version=4)
 t = time.time()
 NotebookClient(
-    nb, timeout=3600, kernel_name="python3", store_widget_state=False, resources={"metadata": {"path": str(work)}}
+    nb,
+    timeout=3600,
+    kernel_name="python3",
+    store_widget_state=False,
+    allow_errors=True,  # a failing cell shows its error in the export, as it would in a saved notebook
+    resources={"metadata": {"path": str(work)}},
 ).execute()
 print(f"executed in {time.time() - t:.0f} s")
 nbformat.write(nb, work / "quickstart.ipynb")

@@ -124,3 +124,29 @@ def test_a_deleted_document_is_named_not_read_as_none_yet(project, name, empty):
     (project / name).write_text(empty)  # the fix the message gives
     with SampleStore(project, readonly=True) as store:
         assert store.read_json(name, None) == json.loads(empty)
+
+
+@pytest.mark.parametrize(
+    "name, doc",
+    [
+        ("rounds.json", [1, "x"]),
+        ("rounds.json", {}),
+        ("rounds.json", [{"round": "one"}]),
+        ("feedback.json", {"good": ["r000001"]}),
+        ("feedback.json", [1]),
+        ("prompts.json", [1, "x"]),
+        ("prompts.json", {"classes": {"a": "a photo"}}),
+        ("prompts.json", {"classes": {"a": {"prompt": None, "history": []}}}),
+    ],
+)
+def test_a_document_of_the_wrong_shape_is_named_with_its_path(project, name, doc):
+    (project / name).write_text(json.dumps(doc))
+    with dc.DataCrafter.open(project) as c:
+        uses = {
+            "rounds.json": [lambda: c.rounds, c.next_round, lambda: c.feedback(good=["r000001"])],
+            "feedback.json": [lambda: c.feedback_log, lambda: c.feedback(good=["r000001"])],
+            "prompts.json": [lambda: c.prompts, lambda: c.set_prompt("a", "a photo of an a")],
+        }[name]
+        for use in uses:
+            with pytest.raises(DamagedFileError, match=rf"{name} is damaged \(.*\): restore it from a backup"):
+                use()

@@ -564,6 +564,7 @@ def test_every_display_in_a_kernel_is_one_widget_with_a_picture_and_text(crafter
     view = first["application/vnd.jupyter.widget-view+json"]
     assert view["model_id"] == second["application/vnd.jupyter.widget-view+json"]["model_id"]
     assert crafter.show().model_id == view["model_id"]
+    assert crafter._display_() is crafter.show()  # marimo's hook: the same anywidget
     assert (
         first["text/plain"].startswith("DataCrafter project")
         and f"{len(crafter.classes)} classes" in first["text/plain"]

@@ -27,6 +27,14 @@ FEEDBACK_FILE = "feedback.json"
 __all__ = ["FEEDBACK_FILE", "FeedbackLog", "FeedbackHistory", "FeedbackChange", "lassos"]
 
 
+def feedback_shape(doc: Any) -> str:
+    """feedback.json: a list of feedback actions, each a dict."""
+    if not isinstance(doc, list):
+        return f"it holds a {type(doc).__name__}, not a list of feedback actions"
+    bad = next((k for k, e in enumerate(doc) if not isinstance(e, dict)), None)
+    return "" if bad is None else f"entry {bad} is {str(doc[bad])[:40]!r}, not a feedback action"
+
+
 @dataclass
 class FeedbackChange:
     """One feedback action: the ids and their (feedback, feedback_labels) before and after."""
@@ -94,7 +102,7 @@ class FeedbackLog:
         if self._log is not None and self._stamp == self._file_stamp():
             return list(self._log)
         stamp = self._file_stamp()
-        log = list(self.store.read_json(FEEDBACK_FILE, []) or [])
+        log = list(self.store.read_json(FEEDBACK_FILE, [], shape=feedback_shape) or [])
         self._log, self._stamp = log, stamp
         return list(log)
 

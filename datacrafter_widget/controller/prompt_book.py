@@ -39,7 +39,26 @@ __all__ = [
     "revert_prompt",
     "current_prompts",
     "apply_to_prompts_doc",
+    "prompts_shape",
 ]
+
+
+def prompts_shape(doc: Any) -> str:
+    """prompts.json: a dict whose "classes" (if any) maps class names to entries (dicts); '' if it fits."""
+    if not isinstance(doc, dict):
+        return f"it holds a {type(doc).__name__}, not a prompts document (a dict)"
+    classes = doc.get("classes", {})
+    if not isinstance(classes, dict):
+        return f"its classes are {str(classes)[:40]!r}, not {{class: entry}}"
+    for cls, e in classes.items():
+        if not isinstance(e, dict):
+            return f"class {cls!r} has {str(e)[:40]!r}, not a prompt entry"
+        if not isinstance(e.get("history", []), list):
+            return f"class {cls!r} has a history that is not a list"
+        for key in ("prompt", "negative_prompt"):
+            if key in e and not isinstance(e[key], str) and not (key == "negative_prompt" and e[key] is None):
+                return f"class {cls!r} has {key} {e[key]!r}, not text"
+    return ""
 
 
 class PromptEntry(TypedDict):
@@ -61,7 +80,7 @@ class PromptBook:
 
     def document(self) -> dict[str, object]:
         """The stored document ({} before the first evolution or edit)."""
-        return dict(self.store.read_json(PROMPTS_FILE, {}) or {})
+        return dict(self.store.read_json(PROMPTS_FILE, {}, shape=prompts_shape) or {})
 
     def entries(self) -> dict[str, PromptEntry]:
         return prompts(self.document(), self.classes)

@@ -19,6 +19,21 @@ ROUNDS_FILE = "rounds.json"
 __all__ = ["ROUNDS_FILE", "RoundsLog"]
 
 
+def rounds_shape(doc: Any) -> str:
+    """rounds.json: a list of round entries, each a dict with a whole-number round."""
+    if not isinstance(doc, list):
+        return f"it holds a {type(doc).__name__}, not a list of round entries"
+    for k, e in enumerate(doc):
+        if not isinstance(e, dict):
+            return f"entry {k} is {str(e)[:40]!r}, not a round entry"
+        rnd = e.get("round")
+        if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+            return f"entry {k} has round {rnd!r}, not a whole number"
+        if not isinstance(e.get("status", ""), str):
+            return f"entry {k} has status {e.get('status')!r}, not text"
+    return ""
+
+
 class RoundsLog:
     """The rounds log of one project."""
 
@@ -27,7 +42,7 @@ class RoundsLog:
 
     def entries(self) -> list[dict[str, Any]]:
         """Every round's entry, in round order."""
-        return list(self.store.read_json(ROUNDS_FILE, []) or [])
+        return list(self.store.read_json(ROUNDS_FILE, [], shape=rounds_shape) or [])
 
     def entry(self, rnd: int) -> dict[str, Any] | None:
         return next((r for r in self.entries() if int(r.get("round", -1)) == int(rnd)), None)

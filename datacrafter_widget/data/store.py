@@ -42,7 +42,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -937,14 +937,23 @@ class SampleStore:
             name += ".json"
         return self.path / name
 
-    def read_json(self, name: str, default: Any = None, *, derived: bool = False) -> Any:
+    def read_json(
+        self, name: str, default: Any = None, *, derived: bool = False, shape: Callable[[Any], str] | None = None
+    ) -> Any:
         """A json document of the project (e.g. "rounds.json"), or `default` if it does not exist.
 
         A damaged document raises DamagedFileError naming it and the fix; with derived=True (a cache
-        that can be computed again, such as map.json) it counts as missing instead."""
+        that can be computed again, such as map.json) it counts as missing instead. `shape` (the owning
+        module's check) returns what is wrong with a well-formed document of the wrong shape, '' if nothing:
+        a wrong shape is damage too."""
         path = self._json_path(name)
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            check = shape if shape is not None else _SHAPES.get(path.name)
+            problem = check(doc) if check is not None and not derived else ""
+            if problem:
+                raise ValueError(problem)
+            return doc
         except FileNotFoundError:
             written = (self._log.get("documents") or {}).get(path.name)
             aside = any(p.name.startswith(path.name + ".") and not _TMP.search(p.name) for p in self.path.iterdir())
@@ -979,6 +988,13 @@ class SampleStore:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+# Shapes checked on every read of a document the store itself owns; the modules that own the other
+# documents (rounds_log, feedback_log, prompt_book) pass theirs with read_json(..., shape=...).
+_SHAPES: dict[str, Callable[[Any], str]] = {
+    "project.json": lambda doc: "" if isinstance(doc, dict) else f"it holds a {type(doc).__name__}, not a dict",
+}
+
+
 def _project_meta_problem(meta: dict[str, Any]) -> str:
     """What is wrong with project.json's fields ('' if nothing): valid json of the wrong shape is damage too."""
     version = meta.get("schema_version")
