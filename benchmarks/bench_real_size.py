@@ -268,7 +268,8 @@ def ratio_only(cache: Path, work: Path, args: argparse.Namespace) -> None:
     with step("load models"):
         models = load_models(cache, args)
     with dc.DataCrafter(dc.Dataset.from_folder(photos), models=models, project=work / "ratio") as crafter:
-        bare_vs_crafter(crafter, args)
+        with step("crafter vs bare rounds"):  # so the peak memory of these rounds is in the table too
+            bare_vs_crafter(crafter, args)
 
 
 def the_loop(cache: Path, work: Path, args: argparse.Namespace) -> None:
