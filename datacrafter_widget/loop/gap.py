@@ -220,7 +220,7 @@ def _inject(text_encoder: Any, positions: list[int], vectors: torch.Tensor):
 def _encode(pipe: Any, ids: torch.Tensor, positions: list[int] | None = None, vectors: torch.Tensor | None = None):
     """(last hidden states, pooled output) of the pipeline's text encoder, with tokens injected."""
     ids = ids.to(pipe.text_encoder.device)
-    ctx = _inject(pipe.text_encoder, positions, vectors) if vectors is not None else contextlib.nullcontext()
+    ctx = _inject(pipe.text_encoder, positions or [], vectors) if vectors is not None else contextlib.nullcontext()
     with ctx:
         out = pipe.text_encoder(ids)
     pooled = getattr(out, "pooler_output", None)
@@ -347,7 +347,7 @@ def _prepare_sources(
                     f"masks[{i}] has shape {a.shape}: a mask is 2-D (H x W), 1 on the object, 0 on the context"
                 )
             if a.shape != (size, size):  # the same centre crop as `square` applies to the source, nearest resize
-                a = mask_from_image(centre_square(mask_to_image(a), size, Image.NEAREST))
+                a = mask_from_image(centre_square(mask_to_image(a), size, Image.Resampling.NEAREST))
             rows.append(torch.from_numpy(np.clip(a, 0.0, 1.0)))
         mk = torch.stack(rows).unsqueeze(1)
     vae = pipe.vae
@@ -367,7 +367,9 @@ def _sources_for(labels: list[str], sources: Any, masks: Any) -> tuple[list[Imag
         unknown = [k for k in sources if str(k) not in labels]
         if unknown:
             raise GapError(f"sources for {unknown}, which are not among the classes being optimised {labels}")
-        images, mks, label_of = [], [] if masks is not None else None, []
+        images: list[Image.Image] = []
+        mks: list[Any] | None = [] if masks is not None else None
+        label_of: list[int] = []
         for li, l in enumerate(labels):
             got = list(sources.get(l, []))
             if not got:
@@ -525,12 +527,11 @@ def optimise_prompt_tokens(
         uncond, _ = _encode(pipe, _tokenize(tok, [""]))
         et = F.normalize(_encode(pipe, _tokenize(tok, [target]))[1].float(), dim=-1) if target else None
         ei = None  # (n_sets, d): the target point each token set is guided toward
-        if target_images is not None and len(target_images):
+        if target_images is not None and len(target_images) and embedder is not None:
             found = np.asarray(embedder.embed_images(list(target_images)), dtype=np.float32)
             ei = torch.from_numpy(target_modes(found, n_sets, seed=int(seed)))
             ei = F.normalize(ei, dim=-1).to(next(embedder.model.parameters()).device)
     student_dev = next(student.net.parameters()).device if hasattr(student, "net") else torch.device("cpu")
-    k = len(student.classes) if hasattr(student, "classes") else None
     warm = int(round(config.warmup * config.steps)) if ei is not None else 0
     history: list[dict[str, float]] = []
     bar = None

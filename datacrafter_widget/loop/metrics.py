@@ -22,6 +22,7 @@ or student classifier, CLIP embeddings); no model is called, so metrics are chea
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -333,6 +334,15 @@ def accepted_per_class(samples: pd.DataFrame) -> pd.DataFrame:
     return kept.groupby(["round", "label"]).size().unstack(fill_value=0).reindex_like(made).fillna(0).astype(int)
 
 
+def _count(value: object) -> int:
+    """A count from a metrics cell: missing or NaN (round 0 has no generated images) is 0."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0
+    return 0 if math.isnan(v) else int(v)
+
+
 def round_changes(metrics: pd.DataFrame, samples: pd.DataFrame, short: float = 0.6) -> pd.DataFrame:
     """Each round's student accuracy against the round before it, with the causes the project records.
 
@@ -356,12 +366,11 @@ def round_changes(metrics: pd.DataFrame, samples: pd.DataFrame, short: float = 0
             if len(low):
                 few = ", ".join(f"{c} ({int(k)})" for c, k in low.items())
                 why.append(f"fewer accepted images of class {few} against {median:.0f} for the median class")
-        n_gen = int(m.get("n_generated", 0) or 0)
-        out = int(m.get("flagged", 0) or 0) + int(m.get("bad", 0) or 0)
-        if n_gen and out >= 0.25 * n_gen:
+        n_gen, flagged, bad = (_count(m.get(k)) for k in ("n_generated", "flagged", "bad"))
+        if n_gen and flagged + bad >= 0.25 * n_gen:
             why.append(
-                f"{out} of its {n_gen} images left out of training "
-                f"({int(m.get('flagged', 0) or 0)} by the class filter, {int(m.get('bad', 0) or 0)} marked bad)"
+                f"{flagged + bad} of its {n_gen} images left out of training "
+                f"({flagged} by the class filter, {bad} marked bad)"
             )
         change = float("nan") if prev is None or pd.isna(acc) else acc - prev
         if not why and not pd.isna(change) and change < 0:
