@@ -41,6 +41,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULTS",
+    "HEARTBEAT_S",
     "KINDS",
     "ComputeError",
     "Policy",
@@ -73,6 +74,9 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "background_turns": (1, "1: background jobs take turns, one at a time; 0: they run at once"),
     "wait_policy": ("passive", "OpenMP wait policy set before torch loads: 'passive' or 'active' (OMP_WAIT_POLICY)"),
 }
+#: seconds between two progress reports of a long step at most: a unit of work that takes longer (a
+#: student's chunk of steps, evolution's batch of candidates on a busy CPU) reports its count again
+HEARTBEAT_S = 2.0
 _ENV = "DATACRAFTER_"
 _set: dict[str, Any] = {}
 _local = threading.local()

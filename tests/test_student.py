@@ -420,3 +420,16 @@ def test_bad_backbone_names_and_weights_give_clear_errors(tmp_path):
         )
     with pytest.raises(StudentError, match="pass backbone="):
         train_student(images, labels, weights=tmp_path / "other.safetensors", progress=False)
+
+
+def test_a_slow_training_still_ticks_every_few_seconds(monkeypatch):
+    """A chunk of steps slower than compute.HEARTBEAT_S (a busy CPU) reports its count again meanwhile."""
+    from datacrafter_widget import compute
+
+    images, labels = _colour_set()
+    seen = []
+    monkeypatch.setattr(compute, "HEARTBEAT_S", 0.0)  # every step is "slow"
+    train_student(images, labels, kind="cnn", steps=30, seed=0, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (2, 2)  # two chunks of 25 steps
+    assert len(seen) >= 30  # and a tick at (nearly) every step of them
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)

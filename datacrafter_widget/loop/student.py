@@ -99,9 +99,6 @@ class StudentConfig:
 
 
 # The default small CNN's training recipe (tuned on the starter digits; benchmarks/bench_student.py).
-#: seconds between progress ticks at most: a chunk of steps that takes longer (a busy CPU) reports
-#: its current count again, so the notebook, the widget and the CLI show it is still training
-HEARTBEAT_S = 2.0
 CNN_WIDTH = 16
 CNN_STEPS = 500
 CNN_BATCH = 64
@@ -520,7 +517,7 @@ def train_student(
     optimiser steps (default CNN_STEPS) whatever the number of images; `epochs=` instead gives
     epochs x batches-per-epoch steps. Probe and backbone students train for `epochs`.
     progress: True for a tqdm bar, False for none, or a callable(done, total) (epochs, or chunks
-    of steps for the CNN's step budget); a chunk that takes longer than HEARTBEAT_S seconds (a busy
+    of steps for the CNN's step budget); a chunk that takes longer than compute.HEARTBEAT_S seconds (a busy
     CPU) reports its count again meanwhile, so a long training never looks like a hang.
     Threads: the compute policy's student threads (datacrafter_widget.compute).
     should_stop: a callable returning True to stop (the controller passes its cancel check); the
@@ -653,7 +650,7 @@ def train_student(
                 break
             total, seen = 0.0, 0
             for _ in range(min(chunk, config.steps - config.trained_steps)):
-                if time.monotonic() - last_tick >= HEARTBEAT_S:  # a slow chunk (a busy CPU) still ticks
+                if time.monotonic() - last_tick >= compute.HEARTBEAT_S:  # a slow chunk (a busy CPU) still ticks
                     last_tick = time.monotonic()
                     if bar is not None:
                         bar.set_postfix(step=f"{config.trained_steps}/{config.steps}")
