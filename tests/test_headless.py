@@ -351,6 +351,5 @@ def test_loading_the_starter_models_says_each_stage():
     models = _models({"models": {"kind": "starter"}}, lines.append)
     assert models.generator is not None
     assert lines == [
-        f"loading the starter models: {what} ({k}/{len(LOAD_STAGES)})"
-        for k, what in enumerate([*LOAD_STAGES, "done"])
+        f"loading the starter models: {what} ({k}/{len(LOAD_STAGES)})" for k, what in enumerate([*LOAD_STAGES, "done"])
     ]
