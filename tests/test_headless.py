@@ -329,7 +329,7 @@ def test_a_silent_step_says_it_is_still_working(tmp_path, monkeypatch):
     lines: list[str] = []
     loading = threading.Event()
 
-    def slow_models(cfg, say):
+    def slow_models(*args):
         loading.wait(1.0)  # a silent load: nothing sets the event
         raise RuntimeError("stop here")
 
