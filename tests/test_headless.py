@@ -325,7 +325,7 @@ def test_a_silent_step_says_it_is_still_working(tmp_path, monkeypatch):
 
     from datacrafter_widget.app import headless
 
-    monkeypatch.setattr(headless, "QUIET_S", 0.05)
+    monkeypatch.setattr(headless, "QUIET_S", 0.05, raising=False)
     lines: list[str] = []
     loading = threading.Event()
 
