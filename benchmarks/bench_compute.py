@@ -87,11 +87,19 @@ crafter.close()
 
 
 def env_for(policy: str, cores: int) -> dict[str, str]:
+    """The environment of a measured process: "old", "new", or either with settings changed, e.g.
+    "new+BACKGROUND_NICE=0" (DATACRAFTER_BACKGROUND_NICE=0 on top of the new policy)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATACRAFTER_") and k != "OMP_WAIT_POLICY"}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     env.pop("OMP_NUM_THREADS", None)
-    if policy == "old":
+    base, *changes = policy.split("+")
+    if base not in ("old", "new"):
+        raise SystemExit(f"policy {policy!r}: old or new, optionally +NAME=VALUE settings")
+    if base == "old":
         env.update({k: v.format(cores=cores) for k, v in OLD.items()})
+    for change in changes:
+        name, _, value = change.partition("=")
+        env["DATACRAFTER_" + name.upper()] = value
     return env
 
 
@@ -177,7 +185,7 @@ def fmt(r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--phases", default="student,map,run", help="comma list of student, map, run")
-    ap.add_argument("--policies", default="old,new", help="comma list of old, new")
+    ap.add_argument("--policies", default="old,new", help="comma list of old, new (+NAME=VALUE: a setting changed)")
     ap.add_argument("--loads", default="idle,loaded", help="comma list of idle, loaded")
     ap.add_argument("--repeat", type=int, default=1, help="measurements per cell (the median is kept)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds before a measurement is stopped")
