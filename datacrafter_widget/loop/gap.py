@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .. import compute
 
 if TYPE_CHECKING:
     from ..models.embedder import Embedder
@@ -544,7 +545,7 @@ def optimise_prompt_tokens(
     if net is not None:
         net.eval()
     clip_model = getattr(embedder, "model", None) if ei is not None else None
-    with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.enable_grad():
+    with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.enable_grad(), compute.step("sampler"):
         fixed = torch.randn(_latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) + 1))
         for step in range(int(config.steps)):
             if should_stop is not None and should_stop():
