@@ -83,7 +83,7 @@ class GapConfig:
     text_weight: float = 20.0  # lt (used when a target description is given)
     image_weight: float = 10.0  # li (used when target images are given)
     warmup: float = 0.2  # adversarial term off for this fraction of steps (image guidance only)
-    checkpointing: bool = False  # recompute UNet activations in backward (less memory, slower)
+    checkpointing: bool = False  # recompute UNet and VAE activations block by block in backward (less memory, slower)
     fixed_noise: bool = False  # same starting noise every step (for diagnostics)
     strength: float = 0.8  # img2img strength when starting from source images (1 = ignore their latents)
     # "uniform": cross entropy against the uniform label (the paper: make the student unsure);
@@ -390,6 +390,27 @@ def _sources_for(labels: list[str], sources: Any, masks: Any) -> tuple[list[Imag
 
 
 @contextlib.contextmanager
+def _block_checkpointing(*models: Any) -> Iterator[list[Any]]:
+    """Per-block activation checkpointing in the diffusers models that support it, for the span.
+
+    A backward pass keeps only each block's input and recomputes the block's activations when its
+    gradient is needed. Checkpointing the whole UNet call instead stores nothing between sampler
+    steps but recomputes the call in one piece, so its full activations (and the VAE decoder's at
+    the output resolution) are all live at once. Yields the models switched here.
+    """
+    switched = []
+    for m in models:
+        if getattr(m, "_supports_gradient_checkpointing", False) and not getattr(m, "is_gradient_checkpointing", True):
+            m.enable_gradient_checkpointing()
+            switched.append(m)
+    try:
+        yield switched
+    finally:
+        for m in switched:
+            m.disable_gradient_checkpointing()
+
+
+@contextlib.contextmanager
 def _frozen(*modules: Any):
     saved = []
     for m in modules:
@@ -544,7 +565,10 @@ def optimise_prompt_tokens(
     if net is not None:
         net.eval()
     clip_model = getattr(embedder, "model", None) if ei is not None else None
-    with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.enable_grad():
+    blocks: contextlib.AbstractContextManager[list[Any]] = (
+        _block_checkpointing(pipe.unet, pipe.vae) if config.checkpointing else contextlib.nullcontext([])
+    )
+    with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.enable_grad(), blocks as by_block:
         fixed = torch.randn(_latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) + 1))
         for step in range(int(config.steps)):
             if should_stop is not None and should_stop():
@@ -577,7 +601,7 @@ def optimise_prompt_tokens(
                 latents,
                 sched,
                 float(config.guidance),
-                config.checkpointing,
+                config.checkpointing and pipe.unet not in by_block,  # a UNet without block checkpointing
                 start=start,
             )
             if src is not None and src.masks is not None:
