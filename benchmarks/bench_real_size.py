@@ -5,13 +5,13 @@ them once into --cache, in a process of its own, and the product loads them with
 makes: dc.Models.stable_diffusion(folder, clip=(arch, weights), captioner=folder)). A folder of
 photo-like 512 px images (three classes) goes through the whole loop once: import, first map, a
 class round and a caption round, feedback, evolve, the probe student, a GAP step, the widget's view
-and atlas, export. Per step it prints seconds and peak resident memory (and peak device memory on
+and a page of thumbnails, export. Per step it prints seconds and peak resident memory (and peak device memory on
 a GPU). Then:
 
 - images/s of one round of `crafter.generate` against the bare diffusers pipeline on the same
   prompts, seeds, steps and size, interleaved in the same run (aim: crafter >= 1/1.1 of bare).
 - the widget over --photos photos (default 500) at 512 px: the kernel side of the first view once
-  the map is computed (aim <= 3 s), and its atlas bytes against the same photos at another size
+  the map is computed (aim <= 3 s), and the bytes of a page of its thumbnails against the same photos at another size
   (aim: independent of the photos' size).
 
     python benchmarks/bench_real_size.py                       # full SD-1.5 shape, CPU, float32
@@ -194,9 +194,9 @@ def bare_vs_crafter(crafter: dc.DataCrafter, args: argparse.Namespace) -> None:
 
 
 def widget_over_photos(models: dc.Models, work: Path, args: argparse.Namespace) -> None:
-    """The first view of a project of --photos photos, once its map is computed; atlas bytes by photo size."""
-    sizes = [args.size, *[s for s in args.atlas_sizes if s != args.size]]
-    atlas: dict[int, int] = {}
+    """The first view of a project of --photos photos, once its map is computed; thumbnail page bytes by photo size."""
+    sizes = [args.size, *[s for s in args.other_sizes if s != args.size]]
+    pages: dict[int, int] = {}
     for size in sizes:
         folder = write_photos(work / f"photos-{args.photos}-{size}", -(-args.photos // len(CLASSES)), size, seed=7)
         ds = dc.Dataset.from_folder(folder, check="header")
@@ -205,20 +205,28 @@ def widget_over_photos(models: dc.Models, work: Path, args: argparse.Namespace) 
         with crafter:
             with step(f"map of {len(ds)} @ {size}px"):
                 crafter.update_projection()
-            with step(f"first view {len(ds)} @ {size}px") as info:
+            with step(f"first view {len(ds)} @ {size}px"):
                 view = CrafterView(crafter)  # what crafter.show() builds; kept here to wait on its jobs
                 bundle = view.widget._repr_mimebundle_()
-                atlas[size] = len(view.widget.atlas)
-                info["note"] = f"atlas {atlas[size] / 1024:.0f} KB, tile {view.widget.atlas_grid.get('tile')} px"
             assert bundle, "the widget produced no display bundle"
+            with step(f"thumbnail page @ {size}px") as info:
+                pages[size], info["note"] = thumbnail_page(view)
             view.wait(timeout=600)
-    if len(atlas) > 1:
-        base = atlas[args.size]
+    if len(pages) > 1:
+        base = pages[args.size]
         print(
-            "  atlas bytes by photo size: "
-            + ", ".join(f"{s} px {b / 1024:.0f} KB ({b / base:.2f}x)" for s, b in atlas.items()),
+            "  thumbnail page bytes by photo size: "
+            + ", ".join(f"{s} px {b / 1024:.0f} KB ({b / base:.2f}x)" for s, b in pages.items()),
             flush=True,
         )
+
+
+def thumbnail_page(view: CrafterView) -> tuple[int, str]:
+    """Encodes the first page of thumbnails as the browser gets it when zoomed in (up to 256 points):
+    its bytes and a note."""
+    count = int(view.widget.thumb_meta["count"])
+    page, grid = view.widget.thumbnail_page(range(min(256, count)))
+    return len(page), f"{grid['count']} thumbnails of {grid['tile']} px: {len(page) / 1024:.0f} KB"
 
 
 def main() -> None:
@@ -233,7 +241,9 @@ def main() -> None:
     ap.add_argument("--round-images", type=int, default=1, help="images of the crafter-vs-bare round")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--photos", type=int, default=500, help="photos of the widget measurement (0: skip it)")
-    ap.add_argument("--atlas-sizes", type=int, nargs="*", default=[256], help="other photo sizes for the atlas")
+    ap.add_argument(
+        "--other-sizes", type=int, nargs="*", default=[256], help="other photo sizes for the thumbnail page"
+    )
     ap.add_argument(
         "--cache", default=os.environ.get("DC_REAL_SIZE_CACHE", str(Path(tempfile.gettempdir()) / "dc-real-size"))
     )
@@ -426,10 +436,12 @@ class Loop:
 
     def step_view(self) -> None:
         crafter = self.crafter
-        with step("widget view + thumbnails") as info:
+        with step("widget view") as info:
             view = CrafterView(crafter)
             view.wait(timeout=600)
-            info["note"] = f"atlas {len(view.widget.atlas) / 1024:.0f} KB for {len(view.ids)} images"
+            info["note"] = f"{len(view.ids)} images"
+        with step("thumbnails, one page") as info:
+            info["note"] = thumbnail_page(view)[1]
 
     def step_export(self) -> None:
         crafter = self.crafter
