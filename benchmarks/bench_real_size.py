@@ -248,7 +248,11 @@ def main() -> None:
         "--cache", default=os.environ.get("DC_REAL_SIZE_CACHE", str(Path(tempfile.gettempdir()) / "dc-real-size"))
     )
     ap.add_argument(
-        "--parts", nargs="+", default=["loop", "widget"], choices=["loop", "ratio", "widget"], help="what to measure"
+        "--parts",
+        nargs="+",
+        default=["loop", "widget"],
+        choices=["loop", "ratio", "widget", "probe"],
+        help="what to measure",
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument(
@@ -288,8 +292,33 @@ def main() -> None:
             with step("load models"):
                 models = load_models(cache, args)
             widget_over_photos(models, work, args)
+        if args.photos and "probe" in args.parts:
+            print(f"\nthe probe student over {args.photos} photos:", flush=True)
+            probe_over_photos(cache, work, args)
     peak = max(r[3] for r in ROWS)
     print(f"\npeak resident memory over the bench: {peak:.2f} GB (aim < 8 GB)")
+
+
+def probe_over_photos(cache: Path, work: Path, args: argparse.Namespace) -> None:
+    """The student for photos, a linear probe on CLIP features, trained on a project of --photos photos
+    whose embeddings the first map computed (only the CLIP model is loaded: the generator plays no part)."""
+    from datacrafter_widget.models.embedder import Embedder
+
+    p = paths(cache, args.shrink)
+    p.register_clip()
+    with step("load CLIP"):
+        models = dc.Models(embedder=Embedder.from_open_clip(p.clip_arch, str(p.clip_weights), device=args.device))
+    folder = write_photos(
+        work / f"photos-{args.photos}-{args.size}", -(-args.photos // len(CLASSES)), args.size, seed=7
+    )
+    ds = dc.Dataset.from_folder(folder, check="header")
+    with tempfile.TemporaryDirectory(prefix="probe-", dir=work) as tmp:
+        with dc.DataCrafter(ds, models=models, project=Path(tmp) / "project", heldout=None) as crafter:
+            with step(f"embeddings of {len(ds)} @ {args.size}px"):  # what the first map computes and keeps
+                crafter.embeddings()
+            with step(f"probe student on {len(ds)} @ {args.size}px") as info:
+                student = crafter.train_student(kind="probe", progress=False)
+                info["note"] = f"{student.config.n_train} images, {student.config.epochs} epochs"
 
 
 def ratio_only(cache: Path, work: Path, args: argparse.Namespace) -> None:
