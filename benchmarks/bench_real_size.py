@@ -453,7 +453,6 @@ class Loop:
                 sampler_steps=1,
                 final_steps=self.args.steps,
                 batch=1,
-                checkpointing=True,
                 progress=False,
             )
             info["note"] = f"{len(gap_ids)} image(s), 1 token step at batch 1, 1 sampler step"

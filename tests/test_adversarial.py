@@ -87,6 +87,24 @@ def test_checkpointing_recomputes_the_unet_and_the_vae_block_by_block(setup):
     torch.testing.assert_close(saved.embeddings, plain.embeddings, rtol=1e-4, atol=1e-6)
 
 
+def test_checkpointing_is_on_by_default_from_512_px(setup):
+    """At 64 x 64 latents one UNet call's and the VAE decoder's activations are 3.6 and 6 GB at batch 1
+    (benchmarks/bench_gap_memory.py), so GAP recomputes them unless told not to; the starter's 4 x 4
+    latents are cheap and keep the faster path."""
+    from types import SimpleNamespace
+
+    from datacrafter_widget.loop.gap import GapConfig, uses_checkpointing
+
+    def pipe(side: int):
+        return SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(sample_size=side)))
+
+    assert GapConfig().checkpointing is None
+    assert uses_checkpointing(GapConfig(), pipe(64)) and uses_checkpointing(GapConfig(), pipe(96))
+    assert not uses_checkpointing(GapConfig(), setup[0].pipe)
+    assert not uses_checkpointing(GapConfig(checkpointing=False), pipe(64))
+    assert uses_checkpointing(GapConfig(checkpointing=True), setup[0].pipe)
+
+
 def test_text_and_image_guidance_terms(setup):
     gen, student = setup
     res = optimise_prompt_tokens(

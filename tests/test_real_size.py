@@ -95,7 +95,6 @@ def test_the_whole_loop_at_512_px(real_size, models, tmp_path):
             final_steps=1,
             batch=1,
             n_tokens=2,
-            checkpointing=True,
             progress=False,
         )
         assert len(gap_ids) == 1

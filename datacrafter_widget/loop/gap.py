@@ -56,6 +56,7 @@ __all__ = [
     "student_loss_on",
     "composite",
     "target_modes",
+    "uses_checkpointing",
 ]
 
 PLACEHOLDER = "x"
@@ -83,7 +84,10 @@ class GapConfig:
     text_weight: float = 20.0  # lt (used when a target description is given)
     image_weight: float = 10.0  # li (used when target images are given)
     warmup: float = 0.2  # adversarial term off for this fraction of steps (image guidance only)
-    checkpointing: bool = False  # recompute UNet and VAE activations block by block in backward (less memory, slower)
+    # Recompute UNet and VAE activations block by block in backward (less memory, ~1.3x the time).
+    # None: on for latents of 64 x 64 or more (512 px), where one UNet call's and the VAE decoder's
+    # activations are 3.6 and 6 GB at batch 1 (benchmarks/bench_gap_memory.py); off for the starter.
+    checkpointing: bool | None = None
     fixed_noise: bool = False  # same starting noise every step (for diagnostics)
     strength: float = 0.8  # img2img strength when starting from source images (1 = ignore their latents)
     # "uniform": cross entropy against the uniform label (the paper: make the student unsure);
@@ -389,6 +393,16 @@ def _sources_for(labels: list[str], sources: Any, masks: Any) -> tuple[list[Imag
     return images, (list(masks) if masks is not None else None), [0] * len(images)
 
 
+CHECKPOINT_FROM_LATENTS = 64  # checkpointing=None turns on from this latent side (512 px for SD-1.5)
+
+
+def uses_checkpointing(config: GapConfig, pipe: Any) -> bool:
+    """Whether the optimisation recomputes activations: as configured, or by the latent size."""
+    if config.checkpointing is not None:
+        return bool(config.checkpointing)
+    return int(pipe.unet.config.sample_size) >= CHECKPOINT_FROM_LATENTS
+
+
 def _checkpoint_block(module: Any, *args: Any) -> Any:
     """The checkpoint function diffusers calls per block; inside a VAE decoder's up block, one resnet
     (or upsampler) at a time: the last up block works at the output resolution (3 resnets of 128
@@ -582,7 +596,7 @@ def optimise_prompt_tokens(
         net.eval()
     clip_model = getattr(embedder, "model", None) if ei is not None else None
     blocks: contextlib.AbstractContextManager[list[Any]] = (
-        _block_checkpointing(pipe.unet, pipe.vae) if config.checkpointing else contextlib.nullcontext([])
+        _block_checkpointing(pipe.unet, pipe.vae) if uses_checkpointing(config, pipe) else contextlib.nullcontext([])
     )
     with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.enable_grad(), blocks as by_block:
         fixed = torch.randn(_latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) + 1))
@@ -617,7 +631,7 @@ def optimise_prompt_tokens(
                 latents,
                 sched,
                 float(config.guidance),
-                config.checkpointing and pipe.unet not in by_block,  # a UNet without block checkpointing
+                uses_checkpointing(config, pipe) and pipe.unet not in by_block,  # a UNet without block checkpointing
                 start=start,
             )
             if src is not None and src.masks is not None:
