@@ -22,6 +22,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .. import compute
 from ..data.images import to_rgb
 
 if TYPE_CHECKING:
@@ -521,7 +523,9 @@ def train_student(
     optimiser steps (default CNN_STEPS) whatever the number of images; `epochs=` instead gives
     epochs x batches-per-epoch steps. Probe and backbone students train for `epochs`.
     progress: True for a tqdm bar, False for none, or a callable(done, total) (epochs, or chunks
-    of steps for the CNN's step budget).
+    of steps for the CNN's step budget); a chunk that takes longer than compute.HEARTBEAT_S seconds (a busy
+    CPU) reports its count again meanwhile, so a long training never looks like a hang.
+    Threads: the compute policy's student threads (datacrafter_widget.compute).
     should_stop: a callable returning True to stop (the controller passes its cancel check); the
     training done is kept.
 
@@ -616,7 +620,7 @@ def train_student(
     # held-out student training in a background job would interleave with this one, so trainings take turns.
     # The small CNN (the default) goes further and draws from its own generator, seeded as the global one
     # was: the same numbers, and no other thread's draws in between (benchmarks/results/NOTES.md).
-    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]), compute.step("student"):
         torch.manual_seed(int(seed))
         gen = torch.Generator().manual_seed(int(seed))
         if kind == "probe":
@@ -649,12 +653,19 @@ def train_student(
             )
         net.train()
         order, pos = torch.randperm(n, generator=gen), 0
+        last_tick = time.monotonic()
         for c in range(chunks):
             if should_stop is not None and should_stop():
                 config.cancelled = True
                 break
             total, seen = 0.0, 0
             for _ in range(min(chunk, config.steps - config.trained_steps)):
+                if time.monotonic() - last_tick >= compute.HEARTBEAT_S:  # a slow chunk (a busy CPU) still ticks
+                    last_tick = time.monotonic()
+                    if bar is not None:
+                        bar.set_postfix(step=f"{config.trained_steps}/{config.steps}")
+                    elif callable(progress):
+                        progress(c, chunks)
                 if pos >= n:
                     order, pos = torch.randperm(n, generator=gen), 0
                 idx = order[pos : pos + bs]
@@ -676,6 +687,7 @@ def train_student(
                 seen += len(idx)
             config.history.append(total / max(1, seen))
             config.trained_epochs = config.trained_steps // per_epoch
+            last_tick = time.monotonic()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{config.history[-1]:.3f}")
