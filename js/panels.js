@@ -157,5 +157,5 @@ export function footer(host, parent) {
   };
   syncStatus();
   syncProgress();
-  return { status, say, syncStatus, syncProgress };
+  return { box, status, say, syncStatus, syncProgress };
 }

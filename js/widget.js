@@ -27,6 +27,8 @@ export { bytesOf };
  */
 
 let instanceCounter = 0;
+/** Below this width (CSS px) the side panel goes under the map: beside it the map would drop below ~520 px. */
+const NARROW_PX = 820;
 
 class ProjectionView {
   /** @param {AnyModel} model @param {HTMLElement} root */
@@ -116,6 +118,11 @@ class ProjectionView {
 
     this.resizeObserver = new ResizeObserver(() => this.resize());
     this.resizeObserver.observe(this.stage);
+    this.resizeObserver.observe(this.root);
+    const onWindow = () => { if (this.model.get("fullscreen")) this.resize(); };
+    window.addEventListener("resize", onWindow);
+    this.disposers.push(() => window.removeEventListener("resize", onWindow));
+    this.syncFullscreen();
     this.setMode("pan");
   }
 
@@ -125,10 +132,34 @@ class ProjectionView {
     this.stage.style.cursor = mode === "pan" ? "grab" : "crosshair";
   }
 
+  /** The map's height: `height` from Python, or in full screen what the window leaves for it. */
+  mapHeight() {
+    if (!this.model.get("fullscreen")) return Math.max(1, Math.floor(this.model.get("height") || 520));
+    const top = this.stage.getBoundingClientRect().top - this.root.getBoundingClientRect().top + this.root.scrollTop;
+    return Math.max(200, Math.floor(window.innerHeight - top - this.footer.box.offsetHeight - 24));
+  }
+
+  /** Full screen on / off: the widget covers the window (a fixed layer, so Python can turn it on too). */
+  syncFullscreen() {
+    const on = Boolean(this.model.get("fullscreen"));
+    this.root.classList.toggle("dcw-fullscreen", on);
+    this.fullscreenButton.classList.toggle("dcw-active", on);
+    this.fullscreenButton.textContent = on ? "Exit full screen" : "Full screen";
+    this.resize();
+  }
+
+  setFullscreen(on) {
+    this.model.set("fullscreen", Boolean(on));
+    this.model.save_changes();
+  }
+
   resize() {
+    // Narrow widgets (a side bar open in JupyterLab, marimo's column) stack the side panel under the map.
+    this.root.classList.toggle("dcw-narrow", this.root.clientWidth < NARROW_PX);
     const w = Math.max(1, Math.floor(this.stage.clientWidth));
-    const h = Math.max(1, Math.floor(this.model.get("height") || 520));
+    const h = this.mapHeight();
     this.stage.style.height = h + "px";
+    this.side.style.setProperty("--dcw-side-max", h + 70 + "px");
     if (w === this.width && h === this.height) return;
     const dpr = window.devicePixelRatio || 1;
     this.dpr = dpr;
@@ -315,6 +346,7 @@ class ProjectionView {
     on("change:prompts", () => this.prompts.sync());
     on("change:chart", () => this.chart.sync());
     on("change:height", () => this.resize());
+    on("change:fullscreen", () => this.syncFullscreen());
     on("msg:custom", (msg, buffers) => this.onCustom(msg, buffers));
   }
 
