@@ -18,6 +18,7 @@ import { drawOverlay, placeTooltip, renderLegend, showTooltip } from "./overlay.
 import { renderGallery } from "./gallery.js";
 import { chartPanel, footer, generatePanel, promptsPanel } from "./panels.js";
 import { publishDebugHandle } from "./debug.js";
+import { filterPanel } from "./filters.js";
 
 export { bytesOf };
 
@@ -112,6 +113,7 @@ class ProjectionView {
     this.gallery.dataset.role = "gallery";
     // The side panel (Generate, prompts) shows when Python offers strategies; the chart goes below.
     this.generate = generatePanel(this, this.side);
+    this.filters = filterPanel(this, this.side);
     this.prompts = promptsPanel(this, this.side);
     this.chart = chartPanel(this, root);
     this.syncSide();
@@ -297,6 +299,7 @@ class ProjectionView {
     for (const i of this.selection) s[4 * i + 1] = 1;
     this.countEl.textContent = `${this.selection.length} of ${this.n} selected`;
     syncSelectionButtons(this);
+    if (this.filters) this.filters.sync();
   }
 
   /** Sets the selection locally and sends it to Python through the selection trait (a uint32 buffer). */
@@ -314,7 +317,10 @@ class ProjectionView {
   }
 
   syncSide() {
-    this.side.style.display = (this.model.get("strategies") || []).length ? "" : "none";
+    const any = (this.model.get("strategies") || []).length || (this.model.get("facets") || []).length;
+    this.side.style.display = any ? "" : "none";
+    this.generate.box.style.display = (this.model.get("strategies") || []).length ? "" : "none";
+    this.prompts.box.style.display = this.generate.box.style.display;
   }
 
   resetView() { this.userMoved = false; this.fitView(); this.requestDraw(); }
@@ -340,7 +346,10 @@ class ProjectionView {
     on("change:selection", () => this.loadSelectionFromModel());
     on("change:status", () => this.footer.syncStatus());
     on("change:progress", () => { this.footer.syncProgress(); this.generate.syncRunning(); });
-    on("change:filters", () => syncFilters(this));
+    const facets = queue("facets", () => { this.filters.load(); this.syncSide(); });
+    on("change:facets", facets);
+    on("change:facet_codes", facets);
+    on("change:filters", () => { syncFilters(this); this.filters.sync(); this.recolor(); });
     on("change:history", () => syncHistory(this));
     on("change:strategies", () => { this.generate.syncStrategies(); this.syncSide(); });
     on("change:prompts", () => this.prompts.sync());

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from datacrafter_widget.ui.widget import CrafterWidget
 
 from standalone import open_standalone, synthetic_frame, synthetic_thumbnails, widget_state
@@ -109,3 +111,87 @@ def test_narrow_width_stacks_the_panel_under_the_map(page: Any) -> None:
     assert stage["width"] >= 600, f"the map shrank to {stage['width']:.0f} px"
     assert side["width"] >= 600 and side["x"] + side["width"] <= 640 + 10
     assert page.locator("button[data-action=generate]").bounding_box()["height"] >= 18
+
+
+# ----------------------------------------------------------------- 2. filters
+def filtered_widget(n: int = 600) -> tuple[CrafterWidget, Any]:
+    frame = synthetic_frame(n, seed=5)
+    frame["strategy"] = np.where(frame["source"] == "generated", "caption", "")
+    frame.loc[frame.index[:7], "feedback"] = "bad"
+    w = CrafterWidget(height=400)
+    w.set_frame(frame, thumbnails=synthetic_thumbnails(frame, 16))
+    w.set_facets(frame, {"stripes": list(range(0, 60)), XSS: [3, 4]})
+    return w, frame
+
+
+def test_legend_click_hides_a_class_and_alt_or_double_click_solos_it(page: Any) -> None:
+    w, frame = filtered_widget()
+    open_standalone(page, widget_state(w), width=1300)
+    entry = page.locator(".dcw-legend .dcw-toggle[data-field=label][data-value='class 1']")
+    entry.click()
+    assert commands(page)[-1] == {"type": "command", "name": "filter", "args": {"hide": {"label": ["class 1"]}}}
+    # Python's answer: the view state and the hidden mask; the legend and the sidebar follow it.
+    hidden = (frame["label"] == "class 1").to_numpy().astype(np.uint8)
+    page.evaluate(
+        """([mask]) => { const m = window.__model;
+           m.set('filters', {show_test: false, show_removed: false, isolated: false, hide: {label: ['class 1']}});
+           m.set('hidden', new DataView(Uint8Array.from(mask).buffer)); }""",
+        [hidden.tolist()],
+    )
+    assert "dcw-off" in entry.get_attribute("class")
+    row = page.locator("[data-role=filters] details[data-field=label] .dcw-value[data-value='class 1']")
+    assert not row.locator("input").is_checked() and "dcw-off" in row.get_attribute("class")
+    entry.click()  # again: shown again
+    assert commands(page)[-1]["args"] == {"hide": {"label": []}}
+    page.locator(".dcw-legend .dcw-toggle[data-value='class 2']").click(modifiers=["Alt"])
+    assert commands(page)[-1]["args"] == {"only": {"label": ["class 2"]}}
+    page.locator(".dcw-legend .dcw-toggle[data-value='class 3']").dblclick()
+    assert commands(page)[-1]["args"] == {"only": {"label": ["class 3"]}}
+    # Colour by round: its entries filter rounds.
+    page.evaluate("window.__model.set('color_by', 'round')")
+    page.locator(".dcw-legend .dcw-toggle[data-field=round][data-value='2']").click()
+    assert commands(page)[-1]["args"] == {"hide": {"round": ["2"]}}
+    assert page.errors == [] and page.dialogs == []
+
+
+def test_sidebar_counts_follow_the_selection_and_the_hidden_points(page: Any) -> None:
+    w, frame = filtered_widget()
+    open_standalone(page, widget_state(w), width=1300)
+    panel = page.locator("[data-role=filters]")
+    assert panel.is_visible()
+    count = lambda field, value: panel.locator(  # noqa: E731
+        f"details[data-field={field}] .dcw-value[data-value='{value}'] .dcw-value-count"
+    ).inner_text()
+    n0 = int((frame["label"] == "class 0").sum())
+    assert count("label", "class 0") == str(n0)
+    # select 50 points: counts read "shown (selected)"
+    sel = np.arange(0, 50)
+    page.evaluate("([s]) => window.__model.set('selection', new DataView(Uint32Array.from(s).buffer))", [sel.tolist()])
+    k0 = int((frame["label"].to_numpy()[sel] == "class 0").sum())
+    assert count("label", "class 0") == f"{n0} ({k0})"
+    # the fields people filter by, with their values; feedback "" reads "(none)"
+    page.locator("details[data-field=feedback] summary").click()
+    assert count("feedback", "bad") == "7 (7)"
+    assert "(none)" in panel.locator("details[data-field=feedback]").inner_text()
+    page.locator("details[data-field=content_label] summary").click()
+    assert count("content_label", "stripes") == "60 (50)"
+    assert panel.locator(f"details[data-field=content_label] .dcw-value[data-value='{XSS}']").count() == 1
+    assert page.locator("img[src='x']").count() == 0  # label text stays text
+    # hiding 100 points changes the shown counts
+    mask = np.zeros(len(frame), np.uint8)
+    mask[:100] = 1
+    page.evaluate("([m]) => window.__model.set('hidden', new DataView(Uint8Array.from(m).buffer))", [mask.tolist()])
+    n0_shown = int(((frame["label"] == "class 0").to_numpy() & (mask == 0)).sum())
+    assert count("label", "class 0").split(" ")[0] == str(n0_shown)
+    # a click in the sidebar sends the filter; alt-click solos; "show all" resets
+    panel.locator("details[data-field=strategy] summary").click()
+    panel.locator("details[data-field=strategy] .dcw-value[data-value='caption'] input").click()
+    assert commands(page)[-1]["args"] == {"hide": {"strategy": ["caption"]}}
+    panel.locator("details[data-field=label] .dcw-value[data-value='class 2'] input").click(modifiers=["Alt"])
+    assert commands(page)[-1]["args"] == {"only": {"label": ["class 2"]}}
+    page.evaluate(
+        "window.__model.set('filters', {show_test: false, show_removed: false, isolated: false, hide: {round: ['2']}})"
+    )
+    panel.locator("button[data-action=filter-reset]").click()
+    assert commands(page)[-1]["args"] == {"reset": True}
+    assert page.errors == [] and page.dialogs == []
