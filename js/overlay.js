@@ -158,13 +158,11 @@ export function showTooltip(view, i) {
   } else {
     view.tipImg.removeAttribute("src");
     view.tipImg.style.display = "none";
-    const g = view.atlasGrid;
-    if (view.atlasBitmap && g) {
-      const t = g.tile;
+    const t = view.thumbs.meta.tile;
+    if (view.thumbs.has(i)) {
       view.tipThumb.width = t;
       view.tipThumb.height = t;
-      const c = view.tipThumb.getContext("2d");
-      c.drawImage(view.atlasBitmap, (i % g.cols) * t, Math.floor(i / g.cols) * t, t, t, 0, 0, t, t);
+      view.thumbs.drawInto(view.tipThumb.getContext("2d"), i, 0, 0, t, t);
       view.tipThumb.style.display = "block";
     } else {
       view.tipThumb.style.display = "none";

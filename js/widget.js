@@ -11,6 +11,7 @@ import "./widget.css";
 import { GridIndex } from "./spatial.js";
 import { BUILTIN_MODES, computeColors, parseCssColor } from "./colors.js";
 import { Renderer } from "./renderer.js";
+import { ThumbPages } from "./thumbs.js";
 import { asF32, asU16, asU32, bytesOf, el, KIND_TEST, sameU32 } from "./dom.js";
 import { buildToolbar, syncColorMenu, syncFilters, syncHistory, syncSelectionButtons } from "./toolbar.js";
 import { bindKeys, bindPointer } from "./interaction.js";
@@ -38,7 +39,7 @@ class ProjectionView {
     this.root = root;
     this.id = ++instanceCounter;
     this.t0 = performance.now();
-    this.timings = { firstFrame: null, atlasFrame: null, lassoMs: null, lastFrameMs: null };
+    this.timings = { firstFrame: null, thumbsReady: null, thumbFrame: null, lassoMs: null, lastFrameMs: null };
     this.frames = 0;
     this.mode = "pan";
     this.selection = new Uint32Array(0);
@@ -62,9 +63,9 @@ class ProjectionView {
       this.renderer = null;
       this.statusEl.textContent = String(err.message || err);
     }
+    this.thumbs = new ThumbPages(this);
     this.loadPoints();
     this.loadLabels();
-    this.loadAtlas();
     this.loadSelectionFromModel();
     syncFilters(this);
     syncHistory(this);
@@ -197,6 +198,7 @@ class ProjectionView {
     const [x0, y0, x1, y1] = this.index.bounds;
     this.spacing = n > 0 ? Math.sqrt(Math.max((x1 - x0) * (y1 - y0), 1e-12) / n) : 1;
     if (this.renderer) this.renderer.setPositions(xy);
+    this.thumbs?.sync();
     this.details.forEach((d) => d.url && URL.revokeObjectURL(d.url));
     this.details.clear();
     this.recolor();
@@ -255,31 +257,13 @@ class ProjectionView {
     this.requestDraw();
   }
 
-  async loadAtlas() {
-    const token = (this.atlasToken = (this.atlasToken || 0) + 1);
-    const bytes = bytesOf(this.model.get("atlas"));
-    const grid = this.model.get("atlas_grid") || {};
-    if (this.atlasBitmap) { this.atlasBitmap.close?.(); this.atlasBitmap = null; }
-    if (!this.renderer) return;
-    if (bytes.length === 0 || !grid.cols || !grid.tile) {
-      this.renderer.setAtlas(null);
-      this.requestDraw();
-      return;
-    }
-    try {
-      const type = grid.format === "jpeg" ? "image/jpeg" : "image/png";
-      const bitmap = await createImageBitmap(new Blob([bytes], { type }));
-      if (token !== this.atlasToken) { bitmap.close?.(); return; }
-      this.renderer.setAtlas(bitmap, grid);
-      this.atlasGrid = grid;
-      this.timings.atlasReady = performance.now() - this.t0;
-      // Keep the decoded atlas for instant tooltip and gallery thumbnails unless it is huge.
-      if (bitmap.width * bitmap.height <= 4096 * 4096) this.atlasBitmap = bitmap; else bitmap.close?.();
-      this.atlasPending = true;
-      renderGallery(this);
-      this.requestDraw();
-    } catch (err) {
-      this.statusEl.textContent = "could not load thumbnails: " + String(err.message || err);
+  /** Thumbnails of these points arrived (thumbs.js): draw them, and the gallery if it shows any. */
+  onThumbs(points) {
+    this.thumbsPending = true;
+    this.requestDraw();
+    if (this.selection.length && this.gallery.style.display !== "none") {
+      const shown = new Set(this.selection.subarray(0, 120));
+      if (points.some((i) => shown.has(i))) renderGallery(this);
     }
   }
 
@@ -341,8 +325,7 @@ class ProjectionView {
     for (const k of ["feedback", "flag", "hidden"]) on("change:" + k, marks);
     for (const k of ["color_by", "class_names", "color_codes", "color_names", "color_options"]) on("change:" + k, recolor);
     on("change:labels", () => this.loadLabels());
-    on("change:atlas", () => this.loadAtlas());
-    on("change:atlas_grid", () => this.loadAtlas());
+    on("change:thumbs", () => { this.thumbs.sync(); this.requestDraw(); });
     on("change:selection", () => this.loadSelectionFromModel());
     on("change:status", () => this.footer.syncStatus());
     on("change:progress", () => { this.footer.syncProgress(); this.generate.syncRunning(); });
@@ -370,6 +353,8 @@ class ProjectionView {
       if (this.hover === msg.index) showTooltip(this, msg.index);
     } else if (msg.type === "result") {
       if (msg.message) this.footer.say(String(msg.message));
+    } else if (msg.type === "thumbs") {
+      this.thumbs.receive(msg, buffers);
     } else if (msg.type === "zoom") {
       const idx = buffers && buffers.length ? asU32(buffers[0]) : new Uint32Array(0);
       this.zoomTo(idx);
@@ -421,9 +406,21 @@ class ProjectionView {
 
   markSize() {
     const px = this.spacing * this.view.k;
-    const thumbs = Boolean(this.renderer && this.renderer.texture) && px * 0.9 >= 14;
+    const thumbs = Boolean(this.renderer && this.thumbs && this.thumbs.enabled) && px * 0.9 >= 14;
     const size = thumbs ? Math.min(px * 0.9, 128) : Math.max(4, Math.min(px * 0.7, 10));
     return { size, thumbs };
+  }
+
+  /** Sorted indices of the points within a w x h px frame of view `v` (and half a mark beyond), or null
+   *  when that is most of them (then drawing them all is as cheap). */
+  pointsIn(v, w, h, size) {
+    if (!this.index || this.n < 20000) return null;
+    const m = size * 0.6 + 2;
+    const x0 = (-m - v.tx) / v.k, x1 = (w + m - v.tx) / v.k, y1 = (v.ty + m) / v.k, y0 = (v.ty - h - m) / v.k;
+    const [bx0, by0, bx1, by1] = this.index.bounds;
+    const share = (Math.max(0, Math.min(x1, bx1) - Math.max(x0, bx0)) * Math.max(0, Math.min(y1, by1) - Math.max(y0, by0)))
+      / Math.max((bx1 - bx0) * (by1 - by0), 1e-12);
+    return share > 0.5 ? null : this.index.box(x0, y0, x1, y1);
   }
 
   /** The host theme's colours, read from the page: background, text, and a halo for labels. */
@@ -455,22 +452,25 @@ class ProjectionView {
     const { size, thumbs } = this.markSize();
     this.theme = this.themeColors();
     this.reportTheme(this.theme.bg);
+    this.thumbs.flush();
     if (this.renderer) {
       this.renderer.draw(this.view, {
         width: this.width, height: this.height, dpr: this.dpr || 1, size, thumbs,
         dim: this.selection.length > 0 ? 0.35 : 1, anySelected: this.selection.length > 0,
         background: this.theme.bg.map((v) => v / 255), interactive: Boolean(this.zooming),
+        inView: (v, w, h) => this.pointsIn(v, w, h, size),
       });
     }
     drawOverlay(this, size, thumbs);
     const first = this.timings.firstFrame === null && this.n > 0;
-    const atlas = this.atlasPending && thumbs;
-    if ((first || atlas) && this.renderer) {
+    const thumbFrame = this.thumbsPending && thumbs;
+    if ((first || thumbFrame) && this.renderer) {
       // Force the GPU to finish so the recorded time is the time the pixels exist.
       this.renderer.gl.readPixels(0, 0, 1, 1, this.renderer.gl.RGBA, this.renderer.gl.UNSIGNED_BYTE, new Uint8Array(4));
       if (first) this.timings.firstFrame = performance.now() - this.t0;
-      if (atlas) { this.timings.atlasFrame = performance.now() - this.t0; this.atlasPending = false; }
+      if (thumbFrame) { this.timings.thumbFrame = performance.now() - this.t0; this.thumbsPending = false; }
     }
+    if (thumbs) this.thumbs.schedule(); // ask for what this view shows and lacks
     this.timings.lastFrameMs = performance.now() - t;
     this.frames++;
     this.thumbsShown = thumbs;
@@ -517,7 +517,7 @@ class ProjectionView {
     clearTimeout(this.detailTimer);
     clearTimeout(this.zoomTimer);
     this.details.forEach((d) => d.url && URL.revokeObjectURL(d.url));
-    if (this.atlasBitmap) this.atlasBitmap.close?.();
+    this.thumbs.destroy();
     if (this.renderer) this.renderer.destroy();
     this.chart.dispose();
     if (window.__dcw) window.__dcw = window.__dcw.filter((h) => h !== this.handle);

@@ -1,7 +1,7 @@
 """Pure functions that turn project data into the widget's binary traits and back.
 
 Large data moves as binary buffers, never JSON lists: float32 coordinates, small integer attribute
-arrays, a uint32 selection and one sprite atlas (a single WebGL texture). Nothing here knows the
+arrays, a uint32 selection, and thumbnails in pages (sprite sheets) the browser asks for. Nothing here knows the
 widget or the controller, so each codec is tested on its own.
 """
 
@@ -64,8 +64,18 @@ def selection_from_bytes(data: bytes | memoryview | None) -> np.ndarray:
 
 
 def thumbnail(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """uint8 (size, size, 3): the image's centre square, shrunk.
+
+    A large image is first box-reduced by an integer factor to about twice the size (a cheap C
+    pass), so a 512 px photo costs little more than its decoding; JPEG files not yet loaded are
+    decoded at reduced size (`Image.draft`)."""
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img.astype(np.uint8))
+    if img.format == "JPEG" and min(img.size) >= 4 * size:
+        img.draft("RGB", (2 * size, 2 * size))
+    factor = min(img.size) // (2 * size)
+    if factor >= 2:
+        img = img.reduce(factor)
     if img.mode != "RGB":
         img = img.convert("RGB")
     if img.size != (size, size):
@@ -79,10 +89,10 @@ def build_atlas(
     max_side: int = MAX_ATLAS_SIDE,
     format: str = "auto",
 ) -> tuple[bytes, dict]:
-    """One PNG sprite atlas of square thumbnails, row-major (image i at col i % cols, row i // cols).
+    """One PNG sprite sheet of square thumbnails, row-major (image i at col i % cols, row i // cols).
 
-    The browser uploads it as a single WebGL texture (as TensorBoard's projector does), so its side
-    must stay within `max_side`; the tile size shrinks when `size` would not fit. Returns the PNG
+    The widget sends thumbnails as such sheets, one page at a time (see CrafterWidget.thumbnail_page);
+    a sheet's side stays within `max_side`, the tile size shrinks when `size` would not fit. Returns the PNG
     bytes and the grid info the front end needs: cols, rows, tile, count, width, height.
     `images` is a list of PIL images (any mode or size) or a uint8 array (n, size, size, 3).
     format: "png" (lossless), "jpeg" (several times smaller for photos: 50,000 noisy 32 px

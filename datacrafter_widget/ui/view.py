@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, Union
 
 import numpy as np
@@ -92,7 +93,7 @@ class CrafterController(Protocol):
     def color_columns(self) -> list[str]: ...
 
 
-QUICK_THUMBNAILS = 2000  # up to this many images the view reads its thumbnails before it is shown
+THUMB_CACHE = 20_000  # thumbnails kept in the kernel, by image hash (~60 MB at 32 px)
 
 
 def _strategies() -> tuple[str, ...]:
@@ -140,6 +141,11 @@ def _label_members(label_xy: np.ndarray, image_xy: np.ndarray) -> list[np.ndarra
         d = ((block[:, None, :] - label_xy[None, :, :]) ** 2).sum(axis=2)
         nearest[start : start + 4096] = d.argmin(axis=1)
     return [np.flatnonzero(nearest == j) for j in range(len(label_xy))]
+
+
+def _contains(sorted_array: np.ndarray, value: int) -> bool:
+    k = int(np.searchsorted(sorted_array, value))
+    return k < len(sorted_array) and int(sorted_array[k]) == value
 
 
 def label_anchor(
@@ -197,7 +203,8 @@ class CrafterView:
         self._split: np.ndarray = np.zeros(0, dtype=object)
         self._visible: np.ndarray = np.zeros(0, dtype=bool)  # what the controller's view state shows
         self._rows = pd.DataFrame()  # the samples table the map shows, row i = point i (for hover)
-        self._thumbs: dict[str, np.ndarray] = {}  # by image hash
+        self._thumbs: OrderedDict[str, np.ndarray] = OrderedDict()  # by image hash, least recently used first
+        self._thumb_hashes: np.ndarray = np.zeros(0, dtype=object)  # the hash of each point's image
         self._lock = threading.RLock()
         self._job: Any = None  # the view's own background work the user waits for (first map, evolve)
         # The metrics chart's computation (it may train a held-out student) runs apart and quietly: it never
@@ -205,19 +212,17 @@ class CrafterView:
         self._metrics_job: Any = None
         self._metrics_again = False
         self._metrics_lock = threading.Lock()
-        self._atlas_key: tuple = ()
         self._label_pos: dict[str, tuple[float, float]] = {}
-        self._members: dict[str, list[str]] = {}  # content label -> sample ids on the map
-        self._point_labels: dict[int, list[str]] = {}
+        self._members: dict[str, list[str]] = {}  # content label -> sample ids on the map, shown or not
+        self._label_members: list[tuple[str, np.ndarray]] = []  # each shown label's sorted point indices
         self._metrics_frame: pd.DataFrame | None = None
 
         self.widget.strategies = list(_strategies())
         self.widget.color_options = list(crafter.color_columns())
-        samples = crafter.samples
-        # Small projects show complete at once; larger ones show their points at once (a grid per class
-        # until the map exists) and load thumbnails and the map in a background job.
-        quick = crafter.map_is_current and samples["hash"].nunique() <= QUICK_THUMBNAILS
-        self.refresh(compute=crafter.map_is_current, thumbnails=quick)
+        # The points show at once (a grid per class until the map exists; the map is computed in a
+        # background job); thumbnails are read only when the browser zooms in on them.
+        current = crafter.map_is_current
+        self.refresh(compute=current)
         self.widget.on_command(self.command)
         self.widget.on_details(self._details)
         self.widget.observe(self._widget_selection, names="selection")
@@ -232,7 +237,7 @@ class CrafterView:
             ("view", self._view_event),
         ):
             crafter.on(event, fn)
-        if not quick:
+        if not current:
             self._first_map()
         else:
             self._metrics_in_background()
@@ -277,39 +282,40 @@ class CrafterView:
 
     def _first_map(self) -> None:
         n = len(self.ids)
-        current = self.crafter.map_is_current
-        what = "loading thumbnails" if current else f"computing the map of {n} images"
-        if not current:
-            self.widget.status = (
-                f"computing the map of {n} images (embeddings, content labels, layout); "
-                "the grid by class shows them meanwhile"
-            )
+        what = f"computing the map of {n} images"
+        self.widget.status = f"computing the map of {n} images (embeddings, content labels, layout); the grid by class shows them meanwhile"
 
         def work(ctx: Any) -> None:
-            self._load_thumbnails(self.crafter.samples, ctx)
-            if current:
-                self.refresh()
-            else:
-                ctx.report(0, 0, f"computing the map of {n} images")
-                self.crafter.update_projection()  # its "projection" event redraws the view
+            ctx.report(0, 0, what)
+            self.crafter.update_projection()  # its "projection" event redraws the view
 
         def done(_result: Any) -> None:
-            self.widget.status = f"{n} images on the map"  # not "loading thumbnails: done"
+            self.widget.status = f"{n} images on the map"
             self._metrics_in_background()
 
         self._run(what, work, done=done)
 
-    def _load_thumbnails(self, samples: pd.DataFrame, ctx: Any = None) -> None:
-        """Reads and shrinks the images not yet in the thumbnail cache (by image hash)."""
-        new = [h for h in samples["hash"].unique() if h not in self._thumbs]
-        if not new:
-            return
-        first = samples.drop_duplicates("hash").set_index("hash")["id"]
-        for k, h in enumerate(new):
-            if ctx is not None and k % 250 == 0:
-                ctx.check()
-                ctx.report(k, len(new), f"thumbnails {k}/{len(new)}")
-            self._thumbs[h] = thumbnail(self.crafter.image(first[h]), self.widget.thumb_size)
+    def _thumbnails(self, idx: np.ndarray) -> np.ndarray:
+        """The thumbnail source the widget calls for the points the browser shows zoomed in: cached by
+        image hash, else read from the project and shrunk (in the widget's worker thread)."""
+        with self._lock:
+            hashes, ids = self._thumb_hashes, self.ids
+        size = self.widget.thumb_size
+        out = np.empty((len(idx), size, size, 3), np.uint8)
+        for k, i in enumerate(idx.tolist()):
+            h = hashes[i]
+            with self._lock:
+                tile = self._thumbs.get(h)
+                if tile is not None:
+                    self._thumbs.move_to_end(h)
+            if tile is None or tile.shape[0] != size:
+                tile = thumbnail(self.crafter.image(ids[i]), size)
+                with self._lock:
+                    self._thumbs[h] = tile
+                    while len(self._thumbs) > THUMB_CACHE:
+                        self._thumbs.popitem(last=False)
+            out[k] = tile
+        return out
 
     def _metrics_in_background(self) -> None:
         with self._metrics_lock:
@@ -347,52 +353,50 @@ class CrafterView:
     def _refresh_event(self, _payload: Any = None) -> None:
         self.refresh()
 
-    def refresh(self, compute: bool = True, thumbnails: bool = True) -> None:
-        """Re-reads samples + projection and sends the points, thumbnails and labels.
+    def refresh(self, compute: bool = True) -> None:
+        """Re-reads samples + projection and sends the points and labels (thumbnails go on demand).
 
-        compute=False uses the grid per class instead of computing a projection that is not ready;
-        thumbnails=False sends no atlas when images are still to be read (a later refresh sends it).
+        compute=False uses the grid per class instead of computing a projection that is not ready.
         """
         with self._lock:
-            self._refresh(compute, thumbnails)
+            self._refresh(compute)
 
-    def _refresh(self, compute: bool, thumbnails: bool = True) -> None:
+    def _refresh(self, compute: bool) -> None:
         crafter = self.crafter
         samples = crafter.samples.reset_index(drop=True)
+        ids = samples["id"].astype(str)
         proj = crafter.projection if compute else pd.DataFrame()
-        images = proj[proj["kind"] == "image"] if len(proj) else proj
-        pos = {
-            str(i): (float(x), float(y))
-            for i, x, y in zip(images.get("id", []), images.get("x", []), images.get("y", []))
-        }
-        if pos and all(str(i) in pos for i in samples["id"]):
-            xy = np.array([pos[str(i)] for i in samples["id"]], np.float32).reshape(-1, 2)
-            labels_frame = proj[proj["kind"] == "label"]
-        else:  # no projection yet (or it lags behind new samples): grid per class
+        xy = None
+        if len(proj):
+            images = proj[proj["kind"] == "image"]
+            pos = images.assign(id=images["id"].astype(str)).drop_duplicates("id", keep="last").set_index("id")
+            aligned = pos[["x", "y"]].reindex(ids)
+            if len(aligned) and not aligned.isna().to_numpy().any():
+                xy = aligned.to_numpy(np.float32).reshape(-1, 2)
+                labels_frame = proj[proj["kind"] == "label"]
+        if xy is None:  # no projection yet (or it lags behind new samples): grid per class
             xy = _fallback_layout(samples, crafter.classes)
             labels_frame = pd.DataFrame(columns=["kind", "id", "text", "x", "y"])
         frame = samples.assign(x=xy[:, 0], y=xy[:, 1])
-        if thumbnails:
-            self._load_thumbnails(samples)
-        # Feedback or projection changes keep the same images: do not rebuild and resend the atlas.
-        atlas_key = tuple(samples["hash"])
-        tiles = None
-        if atlas_key != self._atlas_key and len(samples) and all(h in self._thumbs for h in samples["hash"]):
-            tiles = np.stack([self._thumbs[h] for h in samples["hash"]])
-            self._atlas_key = atlas_key
-        self.ids = [str(i) for i in samples["id"]]
-        self._index = {sid: k for k, sid in enumerate(self.ids)}
+        self.ids = ids.tolist()
+        self._index = dict(zip(self.ids, range(len(self.ids))))
         self._split = samples["split"].astype(str).to_numpy()
         self._rows = samples
-        members = self._label_members(labels_frame, xy)
+        members = self._label_points(labels_frame, xy)
         self._members = {
             str(t): [self.ids[i] for i in m.tolist()] for t, m in zip(labels_frame.get("text", []), members)
         }
         visible = self._visible_of(samples)
         labels = self._labels(labels_frame, members, xy, visible)
+        hashes = samples["hash"].astype(str).to_numpy(dtype=object)
+        # Feedback or projection changes keep the same images: the browser keeps the thumbnails it has.
+        same_images = np.array_equal(hashes, self._thumb_hashes)
+        self._thumb_hashes = hashes
         with self.widget.hold_sync():
-            self.widget.set_frame(frame, class_names=list(crafter.classes), thumbnails=tiles, labels=labels)
-            self.widget.set_facets(samples, {t: [self._index[i] for i in ids] for t, ids in self._members.items()})
+            self.widget.set_frame(frame, class_names=list(crafter.classes), labels=labels)
+            self._send_facets(samples)
+            if not same_images or self.widget.thumbs.get("count") != len(hashes):
+                self.widget.set_thumbnail_source(self._thumbnails if len(hashes) else None, len(hashes))
             self._send_hidden(visible)
             self._send_view_state(samples)
             self.widget.selected = [self._index[i] for i in crafter.selection if i in self._index]
@@ -407,8 +411,12 @@ class CrafterView:
         """The controller's view state over these rows (content-label filters through the map's labels)."""
         return self.crafter.view.visible(samples, self._members)
 
-    def _label_members(self, labels_frame: pd.DataFrame, xy: np.ndarray) -> list[np.ndarray]:
-        """Each content label's member points (indices into the map's rows)."""
+    def _send_facets(self, samples: pd.DataFrame) -> None:
+        """The filter sidebar's fields and counts source (see CrafterWidget.set_facets)."""
+        self.widget.set_facets(samples, {t: [self._index[i] for i in ids] for t, ids in self._members.items()})
+
+    def _label_points(self, labels_frame: pd.DataFrame, xy: np.ndarray) -> list[np.ndarray]:
+        """Each content label's member points (indices into the map's rows), shown or not."""
         if len(labels_frame) == 0 or len(xy) == 0:
             return []
         if "members" in labels_frame.columns:  # explicit memberships (sample ids) from the projection
@@ -429,7 +437,7 @@ class CrafterView:
         self, labels_frame: pd.DataFrame, members: list[np.ndarray], xy: np.ndarray, visible: np.ndarray
     ) -> list[dict]:
         """Content labels on the densest group of their visible members; labels with none are dropped."""
-        self._point_labels = {}
+        self._label_members = []
         if len(labels_frame) == 0 or len(xy) == 0:
             return []
         shown = xy[visible] if visible.any() else xy
@@ -442,12 +450,11 @@ class CrafterView:
         out, positions = [], {}
         for text, m in zip(labels_frame["text"].astype(str), members):
             m = m[visible[m]] if len(m) else m
-            for i in m.tolist():
-                self._point_labels.setdefault(i, []).append(text)
             if len(m) == 0:
                 continue  # e.g. a class name whose class has no image on the map
             x, y = label_anchor(xy[m], bounds, previous=self._label_pos.get(text))
             positions[text] = (x, y)
+            self._label_members.append((text, np.sort(m)))
             out.append({"text": text, "x": x, "y": y, "n": int(len(m)), "members": m.tolist()})
         self._label_pos = positions
         return out
@@ -481,7 +488,7 @@ class CrafterView:
             self._rows = samples
             with self.widget.hold_sync():
                 self.widget.feedback = feedback_codes(samples)
-                self.widget.set_facets(samples, {t: [self._index[i] for i in ids] for t, ids in self._members.items()})
+                self._send_facets(samples)
                 self._send_hidden(self._visible_of(samples))
                 if self.crafter.view.color_by not in COLOR_MODES:
                     self._send_view_state(samples)
@@ -624,7 +631,7 @@ class CrafterView:
             out["split"] = row.get("split", "")
             if row.get("caption"):
                 out["caption"] = row["caption"]
-        labels = self._point_labels.get(index)
+        labels = [text for text, m in self._label_members if _contains(m, index)]
         if labels:
             out["labels"] = ", ".join(labels[:6])
         for col in ("feedback", "feedback_labels", "flag_reason"):
