@@ -10,6 +10,7 @@ const CATEGORICAL = [
 ];
 
 export const FEEDBACK_NAMES = ["none", "good", "bad", "removed"];
+const FEEDBACK_VALUES = ["", "good", "bad", "removed"]; // the samples column's values, as filters name them
 const FEEDBACK_COLORS = [[150, 150, 150], [46, 160, 67], [214, 39, 40], [40, 40, 40]];
 export const FLAG_NAMES = ["ok", "flagged"];
 const FLAG_COLORS = [[150, 150, 150], [255, 127, 14]];
@@ -55,7 +56,7 @@ export const BUILTIN_MODES = ["class", "round", "feedback", "flag"];
  * @param {{cls: ArrayLike<number>, round: ArrayLike<number>, feedback: ArrayLike<number>, flag: ArrayLike<number>, codes?: ArrayLike<number>}} attrs
  * @param {string[]} classNames
  * @param {string[]} [codeNames]
- * @returns {{colors: Uint8Array, legend: {name: string, rgb: number[]}[]}}
+ * @returns {{colors: Uint8Array, legend: {name: string, rgb: number[], field?: string, values?: string[] | null}[]}}
  */
 export function computeColors(mode, n, attrs, classNames, codeNames = []) {
   const out = new Uint8Array(n * 4);
@@ -65,21 +66,22 @@ export function computeColors(mode, n, attrs, classNames, codeNames = []) {
     let maxRound = 0;
     for (let i = 0; i < attrs.round.length; i++) if (attrs.round[i] > maxRound) maxRound = attrs.round[i];
     pick = (i) => roundColor(attrs.round[i] || 0, maxRound);
-    legend.push({ name: "real (round 0)", rgb: roundColor(0, maxRound) });
-    for (let r = 1; r <= maxRound && legend.length < 12; r++) legend.push({ name: `round ${r}`, rgb: roundColor(r, maxRound) });
+    legend.push({ name: "real (round 0)", rgb: roundColor(0, maxRound), field: "round", values: ["0"] });
+    for (let r = 1; r <= maxRound && legend.length < 12; r++) legend.push({ name: `round ${r}`, rgb: roundColor(r, maxRound), field: "round", values: [String(r)] });
   } else if (mode === "feedback") {
     pick = (i) => FEEDBACK_COLORS[attrs.feedback[i] || 0] || FEEDBACK_COLORS[0];
-    FEEDBACK_NAMES.forEach((name, k) => legend.push({ name, rgb: FEEDBACK_COLORS[k] }));
+    FEEDBACK_NAMES.forEach((name, k) => legend.push({ name, rgb: FEEDBACK_COLORS[k], field: "feedback", values: [FEEDBACK_VALUES[k]] }));
   } else if (mode === "flag") {
     pick = (i) => FLAG_COLORS[attrs.flag[i] ? 1 : 0];
-    FLAG_NAMES.forEach((name, k) => legend.push({ name, rgb: FLAG_COLORS[k] }));
+    // "flagged" stands for every flag reason: the widget fills them in from the filter fields.
+    FLAG_NAMES.forEach((name, k) => legend.push({ name, rgb: FLAG_COLORS[k], field: "flag", values: k ? null : [""] }));
   } else if (!BUILTIN_MODES.includes(mode) && attrs.codes && attrs.codes.length === n) {
     const codes = attrs.codes;
     pick = (i) => classColor(codes[i] || 0);
-    codeNames.forEach((name, k) => legend.push({ name, rgb: classColor(k) }));
+    codeNames.forEach((name, k) => legend.push({ name, rgb: classColor(k), field: mode, values: name === "other" ? null : [name === "(empty)" ? "" : name] }));
   } else {
     pick = (i) => classColor(attrs.cls[i] || 0);
-    classNames.forEach((name, k) => legend.push({ name, rgb: classColor(k) }));
+    classNames.forEach((name, k) => legend.push({ name, rgb: classColor(k), field: "label", values: [name] }));
   }
   for (let i = 0; i < n; i++) {
     const c = pick(i);

@@ -3,6 +3,14 @@
 // thumbnails pile up, the lasso or box being drawn; the legend beside the map; the hover tooltip.
 // Label and tooltip text is model or user text: drawn on a canvas or set as textContent, never HTML.
 import { el, FEEDBACK_TEXT, KIND_NAMES, KIND_TEST } from "./dom.js";
+import { hiddenValues, toggleValues } from "./filters.js";
+
+/** The field values a legend entry stands for ("flagged": every flag reason the filter fields know). */
+function legendEntryValues(view, e) {
+  if (e.values) return e.values.map(String);
+  const facet = (view.model.get("facets") || []).find((f) => f && f.field === e.field);
+  return facet ? facet.names.map(String).filter((v) => v !== "") : null;
+}
 
 /** Counts of images drawn on top of each other at thumbnail size (badges "×n"), for the visible area. */
 export function overlapGroups(view, size) {
@@ -100,11 +108,25 @@ export function renderLegend(view, entries) {
     el("span", "", row).textContent = text;
   }
   el("span", "dcw-sep", L);
+  view.legendValues = {};
   for (const e of entries.slice(0, 30)) {
     const row = el("span", "dcw-item", L);
     const sw = el("span", "dcw-swatch", row);
     sw.style.background = `rgb(${e.rgb[0]},${e.rgb[1]},${e.rgb[2]})`;
     el("span", "", row).textContent = e.name;
+    const values = e.field ? legendEntryValues(view, e) : null;
+    if (!values || !values.length) continue;
+    // Click hides the value (again: shows it), alt- or double-click shows it alone.
+    (view.legendValues[e.field] = view.legendValues[e.field] || []).push(...values);
+    row.classList.add("dcw-toggle");
+    row.dataset.field = e.field;
+    row.dataset.value = values.join("|");
+    row.title = "click: hide / show  ·  alt-click or double-click: show only this";
+    const hidden = hiddenValues(view, e.field);
+    row.classList.toggle("dcw-off", values.every((v) => hidden.has(v)));
+    // A double-click's two clicks hide and show again; its "only" then decides (it is absolute).
+    row.addEventListener("click", (ev) => toggleValues(view, e.field, values, ev.altKey));
+    row.addEventListener("dblclick", () => toggleValues(view, e.field, values, true));
   }
   if (entries.length > 30) el("span", "dcw-item", L).textContent = `+${entries.length - 30} more`;
 }

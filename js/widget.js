@@ -19,6 +19,7 @@ import { drawOverlay, placeTooltip, renderLegend, showTooltip } from "./overlay.
 import { renderGallery } from "./gallery.js";
 import { chartPanel, footer, generatePanel, promptsPanel } from "./panels.js";
 import { publishDebugHandle } from "./debug.js";
+import { filterPanel } from "./filters.js";
 
 export { bytesOf };
 
@@ -28,6 +29,8 @@ export { bytesOf };
  */
 
 let instanceCounter = 0;
+/** Below this width (CSS px) the side panel goes under the map: beside it the map would drop below ~520 px. */
+const NARROW_PX = 820;
 
 class ProjectionView {
   /** @param {AnyModel} model @param {HTMLElement} root */
@@ -111,12 +114,18 @@ class ProjectionView {
     this.gallery.dataset.role = "gallery";
     // The side panel (Generate, prompts) shows when Python offers strategies; the chart goes below.
     this.generate = generatePanel(this, this.side);
+    this.filters = filterPanel(this, this.side);
     this.prompts = promptsPanel(this, this.side);
     this.chart = chartPanel(this, root);
     this.syncSide();
 
     this.resizeObserver = new ResizeObserver(() => this.resize());
     this.resizeObserver.observe(this.stage);
+    this.resizeObserver.observe(this.root);
+    const onWindow = () => { if (this.model.get("fullscreen")) this.resize(); };
+    window.addEventListener("resize", onWindow);
+    this.disposers.push(() => window.removeEventListener("resize", onWindow));
+    this.syncFullscreen();
     this.setMode("pan");
   }
 
@@ -126,10 +135,34 @@ class ProjectionView {
     this.stage.style.cursor = mode === "pan" ? "grab" : "crosshair";
   }
 
+  /** The map's height: `height` from Python, or in full screen what the window leaves for it. */
+  mapHeight() {
+    if (!this.model.get("fullscreen")) return Math.max(1, Math.floor(this.model.get("height") || 520));
+    const top = this.stage.getBoundingClientRect().top - this.root.getBoundingClientRect().top + this.root.scrollTop;
+    return Math.max(200, Math.floor(window.innerHeight - top - this.footer.box.offsetHeight - 24));
+  }
+
+  /** Full screen on / off: the widget covers the window (a fixed layer, so Python can turn it on too). */
+  syncFullscreen() {
+    const on = Boolean(this.model.get("fullscreen"));
+    this.root.classList.toggle("dcw-fullscreen", on);
+    this.fullscreenButton.classList.toggle("dcw-active", on);
+    this.fullscreenButton.textContent = on ? "Exit full screen" : "Full screen";
+    this.resize();
+  }
+
+  setFullscreen(on) {
+    this.model.set("fullscreen", Boolean(on));
+    this.model.save_changes();
+  }
+
   resize() {
+    // Narrow widgets (a side bar open in JupyterLab, marimo's column) stack the side panel under the map.
+    this.root.classList.toggle("dcw-narrow", this.root.clientWidth < NARROW_PX);
     const w = Math.max(1, Math.floor(this.stage.clientWidth));
-    const h = Math.max(1, Math.floor(this.model.get("height") || 520));
+    const h = this.mapHeight();
     this.stage.style.height = h + "px";
+    this.side.style.setProperty("--dcw-side-max", h + 70 + "px");
     if (w === this.width && h === this.height) return;
     const dpr = window.devicePixelRatio || 1;
     this.dpr = dpr;
@@ -250,6 +283,7 @@ class ProjectionView {
     for (const i of this.selection) s[4 * i + 1] = 1;
     this.countEl.textContent = `${this.selection.length} of ${this.n} selected`;
     syncSelectionButtons(this);
+    if (this.filters) this.filters.sync();
   }
 
   /** Sets the selection locally and sends it to Python through the selection trait (a uint32 buffer). */
@@ -267,7 +301,10 @@ class ProjectionView {
   }
 
   syncSide() {
-    this.side.style.display = (this.model.get("strategies") || []).length ? "" : "none";
+    const any = (this.model.get("strategies") || []).length || (this.model.get("facets") || []).length;
+    this.side.style.display = any ? "" : "none";
+    this.generate.box.style.display = (this.model.get("strategies") || []).length ? "" : "none";
+    this.prompts.box.style.display = this.generate.box.style.display;
   }
 
   resetView() { this.userMoved = false; this.fitView(); this.requestDraw(); }
@@ -292,12 +329,16 @@ class ProjectionView {
     on("change:selection", () => this.loadSelectionFromModel());
     on("change:status", () => this.footer.syncStatus());
     on("change:progress", () => { this.footer.syncProgress(); this.generate.syncRunning(); });
-    on("change:filters", () => syncFilters(this));
+    const facets = queue("facets", () => { this.filters.load(); this.syncSide(); });
+    on("change:facets", facets);
+    on("change:facet_codes", facets);
+    on("change:filters", () => { syncFilters(this); this.filters.sync(); this.recolor(); });
     on("change:history", () => syncHistory(this));
     on("change:strategies", () => { this.generate.syncStrategies(); this.syncSide(); });
     on("change:prompts", () => this.prompts.sync());
     on("change:chart", () => this.chart.sync());
     on("change:height", () => this.resize());
+    on("change:fullscreen", () => this.syncFullscreen());
     on("msg:custom", (msg, buffers) => this.onCustom(msg, buffers));
   }
 

@@ -517,9 +517,16 @@ class DataCrafter:
         show_test: bool | None = None,
         show_removed: bool | None = None,
         rounds: Iterable[int] | None | str = "keep",
+        hide: Mapping[str, Iterable[Any]] | None | str = "keep",
+        only: Mapping[str, Iterable[Any]] | None = None,
     ) -> None:
-        """Show or hide the held-out test images and removed images, or only some rounds (rounds=None: all)."""
-        self._map.set_view(show_test=show_test, show_removed=show_removed, rounds=rounds)
+        """Show or hide the held-out test images and removed images, or only some rounds (rounds=None: all).
+
+        hide={"label": ["3"], "content_label": ["stripes"]} hides those values of a field (a samples
+        column, or "content_label"; an empty list shows the field's values again, hide=None every
+        field's); only={"strategy": ["caption"]} shows that value alone. The map's legend and sidebar
+        do the same; the filters are kept with the project."""
+        self._map.set_view(show_test=show_test, show_removed=show_removed, rounds=rounds, hide=hide, only=only)
 
     def isolate(self, ids: Iterable[str] | None) -> None:
         """Show only these samples on the map (None shows everything again)."""

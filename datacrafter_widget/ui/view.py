@@ -85,6 +85,8 @@ class CrafterController(Protocol):
         show_test: bool | None = None,
         show_removed: bool | None = None,
         rounds: Iterable[int] | None | str = "keep",
+        hide: Mapping[str, Iterable[Any]] | None | str = "keep",
+        only: Mapping[str, Iterable[Any]] | None = None,
     ) -> None: ...
     def isolate(self, ids: Iterable[str] | None) -> None: ...
     def color_codes(self, column: str) -> tuple[np.ndarray, list[str]]: ...
@@ -211,6 +213,7 @@ class CrafterView:
         self._metrics_again = False
         self._metrics_lock = threading.Lock()
         self._label_pos: dict[str, tuple[float, float]] = {}
+        self._members: dict[str, list[str]] = {}  # content label -> sample ids on the map, shown or not
         self._label_members: list[tuple[str, np.ndarray]] = []  # each shown label's sorted point indices
         self._metrics_frame: pd.DataFrame | None = None
 
@@ -379,14 +382,19 @@ class CrafterView:
         self._index = dict(zip(self.ids, range(len(self.ids))))
         self._split = samples["split"].astype(str).to_numpy()
         self._rows = samples
-        visible = crafter.view.visible(samples)
-        labels = self._labels(labels_frame, xy, visible)
+        members = self._label_points(labels_frame, xy)
+        self._members = {
+            str(t): [self.ids[i] for i in m.tolist()] for t, m in zip(labels_frame.get("text", []), members)
+        }
+        visible = self._visible_of(samples)
+        labels = self._labels(labels_frame, members, xy, visible)
         hashes = samples["hash"].astype(str).to_numpy(dtype=object)
         # Feedback or projection changes keep the same images: the browser keeps the thumbnails it has.
         same_images = np.array_equal(hashes, self._thumb_hashes)
         self._thumb_hashes = hashes
         with self.widget.hold_sync():
             self.widget.set_frame(frame, class_names=list(crafter.classes), labels=labels)
+            self._send_facets(samples)
             if not same_images or self.widget.thumbs.get("count") != len(hashes):
                 self.widget.set_thumbnail_source(self._thumbnails if len(hashes) else None, len(hashes))
             self._send_hidden(visible)
@@ -399,13 +407,20 @@ class CrafterView:
         self._visible = np.asarray(visible, dtype=bool)
         self.widget.hidden = (~self._visible).astype(np.uint8).tobytes()
 
-    def _labels(self, labels_frame: pd.DataFrame, xy: np.ndarray, visible: np.ndarray) -> list[dict]:
-        """Content labels on the densest group of their visible members; labels with none are dropped."""
-        self._label_members = []
+    def _visible_of(self, samples: pd.DataFrame) -> np.ndarray:
+        """The controller's view state over these rows (content-label filters through the map's labels)."""
+        return self.crafter.view.visible(samples, self._members)
+
+    def _send_facets(self, samples: pd.DataFrame) -> None:
+        """The filter sidebar's fields and counts source (see CrafterWidget.set_facets)."""
+        self.widget.set_facets(samples, {t: [self._index[i] for i in ids] for t, ids in self._members.items()})
+
+    def _label_points(self, labels_frame: pd.DataFrame, xy: np.ndarray) -> list[np.ndarray]:
+        """Each content label's member points (indices into the map's rows), shown or not."""
         if len(labels_frame) == 0 or len(xy) == 0:
             return []
         if "members" in labels_frame.columns:  # explicit memberships (sample ids) from the projection
-            members = [
+            return [
                 np.array(
                     sorted(
                         self._index[i]
@@ -416,8 +431,15 @@ class CrafterView:
                 )
                 for m in labels_frame["members"]
             ]
-        else:
-            members = _label_members(labels_frame[["x", "y"]].to_numpy(np.float32), xy)
+        return _label_members(labels_frame[["x", "y"]].to_numpy(np.float32), xy)
+
+    def _labels(
+        self, labels_frame: pd.DataFrame, members: list[np.ndarray], xy: np.ndarray, visible: np.ndarray
+    ) -> list[dict]:
+        """Content labels on the densest group of their visible members; labels with none are dropped."""
+        self._label_members = []
+        if len(labels_frame) == 0 or len(xy) == 0:
+            return []
         shown = xy[visible] if visible.any() else xy
         bounds = (
             float(shown[:, 0].min()),
@@ -449,6 +471,7 @@ class CrafterView:
             "show_test": bool(state.show_test),
             "show_removed": bool(state.show_removed),
             "isolated": state.isolate is not None,
+            "hide": state.hidden_values,
         }
 
     def _send_history(self) -> None:
@@ -465,7 +488,8 @@ class CrafterView:
             self._rows = samples
             with self.widget.hold_sync():
                 self.widget.feedback = feedback_codes(samples)
-                self._send_hidden(self.crafter.view.visible(samples))
+                self._send_facets(samples)
+                self._send_hidden(self._visible_of(samples))
                 if self.crafter.view.color_by not in COLOR_MODES:
                     self._send_view_state(samples)
                 self._send_history()
@@ -479,7 +503,7 @@ class CrafterView:
         with self._lock:
             samples = self.crafter.samples.reset_index(drop=True)
             with self.widget.hold_sync():
-                self._send_hidden(self.crafter.view.visible(samples))
+                self._send_hidden(self._visible_of(samples))
                 self._send_view_state(samples)
 
     def _crafter_selection(self, ids: Sequence[str]) -> None:
@@ -559,6 +583,9 @@ class CrafterView:
         """Whether the controller's view state shows this image on the map."""
         k = self._index.get(sample_id)
         return k is not None and bool(self._visible[k])
+
+    def visible_count(self) -> int:
+        return int(self._visible.sum())
 
     def any_hidden(self) -> bool:
         return not bool(self._visible.all())

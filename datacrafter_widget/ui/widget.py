@@ -24,6 +24,7 @@ from PIL import Image
 from .codecs import (
     COLOR_MODES,
     build_atlas,
+    facets_from_frame,
     png_bytes,
     thumbnail,
     points_from_frame,
@@ -90,7 +91,10 @@ class CrafterWidget(anywidget.AnyWidget):
     color_codes = _binary()  # uint16 category per point when color_by is a column the browser does not compute
     color_names = t.List(t.Unicode()).tag(sync=True)  # names of those categories
     color_options = t.List(t.Unicode(), list(COLOR_MODES)).tag(sync=True)  # the colour menu
-    filters = t.Dict({"show_test": False, "show_removed": False, "isolated": False}).tag(sync=True)
+    filters = t.Dict({"show_test": False, "show_removed": False, "isolated": False, "hide": {}}).tag(sync=True)
+    # The filter sidebar: fields [{field, title, names, members?}] and their codes (uint16, n per field).
+    facets = t.List(t.Dict()).tag(sync=True)
+    facet_codes = _binary()
     history = t.Dict({"undo": 0, "redo": 0}).tag(sync=True)  # feedback actions that can be undone / redone
     class_names = t.List(t.Unicode()).tag(sync=True)
     # Thumbnails travel on demand: the browser asks for the points it shows zoomed in ("thumbs"
@@ -104,7 +108,8 @@ class CrafterWidget(anywidget.AnyWidget):
     color_by = t.Unicode("class").tag(sync=True)
     progress = t.Dict({"running": False, "done": 0, "total": 0, "message": ""}).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
-    height = t.Int(520).tag(sync=True)
+    height = t.Int(520).tag(sync=True)  # the map's height in CSS px (the widget fills the cell's width)
+    fullscreen = t.Bool(False).tag(sync=True)  # the widget covers the window (the toolbar's button, Escape)
     # The side panel: the Generate menu's strategies (empty: no panel) and each class's prompt with
     # its history ({class: {current, history: [{action, prompt}], mixture?}}).
     strategies = t.List(t.Unicode()).tag(sync=True)
@@ -290,6 +295,14 @@ class CrafterWidget(anywidget.AnyWidget):
                 item["members"] = [int(i) for i in lab["members"]]
             out.append(item)
         self.labels = out
+
+    def set_facets(self, frame: pd.DataFrame, members: Mapping[str, Sequence[int]] | None = None) -> None:
+        """The filter sidebar's fields from the shown frame (row i = point i) and the content labels'
+        member point indices (see `facets_from_frame`)."""
+        facets, codes = facets_from_frame(frame, members)
+        with self.hold_sync():
+            self.facets = facets
+            self.facet_codes = codes
 
     def set_progress(self, done: int, total: int, message: str = "", running: bool = True) -> None:
         """Updates the progress bar (shown with a cancel button while running)."""
