@@ -199,17 +199,21 @@ def widget_over_photos(models: dc.Models, work: Path, args: argparse.Namespace) 
         with crafter:
             with step(f"map of {len(ds)} @ {size}px"):
                 crafter.update_projection()
-            with step(f"first view {len(ds)} @ {size}px") as info:
+            with step(f"first view {len(ds)} @ {size}px"):
                 view = CrafterView(crafter)  # what crafter.show() builds; kept here to wait on its jobs
                 bundle = view.widget._repr_mimebundle_()
-                atlas[size] = len(view.widget.atlas)
-                info["note"] = f"atlas {atlas[size] / 1024:.0f} KB, tile {view.widget.atlas_grid.get('tile')} px"
             assert bundle, "the widget produced no display bundle"
+            with step(f"thumbnails of {len(ds)} @ {size}px, as pages of 256") as info:
+                n = view.widget.thumbs["count"]  # what the browser asks for when zoomed in on all of them
+                atlas[size] = sum(
+                    len(view.widget.thumbnail_page(range(s, min(n, s + 256)))[0]) for s in range(0, n, 256)
+                )
+                info["note"] = f"{atlas[size] / 1024:.0f} KB, tile {view.widget.thumbs['tile']} px"
             view.wait(timeout=600)
     if len(atlas) > 1:
         base = atlas[args.size]
         print(
-            "  atlas bytes by photo size: "
+            "  thumbnail bytes by photo size: "
             + ", ".join(f"{s} px {b / 1024:.0f} KB ({b / base:.2f}x)" for s, b in atlas.items()),
             flush=True,
         )
@@ -326,10 +330,14 @@ def the_loop(cache: Path, work: Path, args: argparse.Namespace) -> None:
             )
             info["note"] = f"{len(gap_ids)} image(s)"
         bare_vs_crafter(crafter, args)  # before the view exists: its refreshes would run in this round
-        with step("widget view + atlas") as info:
+        with step("widget view + thumbnails") as info:
             view = CrafterView(crafter)
             view.wait(timeout=600)
-            info["note"] = f"atlas {len(view.widget.atlas) / 1024:.0f} KB for {len(view.ids)} images"
+            pages = [
+                view.widget.thumbnail_page(range(s, min(len(view.ids), s + 256)))[0]
+                for s in range(0, len(view.ids), 256)
+            ]
+            info["note"] = f"thumbnail pages {sum(map(len, pages)) / 1024:.0f} KB for {len(view.ids)} images"
         with step("export") as info:
             out = crafter.export(work / "export")
             info["note"] = f"{sum(1 for _ in out.rglob('*.png'))} PNGs"

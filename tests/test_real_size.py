@@ -74,10 +74,11 @@ def test_one_round_of_the_loop_at_512_px(real_size, models, tmp_path):
         assert crafter.embeddings(ids).shape == (2, models.embedder.dim)
         view = CrafterView(crafter)  # what crafter.show() displays
         view.wait(timeout=300)
-        grid = view.widget.atlas_grid
-        assert grid["count"] == len(crafter.samples) and grid["tile"] <= 32
-        atlas = Image.open(__import__("io").BytesIO(view.widget.atlas))
-        assert atlas.size == (grid["width"], grid["height"])
+        meta = view.widget.thumbs  # thumbnails go on demand: a page is what the browser receives
+        assert meta["count"] == len(crafter.samples) and meta["tile"] <= 32
+        data, grid = view.widget.thumbnail_page(range(min(256, meta["count"])))
+        page = Image.open(__import__("io").BytesIO(data))
+        assert page.size == (grid["width"], grid["height"]) and grid["tile"] == meta["tile"]
         out = crafter.export(tmp_path / "export")
         exported = sorted(out.rglob("g*.png"))
         assert len(exported) == 2 and {Image.open(f).size for f in exported} == {(512, 512)}
