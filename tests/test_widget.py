@@ -519,7 +519,7 @@ def test_slow_metrics_never_block_evolve(crafter, monkeypatch) -> None:
     monkeypatch.setattr(type(crafter), "metrics_table", slow_metrics)
     view._metrics_in_background()
     view._metrics_in_background()  # while the first runs: starts too
-    assert view._quick_job.running
+    assert view._quick_job is not None and view._quick_job.is_alive()
     for _ in range(100):
         if len(calls) == 2:
             break
@@ -540,7 +540,7 @@ def test_slow_metrics_never_block_evolve(crafter, monkeypatch) -> None:
     release.set()
     view.wait()
     for _ in range(100):
-        if len(calls) == 2 and not view._quick_job.running:
+        if len(calls) == 2 and not view._quick_job.is_alive():
             break
         time.sleep(0.05)
     assert len(calls) == 2

@@ -49,7 +49,7 @@ class EvaluationService:
         from ..loop.student import train_student, training_set_from_samples
 
         store = self.project.store
-        images, labels, _ = training_set_from_samples(
+        images, labels, ids = training_set_from_samples(
             store.samples,
             store.image,
             keep_flagged=data["keep_flagged"],
@@ -62,6 +62,7 @@ class EvaluationService:
             embedder=self._embedder(),
             progress=progress,
             should_stop=stop_check(cancel),
+            features=lambda: self.embeddings(ids),  # a probe's features: the cached embeddings
             **options,
         )
         student.save(self.project.path / "student")
@@ -194,6 +195,7 @@ class EvaluationService:
             options=self.heldout_options,
             progress=progress,
             train=train,
+            features=self.embeddings,
         )
         if len(frame):
             merged = acc.merge(frame.astype({"round": "int64"}), on="round", how="left")

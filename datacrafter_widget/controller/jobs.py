@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Union
 
+from .. import compute
+
 
 class JobCancelled(Exception):
     """Raised by JobContext.check() so a job function can stop at a safe point."""
@@ -154,11 +156,22 @@ class Job:
         return self.result
 
     def start(self) -> "Job":
-        """Run in a daemon worker thread and return at once."""
+        """Run in a daemon worker thread and return at once, with the compute policy's background
+        settings (fewer torch threads, a lower OS priority, one background job at a time): the
+        notebook's own work keeps the cores it needs (datacrafter_widget.compute)."""
+
+        waited: list[bool] = []
+
+        def waiting() -> None:
+            waited.append(True)
+            self._update(self.done, None, f"{self.description}: waiting for another background job to finish")
 
         def target() -> None:
             try:
-                self.run()
+                with compute.background(waiting=waiting, cancelled=self._cancel.is_set):
+                    if waited:
+                        self._update(self.done, None, "")
+                    self.run()
             except BaseException:  # noqa: BLE001 - kept in self.error, re-raised by wait()
                 pass
 

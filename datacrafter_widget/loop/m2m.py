@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .. import compute
+
 __all__ = [
     "M2MConfig",
     "Layout",
@@ -72,7 +74,7 @@ class M2MConfig:
     w_label_label: float = 1e-5
     label_anchor: float = 1.0
     exact_knn_max: int = 20000
-    threads: int | None = None  # torch threads for the refinement (None: 1, fastest here)
+    threads: int | None = None  # torch threads for the refinement (None: the compute policy's map threads)
 
 
 @dataclass
@@ -330,8 +332,8 @@ def _optimise(
     from umap.umap_ import find_ab_params
 
     old_threads = torch.get_num_threads()
-    # the tensors are small (batch x 17 x 2): one thread beats several on a loaded CPU
-    torch.set_num_threads(cfg.threads or 1)
+    # the tensors are small (batch x 17 x 2): the policy's map threads (1) beat several on a loaded CPU
+    torch.set_num_threads(cfg.threads or compute.threads("map"))
     try:
         a, b = (float(v) for v in find_ab_params(1.0, cfg.min_dist))
         gen = torch.Generator().manual_seed(int(seed))

@@ -220,7 +220,7 @@ class CrafterView:
         # The metrics chart's computation (it may train a held-out student) runs apart and quietly: it never
         # blocks Evolve or Generate, and a request while it runs is served by one more run when it ends.
         self._metrics_job: Any = None  # held-out students, one round at a time
-        self._quick_job: Any = None  # the rounds' metrics without training: shown at once
+        self._quick_job: threading.Thread | None = None  # the rounds' metrics without training: shown at once
         self._student_error = ""
         self._metrics_again = False
         self._metrics_lock = threading.Lock()
@@ -261,7 +261,6 @@ class CrafterView:
         done: Callable[[Any], None] | None = None,
         quiet: bool = False,
         finished: Callable[[Any], None] | None = None,
-        slot: str = "_metrics_job",
     ) -> Any:
         """Runs `work(ctx)` in a Job (the kernel stays free); progress and the final status go to the footer."""
         from ..controller.jobs import Job
@@ -286,7 +285,7 @@ class CrafterView:
 
         job.on_progress(on_progress)
         if quiet:
-            setattr(self, slot, job.start())
+            self._metrics_job = job.start()
             return job
         self.widget.set_progress(0, 0, description + " ...", True)
         self._job = job.start()
@@ -330,17 +329,22 @@ class CrafterView:
         return out
 
     def _metrics_in_background(self) -> None:
-        """The chart after a change: every round's metrics at once (nothing trained, so never behind a
-        student in training), then the held-out students the chart lacks, newest round first."""
+        """The chart after a change: every round's metrics at once, then the held-out students the
+        chart lacks, newest round first. The metrics train nothing (a second or less), so they run in a
+        thread of their own, not as a background job that would take its turn behind a training."""
 
-        def quick(ctx: Any) -> Any:
-            return self.crafter.metrics_table(progress=False, train=False)
-
-        def shown(frame: Any) -> None:
+        def run() -> None:
+            try:
+                frame = self.crafter.metrics_table(progress=False, train=False)
+            except Exception as err:  # noqa: BLE001 - the chart must never break the view
+                log.warning("metrics failed: %s", err)
+                return
             self._show_metrics(frame)
             self._students_in_background()
 
-        self._run("metrics", quick, done=shown, quiet=True, slot="_quick_job")
+        thread = threading.Thread(target=run, name="dc-metrics", daemon=True)
+        thread.start()
+        self._quick_job = thread  # started before wait() can see it
 
     def _students_in_background(self) -> None:
         """Trains the missing held-out students one round at a time, newest first, redrawing the chart
@@ -384,6 +388,9 @@ class CrafterView:
                 break
             for job in pending:
                 seen.add(id(job))
+                if isinstance(job, threading.Thread):
+                    job.join(timeout=timeout)
+                    continue
                 try:
                     job.wait(timeout=timeout)
                 except Exception:  # noqa: BLE001 - reported in the status already
