@@ -26,6 +26,16 @@ if TYPE_CHECKING:
 __all__ = ["MapService"]
 
 
+def _in_kernel() -> bool:
+    """True inside a Jupyter kernel (where a widget will ask for the map), not in scripts or tests."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 class MapService:
     """The map of one project, for one model bundle."""
 
@@ -41,6 +51,10 @@ class MapService:
         self._projection: pd.DataFrame | None = None
         self._labeler: Labeler | None = None
         self._lock = threading.RLock()
+        if models.has("embedder") and self.stored.layout is None and _in_kernel():
+            from ..loop import m2m
+
+            m2m.warm_up()  # a notebook will show the map soon: its layout's compilation starts now
 
     @property
     def store(self) -> Any:

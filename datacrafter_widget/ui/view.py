@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, Union
 
 import numpy as np
@@ -58,7 +59,7 @@ class CrafterController(Protocol):
     def prompts(self) -> dict[str, PromptEntry]: ...
     @property
     def metrics(self) -> pd.DataFrame: ...
-    def metrics_table(self, *, progress: bool = True) -> pd.DataFrame: ...
+    def metrics_table(self, *, progress: bool = True, train: bool | Collection[int] = True) -> pd.DataFrame: ...
     @property
     def can_undo(self) -> tuple[int, int]: ...
     def on(self, event: str, fn: Callable[..., None]) -> None: ...
@@ -105,16 +106,27 @@ def _strategies() -> tuple[str, ...]:
     return tuple(GENERATE_STRATEGIES)
 
 
-def metrics_svg(frame: pd.DataFrame, *, dark: bool = False) -> str:
-    """The metrics chart (loop.metrics.metrics_chart) as SVG text, drawn by vl-convert in this process."""
+def metrics_svg(frame: pd.DataFrame, *, dark: bool = False, note: str = "") -> str:
+    """The metrics chart (loop.metrics.metrics_chart) as SVG text, drawn by vl-convert in this process;
+    `note` is its title (what is still computing)."""
     import vl_convert as vlc
 
     from ..loop.metrics import metrics_chart
 
     spec = metrics_chart(frame).to_dict()
+    if note:
+        spec["title"] = {"text": note, "anchor": "start", "fontSize": 12, "fontWeight": "normal"}
     if dark:
         spec.setdefault("config", {})["background"] = "transparent"
     return str(vlc.vegalite_to_svg(spec, theme="dark" if dark else None))
+
+
+def students_pending(frame: pd.DataFrame) -> list[int]:
+    """Rounds whose held-out student accuracy is not known yet (NaN), newest first."""
+    if "student_acc" not in frame.columns or "round" not in frame.columns:
+        return []
+    rounds = frame.loc[frame["student_acc"].isna(), "round"].dropna().astype(int)
+    return sorted(set(rounds.tolist()), reverse=True)
 
 
 def _fallback_layout(samples: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
@@ -210,7 +222,9 @@ class CrafterView:
         self._job: Any = None  # the view's own background work the user waits for (first map, evolve)
         # The metrics chart's computation (it may train a held-out student) runs apart and quietly: it never
         # blocks Evolve or Generate, and a request while it runs is served by one more run when it ends.
-        self._metrics_job: Any = None
+        self._metrics_job: Any = None  # held-out students, one round at a time
+        self._quick_job: threading.Thread | None = None  # the rounds' metrics without training: shown at once
+        self._student_error = ""
         self._metrics_again = False
         self._metrics_lock = threading.Lock()
         self._label_pos: dict[str, tuple[float, float]] = {}
@@ -274,8 +288,8 @@ class CrafterView:
                 finished(j)
 
         job.on_progress(on_progress)
-        if quiet:
-            self._metrics_job = job.start()
+        if quiet:  # the held-out students: nobody waits for them, so they yield the CPU (compute.py)
+            self._metrics_job = job.start(low_priority=True)
             return job
         self.widget.set_progress(0, 0, description + " ...", True)
         self._job = job.start()
@@ -319,32 +333,68 @@ class CrafterView:
         return out
 
     def _metrics_in_background(self) -> None:
+        """The chart after a change: every round's metrics at once, then the held-out students the
+        chart lacks, newest round first. The metrics train nothing (a second or less), so they run in a
+        thread of their own, not as a background job that would take its turn behind a training."""
+
+        def run() -> None:
+            try:
+                frame = self.crafter.metrics_table(progress=False, train=False)
+            except Exception as err:  # noqa: BLE001 - the chart must never break the view
+                log.warning("metrics failed: %s", err)
+                return
+            self._show_metrics(frame)
+            self._students_in_background()
+
+        thread = threading.Thread(target=run, name="dc-metrics", daemon=True)
+        thread.start()
+        self._quick_job = thread  # started before wait() can see it
+
+    def _students_in_background(self) -> None:
+        """Trains the missing held-out students one round at a time, newest first, redrawing the chart
+        after each; a round that finishes meanwhile is next."""
         with self._metrics_lock:
             if self._metrics_job is not None and self._metrics_job.running:
-                self._metrics_again = True  # rerun once the running one ends, with the newest rounds
+                self._metrics_again = True  # look again once the running one ends
                 return
             self._metrics_again = False
+        self._student_error = ""
 
         def work(ctx: Any) -> Any:
-            return self.crafter.metrics_table(progress=False)  # no tqdm bar under the widget
+            tried: set[int] = set()
+            while True:
+                frame = self._metrics_frame
+                pending = [r for r in students_pending(frame) if r not in tried] if frame is not None else []
+                if not pending:
+                    return None
+                ctx.check()
+                tried.add(pending[0])
+                self._show_metrics(self.crafter.metrics_table(progress=False, train=[pending[0]]))
 
-        def finished(_job: Any) -> None:
+        def finished(job: Any) -> None:
+            if job.status == "failed":
+                self._student_error = f"held-out student failed: {job.error}"
+                self._render_chart()
             with self._metrics_lock:
                 again, self._metrics_again = self._metrics_again, False
             if again:
-                self._metrics_in_background()
+                self._students_in_background()
 
-        self._run("metrics", work, done=self._show_metrics, quiet=True, finished=finished)
+        self._run("held-out students", work, quiet=True, finished=finished)
 
     def wait(self, timeout: float | None = 600) -> None:
         """Waits for the view's background jobs (first map, evolve, then metrics); for scripts and tests."""
         seen: set[int] = set()
         while True:
-            pending = [j for j in (self._job, self._metrics_job) if j is not None and id(j) not in seen]
+            jobs = (self._job, self._quick_job, self._metrics_job)
+            pending = [j for j in jobs if j is not None and id(j) not in seen]
             if not pending:
                 break
             for job in pending:
                 seen.add(id(job))
+                if isinstance(job, threading.Thread):
+                    job.join(timeout=timeout)
+                    continue
                 try:
                     job.wait(timeout=timeout)
                 except Exception:  # noqa: BLE001 - reported in the status already
@@ -538,13 +588,26 @@ class CrafterView:
         self._metrics_frame = frame
         self._render_chart()
 
+    def _chart_note(self) -> str:
+        """What the chart does not show yet: the held-out students still to train (or why they failed)."""
+        if self._student_error:
+            return self._student_error
+        frame = self._metrics_frame
+        pending = students_pending(frame) if frame is not None else []
+        if not pending:
+            return ""
+        rounds = ", ".join(str(r) for r in sorted(pending))
+        return f"held-out student accuracy of round{'s' if len(pending) > 1 else ''} {rounds}: training (the other panels are complete)"
+
     def _render_chart(self) -> None:
         """Renders the metrics chart kernel-side to SVG (vl-convert: no Vega in the browser, no CDN), in
         the host page's light or dark colours."""
         if self._metrics_frame is None:
             return
         try:
-            self.widget.chart = metrics_svg(self._metrics_frame, dark=self.widget.theme == "dark")
+            self.widget.chart = metrics_svg(
+                self._metrics_frame, dark=self.widget.theme == "dark", note=self._chart_note()
+            )
         except Exception as err:  # noqa: BLE001 - the chart must never break the view
             self.widget.status = f"metrics chart unavailable: {err} (pip install vl-convert-python for offline charts)"
 
