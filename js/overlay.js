@@ -4,6 +4,18 @@
 // Label and tooltip text is model or user text: drawn on a canvas or set as textContent, never HTML.
 import { el, FEEDBACK_TEXT, KIND_NAMES, KIND_TEST } from "./dom.js";
 import { hiddenValues, toggleValues } from "./filters.js";
+import { RAMP_CSS } from "./colors.js";
+
+/** A numeric column's colour bar: name, minimum, the sequential scale, maximum. */
+function colorBar(row, e) {
+  const fmt = (v) => (Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-2 && v !== 0) ? v.toExponential(2) : String(Number(v.toPrecision(3))));
+  row.dataset.role = "color-bar";
+  el("span", "", row).textContent = e.name;
+  el("span", "dcw-bar-min", row).textContent = fmt(e.bar.min);
+  const bar = el("span", "dcw-bar", row);
+  bar.style.background = RAMP_CSS;
+  el("span", "dcw-bar-max", row).textContent = fmt(e.bar.max);
+}
 
 /** The field values a legend entry stands for ("flagged": every flag reason the filter fields know). */
 function legendEntryValues(view, e) {
@@ -111,6 +123,7 @@ export function renderLegend(view, entries) {
   view.legendValues = {};
   for (const e of entries.slice(0, 30)) {
     const row = el("span", "dcw-item", L);
+    if (e.bar) { colorBar(row, e); continue; }
     const sw = el("span", "dcw-swatch", row);
     sw.style.background = `rgb(${e.rgb[0]},${e.rgb[1]},${e.rgb[2]})`;
     el("span", "", row).textContent = e.name;

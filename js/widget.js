@@ -29,8 +29,20 @@ export { bytesOf };
  */
 
 let instanceCounter = 0;
+let colorProbe = null;
+/** RGB of a CSS colour name ("lightblue", "pink"), parsed by the browser; null when it is not one. */
+function namedColor(name) {
+  if (!/^[a-z]{3,20}$/i.test(name)) return null;
+  colorProbe = colorProbe || document.createElement("canvas").getContext("2d");
+  colorProbe.fillStyle = "#010203";
+  colorProbe.fillStyle = name;
+  const got = String(colorProbe.fillStyle);
+  return got === "#010203" ? null : parseCssColor(got);
+}
 /** Below this width (CSS px) the side panel goes under the map: beside it the map would drop below ~520 px. */
 const NARROW_PX = 820;
+/** Thumbnail size (CSS px) from which thumbnails replace the filled marks when coloured by a field. */
+const THUMBS_WHEN_COLOURED = 40;
 
 class ProjectionView {
   /** @param {AnyModel} model @param {HTMLElement} root */
@@ -240,7 +252,9 @@ class ProjectionView {
     const mode = this.model.get("color_by") || "class";
     syncColorMenu(this, this.model.get("color_options") || BUILTIN_MODES, mode);
     this.attrs.codes = asU16(this.model.get("color_codes"));
-    const { colors, legend } = computeColors(mode, this.n, this.attrs, this.model.get("class_names") || [], this.model.get("color_names") || []);
+    const values = asF32(this.model.get("color_values"));
+    const { colors, legend } = computeColors(mode, this.n, this.attrs, this.model.get("class_names") || [], this.model.get("color_names") || [],
+      { values, scale: this.model.get("color_scale") || {}, named: (name) => namedColor(name) });
     if (this.renderer) { this.renderer.setColors(colors); this.renderer.setState(this.state); }
     renderLegend(this, legend);
     this.requestDraw();
@@ -326,7 +340,7 @@ class ProjectionView {
     const recolor = queue("color", () => this.recolor());
     for (const k of ["xy", "kind", "cls", "round"]) on("change:" + k, reload);
     for (const k of ["feedback", "flag", "hidden"]) on("change:" + k, marks);
-    for (const k of ["color_by", "class_names", "color_codes", "color_names", "color_options"]) on("change:" + k, recolor);
+    for (const k of ["color_by", "class_names", "color_codes", "color_names", "color_options", "color_values", "color_scale"]) on("change:" + k, recolor);
     on("change:labels", () => this.loadLabels());
     on("change:thumbs", () => { this.thumbs.sync(); this.requestDraw(); });
     on("change:selection", () => this.loadSelectionFromModel());
@@ -409,8 +423,10 @@ class ProjectionView {
 
   markSize() {
     const px = this.spacing * this.view.k;
-    const thumbs = Boolean(this.renderer && this.thumbs && this.thumbs.enabled) && px * 0.9 >= 14;
-    const size = thumbs ? Math.min(px * 0.9, 128) : Math.max(4, Math.min(px * 0.7, 10));
+    // Coloured by a field (not the default class): filled marks that show the colour, thumbnails from 40 px.
+    const field = (this.model.get("color_by") || "class") !== "class";
+    const thumbs = Boolean(this.renderer && this.thumbs && this.thumbs.enabled) && px * 0.9 >= (field ? THUMBS_WHEN_COLOURED : 14);
+    const size = thumbs ? Math.min(px * 0.9, 128) : Math.max(4, Math.min(px * 0.7, field ? 24 : 10));
     return { size, thumbs };
   }
 

@@ -119,3 +119,24 @@ def test_widget_filter_commands_reach_the_controller_and_the_map(crafter) -> Non
     fields = [f["field"] for f in w.facets]
     assert fields[:2] == ["label", "round"] and "split" in fields and "feedback" in fields
     assert len(w.facet_codes) == 2 * w.n * len([f for f in w.facets if "members" not in f])
+
+
+def test_numeric_columns_go_on_a_sequential_scale() -> None:
+    from datacrafter_widget.ui.widget import CrafterWidget
+
+    frame = map_view.pd.DataFrame(
+        {"x": np.arange(30.0), "y": np.zeros(30), "label": ["a"] * 30, "v": np.linspace(-1, 2, 30), "k": [1, 2] * 15}
+    )
+    frame.loc[3, "v"] = np.nan
+    values = map_view.column_numbers(frame, "v")
+    assert values is not None and values.dtype == np.float32 and np.isnan(values[3])
+    assert map_view.column_numbers(frame, "k") is None  # few values: categories
+    assert map_view.column_numbers(frame, "label") is None
+    w = CrafterWidget()
+    w.set_frame(frame)
+    w.set_color_values(values)
+    assert w.color_scale == {"min": -1.0, "max": 2.0} and len(w.color_values) == 4 * 30
+    w.set_color_values(None)
+    assert w.color_values == b"" and w.color_scale == {}
+    with pytest.raises(ValueError, match="one per point"):
+        w.set_color_values([1.0, 2.0])

@@ -153,6 +153,19 @@ def label_members(projection: pd.DataFrame) -> dict[str, list[str]]:
     return {str(t): [str(i) for i in m] for t, m in zip(rows["text"], rows["members"]) if isinstance(m, (list, tuple))}
 
 
+def column_numbers(samples: pd.DataFrame, column: str) -> np.ndarray | None:
+    """float32 values of a numeric column with more than MAX_CATEGORIES values (NaN where missing), for a
+    sequential colour scale; None for a column coloured by category."""
+    if column not in samples.columns:
+        raise MapToolError(f"no column {column!r} to colour by: use one of {color_columns(samples)}")
+    values = samples[column]
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+        return None
+    if values.nunique(dropna=True) <= MAX_CATEGORIES:
+        return None
+    return values.astype(np.float32).to_numpy()
+
+
 # ---- view state ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ViewState:

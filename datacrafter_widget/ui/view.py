@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..controller.map_view import column_numbers
 from .codecs import COLOR_MODES, feedback_codes, thumbnail
 from .commands import COMMANDS, parse
 from .widget import CrafterWidget
@@ -516,6 +517,7 @@ class CrafterView:
             codes, names = self.crafter.color_codes(mode)
             self.widget.color_codes = codes.astype("<u2").tobytes()
             self.widget.color_names = names
+            self.widget.set_color_values(column_numbers(samples, mode) if mode in samples.columns else None)
         self.widget.color_by = mode
         self.widget.filters = {
             "show_test": bool(state.show_test),

@@ -90,6 +90,9 @@ class CrafterWidget(anywidget.AnyWidget):
     hidden = _binary()  # uint8: 1 when a filter hides the point (not drawn, not selectable); empty: none hidden
     color_codes = _binary()  # uint16 category per point when color_by is a column the browser does not compute
     color_names = t.List(t.Unicode()).tag(sync=True)  # names of those categories
+    # A numeric column on a sequential scale: float32 per point (NaN: missing) and its range; empty: categories.
+    color_values = _binary()
+    color_scale = t.Dict().tag(sync=True)
     color_options = t.List(t.Unicode(), list(COLOR_MODES)).tag(sync=True)  # the colour menu
     filters = t.Dict({"show_test": False, "show_removed": False, "isolated": False, "hide": {}}).tag(sync=True)
     # The filter sidebar: fields [{field, title, names, members?}] and their codes (uint16, n per field).
@@ -295,6 +298,19 @@ class CrafterWidget(anywidget.AnyWidget):
                 item["members"] = [int(i) for i in lab["members"]]
             out.append(item)
         self.labels = out
+
+    def set_color_values(self, values: np.ndarray | Sequence[float] | None) -> None:
+        """Colours the points by these numbers (one per point) on a sequential scale with its colour bar;
+        None goes back to the categories of `color_codes`."""
+        arr = None if values is None else np.asarray(values, np.float32).reshape(-1)
+        if arr is not None and len(arr) != self.n:
+            raise ValueError(f"got {len(arr)} colour values for {self.n} points; pass one per point")
+        finite = arr[np.isfinite(arr)] if arr is not None else np.zeros(0, np.float32)
+        with self.hold_sync():
+            self.color_values = b"" if arr is None else arr.astype("<f4").tobytes()
+            self.color_scale = (
+                {"min": float(finite.min()), "max": float(finite.max())} if arr is not None and len(finite) else {}
+            )
 
     def set_facets(self, frame: pd.DataFrame, members: Mapping[str, Sequence[int]] | None = None) -> None:
         """The filter sidebar's fields from the shown frame (row i = point i) and the content labels'

@@ -138,6 +138,8 @@ def widget_state(widget: Any) -> WidgetState:
         "hidden",
         "color_codes",
         "color_names",
+        "color_values",
+        "color_scale",
         "color_options",
         "filters",
         "facets",

@@ -195,3 +195,69 @@ def test_sidebar_counts_follow_the_selection_and_the_hidden_points(page: Any) ->
     panel.locator("button[data-action=filter-reset]").click()
     assert commands(page)[-1]["args"] == {"reset": True}
     assert page.errors == [] and page.dialogs == []
+
+
+# ----------------------------------------------------------------- 3. colour
+def canvas_rgb(page: Any) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    url = page.evaluate("document.querySelector('.dcw-gl').toDataURL('image/png')")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(int)
+
+
+def grid_widget(n: int = 288) -> tuple[CrafterWidget, Any]:
+    """Points on a grid, far apart, so each mark's centre shows its own colour."""
+    from datacrafter_widget.controller.map_view import column_codes
+
+    frame = synthetic_frame(n, seed=6)
+    frame["x"] = np.float32(np.arange(n) % 24)  # ~29 px apart in the fitted view
+    frame["y"] = np.float32(np.arange(n) // 24)
+    frame["background"] = np.where(np.arange(n) % 2 == 0, "lightblue", "pink")
+    frame["brightness"] = np.linspace(0.0, 1.0, n)
+    w = CrafterWidget(height=400)
+    w.set_frame(frame, thumbnails=synthetic_thumbnails(frame, 16))
+    codes, names = column_codes(frame, "background")
+    w.color_codes, w.color_names, w.color_by = codes.astype("<u2").tobytes(), names, "background"
+    return w, frame
+
+
+def mark_rgb(page: Any, frame: Any, i: int) -> list[int]:
+    page.evaluate("window.__dcw[0].drawNow()")
+    sx, sy = handle(page, f"h.dataToScreen({float(frame.x[i])}, {float(frame.y[i])})")
+    dpr = page.evaluate("window.devicePixelRatio")
+    return canvas_rgb(page)[round(sy * dpr), round(sx * dpr)].tolist()
+
+
+def test_colour_names_are_drawn_as_themselves_as_filled_marks(page: Any) -> None:
+    w, frame = grid_widget()
+    open_standalone(page, widget_state(w), width=1000)
+    # Zoomed so that thumbnails would show when coloured by class: coloured by a field, filled marks stay.
+    assert handle(page, "h.thumbsShown") is False
+    for i, want in [(0, [173, 216, 230]), (1, [255, 192, 203])]:
+        got = mark_rgb(page, frame, i)
+        assert max(abs(a - b) for a, b in zip(got, want)) <= 12, (i, got, want)
+    legend = page.locator(".dcw-legend .dcw-toggle[data-field=background]")
+    assert legend.count() == 2
+    swatch = legend.first.locator(".dcw-swatch").evaluate("(e) => getComputedStyle(e).backgroundColor")
+    assert swatch == "rgb(173, 216, 230)"
+    # Coloured by class, the same zoom shows thumbnails.
+    page.evaluate("window.__model.set('color_by', 'class')")
+    page.wait_for_function("window.__dcw[0].thumbsShown === true")
+
+
+def test_numeric_column_on_a_sequential_scale_with_its_bar(page: Any) -> None:
+    w, frame = grid_widget()
+    w.color_by = "brightness"
+    w.set_color_values(frame["brightness"].to_numpy())
+    open_standalone(page, widget_state(w), width=1000)
+    bar = page.locator(".dcw-legend [data-role=color-bar]")
+    assert bar.count() == 1 and "brightness" in bar.inner_text()
+    assert bar.locator(".dcw-bar-min").inner_text() == "0" and bar.locator(".dcw-bar-max").inner_text() == "1"
+    assert "linear-gradient" in bar.locator(".dcw-bar").evaluate("(e) => getComputedStyle(e).backgroundImage")
+    lo, hi = mark_rgb(page, frame, 0), mark_rgb(page, frame, len(frame) - 1)
+    assert max(abs(a - b) for a, b in zip(lo, [68, 1, 84])) <= 12, lo  # the scale's ends
+    assert max(abs(a - b) for a, b in zip(hi, [253, 231, 37])) <= 12, hi
+    assert page.errors == []
