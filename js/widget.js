@@ -278,7 +278,10 @@ class ProjectionView {
   /** Thumbnails of these points arrived (thumbs.js): draw them, and the gallery if it shows any. */
   onThumbs(points) {
     this.thumbsPending = true;
-    this.requestDraw();
+    // While more pages are on their way, redraw at most every 200 ms: on software WebGL a frame full of
+    // thumbnails costs more than a page takes to arrive, and drawing after each one delays the last.
+    if (this.thumbs.inflight.size === 0) this.requestDraw();
+    else if (!this.thumbDrawTimer) this.thumbDrawTimer = setTimeout(() => { this.thumbDrawTimer = 0; this.requestDraw(); }, 200);
     if (this.selection.length && this.gallery.style.display !== "none") {
       const shown = new Set(this.selection.subarray(0, 120));
       if (points.some((i) => shown.has(i))) renderGallery(this);
@@ -538,6 +541,7 @@ class ProjectionView {
     this.resizeObserver.disconnect();
     clearTimeout(this.detailTimer);
     clearTimeout(this.zoomTimer);
+    clearTimeout(this.thumbDrawTimer);
     this.details.forEach((d) => d.url && URL.revokeObjectURL(d.url));
     this.thumbs.destroy();
     if (this.renderer) this.renderer.destroy();
