@@ -20,6 +20,7 @@ import { renderGallery } from "./gallery.js";
 import { chartPanel, footer, generatePanel, promptsPanel } from "./panels.js";
 import { publishDebugHandle } from "./debug.js";
 import { filterPanel } from "./filters.js";
+import { samplePanel } from "./sample.js";
 
 export { bytesOf };
 
@@ -79,6 +80,8 @@ class ProjectionView {
     this.loadPoints();
     this.loadLabels();
     this.loadSelectionFromModel();
+    renderGallery(this); // a selection made before the view opened shows at once
+    this.sample.sync(); // and a sample view opened from Python
     syncFilters(this);
     syncHistory(this);
     this.bindModel();
@@ -119,6 +122,7 @@ class ProjectionView {
     this.tipImg.alt = "";
     this.tipImg.addEventListener("load", () => { if (this.hover >= 0 && this.lastHoverXY) placeTooltip(this, ...this.lastHoverXY); });
     this.tipFields = el("dl", "", this.tooltip);
+    this.sample = samplePanel(this, this.stage);
 
     this.footer = footer(this, map);
     this.statusEl = this.footer.status;
@@ -356,6 +360,8 @@ class ProjectionView {
     on("change:chart", () => this.chart.sync());
     on("change:height", () => this.resize());
     on("change:fullscreen", () => this.syncFullscreen());
+    const sample = queue("sample", () => this.sample.sync());
+    for (const k of ["sample", "sample_image", "sample_regenerated"]) on("change:" + k, sample);
     on("msg:custom", (msg, buffers) => this.onCustom(msg, buffers));
   }
 
@@ -540,6 +546,7 @@ class ProjectionView {
     this.thumbs.destroy();
     if (this.renderer) this.renderer.destroy();
     this.chart.dispose();
+    this.sample.dispose();
     if (window.__dcw) window.__dcw = window.__dcw.filter((h) => h !== this.handle);
   }
 }

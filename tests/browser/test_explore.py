@@ -261,3 +261,69 @@ def test_numeric_column_on_a_sequential_scale_with_its_bar(page: Any) -> None:
     assert max(abs(a - b) for a, b in zip(lo, [68, 1, 84])) <= 12, lo  # the scale's ends
     assert max(abs(a - b) for a, b in zip(hi, [253, 231, 37])) <= 12, hi
     assert page.errors == []
+
+
+# ----------------------------------------------------------------- 4. the sample view
+def test_sample_view_shows_one_image_large_with_its_provenance(page: Any) -> None:
+    from PIL import Image
+
+    w, frame = filtered_widget()
+    i = int(np.flatnonzero(frame["source"].to_numpy() == "generated")[0])
+    tiles = synthetic_thumbnails(frame, 16)
+    w.sample_ids = [f"g{k:06d}" for k in range(len(frame))]
+    w.on_sample(
+        lambda k: {
+            "id": w.sample_ids[k],
+            "class": frame.label[k],
+            "caption": XSS,
+            "prompt": "a photo of " + frame.label[k],
+            "seed": 1234,
+            "round": int(frame["round"][k]),
+            "parent": "r000003",
+            "feedback": "bad",
+            "image": Image.fromarray(tiles[k]).resize((256, 256)),
+        }
+    )
+    w.show_sample(w.sample_ids[i])  # the Python twin, by sample id
+    open_standalone(page, widget_state(w), width=1300)
+    view = page.locator("[data-role=sample]")
+    assert view.is_visible()
+    page.wait_for_function("document.querySelector('[data-role=sample-image]').naturalWidth === 256")
+    assert page.locator("[data-role=sample-image]").bounding_box()["width"] >= 200
+    text = view.inner_text()
+    for want in (XSS, "a photo of", "1234", "r000003", "seed", "round", "parent", "feedback", w.sample_ids[i]):
+        assert want in text, want
+    assert page.locator("img[src='x']").count() == 0 and page.dialogs == []
+    view.locator("button[data-action=sample-bad]").click()
+    assert commands(page)[-1] == {"type": "command", "name": "gallery_mark", "args": {"index": i, "value": "bad"}}
+    view.locator("button[data-action=sample-regenerate]").click()
+    assert commands(page)[-1] == {"type": "command", "name": "regenerate", "args": {"index": i}}
+    view.locator("button[data-action=sample-close]").click()
+    assert page.evaluate("window.__model.get('sample')") == {} and not view.is_visible()
+    # A real image cannot be regenerated.
+    r = int(np.flatnonzero(frame["source"].to_numpy() == "real")[0])
+    w.show_sample(r)
+    page.evaluate("([s]) => window.__model.set('sample', s)", [w.sample])
+    assert view.locator("button[data-action=sample-regenerate]").is_disabled()
+    page.locator(".dcw-root").focus()
+    page.keyboard.press("Escape")
+    assert not view.is_visible()
+
+
+def test_gallery_tiles_show_class_and_strategy_and_open_the_sample_view(page: Any) -> None:
+    w, frame = filtered_widget()
+    gen = np.flatnonzero(frame["source"].to_numpy() == "generated")[:3]
+    w.selected = gen
+    open_standalone(page, widget_state(w), width=1300)
+    tiles = page.locator(".dcw-tile")
+    assert tiles.count() == 3
+    for k, i in enumerate(gen):
+        assert tiles.nth(k).locator(".dcw-tile-caption").inner_text() == f"{frame.label[i]} · caption"
+    tiles.first.locator("canvas").click()
+    assert commands(page)[-1] == {"type": "command", "name": "show_sample", "args": {"index": int(gen[0])}}
+    # A double-click on a point opens it too.
+    sx, sy = handle(page, f"h.dataToScreen({float(frame.x[gen[1]])}, {float(frame.y[gen[1]])})")
+    box = page.locator(".dcw-gl").bounding_box()
+    page.mouse.dblclick(box["x"] + sx, box["y"] + sy)
+    sent = commands(page)[-1]
+    assert sent["name"] == "show_sample" and 0 <= sent["args"]["index"] < len(frame)
