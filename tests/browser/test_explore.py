@@ -327,3 +327,75 @@ def test_gallery_tiles_show_class_and_strategy_and_open_the_sample_view(page: An
     page.mouse.dblclick(box["x"] + sx, box["y"] + sy)
     sent = commands(page)[-1]
     assert sent["name"] == "show_sample" and 0 <= sent["args"]["index"] < len(frame)
+
+
+# ----------------------------------------------------------------- 7. wheel, status line, search box, focus
+TALL = "body{padding-top:600px !important; padding-bottom:1600px !important}"
+
+
+def test_wheel_scrolls_the_page_until_the_map_has_focus(page: Any) -> None:
+    w, frame = filtered_widget()
+    open_standalone(page, widget_state(w), width=1000, css=TALL)
+    page.evaluate("window.scrollTo(0, 400)")
+    stage = page.locator(".dcw-stage").bounding_box()
+    k0 = handle(page, "h.view.k")
+    page.mouse.move(stage["x"] + 200, stage["y"] + 150)
+    page.mouse.wheel(0, 300)
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.scrollY") > 400, "the wheel over an unfocused map should scroll the page"
+    assert handle(page, "h.view.k") == k0
+    assert "click the map" in page.locator("[data-role=hint]").inner_text()
+    # Once the map has focus (a click), the wheel zooms and the page stays.
+    page.evaluate("window.scrollTo(0, 400)")
+    stage = page.locator(".dcw-stage").bounding_box()
+    page.mouse.click(stage["x"] + 5, stage["y"] + 5)
+    y = page.evaluate("window.scrollY")
+    page.mouse.move(stage["x"] + 200, stage["y"] + 150)
+    page.mouse.wheel(0, -300)
+    page.wait_for_timeout(300)
+    assert handle(page, "h.view.k") > k0 and page.evaluate("window.scrollY") == y
+    # "modifier": only with Ctrl, even with focus; "always" zooms without either.
+    page.evaluate("window.__model.set('wheel_zoom', 'modifier')")
+    k1 = handle(page, "h.view.k")
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -300)
+    page.keyboard.up("Control")
+    page.wait_for_timeout(300)
+    k2 = handle(page, "h.view.k")
+    assert k2 > k1
+    page.mouse.wheel(0, -300)  # focused, but no Ctrl: the page scrolls
+    page.wait_for_timeout(300)
+    assert handle(page, "h.view.k") == k2 and "hold Ctrl" in page.locator("[data-role=hint]").inner_text()
+
+
+def test_status_line_follows_the_selection_and_the_search_box_is_wide(page: Any) -> None:
+    w, frame = filtered_widget()
+    w.status = "13 nearest images to 'a red digit'"
+    w.selected = range(13)
+    open_standalone(page, widget_state(w), width=1000)
+    status = page.locator("[data-role=status]")
+    assert status.inner_text().startswith("13 nearest")
+    page.click("[data-role=clear]")
+    assert status.inner_text() == "selection cleared"
+    view = handle(page, "h.view")
+    poly = [(view["width"] * a, view["height"] * b) for a, b in [(0.1, 0.1), (0.9, 0.1), (0.9, 0.9), (0.1, 0.9)]]
+    n = len(handle(page, f"h.selectPolygon({[list(p) for p in poly]})"))
+    assert n > 0 and status.inner_text() == f"{n} images selected"
+    assert page.locator("input[data-role=search]").bounding_box()["width"] >= 180
+
+
+def test_focus_stays_in_the_widget_when_remove_disables_itself(page: Any) -> None:
+    """A focused button that disables itself (Remove empties the selection) or a redrawn prompts panel
+    (Evolve) drops the focus to the page, and JupyterLab then scrolls the notebook to its active cell."""
+    w = evolved_widget(blocks=3)
+    w.selected = [1, 2, 3]
+    open_standalone(page, widget_state(w), width=1300, css=TALL)
+    page.locator("button[data-action=remove]").click()
+    assert commands(page)[-1]["name"] == "remove"
+    page.evaluate("window.__model.set('selection', new DataView(new ArrayBuffer(0)))")  # Python's answer
+    assert page.locator("button[data-action=remove]").is_disabled()
+    assert page.evaluate("document.querySelector('.dcw-root').contains(document.activeElement)")
+    # Evolve's result redraws the prompts panel under a focused Accept button.
+    page.locator(".dcw-prompt button[data-action=prompt_accept]").first.click()
+    page.evaluate("window.__model.set('prompts', {'class 0': {current: 'a new prompt', history: []}})")
+    assert page.evaluate("document.querySelector('.dcw-root').contains(document.activeElement)")
