@@ -124,6 +124,7 @@ export function syncHistory(view) {
 /** The colour menu follows `color_options`; its value follows `color_by`. @param {any} view @param {string[]} options @param {string} mode */
 export function syncColorMenu(view, options, mode) {
   const sel = view.colorSelect;
+  if (mode && !options.includes(mode)) options = [...options, mode]; // a column set from Python (crafter.color_by)
   if (sel.options.length !== options.length || [...sel.options].some((o, k) => o.value !== options[k])) {
     sel.replaceChildren();
     for (const v of options) { const o = el("option", "", sel); o.value = v; o.textContent = v; }

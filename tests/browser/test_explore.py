@@ -399,3 +399,47 @@ def test_focus_stays_in_the_widget_when_remove_disables_itself(page: Any) -> Non
     page.locator(".dcw-prompt button[data-action=prompt_accept]").first.click()
     page.evaluate("window.__model.set('prompts', {'class 0': {current: 'a new prompt', history: []}})")
     assert page.evaluate("document.querySelector('.dcw-root').contains(document.activeElement)")
+
+
+# ----------------------------------------------------------------- 5. labels
+def test_labels_go_with_hidden_members_avoid_badges_and_stay_inside(page: Any) -> None:
+    import pandas as pd
+
+    xs, ys = np.meshgrid(np.arange(6) * 10.0, np.arange(4) * 10.0)
+    frame = pd.DataFrame({"x": np.r_[xs.ravel(), [25.0] * 5], "y": np.r_[ys.ravel(), [15.0] * 5]})
+    frame["label"], frame["source"] = "a", "real"
+    n = len(frame)
+    w = CrafterWidget()
+    w.set_frame(
+        frame,
+        thumbnails=synthetic_thumbnails(frame, 16),
+        labels=[
+            {"text": "piled", "x": 25.0, "y": 15.0, "n": 9, "members": list(range(24, 29))},
+            {"text": "left edge wide label", "x": 0.0, "y": 10.0, "n": 5, "members": [0, 6, 12]},
+            {"text": "top row", "x": 30.0, "y": 30.0, "n": 4, "members": [18, 19, 20, 21]},
+        ],
+    )
+    open_standalone(page, widget_state(w))
+    page.wait_for_function("window.__dcw[0].thumbsShown === true")
+    view = handle(page, "h.view")
+    size = handle(page, "h.profileFrame().size")
+    # Move the "piled" label onto its pile's ×5 badge (the thumbnails' top-right corner).
+    labels = page.evaluate("window.__model.get('labels')")
+    labels[0]["x"] = 25.0 + (size / 2 - 8) / view["k"]
+    labels[0]["y"] = 15.0 + (size / 2 - 6) / view["k"]
+    page.evaluate("([l]) => window.__model.set('labels', l)", [labels])
+    handle(page, "h.drawNow()")
+    placed = {p["text"]: p["box"] for p in handle(page, "h.placedLabels")}
+    (badge,) = handle(page, "h.overlaps")
+    bx, by = badge["sx"] + size / 2 - 18, badge["sy"] - size / 2  # the badge's box, ~18 x 13 px
+    for text, b in placed.items():
+        assert not (b[0] < bx + 18 and b[2] > bx and b[1] < by + 13 and b[3] > by), f"{text!r} over the ×5 badge"
+    box = placed["left edge wide label"]
+    assert box[0] >= 0 and box[2] <= view["width"] and box[1] >= 0 and box[3] <= view["height"], box
+    assert "top row" in placed
+    # Isolate / a filter hides the top row: its label goes with it.
+    mask = np.zeros(n, np.uint8)
+    mask[18:22] = 1
+    page.evaluate("([m]) => window.__model.set('hidden', new DataView(Uint8Array.from(m).buffer))", [mask.tolist()])
+    handle(page, "h.drawNow()")
+    assert "top row" not in {p["text"] for p in handle(page, "h.placedLabels")}
