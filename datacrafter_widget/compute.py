@@ -7,8 +7,8 @@ slowest worker. Measured with benchmarks/bench_compute.py on a 2-core machine (t
 "Compute" section has the figures): a passive OpenMP wait policy and one thread per step keep the
 student's training under load within about 2x of idle, where torch's defaults cost 5x. The
 product's own background work (the widget's first map, the held-out students, generation in the
-background) also competes with the notebook: it runs on fewer threads, at a lower OS priority,
-and one background job at a time.
+background) also competes with the notebook: it runs on fewer threads, one background job at a
+time, and work nobody waits for (the held-out students) at a lower OS priority.
 
 Everything is decided here, once:
 
@@ -19,7 +19,8 @@ Everything is decided here, once:
   `sampler_threads` (the diffusion sampler), `embed_threads` (CLIP embedding), `map_threads` (the
   map's layout refinement); a kind left at "default" uses `threads`.
 - `background_threads`, `background_nice`: the threads and the extra OS niceness (Linux, per
-  thread) of background jobs; `background_turns`: background jobs take turns (one runs at a time).
+  thread) of background jobs (the niceness only for low-priority ones: the held-out students);
+  `background_turns`: background jobs take turns (one runs at a time).
 
 Override, for this process, `dc.compute.set(threads=2)`; for every process, the environment
 variable `DATACRAFTER_<NAME>` (`DATACRAFTER_THREADS=2`, `DATACRAFTER_BACKGROUND_NICE=0`). The
@@ -70,7 +71,10 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "embed_threads": ("default", "torch threads of CLIP embedding ('default': threads)"),
     "map_threads": (1, "torch threads of the map's layout refinement ('default': threads)"),
     "background_threads": (1, "torch threads of a background job (the widget's map, held-out students, ...)"),
-    "background_nice": (10, "extra OS niceness of background job threads (0: none; Linux)"),
+    "background_nice": (
+        10,
+        "extra OS niceness of low-priority background jobs, the held-out students (0: none; Linux)",
+    ),
     "background_turns": (1, "1: background jobs take turns, one at a time; 0: they run at once"),
     "wait_policy": ("passive", "OpenMP wait policy set before torch loads: 'passive' or 'active' (OMP_WAIT_POLICY)"),
 }
@@ -291,17 +295,23 @@ def _lower_priority(nice: int) -> bool:
 
 @contextlib.contextmanager
 def background(
-    waiting: Callable[[], None] | None = None, cancelled: Callable[[], bool] | None = None
+    waiting: Callable[[], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    *,
+    low_priority: bool = False,
 ) -> Iterator[bool]:
-    """Mark the calling thread as a background job for the duration: lower OS priority (this thread
-    only, Linux), `background_threads` torch threads, and, with background_turns, one background job
-    at a time. `waiting()` is called once if the job has to wait for its turn; `cancelled()` is asked
-    while it waits, and a cancelled job goes on without its turn (it only stops). Yields whether the
-    priority was lowered."""
+    """Mark the calling thread as a background job for the duration: `background_threads` torch
+    threads and, with background_turns, one background job at a time; a low-priority job (work
+    nobody waits for, such as the held-out students) also runs at a lower OS priority (this thread
+    only, Linux). Jobs someone waits for (the first map, a round) keep the normal priority: niceness
+    is relative to every process, so on a CPU busy with other programs a niced job gets ~10% of a
+    core (benchmarks/bench_compute.py, map phase). `waiting()` is called once if the job has to wait
+    for its turn; `cancelled()` is asked while it waits, and a cancelled job goes on without its turn
+    (it only stops). Yields whether the priority was lowered."""
     import torch
 
     _local.background = True
-    lowered = _lower_priority(int(get("background_nice")))
+    lowered = _lower_priority(int(get("background_nice"))) if low_priority else False
     n = int(get("background_threads"))
     torch.set_num_threads(n)
     took = False
@@ -338,7 +348,7 @@ class Policy:
         return (
             f"ComputePolicy(cores={self.cores}, OpenMP wait={self.wait_policy}, threads: student={self.student} "
             f"sampler={self.sampler} embed={self.embed} map={self.map}; background jobs: "
-            f"{self.background_threads} thread(s), nice +{self.background_nice}, "
+            f"{self.background_threads} thread(s), low-priority ones at nice +{self.background_nice}, "
             f"{'one at a time' if self.background_turns else 'at once'})"
         )
 

@@ -3,6 +3,28 @@
 // thumbnails pile up, the lasso or box being drawn; the legend beside the map; the hover tooltip.
 // Label and tooltip text is model or user text: drawn on a canvas or set as textContent, never HTML.
 import { el, FEEDBACK_TEXT, KIND_NAMES, KIND_TEST } from "./dom.js";
+import { hiddenValues, toggleValues } from "./filters.js";
+import { RAMP_CSS } from "./colors.js";
+
+/** A numeric column's colour bar: name, minimum, the sequential scale, maximum. */
+function colorBar(row, e) {
+  // Enough digits that the two ends differ (e.g. seeds 100000 and 200099).
+  const digits = Math.min(12, Math.max(3, Math.ceil(Math.log10(Math.max(Math.abs(e.bar.min), Math.abs(e.bar.max), 1e-12) / Math.max(e.bar.max - e.bar.min, 1e-12))) + 2));
+  const fmt = (v) => String(Number(v.toPrecision(digits)));
+  row.dataset.role = "color-bar";
+  el("span", "", row).textContent = e.name;
+  el("span", "dcw-bar-min", row).textContent = fmt(e.bar.min);
+  const bar = el("span", "dcw-bar", row);
+  bar.style.background = RAMP_CSS;
+  el("span", "dcw-bar-max", row).textContent = fmt(e.bar.max);
+}
+
+/** The field values a legend entry stands for ("flagged": every flag reason the filter fields know). */
+function legendEntryValues(view, e) {
+  if (e.values) return e.values.map(String);
+  const facet = (view.model.get("facets") || []).find((f) => f && f.field === e.field);
+  return facet ? facet.names.map(String).filter((v) => v !== "") : null;
+}
 
 /** Counts of images drawn on top of each other at thumbnail size (badges "×n"), for the visible area. */
 export function overlapGroups(view, size) {
@@ -33,10 +55,12 @@ export function drawOverlay(view, size = 6, thumbs = false) {
   ctx.font = "600 10px sans-serif";
   ctx.textAlign = "left";
   ctx.textBaseline = "top";
+  const badges = [];
   for (const g of view.overlaps) {
     const text = "×" + g.n;
     const w = ctx.measureText(text).width + 6;
     const x = g.sx + size / 2 - w, y = g.sy - size / 2;
+    badges.push([x - 2, y - 2, x + w + 2, y + 15]);
     ctx.fillStyle = "rgba(20,20,20,0.8)";
     ctx.fillRect(x, y, w, 13);
     ctx.fillStyle = "#fff";
@@ -47,13 +71,19 @@ export function drawOverlay(view, size = 6, thumbs = false) {
   ctx.textAlign = "center";
   ctx.textBaseline = "middle";
   ctx.lineJoin = "round";
+  const hits = (box, b) => box[0] < b[2] && box[2] > b[0] && box[1] < b[3] && box[3] > b[1];
   for (const l of view.labels.slice(0, 400)) {
-    const [sx, sy] = view.toScreen(l.x, l.y);
+    // A label whose members are all hidden (a filter, Isolate) goes with them.
+    if (l.members && view.hidden && !l.members.some((i) => i < view.n && !view.hidden[i])) continue;
+    let [sx, sy] = view.toScreen(l.x, l.y);
     if (sx < -50 || sy < -20 || sx > view.width + 50 || sy > view.height + 20) continue;
     ctx.font = `600 ${l.font}px sans-serif`;
     const w = ctx.measureText(l.text).width + 6, h = l.font + 4;
+    // Kept inside the map: a label near the edge slides in rather than being cut.
+    sx = Math.min(Math.max(sx, w / 2), view.width - w / 2);
+    sy = Math.min(Math.max(sy, h / 2), view.height - h / 2);
     const box = [sx - w / 2, sy - h / 2, sx + w / 2, sy + h / 2];
-    if (placed.some((p) => box[0] < p.box[2] && box[2] > p.box[0] && box[1] < p.box[3] && box[3] > p.box[1])) continue;
+    if (placed.some((p) => hits(box, p.box)) || badges.some((b) => hits(box, b))) continue; // never over a ×n badge
     placed.push({ box, label: l });
     const active = view.activeLabel && view.activeLabel.text === l.text;
     ctx.lineWidth = 3;
@@ -100,11 +130,26 @@ export function renderLegend(view, entries) {
     el("span", "", row).textContent = text;
   }
   el("span", "dcw-sep", L);
+  view.legendValues = {};
   for (const e of entries.slice(0, 30)) {
     const row = el("span", "dcw-item", L);
+    if (e.bar) { colorBar(row, e); continue; }
     const sw = el("span", "dcw-swatch", row);
     sw.style.background = `rgb(${e.rgb[0]},${e.rgb[1]},${e.rgb[2]})`;
     el("span", "", row).textContent = e.name;
+    const values = e.field ? legendEntryValues(view, e) : null;
+    if (!values || !values.length) continue;
+    // Click hides the value (again: shows it), alt- or double-click shows it alone.
+    (view.legendValues[e.field] = view.legendValues[e.field] || []).push(...values);
+    row.classList.add("dcw-toggle");
+    row.dataset.field = e.field;
+    row.dataset.value = values.join("|");
+    row.title = "click: hide / show  ·  alt-click or double-click: show only this";
+    const hidden = hiddenValues(view, e.field);
+    row.classList.toggle("dcw-off", values.every((v) => hidden.has(v)));
+    // A double-click's two clicks hide and show again; its "only" then decides (it is absolute).
+    row.addEventListener("click", (ev) => toggleValues(view, e.field, values, ev.altKey));
+    row.addEventListener("dblclick", () => toggleValues(view, e.field, values, true));
   }
   if (entries.length > 30) el("span", "dcw-item", L).textContent = `+${entries.length - 30} more`;
 }

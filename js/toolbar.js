@@ -10,6 +10,8 @@ import { button, el } from "./dom.js";
  */
 export function buildToolbar(view, parent) {
   // Row 1: how to select, what to do with the selection.
+  view.toolbarEl = el("div", "dcw-toolbars", parent);
+  parent = view.toolbarEl;
   const bar = el("div", "dcw-toolbar", parent);
   view.modeButtons = {};
   for (const [mode, text, tip] of [
@@ -84,6 +86,9 @@ export function buildToolbar(view, parent) {
   button(bar2, "Zoom", "zoom to the selection  [z]", () => view.zoomToSelection()).dataset.role = "zoom";
   button(bar2, "Fit", "fit everything in view  [f]", () => view.resetView()).dataset.role = "reset";
   button(bar2, "Clear", "clear the selection  [Escape]", () => { view.activeLabel = null; view.commitSelection(new Uint32Array(0)); }).dataset.role = "clear";
+  el("span", "dcw-sep", bar2);
+  view.fullscreenButton = button(bar2, "Full screen", "the widget fills the window (Escape leaves; widget.fullscreen in Python)", () => view.setFullscreen(!view.model.get("fullscreen")));
+  view.fullscreenButton.dataset.role = "fullscreen";
 }
 
 /** Isolate the selection, or show everything again when already isolated (or nothing is selected). @param {any} view */
@@ -95,6 +100,7 @@ export function isolate(view) {
 /** Buttons that need a selection (and Unwanted, a clicked label) are enabled only then. @param {any} view */
 export function syncSelectionButtons(view) {
   const none = view.selection.length === 0;
+  if (none) view.keepFocus(view.toolbarEl); // Remove / Bad disable themselves: keep the focus (no page jump)
   for (const name of ["bad", "good", "remove", "unmark", "evolve"]) view.actionButtons[name].disabled = none;
   view.neighborsButton.disabled = none;
   view.actionButtons.unwanted_label.disabled = !view.activeLabel || none;
@@ -118,6 +124,7 @@ export function syncHistory(view) {
 /** The colour menu follows `color_options`; its value follows `color_by`. @param {any} view @param {string[]} options @param {string} mode */
 export function syncColorMenu(view, options, mode) {
   const sel = view.colorSelect;
+  if (mode && !options.includes(mode)) options = [...options, mode]; // a column set from Python (crafter.color_by)
   if (sel.options.length !== options.length || [...sel.options].some((o, k) => o.value !== options[k])) {
     sel.replaceChildren();
     for (const v of options) { const o = el("option", "", sel); o.value = v; o.textContent = v; }

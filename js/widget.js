@@ -19,6 +19,8 @@ import { drawOverlay, placeTooltip, renderLegend, showTooltip } from "./overlay.
 import { renderGallery } from "./gallery.js";
 import { chartPanel, footer, generatePanel, promptsPanel } from "./panels.js";
 import { publishDebugHandle } from "./debug.js";
+import { filterPanel } from "./filters.js";
+import { samplePanel } from "./sample.js";
 
 export { bytesOf };
 
@@ -28,6 +30,20 @@ export { bytesOf };
  */
 
 let instanceCounter = 0;
+let colorProbe = null;
+/** RGB of a CSS colour name ("lightblue", "pink"), parsed by the browser; null when it is not one. */
+function namedColor(name) {
+  if (!/^[a-z]{3,20}$/i.test(name)) return null;
+  colorProbe = colorProbe || document.createElement("canvas").getContext("2d");
+  colorProbe.fillStyle = "#010203";
+  colorProbe.fillStyle = name;
+  const got = String(colorProbe.fillStyle);
+  return got === "#010203" ? null : parseCssColor(got);
+}
+/** Below this width (CSS px) the side panel goes under the map: beside it the map would drop below ~520 px. */
+const NARROW_PX = 820;
+/** Thumbnail size (CSS px) from which thumbnails replace the filled marks when coloured by a field. */
+const THUMBS_WHEN_COLOURED = 40;
 
 class ProjectionView {
   /** @param {AnyModel} model @param {HTMLElement} root */
@@ -64,6 +80,8 @@ class ProjectionView {
     this.loadPoints();
     this.loadLabels();
     this.loadSelectionFromModel();
+    renderGallery(this); // a selection made before the view opened shows at once
+    this.sample.sync(); // and a sample view opened from Python
     syncFilters(this);
     syncHistory(this);
     this.bindModel();
@@ -104,6 +122,9 @@ class ProjectionView {
     this.tipImg.alt = "";
     this.tipImg.addEventListener("load", () => { if (this.hover >= 0 && this.lastHoverXY) placeTooltip(this, ...this.lastHoverXY); });
     this.tipFields = el("dl", "", this.tooltip);
+    this.sample = samplePanel(this, this.stage);
+    this.hint = el("div", "dcw-hint-bubble", this.stage);
+    this.hint.dataset.role = "hint";
 
     this.footer = footer(this, map);
     this.statusEl = this.footer.status;
@@ -111,13 +132,34 @@ class ProjectionView {
     this.gallery.dataset.role = "gallery";
     // The side panel (Generate, prompts) shows when Python offers strategies; the chart goes below.
     this.generate = generatePanel(this, this.side);
+    this.filters = filterPanel(this, this.side);
     this.prompts = promptsPanel(this, this.side);
     this.chart = chartPanel(this, root);
     this.syncSide();
 
     this.resizeObserver = new ResizeObserver(() => this.resize());
     this.resizeObserver.observe(this.stage);
+    this.resizeObserver.observe(this.root);
+    const onWindow = () => { if (this.model.get("fullscreen")) this.resize(); };
+    window.addEventListener("resize", onWindow);
+    this.disposers.push(() => window.removeEventListener("resize", onWindow));
+    this.syncFullscreen();
     this.setMode("pan");
+  }
+
+  /** A short note over the map that fades (e.g. how to zoom with the wheel). */
+  showHint(text) {
+    this.hint.textContent = text;
+    this.hint.classList.add("dcw-show");
+    clearTimeout(this.hintTimer);
+    this.hintTimer = setTimeout(() => this.hint.classList.remove("dcw-show"), 1500);
+  }
+
+  /** Keeps the keyboard focus inside the widget when a focused control is disabled or redrawn: a focus
+   *  that falls to the page makes JupyterLab scroll the notebook to its active cell. */
+  keepFocus(container) {
+    const a = document.activeElement;
+    if (a && a !== this.root && container.contains(a)) this.root.focus({ preventScroll: true });
   }
 
   setMode(mode) {
@@ -126,10 +168,34 @@ class ProjectionView {
     this.stage.style.cursor = mode === "pan" ? "grab" : "crosshair";
   }
 
+  /** The map's height: `height` from Python, or in full screen what the window leaves for it. */
+  mapHeight() {
+    if (!this.model.get("fullscreen")) return Math.max(1, Math.floor(this.model.get("height") || 520));
+    const top = this.stage.getBoundingClientRect().top - this.root.getBoundingClientRect().top + this.root.scrollTop;
+    return Math.max(200, Math.floor(window.innerHeight - top - this.footer.box.offsetHeight - 24));
+  }
+
+  /** Full screen on / off: the widget covers the window (a fixed layer, so Python can turn it on too). */
+  syncFullscreen() {
+    const on = Boolean(this.model.get("fullscreen"));
+    this.root.classList.toggle("dcw-fullscreen", on);
+    this.fullscreenButton.classList.toggle("dcw-active", on);
+    this.fullscreenButton.textContent = on ? "Exit full screen" : "Full screen";
+    this.resize();
+  }
+
+  setFullscreen(on) {
+    this.model.set("fullscreen", Boolean(on));
+    this.model.save_changes();
+  }
+
   resize() {
+    // Narrow widgets (a side bar open in JupyterLab, marimo's column) stack the side panel under the map.
+    this.root.classList.toggle("dcw-narrow", this.root.clientWidth < NARROW_PX);
     const w = Math.max(1, Math.floor(this.stage.clientWidth));
-    const h = Math.max(1, Math.floor(this.model.get("height") || 520));
+    const h = this.mapHeight();
     this.stage.style.height = h + "px";
+    this.side.style.setProperty("--dcw-side-max", h + 70 + "px");
     if (w === this.width && h === this.height) return;
     const dpr = window.devicePixelRatio || 1;
     this.dpr = dpr;
@@ -188,7 +254,7 @@ class ProjectionView {
     }
     // Hidden or held-out points cannot stay selected.
     const keep = this.selection.filter((i) => this.selectable(i));
-    if (keep.length !== this.selection.length) this.commitSelection(keep);
+    if (keep.length !== this.selection.length) this.commitSelection(keep, false);
     this.applySelectionToState();
     if (upload && this.renderer) this.renderer.setState(this.state);
     if (upload) { this.recolor(); renderGallery(this); }
@@ -207,7 +273,9 @@ class ProjectionView {
     const mode = this.model.get("color_by") || "class";
     syncColorMenu(this, this.model.get("color_options") || BUILTIN_MODES, mode);
     this.attrs.codes = asU16(this.model.get("color_codes"));
-    const { colors, legend } = computeColors(mode, this.n, this.attrs, this.model.get("class_names") || [], this.model.get("color_names") || []);
+    const values = asF32(this.model.get("color_values"));
+    const { colors, legend } = computeColors(mode, this.n, this.attrs, this.model.get("class_names") || [], this.model.get("color_names") || [],
+      { values, scale: this.model.get("color_scale") || {}, named: (name) => namedColor(name) });
     if (this.renderer) { this.renderer.setColors(colors); this.renderer.setState(this.state); }
     renderLegend(this, legend);
     this.requestDraw();
@@ -227,7 +295,10 @@ class ProjectionView {
   /** Thumbnails of these points arrived (thumbs.js): draw them, and the gallery if it shows any. */
   onThumbs(points) {
     this.thumbsPending = true;
-    this.requestDraw();
+    // While more pages are on their way, redraw at most every 200 ms: on software WebGL a frame full of
+    // thumbnails costs more than a page takes to arrive, and drawing after each one delays the last.
+    if (this.thumbs.inflight.size === 0) this.requestDraw();
+    else if (!this.thumbDrawTimer) this.thumbDrawTimer = setTimeout(() => { this.thumbDrawTimer = 0; this.requestDraw(); }, 200);
     if (this.selection.length && this.gallery.style.display !== "none") {
       const shown = new Set(this.selection.subarray(0, 120));
       if (points.some((i) => shown.has(i))) renderGallery(this);
@@ -250,12 +321,16 @@ class ProjectionView {
     for (const i of this.selection) s[4 * i + 1] = 1;
     this.countEl.textContent = `${this.selection.length} of ${this.n} selected`;
     syncSelectionButtons(this);
+    if (this.filters) this.filters.sync();
   }
 
   /** Sets the selection locally and sends it to Python through the selection trait (a uint32 buffer). */
-  commitSelection(sel) {
+  /** describe: the person changed the selection here, so the status line says what it now holds
+   *  (a search's "13 nearest images..." would otherwise stay after Clear). */
+  commitSelection(sel, describe = true) {
     sel = Uint32Array.from(sel).sort();
     if (sameU32(sel, this.selection)) { this.applySelectionToState(); return; }
+    if (describe) this.footer.say(sel.length ? `${sel.length} image${sel.length === 1 ? "" : "s"} selected` : "selection cleared");
     this.selection = sel;
     this.applySelectionToState();
     if (this.renderer) this.renderer.setState(this.state);
@@ -267,7 +342,10 @@ class ProjectionView {
   }
 
   syncSide() {
-    this.side.style.display = (this.model.get("strategies") || []).length ? "" : "none";
+    const any = (this.model.get("strategies") || []).length || (this.model.get("facets") || []).length;
+    this.side.style.display = any ? "" : "none";
+    this.generate.box.style.display = (this.model.get("strategies") || []).length ? "" : "none";
+    this.prompts.box.style.display = this.generate.box.style.display;
   }
 
   resetView() { this.userMoved = false; this.fitView(); this.requestDraw(); }
@@ -286,18 +364,24 @@ class ProjectionView {
     const recolor = queue("color", () => this.recolor());
     for (const k of ["xy", "kind", "cls", "round"]) on("change:" + k, reload);
     for (const k of ["feedback", "flag", "hidden"]) on("change:" + k, marks);
-    for (const k of ["color_by", "class_names", "color_codes", "color_names", "color_options"]) on("change:" + k, recolor);
+    for (const k of ["color_by", "class_names", "color_codes", "color_names", "color_options", "color_values", "color_scale"]) on("change:" + k, recolor);
     on("change:labels", () => this.loadLabels());
     on("change:thumbs", () => { this.thumbs.sync(); this.requestDraw(); });
     on("change:selection", () => this.loadSelectionFromModel());
     on("change:status", () => this.footer.syncStatus());
     on("change:progress", () => { this.footer.syncProgress(); this.generate.syncRunning(); });
-    on("change:filters", () => syncFilters(this));
+    const facets = queue("facets", () => { this.filters.load(); this.syncSide(); });
+    on("change:facets", facets);
+    on("change:facet_codes", facets);
+    on("change:filters", () => { syncFilters(this); this.filters.sync(); this.recolor(); });
     on("change:history", () => syncHistory(this));
     on("change:strategies", () => { this.generate.syncStrategies(); this.syncSide(); });
     on("change:prompts", () => this.prompts.sync());
     on("change:chart", () => this.chart.sync());
     on("change:height", () => this.resize());
+    on("change:fullscreen", () => this.syncFullscreen());
+    const sample = queue("sample", () => this.sample.sync());
+    for (const k of ["sample", "sample_image", "sample_regenerated"]) on("change:" + k, sample);
     on("msg:custom", (msg, buffers) => this.onCustom(msg, buffers));
   }
 
@@ -365,8 +449,10 @@ class ProjectionView {
 
   markSize() {
     const px = this.spacing * this.view.k;
-    const thumbs = Boolean(this.renderer && this.thumbs && this.thumbs.enabled) && px * 0.9 >= 14;
-    const size = thumbs ? Math.min(px * 0.9, 128) : Math.max(4, Math.min(px * 0.7, 10));
+    // Coloured by a field (not the default class): filled marks that show the colour, thumbnails from 40 px.
+    const field = (this.model.get("color_by") || "class") !== "class";
+    const thumbs = Boolean(this.renderer && this.thumbs && this.thumbs.enabled) && px * 0.9 >= (field ? THUMBS_WHEN_COLOURED : 14);
+    const size = thumbs ? Math.min(px * 0.9, 128) : Math.max(4, Math.min(px * 0.7, field ? 24 : 10));
     return { size, thumbs };
   }
 
@@ -475,10 +561,13 @@ class ProjectionView {
     this.resizeObserver.disconnect();
     clearTimeout(this.detailTimer);
     clearTimeout(this.zoomTimer);
+    clearTimeout(this.hintTimer);
+    clearTimeout(this.thumbDrawTimer);
     this.details.forEach((d) => d.url && URL.revokeObjectURL(d.url));
     this.thumbs.destroy();
     if (this.renderer) this.renderer.destroy();
     this.chart.dispose();
+    this.sample.dispose();
     if (window.__dcw) window.__dcw = window.__dcw.filter((h) => h !== this.handle);
   }
 }

@@ -103,10 +103,13 @@ def test_background_jobs_get_the_background_settings():
     compute.set(threads=2, student_threads="default", background_threads=1, background_nice=5)
     fg = Job(lambda ctx: _thread_settings(), description="fg").run()  # run(): the calling thread
     bg = Job(lambda ctx: _thread_settings(), description="bg").start().wait(timeout=60)
+    low = Job(lambda ctx: _thread_settings(), description="low").start(low_priority=True).wait(timeout=60)
     assert fg["background"] is False and fg["student"] == 2
     assert bg["background"] is True and bg["threads"] == 1 and bg["student"] == 1
+    assert low["background"] is True and low["threads"] == 1
     if fg["nice"] is not None:
-        assert bg["nice"] == min(19, fg["nice"] + 5)
+        assert bg["nice"] == fg["nice"]  # a job someone waits for keeps the normal priority
+        assert low["nice"] == min(19, fg["nice"] + 5)
         # the notebook's thread keeps its own
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == fg["nice"]
 

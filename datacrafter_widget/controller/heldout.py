@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,12 +76,15 @@ def student_accuracy_by_round(
     options: Mapping[str, Any] | None = None,
     fingerprint: str | None = None,
     progress: bool = True,
+    train: bool | Collection[int] = True,
     features: Callable[[list[str]], np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """One row per round in `rounds`: round, student_acc (held-out accuracy), student_n_train.
 
     options go to student.train_student (seed=, steps=, kind=, ...); cached results are reused
-    when the training ids, the held-out split and the options are the same. features(ids): the
+    when the training ids, the held-out split and the options are the same. train: which rounds
+    without a cached result are trained now (True: all, False: none, or round numbers); the others
+    get NaN, so a chart can show what is known while a student trains. features(ids): the
     samples' cached embeddings, which a probe student trains on instead of embedding them again.
     """
     from ..loop.student import LazyImages, StudentError, evaluate, train_student
@@ -102,6 +105,9 @@ def student_accuracy_by_round(
         cached = _read_result(folder)
         if cached is not None and cached.get("key") == key:
             rows.append({"round": int(rnd), "student_acc": float(cached["accuracy"]), "student_n_train": len(ids)})
+            continue
+        if train is not True and (train is False or int(rnd) not in train):
+            rows.append({"round": int(rnd), "student_acc": float("nan"), "student_n_train": len(ids)})
             continue
         labels = samples.set_index("id").loc[ids, "label"].astype(str).tolist() if ids else []
         student = train_student(

@@ -155,10 +155,11 @@ class Job:
             self._notify()
         return self.result
 
-    def start(self) -> "Job":
+    def start(self, *, low_priority: bool = False) -> "Job":
         """Run in a daemon worker thread and return at once, with the compute policy's background
-        settings (fewer torch threads, a lower OS priority, one background job at a time): the
-        notebook's own work keeps the cores it needs (datacrafter_widget.compute)."""
+        settings (fewer torch threads, one background job at a time; low_priority: work nobody waits
+        for also runs at a lower OS priority): the notebook's own work keeps the cores it needs
+        (datacrafter_widget.compute)."""
 
         waited: list[bool] = []
 
@@ -168,7 +169,7 @@ class Job:
 
         def target() -> None:
             try:
-                with compute.background(waiting=waiting, cancelled=self._cancel.is_set):
+                with compute.background(waiting=waiting, cancelled=self._cancel.is_set, low_priority=low_priority):
                     if waited:
                         self._update(self.done, None, "")
                     self.run()

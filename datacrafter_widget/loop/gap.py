@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .. import compute
 
 if TYPE_CHECKING:
     from ..models.embedder import Embedder
@@ -598,7 +599,12 @@ def optimise_prompt_tokens(
     blocks: contextlib.AbstractContextManager[list[Any]] = (
         _block_checkpointing(pipe.unet, pipe.vae) if uses_checkpointing(config, pipe) else contextlib.nullcontext([])
     )
-    with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.enable_grad(), blocks as by_block:
+    with (
+        _frozen(pipe.unet, pipe.vae, enc, net, clip_model),
+        torch.enable_grad(),
+        blocks as by_block,
+        compute.step("sampler"),
+    ):
         fixed = torch.randn(_latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) + 1))
         for step in range(int(config.steps)):
             if should_stop is not None and should_stop():

@@ -22,6 +22,7 @@ __all__ = [
     "KIND_TEST",
     "build_atlas",
     "codes",
+    "facets_from_frame",
     "feedback_codes",
     "png_bytes",
     "points_from_frame",
@@ -35,6 +36,7 @@ FEEDBACK_CODES = {"": 0, "good": 1, "bad": 2, "removed": 3}
 KIND_CODES = {"real": 0, "generated": 1}  # 2: a held-out test image (real, split "test"): shown apart, never marked
 KIND_TEST = 2
 MAX_ATLAS_SIDE = 8192  # WebGL texture limit the projector convention assumes
+MAX_FACET_VALUES = 200  # a field with more distinct values (ids, prompts) is not offered as a filter
 PNG_ATLAS_MAX = 10_000  # above this many thumbnails, format="auto" sends the atlas as JPEG
 
 
@@ -203,3 +205,39 @@ def png_bytes(image: Image.Image | bytes | None) -> bytes | None:
 def feedback_codes(samples: pd.DataFrame) -> bytes:
     """uint8 feedback code per row (see FEEDBACK_CODES)."""
     return codes(samples["feedback"], FEEDBACK_CODES, "feedback").tobytes()
+
+
+def facets_from_frame(
+    frame: pd.DataFrame, members: Mapping[str, Sequence[int]] | None = None
+) -> tuple[list[dict], bytes]:
+    """The filter sidebar's fields: [{field, title, names}] and their per-point codes (uint16, one
+    block of n per field, in order), plus the content labels ({field, title, names, members}: point
+    indices, since a point can carry several). The browser counts from these, so counts follow the
+    selection at once."""
+    from ..controller.map_view import CONTENT_LABEL, FILTER_FIELDS, field_values
+
+    facets: list[dict] = []
+    blocks: list[np.ndarray] = []
+    for column, title in FILTER_FIELDS.items():
+        if column == CONTENT_LABEL or column not in frame.columns:
+            continue
+        values = field_values(frame, column)
+        names = sorted(
+            set(values), key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v)
+        )
+        if len(names) > MAX_FACET_VALUES:
+            continue
+        lookup = {v: k for k, v in enumerate(names)}
+        facets.append({"field": column, "title": title, "names": names})
+        blocks.append(values.map(lookup).to_numpy(np.uint16))
+    if members:
+        facets.append(
+            {
+                "field": CONTENT_LABEL,
+                "title": FILTER_FIELDS[CONTENT_LABEL],
+                "names": [str(t) for t in members],
+                "members": [[int(i) for i in m] for m in members.values()],
+            }
+        )
+    data = np.concatenate(blocks).astype("<u2").tobytes() if blocks else b""
+    return facets, data

@@ -13,13 +13,15 @@ import logging
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, Union
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .codecs import COLOR_MODES, feedback_codes, thumbnail
+from ..controller.map_view import column_numbers
+from .codecs import COLOR_MODES, png_bytes, feedback_codes, thumbnail
 from .commands import COMMANDS, parse
 from .widget import CrafterWidget
 
@@ -57,13 +59,14 @@ class CrafterController(Protocol):
     def prompts(self) -> dict[str, PromptEntry]: ...
     @property
     def metrics(self) -> pd.DataFrame: ...
-    def metrics_table(self, *, progress: bool = True) -> pd.DataFrame: ...
+    def metrics_table(self, *, progress: bool = True, train: bool | Collection[int] = True) -> pd.DataFrame: ...
     @property
     def can_undo(self) -> tuple[int, int]: ...
     def on(self, event: str, fn: Callable[..., None]) -> None: ...
     def off(self, event: str, fn: Callable[..., None]) -> None: ...
     def update_projection(self, *, full: bool = False) -> pd.DataFrame: ...
     def image(self, sample_id: str) -> Image.Image: ...
+    def regenerate(self, sample_id: str, *, alone: bool = False) -> Image.Image: ...
     def feedback(
         self, bad: _Ids = None, good: _Ids = None, bad_labels: _Labels = None, removed: _Ids = None, clear: _Ids = None
     ) -> dict[str, int]: ...
@@ -85,6 +88,8 @@ class CrafterController(Protocol):
         show_test: bool | None = None,
         show_removed: bool | None = None,
         rounds: Iterable[int] | None | str = "keep",
+        hide: Mapping[str, Iterable[Any]] | None | str = "keep",
+        only: Mapping[str, Iterable[Any]] | None = None,
     ) -> None: ...
     def isolate(self, ids: Iterable[str] | None) -> None: ...
     def color_codes(self, column: str) -> tuple[np.ndarray, list[str]]: ...
@@ -102,16 +107,27 @@ def _strategies() -> tuple[str, ...]:
     return tuple(GENERATE_STRATEGIES)
 
 
-def metrics_svg(frame: pd.DataFrame, *, dark: bool = False) -> str:
-    """The metrics chart (loop.metrics.metrics_chart) as SVG text, drawn by vl-convert in this process."""
+def metrics_svg(frame: pd.DataFrame, *, dark: bool = False, note: str = "") -> str:
+    """The metrics chart (loop.metrics.metrics_chart) as SVG text, drawn by vl-convert in this process;
+    `note` is its title (what is still computing)."""
     import vl_convert as vlc
 
     from ..loop.metrics import metrics_chart
 
     spec = metrics_chart(frame).to_dict()
+    if note:
+        spec["title"] = {"text": note, "anchor": "start", "fontSize": 12, "fontWeight": "normal"}
     if dark:
         spec.setdefault("config", {})["background"] = "transparent"
     return str(vlc.vegalite_to_svg(spec, theme="dark" if dark else None))
+
+
+def students_pending(frame: pd.DataFrame) -> list[int]:
+    """Rounds whose held-out student accuracy is not known yet (NaN), newest first."""
+    if "student_acc" not in frame.columns or "round" not in frame.columns:
+        return []
+    rounds = frame.loc[frame["student_acc"].isna(), "round"].dropna().astype(int)
+    return sorted(set(rounds.tolist()), reverse=True)
 
 
 def _fallback_layout(samples: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
@@ -207,10 +223,14 @@ class CrafterView:
         self._job: Any = None  # the view's own background work the user waits for (first map, evolve)
         # The metrics chart's computation (it may train a held-out student) runs apart and quietly: it never
         # blocks Evolve or Generate, and a request while it runs is served by one more run when it ends.
-        self._metrics_job: Any = None
+        self._metrics_job: Any = None  # held-out students, one round at a time
+        self._quick_job: threading.Thread | None = None  # the rounds' metrics without training: shown at once
+        self._student_error = ""
         self._metrics_again = False
         self._metrics_lock = threading.Lock()
         self._label_pos: dict[str, tuple[float, float]] = {}
+        self._label_inputs: tuple[pd.DataFrame, list[np.ndarray], np.ndarray] | None = None
+        self._members: dict[str, list[str]] = {}  # content label -> sample ids on the map, shown or not
         self._label_members: list[tuple[str, np.ndarray]] = []  # each shown label's sorted point indices
         self._metrics_frame: pd.DataFrame | None = None
 
@@ -222,6 +242,7 @@ class CrafterView:
         self.refresh(compute=current)
         self.widget.on_command(self.command)
         self.widget.on_details(self._details)
+        self.widget.on_sample(self._sample)
         self.widget.observe(self._widget_selection, names="selection")
         self.widget.observe(self._widget_color, names="color_by")
         self.widget.observe(lambda _change: self._render_chart(), names="theme")
@@ -270,8 +291,8 @@ class CrafterView:
                 finished(j)
 
         job.on_progress(on_progress)
-        if quiet:
-            self._metrics_job = job.start()
+        if quiet:  # the held-out students: nobody waits for them, so they yield the CPU (compute.py)
+            self._metrics_job = job.start(low_priority=True)
             return job
         self.widget.set_progress(0, 0, description + " ...", True)
         self._job = job.start()
@@ -315,32 +336,68 @@ class CrafterView:
         return out
 
     def _metrics_in_background(self) -> None:
+        """The chart after a change: every round's metrics at once, then the held-out students the
+        chart lacks, newest round first. The metrics train nothing (a second or less), so they run in a
+        thread of their own, not as a background job that would take its turn behind a training."""
+
+        def run() -> None:
+            try:
+                frame = self.crafter.metrics_table(progress=False, train=False)
+            except Exception as err:  # noqa: BLE001 - the chart must never break the view
+                log.warning("metrics failed: %s", err)
+                return
+            self._show_metrics(frame)
+            self._students_in_background()
+
+        thread = threading.Thread(target=run, name="dc-metrics", daemon=True)
+        thread.start()
+        self._quick_job = thread  # started before wait() can see it
+
+    def _students_in_background(self) -> None:
+        """Trains the missing held-out students one round at a time, newest first, redrawing the chart
+        after each; a round that finishes meanwhile is next."""
         with self._metrics_lock:
             if self._metrics_job is not None and self._metrics_job.running:
-                self._metrics_again = True  # rerun once the running one ends, with the newest rounds
+                self._metrics_again = True  # look again once the running one ends
                 return
             self._metrics_again = False
+        self._student_error = ""
 
         def work(ctx: Any) -> Any:
-            return self.crafter.metrics_table(progress=False)  # no tqdm bar under the widget
+            tried: set[int] = set()
+            while True:
+                frame = self._metrics_frame
+                pending = [r for r in students_pending(frame) if r not in tried] if frame is not None else []
+                if not pending:
+                    return None
+                ctx.check()
+                tried.add(pending[0])
+                self._show_metrics(self.crafter.metrics_table(progress=False, train=[pending[0]]))
 
-        def finished(_job: Any) -> None:
+        def finished(job: Any) -> None:
+            if job.status == "failed":
+                self._student_error = f"held-out student failed: {job.error}"
+                self._render_chart()
             with self._metrics_lock:
                 again, self._metrics_again = self._metrics_again, False
             if again:
-                self._metrics_in_background()
+                self._students_in_background()
 
-        self._run("metrics", work, done=self._show_metrics, quiet=True, finished=finished)
+        self._run("held-out students", work, quiet=True, finished=finished)
 
     def wait(self, timeout: float | None = 600) -> None:
         """Waits for the view's background jobs (first map, evolve, then metrics); for scripts and tests."""
         seen: set[int] = set()
         while True:
-            pending = [j for j in (self._job, self._metrics_job) if j is not None and id(j) not in seen]
+            jobs = (self._job, self._quick_job, self._metrics_job)
+            pending = [j for j in jobs if j is not None and id(j) not in seen]
             if not pending:
                 break
             for job in pending:
                 seen.add(id(job))
+                if isinstance(job, threading.Thread):
+                    job.join(timeout=timeout)
+                    continue
                 try:
                     job.wait(timeout=timeout)
                 except Exception:  # noqa: BLE001 - reported in the status already
@@ -376,17 +433,24 @@ class CrafterView:
             labels_frame = pd.DataFrame(columns=["kind", "id", "text", "x", "y"])
         frame = samples.assign(x=xy[:, 0], y=xy[:, 1])
         self.ids = ids.tolist()
+        self.widget.sample_ids = self.ids
         self._index = dict(zip(self.ids, range(len(self.ids))))
         self._split = samples["split"].astype(str).to_numpy()
         self._rows = samples
-        visible = crafter.view.visible(samples)
-        labels = self._labels(labels_frame, xy, visible)
+        members = self._label_points(labels_frame, xy)
+        self._members = {
+            str(t): [self.ids[i] for i in m.tolist()] for t, m in zip(labels_frame.get("text", []), members)
+        }
+        visible = self._visible_of(samples)
+        self._label_inputs = (labels_frame, members, xy)
+        labels = self._labels(labels_frame, members, xy, visible)
         hashes = samples["hash"].astype(str).to_numpy(dtype=object)
         # Feedback or projection changes keep the same images: the browser keeps the thumbnails it has.
         same_images = np.array_equal(hashes, self._thumb_hashes)
         self._thumb_hashes = hashes
         with self.widget.hold_sync():
             self.widget.set_frame(frame, class_names=list(crafter.classes), labels=labels)
+            self._send_facets(samples)
             if not same_images or self.widget.thumbs.get("count") != len(hashes):
                 self.widget.set_thumbnail_source(self._thumbnails if len(hashes) else None, len(hashes))
             self._send_hidden(visible)
@@ -399,13 +463,20 @@ class CrafterView:
         self._visible = np.asarray(visible, dtype=bool)
         self.widget.hidden = (~self._visible).astype(np.uint8).tobytes()
 
-    def _labels(self, labels_frame: pd.DataFrame, xy: np.ndarray, visible: np.ndarray) -> list[dict]:
-        """Content labels on the densest group of their visible members; labels with none are dropped."""
-        self._label_members = []
+    def _visible_of(self, samples: pd.DataFrame) -> np.ndarray:
+        """The controller's view state over these rows (content-label filters through the map's labels)."""
+        return self.crafter.view.visible(samples, self._members)
+
+    def _send_facets(self, samples: pd.DataFrame) -> None:
+        """The filter sidebar's fields and counts source (see CrafterWidget.set_facets)."""
+        self.widget.set_facets(samples, {t: [self._index[i] for i in ids] for t, ids in self._members.items()})
+
+    def _label_points(self, labels_frame: pd.DataFrame, xy: np.ndarray) -> list[np.ndarray]:
+        """Each content label's member points (indices into the map's rows), shown or not."""
         if len(labels_frame) == 0 or len(xy) == 0:
             return []
         if "members" in labels_frame.columns:  # explicit memberships (sample ids) from the projection
-            members = [
+            return [
                 np.array(
                     sorted(
                         self._index[i]
@@ -416,8 +487,15 @@ class CrafterView:
                 )
                 for m in labels_frame["members"]
             ]
-        else:
-            members = _label_members(labels_frame[["x", "y"]].to_numpy(np.float32), xy)
+        return _label_members(labels_frame[["x", "y"]].to_numpy(np.float32), xy)
+
+    def _labels(
+        self, labels_frame: pd.DataFrame, members: list[np.ndarray], xy: np.ndarray, visible: np.ndarray
+    ) -> list[dict]:
+        """Content labels on the densest group of their visible members; labels with none are dropped."""
+        self._label_members = []
+        if len(labels_frame) == 0 or len(xy) == 0:
+            return []
         shown = xy[visible] if visible.any() else xy
         bounds = (
             float(shown[:, 0].min()),
@@ -444,11 +522,13 @@ class CrafterView:
             codes, names = self.crafter.color_codes(mode)
             self.widget.color_codes = codes.astype("<u2").tobytes()
             self.widget.color_names = names
+            self.widget.set_color_values(column_numbers(samples, mode) if mode in samples.columns else None)
         self.widget.color_by = mode
         self.widget.filters = {
             "show_test": bool(state.show_test),
             "show_removed": bool(state.show_removed),
             "isolated": state.isolate is not None,
+            "hide": state.hidden_values,
         }
 
     def _send_history(self) -> None:
@@ -465,7 +545,8 @@ class CrafterView:
             self._rows = samples
             with self.widget.hold_sync():
                 self.widget.feedback = feedback_codes(samples)
-                self._send_hidden(self.crafter.view.visible(samples))
+                self._send_facets(samples)
+                self._send_hidden(self._visible_of(samples))
                 if self.crafter.view.color_by not in COLOR_MODES:
                     self._send_view_state(samples)
                 self._send_history()
@@ -478,9 +559,13 @@ class CrafterView:
             return
         with self._lock:
             samples = self.crafter.samples.reset_index(drop=True)
+            visible = self._visible_of(samples)
             with self.widget.hold_sync():
-                self._send_hidden(self.crafter.view.visible(samples))
+                self._send_hidden(visible)
                 self._send_view_state(samples)
+                if self._label_inputs is not None and len(samples) == len(self.ids):
+                    # Labels follow what is shown: placed on their visible members, gone with them.
+                    self.widget.set_labels(self._labels(*self._label_inputs, visible))
 
     def _crafter_selection(self, ids: Sequence[str]) -> None:
         self.widget.selected = [self._index[i] for i in ids if i in self._index]
@@ -512,13 +597,26 @@ class CrafterView:
         self._metrics_frame = frame
         self._render_chart()
 
+    def _chart_note(self) -> str:
+        """What the chart does not show yet: the held-out students still to train (or why they failed)."""
+        if self._student_error:
+            return self._student_error
+        frame = self._metrics_frame
+        pending = students_pending(frame) if frame is not None else []
+        if not pending:
+            return ""
+        rounds = ", ".join(str(r) for r in sorted(pending))
+        return f"held-out student accuracy of round{'s' if len(pending) > 1 else ''} {rounds}: training (the other panels are complete)"
+
     def _render_chart(self) -> None:
         """Renders the metrics chart kernel-side to SVG (vl-convert: no Vega in the browser, no CDN), in
         the host page's light or dark colours."""
         if self._metrics_frame is None:
             return
         try:
-            self.widget.chart = metrics_svg(self._metrics_frame, dark=self.widget.theme == "dark")
+            self.widget.chart = metrics_svg(
+                self._metrics_frame, dark=self.widget.theme == "dark", note=self._chart_note()
+            )
         except Exception as err:  # noqa: BLE001 - the chart must never break the view
             self.widget.status = f"metrics chart unavailable: {err} (pip install vl-convert-python for offline charts)"
 
@@ -560,6 +658,9 @@ class CrafterView:
         k = self._index.get(sample_id)
         return k is not None and bool(self._visible[k])
 
+    def visible_count(self) -> int:
+        return int(self._visible.sum())
+
     def any_hidden(self) -> bool:
         return not bool(self._visible.all())
 
@@ -589,6 +690,43 @@ class CrafterView:
             self.widget.status = f"{what}: done; review the prompts panel, then Generate with strategy 'evolved'"
 
         self._run(what, work, done=done)
+        return None
+
+    def _sample(self, index: int) -> dict:
+        """The sample view: the image and its whole provenance, in reading order."""
+        sid = self.ids[index]
+        row = self._rows.iloc[index]
+        out: dict[str, Any] = {"id": sid, "class": row.get("label", "")}
+        generated = row.get("source") == "generated"
+        names = ("round", "strategy", "prompt", "negative_prompt", "seed", "steps", "guidance", "parent_id")
+        for col in ("split", "caption", *(names if generated else ()), "feedback", "feedback_labels", "flag_reason"):
+            v = row.get(col)
+            if v is None or (isinstance(v, float) and math.isnan(v)) or v in ("", "[]") or (col == "seed" and v == -1):
+                continue
+            out["parent" if col == "parent_id" else col.replace("_", " ")] = v
+        labels = [text for text, m in self._label_members if _contains(m, index)]
+        if labels:
+            out["content labels"] = ", ".join(labels[:12])
+        out["image"] = self.crafter.image(sid)
+        return out
+
+    def regenerate(self, sample_id: str) -> str | None:
+        """Makes a generated image again from its stored provenance (a background job) and shows it beside
+        the stored one in the sample view."""
+        if self.row(sample_id).get("source") != "generated":
+            return f"{sample_id} is a real image: only generated images can be regenerated"
+        if self._job is not None and self._job.running:
+            return "background work is running (Cancel stops it)"
+
+        def work(_ctx: Any) -> Any:
+            return self.crafter.regenerate(sample_id, alone=True)
+
+        def done(image: Any) -> None:
+            if self.widget.sample.get("id") == sample_id:
+                self.widget.sample_regenerated = png_bytes(image) or b""
+            self.widget.status = f"{sample_id} regenerated from its prompt and seed (shown beside the stored image)"
+
+        self._run(f"regenerating {sample_id}", work, done=done)
         return None
 
     def _details(self, index: int) -> dict:

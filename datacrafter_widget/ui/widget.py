@@ -24,6 +24,7 @@ from PIL import Image
 from .codecs import (
     COLOR_MODES,
     build_atlas,
+    facets_from_frame,
     png_bytes,
     thumbnail,
     points_from_frame,
@@ -89,8 +90,14 @@ class CrafterWidget(anywidget.AnyWidget):
     hidden = _binary()  # uint8: 1 when a filter hides the point (not drawn, not selectable); empty: none hidden
     color_codes = _binary()  # uint16 category per point when color_by is a column the browser does not compute
     color_names = t.List(t.Unicode()).tag(sync=True)  # names of those categories
+    # A numeric column on a sequential scale: float32 per point (NaN: missing) and its range; empty: categories.
+    color_values = _binary()
+    color_scale = t.Dict().tag(sync=True)
     color_options = t.List(t.Unicode(), list(COLOR_MODES)).tag(sync=True)  # the colour menu
-    filters = t.Dict({"show_test": False, "show_removed": False, "isolated": False}).tag(sync=True)
+    filters = t.Dict({"show_test": False, "show_removed": False, "isolated": False, "hide": {}}).tag(sync=True)
+    # The filter sidebar: fields [{field, title, names, members?}] and their codes (uint16, n per field).
+    facets = t.List(t.Dict()).tag(sync=True)
+    facet_codes = _binary()
     history = t.Dict({"undo": 0, "redo": 0}).tag(sync=True)  # feedback actions that can be undone / redone
     class_names = t.List(t.Unicode()).tag(sync=True)
     # Thumbnails travel on demand: the browser asks for the points it shows zoomed in ("thumbs"
@@ -104,7 +111,16 @@ class CrafterWidget(anywidget.AnyWidget):
     color_by = t.Unicode("class").tag(sync=True)
     progress = t.Dict({"running": False, "done": 0, "total": 0, "message": ""}).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
-    height = t.Int(520).tag(sync=True)
+    # The sample view: one image large with its provenance ({index, id, fields: [[name, text]]}; {}: closed),
+    # the stored image and, after Regenerate, the image made again from that provenance.
+    sample = t.Dict().tag(sync=True)
+    sample_image = _binary()
+    sample_regenerated = _binary()
+    height = t.Int(520).tag(sync=True)  # the map's height in CSS px (the widget fills the cell's width)
+    # The mouse wheel zooms the map when it has focus or with Ctrl / Cmd ("focus"), only with Ctrl / Cmd
+    # ("modifier"), or always ("always"); otherwise the wheel scrolls the notebook.
+    wheel_zoom = t.Enum(("focus", "modifier", "always"), default_value="focus").tag(sync=True)
+    fullscreen = t.Bool(False).tag(sync=True)  # the widget covers the window (the toolbar's button, Escape)
     # The side panel: the Generate menu's strategies (empty: no panel) and each class's prompt with
     # its history ({class: {current, history: [{action, prompt}], mixture?}}).
     strategies = t.List(t.Unicode()).tag(sync=True)
@@ -122,6 +138,8 @@ class CrafterWidget(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self._command_handler: CommandHandler | None = None
         self._details_callback: DetailsCallback | None = None
+        self._sample_callback: DetailsCallback | None = None
+        self.sample_ids: list[str] = []  # the sample id of each point, when a controller shows them
         self._thumb_source: ThumbnailSource | None = None
         self._thumb_lock = threading.Lock()
         # Pages are read and encoded off the kernel's thread, one at a time, so hover and commands
@@ -291,6 +309,27 @@ class CrafterWidget(anywidget.AnyWidget):
             out.append(item)
         self.labels = out
 
+    def set_color_values(self, values: np.ndarray | Sequence[float] | None) -> None:
+        """Colours the points by these numbers (one per point) on a sequential scale with its colour bar;
+        None goes back to the categories of `color_codes`."""
+        arr = None if values is None else np.asarray(values, np.float32).reshape(-1)
+        if arr is not None and len(arr) != self.n:
+            raise ValueError(f"got {len(arr)} colour values for {self.n} points; pass one per point")
+        finite = arr[np.isfinite(arr)] if arr is not None else np.zeros(0, np.float32)
+        with self.hold_sync():
+            self.color_values = b"" if arr is None else arr.astype("<f4").tobytes()
+            self.color_scale = (
+                {"min": float(finite.min()), "max": float(finite.max())} if arr is not None and len(finite) else {}
+            )
+
+    def set_facets(self, frame: pd.DataFrame, members: Mapping[str, Sequence[int]] | None = None) -> None:
+        """The filter sidebar's fields from the shown frame (row i = point i) and the content labels'
+        member point indices (see `facets_from_frame`)."""
+        facets, codes = facets_from_frame(frame, members)
+        with self.hold_sync():
+            self.facets = facets
+            self.facet_codes = codes
+
     def set_progress(self, done: int, total: int, message: str = "", running: bool = True) -> None:
         """Updates the progress bar (shown with a cancel button while running)."""
         self.progress = {"running": bool(running), "done": int(done), "total": int(total), "message": str(message)}
@@ -345,6 +384,35 @@ class CrafterWidget(anywidget.AnyWidget):
             self.status = message
         self.send({"type": "result", "name": name, "ok": True, "message": message})
         return result
+
+    def on_sample(self, callback: DetailsCallback | None) -> None:
+        """Registers `callback(index) -> dict` for the sample view: every field worth reading (caption,
+        prompt, seed, round, parent, feedback...) and an "image" (PIL image or PNG bytes)."""
+        self._sample_callback = callback
+
+    def show_sample(self, which: int | str | None) -> None:
+        """Opens the sample view on a point (its index, or its sample id); None closes it."""
+        if which is None:
+            with self.hold_sync():
+                self.sample, self.sample_image, self.sample_regenerated = {}, b"", b""
+            return
+        if isinstance(which, str):
+            if which not in self.sample_ids:
+                raise KeyError(f"no sample {which!r} on the map: use an id from crafter.samples['id']")
+            index = self.sample_ids.index(which)
+        else:
+            index = int(which)
+        if not 0 <= index < self.n:
+            raise IndexError(f"point index {index} out of range 0..{self.n - 1}")
+        callback = self._sample_callback or self._details_callback
+        info = dict(callback(index) or {}) if callback is not None else {}
+        png = png_bytes(info.pop("image", None)) or b""
+        sid = self.sample_ids[index] if index < len(self.sample_ids) else str(index)
+        fields = [[str(k), "" if v is None else str(v)] for k, v in info.items()]
+        with self.hold_sync():
+            self.sample_regenerated = b""
+            self.sample_image = png
+            self.sample = {"index": index, "id": sid, "fields": fields}
 
     def details(self, index: int) -> tuple[list[list[str]], bytes | None]:
         """Text fields and full-size PNG for point `index` from the details callback."""
