@@ -57,7 +57,16 @@ export function bindPointer(view) {
     }
     view.requestDraw();
   };
+  // The wheel zooms the map only when it has focus (click it first) or with Ctrl / Cmd held
+  // (wheel_zoom "focus"), only with the modifier ("modifier"), or always ("always"); else the page scrolls.
   const wheel = (ev) => {
+    const how = view.model.get("wheel_zoom") || "focus";
+    const mod = ev.ctrlKey || ev.metaKey;
+    const focused = view.root.contains(document.activeElement);
+    if (!(how === "always" || mod || (how === "focus" && focused))) {
+      view.showHint(how === "focus" ? "click the map (or hold Ctrl) to zoom with the wheel" : "hold Ctrl to zoom with the wheel");
+      return;
+    }
     ev.preventDefault();
     const [sx, sy] = localXY(view, ev);
     zoomBy(view, Math.exp(-ev.deltaY * (ev.deltaMode === 1 ? 0.05 : 0.0015)), sx, sy);

@@ -123,6 +123,8 @@ class ProjectionView {
     this.tipImg.addEventListener("load", () => { if (this.hover >= 0 && this.lastHoverXY) placeTooltip(this, ...this.lastHoverXY); });
     this.tipFields = el("dl", "", this.tooltip);
     this.sample = samplePanel(this, this.stage);
+    this.hint = el("div", "dcw-hint-bubble", this.stage);
+    this.hint.dataset.role = "hint";
 
     this.footer = footer(this, map);
     this.statusEl = this.footer.status;
@@ -143,6 +145,21 @@ class ProjectionView {
     this.disposers.push(() => window.removeEventListener("resize", onWindow));
     this.syncFullscreen();
     this.setMode("pan");
+  }
+
+  /** A short note over the map that fades (e.g. how to zoom with the wheel). */
+  showHint(text) {
+    this.hint.textContent = text;
+    this.hint.classList.add("dcw-show");
+    clearTimeout(this.hintTimer);
+    this.hintTimer = setTimeout(() => this.hint.classList.remove("dcw-show"), 1500);
+  }
+
+  /** Keeps the keyboard focus inside the widget when a focused control is disabled or redrawn: a focus
+   *  that falls to the page makes JupyterLab scroll the notebook to its active cell. */
+  keepFocus(container) {
+    const a = document.activeElement;
+    if (a && a !== this.root && container.contains(a)) this.root.focus({ preventScroll: true });
   }
 
   setMode(mode) {
@@ -237,7 +254,7 @@ class ProjectionView {
     }
     // Hidden or held-out points cannot stay selected.
     const keep = this.selection.filter((i) => this.selectable(i));
-    if (keep.length !== this.selection.length) this.commitSelection(keep);
+    if (keep.length !== this.selection.length) this.commitSelection(keep, false);
     this.applySelectionToState();
     if (upload && this.renderer) this.renderer.setState(this.state);
     if (upload) { this.recolor(); renderGallery(this); }
@@ -308,9 +325,12 @@ class ProjectionView {
   }
 
   /** Sets the selection locally and sends it to Python through the selection trait (a uint32 buffer). */
-  commitSelection(sel) {
+  /** describe: the person changed the selection here, so the status line says what it now holds
+   *  (a search's "13 nearest images..." would otherwise stay after Clear). */
+  commitSelection(sel, describe = true) {
     sel = Uint32Array.from(sel).sort();
     if (sameU32(sel, this.selection)) { this.applySelectionToState(); return; }
+    if (describe) this.footer.say(sel.length ? `${sel.length} image${sel.length === 1 ? "" : "s"} selected` : "selection cleared");
     this.selection = sel;
     this.applySelectionToState();
     if (this.renderer) this.renderer.setState(this.state);
@@ -541,6 +561,7 @@ class ProjectionView {
     this.resizeObserver.disconnect();
     clearTimeout(this.detailTimer);
     clearTimeout(this.zoomTimer);
+    clearTimeout(this.hintTimer);
     clearTimeout(this.thumbDrawTimer);
     this.details.forEach((d) => d.url && URL.revokeObjectURL(d.url));
     this.thumbs.destroy();

@@ -164,3 +164,22 @@ def test_show_sample_by_id_carries_the_provenance_and_the_image(crafter) -> None
     assert w.sample == {} and w.sample_image == b""
     with pytest.raises(KeyError, match="no sample 'nope'"):
         w.show_sample("nope")
+
+
+def test_chart_panels_say_which_way_is_better() -> None:
+    """Each metric panel's title tells a person what to look for (and, where a metric is low, what to do)."""
+    pytest.importorskip("vl_convert")
+    from datacrafter_widget.ui.view import metrics_svg
+
+    frame = map_view.pd.DataFrame(
+        {
+            "round": [1, 2],
+            "student_acc": [0.5, 0.6],
+            "distance": [0.4, 0.3],
+            "class_maintenance": [0.9, 0.8],
+            "diversity": [0.1, 0.2],
+        }
+    )
+    svg = metrics_svg(frame)
+    assert "student accuracy, held-out (↑ better)" in svg and "distance to real, CMMD (↓ better)" in svg
+    assert "low: mark bad, Evolve" in svg and "low: try caption" in svg

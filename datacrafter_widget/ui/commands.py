@@ -159,7 +159,7 @@ def undo(view: CrafterView, _args: NoArgs) -> str:
 
 
 def redo(view: CrafterView, _args: NoArgs) -> str:
-    return f"redo: {len(view.crafter.redo())} images restored"
+    return f"redo: the marks of {len(view.crafter.redo())} images applied again"
 
 
 def unwanted_label(view: CrafterView, args: UnwantedLabel) -> str:

@@ -229,6 +229,7 @@ class CrafterView:
         self._metrics_again = False
         self._metrics_lock = threading.Lock()
         self._label_pos: dict[str, tuple[float, float]] = {}
+        self._label_inputs: tuple[pd.DataFrame, list[np.ndarray], np.ndarray] | None = None
         self._members: dict[str, list[str]] = {}  # content label -> sample ids on the map, shown or not
         self._label_members: list[tuple[str, np.ndarray]] = []  # each shown label's sorted point indices
         self._metrics_frame: pd.DataFrame | None = None
@@ -441,6 +442,7 @@ class CrafterView:
             str(t): [self.ids[i] for i in m.tolist()] for t, m in zip(labels_frame.get("text", []), members)
         }
         visible = self._visible_of(samples)
+        self._label_inputs = (labels_frame, members, xy)
         labels = self._labels(labels_frame, members, xy, visible)
         hashes = samples["hash"].astype(str).to_numpy(dtype=object)
         # Feedback or projection changes keep the same images: the browser keeps the thumbnails it has.
@@ -557,9 +559,13 @@ class CrafterView:
             return
         with self._lock:
             samples = self.crafter.samples.reset_index(drop=True)
+            visible = self._visible_of(samples)
             with self.widget.hold_sync():
-                self._send_hidden(self._visible_of(samples))
+                self._send_hidden(visible)
                 self._send_view_state(samples)
+                if self._label_inputs is not None and len(samples) == len(self.ids):
+                    # Labels follow what is shown: placed on their visible members, gone with them.
+                    self.widget.set_labels(self._labels(*self._label_inputs, visible))
 
     def _crafter_selection(self, ids: Sequence[str]) -> None:
         self.widget.selected = [self._index[i] for i in ids if i in self._index]

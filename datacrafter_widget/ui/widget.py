@@ -117,6 +117,9 @@ class CrafterWidget(anywidget.AnyWidget):
     sample_image = _binary()
     sample_regenerated = _binary()
     height = t.Int(520).tag(sync=True)  # the map's height in CSS px (the widget fills the cell's width)
+    # The mouse wheel zooms the map when it has focus or with Ctrl / Cmd ("focus"), only with Ctrl / Cmd
+    # ("modifier"), or always ("always"); otherwise the wheel scrolls the notebook.
+    wheel_zoom = t.Enum(("focus", "modifier", "always"), default_value="focus").tag(sync=True)
     fullscreen = t.Bool(False).tag(sync=True)  # the widget covers the window (the toolbar's button, Escape)
     # The side panel: the Generate menu's strategies (empty: no panel) and each class's prompt with
     # its history ({class: {current, history: [{action, prompt}], mixture?}}).

@@ -134,6 +134,7 @@ def widget_state(widget: Any) -> WidgetState:
         "status",
         "height",
         "fullscreen",
+        "wheel_zoom",
         "sample",
         "sample_image",
         "sample_regenerated",
