@@ -473,7 +473,8 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
         from datacrafter_widget.loop.class_filter import ClassFilter
 
         gen = ctx.models.generator
-        target = ctx.ds.pool.images(list(range(0, len(ctx.ds.pool), max(1, len(ctx.ds.pool) // 40))))
+        every = max(1, len(ctx.ds.pool) // args.gap_target_images)
+        target = ctx.ds.pool.images(list(range(0, len(ctx.ds.pool), every))[: args.gap_target_images])
         kept = args.gap_sources != "none"  # img2img from labelled images, digit strokes kept
         if args.gap_sources == "class":  # fresh class-prompt images the class filter accepted: new digit shapes
             made = ctx.arm(
@@ -523,7 +524,8 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
         if flagged:
             ctx.store.update(flagged, flag="off-class")
         adv = {c: [round(h["adversarial"], 3) for h in r.history] for c, r in res.items()}
-        return {"ids": list(ids), "flagged": len(flagged), "adversarial": adv}
+        aims = {c: r.targets for c, r in res.items()}
+        return {"ids": list(ids), "flagged": len(flagged), "adversarial": adv, "targets": aims}
 
     if "gap" in args.arms:
         gkey = f"gap|steps={args.gap_steps}"
@@ -532,6 +534,8 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
                 f"|loss={args.gap_loss}|sets={args.gap_sets}|src={args.gap_sources}|s={args.gap_strength}"
                 f"|final={args.gap_final_steps}|lr={args.gap_lr}"
             )
+            if args.gap_target_images != 40:
+                gkey += f"|tgt={args.gap_target_images}"
         g = ctx.arm(gkey, make_gap)
 
         def more_gap(classes: list[str], k: int, attempt: int) -> list[str]:
@@ -964,8 +968,19 @@ def main() -> int:
     )
     p.add_argument("--gap-steps", type=int, default=10, help="GAP token optimisation steps per class")
     p.add_argument("--gap-lr", type=float, default=2e-2)
-    p.add_argument("--gap-loss", default="true-label", choices=["uniform", "true-label"], help="GAP's adversarial loss")
-    p.add_argument("--gap-sets", type=int, default=3, help="GAP token sets per class (each to one target mode)")
+    p.add_argument(
+        "--gap-loss",
+        default="other-class",
+        choices=["uniform", "true-label", "other-class"],
+        help="GAP's adversarial loss (other-class: each token set aims at a different failure mode)",
+    )
+    p.add_argument("--gap-sets", type=int, default=4, help="GAP token sets per class")
+    p.add_argument(
+        "--gap-target-images",
+        type=int,
+        default=200,
+        help="unlabelled pool images GAP is guided toward (and reads the student's failure modes on)",
+    )
     p.add_argument(
         "--gap-sources",
         default="class",

@@ -56,6 +56,7 @@ __all__ = [
     "student_loss_on",
     "composite",
     "target_modes",
+    "failure_targets",
 ]
 
 PLACEHOLDER = "x"
@@ -89,6 +90,10 @@ class GapConfig:
     # "uniform": cross entropy against the uniform label (the paper: make the student unsure);
     # "true-label": push down the student's probability of the true label, -log(1 - p_true), for
     # source images whose object is kept (a kept object cannot become a second object).
+    # "other-class": the paper's "cross entropy toward the other class" for many classes: token set k
+    # asks the student to read the class as another class t_k, the t_k chosen to be different failure
+    # modes of the student (`failure_targets`), so the sets spread over the student's weak spots
+    # instead of piling onto the single hardest one.
     loss: str = "uniform"
     # Token sets per class; with target images, set k is guided toward the k-th cluster of the
     # target images' embeddings, so a class covers the target's modes instead of collapsing onto one.
@@ -110,6 +115,7 @@ class GapResult:
     model: str = ""
     file: str = ""
     assignment: dict[int, int] = field(default_factory=dict)  # final image seed -> token set
+    targets: list[str] = field(default_factory=list)  # loss="other-class": the class each set aims at
 
     @property
     def sets(self) -> torch.Tensor:
@@ -137,6 +143,7 @@ class GapResult:
             "target": self.target,
             "model": self.model,
             "assignment": json.dumps({str(k): v for k, v in self.assignment.items()}),
+            "targets": json.dumps(self.targets),
             "format": "datacrafter-gap-tokens-v1",
         }
         atomic_write_bytes(
@@ -167,6 +174,7 @@ def load_tokens(path: str | os.PathLike) -> GapResult:
         model=meta.get("model", ""),
         file=str(path),
         assignment={int(k): int(v) for k, v in json.loads(meta.get("assignment", "{}")).items()},
+        targets=[str(t) for t in json.loads(meta.get("targets", "[]"))],
     )
 
 
@@ -434,6 +442,31 @@ def target_modes(embeddings: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([centres] * (int(k) // n + 1))[: int(k)]
 
 
+def failure_targets(probs: np.ndarray, exclude: Sequence[int], k: int) -> list[int]:
+    """k other classes for a class's token sets to aim at, each a different failure mode of the student.
+
+    probs: the student's class probabilities on unlabelled target images (n x C). Class j's
+    prototype is the mean probability vector of the images the student reads as j (soft counts),
+    i.e. what the student confuses with j. Classes it confuses through the same cue (two classes
+    tied to one background) get near prototypes. Farthest-first from the excluded classes (the
+    class itself) picks k targets whose prototypes differ, so the sets leave by different doors.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    c = p.shape[1]
+    proto = (p.T @ p) / np.maximum(p.sum(0)[:, None], 1e-9)  # row j: mean probs of images read as j
+    proto /= np.maximum(np.linalg.norm(proto, axis=1, keepdims=True), 1e-12)
+    chosen = [int(e) for e in exclude]
+    free = [j for j in range(c) if j not in chosen]
+    picks: list[int] = []
+    for _ in range(min(int(k), len(free))):
+        ref = chosen + picks
+        dist = [float(np.min(1 - proto[ref] @ proto[j])) if ref else 0.0 for j in free]
+        best = free[int(np.argmax(dist))]  # first of the farthest on ties: a stable order
+        picks.append(best)
+        free.remove(best)
+    return picks
+
+
 # ---- the optimisation ----------------------------------------------------------------------------
 def optimise_prompt_tokens(
     generator: Generator,
@@ -484,12 +517,12 @@ def optimise_prompt_tokens(
         )
     if int(config.n_tokens) < 1 or int(config.sampler_steps) < 1 or int(config.batch) < 1:
         raise GapError("n_tokens, sampler_steps and batch must all be at least 1")
-    if config.loss not in ("uniform", "true-label"):
-        raise GapError(f"loss={config.loss!r}: use 'uniform' (make the student unsure) or 'true-label'")
+    if config.loss not in ("uniform", "true-label", "other-class"):
+        raise GapError(f"loss={config.loss!r}: use 'uniform' (make the student unsure), 'true-label' or 'other-class'")
     if int(config.token_sets) < 1:
         raise GapError(f"token_sets={config.token_sets}: learn at least 1 token set per class")
-    if config.loss == "true-label" and not hasattr(student, "class_index"):
-        raise GapError("loss='true-label' needs a student that names its classes (student.class_index)")
+    if config.loss != "uniform" and not hasattr(student, "class_index"):
+        raise GapError(f"loss={config.loss!r} needs a student that names its classes (student.class_index)")
     n_sets = int(config.token_sets)
     if target_images is not None and len(target_images) and embedder is None:
         raise GapError("image guidance (target_images) needs an embedder: pass models with a CLIP embedder")
@@ -529,9 +562,23 @@ def optimise_prompt_tokens(
         ei = None  # (n_sets, d): the target point each token set is guided toward
         if target_images is not None and len(target_images) and embedder is not None:
             found = np.asarray(embedder.embed_images(list(target_images)), dtype=np.float32)
-            ei = torch.from_numpy(target_modes(found, n_sets, seed=int(seed)))
+            # other-class sets differ by their target class; all are held to the target's mean
+            modes = 1 if config.loss == "other-class" else n_sets
+            ei = torch.from_numpy(np.repeat(target_modes(found, modes, seed=int(seed)), n_sets // modes, axis=0))
             ei = F.normalize(ei, dim=-1).to(next(embedder.model.parameters()).device)
     student_dev = next(student.net.parameters()).device if hasattr(student, "net") else torch.device("cpu")
+    aims: list[int] = []
+    if config.loss == "other-class":
+        seen = list(target_images) if target_images is not None and len(target_images) else None
+        if seen is None and sources is not None:
+            seen = [im for ims in (sources.values() if isinstance(sources, Mapping) else [sources]) for im in ims]
+        if not seen:
+            raise GapError("loss='other-class' needs target_images (or sources) to see where the student fails")
+        with torch.no_grad():
+            probs = F.softmax(student.logits(seen).float(), dim=-1).cpu().numpy()
+        aims = failure_targets(probs, [student.class_index(l) for l in labels], n_sets)
+        if len(aims) < n_sets:
+            raise GapError(f"token_sets={n_sets} but only {len(aims)} other classes to aim at: use fewer sets")
     warm = int(round(config.warmup * config.steps)) if ei is not None else 0
     history: list[dict[str, float]] = []
     bar = None
@@ -588,6 +635,9 @@ def optimise_prompt_tokens(
                 true = torch.tensor([student.class_index(labels[w]) for w in which], device=log_p.device)
                 p_true = log_p.exp()[torch.arange(len(which)), true]
                 adv = -torch.log1p(-p_true.clamp(max=1 - 1e-6)).mean()
+            elif config.loss == "other-class":
+                aim = torch.tensor([aims[k] for k in sets], device=log_p.device)
+                adv = F.nll_loss(log_p, aim)  # cross entropy toward each set's other class
             else:
                 adv = -(log_p.mean(dim=-1)).mean()  # CE against the uniform label
             loss = config.adversarial_weight * adv if step >= warm else adv * 0.0
@@ -631,6 +681,7 @@ def optimise_prompt_tokens(
         history=history,
         target=target or "",
         model=str(getattr(generator, "name", type(pipe).__name__)),
+        targets=[student.classes[a] for a in aims] if aims else [],
     )
 
 
