@@ -222,7 +222,7 @@ class Ctx:
         ids: Sequence[str],
         need: int,
         more: Callable[[list[str], int, int], list[str]],
-        cap: int = 4,
+        cap: int | None = None,
     ) -> dict[str, list[str]]:
         """Accepted ids per class, topped up until every class has `need` (the arm is never short).
 
@@ -230,6 +230,7 @@ class Ctx:
         short class, new seeds per attempt), at most `cap` attempts; the extra ids and the attempts
         are kept in arms.json under `key|fill`, and `self.fills[key]` says what it took.
         """
+        cap = self.args.fill_cap if cap is None else cap
         done = self.arms.get(f"{key}|fill", {"ids": [], "attempts": 0})
         every = list(ids) + list(done["ids"])
         acc = accepted(self.store, every)
@@ -975,6 +976,9 @@ def main() -> int:
         help="GAP's adversarial loss (other-class: each token set aims at a different failure mode)",
     )
     p.add_argument("--gap-sets", type=int, default=4, help="GAP token sets per class")
+    p.add_argument(
+        "--fill-cap", type=int, default=4, help="top-up attempts per arm before a short class is reported as short"
+    )
     p.add_argument(
         "--gap-target-images",
         type=int,

@@ -299,3 +299,39 @@ def test_target_modes_are_the_clusters_of_the_target_images_largest_first():
     modes = target_modes(np.vstack([b, a]).astype(np.float32), 2)
     assert np.allclose(modes[0], [1, 0], atol=0.05) and np.allclose(modes[1], [0, 1], atol=0.05)
     assert np.allclose(target_modes(a, 1)[0], a.mean(0))
+
+
+def test_failure_targets_pick_different_failure_modes_not_partners_of_one_cue():
+    from datacrafter_widget.loop.gap import failure_targets
+
+    # 5 classes; the student reads three cues: A splits between 0 and 4 (a shared background),
+    # B between 1 and 2, C is class 3. Class 0's sets should leave by B and C, never by A again
+    # (4 is 0's own cue) nor twice by B.
+    a = [[0.5, 0, 0, 0, 0.5]] * 20
+    b = [[0, 0.55, 0.45, 0, 0]] * 20
+    c = [[0, 0, 0, 1.0, 0]] * 10
+    probs = np.array(a + b + c)
+    picks = failure_targets(probs, exclude=[0], k=2)
+    assert sorted(picks) in ([1, 3], [2, 3])
+    third = failure_targets(probs, exclude=[0], k=3)
+    assert third[:2] == picks and len(set(third)) == 3 and 0 not in third
+
+
+def test_other_class_loss_aims_each_set_at_its_target_and_keeps_it_in_the_file(setup, tmp_path):
+    gen, student = setup
+    cats = gen(["a photo of a cat"] * 4, seed=5, steps=5)
+    result = optimise_prompt_tokens(
+        gen, student, "cat", steps=12, seed=0, loss="other-class", target_images=None, sources=cats, **SETTINGS
+    )
+    assert result.targets == ["dog"]
+    # the recorded loss is the cross entropy toward "dog": it falls as p(cat) falls
+    ps = [h["p_label"] for h in result.history]
+    assert np.mean(ps[-4:]) < np.mean(ps[:4])
+    assert np.mean([h["adversarial"] for h in result.history[-4:]]) < np.mean(
+        [h["adversarial"] for h in result.history[:4]]
+    )
+    assert load_tokens(result.save(tmp_path / "oc.safetensors")).targets == ["dog"]
+    with pytest.raises(GapError, match="only 1 other class"):
+        optimise_prompt_tokens(gen, student, "cat", steps=1, loss="other-class", sources=cats, token_sets=2, **SETTINGS)
+    with pytest.raises(GapError, match="target_images"):
+        optimise_prompt_tokens(gen, student, "cat", steps=1, loss="other-class", **SETTINGS)
