@@ -362,6 +362,24 @@ def prompts_of(ctx: Ctx, ids: Sequence[str]) -> dict[str, list[str]]:
     return {c: list(dict.fromkeys(s.loc[s["label"] == c, "prompt"].astype(str))) for c in CLASSES}
 
 
+def gap_descriptions(ctx: Ctx, k: int, n_captions: int) -> dict[str, list[str]]:
+    """k target descriptions per class: the contexts (the caption without its object) of captions of
+    unlabelled pool images, the class's own captions spread farthest-first (as the caption-pool arm)."""
+    from datacrafter_widget.loop.strategies import spread_first
+
+    rng = np.random.default_rng(700 + ctx.seed)
+    idx = rng.choice(len(ctx.ds.pool), size=min(n_captions, len(ctx.ds.pool)), replace=False).tolist()
+    attrs = ctx.models.captioner.attributes(ctx.ds.pool.images(idx))
+    out: dict[str, list[str]] = {}
+    for c in CLASSES:
+        mine = [a for a in attrs if a["digit"] == c] or attrs
+        caps = [caption_for(a["digit"], a["fg"], a["bg"], a["thickness"], a["slant"]) for a in mine]
+        order = spread_first(ctx.models.embedder.embed_texts(caps))
+        ctxs = [caps[i].split(f" {mine[i]['digit']} ", 1)[-1] for i in order]
+        out[c] = list(dict.fromkeys(ctxs))[:k]
+    return out
+
+
 # ---- GAP track -----------------------------------------------------------------------------------
 def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
     seed, kmax = ctx.seed, math.ceil(max(ns) / len(CLASSES))
@@ -487,6 +505,7 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
             sources: Any = {c: ok[c] or labels.index[labels == c].tolist() for c in classes}
         else:
             sources = "train" if kept else None
+        descs = gap_descriptions(ctx, args.gap_sets, args.pool_captions) if args.gap_init == "captions" else None
         cfg = GapConfig(
             steps=args.gap_steps,
             lr=args.gap_lr,
@@ -500,12 +519,14 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
             loss=args.gap_loss,
             token_sets=args.gap_sets,
             strength=args.gap_strength,
+            init="target" if descs else "class",
         )
         ids, res = gap_round(
             ctx.store,
             gen,
             student0,
             list(classes),
+            target={c: descs[c] for c in classes} if descs else None,
             target_images=target,
             embedder=ctx.models.embedder,
             per_class=per_class,
@@ -537,6 +558,8 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
             )
             if args.gap_target_images != 40:
                 gkey += f"|tgt={args.gap_target_images}"
+            if args.gap_init != "class":
+                gkey += f"|init={args.gap_init}"
         g = ctx.arm(gkey, make_gap)
 
         def more_gap(classes: list[str], k: int, attempt: int) -> list[str]:
@@ -971,11 +994,18 @@ def main() -> int:
     p.add_argument("--gap-lr", type=float, default=2e-2)
     p.add_argument(
         "--gap-loss",
-        default="other-class",
+        default="true-label",
         choices=["uniform", "true-label", "other-class"],
         help="GAP's adversarial loss (other-class: each token set aims at a different failure mode)",
     )
     p.add_argument("--gap-sets", type=int, default=4, help="GAP token sets per class")
+    p.add_argument(
+        "--gap-init",
+        default="captions",
+        choices=["class", "captions"],
+        help="GAP token sets start at the class name, or each at the context of one caption of an unlabelled "
+        "pool image (spread over the class's captions) and is guided toward it",
+    )
     p.add_argument(
         "--fill-cap", type=int, default=4, help="top-up attempts per arm before a short class is reported as short"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -335,3 +337,27 @@ def test_other_class_loss_aims_each_set_at_its_target_and_keeps_it_in_the_file(s
         optimise_prompt_tokens(gen, student, "cat", steps=1, loss="other-class", sources=cats, token_sets=2, **SETTINGS)
     with pytest.raises(GapError, match="target_images"):
         optimise_prompt_tokens(gen, student, "cat", steps=1, loss="other-class", **SETTINGS)
+
+
+def test_token_sets_start_at_their_target_descriptions_and_are_guided_to_each(setup):
+    gen, student = setup
+    tok, table = gen.pipe.tokenizer, gen.pipe.text_encoder.get_input_embeddings().weight
+    descs = ["on a red carpet", "in deep blue water"]
+    res = optimise_prompt_tokens(
+        gen,
+        student,
+        "cat",
+        target=descs,
+        **{**SETTINGS, "lr": 1e-9, "n_tokens": 3},
+        steps=2,
+        init="target",
+        token_sets=2,
+    )
+    for k, d in enumerate(descs):
+        words = tok(d, add_special_tokens=False).input_ids[:3]
+        assert torch.allclose(res.sets[k], table[words].float(), atol=1e-4)
+    assert res.target == json.dumps(descs)
+    # each set is pulled toward its own description: the text term is finite and recorded
+    assert all(np.isfinite(h["text"]) for h in res.history)
+    with pytest.raises(GapError, match="init='target'"):
+        optimise_prompt_tokens(gen, student, "cat", steps=1, init="target", **SETTINGS)

@@ -107,13 +107,21 @@ def evolve_store(
     return result
 
 
+def _target_text(target: str | Sequence[str] | Mapping[str, Sequence[str]] | None, label: str, k: int) -> str:
+    """The target description an image of `label` made with token set `k` was guided toward."""
+    descs = target.get(label, []) if isinstance(target, Mapping) else target
+    if isinstance(descs, str) or not descs:
+        return str(descs or "")
+    return str(list(descs)[k % len(descs)])
+
+
 def gap_round(
     store: SampleStore,
     generator: "Generator",
     student: "Student",
     classes: Sequence[str],
     *,
-    target: str | None = None,
+    target: str | Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     target_images: Sequence[Image.Image] | None = None,
     embedder: "Embedder | None" = None,
     per_class: int = 10,
@@ -200,7 +208,7 @@ def gap_round(
                 label=label,
                 seed=s,
                 strategy="gap",
-                caption=target or "",
+                caption=_target_text(target, label, res.set_of(s, j)),
                 parent_id=parents[j] if parents else "",
                 strength=float(res.config.strength) if parents else math.nan,
                 extra={"embeddings_file": rel, "mask_file": mask_files.get(parents[j], "") if parents else ""},

@@ -97,7 +97,12 @@ class GapConfig:
     loss: str = "uniform"
     # Token sets per class; with target images, set k is guided toward the k-th cluster of the
     # target images' embeddings, so a class covers the target's modes instead of collapsing onto one.
+    # With several target descriptions, set k is guided toward description k (cycled) instead.
     token_sets: int = 1
+    # "class": tokens start at the class name's embedding; "target": set k starts at the token
+    # embeddings of its target description (e.g. a caption of a target image without its object),
+    # so the sets start spread over the target distribution and the adversarial term moves each.
+    init: str = "class"
 
 
 @dataclass
@@ -473,7 +478,7 @@ def optimise_prompt_tokens(
     student: Student,
     label: str | Sequence[str],
     *,
-    target: str | None = None,
+    target: str | Sequence[str] | None = None,
     target_images: Sequence[Image.Image] | None = None,
     embedder: Embedder | None = None,
     config: GapConfig | None = None,
@@ -490,7 +495,8 @@ def optimise_prompt_tokens(
     each optimisation batch cycles through the classes): k times cheaper than one set per class.
 
     generator: a Generator or a diffusers StableDiffusionPipeline. target: a text description of the
-    target distribution (text guidance); target_images: unlabelled images from it (image guidance,
+    target distribution (text guidance), or several (token set k is guided toward description k,
+    and with config.init="target" starts from its words); target_images: unlabelled images from it (image guidance,
     needs `embedder`). Cancelling keeps the tokens learned so far.
 
     sources: real images of the class (a mapping class -> images for shared tokens); each batch
@@ -524,6 +530,12 @@ def optimise_prompt_tokens(
     if config.loss != "uniform" and not hasattr(student, "class_index"):
         raise GapError(f"loss={config.loss!r} needs a student that names its classes (student.class_index)")
     n_sets = int(config.token_sets)
+    descs = [target] if isinstance(target, str) else [str(t) for t in (target or [])]
+    descs = [d for d in descs if d.strip()]
+    if config.init not in ("class", "target"):
+        raise GapError(f"init={config.init!r}: use 'class' (start at the class name) or 'target'")
+    if config.init == "target" and not descs:
+        raise GapError("init='target' starts the tokens from target descriptions: pass target=[...]")
     if target_images is not None and len(target_images) and embedder is None:
         raise GapError("image guidance (target_images) needs an embedder: pass models with a CLIP embedder")
     pipe = _pipe_of(generator)
@@ -553,17 +565,25 @@ def optimise_prompt_tokens(
     vectors = init.view(1, 1, -1).repeat(n_sets, config.n_tokens, 1) + 0.01 * init.norm() / math.sqrt(
         init.numel()
     ) * torch.randn(n_sets, config.n_tokens, init.numel(), generator=gen)
+    if config.init == "target":
+        with torch.no_grad():
+            for kset in range(n_sets):
+                wids = tok(descs[kset % len(descs)], add_special_tokens=False).input_ids[: int(config.n_tokens)]
+                vectors[kset, : len(wids)] = table[wids].float()
     vectors = vectors.to(device).requires_grad_(True)
     opt = torch.optim.Adam([vectors], lr=float(config.lr))
     all_ids = _tokenize(tok, [lay[0] for lay in layouts])
     with torch.no_grad():
         uncond, _ = _encode(pipe, _tokenize(tok, [""]))
-        et = F.normalize(_encode(pipe, _tokenize(tok, [target]))[1].float(), dim=-1) if target else None
+        et = None  # (n_sets, d): the description each token set is guided toward
+        if descs:
+            et = F.normalize(_encode(pipe, _tokenize(tok, descs))[1].float(), dim=-1)
+            et = et[[k % len(descs) for k in range(n_sets)]]
         ei = None  # (n_sets, d): the target point each token set is guided toward
         if target_images is not None and len(target_images) and embedder is not None:
             found = np.asarray(embedder.embed_images(list(target_images)), dtype=np.float32)
             # other-class sets differ by their target class; all are held to the target's mean
-            modes = 1 if config.loss == "other-class" else n_sets
+            modes = 1 if config.loss == "other-class" or len(descs) > 1 else n_sets
             ei = torch.from_numpy(np.repeat(target_modes(found, modes, seed=int(seed)), n_sets // modes, axis=0))
             ei = F.normalize(ei, dim=-1).to(next(embedder.model.parameters()).device)
     student_dev = next(student.net.parameters()).device if hasattr(student, "net") else torch.device("cpu")
@@ -643,7 +663,7 @@ def optimise_prompt_tokens(
             loss = config.adversarial_weight * adv if step >= warm else adv * 0.0
             parts = {"step": step, "adversarial": float(adv.detach())}
             if et is not None:
-                t_loss = (F.normalize(pooled.float(), dim=-1) - et).pow(2).sum(-1).mean()
+                t_loss = (F.normalize(pooled.float(), dim=-1) - et[sets]).pow(2).sum(-1).mean()
                 loss = loss + config.text_weight * t_loss
                 parts["text"] = float(t_loss.detach())
             if ei is not None:
@@ -679,7 +699,7 @@ def optimise_prompt_tokens(
         positions=positions,
         config=config,
         history=history,
-        target=target or "",
+        target=descs[0] if len(descs) == 1 and isinstance(target, str) else (json.dumps(descs) if descs else ""),
         model=str(getattr(generator, "name", type(pipe).__name__)),
         targets=[student.classes[a] for a in aims] if aims else [],
     )
@@ -770,7 +790,7 @@ def gap_images(
     classes: Sequence[str],
     *,
     seeds: Mapping[str, Sequence[int]],
-    target: str | None = None,
+    target: str | Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     target_images: Sequence[Image.Image] | None = None,
     embedder: Embedder | None = None,
     config: GapConfig | None = None,
@@ -789,6 +809,7 @@ def gap_images(
     images and object masks; final image j starts from source j mod n. Touches no store: the
     controller (controller/rounds.py) saves the tokens and stores the images. Stops between
     classes when `should_stop()` says so; a class whose tokens were cut short yields nothing.
+    target: one description for every class, or a mapping class -> its descriptions (one per set).
     """
     classes = [str(c) for c in classes]
     if not classes:
@@ -802,13 +823,19 @@ def gap_images(
     def fresh_config() -> GapConfig:
         return GapConfig(**asdict(config)) if config is not None else GapConfig()
 
+    if isinstance(target, Mapping) and shared:
+        raise GapError("per-class target descriptions need one token set per class: use shared=False")
+
+    def target_of(label: str) -> str | Sequence[str] | None:
+        return target.get(label) if isinstance(target, Mapping) else target
+
     shared_res = None
     if shared:
         shared_res = optimise_prompt_tokens(
             generator,
             student,
             classes,
-            target=target,
+            target=None if isinstance(target, Mapping) else target,
             target_images=target_images,
             embedder=embedder,
             config=fresh_config(),
@@ -846,7 +873,7 @@ def gap_images(
                 generator,
                 student,
                 label,
-                target=target,
+                target=target_of(label),
                 target_images=target_images,
                 embedder=embedder,
                 config=fresh_config(),
