@@ -497,7 +497,7 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
         kept = args.gap_sources != "none"  # img2img from labelled images, digit strokes kept
         if args.gap_sources == "class":  # fresh class-prompt images the class filter accepted: new digit shapes
             made = ctx.arm(
-                f"gap_sources|{attempt}",
+                f"gap_sources|{attempt}" + ("" if list(classes) == list(CLASSES) else "|" + ",".join(classes)),
                 lambda: ctx.generate(per_class, ctx.top_up_offset(8, attempt), strategy="class", classes=list(classes)),
             )
             ok = accepted(ctx.store, made)
