@@ -520,6 +520,7 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
             token_sets=args.gap_sets,
             strength=args.gap_strength,
             init="target" if descs else "class",
+            class_weight=args.gap_class_weight,
         )
         ids, res = gap_round(
             ctx.store,
@@ -560,6 +561,8 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
                 gkey += f"|tgt={args.gap_target_images}"
             if args.gap_init != "class":
                 gkey += f"|init={args.gap_init}"
+            if args.gap_class_weight:
+                gkey += f"|cw={args.gap_class_weight}"
         g = ctx.arm(gkey, make_gap)
 
         def more_gap(classes: list[str], k: int, attempt: int) -> list[str]:
@@ -999,6 +1002,12 @@ def main() -> int:
         help="GAP's adversarial loss (other-class: each token set aims at a different failure mode)",
     )
     p.add_argument("--gap-sets", type=int, default=4, help="GAP token sets per class")
+    p.add_argument(
+        "--gap-class-weight",
+        type=float,
+        default=1.0,
+        help="GAP's class-keeping term (zero-shot CLIP cross entropy to the class; 0 = off)",
+    )
     p.add_argument(
         "--gap-init",
         default="captions",

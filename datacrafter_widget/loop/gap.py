@@ -103,6 +103,10 @@ class GapConfig:
     # embeddings of its target description (e.g. a caption of a target image without its object),
     # so the sets start spread over the target distribution and the adversarial term moves each.
     init: str = "class"
+    # Weight of a class-keeping term: cross entropy of the embedder's zero-shot reading of x against
+    # the class. A kept object can still be hidden (a background of the object's own colour), which
+    # the adversarial term likes; this keeps the label readable (needs an embedder).
+    class_weight: float = 0.0
 
 
 @dataclass
@@ -536,6 +540,8 @@ def optimise_prompt_tokens(
         raise GapError(f"init={config.init!r}: use 'class' (start at the class name) or 'target'")
     if config.init == "target" and not descs:
         raise GapError("init='target' starts the tokens from target descriptions: pass target=[...]")
+    if float(config.class_weight) > 0 and embedder is None:
+        raise GapError("class_weight > 0 keeps the class through the embedder's zero-shot reading: pass an embedder")
     if target_images is not None and len(target_images) and embedder is None:
         raise GapError("image guidance (target_images) needs an embedder: pass models with a CLIP embedder")
     pipe = _pipe_of(generator)
@@ -610,7 +616,13 @@ def optimise_prompt_tokens(
     was_training = net.training if net is not None else False
     if net is not None:
         net.eval()
-    clip_model = getattr(embedder, "model", None) if ei is not None else None
+    keep = float(config.class_weight) > 0 and embedder is not None
+    clip_model = getattr(embedder, "model", None) if ei is not None or keep else None
+    zero_shot = None  # (n_classes, d) class text embeddings, for the class-keeping term
+    if keep and embedder is not None:
+        names = list(student.classes) if hasattr(student, "classes") else labels
+        zero_shot = torch.from_numpy(embedder.class_text_embeddings(names)).float()
+        keep_idx = [names.index(lab) for lab in labels]
     with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.enable_grad():
         fixed = torch.randn(_latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) + 1))
         for step in range(int(config.steps)):
@@ -666,8 +678,15 @@ def optimise_prompt_tokens(
                 t_loss = (F.normalize(pooled.float(), dim=-1) - et[sets]).pow(2).sum(-1).mean()
                 loss = loss + config.text_weight * t_loss
                 parts["text"] = float(t_loss.detach())
-            if ei is not None:
-                i_loss = (1 - (_image_features(embedder, x) * ei[sets]).sum(-1)).mean()
+            feats = _image_features(embedder, x) if ei is not None or zero_shot is not None else None
+            if zero_shot is not None and feats is not None:
+                zs = 100.0 * feats @ zero_shot.to(feats.device).T  # CLIP's logit scale
+                want = torch.tensor([keep_idx[w] for w in which], device=zs.device)
+                c_loss = F.cross_entropy(zs, want)
+                loss = loss + float(config.class_weight) * c_loss
+                parts["class"] = float(c_loss.detach())
+            if ei is not None and feats is not None:
+                i_loss = (1 - (feats * ei[sets]).sum(-1)).mean()
                 loss = loss + config.image_weight * i_loss
                 parts["image"] = float(i_loss.detach())
             with torch.no_grad():
