@@ -505,7 +505,7 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
             sources: Any = {c: ok[c] or labels.index[labels == c].tolist() for c in classes}
         else:
             sources = "train" if kept else None
-        descs = gap_descriptions(ctx, args.gap_sets, args.pool_captions) if args.gap_init == "captions" else None
+        descs = gap_descriptions(ctx, args.gap_candidates, args.pool_captions) if args.gap_init == "captions" else None
         cfg = GapConfig(
             steps=args.gap_steps,
             lr=args.gap_lr,
@@ -548,7 +548,16 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
             ctx.store.update(flagged, flag="off-class")
         adv = {c: [round(h["adversarial"], 3) for h in r.history] for c, r in res.items()}
         aims = {c: r.targets for c, r in res.items()}
-        return {"ids": list(ids), "flagged": len(flagged), "adversarial": adv, "targets": aims}
+        chosen = {c: json.loads(r.target) if r.target.startswith("[") else r.target for c, r in res.items()}
+        screen = {c: r.screen for c, r in res.items()}
+        return {
+            "ids": list(ids),
+            "flagged": len(flagged),
+            "adversarial": adv,
+            "targets": aims,
+            "descriptions": chosen,
+            "screen": screen,
+        }
 
     if "gap" in args.arms:
         gkey = f"gap|steps={args.gap_steps}"
@@ -563,6 +572,8 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
                 gkey += f"|init={args.gap_init}"
             if args.gap_class_weight:
                 gkey += f"|cw={args.gap_class_weight}"
+            if args.gap_init == "captions" and args.gap_candidates != args.gap_sets:
+                gkey += f"|cand={args.gap_candidates}"
         g = ctx.arm(gkey, make_gap)
 
         def more_gap(classes: list[str], k: int, attempt: int) -> list[str]:
@@ -1002,6 +1013,12 @@ def main() -> int:
         help="GAP's adversarial loss (other-class: each token set aims at a different failure mode)",
     )
     p.add_argument("--gap-sets", type=int, default=4, help="GAP token sets per class")
+    p.add_argument(
+        "--gap-candidates",
+        type=int,
+        default=8,
+        help="with --gap-init captions: caption contexts per class that GAP screens for its token sets",
+    )
     p.add_argument(
         "--gap-class-weight",
         type=float,

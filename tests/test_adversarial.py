@@ -361,3 +361,15 @@ def test_token_sets_start_at_their_target_descriptions_and_are_guided_to_each(se
     assert all(np.isfinite(h["text"]) for h in res.history)
     with pytest.raises(GapError, match="init='target'"):
         optimise_prompt_tokens(gen, student, "cat", steps=1, init="target", **SETTINGS)
+
+
+def test_more_descriptions_than_sets_keeps_the_ones_the_student_finds_hardest(setup, tmp_path):
+    gen, student = setup
+    descs = ["a cat", "a dog", "a red square", "stripes"]
+    res = optimise_prompt_tokens(
+        gen, student, "cat", target=descs, **SETTINGS, steps=1, init="target", token_sets=2, screen_batches=1
+    )
+    assert sorted(res.screen) == sorted(descs) and len(set(res.screen.values())) > 1
+    hardest = sorted(descs, key=lambda d: -res.screen[d])[:2]
+    assert json.loads(res.target) == hardest
+    assert load_tokens(res.save(tmp_path / "s.safetensors")).screen == pytest.approx(res.screen)

@@ -107,6 +107,9 @@ class GapConfig:
     # the class. A kept object can still be hidden (a background of the object's own colour), which
     # the adversarial term likes; this keeps the label readable (needs an embedder).
     class_weight: float = 0.0
+    # With init="target" and more descriptions than token_sets, each description is rendered on this
+    # many batches (no gradient) and the token_sets the student finds hardest are kept.
+    screen_batches: int = 2
 
 
 @dataclass
@@ -125,6 +128,7 @@ class GapResult:
     file: str = ""
     assignment: dict[int, int] = field(default_factory=dict)  # final image seed -> token set
     targets: list[str] = field(default_factory=list)  # loss="other-class": the class each set aims at
+    screen: dict[str, float] = field(default_factory=dict)  # screened description -> adversarial loss
 
     @property
     def sets(self) -> torch.Tensor:
@@ -153,6 +157,7 @@ class GapResult:
             "model": self.model,
             "assignment": json.dumps({str(k): v for k, v in self.assignment.items()}),
             "targets": json.dumps(self.targets),
+            "screen": json.dumps(self.screen),
             "format": "datacrafter-gap-tokens-v1",
         }
         atomic_write_bytes(
@@ -184,6 +189,7 @@ def load_tokens(path: str | os.PathLike) -> GapResult:
         file=str(path),
         assignment={int(k): int(v) for k, v in json.loads(meta.get("assignment", "{}")).items()},
         targets=[str(t) for t in json.loads(meta.get("targets", "[]"))],
+        screen={str(k): float(v) for k, v in json.loads(meta.get("screen", "{}")).items()},
     )
 
 
@@ -623,55 +629,85 @@ def optimise_prompt_tokens(
         names = list(student.classes) if hasattr(student, "classes") else labels
         zero_shot = torch.from_numpy(embedder.class_text_embeddings(names)).float()
         keep_idx = [names.index(lab) for lab in labels]
+    fixed = torch.randn(_latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) + 1))
+
+    def render(step: int, sets: list[int], vecs: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """Step `step`'s batch (its noise and sources) through the sampler with token vectors `vecs`:
+        (the label index of each item, pixels, pooled prompt embedding)."""
+        sched = _ddim(pipe, config.sampler_steps)
+        noise = (
+            fixed
+            if config.fixed_noise
+            else torch.randn(
+                _latent_shape(pipe, config.batch),
+                generator=torch.Generator().manual_seed(int(seed) * 100003 + step),
+            )
+        )
+        which = [(step * config.batch + j) % len(labels) for j in range(config.batch)]
+        chosen: list[int] = []
+        if src is None:
+            latents = noise.to(device, dtype) * sched.init_noise_sigma
+        else:  # img2img: each batch item starts from a (seeded) random source of its class
+            pick = torch.Generator().manual_seed(int(seed) * 100003 + step + 50_000_017)
+            chosen = [by_label[w][int(torch.randint(len(by_label[w]), (1,), generator=pick))] for w in which]
+            latents = sched.add_noise(src.latents[chosen], noise.to(device, dtype), sched.timesteps[start : start + 1])
+        ids = all_ids[which] if len(labels) > 1 or n_sets > 1 else all_ids
+        cond, pooled = _encode(pipe, ids, positions, vecs)
+        x = _sample(
+            pipe,
+            cond.to(dtype),
+            uncond.to(dtype),
+            latents,
+            sched,
+            float(config.guidance),
+            config.checkpointing,
+            start=start,
+        )
+        if src is not None and src.masks is not None:
+            x = composite(x.float(), src.pixels[chosen], src.masks[chosen])
+        return which, x, pooled
+
+    def adversarial(log_p: torch.Tensor, which: list[int], sets: list[int]) -> torch.Tensor:
+        if config.loss == "true-label":
+            true = torch.tensor([student.class_index(labels[w]) for w in which], device=log_p.device)
+            p_true = log_p.exp()[torch.arange(len(which)), true]
+            return -torch.log1p(-p_true.clamp(max=1 - 1e-6)).mean()
+        if config.loss == "other-class":
+            aim = torch.tensor([aims[k] for k in sets], device=log_p.device)
+            return F.nll_loss(log_p, aim)  # cross entropy toward each set's other class
+        return -(log_p.mean(dim=-1)).mean()  # CE against the uniform label
+
+    screen: dict[str, float] = {}
+    if config.init == "target" and len(descs) > n_sets:
+        # More descriptions than sets: render each once (the same first batches, no gradient) and
+        # keep the sets' worth the student finds hardest; the optimisation starts from those.
+        with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.no_grad():
+            for d in descs:
+                row = vectors[0].clone()
+                wids = tok(d, add_special_tokens=False).input_ids[: int(config.n_tokens)]
+                row[: len(wids)] = table[wids].float().to(row.device)
+                total = 0.0
+                for step in range(max(1, int(config.screen_batches))):
+                    which, x, _ = render(step, [0] * config.batch, row)
+                    log_p = F.log_softmax(student.logits_from_pixels(x.float().to(student_dev)).float(), dim=-1)
+                    total += float(adversarial(log_p, which, [0] * len(which)))
+                screen[d] = total / max(1, int(config.screen_batches))
+        descs = sorted(descs, key=lambda d: -screen[d])[:n_sets]  # stable: the given order breaks ties
+        with torch.no_grad():
+            for kset, d in enumerate(descs):
+                wids = tok(d, add_special_tokens=False).input_ids[: int(config.n_tokens)]
+                vectors[kset, : len(wids)] = table[wids].float().to(vectors.device)
+            et = F.normalize(_encode(pipe, _tokenize(tok, descs))[1].float(), dim=-1)
+
     with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.enable_grad():
-        fixed = torch.randn(_latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) + 1))
         for step in range(int(config.steps)):
             if should_stop is not None and should_stop():
                 break
-            sched = _ddim(pipe, config.sampler_steps)
-            noise = (
-                fixed
-                if config.fixed_noise
-                else torch.randn(
-                    _latent_shape(pipe, config.batch),
-                    generator=torch.Generator().manual_seed(int(seed) * 100003 + step),
-                )
-            )
-            which = [(step * config.batch + j) % len(labels) for j in range(config.batch)]
-            if src is None:
-                latents = noise.to(device, dtype) * sched.init_noise_sigma
-            else:  # img2img: each batch item starts from a (seeded) random source of its class
-                pick = torch.Generator().manual_seed(int(seed) * 100003 + step + 50_000_017)
-                chosen = [by_label[w][int(torch.randint(len(by_label[w]), (1,), generator=pick))] for w in which]
-                latents = sched.add_noise(
-                    src.latents[chosen], noise.to(device, dtype), sched.timesteps[start : start + 1]
-                )
             sets = [(step * config.batch + j) % n_sets for j in range(config.batch)]
-            ids = all_ids[which] if len(labels) > 1 or n_sets > 1 else all_ids
-            cond, pooled = _encode(pipe, ids, positions, vectors[sets] if n_sets > 1 else vectors[0])
-            x = _sample(
-                pipe,
-                cond.to(dtype),
-                uncond.to(dtype),
-                latents,
-                sched,
-                float(config.guidance),
-                config.checkpointing,
-                start=start,
-            )
-            if src is not None and src.masks is not None:
-                x = composite(x.float(), src.pixels[chosen], src.masks[chosen])
+            which, x, pooled = render(step, sets, vectors[sets] if n_sets > 1 else vectors[0])
             logits = student.logits_from_pixels(x.float().to(student_dev))
             log_p = F.log_softmax(logits.float(), dim=-1)
-            if config.loss == "true-label":
-                true = torch.tensor([student.class_index(labels[w]) for w in which], device=log_p.device)
-                p_true = log_p.exp()[torch.arange(len(which)), true]
-                adv = -torch.log1p(-p_true.clamp(max=1 - 1e-6)).mean()
-            elif config.loss == "other-class":
-                aim = torch.tensor([aims[k] for k in sets], device=log_p.device)
-                adv = F.nll_loss(log_p, aim)  # cross entropy toward each set's other class
-            else:
-                adv = -(log_p.mean(dim=-1)).mean()  # CE against the uniform label
+            adv = adversarial(log_p, which, sets)
             loss = config.adversarial_weight * adv if step >= warm else adv * 0.0
             parts = {"step": step, "adversarial": float(adv.detach())}
             if et is not None:
@@ -721,6 +757,7 @@ def optimise_prompt_tokens(
         target=descs[0] if len(descs) == 1 and isinstance(target, str) else (json.dumps(descs) if descs else ""),
         model=str(getattr(generator, "name", type(pipe).__name__)),
         targets=[student.classes[a] for a in aims] if aims else [],
+        screen=screen,
     )
 
 
