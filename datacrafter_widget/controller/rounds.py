@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -107,12 +108,12 @@ def evolve_store(
     return result
 
 
-def _target_text(target: str | Sequence[str] | Mapping[str, Sequence[str]] | None, label: str, k: int) -> str:
-    """The target description an image of `label` made with token set `k` was guided toward."""
-    descs = target.get(label, []) if isinstance(target, Mapping) else target
-    if isinstance(descs, str) or not descs:
-        return str(descs or "")
-    return str(list(descs)[k % len(descs)])
+def _target_text(res: "GapResult", k: int) -> str:
+    """The target description token set `k` was guided toward (its caption in the store)."""
+    if not res.target.startswith("["):
+        return res.target
+    descs = [str(d) for d in json.loads(res.target)]
+    return descs[k % len(descs)] if descs else ""
 
 
 def gap_round(
@@ -208,7 +209,7 @@ def gap_round(
                 label=label,
                 seed=s,
                 strategy="gap",
-                caption=_target_text(target, label, res.set_of(s, j)),
+                caption=_target_text(res, res.set_of(s, j)),
                 parent_id=parents[j] if parents else "",
                 strength=float(res.config.strength) if parents else math.nan,
                 extra={"embeddings_file": rel, "mask_file": mask_files.get(parents[j], "") if parents else ""},
