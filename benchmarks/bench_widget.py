@@ -1,16 +1,19 @@
-"""Front-end speed with 50,000 images in headless Chromium (a benchmark, not a test).
+"""Front-end speed with 50,000 to 1,000,000 points in headless Chromium (a benchmark, not a test).
 
 Runs the built bundle in a bare page with a fake anywidget model (tests/browser/standalone.py),
-so the figures are the widget's own, without JupyterLab or the kernel. Prints:
-  - Python: building the 50,000-thumbnail sprite atlas (and its size);
+so the figures are the widget's own, without JupyterLab; the page's thumbnail requests are answered
+by the CrafterWidget in this process (as the kernel would). Prints:
+  - Python: set_frame (points, labels) and the thumbnail source (nothing is encoded until asked);
   - time to first render (render() called with the data in the browser -> first frame finished);
-  - time until the thumbnail atlas is decoded and uploaded, and the first thumbnail frame;
   - frame time while panning (draw + GPU finish), at the overview (marks) and zoomed in (thumbnails);
-  - lasso time over 50,000 points (screen polygon -> grid index -> selection);
+  - a wheel zoom gesture and the sharp frame after it;
+  - thumbnails where zoomed in: from the zoom to every point in view showing its thumbnail;
+  - lasso time (screen polygon -> grid index -> selection) and a filter toggle (hide a class -> drawn);
+  - the page's memory (JS heap; resident memory of Chromium's renderer and GPU processes).
 Headless Chromium here draws WebGL with SwiftShader (on the CPU), so the frame and upload figures
 are upper bounds; the lasso and index figures are plain JavaScript and do not depend on the GPU.
 
-Usage: python benchmarks/bench_widget.py [--n 50000] [--tile 32] [--format auto|png|jpeg] [--primitive auto|quads|points]
+Usage: python benchmarks/bench_widget.py [--n 50000] [--tile 32] [--format png|jpeg] [--primitive auto|quads|points]
                                         [--screenshot DIR]  (PNGs of the overview and a zoomed-in view)
 """
 
@@ -35,12 +38,46 @@ from standalone import CHROMIUM, CHROMIUM_ARGS, open_standalone, synthetic_frame
 H = "window.__dcw[window.__dcw.length - 1]"
 
 
-def thumbnails(frame, tile: int, seed: int = 0) -> np.ndarray:
-    """Class-coloured tiles with per-image noise, so the atlas compresses like small photos, not flat colour."""
-    rng = np.random.default_rng(seed)
-    tiles = synthetic_thumbnails(frame, tile).astype(np.int16)
-    tiles += rng.integers(-24, 25, tiles.shape, dtype=np.int16)
-    return np.clip(tiles, 0, 255).astype(np.uint8)
+def thumbnail_source(frame, tile: int):
+    """Class-coloured tiles with per-image noise (so pages compress like small photos, not flat colour),
+    made when asked for: a million tiles are never held at once."""
+    base = synthetic_thumbnails(frame.iloc[:0].assign(label=sorted(frame["label"].unique())), tile).astype(np.int16)
+    cls = frame["label"].map({c: k for k, c in enumerate(sorted(frame["label"].unique()))}).to_numpy()
+
+    def source(idx: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(int(idx[0]) if len(idx) else 0)
+        tiles = base[cls[idx]] + rng.integers(-24, 25, (len(idx), tile, tile, 3), dtype=np.int16)
+        return np.clip(tiles, 0, 255).astype(np.uint8)
+
+    return source
+
+
+def page_memory(page) -> str:
+    """The page's JS heap and the resident memory of this browser's renderer and GPU processes."""
+    import psutil
+
+    heap = page.evaluate("performance.memory ? performance.memory.usedJSHeapSize : 0")
+    rss = 0
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+            if "--type=renderer" in cmd or "--type=gpu-process" in cmd:
+                rss += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return f"JS heap {heap / 2**20:.0f} MiB; renderer + GPU processes resident {rss / 2**20:.0f} MiB"
+
+
+def thumbs_in_view(page) -> float:
+    """Ms from now until every point in view shows its thumbnail (pages asked for and drawn)."""
+    t = time.perf_counter()
+    try:
+        page.wait_for_function(f"{H}.thumbsShown && {H}.thumbsReady", timeout=20_000, polling=5)
+    except Exception:
+        print(page.evaluate(f"[{H}.thumbsShown, {H}.thumbStats]"))
+        raise
+    page.evaluate(f"{H}.drawNow()")
+    return (time.perf_counter() - t) * 1000
 
 
 def pan_frames(page, steps: int, dx: float, dy: float) -> list[float]:
@@ -89,12 +126,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--tile", type=int, default=32)
-    ap.add_argument(
-        "--format",
-        choices=["auto", "png", "jpeg"],
-        default="auto",
-        help="atlas encoding; auto = PNG up to 10,000 thumbnails, JPEG above",
-    )
+    ap.add_argument("--format", choices=["png", "jpeg"], default="jpeg", help="encoding of the thumbnail pages")
     ap.add_argument(
         "--primitive",
         choices=["auto", "quads", "points"],
@@ -106,7 +138,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     frame = synthetic_frame(args.n, classes=10, seed=0)
-    tiles = thumbnails(frame, args.tile)
+    source = thumbnail_source(frame, args.tile)
     w = CrafterWidget(height=600, primitive=args.primitive)
     t = time.perf_counter()
     rng = np.random.default_rng(1)
@@ -124,21 +156,26 @@ def main() -> None:
             }
         )
     w.set_frame(frame, labels=labels)
-    w.set_thumbnails(tiles, format=args.format)
+    w.set_thumbnail_source(source, args.n, size=args.tile, format=args.format)
     build_s = time.perf_counter() - t
-    g = w.atlas_grid
+    state = widget_state(w)
+    sent = sum(len(v) for v in state.values() if isinstance(v, bytes))
     print(
-        f"points: {args.n}  atlas: {g['width']}x{g['height']} px, {g['tile']} px tiles, "
-        f"{g['format']} {len(w.atlas) / 1e6:.1f} MB  (Python set_frame + build_atlas: {build_s:.2f} s)"
+        f"points: {args.n}  (Python set_frame + labels + thumbnail source: {build_s:.2f} s; "
+        f"binary state {sent / 1e6:.1f} MB, no thumbnails until asked for)"
+    )
+    t = time.perf_counter()
+    data, _ = w.thumbnail_page(np.arange(256))
+    print(
+        f"one page of 256 {args.tile} px thumbnails ({args.format}): {len(data) / 1e3:.0f} kB, {(time.perf_counter() - t) * 1000:.0f} ms"
     )
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         t = time.perf_counter()
-        server = open_standalone(page, widget_state(w), width=1200, timeout_ms=120_000, http=True)
+        server = open_standalone(page, state, width=1200, timeout_ms=120_000, http=True)
         page_s = time.perf_counter() - t
-        page.wait_for_function(f"{H}.timings.atlasReady != null", timeout=120_000)
         tm = page.evaluate(f"{H}.timings")
         renderer, primitive = page.evaluate(f"[{H}.rendererName, {H}.primitive]")
         print(f"WebGL renderer: {renderer}; drawing with {primitive}")
@@ -147,7 +184,7 @@ def main() -> None:
             f"time to first render (render() -> first frame, marks): {tm['firstFrame']:.0f} ms "
             f"(grid index build {tm['indexMs']:.1f} ms)"
         )
-        print(f"thumbnail atlas decoded + uploaded: {tm['atlasReady']:.0f} ms after render()")
+        print(f"page memory after the first frame: {page_memory(page)}")
 
         view = page.evaluate(f"{H}.view")
         shots = pathlib.Path(args.screenshot) if args.screenshot else None
@@ -172,12 +209,18 @@ def main() -> None:
         cx, cy = view["width"] / 2, view["height"] / 2
         k, tx, ty = view["k"] * 10, cx - (cx - view["tx"]) * 10, cy - (cy - view["ty"]) * 10
         page.evaluate(f"{H}.setView({k}, {tx}, {ty})")
-        first_thumb = page.evaluate(f"{H}.drawNow()")
-        thumbs = page.evaluate(f"{H}.thumbsShown")
+        first_thumb = thumbs_in_view(page)
+        thumbs = page.evaluate(f"{H}.thumbStats")
         if shots:
             page.screenshot(path=str(shots / f"widget-{args.n}-zoomed.png"))
         zoomed = pan_frames(page, 40, 4, 3)
-        print(f"first frame with thumbnails after zoom-in: {first_thumb:.0f} ms (thumbnails shown: {thumbs})")
+        page.evaluate(f"{H}.setView({k}, {tx + view['width']}, {ty})")  # a view next to it: new pages
+        next_thumb = thumbs_in_view(page)
+        print(
+            f"thumbnails where zoomed in 10x: every point in view shows its thumbnail {first_thumb:.0f} ms after the zoom "
+            f"({thumbs['received']} thumbnails asked for and received, {thumbs['visible']} in view); "
+            f"panned one screen: {next_thumb:.0f} ms"
+        )
         print(
             f"baseline, same run: clearing the {view['width']}x{view['height']} canvas: "
             f"median {statistics.median(p['clear'] for p in parts):.1f} ms"
@@ -203,6 +246,28 @@ def main() -> None:
             f"lasso over {args.n} points ({len(poly)}-vertex polygon, {counts[0]} selected): "
             f"median {statistics.median(times):.1f} ms, max {max(times):.1f} ms"
         )
+        page.evaluate(f"{H}.selectPolygon([], 'replace')")
+        toggles = []
+        for k in range(6):  # hide class 0, show it again, ...: Python's `hidden` mask arriving -> drawn
+            toggles.append(
+                page.evaluate(
+                    f"""async (hide) => {{
+                        const h = {H}; const m = window.__model;
+                        const c = m.get("cls"), cls = new Uint16Array(c.buffer, c.byteOffset, c.byteLength >> 1);
+                        const mask = new Uint8Array(cls.length);
+                        if (hide) for (let i = 0; i < cls.length; i++) mask[i] = cls[i] === 0 ? 1 : 0;
+                        const t = performance.now();
+                        m.set("hidden", new DataView(mask.buffer));
+                        await Promise.resolve();
+                        h.drawNow(); return performance.now() - t;
+                    }}""",
+                    k % 2 == 0,
+                )
+            )
+        print(
+            f"filter toggle (hide / show one class of 10, mask arriving -> frame drawn): median {statistics.median(toggles):.1f} ms"
+        )
+        print(f"page memory at the end: {page_memory(page)}")
         browser.close()
         server.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from . import compute  # first: sets the OpenMP wait policy before anything loads torch
 from . import limits  # no dependencies: dc.limits.set(...) before anything loads
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ _LAZY = {
     "SampleStore": "data.store",
 }
 
-__all__ = ["limits", "starter", "__version__", *_LAZY]
+__all__ = ["compute", "limits", "starter", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

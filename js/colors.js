@@ -2,14 +2,16 @@
 // Colour schemes for the projection: one RGBA (0-255) per point for each "colour by" mode,
 // plus the legend entries that explain them. Pure functions (unit-tested with node --test).
 
+// Category colours: tab20 without its reds and greens, which mean "bad" and "good" on this map.
 const CATEGORICAL = [
-  [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
-  [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
-  [174, 199, 232], [255, 187, 120], [152, 223, 138], [255, 152, 150], [197, 176, 213],
-  [196, 156, 148], [247, 182, 210], [199, 199, 199], [219, 219, 141], [158, 218, 229],
+  [31, 119, 180], [255, 127, 14], [148, 103, 189], [140, 86, 75], [227, 119, 194],
+  [127, 127, 127], [188, 189, 34], [23, 190, 207], [174, 199, 232], [255, 187, 120],
+  [197, 176, 213], [196, 156, 148], [247, 182, 210], [199, 199, 199], [219, 219, 141],
+  [158, 218, 229], [57, 59, 121], [140, 109, 49], [123, 65, 115], [107, 110, 207],
 ];
 
 export const FEEDBACK_NAMES = ["none", "good", "bad", "removed"];
+const FEEDBACK_VALUES = ["", "good", "bad", "removed"]; // the samples column's values, as filters name them
 const FEEDBACK_COLORS = [[150, 150, 150], [46, 160, 67], [214, 39, 40], [40, 40, 40]];
 export const FLAG_NAMES = ["ok", "flagged"];
 const FLAG_COLORS = [[150, 150, 150], [255, 127, 14]];
@@ -26,12 +28,18 @@ function hslToRgb(h, s, l) {
 
 export function classColor(c) {
   if (c < CATEGORICAL.length) return CATEGORICAL[c];
-  return hslToRgb((c * 0.618033988749895) % 1, 0.6, 0.5);
+  // Golden-ratio hues folded into the hues that are neither red (bad) nor green (good).
+  const t = (c * 0.618033988749895) % 1;
+  const h = t < 0.28 ? 0.05 + t * (0.2 / 0.28) : 0.45 + (t - 0.28) * (0.48 / 0.72);
+  return hslToRgb(h, 0.6, 0.5);
 }
+
+/** The feedback colours (good, bad) that no category colour may come close to. */
+export const FEEDBACK_RGB = { good: [46, 160, 67], bad: [214, 39, 40] };
 
 // A viridis-like ramp sampled at five stops; round 0 (the real images) stays grey.
 const RAMP = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
-function ramp(t) {
+export function ramp(t) {
   const x = Math.max(0, Math.min(1, t)) * (RAMP.length - 1);
   const i = Math.min(RAMP.length - 2, Math.floor(x));
   const f = x - i;
@@ -45,6 +53,9 @@ export function roundColor(r, maxRound) {
 
 /** Modes computed here from the point attributes; any other mode is a column coloured from `attrs.codes`. */
 export const BUILTIN_MODES = ["class", "round", "feedback", "flag"];
+const MISSING = [150, 150, 150];
+/** The sequential scale's colour bar as a CSS gradient. */
+export const RAMP_CSS = `linear-gradient(to right, ${RAMP.map((c) => `rgb(${c.join(",")})`).join(", ")})`;
 
 /**
  * Per-point colours (Uint8Array, RGBA) and legend entries [{name, rgb}] for a colour mode.
@@ -55,9 +66,11 @@ export const BUILTIN_MODES = ["class", "round", "feedback", "flag"];
  * @param {{cls: ArrayLike<number>, round: ArrayLike<number>, feedback: ArrayLike<number>, flag: ArrayLike<number>, codes?: ArrayLike<number>}} attrs
  * @param {string[]} classNames
  * @param {string[]} [codeNames]
- * @returns {{colors: Uint8Array, legend: {name: string, rgb: number[]}[]}}
+ * @param {{values?: Float32Array, scale?: {min?: number, max?: number}, named?: (name: string) => number[] | null}} [opts]
+ *   values + scale: a numeric column on the sequential scale; named: a CSS colour name's RGB (or null)
+ * @returns {{colors: Uint8Array, legend: {name: string, rgb: number[], field?: string, values?: string[] | null}[]}}
  */
-export function computeColors(mode, n, attrs, classNames, codeNames = []) {
+export function computeColors(mode, n, attrs, classNames, codeNames = [], opts = {}) {
   const out = new Uint8Array(n * 4);
   const legend = [];
   let pick;
@@ -65,21 +78,31 @@ export function computeColors(mode, n, attrs, classNames, codeNames = []) {
     let maxRound = 0;
     for (let i = 0; i < attrs.round.length; i++) if (attrs.round[i] > maxRound) maxRound = attrs.round[i];
     pick = (i) => roundColor(attrs.round[i] || 0, maxRound);
-    legend.push({ name: "real (round 0)", rgb: roundColor(0, maxRound) });
-    for (let r = 1; r <= maxRound && legend.length < 12; r++) legend.push({ name: `round ${r}`, rgb: roundColor(r, maxRound) });
+    legend.push({ name: "real (round 0)", rgb: roundColor(0, maxRound), field: "round", values: ["0"] });
+    for (let r = 1; r <= maxRound && legend.length < 12; r++) legend.push({ name: `round ${r}`, rgb: roundColor(r, maxRound), field: "round", values: [String(r)] });
   } else if (mode === "feedback") {
     pick = (i) => FEEDBACK_COLORS[attrs.feedback[i] || 0] || FEEDBACK_COLORS[0];
-    FEEDBACK_NAMES.forEach((name, k) => legend.push({ name, rgb: FEEDBACK_COLORS[k] }));
+    FEEDBACK_NAMES.forEach((name, k) => legend.push({ name, rgb: FEEDBACK_COLORS[k], field: "feedback", values: [FEEDBACK_VALUES[k]] }));
   } else if (mode === "flag") {
     pick = (i) => FLAG_COLORS[attrs.flag[i] ? 1 : 0];
-    FLAG_NAMES.forEach((name, k) => legend.push({ name, rgb: FLAG_COLORS[k] }));
+    // "flagged" stands for every flag reason: the widget fills them in from the filter fields.
+    FLAG_NAMES.forEach((name, k) => legend.push({ name, rgb: FLAG_COLORS[k], field: "flag", values: k ? null : [""] }));
+  } else if (!BUILTIN_MODES.includes(mode) && opts.values && opts.values.length === n && opts.scale && Number.isFinite(opts.scale.min)) {
+    // A numeric column: its value on the sequential scale, shown as a colour bar.
+    const v = opts.values, lo = Number(opts.scale.min), hi = Number(opts.scale.max), span = hi > lo ? hi - lo : 1;
+    pick = (i) => (Number.isFinite(v[i]) ? ramp((v[i] - lo) / span) : MISSING);
+    legend.push({ name: mode, rgb: ramp(1), bar: { min: lo, max: hi } });
   } else if (!BUILTIN_MODES.includes(mode) && attrs.codes && attrs.codes.length === n) {
     const codes = attrs.codes;
-    pick = (i) => classColor(codes[i] || 0);
-    codeNames.forEach((name, k) => legend.push({ name, rgb: classColor(k) }));
+    // Values that are colour names ("lightblue", "pink") are drawn as themselves.
+    const own = codeNames.map((name) => (opts.named && name !== "other" && name !== "(empty)" ? opts.named(name) : null));
+    const named = own.filter(Boolean).length >= Math.max(1, codeNames.filter((m) => m !== "other" && m !== "(empty)").length);
+    const palette = codeNames.map((_, k) => (named ? own[k] || MISSING : classColor(k)));
+    pick = (i) => palette[codes[i] || 0] || MISSING;
+    codeNames.forEach((name, k) => legend.push({ name, rgb: palette[k], field: mode, values: name === "other" ? null : [name === "(empty)" ? "" : name] }));
   } else {
     pick = (i) => classColor(attrs.cls[i] || 0);
-    classNames.forEach((name, k) => legend.push({ name, rgb: classColor(k) }));
+    classNames.forEach((name, k) => legend.push({ name, rgb: classColor(k), field: "label", values: [name] }));
   }
   for (let i = 0; i < n; i++) {
     const c = pick(i);

@@ -18,6 +18,17 @@ export function publishDebugHandle(view) {
     get frames() { return self.frames; },
     get selectionSends() { return self.selectionSends || 0; },
     get thumbsShown() { return Boolean(self.thumbsShown); },
+    /** On-demand thumbnails: requested / received counts, pages held, visible points still missing. */
+    get thumbStats() {
+      const t = self.thumbs;
+      return { ...t.stats, version: t.meta.version, count: t.meta.count, tile: t.meta.tile, inflight: t.inflight.size, error: t.error };
+    },
+    hasThumb: (i) => self.thumbs.has(i),
+    /** True when every point in view that can show a thumbnail has it (or the map shows marks). */
+    get thumbsReady() {
+      const t = self.thumbs, st = t.stats;
+      return !self.thumbsShown || (st.visible > 0 && st.missingVisible === 0 && t.inflight.size === 0);
+    },
     get primitive() { return self.renderer ? self.renderer.primitive : null; },
     get rendererName() { return self.renderer ? self.renderer.name : null; },
     get lastPolygon() { return self.lastPolygon; },

@@ -1,5 +1,5 @@
 // @ts-check
-// The gallery of the selection: a grid of the selected images (from the sprite atlas), each with
+// The gallery of the selection: a grid of the selected images (thumbnails asked for on demand), each with
 // its own Good / Bad / Unmark buttons; a click zooms the map to the image.
 import { button, el, FEEDBACK_TEXT, KIND_NAMES } from "./dom.js";
 
@@ -17,8 +17,9 @@ export function renderGallery(view) {
   head.textContent = sel.length > GALLERY_MAX ? `Selection: first ${GALLERY_MAX} of ${sel.length}` : `Selection: ${sel.length}`;
   const grid = el("div", "dcw-gallery-grid", G);
   const names = view.model.get("class_names") || [];
-  const g = view.atlasGrid;
-  for (const i of sel.slice(0, GALLERY_MAX)) {
+  const shown = sel.slice(0, GALLERY_MAX);
+  view.thumbs.want(shown); // those not here yet come in pages; the gallery redraws when they do
+  for (const i of shown) {
     const tile = el("div", "dcw-tile", grid);
     tile.dataset.index = String(i);
     const fb = view.attrs.feedback[i] || 0;
@@ -26,10 +27,7 @@ export function renderGallery(view) {
     const c = el("canvas", "", tile);
     c.width = c.height = 64;
     c.title = `${names[view.attrs.cls[i]] ?? ""} (${KIND_NAMES[view.attrs.kind[i]] || ""})`;
-    if (view.atlasBitmap && g) {
-      const t = g.tile;
-      c.getContext("2d").drawImage(view.atlasBitmap, (i % g.cols) * t, Math.floor(i / g.cols) * t, t, t, 0, 0, 64, 64);
-    }
+    view.thumbs.drawInto(c.getContext("2d"), i, 0, 0, 64, 64);
     c.addEventListener("click", () => view.zoomTo([i], 6));
     const row = el("div", "dcw-tile-buttons", tile);
     for (const [value, text, tip] of [["good", "✓", "mark good"], ["bad", "✗", "mark bad"], ["clear", "↺", "unmark"]]) {

@@ -98,6 +98,7 @@ export function bindKeys(view) {
     let done = true;
     if (k === "Escape") {
       if (view.drag) { view.drag = null; view.lasso = null; view.requestDraw(); }
+      else if (view.model.get("fullscreen")) view.setFullscreen(false);
       else { view.activeLabel = null; view.commitSelection(new Uint32Array(0)); }
     } else if (mod && (k === "z" || k === "Z")) view.command(ev.shiftKey ? "redo" : "undo");
     else if (mod && k === "y") view.command("redo");

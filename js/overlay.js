@@ -3,6 +3,26 @@
 // thumbnails pile up, the lasso or box being drawn; the legend beside the map; the hover tooltip.
 // Label and tooltip text is model or user text: drawn on a canvas or set as textContent, never HTML.
 import { el, FEEDBACK_TEXT, KIND_NAMES, KIND_TEST } from "./dom.js";
+import { hiddenValues, toggleValues } from "./filters.js";
+import { RAMP_CSS } from "./colors.js";
+
+/** A numeric column's colour bar: name, minimum, the sequential scale, maximum. */
+function colorBar(row, e) {
+  const fmt = (v) => (Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-2 && v !== 0) ? v.toExponential(2) : String(Number(v.toPrecision(3))));
+  row.dataset.role = "color-bar";
+  el("span", "", row).textContent = e.name;
+  el("span", "dcw-bar-min", row).textContent = fmt(e.bar.min);
+  const bar = el("span", "dcw-bar", row);
+  bar.style.background = RAMP_CSS;
+  el("span", "dcw-bar-max", row).textContent = fmt(e.bar.max);
+}
+
+/** The field values a legend entry stands for ("flagged": every flag reason the filter fields know). */
+function legendEntryValues(view, e) {
+  if (e.values) return e.values.map(String);
+  const facet = (view.model.get("facets") || []).find((f) => f && f.field === e.field);
+  return facet ? facet.names.map(String).filter((v) => v !== "") : null;
+}
 
 /** Counts of images drawn on top of each other at thumbnail size (badges "×n"), for the visible area. */
 export function overlapGroups(view, size) {
@@ -100,11 +120,26 @@ export function renderLegend(view, entries) {
     el("span", "", row).textContent = text;
   }
   el("span", "dcw-sep", L);
+  view.legendValues = {};
   for (const e of entries.slice(0, 30)) {
     const row = el("span", "dcw-item", L);
+    if (e.bar) { colorBar(row, e); continue; }
     const sw = el("span", "dcw-swatch", row);
     sw.style.background = `rgb(${e.rgb[0]},${e.rgb[1]},${e.rgb[2]})`;
     el("span", "", row).textContent = e.name;
+    const values = e.field ? legendEntryValues(view, e) : null;
+    if (!values || !values.length) continue;
+    // Click hides the value (again: shows it), alt- or double-click shows it alone.
+    (view.legendValues[e.field] = view.legendValues[e.field] || []).push(...values);
+    row.classList.add("dcw-toggle");
+    row.dataset.field = e.field;
+    row.dataset.value = values.join("|");
+    row.title = "click: hide / show  ·  alt-click or double-click: show only this";
+    const hidden = hiddenValues(view, e.field);
+    row.classList.toggle("dcw-off", values.every((v) => hidden.has(v)));
+    // A double-click's two clicks hide and show again; its "only" then decides (it is absolute).
+    row.addEventListener("click", (ev) => toggleValues(view, e.field, values, ev.altKey));
+    row.addEventListener("dblclick", () => toggleValues(view, e.field, values, true));
   }
   if (entries.length > 30) el("span", "dcw-item", L).textContent = `+${entries.length - 30} more`;
 }
@@ -136,13 +171,11 @@ export function showTooltip(view, i) {
   } else {
     view.tipImg.removeAttribute("src");
     view.tipImg.style.display = "none";
-    const g = view.atlasGrid;
-    if (view.atlasBitmap && g) {
-      const t = g.tile;
+    const t = view.thumbs.meta.tile;
+    if (view.thumbs.has(i)) {
       view.tipThumb.width = t;
       view.tipThumb.height = t;
-      const c = view.tipThumb.getContext("2d");
-      c.drawImage(view.atlasBitmap, (i % g.cols) * t, Math.floor(i / g.cols) * t, t, t, 0, 0, t, t);
+      view.thumbs.drawInto(view.tipThumb.getContext("2d"), i, 0, 0, t, t);
       view.tipThumb.style.display = "block";
     } else {
       view.tipThumb.style.display = "none";

@@ -49,7 +49,7 @@ export function generatePanel(host, parent) {
   const syncRunning = () => { go.disabled = Boolean((model.get("progress") || {}).running); };
   syncStrategies();
   syncRunning();
-  return { syncStrategies, syncRunning };
+  return { box, syncStrategies, syncRunning };
 }
 
 /**
@@ -101,7 +101,7 @@ export function promptsPanel(host, parent) {
     }
   };
   sync();
-  return { sync };
+  return { box, sync };
 }
 
 /**
@@ -157,5 +157,5 @@ export function footer(host, parent) {
   };
   syncStatus();
   syncProgress();
-  return { status, say, syncStatus, syncProgress };
+  return { box, status, say, syncStatus, syncProgress };
 }

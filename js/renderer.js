@@ -1,7 +1,7 @@
 // @ts-check
-// WebGL2 renderer: one instanced quad per point. Zoomed in, each quad samples its thumbnail from a
-// single sprite-atlas texture (as TensorBoard's projector does); zoomed out, or without an atlas,
-// quads are drawn as small marks. Real images are squares, generated images discs (thumbnail
+// WebGL2 renderer: one instanced quad per point. Zoomed in, each quad samples its thumbnail from one
+// texture of thumbnail pages (thumbs.js fills it on demand; a per-point attribute says which tile, or
+// none yet: then a filled mark); zoomed out, quads are drawn as small marks. Real images are squares, generated images discs (thumbnail
 // cropped to a circle), with a ring in the colour-by colour; the selection gets a yellow ring.
 
 // Two ways to draw the same marks: instanced quads (gl_InstanceID picks the tile) and point sprites
@@ -15,6 +15,7 @@ const VS = `
 layout(location=0) in vec2 a_pos;
 layout(location=1) in vec4 a_color;
 layout(location=2) in uvec4 a_state; // kind (0 real, 1 generated, 2 held-out test), selected, hidden, feedback (0 none, 1 good, 2 bad, 3 removed)
+layout(location=3) in uint a_slot;   // the point's tile in the thumbnail texture; 0xffffffff: not loaded
 uniform vec2 u_scale;   // data -> clip
 uniform vec2 u_offset;
 uniform vec2 u_viewport; // px
@@ -25,6 +26,7 @@ uniform float u_dpr;
 flat out vec4 v_color;
 flat out uvec4 v_state;
 flat out vec2 v_tile;
+flat out uint v_has;
 #if !POINTS
 out vec2 v_local;
 #endif
@@ -36,16 +38,17 @@ void main() {
 #if POINTS
   gl_Position = vec4(clip, 0.0, 1.0);
   gl_PointSize = s * u_dpr;
-  int id = gl_VertexID;
 #else
   vec2 corner = vec2(float(gl_VertexID & 1), float(gl_VertexID >> 1)) * 2.0 - 1.0;
   gl_Position = vec4(clip + corner * s / u_viewport, 0.0, 1.0);
   v_local = corner;
-  int id = gl_InstanceID;
 #endif
   v_color = a_color;
   v_state = a_state;
-  v_tile = vec2(float(id % u_cols), float(id / u_cols));
+  v_has = a_slot == 0xffffffffu ? 0u : 1u;
+  uint id = v_has == 1u ? a_slot : 0u;
+  uint cols = uint(u_cols);
+  v_tile = vec2(float(id % cols), float(id / cols));
 }`;
 
 const FS = (points) => `#version 300 es
@@ -54,6 +57,7 @@ precision highp float;
 flat in vec4 v_color;
 flat in uvec4 v_state;
 flat in vec2 v_tile;
+flat in uint v_has;
 #if !POINTS
 in vec2 v_local;
 #endif
@@ -90,6 +94,8 @@ void main() {
       rgb = sel ? yellow : (fb > 0u ? fbColor : v_color.rgb);
     } else if (d > 1.0 - ringW - fbW) {
       rgb = fbColor;
+    } else if (v_has == 0u) {
+      rgb = v_color.rgb; // its thumbnail is on its way
     } else {
       vec2 f = v_local * 0.5 + 0.5;
       f.y = 1.0 - f.y;
@@ -164,10 +170,15 @@ export class Renderer {
     gl.enableVertexAttribArray(2);
     gl.vertexAttribIPointer(2, 4, gl.UNSIGNED_BYTE, 0, 0);
     gl.vertexAttribDivisor(2, div);
+    this.slotBuf = gl.createBuffer();
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.slotBuf);
+    gl.enableVertexAttribArray(3);
+    gl.vertexAttribIPointer(3, 1, gl.UNSIGNED_INT, 0, 0);
+    gl.vertexAttribDivisor(3, div);
     gl.bindVertexArray(null);
     this.n = 0;
     this.texture = null;
-    this.atlas = null; // {cols, tile, width, height}
+    this.atlas = null; // {cols, tile, width, height} of the thumbnail page texture
     this.maxTextureSize = gl.getParameter(gl.MAX_TEXTURE_SIZE);
     // Pan cache: above `cacheFrom` points, a frame is drawn once into a texture larger than the canvas
     // (a margin on every side) and a pan within the margin only shifts that texture (one quad) instead of
@@ -186,6 +197,7 @@ export class Renderer {
     this.n = xy.length >> 1;
     gl.bindBuffer(gl.ARRAY_BUFFER, this.posBuf);
     gl.bufferData(gl.ARRAY_BUFFER, xy, gl.STATIC_DRAW);
+    if ((this.slotCount || 0) < this.n) this.setSlots(new Uint32Array(this.n).fill(0xffffffff)); // none until thumbs.js says
   }
 
   setColors(rgba) {
@@ -202,27 +214,42 @@ export class Renderer {
     gl.bufferData(gl.ARRAY_BUFFER, state, gl.DYNAMIC_DRAW);
   }
 
-  /** bitmap: ImageBitmap of the sprite atlas; grid: {cols, tile}. Pass null to drop the atlas. */
-  setAtlas(bitmap, grid) {
+  /** The per-point tile index into the thumbnail texture (Uint32Array, 0xffffffff: none). */
+  setSlots(slots) {
+    const gl = this.gl;
+    this.version++;
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.slotBuf);
+    gl.bufferData(gl.ARRAY_BUFFER, slots, gl.DYNAMIC_DRAW);
+    this.slotCount = slots.length;
+  }
+
+  /** An empty side x side texture of `tile` px tiles, `cols` to a row, that pages are uploaded into (0: none). */
+  setThumbTexture(side, tile, cols) {
     const gl = this.gl;
     this.version++;
     if (this.texture) gl.deleteTexture(this.texture);
     this.texture = null;
     this.atlas = null;
-    if (!bitmap) return;
-    if (bitmap.width > this.maxTextureSize || bitmap.height > this.maxTextureSize) {
-      throw new Error(`thumbnail atlas ${bitmap.width}x${bitmap.height} exceeds this browser's texture limit ${this.maxTextureSize}`);
-    }
+    if (!side) return;
     const tex = gl.createTexture();
     gl.bindTexture(gl.TEXTURE_2D, tex);
-    gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
-    gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA8, gl.RGBA, gl.UNSIGNED_BYTE, bitmap);
+    gl.texStorage2D(gl.TEXTURE_2D, 1, gl.RGBA8, side, side);
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.LINEAR);
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.LINEAR);
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
     this.texture = tex;
-    this.atlas = { cols: grid.cols, tile: grid.tile, width: bitmap.width, height: bitmap.height };
+    this.atlas = { cols, tile, width: side, height: side };
+  }
+
+  /** Uploads one page (an ImageBitmap sprite sheet) with its top-left corner at texel (x, y). */
+  uploadPage(x, y, bitmap) {
+    const gl = this.gl;
+    if (!this.texture) return;
+    this.version++;
+    gl.bindTexture(gl.TEXTURE_2D, this.texture);
+    gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
+    gl.texSubImage2D(gl.TEXTURE_2D, 0, x, y, gl.RGBA, gl.UNSIGNED_BYTE, bitmap);
   }
 
   /**
@@ -369,8 +396,18 @@ export class Renderer {
     gl.bindTexture(gl.TEXTURE_2D, this.texture);
     gl.uniform1i(this.u.u_atlas, 0);
     gl.bindVertexArray(this.vao);
+    // Software WebGL pays for every point, drawn or off screen: zoomed in, only the points in this frame's
+    // area (opts.inView: sorted indices, so the drawing order stays) go through, as an element list.
+    const some = this.primitive === "points" && opts.inView ? opts.inView(view, width, height) : null;
+    if (some) {
+      if (!this.elementBuf) this.elementBuf = gl.createBuffer();
+      gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, this.elementBuf);
+      gl.bufferData(gl.ELEMENT_ARRAY_BUFFER, some, gl.STREAM_DRAW);
+    }
+    this.lastDrawn = some ? some.length : this.n;
     const drawAll = () => {
-      if (this.primitive === "points") gl.drawArrays(gl.POINTS, 0, this.n);
+      if (some) gl.drawElements(gl.POINTS, some.length, gl.UNSIGNED_INT, 0);
+      else if (this.primitive === "points") gl.drawArrays(gl.POINTS, 0, this.n);
       else gl.drawArraysInstanced(gl.TRIANGLE_STRIP, 0, 4, this.n);
     };
     gl.uniform1i(this.u.u_pass, 0);
@@ -389,6 +426,8 @@ export class Renderer {
     gl.deleteBuffer(this.posBuf);
     gl.deleteBuffer(this.colorBuf);
     gl.deleteBuffer(this.stateBuf);
+    gl.deleteBuffer(this.slotBuf);
+    if (this.elementBuf) gl.deleteBuffer(this.elementBuf);
     gl.deleteVertexArray(this.vao);
     gl.deleteProgram(this.prog);
   }

@@ -11,6 +11,7 @@ import "./widget.css";
 import { GridIndex } from "./spatial.js";
 import { BUILTIN_MODES, computeColors, parseCssColor } from "./colors.js";
 import { Renderer } from "./renderer.js";
+import { ThumbPages } from "./thumbs.js";
 import { asF32, asU16, asU32, bytesOf, el, KIND_TEST, sameU32 } from "./dom.js";
 import { buildToolbar, syncColorMenu, syncFilters, syncHistory, syncSelectionButtons } from "./toolbar.js";
 import { bindKeys, bindPointer } from "./interaction.js";
@@ -18,6 +19,7 @@ import { drawOverlay, placeTooltip, renderLegend, showTooltip } from "./overlay.
 import { renderGallery } from "./gallery.js";
 import { chartPanel, footer, generatePanel, promptsPanel } from "./panels.js";
 import { publishDebugHandle } from "./debug.js";
+import { filterPanel } from "./filters.js";
 
 export { bytesOf };
 
@@ -27,6 +29,20 @@ export { bytesOf };
  */
 
 let instanceCounter = 0;
+let colorProbe = null;
+/** RGB of a CSS colour name ("lightblue", "pink"), parsed by the browser; null when it is not one. */
+function namedColor(name) {
+  if (!/^[a-z]{3,20}$/i.test(name)) return null;
+  colorProbe = colorProbe || document.createElement("canvas").getContext("2d");
+  colorProbe.fillStyle = "#010203";
+  colorProbe.fillStyle = name;
+  const got = String(colorProbe.fillStyle);
+  return got === "#010203" ? null : parseCssColor(got);
+}
+/** Below this width (CSS px) the side panel goes under the map: beside it the map would drop below ~520 px. */
+const NARROW_PX = 820;
+/** Thumbnail size (CSS px) from which thumbnails replace the filled marks when coloured by a field. */
+const THUMBS_WHEN_COLOURED = 40;
 
 class ProjectionView {
   /** @param {AnyModel} model @param {HTMLElement} root */
@@ -35,7 +51,7 @@ class ProjectionView {
     this.root = root;
     this.id = ++instanceCounter;
     this.t0 = performance.now();
-    this.timings = { firstFrame: null, atlasFrame: null, lassoMs: null, lastFrameMs: null };
+    this.timings = { firstFrame: null, thumbsReady: null, thumbFrame: null, lassoMs: null, lastFrameMs: null };
     this.frames = 0;
     this.mode = "pan";
     this.selection = new Uint32Array(0);
@@ -59,9 +75,9 @@ class ProjectionView {
       this.renderer = null;
       this.statusEl.textContent = String(err.message || err);
     }
+    this.thumbs = new ThumbPages(this);
     this.loadPoints();
     this.loadLabels();
-    this.loadAtlas();
     this.loadSelectionFromModel();
     syncFilters(this);
     syncHistory(this);
@@ -110,12 +126,18 @@ class ProjectionView {
     this.gallery.dataset.role = "gallery";
     // The side panel (Generate, prompts) shows when Python offers strategies; the chart goes below.
     this.generate = generatePanel(this, this.side);
+    this.filters = filterPanel(this, this.side);
     this.prompts = promptsPanel(this, this.side);
     this.chart = chartPanel(this, root);
     this.syncSide();
 
     this.resizeObserver = new ResizeObserver(() => this.resize());
     this.resizeObserver.observe(this.stage);
+    this.resizeObserver.observe(this.root);
+    const onWindow = () => { if (this.model.get("fullscreen")) this.resize(); };
+    window.addEventListener("resize", onWindow);
+    this.disposers.push(() => window.removeEventListener("resize", onWindow));
+    this.syncFullscreen();
     this.setMode("pan");
   }
 
@@ -125,10 +147,34 @@ class ProjectionView {
     this.stage.style.cursor = mode === "pan" ? "grab" : "crosshair";
   }
 
+  /** The map's height: `height` from Python, or in full screen what the window leaves for it. */
+  mapHeight() {
+    if (!this.model.get("fullscreen")) return Math.max(1, Math.floor(this.model.get("height") || 520));
+    const top = this.stage.getBoundingClientRect().top - this.root.getBoundingClientRect().top + this.root.scrollTop;
+    return Math.max(200, Math.floor(window.innerHeight - top - this.footer.box.offsetHeight - 24));
+  }
+
+  /** Full screen on / off: the widget covers the window (a fixed layer, so Python can turn it on too). */
+  syncFullscreen() {
+    const on = Boolean(this.model.get("fullscreen"));
+    this.root.classList.toggle("dcw-fullscreen", on);
+    this.fullscreenButton.classList.toggle("dcw-active", on);
+    this.fullscreenButton.textContent = on ? "Exit full screen" : "Full screen";
+    this.resize();
+  }
+
+  setFullscreen(on) {
+    this.model.set("fullscreen", Boolean(on));
+    this.model.save_changes();
+  }
+
   resize() {
+    // Narrow widgets (a side bar open in JupyterLab, marimo's column) stack the side panel under the map.
+    this.root.classList.toggle("dcw-narrow", this.root.clientWidth < NARROW_PX);
     const w = Math.max(1, Math.floor(this.stage.clientWidth));
-    const h = Math.max(1, Math.floor(this.model.get("height") || 520));
+    const h = this.mapHeight();
     this.stage.style.height = h + "px";
+    this.side.style.setProperty("--dcw-side-max", h + 70 + "px");
     if (w === this.width && h === this.height) return;
     const dpr = window.devicePixelRatio || 1;
     this.dpr = dpr;
@@ -164,6 +210,7 @@ class ProjectionView {
     const [x0, y0, x1, y1] = this.index.bounds;
     this.spacing = n > 0 ? Math.sqrt(Math.max((x1 - x0) * (y1 - y0), 1e-12) / n) : 1;
     if (this.renderer) this.renderer.setPositions(xy);
+    this.thumbs?.sync();
     this.details.forEach((d) => d.url && URL.revokeObjectURL(d.url));
     this.details.clear();
     this.recolor();
@@ -205,7 +252,9 @@ class ProjectionView {
     const mode = this.model.get("color_by") || "class";
     syncColorMenu(this, this.model.get("color_options") || BUILTIN_MODES, mode);
     this.attrs.codes = asU16(this.model.get("color_codes"));
-    const { colors, legend } = computeColors(mode, this.n, this.attrs, this.model.get("class_names") || [], this.model.get("color_names") || []);
+    const values = asF32(this.model.get("color_values"));
+    const { colors, legend } = computeColors(mode, this.n, this.attrs, this.model.get("class_names") || [], this.model.get("color_names") || [],
+      { values, scale: this.model.get("color_scale") || {}, named: (name) => namedColor(name) });
     if (this.renderer) { this.renderer.setColors(colors); this.renderer.setState(this.state); }
     renderLegend(this, legend);
     this.requestDraw();
@@ -222,31 +271,13 @@ class ProjectionView {
     this.requestDraw();
   }
 
-  async loadAtlas() {
-    const token = (this.atlasToken = (this.atlasToken || 0) + 1);
-    const bytes = bytesOf(this.model.get("atlas"));
-    const grid = this.model.get("atlas_grid") || {};
-    if (this.atlasBitmap) { this.atlasBitmap.close?.(); this.atlasBitmap = null; }
-    if (!this.renderer) return;
-    if (bytes.length === 0 || !grid.cols || !grid.tile) {
-      this.renderer.setAtlas(null);
-      this.requestDraw();
-      return;
-    }
-    try {
-      const type = grid.format === "jpeg" ? "image/jpeg" : "image/png";
-      const bitmap = await createImageBitmap(new Blob([bytes], { type }));
-      if (token !== this.atlasToken) { bitmap.close?.(); return; }
-      this.renderer.setAtlas(bitmap, grid);
-      this.atlasGrid = grid;
-      this.timings.atlasReady = performance.now() - this.t0;
-      // Keep the decoded atlas for instant tooltip and gallery thumbnails unless it is huge.
-      if (bitmap.width * bitmap.height <= 4096 * 4096) this.atlasBitmap = bitmap; else bitmap.close?.();
-      this.atlasPending = true;
-      renderGallery(this);
-      this.requestDraw();
-    } catch (err) {
-      this.statusEl.textContent = "could not load thumbnails: " + String(err.message || err);
+  /** Thumbnails of these points arrived (thumbs.js): draw them, and the gallery if it shows any. */
+  onThumbs(points) {
+    this.thumbsPending = true;
+    this.requestDraw();
+    if (this.selection.length && this.gallery.style.display !== "none") {
+      const shown = new Set(this.selection.subarray(0, 120));
+      if (points.some((i) => shown.has(i))) renderGallery(this);
     }
   }
 
@@ -266,6 +297,7 @@ class ProjectionView {
     for (const i of this.selection) s[4 * i + 1] = 1;
     this.countEl.textContent = `${this.selection.length} of ${this.n} selected`;
     syncSelectionButtons(this);
+    if (this.filters) this.filters.sync();
   }
 
   /** Sets the selection locally and sends it to Python through the selection trait (a uint32 buffer). */
@@ -283,7 +315,10 @@ class ProjectionView {
   }
 
   syncSide() {
-    this.side.style.display = (this.model.get("strategies") || []).length ? "" : "none";
+    const any = (this.model.get("strategies") || []).length || (this.model.get("facets") || []).length;
+    this.side.style.display = any ? "" : "none";
+    this.generate.box.style.display = (this.model.get("strategies") || []).length ? "" : "none";
+    this.prompts.box.style.display = this.generate.box.style.display;
   }
 
   resetView() { this.userMoved = false; this.fitView(); this.requestDraw(); }
@@ -302,19 +337,22 @@ class ProjectionView {
     const recolor = queue("color", () => this.recolor());
     for (const k of ["xy", "kind", "cls", "round"]) on("change:" + k, reload);
     for (const k of ["feedback", "flag", "hidden"]) on("change:" + k, marks);
-    for (const k of ["color_by", "class_names", "color_codes", "color_names", "color_options"]) on("change:" + k, recolor);
+    for (const k of ["color_by", "class_names", "color_codes", "color_names", "color_options", "color_values", "color_scale"]) on("change:" + k, recolor);
     on("change:labels", () => this.loadLabels());
-    on("change:atlas", () => this.loadAtlas());
-    on("change:atlas_grid", () => this.loadAtlas());
+    on("change:thumbs", () => { this.thumbs.sync(); this.requestDraw(); });
     on("change:selection", () => this.loadSelectionFromModel());
     on("change:status", () => this.footer.syncStatus());
     on("change:progress", () => { this.footer.syncProgress(); this.generate.syncRunning(); });
-    on("change:filters", () => syncFilters(this));
+    const facets = queue("facets", () => { this.filters.load(); this.syncSide(); });
+    on("change:facets", facets);
+    on("change:facet_codes", facets);
+    on("change:filters", () => { syncFilters(this); this.filters.sync(); this.recolor(); });
     on("change:history", () => syncHistory(this));
     on("change:strategies", () => { this.generate.syncStrategies(); this.syncSide(); });
     on("change:prompts", () => this.prompts.sync());
     on("change:chart", () => this.chart.sync());
     on("change:height", () => this.resize());
+    on("change:fullscreen", () => this.syncFullscreen());
     on("msg:custom", (msg, buffers) => this.onCustom(msg, buffers));
   }
 
@@ -329,6 +367,8 @@ class ProjectionView {
       if (this.hover === msg.index) showTooltip(this, msg.index);
     } else if (msg.type === "result") {
       if (msg.message) this.footer.say(String(msg.message));
+    } else if (msg.type === "thumbs") {
+      this.thumbs.receive(msg, buffers);
     } else if (msg.type === "zoom") {
       const idx = buffers && buffers.length ? asU32(buffers[0]) : new Uint32Array(0);
       this.zoomTo(idx);
@@ -380,9 +420,23 @@ class ProjectionView {
 
   markSize() {
     const px = this.spacing * this.view.k;
-    const thumbs = Boolean(this.renderer && this.renderer.texture) && px * 0.9 >= 14;
-    const size = thumbs ? Math.min(px * 0.9, 128) : Math.max(4, Math.min(px * 0.7, 10));
+    // Coloured by a field (not the default class): filled marks that show the colour, thumbnails from 40 px.
+    const field = (this.model.get("color_by") || "class") !== "class";
+    const thumbs = Boolean(this.renderer && this.thumbs && this.thumbs.enabled) && px * 0.9 >= (field ? THUMBS_WHEN_COLOURED : 14);
+    const size = thumbs ? Math.min(px * 0.9, 128) : Math.max(4, Math.min(px * 0.7, field ? 24 : 10));
     return { size, thumbs };
+  }
+
+  /** Sorted indices of the points within a w x h px frame of view `v` (and half a mark beyond), or null
+   *  when that is most of them (then drawing them all is as cheap). */
+  pointsIn(v, w, h, size) {
+    if (!this.index || this.n < 20000) return null;
+    const m = size * 0.6 + 2;
+    const x0 = (-m - v.tx) / v.k, x1 = (w + m - v.tx) / v.k, y1 = (v.ty + m) / v.k, y0 = (v.ty - h - m) / v.k;
+    const [bx0, by0, bx1, by1] = this.index.bounds;
+    const share = (Math.max(0, Math.min(x1, bx1) - Math.max(x0, bx0)) * Math.max(0, Math.min(y1, by1) - Math.max(y0, by0)))
+      / Math.max((bx1 - bx0) * (by1 - by0), 1e-12);
+    return share > 0.5 ? null : this.index.box(x0, y0, x1, y1);
   }
 
   /** The host theme's colours, read from the page: background, text, and a halo for labels. */
@@ -414,22 +468,25 @@ class ProjectionView {
     const { size, thumbs } = this.markSize();
     this.theme = this.themeColors();
     this.reportTheme(this.theme.bg);
+    this.thumbs.flush();
     if (this.renderer) {
       this.renderer.draw(this.view, {
         width: this.width, height: this.height, dpr: this.dpr || 1, size, thumbs,
         dim: this.selection.length > 0 ? 0.35 : 1, anySelected: this.selection.length > 0,
         background: this.theme.bg.map((v) => v / 255), interactive: Boolean(this.zooming),
+        inView: (v, w, h) => this.pointsIn(v, w, h, size),
       });
     }
     drawOverlay(this, size, thumbs);
     const first = this.timings.firstFrame === null && this.n > 0;
-    const atlas = this.atlasPending && thumbs;
-    if ((first || atlas) && this.renderer) {
+    const thumbFrame = this.thumbsPending && thumbs;
+    if ((first || thumbFrame) && this.renderer) {
       // Force the GPU to finish so the recorded time is the time the pixels exist.
       this.renderer.gl.readPixels(0, 0, 1, 1, this.renderer.gl.RGBA, this.renderer.gl.UNSIGNED_BYTE, new Uint8Array(4));
       if (first) this.timings.firstFrame = performance.now() - this.t0;
-      if (atlas) { this.timings.atlasFrame = performance.now() - this.t0; this.atlasPending = false; }
+      if (thumbFrame) { this.timings.thumbFrame = performance.now() - this.t0; this.thumbsPending = false; }
     }
+    if (thumbs) this.thumbs.schedule(); // ask for what this view shows and lacks
     this.timings.lastFrameMs = performance.now() - t;
     this.frames++;
     this.thumbsShown = thumbs;
@@ -476,7 +533,7 @@ class ProjectionView {
     clearTimeout(this.detailTimer);
     clearTimeout(this.zoomTimer);
     this.details.forEach((d) => d.url && URL.revokeObjectURL(d.url));
-    if (this.atlasBitmap) this.atlasBitmap.close?.();
+    this.thumbs.destroy();
     if (this.renderer) this.renderer.destroy();
     this.chart.dispose();
     if (window.__dcw) window.__dcw = window.__dcw.filter((h) => h !== this.handle);

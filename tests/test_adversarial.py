@@ -61,6 +61,52 @@ def test_fixed_noise_objective_decreases_monotonically(setup):
     assert all(b <= a + 1e-4 for a, b in zip(adv, adv[1:])), adv
 
 
+def test_checkpointing_recomputes_the_unet_and_the_vae_block_by_block(setup):
+    """checkpointing=True must bound the backward's memory at 512 px: the UNet and the VAE decoder
+    recompute block by block (a whole-UNet checkpoint recomputes one call's activations at once, and
+    left the VAE decoder's at 512 px all live), with the same tokens as without, and nothing left on."""
+    gen, student = setup
+    pipe = gen.pipe
+    seen: list[tuple[str, bool]] = []
+
+    def record(name: str, flag):
+        return lambda module, args: seen.append((name, bool(flag()))) if torch.is_grad_enabled() else None
+
+    hooks = [
+        pipe.unet.register_forward_pre_hook(record("unet", lambda: pipe.unet.is_gradient_checkpointing)),
+        pipe.vae.decoder.register_forward_pre_hook(record("vae", lambda: pipe.vae.decoder.gradient_checkpointing)),
+    ]
+    try:
+        plain = optimise_prompt_tokens(gen, student, "cat", steps=2, seed=0, **SETTINGS)
+        assert seen and not any(on for _, on in seen)
+        seen.clear()
+        saved = optimise_prompt_tokens(gen, student, "cat", steps=2, seed=0, checkpointing=True, **SETTINGS)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert {name for name, _ in seen} == {"unet", "vae"} and all(on for _, on in seen), seen
+    assert not pipe.unet.is_gradient_checkpointing and not pipe.vae.is_gradient_checkpointing
+    torch.testing.assert_close(saved.embeddings, plain.embeddings, rtol=1e-4, atol=1e-6)
+
+
+def test_checkpointing_is_on_by_default_from_512_px(setup):
+    """At 64 x 64 latents one UNet call's and the VAE decoder's activations are 3.6 and 6 GB at batch 1
+    (benchmarks/bench_gap_memory.py), so GAP recomputes them unless told not to; the starter's 4 x 4
+    latents are cheap and keep the faster path."""
+    from types import SimpleNamespace
+
+    from datacrafter_widget.loop.gap import GapConfig, uses_checkpointing
+
+    def pipe(side: int):
+        return SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(sample_size=side)))
+
+    assert GapConfig().checkpointing is None
+    assert uses_checkpointing(GapConfig(), pipe(64)) and uses_checkpointing(GapConfig(), pipe(96))
+    assert not uses_checkpointing(GapConfig(), setup[0].pipe)
+    assert not uses_checkpointing(GapConfig(checkpointing=False), pipe(64))
+    assert uses_checkpointing(GapConfig(checkpointing=True), setup[0].pipe)
+
+
 def test_text_and_image_guidance_terms(setup):
     gen, student = setup
     res = optimise_prompt_tokens(

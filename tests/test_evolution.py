@@ -392,3 +392,17 @@ def test_a_balanced_axis_leaves_the_negative_prompt(tmp_path):
     assert not any("pink" in m for m in result.negative_prompts.values())
     assert any("taken out of the negative prompt" in d for d in r.diff)
     store.close()
+
+
+def test_evolution_ticks_while_it_renders_not_only_per_generation(tmp_path, monkeypatch):
+    """Each rendered batch (a candidate, a phrase measured) may report, so a slow generation still ticks."""
+    from datacrafter_widget import compute
+
+    world = ColourWorld()
+    store, _ = _project(tmp_path, world, mark_labels=True)
+    seen = []
+    monkeypatch.setattr(compute, "HEARTBEAT_S", 0.0)  # every batch is "slow": each one reports
+    _evolve_3(store, world, population=4, generations=1, batch=2, seed=0, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (1, 1)
+    assert len(seen) >= 4  # the candidates' batches before the one generation ends
+    store.close()

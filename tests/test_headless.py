@@ -317,3 +317,39 @@ def test_simulated_fewer_lassoes_each_value_beyond_an_even_share_in_its_own_lass
     assert [len(c["bad"]) for c in crafter.calls] == [60 - even, 21 - even]
     assert all(set(bgs[ids.index(i)] for i in c["bad"]) == {b} for c, b in zip(crafter.calls, ["black", "gray"]))
     assert all("bad_labels" not in c for c in crafter.calls) and n == 60 + 21 - 2 * even
+
+
+def test_a_silent_step_says_it_is_still_working(tmp_path, monkeypatch):
+    """While models load (or any step prints nothing), `datacrafter run` says "still ..." every QUIET_S seconds."""
+    import threading
+
+    from datacrafter_widget.app import headless
+
+    monkeypatch.setattr(headless, "QUIET_S", 0.05, raising=False)
+    lines: list[str] = []
+    loading = threading.Event()
+
+    def slow_models(*args):
+        loading.wait(1.0)  # a silent load: nothing sets the event
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(headless, "_models", slow_models)
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('project = "p"\n[feedback]\nsimulate = false\n')
+    with pytest.raises(RuntimeError, match="stop here"):
+        run(cfg, log=lines.append, progress=False)
+    loading_at = next(k for k, line in enumerate(lines) if "loading the starter models" in line)
+    still = [line for line in lines[loading_at + 1 :] if "... still loading the starter models" in line]
+    assert len(still) >= 3, lines
+
+
+def test_loading_the_starter_models_says_each_stage():
+    from datacrafter_widget.app.headless import _models
+    from datacrafter_widget.starter.loader import LOAD_STAGES
+
+    lines: list[str] = []
+    models = _models({"models": {"kind": "starter"}}, lines.append)
+    assert models.generator is not None
+    assert lines == [
+        f"loading the starter models: {what} ({k}/{len(LOAD_STAGES)})" for k, what in enumerate([*LOAD_STAGES, "done"])
+    ]

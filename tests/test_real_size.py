@@ -8,6 +8,7 @@ channel width divided by 8); benchmarks/bench_real_size.py runs the same path at
 
 from __future__ import annotations
 
+import io
 import sys
 import warnings
 from pathlib import Path
@@ -56,31 +57,66 @@ def test_saved_folders_load_as_a_download_does(real_size, models):
     assert models.captioner.processor.image_processor.size == {"height": 384, "width": 384}
 
 
-def test_one_round_of_the_loop_at_512_px(real_size, models, tmp_path):
+def test_the_whole_loop_at_512_px(real_size, models, tmp_path):
+    """Import, map, a class and a caption round, feedback, evolve, the probe student, a GAP step, the
+    widget's view and export, all at the real resolutions (512 px images, 64 x 64 latents)."""
     _, photos = real_size
     ds = dc.Dataset.from_folder(photos)
     assert {im.size for im in ds.images()} == {(512, 512)}
     with dc.DataCrafter(ds, models=models, project=tmp_path / "project", batch_size=2) as crafter:
         crafter.update_projection()
+        class_ids = crafter.generate(per_class=1, strategy="class", classes=["ball"], steps=1, progress=False)
         ids = crafter.generate(per_class=1, strategy="caption", classes=["ball", "box"], steps=1, progress=False)
-        assert len(ids) == 2
+        assert len(class_ids) == 1 and len(ids) == 2
         s = crafter.samples.set_index("id")
         real = s[s["source"] == "real"]
         asked = real[real["label"].isin(["ball", "box"])]
         assert (asked["caption"].str.len() > 0).all(), "the BLIP-shaped captioner captioned the round's real photos"
         for i in ids:  # caption prompts: the class and a real photo's caption
             assert s.loc[i, "label"] in s.loc[i, "prompt"] and s.loc[i, "parent_id"] in real.index, s.loc[i]
-        assert {crafter.image(i).size for i in ids} == {(512, 512)}
+        assert {crafter.image(i).size for i in class_ids + ids} == {(512, 512)}
         assert crafter.embeddings(ids).shape == (2, models.embedder.dim)
+
+        assert crafter.feedback(bad=class_ids, bad_labels=["blurry"])["bad"] == 1
+        result = crafter.evolve(
+            classes=["ball"], population=2, generations=1, batch=1, steps=1, test_negatives=False, progress=False
+        )
+        assert set(result.prompts) == {"ball"} and result.prompts["ball"].strip()
+        assert crafter.prompts["ball"]["history"], "the evolved prompt is kept in prompts.json"
+
+        student = crafter.train_student(kind="probe", progress=False)
+        assert student.config.kind == "probe" and student.config.feature_dim == models.embedder.dim
+        gap_ids = crafter.adversarial(
+            target="a photo of an object on a beach",
+            steps=1,
+            per_class=1,
+            classes=["box"],
+            sampler_steps=1,
+            final_steps=1,
+            batch=1,
+            n_tokens=2,
+            progress=False,
+        )
+        assert len(gap_ids) == 1
+        row = crafter.samples.set_index("id").loc[gap_ids[0]]
+        assert row["strategy"] == "gap" and row["label"] == "box"
+        assert (crafter.project / row["embeddings_file"]).is_file()
+        assert crafter.image(gap_ids[0]).size == (512, 512)
+
         view = CrafterView(crafter)  # what crafter.show() displays
         view.wait(timeout=300)
-        grid = view.widget.atlas_grid
-        assert grid["count"] == len(crafter.samples) and grid["tile"] <= 32
-        atlas = Image.open(__import__("io").BytesIO(view.widget.atlas))
-        assert atlas.size == (grid["width"], grid["height"])
+        meta = view.widget.thumb_meta
+        assert meta["count"] == len(crafter.samples) and meta["tile"] <= 32
+        page, grid = view.widget.thumbnail_page(range(meta["count"]))  # what the browser asks for zoomed in
+        assert Image.open(io.BytesIO(page)).size == (grid["width"], grid["height"])
+        assert grid["count"] == meta["count"] and grid["tile"] == meta["tile"]
+
         out = crafter.export(tmp_path / "export")
+        s = crafter.samples
+        kept = s[(s["source"] == "generated") & (s["flag"] == "") & ~s["id"].isin(class_ids)]  # class_ids: bad
         exported = sorted(out.rglob("g*.png"))
-        assert len(exported) == 2 and {Image.open(f).size for f in exported} == {(512, 512)}
+        assert len(kept) >= 1 and {f.stem for f in exported} == set(kept["id"])
+        assert {Image.open(f).size for f in exported} <= {(512, 512)}
 
 
 def test_float16_on_the_cpu_loads_float32(real_size):

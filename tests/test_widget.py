@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from datacrafter_widget.ui.codecs import thumbnail
 from datacrafter_widget.ui.commands import COMMANDS, Generate, PromptRevert, parse
 from datacrafter_widget.ui.widget import (
     CrafterWidget,
@@ -151,8 +152,61 @@ def test_state_serialises_binary_traits_as_buffers() -> None:
     w.set_frame(frame(), thumbnails=[Image.new("RGB", (8, 8), colour(i)) for i in range(6)])
     state = w.get_state()
     assert isinstance(state["xy"], bytes) and len(state["xy"]) == 6 * 8
-    assert state["atlas"][:8] == b"\x89PNG\r\n\x1a\n"
-    assert state["atlas_grid"]["count"] == 6 and state["atlas_grid"]["tile"] == 32
+    assert state["thumbs"]["count"] == 6 and state["thumbs"]["tile"] == 32
+    assert "atlas" not in state  # thumbnails travel on demand, never in the state
+
+
+def _ask(w: CrafterWidget, indices: list[int], version: int | None = None) -> tuple[dict, list]:
+    """Sends a "thumbs" request as the browser does and waits for the reply the widget sends."""
+    import threading
+
+    got: list = []
+    done = threading.Event()
+
+    def send(content: dict, buffers: list | None = None) -> None:
+        got.append((content, buffers or []))
+        done.set()
+
+    w.send = send  # type: ignore[method-assign]
+    v = w.thumbs["version"] if version is None else version
+    content = {"type": "thumbs", "req": 7, "version": v}
+    w._on_custom_msg(w, content, [memoryview(np.array(indices, "<u4").tobytes())])
+    assert done.wait(10), "no thumbnail reply"
+    return got[0]
+
+
+def test_thumbnails_are_sent_on_request_in_pages() -> None:
+    """Nothing is encoded when the frame is set; a "thumbs" request gets one page of exactly those
+    points, tile k of the sheet being the k-th index asked for."""
+    calls: list[list[int]] = []
+    w = CrafterWidget()
+    w.set_frame(frame(6))
+
+    def source(idx: np.ndarray) -> np.ndarray:
+        calls.append(idx.tolist())
+        return np.stack([np.full((32, 32, 3), colour(int(i)), np.uint8) for i in idx])
+
+    w.set_thumbnail_source(source, 6)
+    assert calls == [] and w.thumbs["count"] == 6
+    reply, buffers = _ask(w, [4, 1])
+    assert calls == [[4, 1]] and reply["req"] == 7 and reply["count"] == 2 and reply["cols"] == 2
+    sheet = np.asarray(Image.open(io.BytesIO(bytes(buffers[0]))).convert("RGB"))
+    assert sheet[16, 16].tolist() == list(colour(4)) and sheet[16, 48].tolist() == list(colour(1))
+    # A request for an older set (the points changed meanwhile) is answered "stale", without work.
+    w.set_thumbnails(np.zeros((6, 32, 32, 3), np.uint8))
+    reply, buffers = _ask(w, [0], version=reply["version"])
+    assert reply.get("stale") and buffers == [] and len(calls) == 1
+    # A failing source or a bad index is an error reply naming it, not a dead comm.
+    reply, _ = _ask(w, [9])
+    assert "out of range" in reply["error"]
+
+
+def test_thumbnails_of_large_photos_are_shrunk_cheaply() -> None:
+    """A 512 px photo becomes a 32 px thumbnail of its centre square (reduced before resampling)."""
+    img = Image.new("RGB", (768, 512), (10, 20, 30))
+    img.paste((200, 0, 0), (128, 0, 640, 512))  # the centre square is red, the sides dark
+    t = thumbnail(img, 32)
+    assert t.shape == (32, 32, 3) and t[16, 16].tolist() == [200, 0, 0] and t[:, 0].max() > 150
 
 
 def test_set_frame_keeps_selection_that_still_exists() -> None:
@@ -286,7 +340,7 @@ def test_crafter_view_shows_every_sample_and_syncs_selection(crafter) -> None:
     w = view.widget
     samples = crafter.samples
     assert w.n == len(samples) and view.ids == samples["id"].tolist()
-    assert w.class_names == list(crafter.classes) and w.atlas_grid["count"] == len(samples)
+    assert w.class_names == list(crafter.classes) and w.thumbs["count"] == len(samples)
     # Lasso in the browser -> crafter.selection holds the sample ids.
     w.set_state({"selection": memoryview(np.array([0, 3, 7], "<u4").tobytes())})
     assert crafter.selection == [view.ids[0], view.ids[3], view.ids[7]]
@@ -302,7 +356,7 @@ def test_crafter_view_buttons_reach_the_store(crafter) -> None:
     w = view.widget
     w.send = lambda content, buffers=None: None
     atlas_changes = []
-    w.observe(lambda ch: atlas_changes.append(1), names="atlas")
+    w.observe(lambda ch: atlas_changes.append(1), names="thumbs")
     view.wait()  # the first map (none here: no embedder) and the metrics run in the background
     w.set_state({"selection": memoryview(np.array([2, 4], "<u4").tobytes())})  # the selection's only channel
     hidden_sends = []
@@ -447,7 +501,8 @@ def test_crafter_view_tools_reach_the_controller(crafter) -> None:
 
 def test_slow_metrics_never_block_evolve(crafter, monkeypatch) -> None:
     """The metrics chart's computation (it may train a held-out student) runs quietly apart: while it
-    runs, Evolve still starts and shows its own outcome, and a second request reruns it once after."""
+    runs, Evolve still starts and shows its own outcome, and a second request (a round that finished)
+    starts at once, not queued behind the first."""
     import threading
 
     from datacrafter_widget.ui.widget import CrafterView
@@ -456,15 +511,20 @@ def test_slow_metrics_never_block_evolve(crafter, monkeypatch) -> None:
     view.wait()
     release, calls = threading.Event(), []
 
-    def slow_metrics(self, progress=True):
+    def slow_metrics(self, progress=True, train=True):
         calls.append(1)
         release.wait(30)
         return pd.DataFrame()
 
     monkeypatch.setattr(type(crafter), "metrics_table", slow_metrics)
     view._metrics_in_background()
-    view._metrics_in_background()  # while the first runs: served by one more run after it
-    assert view._metrics_job.running
+    view._metrics_in_background()  # while the first runs: starts too
+    assert view._quick_job is not None and view._quick_job.is_alive()
+    for _ in range(100):
+        if len(calls) == 2:
+            break
+        time.sleep(0.05)
+    assert len(calls) == 2  # both running before either ends
     w = view.widget
     w.send = lambda content, buffers=None: None
     w.set_state({"selection": memoryview(np.array([2], "<u4").tobytes())})
@@ -480,7 +540,7 @@ def test_slow_metrics_never_block_evolve(crafter, monkeypatch) -> None:
     release.set()
     view.wait()
     for _ in range(100):
-        if len(calls) == 2 and not view._metrics_job.running:
+        if len(calls) == 2 and not view._quick_job.is_alive():
             break
         time.sleep(0.05)
     assert len(calls) == 2

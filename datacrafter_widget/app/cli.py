@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .. import compute
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 QUICKSTART = "quickstart.ipynb"
 
@@ -322,6 +324,7 @@ def collect_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "packages": {name: _version(name) for name in PACKAGES},
         "torch": torch_device(),
+        "compute": repr(compute.policy()),
         "starter_weights": starter_weights(),
         "notebooks": _notebooks_or_none(),
     }
@@ -346,6 +349,7 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"  {name:<20} {version or 'not installed'}")
     t = info["torch"]
     print(f"torch device: {t['device'] or 'none'} ({t['detail']})")
+    print(f"compute: {info['compute']} (dc.compute; README 'Compute')")
     w = info["starter_weights"]
     state = f"present ({', '.join(w['files'])})" if w["present"] else f"missing: {w['hint'] or 'no .safetensors files'}"
     print(f"starter weights: {state}\n  in {w['folder']}")

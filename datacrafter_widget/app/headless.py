@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,20 +155,56 @@ class RunResult:
     evolution: list[str] = field(default_factory=list)
 
 
+#: seconds without output (no log line, no progress bar drawn) before a run says it is still working
+QUIET_S = 5.0
+
+
 class _Clock:
-    """Prefixes every message with the seconds since the run started, so a log reads as a timeline."""
+    """Prefixes every message with the seconds since the run started, so a log reads as a timeline;
+    `watch()` says "still ..." whenever nothing was printed for QUIET_S seconds (a silent step such as
+    loading models, or a step slowed down by a busy CPU), so a run never looks hung."""
 
     def __init__(self, log: Callable[[str], None], started: float | None = None) -> None:
         self.t0 = time.time() if started is None else started
         self.log = log
+        self.last_output = time.time()
+        self.current = ""
 
     @property
     def elapsed(self) -> float:
         return time.time() - self.t0
 
-    def __call__(self, message: str) -> None:
-        for line in str(message).splitlines() or [""]:
+    def __call__(self, message: str, *, step: bool = True) -> None:
+        lines = str(message).splitlines() or [""]
+        if step:
+            self.current = lines[0]
+        for line in lines:
             self.log(f"[{self.elapsed:6.1f}s] {line}")
+        self.last_output = time.time()
+
+    def _quiet_for(self) -> float:
+        from tqdm.std import tqdm
+
+        drawn = [getattr(bar, "last_print_t", 0.0) for bar in list(getattr(tqdm, "_instances", ()))]
+        return time.time() - max([self.last_output, *drawn])
+
+    @contextmanager
+    def watch(self) -> Iterator[None]:
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(min(1.0, QUIET_S / 5)):
+                quiet = self._quiet_for()
+                if quiet >= QUIET_S and self.current:
+                    self(f"... still {self.current} ({quiet:.0f} s since the last output)", step=False)
+
+        thread = threading.Thread(target=beat, name="datacrafter-run-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 def _resolve(base: Path, path: str | Path) -> Path:
@@ -201,14 +239,16 @@ def _dataset(cfg: Mapping[str, Any], base: Path) -> Any:
     return ds
 
 
-def _models(cfg: Mapping[str, Any]) -> Any:
+def _models(cfg: Mapping[str, Any], say: Callable[[str], None]) -> Any:
     from ..models.bundle import Models
 
     m = cfg["models"]
     if m["kind"] == "starter":
         from .. import starter
 
-        return starter.models()
+        return starter.models(
+            progress=lambda done, total, what: say(f"loading the starter models: {what} ({done}/{total})")
+        )
     clip = tuple(m["clip"]) if m["clip"] else ("ViT-B-32", "laion2b_s34b_b79k")
     return Models.stable_diffusion(
         m["model"], clip=clip, captioner=m["captioner"], device=m["device"], steps=m["steps"], guidance=m["guidance"]
@@ -304,6 +344,22 @@ def run(
     started: the time.time() the log's seconds count from (the CLI passes its own start).
     """
     say = _Clock(log, started)
+    with say.watch():
+        return _run(
+            config, say, project=project, progress=progress, models=models, checker=checker, overwrite=overwrite
+        )
+
+
+def _run(
+    config: str | Path | Mapping[str, Any],
+    say: _Clock,
+    *,
+    project: str | Path | None,
+    progress: bool,
+    models: Any,
+    checker: Checker | None,
+    overwrite: bool,
+) -> RunResult:
     say(f"reading the config {config if not isinstance(config, Mapping) else '(a dict)'}")
     cfg = load_config(config)
     base = Path(cfg["_base"])
@@ -320,7 +376,7 @@ def run(
     test = ds.test
     if models is None:
         say(f"loading the {cfg['models']['kind']} models (torch, diffusers, open_clip)")
-        models = _models(cfg)
+        models = _models(cfg, say)
     from ..controller.crafter import DataCrafter
 
     say(f"creating the project {project_dir}")

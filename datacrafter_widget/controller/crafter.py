@@ -16,7 +16,7 @@ changed), "selection" (ids), "progress" (Job), "projection" (frame), "view" (sta
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -517,9 +517,16 @@ class DataCrafter:
         show_test: bool | None = None,
         show_removed: bool | None = None,
         rounds: Iterable[int] | None | str = "keep",
+        hide: Mapping[str, Iterable[Any]] | None | str = "keep",
+        only: Mapping[str, Iterable[Any]] | None = None,
     ) -> None:
-        """Show or hide the held-out test images and removed images, or only some rounds (rounds=None: all)."""
-        self._map.set_view(show_test=show_test, show_removed=show_removed, rounds=rounds)
+        """Show or hide the held-out test images and removed images, or only some rounds (rounds=None: all).
+
+        hide={"label": ["3"], "content_label": ["stripes"]} hides those values of a field (a samples
+        column, or "content_label"; an empty list shows the field's values again, hide=None every
+        field's); only={"strategy": ["caption"]} shows that value alone. The map's legend and sidebar
+        do the same; the filters are kept with the project."""
+        self._map.set_view(show_test=show_test, show_removed=show_removed, rounds=rounds, hide=hide, only=only)
 
     def isolate(self, ids: Iterable[str] | None) -> None:
         """Show only these samples on the map (None shows everything again)."""
@@ -563,10 +570,12 @@ class DataCrafter:
         the class filter's classifier (zero-shot when no classifier works on the real images)."""
         return self.metrics_table()
 
-    def metrics_table(self, *, progress: bool = True) -> pd.DataFrame:
+    def metrics_table(self, *, progress: bool = True, train: bool | Collection[int] = True) -> pd.DataFrame:
         """`crafter.metrics`; progress=False trains the held-out student without a tqdm bar (the view's
-        background job: the widget shows its own progress, nothing is printed under it)."""
-        return self._evaluation.metrics_table(progress=progress)
+        background job: the widget shows its own progress, nothing is printed under it). train: which
+        rounds' held-out students may be trained now (True: all; False: none, their student_acc is NaN
+        until trained; or round numbers), so a view can show the round's metrics at once."""
+        return self._evaluation.metrics_table(progress=progress, train=train)
 
     @property
     def heldout(self) -> Dataset | None:

@@ -8,7 +8,7 @@ and, when a held-out split is set, a student trained on each round's data (heldo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,7 +49,7 @@ class EvaluationService:
         from ..loop.student import train_student, training_set_from_samples
 
         store = self.project.store
-        images, labels, _ = training_set_from_samples(
+        images, labels, ids = training_set_from_samples(
             store.samples,
             store.image,
             keep_flagged=data["keep_flagged"],
@@ -62,6 +62,7 @@ class EvaluationService:
             embedder=self._embedder(),
             progress=progress,
             should_stop=stop_check(cancel),
+            features=lambda: self.embeddings(ids),  # a probe's features: the cached embeddings
             **options,
         )
         student.save(self.project.path / "student")
@@ -126,8 +127,9 @@ class EvaluationService:
         self._heldout, self._heldout_fp = value, None
 
     # ---- metrics ---------------------------------------------------------------------------------
-    def metrics_table(self, *, progress: bool = True) -> pd.DataFrame:
-        """One row per generation round (metrics.py), with strategies, flag and bad counts, and student_acc."""
+    def metrics_table(self, *, progress: bool = True, train: bool | Collection[int] = True) -> pd.DataFrame:
+        """One row per generation round (metrics.py), with strategies, flag and bad counts, and student_acc
+        (train: which rounds' held-out students may be trained now; the others are cached or NaN)."""
         from ..loop.metrics import round_metrics
 
         emb_model = self.models.require("embedder", "crafter.metrics")
@@ -135,7 +137,9 @@ class EvaluationService:
         s = self.project.store.samples
         gen = s[s["source"] == "generated"]
         if not len(gen):
-            return self._with_student_accuracy(pd.DataFrame(columns=["round", "n_generated"]), progress=progress)
+            return self._with_student_accuracy(
+                pd.DataFrame(columns=["round", "n_generated"]), progress=progress, train=train
+            )
         real = s[(s["source"] == "real") & (s["split"] == "train")]
         real_emb = self.embeddings(real["id"].tolist())
         flt = ClassFilter(emb_model, classes, mode=self.project.filter_mode).fit(real_emb, real["label"].tolist())
@@ -166,9 +170,11 @@ class EvaluationService:
             row["flagged"] = int((g["flag"] != "").sum())
             row["bad"] = int((g["feedback"] == "bad").sum())
             rows.append(row)
-        return self._with_student_accuracy(pd.DataFrame(rows), progress=progress)
+        return self._with_student_accuracy(pd.DataFrame(rows), progress=progress, train=train)
 
-    def _with_student_accuracy(self, frame: pd.DataFrame, *, progress: bool = True) -> pd.DataFrame:
+    def _with_student_accuracy(
+        self, frame: pd.DataFrame, *, progress: bool = True, train: bool | Collection[int] = True
+    ) -> pd.DataFrame:
         """Adds student_acc (held-out accuracy of a student trained on each round's data; heldout.py),
         with a round-0 row for the real images alone; cached per round in <project>/heldout/."""
         from .heldout import STUDENT_COLUMNS, heldout_fingerprint, student_accuracy_by_round
@@ -188,6 +194,8 @@ class EvaluationService:
             embedder=self._embedder(),
             options=self.heldout_options,
             progress=progress,
+            train=train,
+            features=self.embeddings,
         )
         if len(frame):
             merged = acc.merge(frame.astype({"round": "int64"}), on="round", how="left")

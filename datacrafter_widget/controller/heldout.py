@@ -11,12 +11,14 @@ the feedback or the held-out split changes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from ..data.dataset import Dataset
@@ -74,13 +76,18 @@ def student_accuracy_by_round(
     options: Mapping[str, Any] | None = None,
     fingerprint: str | None = None,
     progress: bool = True,
+    train: bool | Collection[int] = True,
+    features: Callable[[list[str]], np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """One row per round in `rounds`: round, student_acc (held-out accuracy), student_n_train.
 
     options go to student.train_student (seed=, steps=, kind=, ...); cached results are reused
-    when the training ids, the held-out split and the options are the same.
+    when the training ids, the held-out split and the options are the same. train: which rounds
+    without a cached result are trained now (True: all, False: none, or round numbers); the others
+    get NaN, so a chart can show what is known while a student trains. features(ids): the
+    samples' cached embeddings, which a probe student trains on instead of embedding them again.
     """
-    from ..loop.student import StudentError, evaluate, train_student
+    from ..loop.student import LazyImages, StudentError, evaluate, train_student
 
     if heldout is None or len(heldout) == 0:
         raise StudentError(
@@ -99,9 +106,19 @@ def student_accuracy_by_round(
         if cached is not None and cached.get("key") == key:
             rows.append({"round": int(rnd), "student_acc": float(cached["accuracy"]), "student_n_train": len(ids)})
             continue
-        images = [store.image(i) for i in ids]
+        if train is not True and (train is False or int(rnd) not in train):
+            rows.append({"round": int(rnd), "student_acc": float("nan"), "student_n_train": len(ids)})
+            continue
         labels = samples.set_index("id").loc[ids, "label"].astype(str).tolist() if ids else []
-        student = train_student(images, labels, list(classes), embedder=embedder, progress=progress, **options)
+        student = train_student(
+            LazyImages(store.image, ids),
+            labels,
+            list(classes),
+            embedder=embedder,
+            progress=progress,
+            features=None if features is None else functools.partial(features, ids),
+            **options,
+        )
         result = evaluate(student, heldout)
         student.save(folder)
         atomic_write_bytes(

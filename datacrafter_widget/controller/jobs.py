@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Union
 
+from .. import compute
+
 
 class JobCancelled(Exception):
     """Raised by JobContext.check() so a job function can stop at a safe point."""
@@ -153,12 +155,24 @@ class Job:
             self._notify()
         return self.result
 
-    def start(self) -> "Job":
-        """Run in a daemon worker thread and return at once."""
+    def start(self, *, low_priority: bool = False) -> "Job":
+        """Run in a daemon worker thread and return at once, with the compute policy's background
+        settings (fewer torch threads, one background job at a time; low_priority: work nobody waits
+        for also runs at a lower OS priority): the notebook's own work keeps the cores it needs
+        (datacrafter_widget.compute)."""
+
+        waited: list[bool] = []
+
+        def waiting() -> None:
+            waited.append(True)
+            self._update(self.done, None, f"{self.description}: waiting for another background job to finish")
 
         def target() -> None:
             try:
-                self.run()
+                with compute.background(waiting=waiting, cancelled=self._cancel.is_set, low_priority=low_priority):
+                    if waited:
+                        self._update(self.done, None, "")
+                    self.run()
             except BaseException:  # noqa: BLE001 - kept in self.error, re-raised by wait()
                 pass
 

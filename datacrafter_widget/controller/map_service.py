@@ -26,6 +26,16 @@ if TYPE_CHECKING:
 __all__ = ["MapService"]
 
 
+def _in_kernel() -> bool:
+    """True inside a Jupyter kernel (where a widget will ask for the map), not in scripts or tests."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 class MapService:
     """The map of one project, for one model bundle."""
 
@@ -34,11 +44,17 @@ class MapService:
         self.models = models
         self.embeddings = embeddings
         self.stored = ProjectMap(project.store)
-        self.view = map_view.ViewState()
+        self.view = map_view.view_from_json(
+            project.store.read_json(map_view.VIEW_JSON, None, derived=True), project.store.samples
+        )
         self._selection: list[str] = []
         self._projection: pd.DataFrame | None = None
         self._labeler: Labeler | None = None
         self._lock = threading.RLock()
+        if models.has("embedder") and self.stored.layout is None and _in_kernel():
+            from ..loop import m2m
+
+            m2m.warm_up()  # a notebook will show the map soon: its layout's compilation starts now
 
     @property
     def store(self) -> Any:
@@ -171,8 +187,21 @@ class MapService:
         return map_view.column_codes(self.store.samples, column)
 
     def set_view(self, **changes: Any) -> None:
+        """Changes what the map shows, keeps it in view.json (a reopened project shows the same map)
+        and tells the views."""
+        if changes.get("only"):
+            changes["members"] = self.label_members()
         self.view = map_view.updated_view(self.view, self.store.samples, check_ids=self.project.check_ids, **changes)
+        if not getattr(self.store, "readonly", False):
+            self.store.write_json(map_view.VIEW_JSON, map_view.view_to_json(self.view))
         self.project.events.emit("view", {"state": self.view})
+
+    def label_members(self) -> dict[str, list[str]]:
+        """Content label -> member ids, from the map as last computed or stored (none before a map)."""
+        frame = self._projection
+        if frame is None and self.stored.layout is not None:
+            frame = self.stored.stored_frame(self.store.samples)
+        return map_view.label_members(frame) if frame is not None else {}
 
     def zoom_to(self, ids: Iterable[str] | None = None) -> None:
         ids = self.selection if ids is None else self.project.check_ids(ids)
@@ -180,4 +209,5 @@ class MapService:
 
     def visible(self) -> np.ndarray:
         """Which samples (rows of crafter.samples) the view shows."""
-        return self.view.visible(self.store.samples)
+        hides_labels = any(c == map_view.CONTENT_LABEL for c, _ in self.view.hide)
+        return self.view.visible(self.store.samples, self.label_members() if hides_labels else None)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .. import compute
 from ..seeds import image_seed
 from .balance import NONE, AxisBalance, axis_targets, measure_following, mixture_weights, read_axis, spread
 
@@ -548,6 +550,22 @@ def evolve_prompts(
 
         bar = tqdm(total=total, desc="evolving prompts", leave=False)
     done = 0
+    render = generate
+    rendered = [0, time.monotonic()]  # batches rendered, time of the last report
+
+    def ticking(prompts: list[str], negatives: list[str], seeds: list[int]) -> list[Image.Image]:
+        # every rendered batch (a candidate, a phrase measured) may report: a busy CPU still ticks
+        images = render(prompts, negatives, seeds)
+        rendered[0] += 1
+        if time.monotonic() - rendered[1] >= compute.HEARTBEAT_S:
+            rendered[1] = time.monotonic()
+            if bar is not None:
+                bar.set_postfix_str(f"{rendered[0]} batches rendered")
+            elif callable(progress):
+                progress(done, total)
+        return images
+
+    generate = ticking
     results: dict[str, ClassResult] = {}
     cancelled = False
     for c in targets:

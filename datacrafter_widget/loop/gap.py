@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .. import compute
 
 if TYPE_CHECKING:
     from ..models.embedder import Embedder
@@ -57,6 +58,7 @@ __all__ = [
     "composite",
     "target_modes",
     "failure_targets",
+    "uses_checkpointing",
 ]
 
 PLACEHOLDER = "x"
@@ -84,7 +86,10 @@ class GapConfig:
     text_weight: float = 20.0  # lt (used when a target description is given)
     image_weight: float = 10.0  # li (used when target images are given)
     warmup: float = 0.2  # adversarial term off for this fraction of steps (image guidance only)
-    checkpointing: bool = False  # recompute UNet activations in backward (less memory, slower)
+    # Recompute UNet and VAE activations block by block in backward (less memory, ~1.3x the time).
+    # None: on for latents of 64 x 64 or more (512 px), where one UNet call's and the VAE decoder's
+    # activations are 3.6 and 6 GB at batch 1 (benchmarks/bench_gap_memory.py); off for the starter.
+    checkpointing: bool | None = None
     fixed_noise: bool = False  # same starting noise every step (for diagnostics)
     strength: float = 0.8  # img2img strength when starting from source images (1 = ignore their latents)
     # "uniform": cross entropy against the uniform label (the paper: make the student unsure);
@@ -412,6 +417,53 @@ def _sources_for(labels: list[str], sources: Any, masks: Any) -> tuple[list[Imag
     return images, (list(masks) if masks is not None else None), [0] * len(images)
 
 
+CHECKPOINT_FROM_LATENTS = 64  # checkpointing=None turns on from this latent side (512 px for SD-1.5)
+
+
+def uses_checkpointing(config: GapConfig, pipe: Any) -> bool:
+    """Whether the optimisation recomputes activations: as configured, or by the latent size."""
+    if config.checkpointing is not None:
+        return bool(config.checkpointing)
+    return int(pipe.unet.config.sample_size) >= CHECKPOINT_FROM_LATENTS
+
+
+def _checkpoint_block(module: Any, *args: Any) -> Any:
+    """The checkpoint function diffusers calls per block; inside a VAE decoder's up block, one resnet
+    (or upsampler) at a time: the last up block works at the output resolution (3 resnets of 128
+    channels at 512 px), and recomputing it whole kept ~3.6 GB live in a 512 px backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    if type(module).__name__ == "UpDecoderBlock2D":  # diffusers' forward: the resnets, then the upsamplers
+        h, temb = args[0], (args[1] if len(args) > 1 else None)
+        for resnet in module.resnets:
+            h = checkpoint(resnet, h, temb, use_reentrant=False)
+        for upsampler in module.upsamplers or []:
+            h = checkpoint(upsampler, h, use_reentrant=False)
+        return h
+    return checkpoint(module, *args, use_reentrant=False)
+
+
+@contextlib.contextmanager
+def _block_checkpointing(*models: Any) -> Iterator[list[Any]]:
+    """Per-block activation checkpointing in the diffusers models that support it, for the span.
+
+    A backward pass keeps only each block's input and recomputes the block's activations when its
+    gradient is needed. Checkpointing the whole UNet call instead stores nothing between sampler
+    steps but recomputes the call in one piece, so its full activations (and the VAE decoder's at
+    the output resolution) are all live at once. Yields the models switched here.
+    """
+    switched = []
+    for m in models:
+        if getattr(m, "_supports_gradient_checkpointing", False) and not getattr(m, "is_gradient_checkpointing", True):
+            m.enable_gradient_checkpointing(gradient_checkpointing_func=_checkpoint_block)
+            switched.append(m)
+    try:
+        yield switched
+    finally:
+        for m in switched:
+            m.disable_gradient_checkpointing()
+
+
 @contextlib.contextmanager
 def _frozen(*modules: Any):
     saved = []
@@ -660,7 +712,7 @@ def optimise_prompt_tokens(
             latents,
             sched,
             float(config.guidance),
-            config.checkpointing,
+            ckpt,  # a UNet without block checkpointing
             start=start,
         )
         if src is not None and src.masks is not None:
@@ -677,11 +729,12 @@ def optimise_prompt_tokens(
             return F.nll_loss(log_p, aim)  # cross entropy toward each set's other class
         return -(log_p.mean(dim=-1)).mean()  # CE against the uniform label
 
+    ckpt = False  # no gradient while screening
     screen: dict[str, float] = {}
     if config.init == "target" and len(descs) > n_sets:
         # More descriptions than sets: render each once (the same first batches, no gradient) and
         # keep the sets' worth the student finds hardest; the optimisation starts from those.
-        with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.no_grad():
+        with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.no_grad(), compute.step("sampler"):
             for d in descs:
                 row = vectors[0].clone()
                 wids = tok(d, add_special_tokens=False).input_ids[: int(config.n_tokens)]
@@ -699,7 +752,16 @@ def optimise_prompt_tokens(
                 vectors[kset, : len(wids)] = table[wids].float().to(vectors.device)
             et = F.normalize(_encode(pipe, _tokenize(tok, descs))[1].float(), dim=-1)
 
-    with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.enable_grad():
+    blocks: contextlib.AbstractContextManager[list[Any]] = (
+        _block_checkpointing(pipe.unet, pipe.vae) if uses_checkpointing(config, pipe) else contextlib.nullcontext([])
+    )
+    with (
+        _frozen(pipe.unet, pipe.vae, enc, net, clip_model),
+        torch.enable_grad(),
+        blocks as by_block,
+        compute.step("sampler"),
+    ):
+        ckpt = uses_checkpointing(config, pipe) and pipe.unet not in by_block
         for step in range(int(config.steps)):
             if should_stop is not None and should_stop():
                 break

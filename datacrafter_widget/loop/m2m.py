@@ -23,12 +23,16 @@ see between rounds.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from .. import compute
 
 __all__ = [
     "M2MConfig",
@@ -70,7 +74,7 @@ class M2MConfig:
     w_label_label: float = 1e-5
     label_anchor: float = 1.0
     exact_knn_max: int = 20000
-    threads: int | None = None  # torch threads for the refinement (None: 1, fastest here)
+    threads: int | None = None  # torch threads for the refinement (None: the compute policy's map threads)
 
 
 @dataclass
@@ -328,8 +332,8 @@ def _optimise(
     from umap.umap_ import find_ab_params
 
     old_threads = torch.get_num_threads()
-    # the tensors are small (batch x 17 x 2): one thread beats several on a loaded CPU
-    torch.set_num_threads(cfg.threads or 1)
+    # the tensors are small (batch x 17 x 2): the policy's map threads (1) beat several on a loaded CPU
+    torch.set_num_threads(cfg.threads or compute.threads("map"))
     try:
         a, b = (float(v) for v in find_ab_params(1.0, cfg.min_dist))
         gen = torch.Generator().manual_seed(int(seed))
@@ -488,6 +492,33 @@ def project(
     prob = _problem(mem, knn_idx[:, 1:], lemb)
     image_xy, label_xy = _optimise(image_xy, label_xy, prob, cfg, seed, epochs=cfg.epochs)
     return Layout(image_xy, label_xy, label_texts, emb, mem, dataclasses.replace(cfg), seed)
+
+
+_warm_lock = threading.Lock()
+_warm_thread: threading.Thread | None = None
+
+
+def warm_up() -> threading.Thread:
+    """Compiles umap-learn's numba kernels in a background thread, once per process.
+
+    A process's first map spends most of its time compiling them (17 of 25 s for the quickstart's
+    450 images on 2 busy cores); started while the person does something else, such as a round, the
+    map asked for later needs only its own computation (numba's compile lock makes it wait for, not
+    repeat, a compilation in progress)."""
+    global _warm_thread
+    with _warm_lock:
+        if _warm_thread is None:
+
+            def run() -> None:
+                try:
+                    emb = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+                    project(emb / np.linalg.norm(emb, axis=1, keepdims=True), ["a", "b"], [[0]] * 20 + [[1]] * 20)
+                except Exception as err:  # noqa: BLE001 - only a head start: the real map reports its own errors
+                    logging.getLogger(__name__).debug("umap warm-up failed: %s", err)
+
+            _warm_thread = threading.Thread(target=run, name="dc-umap-warm-up", daemon=True)
+            _warm_thread.start()
+        return _warm_thread
 
 
 def place(

@@ -22,10 +22,11 @@ import json
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, TypedDict, overload
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .. import compute
 from ..data.images import to_rgb
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ __all__ = [
     "pixels",
     "train_student",
     "training_set_from_samples",
+    "LazyImages",
 ]
 
 _GLOBAL_RNG_LOCK = threading.Lock()  # see train_student: one training at a time on the global RNG
@@ -508,14 +511,21 @@ def train_student(
     augment: bool = True,
     progress: bool | Callable[[int, int], None] = True,
     should_stop: Callable[[], bool] | None = None,
+    features: np.ndarray | Callable[[], np.ndarray] | None = None,
 ) -> Student:
     """Train a student from scratch on `images`/`labels`; deterministic for a given seed.
+
+    features: the embedder's features of `images` (an array, or a function that returns it), which
+    a probe trains on instead of embedding the images again: the controller passes the project's
+    cached embeddings, and `images` may then be a sequence that reads each image only when indexed.
 
     The small CNN (kind="cnn", the default for images <= 64 px) trains for a fixed `steps`
     optimiser steps (default CNN_STEPS) whatever the number of images; `epochs=` instead gives
     epochs x batches-per-epoch steps. Probe and backbone students train for `epochs`.
     progress: True for a tqdm bar, False for none, or a callable(done, total) (epochs, or chunks
-    of steps for the CNN's step budget).
+    of steps for the CNN's step budget); a chunk that takes longer than compute.HEARTBEAT_S seconds (a busy
+    CPU) reports its count again meanwhile, so a long training never looks like a hang.
+    Threads: the compute policy's student threads (datacrafter_widget.compute).
     should_stop: a callable returning True to stop (the controller passes its cancel check); the
     training done is kept.
 
@@ -610,12 +620,16 @@ def train_student(
     # held-out student training in a background job would interleave with this one, so trainings take turns.
     # The small CNN (the default) goes further and draws from its own generator, seeded as the global one
     # was: the same numbers, and no other thread's draws in between (benchmarks/results/NOTES.md).
-    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]), compute.step("student"):
         torch.manual_seed(int(seed))
         gen = torch.Generator().manual_seed(int(seed))
         if kind == "probe":
             assert embedder is not None  # checked above: a probe needs one
-            x = torch.from_numpy(np.asarray(embedder.embed_images(list(images)), dtype=np.float32))
+            given = features() if callable(features) else features
+            found = embedder.embed_images(list(images)) if given is None else given
+            x = torch.from_numpy(np.asarray(found, dtype=np.float32))
+            if x.shape[0] != n:
+                raise StudentError(f"{x.shape[0]} feature rows for {n} images: pass one row of features per image")
             config.feature_dim = int(x.shape[1])
         else:
             x = pixels(images, config.image_size)
@@ -639,12 +653,19 @@ def train_student(
             )
         net.train()
         order, pos = torch.randperm(n, generator=gen), 0
+        last_tick = time.monotonic()
         for c in range(chunks):
             if should_stop is not None and should_stop():
                 config.cancelled = True
                 break
             total, seen = 0.0, 0
             for _ in range(min(chunk, config.steps - config.trained_steps)):
+                if time.monotonic() - last_tick >= compute.HEARTBEAT_S:  # a slow chunk (a busy CPU) still ticks
+                    last_tick = time.monotonic()
+                    if bar is not None:
+                        bar.set_postfix(step=f"{config.trained_steps}/{config.steps}")
+                    elif callable(progress):
+                        progress(c, chunks)
                 if pos >= n:
                     order, pos = torch.randperm(n, generator=gen), 0
                 idx = order[pos : pos + bs]
@@ -666,6 +687,7 @@ def train_student(
                 seen += len(idx)
             config.history.append(total / max(1, seen))
             config.trained_epochs = config.trained_steps // per_epoch
+            last_tick = time.monotonic()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{config.history[-1]:.3f}")
@@ -731,6 +753,29 @@ def accepted_rows(samples: pd.DataFrame, *, keep_flagged: bool = False) -> pd.Da
     return gen[mask]
 
 
+class LazyImages(Sequence[Image.Image]):
+    """The images of `ids`, each read by `load` when indexed, so a training set of photos is never
+    in memory at once (a probe on cached features reads a handful; the CNN shrinks them one by one)."""
+
+    def __init__(self, load: Callable[[str], Image.Image], ids: Sequence[str]) -> None:
+        self.load = load
+        self.ids = [str(i) for i in ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> Image.Image: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Image.Image]: ...
+
+    def __getitem__(self, index: int | slice) -> Image.Image | list[Image.Image]:
+        if isinstance(index, slice):
+            return [self.load(i) for i in self.ids[index]]
+        return self.load(self.ids[index])
+
+
 def training_set_from_samples(
     samples: pd.DataFrame,
     load_image: Callable[[str], Image.Image],
@@ -738,12 +783,12 @@ def training_set_from_samples(
     real_split: str = "train",
     keep_flagged: bool = False,
     include_generated: bool = True,
-) -> tuple[list[Image.Image], list[str], list[str]]:
-    """(images, labels, ids): the real `real_split` rows plus accepted generated ones."""
+) -> tuple[LazyImages, list[str], list[str]]:
+    """(images, labels, ids): the real `real_split` rows plus accepted generated ones (images read when used)."""
     real = samples[(samples["source"] == "real") & (samples["split"] == real_split)]
     rows = [real]
     if include_generated:
         rows.append(accepted_rows(samples, keep_flagged=keep_flagged))
     chosen = pd.concat(rows)
     ids = chosen["id"].astype(str).tolist()
-    return [load_image(i) for i in ids], chosen["label"].astype(str).tolist(), ids
+    return LazyImages(load_image, ids), chosen["label"].astype(str).tolist(), ids

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import compute
 from ..data.images import to_rgb
 
 
@@ -149,7 +150,7 @@ class Embedder:
         dtype = next(self.model.parameters()).dtype
         out = []
         step = self.batch_size
-        with torch.no_grad():
+        with torch.no_grad(), compute.step("embed"):
             for start in range(0, len(images), step):
                 chunk = images[start : start + step]
                 x = torch.stack([self.preprocess(to_rgb(im)) for im in chunk]).to(self.device, dtype)

@@ -22,6 +22,7 @@ from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, SDCFGCutoffCallback
 from PIL import Image
 
+from .. import compute
 from ..data.images import to_rgb
 from ..seeds import image_seed
 
@@ -369,7 +370,8 @@ class Generator:
                 return
             idx = list(range(start, min(n, start + size)))
             try:
-                result = self._run_batch(call, idx, start)
+                with compute.step("sampler"):  # the policy's threads, chosen per batch
+                    result = self._run_batch(call, idx, start)
             except torch.cuda.OutOfMemoryError as err:
                 _free_cuda()
                 if size == 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -312,12 +313,29 @@ def _compose_caption(digit: str, fg: str, bg: str, thickness: str, slant: str) -
     return caption_for(digit, fg, bg, thickness, slant)
 
 
-def load_starter_models(device: str = "cpu", weights_dir: str | Path = WEIGHTS_DIR):
+#: what loading the starter models does, in order (progress names these stages)
+LOAD_STAGES = (
+    "importing open_clip, diffusers and transformers",
+    "loading the CLIP weights",
+    "building the diffusion pipeline",
+    "building the captioner and the content labeler",
+)
+
+
+def load_starter_models(
+    device: str = "cpu",
+    weights_dir: str | Path = WEIGHTS_DIR,
+    progress: bool | Callable[[int, int, str], None] = False,
+):
     """The offline starter models: generator, embedder, CLIP-retrieval captioner and CLIP labeler.
 
     Everything is built from the shipped safetensors/json; no network is used. Returns a
-    `datacrafter_widget.models.bundle.Models`.
+    `datacrafter_widget.models.bundle.Models`. Loading takes seconds to a minute on a busy CPU:
+    progress=True shows a tqdm bar over LOAD_STAGES, a callable(done, total, stage) hears each
+    stage as it starts (done stages, of total) and once more at the end.
     """
+    stage = _Stages(progress, "loading the starter models")
+    stage(0)
     import open_clip
 
     from ..models.captioner import RetrievalCaptioner
@@ -328,8 +346,11 @@ def load_starter_models(device: str = "cpu", weights_dir: str | Path = WEIGHTS_D
     from .digits import CLASSES
 
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    stage(1)
     clip, cfg = load_clip(weights_dir)
+    stage(2)
     pipe = load_pipeline(clip, cfg, weights_dir)
+    stage(3)
     clip = clip.to(dev)
     pipe = pipe.to(dev)
     defaults = generator_defaults(weights_dir)
@@ -362,4 +383,27 @@ def load_starter_models(device: str = "cpu", weights_dir: str | Path = WEIGHTS_D
     if Path(weights_dir) != WEIGHTS_DIR:
         kwargs["weights_dir"] = str(weights_dir)
     models.spec = ModelSpec("datacrafter_widget.starter.loader:load_starter_models", kwargs)
+    stage(len(LOAD_STAGES))
     return models
+
+
+class _Stages:
+    """Reports the stages of LOAD_STAGES to a tqdm bar (True), nobody (False) or a callable."""
+
+    def __init__(self, progress: bool | Callable[[int, int, str], None], description: str) -> None:
+        self.progress, self.bar = progress, None
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=len(LOAD_STAGES), desc=description, leave=False)
+
+    def __call__(self, done: int) -> None:
+        total = len(LOAD_STAGES)
+        what = LOAD_STAGES[done] if done < total else "done"
+        if self.bar is not None:
+            self.bar.n = done
+            self.bar.set_postfix_str(what)
+            if done == total:
+                self.bar.close()
+        elif callable(self.progress):
+            self.progress(done, total, what)

@@ -1,7 +1,7 @@
 """Pure functions that turn project data into the widget's binary traits and back.
 
 Large data moves as binary buffers, never JSON lists: float32 coordinates, small integer attribute
-arrays, a uint32 selection and one sprite atlas (a single WebGL texture). Nothing here knows the
+arrays, a uint32 selection, and thumbnails in pages (sprite sheets) the browser asks for. Nothing here knows the
 widget or the controller, so each codec is tested on its own.
 """
 
@@ -22,6 +22,7 @@ __all__ = [
     "KIND_TEST",
     "build_atlas",
     "codes",
+    "facets_from_frame",
     "feedback_codes",
     "png_bytes",
     "points_from_frame",
@@ -35,6 +36,7 @@ FEEDBACK_CODES = {"": 0, "good": 1, "bad": 2, "removed": 3}
 KIND_CODES = {"real": 0, "generated": 1}  # 2: a held-out test image (real, split "test"): shown apart, never marked
 KIND_TEST = 2
 MAX_ATLAS_SIDE = 8192  # WebGL texture limit the projector convention assumes
+MAX_FACET_VALUES = 200  # a field with more distinct values (ids, prompts) is not offered as a filter
 PNG_ATLAS_MAX = 10_000  # above this many thumbnails, format="auto" sends the atlas as JPEG
 
 
@@ -62,8 +64,18 @@ def selection_from_bytes(data: bytes | memoryview | None) -> np.ndarray:
 
 
 def thumbnail(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """uint8 (size, size, 3): the image's centre square, shrunk.
+
+    A large image is first box-reduced by an integer factor to about twice the size (a cheap C
+    pass), so a 512 px photo costs little more than its decoding; JPEG files not yet loaded are
+    decoded at reduced size (`Image.draft`)."""
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img.astype(np.uint8))
+    if img.format == "JPEG" and min(img.size) >= 4 * size:
+        img.draft("RGB", (2 * size, 2 * size))
+    factor = min(img.size) // (2 * size)
+    if factor >= 2:
+        img = img.reduce(factor)
     if img.mode != "RGB":
         img = img.convert("RGB")
     if img.size != (size, size):
@@ -77,10 +89,10 @@ def build_atlas(
     max_side: int = MAX_ATLAS_SIDE,
     format: str = "auto",
 ) -> tuple[bytes, dict]:
-    """One PNG sprite atlas of square thumbnails, row-major (image i at col i % cols, row i // cols).
+    """One PNG sprite sheet of square thumbnails, row-major (image i at col i % cols, row i // cols).
 
-    The browser uploads it as a single WebGL texture (as TensorBoard's projector does), so its side
-    must stay within `max_side`; the tile size shrinks when `size` would not fit. Returns the PNG
+    The widget sends thumbnails as such sheets, one page at a time (see CrafterWidget.thumbnail_page);
+    a sheet's side stays within `max_side`, the tile size shrinks when `size` would not fit. Returns the PNG
     bytes and the grid info the front end needs: cols, rows, tile, count, width, height.
     `images` is a list of PIL images (any mode or size) or a uint8 array (n, size, size, 3).
     format: "png" (lossless), "jpeg" (several times smaller for photos: 50,000 noisy 32 px
@@ -193,3 +205,39 @@ def png_bytes(image: Image.Image | bytes | None) -> bytes | None:
 def feedback_codes(samples: pd.DataFrame) -> bytes:
     """uint8 feedback code per row (see FEEDBACK_CODES)."""
     return codes(samples["feedback"], FEEDBACK_CODES, "feedback").tobytes()
+
+
+def facets_from_frame(
+    frame: pd.DataFrame, members: Mapping[str, Sequence[int]] | None = None
+) -> tuple[list[dict], bytes]:
+    """The filter sidebar's fields: [{field, title, names}] and their per-point codes (uint16, one
+    block of n per field, in order), plus the content labels ({field, title, names, members}: point
+    indices, since a point can carry several). The browser counts from these, so counts follow the
+    selection at once."""
+    from ..controller.map_view import CONTENT_LABEL, FILTER_FIELDS, field_values
+
+    facets: list[dict] = []
+    blocks: list[np.ndarray] = []
+    for column, title in FILTER_FIELDS.items():
+        if column == CONTENT_LABEL or column not in frame.columns:
+            continue
+        values = field_values(frame, column)
+        names = sorted(
+            set(values), key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v)
+        )
+        if len(names) > MAX_FACET_VALUES:
+            continue
+        lookup = {v: k for k, v in enumerate(names)}
+        facets.append({"field": column, "title": title, "names": names})
+        blocks.append(values.map(lookup).to_numpy(np.uint16))
+    if members:
+        facets.append(
+            {
+                "field": CONTENT_LABEL,
+                "title": FILTER_FIELDS[CONTENT_LABEL],
+                "names": [str(t) for t in members],
+                "members": [[int(i) for i in m] for m in members.values()],
+            }
+        )
+    data = np.concatenate(blocks).astype("<u2").tobytes() if blocks else b""
+    return facets, data

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["COMMANDS", "Command", "parse"]
 
 A = TypeVar("A")
+FIELD_TITLES = {"label": "class", "content_label": "content label"}
 SELECT_FIRST = "select images first (lasso, box, search, or click a label)"
 
 
@@ -78,6 +79,9 @@ class Neighbors:
 class Filter:
     show_test: bool | None = None
     show_removed: bool | None = None
+    hide: dict[str, list[str]] | None = None  # per field: the values to hide (the field's whole list)
+    only: dict[str, list[str]] | None = None  # per field: the values to show alone (the legend's alt-click)
+    reset: bool = False  # show every value of every field again
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ def parse(command: Command[A], raw: Mapping[str, Any]) -> A:
             values[key] = None
             continue
         base = next(a for a in allowed if a is not type(None))
+        base = typing.get_origin(base) or base  # dict[str, list[str]] is checked as a dict
         if base is int and isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, base) or (base is int and isinstance(value, bool)):
@@ -224,8 +229,17 @@ def neighbors(view: CrafterView, args: Neighbors) -> str:
     return f"the {len(near)} nearest images (CLIP) to {sid} on the map"
 
 
-def filter_(view: CrafterView, args: Filter) -> None:
-    view.crafter.filter(show_test=args.show_test, show_removed=args.show_removed)
+def filter_(view: CrafterView, args: Filter) -> str | None:
+    hide: dict[str, list[str]] | None | str = None if args.reset else (args.hide or "keep")
+    view.crafter.filter(show_test=args.show_test, show_removed=args.show_removed, hide=hide, only=args.only)
+    hidden = view.crafter.view.hidden_values
+    if args.reset or args.hide is not None or args.only:
+        shown = int(view.visible_count())
+        what = "; ".join(
+            f"{FIELD_TITLES.get(f, f)}: {', '.join(v or '(none)' for v in vs)}" for f, vs in hidden.items()
+        )
+        return f"{shown} images shown" + (f" (hidden: {what})" if what else "")
+    return None
 
 
 def isolate(view: CrafterView, args: Isolate) -> str:

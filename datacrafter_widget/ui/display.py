@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,12 +29,14 @@ if TYPE_CHECKING:
 
 __all__ = ["in_notebook_kernel", "mimebundle", "snapshot_png", "summary", "widget_of"]
 
+log = logging.getLogger(__name__)
+
 # The browser's categorical palette (js/colors.js), so the still picture matches the live map.
 PALETTE = [
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 ]  # fmt: skip
-THUMBS_MAX = 3000  # above this many images the snapshot draws coloured dots, not thumbnails
+THUMBS_MAX = 1000  # above this many images the snapshot draws coloured dots, not thumbnails
 
 
 def in_notebook_kernel() -> bool:
@@ -101,15 +104,15 @@ def snapshot_png(widget: CrafterWidget, caption: str = "", size: tuple[int, int]
             return p * np.array([k, -k]) + off
 
         pts = screen(xy)
-        tiles = _atlas_tiles(widget) if len(shown) <= THUMBS_MAX else None
+        tiles = _tiles(widget, shown) if len(shown) <= THUMBS_MAX else None
         spacing = float(np.sqrt(max((width - 2 * pad) * (height - 2 * pad), 1) / len(shown)))
         tile = int(max(6, min(28, spacing * 0.8)))
         selected = set(selection_from_bytes(widget.selection).tolist())
         for i in shown:
             x, y = pts[i]
             color = PALETTE[int(cls[i]) % len(PALETTE)]
-            if tiles is not None and i < len(tiles):
-                thumb = Image.fromarray(tiles[i]).resize((tile, tile), Image.Resampling.BILINEAR)
+            if tiles is not None and int(i) in tiles:
+                thumb = Image.fromarray(tiles[int(i)]).resize((tile, tile), Image.Resampling.BILINEAR)
                 img.paste(thumb, (int(x - tile / 2), int(y - tile / 2)))
                 draw.rectangle(
                     (x - tile / 2, y - tile / 2, x + tile / 2, y + tile / 2),
@@ -132,15 +135,16 @@ def snapshot_png(widget: CrafterWidget, caption: str = "", size: tuple[int, int]
     return buf.getvalue()
 
 
-def _atlas_tiles(widget: CrafterWidget) -> np.ndarray | None:
-    """The thumbnails back out of the sprite atlas, one per point (None when there is no atlas)."""
-    grid = widget.atlas_grid or {}
-    if not widget.atlas or not grid.get("count"):
+def _tiles(widget: CrafterWidget, shown: np.ndarray) -> dict[int, np.ndarray] | None:
+    """The thumbnails of the points shown, by point index (None when the widget has none)."""
+    idx = shown[shown < int(widget.thumb_meta["count"])]
+    if len(idx) == 0:
         return None
-    sheet = np.asarray(Image.open(io.BytesIO(widget.atlas)).convert("RGB"))
-    t, cols, rows = int(grid["tile"]), int(grid["cols"]), int(grid["rows"])
-    tiles = sheet[: rows * t, : cols * t].reshape(rows, t, cols, t, 3).transpose(0, 2, 1, 3, 4).reshape(-1, t, t, 3)
-    return tiles[: int(grid["count"])]
+    try:
+        return dict(zip(idx.tolist(), widget.thumbnail_tiles(idx)))
+    except (OSError, ValueError) as err:  # an unreadable image: the snapshot shows dots instead
+        log.warning("snapshot thumbnails unavailable: %s", err)
+        return None
 
 
 def static_bundle(

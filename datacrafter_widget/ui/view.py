@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections import OrderedDict
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, Union
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..controller.map_view import column_numbers
 from .codecs import COLOR_MODES, feedback_codes, thumbnail
 from .commands import COMMANDS, parse
 from .widget import CrafterWidget
@@ -56,7 +59,7 @@ class CrafterController(Protocol):
     def prompts(self) -> dict[str, PromptEntry]: ...
     @property
     def metrics(self) -> pd.DataFrame: ...
-    def metrics_table(self, *, progress: bool = True) -> pd.DataFrame: ...
+    def metrics_table(self, *, progress: bool = True, train: bool | Collection[int] = True) -> pd.DataFrame: ...
     @property
     def can_undo(self) -> tuple[int, int]: ...
     def on(self, event: str, fn: Callable[..., None]) -> None: ...
@@ -84,13 +87,15 @@ class CrafterController(Protocol):
         show_test: bool | None = None,
         show_removed: bool | None = None,
         rounds: Iterable[int] | None | str = "keep",
+        hide: Mapping[str, Iterable[Any]] | None | str = "keep",
+        only: Mapping[str, Iterable[Any]] | None = None,
     ) -> None: ...
     def isolate(self, ids: Iterable[str] | None) -> None: ...
     def color_codes(self, column: str) -> tuple[np.ndarray, list[str]]: ...
     def color_columns(self) -> list[str]: ...
 
 
-QUICK_THUMBNAILS = 2000  # up to this many images the view reads its thumbnails before it is shown
+THUMB_CACHE = 20_000  # thumbnails kept in the kernel, by image hash (~60 MB at 32 px)
 
 
 def _strategies() -> tuple[str, ...]:
@@ -101,16 +106,27 @@ def _strategies() -> tuple[str, ...]:
     return tuple(GENERATE_STRATEGIES)
 
 
-def metrics_svg(frame: pd.DataFrame, *, dark: bool = False) -> str:
-    """The metrics chart (loop.metrics.metrics_chart) as SVG text, drawn by vl-convert in this process."""
+def metrics_svg(frame: pd.DataFrame, *, dark: bool = False, note: str = "") -> str:
+    """The metrics chart (loop.metrics.metrics_chart) as SVG text, drawn by vl-convert in this process;
+    `note` is its title (what is still computing)."""
     import vl_convert as vlc
 
     from ..loop.metrics import metrics_chart
 
     spec = metrics_chart(frame).to_dict()
+    if note:
+        spec["title"] = {"text": note, "anchor": "start", "fontSize": 12, "fontWeight": "normal"}
     if dark:
         spec.setdefault("config", {})["background"] = "transparent"
     return str(vlc.vegalite_to_svg(spec, theme="dark" if dark else None))
+
+
+def students_pending(frame: pd.DataFrame) -> list[int]:
+    """Rounds whose held-out student accuracy is not known yet (NaN), newest first."""
+    if "student_acc" not in frame.columns or "round" not in frame.columns:
+        return []
+    rounds = frame.loc[frame["student_acc"].isna(), "round"].dropna().astype(int)
+    return sorted(set(rounds.tolist()), reverse=True)
 
 
 def _fallback_layout(samples: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
@@ -138,6 +154,11 @@ def _label_members(label_xy: np.ndarray, image_xy: np.ndarray) -> list[np.ndarra
         d = ((block[:, None, :] - label_xy[None, :, :]) ** 2).sum(axis=2)
         nearest[start : start + 4096] = d.argmin(axis=1)
     return [np.flatnonzero(nearest == j) for j in range(len(label_xy))]
+
+
+def _contains(sorted_array: np.ndarray, value: int) -> bool:
+    k = int(np.searchsorted(sorted_array, value))
+    return k < len(sorted_array) and int(sorted_array[k]) == value
 
 
 def label_anchor(
@@ -195,26 +216,28 @@ class CrafterView:
         self._split: np.ndarray = np.zeros(0, dtype=object)
         self._visible: np.ndarray = np.zeros(0, dtype=bool)  # what the controller's view state shows
         self._rows = pd.DataFrame()  # the samples table the map shows, row i = point i (for hover)
-        self._thumbs: dict[str, np.ndarray] = {}  # by image hash
+        self._thumbs: OrderedDict[str, np.ndarray] = OrderedDict()  # by image hash, least recently used first
+        self._thumb_hashes: np.ndarray = np.zeros(0, dtype=object)  # the hash of each point's image
         self._lock = threading.RLock()
         self._job: Any = None  # the view's own background work the user waits for (first map, evolve)
         # The metrics chart's computation (it may train a held-out student) runs apart and quietly: it never
         # blocks Evolve or Generate, and a request while it runs is served by one more run when it ends.
-        self._metrics_job: Any = None
+        self._metrics_job: Any = None  # held-out students, one round at a time
+        self._quick_job: threading.Thread | None = None  # the rounds' metrics without training: shown at once
+        self._student_error = ""
         self._metrics_again = False
         self._metrics_lock = threading.Lock()
-        self._atlas_key: tuple = ()
         self._label_pos: dict[str, tuple[float, float]] = {}
-        self._point_labels: dict[int, list[str]] = {}
+        self._members: dict[str, list[str]] = {}  # content label -> sample ids on the map, shown or not
+        self._label_members: list[tuple[str, np.ndarray]] = []  # each shown label's sorted point indices
         self._metrics_frame: pd.DataFrame | None = None
 
         self.widget.strategies = list(_strategies())
         self.widget.color_options = list(crafter.color_columns())
-        samples = crafter.samples
-        # Small projects show complete at once; larger ones show their points at once (a grid per class
-        # until the map exists) and load thumbnails and the map in a background job.
-        quick = crafter.map_is_current and samples["hash"].nunique() <= QUICK_THUMBNAILS
-        self.refresh(compute=crafter.map_is_current, thumbnails=quick)
+        # The points show at once (a grid per class until the map exists; the map is computed in a
+        # background job); thumbnails are read only when the browser zooms in on them.
+        current = crafter.map_is_current
+        self.refresh(compute=current)
         self.widget.on_command(self.command)
         self.widget.on_details(self._details)
         self.widget.observe(self._widget_selection, names="selection")
@@ -229,7 +252,7 @@ class CrafterView:
             ("view", self._view_event),
         ):
             crafter.on(event, fn)
-        if not quick:
+        if not current:
             self._first_map()
         else:
             self._metrics_in_background()
@@ -265,8 +288,8 @@ class CrafterView:
                 finished(j)
 
         job.on_progress(on_progress)
-        if quiet:
-            self._metrics_job = job.start()
+        if quiet:  # the held-out students: nobody waits for them, so they yield the CPU (compute.py)
+            self._metrics_job = job.start(low_priority=True)
             return job
         self.widget.set_progress(0, 0, description + " ...", True)
         self._job = job.start()
@@ -274,67 +297,104 @@ class CrafterView:
 
     def _first_map(self) -> None:
         n = len(self.ids)
-        current = self.crafter.map_is_current
-        what = "loading thumbnails" if current else f"computing the map of {n} images"
-        if not current:
-            self.widget.status = (
-                f"computing the map of {n} images (embeddings, content labels, layout); "
-                "the grid by class shows them meanwhile"
-            )
+        what = f"computing the map of {n} images"
+        self.widget.status = f"computing the map of {n} images (embeddings, content labels, layout); the grid by class shows them meanwhile"
 
         def work(ctx: Any) -> None:
-            self._load_thumbnails(self.crafter.samples, ctx)
-            if current:
-                self.refresh()
-            else:
-                ctx.report(0, 0, f"computing the map of {n} images")
-                self.crafter.update_projection()  # its "projection" event redraws the view
+            ctx.report(0, 0, what)
+            self.crafter.update_projection()  # its "projection" event redraws the view
 
         def done(_result: Any) -> None:
-            self.widget.status = f"{n} images on the map"  # not "loading thumbnails: done"
+            self.widget.status = f"{n} images on the map"
             self._metrics_in_background()
 
         self._run(what, work, done=done)
 
-    def _load_thumbnails(self, samples: pd.DataFrame, ctx: Any = None) -> None:
-        """Reads and shrinks the images not yet in the thumbnail cache (by image hash)."""
-        new = [h for h in samples["hash"].unique() if h not in self._thumbs]
-        if not new:
-            return
-        first = samples.drop_duplicates("hash").set_index("hash")["id"]
-        for k, h in enumerate(new):
-            if ctx is not None and k % 250 == 0:
-                ctx.check()
-                ctx.report(k, len(new), f"thumbnails {k}/{len(new)}")
-            self._thumbs[h] = thumbnail(self.crafter.image(first[h]), self.widget.thumb_size)
+    def _thumbnails(self, idx: np.ndarray) -> np.ndarray:
+        """The thumbnail source the widget calls for the points the browser shows zoomed in: cached by
+        image hash, else read from the project and shrunk (in the widget's worker thread)."""
+        with self._lock:
+            hashes, ids = self._thumb_hashes, self.ids
+        size = self.widget.thumb_size
+        out = np.empty((len(idx), size, size, 3), np.uint8)
+        for k, i in enumerate(idx.tolist()):
+            h = hashes[i]
+            with self._lock:
+                tile = self._thumbs.get(h)
+                if tile is not None:
+                    self._thumbs.move_to_end(h)
+            if tile is None or tile.shape[0] != size:
+                tile = thumbnail(self.crafter.image(ids[i]), size)
+                with self._lock:
+                    self._thumbs[h] = tile
+                    while len(self._thumbs) > THUMB_CACHE:
+                        self._thumbs.popitem(last=False)
+            out[k] = tile
+        return out
 
     def _metrics_in_background(self) -> None:
+        """The chart after a change: every round's metrics at once, then the held-out students the
+        chart lacks, newest round first. The metrics train nothing (a second or less), so they run in a
+        thread of their own, not as a background job that would take its turn behind a training."""
+
+        def run() -> None:
+            try:
+                frame = self.crafter.metrics_table(progress=False, train=False)
+            except Exception as err:  # noqa: BLE001 - the chart must never break the view
+                log.warning("metrics failed: %s", err)
+                return
+            self._show_metrics(frame)
+            self._students_in_background()
+
+        thread = threading.Thread(target=run, name="dc-metrics", daemon=True)
+        thread.start()
+        self._quick_job = thread  # started before wait() can see it
+
+    def _students_in_background(self) -> None:
+        """Trains the missing held-out students one round at a time, newest first, redrawing the chart
+        after each; a round that finishes meanwhile is next."""
         with self._metrics_lock:
             if self._metrics_job is not None and self._metrics_job.running:
-                self._metrics_again = True  # rerun once the running one ends, with the newest rounds
+                self._metrics_again = True  # look again once the running one ends
                 return
             self._metrics_again = False
+        self._student_error = ""
 
         def work(ctx: Any) -> Any:
-            return self.crafter.metrics_table(progress=False)  # no tqdm bar under the widget
+            tried: set[int] = set()
+            while True:
+                frame = self._metrics_frame
+                pending = [r for r in students_pending(frame) if r not in tried] if frame is not None else []
+                if not pending:
+                    return None
+                ctx.check()
+                tried.add(pending[0])
+                self._show_metrics(self.crafter.metrics_table(progress=False, train=[pending[0]]))
 
-        def finished(_job: Any) -> None:
+        def finished(job: Any) -> None:
+            if job.status == "failed":
+                self._student_error = f"held-out student failed: {job.error}"
+                self._render_chart()
             with self._metrics_lock:
                 again, self._metrics_again = self._metrics_again, False
             if again:
-                self._metrics_in_background()
+                self._students_in_background()
 
-        self._run("metrics", work, done=self._show_metrics, quiet=True, finished=finished)
+        self._run("held-out students", work, quiet=True, finished=finished)
 
     def wait(self, timeout: float | None = 600) -> None:
         """Waits for the view's background jobs (first map, evolve, then metrics); for scripts and tests."""
         seen: set[int] = set()
         while True:
-            pending = [j for j in (self._job, self._metrics_job) if j is not None and id(j) not in seen]
+            jobs = (self._job, self._quick_job, self._metrics_job)
+            pending = [j for j in jobs if j is not None and id(j) not in seen]
             if not pending:
                 break
             for job in pending:
                 seen.add(id(job))
+                if isinstance(job, threading.Thread):
+                    job.join(timeout=timeout)
+                    continue
                 try:
                     job.wait(timeout=timeout)
                 except Exception:  # noqa: BLE001 - reported in the status already
@@ -344,47 +404,50 @@ class CrafterView:
     def _refresh_event(self, _payload: Any = None) -> None:
         self.refresh()
 
-    def refresh(self, compute: bool = True, thumbnails: bool = True) -> None:
-        """Re-reads samples + projection and sends the points, thumbnails and labels.
+    def refresh(self, compute: bool = True) -> None:
+        """Re-reads samples + projection and sends the points and labels (thumbnails go on demand).
 
-        compute=False uses the grid per class instead of computing a projection that is not ready;
-        thumbnails=False sends no atlas when images are still to be read (a later refresh sends it).
+        compute=False uses the grid per class instead of computing a projection that is not ready.
         """
         with self._lock:
-            self._refresh(compute, thumbnails)
+            self._refresh(compute)
 
-    def _refresh(self, compute: bool, thumbnails: bool = True) -> None:
+    def _refresh(self, compute: bool) -> None:
         crafter = self.crafter
         samples = crafter.samples.reset_index(drop=True)
+        ids = samples["id"].astype(str)
         proj = crafter.projection if compute else pd.DataFrame()
-        images = proj[proj["kind"] == "image"] if len(proj) else proj
-        pos = {
-            str(i): (float(x), float(y))
-            for i, x, y in zip(images.get("id", []), images.get("x", []), images.get("y", []))
-        }
-        if pos and all(str(i) in pos for i in samples["id"]):
-            xy = np.array([pos[str(i)] for i in samples["id"]], np.float32).reshape(-1, 2)
-            labels_frame = proj[proj["kind"] == "label"]
-        else:  # no projection yet (or it lags behind new samples): grid per class
+        xy = None
+        if len(proj):
+            images = proj[proj["kind"] == "image"]
+            pos = images.assign(id=images["id"].astype(str)).drop_duplicates("id", keep="last").set_index("id")
+            aligned = pos[["x", "y"]].reindex(ids)
+            if len(aligned) and not aligned.isna().to_numpy().any():
+                xy = aligned.to_numpy(np.float32).reshape(-1, 2)
+                labels_frame = proj[proj["kind"] == "label"]
+        if xy is None:  # no projection yet (or it lags behind new samples): grid per class
             xy = _fallback_layout(samples, crafter.classes)
             labels_frame = pd.DataFrame(columns=["kind", "id", "text", "x", "y"])
         frame = samples.assign(x=xy[:, 0], y=xy[:, 1])
-        if thumbnails:
-            self._load_thumbnails(samples)
-        # Feedback or projection changes keep the same images: do not rebuild and resend the atlas.
-        atlas_key = tuple(samples["hash"])
-        tiles = None
-        if atlas_key != self._atlas_key and len(samples) and all(h in self._thumbs for h in samples["hash"]):
-            tiles = np.stack([self._thumbs[h] for h in samples["hash"]])
-            self._atlas_key = atlas_key
-        self.ids = [str(i) for i in samples["id"]]
-        self._index = {sid: k for k, sid in enumerate(self.ids)}
+        self.ids = ids.tolist()
+        self._index = dict(zip(self.ids, range(len(self.ids))))
         self._split = samples["split"].astype(str).to_numpy()
         self._rows = samples
-        visible = crafter.view.visible(samples)
-        labels = self._labels(labels_frame, xy, visible)
+        members = self._label_points(labels_frame, xy)
+        self._members = {
+            str(t): [self.ids[i] for i in m.tolist()] for t, m in zip(labels_frame.get("text", []), members)
+        }
+        visible = self._visible_of(samples)
+        labels = self._labels(labels_frame, members, xy, visible)
+        hashes = samples["hash"].astype(str).to_numpy(dtype=object)
+        # Feedback or projection changes keep the same images: the browser keeps the thumbnails it has.
+        same_images = np.array_equal(hashes, self._thumb_hashes)
+        self._thumb_hashes = hashes
         with self.widget.hold_sync():
-            self.widget.set_frame(frame, class_names=list(crafter.classes), thumbnails=tiles, labels=labels)
+            self.widget.set_frame(frame, class_names=list(crafter.classes), labels=labels)
+            self._send_facets(samples)
+            if not same_images or self.widget.thumbs.get("count") != len(hashes):
+                self.widget.set_thumbnail_source(self._thumbnails if len(hashes) else None, len(hashes))
             self._send_hidden(visible)
             self._send_view_state(samples)
             self.widget.selected = [self._index[i] for i in crafter.selection if i in self._index]
@@ -395,13 +458,20 @@ class CrafterView:
         self._visible = np.asarray(visible, dtype=bool)
         self.widget.hidden = (~self._visible).astype(np.uint8).tobytes()
 
-    def _labels(self, labels_frame: pd.DataFrame, xy: np.ndarray, visible: np.ndarray) -> list[dict]:
-        """Content labels on the densest group of their visible members; labels with none are dropped."""
-        self._point_labels = {}
+    def _visible_of(self, samples: pd.DataFrame) -> np.ndarray:
+        """The controller's view state over these rows (content-label filters through the map's labels)."""
+        return self.crafter.view.visible(samples, self._members)
+
+    def _send_facets(self, samples: pd.DataFrame) -> None:
+        """The filter sidebar's fields and counts source (see CrafterWidget.set_facets)."""
+        self.widget.set_facets(samples, {t: [self._index[i] for i in ids] for t, ids in self._members.items()})
+
+    def _label_points(self, labels_frame: pd.DataFrame, xy: np.ndarray) -> list[np.ndarray]:
+        """Each content label's member points (indices into the map's rows), shown or not."""
         if len(labels_frame) == 0 or len(xy) == 0:
             return []
         if "members" in labels_frame.columns:  # explicit memberships (sample ids) from the projection
-            members = [
+            return [
                 np.array(
                     sorted(
                         self._index[i]
@@ -412,8 +482,15 @@ class CrafterView:
                 )
                 for m in labels_frame["members"]
             ]
-        else:
-            members = _label_members(labels_frame[["x", "y"]].to_numpy(np.float32), xy)
+        return _label_members(labels_frame[["x", "y"]].to_numpy(np.float32), xy)
+
+    def _labels(
+        self, labels_frame: pd.DataFrame, members: list[np.ndarray], xy: np.ndarray, visible: np.ndarray
+    ) -> list[dict]:
+        """Content labels on the densest group of their visible members; labels with none are dropped."""
+        self._label_members = []
+        if len(labels_frame) == 0 or len(xy) == 0:
+            return []
         shown = xy[visible] if visible.any() else xy
         bounds = (
             float(shown[:, 0].min()),
@@ -424,12 +501,11 @@ class CrafterView:
         out, positions = [], {}
         for text, m in zip(labels_frame["text"].astype(str), members):
             m = m[visible[m]] if len(m) else m
-            for i in m.tolist():
-                self._point_labels.setdefault(i, []).append(text)
             if len(m) == 0:
                 continue  # e.g. a class name whose class has no image on the map
             x, y = label_anchor(xy[m], bounds, previous=self._label_pos.get(text))
             positions[text] = (x, y)
+            self._label_members.append((text, np.sort(m)))
             out.append({"text": text, "x": x, "y": y, "n": int(len(m)), "members": m.tolist()})
         self._label_pos = positions
         return out
@@ -441,11 +517,13 @@ class CrafterView:
             codes, names = self.crafter.color_codes(mode)
             self.widget.color_codes = codes.astype("<u2").tobytes()
             self.widget.color_names = names
+            self.widget.set_color_values(column_numbers(samples, mode) if mode in samples.columns else None)
         self.widget.color_by = mode
         self.widget.filters = {
             "show_test": bool(state.show_test),
             "show_removed": bool(state.show_removed),
             "isolated": state.isolate is not None,
+            "hide": state.hidden_values,
         }
 
     def _send_history(self) -> None:
@@ -462,7 +540,8 @@ class CrafterView:
             self._rows = samples
             with self.widget.hold_sync():
                 self.widget.feedback = feedback_codes(samples)
-                self._send_hidden(self.crafter.view.visible(samples))
+                self._send_facets(samples)
+                self._send_hidden(self._visible_of(samples))
                 if self.crafter.view.color_by not in COLOR_MODES:
                     self._send_view_state(samples)
                 self._send_history()
@@ -476,7 +555,7 @@ class CrafterView:
         with self._lock:
             samples = self.crafter.samples.reset_index(drop=True)
             with self.widget.hold_sync():
-                self._send_hidden(self.crafter.view.visible(samples))
+                self._send_hidden(self._visible_of(samples))
                 self._send_view_state(samples)
 
     def _crafter_selection(self, ids: Sequence[str]) -> None:
@@ -509,13 +588,26 @@ class CrafterView:
         self._metrics_frame = frame
         self._render_chart()
 
+    def _chart_note(self) -> str:
+        """What the chart does not show yet: the held-out students still to train (or why they failed)."""
+        if self._student_error:
+            return self._student_error
+        frame = self._metrics_frame
+        pending = students_pending(frame) if frame is not None else []
+        if not pending:
+            return ""
+        rounds = ", ".join(str(r) for r in sorted(pending))
+        return f"held-out student accuracy of round{'s' if len(pending) > 1 else ''} {rounds}: training (the other panels are complete)"
+
     def _render_chart(self) -> None:
         """Renders the metrics chart kernel-side to SVG (vl-convert: no Vega in the browser, no CDN), in
         the host page's light or dark colours."""
         if self._metrics_frame is None:
             return
         try:
-            self.widget.chart = metrics_svg(self._metrics_frame, dark=self.widget.theme == "dark")
+            self.widget.chart = metrics_svg(
+                self._metrics_frame, dark=self.widget.theme == "dark", note=self._chart_note()
+            )
         except Exception as err:  # noqa: BLE001 - the chart must never break the view
             self.widget.status = f"metrics chart unavailable: {err} (pip install vl-convert-python for offline charts)"
 
@@ -556,6 +648,9 @@ class CrafterView:
         """Whether the controller's view state shows this image on the map."""
         k = self._index.get(sample_id)
         return k is not None and bool(self._visible[k])
+
+    def visible_count(self) -> int:
+        return int(self._visible.sum())
 
     def any_hidden(self) -> bool:
         return not bool(self._visible.all())
@@ -601,7 +696,7 @@ class CrafterView:
             out["split"] = row.get("split", "")
             if row.get("caption"):
                 out["caption"] = row["caption"]
-        labels = self._point_labels.get(index)
+        labels = [text for text, m in self._label_members if _contains(m, index)]
         if labels:
             out["labels"] = ", ".join(labels[:6])
         for col in ("feedback", "feedback_labels", "flag_reason"):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import anywidget
@@ -22,7 +24,9 @@ from PIL import Image
 from .codecs import (
     COLOR_MODES,
     build_atlas,
+    facets_from_frame,
     png_bytes,
+    thumbnail,
     points_from_frame,
     selection_from_bytes,
     selection_to_bytes,
@@ -49,6 +53,9 @@ STATIC = pathlib.Path(__file__).parent.parent / "static"
 
 CommandHandler = Callable[[str, Mapping[str, Any]], Any]
 DetailsCallback = Callable[[int], Mapping[str, Any]]
+# Thumbnails of point indices -> uint8 (k, tile, tile, 3); called only for what the browser asks for.
+ThumbnailSource = Callable[[np.ndarray], np.ndarray]
+PAGE_MAX = 256  # thumbnails per page: a 16 x 16 block of the browser's page texture
 
 
 def _bytes_from_json(value: Any, _widget: Any) -> bytes:
@@ -83,19 +90,29 @@ class CrafterWidget(anywidget.AnyWidget):
     hidden = _binary()  # uint8: 1 when a filter hides the point (not drawn, not selectable); empty: none hidden
     color_codes = _binary()  # uint16 category per point when color_by is a column the browser does not compute
     color_names = t.List(t.Unicode()).tag(sync=True)  # names of those categories
+    # A numeric column on a sequential scale: float32 per point (NaN: missing) and its range; empty: categories.
+    color_values = _binary()
+    color_scale = t.Dict().tag(sync=True)
     color_options = t.List(t.Unicode(), list(COLOR_MODES)).tag(sync=True)  # the colour menu
-    filters = t.Dict({"show_test": False, "show_removed": False, "isolated": False}).tag(sync=True)
+    filters = t.Dict({"show_test": False, "show_removed": False, "isolated": False, "hide": {}}).tag(sync=True)
+    # The filter sidebar: fields [{field, title, names, members?}] and their codes (uint16, n per field).
+    facets = t.List(t.Dict()).tag(sync=True)
+    facet_codes = _binary()
     history = t.Dict({"undo": 0, "redo": 0}).tag(sync=True)  # feedback actions that can be undone / redone
     class_names = t.List(t.Unicode()).tag(sync=True)
-    atlas = _binary()  # PNG (or JPEG) sprite atlas
-    atlas_grid = t.Dict().tag(sync=True)  # cols, rows, tile, count, width, height, format
+    # Thumbnails travel on demand: the browser asks for the points it shows zoomed in ("thumbs"
+    # messages), in pages of up to PAGE_MAX; this says how many exist, their size and which set
+    # (a new version drops the browser's pages).
+    thumbs = t.Dict({"count": 0, "tile": 32, "version": 0, "format": "png"}).tag(sync=True)
     thumb_size = t.Int(32).tag(sync=True)
+    thumb_format = t.Enum(("png", "jpeg"), default_value="png")  # pages: lossless, or ~4x smaller for photos
     labels = t.List(t.Dict()).tag(sync=True)  # {text, x, y, n, members?: [int]}
     selection = _binary()  # uint32 point indices, sorted
     color_by = t.Unicode("class").tag(sync=True)
     progress = t.Dict({"running": False, "done": 0, "total": 0, "message": ""}).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
-    height = t.Int(520).tag(sync=True)
+    height = t.Int(520).tag(sync=True)  # the map's height in CSS px (the widget fills the cell's width)
+    fullscreen = t.Bool(False).tag(sync=True)  # the widget covers the window (the toolbar's button, Escape)
     # The side panel: the Generate menu's strategies (empty: no panel) and each class's prompt with
     # its history ({class: {current, history: [{action, prompt}], mixture?}}).
     strategies = t.List(t.Unicode()).tag(sync=True)
@@ -113,7 +130,20 @@ class CrafterWidget(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self._command_handler: CommandHandler | None = None
         self._details_callback: DetailsCallback | None = None
+        self._thumb_source: ThumbnailSource | None = None
+        self._thumb_lock = threading.Lock()
+        # Pages are read and encoded off the kernel's thread, one at a time, so hover and commands
+        # are answered while a zoom loads its thumbnails.
+        self._thumb_pool: ThreadPoolExecutor | None = None
         self.on_msg(self._on_custom_msg)
+
+    def close(self) -> None:
+        """Closes the widget and stops its thumbnail worker (pages not yet sent are dropped)."""
+        pool = getattr(self, "_thumb_pool", None)  # close() also runs from __del__ of a half-built widget
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._thumb_pool = None
+        super().close()
 
     # ----------------------------------------------------------------- data
     @property
@@ -132,7 +162,7 @@ class CrafterWidget(anywidget.AnyWidget):
         """Shows one point per row of `frame` (see `points_from_frame`) in a single sync.
 
         The selection is kept where its indices still exist. Thumbnails (one per row, same order)
-        become the sprite atlas at `thumb_size` px.
+        are sent on demand at `thumb_size` px (see `set_thumbnails`).
         """
         pts = points_from_frame(frame, class_names)
         if thumbnails is not None and len(thumbnails) != len(frame):
@@ -150,13 +180,114 @@ class CrafterWidget(anywidget.AnyWidget):
             self.selection = selection_to_bytes(keep, n)
 
     def set_thumbnails(
-        self, images: Sequence[Image.Image] | np.ndarray, size: int | None = None, format: str = "auto"
+        self, images: Sequence[Image.Image] | np.ndarray, size: int | None = None, format: str | None = None
     ) -> None:
-        """Builds and sends the sprite atlas (see `build_atlas`); image i must belong to point i."""
-        png, info = build_atlas(images, size or self.thumb_size, format=format)
-        with self.hold_sync():
-            self.atlas = png
-            self.atlas_grid = info
+        """Thumbnails of the points, image i for point i; none is read until the browser shows it.
+
+        `images` is a uint8 array (n, size, size, 3) or a list of PIL images (any mode or size,
+        shrunk when asked for). format: "png" or "jpeg" for the pages sent.
+        """
+        tile = int(size or self.thumb_size)
+        if isinstance(images, np.ndarray):
+            if images.ndim != 4 or images.shape[3] != 3:
+                raise ValueError(f"thumbnails must be a uint8 array (n, size, size, 3), got shape {images.shape}")
+            array = images
+
+            def source(idx: np.ndarray) -> np.ndarray:
+                if array.shape[1:3] == (tile, tile):
+                    return np.asarray(array[idx], dtype=np.uint8)
+                return np.stack([thumbnail(array[i], tile) for i in idx])
+        else:
+            items = list(images)
+
+            def source(idx: np.ndarray) -> np.ndarray:
+                return np.stack([thumbnail(items[i], tile) for i in idx])
+
+        self.set_thumbnail_source(source, len(images), size=tile, format=format)
+
+    def set_thumbnail_source(
+        self, source: ThumbnailSource | None, count: int, *, size: int | None = None, format: str | None = None
+    ) -> None:
+        """Thumbnails computed when the browser asks: `source(indices)` -> uint8 (k, size, size, 3).
+
+        It runs in a worker thread for the points shown zoomed in (a few hundred at a time), so a
+        map of a million points costs nothing here until someone zooms in. None: no thumbnails.
+        """
+        if format is not None:
+            self.thumb_format = format
+        if size is not None:
+            self.thumb_size = int(size)
+        if self.thumb_size < 1:
+            raise ValueError(f"thumbnail size must be positive, got {self.thumb_size}")
+        with self._thumb_lock:
+            self._thumb_source = source
+            self.thumbs = {
+                "count": int(count) if source is not None else 0,
+                "tile": int(self.thumb_size),
+                "version": self.thumb_meta["version"] + 1,
+                "format": self.thumb_format,
+            }
+
+    @property
+    def thumb_meta(self) -> dict[str, Any]:
+        """The `thumbs` trait, typed: count, tile, version, format."""
+        meta: dict[str, Any] = dict(self.thumbs)
+        return meta
+
+    def thumbnail_tiles(self, indices: Iterable[int] | np.ndarray) -> np.ndarray:
+        """uint8 (k, thumb_size, thumb_size, 3): the thumbnails of these points, from the source."""
+        with self._thumb_lock:
+            source, meta = self._thumb_source, self.thumb_meta
+        idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64).ravel()
+        if source is None:
+            raise ValueError("this widget has no thumbnails; call set_thumbnails or set_thumbnail_source first")
+        if len(idx) and (idx.min() < 0 or idx.max() >= meta["count"]):
+            raise IndexError(f"thumbnail index out of range 0..{meta['count'] - 1}")
+        tiles = np.asarray(source(idx), dtype=np.uint8) if len(idx) else np.zeros((0, meta["tile"], meta["tile"], 3))
+        if tiles.shape != (len(idx), meta["tile"], meta["tile"], 3):
+            raise ValueError(
+                f"the thumbnail source returned shape {tiles.shape} for {len(idx)} indices; "
+                f"expected ({len(idx)}, {meta['tile']}, {meta['tile']}, 3)"
+            )
+        return tiles.astype(np.uint8, copy=False)
+
+    def thumbnail_page(self, indices: Iterable[int] | np.ndarray) -> tuple[bytes, dict]:
+        """One page of thumbnails for these point indices (at most PAGE_MAX): the encoded image (tile k
+        at column k % cols, row k // cols) and its grid info, as the browser receives it."""
+        idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64).ravel()
+        if len(idx) == 0 or len(idx) > PAGE_MAX:
+            raise ValueError(f"a thumbnail page holds 1..{PAGE_MAX} indices, got {len(idx)}")
+        meta = self.thumb_meta
+        data, grid = build_atlas(self.thumbnail_tiles(idx), meta["tile"], format=meta["format"])
+        grid["version"] = meta["version"]
+        return data, grid
+
+    def _answer_thumbs(self, content: Mapping[str, Any], buffers: Sequence[Any] | None) -> tuple[dict, list[bytes]]:
+        """The reply to one "thumbs" request: {type, req, version, cols, tile, count, format} and the page."""
+        req = content.get("req")
+        version = int(content.get("version", -1))
+        reply: dict[str, Any] = {"type": "thumbs", "req": req, "version": version}
+        if version != self.thumb_meta["version"]:
+            return {**reply, "stale": True}, []  # the set changed since the browser asked
+        try:
+            idx = selection_from_bytes(bytes(buffers[0]) if buffers else b"").astype(np.int64)
+            data, grid = self.thumbnail_page(idx)
+        except Exception as err:  # the browser shows marks for these points and says why
+            log.warning("thumbnail page failed: %s", err)
+            return {**reply, "error": f"thumbnails failed: {err}"}, []
+        reply.update({k: grid[k] for k in ("cols", "rows", "tile", "count", "format")})
+        return reply, [data]
+
+    def _serve_thumbs(self, content: Mapping[str, Any], buffers: Sequence[Any] | None) -> None:
+        copied = [bytes(b) for b in buffers or []]  # the comm may reuse its buffers once this returns
+
+        def work() -> None:
+            reply, out = self._answer_thumbs(content, copied)
+            self.send(reply, buffers=out or None)
+
+        if self._thumb_pool is None:
+            self._thumb_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dcw-thumbs")
+        self._thumb_pool.submit(work)
 
     def set_labels(self, labels: Sequence[Mapping[str, Any]]) -> None:
         """Content labels as words on the map: each {text, x, y, n, members (point indices, optional)}."""
@@ -167,6 +298,27 @@ class CrafterWidget(anywidget.AnyWidget):
                 item["members"] = [int(i) for i in lab["members"]]
             out.append(item)
         self.labels = out
+
+    def set_color_values(self, values: np.ndarray | Sequence[float] | None) -> None:
+        """Colours the points by these numbers (one per point) on a sequential scale with its colour bar;
+        None goes back to the categories of `color_codes`."""
+        arr = None if values is None else np.asarray(values, np.float32).reshape(-1)
+        if arr is not None and len(arr) != self.n:
+            raise ValueError(f"got {len(arr)} colour values for {self.n} points; pass one per point")
+        finite = arr[np.isfinite(arr)] if arr is not None else np.zeros(0, np.float32)
+        with self.hold_sync():
+            self.color_values = b"" if arr is None else arr.astype("<f4").tobytes()
+            self.color_scale = (
+                {"min": float(finite.min()), "max": float(finite.max())} if arr is not None and len(finite) else {}
+            )
+
+    def set_facets(self, frame: pd.DataFrame, members: Mapping[str, Sequence[int]] | None = None) -> None:
+        """The filter sidebar's fields from the shown frame (row i = point i) and the content labels'
+        member point indices (see `facets_from_frame`)."""
+        facets, codes = facets_from_frame(frame, members)
+        with self.hold_sync():
+            self.facets = facets
+            self.facet_codes = codes
 
     def set_progress(self, done: int, total: int, message: str = "", running: bool = True) -> None:
         """Updates the progress bar (shown with a cancel button while running)."""
@@ -246,6 +398,8 @@ class CrafterWidget(anywidget.AnyWidget):
                 log.exception("details for point %s failed", index)
                 fields, png = [["error", str(err)]], None
             self.send({"type": "details", "index": index, "fields": fields}, buffers=[png] if png else None)
+        elif kind == "thumbs":
+            self._serve_thumbs(content, buffers)
         elif kind == "command":
             name = str(content.get("name", ""))
             if name not in COMMANDS:

@@ -48,3 +48,30 @@ test("CSS colours parse and contrast follows WCAG", () => {
   assert.equal(Math.round(contrast([0, 0, 0], [255, 255, 255])), 21);
   assert.equal(contrast([100, 100, 100], [100, 100, 100]), 1);
 });
+
+test("no category colour comes near the feedback colours (good green, bad red)", async () => {
+  const { FEEDBACK_RGB } = await import("../colors.js");
+  const dist = (a, b) => Math.hypot(a[0] - b[0], a[1] - b[1], a[2] - b[2]);
+  for (let c = 0; c < 200; c++) {
+    for (const fb of Object.values(FEEDBACK_RGB)) assert.ok(dist(classColor(c), fb) > 60, `class ${c}: ${classColor(c)}`);
+    const [r, g, b] = classColor(c);
+    assert.ok(!(r > 150 && g < 90 && b < 90), `class ${c} is a red: ${classColor(c)}`);
+    assert.ok(!(g > 120 && r < 110 && b < 110), `class ${c} is a green: ${classColor(c)}`);
+  }
+});
+
+test("colour names are drawn as themselves; numeric columns on the sequential scale with a bar", async () => {
+  const { ramp } = await import("../colors.js");
+  const a = { ...attrs(3), codes: Uint16Array.from([0, 1, 2]) };
+  const named = (name) => ({ lightblue: [173, 216, 230], pink: [255, 192, 203] })[name] || null;
+  const byName = computeColors("background", 3, a, [], ["lightblue", "pink", "(empty)"], { named });
+  assert.deepEqual(Array.from(byName.colors.slice(0, 3)), [173, 216, 230]);
+  assert.deepEqual(Array.from(byName.colors.slice(4, 7)), [255, 192, 203]);
+  assert.deepEqual(byName.legend[0].rgb, [173, 216, 230]);
+  const values = Float32Array.from([0, 5, NaN]);
+  const byNum = computeColors("brightness", 3, a, [], ["0 – 2", "2 – 5"], { values, scale: { min: 0, max: 10 } });
+  assert.deepEqual(Array.from(byNum.colors.slice(0, 3)), ramp(0));
+  assert.deepEqual(Array.from(byNum.colors.slice(4, 7)), ramp(0.5));
+  assert.deepEqual(Array.from(byNum.colors.slice(8, 11)), [150, 150, 150]);
+  assert.deepEqual(byNum.legend.map((e) => e.bar), [{ min: 0, max: 10 }]);
+});

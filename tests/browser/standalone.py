@@ -3,7 +3,9 @@
 No JupyterLab and no server: playwright's request routing answers every request to
 http://dcw.test/ from memory. Used by the fast front-end browser tests and by
 benchmarks/bench_widget.py. The fake model implements the small part of the anywidget model API
-the widget uses (get / set / save_changes / on / off / send) and records what it sends.
+the widget uses (get / set / save_changes / on / off / send) and records what it sends; its
+thumbnail requests go to the real CrafterWidget in this process (POST /msg), whose reply comes
+back as the custom message a kernel would send.
 """
 
 from __future__ import annotations
@@ -40,7 +42,17 @@ class FakeModel {
   save_changes() { this.saves++; }
   on(e, f) { (this.handlers[e] = this.handlers[e] || []).push(f); }
   off(e, f) { this.handlers[e] = (this.handlers[e] || []).filter((g) => g !== f); }
-  send(content, callbacks, buffers) { this.sent.push({ content, buffers: (buffers || []).map((b) => Array.from(new Uint32Array(b))) }); }
+  send(content, callbacks, buffers) {
+    this.sent.push({ content, buffers: (buffers || []).map((b) => Array.from(new Uint32Array(b))) });
+    if (content && content.type === "thumbs") this.ask(content, buffers);
+  }
+  async ask(content, buffers) {  // the kernel's side of a thumbnail request: the widget in the test's process
+    const body = buffers && buffers.length ? new Uint8Array(buffers[0]) : new Uint8Array(0);
+    const r = await fetch("/msg?content=" + encodeURIComponent(JSON.stringify(content)), { method: "POST", body });
+    const reply = JSON.parse(r.headers.get("x-content"));
+    const data = await r.arrayBuffer();
+    this.emit(reply, data.byteLength ? [new DataView(data)] : []);
+  }
   emit(msg, buffers) { (this.handlers["msg:custom"] || []).slice().forEach((f) => f(msg, buffers || [])); }
 }
 window.FakeModel = FakeModel;
@@ -87,7 +99,22 @@ def synthetic_thumbnails(frame: pd.DataFrame, size: int = 32) -> np.ndarray:
     return tiles
 
 
-def widget_state(widget: Any) -> dict:
+class WidgetState(dict):
+    """The synced state of a widget, and the widget that answers the page's thumbnail requests."""
+
+    widget: Any = None
+
+
+def answer(widget: Any, query: str, body: bytes) -> tuple[dict, bytes]:
+    """The widget's reply to a message the page POSTed to /msg (content in the query string)."""
+    import urllib.parse
+
+    content = json.loads(urllib.parse.parse_qs(query)["content"][0])
+    reply, out = widget._answer_thumbs(content, [body])
+    return reply, out[0] if out else b""
+
+
+def widget_state(widget: Any) -> WidgetState:
     """The synced state of a CrafterWidget, as the page's fake model will hold it."""
     keys = [
         "xy",
@@ -97,8 +124,7 @@ def widget_state(widget: Any) -> dict:
         "feedback",
         "flag",
         "class_names",
-        "atlas",
-        "atlas_grid",
+        "thumbs",
         "thumb_size",
         "labels",
         "selection",
@@ -107,24 +133,31 @@ def widget_state(widget: Any) -> dict:
         "prompts",
         "status",
         "height",
+        "fullscreen",
         "primitive",
         "hidden",
         "color_codes",
         "color_names",
+        "color_values",
+        "color_scale",
         "color_options",
         "filters",
+        "facets",
+        "facet_codes",
         "history",
         "strategies",
         "chart",
         "theme",
     ]
-    return {k: getattr(widget, k) for k in keys}
+    state = WidgetState({k: getattr(widget, k) for k in keys})
+    state.widget = widget
+    return state
 
 
 class _Server:
     """A local HTTP server in a thread for large payloads (playwright routing copies bodies slowly)."""
 
-    def __init__(self, files: dict) -> None:
+    def __init__(self, files: dict, widget: Any = None) -> None:
         import http.server
         import threading
 
@@ -140,6 +173,20 @@ class _Server:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+                path, _, query = self.path.partition("?")
+                if path != "/msg" or widget is None:
+                    self.send_error(404)
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                reply, data = answer(widget, query, body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("x-content", json.dumps(reply))
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -175,9 +222,15 @@ def open_standalone(
     for k, v in binary.items():
         files[f"/bin/{k}"] = ("application/octet-stream", bytes(v))
 
+    widget = getattr(state, "widget", None)
+
     def handle(route: Any) -> None:
-        path = route.request.url[len(BASE) :].split("?")[0] or "/"
-        if path in files:
+        path, _, query = route.request.url[len(BASE) :].partition("?")
+        path = path or "/"
+        if path == "/msg" and widget is not None:
+            reply, data = answer(widget, query, route.request.post_data_buffer or b"")
+            route.fulfill(status=200, headers={"x-content": json.dumps(reply)}, body=data)
+        elif path in files:
             ctype, body = files[path]
             route.fulfill(status=200, content_type=ctype, body=body)
         else:
@@ -185,7 +238,7 @@ def open_standalone(
 
     server = None
     if http:
-        server = _Server(files)
+        server = _Server(files, widget)
         page.goto(server.url + "/")
     else:
         page.route(BASE + "/**", handle)
@@ -193,6 +246,18 @@ def open_standalone(
     page.wait_for_function("window.__rendered === true && window.__dcw && window.__dcw.length > 0", timeout=timeout_ms)
     page.wait_for_function("window.__dcw[0].frames > 0", timeout=timeout_ms)
     return server
+
+
+def wait_thumbnails(page: Any, timeout_ms: int = 30000) -> dict:
+    """Waits until every point in view that can show a thumbnail has it (pages asked for and received),
+    draws a frame, and returns the widget's thumbnail counters."""
+    h = "window.__dcw[window.__dcw.length - 1]"
+    page.wait_for_function(
+        f"{h}.thumbsShown && {h}.thumbStats.visible > 0 && {h}.thumbStats.missingVisible === 0 && {h}.thumbStats.inflight === 0",
+        timeout=timeout_ms,
+    )
+    page.evaluate(f"{h}.drawNow()")
+    return page.evaluate(f"{h}.thumbStats")
 
 
 def thumbnails_as_images(tiles: np.ndarray) -> list[Image.Image]:

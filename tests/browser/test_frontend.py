@@ -18,7 +18,7 @@ from PIL import Image
 
 from datacrafter_widget.ui.widget import CrafterWidget
 
-from standalone import open_standalone, synthetic_frame, synthetic_thumbnails, widget_state
+from standalone import open_standalone, synthetic_frame, synthetic_thumbnails, wait_thumbnails, widget_state
 
 ARTIFACTS = pathlib.Path(__file__).resolve().parents[2] / "test-artifacts"
 XSS = "<img src=x onerror=alert(1)>"
@@ -289,7 +289,7 @@ def test_zoom_in_switches_to_thumbnails(shown: Any) -> None:
 
 @pytest.mark.parametrize("primitive", ["quads", "points"])
 def test_thumbnails_map_to_their_point_upright(page: Any, primitive: str) -> None:
-    """Each point shows its own atlas tile, the right way up, with either drawing primitive."""
+    """Each point shows its own thumbnail, the right way up, with either drawing primitive."""
     import pandas as pd
 
     frame = pd.DataFrame(
@@ -308,7 +308,7 @@ def test_thumbnails_map_to_their_point_upright(page: Any, primitive: str) -> Non
     w = CrafterWidget(primitive=primitive)
     w.set_frame(frame, thumbnails=tiles)
     open_standalone(page, widget_state(w))
-    page.wait_for_function("window.__dcw[0].thumbsShown === true")
+    wait_thumbnails(page)  # asked for on demand: the five points in view
     assert handle(page, "h.primitive") == primitive
     view = handle(page, "h.view")
     url = page.evaluate("document.querySelector('.dcw-gl').toDataURL('image/png')")

@@ -251,7 +251,7 @@ def lasso_and_bad_through_crafter(page: Any, lab: Lab, selection_cell: int, feed
     root = page.locator(".dcw-root").last
     root.wait_for(timeout=120000)
     handle = "window.__dcw[window.__dcw.length - 1]"
-    page.wait_for_function(f"window.__dcw && {handle}.frames > 0 && {handle}.timings.atlasReady != null")
+    page.wait_for_function(f"window.__dcw && {handle}.frames > 0 && {handle}.thumbsReady")
     root.scroll_into_view_if_needed()
     assert canvas_ink(page) > 0.01
     page.screenshot(path=str(ARTIFACTS / f"{tag}-drawn.png"))
@@ -418,7 +418,7 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
         (LOOP_SETUP, LOOP_STATE, LOOP_ROUND, LOOP_REOPEN),
         timeout_ms=900000,
         frames_timeout=120000,
-        ready=f"{HANDLE}.timings.atlasReady != null",
+        ready=f"{HANDLE}.thumbsReady",
     )
     status = root.locator(".dcw-status")
 
