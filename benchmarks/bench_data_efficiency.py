@@ -8,8 +8,11 @@ stroke and slant), so one seed's test noise is small and per-background accuracy
 - gap:      spurious 0.95. Every arm starts from real + `--gap-base` class-prompt images per class
             (the student already knows shapes); each method adds N images. Rows: none, ideal,
             class, search (discrete search over background words scored by the student's loss),
-            gap (guided adversarial prompts). Reports accuracy on test images whose background is
-            not the class's tied one, and the share of added images in the student's high-loss
+            gap (guided adversarial prompts: per class, 8 contexts of pool-image captions are screened
+            by the base student's loss, 4 token sets start at the hardest and are optimised for 30
+            steps with the true-label loss, a zero-shot class-keeping term and text guidance to their
+            contexts; text-to-image). Reports accuracy on test images whose background is not the
+            class's tied one, and the share of added images in the student's high-loss
             (class, background) cells.
 - loop:     spurious 0.95. A simulated person compares the class-prompt round with a target
             attribute histogram read (independent checker) from unlabelled pool images, lassoes
@@ -1004,7 +1007,7 @@ def main() -> int:
     p.add_argument(
         "--gap-base", type=int, default=10, help="class-prompt images per class every GAP-track arm starts from"
     )
-    p.add_argument("--gap-steps", type=int, default=10, help="GAP token optimisation steps per class")
+    p.add_argument("--gap-steps", type=int, default=30, help="GAP token optimisation steps per class")
     p.add_argument("--gap-lr", type=float, default=2e-2)
     p.add_argument(
         "--gap-loss",
@@ -1043,7 +1046,7 @@ def main() -> int:
     )
     p.add_argument(
         "--gap-sources",
-        default="class",
+        default="none",
         choices=["class", "train", "none"],
         help="img2img with the digit strokes kept, from fresh class-prompt images (class) or the real train "
         "images (train); none: text-to-image",
