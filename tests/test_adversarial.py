@@ -419,3 +419,21 @@ def test_more_descriptions_than_sets_keeps_the_ones_the_student_finds_hardest(se
     hardest = sorted(descs, key=lambda d: -res.screen[d])[:2]
     assert json.loads(res.target) == hardest
     assert load_tokens(res.save(tmp_path / "s.safetensors")).screen == pytest.approx(res.screen)
+
+
+def test_controller_round_with_screened_descriptions_per_class_and_class_keeping(tmp_path):
+    from tests.test_student import _tiny_crafter
+
+    crafter, _ = _tiny_crafter(tmp_path)
+    crafter.train_student(epochs=1, progress=False)
+    descs = {"0": ["on a red carpet", "in deep water", "at night"]}
+    settings = {**TINY_GAP, "target": descs}
+    ids = crafter.adversarial(
+        **settings, per_class=4, final_steps=2, token_sets=2, init="target", class_weight=1.0, screen_batches=1
+    )
+    rows = crafter.samples.set_index("id").loc[ids]
+    # each image's caption is the description its token set was guided toward: 2 of the 3 screened
+    assert set(rows["caption"]) < set(descs["0"]) and rows["caption"].nunique() == 2
+    again = crafter.regenerate(ids[1])
+    assert np.abs(np.asarray(again, dtype=int) - np.asarray(crafter.store.image(ids[1]), dtype=int)).max() <= 1
+    crafter.close()
