@@ -13,7 +13,7 @@ Phases (each prints its figures, then the ratios loaded / idle):
             the longest gap between two outputs (stdout or stderr: log lines and tqdm bars)
   map       the first map of the quickstart project (its 100 generated + 50 real images, embeddings
             stored at generation as in the notebook): the widget's background job, layout and
-            content labels computed from scratch
+            content labels computed from scratch ("new-niced": the same job at low priority, niced)
 
     python benchmarks/bench_compute.py                        # every phase, old and new, idle and loaded
     python benchmarks/bench_compute.py --phases student --policies new --repeat 2
@@ -79,7 +79,8 @@ from datacrafter_widget.controller.jobs import Job
 models = dc.starter.models()
 crafter = dc.DataCrafter.open(sys.argv[1], models=models)
 t = time.perf_counter()
-job = Job(lambda ctx: crafter.update_projection(), description="first map").start()  # as the widget does
+low = len(sys.argv) > 2 and sys.argv[2] == "low"  # as a low-priority job (niced), to compare
+job = Job(lambda ctx: crafter.update_projection(), description="first map").start(low_priority=low)  # as the widget does
 job.wait(timeout=3600)
 print(json.dumps({"seconds": time.perf_counter() - t, "images": len(crafter.projection)}))
 crafter.close()
@@ -92,7 +93,7 @@ def env_for(policy: str, cores: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATACRAFTER_") and k != "OMP_WAIT_POLICY"}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     env.pop("OMP_NUM_THREADS", None)
-    base, *changes = policy.split("+")
+    base, *changes = policy.replace("-niced", "").split("+")
     if base not in ("old", "new"):
         raise SystemExit(f"policy {policy!r}: old or new, optionally +NAME=VALUE settings")
     if base == "old":
@@ -127,9 +128,12 @@ def loadavg() -> str:
 
 
 def python_json(code: str, env: dict[str, str], *args: str, timeout: float) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"seconds": timeout, "stopped": True}
     if out.returncode != 0:
         raise RuntimeError(f"the measured process failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -218,7 +222,8 @@ def main() -> None:
                                 shutil.copytree(work / "quickstart", copy)
                                 for name in ("layout.safetensors", "map.json", "content_labels.json"):
                                     (copy / name).unlink(missing_ok=True)
-                                r = python_json(FIRST_MAP, env, str(copy), timeout=args.timeout)
+                                low = "low" if "-niced" in policy else "normal"
+                                r = python_json(FIRST_MAP, env, str(copy), low, timeout=args.timeout)
                             else:
                                 r = timed_run(env, work / f"run-{policy}-{load}-{k}", args.timeout)
                         print(f"{'':8s} {policy} {load:6s} #{k + 1}: {fmt(r)}", flush=True)

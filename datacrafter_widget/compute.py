@@ -7,8 +7,8 @@ slowest worker. Measured with benchmarks/bench_compute.py on a 2-core machine (t
 "Compute" section has the figures): a passive OpenMP wait policy and one thread per step keep the
 student's training under load within about 2x of idle, where torch's defaults cost 5x. The
 product's own background work (the widget's first map, the held-out students, generation in the
-background) also competes with the notebook: it runs on fewer threads, at a lower OS priority,
-and one background job at a time.
+background) also competes with the notebook: it runs on fewer threads, one background job at a
+time, and work nobody waits for (the held-out students) at a lower OS priority.
 
 Everything is decided here, once:
 

@@ -21,6 +21,16 @@ function allValues(view, field) {
   return (view.legendValues && view.legendValues[field]) || [];
 }
 
+/** Point i's value of a sidebar field ("" when unknown). @param {any} view @param {string} field @param {number} i */
+export function facetValue(view, field, i) {
+  const facets = (view.model.get("facets") || []).filter((f) => f && Array.isArray(f.names) && !Array.isArray(f.members));
+  const b = facets.findIndex((f) => f.field === field);
+  if (b < 0) return "";
+  const codes = view.facetCodes || (view.facetCodes = asU16(view.model.get("facet_codes")));
+  const c = codes.length >= (b + 1) * view.n ? codes[b * view.n + i] : -1;
+  return c >= 0 ? String(facets[b].names[c] ?? "") : "";
+}
+
 /**
  * Hides `values` of `field` (or shows them again when all are hidden); solo shows them alone (or, when
  * they already are, everything again).
@@ -49,7 +59,7 @@ export function filterPanel(view, parent) {
   box.dataset.role = "filters";
   const open = new Set(["label"]); // which fields are unfolded (kept across redraws)
   let codes = new Uint16Array(0);
-  const loadCodes = () => { codes = asU16(view.model.get("facet_codes")); };
+  const loadCodes = () => { codes = asU16(view.model.get("facet_codes")); view.facetCodes = codes; };
 
   /** counts[k] for the points of value k: shown (not hidden), selected, total. */
   const countsOf = (facet, block) => {

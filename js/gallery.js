@@ -1,7 +1,8 @@
 // @ts-check
 // The gallery of the selection: a grid of the selected images (thumbnails asked for on demand), each with
-// its own Good / Bad / Unmark buttons; a click zooms the map to the image.
+// its class and strategy and its own Good / Bad / Unmark buttons; a click opens the sample view.
 import { button, el, FEEDBACK_TEXT, KIND_NAMES } from "./dom.js";
+import { facetValue } from "./filters.js";
 
 const GALLERY_MAX = 120;
 
@@ -28,7 +29,13 @@ export function renderGallery(view) {
     c.width = c.height = 64;
     c.title = `${names[view.attrs.cls[i]] ?? ""} (${KIND_NAMES[view.attrs.kind[i]] || ""})`;
     view.thumbs.drawInto(c.getContext("2d"), i, 0, 0, 64, 64);
-    c.addEventListener("click", () => view.zoomTo([i], 6));
+    c.title += " · click: the image large, with its provenance";
+    c.addEventListener("click", () => view.command("show_sample", { index: i }));
+    // Class and strategy under the image (text from the model: textContent).
+    const strategy = facetValue(view, "strategy", i);
+    const cap = el("div", "dcw-tile-caption", tile);
+    cap.textContent = [names[view.attrs.cls[i]] ?? "", strategy || (view.attrs.kind[i] === 1 ? "" : KIND_NAMES[view.attrs.kind[i]])].filter(Boolean).join(" · ");
+    cap.title = cap.textContent;
     const row = el("div", "dcw-tile-buttons", tile);
     for (const [value, text, tip] of [["good", "✓", "mark good"], ["bad", "✗", "mark bad"], ["clear", "↺", "unmark"]]) {
       const b = button(row, text, tip, () => view.command("gallery_mark", { index: i, value }));

@@ -57,7 +57,16 @@ export function bindPointer(view) {
     }
     view.requestDraw();
   };
+  // The wheel zooms the map only when it has focus (click it first) or with Ctrl / Cmd held
+  // (wheel_zoom "focus"), only with the modifier ("modifier"), or always ("always"); else the page scrolls.
   const wheel = (ev) => {
+    const how = view.model.get("wheel_zoom") || "focus";
+    const mod = ev.ctrlKey || ev.metaKey;
+    const focused = view.root.contains(document.activeElement);
+    if (!(how === "always" || mod || (how === "focus" && focused))) {
+      view.showHint(how === "focus" ? "click the map (or hold Ctrl) to zoom with the wheel" : "hold Ctrl to zoom with the wheel");
+      return;
+    }
     ev.preventDefault();
     const [sx, sy] = localXY(view, ev);
     zoomBy(view, Math.exp(-ev.deltaY * (ev.deltaMode === 1 ? 0.05 : 0.0015)), sx, sy);
@@ -69,7 +78,13 @@ export function bindPointer(view) {
   };
   window.addEventListener("keydown", key);
   view.disposers.push(() => window.removeEventListener("keydown", key));
-  const dbl = () => { view.userMoved = false; view.fitView(); view.requestDraw(); };
+  // Double-click: on an image, its sample view; elsewhere, fit everything in view.
+  const dbl = (ev) => {
+    const [sx, sy] = localXY(view, ev);
+    const i = pointAt(view, sx, sy);
+    if (i >= 0) { view.command("show_sample", { index: i }); return; }
+    view.userMoved = false; view.fitView(); view.requestDraw();
+  };
   stage.addEventListener("pointerdown", down);
   stage.addEventListener("pointermove", move);
   stage.addEventListener("pointerup", up);
@@ -98,6 +113,7 @@ export function bindKeys(view) {
     let done = true;
     if (k === "Escape") {
       if (view.drag) { view.drag = null; view.lasso = null; view.requestDraw(); }
+      else if (view.sample.isOpen()) view.sample.hide();
       else if (view.model.get("fullscreen")) view.setFullscreen(false);
       else { view.activeLabel = null; view.commitSelection(new Uint32Array(0)); }
     } else if (mod && (k === "z" || k === "Z")) view.command(ev.shiftKey ? "redo" : "undo");

@@ -8,7 +8,9 @@ import { RAMP_CSS } from "./colors.js";
 
 /** A numeric column's colour bar: name, minimum, the sequential scale, maximum. */
 function colorBar(row, e) {
-  const fmt = (v) => (Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-2 && v !== 0) ? v.toExponential(2) : String(Number(v.toPrecision(3))));
+  // Enough digits that the two ends differ (e.g. seeds 100000 and 200099).
+  const digits = Math.min(12, Math.max(3, Math.ceil(Math.log10(Math.max(Math.abs(e.bar.min), Math.abs(e.bar.max), 1e-12) / Math.max(e.bar.max - e.bar.min, 1e-12))) + 2));
+  const fmt = (v) => String(Number(v.toPrecision(digits)));
   row.dataset.role = "color-bar";
   el("span", "", row).textContent = e.name;
   el("span", "dcw-bar-min", row).textContent = fmt(e.bar.min);
@@ -53,10 +55,12 @@ export function drawOverlay(view, size = 6, thumbs = false) {
   ctx.font = "600 10px sans-serif";
   ctx.textAlign = "left";
   ctx.textBaseline = "top";
+  const badges = [];
   for (const g of view.overlaps) {
     const text = "×" + g.n;
     const w = ctx.measureText(text).width + 6;
     const x = g.sx + size / 2 - w, y = g.sy - size / 2;
+    badges.push([x - 2, y - 2, x + w + 2, y + 15]);
     ctx.fillStyle = "rgba(20,20,20,0.8)";
     ctx.fillRect(x, y, w, 13);
     ctx.fillStyle = "#fff";
@@ -67,13 +71,19 @@ export function drawOverlay(view, size = 6, thumbs = false) {
   ctx.textAlign = "center";
   ctx.textBaseline = "middle";
   ctx.lineJoin = "round";
+  const hits = (box, b) => box[0] < b[2] && box[2] > b[0] && box[1] < b[3] && box[3] > b[1];
   for (const l of view.labels.slice(0, 400)) {
-    const [sx, sy] = view.toScreen(l.x, l.y);
+    // A label whose members are all hidden (a filter, Isolate) goes with them.
+    if (l.members && view.hidden && !l.members.some((i) => i < view.n && !view.hidden[i])) continue;
+    let [sx, sy] = view.toScreen(l.x, l.y);
     if (sx < -50 || sy < -20 || sx > view.width + 50 || sy > view.height + 20) continue;
     ctx.font = `600 ${l.font}px sans-serif`;
     const w = ctx.measureText(l.text).width + 6, h = l.font + 4;
+    // Kept inside the map: a label near the edge slides in rather than being cut.
+    sx = Math.min(Math.max(sx, w / 2), view.width - w / 2);
+    sy = Math.min(Math.max(sy, h / 2), view.height - h / 2);
     const box = [sx - w / 2, sy - h / 2, sx + w / 2, sy + h / 2];
-    if (placed.some((p) => box[0] < p.box[2] && box[2] > p.box[0] && box[1] < p.box[3] && box[3] > p.box[1])) continue;
+    if (placed.some((p) => hits(box, p.box)) || badges.some((b) => hits(box, b))) continue; // never over a ×n badge
     placed.push({ box, label: l });
     const active = view.activeLabel && view.activeLabel.text === l.text;
     ctx.lineWidth = 3;

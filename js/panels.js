@@ -6,7 +6,7 @@
 import { button, el } from "./dom.js";
 
 /**
- * @typedef {{ model: any, command: (name: string, args?: Record<string, any>) => void }} Host
+ * @typedef {{ model: any, command: (name: string, args?: Record<string, any>) => void, keepFocus?: (el: HTMLElement) => void }} Host
  */
 
 /**
@@ -46,7 +46,11 @@ export function generatePanel(host, parent) {
     strategy.value = options.includes(keep) ? keep : options.includes("caption") ? "caption" : options[0] || "";
     onStrategy();
   };
-  const syncRunning = () => { go.disabled = Boolean((model.get("progress") || {}).running); };
+  const syncRunning = () => {
+    const running = Boolean((model.get("progress") || {}).running);
+    if (running) host.keepFocus?.(box);
+    go.disabled = running;
+  };
   syncStrategies();
   syncRunning();
   return { box, syncStrategies, syncRunning };
@@ -61,6 +65,7 @@ export function promptsPanel(host, parent) {
   const box = el("div", "dcw-panel", parent);
   box.dataset.role = "prompts";
   const sync = () => {
+    host.keepFocus?.(box); // evolve's new prompts redraw the panel: the focus stays in the widget
     box.replaceChildren();
     el("div", "dcw-panel-title", box).textContent = "Prompts per class";
     const prompts = model.get("prompts") || {};

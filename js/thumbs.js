@@ -10,7 +10,7 @@
 export const PAGE = 256; // thumbnails per page: a 16 x 16 block of the texture
 export const PAGE_COLS = 16;
 export const NONE = 0xffffffff;
-const MAX_INFLIGHT = 4; // requests waiting for Python at once
+const MAX_INFLIGHT = 16; // requests waiting for Python at once (it answers them in order, one worker)
 const MAX_SIDE = 4096; // the page texture's side (WebGL2 guarantees 2048; most GPUs and SwiftShader 8192+)
 const EMPTY = 0, ASKED = 1, LOADED = 2, FAILED = 3;
 
@@ -79,25 +79,42 @@ export class ThumbPages {
     this.timer = setTimeout(() => { this.timer = 0; if (!this.view.destroyed) this.update(); }, delay);
   }
 
-  /** The points the map shows now that can carry a thumbnail, nearest the centre first, at most what fits. */
+  /** The points whose thumbnail can show in the current view: in view, not hidden, and on top in their
+   *  half-thumbnail cell of the screen (a point below another in the same cell has its centre covered by
+   *  it), so what is asked for grows with the screen, not with how dense the data is there. Nearest the
+   *  centre first when more than the texture holds. */
   visiblePoints() {
     const v = this.view;
     if (!v.index || v.n === 0) return new Uint32Array(0);
     const { size } = v.markSize();
     const m = size / 2;
     const [x0, y1] = v.toData(-m, -m), [x1, y0] = v.toData(v.width + m, v.height + m);
-    let hits = v.index.box(x0, y0, x1, y1);
-    if (v.hidden && v.hidden.length === v.n) hits = hits.filter((i) => !v.hidden[i]);
-    hits = hits.filter((i) => i < this.meta.count);
+    const hits = v.index.box(x0, y0, x1, y1);
+    const cell = Math.max(1, size / 2);
+    const cols = Math.ceil((v.width + 2 * size) / cell) + 1, rows = Math.ceil((v.height + 2 * size) / cell) + 1;
+    const taken = new Uint8Array(cols * rows);
+    const { k, tx, ty } = v.view;
+    const out = [];
+    const consider = (i) => {
+      if (i >= this.meta.count || (v.hidden && v.hidden[i])) return;
+      const c = Math.floor((v.xy[2 * i] * k + tx + size) / cell), r = Math.floor((-v.xy[2 * i + 1] * k + ty + size) / cell);
+      if (c < 0 || r < 0 || c >= cols || r >= rows) return;
+      if (taken[r * cols + c]) return;
+      taken[r * cols + c] = 1;
+      out.push(i);
+    };
+    const sel = v.selection || [];
+    for (let j = sel.length - 1; j >= 0; j--) consider(sel[j]); // drawn last, on top
+    for (let j = hits.length - 1; j >= 0; j--) consider(hits[j]); // later points are drawn over earlier ones
     const cap = (this.pages.length - MAX_INFLIGHT) * PAGE;
-    if (hits.length > PAGE) {
+    if (out.length > cap) {
       const [cx, cy] = v.toData(v.width / 2, v.height / 2);
-      const d = new Float32Array(hits.length);
-      for (let j = 0; j < hits.length; j++) { const i = hits[j]; d[j] = (v.xy[2 * i] - cx) ** 2 + (v.xy[2 * i + 1] - cy) ** 2; }
-      const order = Array.from(hits.keys()).sort((a, b) => d[a] - d[b]);
-      hits = Uint32Array.from(order.slice(0, Math.max(0, cap)), (j) => hits[j]);
+      const d = new Float32Array(out.length);
+      for (let j = 0; j < out.length; j++) { const i = out[j]; d[j] = (v.xy[2 * i] - cx) ** 2 + (v.xy[2 * i + 1] - cy) ** 2; }
+      const order = Array.from(out.keys()).sort((a, b) => d[a] - d[b]);
+      return Uint32Array.from(order.slice(0, Math.max(0, cap)), (j) => out[j]);
     }
-    return hits;
+    return Uint32Array.from(out).sort();
   }
 
   /** Requests the thumbnails the current view shows and lacks (when the map shows thumbnails). */

@@ -10,6 +10,8 @@ import { button, el } from "./dom.js";
  */
 export function buildToolbar(view, parent) {
   // Row 1: how to select, what to do with the selection.
+  view.toolbarEl = el("div", "dcw-toolbars", parent);
+  parent = view.toolbarEl;
   const bar = el("div", "dcw-toolbar", parent);
   view.modeButtons = {};
   for (const [mode, text, tip] of [
@@ -98,6 +100,7 @@ export function isolate(view) {
 /** Buttons that need a selection (and Unwanted, a clicked label) are enabled only then. @param {any} view */
 export function syncSelectionButtons(view) {
   const none = view.selection.length === 0;
+  if (none) view.keepFocus(view.toolbarEl); // Remove / Bad disable themselves: keep the focus (no page jump)
   for (const name of ["bad", "good", "remove", "unmark", "evolve"]) view.actionButtons[name].disabled = none;
   view.neighborsButton.disabled = none;
   view.actionButtons.unwanted_label.disabled = !view.activeLabel || none;
@@ -121,6 +124,7 @@ export function syncHistory(view) {
 /** The colour menu follows `color_options`; its value follows `color_by`. @param {any} view @param {string[]} options @param {string} mode */
 export function syncColorMenu(view, options, mode) {
   const sel = view.colorSelect;
+  if (mode && !options.includes(mode)) options = [...options, mode]; // a column set from Python (crafter.color_by)
   if (sel.options.length !== options.length || [...sel.options].some((o, k) => o.value !== options[k])) {
     sel.replaceChildren();
     for (const v of options) { const o = el("option", "", sel); o.value = v; o.textContent = v; }

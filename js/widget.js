@@ -20,6 +20,7 @@ import { renderGallery } from "./gallery.js";
 import { chartPanel, footer, generatePanel, promptsPanel } from "./panels.js";
 import { publishDebugHandle } from "./debug.js";
 import { filterPanel } from "./filters.js";
+import { samplePanel } from "./sample.js";
 
 export { bytesOf };
 
@@ -79,6 +80,8 @@ class ProjectionView {
     this.loadPoints();
     this.loadLabels();
     this.loadSelectionFromModel();
+    renderGallery(this); // a selection made before the view opened shows at once
+    this.sample.sync(); // and a sample view opened from Python
     syncFilters(this);
     syncHistory(this);
     this.bindModel();
@@ -119,6 +122,9 @@ class ProjectionView {
     this.tipImg.alt = "";
     this.tipImg.addEventListener("load", () => { if (this.hover >= 0 && this.lastHoverXY) placeTooltip(this, ...this.lastHoverXY); });
     this.tipFields = el("dl", "", this.tooltip);
+    this.sample = samplePanel(this, this.stage);
+    this.hint = el("div", "dcw-hint-bubble", this.stage);
+    this.hint.dataset.role = "hint";
 
     this.footer = footer(this, map);
     this.statusEl = this.footer.status;
@@ -139,6 +145,21 @@ class ProjectionView {
     this.disposers.push(() => window.removeEventListener("resize", onWindow));
     this.syncFullscreen();
     this.setMode("pan");
+  }
+
+  /** A short note over the map that fades (e.g. how to zoom with the wheel). */
+  showHint(text) {
+    this.hint.textContent = text;
+    this.hint.classList.add("dcw-show");
+    clearTimeout(this.hintTimer);
+    this.hintTimer = setTimeout(() => this.hint.classList.remove("dcw-show"), 1500);
+  }
+
+  /** Keeps the keyboard focus inside the widget when a focused control is disabled or redrawn: a focus
+   *  that falls to the page makes JupyterLab scroll the notebook to its active cell. */
+  keepFocus(container) {
+    const a = document.activeElement;
+    if (a && a !== this.root && container.contains(a)) this.root.focus({ preventScroll: true });
   }
 
   setMode(mode) {
@@ -233,7 +254,7 @@ class ProjectionView {
     }
     // Hidden or held-out points cannot stay selected.
     const keep = this.selection.filter((i) => this.selectable(i));
-    if (keep.length !== this.selection.length) this.commitSelection(keep);
+    if (keep.length !== this.selection.length) this.commitSelection(keep, false);
     this.applySelectionToState();
     if (upload && this.renderer) this.renderer.setState(this.state);
     if (upload) { this.recolor(); renderGallery(this); }
@@ -274,7 +295,10 @@ class ProjectionView {
   /** Thumbnails of these points arrived (thumbs.js): draw them, and the gallery if it shows any. */
   onThumbs(points) {
     this.thumbsPending = true;
-    this.requestDraw();
+    // While more pages are on their way, redraw at most every 200 ms: on software WebGL a frame full of
+    // thumbnails costs more than a page takes to arrive, and drawing after each one delays the last.
+    if (this.thumbs.inflight.size === 0) this.requestDraw();
+    else if (!this.thumbDrawTimer) this.thumbDrawTimer = setTimeout(() => { this.thumbDrawTimer = 0; this.requestDraw(); }, 200);
     if (this.selection.length && this.gallery.style.display !== "none") {
       const shown = new Set(this.selection.subarray(0, 120));
       if (points.some((i) => shown.has(i))) renderGallery(this);
@@ -301,9 +325,12 @@ class ProjectionView {
   }
 
   /** Sets the selection locally and sends it to Python through the selection trait (a uint32 buffer). */
-  commitSelection(sel) {
+  /** describe: the person changed the selection here, so the status line says what it now holds
+   *  (a search's "13 nearest images..." would otherwise stay after Clear). */
+  commitSelection(sel, describe = true) {
     sel = Uint32Array.from(sel).sort();
     if (sameU32(sel, this.selection)) { this.applySelectionToState(); return; }
+    if (describe) this.footer.say(sel.length ? `${sel.length} image${sel.length === 1 ? "" : "s"} selected` : "selection cleared");
     this.selection = sel;
     this.applySelectionToState();
     if (this.renderer) this.renderer.setState(this.state);
@@ -353,6 +380,8 @@ class ProjectionView {
     on("change:chart", () => this.chart.sync());
     on("change:height", () => this.resize());
     on("change:fullscreen", () => this.syncFullscreen());
+    const sample = queue("sample", () => this.sample.sync());
+    for (const k of ["sample", "sample_image", "sample_regenerated"]) on("change:" + k, sample);
     on("msg:custom", (msg, buffers) => this.onCustom(msg, buffers));
   }
 
@@ -532,10 +561,13 @@ class ProjectionView {
     this.resizeObserver.disconnect();
     clearTimeout(this.detailTimer);
     clearTimeout(this.zoomTimer);
+    clearTimeout(this.hintTimer);
+    clearTimeout(this.thumbDrawTimer);
     this.details.forEach((d) => d.url && URL.revokeObjectURL(d.url));
     this.thumbs.destroy();
     if (this.renderer) this.renderer.destroy();
     this.chart.dispose();
+    this.sample.dispose();
     if (window.__dcw) window.__dcw = window.__dcw.filter((h) => h !== this.handle);
   }
 }

@@ -62,6 +62,7 @@ def test_info_reports_versions_device_and_models(capsys):
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     assert "torch device:" in text and "starter weights:" in text and "transformers" in text
+    assert "compute: ComputePolicy(cores=" in text and "OpenMP wait=" in text  # the compute policy in force
 
 
 def test_info_says_offline_when_the_hub_does_not_answer_and_imports_no_torch_without_a_gpu():

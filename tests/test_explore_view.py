@@ -140,3 +140,46 @@ def test_numeric_columns_go_on_a_sequential_scale() -> None:
     assert w.color_values == b"" and w.color_scale == {}
     with pytest.raises(ValueError, match="one per point"):
         w.set_color_values([1.0, 2.0])
+
+
+def test_show_sample_by_id_carries_the_provenance_and_the_image(crafter) -> None:
+    from datacrafter_widget.ui.widget import CrafterView
+
+    view = CrafterView(crafter)
+    view.wait()
+    w = view.widget
+    w.send = lambda content, buffers=None: None
+    sid = crafter.samples["id"].iloc[4]
+    w.show_sample(sid)
+    fields = dict(w.sample["fields"])
+    row = crafter.samples.set_index("id").loc[sid]
+    assert w.sample["id"] == sid and w.sample["index"] == 4
+    assert fields["class"] == row["label"] and fields["caption"] == row["caption"] and fields["split"] == row["split"]
+    assert w.sample_image.startswith(b"\x89PNG")
+    # The browser's commands: open by index, and Regenerate refuses a real image with the reason.
+    w.run("show_sample", {"index": 6})
+    assert w.sample["id"] == crafter.samples["id"].iloc[6]
+    assert "real image" in w.run("regenerate", {"index": 6})
+    w.show_sample(None)
+    assert w.sample == {} and w.sample_image == b""
+    with pytest.raises(KeyError, match="no sample 'nope'"):
+        w.show_sample("nope")
+
+
+def test_chart_panels_say_which_way_is_better() -> None:
+    """Each metric panel's title tells a person what to look for (and, where a metric is low, what to do)."""
+    pytest.importorskip("vl_convert")
+    from datacrafter_widget.ui.view import metrics_svg
+
+    frame = map_view.pd.DataFrame(
+        {
+            "round": [1, 2],
+            "student_acc": [0.5, 0.6],
+            "distance": [0.4, 0.3],
+            "class_maintenance": [0.9, 0.8],
+            "diversity": [0.1, 0.2],
+        }
+    )
+    svg = metrics_svg(frame)
+    assert "student accuracy, held-out (↑ better)" in svg and "distance to real, CMMD (↓ better)" in svg
+    assert "low: mark bad, Evolve" in svg and "low: try caption" in svg

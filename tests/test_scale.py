@@ -75,3 +75,35 @@ def test_chart_shows_a_rounds_metrics_at_once_and_says_which_students_are_traini
         frame = view._metrics_frame
         assert frame is not None and frame["student_acc"].notna().all()
         assert len(trained) == 2 and "training" not in view.widget.chart
+
+
+def test_snapshot_reads_thumbnails_only_when_they_are_cheap() -> None:
+    """The display cell's still picture: small thumbnails are drawn, but when reading them would hold
+    up the cell (512 px photos, ~5 ms each), a probe of a few decides and the picture shows dots."""
+    import time
+
+    import numpy as np
+    import pandas as pd
+
+    from datacrafter_widget.ui.display import SNAPSHOT_PROBE, snapshot_png
+    from datacrafter_widget.ui.widget import CrafterWidget
+
+    n = 300
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.random(n), "y": rng.random(n), "label": "a", "source": "real"})
+    for delay, expect_all in ((0.0, True), (0.01, False)):  # 0.01 s x 300 = 3 s: over the budget
+        read: list[int] = []
+
+        def source(idx: np.ndarray, delay: float = delay, read: list[int] = read) -> np.ndarray:
+            read.extend(idx.tolist())
+            time.sleep(delay * len(idx))
+            return np.full((len(idx), 32, 32, 3), 200, np.uint8)
+
+        w = CrafterWidget()
+        w.set_frame(frame)
+        w.set_thumbnail_source(source, n)
+        start = time.perf_counter()
+        png = snapshot_png(w)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert len(read) == (n if expect_all else SNAPSHOT_PROBE), (delay, len(read))
+        assert time.perf_counter() - start < 2.0

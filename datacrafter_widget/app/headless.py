@@ -182,19 +182,17 @@ class _Clock:
             self.log(f"[{self.elapsed:6.1f}s] {line}")
         self.last_output = time.time()
 
-    def _quiet_for(self) -> float:
-        from tqdm.std import tqdm
-
-        drawn = [getattr(bar, "last_print_t", 0.0) for bar in list(getattr(tqdm, "_instances", ()))]
-        return time.time() - max([self.last_output, *drawn])
-
     @contextmanager
     def watch(self) -> Iterator[None]:
+        """While the block runs, anything written to stdout or stderr (progress bars included) counts
+        as output; after QUIET_S seconds of none, say what is still running."""
         stop = threading.Event()
+        streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Stamped(sys.stdout, self), _Stamped(sys.stderr, self)
 
         def beat() -> None:
             while not stop.wait(min(1.0, QUIET_S / 5)):
-                quiet = self._quiet_for()
+                quiet = time.time() - self.last_output
                 if quiet >= QUIET_S and self.current:
                     self(f"... still {self.current} ({quiet:.0f} s since the last output)", step=False)
 
@@ -205,6 +203,22 @@ class _Clock:
         finally:
             stop.set()
             thread.join()
+            sys.stdout, sys.stderr = streams
+
+
+class _Stamped:
+    """A text stream that notes the time of each write on the clock (and passes everything on)."""
+
+    def __init__(self, stream: Any, clock: _Clock) -> None:
+        self._stream, self._clock = stream, clock
+
+    def write(self, text: str) -> int:
+        if text:
+            self._clock.last_output = time.time()
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _resolve(base: Path, path: str | Path) -> Path:

@@ -280,14 +280,15 @@ def round_metrics(
     }
 
 
+# Each panel's title says which way is better (the chart is read to decide the next round).
 _TITLES = {
-    "informativeness": "informativeness (entropy gain, nats)",
-    "class_maintenance": "class maintenance (p of intended class)",
-    "seed_class_maintenance": "class maintenance (p of seed's class)",
-    "diversity": "diversity (KL from batch mean)",
-    "embedding_spread": "embedding spread (cosine distance)",
-    "distance": "distance to real (CMMD)",
-    "student_acc": "student accuracy (held-out)",
+    "informativeness": "informativeness, entropy gain (↑ better)",
+    "class_maintenance": "p of intended class (↑; low: mark bad, Evolve)",
+    "seed_class_maintenance": "p of seed's class (↑ better)",
+    "diversity": "diversity, KL from mean (↑; low: try caption)",
+    "embedding_spread": "embedding spread, cosine (↑ better)",
+    "distance": "distance to real, CMMD (↓ better)",
+    "student_acc": "student accuracy, held-out (↑ better)",
 }
 
 

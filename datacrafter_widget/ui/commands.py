@@ -90,6 +90,11 @@ class Isolate:
 
 
 @dataclass(frozen=True)
+class Sample:
+    index: int  # the point's index on the map
+
+
+@dataclass(frozen=True)
 class Command(Generic[A]):
     name: str
     args: type[A]
@@ -154,7 +159,7 @@ def undo(view: CrafterView, _args: NoArgs) -> str:
 
 
 def redo(view: CrafterView, _args: NoArgs) -> str:
-    return f"redo: {len(view.crafter.redo())} images restored"
+    return f"redo: the marks of {len(view.crafter.redo())} images applied again"
 
 
 def unwanted_label(view: CrafterView, args: UnwantedLabel) -> str:
@@ -251,6 +256,16 @@ def isolate(view: CrafterView, args: Isolate) -> str:
     return f"showing only the {len(selected)} selected images (Show all to undo)"
 
 
+def show_sample(view: CrafterView, args: Sample) -> None:
+    view.widget.show_sample(args.index)
+
+
+def regenerate(view: CrafterView, args: Sample) -> str | None:
+    if not 0 <= args.index < len(view.ids):
+        return "no such image"
+    return view.regenerate(view.ids[args.index])
+
+
 def _table(*commands: Command[Any]) -> dict[str, Command[Any]]:
     return {c.name: c for c in commands}
 
@@ -275,4 +290,6 @@ COMMANDS: dict[str, Command[Any]] = _table(
     Command("neighbors", Neighbors, neighbors),
     Command("filter", Filter, filter_),
     Command("isolate", Isolate, isolate),
+    Command("show_sample", Sample, show_sample),
+    Command("regenerate", Sample, regenerate),
 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +38,8 @@ PALETTE = [
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 ]  # fmt: skip
 THUMBS_MAX = 1000  # above this many images the snapshot draws coloured dots, not thumbnails
+SNAPSHOT_BUDGET_S = 0.5  # the most the snapshot spends reading thumbnails (estimated from a probe)
+SNAPSHOT_PROBE = 8
 
 
 def in_notebook_kernel() -> bool:
@@ -136,15 +139,23 @@ def snapshot_png(widget: CrafterWidget, caption: str = "", size: tuple[int, int]
 
 
 def _tiles(widget: CrafterWidget, shown: np.ndarray) -> dict[int, np.ndarray] | None:
-    """The thumbnails of the points shown, by point index (None when the widget has none)."""
+    """The thumbnails of the points shown, by point index, when reading them fits SNAPSHOT_BUDGET_S
+    (None: dots). Small images cost ~0.1 ms each; 512 px photos ~5 ms, which for a few hundred would
+    hold up the display cell for seconds, so a probe of the first few decides."""
     idx = shown[shown < int(widget.thumb_meta["count"])]
     if len(idx) == 0:
         return None
     try:
-        return dict(zip(idx.tolist(), widget.thumbnail_tiles(idx)))
+        start = time.perf_counter()
+        probe = widget.thumbnail_tiles(idx[:SNAPSHOT_PROBE])
+        spent = time.perf_counter() - start
+        if spent / min(len(idx), SNAPSHOT_PROBE) * len(idx) > SNAPSHOT_BUDGET_S:
+            return None
+        rest = widget.thumbnail_tiles(idx[SNAPSHOT_PROBE:])
     except (OSError, ValueError) as err:  # an unreadable image: the snapshot shows dots instead
         log.warning("snapshot thumbnails unavailable: %s", err)
         return None
+    return dict(zip(idx.tolist(), [*probe, *rest]))
 
 
 def static_bundle(

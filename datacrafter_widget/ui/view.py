@@ -21,7 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from ..controller.map_view import column_numbers
-from .codecs import COLOR_MODES, feedback_codes, thumbnail
+from .codecs import COLOR_MODES, png_bytes, feedback_codes, thumbnail
 from .commands import COMMANDS, parse
 from .widget import CrafterWidget
 
@@ -66,6 +66,7 @@ class CrafterController(Protocol):
     def off(self, event: str, fn: Callable[..., None]) -> None: ...
     def update_projection(self, *, full: bool = False) -> pd.DataFrame: ...
     def image(self, sample_id: str) -> Image.Image: ...
+    def regenerate(self, sample_id: str, *, alone: bool = False) -> Image.Image: ...
     def feedback(
         self, bad: _Ids = None, good: _Ids = None, bad_labels: _Labels = None, removed: _Ids = None, clear: _Ids = None
     ) -> dict[str, int]: ...
@@ -228,6 +229,7 @@ class CrafterView:
         self._metrics_again = False
         self._metrics_lock = threading.Lock()
         self._label_pos: dict[str, tuple[float, float]] = {}
+        self._label_inputs: tuple[pd.DataFrame, list[np.ndarray], np.ndarray] | None = None
         self._members: dict[str, list[str]] = {}  # content label -> sample ids on the map, shown or not
         self._label_members: list[tuple[str, np.ndarray]] = []  # each shown label's sorted point indices
         self._metrics_frame: pd.DataFrame | None = None
@@ -240,6 +242,7 @@ class CrafterView:
         self.refresh(compute=current)
         self.widget.on_command(self.command)
         self.widget.on_details(self._details)
+        self.widget.on_sample(self._sample)
         self.widget.observe(self._widget_selection, names="selection")
         self.widget.observe(self._widget_color, names="color_by")
         self.widget.observe(lambda _change: self._render_chart(), names="theme")
@@ -430,6 +433,7 @@ class CrafterView:
             labels_frame = pd.DataFrame(columns=["kind", "id", "text", "x", "y"])
         frame = samples.assign(x=xy[:, 0], y=xy[:, 1])
         self.ids = ids.tolist()
+        self.widget.sample_ids = self.ids
         self._index = dict(zip(self.ids, range(len(self.ids))))
         self._split = samples["split"].astype(str).to_numpy()
         self._rows = samples
@@ -438,6 +442,7 @@ class CrafterView:
             str(t): [self.ids[i] for i in m.tolist()] for t, m in zip(labels_frame.get("text", []), members)
         }
         visible = self._visible_of(samples)
+        self._label_inputs = (labels_frame, members, xy)
         labels = self._labels(labels_frame, members, xy, visible)
         hashes = samples["hash"].astype(str).to_numpy(dtype=object)
         # Feedback or projection changes keep the same images: the browser keeps the thumbnails it has.
@@ -554,9 +559,13 @@ class CrafterView:
             return
         with self._lock:
             samples = self.crafter.samples.reset_index(drop=True)
+            visible = self._visible_of(samples)
             with self.widget.hold_sync():
-                self._send_hidden(self._visible_of(samples))
+                self._send_hidden(visible)
                 self._send_view_state(samples)
+                if self._label_inputs is not None and len(samples) == len(self.ids):
+                    # Labels follow what is shown: placed on their visible members, gone with them.
+                    self.widget.set_labels(self._labels(*self._label_inputs, visible))
 
     def _crafter_selection(self, ids: Sequence[str]) -> None:
         self.widget.selected = [self._index[i] for i in ids if i in self._index]
@@ -681,6 +690,43 @@ class CrafterView:
             self.widget.status = f"{what}: done; review the prompts panel, then Generate with strategy 'evolved'"
 
         self._run(what, work, done=done)
+        return None
+
+    def _sample(self, index: int) -> dict:
+        """The sample view: the image and its whole provenance, in reading order."""
+        sid = self.ids[index]
+        row = self._rows.iloc[index]
+        out: dict[str, Any] = {"id": sid, "class": row.get("label", "")}
+        generated = row.get("source") == "generated"
+        names = ("round", "strategy", "prompt", "negative_prompt", "seed", "steps", "guidance", "parent_id")
+        for col in ("split", "caption", *(names if generated else ()), "feedback", "feedback_labels", "flag_reason"):
+            v = row.get(col)
+            if v is None or (isinstance(v, float) and math.isnan(v)) or v in ("", "[]") or (col == "seed" and v == -1):
+                continue
+            out["parent" if col == "parent_id" else col.replace("_", " ")] = v
+        labels = [text for text, m in self._label_members if _contains(m, index)]
+        if labels:
+            out["content labels"] = ", ".join(labels[:12])
+        out["image"] = self.crafter.image(sid)
+        return out
+
+    def regenerate(self, sample_id: str) -> str | None:
+        """Makes a generated image again from its stored provenance (a background job) and shows it beside
+        the stored one in the sample view."""
+        if self.row(sample_id).get("source") != "generated":
+            return f"{sample_id} is a real image: only generated images can be regenerated"
+        if self._job is not None and self._job.running:
+            return "background work is running (Cancel stops it)"
+
+        def work(_ctx: Any) -> Any:
+            return self.crafter.regenerate(sample_id, alone=True)
+
+        def done(image: Any) -> None:
+            if self.widget.sample.get("id") == sample_id:
+                self.widget.sample_regenerated = png_bytes(image) or b""
+            self.widget.status = f"{sample_id} regenerated from its prompt and seed (shown beside the stored image)"
+
+        self._run(f"regenerating {sample_id}", work, done=done)
         return None
 
     def _details(self, index: int) -> dict:

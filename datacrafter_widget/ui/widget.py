@@ -111,7 +111,15 @@ class CrafterWidget(anywidget.AnyWidget):
     color_by = t.Unicode("class").tag(sync=True)
     progress = t.Dict({"running": False, "done": 0, "total": 0, "message": ""}).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
+    # The sample view: one image large with its provenance ({index, id, fields: [[name, text]]}; {}: closed),
+    # the stored image and, after Regenerate, the image made again from that provenance.
+    sample = t.Dict().tag(sync=True)
+    sample_image = _binary()
+    sample_regenerated = _binary()
     height = t.Int(520).tag(sync=True)  # the map's height in CSS px (the widget fills the cell's width)
+    # The mouse wheel zooms the map when it has focus or with Ctrl / Cmd ("focus"), only with Ctrl / Cmd
+    # ("modifier"), or always ("always"); otherwise the wheel scrolls the notebook.
+    wheel_zoom = t.Enum(("focus", "modifier", "always"), default_value="focus").tag(sync=True)
     fullscreen = t.Bool(False).tag(sync=True)  # the widget covers the window (the toolbar's button, Escape)
     # The side panel: the Generate menu's strategies (empty: no panel) and each class's prompt with
     # its history ({class: {current, history: [{action, prompt}], mixture?}}).
@@ -130,6 +138,8 @@ class CrafterWidget(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self._command_handler: CommandHandler | None = None
         self._details_callback: DetailsCallback | None = None
+        self._sample_callback: DetailsCallback | None = None
+        self.sample_ids: list[str] = []  # the sample id of each point, when a controller shows them
         self._thumb_source: ThumbnailSource | None = None
         self._thumb_lock = threading.Lock()
         # Pages are read and encoded off the kernel's thread, one at a time, so hover and commands
@@ -374,6 +384,35 @@ class CrafterWidget(anywidget.AnyWidget):
             self.status = message
         self.send({"type": "result", "name": name, "ok": True, "message": message})
         return result
+
+    def on_sample(self, callback: DetailsCallback | None) -> None:
+        """Registers `callback(index) -> dict` for the sample view: every field worth reading (caption,
+        prompt, seed, round, parent, feedback...) and an "image" (PIL image or PNG bytes)."""
+        self._sample_callback = callback
+
+    def show_sample(self, which: int | str | None) -> None:
+        """Opens the sample view on a point (its index, or its sample id); None closes it."""
+        if which is None:
+            with self.hold_sync():
+                self.sample, self.sample_image, self.sample_regenerated = {}, b"", b""
+            return
+        if isinstance(which, str):
+            if which not in self.sample_ids:
+                raise KeyError(f"no sample {which!r} on the map: use an id from crafter.samples['id']")
+            index = self.sample_ids.index(which)
+        else:
+            index = int(which)
+        if not 0 <= index < self.n:
+            raise IndexError(f"point index {index} out of range 0..{self.n - 1}")
+        callback = self._sample_callback or self._details_callback
+        info = dict(callback(index) or {}) if callback is not None else {}
+        png = png_bytes(info.pop("image", None)) or b""
+        sid = self.sample_ids[index] if index < len(self.sample_ids) else str(index)
+        fields = [[str(k), "" if v is None else str(v)] for k, v in info.items()]
+        with self.hold_sync():
+            self.sample_regenerated = b""
+            self.sample_image = png
+            self.sample = {"index": index, "id": sid, "fields": fields}
 
     def details(self, index: int) -> tuple[list[list[str]], bytes | None]:
         """Text fields and full-size PNG for point `index` from the details callback."""

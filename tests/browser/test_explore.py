@@ -261,3 +261,185 @@ def test_numeric_column_on_a_sequential_scale_with_its_bar(page: Any) -> None:
     assert max(abs(a - b) for a, b in zip(lo, [68, 1, 84])) <= 12, lo  # the scale's ends
     assert max(abs(a - b) for a, b in zip(hi, [253, 231, 37])) <= 12, hi
     assert page.errors == []
+
+
+# ----------------------------------------------------------------- 4. the sample view
+def test_sample_view_shows_one_image_large_with_its_provenance(page: Any) -> None:
+    from PIL import Image
+
+    w, frame = filtered_widget()
+    i = int(np.flatnonzero(frame["source"].to_numpy() == "generated")[0])
+    tiles = synthetic_thumbnails(frame, 16)
+    w.sample_ids = [f"g{k:06d}" for k in range(len(frame))]
+    w.on_sample(
+        lambda k: {
+            "id": w.sample_ids[k],
+            "class": frame.label[k],
+            "caption": XSS,
+            "prompt": "a photo of " + frame.label[k],
+            "seed": 1234,
+            "round": int(frame["round"][k]),
+            "parent": "r000003",
+            "feedback": "bad",
+            "image": Image.fromarray(tiles[k]).resize((256, 256)),
+        }
+    )
+    w.show_sample(w.sample_ids[i])  # the Python twin, by sample id
+    open_standalone(page, widget_state(w), width=1300)
+    view = page.locator("[data-role=sample]")
+    assert view.is_visible()
+    page.wait_for_function("document.querySelector('[data-role=sample-image]').naturalWidth === 256")
+    assert page.locator("[data-role=sample-image]").bounding_box()["width"] >= 200
+    text = view.inner_text()
+    for want in (XSS, "a photo of", "1234", "r000003", "seed", "round", "parent", "feedback", w.sample_ids[i]):
+        assert want in text, want
+    assert page.locator("img[src='x']").count() == 0 and page.dialogs == []
+    view.locator("button[data-action=sample-bad]").click()
+    assert commands(page)[-1] == {"type": "command", "name": "gallery_mark", "args": {"index": i, "value": "bad"}}
+    view.locator("button[data-action=sample-regenerate]").click()
+    assert commands(page)[-1] == {"type": "command", "name": "regenerate", "args": {"index": i}}
+    view.locator("button[data-action=sample-close]").click()
+    assert page.evaluate("window.__model.get('sample')") == {} and not view.is_visible()
+    # A real image cannot be regenerated.
+    r = int(np.flatnonzero(frame["source"].to_numpy() == "real")[0])
+    w.show_sample(r)
+    page.evaluate("([s]) => window.__model.set('sample', s)", [w.sample])
+    assert view.locator("button[data-action=sample-regenerate]").is_disabled()
+    page.locator(".dcw-root").focus()
+    page.keyboard.press("Escape")
+    assert not view.is_visible()
+
+
+def test_gallery_tiles_show_class_and_strategy_and_open_the_sample_view(page: Any) -> None:
+    w, frame = filtered_widget()
+    gen = np.flatnonzero(frame["source"].to_numpy() == "generated")[:3]
+    w.selected = gen
+    open_standalone(page, widget_state(w), width=1300)
+    tiles = page.locator(".dcw-tile")
+    assert tiles.count() == 3
+    for k, i in enumerate(gen):
+        assert tiles.nth(k).locator(".dcw-tile-caption").inner_text() == f"{frame.label[i]} · caption"
+    tiles.first.locator("canvas").click()
+    assert commands(page)[-1] == {"type": "command", "name": "show_sample", "args": {"index": int(gen[0])}}
+    # A double-click on a point opens it too.
+    sx, sy = handle(page, f"h.dataToScreen({float(frame.x[gen[1]])}, {float(frame.y[gen[1]])})")
+    box = page.locator(".dcw-gl").bounding_box()
+    page.mouse.dblclick(box["x"] + sx, box["y"] + sy)
+    sent = commands(page)[-1]
+    assert sent["name"] == "show_sample" and 0 <= sent["args"]["index"] < len(frame)
+
+
+# ----------------------------------------------------------------- 7. wheel, status line, search box, focus
+TALL = "body{padding-top:600px !important; padding-bottom:1600px !important}"
+
+
+def test_wheel_scrolls_the_page_until_the_map_has_focus(page: Any) -> None:
+    w, frame = filtered_widget()
+    open_standalone(page, widget_state(w), width=1000, css=TALL)
+    page.evaluate("window.scrollTo(0, 400)")
+    stage = page.locator(".dcw-stage").bounding_box()
+    k0 = handle(page, "h.view.k")
+    page.mouse.move(stage["x"] + 200, stage["y"] + 150)
+    page.mouse.wheel(0, 300)
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.scrollY") > 400, "the wheel over an unfocused map should scroll the page"
+    assert handle(page, "h.view.k") == k0
+    assert "click the map" in page.locator("[data-role=hint]").inner_text()
+    # Once the map has focus (a click), the wheel zooms and the page stays.
+    page.evaluate("window.scrollTo(0, 400)")
+    stage = page.locator(".dcw-stage").bounding_box()
+    page.mouse.click(stage["x"] + 5, stage["y"] + 5)
+    y = page.evaluate("window.scrollY")
+    page.mouse.move(stage["x"] + 200, stage["y"] + 150)
+    page.mouse.wheel(0, -300)
+    page.wait_for_timeout(300)
+    assert handle(page, "h.view.k") > k0 and page.evaluate("window.scrollY") == y
+    # "modifier": only with Ctrl, even with focus; "always" zooms without either.
+    page.evaluate("window.__model.set('wheel_zoom', 'modifier')")
+    k1 = handle(page, "h.view.k")
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -300)
+    page.keyboard.up("Control")
+    page.wait_for_timeout(300)
+    k2 = handle(page, "h.view.k")
+    assert k2 > k1
+    page.mouse.wheel(0, -300)  # focused, but no Ctrl: the page scrolls
+    page.wait_for_timeout(300)
+    assert handle(page, "h.view.k") == k2 and "hold Ctrl" in page.locator("[data-role=hint]").inner_text()
+
+
+def test_status_line_follows_the_selection_and_the_search_box_is_wide(page: Any) -> None:
+    w, frame = filtered_widget()
+    w.status = "13 nearest images to 'a red digit'"
+    w.selected = range(13)
+    open_standalone(page, widget_state(w), width=1000)
+    status = page.locator("[data-role=status]")
+    assert status.inner_text().startswith("13 nearest")
+    page.click("[data-role=clear]")
+    assert status.inner_text() == "selection cleared"
+    view = handle(page, "h.view")
+    poly = [(view["width"] * a, view["height"] * b) for a, b in [(0.1, 0.1), (0.9, 0.1), (0.9, 0.9), (0.1, 0.9)]]
+    n = len(handle(page, f"h.selectPolygon({[list(p) for p in poly]})"))
+    assert n > 0 and status.inner_text() == f"{n} images selected"
+    assert page.locator("input[data-role=search]").bounding_box()["width"] >= 180
+
+
+def test_focus_stays_in_the_widget_when_remove_disables_itself(page: Any) -> None:
+    """A focused button that disables itself (Remove empties the selection) or a redrawn prompts panel
+    (Evolve) drops the focus to the page, and JupyterLab then scrolls the notebook to its active cell."""
+    w = evolved_widget(blocks=3)
+    w.selected = [1, 2, 3]
+    open_standalone(page, widget_state(w), width=1300, css=TALL)
+    page.locator("button[data-action=remove]").click()
+    assert commands(page)[-1]["name"] == "remove"
+    page.evaluate("window.__model.set('selection', new DataView(new ArrayBuffer(0)))")  # Python's answer
+    assert page.locator("button[data-action=remove]").is_disabled()
+    assert page.evaluate("document.querySelector('.dcw-root').contains(document.activeElement)")
+    # Evolve's result redraws the prompts panel under a focused Accept button.
+    page.locator(".dcw-prompt button[data-action=prompt_accept]").first.click()
+    page.evaluate("window.__model.set('prompts', {'class 0': {current: 'a new prompt', history: []}})")
+    assert page.evaluate("document.querySelector('.dcw-root').contains(document.activeElement)")
+
+
+# ----------------------------------------------------------------- 5. labels
+def test_labels_go_with_hidden_members_avoid_badges_and_stay_inside(page: Any) -> None:
+    import pandas as pd
+
+    xs, ys = np.meshgrid(np.arange(6) * 10.0, np.arange(4) * 10.0)
+    frame = pd.DataFrame({"x": np.r_[xs.ravel(), [25.0] * 5], "y": np.r_[ys.ravel(), [15.0] * 5]})
+    frame["label"], frame["source"] = "a", "real"
+    n = len(frame)
+    w = CrafterWidget()
+    w.set_frame(
+        frame,
+        thumbnails=synthetic_thumbnails(frame, 16),
+        labels=[
+            {"text": "piled", "x": 25.0, "y": 15.0, "n": 9, "members": list(range(24, 29))},
+            {"text": "left edge wide label", "x": 0.0, "y": 10.0, "n": 5, "members": [0, 6, 12]},
+            {"text": "top row", "x": 30.0, "y": 30.0, "n": 4, "members": [18, 19, 20, 21]},
+        ],
+    )
+    open_standalone(page, widget_state(w))
+    page.wait_for_function("window.__dcw[0].thumbsShown === true")
+    view = handle(page, "h.view")
+    size = handle(page, "h.profileFrame().size")
+    # Move the "piled" label onto its pile's ×5 badge (the thumbnails' top-right corner).
+    labels = page.evaluate("window.__model.get('labels')")
+    labels[0]["x"] = 25.0 + (size / 2 - 8) / view["k"]
+    labels[0]["y"] = 15.0 + (size / 2 - 6) / view["k"]
+    page.evaluate("([l]) => window.__model.set('labels', l)", [labels])
+    handle(page, "h.drawNow()")
+    placed = {p["text"]: p["box"] for p in handle(page, "h.placedLabels")}
+    (badge,) = handle(page, "h.overlaps")
+    bx, by = badge["sx"] + size / 2 - 18, badge["sy"] - size / 2  # the badge's box, ~18 x 13 px
+    for text, b in placed.items():
+        assert not (b[0] < bx + 18 and b[2] > bx and b[1] < by + 13 and b[3] > by), f"{text!r} over the ×5 badge"
+    box = placed["left edge wide label"]
+    assert box[0] >= 0 and box[2] <= view["width"] and box[1] >= 0 and box[3] <= view["height"], box
+    assert "top row" in placed
+    # Isolate / a filter hides the top row: its label goes with it.
+    mask = np.zeros(n, np.uint8)
+    mask[18:22] = 1
+    page.evaluate("([m]) => window.__model.set('hidden', new DataView(Uint8Array.from(m).buffer))", [mask.tolist()])
+    handle(page, "h.drawNow()")
+    assert "top row" not in {p["text"] for p in handle(page, "h.placedLabels")}

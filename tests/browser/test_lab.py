@@ -1053,7 +1053,7 @@ def test_similar_zoom_isolate_redo_unmark_in_jupyterlab(page: Any, lab: Lab) -> 
     page.wait_for_function(f"{marks}.every((v) => v === 0)", timeout=60000)
     assert printed_json(run_cell(page, 2), "STATE")["feedback"] == [""] * n
     root.locator("button[data-action=redo]").click()
-    page.wait_for_function(f"{statuses}.includes('redo: {n} images restored')", timeout=60000)
+    page.wait_for_function(f"{statuses}.includes('redo: the marks of {n} images applied again')", timeout=60000)
     page.wait_for_function(f"{marks}.every((v) => v === 2)", timeout=60000)
     assert printed_json(run_cell(page, 2), "STATE")["feedback"] == ["bad"] * n
     root.locator("button[data-action=unmark]").click()
