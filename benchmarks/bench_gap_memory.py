@@ -9,6 +9,11 @@ code on PYTHONPATH (run it once with another checkout on PYTHONPATH for a before
     python benchmarks/bench_gap_memory.py --checkpointing            # full SD-1.5 / ViT-B-32 shapes
     python benchmarks/bench_gap_memory.py --shrink 8 --checkpointing  # the CI widths
 
+--component vae|unet measures one model's forward and backward alone (the VAE decoder from 64 x 64
+latents to 512 px at batch 1; the UNet at batch 2, as classifier-free guidance runs it), with
+--mode none (no checkpointing), blocks (diffusers' own, one block at a time) or product (what
+GAP's checkpointing uses, gap._block_checkpointing).
+
 --limit-gb stops the run (exit 3) once the process passes that much resident memory, so a
 measurement cannot push a shared machine out of memory.
 """
@@ -41,8 +46,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1, help="token optimisation steps")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit-gb", type=float, default=14.0)
+    ap.add_argument("--component", choices=["step", "vae", "unet"], default="step")
+    ap.add_argument("--mode", choices=["none", "blocks", "product"], default="product")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.component != "step":
+        component(args)
+        return
 
     import datacrafter_widget as dc
     from datacrafter_widget.loop.gap import GapConfig, optimise_prompt_tokens
@@ -95,6 +105,55 @@ def main() -> None:
     print(
         f"  {args.steps} token step(s): {wall:.1f} s wall, {cpu:.1f} s CPU; peak resident {peak[0] / GB:.2f} GB "
         f"({(peak[0] - loaded) / GB:.2f} GB over the loaded models); loss {res.history[-1]['loss']:.4f}",
+        flush=True,
+    )
+
+
+def component(args: argparse.Namespace) -> None:
+    """One model's forward and backward at the real size, with a checkpointing mode."""
+    import contextlib
+
+    from diffusers import StableDiffusionPipeline
+
+    from datacrafter_widget.loop.gap import _block_checkpointing
+    from real_size.build import build_all
+
+    p = build_all(args.cache, args.shrink)
+    pipe = StableDiffusionPipeline.from_pretrained(str(p.sd), safety_checker=None, requires_safety_checker=False)
+    model = pipe.vae if args.component == "vae" else pipe.unet
+    model.requires_grad_(False)
+    proc = psutil.Process()
+    with torch.no_grad():  # touch the weights, so the figures below are activations
+        for w in model.parameters():
+            w.sum()
+    loaded = proc.memory_info().rss
+    peak = [loaded]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.01):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    threading.Thread(target=watch, daemon=True).start()
+    if args.mode == "blocks":
+        model.enable_gradient_checkpointing()
+    mode = _block_checkpointing(model) if args.mode == "product" else contextlib.nullcontext()
+    side = int(pipe.unet.config.sample_size)
+    t, cpu = time.perf_counter(), time.process_time()
+    with mode:
+        if args.component == "vae":
+            z = torch.randn(1, 4, side, side, requires_grad=True)
+            out = pipe.vae.decode(z).sample
+        else:
+            z = torch.randn(2, 4, side, side, requires_grad=True)
+            h = torch.randn(2, 77, int(pipe.unet.config.cross_attention_dim))
+            out = pipe.unet(z, torch.tensor(500), encoder_hidden_states=h).sample
+        out.square().mean().backward()
+    stop.set()
+    print(
+        f"{args.component} forward + backward at shrink={args.shrink}, {side} x {side} latents, checkpointing "
+        f"{args.mode}: {time.perf_counter() - t:.1f} s wall, {time.process_time() - cpu:.1f} s CPU; "
+        f"{(peak[0] - loaded) / GB:.2f} GB over the loaded weights ({peak[0] / GB:.2f} GB peak resident)",
         flush=True,
     )
 
