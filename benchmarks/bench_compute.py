@@ -139,8 +139,9 @@ def python_json(code: str, env: dict[str, str], *args: str, timeout: float) -> d
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def timed_run(env: dict[str, str], project: Path, timeout: float) -> dict:
-    """`datacrafter run examples/starter.toml`: wall seconds and the longest gap between outputs."""
+def timed_run(env: dict[str, str], project: Path, timeout: float, log: Path | None = None) -> dict:
+    """`datacrafter run examples/starter.toml`: wall seconds and the longest gap between outputs
+    (the whole output goes to `log` when given, each chunk stamped with its second)."""
     cmd = [sys.executable, "-m", "datacrafter_widget.app.cli", "run", str(REPO / "examples" / "starter.toml")]
     cmd += ["--project", str(project), "--overwrite"]
     t0 = time.monotonic()
@@ -170,6 +171,9 @@ def timed_run(env: dict[str, str], project: Path, timeout: float) -> dict:
         if now - last > gap:
             gap, gap_at = now - last, last - t0
         last, tail = now, (tail + chunk)[-4000:]
+        if log is not None:
+            with log.open("ab") as f:
+                f.write(f"\n<{now - t0:.1f}s>".encode() + chunk)
     proc.wait()
     seconds = time.monotonic() - t0
     if time.monotonic() - last > gap and not stopped:
@@ -193,7 +197,10 @@ def main() -> None:
     ap.add_argument("--loads", default="idle,loaded", help="comma list of idle, loaded")
     ap.add_argument("--repeat", type=int, default=1, help="measurements per cell (the median is kept)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds before a measurement is stopped")
+    ap.add_argument("--logs", default="", help="a folder for the output of each `datacrafter run` (run phase)")
     args = ap.parse_args()
+    if args.logs:
+        Path(args.logs).mkdir(parents=True, exist_ok=True)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -225,7 +232,8 @@ def main() -> None:
                                 low = "low" if "-niced" in policy else "normal"
                                 r = python_json(FIRST_MAP, env, str(copy), low, timeout=args.timeout)
                             else:
-                                r = timed_run(env, work / f"run-{policy}-{load}-{k}", args.timeout)
+                                log = Path(args.logs) / f"run-{policy}-{load}-{k}.log" if args.logs else None
+                                r = timed_run(env, work / f"run-{policy}-{load}-{k}", args.timeout, log)
                         print(f"{'':8s} {policy} {load:6s} #{k + 1}: {fmt(r)}", flush=True)
                         runs.append(r)
                     runs.sort(key=lambda r: r["seconds"])

@@ -3,9 +3,10 @@
 Why: on a busy CPU (a laptop running other work, a shared Colab runtime) torch's default costs a
 multiple of the load, not a share of it. Torch's OpenMP workers spin while they wait for one
 another; when a core they wait for is taken by another process, every parallel region waits for the
-slowest worker. Measured with benchmarks/bench_compute.py on a 2-core machine (the README's
-"Compute" section has the figures): a passive OpenMP wait policy and one thread per step keep the
-student's training under load within about 2x of idle, where torch's defaults cost 5x. The
+slowest worker. Measured with benchmarks/bench_compute.py on a shared 2-core machine (the README's
+"Compute" section has the figures): with a passive OpenMP wait policy and one thread, the student
+trains in 15.7 s beside other work and 42.6 s with a CPU hog per core added; with torch's defaults
+57.5 s and more than 200 s. The
 product's own background work (the widget's first map, the held-out students, generation in the
 background) also competes with the notebook: it runs on fewer threads, one background job at a
 time, and work nobody waits for (the held-out students) at a lower OS priority.
