@@ -8,8 +8,11 @@ stroke and slant), so one seed's test noise is small and per-background accuracy
 - gap:      spurious 0.95. Every arm starts from real + `--gap-base` class-prompt images per class
             (the student already knows shapes); each method adds N images. Rows: none, ideal,
             class, search (discrete search over background words scored by the student's loss),
-            gap (guided adversarial prompts). Reports accuracy on test images whose background is
-            not the class's tied one, and the share of added images in the student's high-loss
+            gap (guided adversarial prompts: per class, 8 contexts of pool-image captions are screened
+            by the base student's loss, 4 token sets start at the hardest and are optimised for 30
+            steps with the true-label loss, a zero-shot class-keeping term and text guidance to their
+            contexts; text-to-image). Reports accuracy on test images whose background is not the
+            class's tied one, and the share of added images in the student's high-loss
             (class, background) cells.
 - loop:     spurious 0.95. A simulated person compares the class-prompt round with a target
             attribute histogram read (independent checker) from unlabelled pool images, lassoes
@@ -222,7 +225,7 @@ class Ctx:
         ids: Sequence[str],
         need: int,
         more: Callable[[list[str], int, int], list[str]],
-        cap: int = 4,
+        cap: int | None = None,
     ) -> dict[str, list[str]]:
         """Accepted ids per class, topped up until every class has `need` (the arm is never short).
 
@@ -230,6 +233,7 @@ class Ctx:
         short class, new seeds per attempt), at most `cap` attempts; the extra ids and the attempts
         are kept in arms.json under `key|fill`, and `self.fills[key]` says what it took.
         """
+        cap = self.args.fill_cap if cap is None else cap
         done = self.arms.get(f"{key}|fill", {"ids": [], "attempts": 0})
         every = list(ids) + list(done["ids"])
         acc = accepted(self.store, every)
@@ -361,6 +365,24 @@ def prompts_of(ctx: Ctx, ids: Sequence[str]) -> dict[str, list[str]]:
     return {c: list(dict.fromkeys(s.loc[s["label"] == c, "prompt"].astype(str))) for c in CLASSES}
 
 
+def gap_descriptions(ctx: Ctx, k: int, n_captions: int) -> dict[str, list[str]]:
+    """k target descriptions per class: the contexts (the caption without its object) of captions of
+    unlabelled pool images, the class's own captions spread farthest-first (as the caption-pool arm)."""
+    from datacrafter_widget.loop.strategies import spread_first
+
+    rng = np.random.default_rng(700 + ctx.seed)
+    idx = rng.choice(len(ctx.ds.pool), size=min(n_captions, len(ctx.ds.pool)), replace=False).tolist()
+    attrs = ctx.models.captioner.attributes(ctx.ds.pool.images(idx))
+    out: dict[str, list[str]] = {}
+    for c in CLASSES:
+        mine = [a for a in attrs if a["digit"] == c] or attrs
+        caps = [caption_for(a["digit"], a["fg"], a["bg"], a["thickness"], a["slant"]) for a in mine]
+        order = spread_first(ctx.models.embedder.embed_texts(caps))
+        ctxs = [caps[i].split(f" {mine[i]['digit']} ", 1)[-1] for i in order]
+        out[c] = list(dict.fromkeys(ctxs))[:k]
+    return out
+
+
 # ---- GAP track -----------------------------------------------------------------------------------
 def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
     seed, kmax = ctx.seed, math.ceil(max(ns) / len(CLASSES))
@@ -473,11 +495,12 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
         from datacrafter_widget.loop.class_filter import ClassFilter
 
         gen = ctx.models.generator
-        target = ctx.ds.pool.images(list(range(0, len(ctx.ds.pool), max(1, len(ctx.ds.pool) // 40))))
+        every = max(1, len(ctx.ds.pool) // args.gap_target_images)
+        target = ctx.ds.pool.images(list(range(0, len(ctx.ds.pool), every))[: args.gap_target_images])
         kept = args.gap_sources != "none"  # img2img from labelled images, digit strokes kept
         if args.gap_sources == "class":  # fresh class-prompt images the class filter accepted: new digit shapes
             made = ctx.arm(
-                f"gap_sources|{attempt}",
+                f"gap_sources|{attempt}" + ("" if list(classes) == list(CLASSES) else "|" + ",".join(classes)),
                 lambda: ctx.generate(per_class, ctx.top_up_offset(8, attempt), strategy="class", classes=list(classes)),
             )
             ok = accepted(ctx.store, made)
@@ -485,6 +508,7 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
             sources: Any = {c: ok[c] or labels.index[labels == c].tolist() for c in classes}
         else:
             sources = "train" if kept else None
+        descs = gap_descriptions(ctx, args.gap_candidates, args.pool_captions) if args.gap_init == "captions" else None
         cfg = GapConfig(
             steps=args.gap_steps,
             lr=args.gap_lr,
@@ -498,12 +522,15 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
             loss=args.gap_loss,
             token_sets=args.gap_sets,
             strength=args.gap_strength,
+            init="target" if descs else "class",
+            class_weight=args.gap_class_weight,
         )
         ids, res = gap_round(
             ctx.store,
             gen,
             student0,
             list(classes),
+            target={c: descs[c] for c in classes} if descs else None,
             target_images=target,
             embedder=ctx.models.embedder,
             per_class=per_class,
@@ -523,7 +550,17 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
         if flagged:
             ctx.store.update(flagged, flag="off-class")
         adv = {c: [round(h["adversarial"], 3) for h in r.history] for c, r in res.items()}
-        return {"ids": list(ids), "flagged": len(flagged), "adversarial": adv}
+        aims = {c: r.targets for c, r in res.items()}
+        chosen = {c: json.loads(r.target) if r.target.startswith("[") else r.target for c, r in res.items()}
+        screen = {c: r.screen for c, r in res.items()}
+        return {
+            "ids": list(ids),
+            "flagged": len(flagged),
+            "adversarial": adv,
+            "targets": aims,
+            "descriptions": chosen,
+            "screen": screen,
+        }
 
     if "gap" in args.arms:
         gkey = f"gap|steps={args.gap_steps}"
@@ -532,6 +569,14 @@ def run_gap(ctx: Ctx, ns: list[int], args) -> list[dict]:
                 f"|loss={args.gap_loss}|sets={args.gap_sets}|src={args.gap_sources}|s={args.gap_strength}"
                 f"|final={args.gap_final_steps}|lr={args.gap_lr}"
             )
+            if args.gap_target_images != 40:
+                gkey += f"|tgt={args.gap_target_images}"
+            if args.gap_init != "class":
+                gkey += f"|init={args.gap_init}"
+            if args.gap_class_weight:
+                gkey += f"|cw={args.gap_class_weight}"
+            if args.gap_init == "captions" and args.gap_candidates != args.gap_sets:
+                gkey += f"|cand={args.gap_candidates}"
         g = ctx.arm(gkey, make_gap)
 
         def more_gap(classes: list[str], k: int, attempt: int) -> list[str]:
@@ -962,13 +1007,46 @@ def main() -> int:
     p.add_argument(
         "--gap-base", type=int, default=10, help="class-prompt images per class every GAP-track arm starts from"
     )
-    p.add_argument("--gap-steps", type=int, default=10, help="GAP token optimisation steps per class")
+    p.add_argument("--gap-steps", type=int, default=30, help="GAP token optimisation steps per class")
     p.add_argument("--gap-lr", type=float, default=2e-2)
-    p.add_argument("--gap-loss", default="true-label", choices=["uniform", "true-label"], help="GAP's adversarial loss")
-    p.add_argument("--gap-sets", type=int, default=3, help="GAP token sets per class (each to one target mode)")
+    p.add_argument(
+        "--gap-loss",
+        default="true-label",
+        choices=["uniform", "true-label", "other-class"],
+        help="GAP's adversarial loss (other-class: each token set aims at a different failure mode)",
+    )
+    p.add_argument("--gap-sets", type=int, default=4, help="GAP token sets per class")
+    p.add_argument(
+        "--gap-candidates",
+        type=int,
+        default=8,
+        help="with --gap-init captions: caption contexts per class that GAP screens for its token sets",
+    )
+    p.add_argument(
+        "--gap-class-weight",
+        type=float,
+        default=1.0,
+        help="GAP's class-keeping term (zero-shot CLIP cross entropy to the class; 0 = off)",
+    )
+    p.add_argument(
+        "--gap-init",
+        default="captions",
+        choices=["class", "captions"],
+        help="GAP token sets start at the class name, or each at the context of one caption of an unlabelled "
+        "pool image (spread over the class's captions) and is guided toward it",
+    )
+    p.add_argument(
+        "--fill-cap", type=int, default=4, help="top-up attempts per arm before a short class is reported as short"
+    )
+    p.add_argument(
+        "--gap-target-images",
+        type=int,
+        default=200,
+        help="unlabelled pool images GAP is guided toward (and reads the student's failure modes on)",
+    )
     p.add_argument(
         "--gap-sources",
-        default="class",
+        default="none",
         choices=["class", "train", "none"],
         help="img2img with the digit strokes kept, from fresh class-prompt images (class) or the real train "
         "images (train); none: text-to-image",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -345,3 +347,93 @@ def test_target_modes_are_the_clusters_of_the_target_images_largest_first():
     modes = target_modes(np.vstack([b, a]).astype(np.float32), 2)
     assert np.allclose(modes[0], [1, 0], atol=0.05) and np.allclose(modes[1], [0, 1], atol=0.05)
     assert np.allclose(target_modes(a, 1)[0], a.mean(0))
+
+
+def test_failure_targets_pick_different_failure_modes_not_partners_of_one_cue():
+    from datacrafter_widget.loop.gap import failure_targets
+
+    # 5 classes; the student reads three cues: A splits between 0 and 4 (a shared background),
+    # B between 1 and 2, C is class 3. Class 0's sets should leave by B and C, never by A again
+    # (4 is 0's own cue) nor twice by B.
+    a = [[0.5, 0, 0, 0, 0.5]] * 20
+    b = [[0, 0.55, 0.45, 0, 0]] * 20
+    c = [[0, 0, 0, 1.0, 0]] * 10
+    probs = np.array(a + b + c)
+    picks = failure_targets(probs, exclude=[0], k=2)
+    assert sorted(picks) in ([1, 3], [2, 3])
+    third = failure_targets(probs, exclude=[0], k=3)
+    assert third[:2] == picks and len(set(third)) == 3 and 0 not in third
+
+
+def test_other_class_loss_aims_each_set_at_its_target_and_keeps_it_in_the_file(setup, tmp_path):
+    gen, student = setup
+    cats = gen(["a photo of a cat"] * 4, seed=5, steps=5)
+    result = optimise_prompt_tokens(
+        gen, student, "cat", steps=12, seed=0, loss="other-class", target_images=None, sources=cats, **SETTINGS
+    )
+    assert result.targets == ["dog"]
+    # the recorded loss is the cross entropy toward "dog": it falls as p(cat) falls
+    ps = [h["p_label"] for h in result.history]
+    assert np.mean(ps[-4:]) < np.mean(ps[:4])
+    assert np.mean([h["adversarial"] for h in result.history[-4:]]) < np.mean(
+        [h["adversarial"] for h in result.history[:4]]
+    )
+    assert load_tokens(result.save(tmp_path / "oc.safetensors")).targets == ["dog"]
+    with pytest.raises(GapError, match="only 1 other class"):
+        optimise_prompt_tokens(gen, student, "cat", steps=1, loss="other-class", sources=cats, token_sets=2, **SETTINGS)
+    with pytest.raises(GapError, match="target_images"):
+        optimise_prompt_tokens(gen, student, "cat", steps=1, loss="other-class", **SETTINGS)
+
+
+def test_token_sets_start_at_their_target_descriptions_and_are_guided_to_each(setup):
+    gen, student = setup
+    tok, table = gen.pipe.tokenizer, gen.pipe.text_encoder.get_input_embeddings().weight
+    descs = ["on a red carpet", "in deep blue water"]
+    res = optimise_prompt_tokens(
+        gen,
+        student,
+        "cat",
+        target=descs,
+        **{**SETTINGS, "lr": 1e-9, "n_tokens": 3},
+        steps=2,
+        init="target",
+        token_sets=2,
+    )
+    for k, d in enumerate(descs):
+        words = tok(d, add_special_tokens=False).input_ids[:3]
+        assert torch.allclose(res.sets[k], table[words].float(), atol=1e-4)
+    assert res.target == json.dumps(descs)
+    # each set is pulled toward its own description: the text term is finite and recorded
+    assert all(np.isfinite(h["text"]) for h in res.history)
+    with pytest.raises(GapError, match="init='target'"):
+        optimise_prompt_tokens(gen, student, "cat", steps=1, init="target", **SETTINGS)
+
+
+def test_more_descriptions_than_sets_keeps_the_ones_the_student_finds_hardest(setup, tmp_path):
+    gen, student = setup
+    descs = ["a cat", "a dog", "a red square", "stripes"]
+    res = optimise_prompt_tokens(
+        gen, student, "cat", target=descs, **SETTINGS, steps=1, init="target", token_sets=2, screen_batches=1
+    )
+    assert sorted(res.screen) == sorted(descs) and len(set(res.screen.values())) > 1
+    hardest = sorted(descs, key=lambda d: -res.screen[d])[:2]
+    assert json.loads(res.target) == hardest
+    assert load_tokens(res.save(tmp_path / "s.safetensors")).screen == pytest.approx(res.screen)
+
+
+def test_controller_round_with_screened_descriptions_per_class_and_class_keeping(tmp_path):
+    from tests.test_student import _tiny_crafter
+
+    crafter, _ = _tiny_crafter(tmp_path)
+    crafter.train_student(epochs=1, progress=False)
+    descs = {"0": ["on a red carpet", "in deep water", "at night"]}
+    settings = {**TINY_GAP, "target": descs}
+    ids = crafter.adversarial(
+        **settings, per_class=4, final_steps=2, token_sets=2, init="target", class_weight=1.0, screen_batches=1
+    )
+    rows = crafter.samples.set_index("id").loc[ids]
+    # each image's caption is the description its token set was guided toward: 2 of the 3 screened
+    assert set(rows["caption"]) < set(descs["0"]) and rows["caption"].nunique() == 2
+    again = crafter.regenerate(ids[1])
+    assert np.abs(np.asarray(again, dtype=int) - np.asarray(crafter.store.image(ids[1]), dtype=int)).max() <= 1
+    crafter.close()

@@ -332,7 +332,7 @@ class DataCrafter:
 
     def adversarial(
         self,
-        target: str | None = None,
+        target: str | Sequence[str] | Mapping[str, Sequence[str]] | None = None,
         steps: int = 200,
         *,
         target_images: Sequence[Image.Image] | None = None,
@@ -347,6 +347,11 @@ class DataCrafter:
     ) -> list[str]:
         """GAP: learn adversarial prompt tokens per class against the student, guided to `target`
         (a description) and/or `target_images` (unlabelled); store `per_class` images each. Returns the new ids.
+
+        target may also be several descriptions, or {class: [descriptions]} (e.g. the contexts of
+        captions of target images): token set k is guided toward description k; with init="target"
+        the sets start from the descriptions' words, and with more descriptions than token_sets the
+        ones the student finds hardest are kept. class_weight=1 keeps each image readable as its class.
 
         sources="train" starts from the real train images of each class (img2img, parent_id in the
         rows) and masks="plain-background" (or a function / {sample id: mask}) keeps each source's

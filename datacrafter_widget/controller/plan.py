@@ -11,6 +11,7 @@ spec's seed, or round * ROUND_SEED_STRIDE; checked here, once, so the last seed 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -201,7 +202,7 @@ def plan_gap(
     steps: int,
     guidance: float,
     model: str,
-    target: str | None = None,
+    target: str | Sequence[str] | Mapping[str, Sequence[str]] | None = None,
 ) -> RoundPlan:
     """A GAP round: class i's image j gets seed image_seed(first, i * per_class + j); its requests
     are made once its tokens are learned (their prompt is the learned one)."""
@@ -216,7 +217,9 @@ def plan_gap(
         "strategies": ["gap"],
         "per_class": per_class,
         "classes": classes,
-        "target": target or "",
+        "target": target
+        if isinstance(target, str)
+        else (json.dumps(target if isinstance(target, Mapping) else list(target)) if target else ""),
         "seed": base,
         "requested": per_class * len(classes),
         "steps": int(steps),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -107,13 +108,21 @@ def evolve_store(
     return result
 
 
+def _target_text(res: "GapResult", k: int) -> str:
+    """The target description token set `k` was guided toward (its caption in the store)."""
+    if not res.target.startswith("["):
+        return res.target
+    descs = [str(d) for d in json.loads(res.target)]
+    return descs[k % len(descs)] if descs else ""
+
+
 def gap_round(
     store: SampleStore,
     generator: "Generator",
     student: "Student",
     classes: Sequence[str],
     *,
-    target: str | None = None,
+    target: str | Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     target_images: Sequence[Image.Image] | None = None,
     embedder: "Embedder | None" = None,
     per_class: int = 10,
@@ -200,7 +209,7 @@ def gap_round(
                 label=label,
                 seed=s,
                 strategy="gap",
-                caption=target or "",
+                caption=_target_text(res, res.set_of(s, j)),
                 parent_id=parents[j] if parents else "",
                 strength=float(res.config.strength) if parents else math.nan,
                 extra={"embeddings_file": rel, "mask_file": mask_files.get(parents[j], "") if parents else ""},

@@ -9,7 +9,7 @@ rounds (`evolve`, `gap`) plan and record the same way and render through the sam
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -280,7 +280,7 @@ class RoundRunner:
         student: Student,
         classes: Sequence[str] | None,
         *,
-        target: str | None,
+        target: str | Sequence[str] | Mapping[str, Sequence[str]] | None,
         target_images: Sequence[Image.Image] | None,
         per_class: int,
         seed: int | None,

@@ -57,6 +57,7 @@ __all__ = [
     "student_loss_on",
     "composite",
     "target_modes",
+    "failure_targets",
     "uses_checkpointing",
 ]
 
@@ -94,10 +95,26 @@ class GapConfig:
     # "uniform": cross entropy against the uniform label (the paper: make the student unsure);
     # "true-label": push down the student's probability of the true label, -log(1 - p_true), for
     # source images whose object is kept (a kept object cannot become a second object).
+    # "other-class": the paper's "cross entropy toward the other class" for many classes: token set k
+    # asks the student to read the class as another class t_k, the t_k chosen to be different failure
+    # modes of the student (`failure_targets`), so the sets spread over the student's weak spots
+    # instead of piling onto the single hardest one.
     loss: str = "uniform"
     # Token sets per class; with target images, set k is guided toward the k-th cluster of the
     # target images' embeddings, so a class covers the target's modes instead of collapsing onto one.
+    # With several target descriptions, set k is guided toward description k (cycled) instead.
     token_sets: int = 1
+    # "class": tokens start at the class name's embedding; "target": set k starts at the token
+    # embeddings of its target description (e.g. a caption of a target image without its object),
+    # so the sets start spread over the target distribution and the adversarial term moves each.
+    init: str = "class"
+    # Weight of a class-keeping term: cross entropy of the embedder's zero-shot reading of x against
+    # the class. A kept object can still be hidden (a background of the object's own colour), which
+    # the adversarial term likes; this keeps the label readable (needs an embedder).
+    class_weight: float = 0.0
+    # With init="target" and more descriptions than token_sets, each description is rendered on this
+    # many batches (no gradient) and the token_sets the student finds hardest are kept.
+    screen_batches: int = 2
 
 
 @dataclass
@@ -115,6 +132,8 @@ class GapResult:
     model: str = ""
     file: str = ""
     assignment: dict[int, int] = field(default_factory=dict)  # final image seed -> token set
+    targets: list[str] = field(default_factory=list)  # loss="other-class": the class each set aims at
+    screen: dict[str, float] = field(default_factory=dict)  # screened description -> adversarial loss
 
     @property
     def sets(self) -> torch.Tensor:
@@ -142,6 +161,8 @@ class GapResult:
             "target": self.target,
             "model": self.model,
             "assignment": json.dumps({str(k): v for k, v in self.assignment.items()}),
+            "targets": json.dumps(self.targets),
+            "screen": json.dumps(self.screen),
             "format": "datacrafter-gap-tokens-v1",
         }
         atomic_write_bytes(
@@ -172,6 +193,8 @@ def load_tokens(path: str | os.PathLike) -> GapResult:
         model=meta.get("model", ""),
         file=str(path),
         assignment={int(k): int(v) for k, v in json.loads(meta.get("assignment", "{}")).items()},
+        targets=[str(t) for t in json.loads(meta.get("targets", "[]"))],
+        screen={str(k): float(v) for k, v in json.loads(meta.get("screen", "{}")).items()},
     )
 
 
@@ -486,13 +509,38 @@ def target_modes(embeddings: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([centres] * (int(k) // n + 1))[: int(k)]
 
 
+def failure_targets(probs: np.ndarray, exclude: Sequence[int], k: int) -> list[int]:
+    """k other classes for a class's token sets to aim at, each a different failure mode of the student.
+
+    probs: the student's class probabilities on unlabelled target images (n x C). Class j's
+    prototype is the mean probability vector of the images the student reads as j (soft counts),
+    i.e. what the student confuses with j. Classes it confuses through the same cue (two classes
+    tied to one background) get near prototypes. Farthest-first from the excluded classes (the
+    class itself) picks k targets whose prototypes differ, so the sets leave by different doors.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    c = p.shape[1]
+    proto = (p.T @ p) / np.maximum(p.sum(0)[:, None], 1e-9)  # row j: mean probs of images read as j
+    proto /= np.maximum(np.linalg.norm(proto, axis=1, keepdims=True), 1e-12)
+    chosen = [int(e) for e in exclude]
+    free = [j for j in range(c) if j not in chosen]
+    picks: list[int] = []
+    for _ in range(min(int(k), len(free))):
+        ref = chosen + picks
+        dist = [float(np.min(1 - proto[ref] @ proto[j])) if ref else 0.0 for j in free]
+        best = free[int(np.argmax(dist))]  # first of the farthest on ties: a stable order
+        picks.append(best)
+        free.remove(best)
+    return picks
+
+
 # ---- the optimisation ----------------------------------------------------------------------------
 def optimise_prompt_tokens(
     generator: Generator,
     student: Student,
     label: str | Sequence[str],
     *,
-    target: str | None = None,
+    target: str | Sequence[str] | None = None,
     target_images: Sequence[Image.Image] | None = None,
     embedder: Embedder | None = None,
     config: GapConfig | None = None,
@@ -509,7 +557,8 @@ def optimise_prompt_tokens(
     each optimisation batch cycles through the classes): k times cheaper than one set per class.
 
     generator: a Generator or a diffusers StableDiffusionPipeline. target: a text description of the
-    target distribution (text guidance); target_images: unlabelled images from it (image guidance,
+    target distribution (text guidance), or several (token set k is guided toward description k,
+    and with config.init="target" starts from its words); target_images: unlabelled images from it (image guidance,
     needs `embedder`). Cancelling keeps the tokens learned so far.
 
     sources: real images of the class (a mapping class -> images for shared tokens); each batch
@@ -536,13 +585,21 @@ def optimise_prompt_tokens(
         )
     if int(config.n_tokens) < 1 or int(config.sampler_steps) < 1 or int(config.batch) < 1:
         raise GapError("n_tokens, sampler_steps and batch must all be at least 1")
-    if config.loss not in ("uniform", "true-label"):
-        raise GapError(f"loss={config.loss!r}: use 'uniform' (make the student unsure) or 'true-label'")
+    if config.loss not in ("uniform", "true-label", "other-class"):
+        raise GapError(f"loss={config.loss!r}: use 'uniform' (make the student unsure), 'true-label' or 'other-class'")
     if int(config.token_sets) < 1:
         raise GapError(f"token_sets={config.token_sets}: learn at least 1 token set per class")
-    if config.loss == "true-label" and not hasattr(student, "class_index"):
-        raise GapError("loss='true-label' needs a student that names its classes (student.class_index)")
+    if config.loss != "uniform" and not hasattr(student, "class_index"):
+        raise GapError(f"loss={config.loss!r} needs a student that names its classes (student.class_index)")
     n_sets = int(config.token_sets)
+    descs = [target] if isinstance(target, str) else [str(t) for t in (target or [])]
+    descs = [d for d in descs if d.strip()]
+    if config.init not in ("class", "target"):
+        raise GapError(f"init={config.init!r}: use 'class' (start at the class name) or 'target'")
+    if config.init == "target" and not descs:
+        raise GapError("init='target' starts the tokens from target descriptions: pass target=[...]")
+    if float(config.class_weight) > 0 and embedder is None:
+        raise GapError("class_weight > 0 keeps the class through the embedder's zero-shot reading: pass an embedder")
     if target_images is not None and len(target_images) and embedder is None:
         raise GapError("image guidance (target_images) needs an embedder: pass models with a CLIP embedder")
     pipe = _pipe_of(generator)
@@ -572,18 +629,40 @@ def optimise_prompt_tokens(
     vectors = init.view(1, 1, -1).repeat(n_sets, config.n_tokens, 1) + 0.01 * init.norm() / math.sqrt(
         init.numel()
     ) * torch.randn(n_sets, config.n_tokens, init.numel(), generator=gen)
+    if config.init == "target":
+        with torch.no_grad():
+            for kset in range(n_sets):
+                wids = tok(descs[kset % len(descs)], add_special_tokens=False).input_ids[: int(config.n_tokens)]
+                vectors[kset, : len(wids)] = table[wids].float()
     vectors = vectors.to(device).requires_grad_(True)
     opt = torch.optim.Adam([vectors], lr=float(config.lr))
     all_ids = _tokenize(tok, [lay[0] for lay in layouts])
     with torch.no_grad():
         uncond, _ = _encode(pipe, _tokenize(tok, [""]))
-        et = F.normalize(_encode(pipe, _tokenize(tok, [target]))[1].float(), dim=-1) if target else None
+        et = None  # (n_sets, d): the description each token set is guided toward
+        if descs:
+            et = F.normalize(_encode(pipe, _tokenize(tok, descs))[1].float(), dim=-1)
+            et = et[[k % len(descs) for k in range(n_sets)]]
         ei = None  # (n_sets, d): the target point each token set is guided toward
         if target_images is not None and len(target_images) and embedder is not None:
             found = np.asarray(embedder.embed_images(list(target_images)), dtype=np.float32)
-            ei = torch.from_numpy(target_modes(found, n_sets, seed=int(seed)))
+            # other-class sets differ by their target class; all are held to the target's mean
+            modes = 1 if config.loss == "other-class" or len(descs) > 1 else n_sets
+            ei = torch.from_numpy(np.repeat(target_modes(found, modes, seed=int(seed)), n_sets // modes, axis=0))
             ei = F.normalize(ei, dim=-1).to(next(embedder.model.parameters()).device)
     student_dev = next(student.net.parameters()).device if hasattr(student, "net") else torch.device("cpu")
+    aims: list[int] = []
+    if config.loss == "other-class":
+        seen = list(target_images) if target_images is not None and len(target_images) else None
+        if seen is None and sources is not None:
+            seen = [im for ims in (sources.values() if isinstance(sources, Mapping) else [sources]) for im in ims]
+        if not seen:
+            raise GapError("loss='other-class' needs target_images (or sources) to see where the student fails")
+        with torch.no_grad():
+            probs = F.softmax(student.logits(seen).float(), dim=-1).cpu().numpy()
+        aims = failure_targets(probs, [student.class_index(l) for l in labels], n_sets)
+        if len(aims) < n_sets:
+            raise GapError(f"token_sets={n_sets} but only {len(aims)} other classes to aim at: use fewer sets")
     warm = int(round(config.warmup * config.steps)) if ei is not None else 0
     history: list[dict[str, float]] = []
     bar = None
@@ -595,7 +674,84 @@ def optimise_prompt_tokens(
     was_training = net.training if net is not None else False
     if net is not None:
         net.eval()
-    clip_model = getattr(embedder, "model", None) if ei is not None else None
+    keep = float(config.class_weight) > 0 and embedder is not None
+    clip_model = getattr(embedder, "model", None) if ei is not None or keep else None
+    zero_shot = None  # (n_classes, d) class text embeddings, for the class-keeping term
+    if keep and embedder is not None:
+        names = list(student.classes) if hasattr(student, "classes") else labels
+        zero_shot = torch.from_numpy(embedder.class_text_embeddings(names)).float()
+        keep_idx = [names.index(lab) for lab in labels]
+    fixed = torch.randn(_latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) + 1))
+
+    def render(step: int, sets: list[int], vecs: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """Step `step`'s batch (its noise and sources) through the sampler with token vectors `vecs`:
+        (the label index of each item, pixels, pooled prompt embedding)."""
+        sched = _ddim(pipe, config.sampler_steps)
+        noise = (
+            fixed
+            if config.fixed_noise
+            else torch.randn(
+                _latent_shape(pipe, config.batch),
+                generator=torch.Generator().manual_seed(int(seed) * 100003 + step),
+            )
+        )
+        which = [(step * config.batch + j) % len(labels) for j in range(config.batch)]
+        chosen: list[int] = []
+        if src is None:
+            latents = noise.to(device, dtype) * sched.init_noise_sigma
+        else:  # img2img: each batch item starts from a (seeded) random source of its class
+            pick = torch.Generator().manual_seed(int(seed) * 100003 + step + 50_000_017)
+            chosen = [by_label[w][int(torch.randint(len(by_label[w]), (1,), generator=pick))] for w in which]
+            latents = sched.add_noise(src.latents[chosen], noise.to(device, dtype), sched.timesteps[start : start + 1])
+        ids = all_ids[which] if len(labels) > 1 or n_sets > 1 else all_ids
+        cond, pooled = _encode(pipe, ids, positions, vecs)
+        x = _sample(
+            pipe,
+            cond.to(dtype),
+            uncond.to(dtype),
+            latents,
+            sched,
+            float(config.guidance),
+            ckpt,  # a UNet without block checkpointing
+            start=start,
+        )
+        if src is not None and src.masks is not None:
+            x = composite(x.float(), src.pixels[chosen], src.masks[chosen])
+        return which, x, pooled
+
+    def adversarial(log_p: torch.Tensor, which: list[int], sets: list[int]) -> torch.Tensor:
+        if config.loss == "true-label":
+            true = torch.tensor([student.class_index(labels[w]) for w in which], device=log_p.device)
+            p_true = log_p.exp()[torch.arange(len(which)), true]
+            return -torch.log1p(-p_true.clamp(max=1 - 1e-6)).mean()
+        if config.loss == "other-class":
+            aim = torch.tensor([aims[k] for k in sets], device=log_p.device)
+            return F.nll_loss(log_p, aim)  # cross entropy toward each set's other class
+        return -(log_p.mean(dim=-1)).mean()  # CE against the uniform label
+
+    ckpt = False  # no gradient while screening
+    screen: dict[str, float] = {}
+    if config.init == "target" and len(descs) > n_sets:
+        # More descriptions than sets: render each once (the same first batches, no gradient) and
+        # keep the sets' worth the student finds hardest; the optimisation starts from those.
+        with _frozen(pipe.unet, pipe.vae, enc, net, clip_model), torch.no_grad(), compute.step("sampler"):
+            for d in descs:
+                row = vectors[0].clone()
+                wids = tok(d, add_special_tokens=False).input_ids[: int(config.n_tokens)]
+                row[: len(wids)] = table[wids].float().to(row.device)
+                total = 0.0
+                for step in range(max(1, int(config.screen_batches))):
+                    which, x, _ = render(step, [0] * config.batch, row)
+                    log_p = F.log_softmax(student.logits_from_pixels(x.float().to(student_dev)).float(), dim=-1)
+                    total += float(adversarial(log_p, which, [0] * len(which)))
+                screen[d] = total / max(1, int(config.screen_batches))
+        descs = sorted(descs, key=lambda d: -screen[d])[:n_sets]  # stable: the given order breaks ties
+        with torch.no_grad():
+            for kset, d in enumerate(descs):
+                wids = tok(d, add_special_tokens=False).input_ids[: int(config.n_tokens)]
+                vectors[kset, : len(wids)] = table[wids].float().to(vectors.device)
+            et = F.normalize(_encode(pipe, _tokenize(tok, descs))[1].float(), dim=-1)
+
     blocks: contextlib.AbstractContextManager[list[Any]] = (
         _block_checkpointing(pipe.unet, pipe.vae) if uses_checkpointing(config, pipe) else contextlib.nullcontext([])
     )
@@ -605,59 +761,30 @@ def optimise_prompt_tokens(
         blocks as by_block,
         compute.step("sampler"),
     ):
-        fixed = torch.randn(_latent_shape(pipe, config.batch), generator=torch.Generator().manual_seed(int(seed) + 1))
+        ckpt = uses_checkpointing(config, pipe) and pipe.unet not in by_block
         for step in range(int(config.steps)):
             if should_stop is not None and should_stop():
                 break
-            sched = _ddim(pipe, config.sampler_steps)
-            noise = (
-                fixed
-                if config.fixed_noise
-                else torch.randn(
-                    _latent_shape(pipe, config.batch),
-                    generator=torch.Generator().manual_seed(int(seed) * 100003 + step),
-                )
-            )
-            which = [(step * config.batch + j) % len(labels) for j in range(config.batch)]
-            if src is None:
-                latents = noise.to(device, dtype) * sched.init_noise_sigma
-            else:  # img2img: each batch item starts from a (seeded) random source of its class
-                pick = torch.Generator().manual_seed(int(seed) * 100003 + step + 50_000_017)
-                chosen = [by_label[w][int(torch.randint(len(by_label[w]), (1,), generator=pick))] for w in which]
-                latents = sched.add_noise(
-                    src.latents[chosen], noise.to(device, dtype), sched.timesteps[start : start + 1]
-                )
             sets = [(step * config.batch + j) % n_sets for j in range(config.batch)]
-            ids = all_ids[which] if len(labels) > 1 or n_sets > 1 else all_ids
-            cond, pooled = _encode(pipe, ids, positions, vectors[sets] if n_sets > 1 else vectors[0])
-            x = _sample(
-                pipe,
-                cond.to(dtype),
-                uncond.to(dtype),
-                latents,
-                sched,
-                float(config.guidance),
-                uses_checkpointing(config, pipe) and pipe.unet not in by_block,  # a UNet without block checkpointing
-                start=start,
-            )
-            if src is not None and src.masks is not None:
-                x = composite(x.float(), src.pixels[chosen], src.masks[chosen])
+            which, x, pooled = render(step, sets, vectors[sets] if n_sets > 1 else vectors[0])
             logits = student.logits_from_pixels(x.float().to(student_dev))
             log_p = F.log_softmax(logits.float(), dim=-1)
-            if config.loss == "true-label":
-                true = torch.tensor([student.class_index(labels[w]) for w in which], device=log_p.device)
-                p_true = log_p.exp()[torch.arange(len(which)), true]
-                adv = -torch.log1p(-p_true.clamp(max=1 - 1e-6)).mean()
-            else:
-                adv = -(log_p.mean(dim=-1)).mean()  # CE against the uniform label
+            adv = adversarial(log_p, which, sets)
             loss = config.adversarial_weight * adv if step >= warm else adv * 0.0
             parts = {"step": step, "adversarial": float(adv.detach())}
             if et is not None:
-                t_loss = (F.normalize(pooled.float(), dim=-1) - et).pow(2).sum(-1).mean()
+                t_loss = (F.normalize(pooled.float(), dim=-1) - et[sets]).pow(2).sum(-1).mean()
                 loss = loss + config.text_weight * t_loss
                 parts["text"] = float(t_loss.detach())
-            if ei is not None:
-                i_loss = (1 - (_image_features(embedder, x) * ei[sets]).sum(-1)).mean()
+            feats = _image_features(embedder, x) if ei is not None or zero_shot is not None else None
+            if zero_shot is not None and feats is not None:
+                zs = 100.0 * feats @ zero_shot.to(feats.device).T  # CLIP's logit scale
+                want = torch.tensor([keep_idx[w] for w in which], device=zs.device)
+                c_loss = F.cross_entropy(zs, want)
+                loss = loss + float(config.class_weight) * c_loss
+                parts["class"] = float(c_loss.detach())
+            if ei is not None and feats is not None:
+                i_loss = (1 - (feats * ei[sets]).sum(-1)).mean()
                 loss = loss + config.image_weight * i_loss
                 parts["image"] = float(i_loss.detach())
             with torch.no_grad():
@@ -689,8 +816,10 @@ def optimise_prompt_tokens(
         positions=positions,
         config=config,
         history=history,
-        target=target or "",
+        target=descs[0] if len(descs) == 1 and isinstance(target, str) else (json.dumps(descs) if descs else ""),
         model=str(getattr(generator, "name", type(pipe).__name__)),
+        targets=[student.classes[a] for a in aims] if aims else [],
+        screen=screen,
     )
 
 
@@ -779,7 +908,7 @@ def gap_images(
     classes: Sequence[str],
     *,
     seeds: Mapping[str, Sequence[int]],
-    target: str | None = None,
+    target: str | Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     target_images: Sequence[Image.Image] | None = None,
     embedder: Embedder | None = None,
     config: GapConfig | None = None,
@@ -798,6 +927,7 @@ def gap_images(
     images and object masks; final image j starts from source j mod n. Touches no store: the
     controller (controller/rounds.py) saves the tokens and stores the images. Stops between
     classes when `should_stop()` says so; a class whose tokens were cut short yields nothing.
+    target: one description for every class, or a mapping class -> its descriptions (one per set).
     """
     classes = [str(c) for c in classes]
     if not classes:
@@ -811,13 +941,19 @@ def gap_images(
     def fresh_config() -> GapConfig:
         return GapConfig(**asdict(config)) if config is not None else GapConfig()
 
+    if isinstance(target, Mapping) and shared:
+        raise GapError("per-class target descriptions need one token set per class: use shared=False")
+
+    def target_of(label: str) -> str | Sequence[str] | None:
+        return target.get(label) if isinstance(target, Mapping) else target
+
     shared_res = None
     if shared:
         shared_res = optimise_prompt_tokens(
             generator,
             student,
             classes,
-            target=target,
+            target=None if isinstance(target, Mapping) else target,
             target_images=target_images,
             embedder=embedder,
             config=fresh_config(),
@@ -855,7 +991,7 @@ def gap_images(
                 generator,
                 student,
                 label,
-                target=target,
+                target=target_of(label),
                 target_images=target_images,
                 embedder=embedder,
                 config=fresh_config(),
