@@ -87,7 +87,7 @@ export function buildToolbar(view, parent) {
   button(bar2, "Fit", "fit everything in view  [f]", () => view.resetView()).dataset.role = "reset";
   button(bar2, "Clear", "clear the selection  [Escape]", () => { view.activeLabel = null; view.commitSelection(new Uint32Array(0)); }).dataset.role = "clear";
   el("span", "dcw-sep", bar2);
-  view.fullscreenButton = button(bar2, "Full screen", "the widget fills the window (Escape leaves; widget.fullscreen in Python)", () => view.setFullscreen(!view.model.get("fullscreen")));
+  view.fullscreenButton = button(bar2, "⛶", "full screen: the widget fills the window (Escape leaves; widget.fullscreen in Python)", () => view.setFullscreen(!view.model.get("fullscreen")));
   view.fullscreenButton.dataset.role = "fullscreen";
 }
 

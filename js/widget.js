@@ -180,7 +180,8 @@ class ProjectionView {
     const on = Boolean(this.model.get("fullscreen"));
     this.root.classList.toggle("dcw-fullscreen", on);
     this.fullscreenButton.classList.toggle("dcw-active", on);
-    this.fullscreenButton.textContent = on ? "Exit full screen" : "Full screen";
+    this.fullscreenButton.textContent = on ? "Exit ⛶" : "⛶";
+    this.fullscreenButton.setAttribute("aria-label", on ? "exit full screen" : "full screen");
     this.resize();
   }
 

@@ -381,7 +381,14 @@ def test_status_line_follows_the_selection_and_the_search_box_is_wide(page: Any)
     poly = [(view["width"] * a, view["height"] * b) for a, b in [(0.1, 0.1), (0.9, 0.1), (0.9, 0.9), (0.1, 0.9)]]
     n = len(handle(page, f"h.selectPolygon({[list(p) for p in poly]})"))
     assert n > 0 and status.inner_text() == f"{n} images selected"
-    assert page.locator("input[data-role=search]").bounding_box()["width"] >= 180
+    # the search box takes the row's free width (up to 220 px) without wrapping the row
+    assert page.locator("input[data-role=search]").bounding_box()["width"] >= 120
+    assert all(
+        box["height"] <= 32
+        for box in page.locator(".dcw-toolbar").evaluate_all(
+            "els => els.map(e => ({height: e.getBoundingClientRect().height}))"
+        )
+    )
 
 
 def test_focus_stays_in_the_widget_when_remove_disables_itself(page: Any) -> None:
