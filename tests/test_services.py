@@ -52,6 +52,7 @@ def test_each_project_document_has_one_module_that_reads_and_writes_it():
     assert users["prompts.json"] == {"controller/prompt_book.py"}
     assert users["feedback.json"] == {"controller/feedback_log.py"}
     assert users["project.json"] <= {"controller/project.py", "data/store.py"}  # the store checks its schema
+    assert users["view.json"] == {"controller/map_service.py"}
     assert "?" not in users, users
 
 

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 __all__ = ["MapService"]
 
 
+VIEW_JSON = "view.json"  # what the map shows (filters, colour, isolate), kept across restarts
+
+
 def _in_kernel() -> bool:
     """True inside a Jupyter kernel (where a widget will ask for the map), not in scripts or tests."""
     try:
@@ -45,7 +48,7 @@ class MapService:
         self.embeddings = embeddings
         self.stored = ProjectMap(project.store)
         self.view = map_view.view_from_json(
-            project.store.read_json(map_view.VIEW_JSON, None, derived=True), project.store.samples
+            project.store.read_json(VIEW_JSON, None, derived=True), project.store.samples
         )
         self._selection: list[str] = []
         self._projection: pd.DataFrame | None = None
@@ -193,7 +196,7 @@ class MapService:
             changes["members"] = self.label_members()
         self.view = map_view.updated_view(self.view, self.store.samples, check_ids=self.project.check_ids, **changes)
         if not getattr(self.store, "readonly", False):
-            self.store.write_json(map_view.VIEW_JSON, map_view.view_to_json(self.view))
+            self.store.write_json(VIEW_JSON, map_view.view_to_json(self.view))
         self.project.events.emit("view", {"state": self.view})
 
     def label_members(self) -> dict[str, list[str]]:

@@ -129,7 +129,6 @@ FILTER_FIELDS = {
     "content_label": "content label",
 }
 CONTENT_LABEL = "content_label"
-VIEW_JSON = "view.json"
 
 
 def field_values(samples: pd.DataFrame, column: str) -> pd.Series:
