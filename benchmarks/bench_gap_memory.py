@@ -21,11 +21,13 @@ measurement cannot push a shared machine out of memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil
 import torch
+from memory_stages import StageMemory, status_bytes
 
 GB = 1024**3
 
@@ -48,6 +51,13 @@ def main() -> None:
     ap.add_argument("--limit-gb", type=float, default=14.0)
     ap.add_argument("--component", choices=["step", "vae", "unet"], default="step")
     ap.add_argument("--mode", choices=["none", "blocks", "product"], default="product")
+    ap.add_argument("--n-tokens", type=int, default=4, help="learned tokens (crafter.adversarial's default: 8)")
+    ap.add_argument("--captioner", action="store_true", help="load the BLIP-shaped captioner too, as the loop does")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="peak resident memory per stage (module) of the step, forward and backward",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.component != "step":
@@ -74,7 +84,11 @@ def main() -> None:
     p = build_all(args.cache, args.shrink)
     p.register_clip()
     models = dc.Models.stable_diffusion(
-        str(p.sd), clip=(p.clip_arch, str(p.clip_weights)), captioner=None, device="cpu", steps=2
+        str(p.sd),
+        clip=(p.clip_arch, str(p.clip_weights)),
+        captioner=str(p.captioner) if args.captioner else None,
+        device="cpu",
+        steps=2,
     )
     images = [render_photo(k, 512, seed=s) for k in ("ball", "box") for s in range(3)]
     student = train_student(
@@ -88,17 +102,24 @@ def main() -> None:
         flush=True,
     )
     threading.Thread(target=watch, daemon=True).start()
+    stages = StageMemory(stage_modules(models) if args.profile else {})
+    base = status_bytes()
     t, cpu = time.perf_counter(), time.process_time()
-    res = optimise_prompt_tokens(
-        models.generator,
-        student,
-        "ball",
-        target="a photo of an object on a beach",
-        config=GapConfig(
-            steps=args.steps, sampler_steps=args.sampler_steps, batch=1, checkpointing=args.checkpointing, n_tokens=4
-        ),
-        seed=0,
-    )
+    with stages if args.profile else contextlib.nullcontext():
+        res = optimise_prompt_tokens(
+            models.generator,
+            student,
+            "ball",
+            target="a photo of an object on a beach",
+            config=GapConfig(
+                steps=args.steps,
+                sampler_steps=args.sampler_steps,
+                batch=1,
+                checkpointing=args.checkpointing,
+                n_tokens=args.n_tokens,
+            ),
+            seed=0,
+        )
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     stop.set()
     peak[0] = max(peak[0], proc.memory_info().rss)
@@ -107,12 +128,33 @@ def main() -> None:
         f"({(peak[0] - loaded) / GB:.2f} GB over the loaded models); loss {res.history[-1]['loss']:.4f}",
         flush=True,
     )
+    if args.profile:
+        print(stages.report(base), flush=True)
+
+
+def stage_modules(models: Any) -> dict[str, Any]:
+    """The modules whose forward starts a stage of the profile: the text encoder, the UNet's blocks,
+    the VAE decoder's resnets and upsamplers one by one, its output layers, and the student's CLIP."""
+    pipe = models.generator.pipe
+    unet, dec = pipe.unet, pipe.vae.decoder
+    out: dict[str, Any] = {"text encoder": pipe.text_encoder, "unet": unet}
+    out.update({f"unet.down{i}": b for i, b in enumerate(unet.down_blocks)})
+    out["unet.mid"] = unet.mid_block
+    out.update({f"unet.up{i}": b for i, b in enumerate(unet.up_blocks)})
+    out["unet.conv_out"] = unet.conv_out
+    out["vae.post_quant_conv"] = pipe.vae.post_quant_conv
+    out["vae.mid"] = dec.mid_block
+    for i, block in enumerate(dec.up_blocks):
+        out.update({f"vae.up{i}.resnet{j}": r for j, r in enumerate(block.resnets)})
+        out.update({f"vae.up{i}.upsampler": u for u in block.upsamplers or []})
+    out["vae.conv_norm_out"] = dec.conv_norm_out
+    out["vae.conv_out"] = dec.conv_out
+    out["CLIP (student)"] = models.embedder.model.visual
+    return out
 
 
 def component(args: argparse.Namespace) -> None:
     """One model's forward and backward at the real size, with a checkpointing mode."""
-    import contextlib
-
     from diffusers import StableDiffusionPipeline
 
     from datacrafter_widget.loop.gap import _block_checkpointing
