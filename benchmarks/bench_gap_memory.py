@@ -14,6 +14,11 @@ latents to 512 px at batch 1; the UNet at batch 2, as classifier-free guidance r
 --mode none (no checkpointing), blocks (diffusers' own, one block at a time) or product (what
 GAP's checkpointing uses, gap._block_checkpointing).
 
+--profile prints, per stage (the module running: the UNet's blocks, the decoder's resnets, the
+student's CLIP; "backward:" while the backward recomputes one), the peak resident memory and its
+anonymous (activations, freed heap) and file-backed (mapped weights) parts. --n-tokens 8 and
+--captioner give the step crafter.adversarial runs in the loop's process (bench_real_size.py).
+
 --limit-gb stops the run (exit 3) once the process passes that much resident memory, so a
 measurement cannot push a shared machine out of memory.
 """

@@ -87,9 +87,11 @@ class GapConfig:
     text_weight: float = 20.0  # lt (used when a target description is given)
     image_weight: float = 10.0  # li (used when target images are given)
     warmup: float = 0.2  # adversarial term off for this fraction of steps (image guidance only)
-    # Recompute UNet and VAE activations block by block in backward (less memory, ~1.3x the time).
-    # None: on for latents of 64 x 64 or more (512 px), where one UNet call's and the VAE decoder's
-    # activations are 3.6 and 6 GB at batch 1 (benchmarks/bench_gap_memory.py); off for the starter.
+    # Recompute UNet and VAE activations block by block in backward, each UNet call and the decoder
+    # below its output resolution once more as a whole, and trim the C heap between stages (less
+    # memory, ~1.5x the time). None: on for latents of 64 x 64 or more (512 px), where one UNet call's
+    # and the VAE decoder's activations are 3.6 and 6 GB at batch 1 (benchmarks/bench_gap_memory.py);
+    # off for the starter.
     checkpointing: bool | None = None
     fixed_noise: bool = False  # same starting noise every step (for diagnostics)
     strength: float = 0.8  # img2img strength when starting from source images (1 = ignore their latents)
@@ -334,7 +336,7 @@ def _decode(vae: Any, latents: torch.Tensor, nested: bool = False, release: bool
     The backward's peak is the last up block's at 512 px; without the outer span the inputs the
     lower blocks keep for their own backward (~0.5 GB at SD-1.5 shape) are live under it. Their
     forward runs once more for that (a third of the decoder's)."""
-    dec = getattr(vae, "decoder", None)
+    dec: Any = getattr(vae, "decoder", None)
     plain = (
         type(dec).__name__ == "Decoder"
         and getattr(dec, "gradient_checkpointing", False)
