@@ -32,7 +32,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil
 import torch
-from memory_stages import StageMemory, status_bytes
+from memory_stages import StageMemory, stage_modules, status_bytes
 
 GB = 1024**3
 
@@ -135,27 +134,6 @@ def main() -> None:
     )
     if args.profile:
         print(stages.report(base), flush=True)
-
-
-def stage_modules(models: Any) -> dict[str, Any]:
-    """The modules whose forward starts a stage of the profile: the text encoder, the UNet's blocks,
-    the VAE decoder's resnets and upsamplers one by one, its output layers, and the student's CLIP."""
-    pipe = models.generator.pipe
-    unet, dec = pipe.unet, pipe.vae.decoder
-    out: dict[str, Any] = {"text encoder": pipe.text_encoder, "unet": unet}
-    out.update({f"unet.down{i}": b for i, b in enumerate(unet.down_blocks)})
-    out["unet.mid"] = unet.mid_block
-    out.update({f"unet.up{i}": b for i, b in enumerate(unet.up_blocks)})
-    out["unet.conv_out"] = unet.conv_out
-    out["vae.post_quant_conv"] = pipe.vae.post_quant_conv
-    out["vae.mid"] = dec.mid_block
-    for i, block in enumerate(dec.up_blocks):
-        out.update({f"vae.up{i}.resnet{j}": r for j, r in enumerate(block.resnets)})
-        out.update({f"vae.up{i}.upsampler": u for u in block.upsamplers or []})
-    out["vae.conv_norm_out"] = dec.conv_norm_out
-    out["vae.conv_out"] = dec.conv_out
-    out["CLIP (student)"] = models.embedder.model.visual
-    return out
 
 
 def component(args: argparse.Namespace) -> None:

@@ -119,3 +119,27 @@ class StageMemory:
                 f"  (before the span: RSS {base[0] / GB:.2f} G, anon {base[1] / GB:.2f} G, file {base[2] / GB:.2f} G)"
             )
         return "\n".join(lines)
+
+
+def stage_modules(models: Any) -> dict[str, Any]:
+    """The modules whose forward starts a stage of the profile: the text encoder, the UNet's blocks,
+    the VAE decoder's resnets and upsamplers one by one, its output layers, CLIP's image tower, the captioner."""
+    pipe = models.generator.pipe
+    unet, dec = pipe.unet, pipe.vae.decoder
+    out: dict[str, Any] = {"text encoder": pipe.text_encoder, "unet": unet}
+    out.update({f"unet.down{i}": b for i, b in enumerate(unet.down_blocks)})
+    out["unet.mid"] = unet.mid_block
+    out.update({f"unet.up{i}": b for i, b in enumerate(unet.up_blocks)})
+    out["unet.conv_out"] = unet.conv_out
+    out["vae.post_quant_conv"] = pipe.vae.post_quant_conv
+    out["vae.mid"] = dec.mid_block
+    for i, block in enumerate(dec.up_blocks):
+        out.update({f"vae.up{i}.resnet{j}": r for j, r in enumerate(block.resnets)})
+        out.update({f"vae.up{i}.upsampler": u for u in block.upsamplers or []})
+    out["vae.conv_norm_out"] = dec.conv_norm_out
+    out["vae.conv_out"] = dec.conv_out
+    if models.embedder is not None:
+        out["CLIP (student)"] = models.embedder.model.visual
+    if models.captioner is not None:
+        out["captioner"] = models.captioner.model
+    return out
