@@ -36,7 +36,16 @@ from PIL import Image
 
 from .. import compute
 from ..seeds import image_seed
-from .balance import NONE, AxisBalance, axis_targets, measure_following, mixture_weights, read_axis, spread
+from .balance import (
+    NONE,
+    AxisBalance,
+    accepted_shares,
+    axis_targets,
+    measure_following,
+    mixture_weights,
+    read_axis,
+    spread,
+)
 
 
 __all__ = [
@@ -775,7 +784,7 @@ def _rebalance(
                 target,
                 [phrases[j] for j in capped],
                 {names[i]: float(w[i]) for i in range(len(names))},
-                follow.T @ w,
+                follow.T @ accepted_shares(w, keep),
                 {names[i]: float(keep[i]) for i in range(len(names))},
             )
         )
