@@ -184,11 +184,13 @@ def entropy_bits(values: Sequence[str]) -> float:
 class Ctx:
     """Dataset, DataCrafter project, arms.json (generated ids per arm) and scores.json (student scores) for one track and seed."""
 
-    def __init__(self, track: str, seed: int, spurious: float, models, checker, args) -> None:
+    def __init__(self, track: str, seed: int, spurious: float, models, checker, args, sub: str = "") -> None:
         self.track, self.seed, self.args, self.models, self.checker = track, seed, args, models, checker
+        self.spurious = spurious
         self.ds = dc.starter.colored_digits(shots=args.shots, spurious=spurious, seed=seed)
         self.test = multi_variant_test(self.ds, seed)
-        self.dir = Path(args.cache) / track / f"seed{seed}"
+        # `sub`: an arm with a project of its own (the loop arm: its evolution sees only its own rounds)
+        self.dir = Path(args.cache) / track / f"seed{seed}" / sub if sub else Path(args.cache) / track / f"seed{seed}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.crafter = DataCrafter(self.ds, models=models, project=self.dir / "project")
         self.store = self.crafter.store
@@ -670,26 +672,43 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
             )
         )
 
-    def add_rows(arm: str, ids_by_class: dict[str, list[str]], extra: dict | None = None, key: str = "") -> None:
+    def add_rows(
+        arm: str, ids_by_class: dict[str, list[str]], extra: dict | None = None, key: str = "", c: Ctx = ctx
+    ) -> None:
         for n in ns:
             ids = take(ids_by_class, n, seed)
-            labels = [str(ctx.store.row(i)["label"]) for i in ids]
+            labels = [str(c.store.row(i)["label"]) for i in ids]
             rows.append(
                 row(
                     "loop",
                     seed,
                     arm,
                     n,
-                    ctx.score(f"{key or arm}|{n}", lambda ids=ids: ctx.images_of(ids)),
+                    c.score(f"{key or arm}|{n}", lambda ids=ids: c.images_of(ids)),
                     used=len(ids),
-                    **stats(labels, ctx.check(ids)),
+                    **stats(labels, c.check(ids)),
                     **(extra or {}),
-                    **ctx.fills.get(key or arm, {}),
+                    **c.fills.get(key or arm, {}),
                 )
             )
 
     class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
     add_rows("class", ctx.filled("class", class_ids, kmax, more_of(ctx, 1, strategy="class")))
+    # The loop arm runs in a project of its own, as a user's would: round 1 with the class arm's seeds
+    # (the same images), the person's lassos, evolution, the evolved rounds and their top-ups. In the
+    # shared project, evolution read the class arm's top-ups and older loop arms as kept images.
+    lctx = Ctx(ctx.track, seed, ctx.spurious, ctx.models, ctx.checker, args, sub="loop-arm")
+    try:
+        _run_loop_arm(lctx, kmax, margin, target, args, add_rows)
+    finally:
+        lctx.close()
+    return rows
+
+
+def _run_loop_arm(ctx: Ctx, kmax: int, margin: int, target: dict[str, np.ndarray], args, add_rows) -> None:
+    """The loop arm in its own project: round 1 of class prompts, feedback, evolve, evolved rounds (rows via add_rows)."""
+    seed = ctx.seed
+    class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
 
     def make_loop() -> dict:
         # Round 1: the class-prompt images the class filter accepted, all of them (they are all on the
@@ -737,7 +756,7 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
     ekey = hashlib.sha256(code).hexdigest()[:8]
     lkey = (
         f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}"
-        f"|seen={args.feedback_per_class or 'all'}|person=lasso-per-cell|evolution={ekey}"
+        f"|seen={args.feedback_per_class or 'all'}|person=lasso-per-cell|evolution={ekey}|own-project"
     )
     lp = ctx.arm(lkey, make_loop)
 
@@ -759,8 +778,8 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
         ctx.filled(lkey, lp["ids"], kmax, more_loop),
         {"wrong_digit_lassoed": lp["feedback"]["wrong_digit"], "cell_lassoed": lp["feedback"]["cell_lassoed"]},
         key=lkey,
+        c=ctx,
     )
-    return rows
 
 
 # ---- captions track ------------------------------------------------------------------------------
