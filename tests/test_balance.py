@@ -9,7 +9,6 @@ from datacrafter_widget.loop.balance import (
     axis_target,
     axis_targets,
     measure_following,
-    accepted_shares,
     mixture_weights,
     spread,
 )
@@ -84,21 +83,6 @@ def test_mixture_weights_prefer_the_phrase_that_keeps_the_class():
     assert w[2] > 0.3 and w[1] < 0.05, w
     # the histogram still reaches the target
     assert np.abs(follow.T @ w - target).sum() < 0.1
-
-
-def test_mixture_weights_make_up_for_what_the_class_filter_drops():
-    # The only phrase that reaches cell 0 keeps its class half as often as the rest: the round keeps
-    # only accepted images, so that phrase is generated more often and the *kept* images follow the
-    # target (weights solved for the generated images alone leave cell 0 at 0.36 after filtering).
-    target = np.array([0.5, 0.5])
-    follow = np.array([[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]])
-    keep = np.array([0.9, 0.45, 0.9])
-    w = mixture_weights(follow, target, keep=keep, fidelity=0.0)
-    kept = accepted_shares(w, keep)
-    assert np.allclose(follow.T @ kept, target, atol=0.02), follow.T @ kept
-    assert w[1] > w[2] * 1.8, w
-    # without a filter reading, the weights are the shares themselves
-    assert np.allclose(accepted_shares(mixture_weights(follow, target), None), mixture_weights(follow, target))
 
 
 def test_measure_following_reads_the_histogram_off_the_kept_images():

@@ -15,10 +15,9 @@ The steps, per attribute axis (a group of mutually exclusive phrases, e.g. the b
    entropy). An axis without a capped cell has no signal and is left alone.
 3. Measure how the generator follows each phrase (a small batch per phrase, read the same way), and
    how often the class filter keeps that batch's images as their class, and solve for mixture
-   weights whose *kept* images' histogram is closest to the target (non-negative least squares,
-   weights summing to 1), with a penalty on phrases that cost class fidelity; a phrase the filter
-   keeps less often is generated more often in proportion, so filtering does not undo the balance.
-   "No phrase" is a component too: the generator's own histogram.
+   weights whose expected histogram is closest to the target (non-negative least squares, weights
+   summing to 1), with a penalty on phrases that cost class fidelity. "No phrase" is a component
+   too: the generator's own histogram.
 4. Spread the weights over an ordered list of prompts, so that any prefix of the list is balanced.
 
 This module computes only; the embedder and the generator come in as callables.
@@ -32,16 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import nnls
 
-__all__ = [
-    "AxisBalance",
-    "read_axis",
-    "axis_target",
-    "axis_targets",
-    "measure_following",
-    "mixture_weights",
-    "accepted_shares",
-    "spread",
-]
+__all__ = ["AxisBalance", "read_axis", "axis_target", "axis_targets", "measure_following", "mixture_weights", "spread"]
 
 NONE = ""  # the mixture component without a phrase for this axis: the generator's own choice
 MIN_IMAGES = 10  # fewer judged images than this on an axis: no histogram to read
@@ -57,7 +47,7 @@ class AxisBalance:
     target: np.ndarray
     capped: list[str]  # phrases the lassos asked for fewer of
     weights: dict[str, float] = field(default_factory=dict)  # phrase (or NONE) -> mixture weight
-    expected: np.ndarray | None = None  # the kept images' histogram, from the measured following and keeping
+    expected: np.ndarray | None = None  # the mixture's histogram, from the measured prompt following
     keep: dict[str, float] = field(default_factory=dict)  # phrase (or NONE) -> share the class filter kept
 
     def describe(self) -> str:
@@ -202,23 +192,15 @@ def mixture_weights(
     diffuse: float = 0.3,
     keep: np.ndarray | None = None,
     fidelity: float = 1.0,
-    min_keep: float = 0.25,
 ) -> np.ndarray:
-    """Generation weights w >= 0, sum 1, whose *accepted* images follow `target`.
-
-    Row i of `follow` is the histogram that component i's kept images land in (measured on a few
-    images), and keep_i the share of them the class filter keeps. A round keeps only what the filter
-    accepts, so the mixture is solved for the accepted shares v (v_i: the share of the kept images
-    that come from component i), minimising |follow.T @ v - target|^2 + sum_i (p_i * v_i)^2 with
-    v >= 0, sum 1, and then generated with w_i ~ v_i / keep_i: a component the filter keeps half the
-    time is asked for twice as often, so the cells it serves are not left short after filtering.
-    The penalty p_i = sqrt((diffuse * d_i)^2 + (fidelity * (1 - keep_i / max(keep)))^2) has two parts.
-    d_i = sqrt(1 - sum_j follow_ij^2) is how spread component i is: of the mixtures that hit the
-    target, the one made of components that land in one cell wins (a spread histogram read off a few
-    images, the generator's own choice typically, is the least sure). The second part costs class
-    fidelity: of two phrases that serve a cell, the one the filter keeps wins, and a phrase that loses
-    the class is used only as far as the target needs it. keep is floored at `min_keep` when
-    compensating (a handful of images per phrase measure it)."""
+    """Weights w >= 0, sum 1, minimising |follow.T @ w - target|^2 + sum_i (p_i * w_i)^2:
+    row i of `follow` is the histogram that component i's images land in (measured on a few images).
+    The penalty p_i = sqrt((diffuse * d_i)^2 + (fidelity * (1 - keep_i / max(keep)))^2) has two
+    parts. d_i = sqrt(1 - sum_j follow_ij^2) is how spread component i is: of the mixtures that hit
+    the target, the one made of components that land in one cell wins (a spread histogram read off
+    a few images, the generator's own choice typically, is the least sure). keep_i is the share of
+    component i's images the class filter kept as their class: a phrase that makes the generator
+    lose the class costs more than it balances."""
     m = follow.shape[0]
     big = 100.0  # the sum-to-one constraint as a heavily weighted extra row
     spread_of = np.sqrt(np.clip(1.0 - (follow**2).sum(axis=1), 0.0, 1.0))
@@ -229,21 +211,9 @@ def mixture_weights(
         penalty = np.sqrt(penalty**2 + (fidelity * loss) ** 2)
     a = np.vstack([follow.T, np.diag(penalty), big * np.ones((1, m))])
     b = np.concatenate([target, np.zeros(m), [big]])
-    v, _ = nnls(a, b)
-    v = np.maximum(v, 0)
-    v = v / v.sum() if v.sum() > 0 else np.full(m, 1.0 / m)
-    if keep is None:
-        return v
-    w = v / np.maximum(keep, min_keep)
-    return w / w.sum()
-
-
-def accepted_shares(weights: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
-    """The share of a round's kept images each component gives, generated with `weights`."""
-    w = np.asarray(weights, dtype=float)
-    if keep is not None:
-        w = w * np.asarray(keep, dtype=float)
-    return w / w.sum() if w.sum() > 0 else w
+    w, _ = nnls(a, b)
+    w = np.maximum(w, 0)
+    return w / w.sum() if w.sum() > 0 else np.full(m, 1.0 / m)
 
 
 def spread(weights: Mapping[str, float], n: int, rng: np.random.Generator) -> list[str]:

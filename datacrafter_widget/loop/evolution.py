@@ -36,16 +36,7 @@ from PIL import Image
 
 from .. import compute
 from ..seeds import image_seed
-from .balance import (
-    NONE,
-    AxisBalance,
-    accepted_shares,
-    axis_targets,
-    measure_following,
-    mixture_weights,
-    read_axis,
-    spread,
-)
+from .balance import NONE, AxisBalance, axis_targets, measure_following, mixture_weights, read_axis, spread
 
 
 __all__ = [
@@ -784,7 +775,7 @@ def _rebalance(
                 target,
                 [phrases[j] for j in capped],
                 {names[i]: float(w[i]) for i in range(len(names))},
-                follow.T @ accepted_shares(w, keep),
+                follow.T @ w,
                 {names[i]: float(keep[i]) for i in range(len(names))},
             )
         )
