@@ -706,44 +706,10 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
 
 
 def _run_loop_arm(ctx: Ctx, kmax: int, margin: int, target: dict[str, np.ndarray], args, add_rows) -> None:
-    """The loop arm in its own project: round 1 of class prompts, feedback, evolve, evolved rounds (rows via add_rows)."""
+    """The loop arm in its own project: round 1 of class prompts, then `--loop-rounds` times the person's
+    lassos on the last round, evolve, an evolved round (topped up to N); the arm is the last round."""
     seed = ctx.seed
     class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
-
-    def make_loop() -> dict:
-        # Round 1: the class-prompt images the class filter accepted, all of them (they are all on the
-        # map, and evolution reads an image left unmarked as kept) or the first `feedback_per_class`.
-        s = ctx.store.samples.set_index("id").loc[class_ids]
-        seen = [
-            i
-            for c in CLASSES
-            for i in s.index[(s["label"] == c) & (s["flag"].fillna("") == "")].tolist()[
-                : args.feedback_per_class or None
-            ]
-        ]
-        fb = simulated_person(ctx, seen, target, args.slack)
-        t = time.time()
-        result = ctx.crafter.evolve(
-            population=args.population, generations=args.generations, batch=args.evolve_batch, progress=False
-        )
-        evolve_s = time.time() - t
-        ids = list(
-            ctx.crafter.generate_evolved(
-                per_class=kmax + margin, seed=seed * 1_000_000 + 2, steps=args.sampler_steps, progress=False
-            )
-        )
-        evolved = set(result.prompts)
-        rest = [c for c in CLASSES if c not in evolved]
-        if rest:  # classes without feedback keep their class prompts
-            ids += ctx.generate(kmax + margin, 3, strategy="class", classes=rest)
-        return {
-            "ids": ids,
-            "feedback": fb,
-            "evolve_s": evolve_s,
-            "prompts": result.prompts,
-            "negative_prompts": result.negative_prompts,
-            "report": result.report(),
-        }
 
     # The arm key names the evolution code, so a changed evolution.py makes new images and a new score.
     import datacrafter_widget.loop.evolution as evo
@@ -758,28 +724,66 @@ def _run_loop_arm(ctx: Ctx, kmax: int, margin: int, target: dict[str, np.ndarray
         f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}"
         f"|seen={args.feedback_per_class or 'all'}|person=lasso-per-cell|evolution={ekey}|own-project"
     )
-    lp = ctx.arm(lkey, make_loop)
 
-    def more_loop(classes: list[str], k: int, attempt: int) -> list[str]:
-        evolved = [c for c in classes if c in lp["prompts"]]
-        rest = [c for c in classes if c not in lp["prompts"]]
-        off = seed * 1_000_000 + ctx.top_up_offset(5, attempt)
-        ids = []
-        if evolved:
-            ids += ctx.crafter.generate_evolved(
-                per_class=k, classes=evolved, seed=off, steps=args.sampler_steps, progress=False
+    def evolved_round(r: int, shown: list[str]) -> dict:
+        # The person looks at the last round: every image the class filter accepted and nobody marked
+        # (they are all on the map, and evolution reads an image left unmarked as kept), or the first
+        # `feedback_per_class` of each class; then evolve and generate a round with the new prompts.
+        s = ctx.store.samples.set_index("id").loc[shown]
+        ok = (s["flag"].fillna("") == "") & (~s["feedback"].fillna("").isin(["bad", "removed"]))
+        seen = [i for c in CLASSES for i in s.index[(s["label"] == c) & ok].tolist()[: args.feedback_per_class or None]]
+        fb = simulated_person(ctx, seen, target, args.slack)
+        t = time.time()
+        result = ctx.crafter.evolve(
+            population=args.population, generations=args.generations, batch=args.evolve_batch, progress=False
+        )
+        evolve_s = time.time() - t
+        offset = 2 if r == 1 else 100 * r
+        ids = list(
+            ctx.crafter.generate_evolved(
+                per_class=kmax + margin, seed=seed * 1_000_000 + offset, steps=args.sampler_steps, progress=False
             )
-        if rest:
-            ids += ctx.generate(k, ctx.top_up_offset(5, attempt) + 500, strategy="class", classes=rest)
-        return list(ids)
+        )
+        evolved = set(result.prompts)
+        rest = [c for c in CLASSES if c not in evolved]
+        if rest:  # classes without feedback keep their class prompts
+            ids += ctx.generate(kmax + margin, offset + 1, strategy="class", classes=rest)
+        return {
+            "ids": ids,
+            "feedback": fb,
+            "evolve_s": evolve_s,
+            "prompts": result.prompts,
+            "negative_prompts": result.negative_prompts,
+            "report": result.report(),
+        }
 
-    add_rows(
-        "loop",
-        ctx.filled(lkey, lp["ids"], kmax, more_loop),
-        {"wrong_digit_lassoed": lp["feedback"]["wrong_digit"], "cell_lassoed": lp["feedback"]["cell_lassoed"]},
-        key=lkey,
-        c=ctx,
-    )
+    def more_loop(lp: dict, r: int) -> Callable[[list[str], int, int], list[str]]:
+        def more(classes: list[str], k: int, attempt: int) -> list[str]:
+            evolved = [c for c in classes if c in lp["prompts"]]
+            rest = [c for c in classes if c not in lp["prompts"]]
+            off = seed * 1_000_000 + ctx.top_up_offset(4 + r, attempt)
+            ids = []
+            if evolved:
+                ids += ctx.crafter.generate_evolved(
+                    per_class=k, classes=evolved, seed=off, steps=args.sampler_steps, progress=False
+                )
+            if rest:
+                ids += ctx.generate(k, ctx.top_up_offset(4 + r, attempt) + 500, strategy="class", classes=rest)
+            return list(ids)
+
+        return more
+
+    shown, key, lassos = list(class_ids), lkey, {"wrong_digit_lassoed": 0, "cell_lassoed": 0}
+    for r in range(1, args.loop_rounds + 1):
+        key = lkey if r == 1 else f"{lkey}|round{r}"
+        lp = ctx.arm(key, lambda r=r, shown=shown: evolved_round(r, shown))
+        lassos = {
+            "wrong_digit_lassoed": lassos["wrong_digit_lassoed"] + lp["feedback"]["wrong_digit"],
+            "cell_lassoed": lassos["cell_lassoed"] + lp["feedback"]["cell_lassoed"],
+        }
+        acc = ctx.filled(key, lp["ids"], kmax, more_loop(lp, r))
+        shown = [i for c in CLASSES for i in acc[c]]
+    add_rows("loop", acc, lassos, key=key, c=ctx)
 
 
 # ---- captions track ------------------------------------------------------------------------------
@@ -1088,6 +1092,12 @@ def main() -> int:
     )
     p.add_argument(
         "--slack", type=float, default=0.05, help="share above the target at which a cell is over-represented"
+    )
+    p.add_argument(
+        "--loop-rounds",
+        type=int,
+        default=1,
+        help="loop arm: rounds of (the person's lassos on the last round, evolve, an evolved round)",
     )
     p.add_argument("--population", type=int, default=4)
     p.add_argument("--generations", type=int, default=1)
