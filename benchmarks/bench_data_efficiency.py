@@ -695,14 +695,30 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
     class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
     add_rows("class", ctx.filled("class", class_ids, kmax, more_of(ctx, 1, strategy="class")))
     # The loop arm runs in a project of its own, as a user's would: round 1 with the class arm's seeds
-    # (the same images), the person's lassos, evolution, the evolved rounds and their top-ups. In the
-    # shared project, evolution read the class arm's top-ups and older loop arms as kept images.
-    lctx = Ctx(ctx.track, seed, ctx.spurious, ctx.models, ctx.checker, args, sub="loop-arm")
+    # (the same images), the person's lassos, evolution, the evolved rounds and their top-ups. In a
+    # shared project, evolution read the class arm's top-ups and other loop variants as kept images.
+    # One project per loop setting and evolution code: a variant never reads another's rounds.
+    sub = "loop-arm-" + hashlib.sha256(loop_key(args).encode()).hexdigest()[:8]
+    lctx = Ctx(ctx.track, seed, ctx.spurious, ctx.models, ctx.checker, args, sub=sub)
     try:
         _run_loop_arm(lctx, kmax, margin, target, args, add_rows)
     finally:
         lctx.close()
     return rows
+
+
+def loop_key(args) -> str:
+    """The loop arm's cache key: its settings and the evolution code (a changed evolution.py makes new images)."""
+    import datacrafter_widget.loop.balance as balance
+    import datacrafter_widget.loop.evolution as evo
+    import datacrafter_widget.starter.prompts as grammar
+
+    code = b"".join(Path(m.__file__).read_bytes() for m in (evo, balance, grammar) if m.__file__)
+    ekey = hashlib.sha256(code).hexdigest()[:8]
+    return (
+        f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}"
+        f"|seen={args.feedback_per_class or 'all'}|person=lasso-per-cell|evolution={ekey}|own-project"
+    )
 
 
 def _run_loop_arm(ctx: Ctx, kmax: int, margin: int, target: dict[str, np.ndarray], args, add_rows) -> None:
@@ -711,19 +727,7 @@ def _run_loop_arm(ctx: Ctx, kmax: int, margin: int, target: dict[str, np.ndarray
     seed = ctx.seed
     class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
 
-    # The arm key names the evolution code, so a changed evolution.py makes new images and a new score.
-    import datacrafter_widget.loop.evolution as evo
-
-    import datacrafter_widget.starter.prompts as grammar
-
-    import datacrafter_widget.loop.balance as balance
-
-    code = b"".join(Path(m.__file__).read_bytes() for m in (evo, balance, grammar) if m.__file__)
-    ekey = hashlib.sha256(code).hexdigest()[:8]
-    lkey = (
-        f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}"
-        f"|seen={args.feedback_per_class or 'all'}|person=lasso-per-cell|evolution={ekey}|own-project"
-    )
+    lkey = loop_key(args)
 
     def evolved_round(r: int, shown: list[str]) -> dict:
         # The person looks at the last round: every image the class filter accepted and nobody marked
