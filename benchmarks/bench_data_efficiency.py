@@ -18,8 +18,11 @@ stroke and slant), so one seed's test noise is small and per-background accuracy
             attribute histogram read (independent checker) from unlabelled pool images, lassoes
             wrong digits (naming the digit shown) and, one lasso per over-represented cell, the
             excess images without words; DataCrafter.feedback -> evolve (a mixture of prompts per
-            class, loop/balance.py) -> generate_evolved. Rows: none, class, loop, ideal. Reports histogram distance, accuracy
-            on classes 8 and 9, student accuracy, and the share of the class->ideal gap closed.
+            class, loop/balance.py) -> generate_evolved. The loop arm has a project of its own (round 1
+            with the class arm's seeds), so evolution reads no other arm's images as kept;
+            --loop-rounds repeats lassos -> evolve -> evolved round. Rows: none, class, loop, ideal.
+            Reports histogram distance, accuracy on classes 8 and 9, student accuracy, and the share
+            of the class->ideal gap closed.
 - captions: spurious 0. Rows: none, class, caption-train (captions of the 50 train images, the
             product's "caption" strategy), caption-pool (captions of many unlabelled pool images),
             ideal. Reports attribute entropy and per-background accuracy.
