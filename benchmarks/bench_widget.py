@@ -15,6 +15,8 @@ are upper bounds; the lasso and index figures are plain JavaScript and do not de
 
 Usage: python benchmarks/bench_widget.py [--n 50000] [--tile 32] [--format png|jpeg] [--primitive auto|quads|points]
                                         [--screenshot DIR]  (PNGs of the overview and a zoomed-in view)
+                                        [--baseline REF]    (the same figures first for the bundle committed
+                                                             at git REF, e.g. main, then a before / after table)
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import argparse
 import math
 import pathlib
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -122,6 +126,165 @@ def lasso_polygon(view: dict, vertices: int = 200) -> list[list[float]]:
     ]
 
 
+def baseline_bundle(ref: str, folder: pathlib.Path) -> pathlib.Path:
+    """The widget bundle (widget.js, widget.css) committed at git `ref`, written into `folder`."""
+    for name in ("widget.js", "widget.css"):
+        data = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{ref}:datacrafter_widget/static/{name}"], capture_output=True, check=True
+        ).stdout
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def measure(args: argparse.Namespace, state: dict, static: pathlib.Path | None, tag: str) -> dict[str, float]:
+    """Every front-end figure for one bundle (the working tree's, or a baseline's); prints them as it goes."""
+    from playwright.sync_api import sync_playwright
+
+    out: dict[str, float] = {}
+    print(f"--- {tag}")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        t = time.perf_counter()
+        server = open_standalone(page, state, width=1200, timeout_ms=120_000, http=True, static=static)
+        page_s = time.perf_counter() - t
+        tm = page.evaluate(f"{H}.timings")
+        renderer, primitive = page.evaluate(f"[{H}.rendererName, {H}.primitive]")
+        print(f"WebGL renderer: {renderer}; drawing with {primitive}")
+        print(f"page load incl. fetching state + first frame (wall): {page_s * 1000:.0f} ms")
+        print(
+            f"time to first render (render() -> first frame, marks): {tm['firstFrame']:.0f} ms "
+            f"(grid index build {tm['indexMs']:.1f} ms)"
+        )
+        out["first frame (ms)"] = tm["firstFrame"]
+        print(f"page memory after the first frame: {page_memory(page)}")
+
+        view = page.evaluate(f"{H}.view")
+        shots = pathlib.Path(args.screenshot) if args.screenshot else None
+        if shots:
+            shots.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shots / f"widget-{args.n}-overview.png"))
+        # Baselines measured in this run, on this canvas: a clear alone (software GL's floor per frame), and
+        # panning with the pan cache off (every point drawn each frame: the widget before the cache).
+        slow = 20 if args.n < 500_000 else 5  # frames that draw every point: ~1.7 s each at a million
+        parts = [page.evaluate(f"{H}.profileFrame()") for _ in range(slow)]
+        page.evaluate(f"{H}.setPanCache(false)")
+        uncached = pan_frames(page, slow, 3, 2)
+        page.evaluate(f"{H}.setPanCache(null)")
+        page.evaluate(f"{H}.setView({view['k']}, {view['tx']}, {view['ty']})")
+        overview = pan_frames(page, 40, 3, 2)
+        zoom_in = zoom_frames(page, 12, 1.1)
+        zoom_out = zoom_frames(page, 12, 1 / 1.1)
+        page.wait_for_function(f"!{H}.zooming")
+        sharps = []
+        for _ in range(5):  # the sharp frame anew each time (its cached frame dropped): every point drawn
+            page.evaluate(f"{H}.dropPanCache()")
+            sharps.append(page.evaluate(f"{H}.drawNow()"))
+        sharp = statistics.median(sharps)
+        page.evaluate(f"{H}.setView({view['k']}, {view['tx']}, {view['ty']})")
+        # Zoom in around the centre until thumbnails replace marks: 10x at 100,000 points, as many times
+        # more as the points are denser (the same thumbnail size on screen).
+        z = 10 * max(1.0, math.sqrt(args.n / 100_000))
+        cx, cy = view["width"] / 2, view["height"] / 2
+        k, tx, ty = view["k"] * z, cx - (cx - view["tx"]) * z, cy - (cy - view["ty"]) * z
+        page.evaluate(f"{H}.setView({k}, {tx}, {ty})")
+        first_thumb = thumbs_in_view(page)
+        thumbs = page.evaluate(f"{H}.thumbStats")
+        if shots:
+            page.screenshot(path=str(shots / f"widget-{args.n}-zoomed.png"))
+        zoomed = pan_frames(page, 40, 4, 3)
+        page.evaluate(f"{H}.setView({k}, {tx + view['width']}, {ty})")  # a view next to it: new pages
+        next_thumb = thumbs_in_view(page)
+        print(
+            f"thumbnails where zoomed in {z:.0f}x: every point in view shows its thumbnail {first_thumb:.0f} ms after the zoom "
+            f"({thumbs['received']} thumbnails asked for and received, {thumbs['visible']} in view); "
+            f"panned one screen: {next_thumb:.0f} ms"
+        )
+        out["thumbnails in view (ms)"] = first_thumb
+        print(
+            f"baseline, same run: clearing the {view['width']}x{view['height']} canvas: "
+            f"median {statistics.median(p['clear'] for p in parts):.1f} ms"
+        )
+        print(
+            f"baseline, same run: pan frame time with the pan cache off (every point drawn) [overview]: {summary(uncached)}"
+        )
+        for name, xs in ((f"overview, {args.n} marks", overview), ("zoomed, thumbnails", zoomed)):
+            print(f"pan frame time [{name}]: {summary(xs)}")
+        out["pan median, overview (ms)"] = statistics.median(overview)
+        out["pan median, thumbnails (ms)"] = statistics.median(zoomed)
+        print(
+            f"zoom frame time during a wheel gesture [overview, 10% steps in then out]: {summary(zoom_in + zoom_out)}"
+        )
+        print(
+            f"sharp frame after the gesture (every point drawn anew, 5 times): median {sharp:.1f} ms, "
+            f"max {max(sharps):.1f} ms"
+        )
+        out["sharp frame after a zoom (ms)"] = sharp
+
+        page.evaluate(f"{H}.setView({view['k']}, {view['tx']}, {view['ty']})")
+        poly = lasso_polygon(view)
+        times, counts = [], []
+        for _ in range(10):
+            sel = page.evaluate(f"(poly) => {H}.selectPolygon(poly).length", poly)
+            times.append(page.evaluate(f"{H}.timings.lassoMs"))
+            counts.append(sel)
+        print(
+            f"lasso over {args.n} points ({len(poly)}-vertex polygon, {counts[0]} selected): "
+            f"median {statistics.median(times):.1f} ms, max {max(times):.1f} ms"
+        )
+        out["lasso (ms)"] = statistics.median(times)
+        page.evaluate(f"{H}.selectPolygon([], 'replace')")
+        toggles = []
+        for k in range(6):  # hide class 0, show it again, ...: Python's `hidden` mask arriving -> drawn
+            toggles.append(
+                page.evaluate(
+                    f"""async (hide) => {{
+                        const h = {H}; const m = window.__model;
+                        const c = m.get("cls"), cls = new Uint16Array(c.buffer, c.byteOffset, c.byteLength >> 1);
+                        const mask = new Uint8Array(cls.length);
+                        if (hide) for (let i = 0; i < cls.length; i++) mask[i] = cls[i] === 0 ? 1 : 0;
+                        const t = performance.now();
+                        m.set("hidden", new DataView(mask.buffer));
+                        await Promise.resolve();
+                        h.drawNow(); return performance.now() - t;
+                    }}""",
+                    k % 2 == 0,
+                )
+            )
+        print(
+            f"filter toggle (hide / show one class of 10, Python's mask arriving -> frame drawn): "
+            f"median {statistics.median(toggles):.1f} ms"
+        )
+        out["filter: mask arrives -> drawn (ms)"] = statistics.median(toggles)
+        if page.evaluate(f"Boolean({H}.localFilters)"):
+            clicks = []
+            for _ in range(6):  # a click on the legend's first class: hidden / shown at once, without Python
+                clicks.append(
+                    page.evaluate(
+                        f"""() => {{
+                            const h = {H};
+                            const row = h.root.querySelector('.dcw-legend .dcw-toggle[data-field]');
+                            const t = performance.now();
+                            row.click();
+                            h.drawNow(); return performance.now() - t;
+                        }}"""
+                    )
+                )
+            print(
+                f"filter toggle (a click on the legend's first class -> frame drawn, before Python answers): "
+                f"median {statistics.median(clicks):.1f} ms"
+            )
+            out["filter: legend click -> drawn (ms)"] = statistics.median(clicks)
+        else:
+            print("filter toggle from a legend click: this bundle redraws only when Python's mask arrives")
+        mem = page_memory(page)
+        print(f"page memory at the end: {mem}")
+        out["memory: renderer + GPU resident (MiB)"] = float(mem.rsplit(" ", 2)[-2])
+        browser.close()
+        server.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=50_000)
@@ -134,8 +297,8 @@ def main() -> None:
         help="auto = points on software WebGL, instanced quads on a GPU",
     )
     ap.add_argument("--screenshot", default="", help="folder for PNG screenshots of the overview and a zoomed view")
+    ap.add_argument("--baseline", default="", help="git ref whose committed bundle is measured first, in this run")
     args = ap.parse_args()
-    from playwright.sync_api import sync_playwright
 
     frame = synthetic_frame(args.n, classes=10, seed=0)
     source = thumbnail_source(frame, args.tile)
@@ -169,110 +332,20 @@ def main() -> None:
     print(
         f"one page of 256 {args.tile} px thumbnails ({args.format}): {len(data) / 1e3:.0f} kB, {(time.perf_counter() - t) * 1000:.0f} ms"
     )
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        t = time.perf_counter()
-        server = open_standalone(page, state, width=1200, timeout_ms=120_000, http=True)
-        page_s = time.perf_counter() - t
-        tm = page.evaluate(f"{H}.timings")
-        renderer, primitive = page.evaluate(f"[{H}.rendererName, {H}.primitive]")
-        print(f"WebGL renderer: {renderer}; drawing with {primitive}")
-        print(f"page load incl. fetching state + first frame (wall): {page_s * 1000:.0f} ms")
-        print(
-            f"time to first render (render() -> first frame, marks): {tm['firstFrame']:.0f} ms "
-            f"(grid index build {tm['indexMs']:.1f} ms)"
-        )
-        print(f"page memory after the first frame: {page_memory(page)}")
-
-        view = page.evaluate(f"{H}.view")
-        shots = pathlib.Path(args.screenshot) if args.screenshot else None
-        if shots:
-            shots.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shots / f"widget-{args.n}-overview.png"))
-        # Baselines measured in this run, on this canvas: a clear alone (software GL's floor per frame), and
-        # panning with the pan cache off (every point drawn each frame: the widget before the cache).
-        slow = 20 if args.n < 500_000 else 5  # frames that draw every point: ~1.7 s each at a million
-        parts = [page.evaluate(f"{H}.profileFrame()") for _ in range(slow)]
-        page.evaluate(f"{H}.setPanCache(false)")
-        uncached = pan_frames(page, slow, 3, 2)
-        page.evaluate(f"{H}.setPanCache(null)")
-        page.evaluate(f"{H}.setView({view['k']}, {view['tx']}, {view['ty']})")
-        overview = pan_frames(page, 40, 3, 2)
-        zoom_in = zoom_frames(page, 12, 1.1)
-        zoom_out = zoom_frames(page, 12, 1 / 1.1)
-        page.wait_for_function(f"!{H}.zooming")
-        page.evaluate(f"{H}.dropPanCache()")
-        sharp = page.evaluate(f"{H}.drawNow()")  # every point drawn into the cache, then shown
-        page.evaluate(f"{H}.setView({view['k']}, {view['tx']}, {view['ty']})")
-        # Zoom in around the centre until thumbnails replace marks: 10x at 100,000 points, as many times
-        # more as the points are denser (the same thumbnail size on screen).
-        z = 10 * max(1.0, math.sqrt(args.n / 100_000))
-        cx, cy = view["width"] / 2, view["height"] / 2
-        k, tx, ty = view["k"] * z, cx - (cx - view["tx"]) * z, cy - (cy - view["ty"]) * z
-        page.evaluate(f"{H}.setView({k}, {tx}, {ty})")
-        first_thumb = thumbs_in_view(page)
-        thumbs = page.evaluate(f"{H}.thumbStats")
-        if shots:
-            page.screenshot(path=str(shots / f"widget-{args.n}-zoomed.png"))
-        zoomed = pan_frames(page, 40, 4, 3)
-        page.evaluate(f"{H}.setView({k}, {tx + view['width']}, {ty})")  # a view next to it: new pages
-        next_thumb = thumbs_in_view(page)
-        print(
-            f"thumbnails where zoomed in {z:.0f}x: every point in view shows its thumbnail {first_thumb:.0f} ms after the zoom "
-            f"({thumbs['received']} thumbnails asked for and received, {thumbs['visible']} in view); "
-            f"panned one screen: {next_thumb:.0f} ms"
-        )
-        print(
-            f"baseline, same run: clearing the {view['width']}x{view['height']} canvas: "
-            f"median {statistics.median(p['clear'] for p in parts):.1f} ms"
-        )
-        print(
-            f"baseline, same run: pan frame time with the pan cache off (every point drawn) [overview]: {summary(uncached)}"
-        )
-        for name, xs in ((f"overview, {args.n} marks", overview), ("zoomed, thumbnails", zoomed)):
-            print(f"pan frame time [{name}]: {summary(xs)}")
-        print(
-            f"zoom frame time during a wheel gesture [overview, 10% steps in then out]: {summary(zoom_in + zoom_out)}"
-        )
-        print(f"sharp frame 160 ms after the gesture's last step (every point drawn anew): {sharp:.1f} ms")
-
-        page.evaluate(f"{H}.setView({view['k']}, {view['tx']}, {view['ty']})")
-        poly = lasso_polygon(view)
-        times, counts = [], []
-        for _ in range(10):
-            sel = page.evaluate(f"(poly) => {H}.selectPolygon(poly).length", poly)
-            times.append(page.evaluate(f"{H}.timings.lassoMs"))
-            counts.append(sel)
-        print(
-            f"lasso over {args.n} points ({len(poly)}-vertex polygon, {counts[0]} selected): "
-            f"median {statistics.median(times):.1f} ms, max {max(times):.1f} ms"
-        )
-        page.evaluate(f"{H}.selectPolygon([], 'replace')")
-        toggles = []
-        for k in range(6):  # hide class 0, show it again, ...: Python's `hidden` mask arriving -> drawn
-            toggles.append(
-                page.evaluate(
-                    f"""async (hide) => {{
-                        const h = {H}; const m = window.__model;
-                        const c = m.get("cls"), cls = new Uint16Array(c.buffer, c.byteOffset, c.byteLength >> 1);
-                        const mask = new Uint8Array(cls.length);
-                        if (hide) for (let i = 0; i < cls.length; i++) mask[i] = cls[i] === 0 ? 1 : 0;
-                        const t = performance.now();
-                        m.set("hidden", new DataView(mask.buffer));
-                        await Promise.resolve();
-                        h.drawNow(); return performance.now() - t;
-                    }}""",
-                    k % 2 == 0,
-                )
-            )
-        print(
-            f"filter toggle (hide / show one class of 10, mask arriving -> frame drawn): median {statistics.median(toggles):.1f} ms"
-        )
-        print(f"page memory at the end: {page_memory(page)}")
-        browser.close()
-        server.close()
+    runs: list[tuple[str, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.baseline:
+            before = measure(args, state, baseline_bundle(args.baseline, pathlib.Path(tmp)), f"before: {args.baseline}")
+            runs.append((f"before ({args.baseline})", before))
+        runs.append(("after (this tree)", measure(args, state, None, "after: this working tree")))
+    if len(runs) == 2:
+        (_, before), (_, after) = runs
+        print(f"--- {args.n} points, the same run: before ({args.baseline}) -> after (this tree)")
+        for name in dict.fromkeys([*before, *after]):
+            b, a = before.get(name), after.get(name)
+            fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+            ratio = f"  ({b / a:.1f}x)" if b and a else ""
+            print(f"  {name:<42} {fmt(b):>9} -> {fmt(a):>9}{ratio}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ const CATEGORICAL = [
 ];
 
 export const FEEDBACK_NAMES = ["none", "good", "bad", "removed"];
-const FEEDBACK_VALUES = ["", "good", "bad", "removed"]; // the samples column's values, as filters name them
+export const FEEDBACK_VALUES = ["", "good", "bad", "removed"]; // the samples column's values, as filters name them
 const FEEDBACK_COLORS = [[150, 150, 150], [46, 160, 67], [214, 39, 40], [40, 40, 40]];
 export const FLAG_NAMES = ["ok", "flagged"];
 const FLAG_COLORS = [[150, 150, 150], [255, 127, 14]];

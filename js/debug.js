@@ -12,6 +12,9 @@ export function publishDebugHandle(view) {
     root: view.root,
     model: view.model,
     get n() { return self.n; },
+    /** Legend and sidebar filters are drawn before Python answers (for the benchmark to tell). */
+    localFilters: true,
+    get hidden() { return Array.from(self.hidden || []); },
     get view() { return { ...self.view, width: self.width, height: self.height }; },
     get selection() { return Array.from(self.selection); },
     get timings() { return { ...self.timings }; },
@@ -44,6 +47,8 @@ export function publishDebugHandle(view) {
       r.cacheFrom = on === true ? 0 : on === false ? Infinity : /swiftshader|llvmpipe|software/i.test(r.name) ? 10000 : Infinity;
       self.requestDraw();
     },
+    /** raster.js for the cached frame's marks on software WebGL: setRaster(false) draws them with WebGL. */
+    setRaster: (on) => { if (self.renderer) { self.renderer.raster = Boolean(on) && self.renderer.software; self.renderer.dropCache(); self.requestDraw(); } },
     zoomTo: (idx) => self.zoomTo(idx),
     dataToScreen: (x, y) => self.toScreen(x, y),
     zoomBy: (f, sx, sy) => zoomBy(self, f, sx, sy),
@@ -71,6 +76,14 @@ export function publishDebugHandle(view) {
       drawOverlay(self, size, thumbs);
       const overlay = performance.now() - t;
       return { clear, points, overlay, thumbs, size };
+    },
+    /** The map canvas's pixels (RGBA, rows from the bottom) as drawn last; kept in the page for tests to compare. */
+    readPixels: () => {
+      const gl = self.renderer && self.renderer.gl;
+      if (!gl) return null;
+      const out = new Uint8Array(gl.drawingBufferWidth * gl.drawingBufferHeight * 4);
+      gl.readPixels(0, 0, gl.drawingBufferWidth, gl.drawingBufferHeight, gl.RGBA, gl.UNSIGNED_BYTE, out);
+      return out;
     },
     /** Draws now and waits for the GPU (1-pixel readback); returns ms. For benchmarks. */
     drawNow: () => {

@@ -45,6 +45,9 @@ export function sameU32(a, b) {
   return true;
 }
 
+/** Whether two typed arrays hold the same values. */
+export const sameBytes = sameU32;
+
 export const KIND_NAMES = ["real", "generated", "held-out test"];
 export const FEEDBACK_TEXT = ["", "good", "bad", "removed"];
 export const KIND_TEST = 2;

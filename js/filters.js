@@ -2,16 +2,111 @@
 // Filters as people know them: the legend's entries hide a value when clicked (alt- or double-click
 // shows it alone), and a sidebar lists the fields (class, round, strategy, feedback, split, flag,
 // content label) with a count per value that follows the selection. Every change is a "filter"
-// command: Python's view state (crafter.filter, kept with the project) decides what is hidden.
+// command: Python's view state (crafter.filter, kept with the project) decides what is hidden. The
+// browser does not wait for it: it works out the new hidden mask from the point attributes it holds
+// (predictHidden), draws it at once, and Python's mask, when it comes, costs nothing if it is the same.
 // Values are model or user text: set with textContent only.
-import { asU16, el } from "./dom.js";
+import { asU16, el, KIND_TEST } from "./dom.js";
+import { FEEDBACK_VALUES } from "./colors.js";
 
 const MAX_VALUES = 40; // per field in the sidebar; the rest are summed in one line
 
+/** The hidden values per field: the browser's own while Python has not answered a filter yet. @param {any} view */
+function hiddenNow(view) {
+  return view.pendingHide || (view.model.get("filters") || {}).hide || {};
+}
+
 /** The values of `field` hidden now. @param {any} view @param {string} field */
 export function hiddenValues(view, field) {
-  const hide = (view.model.get("filters") || {}).hide || {};
+  const hide = hiddenNow(view);
   return new Set(Array.isArray(hide[field]) ? hide[field].map(String) : []);
+}
+
+/**
+ * Each point's code for `field` and each code's text (as Python's filters compare it), or a content
+ * label's member lists; from the sidebar's fields, else from the point attributes; null when the
+ * browser cannot tell.
+ * @param {any} view @param {string} field
+ * @returns {{codes?: ArrayLike<number>, members?: number[][], names: string[]} | null}
+ */
+function fieldCodes(view, field) {
+  const n = view.n;
+  let block = 0;
+  for (const f of view.model.get("facets") || []) {
+    if (!f || !Array.isArray(f.names)) continue;
+    if (Array.isArray(f.members)) {
+      if (f.field === field) return { members: f.members, names: f.names.map(String) };
+      continue;
+    }
+    if (f.field === field) {
+      const codes = view.facetCodes || asU16(view.model.get("facet_codes"));
+      return codes.length >= (block + 1) * n ? { codes: codes.subarray(block * n, (block + 1) * n), names: f.names.map(String) } : null;
+    }
+    block++;
+  }
+  const a = view.attrs;
+  if (field === "label") return { codes: a.cls, names: (view.model.get("class_names") || []).map(String) };
+  if (field === "feedback") return { codes: a.feedback, names: FEEDBACK_VALUES };
+  if (field === "round") {
+    let max = 0;
+    for (let i = 0; i < n; i++) if (a.round[i] > max) max = a.round[i];
+    return { codes: a.round, names: Array.from({ length: max + 1 }, (_, r) => String(r)) };
+  }
+  return null;
+}
+
+/** 1 for the points whose value of some field in `hide` is hidden there; null when a field is unknown here. */
+function fieldMask(view, hide) {
+  const n = view.n, mask = new Uint8Array(n);
+  for (const [field, values] of Object.entries(hide)) {
+    if (!Array.isArray(values) || values.length === 0) continue;
+    const fc = fieldCodes(view, field);
+    if (!fc) return null;
+    const gone = new Set(values.map(String));
+    if (fc.members) {
+      fc.names.forEach((name, j) => { if (gone.has(name)) for (const i of fc.members[j] || []) if (i < n) mask[i] = 1; });
+    } else {
+      const hit = Uint8Array.from(fc.names, (name) => (gone.has(name) ? 1 : 0));
+      const codes = fc.codes;
+      for (let i = 0; i < n; i++) if (hit[codes[i]]) mask[i] = 1;
+    }
+  }
+  return mask;
+}
+
+/**
+ * The hidden mask after the field filters become `hide`, worked out here (one pass per changed field)
+ * so the map redraws without a round trip to Python; null when the browser cannot tell (a field it has
+ * no codes for). A point keeps its state unless a changed field decides it; a point that a changed field
+ * hid and no longer hides shows again if nothing else hides it: the held-out test split, removed images
+ * and the unchanged fields are known here; when they do not explain Python's mask (Isolate, rounds), such
+ * points stay hidden until Python's mask arrives.
+ * @param {any} view @param {Record<string, string[]>} hide
+ * @returns {Uint8Array | null}
+ */
+export function predictHidden(view, hide) {
+  const n = view.n, old = hiddenNow(view), now = view.hidden;
+  if (!now || now.length !== n) return null;
+  const same = (a, b) => JSON.stringify([...(a || [])].map(String).sort()) === JSON.stringify([...(b || [])].map(String).sort());
+  const fields = [...new Set([...Object.keys(old), ...Object.keys(hide)])];
+  const changed = fields.filter((f) => !same(old[f], hide[f]));
+  const pick = (h, keys) => Object.fromEntries(keys.filter((f) => h[f]).map((f) => [f, h[f]]));
+  const before = fieldMask(view, pick(old, changed)), after = fieldMask(view, pick(hide, changed));
+  if (!before || !after) return null;
+  // What hides a point besides the changed fields, as far as this side knows.
+  const f = view.model.get("filters") || {};
+  const rest = fieldMask(view, pick(hide, fields.filter((k) => !changed.includes(k))));
+  const kind = view.attrs.kind, fb = view.attrs.feedback;
+  const others = (i) => (rest !== null && rest[i] === 1) || (!f.show_test && kind[i] === KIND_TEST) || (!f.show_removed && fb[i] === 3);
+  let complete = rest !== null && !f.isolated;
+  for (let i = 0; i < n && complete; i++) if (!before[i] && (now[i] ? 1 : 0) !== (others(i) ? 1 : 0)) complete = false;
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) {
+    if (after[i]) out[i] = 1;
+    else if (!before[i]) out[i] = now[i] ? 1 : 0;
+    else out[i] = !complete || others(i) ? 1 : 0;
+  }
+  return out;
 }
 
 /** Every value `field` has (from the sidebar's fields, else the legend's). @param {any} view @param {string} field */
@@ -42,12 +137,21 @@ export function toggleValues(view, field, values, solo) {
   if (solo) {
     const others = allValues(view, field).filter((v) => !values.includes(v));
     const already = others.length > 0 && others.every((v) => hidden.has(v)) && values.every((v) => !hidden.has(v));
-    view.command("filter", already ? { hide: { [field]: [] } } : { only: { [field]: values } });
+    filterNow(view, { ...hiddenNow(view), [field]: already ? [] : others.sort() }, already ? { hide: { [field]: [] } } : { only: { [field]: values } });
     return;
   }
   const all = values.every((v) => hidden.has(v));
   for (const v of values) { if (all) hidden.delete(v); else hidden.add(v); }
-  view.command("filter", { hide: { [field]: [...hidden].sort() } });
+  filterNow(view, { ...hiddenNow(view), [field]: [...hidden].sort() }, { hide: { [field]: [...hidden].sort() } });
+}
+
+/** Shows the filter `hide` at once (when the browser can work it out) and sends `args` to Python, whose
+ *  view state stays the one that counts (crafter.filter, view.json). */
+function filterNow(view, hide, args) {
+  const clean = Object.fromEntries(Object.entries(hide).filter(([, v]) => Array.isArray(v) && v.length));
+  const mask = predictHidden(view, clean);
+  if (mask) view.showFilter(clean, mask);
+  view.command("filter", args);
 }
 
 /**
@@ -92,13 +196,13 @@ export function filterPanel(view, parent) {
     if (!facets.length) return;
     const head = el("div", "dcw-panel-title dcw-row", box);
     el("span", "", head).textContent = "Filters";
-    const anyHidden = Object.values((view.model.get("filters") || {}).hide || {}).some((v) => Array.isArray(v) && v.length);
+    const anyHidden = Object.values(hiddenNow(view)).some((v) => Array.isArray(v) && v.length);
     if (anyHidden) {
       const reset = el("button", "dcw-link", head);
       reset.textContent = "show all";
       reset.title = "show every value of every field again";
       reset.dataset.action = "filter-reset";
-      reset.addEventListener("click", () => view.command("filter", { reset: true }));
+      reset.addEventListener("click", () => filterNow(view, {}, { reset: true }));
     }
     const hint = el("small", "dcw-hint", box);
     hint.textContent = view.selection.length ? "shown (selected)  ·  click hides, alt-click shows alone" : "click hides, alt-click shows alone";

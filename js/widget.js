@@ -12,7 +12,7 @@ import { GridIndex } from "./spatial.js";
 import { BUILTIN_MODES, computeColors, parseCssColor } from "./colors.js";
 import { Renderer } from "./renderer.js";
 import { ThumbPages } from "./thumbs.js";
-import { asF32, asU16, asU32, bytesOf, el, KIND_TEST, sameU32 } from "./dom.js";
+import { asF32, asU16, asU32, bytesOf, el, KIND_TEST, sameBytes, sameU32 } from "./dom.js";
 import { buildToolbar, syncColorMenu, syncFilters, syncHistory, syncSelectionButtons } from "./toolbar.js";
 import { bindKeys, bindPointer } from "./interaction.js";
 import { drawOverlay, placeTooltip, renderLegend, showTooltip } from "./overlay.js";
@@ -240,27 +240,52 @@ class ProjectionView {
     this.requestDraw();
   }
 
-  /** Feedback, flags and the hidden mask changed (a small update: positions and the index stay). */
+  /** Feedback, flags and the hidden mask changed (a small update: positions and the index stay). A mask
+   *  equal to the one drawn (Python confirming a filter the browser showed already) costs one comparison. */
   loadMarks(upload = true) {
     const n = this.n;
     const get8 = (k) => { const a = bytesOf(this.model.get(k)); return a.length === n ? a : new Uint8Array(n); };
-    this.attrs.feedback = get8("feedback");
-    this.attrs.flag = get8("flag");
-    this.hidden = get8("hidden");
+    const feedback = get8("feedback"), flag = get8("flag");
+    // While filters shown ahead of Python are in flight, the mask drawn stays (the last answer brings Python's).
+    const hidden = this.filtersInFlight > 0 && this.hidden && this.hidden.length === n ? this.hidden : get8("hidden");
+    const marksSame = upload && sameBytes(feedback, this.attrs.feedback) && sameBytes(flag, this.attrs.flag);
+    if (marksSame && sameBytes(hidden, this.hidden)) return;
+    this.attrs.feedback = feedback;
+    this.attrs.flag = flag;
+    this.hidden = hidden;
     const s = this.state;
     for (let i = 0; i < n; i++) {
       s[4 * i] = this.attrs.kind[i];
       s[4 * i + 2] = this.hidden[i];
       s[4 * i + 3] = this.attrs.feedback[i];
     }
+    this.afterHidden(upload, !marksSame);
+  }
+
+  /** A legend or sidebar filter shown at once: `mask` is what Python will send for `hide` (filters.js
+   *  predictHidden); until Python answers, the filter controls show `hide`. */
+  showFilter(hide, mask) {
+    this.pendingHide = hide;
+    this.filtersInFlight = (this.filtersInFlight || 0) + 1;
+    if (sameBytes(mask, this.hidden)) { this.filters.sync(); this.renderLegend(); return; }
+    this.hidden = mask;
+    const s = this.state;
+    for (let i = 0; i < this.n; i++) s[4 * i + 2] = mask[i];
+    this.afterHidden(true, false);
+  }
+
+  /** What follows a new hidden mask: the selection loses hidden points, the GPU state, legend, gallery. */
+  afterHidden(upload, recolor) {
     // Hidden or held-out points cannot stay selected.
     const keep = this.selection.filter((i) => this.selectable(i));
     if (keep.length !== this.selection.length) this.commitSelection(keep, false);
     this.applySelectionToState();
     if (upload && this.renderer) this.renderer.setState(this.state);
-    if (upload) { this.recolor(); renderGallery(this); }
+    if (upload) { if (recolor) this.recolor(); else this.renderLegend(); renderGallery(this); }
     this.requestDraw();
   }
+
+  renderLegend() { if (this.legend) renderLegend(this, this.legend); }
 
   selectable(i) { return i < this.n && !this.hidden[i] && this.attrs.kind[i] !== KIND_TEST; }
 
@@ -278,6 +303,7 @@ class ProjectionView {
     const { colors, legend } = computeColors(mode, this.n, this.attrs, this.model.get("class_names") || [], this.model.get("color_names") || [],
       { values, scale: this.model.get("color_scale") || {}, named: (name) => namedColor(name) });
     if (this.renderer) { this.renderer.setColors(colors); this.renderer.setState(this.state); }
+    this.legend = legend;
     renderLegend(this, legend);
     this.requestDraw();
   }
@@ -374,7 +400,7 @@ class ProjectionView {
     const facets = queue("facets", () => { this.filters.load(); this.syncSide(); });
     on("change:facets", facets);
     on("change:facet_codes", facets);
-    on("change:filters", () => { syncFilters(this); this.filters.sync(); this.recolor(); });
+    on("change:filters", () => { syncFilters(this); this.filters.sync(); this.renderLegend(); });
     on("change:history", () => syncHistory(this));
     on("change:strategies", () => { this.generate.syncStrategies(); this.syncSide(); });
     on("change:prompts", () => this.prompts.sync());
@@ -397,6 +423,14 @@ class ProjectionView {
       if (this.hover === msg.index) showTooltip(this, msg.index);
     } else if (msg.type === "result") {
       if (msg.message) this.footer.say(String(msg.message));
+      if (msg.name === "filter" && this.filtersInFlight && --this.filtersInFlight === 0) {
+        // Python has answered every filter shown ahead of it: its view state and mask count again.
+        this.pendingHide = null;
+        this.loadMarks();
+        syncFilters(this);
+        this.filters.sync();
+        this.renderLegend();
+      }
     } else if (msg.type === "thumbs") {
       this.thumbs.receive(msg, buffers);
     } else if (msg.type === "zoom") {

@@ -189,6 +189,25 @@ def test_metrics_chart(world):
         metrics_chart(pd.DataFrame({"distance": [1.0]}))
 
 
+def test_a_panel_with_one_point_says_its_round_and_what_more_rounds_will_show():
+    from datacrafter_widget.ui.view import metrics_svg
+
+    one = pd.DataFrame(
+        {"round": [0, 1], "student_acc": [0.25, 0.5], "distance": [np.nan, 0.125], "diversity": [np.nan, 0.375]}
+    )
+    data = pd.DataFrame(metrics_chart(one).to_dict()["datasets"].popitem()[1])
+    notes = dict(zip(data["metric"], data["note"]))
+    assert notes["distance to real, CMMD (↓ better)"] == (
+        "round 1 only (0.125): more rounds show\nwhether images come closer to the real ones"
+    )
+    assert "whether rounds keep varying" in notes["diversity, KL from mean (↑; low: try caption)"]
+    assert set(data.loc[data["metric"].str.startswith("student accuracy"), "note"]) == {""}  # two points: a line
+    svg = metrics_svg(one)  # drawn in the panels, as the widget shows them
+    assert svg.count("round 1 only (0.125)") >= 1 and "whether each round helps" not in svg
+    two = pd.concat([one, one.assign(round=2)], ignore_index=True)
+    assert set(pd.DataFrame(metrics_chart(two).to_dict()["datasets"].popitem()[1])["note"]) == {""}
+
+
 def test_round_changes_compare_each_round_with_the_one_before_and_name_a_short_class():
     from datacrafter_widget.loop.metrics import round_changes
 

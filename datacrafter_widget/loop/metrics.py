@@ -291,6 +291,17 @@ _TITLES = {
     "student_acc": "student accuracy, held-out (↑ better)",
 }
 
+# What a panel's line will show once it has more than one round (said while it has one point).
+_NEXT = {
+    "informativeness": "whether new images still teach the student",
+    "class_maintenance": "whether images keep their class",
+    "seed_class_maintenance": "whether edits keep the seed's class",
+    "diversity": "whether rounds keep varying",
+    "embedding_spread": "whether images spread out",
+    "distance": "whether images come closer to the real ones",
+    "student_acc": "whether each round helps the student",
+}
+
 
 def metrics_chart(df: pd.DataFrame, metrics: Sequence[str] | None = None):
     """Small multiples: one line chart per metric over rounds, each with its own y scale (the
@@ -306,20 +317,32 @@ def metrics_chart(df: pd.DataFrame, metrics: Sequence[str] | None = None):
         raise MetricsError(f"none of the metric columns {list(metrics or CHART_METRICS)} are in the DataFrame.")
     long = df[["round", *cols]].melt(id_vars="round", var_name="metric", value_name="value")
     long = long.dropna(subset=["value"])
-    long["metric"] = long["metric"].map(lambda c: _TITLES.get(c, c))
     if long["round"].isna().any():
         raise MetricsError("the 'round' column has missing values; give every row its round number.")
     long["round"] = long["round"].astype("int64")
-    base = (
-        alt.Chart(long)
+    # A panel with one point says which round it is and what the next rounds will show there.
+    points = long.groupby("metric")["round"].transform("size")
+    long["note"] = [
+        f"round {r} only ({v:.3g}): more rounds show\n{_NEXT.get(m, 'its trend')}" if k == 1 else ""
+        for m, r, v, k in zip(long["metric"], long["round"], long["value"], points)
+    ]
+    long["metric"] = long["metric"].map(lambda c: _TITLES.get(c, c))
+    line = (
+        alt.Chart()
         .mark_line(point=True)
         .encode(
             x=alt.X("round:O", title="round"),
-            y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+            y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format=".3~g")),
             tooltip=["metric:N", "round:O", alt.Tooltip("value:Q", format=".4f")],
         )
-        .properties(width=200, height=120)
     )
+    note = (
+        alt.Chart()
+        .transform_filter(alt.datum.note != "")
+        .mark_text(align="left", baseline="top", fontSize=10, lineBreak="\n", opacity=0.8)
+        .encode(x=alt.value(4), y=alt.value(4), text="note:N")
+    )
+    base = alt.layer(line, note, data=long).properties(width=200, height=120)
     return base.facet(facet=alt.Facet("metric:N", title=None), columns=3).resolve_scale(y="independent")
 
 

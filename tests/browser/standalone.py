@@ -206,21 +206,29 @@ class _Server:
 
 
 def open_standalone(
-    page: Any, state: dict, width: int = 900, timeout_ms: int = 60000, http: bool = False, css: str = ""
+    page: Any,
+    state: dict,
+    width: int = 900,
+    timeout_ms: int = 60000,
+    http: bool = False,
+    css: str = "",
+    static: pathlib.Path | None = None,
 ) -> Any:
     """Serves the bundle + state to `page` and renders the widget; waits until it has drawn.
 
     http=True serves from a local HTTP server in a thread (returned; call .close()) instead of
     playwright routing, for the 100 MB payloads of the benchmark. `css` is added to the page's
-    style (e.g. a host theme's variables).
+    style (e.g. a host theme's variables). `static` is another folder with widget.js and widget.css
+    (e.g. an older commit's bundle, for a benchmark's baseline).
     """
+    static = static or STATIC
     binary = {k: v for k, v in state.items() if isinstance(v, (bytes, bytearray))}
     plain = {k: v for k, v in state.items() if k not in binary}
     plain["__binary__"] = sorted(binary)
     files = {
         "/": ("text/html", (PAGE % {"width": width, "css": css}).encode()),
-        "/widget.js": ("text/javascript", (STATIC / "widget.js").read_bytes()),
-        "/widget.css": ("text/css", (STATIC / "widget.css").read_bytes()),
+        "/widget.js": ("text/javascript", (static / "widget.js").read_bytes()),
+        "/widget.css": ("text/css", (static / "widget.css").read_bytes()),
         "/state.json": ("application/json", json.dumps(plain).encode()),
     }
     for k, v in binary.items():

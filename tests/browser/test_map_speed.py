@@ -1,0 +1,162 @@
+"""What keeps the map fast at 100,000 points on software WebGL, checked for what it shows (speed itself
+is measured in benchmarks/bench_widget.py, never asserted here).
+
+- The sharp frame after a zoom gesture: on software WebGL the marks are written by raster.js instead of
+  WebGL's point sprites; the two must draw the same pixels (shapes, feedback bands, held-out diamonds,
+  the selection's ring and the dimming of everything else).
+- A filter from the legend or the sidebar is drawn at once, from what the browser holds, and Python's
+  mask confirming it costs nothing; where the browser cannot tell (Isolate), it waits for Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from datacrafter_widget.ui.widget import CrafterWidget
+
+from standalone import open_standalone, synthetic_frame, synthetic_thumbnails, widget_state
+
+H = "window.__dcw[window.__dcw.length - 1]"
+
+
+def handle(page: Any, expr: str) -> Any:
+    return page.evaluate(f"(() => {{ const h = {H}; return {expr}; }})()")
+
+
+def commands(page: Any) -> list[dict]:
+    return [m["content"] for m in page.evaluate("window.__model.sent") if m["content"].get("type") == "command"]
+
+
+COMPARE = f"""() => {{
+    const h = {H};
+    h.setRaster(false); h.dropPanCache(); h.drawNow(); const a = h.readPixels();
+    const before = h.cacheStats.rastered;
+    h.setRaster(true); h.dropPanCache(); h.drawNow(); const b = h.readPixels();
+    let differ = 0, marked = 0;
+    for (let p = 0; p < a.length; p += 4) {{
+      let d = 0;
+      for (let c = 0; c < 4; c++) d = Math.max(d, Math.abs(a[p + c] - b[p + c]));
+      if (d > 3) differ++;
+      if (Math.abs(a[p] - a[0]) + Math.abs(a[p + 1] - a[1]) + Math.abs(a[p + 2] - a[2]) > 30) marked++;
+    }}
+    return {{ pixels: a.length / 4, differ, marked, rastered: h.cacheStats.rastered - before }};
+}}"""
+
+
+def test_marks_written_without_webgl_match_webgl_pixel_for_pixel(page: Any) -> None:
+    frame = synthetic_frame(4000, classes=6, seed=3)
+    frame["split"] = np.where(np.arange(len(frame)) % 9 == 0, "test", "pool")
+    frame["feedback"] = np.array(["", "good", "bad", "", "removed"])[np.arange(len(frame)) % 5]
+    w = CrafterWidget(height=500)
+    w.set_frame(frame)
+    open_standalone(page, widget_state(w), width=1100)
+    if handle(page, "h.primitive") != "points":
+        pytest.skip("raster.js draws only for software WebGL (point sprites)")
+    handle(page, "h.setPanCache(true)")  # the cached frame (from 10,000 points on its own), which raster.js fills
+    shown = handle(page, "h.drawNow() && h.cacheStats")
+    assert shown["draws"] >= 1
+    overview = page.evaluate(COMPARE)
+    assert overview["rastered"] == 1 and overview["marked"] > 20_000, overview
+    assert overview["differ"] <= overview["marked"] * 0.002, overview
+    # A selection: selected marks get a ring and are drawn on top, everything else is dimmed.
+    sel = [i for i in range(0, len(frame), 7) if frame["split"].iloc[i] != "test"]
+    page.evaluate("([s]) => window.__model.set('selection', new DataView(Uint32Array.from(s).buffer))", [sel])
+    selected = page.evaluate(COMPARE)
+    assert selected["rastered"] == 1 and selected["differ"] <= selected["marked"] * 0.002, selected
+    # Zoomed in by a wheel gesture (larger marks; only the points in the frame are drawn), after its sharp frame.
+    steps = "for (let s = 0; s < 8; s++) h.zoomBy(1.25, h.view.width / 3, h.view.height / 2)"
+    handle(page, f"(() => {{ {steps}; }})()")
+    page.wait_for_function(f"!{H}.zooming")
+    assert handle(page, "h.view.k") > 4
+    zoomed = page.evaluate(COMPARE)
+    assert zoomed["rastered"] == 1 and zoomed["marked"] > 20_000, zoomed
+    assert zoomed["differ"] <= zoomed["marked"] * 0.002, zoomed
+    assert page.errors == []
+
+
+def filtered_widget(n: int = 800) -> tuple[CrafterWidget, Any]:
+    frame = synthetic_frame(n, seed=5)
+    frame["strategy"] = np.where(frame["source"] == "generated", "caption", "")
+    w = CrafterWidget(height=400)
+    w.set_frame(frame, thumbnails=synthetic_thumbnails(frame, 16))
+    w.set_facets(frame, {"stripes": list(range(0, 60))})
+    return w, frame
+
+
+def python_answers(page: Any, hide: dict, mask: np.ndarray, isolated: bool = False) -> None:
+    """What the kernel sends back for a filter command: the view state, the mask, then the result."""
+    page.evaluate(
+        """([hide, mask, isolated]) => { const m = window.__model;
+           m.set('filters', {show_test: false, show_removed: false, isolated, hide});
+           m.set('hidden', new DataView(Uint8Array.from(mask).buffer));
+           m.emit({type: 'result', name: 'filter', ok: true, message: ''}); }""",
+        [hide, mask.astype(np.uint8).tolist(), isolated],
+    )
+
+
+def test_a_legend_click_hides_exactly_its_points_before_python_answers(page: Any) -> None:
+    w, frame = filtered_widget()
+    open_standalone(page, widget_state(w), width=1300)
+    labels = frame["label"].to_numpy()
+    caption = page.locator("[data-role=filters] details[data-field=strategy] .dcw-value[data-value='caption']")
+    page.locator("[data-role=filters] details[data-field=strategy] summary").click()
+    n_caption = int((frame["strategy"] == "caption").sum())
+    assert caption.locator(".dcw-value-count").inner_text() == str(n_caption)
+    frames = handle(page, "h.frames")
+    page.locator(".dcw-legend .dcw-toggle[data-field=label][data-value='class 1']").click()
+    assert commands(page)[-1]["args"] == {"hide": {"label": ["class 1"]}}
+    # No answer from Python yet: the map already hides class 1, and only class 1.
+    hidden = np.array(handle(page, "h.hidden"), bool)
+    assert hidden.tolist() == (labels == "class 1").tolist()
+    page.wait_for_function(f"{H}.frames > {frames}")
+    # The counts follow: caption images of class 1 are no longer shown.
+    shown = int(((frame["strategy"] == "caption") & (labels != "class 1")).sum())
+    assert caption.locator(".dcw-value-count").inner_text() == str(shown)
+    # A click on a hidden point does not select it.
+    i = int(np.flatnonzero(labels == "class 1")[0])
+    sx, sy = handle(page, f"h.dataToScreen({float(frame.x.iloc[i])}, {float(frame.y.iloc[i])})")
+    box = page.locator(".dcw-gl").bounding_box()
+    page.mouse.click(box["x"] + sx, box["y"] + sy)
+    assert i not in handle(page, "h.selection")
+    # Python's answer is the same mask: nothing is drawn again.
+    page.wait_for_timeout(100)
+    frames = handle(page, "h.frames")
+    python_answers(page, {"label": ["class 1"]}, labels == "class 1")
+    page.wait_for_timeout(100)
+    assert handle(page, "h.frames") == frames
+    assert np.array(handle(page, "h.hidden"), bool).tolist() == (labels == "class 1").tolist()
+    # Alt-click: class 2 alone, at once.
+    page.locator(".dcw-legend .dcw-toggle[data-value='class 2']").click(modifiers=["Alt"])
+    assert np.array(handle(page, "h.hidden"), bool).tolist() == (labels != "class 2").tolist()
+    row = page.locator("[data-role=filters] details[data-field=label] .dcw-value[data-value='class 0']")
+    assert not row.locator("input").is_checked()
+    # "show all" from the sidebar: everything again, before Python answers.
+    page.locator("[data-role=filters] button[data-action=filter-reset]").click()
+    assert not any(handle(page, "h.hidden"))
+    assert page.errors == []
+
+
+def test_where_the_browser_cannot_tell_it_waits_for_python(page: Any) -> None:
+    w, frame = filtered_widget()
+    open_standalone(page, widget_state(w), width=1300)
+    labels = frame["label"].to_numpy()
+    # Isolate (ids only Python knows) plus class 1 hidden: 100 points shown.
+    isolated = np.ones(len(frame), bool)
+    isolated[:100] = False
+    mask = isolated | (labels == "class 1")
+    python_answers(page, {"label": ["class 1"]}, mask, isolated=True)
+    assert np.array(handle(page, "h.hidden"), bool).tolist() == mask.tolist()
+    # Showing class 1 again: the isolated points of class 1 may show, but the browser cannot tell which,
+    # so class 1 stays hidden until Python answers; Python's answer is then drawn.
+    page.locator(".dcw-legend .dcw-toggle[data-field=label][data-value='class 1']").click()
+    assert commands(page)[-1]["args"] == {"hide": {"label": []}}
+    assert np.array(handle(page, "h.hidden"), bool).tolist() == mask.tolist()
+    python_answers(page, {}, isolated, isolated=True)
+    assert np.array(handle(page, "h.hidden"), bool).tolist() == isolated.tolist()
+    # Hiding is always exact: class 3 goes at once, the rest stays as Python had it.
+    page.locator(".dcw-legend .dcw-toggle[data-field=label][data-value='class 3']").click()
+    assert np.array(handle(page, "h.hidden"), bool).tolist() == (isolated | (labels == "class 3")).tolist()
+    assert page.errors == []
