@@ -134,7 +134,7 @@ def stage_modules(models: Any) -> dict[str, Any]:
     out["vae.post_quant_conv"] = pipe.vae.post_quant_conv
     out["vae.mid"] = dec.mid_block
     for i, block in enumerate(dec.up_blocks):
-        out.update({f"vae.up{i}.resnet{j}": r for j, r in enumerate(block.resnets)})
+        out.update({f"vae.up{i}.resnet{j}": r.norm1 for j, r in enumerate(block.resnets)})  # GAP calls its parts
         out.update({f"vae.up{i}.upsampler": u for u in block.upsamplers or []})
     out["vae.conv_norm_out"] = dec.conv_norm_out
     out["vae.conv_out"] = dec.conv_out

@@ -131,9 +131,9 @@ def test_a_gap_step_at_512_px_frees_what_its_backward_does_not_need_yet(models):
 
     pipe = models.generator.pipe
     dec = pipe.vae.decoder
-    top = dec.up_blocks[-1].resnets[0]  # the first module of the 512 px block: its recompute is the peak
+    top = dec.up_blocks[-1].resnets[0].norm1  # the 512 px block's first layer: its recompute is the peak
     lower = [*(m for b in pipe.unet.down_blocks for m in b.resnets), dec.mid_block]  # not the spans' own inputs
-    lower += [m for b in dec.up_blocks[:-1] for m in [*b.resnets, *(b.upsamplers or [])]]
+    lower += [m for b in dec.up_blocks[:-1] for m in [*(r.norm1 for r in b.resnets), *(b.upsamplers or [])]]
     forward: list[weakref.ref] = []
     alive: list[int] = []
     calls = [0]
