@@ -506,41 +506,11 @@ def _checkpoint_block(module: Any, *args: Any) -> Any:
     if type(module).__name__ == "UpDecoderBlock2D":  # diffusers' forward: the resnets, then the upsamplers
         h, temb = args[0], (args[1] if len(args) > 1 else None)
         for resnet in module.resnets:
-            h = _checkpoint_resnet(resnet, h, temb)
+            h = checkpoint(resnet, h, temb, use_reentrant=False)
         for upsampler in module.upsamplers or []:
             h = checkpoint(upsampler, h, use_reentrant=False)
         return h
     return checkpoint(module, *args, use_reentrant=False)
-
-
-def _checkpoint_resnet(resnet: Any, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
-    """A decoder resnet as diffusers' ResnetBlock2D computes it, its two norm-activation-conv halves
-    recomputed one at a time: at 512 px the first half's activations (256 channels) and the second's
-    are no longer live together in the backward (~0.4 GB less at SD-1.5 shape). Any other resnet
-    (a time embedding, up- or downsampling) is checkpointed whole."""
-    from torch.utils.checkpoint import checkpoint
-
-    plain = (
-        type(resnet).__name__ == "ResnetBlock2D"
-        and temb is None
-        and getattr(resnet, "upsample", None) is None
-        and getattr(resnet, "downsample", None) is None
-        and getattr(resnet, "time_embedding_norm", "") == "default"
-    )
-    if not plain:
-        return checkpoint(resnet, x, temb, use_reentrant=False)
-
-    def first(t: torch.Tensor) -> torch.Tensor:
-        return resnet.conv1(resnet.nonlinearity(resnet.norm1(t)))
-
-    def second(t: torch.Tensor) -> torch.Tensor:
-        return resnet.conv2(resnet.dropout(resnet.nonlinearity(resnet.norm2(t))))
-
-    h = checkpoint(second, checkpoint(first, x, use_reentrant=False), use_reentrant=False)
-    shortcut = x
-    if resnet.conv_shortcut is not None:
-        shortcut = resnet.conv_shortcut(shortcut.contiguous() if resnet.training else shortcut)
-    return (shortcut + h) / resnet.output_scale_factor
 
 
 @contextlib.contextmanager
