@@ -18,8 +18,11 @@ stroke and slant), so one seed's test noise is small and per-background accuracy
             attribute histogram read (independent checker) from unlabelled pool images, lassoes
             wrong digits (naming the digit shown) and, one lasso per over-represented cell, the
             excess images without words; DataCrafter.feedback -> evolve (a mixture of prompts per
-            class, loop/balance.py) -> generate_evolved. Rows: none, class, loop, ideal. Reports histogram distance, accuracy
-            on classes 8 and 9, student accuracy, and the share of the class->ideal gap closed.
+            class, loop/balance.py) -> generate_evolved. The loop arm has a project of its own (round 1
+            with the class arm's seeds), so evolution reads no other arm's images as kept;
+            --loop-rounds repeats lassos -> evolve -> evolved round. Rows: none, class, loop, ideal.
+            Reports histogram distance, accuracy on classes 8 and 9, student accuracy, and the share
+            of the class->ideal gap closed.
 - captions: spurious 0. Rows: none, class, caption-train (captions of the 50 train images, the
             product's "caption" strategy), caption-pool (captions of many unlabelled pool images),
             ideal. Reports attribute entropy and per-background accuracy.
@@ -184,11 +187,13 @@ def entropy_bits(values: Sequence[str]) -> float:
 class Ctx:
     """Dataset, DataCrafter project, arms.json (generated ids per arm) and scores.json (student scores) for one track and seed."""
 
-    def __init__(self, track: str, seed: int, spurious: float, models, checker, args) -> None:
+    def __init__(self, track: str, seed: int, spurious: float, models, checker, args, sub: str = "") -> None:
         self.track, self.seed, self.args, self.models, self.checker = track, seed, args, models, checker
+        self.spurious = spurious
         self.ds = dc.starter.colored_digits(shots=args.shots, spurious=spurious, seed=seed)
         self.test = multi_variant_test(self.ds, seed)
-        self.dir = Path(args.cache) / track / f"seed{seed}"
+        # `sub`: an arm with a project of its own (the loop arm: its evolution sees only its own rounds)
+        self.dir = Path(args.cache) / track / f"seed{seed}" / sub if sub else Path(args.cache) / track / f"seed{seed}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.crafter = DataCrafter(self.ds, models=models, project=self.dir / "project")
         self.store = self.crafter.store
@@ -670,53 +675,86 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
             )
         )
 
-    def add_rows(arm: str, ids_by_class: dict[str, list[str]], extra: dict | None = None, key: str = "") -> None:
+    def add_rows(
+        arm: str, ids_by_class: dict[str, list[str]], extra: dict | None = None, key: str = "", c: Ctx = ctx
+    ) -> None:
         for n in ns:
             ids = take(ids_by_class, n, seed)
-            labels = [str(ctx.store.row(i)["label"]) for i in ids]
+            labels = [str(c.store.row(i)["label"]) for i in ids]
             rows.append(
                 row(
                     "loop",
                     seed,
                     arm,
                     n,
-                    ctx.score(f"{key or arm}|{n}", lambda ids=ids: ctx.images_of(ids)),
+                    c.score(f"{key or arm}|{n}", lambda ids=ids: c.images_of(ids)),
                     used=len(ids),
-                    **stats(labels, ctx.check(ids)),
+                    **stats(labels, c.check(ids)),
                     **(extra or {}),
-                    **ctx.fills.get(key or arm, {}),
+                    **c.fills.get(key or arm, {}),
                 )
             )
 
     class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
     add_rows("class", ctx.filled("class", class_ids, kmax, more_of(ctx, 1, strategy="class")))
+    # The loop arm runs in a project of its own, as a user's would: round 1 with the class arm's seeds
+    # (the same images), the person's lassos, evolution, the evolved rounds and their top-ups. In a
+    # shared project, evolution read the class arm's top-ups and other loop variants as kept images.
+    # One project per loop setting and evolution code: a variant never reads another's rounds.
+    sub = "loop-arm-" + hashlib.sha256(loop_key(args).encode()).hexdigest()[:8]
+    lctx = Ctx(ctx.track, seed, ctx.spurious, ctx.models, ctx.checker, args, sub=sub)
+    try:
+        _run_loop_arm(lctx, kmax, margin, target, args, add_rows)
+    finally:
+        lctx.close()
+    return rows
 
-    def make_loop() -> dict:
-        # Round 1: the class-prompt images the class filter accepted, all of them (they are all on the
-        # map, and evolution reads an image left unmarked as kept) or the first `feedback_per_class`.
-        s = ctx.store.samples.set_index("id").loc[class_ids]
-        seen = [
-            i
-            for c in CLASSES
-            for i in s.index[(s["label"] == c) & (s["flag"].fillna("") == "")].tolist()[
-                : args.feedback_per_class or None
-            ]
-        ]
+
+def loop_key(args) -> str:
+    """The loop arm's cache key: its settings and the evolution code (a changed evolution.py makes new images)."""
+    import datacrafter_widget.loop.balance as balance
+    import datacrafter_widget.loop.evolution as evo
+    import datacrafter_widget.starter.prompts as grammar
+
+    code = b"".join(Path(m.__file__).read_bytes() for m in (evo, balance, grammar) if m.__file__)
+    ekey = hashlib.sha256(code).hexdigest()[:8]
+    return (
+        f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}"
+        f"|seen={args.feedback_per_class or 'all'}|person=lasso-per-cell|evolution={ekey}|own-project"
+    )
+
+
+def _run_loop_arm(ctx: Ctx, kmax: int, margin: int, target: dict[str, np.ndarray], args, add_rows) -> None:
+    """The loop arm in its own project: round 1 of class prompts, then `--loop-rounds` times the person's
+    lassos on the last round, evolve, an evolved round (topped up to N); the arm is the last round."""
+    seed = ctx.seed
+    class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
+
+    lkey = loop_key(args)
+
+    def evolved_round(r: int, shown: list[str]) -> dict:
+        # The person looks at the last round: every image the class filter accepted and nobody marked
+        # (they are all on the map, and evolution reads an image left unmarked as kept), or the first
+        # `feedback_per_class` of each class; then evolve and generate a round with the new prompts.
+        s = ctx.store.samples.set_index("id").loc[shown]
+        ok = (s["flag"].fillna("") == "") & (~s["feedback"].fillna("").isin(["bad", "removed"]))
+        seen = [i for c in CLASSES for i in s.index[(s["label"] == c) & ok].tolist()[: args.feedback_per_class or None]]
         fb = simulated_person(ctx, seen, target, args.slack)
         t = time.time()
         result = ctx.crafter.evolve(
             population=args.population, generations=args.generations, batch=args.evolve_batch, progress=False
         )
         evolve_s = time.time() - t
+        offset = 2 if r == 1 else 100 * r
         ids = list(
             ctx.crafter.generate_evolved(
-                per_class=kmax + margin, seed=seed * 1_000_000 + 2, steps=args.sampler_steps, progress=False
+                per_class=kmax + margin, seed=seed * 1_000_000 + offset, steps=args.sampler_steps, progress=False
             )
         )
         evolved = set(result.prompts)
         rest = [c for c in CLASSES if c not in evolved]
         if rest:  # classes without feedback keep their class prompts
-            ids += ctx.generate(kmax + margin, 3, strategy="class", classes=rest)
+            ids += ctx.generate(kmax + margin, offset + 1, strategy="class", classes=rest)
         return {
             "ids": ids,
             "feedback": fb,
@@ -726,41 +764,33 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
             "report": result.report(),
         }
 
-    # The arm key names the evolution code, so a changed evolution.py makes new images and a new score.
-    import datacrafter_widget.loop.evolution as evo
+    def more_loop(lp: dict, r: int) -> Callable[[list[str], int, int], list[str]]:
+        def more(classes: list[str], k: int, attempt: int) -> list[str]:
+            evolved = [c for c in classes if c in lp["prompts"]]
+            rest = [c for c in classes if c not in lp["prompts"]]
+            off = seed * 1_000_000 + ctx.top_up_offset(4 + r, attempt)
+            ids = []
+            if evolved:
+                ids += ctx.crafter.generate_evolved(
+                    per_class=k, classes=evolved, seed=off, steps=args.sampler_steps, progress=False
+                )
+            if rest:
+                ids += ctx.generate(k, ctx.top_up_offset(4 + r, attempt) + 500, strategy="class", classes=rest)
+            return list(ids)
 
-    import datacrafter_widget.starter.prompts as grammar
+        return more
 
-    import datacrafter_widget.loop.balance as balance
-
-    code = b"".join(Path(m.__file__).read_bytes() for m in (evo, balance, grammar) if m.__file__)
-    ekey = hashlib.sha256(code).hexdigest()[:8]
-    lkey = (
-        f"loop|pop={args.population}|gen={args.generations}|b={args.evolve_batch}|slack={args.slack}"
-        f"|seen={args.feedback_per_class or 'all'}|person=lasso-per-cell|evolution={ekey}"
-    )
-    lp = ctx.arm(lkey, make_loop)
-
-    def more_loop(classes: list[str], k: int, attempt: int) -> list[str]:
-        evolved = [c for c in classes if c in lp["prompts"]]
-        rest = [c for c in classes if c not in lp["prompts"]]
-        off = seed * 1_000_000 + ctx.top_up_offset(5, attempt)
-        ids = []
-        if evolved:
-            ids += ctx.crafter.generate_evolved(
-                per_class=k, classes=evolved, seed=off, steps=args.sampler_steps, progress=False
-            )
-        if rest:
-            ids += ctx.generate(k, ctx.top_up_offset(5, attempt) + 500, strategy="class", classes=rest)
-        return list(ids)
-
-    add_rows(
-        "loop",
-        ctx.filled(lkey, lp["ids"], kmax, more_loop),
-        {"wrong_digit_lassoed": lp["feedback"]["wrong_digit"], "cell_lassoed": lp["feedback"]["cell_lassoed"]},
-        key=lkey,
-    )
-    return rows
+    shown, key, lassos = list(class_ids), lkey, {"wrong_digit_lassoed": 0, "cell_lassoed": 0}
+    for r in range(1, args.loop_rounds + 1):
+        key = lkey if r == 1 else f"{lkey}|round{r}"
+        lp = ctx.arm(key, lambda r=r, shown=shown: evolved_round(r, shown))
+        lassos = {
+            "wrong_digit_lassoed": lassos["wrong_digit_lassoed"] + lp["feedback"]["wrong_digit"],
+            "cell_lassoed": lassos["cell_lassoed"] + lp["feedback"]["cell_lassoed"],
+        }
+        acc = ctx.filled(key, lp["ids"], kmax, more_loop(lp, r))
+        shown = [i for c in CLASSES for i in acc[c]]
+    add_rows("loop", acc, lassos, key=key, c=ctx)
 
 
 # ---- captions track ------------------------------------------------------------------------------
@@ -1069,6 +1099,12 @@ def main() -> int:
     )
     p.add_argument(
         "--slack", type=float, default=0.05, help="share above the target at which a cell is over-represented"
+    )
+    p.add_argument(
+        "--loop-rounds",
+        type=int,
+        default=1,
+        help="loop arm: rounds of (the person's lassos on the last round, evolve, an evolved round)",
     )
     p.add_argument("--population", type=int, default=4)
     p.add_argument("--generations", type=int, default=1)
