@@ -254,6 +254,8 @@ def spread_joint(
     inside the class. Here each slot takes, on every axis, a component that is not ahead of its share
     and within `slack` of the one furthest behind, and among those combinations the one used least
     so far (ties at random): every prefix stays within about one image of each axis's weights."""
+    if len(weights) == 1:  # nothing to pair: the one axis's own spread
+        return [(p,) for p in spread(weights[0], n, rng)]
     axes = []
     for wts in weights:
         names = [p for p, w in wts.items() if w > 0]
