@@ -14,6 +14,11 @@ latents to 512 px at batch 1; the UNet at batch 2, as classifier-free guidance r
 --mode none (no checkpointing), blocks (diffusers' own, one block at a time) or product (what
 GAP's checkpointing uses, gap._block_checkpointing).
 
+--profile prints, per stage (the module running: the UNet's blocks, the decoder's resnets, the
+student's CLIP; "backward:" while the backward recomputes one), the peak resident memory and its
+anonymous (activations, freed heap) and file-backed (mapped weights) parts. --n-tokens 8 and
+--captioner give the step crafter.adversarial runs in the loop's process (bench_real_size.py).
+
 --limit-gb stops the run (exit 3) once the process passes that much resident memory, so a
 measurement cannot push a shared machine out of memory.
 """
@@ -21,6 +26,7 @@ measurement cannot push a shared machine out of memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
@@ -33,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil
 import torch
+from memory_stages import StageMemory, stage_modules, status_bytes
 
 GB = 1024**3
 
@@ -48,6 +55,13 @@ def main() -> None:
     ap.add_argument("--limit-gb", type=float, default=14.0)
     ap.add_argument("--component", choices=["step", "vae", "unet"], default="step")
     ap.add_argument("--mode", choices=["none", "blocks", "product"], default="product")
+    ap.add_argument("--n-tokens", type=int, default=4, help="learned tokens (crafter.adversarial's default: 8)")
+    ap.add_argument("--captioner", action="store_true", help="load the BLIP-shaped captioner too, as the loop does")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="peak resident memory per stage (module) of the step, forward and backward",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.component != "step":
@@ -74,7 +88,11 @@ def main() -> None:
     p = build_all(args.cache, args.shrink)
     p.register_clip()
     models = dc.Models.stable_diffusion(
-        str(p.sd), clip=(p.clip_arch, str(p.clip_weights)), captioner=None, device="cpu", steps=2
+        str(p.sd),
+        clip=(p.clip_arch, str(p.clip_weights)),
+        captioner=str(p.captioner) if args.captioner else None,
+        device="cpu",
+        steps=2,
     )
     images = [render_photo(k, 512, seed=s) for k in ("ball", "box") for s in range(3)]
     student = train_student(
@@ -88,17 +106,24 @@ def main() -> None:
         flush=True,
     )
     threading.Thread(target=watch, daemon=True).start()
+    stages = StageMemory(stage_modules(models) if args.profile else {})
+    base = status_bytes()
     t, cpu = time.perf_counter(), time.process_time()
-    res = optimise_prompt_tokens(
-        models.generator,
-        student,
-        "ball",
-        target="a photo of an object on a beach",
-        config=GapConfig(
-            steps=args.steps, sampler_steps=args.sampler_steps, batch=1, checkpointing=args.checkpointing, n_tokens=4
-        ),
-        seed=0,
-    )
+    with stages if args.profile else contextlib.nullcontext():
+        res = optimise_prompt_tokens(
+            models.generator,
+            student,
+            "ball",
+            target="a photo of an object on a beach",
+            config=GapConfig(
+                steps=args.steps,
+                sampler_steps=args.sampler_steps,
+                batch=1,
+                checkpointing=args.checkpointing,
+                n_tokens=args.n_tokens,
+            ),
+            seed=0,
+        )
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     stop.set()
     peak[0] = max(peak[0], proc.memory_info().rss)
@@ -107,12 +132,12 @@ def main() -> None:
         f"({(peak[0] - loaded) / GB:.2f} GB over the loaded models); loss {res.history[-1]['loss']:.4f}",
         flush=True,
     )
+    if args.profile:
+        print(stages.report(base), flush=True)
 
 
 def component(args: argparse.Namespace) -> None:
     """One model's forward and backward at the real size, with a checkpointing mode."""
-    import contextlib
-
     from diffusers import StableDiffusionPipeline
 
     from datacrafter_widget.loop.gap import _block_checkpointing

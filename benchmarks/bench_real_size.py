@@ -30,7 +30,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from typing import Any
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,6 +45,7 @@ import torch
 
 import datacrafter_widget as dc
 from datacrafter_widget.ui.widget import CrafterView
+from memory_stages import StageMemory, stage_modules
 from real_size.build import CLASSES, paths, write_photos
 
 GB = 1024**3
@@ -91,11 +93,16 @@ class PeakMemory:
 ROWS: list[tuple[str, float, float, float, float | None, str]] = []
 
 
+STAGES: dict[str, Any] = {}  # --profile: the modules whose forward starts a stage (memory_stages.stage_modules)
+
+
 @contextmanager
 def step(name: str, note: str = "") -> Iterator[dict]:
-    """Times a step and records its peak memory; the body may set info["note"]."""
+    """Times a step and records its peak memory; the body may set info["note"]. With --profile (once
+    the models are loaded) it also prints the step's peak per stage (benchmarks/memory_stages.py)."""
     info = {"note": note}
-    with PeakMemory() as mem:
+    stages = StageMemory(STAGES) if STAGES else None
+    with PeakMemory() as mem, stages if stages is not None else nullcontext():
         t, cpu = time.perf_counter(), time.process_time()
         yield info
         seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
@@ -105,6 +112,8 @@ def step(name: str, note: str = "") -> Iterator[dict]:
         f"  {name:<26s} {seconds:8.2f} s wall {cpu:8.2f} s CPU   peak RSS {mem.peak / GB:5.2f} GB{dev}   {info['note']}",
         flush=True,
     )
+    if stages is not None:
+        print(stages.report(), flush=True)
 
 
 def ensure_models(cache: Path, shrink: int) -> None:
@@ -266,6 +275,7 @@ def main() -> None:
         "--round-classes", type=int, default=3, help="classes of the class and caption rounds (1 image each)"
     )
     ap.add_argument("--limit-gb", type=float, default=14.0, help="stop (exit 3) past this resident memory")
+    ap.add_argument("--profile", action="store_true", help="each loop step's peak memory per stage (module)")
     ap.add_argument("--work", default="", help="keep the photos and the project here (default: a temporary folder)")
     args = ap.parse_args()
     if args.threads:
@@ -353,6 +363,8 @@ class Loop:
             with step("load models") as info:
                 self._models = load_models(self.cache, self.args)
                 info["note"] = repr(self._models.generator)
+            if self.args.profile:
+                STAGES.update(stage_modules(self._models))
         return self._models
 
     @property

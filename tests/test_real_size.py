@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import sys
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,65 @@ def test_the_whole_loop_at_512_px(real_size, models, tmp_path):
         exported = sorted(out.rglob("g*.png"))
         assert len(kept) >= 1 and {f.stem for f in exported} == set(kept["id"])
         assert {Image.open(f).size for f in exported} <= {(512, 512)}
+
+
+def test_a_gap_step_at_512_px_frees_what_its_backward_does_not_need_yet(models):
+    """A GAP token step at 64 x 64 latents: while the VAE decoder's 512 px block runs its backward
+    (the step's memory peak), none of the tensors the UNet's blocks and the decoder's lower blocks
+    got in the forward is still alive; those spans are recomputed later. Kept alive, they were
+    ~1 GB of the full-shape step's 9.2 GB (benchmarks/bench_gap_memory.py --profile)."""
+    from datacrafter_widget.loop.gap import GapConfig, _block_checkpointing, optimise_prompt_tokens
+    from datacrafter_widget.loop.student import train_student
+    from real_size.build import render_photo
+
+    pipe = models.generator.pipe
+    dec = pipe.vae.decoder
+    top = dec.up_blocks[-1].resnets[0]  # the first module of the 512 px block: its recompute is the peak
+    lower = [*(m for b in pipe.unet.down_blocks for m in b.resnets), dec.mid_block]  # not the spans' own inputs
+    lower += [m for b in dec.up_blocks[:-1] for m in [*b.resnets, *(b.upsamplers or [])]]
+    forward: list[weakref.ref] = []
+    alive: list[int] = []
+    calls = [0]
+
+    def remember(module, args):
+        if torch.is_grad_enabled() and not alive and calls[0] == 0:
+            forward.append(weakref.ref(args[0]))
+
+    def at_top(module, args):
+        calls[0] += 1
+        if calls[0] == 2:  # the second call is the backward's recompute
+            alive.append(sum(r() is not None for r in forward))
+
+    images = [render_photo(k, 512, seed=s) for k in ("ball", "box") for s in range(2)]
+    student = train_student(
+        images, ["ball", "ball", "box", "box"], kind="probe", embedder=models.embedder, epochs=2, progress=False
+    )
+    hooks = [m.register_forward_pre_hook(remember) for m in lower] + [top.register_forward_pre_hook(at_top)]
+    try:
+        optimise_prompt_tokens(
+            models.generator,
+            student,
+            "ball",
+            target="a photo of an object on a beach",
+            config=GapConfig(steps=1, sampler_steps=1, batch=1, n_tokens=2),  # checkpointing: on from 64 x 64
+        )
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(forward) >= 10 and alive == [0], (len(forward), alive)
+
+    # The decoder's outer span computes what vae.decode computes, values and gradients.
+    from datacrafter_widget.loop.gap import _decode
+
+    z = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    plain = z.clone().requires_grad_(True)
+    want = pipe.vae.decode(plain).sample
+    want.square().mean().backward()
+    spanned = z.clone().requires_grad_(True)
+    with _block_checkpointing(pipe.vae):
+        got = _decode(pipe.vae, spanned, nested=True)
+        got.square().mean().backward()
+    assert torch.equal(got, want) and torch.equal(spanned.grad, plain.grad)
 
 
 def test_float16_on_the_cpu_loads_float32(real_size):

@@ -25,6 +25,7 @@ safetensors (with the template and positions in their metadata) so any image can
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -86,9 +87,11 @@ class GapConfig:
     text_weight: float = 20.0  # lt (used when a target description is given)
     image_weight: float = 10.0  # li (used when target images are given)
     warmup: float = 0.2  # adversarial term off for this fraction of steps (image guidance only)
-    # Recompute UNet and VAE activations block by block in backward (less memory, ~1.3x the time).
-    # None: on for latents of 64 x 64 or more (512 px), where one UNet call's and the VAE decoder's
-    # activations are 3.6 and 6 GB at batch 1 (benchmarks/bench_gap_memory.py); off for the starter.
+    # Recompute UNet and VAE activations block by block in backward, each UNet call and the decoder
+    # below its output resolution once more as a whole, and trim the C heap between stages (less
+    # memory, ~1.5x the time). None: on for latents of 64 x 64 or more (512 px), where one UNet call's
+    # and the VAE decoder's activations are 3.6 and 6 GB at batch 1 (benchmarks/bench_gap_memory.py);
+    # off for the starter.
     checkpointing: bool | None = None
     fixed_noise: bool = False  # same starting noise every step (for diagnostics)
     strength: float = 0.8  # img2img strength when starting from source images (1 = ignore their latents)
@@ -291,13 +294,19 @@ def _sample(
     guidance: float,
     checkpointing: bool,
     start: int = 0,
+    release: bool = False,
 ) -> torch.Tensor:
-    """Differentiable DDIM (eta 0) from `latents` at timestep index `start`; returns decoded pixels in [0, 1]."""
+    """Differentiable DDIM (eta 0) from `latents` at timestep index `start`; returns decoded pixels in [0, 1].
+
+    release: hand the memory the UNet calls freed back to the OS before the VAE decode (see
+    `release_freed_memory`)."""
     unet, vae = pipe.unet, pipe.vae
     b = latents.shape[0]
     hidden = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)]) if guidance > 1 else cond.expand(b, -1, -1)
 
     def run_unet(x, t, h):
+        if release:  # also when the backward recomputes the call: returns what the VAE's backward freed
+            release_freed_memory()
         return unet(x, t, encoder_hidden_states=h).sample
 
     for t in sched.timesteps[int(start) :]:
@@ -313,8 +322,45 @@ def _sample(
             n_u, n_c = noise.chunk(2)
             noise = n_u + guidance * (n_c - n_u)
         latents = sched.step(noise, t, latents, eta=0.0).prev_sample
-    image = vae.decode(latents / vae.config.scaling_factor).sample
+    if release:
+        release_freed_memory()
+    image = _decode(vae, latents / vae.config.scaling_factor, nested=checkpointing, release=release)
     return (image / 2 + 0.5).clamp(0, 1)
+
+
+def _decode(vae: Any, latents: torch.Tensor, nested: bool = False, release: bool = False) -> torch.Tensor:
+    """vae.decode(latents).sample, the same computation; `nested` (with the decoder's block checkpointing
+    on) also recomputes everything below the output resolution (post_quant_conv up to the last up
+    block's input) as one span in the backward.
+
+    The backward's peak is the last up block's at 512 px; without the outer span the inputs the
+    lower blocks keep for their own backward (~0.5 GB at SD-1.5 shape) are live under it. Their
+    forward runs once more for that (a third of the decoder's)."""
+    dec: Any = getattr(vae, "decoder", None)
+    plain = (
+        type(dec).__name__ == "Decoder"
+        and getattr(dec, "gradient_checkpointing", False)
+        and not getattr(vae, "use_tiling", False)
+        and not getattr(vae, "use_slicing", False)
+    )
+    if not (nested and plain and torch.is_grad_enabled()):
+        return vae.decode(latents).sample
+    from torch.utils.checkpoint import checkpoint
+
+    by_block = dec._gradient_checkpointing_func
+
+    def below_output(z: torch.Tensor) -> torch.Tensor:
+        if release:  # also when the backward recomputes the span
+            release_freed_memory()
+        if getattr(vae, "post_quant_conv", None) is not None:
+            z = vae.post_quant_conv(z)
+        h = by_block(dec.mid_block, dec.conv_in(z), None)
+        for block in dec.up_blocks[:-1]:
+            h = by_block(block, h, None)
+        return h
+
+    h = by_block(dec.up_blocks[-1], checkpoint(below_output, latents, use_reentrant=False), None)
+    return dec.conv_out(dec.conv_act(dec.conv_norm_out(h)))
 
 
 def _latent_shape(pipe: Any, batch: int) -> tuple[int, int, int, int]:
@@ -415,6 +461,30 @@ def _sources_for(labels: list[str], sources: Any, masks: Any) -> tuple[list[Imag
     if not images:
         raise GapError(f"sources is empty: pass at least one real image of class {labels[0]!r}")
     return images, (list(masks) if masks is not None else None), [0] * len(images)
+
+
+def release_freed_memory() -> None:
+    """Return the C heap's free pages to the OS (glibc's malloc_trim; elsewhere nothing).
+
+    A checkpointed UNet call at 512 px allocates and frees many tensors of a few MB; glibc keeps
+    such freed blocks in its heaps instead of returning them (1.3 GB after one call at SD-1.5
+    shape), and the VAE decoder's larger tensors, mapped fresh, then come on top. Trimming between
+    the stages of a GAP step keeps that free memory out of the step's resident peak."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
 
 
 CHECKPOINT_FROM_LATENTS = 64  # checkpointing=None turns on from this latent side (512 px for SD-1.5)
@@ -714,6 +784,7 @@ def optimise_prompt_tokens(
             float(config.guidance),
             ckpt,  # a UNet without block checkpointing
             start=start,
+            release=release,
         )
         if src is not None and src.masks is not None:
             x = composite(x.float(), src.pixels[chosen], src.masks[chosen])
@@ -730,6 +801,7 @@ def optimise_prompt_tokens(
         return -(log_p.mean(dim=-1)).mean()  # CE against the uniform label
 
     ckpt = False  # no gradient while screening
+    release = uses_checkpointing(config, pipe)  # the real size: trim the heap between stages
     screen: dict[str, float] = {}
     if config.init == "target" and len(descs) > n_sets:
         # More descriptions than sets: render each once (the same first batches, no gradient) and
@@ -758,15 +830,17 @@ def optimise_prompt_tokens(
     with (
         _frozen(pipe.unet, pipe.vae, enc, net, clip_model),
         torch.enable_grad(),
-        blocks as by_block,
+        blocks,
         compute.step("sampler"),
     ):
-        ckpt = uses_checkpointing(config, pipe) and pipe.unet not in by_block
+        ckpt = uses_checkpointing(config, pipe)
         for step in range(int(config.steps)):
             if should_stop is not None and should_stop():
                 break
             sets = [(step * config.batch + j) % n_sets for j in range(config.batch)]
             which, x, pooled = render(step, sets, vectors[sets] if n_sets > 1 else vectors[0])
+            if release:
+                release_freed_memory()
             logits = student.logits_from_pixels(x.float().to(student_dev))
             log_p = F.log_softmax(logits.float(), dim=-1)
             adv = adversarial(log_p, which, sets)
@@ -797,6 +871,8 @@ def optimise_prompt_tokens(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if release:
+                release_freed_memory()
             parts["loss"] = float(loss.detach())
             history.append(parts)
             if bar is not None:
