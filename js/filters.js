@@ -55,9 +55,18 @@ function fieldCodes(view, field) {
   return null;
 }
 
-/** 1 for the points whose value of some field in `hide` is hidden there; null when a field is unknown here. */
-function fieldMask(view, hide) {
-  const n = view.n, mask = new Uint8Array(n);
+/** A zeroed mask of n bytes, the k-th of the view's own (a million points: no 1 MB of garbage per click). */
+function scratch(view, k) {
+  const pool = view.maskPool || (view.maskPool = []);
+  if (!pool[k] || pool[k].length !== view.n) pool[k] = new Uint8Array(view.n);
+  else pool[k].fill(0);
+  return pool[k];
+}
+
+/** 1 for the points whose value of some field in `hide` is hidden there (in scratch mask k); null when a
+ *  field is unknown here. */
+function fieldMask(view, hide, k) {
+  const n = view.n, mask = scratch(view, k);
   for (const [field, values] of Object.entries(hide)) {
     if (!Array.isArray(values) || values.length === 0) continue;
     const fc = fieldCodes(view, field);
@@ -91,16 +100,16 @@ export function predictHidden(view, hide) {
   const fields = [...new Set([...Object.keys(old), ...Object.keys(hide)])];
   const changed = fields.filter((f) => !same(old[f], hide[f]));
   const pick = (h, keys) => Object.fromEntries(keys.filter((f) => h[f]).map((f) => [f, h[f]]));
-  const before = fieldMask(view, pick(old, changed)), after = fieldMask(view, pick(hide, changed));
+  const before = fieldMask(view, pick(old, changed), 0), after = fieldMask(view, pick(hide, changed), 1);
   if (!before || !after) return null;
   // What hides a point besides the changed fields, as far as this side knows.
   const f = view.model.get("filters") || {};
-  const rest = fieldMask(view, pick(hide, fields.filter((k) => !changed.includes(k))));
+  const rest = fieldMask(view, pick(hide, fields.filter((k) => !changed.includes(k))), 2);
   const kind = view.attrs.kind, fb = view.attrs.feedback;
   const others = (i) => (rest !== null && rest[i] === 1) || (!f.show_test && kind[i] === KIND_TEST) || (!f.show_removed && fb[i] === 3);
   let complete = rest !== null && !f.isolated;
   for (let i = 0; i < n && complete; i++) if (!before[i] && (now[i] ? 1 : 0) !== (others(i) ? 1 : 0)) complete = false;
-  const out = new Uint8Array(n);
+  const out = scratch(view, view.hidden === view.maskPool[3] ? 4 : 3); // not the mask drawn now
   for (let i = 0; i < n; i++) {
     if (after[i]) out[i] = 1;
     else if (!before[i]) out[i] = now[i] ? 1 : 0;

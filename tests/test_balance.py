@@ -11,6 +11,7 @@ from datacrafter_widget.loop.balance import (
     measure_following,
     mixture_weights,
     spread,
+    spread_joint,
 )
 
 
@@ -125,3 +126,23 @@ def test_one_lasso_per_cell_is_read_per_lasso_even_when_lassos_avoid_each_other(
     assert got["background"][2] == [0] and got["foreground"][2] == [0, 4]
     assert np.allclose(got["background"][1], 0.2, atol=0.01)
     assert np.allclose(got["foreground"][1], 0.2, atol=0.01)
+
+
+def test_the_joint_spread_varies_the_combinations_and_keeps_every_prefix_balanced():
+    # Two axes of five even phrases (colour, background): spread one by one, both orders cycle with
+    # period five and a class repeats five (colour, background) pairs; jointly, 24 slots (a class's
+    # mixture) give at least 20 pairs.
+    colours = {c: 0.2 for c in ("red", "green", "blue", "purple", "orange")}
+    backs = {b: 0.2 for b in ("black", "white", "gray", "pink", "lightblue")}
+    for seed in range(10):
+        assert len(set(spread_joint([colours, backs], 24, np.random.default_rng(seed)))) >= 20
+    combos = spread_joint([colours, backs], 25, np.random.default_rng(0))
+    for axis, w in ((0, colours), (1, backs)):
+        for k in range(1, 26):
+            counts = {p: sum(1 for c in combos[:k] if c[axis] == p) for p in w}
+            assert max(abs(n - 0.2 * k) for n in counts.values()) <= 1.0, (axis, k, counts)
+    # uneven weights, and a component ("") of the generator's own choice
+    combos = spread_joint([{"": 0.1, "a": 0.6, "b": 0.3}, {"x": 0.5, "y": 0.5}], 40, np.random.default_rng(1))
+    first = [c[0] for c in combos]
+    assert first.count("a") == 24 and first.count("b") == 12 and first.count("") == 4
+    assert len(set(combos)) == 6

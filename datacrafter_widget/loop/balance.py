@@ -18,7 +18,8 @@ The steps, per attribute axis (a group of mutually exclusive phrases, e.g. the b
    weights whose expected histogram is closest to the target (non-negative least squares, weights
    summing to 1), with a penalty on phrases that cost class fidelity. "No phrase" is a component
    too: the generator's own histogram.
-4. Spread the weights over an ordered list of prompts, so that any prefix of the list is balanced.
+4. Spread the weights over an ordered list of prompts, so that any prefix of the list is balanced on
+   every axis and the combinations of the axes' phrases vary (no colour tied to a background).
 
 This module computes only; the embedder and the generator come in as callables.
 """
@@ -31,7 +32,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import nnls
 
-__all__ = ["AxisBalance", "read_axis", "axis_target", "axis_targets", "measure_following", "mixture_weights", "spread"]
+__all__ = [
+    "AxisBalance",
+    "read_axis",
+    "axis_target",
+    "axis_targets",
+    "measure_following",
+    "mixture_weights",
+    "spread",
+    "spread_joint",
+]
 
 NONE = ""  # the mixture component without a phrase for this axis: the generator's own choice
 MIN_IMAGES = 10  # fewer judged images than this on an axis: no histogram to read
@@ -230,6 +240,44 @@ def spread(weights: Mapping[str, float], n: int, rng: np.random.Generator) -> li
         j = int(best[rng.integers(len(best))]) if len(best) > 1 else int(best[0])
         counts[j] += 1
         out.append(names[j])
+    return out
+
+
+def spread_joint(
+    weights: Sequence[Mapping[str, float]], n: int, rng: np.random.Generator, slack: float = 0.3
+) -> list[tuple[str, ...]]:
+    """`n` combinations (one component per axis) where every prefix follows each axis's weights, as
+    `spread` does for one axis, and the combinations are as varied as those weights allow.
+
+    Spreading each axis on its own pairs the axes up: with five even phrases on two axes both orders
+    cycle with period five, so a class's images repeat five (colour, background) pairs, a new shortcut
+    inside the class. Here each slot takes, on every axis, a component that is not ahead of its share
+    and within `slack` of the one furthest behind, and among those combinations the one used least
+    so far (ties at random): every prefix stays within about one image of each axis's weights."""
+    if len(weights) == 1:  # nothing to pair: the one axis's own spread
+        return [(p,) for p in spread(weights[0], n, rng)]
+    axes = []
+    for wts in weights:
+        names = [p for p, w in wts.items() if w > 0]
+        w = np.array([wts[p] for p in names], dtype=float)
+        axes.append((names, w / w.sum()))
+    counts = [np.zeros(len(names)) for names, _ in axes]
+    used: dict[tuple[int, ...], int] = {}
+    out: list[tuple[str, ...]] = []
+    for k in range(n):
+        eligible = []
+        for (_, w), c in zip(axes, counts):
+            deficit = w * (k + 1) - c
+            # not ahead of its share and close to the most behind (which always qualifies)
+            eligible.append(np.flatnonzero(deficit >= max(0.0, float(deficit.max()) - slack) - 1e-9))
+        combos = np.array(np.meshgrid(*eligible, indexing="ij")).reshape(len(axes), -1).T
+        least = min(used.get(tuple(c), 0) for c in combos)
+        pick = [c for c in combos if used.get(tuple(c), 0) == least]
+        choice = tuple(int(j) for j in pick[int(rng.integers(len(pick)))])
+        used[choice] = used.get(choice, 0) + 1
+        for a, j in enumerate(choice):
+            counts[a][j] += 1
+        out.append(tuple(axes[a][0][j] for a, j in enumerate(choice)))
     return out
 
 

@@ -36,7 +36,7 @@ from PIL import Image
 
 from .. import compute
 from ..seeds import image_seed
-from .balance import NONE, AxisBalance, axis_targets, measure_following, mixture_weights, read_axis, spread
+from .balance import NONE, AxisBalance, axis_targets, measure_following, mixture_weights, read_axis, spread_joint
 
 
 __all__ = [
@@ -785,7 +785,7 @@ def _rebalance(
     balanced = {p for b in balances for p in b.phrases}
     for i, c in enumerate(evolved):
         rng = np.random.default_rng([seed, i])
-        orders = [spread(b.weights, mixture_size, rng) for b in balances]
+        combos = spread_joint([b.weights for b in balances], mixture_size, rng)
         r = results[c]
         g = r.best.genome
         rest = tuple(p for p in g.phrases if p not in balanced)
@@ -797,7 +797,7 @@ def _rebalance(
             r.ranked[0] = replace(r.best, genome=Genome(c, g.phrases, negative))
         mixture = []
         for m in range(mixture_size):
-            extra = tuple(order[m] for order in orders if order[m])
+            extra = tuple(p for p in combos[m] if p)
             mixture.append(compose(Genome(c, rest + extra, negative)))
         r.mixture, r.balance = mixture, balances
         notes = [f"'{p}' taken out of the negative prompt: the mixture balances that axis" for p in dropped]
