@@ -4,7 +4,8 @@ Forward pre-hooks on named modules set the current stage; a thread samples /proc
 every 10 ms (RSS, and its anonymous and file-backed parts: mapped safetensors weights are file
 pages, activations are anonymous) and keeps each stage's peak. While `torch.autograd.backward`
 runs, stages are prefixed "backward:" (a checkpointed block recomputing its forward shows up as
-"backward:<block>"), so the forward, the recomputation and the gradients can be told apart.
+"backward:<block>"), and after it "after backward:", so the forward, the recomputation, the
+gradients and what follows (a GAP step's final images) can be told apart.
 
     with StageMemory({"unet": pipe.unet, "vae.decoder": pipe.vae.decoder}) as stages:
         ...
@@ -89,8 +90,8 @@ class StageMemory:
                 return original(*args, **kwargs)
             finally:
                 self._record()
-                self.phase = ""
-                self.stage = "after backward"
+                self.phase = "after backward:"  # what runs next (the final images) apart from the step's forward
+                self.stage = ""
 
         self._backward = original
         torch.autograd.backward = backward  # type: ignore[assignment]
@@ -134,7 +135,7 @@ def stage_modules(models: Any) -> dict[str, Any]:
     out["vae.post_quant_conv"] = pipe.vae.post_quant_conv
     out["vae.mid"] = dec.mid_block
     for i, block in enumerate(dec.up_blocks):
-        out.update({f"vae.up{i}.resnet{j}": r for j, r in enumerate(block.resnets)})
+        out.update({f"vae.up{i}.resnet{j}": r.norm1 for j, r in enumerate(block.resnets)})  # GAP calls its parts
         out.update({f"vae.up{i}.upsampler": u for u in block.upsamplers or []})
     out["vae.conv_norm_out"] = dec.conv_norm_out
     out["vae.conv_out"] = dec.conv_out

@@ -927,6 +927,7 @@ def generate_with_tokens(
     conds = torch.cat([_encode(pipe, ids, tokens.positions, v.to(device))[0] for v in tokens.sets])
     neg, _ = _encode(pipe, _tokenize(pipe.tokenizer, [negative_prompt]))
     size = _pixel_size(pipe)
+    release = int(pipe.unet.config.sample_size) >= CHECKPOINT_FROM_LATENTS  # the real size: trim between stages
     out: list[Image.Image] = []
     seeds = [int(s) for s in seeds]
     set_of = [tokens.set_of(s, j) for j, s in enumerate(seeds)]
@@ -947,7 +948,8 @@ def generate_with_tokens(
             ).to(device, dtype)
             latents = sched.add_noise(src.latents[part], noise, sched.timesteps[start : start + 1])
             cond = conds[[set_of[i] for i in part]].to(dtype)
-            x = _sample(pipe, cond, neg.to(dtype), latents, sched, guidance, False, start=start).float()
+            x = _sample(pipe, cond, neg.to(dtype), latents, sched, guidance, False, start=start, release=release)
+            x = x.float()
             x = torch.nan_to_num(x).clamp(0, 1)
             if src.masks is not None:
                 x = composite(x, src.pixels[part], src.masks[part])
@@ -956,6 +958,8 @@ def generate_with_tokens(
         return out
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start : start + batch_size]
+        if release:
+            release_freed_memory()
         res = pipe(
             prompt_embeds=conds[set_of[start : start + len(chunk)]].to(pipe.unet.dtype),
             negative_prompt_embeds=neg.expand(len(chunk), -1, -1).to(pipe.unet.dtype),
@@ -965,10 +969,17 @@ def generate_with_tokens(
             width=size,
             generator=[torch.Generator().manual_seed(s) for s in chunk],
             output_type="np",
+            **({"callback_on_step_end": _release_after_step} if release else {}),
         )
         arr = np.clip(np.nan_to_num(np.asarray(res.images)), 0, 1)
         out += [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
     return out
+
+
+def _release_after_step(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A diffusers step callback: the heap the UNet call freed goes back before the next call or the decode."""
+    release_freed_memory()
+    return kwargs
 
 
 def student_loss_on(student: Student, images: Sequence[Image.Image], label: str) -> float:
