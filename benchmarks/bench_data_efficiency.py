@@ -701,10 +701,11 @@ def run_loop(ctx: Ctx, ns: list[int], args) -> list[dict]:
     # (the same images), the person's lassos, evolution, the evolved rounds and their top-ups. In a
     # shared project, evolution read the class arm's top-ups and other loop variants as kept images.
     # One project per loop setting and evolution code: a variant never reads another's rounds.
-    sub = "loop-arm-" + hashlib.sha256(loop_key(args).encode()).hexdigest()[:8]
+    lkey = loop_key(args)
+    sub = "loop-arm-" + hashlib.sha256(lkey.encode()).hexdigest()[:8]
     lctx = Ctx(ctx.track, seed, ctx.spurious, ctx.models, ctx.checker, args, sub=sub)
     try:
-        _run_loop_arm(lctx, kmax, margin, target, args, add_rows)
+        _run_loop_arm(lctx, lkey, kmax, margin, target, args, add_rows)
     finally:
         lctx.close()
     return rows
@@ -724,13 +725,11 @@ def loop_key(args) -> str:
     )
 
 
-def _run_loop_arm(ctx: Ctx, kmax: int, margin: int, target: dict[str, np.ndarray], args, add_rows) -> None:
+def _run_loop_arm(ctx: Ctx, lkey: str, kmax: int, margin: int, target: dict[str, np.ndarray], args, add_rows) -> None:
     """The loop arm in its own project: round 1 of class prompts, then `--loop-rounds` times the person's
     lassos on the last round, evolve, an evolved round (topped up to N); the arm is the last round."""
     seed = ctx.seed
     class_ids = ctx.arm("class", lambda: ctx.generate(kmax + margin, 1, strategy="class"))
-
-    lkey = loop_key(args)
 
     def evolved_round(r: int, shown: list[str]) -> dict:
         # The person looks at the last round: every image the class filter accepted and nobody marked
