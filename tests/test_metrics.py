@@ -187,6 +187,8 @@ def test_metrics_chart(world):
         metrics_chart(pd.DataFrame())
     with pytest.raises(MetricsError, match="round"):
         metrics_chart(pd.DataFrame({"distance": [1.0]}))
+    with pytest.raises(MetricsError, match="no metric has a value yet"):
+        metrics_chart(pd.DataFrame({"round": [0], "student_acc": [np.nan]}))  # round 0, student training
 
 
 def test_a_panel_with_one_point_says_its_round_and_what_more_rounds_will_show():

@@ -425,9 +425,13 @@ def test_crafter_view_shows_metrics_once_there_are_rounds(crafter, monkeypatch) 
     view = CrafterView(crafter)
     view.wait()
     assert view.widget.chart == ""  # no rounds yet: no chart
-    # crafter.metrics is a computed property (one row per round); stand in for two rounds of it.
-    table = {"df": pd.DataFrame({"round": [1], "distance": [0.4], "diversity": [0.2]})}
+    # Round 0 alone, its held-out student still training: nothing to plot, so no title-only box either.
+    table = {"df": pd.DataFrame({"round": [0], "n_generated": [np.nan], "student_acc": [np.nan]})}
     monkeypatch.setattr(type(crafter), "metrics_table", lambda self, progress=True: table["df"])
+    view.update_metrics()
+    assert view.widget.chart == "" and "unavailable" not in view.widget.status
+    # crafter.metrics is a computed property (one row per round); stand in for two rounds of it.
+    table["df"] = pd.DataFrame({"round": [1], "distance": [0.4], "diversity": [0.2]})
     view.update_metrics()
     light = view.widget.chart
     assert light.startswith("<svg") and "distance" in light and "diversity" in light

@@ -317,6 +317,10 @@ def metrics_chart(df: pd.DataFrame, metrics: Sequence[str] | None = None):
         raise MetricsError(f"none of the metric columns {list(metrics or CHART_METRICS)} are in the DataFrame.")
     long = df[["round", *cols]].melt(id_vars="round", var_name="metric", value_name="value")
     long = long.dropna(subset=["value"])
+    if long.empty:
+        raise MetricsError(
+            "no metric has a value yet: run a round (round 0's held-out student accuracy shows once it is trained)."
+        )
     if long["round"].isna().any():
         raise MetricsError("the 'round' column has missing values; give every row its round number.")
     long["round"] = long["round"].astype("int64")

@@ -21,6 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from ..controller.map_view import column_numbers
+from ..loop.metrics import MetricsError
 from .codecs import COLOR_MODES, png_bytes, feedback_codes, thumbnail
 from .commands import COMMANDS, parse
 from .widget import CrafterWidget
@@ -617,6 +618,8 @@ class CrafterView:
             self.widget.chart = metrics_svg(
                 self._metrics_frame, dark=self.widget.theme == "dark", note=self._chart_note()
             )
+        except MetricsError:
+            self.widget.chart = ""  # nothing to plot yet (round 0's student still training): no empty box
         except Exception as err:  # noqa: BLE001 - the chart must never break the view
             self.widget.status = f"metrics chart unavailable: {err} (pip install vl-convert-python for offline charts)"
 

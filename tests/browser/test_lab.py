@@ -458,7 +458,7 @@ def test_loop_in_jupyterlab_offline(page: Any, lab: Lab) -> None:
 
     # 3. The metrics chart renders with every non-local request blocked (SVG drawn in the kernel).
     page.wait_for_function(
-        "[...document.querySelectorAll('[data-role=chart] img')].some((i) => i.naturalWidth > 100)", timeout=600000
+        "[...document.querySelectorAll('[data-role=chart] img')].some((i) => i.naturalHeight > 50)", timeout=600000
     )
     chart = root.locator("[data-role=chart] img")
     assert chart.bounding_box()["height"] > 50
