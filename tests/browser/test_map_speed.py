@@ -4,6 +4,8 @@ is measured in benchmarks/bench_widget.py, never asserted here).
 - The sharp frame after a zoom gesture: on software WebGL the marks are written by raster.js instead of
   WebGL's point sprites; the two must draw the same pixels (shapes, feedback bands, held-out diamonds,
   the selection's ring and the dimming of everything else).
+- Zoomed in on thumbnails, a new cached frame draws the canvas's area first and its margins when idle;
+  a pan or zoom gesture that reaches a margin not drawn yet must draw it first (no stale margin shows).
 - A filter from the legend or the sidebar is drawn at once, from what the browser holds, and Python's
   mask confirming it costs nothing; where the browser cannot tell (Isolate), it waits for Python.
 """
@@ -74,6 +76,54 @@ def test_marks_written_without_webgl_match_webgl_pixel_for_pixel(page: Any) -> N
     zoomed = page.evaluate(COMPARE)
     assert zoomed["rastered"] == 1 and zoomed["marked"] > 20_000, zoomed
     assert zoomed["differ"] <= zoomed["marked"] * 0.002, zoomed
+    assert page.errors == []
+
+
+PAN_FIRST = f"""([visibleFirst, moves]) => {{
+    // All in one task: the idle callbacks that fill the margins cannot run in between.
+    const h = {H}, v = h.view, out = [];
+    h.setVisibleFirst(visibleFirst); h.dropPanCache(); h.drawNow();
+    out.push(h.pendingSlices);
+    for (const [dx, dy] of moves) {{ h.setView(v.k, v.tx + dx, v.ty + dy); h.drawNow(); out.push(h.readPixels()); }}
+    h.setView(v.k, v.tx, v.ty); h.dropPanCache(); h.drawNow();
+    h.zoomBy(0.8, v.width / 2, v.height / 2); h.drawNow();  // a zoom gesture shows the cached frame scaled
+    out.push(h.readPixels());
+    h.setView(v.k, v.tx, v.ty);
+    return out;
+}}"""
+
+
+def test_thumbnail_frame_draws_the_canvas_first_and_a_pan_never_shows_an_undrawn_margin(page: Any) -> None:
+    frame = synthetic_frame(12_000, classes=6, seed=2)
+    w = CrafterWidget(height=420)
+    w.set_frame(frame, thumbnails=synthetic_thumbnails(frame, 16))
+    open_standalone(page, widget_state(w), width=1000)
+    if handle(page, "h.primitive") != "points":
+        pytest.skip("the pan cache and its margins are for software WebGL")
+    view = handle(page, "h.view")
+    cx, cy, z = view["width"] / 2, view["height"] / 2, 9
+    handle(page, f"h.setView({view['k'] * z}, {cx - (cx - view['tx']) * z}, {cy - (cy - view['ty']) * z})")
+    page.wait_for_function(f"{H}.thumbsShown && {H}.thumbsReady", timeout=60_000)
+    moves = [[0, 0], [120, 0], [120, -90], [-200, 150]]
+    page.evaluate(
+        "() => { window.__compare = (a, b) => { let d = 0; for (let p = 0; p < a.length; p += 4) "
+        "if (a[p] !== b[p] || a[p + 1] !== b[p + 1] || a[p + 2] !== b[p + 2]) d++; return d; }; }"
+    )
+    pixels = page.evaluate(
+        f"""([moves]) => {{
+            const whole = ({PAN_FIRST})([false, moves]), first = ({PAN_FIRST})([true, moves]);
+            const differ = whole.slice(1).map((a, j) => window.__compare(a, first[j + 1]));
+            return {{ pendingWhole: whole[0], pendingFirst: first[0], differ,
+                      marked: window.__compare(whole[1], new Uint8Array(whole[1].length).fill(255)) }};
+        }}""",
+        [moves],
+    )
+    # Drawn whole, nothing waits; drawn canvas first, the margins wait, yet every frame shown is the same.
+    assert pixels["pendingWhole"] == 0 and pixels["pendingFirst"] > 4, pixels
+    assert pixels["marked"] > 10_000, pixels
+    assert pixels["differ"] == [0] * (len(moves) + 1), pixels
+    # Left alone, the margins are filled when the page is idle.
+    page.wait_for_function(f"{H}.pendingSlices === 0", timeout=10_000)
     assert page.errors == []
 
 
