@@ -136,14 +136,16 @@ def filtered_widget(n: int = 800) -> tuple[CrafterWidget, Any]:
     return w, frame
 
 
-def python_answers(page: Any, hide: dict, mask: np.ndarray, isolated: bool = False) -> None:
+def python_answers(
+    page: Any, hide: dict, mask: np.ndarray, isolated: bool = False, test: bool = False, removed: bool = False
+) -> None:
     """What the kernel sends back for a filter command: the view state, the mask, then the result."""
     page.evaluate(
-        """([hide, mask, isolated]) => { const m = window.__model;
-           m.set('filters', {show_test: false, show_removed: false, isolated, hide});
+        """([hide, mask, isolated, test, removed]) => { const m = window.__model;
+           m.set('filters', {show_test: test, show_removed: removed, isolated, hide});
            m.set('hidden', new DataView(Uint8Array.from(mask).buffer));
            m.emit({type: 'result', name: 'filter', ok: true, message: ''}); }""",
-        [hide, mask.astype(np.uint8).tolist(), isolated],
+        [hide, mask.astype(np.uint8).tolist(), isolated, test, removed],
     )
 
 
@@ -209,4 +211,54 @@ def test_where_the_browser_cannot_tell_it_waits_for_python(page: Any) -> None:
     # Hiding is always exact: class 3 goes at once, the rest stays as Python had it.
     page.locator(".dcw-legend .dcw-toggle[data-field=label][data-value='class 3']").click()
     assert np.array(handle(page, "h.hidden"), bool).tolist() == (isolated | (labels == "class 3")).tolist()
+    assert page.errors == []
+
+
+def test_show_test_and_show_removed_are_drawn_before_python_answers(page: Any) -> None:
+    frame = synthetic_frame(800, seed=6)
+    held_out = (np.arange(len(frame)) % 3 == 0) & (frame["source"] == "real").to_numpy()  # real images only
+    frame["split"] = np.where(held_out, "test", "pool")
+    frame["feedback"] = np.where(np.arange(len(frame)) % 11 == 4, "removed", "")
+    w = CrafterWidget(height=400)
+    w.set_frame(frame)
+    open_standalone(page, widget_state(w), width=1300)
+    labels = frame["label"].to_numpy()
+    test, removed = (frame["split"] == "test").to_numpy(), (frame["feedback"] == "removed").to_numpy()
+    python_answers(page, {}, test | removed)  # the view as a project opens: both hidden
+
+    def hidden() -> list[bool]:
+        return np.array(handle(page, "h.hidden"), bool).tolist()
+
+    box = {k: page.locator(f"input[data-filter={k}]") for k in ("show_test", "show_removed")}
+    frames = handle(page, "h.frames")
+    box["show_test"].click()
+    assert commands(page)[-1]["args"] == {"show_test": True}
+    # No answer from Python yet: the held-out images show, the removed ones stay hidden.
+    assert hidden() == removed.tolist()
+    assert box["show_test"].is_checked()
+    page.wait_for_function(f"{H}.frames > {frames}")
+    # Python's answer is the same mask: nothing is drawn again.
+    page.wait_for_timeout(100)
+    frames = handle(page, "h.frames")
+    python_answers(page, {}, removed, test=True)
+    page.wait_for_timeout(100)
+    assert handle(page, "h.frames") == frames and hidden() == removed.tolist()
+    box["show_removed"].click()
+    assert commands(page)[-1]["args"] == {"show_removed": True}
+    assert not any(hidden())
+    python_answers(page, {}, np.zeros(len(frame), bool), test=True, removed=True)
+    # With class 1 hidden from the legend, hiding and showing the test images keeps class 1 hidden.
+    page.locator(".dcw-legend .dcw-toggle[data-field=label][data-value='class 1']").click()
+    python_answers(page, {"label": ["class 1"]}, labels == "class 1", test=True, removed=True)
+    box["show_test"].click()
+    assert hidden() == ((labels == "class 1") | test).tolist()
+    assert not box["show_test"].is_checked()
+    python_answers(page, {"label": ["class 1"]}, (labels == "class 1") | test, removed=True)
+    box["show_test"].click()
+    assert hidden() == (labels == "class 1").tolist()
+    # Under Isolate (ids only Python knows) the held-out images wait for Python's mask.
+    python_answers(page, {}, (np.arange(len(frame)) >= 100) | test, isolated=True, removed=True)
+    before = hidden()
+    box["show_test"].click()
+    assert hidden() == before
     assert page.errors == []
