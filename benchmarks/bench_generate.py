@@ -10,7 +10,12 @@
 Uses the starter models when their weights are shipped, else the tiny random-weight SD from
 tests/tiny_models.py. CPU unless a GPU is present.
 
+3. with --batches 8,32,64: images/s of the same requests rendered at each batch size (interleaved
+   repeats) and the largest pixel difference from the first size's images (batch composition must
+   not change what a seed draws). It chose the starter's default batch of 64.
+
     python benchmarks/bench_generate.py [--models auto|starter|tiny] [--images 40] [--batch 8] [--steps 20]
+    python benchmarks/bench_generate.py --models starter --batches 8,32,64 --per-class 8
 """
 
 from __future__ import annotations
@@ -91,6 +96,32 @@ def crafter_generate(ds, models, per_class, steps, guidance, batch, filter_on, w
     return len(ids) / t.wall, len(ids) / t.cpu
 
 
+def by_batch(
+    gen: Generator, prompts: list[str], negatives: list[str], seeds: list[int], args, sizes: list[int]
+) -> None:
+    """Section 3: the same requests at each batch size, interleaved; rates and pixel differences."""
+    import numpy as np
+
+    gen(prompts[:2], negative_prompt=negatives[:2], seed=seeds[:2], steps=2, batch_size=2)  # warm-up
+    rates: dict[int, list[float]] = {b: [] for b in sizes}
+    first: dict[int, np.ndarray] = {}
+    for _ in range(args.repeats):
+        for b in sizes:
+            with Timer() as t:
+                out = gen(prompts, negative_prompt=negatives, seed=seeds, steps=args.steps, batch_size=b)
+            rates[b].append(len(prompts) / t.wall)
+            first.setdefault(b, np.stack([np.asarray(im, dtype=np.int16) for im in out]))
+    base = sizes[0]
+    print(f"\n3) {len(prompts)} images at each batch size ({args.repeats} interleaved runs, wall clock)")
+    for b in sizes:
+        diff = int(np.abs(first[b] - first[base]).max())
+        ratio = statistics.median(rates[b]) / statistics.median(rates[base])
+        print(
+            f"   batch {b:4d}: median {statistics.median(rates[b]):6.2f} img/s ({ratio:.2f}x batch {base})   "
+            f"runs: {', '.join(f'{x:.2f}' for x in rates[b])}   largest pixel difference from batch {base}: {diff}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="auto", choices=["auto", "starter", "tiny"])
@@ -99,6 +130,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--weights", default=None, help="load starter-architecture weights from this folder")
+    ap.add_argument("--batches", default="", help="comma list of batch sizes: only section 3 (images/s per batch)")
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (0: torch's default); 1 is steadier on a shared CPU"
     )
@@ -124,6 +156,9 @@ def main() -> None:
         f"{n} images, batch {args.batch}, {args.steps} steps, guidance {guidance}, torch threads {torch.get_num_threads()}"
     )
 
+    if args.batches:
+        by_batch(gen, prompts, negatives, seeds, args, [int(b) for b in args.batches.split(",")])
+        return
     pure = dc.Models(generator=gen)  # no embedder: the generation path alone
     with tempfile.TemporaryDirectory() as workdir:
         # warm-up (lazy img2img/tokenizer setup, allocator)

@@ -20,6 +20,11 @@ times, ~15-20 min per training at ~4% of a core, say nothing about speed; ~55 CP
 pool150 0.957 [0.946, 0.969]; 5shot+200pool 0.836 [0.782, 0.890]; 5shot 0.180 [0.158, 0.202];
 5shot-sp0 0.273 [0.243, 0.302] (mean, 95% interval).
 
+Training layout (2026-12-07, `--threads 1 --layouts nchw,channels_last --settings 5shot,5shot+200pool`,
+both layouts per seed in one run; benchmarks/results/session9/compute/): channels-last trains 1.52x
+(5shot, 10.4 s vs 15.8 s) and 1.45x (5shot+200pool) faster, accuracy within 0.003 of NCHW's
+(0.181 vs 0.179; 0.833 vs 0.837), so it is the default.
+
     python benchmarks/bench_student.py                    # 5 seeds, all four settings
     python benchmarks/bench_student.py --seeds 2 --settings 5shot+200pool --steps 600
 """
@@ -41,6 +46,7 @@ import torch
 from scipy import stats
 
 import datacrafter_widget as dc
+from datacrafter_widget.loop import student as student_module
 from datacrafter_widget.loop.student import evaluate, train_student
 
 SETTINGS = {
@@ -76,6 +82,11 @@ def main() -> None:
     )
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {list(SETTINGS)}")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--layouts",
+        default="channels_last",
+        help="comma list of channels_last (the default) and nchw: the CNN's training layout; both = a same-run comparison",
+    )
     for opt, typ in (
         ("steps", int),
         ("width", int),
@@ -101,27 +112,47 @@ def main() -> None:
     print(
         f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, overrides {overrides or 'none'}", flush=True
     )
+    layouts = [s.strip() for s in args.layouts.split(",") if s.strip()]
+    if not layouts or set(layouts) - {"channels_last", "nchw"}:
+        raise SystemExit(f"--layouts {args.layouts!r}: a comma list of channels_last and nchw")
     summary = []
     for name in names:
-        accs, secs = [], []
         for seed in [int(x) for x in args.seed_list.split(",")] if args.seed_list else range(args.seeds):
             ds, images, labels = training_data(name, seed)
-            t = time.perf_counter()
-            student = train_student(images, labels, ds.classes, kind="cnn", seed=seed, progress=False, **overrides)
-            secs.append(time.perf_counter() - t)
-            accs.append(evaluate(student, ds.test)["accuracy"])
-            print(
-                f"{name:14s} seed {seed}  n_train {len(images):5d}  test acc {accs[-1]:.3f}  train {secs[-1]:6.1f} s",
-                flush=True,
-            )
-        a = np.asarray(accs)
-        std = float(a.std(ddof=1)) if len(a) > 1 else 0.0
-        half = float(stats.t.ppf(0.975, len(a) - 1) * std / np.sqrt(len(a))) if len(a) > 1 else float("nan")
-        summary.append((name, a.mean(), std, a.mean() - half, a.mean() + half, float(np.mean(secs)), len(a)))
+            for layout in layouts:  # interleaved per seed, so both layouts see the same machine load
+                student_module.CNN_CHANNELS_LAST = layout == "channels_last"
+                t = time.perf_counter()
+                student = train_student(images, labels, ds.classes, kind="cnn", seed=seed, progress=False, **overrides)
+                sec = time.perf_counter() - t
+                acc = evaluate(student, ds.test)["accuracy"]
+                summary.append((name, layout, seed, acc, sec))
+                print(
+                    f"{name:14s} {layout:13s} seed {seed}  n_train {len(images):5d}  test acc {acc:.3f}  "
+                    f"train {sec:6.1f} s",
+                    flush=True,
+                )
     print()
-    print(f"{'setting':14s} {'seeds':>5s} {'mean':>6s} {'std':>6s} {'95% interval':>15s} {'s/train':>8s}  target")
-    for name, mean, std, lo, hi, sec, k in summary:
-        print(f"{name:14s} {k:5d} {mean:6.3f} {std:6.3f}   [{lo:.3f}, {hi:.3f}] {sec:8.1f}  {TARGETS[name]}")
+    print(
+        f"{'setting':14s} {'layout':13s} {'seeds':>5s} {'mean':>6s} {'std':>6s} {'95% interval':>15s} {'s/train':>8s}  target"
+    )
+    for name in names:
+        for layout in layouts:
+            rows = [r for r in summary if r[0] == name and r[1] == layout]
+            a = np.asarray([r[3] for r in rows])
+            std = float(a.std(ddof=1)) if len(a) > 1 else 0.0
+            half = float(stats.t.ppf(0.975, len(a) - 1) * std / np.sqrt(len(a))) if len(a) > 1 else float("nan")
+            sec = float(np.mean([r[4] for r in rows]))
+            print(
+                f"{name:14s} {layout:13s} {len(a):5d} {a.mean():6.3f} {std:6.3f}   [{a.mean() - half:.3f}, "
+                f"{a.mean() + half:.3f}] {sec:8.1f}  {TARGETS[name]}"
+            )
+    if len(layouts) == 2:
+        for name in names:
+            by = {layout: {r[2]: r for r in summary if r[0] == name and r[1] == layout} for layout in layouts}
+            seeds = sorted(by["nchw"])
+            ratio = np.mean([by["nchw"][s][4] for s in seeds]) / np.mean([by["channels_last"][s][4] for s in seeds])
+            diff = np.mean([by["channels_last"][s][3] - by["nchw"][s][3] for s in seeds])
+            print(f"{name}: nchw / channels_last seconds {ratio:.2f}x, accuracy channels_last - nchw {diff:+.3f}")
 
 
 if __name__ == "__main__":

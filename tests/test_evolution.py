@@ -402,7 +402,16 @@ def test_evolution_ticks_while_it_renders_not_only_per_generation(tmp_path, monk
     store, _ = _project(tmp_path, world, mark_labels=True)
     seen = []
     monkeypatch.setattr(compute, "HEARTBEAT_S", 0.0)  # every batch is "slow": each one reports
-    _evolve_3(store, world, population=4, generations=1, batch=2, seed=0, progress=lambda d, t: seen.append((d, t)))
+    _evolve_3(
+        store,
+        world,
+        population=4,
+        generations=1,
+        batch=2,
+        seed=0,
+        render_batch=2,  # one candidate per call
+        progress=lambda d, t: seen.append((d, t)),
+    )
     assert seen[-1] == (1, 1)
-    assert len(seen) >= 4  # the candidates' batches before the one generation ends
+    assert len(seen) >= 4  # the candidates' calls before the one generation ends
     store.close()

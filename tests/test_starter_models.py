@@ -152,3 +152,23 @@ def test_shipped_generator_follows_background_prompt(no_network):
     light = gen([f"a red {d} on a white background" for d in "0369"], seed=0, steps=10)
     corner = lambda im: float(np.asarray(im, dtype=np.float32)[:3, :3].mean())  # noqa: E731
     assert max(corner(im) for im in dark) < 90 < min(corner(im) for im in light)
+
+
+@pytest.mark.skipif(not HAS_SHIPPED, reason="starter weights not built yet")
+def test_a_crafter_renders_in_the_generators_batch_unless_told_otherwise(tmp_path, no_network):
+    """The starter's 32 px pipeline renders 64 images per call (its images/s triples from 8 to 64);
+    a crafter uses its generator's batch size until one is set, and None goes back to it."""
+    import datacrafter_widget as dc
+
+    models = sm.load_starter_models()
+    assert models.generator.default_batch_size == sm.STARTER_BATCH_SIZE == 64
+    crafter = dc.DataCrafter(dc.starter.colored_digits(shots=1), models=models, project=tmp_path / "p")
+    assert crafter.batch_size == 64
+    crafter.batch_size = 4
+    assert crafter.batch_size == 4
+    crafter.batch_size = None
+    assert crafter.batch_size == 64
+    with pytest.raises(ValueError, match="batch_size=0 must be at least 1"):
+        crafter.batch_size = 0
+    again = dc.DataCrafter(dc.starter.colored_digits(shots=1), models=models, project=tmp_path / "q", batch_size=16)
+    assert again.batch_size == 16

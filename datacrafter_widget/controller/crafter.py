@@ -69,7 +69,7 @@ class DataCrafter:
         models: Models | None = None,
         project: str | os.PathLike[str] = "runs/datacrafter",
         *,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         heldout: Dataset | str | None = "auto",
         backend: BackendConfig = None,
     ) -> None:
@@ -94,7 +94,7 @@ class DataCrafter:
         models: Models | None = None,
         *,
         readonly: bool = False,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         backend: BackendConfig = None,
     ) -> DataCrafter:
         """Resume a project after a kernel restart (models are optional for browsing)."""
@@ -108,7 +108,9 @@ class DataCrafter:
             open_projects.release(store)
             raise
 
-    def _setup(self, project: Project, models: Models, ds: Dataset, batch_size: int, backend: BackendConfig) -> None:
+    def _setup(
+        self, project: Project, models: Models, ds: Dataset, batch_size: int | None, backend: BackendConfig
+    ) -> None:
         self._project = project
         self.store = project.store
         self.project = project.path
@@ -142,12 +144,14 @@ class DataCrafter:
 
     @property
     def batch_size(self) -> int:
-        """Images per pipeline call when a round does not set its own."""
+        """Images per pipeline call when a round does not set its own: the value given, else the
+        generator's default (`models.generator.default_batch_size`: 64 for the starter kit, 8 for Stable
+        Diffusion); set it to None to go back to that default."""
         return self.rounds_runner.batch_size
 
     @batch_size.setter
-    def batch_size(self, value: int) -> None:
-        self.rounds_runner.batch_size = int(value)
+    def batch_size(self, value: int | None) -> None:
+        self.rounds_runner.batch_size = value
 
     @property
     def filter_mode(self) -> str:

@@ -55,13 +55,13 @@ class RoundRunner:
         backend: Backend,
         embeddings: Embeddings,
         *,
-        batch_size: int = 8,
+        batch_size: int | None = None,
     ) -> None:
         self.project = project
         self.models = models
         self.backend = backend
         self.embeddings = embeddings
-        self.batch_size = int(batch_size)
+        self._batch_size = None if batch_size is None else int(batch_size)
         self.job: Job | None = None
         self.last_gap_results: dict[str, GapResult] = {}  # the tokens of the last GAP round, per class
         self._filter_cache: tuple[tuple[Any, ...], ClassFilter] | None = None
@@ -234,6 +234,19 @@ class RoundRunner:
             self.project.rounds.update(rnd, class_filter=flt.report)
         return flt
 
+    @property
+    def batch_size(self) -> int:
+        """Images per pipeline call: the value set, else the generator's default (8 without one)."""
+        if self._batch_size is not None:
+            return self._batch_size
+        return int(getattr(self.models.generator, "default_batch_size", 8) or 8)
+
+    @batch_size.setter
+    def batch_size(self, value: int | None) -> None:
+        if value is not None and int(value) < 1:
+            raise ValueError(f"batch_size={value} must be at least 1 (None: the generator's default)")
+        self._batch_size = None if value is None else int(value)
+
     # ---- prompt evolution ------------------------------------------------------------------------
     def evolve(
         self,
@@ -259,6 +272,7 @@ class RoundRunner:
         emb = self.models.require("embedder", "crafter.evolve()")
         rnd = self.project.rounds.next_round()
         options.setdefault("lassos", self.project.feedback.lassos())
+        options.setdefault("render_batch", self.batch_size)
         return rounds.evolve_store(
             self.store,
             classes=self.project.classes,

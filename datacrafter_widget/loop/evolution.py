@@ -378,12 +378,18 @@ def _unwanted_test(
     names = [g.label, *[u for u in unwanted if u != g.label]]
     without = Genome(g.label, g.phrases, tuple(p for p in g.negative if p not in unwanted))
     with_neg = Genome(g.label, g.phrases, tuple(dict.fromkeys([*without.negative, *unwanted])))
+    n = len(seeds)
+    both = (without, with_neg)  # rendered in one call
+    images = generate(
+        [compose(g) for g in both for _ in seeds], [g.negative_prompt() for g in both for _ in seeds], seeds * 2
+    )
     hits = []
-    for cand in (without, with_neg):
-        images = generate([compose(cand)] * len(seeds), [cand.negative_prompt()] * len(seeds), seeds)
-        probs = np.asarray(embedder.zero_shot(_norm(np.asarray(embedder.embed_images(images))), names))
+    for k in range(2):
+        probs = np.asarray(
+            embedder.zero_shot(_norm(np.asarray(embedder.embed_images(images[k * n : (k + 1) * n]))), names)
+        )
         hits.append(int((probs.argmax(axis=1) == 0).sum()))
-    n, words = len(seeds), ", ".join(repr(u) for u in unwanted)
+    words = ", ".join(repr(u) for u in unwanted)
     # Strictly more: a negative prompt costs more than what it names (the starter's images are
     # worse and fewer pass the class filter with one), so it must earn its place.
     if hits[1] > hits[0]:
@@ -494,6 +500,7 @@ def evolve_prompts(
     mixture_size: int = 24,
     test_negatives: bool = True,
     lassos: Sequence[Sequence[str]] = (),
+    render_batch: int = 64,
 ) -> EvolutionResult:
     """Evolve each class's prompt from the feedback in `samples` (the store's samples table).
 
@@ -510,6 +517,10 @@ def evolve_prompts(
     images per axis. With `test_negatives`, labels marked unwanted become a negative prompt only
     where that makes more images read as the class (measured on max(16, 4 x batch) images with and
     without).
+
+    A population's new candidates, the negative-prompt test and an axis's phrase measurements each
+    render in one batch, passed to `generate` in calls of at most `render_batch` images (the
+    generator's batch size: fewer, larger calls render faster; each call may report progress).
     """
     classes = [str(c) for c in classes]
     if only_classes is not None:
@@ -524,6 +535,8 @@ def evolve_prompts(
         raise EvolutionError(
             "evolution scores candidates with CLIP and needs an embedder: pass models with an embedder"
         )
+    if int(render_batch) < 1:
+        raise EvolutionError(f"render_batch={render_batch} must be at least 1")
     if population < 2 or generations < 1 or batch < 1:
         raise EvolutionError(
             f"population={population}, generations={generations}, batch={batch}: use population >= 2, generations >= 1, batch >= 1"
@@ -554,15 +567,18 @@ def evolve_prompts(
     rendered = [0, time.monotonic()]  # batches rendered, time of the last report
 
     def ticking(prompts: list[str], negatives: list[str], seeds: list[int]) -> list[Image.Image]:
-        # every rendered batch (a candidate, a phrase measured) may report: a busy CPU still ticks
-        images = render(prompts, negatives, seeds)
-        rendered[0] += 1
-        if time.monotonic() - rendered[1] >= compute.HEARTBEAT_S:
-            rendered[1] = time.monotonic()
-            if bar is not None:
-                bar.set_postfix_str(f"{rendered[0]} batches rendered")
-            elif callable(progress):
-                progress(done, total)
+        # every rendered call (at most render_batch images) may report: a busy CPU still ticks
+        images: list[Image.Image] = []
+        for at in range(0, len(prompts), int(render_batch)):
+            end = at + int(render_batch)
+            images += render(prompts[at:end], negatives[at:end], seeds[at:end])
+            rendered[0] += 1
+            if time.monotonic() - rendered[1] >= compute.HEARTBEAT_S:
+                rendered[1] = time.monotonic()
+                if bar is not None:
+                    bar.set_postfix_str(f"{rendered[0]} batches rendered")
+                elif callable(progress):
+                    progress(done, total)
         return images
 
     generate = ticking
@@ -602,42 +618,59 @@ def evolve_prompts(
         )
         seen: dict[tuple, Candidate] = {}
 
-        def score(g: Genome) -> Candidate:
-            g = _enforce(g, ctx)
-            if g.key() in seen:
-                return seen[g.key()]
-            prompt = compose(g)
-            images = generate([prompt] * batch, [g.negative_prompt()] * batch, seeds)
-            parts = _fitness(
-                images, g, embedder.embed_images, embedder, c, classes, fb.good[c], bad_ref, unwanted_emb, weights
-            )
-            cand = Candidate(g, prompt, parts.pop("fitness"), parts)
-            seen[g.key()] = cand
-            return cand
+        def score(genomes: Sequence[Genome]) -> list[Candidate]:
+            # A population's new candidates render in one call (a small model's images/s grows with
+            # the batch); each candidate keeps its own `batch` images on the round's seeds.
+            gs = [_enforce(g, ctx) for g in genomes]
+            new = list({g.key(): g for g in gs if g.key() not in seen}.values())
+            if new:
+                prompts = [compose(g) for g in new]
+                images = generate(
+                    [p for p in prompts for _ in range(batch)],
+                    [g.negative_prompt() for g in new for _ in range(batch)],
+                    [s for _ in new for s in seeds],
+                )
+                for k, (g, prompt) in enumerate(zip(new, prompts)):
+                    parts = _fitness(
+                        images[k * batch : (k + 1) * batch],
+                        g,
+                        embedder.embed_images,
+                        embedder,
+                        c,
+                        classes,
+                        fb.good[c],
+                        bad_ref,
+                        unwanted_emb,
+                        weights,
+                    )
+                    seen[g.key()] = Candidate(g, prompt, parts.pop("fitness"), parts)
+            return [seen[g.key()] for g in gs]
 
-        pop = [score(previous)]
+        start = [previous]
         # Directed seeds: the phrase nearest the bad images into the negative, the one nearest the good ones added.
         ranked_vocab = sorted((p for p in vocab if p not in previous.phrases), key=lambda p: aff[p])
         negatable = [p for p in ranked_vocab if ctx.may_negate(p)]
         if negatable and aff[negatable[0]] < 0 and near_bad.get(negatable[0], 0):
-            pop.append(score(Genome(c, previous.phrases, tuple(dict.fromkeys([*previous.negative, negatable[0]])))))
+            start.append(Genome(c, previous.phrases, tuple(dict.fromkeys([*previous.negative, negatable[0]]))))
         if (
             ctx.may_add
             and ranked_vocab
             and aff[ranked_vocab[-1]] > 0
             and len(previous.phrases) < max_phrases
-            and len(pop) < population
+            and len(start) < population
         ):
-            pop.append(score(Genome(c, (*previous.phrases, ranked_vocab[-1]), previous.negative)))
-        while len(pop) < population:
-            pop.append(score(_mutate(previous if rng.random() < 0.7 else pop[-1].genome, ctx, rng, max_phrases)))
+            start.append(Genome(c, (*previous.phrases, ranked_vocab[-1]), previous.negative))
+        while len(start) < population:
+            base = previous if rng.random() < 0.7 else _enforce(start[-1], ctx)
+            start.append(_mutate(base, ctx, rng, max_phrases))
+        pop = score(start)
         for gen in range(generations):
             if should_stop is not None and should_stop():
                 cancelled = True
                 break
             pop.sort(key=lambda k: -k.fitness)
             parents = pop[: max(2, population // 2)]
-            children: list[Candidate] = []
+            children: list[Genome] = []
             while len(children) < population - len(parents):
                 a, b = rng.choice(len(parents), size=2, replace=False)
                 child = (
@@ -645,8 +678,8 @@ def evolve_prompts(
                     if rng.random() < 0.5
                     else parents[a].genome
                 )
-                children.append(score(_mutate(child, ctx, rng, max_phrases)))
-            pop = parents + children
+                children.append(_mutate(child, ctx, rng, max_phrases))
+            pop = parents + score(children)
             done += 1
             if bar is not None:
                 bar.update(1)
@@ -751,18 +784,25 @@ def _rebalance(
             continue
         seen, target, capped = targets[axis]
 
-        def generate_read(
-            phrase: str, phrases: list[str] = phrases, phrase_emb: np.ndarray = phrase_emb
-        ) -> tuple[np.ndarray, np.ndarray]:
-            genomes = []
+        # Every phrase's follow-up batch (and the one without a phrase) renders in one call.
+        genomes = []
+        for phrase in [NONE, *phrases]:
             for j in range(n_follow):
                 g = results[evolved[j % len(evolved)]].best.genome
                 rest = tuple(p for p in g.phrases if p not in phrases)
                 genomes.append(Genome(g.label, rest + ((phrase,) if phrase else ()), g.negative))
-            images = generate([compose(g) for g in genomes], [g.negative_prompt() for g in genomes], follow_seeds)
-            found = np.asarray(embedder.embed_images(images), dtype=np.float32)
-            kept = keeps(found, [g.label for g in genomes]) if keeps is not None else np.ones(len(images), bool)
-            return read_axis(_norm(found), phrase_emb), kept
+        images = generate(
+            [compose(g) for g in genomes], [g.negative_prompt() for g in genomes], follow_seeds * (len(phrases) + 1)
+        )
+        found = np.asarray(embedder.embed_images(images), dtype=np.float32)
+        kept_all = keeps(found, [g.label for g in genomes]) if keeps is not None else np.ones(len(images), bool)
+        cells_all = read_axis(_norm(found), phrase_emb)
+        rows = {p: slice(k * n_follow, (k + 1) * n_follow) for k, p in enumerate([NONE, *phrases])}
+
+        def generate_read(
+            phrase: str, rows: dict[str, slice] = rows, cells: np.ndarray = cells_all, kept: np.ndarray = kept_all
+        ) -> tuple[np.ndarray, np.ndarray]:
+            return cells[rows[phrase]], kept[rows[phrase]]
 
         follow, keep = measure_following(phrases, generate_read, len(phrases))
         w = mixture_weights(follow, target, keep=keep)
