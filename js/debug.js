@@ -49,6 +49,10 @@ export function publishDebugHandle(view) {
     },
     /** raster.js for the cached frame's marks on software WebGL: setRaster(false) draws them with WebGL. */
     setRaster: (on) => { if (self.renderer) { self.renderer.raster = Boolean(on) && self.renderer.software; self.renderer.dropCache(); self.requestDraw(); } },
+    /** The pan cache's margins drawn after the canvas's area (when idle): setVisibleFirst(false) draws it whole. */
+    setVisibleFirst: (on) => { if (self.renderer) { self.renderer.visibleFirst = Boolean(on) && self.renderer.software; self.renderer.dropCache(); self.requestDraw(); } },
+    /** Margin pieces of the cached frame still to draw. */
+    get pendingSlices() { const c = self.renderer && self.renderer.cache; return c && c.fill ? c.fill.pending.length : 0; },
     zoomTo: (idx) => self.zoomTo(idx),
     dataToScreen: (x, y) => self.toScreen(x, y),
     zoomBy: (f, sx, sy) => zoomBy(self, f, sx, sy),

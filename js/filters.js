@@ -16,6 +16,22 @@ function hiddenNow(view) {
   return view.pendingHide || (view.model.get("filters") || {}).hide || {};
 }
 
+/** Whether held-out test images and removed images are shown now (the browser's own while Python has not
+ *  answered a filter yet). @param {any} view @returns {{show_test: boolean, show_removed: boolean}} */
+export function flagsNow(view) {
+  const f = view.model.get("filters") || {}, p = view.pendingFlags || {};
+  return { show_test: Boolean(p.show_test ?? f.show_test), show_removed: Boolean(p.show_removed ?? f.show_removed) };
+}
+
+/** Adds to `mask` the points that `flags` hide, for the flags named in `keys` (test split, removed). */
+function flagMask(view, flags, keys, mask) {
+  const test = keys.includes("show_test") && !flags.show_test, removed = keys.includes("show_removed") && !flags.show_removed;
+  if (!mask || (!test && !removed)) return mask;
+  const kind = view.attrs.kind, fb = view.attrs.feedback;
+  for (let i = 0; i < view.n; i++) if ((test && kind[i] === KIND_TEST) || (removed && fb[i] === 3)) mask[i] = 1;
+  return mask;
+}
+
 /** The values of `field` hidden now. @param {any} view @param {string} field */
 export function hiddenValues(view, field) {
   const hide = hiddenNow(view);
@@ -84,30 +100,32 @@ function fieldMask(view, hide, k) {
 }
 
 /**
- * The hidden mask after the field filters become `hide`, worked out here (one pass per changed field)
- * so the map redraws without a round trip to Python; null when the browser cannot tell (a field it has
- * no codes for). A point keeps its state unless a changed field decides it; a point that a changed field
- * hid and no longer hides shows again if nothing else hides it: the held-out test split, removed images
- * and the unchanged fields are known here; when they do not explain Python's mask (Isolate, rounds), such
- * points stay hidden until Python's mask arrives.
+ * The hidden mask after the field filters become `hide` and the test / removed switches `flags`, worked
+ * out here (one pass per changed field) so the map redraws without a round trip to Python; null when the
+ * browser cannot tell (a field it has no codes for). A point keeps its state unless a changed field or
+ * switch decides it; a point that one hid and no longer hides shows again if nothing else hides it: the
+ * switches and the unchanged fields are known here; when they do not explain Python's mask (Isolate,
+ * rounds), such points stay hidden until Python's mask arrives.
  * @param {any} view @param {Record<string, string[]>} hide
+ * @param {{show_test: boolean, show_removed: boolean}} [flags]
  * @returns {Uint8Array | null}
  */
-export function predictHidden(view, hide) {
-  const n = view.n, old = hiddenNow(view), now = view.hidden;
+export function predictHidden(view, hide, flags = flagsNow(view)) {
+  const n = view.n, old = hiddenNow(view), now = view.hidden, oldFlags = flagsNow(view);
   if (!now || now.length !== n) return null;
   const same = (a, b) => JSON.stringify([...(a || [])].map(String).sort()) === JSON.stringify([...(b || [])].map(String).sort());
   const fields = [...new Set([...Object.keys(old), ...Object.keys(hide)])];
   const changed = fields.filter((f) => !same(old[f], hide[f]));
   const pick = (h, keys) => Object.fromEntries(keys.filter((f) => h[f]).map((f) => [f, h[f]]));
-  const before = fieldMask(view, pick(old, changed), 0), after = fieldMask(view, pick(hide, changed), 1);
+  const switches = /** @type {const} */ (["show_test", "show_removed"]);
+  const flipped = switches.filter((k) => oldFlags[k] !== flags[k]), kept = switches.filter((k) => oldFlags[k] === flags[k]);
+  const before = flagMask(view, oldFlags, flipped, fieldMask(view, pick(old, changed), 0));
+  const after = flagMask(view, flags, flipped, fieldMask(view, pick(hide, changed), 1));
   if (!before || !after) return null;
-  // What hides a point besides the changed fields, as far as this side knows.
-  const f = view.model.get("filters") || {};
-  const rest = fieldMask(view, pick(hide, fields.filter((k) => !changed.includes(k))), 2);
-  const kind = view.attrs.kind, fb = view.attrs.feedback;
-  const others = (i) => (rest !== null && rest[i] === 1) || (!f.show_test && kind[i] === KIND_TEST) || (!f.show_removed && fb[i] === 3);
-  let complete = rest !== null && !f.isolated;
+  // What hides a point besides the changed fields and switches, as far as this side knows.
+  const rest = flagMask(view, flags, kept, fieldMask(view, pick(hide, fields.filter((k) => !changed.includes(k))), 2));
+  const others = (i) => rest !== null && rest[i] === 1;
+  let complete = rest !== null && !(view.model.get("filters") || {}).isolated;
   for (let i = 0; i < n && complete; i++) if (!before[i] && (now[i] ? 1 : 0) !== (others(i) ? 1 : 0)) complete = false;
   const out = scratch(view, view.hidden === view.maskPool[3] ? 4 : 3); // not the mask drawn now
   for (let i = 0; i < n; i++) {
@@ -154,13 +172,19 @@ export function toggleValues(view, field, values, solo) {
   filterNow(view, { ...hiddenNow(view), [field]: [...hidden].sort() }, { hide: { [field]: [...hidden].sort() } });
 }
 
-/** Shows the filter `hide` at once (when the browser can work it out) and sends `args` to Python, whose
- *  view state stays the one that counts (crafter.filter, view.json). */
-function filterNow(view, hide, args) {
+/** Shows the filter `hide` (and the test / removed switches `flags`) at once when the browser can work
+ *  it out, and sends `args` to Python, whose view state stays the one that counts (crafter.filter, view.json). */
+function filterNow(view, hide, args, flags = flagsNow(view)) {
   const clean = Object.fromEntries(Object.entries(hide).filter(([, v]) => Array.isArray(v) && v.length));
-  const mask = predictHidden(view, clean);
-  if (mask) view.showFilter(clean, mask);
+  const mask = predictHidden(view, clean, flags);
+  if (mask) view.showFilter(clean, mask, flags);
   view.command("filter", args);
+}
+
+/** The toolbar's "test" / "removed" switch: shown or hidden at once, like a legend click.
+ *  @param {any} view @param {"show_test" | "show_removed"} key @param {boolean} on */
+export function toggleFlag(view, key, on) {
+  filterNow(view, hiddenNow(view), { [key]: on }, { ...flagsNow(view), [key]: on });
 }
 
 /**

@@ -13,6 +13,9 @@ import { rasterMarks } from "./raster.js";
 const VS_HEAD = (points) => `#version 300 es
 #define POINTS ${points ? 1 : 0}
 `;
+// Everything that is the same for a whole mark (its shape, band edges, colours, alpha) is worked out once
+// per point here and handed over flat; the fragment shader, run for every pixel of every mark (on the CPU
+// in software WebGL), is left with the shape's distance, one texture read and a chain of selects.
 const VS = `
 layout(location=0) in vec2 a_pos;
 layout(location=1) in vec4 a_color;
@@ -25,10 +28,14 @@ uniform float u_size;    // px
 uniform int u_pass;      // 0: all points, 1: selected only (drawn on top)
 uniform int u_cols;
 uniform float u_dpr;
-flat out vec4 v_color;
-flat out uvec4 v_state;
+uniform highp int u_thumbs; // 1: draw thumbnails
+uniform float u_dim;      // alpha for unselected points when a selection exists
+flat out vec4 v_edges;  // band edges from the outside in (d beyond: that band), x: first, y: second, z: third; w: hollow below
+flat out vec4 v_c1;     // band colours, a: the shape (0 square, 1 disc, 2 diamond)
+flat out vec4 v_c2;     // a: 1 when the fill is the thumbnail
+flat out vec4 v_c3;     // a: how far the thumbnail is greyed (held-out test images)
+flat out vec4 v_fill;   // the fill without a thumbnail, a: alpha
 flat out vec2 v_tile;
-flat out uint v_has;
 #if !POINTS
 out vec2 v_local;
 #endif
@@ -45,10 +52,37 @@ void main() {
   gl_Position = vec4(clip + corner * s / u_viewport, 0.0, 1.0);
   v_local = corner;
 #endif
-  v_color = a_color;
-  v_state = a_state;
-  v_has = a_slot == 0xffffffffu ? 0u : 1u;
-  uint id = v_has == 1u ? a_slot : 0u;
+  bool generated = a_state.x == 1u;
+  bool test = a_state.x == 2u;
+  uint fb = a_state.w;
+  float px = 2.0 / (u_size * (sel ? 1.2 : 1.0)); // one pixel in local units
+  vec3 yellow = vec3(1.0, 0.8, 0.0);
+  vec3 fbColor = fb == 1u ? vec3(0.10, 0.66, 0.25) : fb == 2u ? vec3(0.86, 0.10, 0.12) : vec3(0.35, 0.35, 0.35);
+  float alpha = sel ? 1.0 : u_dim;
+  if (test) alpha *= 0.65;
+  float shape = generated ? 1.0 : test ? 2.0 : 0.0;
+  bool has = a_slot != 0xffffffffu;
+  if (u_thumbs == 1) {
+    // Bands from the edge inwards: the selection (yellow) or colour-by ring, then a thick feedback band,
+    // so a mark stays visible on a selected image; inside, the thumbnail (a filled mark until it arrives).
+    float ringW = (sel ? 3.0 : 2.0) * px;
+    float fbW = fb > 0u ? max(4.0 * px, 0.16) : 0.0;
+    v_edges = vec4(1.0 - ringW, 1.0 - ringW - fbW, 2.0, -1.0);
+    v_c1 = vec4(sel ? yellow : (fb > 0u ? fbColor : a_color.rgb), shape);
+    v_c2 = vec4(fbColor, has ? 1.0 : 0.0);
+    v_c3 = vec4(fbColor, test ? 0.45 : 0.0);
+    v_fill = vec4(a_color.rgb, alpha);
+  } else {
+    // Marks: filled shape with a dark edge; a feedback mark is a thick coloured edge (40% of the
+    // radius), the selection a yellow outer edge; test images are hollow.
+    float edge = 1.5 * px;
+    v_edges = vec4(sel ? 1.0 - edge : 2.0, fb > 0u ? 0.6 : 2.0, 1.0 - edge, test ? 1.0 - max(3.0 * px, 0.45) : -1.0);
+    v_c1 = vec4(yellow, shape);
+    v_c2 = vec4(fbColor, 0.0);
+    v_c3 = vec4(a_color.rgb * 0.55, 0.0);
+    v_fill = vec4(sel ? mix(a_color.rgb, yellow, 0.35) : a_color.rgb, alpha);
+  }
+  uint id = has ? a_slot : 0u;
   uint cols = uint(u_cols);
   v_tile = vec2(float(id % cols), float(id / cols));
 }`;
@@ -56,66 +90,36 @@ void main() {
 const FS = (points) => `#version 300 es
 #define POINTS ${points ? 1 : 0}
 precision highp float;
-flat in vec4 v_color;
-flat in uvec4 v_state;
+flat in vec4 v_edges;
+flat in vec4 v_c1;
+flat in vec4 v_c2;
+flat in vec4 v_c3;
+flat in vec4 v_fill;
 flat in vec2 v_tile;
-flat in uint v_has;
 #if !POINTS
 in vec2 v_local;
 #endif
 uniform sampler2D u_atlas;
-uniform int u_thumbs;     // 1: draw thumbnails
 uniform vec2 u_tileUV;    // tile size in uv
 uniform vec2 u_texel;     // one texel in uv
-uniform float u_size;
-uniform float u_dim;      // alpha for unselected points when a selection exists
 out vec4 outColor;
 void main() {
 #if POINTS
   vec2 v_local = vec2(gl_PointCoord.x * 2.0 - 1.0, 1.0 - gl_PointCoord.y * 2.0);
 #endif
-  bool generated = v_state.x == 1u;
-  bool test = v_state.x == 2u;
-  bool sel = v_state.y > 0u;
-  uint fb = v_state.w;
-  float px = 2.0 / (u_size * (sel ? 1.2 : 1.0)); // one pixel in local units
   // real: square, generated: disc, held-out test: diamond
-  float d = generated ? length(v_local) : test ? abs(v_local.x) + abs(v_local.y) : max(abs(v_local.x), abs(v_local.y));
-  if (d > 1.0) discard;
-  vec3 yellow = vec3(1.0, 0.8, 0.0);
-  vec3 fbColor = fb == 1u ? vec3(0.10, 0.66, 0.25) : fb == 2u ? vec3(0.86, 0.10, 0.12) : vec3(0.35, 0.35, 0.35);
-  float alpha = sel ? 1.0 : u_dim;
-  if (test) alpha *= 0.65;
-  vec3 rgb;
-  if (u_thumbs == 1) {
-    // Bands from the edge inwards: the selection (yellow) or colour-by ring, then a thick feedback band,
-    // so a mark stays visible on a selected image.
-    float ringW = (sel ? 3.0 : 2.0) * px;
-    float fbW = fb > 0u ? max(4.0 * px, 0.16) : 0.0;
-    if (d > 1.0 - ringW) {
-      rgb = sel ? yellow : (fb > 0u ? fbColor : v_color.rgb);
-    } else if (d > 1.0 - ringW - fbW) {
-      rgb = fbColor;
-    } else if (v_has == 0u) {
-      rgb = v_color.rgb; // its thumbnail is on its way
-    } else {
-      vec2 f = v_local * 0.5 + 0.5;
-      f.y = 1.0 - f.y;
-      f = clamp(f, u_texel / u_tileUV * 0.5, 1.0 - u_texel / u_tileUV * 0.5);
-      rgb = texture(u_atlas, (v_tile + f) * u_tileUV).rgb;
-      if (test) rgb = mix(rgb, vec3(0.5), 0.45);
-    }
-  } else {
-    // Marks: filled shape with a dark edge; a feedback mark is a thick coloured edge (40% of the
-    // radius), the selection a yellow outer edge; test images are hollow.
-    float edge = 1.5 * px;
-    if (test && d < 1.0 - max(3.0 * px, 0.45)) discard;
-    if (sel && d > 1.0 - edge) rgb = yellow;
-    else if (fb > 0u && d > 0.6) rgb = fbColor;
-    else if (d > 1.0 - edge) rgb = v_color.rgb * 0.55;
-    else rgb = sel ? mix(v_color.rgb, yellow, 0.35) : v_color.rgb;
-  }
-  outColor = vec4(rgb * alpha, alpha);
+  vec2 a = abs(v_local);
+  float d = v_c1.a == 1.0 ? length(v_local) : v_c1.a == 2.0 ? a.x + a.y : max(a.x, a.y);
+  if (d > 1.0 || d < v_edges.w) discard;
+  // Selects rather than branches (the texture is read for marks too, and not used: v_c2.a is 0 there).
+  vec2 f = v_local * 0.5 + 0.5;
+  f.y = 1.0 - f.y;
+  f = clamp(f, u_texel / u_tileUV * 0.5, 1.0 - u_texel / u_tileUV * 0.5);
+  vec3 tex = texture(u_atlas, (v_tile + f) * u_tileUV).rgb;
+  tex = v_c3.a > 0.0 ? mix(tex, vec3(0.5), v_c3.a) : tex;
+  vec3 inner = v_c2.a > 0.0 ? tex : v_fill.rgb;
+  vec3 rgb = d > v_edges.x ? v_c1.rgb : d > v_edges.y ? v_c2.rgb : d > v_edges.z ? v_c3.rgb : inner;
+  outColor = vec4(rgb * v_fill.a, v_fill.a);
 }`;
 
 function compile(gl, type, src) {
@@ -197,6 +201,11 @@ export class Renderer {
     this.raster = software;
     this.rasterBuf = null;
     this.cpu = { xy: null, colors: null, state: null };
+    // Zoomed in on software WebGL, a new cached frame draws the canvas's area first (what the person sees)
+    // and its margins afterwards in slices when the page is idle; a pan or zoom gesture that needs a margin
+    // not drawn yet draws that part first. Off: the whole frame at once.
+    this.visibleFirst = software;
+    this.cacheStats.slices = 0;
   }
 
   setPositions(xy) {
@@ -285,6 +294,9 @@ export class Renderer {
     // frame when the gesture ends. Zoomed out so far that the scaled frame leaves a gap, it draws anew.
     const r = c ? view.k / c.k : 1;
     if (opts.interactive && c && c.key !== key && c.scaleKey === scaleKey && r >= 0.72 && r <= 4) {
+      // The part of the cached frame the scaled copy shows (cache CSS px) must be drawn.
+      const u = (s) => (s - view.tx) / r + c.tx + c.margin, w = (t) => (t - view.ty) / r + c.ty + c.margin;
+      this.fillPending(c, [u(0), w(0), u(width), w(height)]);
       this.scaledBlit(c, view, width, height, dpr, bg);
       return;
     }
@@ -296,6 +308,8 @@ export class Renderer {
       c = this.renderCache(view, { ...opts, scaleKey }, key, m);
       this.blit(c, 0, 0, width, height, dpr, bg);
     } else {
+      const dx = shift[0] / dpr, dy = shift[1] / dpr;
+      this.fillPending(c, [m - dx, m - dy, m - dx + width, m - dy + height]);
       this.blit(c, shift[0], shift[1], width, height, dpr, bg);
     }
   }
@@ -320,8 +334,24 @@ export class Renderer {
       c = this.cache = { fbo, tex, w, h };
     }
     const frame = { k: view.k, tx: view.tx + m, ty: view.ty + m }, fopts = { ...opts, width: opts.width + 2 * m, height: opts.height + 2 * m };
+    c.fill = null;
     if (this.canRaster(opts)) {
       this.rasterInto(c, frame, fopts);
+    } else if (this.visibleFirst && this.primitive === "points" && opts.inView && m > 0) {
+      // The canvas's area now; the margins (strips cut in pieces of ~256 px) when idle or when needed.
+      const W = opts.width, H = opts.height, Wc = W + 2 * m, Hc = H + 2 * m;
+      const pending = [];
+      const cut = (x0, y0, x1, y1) => {
+        const along = x1 - x0 >= y1 - y0, len = along ? x1 - x0 : y1 - y0, parts = Math.max(1, Math.round(len / 256));
+        for (let p = 0; p < parts; p++) {
+          const a = Math.round((len * p) / parts), b = Math.round((len * (p + 1)) / parts);
+          pending.push(along ? [x0 + a, y0, x0 + b, y1] : [x0, y0 + a, x1, y0 + b]);
+        }
+      };
+      cut(0, 0, Wc, m); cut(0, m + H, Wc, Hc); cut(0, m, m, m + H); cut(m + W, m, Wc, m + H);
+      c.fill = { frame, fopts, pending };
+      this.drawRegion(c, [m, m, m + W, m + H]);
+      this.scheduleFill(c);
     } else {
       gl.bindFramebuffer(gl.FRAMEBUFFER, c.fbo);
       this.drawPoints(frame, fopts);
@@ -330,6 +360,41 @@ export class Renderer {
     Object.assign(c, { key, scaleKey: opts.scaleKey, k: view.k, tx: view.tx, ty: view.ty, margin: m });
     this.cacheStats.draws++;
     return c;
+  }
+
+  /** Draws the part `rect` ([x0, y0, x1, y1], CSS px of the cached frame, y down) of c's frame into it. */
+  drawRegion(c, rect) {
+    const gl = this.gl, { frame, fopts } = c.fill;
+    gl.bindFramebuffer(gl.FRAMEBUFFER, c.fbo);
+    this.drawPoints(frame, { ...fopts, region: rect });
+    gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+  }
+
+  /** Draws the margin pieces of c not drawn yet that meet `rect` (cache CSS px): what a blit shows. */
+  fillPending(c, rect) {
+    if (!c.fill || !c.fill.pending.length) return;
+    const [x0, y0, x1, y1] = rect;
+    c.fill.pending = c.fill.pending.filter((p) => {
+      if (p[0] >= x1 || p[2] <= x0 || p[1] >= y1 || p[3] <= y0) return true;
+      this.drawRegion(c, p);
+      return false;
+    });
+  }
+
+  /** Fills c's margins a piece at a time while the page is idle (each piece ~1/10 of the canvas's area). */
+  scheduleFill(c) {
+    const idle = window.requestIdleCallback || ((f) => setTimeout(() => f({ timeRemaining: () => 8 }), 16));
+    const step = (deadline) => {
+      if (this.cache !== c || !c.fill || this.destroyed) return;
+      do {
+        const p = c.fill.pending.shift();
+        if (!p) return;
+        this.drawRegion(c, p);
+        this.cacheStats.slices++;
+      } while (deadline.timeRemaining() > 12);
+      if (c.fill.pending.length) idle(step, { timeout: 200 });
+    };
+    idle(step, { timeout: 200 });
   }
 
   /** Whether raster.js can draw this frame: software WebGL, marks (no thumbnails), every array at hand. */
@@ -402,16 +467,28 @@ export class Renderer {
     this.cache = null;
   }
 
+  /** Draws the points of `view` into the bound framebuffer (width x height CSS px); opts.region
+   *  ([x0, y0, x1, y1], CSS px, y down) draws only that part (the rest of the framebuffer stays). */
   drawPoints(view, opts) {
     const gl = this.gl;
-    const { width, height, dpr } = opts;
-    gl.viewport(0, 0, Math.round(width * dpr), Math.round(height * dpr));
+    const { width, height, dpr, region } = opts;
+    const Wd = Math.round(width * dpr), Hd = Math.round(height * dpr);
+    gl.viewport(0, 0, Wd, Hd);
+    let rv = view, rw = width, rh = height; // the part drawn, as a frame of its own (for the points in it)
+    if (region) {
+      const X0 = Math.round(region[0] * dpr), Y0 = Math.round(region[1] * dpr);
+      const X1 = Math.round(region[2] * dpr), Y1 = Math.round(region[3] * dpr);
+      gl.enable(gl.SCISSOR_TEST);
+      gl.scissor(X0, Hd - Y1, X1 - X0, Y1 - Y0);
+      rv = { k: view.k, tx: view.tx - X0 / dpr, ty: view.ty - Y0 / dpr };
+      rw = (X1 - X0) / dpr;
+      rh = (Y1 - Y0) / dpr;
+    }
     const bg = opts.background || [1, 1, 1];
     gl.clearColor(bg[0], bg[1], bg[2], 1);
     gl.clear(gl.COLOR_BUFFER_BIT);
-    if (this.n === 0) return;
+    if (this.n === 0) { gl.disable(gl.SCISSOR_TEST); return; }
     gl.useProgram(this.prog);
-    gl.enable(gl.BLEND);
     gl.blendFunc(gl.ONE, gl.ONE_MINUS_SRC_ALPHA);
     // clip = (sx / width) * 2 - 1, clipY = 1 - (sy / height) * 2
     gl.uniform2f(this.u.u_scale, (2 * view.k) / width, (2 * view.k) / height);
@@ -439,7 +516,17 @@ export class Renderer {
     gl.bindVertexArray(this.vao);
     // Software WebGL pays for every point, drawn or off screen: zoomed in, only the points in this frame's
     // area (opts.inView: sorted indices, so the drawing order stays) go through, as an element list.
-    const some = this.primitive === "points" && opts.inView ? opts.inView(view, width, height) : null;
+    const some = this.primitive === "points" && opts.inView ? opts.inView(rv, rw, rh) : null;
+    const { xy, state } = this.cpu;
+    const cpu = xy && state && xy.length >= 2 * this.n && state.length >= 4 * this.n;
+    // With nothing dimmed and no translucent (held-out) point among them, every mark is opaque: the
+    // blend would give the source colour anyway, and software WebGL spends a read per fragment on it.
+    let opaque = false;
+    if (some && cpu && !opts.anySelected && opts.dim >= 1) {
+      opaque = true;
+      for (let j = 0; j < some.length; j++) { const q = 4 * some[j]; if (state[q] === 2 && !state[q + 2]) { opaque = false; break; } }
+    }
+    if (opaque) gl.disable(gl.BLEND); else gl.enable(gl.BLEND);
     if (some) {
       if (!this.elementBuf) this.elementBuf = gl.createBuffer();
       gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, this.elementBuf);
@@ -458,9 +545,11 @@ export class Renderer {
       drawAll();
     }
     gl.bindVertexArray(null);
+    gl.disable(gl.SCISSOR_TEST);
   }
 
   destroy() {
+    this.destroyed = true;
     const gl = this.gl;
     this.dropCache();
     if (this.texture) gl.deleteTexture(this.texture);

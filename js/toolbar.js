@@ -2,6 +2,7 @@
 // The two toolbar rows above the map: how to select (pan, lasso, box) and what to do with the
 // selection (feedback, undo, evolve); then search, colour, filters, isolate, similar, zoom.
 import { button, el } from "./dom.js";
+import { flagsNow, toggleFlag } from "./filters.js";
 
 /**
  * Builds the rows into `parent` and keeps their elements on `view` (modeButtons, actionButtons,
@@ -75,7 +76,7 @@ export function buildToolbar(view, parent) {
     box.dataset.filter = key;
     lab.title = tip;
     lab.appendChild(document.createTextNode(" " + text));
-    box.addEventListener("change", () => view.command("filter", { [key]: box.checked }));
+    box.addEventListener("change", () => toggleFlag(view, key, box.checked));
     view.filterBoxes[key] = box;
   }
   view.isolateButton = button(bar2, "Isolate", "show only the selected images (again: show all)  [i]", () => isolate(view));
@@ -108,8 +109,8 @@ export function syncSelectionButtons(view) {
 
 /** @param {any} view */
 export function syncFilters(view) {
-  const f = view.model.get("filters") || {};
-  for (const [k, box] of Object.entries(view.filterBoxes)) box.checked = Boolean(f[k]);
+  const f = view.model.get("filters") || {}, flags = flagsNow(view);
+  for (const [k, box] of Object.entries(view.filterBoxes)) box.checked = Boolean(flags[k]);
   view.isolateButton.textContent = f.isolated ? "Show all" : "Isolate";
   view.isolateButton.classList.toggle("dcw-active", Boolean(f.isolated));
 }

@@ -262,10 +262,11 @@ class ProjectionView {
     this.afterHidden(upload, !marksSame);
   }
 
-  /** A legend or sidebar filter shown at once: `mask` is what Python will send for `hide` (filters.js
-   *  predictHidden); until Python answers, the filter controls show `hide`. */
-  showFilter(hide, mask) {
+  /** A legend, sidebar or test / removed filter shown at once: `mask` is what Python will send for `hide`
+   *  and `flags` (filters.js predictHidden); until Python answers, the filter controls show them. */
+  showFilter(hide, mask, flags) {
     this.pendingHide = hide;
+    this.pendingFlags = flags;
     this.filtersInFlight = (this.filtersInFlight || 0) + 1;
     if (sameBytes(mask, this.hidden)) { this.filters.sync(); this.renderLegend(); return; }
     this.hidden = mask;
@@ -426,6 +427,7 @@ class ProjectionView {
       if (msg.name === "filter" && this.filtersInFlight && --this.filtersInFlight === 0) {
         // Python has answered every filter shown ahead of it: its view state and mask count again.
         this.pendingHide = null;
+        this.pendingFlags = null;
         this.loadMarks();
         syncFilters(this);
         this.filters.sync();

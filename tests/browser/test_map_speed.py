@@ -4,6 +4,8 @@ is measured in benchmarks/bench_widget.py, never asserted here).
 - The sharp frame after a zoom gesture: on software WebGL the marks are written by raster.js instead of
   WebGL's point sprites; the two must draw the same pixels (shapes, feedback bands, held-out diamonds,
   the selection's ring and the dimming of everything else).
+- Zoomed in on thumbnails, a new cached frame draws the canvas's area first and its margins when idle;
+  a pan or zoom gesture that reaches a margin not drawn yet must draw it first (no stale margin shows).
 - A filter from the legend or the sidebar is drawn at once, from what the browser holds, and Python's
   mask confirming it costs nothing; where the browser cannot tell (Isolate), it waits for Python.
 """
@@ -77,6 +79,54 @@ def test_marks_written_without_webgl_match_webgl_pixel_for_pixel(page: Any) -> N
     assert page.errors == []
 
 
+PAN_FIRST = f"""([visibleFirst, moves]) => {{
+    // All in one task: the idle callbacks that fill the margins cannot run in between.
+    const h = {H}, v = h.view, out = [];
+    h.setVisibleFirst(visibleFirst); h.dropPanCache(); h.drawNow();
+    out.push(h.pendingSlices);
+    for (const [dx, dy] of moves) {{ h.setView(v.k, v.tx + dx, v.ty + dy); h.drawNow(); out.push(h.readPixels()); }}
+    h.setView(v.k, v.tx, v.ty); h.dropPanCache(); h.drawNow();
+    h.zoomBy(0.8, v.width / 2, v.height / 2); h.drawNow();  // a zoom gesture shows the cached frame scaled
+    out.push(h.readPixels());
+    h.setView(v.k, v.tx, v.ty);
+    return out;
+}}"""
+
+
+def test_thumbnail_frame_draws_the_canvas_first_and_a_pan_never_shows_an_undrawn_margin(page: Any) -> None:
+    frame = synthetic_frame(12_000, classes=6, seed=2)
+    w = CrafterWidget(height=420)
+    w.set_frame(frame, thumbnails=synthetic_thumbnails(frame, 16))
+    open_standalone(page, widget_state(w), width=1000)
+    if handle(page, "h.primitive") != "points":
+        pytest.skip("the pan cache and its margins are for software WebGL")
+    view = handle(page, "h.view")
+    cx, cy, z = view["width"] / 2, view["height"] / 2, 9
+    handle(page, f"h.setView({view['k'] * z}, {cx - (cx - view['tx']) * z}, {cy - (cy - view['ty']) * z})")
+    page.wait_for_function(f"{H}.thumbsShown && {H}.thumbsReady", timeout=60_000)
+    moves = [[0, 0], [120, 0], [120, -90], [-200, 150]]
+    page.evaluate(
+        "() => { window.__compare = (a, b) => { let d = 0; for (let p = 0; p < a.length; p += 4) "
+        "if (a[p] !== b[p] || a[p + 1] !== b[p + 1] || a[p + 2] !== b[p + 2]) d++; return d; }; }"
+    )
+    pixels = page.evaluate(
+        f"""([moves]) => {{
+            const whole = ({PAN_FIRST})([false, moves]), first = ({PAN_FIRST})([true, moves]);
+            const differ = whole.slice(1).map((a, j) => window.__compare(a, first[j + 1]));
+            return {{ pendingWhole: whole[0], pendingFirst: first[0], differ,
+                      marked: window.__compare(whole[1], new Uint8Array(whole[1].length).fill(255)) }};
+        }}""",
+        [moves],
+    )
+    # Drawn whole, nothing waits; drawn canvas first, the margins wait, yet every frame shown is the same.
+    assert pixels["pendingWhole"] == 0 and pixels["pendingFirst"] > 4, pixels
+    assert pixels["marked"] > 10_000, pixels
+    assert pixels["differ"] == [0] * (len(moves) + 1), pixels
+    # Left alone, the margins are filled when the page is idle.
+    page.wait_for_function(f"{H}.pendingSlices === 0", timeout=10_000)
+    assert page.errors == []
+
+
 def filtered_widget(n: int = 800) -> tuple[CrafterWidget, Any]:
     frame = synthetic_frame(n, seed=5)
     frame["strategy"] = np.where(frame["source"] == "generated", "caption", "")
@@ -86,14 +136,16 @@ def filtered_widget(n: int = 800) -> tuple[CrafterWidget, Any]:
     return w, frame
 
 
-def python_answers(page: Any, hide: dict, mask: np.ndarray, isolated: bool = False) -> None:
+def python_answers(
+    page: Any, hide: dict, mask: np.ndarray, isolated: bool = False, test: bool = False, removed: bool = False
+) -> None:
     """What the kernel sends back for a filter command: the view state, the mask, then the result."""
     page.evaluate(
-        """([hide, mask, isolated]) => { const m = window.__model;
-           m.set('filters', {show_test: false, show_removed: false, isolated, hide});
+        """([hide, mask, isolated, test, removed]) => { const m = window.__model;
+           m.set('filters', {show_test: test, show_removed: removed, isolated, hide});
            m.set('hidden', new DataView(Uint8Array.from(mask).buffer));
            m.emit({type: 'result', name: 'filter', ok: true, message: ''}); }""",
-        [hide, mask.astype(np.uint8).tolist(), isolated],
+        [hide, mask.astype(np.uint8).tolist(), isolated, test, removed],
     )
 
 
@@ -159,4 +211,54 @@ def test_where_the_browser_cannot_tell_it_waits_for_python(page: Any) -> None:
     # Hiding is always exact: class 3 goes at once, the rest stays as Python had it.
     page.locator(".dcw-legend .dcw-toggle[data-field=label][data-value='class 3']").click()
     assert np.array(handle(page, "h.hidden"), bool).tolist() == (isolated | (labels == "class 3")).tolist()
+    assert page.errors == []
+
+
+def test_show_test_and_show_removed_are_drawn_before_python_answers(page: Any) -> None:
+    frame = synthetic_frame(800, seed=6)
+    held_out = (np.arange(len(frame)) % 3 == 0) & (frame["source"] == "real").to_numpy()  # real images only
+    frame["split"] = np.where(held_out, "test", "pool")
+    frame["feedback"] = np.where(np.arange(len(frame)) % 11 == 4, "removed", "")
+    w = CrafterWidget(height=400)
+    w.set_frame(frame)
+    open_standalone(page, widget_state(w), width=1300)
+    labels = frame["label"].to_numpy()
+    test, removed = (frame["split"] == "test").to_numpy(), (frame["feedback"] == "removed").to_numpy()
+    python_answers(page, {}, test | removed)  # the view as a project opens: both hidden
+
+    def hidden() -> list[bool]:
+        return np.array(handle(page, "h.hidden"), bool).tolist()
+
+    box = {k: page.locator(f"input[data-filter={k}]") for k in ("show_test", "show_removed")}
+    frames = handle(page, "h.frames")
+    box["show_test"].click()
+    assert commands(page)[-1]["args"] == {"show_test": True}
+    # No answer from Python yet: the held-out images show, the removed ones stay hidden.
+    assert hidden() == removed.tolist()
+    assert box["show_test"].is_checked()
+    page.wait_for_function(f"{H}.frames > {frames}")
+    # Python's answer is the same mask: nothing is drawn again.
+    page.wait_for_timeout(100)
+    frames = handle(page, "h.frames")
+    python_answers(page, {}, removed, test=True)
+    page.wait_for_timeout(100)
+    assert handle(page, "h.frames") == frames and hidden() == removed.tolist()
+    box["show_removed"].click()
+    assert commands(page)[-1]["args"] == {"show_removed": True}
+    assert not any(hidden())
+    python_answers(page, {}, np.zeros(len(frame), bool), test=True, removed=True)
+    # With class 1 hidden from the legend, hiding and showing the test images keeps class 1 hidden.
+    page.locator(".dcw-legend .dcw-toggle[data-field=label][data-value='class 1']").click()
+    python_answers(page, {"label": ["class 1"]}, labels == "class 1", test=True, removed=True)
+    box["show_test"].click()
+    assert hidden() == ((labels == "class 1") | test).tolist()
+    assert not box["show_test"].is_checked()
+    python_answers(page, {"label": ["class 1"]}, (labels == "class 1") | test, removed=True)
+    box["show_test"].click()
+    assert hidden() == (labels == "class 1").tolist()
+    # Under Isolate (ids only Python knows) the held-out images wait for Python's mask.
+    python_answers(page, {}, (np.arange(len(frame)) >= 100) | test, isolated=True, removed=True)
+    before = hidden()
+    box["show_test"].click()
+    assert hidden() == before
     assert page.errors == []
