@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import threading
 
 import numpy as np
@@ -296,6 +298,77 @@ def test_a_student_saved_before_the_four_block_cnn_still_loads(tmp_path):
 
 
 # ---- held-out student accuracy per round in crafter.metrics (controller/heldout.py) -----------------
+def test_a_background_heldout_student_yields_its_round_and_nobody_trains_a_round_twice(tmp_path, monkeypatch):
+    """The widget's background job and the notebook's crafter.metrics train missing rounds in one
+    process: the foreground takes over a round the background is training (which stops within a
+    chunk of steps and reads the foreground's result), and a background job that comes to a round
+    the foreground is training waits for it instead of training it again."""
+    import threading
+
+    import datacrafter_widget as dc
+    from datacrafter_widget import compute
+    from datacrafter_widget.loop import student as student_module
+    from datacrafter_widget.models.embedder import Embedder
+    from tests.tiny_models import tiny_open_clip
+
+    ds = dc.starter.colored_digits(shots=3, spurious=0.95, seed=0)
+    heldout = dc.Dataset(ds.test.frame.iloc[::6].reset_index(drop=True), classes=ds.classes, name="heldout")
+    model, preprocess, tokenizer = tiny_open_clip()
+    models = dc.Models(embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))
+    crafter = dc.DataCrafter(ds, models=models, project=tmp_path / "p", heldout=heldout)
+    crafter.heldout_options = {"steps": 800, "width": 8}
+    real_train = student_module.train_student
+    calls: list[tuple[bool, Any]] = []  # (in a background job, the student)
+    started = threading.Event()
+
+    def counting(*args, **kwargs):
+        started.set()
+        student = real_train(*args, **kwargs)
+        calls.append((compute.in_background(), student))
+        return student
+
+    monkeypatch.setattr(student_module, "train_student", counting)
+    got: dict[str, Any] = {}
+
+    def background() -> None:
+        with compute.background():
+            got["background"] = crafter.metrics_table(progress=False, train=[0])
+
+    # 1. The background starts round 0; the foreground asks for it: the background yields.
+    job = threading.Thread(target=background)
+    job.start()
+    assert started.wait(60)
+    foreground = crafter.metrics_table(progress=False)
+    job.join(60)
+    assert [bg for bg, _ in calls] == [True, False]
+    assert calls[0][1].config.cancelled and calls[0][1].config.trained_steps < 800  # it stopped early
+    assert not calls[1][1].config.cancelled
+    assert got["background"]["student_acc"].tolist() == foreground["student_acc"].tolist()  # read, not NaN
+
+    # 2. The foreground trains round 1; a background job asking for it waits and reads the result.
+    pool = ds.pool.frame.groupby("label").head(2)
+    crafter.store.add(
+        list(pool["image"]),
+        [{"label": str(l), "split": "generated", "round": 1, "strategy": "class"} for l in pool["label"]],
+    )
+    calls.clear()
+    started.clear()
+    fg = threading.Thread(target=lambda: got.__setitem__("foreground", crafter.metrics_table(progress=False)))
+    fg.start()
+    assert started.wait(60)
+
+    def background_round_1() -> None:
+        with compute.background():
+            got["background"] = crafter.metrics_table(progress=False, train=[1])
+
+    job = threading.Thread(target=background_round_1)
+    job.start()
+    fg.join(60)
+    job.join(60)
+    assert [bg for bg, _ in calls] == [False]  # trained once, by the foreground
+    assert got["background"]["student_acc"].tolist() == got["foreground"]["student_acc"].tolist()
+
+
 def test_metrics_show_heldout_student_accuracy_per_round(tmp_path, monkeypatch):
     import datacrafter_widget as dc
     from datacrafter_widget.loop import student as student_module

@@ -14,6 +14,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
+import threading
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +69,38 @@ def _key(ids: Sequence[str], heldout: str, options: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+class _Claim:
+    """Who trains one round's held-out student in this process. The widget's background job and
+    the notebook's `crafter.metrics` both train missing rounds: the second comes to the same round
+    waits for the first instead of training it again, and a background training yields (stops
+    within a chunk of steps) when the foreground asks for its round, so nobody waits for a job
+    running at a lower priority."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.wanted = threading.Event()  # the foreground waits for this round
+        self.background = False  # the holder is a background job
+
+
+_claims: dict[str, _Claim] = {}
+_claims_lock = threading.Lock()
+
+
+def _claim(folder: Path) -> _Claim:
+    with _claims_lock:
+        return _claims.setdefault(str(folder.resolve()), _Claim())
+
+
+def _take(claim: _Claim, background: bool) -> None:
+    """Hold `claim`; the foreground asks a background holder to yield first."""
+    if not background:
+        claim.wanted.set()
+    claim.lock.acquire()
+    claim.background = background
+    if not background:
+        claim.wanted.clear()
+
+
 def student_accuracy_by_round(
     store: SampleStore,
     classes: Sequence[str],
@@ -87,7 +122,8 @@ def student_accuracy_by_round(
     get NaN, so a chart can show what is known while a student trains. features(ids): the
     samples' cached embeddings, which a probe student trains on instead of embedding them again.
     """
-    from ..loop.student import LazyImages, StudentError, evaluate, train_student
+    from .. import compute
+    from ..loop.student import StudentError
 
     if heldout is None or len(heldout) == 0:
         raise StudentError(
@@ -109,37 +145,85 @@ def student_accuracy_by_round(
         if train is not True and (train is False or int(rnd) not in train):
             rows.append({"round": int(rnd), "student_acc": float("nan"), "student_n_train": len(ids)})
             continue
-        labels = samples.set_index("id").loc[ids, "label"].astype(str).tolist() if ids else []
-        student = train_student(
-            LazyImages(store.image, ids),
-            labels,
-            list(classes),
-            embedder=embedder,
-            progress=progress,
-            features=None if features is None else functools.partial(features, ids),
-            **options,
-        )
-        result = evaluate(student, heldout)
-        student.save(folder)
-        atomic_write_bytes(
-            folder / RESULT_FILE,
-            json.dumps(
-                {
-                    "key": key,
-                    "round": int(rnd),
-                    "accuracy": result["accuracy"],
-                    "n_heldout": result["n"],
-                    "n_train": len(ids),
-                    "heldout": fingerprint,
-                    "options": dict(options),
-                    "recipe": RECIPE,
-                },
-                indent=1,
-                default=str,
-            ).encode("utf-8"),
-        )
-        rows.append({"round": int(rnd), "student_acc": float(result["accuracy"]), "student_n_train": len(ids)})
+        background = compute.in_background()
+        claim = _claim(folder)
+        _take(claim, background)
+        try:
+            cached = _read_result(folder)  # trained meanwhile by whoever held the claim
+            if cached is not None and cached.get("key") == key:
+                acc = float(cached["accuracy"])
+            else:
+                acc = _train_round(
+                    store, classes, heldout, ids, samples, rnd, key, fingerprint, folder, options,
+                    embedder=embedder, progress=progress, features=features,
+                    yield_to=claim.wanted.is_set if background else None,
+                )  # fmt: skip
+                if background and math.isnan(acc):  # yielded: read the foreground's result once it is written
+                    claim.lock.release()
+                    while claim.wanted.is_set():  # until the foreground holds the claim
+                        time.sleep(0.05)
+                    _take(claim, True)
+                    cached = _read_result(folder)
+                    acc = float(cached["accuracy"]) if cached is not None and cached.get("key") == key else acc
+        finally:
+            claim.lock.release()
+        rows.append({"round": int(rnd), "student_acc": acc, "student_n_train": len(ids)})
     return pd.DataFrame(rows, columns=["round", *STUDENT_COLUMNS])
+
+
+def _train_round(
+    store: SampleStore,
+    classes: Sequence[str],
+    heldout: Dataset,
+    ids: list[str],
+    samples: pd.DataFrame,
+    rnd: int,
+    key: str,
+    fingerprint: str,
+    folder: Path,
+    options: Mapping[str, Any],
+    *,
+    embedder: Embedder | None,
+    progress: bool,
+    features: Callable[[list[str]], np.ndarray] | None,
+    yield_to: Callable[[], bool] | None,
+) -> float:
+    """Train, evaluate and cache one round's student; NaN when it yielded to the foreground."""
+    from ..loop.student import LazyImages, evaluate, train_student
+
+    labels = samples.set_index("id").loc[ids, "label"].astype(str).tolist() if ids else []
+    student = train_student(
+        LazyImages(store.image, ids),
+        labels,
+        list(classes),
+        embedder=embedder,
+        progress=progress,
+        features=None if features is None else functools.partial(features, ids),
+        should_stop=yield_to,
+        **options,
+    )
+    if student.config.cancelled:
+        return float("nan")  # the foreground trains this round now
+    result = evaluate(student, heldout)
+    student.save(folder)
+    atomic_write_bytes(
+        folder / RESULT_FILE,
+        json.dumps(
+            {
+                "key": key,
+                "round": int(rnd),
+                "accuracy": result["accuracy"],
+                "n_heldout": result["n"],
+                "n_train": len(ids),
+                "heldout": fingerprint,
+                "options": dict(options),
+                "recipe": RECIPE,
+            },
+            indent=1,
+            default=str,
+        ).encode("utf-8"),
+    )
+    return float(result["accuracy"])
 
 
 def _read_result(folder: Path) -> dict[str, Any] | None:
