@@ -381,20 +381,29 @@ export class Renderer {
     });
   }
 
-  /** Fills c's margins a piece at a time while the page is idle (each piece ~1/10 of the canvas's area). */
+  /** Fills c's margins a piece at a time while the page is idle (each piece ~1/10 of the canvas's area).
+   *  The drawing itself runs after the script (in the GPU process), so a piece is drawn only once the
+   *  previous one is done (a fence): a frame asked for meanwhile waits for one piece at most. */
   scheduleFill(c) {
-    const idle = window.requestIdleCallback || ((f) => setTimeout(() => f({ timeRemaining: () => 8 }), 16));
-    const step = (deadline) => {
-      if (this.cache !== c || !c.fill || this.destroyed) return;
-      do {
-        const p = c.fill.pending.shift();
-        if (!p) return;
-        this.drawRegion(c, p);
-        this.cacheStats.slices++;
-      } while (deadline.timeRemaining() > 12);
-      if (c.fill.pending.length) idle(step, { timeout: 200 });
+    const gl = this.gl;
+    const idle = window.requestIdleCallback || ((f) => setTimeout(f, 16));
+    const fill = c.fill; // a newer frame in the same texture has its own
+    const step = () => {
+      if (this.cache !== c || c.fill !== fill || this.destroyed) { if (fill.fence) gl.deleteSync(fill.fence); return; }
+      if (fill.fence) {
+        if (gl.getSyncParameter(fill.fence, gl.SYNC_STATUS) !== gl.SIGNALED) { idle(step, { timeout: 50 }); return; }
+        gl.deleteSync(fill.fence);
+        fill.fence = null;
+      }
+      const p = fill.pending.shift();
+      if (!p) return;
+      this.drawRegion(c, p);
+      this.cacheStats.slices++;
+      fill.fence = gl.fenceSync(gl.SYNC_GPU_COMMANDS_COMPLETE, 0);
+      gl.flush();
+      idle(step, { timeout: 50 });
     };
-    idle(step, { timeout: 200 });
+    idle(step, { timeout: 50 });
   }
 
   /** Whether raster.js can draw this frame: software WebGL, marks (no thumbnails), every array at hand. */

@@ -10,7 +10,12 @@
 export const PAGE = 256; // thumbnails per page: a 16 x 16 block of the texture
 export const PAGE_COLS = 16;
 export const NONE = 0xffffffff;
-const MAX_INFLIGHT = 16; // requests waiting for Python at once (it answers them in order, one worker)
+// Requests waiting for Python at once (it answers them in order, one worker): enough for a screen of
+// thumbnails in one round (a million points zoomed in: 18 pages), so the last pages are not asked for only
+// after the first ones arrived (a round trip and a frame later). RESERVE blocks of the texture are kept
+// for pages on their way.
+const MAX_INFLIGHT = 32;
+const RESERVE = 16;
 const MAX_SIDE = 4096; // the page texture's side (WebGL2 guarantees 2048; most GPUs and SwiftShader 8192+)
 const EMPTY = 0, ASKED = 1, LOADED = 2, FAILED = 3;
 
@@ -106,7 +111,7 @@ export class ThumbPages {
     const sel = v.selection || [];
     for (let j = sel.length - 1; j >= 0; j--) consider(sel[j]); // drawn last, on top
     for (let j = hits.length - 1; j >= 0; j--) consider(hits[j]); // later points are drawn over earlier ones
-    const cap = (this.pages.length - MAX_INFLIGHT) * PAGE;
+    const cap = (this.pages.length - RESERVE) * PAGE;
     if (out.length > cap) {
       const [cx, cy] = v.toData(v.width / 2, v.height / 2);
       const d = new Float32Array(out.length);

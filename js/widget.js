@@ -534,6 +534,9 @@ class ProjectionView {
     const { size, thumbs } = this.markSize();
     this.theme = this.themeColors();
     this.reportTheme(this.theme.bg);
+    // The frame that first shows thumbnails (a zoom in) asks for them before it is drawn, so Python
+    // encodes the pages while this frame is drawn; later frames ask a moment after the view settles.
+    if (thumbs && !this.thumbsShown) this.thumbs.update();
     this.thumbs.flush();
     if (this.renderer) {
       this.renderer.draw(this.view, {

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 from datacrafter_widget.ui.widget import CrafterWidget
 
@@ -44,12 +45,29 @@ def evolved_widget(blocks: int = 8, n: int = 300) -> CrafterWidget:
 
 
 # ----------------------------------------------------------------- 1. layout
-def test_side_panel_scrolls_and_never_squeezes_a_control(page: Any) -> None:
+# A host page whose stylesheet lets flex items shrink below their content (app shells reset min-height to
+# 0 so nested flex layouts scroll). Then a side panel taller than the map squeezes its children instead
+# of scrolling unless the widget's own rules (flex-shrink: 0 in the side panel, buttons' min-height) hold
+# them: without those rules the panels shrink to half their height, their contents overlap and the prompt
+# buttons are 7 px tall.
+HOST_RESET = "*, *::before, *::after { min-height: 0; min-width: 0; }"
+
+
+@pytest.mark.parametrize("host_css", ["", HOST_RESET], ids=["plain-page", "host-resets-min-height"])
+def test_side_panel_scrolls_and_never_squeezes_a_control(page: Any, host_css: str) -> None:
     w = evolved_widget()
-    open_standalone(page, widget_state(w), width=1200)
+    open_standalone(page, widget_state(w), width=1200, css=host_css)
     page.select_option("select[data-role=strategy]", "evolved")
     go = page.locator("button[data-action=generate]").bounding_box()
     assert go["height"] >= 18, f"the Generate button is squeezed to {go['height']:.1f} px"
+    # Each panel keeps its height: its last control lies inside it, and the next panel starts below it.
+    boxes = page.evaluate(
+        """[...document.querySelectorAll('.dcw-side > *')].filter((p) => p.offsetHeight > 0).map((p) => {
+             const r = p.getBoundingClientRect(), last = [...p.querySelectorAll('button, select, textarea')].pop();
+             return [r.top, r.bottom, last ? last.getBoundingClientRect().bottom : r.top]; })"""
+    )
+    assert all(last <= bottom + 1 for _, bottom, last in boxes), f"a panel is squeezed: {boxes}"
+    assert all(a[1] <= b[0] + 1 for a, b in zip(boxes, boxes[1:])), f"panels overlap: {boxes}"
     # Every prompt block keeps its buttons at full height; the panel scrolls to reach them.
     heights = page.evaluate(
         "[...document.querySelectorAll('.dcw-prompt button')].map((b) => b.getBoundingClientRect().height)"
