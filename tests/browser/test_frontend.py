@@ -486,6 +486,9 @@ def test_pan_cache_shows_the_drawn_frame(shown: Any) -> None:
         handle(page, "h.drawNow()")
         exact.append(_gl_pixels(page))
     handle(page, "h.setPanCache(true)")
+    # The frame setPanCache asks for runs now (at the last view), not at a random point of the loop below:
+    # on a busy machine it came late and centred the cache elsewhere, which costs a third draw.
+    page.evaluate("new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
     stats0 = handle(page, "h.cacheStats")
     for (dx, dy), want in zip(shifts, exact):
         handle(page, f"h.setView({v['k']}, {v['tx'] + dx}, {v['ty'] + dy})")
@@ -494,8 +497,8 @@ def test_pan_cache_shows_the_drawn_frame(shown: Any) -> None:
         assert (np.abs(want[inner] - 255).sum(axis=2) > 30).mean() > 0.01  # not blank frames
         assert differing(got, want) < 0.005, (dx, dy, differing(got, want))
     stats = handle(page, "h.cacheStats")
-    # One frame drawn with points (two if the page's own frame request ran at the last view first),
-    # then every pan only shifted it.
+    # Frames drawn with points only where a pan leaves the 256 px margin of the cached frame (twice for
+    # these shifts from the last view's frame), every other pan only shifted it.
     assert stats["draws"] - stats0["draws"] <= 2 and stats["blits"] - stats0["blits"] >= len(shifts)
     # A wrong shift would not pass: the frame one pixel off differs in far more pixels.
     assert differing(np.roll(exact[1], 3, axis=1), exact[1]) > 0.02

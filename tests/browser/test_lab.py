@@ -770,7 +770,8 @@ def test_prompt_history_and_remove_undo_in_jupyterlab(page: Any, lab: Lab) -> No
 FIRST_SETUP = """
 import json
 import datacrafter_widget as dc
-crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), models=dc.starter.models(), project="first")
+# batches of 8 (the starter's own is 64, a whole round here): Cancel then lands between stored batches
+crafter = dc.DataCrafter(dc.starter.colored_digits(shots=2), models=dc.starter.models(), project="first", batch_size=8)
 crafter   # no map yet: the widget shows at once and computes it in the background
 """
 FIRST_ROUND = """
