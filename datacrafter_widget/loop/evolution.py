@@ -622,7 +622,10 @@ def evolve_prompts(
             # A population's new candidates render in one call (a small model's images/s grows with
             # the batch); each candidate keeps its own `batch` images on the round's seeds.
             gs = [_enforce(g, ctx) for g in genomes]
-            new = list({g.key(): g for g in gs if g.key() not in seen}.values())
+            new: list[Genome] = []
+            for g in gs:  # the first genome of a key is the one kept, as when each was scored in turn
+                if g.key() not in seen and all(g.key() != k.key() for k in new):
+                    new.append(g)
             if new:
                 prompts = [compose(g) for g in new]
                 images = generate(
@@ -646,6 +649,12 @@ def evolve_prompts(
                     seen[g.key()] = Candidate(g, prompt, parts.pop("fitness"), parts)
             return [seen[g.key()] for g in gs]
 
+        firsts: dict[tuple, Genome] = {}  # enforced key -> the first genome of it, which scoring keeps
+
+        def first(g: Genome) -> Genome:
+            e = _enforce(g, ctx)
+            return firsts.setdefault(e.key(), e)
+
         start = [previous]
         # Directed seeds: the phrase nearest the bad images into the negative, the one nearest the good ones added.
         ranked_vocab = sorted((p for p in vocab if p not in previous.phrases), key=lambda p: aff[p])
@@ -661,7 +670,9 @@ def evolve_prompts(
         ):
             start.append(Genome(c, (*previous.phrases, ranked_vocab[-1]), previous.negative))
         while len(start) < population:
-            base = previous if rng.random() < 0.7 else _enforce(start[-1], ctx)
+            for g in start:
+                first(g)
+            base = previous if rng.random() < 0.7 else first(start[-1])
             start.append(_mutate(base, ctx, rng, max_phrases))
         pop = score(start)
         for gen in range(generations):
