@@ -79,7 +79,6 @@ class _Claim:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.wanted = threading.Event()  # the foreground waits for this round
-        self.background = False  # the holder is a background job
 
 
 _claims: dict[str, _Claim] = {}
@@ -96,7 +95,6 @@ def _take(claim: _Claim, background: bool) -> None:
     if not background:
         claim.wanted.set()
     claim.lock.acquire()
-    claim.background = background
     if not background:
         claim.wanted.clear()
 
