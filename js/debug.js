@@ -21,6 +21,8 @@ export function publishDebugHandle(view) {
     get frames() { return self.frames; },
     get selectionSends() { return self.selectionSends || 0; },
     get thumbsShown() { return Boolean(self.thumbsShown); },
+    /** The mark size (CSS px) at this zoom, and whether it shows thumbnails. */
+    get markSize() { return self.markSize(); },
     /** On-demand thumbnails: requested / received counts, pages held, visible points still missing. */
     get thumbStats() {
       const t = self.thumbs;

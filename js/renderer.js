@@ -8,7 +8,7 @@
 // (gl_VertexID picks it). Quads are the default; software WebGL (SwiftShader, llvmpipe) draws
 // instanced geometry about 20x slower than points, so "auto" uses points there. Points are clipped
 // by their centre at the canvas edge, so thumbnails there pop in and out; quads do not.
-import { rasterMarks } from "./raster.js";
+import { rasterMarks, rasterThumbs, tileLevels } from "./raster.js";
 
 const VS_HEAD = (points) => `#version 300 es
 #define POINTS ${points ? 1 : 0}
@@ -194,13 +194,15 @@ export class Renderer {
     this.cacheMargin = 256; // CSS px on each side
     this.version = 0; // bumped by every data upload: a cached frame of an older version is stale
     this.cache = null; // {key, tx, ty, fbo, tex, w, h (device px), margin}
-    this.cacheStats = { draws: 0, blits: 0, scaled: 0, rastered: 0 };
-    // On software WebGL the cached frame's marks are written by raster.js instead (~15x cheaper there);
-    // thumbnails still go through WebGL. The point arrays are kept (references, not copies) for it.
+    this.cacheStats = { draws: 0, blits: 0, scaled: 0, rastered: 0, thumbsRastered: 0 };
+    // On software WebGL the cached frame is written by raster.js instead (~15x cheaper there): its marks,
+    // and zoomed in its thumbnails, from a copy of the thumbnail pages' pixels kept here (`mirror`, one
+    // entry per page block). The point arrays are kept (references, not copies) for it.
     this.software = software;
     this.raster = software;
     this.rasterBuf = null;
-    this.cpu = { xy: null, colors: null, state: null };
+    this.cpu = { xy: null, colors: null, state: null, slots: null };
+    this.mirror = [];
     // Zoomed in on software WebGL, a new cached frame draws the canvas's area first (what the person sees)
     // and its margins afterwards in slices when the page is idle; a pan or zoom gesture that needs a margin
     // not drawn yet draws that part first. Off: the whole frame at once.
@@ -241,15 +243,18 @@ export class Renderer {
     gl.bindBuffer(gl.ARRAY_BUFFER, this.slotBuf);
     gl.bufferData(gl.ARRAY_BUFFER, slots, gl.DYNAMIC_DRAW);
     this.slotCount = slots.length;
+    this.cpu.slots = slots;
   }
 
-  /** An empty side x side texture of `tile` px tiles, `cols` to a row, that pages are uploaded into (0: none). */
-  setThumbTexture(side, tile, cols) {
+  /** An empty side x side texture of `tile` px tiles, `cols` to a row, that pages are uploaded into (0: none),
+   *  each page into its own block of `block` x `block` tiles. */
+  setThumbTexture(side, tile, cols, block = cols) {
     const gl = this.gl;
     this.version++;
     if (this.texture) gl.deleteTexture(this.texture);
     this.texture = null;
     this.atlas = null;
+    this.mirror = [];
     if (!side) return;
     const tex = gl.createTexture();
     gl.bindTexture(gl.TEXTURE_2D, tex);
@@ -259,17 +264,42 @@ export class Renderer {
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
     this.texture = tex;
-    this.atlas = { cols, tile, width: side, height: side };
+    this.atlas = { cols, tile, width: side, height: side, block: Math.max(1, block) };
   }
 
-  /** Uploads one page (an ImageBitmap sprite sheet) with its top-left corner at texel (x, y). */
-  uploadPage(x, y, bitmap) {
+  /** Uploads one page (a sprite sheet: an ImageBitmap, or ImageData on software WebGL, whose pixels
+   *  raster.js then reads) with its top-left corner at texel (x, y), the corner of its block. */
+  uploadPage(x, y, source) {
     const gl = this.gl;
-    if (!this.texture) return;
+    if (!this.texture || !this.atlas) return;
     this.version++;
     gl.bindTexture(gl.TEXTURE_2D, this.texture);
     gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
-    gl.texSubImage2D(gl.TEXTURE_2D, 0, x, y, gl.RGBA, gl.UNSIGNED_BYTE, bitmap);
+    gl.texSubImage2D(gl.TEXTURE_2D, 0, x, y, gl.RGBA, gl.UNSIGNED_BYTE, source);
+    const a = this.atlas, side = a.block * a.tile, id = Math.floor(y / side) * Math.floor(a.cols / a.block) + Math.floor(x / side);
+    this.mirror[id] = this.software && "data" in source ? { ...tileLevels(source, a.tile), col: x / a.tile, row: y / a.tile } : null;
+  }
+
+  /** Texture slot `slot`'s tile at mip level `level` (0: full size, 1: half), for raster.js:
+   *  {data, base (its first texel in data), size (px)}; null when its pixels are not kept here. */
+  texelsOf(slot, level) {
+    const a = this.atlas;
+    if (!a) return null;
+    const col = slot % a.cols, row = Math.floor(slot / a.cols);
+    const m = this.mirror[Math.floor(row / a.block) * Math.floor(a.cols / a.block) + Math.floor(col / a.block)];
+    if (!m) return null;
+    const c = col - m.col, r = row - m.row;
+    if (c < 0 || r < 0 || c >= m.cols || r >= m.rows) return null;
+    const L = m.levels[Math.min(level, m.levels.length - 1)];
+    return { data: L.data, base: (r * m.cols + c) * L.size * L.size, size: L.size };
+  }
+
+  /** Texture slot `slot`'s tile as ImageData (software WebGL keeps no bitmap: the gallery draws this). */
+  tileImage(slot) {
+    const t = this.texelsOf(slot, 0);
+    if (!t) return null;
+    const px = new Uint8ClampedArray(t.data.buffer, t.data.byteOffset + 4 * t.base, 4 * t.size * t.size).slice();
+    return new ImageData(px, t.size, t.size);
   }
 
   /**
@@ -352,6 +382,8 @@ export class Renderer {
       c.fill = { frame, fopts, pending };
       this.drawRegion(c, [m, m, m + W, m + H]);
       this.scheduleFill(c);
+    } else if (this.canRasterThumbs(opts)) {
+      this.rasterRegion(c, frame, fopts, [0, 0, fopts.width, fopts.height]);
     } else {
       gl.bindFramebuffer(gl.FRAMEBUFFER, c.fbo);
       this.drawPoints(frame, fopts);
@@ -365,6 +397,7 @@ export class Renderer {
   /** Draws the part `rect` ([x0, y0, x1, y1], CSS px of the cached frame, y down) of c's frame into it. */
   drawRegion(c, rect) {
     const gl = this.gl, { frame, fopts } = c.fill;
+    if (this.canRasterThumbs(fopts)) { this.rasterRegion(c, frame, fopts, rect); return; }
     gl.bindFramebuffer(gl.FRAMEBUFFER, c.fbo);
     this.drawPoints(frame, { ...fopts, region: rect });
     gl.bindFramebuffer(gl.FRAMEBUFFER, null);
@@ -413,21 +446,55 @@ export class Renderer {
       && xy && colors && state && xy.length >= 2 * n && colors.length >= 4 * n && state.length >= 4 * n;
   }
 
+  /** Whether raster.js can draw this frame's thumbnails: software WebGL, zoomed in, every array at hand. */
+  canRasterThumbs(opts) {
+    const { xy, colors, state, slots } = this.cpu, n = this.n;
+    return this.raster && this.primitive === "points" && Boolean(opts.thumbs && this.texture && this.atlas)
+      && xy && colors && state && slots && xy.length >= 2 * n && colors.length >= 4 * n && state.length >= 4 * n && slots.length >= n;
+  }
+
+  /** The part `rect` ([x0, y0, x1, y1], CSS px of the cached frame, y down) of the frame `view` with its
+   *  thumbnails, written by raster.js and uploaded into the cache texture `c`. */
+  rasterRegion(c, view, opts, rect) {
+    const gl = this.gl, dpr = opts.dpr || 1;
+    const X0 = Math.round(rect[0] * dpr), Y0 = Math.round(rect[1] * dpr), X1 = Math.round(rect[2] * dpr), Y1 = Math.round(rect[3] * dpr);
+    const w = Math.min(X1, c.w) - X0, h = Math.min(Y1, c.h) - Y0;
+    if (w <= 0 || h <= 0) return;
+    if (!this.rasterBuf || this.rasterBuf.length < w * h * 4) this.rasterBuf = new Uint8Array(w * h * 4);
+    const buf = this.rasterBuf.subarray(0, w * h * 4);
+    const part = { k: view.k, tx: view.tx - X0 / dpr, ty: view.ty - Y0 / dpr };
+    const some = opts.inView ? opts.inView(part, w / dpr, h / dpr) : null;
+    this.lastDrawn = some ? some.length : this.n;
+    const size = Math.min(opts.size, this.maxPointSize / dpr / 1.2);
+    // Thumbnails drawn at most 3/4 of their size read the half-size level (a 2 x 2 box filter): nearer one
+    // texel per pixel, as a mipmap gives, and a quarter of the memory to go through.
+    const level = size * dpr <= 0.75 * this.atlas.tile ? 1 : 0;
+    rasterThumbs(buf, [X0, c.h - Y0 - h, w, h], c.h, { ...this.cpu, n: this.n }, view, {
+      dpr, size, dim: opts.dim, anySelected: Boolean(opts.anySelected),
+      background: opts.background || [1, 1, 1], some, tex: (slot) => this.texelsOf(slot, level),
+    });
+    gl.bindTexture(gl.TEXTURE_2D, c.tex);
+    gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
+    gl.texSubImage2D(gl.TEXTURE_2D, 0, X0, c.h - Y0 - h, w, h, gl.RGBA, gl.UNSIGNED_BYTE, buf);
+    this.cacheStats.thumbsRastered++;
+  }
+
   /** The frame's marks written by raster.js and uploaded into the cache texture `c`. */
   rasterInto(c, view, opts) {
     const gl = this.gl;
     const n = c.w * c.h * 4;
-    if (!this.rasterBuf || this.rasterBuf.length !== n) this.rasterBuf = new Uint8Array(n);
+    if (!this.rasterBuf || this.rasterBuf.length < n) this.rasterBuf = new Uint8Array(n);
+    const buf = this.rasterBuf.subarray(0, n);
     const dpr = opts.dpr || 1;
     const some = opts.inView ? opts.inView(view, opts.width, opts.height) : null;
     this.lastDrawn = some ? some.length : this.n;
-    rasterMarks(this.rasterBuf, c.w, c.h, { ...this.cpu, n: this.n }, view, {
+    rasterMarks(buf, c.w, c.h, { ...this.cpu, n: this.n }, view, {
       dpr, size: Math.min(opts.size, this.maxPointSize / dpr / 1.2), dim: opts.dim, anySelected: Boolean(opts.anySelected),
       background: opts.background || [1, 1, 1], some,
     });
     gl.bindTexture(gl.TEXTURE_2D, c.tex);
     gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
-    gl.texSubImage2D(gl.TEXTURE_2D, 0, 0, 0, c.w, c.h, gl.RGBA, gl.UNSIGNED_BYTE, this.rasterBuf);
+    gl.texSubImage2D(gl.TEXTURE_2D, 0, 0, 0, c.w, c.h, gl.RGBA, gl.UNSIGNED_BYTE, buf);
     this.cacheStats.rastered++;
   }
 
@@ -571,3 +638,4 @@ export class Renderer {
     gl.deleteProgram(this.prog);
   }
 }
+

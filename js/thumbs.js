@@ -58,7 +58,7 @@ export class ThumbPages {
     this.pages = new Array(this.perRow * this.perRow).fill(null);
     this.stats.pages = 0;
     if (r) {
-      r.setThumbTexture(this.meta.count > 0 && this.perRow > 0 ? this.perRow * block : 0, tile, this.perRow * PAGE_COLS);
+      r.setThumbTexture(this.meta.count > 0 && this.perRow > 0 ? this.perRow * block : 0, tile, this.perRow * PAGE_COLS, PAGE_COLS);
       r.setSlots(this.slot);
     }
   }
@@ -72,10 +72,33 @@ export class ThumbPages {
   drawInto(ctx, i, dx, dy, w, h) {
     if (!this.has(i)) return false;
     const p = this.pages[this.pageOf[i]];
-    if (!p || !p.bitmap) return false;
+    if (!p) return false;
     const k = this.kOf[i], t = this.meta.tile;
-    ctx.drawImage(p.bitmap, (k % p.cols) * t, Math.floor(k / p.cols) * t, t, t, dx, dy, w, h);
+    if (p.bitmap) { ctx.drawImage(p.bitmap, (k % p.cols) * t, Math.floor(k / p.cols) * t, t, t, dx, dy, w, h); return true; }
+    // Software WebGL keeps the pixels, not the bitmap: the tile goes through a tile-sized canvas to be scaled.
+    const img = this.view.renderer && this.view.renderer.tileImage(this.slot[i]);
+    if (!img) return false;
+    const one = this.oneTile(img.width);
+    /** @type {OffscreenCanvasRenderingContext2D} */ (one.getContext("2d")).putImageData(img, 0, 0);
+    ctx.drawImage(one, 0, 0, img.width, img.height, dx, dy, w, h);
     return true;
+  }
+
+  /** A scratch canvas of `size` px. */
+  oneTile(size) {
+    if (!this.tileCanvas || this.tileCanvas.width !== size) this.tileCanvas = new OffscreenCanvas(size, size);
+    return this.tileCanvas;
+  }
+
+  /** A decoded page as ImageData: on software WebGL raster.js draws the thumbnails from these pixels. */
+  pixelsOf(bitmap) {
+    if (!this.decodeCanvas) this.decodeCanvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+    const c = this.decodeCanvas;
+    if (c.width !== bitmap.width || c.height !== bitmap.height) { c.width = bitmap.width; c.height = bitmap.height; }
+    const ctx = /** @type {OffscreenCanvasRenderingContext2D} */ (c.getContext("2d", { willReadFrequently: true }));
+    ctx.clearRect(0, 0, c.width, c.height);
+    ctx.drawImage(bitmap, 0, 0);
+    return ctx.getImageData(0, 0, c.width, c.height);
   }
 
   /** Asks again for what is in view, a moment after the view stops changing (pan and zoom frames coalesce). */
@@ -223,7 +246,10 @@ export class ThumbPages {
     if (view.destroyed || this.pages[page] !== pg) { bitmap.close?.(); return; } // reset or evicted meanwhile
     const cols = Number(msg.cols) || 1, tile = this.meta.tile;
     const px = (page % this.perRow) * PAGE_COLS, py = Math.floor(page / this.perRow) * PAGE_COLS;
-    view.renderer.uploadPage(px * tile, py * tile, bitmap);
+    // Software WebGL keeps the pixels (the renderer's copy, which raster.js reads) instead of the bitmap.
+    const pixels = view.renderer.software ? this.pixelsOf(bitmap) : null;
+    if (pixels) { bitmap.close?.(); bitmap = null; }
+    view.renderer.uploadPage(px * tile, py * tile, pixels || bitmap);
     const texCols = this.perRow * PAGE_COLS;
     const pts = pg.points;
     for (let k = 0; k < pts.length; k++) {

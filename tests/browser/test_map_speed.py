@@ -79,6 +79,105 @@ def test_marks_written_without_webgl_match_webgl_pixel_for_pixel(page: Any) -> N
     assert page.errors == []
 
 
+THUMB_COMPARE = f"""() => {{
+    const h = {H};
+    h.setRaster(false); h.dropPanCache(); h.drawNow(); const a = h.readPixels();
+    const before = h.cacheStats.thumbsRastered;
+    h.setRaster(true); h.dropPanCache(); h.drawNow(); const b = h.readPixels();
+    let differ = 0, far = 0, marked = 0, sum = 0;
+    for (let p = 0; p < a.length; p += 4) {{
+      let d = 0;
+      for (let c = 0; c < 3; c++) d = Math.max(d, Math.abs(a[p + c] - b[p + c]));
+      if (d > 3) differ++;
+      if (d > 48) far++;
+      sum += d;
+      if (Math.abs(a[p] - a[0]) + Math.abs(a[p + 1] - a[1]) + Math.abs(a[p + 2] - a[2]) > 30) marked++;
+    }}
+    return {{ pixels: a.length / 4, differ, far, marked, mean: sum / (a.length / 4),
+              rastered: h.cacheStats.thumbsRastered - before, size: h.markSize.size }};
+}}"""
+
+
+def gradient_thumbnails(frame: Any, tile: int) -> Any:
+    """Tiles whose colour runs left to right (red) and top to bottom (green), blue by class: a thumbnail
+    drawn mirrored, shifted or from the wrong tile shows as far-off pixels."""
+    cls = frame["label"].astype("category").cat.codes.to_numpy().astype(np.int64)
+    ramp = np.linspace(0, 255, tile).astype(np.uint8)
+
+    def source(idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), tile, tile, 3), np.uint8)
+        out[..., 0] = ramp[None, None, :]
+        out[..., 1] = ramp[None, :, None]
+        out[..., 2] = (40 + 35 * cls[idx] % 200)[:, None, None]
+        return out
+
+    return source
+
+
+def test_thumbnails_written_without_webgl_match_webgl(page: Any) -> None:
+    # Zoomed in on software WebGL, the cached frame's thumbnails are written by raster.js from the pages'
+    # pixels: the same shapes, rings, feedback bands, held-out greying, selection and dimming as WebGL draws,
+    # the thumbnails sampled as its bilinear filter does (full size) or from the half-size level (small).
+    frame = synthetic_frame(24_000, classes=6, seed=4)
+    frame["split"] = np.where(np.arange(len(frame)) % 11 == 0, "test", "pool")
+    frame["feedback"] = np.array(["", "good", "", "bad", "", "removed"])[np.arange(len(frame)) % 6]
+    w = CrafterWidget(height=460)
+    w.set_frame(frame)
+    w.set_thumbnail_source(gradient_thumbnails(frame, 24), len(frame), size=24, format="png")
+    open_standalone(page, widget_state(w), width=1000)
+    if handle(page, "h.primitive") != "points":
+        pytest.skip("raster.js draws only for software WebGL (point sprites)")
+    view = handle(page, "h.view")
+    cx, cy = view["width"] / 2, view["height"] / 2
+
+    def zoom(z: float) -> None:
+        handle(page, f"h.setView({view['k'] * z}, {cx - (cx - view['tx']) * z}, {cy - (cy - view['ty']) * z})")
+        page.wait_for_function(f"{H}.thumbsShown && {H}.thumbsReady", timeout=60_000)
+
+    test = (frame["split"] == "test").to_numpy()
+
+    def hide(mask: Any) -> None:
+        """Python's answer to "show test" on / off: the filter state and the mask."""
+        page.evaluate(
+            """([m, on]) => { const model = window.__model;
+               model.set('filters', {show_test: on, show_removed: true, isolated: false, hide: {}});
+               model.set('hidden', new DataView(Uint8Array.from(m).buffer)); }""",
+            [mask.astype(np.uint8).tolist(), not mask.any()],
+        )
+
+    def same(r: dict) -> bool:
+        # A pixel or two off on the edge of a mark, where float rounding puts it in the other band.
+        return (
+            r["rastered"] >= 1
+            and r["marked"] > 0.5 * r["pixels"]
+            and r["differ"] <= 0.001 * r["marked"]
+            and r["far"] <= 0.0005 * r["marked"]
+        )
+
+    # Thumbnails larger than 3/4 of their tile: the full-size pixels, bilinear, as WebGL reads them. Held-out
+    # images hidden, every mark is opaque: drawn front to back, each pixel once.
+    hide(test)
+    zoom(13)
+    opaque = page.evaluate(THUMB_COMPARE)
+    assert opaque["size"] > 0.75 * 24 and same(opaque), opaque
+    # With them (translucent, greyed): back to front, blended.
+    hide(np.zeros(len(frame), bool))
+    zoom(13)
+    blended = page.evaluate(THUMB_COMPARE)
+    assert same(blended) and handle(page, "h.hidden.filter(Boolean).length") == 0, blended
+    # Smaller: read from the half-size level (a 2 x 2 box; on these ramps the same as WebGL's bilinear).
+    zoom(6.5)
+    small = page.evaluate(THUMB_COMPARE)
+    assert small["size"] <= 0.75 * 24 and same(small), small
+    # A selection: dimmed, the selection ringed on top.
+    sel = list(range(0, len(frame), 5))
+    page.evaluate("([s]) => window.__model.set('selection', new DataView(Uint32Array.from(s).buffer))", [sel])
+    zoom(13)
+    selected = page.evaluate(THUMB_COMPARE)
+    assert same(selected), selected
+    assert page.errors == []
+
+
 PAN_FIRST = f"""([visibleFirst, moves]) => {{
     // All in one task: the idle callbacks that fill the margins cannot run in between.
     const h = {H}, v = h.view, out = [];
