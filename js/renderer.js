@@ -122,6 +122,17 @@ void main() {
   outColor = vec4(rgb * v_fill.a, v_fill.a);
 }`;
 
+// Shows the cached frame on the canvas: each canvas pixel fetches its texel, shifted by u_offset. Software
+// WebGL copies this way in ~2/3 of the time blitFramebuffer takes; the pixels are the same.
+const COPY_VS = `#version 300 es
+void main() { gl_Position = vec4(vec2(float(gl_VertexID & 1), float(gl_VertexID >> 1)) * 4.0 - 1.0, 0.0, 1.0); }`;
+const COPY_FS = `#version 300 es
+precision highp float;
+uniform highp sampler2D u_frame;
+uniform ivec2 u_offset;
+out vec4 outColor;
+void main() { outColor = texelFetch(u_frame, ivec2(gl_FragCoord.xy) + u_offset, 0); }`;
+
 function compile(gl, type, src) {
   const s = gl.createShader(type);
   gl.shaderSource(s, src);
@@ -154,6 +165,12 @@ export class Renderer {
     gl.linkProgram(prog);
     if (!gl.getProgramParameter(prog, gl.LINK_STATUS)) throw new Error("link: " + gl.getProgramInfoLog(prog));
     this.prog = prog;
+    const copy = gl.createProgram();
+    gl.attachShader(copy, compile(gl, gl.VERTEX_SHADER, COPY_VS));
+    gl.attachShader(copy, compile(gl, gl.FRAGMENT_SHADER, COPY_FS));
+    gl.linkProgram(copy);
+    if (!gl.getProgramParameter(copy, gl.LINK_STATUS)) throw new Error("link: " + gl.getProgramInfoLog(copy));
+    this.copy = { prog: copy, vao: gl.createVertexArray(), frame: gl.getUniformLocation(copy, "u_frame"), offset: gl.getUniformLocation(copy, "u_offset") };
     this.u = {};
     for (const name of ["u_scale", "u_offset", "u_viewport", "u_size", "u_pass", "u_cols", "u_atlas", "u_thumbs", "u_tileUV", "u_texel", "u_dim", "u_dpr"]) {
       this.u[name] = gl.getUniformLocation(prog, name);
@@ -508,11 +525,21 @@ export class Renderer {
     // canvas pixel (fx, fy) (GL, y up) shows cache texel (fx + ox, fy + oy)
     const md = Math.round(c.margin * dpr), ox = md - dx, oy = md + dy;
     const sx0 = Math.max(0, ox), sy0 = Math.max(0, oy), sx1 = Math.min(c.w, ox + W), sy1 = Math.min(c.h, oy + H);
-    if (sx1 > sx0 && sy1 > sy0) {
-      gl.bindFramebuffer(gl.READ_FRAMEBUFFER, c.fbo);
-      gl.bindFramebuffer(gl.DRAW_FRAMEBUFFER, null);
-      gl.blitFramebuffer(sx0, sy0, sx1, sy1, sx0 - ox, sy0 - oy, sx1 - ox, sy1 - oy, gl.COLOR_BUFFER_BIT, gl.NEAREST);
-      gl.bindFramebuffer(gl.READ_FRAMEBUFFER, null);
+    if (sx1 > sx0 && sy1 > sy0) { // the canvas pixels that the cached frame covers fetch their texel
+      const p = this.copy;
+      gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+      gl.enable(gl.SCISSOR_TEST);
+      gl.scissor(sx0 - ox, sy0 - oy, sx1 - sx0, sy1 - sy0);
+      gl.disable(gl.BLEND);
+      gl.useProgram(p.prog);
+      gl.bindVertexArray(p.vao);
+      gl.activeTexture(gl.TEXTURE0);
+      gl.bindTexture(gl.TEXTURE_2D, c.tex);
+      gl.uniform1i(p.frame, 0);
+      gl.uniform2i(p.offset, ox, oy);
+      gl.drawArrays(gl.TRIANGLES, 0, 3);
+      gl.bindVertexArray(null);
+      gl.disable(gl.SCISSOR_TEST);
     }
     this.cacheStats.blits++;
   }
@@ -636,6 +663,8 @@ export class Renderer {
     if (this.elementBuf) gl.deleteBuffer(this.elementBuf);
     gl.deleteVertexArray(this.vao);
     gl.deleteProgram(this.prog);
+    gl.deleteProgram(this.copy.prog);
+    gl.deleteVertexArray(this.copy.vao);
   }
 }
 
