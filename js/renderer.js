@@ -273,28 +273,49 @@ export class Renderer {
     this.atlas = null;
     this.mirror = [];
     if (!side) return;
+    this.atlas = { cols, tile, width: side, height: side, block: Math.max(1, block) };
+    // Software WebGL: raster.js draws the thumbnails from `mirror`, so the texture (side² x 4 bytes, 64 MB at
+    // 4096) is only made, from the mirror, if WebGL draws them after all (a map under `cacheFrom` points).
+    if (!this.software) this.makeThumbTexture();
+  }
+
+  /** The thumbnail texture, with every page the mirror holds. */
+  makeThumbTexture() {
+    const gl = this.gl, a = this.atlas;
+    if (!a || this.texture) return;
     const tex = gl.createTexture();
     gl.bindTexture(gl.TEXTURE_2D, tex);
-    gl.texStorage2D(gl.TEXTURE_2D, 1, gl.RGBA8, side, side);
+    gl.texStorage2D(gl.TEXTURE_2D, 1, gl.RGBA8, a.width, a.height);
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.LINEAR);
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.LINEAR);
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
     this.texture = tex;
-    this.atlas = { cols, tile, width: side, height: side, block: Math.max(1, block) };
+    gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
+    const T = a.tile;
+    for (const m of this.mirror) {
+      if (!m) continue;
+      const L = m.levels[0], bytes = new Uint8Array(L.data.buffer, L.data.byteOffset, L.data.byteLength);
+      for (let k = 0; k < m.cols * m.rows; k++) {
+        const x = (m.col + (k % m.cols)) * T, y = (m.row + Math.floor(k / m.cols)) * T;
+        gl.texSubImage2D(gl.TEXTURE_2D, 0, x, y, T, T, gl.RGBA, gl.UNSIGNED_BYTE, bytes.subarray(4 * k * T * T, 4 * (k + 1) * T * T));
+      }
+    }
   }
 
   /** Uploads one page (a sprite sheet: an ImageBitmap, or ImageData on software WebGL, whose pixels
    *  raster.js then reads) with its top-left corner at texel (x, y), the corner of its block. */
   uploadPage(x, y, source) {
-    const gl = this.gl;
-    if (!this.texture || !this.atlas) return;
+    const gl = this.gl, a = this.atlas;
+    if (!a) return;
     this.version++;
+    const side = a.block * a.tile, id = Math.floor(y / side) * Math.floor(a.cols / a.block) + Math.floor(x / side);
+    this.mirror[id] = this.software && "data" in source ? { ...tileLevels(source, a.tile), col: x / a.tile, row: y / a.tile } : null;
+    if (!this.mirror[id]) this.makeThumbTexture(); // pixels kept nowhere else: into the texture
+    if (!this.texture) return;
     gl.bindTexture(gl.TEXTURE_2D, this.texture);
     gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
     gl.texSubImage2D(gl.TEXTURE_2D, 0, x, y, gl.RGBA, gl.UNSIGNED_BYTE, source);
-    const a = this.atlas, side = a.block * a.tile, id = Math.floor(y / side) * Math.floor(a.cols / a.block) + Math.floor(x / side);
-    this.mirror[id] = this.software && "data" in source ? { ...tileLevels(source, a.tile), col: x / a.tile, row: y / a.tile } : null;
   }
 
   /** Texture slot `slot`'s tile at mip level `level` (0: full size, 1: half), for raster.js:
@@ -334,7 +355,7 @@ export class Renderer {
     const dpr = opts.dpr || 1;
     const bg = opts.background || [1, 1, 1];
     const scaleKey = JSON.stringify([this.version, width, height, dpr, opts.dim, Boolean(opts.anySelected), bg]);
-    const key = JSON.stringify([scaleKey, view.k, opts.size, Boolean(opts.thumbs && this.texture)]);
+    const key = JSON.stringify([scaleKey, view.k, opts.size, Boolean(opts.thumbs && this.atlas)]);
     let c = this.cache;
     const m = this.cacheMargin;
     // During a zoom gesture (opts.interactive) the cached frame is shown scaled; the widget draws a sharp
@@ -459,14 +480,14 @@ export class Renderer {
   /** Whether raster.js can draw this frame: software WebGL, marks (no thumbnails), every array at hand. */
   canRaster(opts) {
     const { xy, colors, state } = this.cpu, n = this.n;
-    return this.raster && this.primitive === "points" && !(opts.thumbs && this.texture)
+    return this.raster && this.primitive === "points" && !(opts.thumbs && this.atlas)
       && xy && colors && state && xy.length >= 2 * n && colors.length >= 4 * n && state.length >= 4 * n;
   }
 
   /** Whether raster.js can draw this frame's thumbnails: software WebGL, zoomed in, every array at hand. */
   canRasterThumbs(opts) {
     const { xy, colors, state, slots } = this.cpu, n = this.n;
-    return this.raster && this.primitive === "points" && Boolean(opts.thumbs && this.texture && this.atlas)
+    return this.raster && this.primitive === "points" && Boolean(opts.thumbs && this.atlas)
       && xy && colors && state && slots && xy.length >= 2 * n && colors.length >= 4 * n && state.length >= 4 * n && slots.length >= n;
   }
 
@@ -601,7 +622,8 @@ export class Renderer {
     gl.uniform1f(this.u.u_size, size);
     gl.uniform1f(this.u.u_dpr, dpr);
     gl.uniform1f(this.u.u_dim, opts.dim);
-    const thumbs = opts.thumbs && this.texture ? 1 : 0;
+    const thumbs = opts.thumbs && this.atlas ? 1 : 0;
+    if (thumbs) this.makeThumbTexture(); // software WebGL makes it only now
     gl.uniform1i(this.u.u_thumbs, thumbs);
     if (this.atlas) {
       const a = this.atlas;
