@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -136,9 +135,9 @@ def student_accuracy_by_round(
         ids = round_training_ids(samples, int(rnd))
         key = _key(ids, fingerprint, options)
         folder = root / f"round_{int(rnd)}"
-        cached = _read_result(folder)
-        if cached is not None and cached.get("key") == key:
-            rows.append({"round": int(rnd), "student_acc": float(cached["accuracy"]), "student_n_train": len(ids)})
+        acc = _cached_accuracy(folder, key)
+        if acc is not None:
+            rows.append({"round": int(rnd), "student_acc": acc, "student_n_train": len(ids)})
             continue
         if train is not True and (train is False or int(rnd) not in train):
             rows.append({"round": int(rnd), "student_acc": float("nan"), "student_n_train": len(ids)})
@@ -147,25 +146,24 @@ def student_accuracy_by_round(
         claim = _claim(folder)
         _take(claim, background)
         try:
-            cached = _read_result(folder)  # trained meanwhile by whoever held the claim
-            if cached is not None and cached.get("key") == key:
-                acc = float(cached["accuracy"])
-            else:
+            acc = _cached_accuracy(folder, key)  # trained meanwhile by whoever held the claim
+            if acc is None:
                 acc = _train_round(
                     store, classes, heldout, ids, samples, rnd, key, fingerprint, folder, options,
                     embedder=embedder, progress=progress, features=features,
                     yield_to=claim.wanted.is_set if background else None,
                 )  # fmt: skip
-                if background and math.isnan(acc):  # yielded: read the foreground's result once it is written
-                    claim.lock.release()
-                    while claim.wanted.is_set():  # until the foreground holds the claim
-                        time.sleep(0.05)
-                    _take(claim, True)
-                    cached = _read_result(folder)
-                    acc = float(cached["accuracy"]) if cached is not None and cached.get("key") == key else acc
+            if acc is None and background:  # yielded to the foreground: read its result once it is written
+                claim.lock.release()
+                while claim.wanted.is_set():  # until the foreground holds the claim
+                    time.sleep(0.05)
+                _take(claim, True)
+                acc = _cached_accuracy(folder, key)
         finally:
             claim.lock.release()
-        rows.append({"round": int(rnd), "student_acc": acc, "student_n_train": len(ids)})
+        rows.append(
+            {"round": int(rnd), "student_acc": float("nan") if acc is None else acc, "student_n_train": len(ids)}
+        )
     return pd.DataFrame(rows, columns=["round", *STUDENT_COLUMNS])
 
 
@@ -185,8 +183,8 @@ def _train_round(
     progress: bool,
     features: Callable[[list[str]], np.ndarray] | None,
     yield_to: Callable[[], bool] | None,
-) -> float:
-    """Train, evaluate and cache one round's student; NaN when it yielded to the foreground."""
+) -> float | None:
+    """Train, evaluate and cache one round's student; None when it yielded to the foreground."""
     from ..loop.student import LazyImages, evaluate, train_student
 
     labels = samples.set_index("id").loc[ids, "label"].astype(str).tolist() if ids else []
@@ -201,7 +199,7 @@ def _train_round(
         **options,
     )
     if student.config.cancelled:
-        return float("nan")  # the foreground trains this round now
+        return None  # the foreground trains this round now
     result = evaluate(student, heldout)
     student.save(folder)
     atomic_write_bytes(
@@ -222,6 +220,12 @@ def _train_round(
         ).encode("utf-8"),
     )
     return float(result["accuracy"])
+
+
+def _cached_accuracy(folder: Path, key: str) -> float | None:
+    """The held-out accuracy cached in `folder` for these training ids, split and options; None if none."""
+    cached = _read_result(folder)
+    return float(cached["accuracy"]) if cached is not None and cached.get("key") == key else None
 
 
 def _read_result(folder: Path) -> dict[str, Any] | None:
