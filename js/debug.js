@@ -32,7 +32,8 @@ export function publishDebugHandle(view) {
     /** True when every point in view that can show a thumbnail has it (or the map shows marks). */
     get thumbsReady() {
       const t = self.thumbs, st = t.stats;
-      return !self.thumbsShown || (st.visible > 0 && st.missingVisible === 0 && t.inflight.size === 0);
+      // Counters taken in an earlier view (a pan or zoom whose update has not run yet) say nothing yet.
+      return !self.thumbsShown || (st.view === t.viewKey() && st.visible > 0 && st.missingVisible === 0 && t.inflight.size === 0);
     },
     get primitive() { return self.renderer ? self.renderer.primitive : null; },
     get rendererName() { return self.renderer ? self.renderer.name : null; },

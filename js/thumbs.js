@@ -149,6 +149,7 @@ export class ThumbPages {
   update() {
     this.sync();
     const v = this.view;
+    this.stats.view = this.viewKey(); // what the counts below describe
     if (!this.enabled || !v.markSize().thumbs) { this.stats.missingVisible = 0; this.stats.visible = 0; return; }
     const wanted = this.visiblePoints();
     this.stats.visible = wanted.length;
@@ -156,6 +157,12 @@ export class ThumbPages {
     let missing = 0;
     for (const i of wanted) if (this.state[i] !== LOADED && this.state[i] !== FAILED) missing++;
     this.stats.missingVisible = missing;
+  }
+
+  /** The view (and canvas size) as a string: the counters describe the view they were taken in. */
+  viewKey() {
+    const v = this.view;
+    return [v.view.k, v.view.tx, v.view.ty, v.width, v.height].join(",");
   }
 
   /** Marks these points' pages as in use and asks for those not here yet (in order, PAGE at a time). */

@@ -291,9 +291,10 @@ class ProjectionView {
   selectable(i) { return i < this.n && !this.hidden[i] && this.attrs.kind[i] !== KIND_TEST; }
 
   selectableOnly(hits) {
-    const out = [];
-    for (const i of hits) if (this.selectable(i)) out.push(i);
-    return Uint32Array.from(out);
+    const out = new Uint32Array(hits.length);
+    let count = 0;
+    for (let j = 0; j < hits.length; j++) { const i = hits[j]; if (this.selectable(i)) out[count++] = i; }
+    return out.slice(0, count);
   }
 
   recolor() {

@@ -1,7 +1,7 @@
 // Unit tests of the spatial index against brute force (node --test).
 import test from "node:test";
 import assert from "node:assert/strict";
-import { GridIndex, combineSelection, pointInPolygon } from "../spatial.js";
+import { GridIndex, ascending, combineSelection, pointInPolygon } from "../spatial.js";
 
 function rng(seed) {
   let s = seed >>> 0;
@@ -55,4 +55,13 @@ test("combineSelection replaces, adds and subtracts", () => {
   assert.deepEqual(Array.from(combineSelection(8, cur, [5, 2], "replace")), [2, 5]);
   assert.deepEqual(Array.from(combineSelection(8, cur, [2, 9], "add")), [1, 2, 3, 5]);
   assert.deepEqual(Array.from(combineSelection(8, cur, [3], "subtract")), [1, 5]);
+});
+
+test("ascending gives the same order from a sort and from a mask", () => {
+  const n = 1000, hits = new Uint32Array(n);
+  let count = 0;
+  for (let i = n - 1; i >= 0; i -= 3) hits[count++] = i; // many: read back from a mask
+  assert.deepEqual(Array.from(ascending(hits, count, n)), Array.from(hits.subarray(0, count)).sort((a, b) => a - b));
+  assert.deepEqual(Array.from(ascending(Uint32Array.from([9, 2, 5]), 3, n)), [2, 5, 9]); // a few: sorted
+  assert.deepEqual(Array.from(combineSelection(8, new Uint32Array(0), Uint32Array.from([6, 1]), "replace")), [1, 6]);
 });

@@ -265,7 +265,7 @@ def wait_thumbnails(page: Any, timeout_ms: int = 30000) -> dict:
     draws a frame, and returns the widget's thumbnail counters."""
     h = "window.__dcw[window.__dcw.length - 1]"
     page.wait_for_function(
-        f"{h}.thumbsShown && {h}.thumbStats.visible > 0 && {h}.thumbStats.missingVisible === 0 && {h}.thumbStats.inflight === 0",
+        f"{h}.thumbsShown && {h}.thumbsReady",  # counters of the current view: none missing, none on the way
         timeout=timeout_ms,
     )
     page.evaluate(f"{h}.drawNow()")
