@@ -252,18 +252,18 @@ function stampThumb(i, f) {
     }
     return;
   }
+  // Back to front, blended (a selected mark is opaque; held-out images, the only greyed ones, never are).
   for (let y = y0; y <= y1; y++) {
     const jy = y - y0, ly = ay[jy], ly2 = ay2[jy], row = (y - Y0) * w - X0;
     const R0 = data ? r0[jy] : 0, R1 = data ? r1[jy] : 0, wy = data ? rw[jy] : 0;
     for (let x = x0; x <= x1; x++) {
       const p = row + x;
-      if (cov !== null && cov[p] !== 0) continue; // drawn front to back: a point in front wrote it
       const jx = x - x0;
       const d = shape === 1 ? Math.sqrt(ax2[jx] + ly2) : shape === 2 ? ax[jx] + ly : ax[jx] > ly ? ax[jx] : ly;
       if (d > 1) continue;
       const j = d > ringE ? 0 : d > fbE ? 1 : 2;
       if (j < 2 || data === null) {
-        if (opaque) { px32[p] = word[j]; if (cov !== null) cov[p] = 1; continue; }
+        if (opaque) { px32[p] = word[j]; continue; }
         const q = 4 * j, p4 = 4 * p;
         out[p4] = band[q] + out[p4] * keep + 0.5;
         out[p4 + 1] = band[q + 1] + out[p4 + 1] * keep + 0.5;
@@ -274,10 +274,9 @@ function stampThumb(i, f) {
       // Bilinear, in 8-bit weights as texture units filter, two channels per multiply.
       const wx = cw[jx], C0 = c0[jx], C1 = c1[jx];
       const texel = lerp(lerp(data[R0 + C0], data[R0 + C1], wx), lerp(data[R1 + C0], data[R1 + C1], wx), wy);
-      if (opaque && grey === 0) { px32[p] = texel | 0xff000000; if (cov !== null) cov[p] = 1; continue; }
+      if (opaque) { px32[p] = texel | 0xff000000; continue; }
       let R = texel & 255, G = (texel >>> 8) & 255, B = (texel >>> 16) & 255;
       if (grey !== 0) { R += (127.5 - R) * grey; G += (127.5 - G) * grey; B += (127.5 - B) * grey; }
-      if (opaque) { px32[p] = pack((R + 0.5) | 0, (G + 0.5) | 0, (B + 0.5) | 0, 255) | 0; if (cov !== null) cov[p] = 1; continue; }
       const p4 = 4 * p;
       out[p4] = R * alpha + out[p4] * keep + 0.5;
       out[p4 + 1] = G * alpha + out[p4 + 1] * keep + 0.5;

@@ -479,16 +479,19 @@ export class Renderer {
 
   /** Whether raster.js can draw this frame: software WebGL, marks (no thumbnails), every array at hand. */
   canRaster(opts) {
-    const { xy, colors, state } = this.cpu, n = this.n;
-    return this.raster && this.primitive === "points" && !(opts.thumbs && this.atlas)
-      && xy && colors && state && xy.length >= 2 * n && colors.length >= 4 * n && state.length >= 4 * n;
+    return this.raster && this.primitive === "points" && !(opts.thumbs && this.atlas) && this.cpuArrays(false);
   }
 
   /** Whether raster.js can draw this frame's thumbnails: software WebGL, zoomed in, every array at hand. */
   canRasterThumbs(opts) {
-    const { xy, colors, state, slots } = this.cpu, n = this.n;
-    return this.raster && this.primitive === "points" && Boolean(opts.thumbs && this.atlas)
-      && xy && colors && state && slots && xy.length >= 2 * n && colors.length >= 4 * n && state.length >= 4 * n && slots.length >= n;
+    return this.raster && this.primitive === "points" && Boolean(opts.thumbs && this.atlas) && this.cpuArrays(true);
+  }
+
+  /** Whether the point arrays raster.js reads cover every point (and the thumbnail slots, `slots`). */
+  cpuArrays(slots) {
+    const c = this.cpu, n = this.n;
+    return Boolean(c.xy && c.colors && c.state && c.xy.length >= 2 * n && c.colors.length >= 4 * n && c.state.length >= 4 * n
+      && (!slots || (c.slots && c.slots.length >= n)));
   }
 
   /** The part `rect` ([x0, y0, x1, y1], CSS px of the cached frame, y down) of the frame `view` with its

@@ -298,6 +298,22 @@ def test_a_student_saved_before_the_four_block_cnn_still_loads(tmp_path):
 
 
 # ---- held-out student accuracy per round in crafter.metrics (controller/heldout.py) -----------------
+def heldout_crafter(tmp_path, every: int, steps: int):
+    """A starter project (3 shots) with a tiny CLIP embedder and every `every`-th test image held out; its
+    held-out students train `steps` steps. Returns (dataset, crafter)."""
+    import datacrafter_widget as dc
+    from datacrafter_widget.models.embedder import Embedder
+    from tests.tiny_models import tiny_open_clip
+
+    ds = dc.starter.colored_digits(shots=3, spurious=0.95, seed=0)
+    heldout = dc.Dataset(ds.test.frame.iloc[::every].reset_index(drop=True), classes=ds.classes, name="heldout")
+    model, preprocess, tokenizer = tiny_open_clip()
+    models = dc.Models(embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))
+    crafter = dc.DataCrafter(ds, models=models, project=tmp_path / "p", heldout=heldout)
+    crafter.heldout_options = {"steps": steps, "width": 8}
+    return ds, crafter
+
+
 def test_a_background_heldout_student_yields_its_round_and_nobody_trains_a_round_twice(tmp_path, monkeypatch):
     """The widget's background job and the notebook's crafter.metrics train missing rounds in one
     process: the foreground takes over a round the background is training (which stops within a
@@ -305,18 +321,10 @@ def test_a_background_heldout_student_yields_its_round_and_nobody_trains_a_round
     the foreground is training waits for it instead of training it again."""
     import threading
 
-    import datacrafter_widget as dc
     from datacrafter_widget import compute
     from datacrafter_widget.loop import student as student_module
-    from datacrafter_widget.models.embedder import Embedder
-    from tests.tiny_models import tiny_open_clip
 
-    ds = dc.starter.colored_digits(shots=3, spurious=0.95, seed=0)
-    heldout = dc.Dataset(ds.test.frame.iloc[::6].reset_index(drop=True), classes=ds.classes, name="heldout")
-    model, preprocess, tokenizer = tiny_open_clip()
-    models = dc.Models(embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))
-    crafter = dc.DataCrafter(ds, models=models, project=tmp_path / "p", heldout=heldout)
-    crafter.heldout_options = {"steps": 800, "width": 8}
+    ds, crafter = heldout_crafter(tmp_path, every=6, steps=800)
     real_train = student_module.train_student
     calls: list[tuple[bool, Any]] = []  # (in a background job, the student)
     started = threading.Event()
@@ -370,18 +378,10 @@ def test_a_background_heldout_student_yields_its_round_and_nobody_trains_a_round
 
 
 def test_metrics_show_heldout_student_accuracy_per_round(tmp_path, monkeypatch):
-    import datacrafter_widget as dc
     from datacrafter_widget.loop import student as student_module
     from datacrafter_widget.loop.metrics import metrics_chart
-    from datacrafter_widget.models.embedder import Embedder
-    from tests.tiny_models import tiny_open_clip
 
-    ds = dc.starter.colored_digits(shots=3, spurious=0.95, seed=0)
-    heldout = dc.Dataset(ds.test.frame.iloc[::3].reset_index(drop=True), classes=ds.classes, name="heldout")
-    model, preprocess, tokenizer = tiny_open_clip()
-    models = dc.Models(embedder=Embedder(model, preprocess, tokenizer, name="tiny-clip"))
-    crafter = dc.DataCrafter(ds, models=models, project=tmp_path / "p", heldout=heldout)
-    crafter.heldout_options = {"steps": 60, "width": 8}
+    ds, crafter = heldout_crafter(tmp_path, every=3, steps=60)
     before = crafter.metrics
     assert before["round"].tolist() == [0] and before["n_generated"].tolist() == [0]
     assert before["student_n_train"].tolist() == [30] and 0.0 <= before.loc[0, "student_acc"] <= 1.0
